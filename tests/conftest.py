@@ -1,0 +1,60 @@
+"""Test harnesses (see README "Testing without a GPU").
+
+(A) ``codegen_only``: real CUDA Triton code and sm_90 cubins (triton's ptxas) for a fake H100;
+    nothing runs. Proves what a compiled graph would launch on the GPU.
+(B) ``interpreter``: Inductor writes Triton for CPU tensors and Triton's interpreter runs it,
+    our inlined kernels included. Proves numerics.
+GPU tests carry ``@pytest.mark.gpu`` and are skipped, with the reason printed, where there is none.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+
+# A fresh Inductor cache per test session: tests that look at fresh compiles vs cache hits must
+# not depend on what an earlier run left behind.
+os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", tempfile.mkdtemp(prefix="tri_inductor_test_cache_"))
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from tri_inductor.audit.model import audit_model  # noqa: E402
+
+
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU (run on the GPU machine: see README 'GPU checks')")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True)
+def _fresh_dynamo():
+    torch._dynamo.reset()
+    yield
+    torch._dynamo.reset()
+
+
+@pytest.fixture
+def codegen_only():
+    """Harness (A): ``compile(module, inputs, backend=..., dtype=..., options=...) -> reports``."""
+    if torch.cuda.is_available():
+        pytest.skip("codegen-only mode is for machines without a GPU")
+
+    def compile_(module, inputs, backend="tri_inductor", dtype=torch.bfloat16, options=None):
+        reports, _ = audit_model(module, inputs, backend=backend, dtype=dtype, options=options, device="cpu")
+        assert reports, "no graph was compiled"
+        return reports
+
+    return compile_
+
+
+@pytest.fixture
+def interpreter():
+    """Harness (B): inside, Inductor's Triton for CPU tensors runs in Triton's interpreter."""
+    from tri_inductor.interpret import triton_interpreter
+
+    with triton_interpreter():
+        yield

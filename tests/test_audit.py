@@ -1,0 +1,132 @@
+"""The auditor catches every kind of non-Triton kernel, and only those."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import tri_inductor
+from tri_inductor.audit import audit_output_code
+
+
+class TopK(torch.nn.Module):
+    def forward(self, x):
+        v, _ = torch.topk(x.relu(), 3, dim=-1)
+        return v * 2
+
+
+@torch.library.custom_op("tri_test::mystery", mutates_args=())
+def mystery(x: torch.Tensor) -> torch.Tensor:
+    return x * 3
+
+
+@mystery.register_fake
+def _(x):
+    return torch.empty_like(x)
+
+
+class CustomOp(torch.nn.Module):
+    def forward(self, x):
+        return torch.ops.tri_test.mystery(x.sin()) + 1
+
+
+class Linear(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.proj = torch.nn.Linear(64, 32)
+
+    def forward(self, x):
+        return self.proj(x).tanh()
+
+
+def _violation_ops(reports):
+    return [v.op for r in reports for v in r.violations]
+
+
+def test_planted_aten_fallback_topk_is_caught(codegen_only):
+    reports = codegen_only(TopK(), [torch.randn(8, 64)])
+    [entry] = [v for r in reports for v in r.violations]
+    assert entry.op == "aten.topk"
+    assert "topk" in entry.fx_nodes
+    assert entry.source and "torch.topk(" in entry.source and "test_audit.py" in entry.source
+    assert entry.hint and "topk" in entry.hint
+
+
+def test_planted_custom_op_is_caught(codegen_only):
+    reports = codegen_only(CustomOp(), [torch.randn(8, 64)])
+    assert _violation_ops(reports) == ["tri_test.mystery"]
+    [entry] = reports[0].violations
+    assert "torch.ops.tri_test.mystery" in entry.name and "triton_op" in entry.hint
+
+
+def test_planted_cublas_mm_is_caught(codegen_only):
+    # Let cuBLAS back in through Inductor overrides: the auditor must name the extern call.
+    opts = {"patterns": ["attention"], "gemm": "templates", "max_autotune_gemm": False,
+            "max_autotune_gemm_backends": "ATEN,TRITON"}
+    reports = codegen_only(Linear(), [torch.randn(16, 64)], options=opts)
+    [entry] = [v for r in reports for v in r.violations]
+    assert entry.name == "extern_kernels.addmm" and entry.op == "aten.addmm"
+    assert entry.source and "self.proj(x)" in entry.source
+    assert "cuBLAS" in entry.hint
+
+
+def test_triton_only_linear_is_clean(codegen_only):
+    reports = codegen_only(Linear(), [torch.randn(16, 64)])
+    assert all(r.ok for r in reports)
+    assert all(k.kind in ("inductor_triton", "triton_template", "our_triton") for r in reports for k in r.kernels)
+
+
+def test_strict_fails_the_compile_with_the_report(codegen_only):
+    with pytest.raises(Exception) as info:
+        codegen_only(TopK(), [torch.randn(8, 64)], options={"strict": True})
+    err = info.value
+    while not isinstance(err, tri_inductor.TritonOnlyViolation) and \
+            (getattr(err, "inner_exception", None) or err.__cause__) is not None:
+        err = getattr(err, "inner_exception", None) or err.__cause__  # Dynamo wraps backend errors
+    assert isinstance(err, tri_inductor.TritonOnlyViolation), repr(info.value)
+    assert "aten.topk" in str(err) and "fix:" in str(err)
+
+
+def test_default_mode_reports_and_still_runs_correctly(codegen_only):
+    x = torch.randn(8, 64)
+    reports = codegen_only(TopK(), [x])
+    assert not reports[0].ok  # reported...
+    out = torch.compile(TopK(), backend="tri_inductor", options={"codegen_only": True})(x)
+    torch.testing.assert_close(out, TopK()(x), rtol=0, atol=0)  # ...and the graph still runs (eagerly here)
+
+
+def test_unsafe_override_is_refused_in_strict_mode(codegen_only):
+    with pytest.raises(Exception, match="max_autotune_gemm_backends"):
+        codegen_only(Linear(), [torch.randn(4, 64)], options={"strict": True, "max_autotune_gemm_backends": "ATEN"})
+
+
+def test_bad_option_names_itself():
+    with pytest.raises(tri_inductor.OptionsError, match="unknown pattern family"):
+        tri_inductor.TriInductorOptions.from_mapping({"patterns": ["rmsnorm"]})
+
+
+def test_text_audit_matches_calls_not_words():
+    # Comments and kernel sources mention aten ops freely; only calls count.
+    code = '''
+triton_poi_fused_0 = async_compile.triton('triton_poi_fused_0', """
+@triton_heuristics.pointwise(size_hints={'x': 16})
+@triton.jit
+def triton_poi_fused_0(in_ptr0, xnumel, XBLOCK: tl.constexpr):
+    # aten.mm( extern_kernels.mm( in a kernel source is not a call
+    pass
+""", device_str='cuda')
+async_compile.wait(globals())
+class Runner:
+    def call(self, args):
+        # Topologically Sorted Source Nodes: [mm], Original ATen: [aten.mm]
+        buf0 = empty_strided_cuda((4, 4), (4, 1), torch.float32)
+        triton_poi_fused_0.run(buf0, 16, stream=stream0)
+        buf1 = torch.ops.aten.topk.default(buf0, 2)
+        buf2 = reinterpret_tensor(buf0, (16,), (1,), 0)
+        extern_kernels.bmm(buf0, buf0, out=buf0)
+        buf0.zero_()
+        return (buf2,)
+'''
+    report = audit_output_code(code)
+    assert [k.kind for k in report.kernels] == ["inductor_triton", "non_triton", "non_triton", "non_triton"]
+    assert [k.op for k in report.violations] == ["aten.topk", "aten.bmm", "aten.zero_"]
+    assert report.kernels[0].name == "triton_poi_fused_0" and report.kernels[0].fx_nodes == ("mm",)

@@ -1,0 +1,72 @@
+"""Runtime truth on a GPU: the CUDA kernels a callable actually launched (torch.profiler)."""
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections import Counter
+from collections.abc import Callable, Iterable
+from typing import Any
+
+_CUBLAS = re.compile(r"^(nvjet|sm\d+_xmma|cutlass|cublas|gemm|gemv|.*cublasLt|ampere_|sm80_|sm90_|splitKreduce)")
+_ATEN = re.compile(r"(at::native|at_cuda_detail|void at::|c10::|cub::|thrust::)")
+_FLASH = re.compile(r"(flash|fmha|cudnn|xformers)", re.I)
+
+
+@dataclasses.dataclass
+class RuntimeKernel:
+    name: str
+    count: int
+    cuda_time_us: float
+    triton: bool
+    library: str
+    """``triton`` (a kernel we compiled), ``cublas``, ``aten``, ``flash/cudnn``, ``other``."""
+
+
+def classify_kernel(name: str, triton_names: set[str]) -> tuple[bool, str]:
+    if name in triton_names or any(name.startswith(t) for t in triton_names if t):
+        return True, "triton"
+    if _CUBLAS.search(name):
+        return False, "cublas"
+    if _FLASH.search(name):
+        return False, "flash/cudnn"
+    if _ATEN.search(name):
+        return False, "aten"
+    return False, "other"
+
+
+def profile_kernels(fn: Callable[[], Any], triton_names: Iterable[str], warmup: int = 1) -> list[RuntimeKernel]:
+    """Run ``fn`` under torch.profiler and class each CUDA kernel launch."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        fn()
+        torch.cuda.synchronize()
+    names = set(triton_names)
+    counts: Counter[str] = Counter()
+    times: Counter[str] = Counter()
+    for ev in prof.events():
+        if getattr(ev, "device_type", None) is None or str(ev.device_type) != "DeviceType.CUDA":
+            continue
+        if ev.name.startswith(("Memcpy", "Memset")):
+            continue
+        counts[ev.name] += 1
+        times[ev.name] += getattr(ev, "device_time", getattr(ev, "cuda_time", 0.0))
+    out = []
+    for name, n in counts.most_common():
+        ok, lib = classify_kernel(name, names)
+        out.append(RuntimeKernel(name=name, count=n, cuda_time_us=float(times[name]), triton=ok, library=lib))
+    return out
+
+
+def format_runtime(kernels: list[RuntimeKernel]) -> str:
+    rows = [("kernel", "launches", "class")] + [(k.name[:70], str(k.count), k.library) for k in kernels]
+    w = [max(len(r[i]) for r in rows) for i in range(3)]
+    lines = ["  ".join(c.ljust(x) for c, x in zip(r, w)) for r in rows]
+    bad = [k for k in kernels if not k.triton]
+    lines.append(f"{len(kernels)} distinct CUDA kernels, {len(bad)} not Triton"
+                 + (": " + ", ".join(k.name[:40] for k in bad) if bad else ""))
+    return "\n".join(lines)

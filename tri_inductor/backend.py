@@ -1,0 +1,146 @@
+"""The ``tri_inductor`` torch.compile backend.
+
+    Dynamo FX graph
+      -> attention rewrite (SDPA -> tri_inductor::attention; must happen before AOT, where SDPA
+         would be dispatched to a CUDA kernel)
+      -> compile_fx under Triton-only Inductor settings, with our post-grad pattern pass
+         (RMSNorm, RoPE, activations, GEMM -> our Triton kernels)
+      -> the auditor reads the output code of every graph (fresh or cache hit)
+      -> strict: fail on any non-Triton kernel; default: warn and run.
+"""
+from __future__ import annotations
+
+import copy
+import logging
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+
+from . import audit
+from .options import OptionsError, TriInductorOptions
+from .passes import TriInductorPatternPass, take_last_stats
+from .settings import triton_only_inductor_config
+
+log = logging.getLogger("tri_inductor")
+
+_REPORTS: list[audit.GraphReport] = []
+
+# Inductor overrides that would let a non-Triton kernel back in: warned about (error if strict).
+_UNSAFE_OVERRIDES = {
+    "max_autotune_gemm_backends": lambda v: set(str(v).upper().split(",")) != {"TRITON"},
+    "autotune_fallback_to_aten": bool,
+    "cpp_wrapper": bool,
+}
+
+
+def last_audit() -> list[audit.GraphReport]:
+    """Reports of every graph compiled by tri_inductor in this process, oldest first."""
+    return list(_REPORTS)
+
+
+def tri_inductor_backend(gm: torch.fx.GraphModule, example_inputs: Sequence[Any], *,
+                         options: dict[str, Any] | None = None, mode: str | None = None) -> Callable:
+    """Entry point registered as the ``tri_inductor`` Dynamo backend."""
+    options = dict(options or {})
+    if mode in ("max-autotune", "max-autotune-no-cudagraphs"):
+        options.setdefault("gemm", "templates")
+    elif mode not in (None, "default", "reduce-overhead"):
+        raise OptionsError(f"mode={mode!r} is not supported by tri_inductor")
+    opts, overrides = TriInductorOptions.from_mapping(options)
+    if mode == "reduce-overhead":
+        overrides.setdefault("triton.cudagraphs", True)
+    return compile_graph(gm, list(example_inputs), opts, overrides)
+
+
+def inductor_config_for(opts: TriInductorOptions, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Triton-only settings + our pattern pass + the user's overrides (checked)."""
+    cfg = triton_only_inductor_config(opts)
+    for key, value in (overrides or {}).items():
+        unsafe = _UNSAFE_OVERRIDES.get(key)
+        if unsafe is not None and unsafe(value):
+            msg = (f"Inductor option {key}={value!r} lets non-Triton kernels into the graph "
+                   f"(tri_inductor sets {key}={cfg.get(key)!r})")
+            if opts.strict:
+                raise OptionsError(msg + "; remove it or turn strict off")
+            log.warning("%s; the auditor will report what it lets in", msg)
+        cfg[key] = value
+    cfg["post_grad_custom_post_pass"] = _compose_post_pass(
+        overrides.get("post_grad_custom_post_pass") if overrides else None, TriInductorPatternPass(opts.families))
+    return cfg
+
+
+def _compose_post_pass(user_pass, ours: TriInductorPatternPass):
+    if user_pass is None:
+        return ours
+    from torch._inductor.custom_graph_pass import CustomGraphPass
+
+    class _Both(CustomGraphPass):
+        def __call__(self, graph):
+            user_pass(graph)
+            ours(graph)
+
+        def uuid(self):
+            return (repr(user_pass.uuid()) + repr(ours.uuid())).encode()
+
+    return _Both()
+
+
+def compile_graph(gm: torch.fx.GraphModule, example_inputs: list[Any], opts: TriInductorOptions,
+                  overrides: dict[str, Any] | None = None) -> Callable:
+    from torch._inductor.compile_fx import compile_fx
+
+    eager = gm  # what codegen-only mode runs
+    if opts.codegen_only:
+        gm = copy.deepcopy(gm)
+    attention_rewrites = _rewrite_attention(gm) if "attention" in opts.families else 0
+    cfg = inductor_config_for(opts, overrides)
+    stack_traces = {n.name: n.meta.get("stack_trace") for n in gm.graph.nodes}
+
+    def run_compile(inputs):
+        take_last_stats()
+        with audit.collect_reports() as reports:
+            compiled = compile_fx(gm, inputs, config_patches=cfg)
+        _finish_reports(reports, stack_traces)
+        return compiled, reports
+
+    if opts.codegen_only:
+        from .codegen_only import fake_cuda_inputs, fake_sm90, retarget_to_cuda
+
+        with fake_sm90():
+            retarget_to_cuda(gm)
+            fake_inputs, _ = fake_cuda_inputs(example_inputs)
+            _, reports = run_compile(fake_inputs)
+        compiled = eager.forward
+    else:
+        compiled, reports = run_compile(example_inputs)
+    _REPORTS.extend(reports)
+    audit.enforce(reports, strict=opts.strict, verbose=opts.verbose)
+    return compiled
+
+
+def _rewrite_attention(gm: torch.fx.GraphModule) -> int:
+    from .patterns import family_module
+
+    n = family_module("attention").rewrite_sdpa_in_dynamo_graph(gm)
+    if n:
+        gm.recompile()
+    return n
+
+
+def _finish_reports(reports: list[audit.GraphReport],
+                    stack_traces: dict[str, str | None]) -> None:
+    from .audit.scheduler import _short_stack
+
+    stats = take_last_stats() or {}
+    for r in reports:
+        hits: dict[str, int] = {}
+        for k in r.kernels:
+            if k.kind == "our_triton" and k.family:
+                hits[k.family] = hits.get(k.family, 0) + 1
+        r.pattern_hits = hits
+        r.near_misses = list(stats.get("near_misses", []))
+        for v in r.violations:
+            if v.source is None:
+                # The op is usually the last node of its fused group (the views come first).
+                v.source = next((s for s in (_short_stack(stack_traces.get(n)) for n in reversed(v.fx_nodes)) if s), None)

@@ -1,0 +1,99 @@
+"""The post-grad pass that rewrites transformer sub-graphs into our Triton kernels."""
+from __future__ import annotations
+
+import hashlib
+import threading
+from collections import Counter
+from typing import Any
+
+import torch
+from torch._inductor.custom_graph_pass import CustomGraphPass
+
+from .fingerprint import package_hash
+from .options import FAMILIES
+
+_last = threading.local()
+
+
+def take_last_stats() -> dict[str, Any] | None:
+    """Hits and near misses of the pass's last run on this thread (then forgotten)."""
+    stats = getattr(_last, "stats", None)
+    _last.stats = None
+    return stats
+
+
+def _our_hop_families(graph: torch.fx.Graph) -> Counter[str]:
+    from torch._higher_order_ops.triton_kernel_wrap import kernel_side_table
+
+    from .patterns import our_kernel_names
+
+    names = our_kernel_names()
+    found: Counter[str] = Counter()
+    for node in graph.nodes:
+        if node.target is torch.ops.higher_order.triton_kernel_wrapper_functional:
+            name = _jit_name(kernel_side_table.get_kernel(node.kwargs["kernel_idx"]))
+            if name in names:
+                found[names[name]] += 1
+    return found
+
+
+def _jit_name(kernel) -> str:
+    from triton.runtime.jit import JITFunction
+
+    while not isinstance(kernel, JITFunction):  # Autotuner / Heuristics wrap a JITFunction
+        kernel = kernel.fn
+    return kernel.fn.__name__
+
+
+class TriInductorPatternPass(CustomGraphPass):
+    """Apply the enabled pattern families to a post-grad (aten, functional) graph.
+
+    Its ``uuid()`` covers our sources and the enabled families, so Inductor's FX cache and
+    vLLM's caches are invalidated whenever a kernel or pattern changes.
+    """
+
+    def __init__(self, families: tuple[str, ...] = FAMILIES):
+        self.families = tuple(families)
+        self._pm = None
+
+    def _pattern_pass(self):
+        if self._pm is None:
+            from torch._inductor.pattern_matcher import PatternMatcherPass
+            from torch._subclasses.fake_tensor import FakeTensorMode, unset_fake_temporarily
+
+            from .patterns import load_all
+
+            pm = PatternMatcherPass(pass_name="tri_inductor_patterns")
+            # Pattern tracing must not see the compile's fake mode / tracing context.
+            with torch._guards.tracing(None), unset_fake_temporarily(), FakeTensorMode():
+                modules = load_all()
+                for family in self.families:
+                    if family in modules:
+                        modules[family].register_patterns(pm)
+            self._pm = pm
+        return self._pm
+
+    def __call__(self, graph: torch.fx.Graph) -> None:
+        before = _our_hop_families(graph)
+        self._pattern_pass().apply(graph)
+        after = _our_hop_families(graph)
+        hits = {f: after[f] - before[f] for f in self.families if after[f] - before[f]}
+        _last.stats = {"hits": hits, "near_misses": self.near_misses(graph)}
+
+    def near_misses(self, graph: torch.fx.Graph) -> list[str]:
+        """Nodes that anchor a sub-graph of an enabled family but were left to Inductor."""
+        from .patterns import load_all
+
+        modules = load_all()
+        out = []
+        for family in self.families:
+            anchors = set(getattr(modules.get(family), "ANCHOR_OPS", ()))
+            for node in graph.nodes:
+                if node.op == "call_function" and node.target in anchors:
+                    trace = node.meta.get("stack_trace", "")
+                    where = trace.strip().splitlines()[-1].strip() if trace else "no source line"
+                    out.append(f"{family}: {node.target} at node {node.name} was not rewritten ({where})")
+        return out
+
+    def uuid(self) -> bytes:
+        return hashlib.sha256(f"{package_hash()}|{','.join(self.families)}".encode()).digest()

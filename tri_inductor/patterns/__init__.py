@@ -1,0 +1,52 @@
+"""Our FX pattern families, one module each: the Triton kernel, its op, its reference, its patterns.
+
+| family       | module                 | ops (tri_inductor::...)              |
+|--------------|------------------------|--------------------------------------|
+| rms_norm     | patterns/rms_norm.py   | rms_norm, fused_add_rms_norm         |
+| rope         | patterns/rope.py       | rope_cache, rope_cos_sin             |
+| activation   | patterns/activation.py | silu_and_mul, gelu_and_mul           |
+| linear       | patterns/linear.py     | mm, addmm                            |
+| attention    | patterns/attention.py  | attention                            |
+"""
+from __future__ import annotations
+
+import functools
+import importlib
+from types import ModuleType
+
+from ..options import FAMILIES
+
+
+@functools.cache
+def family_module(family: str) -> ModuleType:
+    if family not in FAMILIES:
+        raise ValueError(f"unknown pattern family {family!r}; known: {list(FAMILIES)}")
+    return importlib.import_module(f"{__name__}.{family}")
+
+
+def load_all() -> dict[str, ModuleType]:
+    """Import every family there is (registers all tri_inductor:: ops)."""
+    out = {}
+    for f in FAMILIES:
+        try:
+            out[f] = family_module(f)
+        except ModuleNotFoundError as e:
+            if e.name != f"{__name__}.{f}":
+                raise
+    return out
+
+
+@functools.cache
+def our_kernel_names() -> dict[str, str]:
+    """Triton function name -> family, for every kernel defined in our family modules."""
+    from triton.runtime.jit import JITFunction
+
+    names: dict[str, str] = {}
+    for family, module in load_all().items():
+        for value in vars(module).values():
+            fn = value
+            while fn is not None and not isinstance(fn, JITFunction):
+                fn = getattr(fn, "fn", None)  # Autotuner / Heuristics wrap a JITFunction
+            if fn is not None and getattr(fn, "__module__", module.__name__) == module.__name__:
+                names[fn.__name__] = family
+    return names

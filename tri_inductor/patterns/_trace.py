@@ -1,0 +1,32 @@
+"""Tracing replacement graphs so our kernels stay visible to Inductor.
+
+A ``triton_op`` call inserted into a post-grad graph as-is becomes an opaque fallback (an
+extern call).  Traced under FunctionalTensorMode, the op decomposes into its body and each
+``wrap_triton`` launch becomes the functional HOP ``triton_kernel_wrapper_functional``, which
+Inductor lowers to an inlined user Triton kernel.  The stock ``fwd_only`` tracer would instead
+leave the mutation HOP and dead-code-eliminate it (silently wrong results).
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch.fx.experimental.proxy_tensor import make_fx
+from torch._subclasses.functional_tensor import dispatch_functionalize
+from torch._dispatch.python import enable_python_dispatcher
+from torch.fx.traceback import preserve_node_meta
+
+
+def trace_replacement(fn: Callable[..., Any], args: Sequence[Any], **_: Any) -> torch.fx.GraphModule:
+    """``trace_fn`` for ``register_replacement``: a functional graph with our kernels as HOPs."""
+    from torch._inductor.decomposition import select_decomp_table
+
+    with enable_python_dispatcher(), preserve_node_meta():
+        gm = make_fx(dispatch_functionalize(fn), select_decomp_table(), tracing_mode="real")(*args)
+    from torch._inductor.fx_passes.post_grad import remove_noop_ops
+
+    remove_noop_ops(gm.graph)  # as fwd_only does, so search graphs look like post-grad graphs
+    gm.graph.eliminate_dead_code()  # safe: everything is functional now
+    gm.recompile()
+    return gm
