@@ -54,7 +54,8 @@ def profile_kernels(fn: Callable[[], Any], triton_names: Iterable[str], warmup: 
         if ev.name.startswith(("Memcpy", "Memset")):
             continue
         counts[ev.name] += 1
-        times[ev.name] += getattr(ev, "device_time", getattr(ev, "cuda_time", 0.0))
+        t = getattr(ev, "device_time", None)
+        times[ev.name] += t if t is not None else ev.cuda_time
     out = []
     for name, n in counts.most_common():
         ok, lib = classify_kernel(name, names)
