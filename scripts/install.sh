@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PIP="python3 -m pip install -q --disable-pip-version-check"
 # torch 2.11 / triton 3.6: the versions on the GPU machine. numpy < 2.4: triton 3.6's interpreter.
-$PIP "torch==2.11.0" "triton==3.6.0" "numpy<2.4" "pytest>=8" "pytest-timeout" sympy "setuptools>=61" wheel
+$PIP "torch==2.11.0" "triton==3.6.0" "numpy<2.4" "pytest>=8" "pytest-timeout" sympy matplotlib "setuptools>=61" wheel
 # vLLM 0.26 (the newest built for torch 2.11) without its GPU-only dependencies (flashinfer, ...),
 # then the light packages it imports (tested set; see ../shared/notes/vllm.md).
 $PIP --no-deps "vllm==0.26.0"

@@ -14,6 +14,8 @@ import tempfile
 # A fresh Inductor cache per test session: tests that look at fresh compiles vs cache hits must
 # not depend on what an earlier run left behind.
 os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", tempfile.mkdtemp(prefix="tri_inductor_test_cache_"))
+# Our tuning DB and the Triton cache the backend would claim: never the user's ~/.cache in tests.
+os.environ.setdefault("TRI_INDUCTOR_CACHE_DIR", tempfile.mkdtemp(prefix="tri_inductor_test_tri_"))
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
@@ -57,4 +59,31 @@ def interpreter():
     from tri_inductor.interpret import triton_interpreter
 
     with triton_interpreter():
+        yield
+
+
+@pytest.fixture
+def poison(monkeypatch):
+    """Our ops allocate outputs with torch.empty / empty_like: NaN-fill those allocations so an
+    element the kernel never writes shows up as NaN."""
+    for name in ("empty", "empty_like"):
+        orig = getattr(torch, name)
+
+        def nan_alloc(*args, _orig=orig, **kwargs):
+            t = _orig(*args, **kwargs)
+            if t.is_floating_point():
+                t.fill_(float("nan"))
+            return t
+
+        monkeypatch.setattr(torch, name, nan_alloc)
+    assert torch.empty(3).isnan().all() and torch.empty_like(torch.ones(2)).isnan().all()
+
+
+@pytest.fixture(scope="module")
+def vllm_ctx():
+    """A current VllmConfig (CPU device), as vLLM's layers expect when they are built or traced."""
+    pytest.importorskip("vllm", reason="vLLM 0.26 forms need vllm importable")
+    from vllm.config import DeviceConfig, VllmConfig, set_current_vllm_config
+
+    with set_current_vllm_config(VllmConfig(device_config=DeviceConfig(device="cpu"))):
         yield

@@ -90,10 +90,14 @@ def compile_graph(gm: torch.fx.GraphModule, example_inputs: list[Any], opts: Tri
                   overrides: dict[str, Any] | None = None) -> Callable:
     from torch._inductor.compile_fx import compile_fx
 
+    from .cache import claim_default_dirs
+
+    claim_default_dirs()  # Inductor's/Triton's caches under ours unless the user chose folders
     eager = gm  # what codegen-only mode runs
     if opts.codegen_only:
         gm = copy.deepcopy(gm)
-    attention_rewrites = _rewrite_attention(gm) if "attention" in opts.families else 0
+    if "attention" in opts.families:
+        _rewrite_attention(gm, example_inputs)
     cfg = inductor_config_for(opts, overrides)
     stack_traces = {n.name: n.meta.get("stack_trace") for n in gm.graph.nodes}
 
@@ -119,9 +123,14 @@ def compile_graph(gm: torch.fx.GraphModule, example_inputs: list[Any], opts: Tri
     return compiled
 
 
-def _rewrite_attention(gm: torch.fx.GraphModule) -> int:
+def _rewrite_attention(gm: torch.fx.GraphModule, example_inputs: list[Any]) -> int:
     from .patterns import family_module
 
+    if torch.is_grad_enabled() and any(isinstance(x, torch.Tensor) and x.requires_grad for x in example_inputs):
+        # Our attention kernel is forward-only: a graph that needs gradients keeps SDPA (the
+        # audit names it). Compile under torch.no_grad() / inference_mode for inference.
+        log.warning("tri_inductor: graph needs gradients; scaled_dot_product_attention left to PyTorch")
+        return 0
     n = family_module("attention").rewrite_sdpa_in_dynamo_graph(gm)
     if n:
         gm.recompile()
@@ -134,11 +143,6 @@ def _finish_reports(reports: list[audit.GraphReport],
 
     stats = take_last_stats() or {}
     for r in reports:
-        hits: dict[str, int] = {}
-        for k in r.kernels:
-            if k.kind == "our_triton" and k.family:
-                hits[k.family] = hits.get(k.family, 0) + 1
-        r.pattern_hits = hits
         r.near_misses = list(stats.get("near_misses", []))
         for v in r.violations:
             if v.source is None:

@@ -54,8 +54,6 @@ class _StubDriver:
     """Enough of Triton's CUDA driver to compile (not launch) kernels for sm_90."""
 
     def __init__(self):
-        from triton.backends.nvidia.driver import CudaUtils  # noqa: F401  (import check only)
-
         self.backend = "cuda"
 
     def is_active(self):

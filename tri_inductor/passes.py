@@ -1,7 +1,6 @@
 """The post-grad pass that rewrites transformer sub-graphs into our Triton kernels."""
 from __future__ import annotations
 
-import hashlib
 import threading
 from collections import Counter
 from typing import Any
@@ -9,7 +8,6 @@ from typing import Any
 import torch
 from torch._inductor.custom_graph_pass import CustomGraphPass
 
-from .fingerprint import package_hash
 from .options import FAMILIES
 
 _last = threading.local()
@@ -96,4 +94,7 @@ class TriInductorPatternPass(CustomGraphPass):
         return out
 
     def uuid(self) -> bytes:
-        return hashlib.sha256(f"{package_hash()}|{','.join(self.families)}".encode()).digest()
+        # Our sources + card + torch/CUDA/triton versions + the enabled families (cache.compile_hash).
+        from .cache import compile_hash
+
+        return bytes.fromhex(compile_hash(",".join(self.families)))

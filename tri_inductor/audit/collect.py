@@ -70,7 +70,6 @@ def on_output_code(code: str) -> None:
     report = audit_output_code(code, graph=f"graph{next(_counter)}",
                                origin="compile" if sites is not None else "cache",
                                our_kernels=our_kernel_names())
-    report.code = code  # type: ignore[attr-defined]
     _attach_provenance(report, sites or [])
     for c in collectors:
         c.append(report)

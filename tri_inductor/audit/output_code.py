@@ -120,7 +120,11 @@ def audit_output_code(code: str, graph: str = "graph", origin: str = "compile",
                 entries.append(KernelEntry("non_triton", var, op=f"{defs[var]['compiler']} kernel", fx_nodes=fx_nodes,
                                            hint=f"Inductor wrote a {defs[var]['compiler']} kernel: inputs are not on a "
                                                 "Triton device (CPU tensors?); tri_inductor targets GPUs"))
-    return GraphReport(graph=graph, kernels=entries, origin=origin)
+    hits: dict[str, int] = {}
+    for e in entries:
+        if e.family:
+            hits[e.family] = hits.get(e.family, 0) + 1
+    return GraphReport(graph=graph, kernels=entries, origin=origin, pattern_hits=hits, code=code)
 
 
 def triton_kernel_names(code: str) -> set[str]:

@@ -43,6 +43,8 @@ class GraphReport:
     """``compile`` (fresh Inductor compile) or ``cache`` (FX/AOT cache hit) or ``file``."""
     pattern_hits: dict[str, int] = dataclasses.field(default_factory=dict)
     near_misses: list[str] = dataclasses.field(default_factory=list)
+    code: str | None = dataclasses.field(default=None, repr=False)
+    """The output code audited (for graph-audit files and the runtime check's kernel names)."""
 
     @property
     def violations(self) -> list[KernelEntry]:

@@ -22,8 +22,35 @@ class RuntimeKernel:
     """``triton`` (a kernel we compiled), ``cublas``, ``aten``, ``flash/cudnn``, ``other``."""
 
 
+def source_triton_kernel_names(packages: Iterable[str] = ("vllm", "tri_inductor")) -> set[str]:
+    """Names of the ``@triton.jit`` functions defined in the installed sources of ``packages``.
+
+    The profiler shows a Triton kernel by its Python function name; collecting the names from the
+    sources (rather than from live objects) also covers kernels defined in modules loaded by
+    another process, e.g. vLLM's engine core.
+    """
+    import importlib.util
+    from pathlib import Path
+
+    jit = re.compile(r"@(?:triton\.)?jit\b[^\n]*\n(?:\s*@[^\n]*\n)*\s*def\s+(\w+)\s*\(")
+    names: set[str] = set()
+    for pkg in packages:
+        spec = importlib.util.find_spec(pkg)
+        if spec is None or not spec.submodule_search_locations:
+            continue
+        for root in spec.submodule_search_locations:
+            for path in Path(root).rglob("*.py"):
+                try:
+                    text = path.read_text(errors="ignore")
+                except OSError:
+                    continue
+                if "jit" in text:
+                    names.update(jit.findall(text))
+    return names
+
+
 def classify_kernel(name: str, triton_names: set[str]) -> tuple[bool, str]:
-    if name in triton_names or any(name.startswith(t) for t in triton_names if t):
+    if name in triton_names or name.startswith("triton_"):  # ours/vLLM's by name; Inductor's by prefix
         return True, "triton"
     if _CUBLAS.search(name):
         return False, "cublas"

@@ -1,0 +1,94 @@
+"""Shared benchmark helpers: metadata, CUDA-graph timing with cold-cache rotation, JSON output."""
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+from typing import Any, Callable, Sequence
+
+import torch
+
+RESULTS_DIR = os.path.join(os.path.dirname(__file__), "results")
+
+
+def card_slug() -> str:
+    name = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+    for key in ("H200", "H100", "A100", "L40S", "B200"):
+        if key in name:
+            return key.lower()
+    return "".join(c if c.isalnum() else "_" for c in name).lower()
+
+
+def git_commit() -> str:
+    if os.environ.get("GIT_COMMIT"):
+        return os.environ["GIT_COMMIT"]
+    try:
+        return subprocess.check_output(["git", "rev-parse", "HEAD"], cwd=os.path.dirname(__file__),
+                                       stderr=subprocess.DEVNULL, text=True).strip()
+    except Exception:
+        return "unknown"
+
+
+def metadata() -> dict[str, Any]:
+    import triton
+
+    props = torch.cuda.get_device_properties(0) if torch.cuda.is_available() else None
+    return {
+        "card": torch.cuda.get_device_name() if props else "cpu",
+        "sms": props.multi_processor_count if props else 0,
+        "torch": torch.__version__,
+        "triton": triton.__version__,
+        "cuda": torch.version.cuda,
+        "commit": git_commit(),
+    }
+
+
+def bench(fns: Sequence[Callable[[], Any]], reps: int = 20, inner: int = 1) -> float:
+    """Median time (ms) of one call, measured on CUDA-graph replays (no launch overhead in the
+    number, as under vLLM's graphs). ``fns`` are calls over *different* input sets: the graph
+    runs them in turn, so with enough sets (> L2 in total) every call reads from HBM."""
+    torch.cuda.synchronize()
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        for f in fns:  # warm-up: compiles, allocator pools
+            f()
+    torch.cuda.current_stream().wait_stream(s)
+    torch.cuda.synchronize()
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        for _ in range(inner):
+            for f in fns:
+                f()
+    g.replay()
+    torch.cuda.synchronize()
+    times = []
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    for _ in range(reps):
+        start.record()
+        g.replay()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) / (len(fns) * inner))
+    del g
+    return statistics.median(times)
+
+
+def n_sets(bytes_per_set: int, l2_bytes: int = 60 * 2**20) -> int:
+    """How many input sets make the rotation exceed the L2 twice over."""
+    return max(1, min(16, -(-2 * l2_bytes // max(1, bytes_per_set))))
+
+
+def write_json(name: str, data: dict[str, Any], out_dir: str | None = None) -> str:
+    out_dir = out_dir or RESULTS_DIR
+    os.makedirs(out_dir, exist_ok=True)
+    path = os.path.join(out_dir, name)
+    with open(path, "w") as f:
+        json.dump(data, f, indent=1, sort_keys=False)
+    return path
+
+
+def geomean(xs: Sequence[float]) -> float:
+    xs = [x for x in xs if x and x > 0]
+    return float(torch.tensor(xs, dtype=torch.float64).log().mean().exp()) if xs else float("nan")

@@ -1,0 +1,279 @@
+"""Helpers for the vLLM end-to-end benchmark and the report (no torch, no vLLM imports here).
+
+Pure functions only, so that ``tests/test_report.py`` can check them on a CPU machine:
+model configs, workload specs and prompts, percentiles and summaries of latency samples,
+a kernel-name classifier for profiles, card slugs and git metadata.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import re
+import subprocess
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS_DIR = ROOT / "benchmarks" / "results"
+
+# --------------------------------------------------------------------------- model config
+
+LLAMA3_8B: dict[str, Any] = dict(
+    architectures=["LlamaForCausalLM"], model_type="llama", hidden_size=4096, intermediate_size=14336,
+    num_attention_heads=32, num_key_value_heads=8, head_dim=128, num_hidden_layers=32, vocab_size=128256,
+    rms_norm_eps=1e-5, rope_theta=500000.0, hidden_act="silu", max_position_embeddings=8192,
+    torch_dtype="bfloat16", bos_token_id=128000, eos_token_id=128001, tie_word_embeddings=False,
+    attention_bias=False, mlp_bias=False, initializer_range=0.02)
+
+
+def llama3_8b_config(layers: int = 32, vocab: int | None = None) -> dict[str, Any]:
+    cfg = dict(LLAMA3_8B, num_hidden_layers=int(layers))
+    if vocab:
+        cfg["vocab_size"] = int(vocab)
+    return cfg
+
+
+def write_model_config(folder: str | os.PathLike, cfg: dict[str, Any]) -> Path:
+    """``folder/config.json`` for ``load_format="dummy"`` (vLLM draws random weights)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "config.json"
+    path.write_text(json.dumps(cfg, indent=1))
+    return path
+
+
+def param_count(cfg: dict[str, Any]) -> int:
+    h, i, v, n = cfg["hidden_size"], cfg["intermediate_size"], cfg["vocab_size"], cfg["num_hidden_layers"]
+    d = cfg.get("head_dim") or h // cfg["num_attention_heads"]
+    q, kv = cfg["num_attention_heads"] * d, cfg["num_key_value_heads"] * d
+    per_layer = h * (q + 2 * kv) + q * h + 3 * h * i + 2 * h
+    emb = v * h * (1 if cfg.get("tie_word_embeddings") else 2)
+    return n * per_layer + emb + h
+
+
+def kv_bytes_per_token(cfg: dict[str, Any], dtype_bytes: int = 2) -> int:
+    d = cfg.get("head_dim") or cfg["hidden_size"] // cfg["num_attention_heads"]
+    return 2 * cfg["num_hidden_layers"] * cfg["num_key_value_heads"] * d * dtype_bytes
+
+
+# --------------------------------------------------------------------------- workloads
+
+# name -> spec.  prompt_len / out_len: an int, or (lo, hi) for log-uniform lengths drawn per request
+# from a fixed seed (the same lengths in every repetition and for both backends).
+WORKLOADS: dict[str, dict[str, Any]] = {
+    "decode1": dict(group="decode-heavy", n=1, prompt_len=128, out_len=512),
+    "decode16": dict(group="decode-heavy", n=16, prompt_len=128, out_len=512),
+    "decode64": dict(group="decode-heavy", n=64, prompt_len=128, out_len=512),
+    "prefill8": dict(group="prefill-heavy", n=8, prompt_len=2048, out_len=16),
+    "mixed": dict(group="mixed", n=64, prompt_len=(32, 1536), out_len=(16, 512)),
+}
+QUICK_OUT = {"decode1": 128, "decode16": 128, "decode64": 128, "prefill8": 16, "mixed": (16, 128)}
+LENGTH_SEED = 7
+
+
+def workload_spec(name: str, quick: bool = False) -> dict[str, Any]:
+    if name not in WORKLOADS:
+        raise KeyError(f"unknown workload {name!r}; known: {', '.join(WORKLOADS)}")
+    spec = dict(WORKLOADS[name], name=name)
+    if quick:
+        spec["out_len"] = QUICK_OUT[name]
+    return spec
+
+
+def _draw(rng: random.Random, x: int | Sequence[int]) -> int:
+    if isinstance(x, int):
+        return x
+    lo, hi = x
+    return int(round(math.exp(rng.uniform(math.log(lo), math.log(hi)))))
+
+
+def request_lengths(spec: dict[str, Any]) -> list[tuple[int, int]]:
+    """(prompt_len, out_len) per request; deterministic."""
+    rng = random.Random(LENGTH_SEED)
+    return [(_draw(rng, spec["prompt_len"]), _draw(rng, spec["out_len"])) for _ in range(spec["n"])]
+
+
+def make_prompts(spec: dict[str, Any], vocab: int, seed: int) -> list[tuple[list[int], int]]:
+    """(token ids, max_tokens) per request; token ids from ``seed`` (vary it per repetition so no
+    prompt repeats: no prefix-cache hits even if the cache were on)."""
+    rng = random.Random(seed)
+    return [([rng.randrange(100, vocab - 1) for _ in range(p)], o) for p, o in request_lengths(spec)]
+
+
+def workload_tokens(spec: dict[str, Any]) -> tuple[int, int]:
+    lens = request_lengths(spec)
+    return sum(p for p, _ in lens), sum(o for _, o in lens)
+
+
+def max_seq_len(specs: Iterable[dict[str, Any]]) -> int:
+    return max(p + o for s in specs for p, o in request_lengths(s))
+
+
+# --------------------------------------------------------------------------- statistics
+
+
+def percentile(xs: Sequence[float], q: float) -> float | None:
+    """Linear-interpolated percentile (numpy's default); None for no samples."""
+    xs = sorted(x for x in xs if x is not None and not (isinstance(x, float) and math.isnan(x)))
+    if not xs:
+        return None
+    if len(xs) == 1:
+        return float(xs[0])
+    pos = (len(xs) - 1) * q / 100.0
+    lo = int(math.floor(pos))
+    hi = min(lo + 1, len(xs) - 1)
+    return float(xs[lo] + (xs[hi] - xs[lo]) * (pos - lo))
+
+
+def median(xs: Sequence[float]) -> float | None:
+    return percentile(xs, 50)
+
+
+def summarize_ms(samples_s: Sequence[float]) -> dict[str, Any]:
+    """Seconds in, milliseconds out: median, p90, mean, n."""
+    xs = [x for x in samples_s if x is not None]
+    if not xs:
+        return {"median": None, "p90": None, "mean": None, "n": 0}
+    return {"median": round(percentile(xs, 50) * 1e3, 4), "p90": round(percentile(xs, 90) * 1e3, 4),
+            "mean": round(sum(xs) / len(xs) * 1e3, 4), "n": len(xs)}
+
+
+def token_timeline_stats(timeline: dict[str, list[tuple[float, int]]], t_submit: float
+                         ) -> tuple[list[float], list[float], dict[str, int]]:
+    """From per-request [(arrival time, new tokens), ...]: TTFT per request (first arrival minus
+    submission) and inter-token gaps (a step that brought n > 1 tokens counts n gaps of dt/n)."""
+    ttft, itl, ntok = [], [], {}
+    for rid, events in timeline.items():
+        events = sorted(events)
+        if not events:
+            continue
+        ttft.append(events[0][0] - t_submit)
+        ntok[rid] = sum(n for _, n in events)
+        prev = events[0][0]
+        for t, n in events[1:]:
+            gap = (t - prev) / max(1, n)
+            itl.extend([gap] * max(1, n))
+            prev = t
+    return ttft, itl, ntok
+
+
+def safe_ratio(a: float | None, b: float | None) -> float | None:
+    if a is None or b is None or not b or (isinstance(a, float) and math.isnan(a)):
+        return None
+    return round(a / b, 4)
+
+
+def spread(xs: Sequence[float]) -> float | None:
+    """(max - min) / median of repeated measurements; None with fewer than two."""
+    xs = [x for x in xs if x]
+    if len(xs) < 2:
+        return None
+    return round((max(xs) - min(xs)) / median(xs), 4)
+
+
+# --------------------------------------------------------------------------- profiles
+
+KERNEL_CLASSES: list[tuple[str, re.Pattern[str]]] = [
+    ("attention", re.compile(r"unified_attention|reduce_segments|reshape_and_cache|attn|attention|flash", re.I)),
+    ("gemm", re.compile(r"nvjet|gemm|cutlass|xmma|cublas|splitKreduce|^mm_kernel|^mm_tma_kernel|_mm_kernel|"
+                        r"triton_tem_fused.*mm|matmul|_mm$", re.I)),
+    ("fused elementwise (norm/act/rope)", re.compile(r"^triton_(poi|red|per)_|rms|norm|silu|gelu|rope|rotary|"
+                                                      r"and_mul", re.I)),
+    ("sampler", re.compile(r"argmax|softmax|top_?k|top_?p|sampl|gumbel|exponential|logit|Reduce", re.I)),
+    ("copy/fill/index", re.compile(r"copy|fill|memcpy|memset|index|gather|scatter|CatArray|slot_mapping", re.I)),
+]
+
+
+def kernel_class(name: str) -> str:
+    for cls, rx in KERNEL_CLASSES:
+        if rx.search(name):
+            return cls
+    return "other"
+
+
+def classify_profile(kernels: Iterable[dict[str, Any]]) -> dict[str, float]:
+    """{class: GPU microseconds} from rows {"name", "gpu_us"}."""
+    out: dict[str, float] = {}
+    for k in kernels:
+        c = kernel_class(k["name"])
+        out[c] = round(out.get(c, 0.0) + float(k.get("gpu_us", 0.0)), 1)
+    return out
+
+
+def explain_gap(ours: dict[str, Any], base: dict[str, Any]) -> str:
+    """One line: where our profiled run spends more time than the baseline's.
+
+    ``ours``/``base``: {"wall_ms", "gpu_busy_ms", "classes_us": {class: us}}."""
+    if not ours or not base or "classes_us" not in ours or "classes_us" not in base:
+        return "no profile"
+    deltas = []
+    for c in set(ours["classes_us"]) | set(base["classes_us"]):
+        d = (ours["classes_us"].get(c, 0.0) - base["classes_us"].get(c, 0.0)) / 1e3
+        deltas.append((d, c))
+    host_o = (ours.get("wall_ms") or 0) - (ours.get("gpu_busy_ms") or 0)
+    host_b = (base.get("wall_ms") or 0) - (base.get("gpu_busy_ms") or 0)
+    deltas.append((host_o - host_b, "host/launch gaps (wall - GPU busy)"))
+    deltas.sort(reverse=True)
+    wall_d = (ours.get("wall_ms") or 0) - (base.get("wall_ms") or 0)
+    parts = [f"{c} {d:+.1f} ms" for d, c in deltas if abs(d) >= 0.05][:3]
+    return (f"profiled run {ours.get('wall_ms', 0):.1f} vs {base.get('wall_ms', 0):.1f} ms ({wall_d:+.1f} ms); "
+            f"largest differences: " + (", ".join(parts) if parts else "none"))
+
+
+# --------------------------------------------------------------------------- metadata
+
+
+def card_slug(card: str | None) -> str:
+    card = card or ""
+    for key in ("H200", "H100", "A100", "L40S", "L40", "B200", "GB200"):
+        if key in card:
+            return key.lower()
+    return "".join(c for c in card.lower() if c.isalnum())[:20] or "gpu"
+
+
+def nvidia_smi_card() -> str | None:
+    """The first GPU's name without touching CUDA in this process (None if no nvidia-smi)."""
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True,
+                             text=True, timeout=20).stdout.strip().splitlines()
+        return out[0].strip() if out and out[0].strip() else None
+    except Exception:  # noqa: BLE001
+        return None
+
+
+def git_info() -> dict[str, Any]:
+    """commit (env GIT_COMMIT wins: the GPU machine's copy may have no .git) and dirty flag."""
+    info: dict[str, Any] = {"commit": os.environ.get("GIT_COMMIT") or "unknown", "dirty": None}
+    if info["commit"] != "unknown":
+        return info
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+                                timeout=10).stdout.strip()
+        if commit:
+            info["commit"] = commit
+            info["dirty"] = bool(subprocess.run(["git", "status", "--porcelain"], cwd=ROOT, capture_output=True,
+                                                text=True, timeout=10).stdout.strip())
+    except Exception:  # noqa: BLE001
+        pass
+    return info
+
+
+STARTUP_LOG_PATTERNS = {
+    "model_load_s": re.compile(r"Model loading took .*? and ([\d.]+) seconds"),
+    "dynamo_s": re.compile(r"Dynamo bytecode transform time: ([\d.]+) s"),
+    "torch_compile_total_s": re.compile(r"torch\.compile took ([\d.]+) s in total"),
+    "graph_capture_s": re.compile(r"Graph capturing finished in ([\d.]+) secs"),
+    "init_engine_s": re.compile(r"init engine \(profile, create kv cache, warmup model\) took ([\d.]+)"),
+}
+
+
+def parse_startup_log(text: str) -> dict[str, float]:
+    """Startup phases from vLLM's log (last occurrence of each)."""
+    out: dict[str, float] = {}
+    for key, rx in STARTUP_LOG_PATTERNS.items():
+        found = rx.findall(text)
+        if found:
+            out[key] = float(found[-1])
+    return out

@@ -1,0 +1,1140 @@
+#!/usr/bin/env python3
+"""End to end on one GPU: vLLM with ``{"backend": "tri_inductor"}`` vs vLLM's own compile path.
+
+Model: Llama-3-8B shape (hidden 4096, 32 layers, 32/8 heads, head_dim 128, intermediate 14336,
+vocab 128256, bf16), a ``config.json`` with ``load_format="dummy"`` (random weights), token-id
+prompts (no tokenizer).  Two engines, everything equal but the compile path:
+
+* ``tri_inductor``: ``compilation_config={"backend": "tri_inductor"}`` (the plugin sets
+  TRITON_ATTN, custom_ops none, native IR ops; the effective configs of both engines are
+  recorded and compared, differences listed in the JSON under ``settings_differences``);
+* ``inductor`` (vLLM's compile path, the baseline): ``backend "inductor"``, custom_ops
+  ``["none"]``, ``attention_backend="TRITON_ATTN"``, ``ir_op_priority`` native;
+* both: max_model_len 4096, max_num_seqs 64, max_num_batched_tokens 8192, prefix caching off,
+  the same KV-cache size (``kv_cache_memory_bytes``, so that neither backend gets more KV blocks
+  because its activations are smaller), CUDA graphs and async scheduling at vLLM's defaults.
+
+Workloads (all requests submitted at once to ``LLM.generate``, greedy, ``ignore_eos``):
+decode1/16/64 (batch 1, 16, 64; 128 in / 512 out), prefill8 (batch 8; 2048 in / 16 out),
+mixed (64 requests, log-uniform 32..1536 in and 16..512 out, fixed lengths).  ``--quick``
+cuts decode outputs to 128 and mixed outputs to 16..128.
+
+**Alternation: both engines resident, side by side.**  Each backend runs in its own process
+(``--worker``), started once, kept alive for every workload, and serves requests sent over a
+pipe.  Both fit on one 80 GB card (8B bf16 weights ~15 GiB + a fixed 10 GiB KV cache + ~3 GiB
+activations/graphs each; ``gpu_memory_utilization`` 0.42 only passes vLLM's start-up free-memory
+check).  They start one after the other (vLLM profiles memory at start-up and assumes no other
+process changes its usage meanwhile), then each workload runs as warm-up A, warm-up B, then
+repetitions (3 by default) in ABBA order (rep 0: A,B; rep 1: B,A; ...), so slow drift (clocks, temperature)
+cancels and both see the same machine state.  Why not A-then-B-then-A: that needs three
+engine start-ups (~2 min each with compile and CUDA-graph capture), which the 9-minute budget
+cannot hold, and still compares numbers minutes apart.  Fallback (automatic when the second
+engine fails to start for lack of memory, or ``--mode sequential``): A alone for all workloads,
+B alone, then A again (warm cache) for the first workload as a drift check.
+
+**TTFT and ITL: per-token arrival times from the output processor.**  vLLM 0.26's
+``RequestOutput.metrics`` (``RequestStateStats``) is filled only when log stats are on
+(``LLM`` turns them off by default) and holds first/last token timestamps, not per-token
+times.  So the worker (engine in-process, ``VLLM_ENABLE_V1_MULTIPROCESSING=0``) wraps
+``OutputProcessor.process_outputs`` and records, for every engine step, the time each request
+got its new tokens: TTFT = first token time - ``generate()`` call; ITL = gaps between a
+request's consecutive tokens (every gap of every request, pooled; median and p90).  If that hook
+sees no tokens (vLLM changed), the fallback is TTFT from a 1-token run and ITL per request from
+``(total - TTFT) / (n - 1)``; the JSON says which method (``method``: ``hook`` / ``fallback``).
+Output tokens/s = output tokens / wall time of ``generate()``.
+
+Start times (``engines.<backend>.cold_start_s``): process start to engine ready, with empty
+vLLM/Inductor/Triton caches (fresh cache dirs), i.e. including compile and CUDA-graph capture.
+``--starts`` adds the warm start (a new process, same cache dirs) for each backend at the end.
+
+Workloads below 1.0x throughput or above 1.0x median ITL get a short profiled run on both
+engines (``--profile below``): GPU time per kernel class and the host gap, and a one-line reason.
+
+Budget: the whole run stays under ``--budget-s`` (default 520 s): repetitions, profiles and warm
+starts that would not fit are skipped (and listed under ``skipped``); partial results are
+written after every workload.
+
+GPU command (the lead's; from the repo root, carrying ``.gpu-env``; the JSON and the engines'
+logs (``e2e_logs/``) come back through $OUT; copy the JSON to benchmarks/results/):
+
+    source .gpu-env/setup.sh && python3 -m pip install -q --no-deps --no-build-isolation --no-index -e . \\
+      && GIT_COMMIT=<commit> python3 benchmarks/e2e_vllm.py --out $OUT --starts --budget-s 500
+
+Exit status: 0 every workload >= 1.0x throughput and <= 1.0x median ITL; 1 otherwise (results
+written); 2 our engine did not start (log tail in the JSON and on stdout).
+
+CPU check: ``python3 benchmarks/e2e_vllm.py --dry-run`` prints the plan and writes the config.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import select
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import _vllm_common as C  # noqa: E402
+
+OURS, BASE = "tri_inductor", "inductor"
+LABEL = {OURS: "tri_inductor", BASE: "vLLM-compile"}
+DEFAULT_WORKLOADS = "decode1,decode16,decode64,prefill8,mixed"
+MAX_MODEL_LEN = 4096
+MAX_NUM_SEQS = 64
+MAX_BATCHED_TOKENS = 8192
+RESERVE_S = 35.0  # kept back from the budget for stopping engines and writing results (at most 10%)
+
+
+# ======================================================================= plan
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--layers", type=int, default=32, help="decoder layers (32 = Llama-3-8B)")
+    p.add_argument("--vocab", type=int, default=None, help="vocab size (default 128256)")
+    p.add_argument("--workloads", default=DEFAULT_WORKLOADS,
+                   help=f"comma-separated subset of {DEFAULT_WORKLOADS}")
+    p.add_argument("--quick", action="store_true", help="shorter outputs (decode 128, mixed 16..128) and 2 reps")
+    p.add_argument("--reps", type=int, default=None, help="measured repetitions per backend (default 3; 2 with --quick)")
+    p.add_argument("--backends", default=f"{OURS},{BASE}", help="order = start order and A,B of ABBA")
+    p.add_argument("--mode", choices=("side-by-side", "sequential"), default="side-by-side")
+    p.add_argument("--gpu-util", type=float, default=0.42, help="gpu_memory_utilization per engine, side by side")
+    p.add_argument("--solo-gpu-util", type=float, default=0.85, help="gpu_memory_utilization, sequential mode")
+    p.add_argument("--kv-cache-gib", type=float, default=10.0, help="KV cache per engine (kv_cache_memory_bytes)")
+    p.add_argument("--starts", action="store_true", help="also measure warm start (new process, warm caches)")
+    p.add_argument("--profile", choices=("below", "all", "none"), default="below",
+                   help="profiled run for workloads below 1.0x (or all, or none)")
+    p.add_argument("--profile-out-cap", type=int, default=64, help="output tokens per request in profiled runs")
+    p.add_argument("--budget-s", type=float, default=520.0, help="wall-time budget of the whole run")
+    p.add_argument("--startup-timeout", type=float, default=330.0, help="seconds for one engine to be ready")
+    p.add_argument("--run-timeout", type=float, default=180.0, help="seconds for one generate() call")
+    p.add_argument("--keep-going", action="store_true", help="run the baseline even if our engine fails to start")
+    p.add_argument("--out", default=None, help="results folder (default $OUT if set, else benchmarks/results)")
+    p.add_argument("--name", default=None, help="results file name (default e2e_<card>[_L<layers>].json)")
+    p.add_argument("--model-dir", default=None, help="where config.json goes (default a temp dir)")
+    p.add_argument("--dry-run", action="store_true", help="print the plan, write the model config, run nothing")
+    # worker (internal)
+    p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--backend", help=argparse.SUPPRESS)
+    p.add_argument("--engine-kwargs", help=argparse.SUPPRESS)
+    p.add_argument("--cmd-fd", type=int, help=argparse.SUPPRESS)
+    p.add_argument("--res-fd", type=int, help=argparse.SUPPRESS)
+    p.add_argument("--exit-after-ready", action="store_true", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.reps is None:
+        args.reps = 2 if args.quick else 3
+    if args.reps < 1:
+        p.error("--reps must be >= 1")
+    if args.layers < 1:
+        p.error("--layers must be >= 1")
+    backends = args.backends.split(",")
+    if not args.worker and (not set(backends) <= {OURS, BASE} or len(set(backends)) != len(backends)):
+        p.error(f"--backends: {OURS} and/or {BASE}, each once")
+    for w in args.workloads.split(","):
+        if w not in C.WORKLOADS:
+            p.error(f"unknown workload {w!r}; known: {', '.join(C.WORKLOADS)}")
+    return args
+
+
+def engine_kwargs(backend: str, model_dir: str, gpu_util: float, kv_cache_gib: float) -> dict[str, Any]:
+    kw: dict[str, Any] = dict(
+        model=str(model_dir), load_format="dummy", skip_tokenizer_init=True, dtype="bfloat16", seed=0,
+        max_model_len=MAX_MODEL_LEN, max_num_seqs=MAX_NUM_SEQS, max_num_batched_tokens=MAX_BATCHED_TOKENS,
+        enable_prefix_caching=False, gpu_memory_utilization=gpu_util,
+        kv_cache_memory_bytes=int(kv_cache_gib * 2**30))
+    if backend == OURS:
+        kw["compilation_config"] = {"backend": "tri_inductor"}
+    elif backend == BASE:  # vLLM's own compile path, runnable without vLLM's CUDA ops
+        kw["compilation_config"] = {"backend": "inductor", "custom_ops": ["none"]}
+        kw["attention_backend"] = "TRITON_ATTN"
+        kw["ir_op_priority"] = {"rms_norm": ["native"], "fused_add_rms_norm": ["native"]}
+    else:
+        raise ValueError(backend)
+    return kw
+
+
+def default_out_dir() -> Path:
+    out = os.environ.get("OUT")
+    return Path(out) if out and os.path.isdir(out) else C.RESULTS_DIR
+
+
+def build_plan(args: argparse.Namespace) -> dict[str, Any]:
+    cfg = C.llama3_8b_config(args.layers, args.vocab)
+    specs = [C.workload_spec(w, args.quick) for w in args.workloads.split(",")]
+    backends = args.backends.split(",")
+    weights_gib = C.param_count(cfg) * 2 / 2**30
+    kv_tokens = int(args.kv_cache_gib * 2**30 // C.kv_bytes_per_token(cfg))
+    work = []
+    for s in specs:
+        p_tok, o_tok = C.workload_tokens(s)
+        peak_kv = sum(p + o for p, o in C.request_lengths(s))
+        work.append({"name": s["name"], "group": s["group"], "requests": s["n"], "prompt_len": s["prompt_len"],
+                     "out_len": s["out_len"], "prompt_tokens": p_tok, "output_tokens": o_tok,
+                     "kv_tokens_needed": peak_kv, "fits_kv": peak_kv <= kv_tokens})
+    order = []
+    for r in range(args.reps):
+        order.append(list(backends) if r % 2 == 0 else list(reversed(backends)))
+    util = args.gpu_util if args.mode == "side-by-side" else args.solo_gpu_util
+    return {"model_config": cfg, "weights_gib": round(weights_gib, 2), "kv_cache_gib": args.kv_cache_gib,
+            "kv_cache_tokens": kv_tokens, "mode": args.mode, "backends": backends, "reps": args.reps,
+            "rep_order": order, "quick": args.quick, "workloads": work, "specs": specs,
+            "engine_kwargs": {b: engine_kwargs(b, "<model_dir>", util, args.kv_cache_gib) for b in backends},
+            "budget_s": args.budget_s, "starts": args.starts, "profile": args.profile,
+            "estimate_s": estimate_seconds(cfg, specs, args)}
+
+
+def estimate_seconds(cfg: dict[str, Any], specs: list[dict[str, Any]], args: argparse.Namespace) -> dict[str, float]:
+    """Very rough wall-time guide for an H100 (weights read once per decode step at ~2.5 TB/s,
+    prefill at ~500 TFLOP/s, plus a fixed per-step host cost); startup from what was seen."""
+    wbytes = C.param_count(cfg) * 2
+    params = C.param_count(cfg)
+    per_backend = 0.0
+    for s in specs:
+        lens = C.request_lengths(s)
+        steps = max(o for _, o in lens)
+        t = steps * (wbytes / 2.5e12 + 1.5e-3) + 2 * params * sum(p for p, _ in lens) / 500e12
+        per_backend += t * (args.reps + 0.2)  # + a short warm-up
+    startup = 40 + 90 * args.layers / 32
+    total = 2 * startup + 2 * per_backend + (2 * 0.6 * startup if args.starts else 0)
+    return {"startup_per_engine": round(startup), "workloads_per_backend": round(per_backend),
+            "total": round(total)}
+
+
+def print_plan(plan: dict[str, Any], model_dir: str, out_path: Path) -> None:
+    cfg = plan["model_config"]
+    print(f"e2e plan: Llama-3-8B shape, {cfg['num_hidden_layers']} layers, hidden {cfg['hidden_size']}, "
+          f"heads {cfg['num_attention_heads']}/{cfg['num_key_value_heads']}, intermediate "
+          f"{cfg['intermediate_size']}, vocab {cfg['vocab_size']}, bf16 dummy weights "
+          f"({plan['weights_gib']} GiB/engine)")
+    print(f"model config: {model_dir}/config.json")
+    print(f"mode {plan['mode']}; backends {plan['backends']}; reps {plan['reps']} "
+          f"(order {plan['rep_order']}); KV cache {plan['kv_cache_gib']} GiB = {plan['kv_cache_tokens']} tokens/engine")
+    for b, kw in plan["engine_kwargs"].items():
+        print(f"  {LABEL[b]:13s} LLM({json.dumps(kw)})")
+    print(f"{'workload':10s}{'group':15s}{'reqs':>5s}{'in':>12s}{'out':>12s}{'in tok':>8s}{'out tok':>8s}{'KV tok':>8s}")
+    for w in plan["workloads"]:
+        print(f"{w['name']:10s}{w['group']:15s}{w['requests']:5d}{str(w['prompt_len']):>12s}{str(w['out_len']):>12s}"
+              f"{w['prompt_tokens']:8d}{w['output_tokens']:8d}{w['kv_tokens_needed']:8d}"
+              f"{'' if w['fits_kv'] else '  (exceeds KV: preemption)'}")
+    e = plan["estimate_s"]
+    print(f"rough estimate: start-up ~{e['startup_per_engine']} s/engine, workloads ~{e['workloads_per_backend']} "
+          f"s/backend, total ~{e['total']} s (budget {plan['budget_s']:.0f} s); warm starts: {plan['starts']}; "
+          f"profiles: {plan['profile']}")
+    print(f"results -> {out_path}")
+
+
+# ======================================================================= parent: engines
+
+
+STARTED: list["Engine"] = []
+
+
+class Engine:
+    """One backend's worker process: an ``LLM`` kept alive, serving JSON requests over a pipe."""
+
+    def __init__(self, backend: str, kwargs: dict[str, Any], cache_dir: Path, log_path: Path):
+        self.backend, self.kwargs, self.cache_dir, self.log_path = backend, kwargs, cache_dir, log_path
+        self.proc: subprocess.Popen | None = None
+        self.start_index = 0
+        self.ready: dict[str, Any] | None = None
+        self.error: str | None = None
+        self.start_s: float | None = None
+        self._buf = b""
+        self._cmd = None
+        self._res_fd: int | None = None
+        self._log = None
+
+    def env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        for var, sub in (("VLLM_CACHE_ROOT", "vllm"), ("TORCHINDUCTOR_CACHE_DIR", "inductor"),
+                         ("TRITON_CACHE_DIR", "triton")):
+            env[var] = str(self.cache_dir / sub)
+        env["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"  # engine in the worker: our hook and profiler see it
+        env.setdefault("VLLM_USE_V2_MODEL_RUNNER", "0")
+        env.setdefault("VLLM_USE_FLASHINFER_SAMPLER", "0")
+        env.setdefault("PYTHONUNBUFFERED", "1")
+        env["TRI_E2E_START"] = str(self.start_index)
+        return env
+
+    def start(self, exit_after_ready: bool = False) -> None:
+        STARTED.append(self)  # every engine ever started is killed at the end, whatever happened
+        self.cache_dir.mkdir(parents=True, exist_ok=True)
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        cmd_r, cmd_w = os.pipe()
+        res_r, res_w = os.pipe()
+        argv = [sys.executable, os.path.abspath(__file__), "--worker", "--backend", self.backend,
+                "--engine-kwargs", json.dumps(self.kwargs), "--cmd-fd", str(cmd_r), "--res-fd", str(res_w)]
+        if exit_after_ready:
+            argv.append("--exit-after-ready")
+        self._log = open(self.log_path, "ab")
+        self.t_popen = time.monotonic()
+        self.proc = subprocess.Popen(argv, env=self.env(), stdin=subprocess.DEVNULL, stdout=self._log,
+                                     stderr=subprocess.STDOUT, pass_fds=(cmd_r, res_w), start_new_session=True,
+                                     cwd=str(C.ROOT))
+        os.close(cmd_r)
+        os.close(res_w)
+        self._cmd = os.fdopen(cmd_w, "w", buffering=1)
+        self._res_fd = res_r
+        self._buf = b""
+        self.ready, self.error, self.start_s = None, None, None
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None and self.error is None
+
+    def _recv(self, timeout: float) -> dict[str, Any] | None:
+        deadline = time.monotonic() + max(0.0, timeout)
+        while b"\n" not in self._buf:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                self.error = f"timeout after {timeout:.0f} s"
+                return None
+            r, _, _ = select.select([self._res_fd], [], [], min(left, 5.0))
+            if not r:
+                if self.proc is not None and self.proc.poll() is not None:
+                    self.error = f"worker exited (rc={self.proc.returncode})"
+                    return None
+                continue
+            chunk = os.read(self._res_fd, 1 << 20)
+            if not chunk:
+                rc = self.proc.wait(timeout=30) if self.proc else None
+                self.error = f"worker exited (rc={rc})"
+                return None
+            self._buf += chunk
+        line, self._buf = self._buf.split(b"\n", 1)
+        return json.loads(line)
+
+    def wait_ready(self, timeout: float) -> bool:
+        msg = self._recv(timeout)
+        if msg is None or msg.get("event") != "ready":
+            if msg is not None:
+                self.error = msg.get("error") or f"unexpected message {str(msg)[:200]}"
+            self.kill()
+            return False
+        self.start_s = round(time.monotonic() - self.t_popen, 2)
+        self.ready = msg
+        return True
+
+    def request(self, msg: dict[str, Any], timeout: float) -> dict[str, Any]:
+        if not self.alive():
+            return {"ok": False, "error": self.error or "engine not running"}
+        try:
+            self._cmd.write(json.dumps(msg) + "\n")
+            self._cmd.flush()
+        except (BrokenPipeError, OSError) as e:
+            self.error = f"pipe: {e!r}"
+            self.kill()
+            return {"ok": False, "error": self.error}
+        out = self._recv(timeout)
+        if out is None:
+            self.kill()
+            return {"ok": False, "error": self.error}
+        return out
+
+    def stop(self, timeout: float = 60.0) -> None:
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            try:
+                self._cmd.write(json.dumps({"cmd": "exit"}) + "\n")
+                self._cmd.flush()
+                self.proc.wait(timeout=timeout)
+            except Exception:  # noqa: BLE001
+                pass
+        self.kill()
+
+    def kill(self) -> None:
+        """SIGTERM then SIGKILL the worker's process group (its own session)."""
+        p = self.proc
+        if p is not None and p.poll() is None:
+            for sig, wait in ((signal.SIGTERM, 15), (signal.SIGKILL, 10)):
+                try:
+                    os.killpg(p.pid, sig)
+                except (ProcessLookupError, PermissionError):
+                    break
+                try:
+                    p.wait(timeout=wait)
+                    break
+                except subprocess.TimeoutExpired:
+                    continue
+        for f in (self._cmd,):
+            try:
+                f and f.close()
+            except Exception:  # noqa: BLE001
+                pass
+        if self._res_fd is not None:
+            try:
+                os.close(self._res_fd)
+            except OSError:
+                pass
+            self._res_fd = None
+        self._cmd = None
+        if self._log:
+            self._log.close()
+            self._log = None
+
+    def log_text(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def log_tail(self, n: int = 4000) -> str:
+        return self.log_text()[-n:]
+
+
+# ======================================================================= parent: the run
+
+
+class Runner:
+    def __init__(self, args: argparse.Namespace, plan: dict[str, Any], model_dir: Path, out_dir: Path,
+                 log_dir: Path, cache_root: Path):
+        self.args, self.plan, self.model_dir, self.out_dir = args, plan, model_dir, out_dir
+        self.saved_to: Path | None = None
+        self.log_dir, self.cache_root = log_dir, cache_root
+        self.t0 = time.monotonic()
+        self.deadline = self.t0 + args.budget_s
+        self.reserve = min(RESERVE_S, 0.1 * args.budget_s)
+        self.n_starts: dict[str, int] = {}
+        self.raw: dict[str, dict[str, list[dict[str, Any]]]] = {}  # workload -> backend -> rep results
+        git = C.git_info()
+        self.report: dict[str, Any] = {
+            "benchmark": "e2e_vllm", "card": None, "versions": {}, "commit": git["commit"], "dirty": git["dirty"],
+            "settings": {k: plan[k] for k in ("mode", "backends", "reps", "rep_order", "quick", "kv_cache_gib",
+                                               "kv_cache_tokens", "weights_gib", "budget_s", "profile", "starts")}
+            | {"layers": args.layers, "model_config": plan["model_config"], "engine_kwargs": plan["engine_kwargs"],
+               "max_model_len": MAX_MODEL_LEN, "max_num_seqs": MAX_NUM_SEQS,
+               "max_num_batched_tokens": MAX_BATCHED_TOKENS, "sampling": "greedy, ignore_eos",
+               "alternation": "both engines resident; per workload: warm-up A, B; reps in ABBA order"},
+            "method": {"throughput": "output tokens / wall time of LLM.generate (all requests submitted at once)",
+                       "ttft_itl": "per-token arrival times recorded in OutputProcessor.process_outputs "
+                                   "(hook); TTFT from the generate() call; ITL = every gap between a request's "
+                                   "consecutive tokens, pooled over requests and reps",
+                       "ratios": "throughput_ratio = ours / vLLM-compile tokens/s (median over reps); "
+                                 "itl_ratio = ours / vLLM-compile median ITL; ttft_ratio likewise"},
+            "engines": {}, "workloads": {}, "skipped": [], "errors": [], "complete": False}
+
+    # ------------------------------------------------------------------ helpers
+    def left(self) -> float:
+        return self.deadline - time.monotonic()
+
+    def note_skip(self, what: str) -> None:
+        print(f"[e2e] SKIP {what} (budget: {self.left():.0f} s left)", flush=True)
+        self.report["skipped"].append(what)
+
+    def path(self) -> Path:
+        """e2e_<card>[_L<layers>].json once the card is known (an engine is ready), before that
+        e2e_partial[...].json."""
+        if self.args.name:
+            return self.out_dir / self.args.name
+        card = self.report.get("card")
+        suffix = "" if self.args.layers == 32 else f"_L{self.args.layers}"
+        return self.out_dir / f"e2e_{C.card_slug(card) if card else 'partial'}{suffix}.json"
+
+    def save(self) -> Path:
+        self.report["wall_s"] = round(time.monotonic() - self.t0, 1)
+        path = self.path()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(self.report, indent=1))
+        tmp.replace(path)
+        if self.saved_to is not None and self.saved_to != path and self.saved_to.exists():
+            self.saved_to.unlink()  # the partial file, superseded
+        self.saved_to = path
+        return path
+
+    def engine(self, backend: str, util: float) -> Engine:
+        n = self.n_starts.get(backend, 0)
+        self.n_starts[backend] = n + 1
+        kw = engine_kwargs(backend, str(self.model_dir), util, self.args.kv_cache_gib)
+        eng = Engine(backend, kw, self.cache_root / backend, self.log_dir / f"{backend}_{n}.log")
+        eng.start_index = n
+        return eng
+
+    def start(self, backend: str, util: float, what: str, exit_after_ready: bool = False) -> Engine | None:
+        """Start an engine and wait until it is ready; record its start time under ``what``."""
+        timeout = min(self.args.startup_timeout, self.left() - self.reserve)
+        if timeout < 30:
+            self.note_skip(f"{what} start of {backend}")
+            return None
+        eng = self.engine(backend, util)
+        print(f"[e2e] starting {LABEL[backend]} ({what}, gpu util {util}, timeout {timeout:.0f} s) ...", flush=True)
+        eng.start(exit_after_ready)
+        ok = eng.wait_ready(timeout)
+        info = self.report["engines"].setdefault(backend, {})
+        startup = C.parse_startup_log(eng.log_text())
+        if ok:
+            r = eng.ready
+            info[f"{what}_s"] = eng.start_s
+            info[f"{what}_phases"] = {"import_s": r.get("import_s"), "llm_init_s": r.get("llm_init_s"), **startup}
+            if what == "cold_start":
+                info["effective_config"] = r.get("effective_config")
+                if r.get("audit"):
+                    info["audit"] = r["audit"]
+                info["memory"] = r.get("memory")
+                info["log"] = str(eng.log_path)
+                if not self.report["versions"]:
+                    self.report["card"] = r.get("card") or self.report["card"]
+                    self.report["versions"] = r.get("versions", {})
+            print(f"[e2e] {LABEL[backend]} ready in {eng.start_s:.1f} s ({what}; {startup})", flush=True)
+            if exit_after_ready:
+                eng.stop()
+            return eng
+        tail = eng.log_tail(6000)
+        info[f"{what}_error"] = eng.error
+        info[f"{what}_log_tail"] = tail
+        self.report["errors"].append(f"{backend} {what}: {eng.error}")
+        print(f"[e2e] {LABEL[backend]} FAILED to start ({eng.error}); log tail:\n{tail[-3000:]}", flush=True)
+        return None
+
+    def run_one(self, eng: Engine, spec: dict[str, Any], seed: int, tag: str, out_cap: int | None = None
+                ) -> dict[str, Any]:
+        timeout = min(self.args.run_timeout, self.left() - self.reserve)
+        if timeout < 5:
+            return {"ok": False, "error": "budget"}
+        t = time.monotonic()
+        r = eng.request({"cmd": "run", "spec": spec, "seed": seed, "tag": tag, "out_cap": out_cap}, timeout)
+        r.setdefault("ok", False)
+        r["rpc_s"] = round(time.monotonic() - t, 2)
+        if not r["ok"]:
+            err = f"{eng.backend} {spec['name']} {tag}: {r.get('error')}"
+            self.report["errors"].append(err)
+            print(f"[e2e] ERROR {err}\n{str(r.get('traceback', ''))[-2000:]}", flush=True)
+            if not eng.alive():
+                print(eng.log_tail(3000), flush=True)
+        return r
+
+    # ------------------------------------------------------------------ workloads
+    def run_workload(self, spec: dict[str, Any], engines: list[Engine], reps: int, seed_base: int) -> None:
+        name = spec["name"]
+        per = self.raw.setdefault(name, {})
+        for eng in engines:  # warm-up: same shapes, fewer output tokens
+            if eng.alive():
+                cap = min(32, max(o for _, o in C.request_lengths(spec)))
+                self.run_one(eng, spec, seed_base + 999, "warmup", out_cap=cap)
+        rep_time: float | None = None
+        for rep in range(reps):
+            if rep_time is not None and self.left() - self.reserve < 1.3 * rep_time:
+                self.note_skip(f"{name} reps {rep}..{reps - 1}")
+                break
+            t = time.monotonic()
+            order = engines if rep % 2 == 0 else list(reversed(engines))
+            for eng in order:
+                if not eng.alive():
+                    continue
+                r = self.run_one(eng, spec, seed_base + rep, f"rep{rep}")
+                if r["ok"]:
+                    per.setdefault(eng.backend, []).append(r)
+                    print(f"[e2e] {name:9s} rep{rep} {LABEL[eng.backend]:13s} {r['tokens_per_s']:9.1f} tok/s  "
+                          f"wall {r['wall_s']:.2f} s  TTFT med {C.summarize_ms(r['ttft_s'])['median']} ms  "
+                          f"ITL med {C.summarize_ms(r['itl_s'])['median']} ms  ({r['method']})", flush=True)
+            rep_time = time.monotonic() - t
+
+    def summarize(self, name: str, spec: dict[str, Any]) -> dict[str, Any]:
+        entry: dict[str, Any] = {"group": spec["group"], "spec": {k: spec[k] for k in ("n", "prompt_len", "out_len")}}
+        p_tok, o_tok = C.workload_tokens(spec)
+        entry["spec"].update(prompt_tokens=p_tok, output_tokens=o_tok)
+        old = self.report["workloads"].get(name, {})
+        for k in ("profile", "reason", "drift_check"):
+            if k in old:
+                entry[k] = old[k]
+        for b, reps in self.raw.get(name, {}).items():
+            tps = [r["tokens_per_s"] for r in reps]
+            ttft = [x for r in reps for x in r["ttft_s"]]
+            itl = [x for r in reps for x in r["itl_s"]]
+            entry[b] = {"tokens_per_s": round(C.median(tps), 2), "tokens_per_s_reps": [round(x, 2) for x in tps],
+                        "spread": C.spread(tps), "ttft_ms": C.summarize_ms(ttft), "itl_ms": C.summarize_ms(itl),
+                        "wall_s_reps": [r["wall_s"] for r in reps], "out_tokens": reps[0]["out_tokens"],
+                        "method": sorted({r["method"] for r in reps}), "reps": len(reps)}
+        o, b = entry.get(OURS), entry.get(BASE)
+        if o and b:
+            entry["throughput_ratio"] = C.safe_ratio(o["tokens_per_s"], b["tokens_per_s"])
+            entry["itl_ratio"] = C.safe_ratio(o["itl_ms"]["median"], b["itl_ms"]["median"])
+            entry["itl_p90_ratio"] = C.safe_ratio(o["itl_ms"]["p90"], b["itl_ms"]["p90"])
+            entry["ttft_ratio"] = C.safe_ratio(o["ttft_ms"]["median"], b["ttft_ms"]["median"])
+            noise = max([s for s in (o["spread"], b["spread"]) if s is not None], default=None)
+            entry["noise"] = noise
+            tr, ir = entry["throughput_ratio"], entry["itl_ratio"]
+            entry["pass"] = bool(tr is not None and tr >= 1.0 and (ir is None or ir <= 1.0))
+            entry["within_noise"] = bool(noise is not None and tr is not None and abs(tr - 1.0) <= noise)
+        else:
+            entry["throughput_ratio"] = entry["itl_ratio"] = None
+            entry["pass"] = False
+        return entry
+
+    def profile_workload(self, name: str, spec: dict[str, Any], engines: list[Engine]) -> None:
+        timeout = min(self.args.run_timeout, self.left() - self.reserve)
+        if timeout < 30:
+            self.note_skip(f"{name} profile")
+            return
+        prof = {}
+        for eng in engines:
+            if not eng.alive():
+                continue
+            r = eng.request({"cmd": "profile", "spec": spec, "seed": 4242, "out_cap": self.args.profile_out_cap},
+                            timeout)
+            prof[eng.backend] = r if r.get("ok") else {"error": r.get("error"), "traceback": r.get("traceback")}
+        w = self.report["workloads"].setdefault(name, {})
+        w["profile"] = prof
+        w["reason"] = C.explain_gap(prof.get(OURS, {}), prof.get(BASE, {}))
+        print(f"[e2e] {name}: {w['reason']}", flush=True)
+
+    def refresh(self, specs: list[dict[str, Any]]) -> None:
+        for s in specs:
+            if s["name"] in self.raw:
+                self.report["workloads"][s["name"]] = self.summarize(s["name"], s)
+        self.save()
+
+    # ------------------------------------------------------------------ modes
+    def run(self) -> int:
+        args, specs = self.args, self.plan["specs"]
+        backends = self.plan["backends"]
+        seeds = {s["name"]: 10_000 * (i + 1) for i, s in enumerate(specs)}
+        mode = self.plan["mode"]
+        self.report["mode"] = mode
+        first = self.start(backends[0], args.gpu_util if mode == "side-by-side" else args.solo_gpu_util,
+                           "cold_start")
+        if first is None and backends[0] == OURS and not args.keep_going:
+            self.save()
+            return 2
+        engines = [first] if first else []
+        if mode == "side-by-side" and len(backends) > 1:
+            second = self.start(backends[1], args.gpu_util, "cold_start")
+            if second is not None:
+                engines.append(second)
+            elif first is not None and _memory_error(self.report["engines"].get(backends[1], {})):
+                print("[e2e] second engine did not fit beside the first: falling back to sequential", flush=True)
+                mode = self.report["mode"] = "sequential (fallback: second engine out of memory)"
+        if mode != "side-by-side":
+            self.report["settings"]["alternation"] = ("sequential: A alone for all workloads, then B alone, then A "
+                                                      "again (warm caches) on the first workload as a drift check")
+        self.compare_settings()
+        if mode == "side-by-side" or len(backends) == 1:
+            for s in specs:
+                if self.left() - self.reserve < 20:
+                    self.note_skip(f"workload {s['name']}")
+                    continue
+                dead = [e.backend for e in engines if not e.alive()]
+                if dead and not args.keep_going:  # no ratio possible: save the device time
+                    self.note_skip(f"workload {s['name']} ({', '.join(dead)} engine died; see errors)")
+                    continue
+                self.run_workload(s, [e for e in engines if e.alive()], args.reps, seeds[s["name"]])
+                self.refresh(specs)
+            self.profiles(specs, engines)
+            for e in engines:
+                e.stop()
+        else:
+            self.sequential(specs, backends, seeds, engines[0] if engines else None)
+        if args.starts:
+            for b in backends:
+                if "warm_start_s" in self.report["engines"].get(b, {}):
+                    continue
+                self.start(b, args.solo_gpu_util, "warm_start", exit_after_ready=True)
+        self.compare_settings()
+        self.refresh(specs)
+        return 0
+
+    IGNORED_SETTINGS = ("backend", "VLLM_USE_FLASHINFER_SAMPLER")
+
+    def compare_settings(self) -> None:
+        """Effective engine settings that differ between the two backends (should be none but the
+        backend name)."""
+        eff = {b: (self.report["engines"].get(b) or {}).get("effective_config") for b in (OURS, BASE)}
+        if not all(eff.values()):
+            return
+        diff = {k: {OURS: eff[OURS].get(k), BASE: eff[BASE].get(k)}
+                for k in sorted(set(eff[OURS]) | set(eff[BASE]))
+                if k not in self.IGNORED_SETTINGS and eff[OURS].get(k) != eff[BASE].get(k)}
+        self.report["settings_differences"] = diff
+        for k, v in diff.items():
+            print(f"[e2e] WARNING: effective setting {k} differs: {v}", flush=True)
+
+    def sequential(self, specs, backends, seeds, first: Engine | None) -> None:
+        a = backends[0]
+        for b in backends:
+            eng = first if (b == a and first is not None and first.alive()) else None
+            if eng is None:
+                kind = "cold_start" if "cold_start_s" not in self.report["engines"].get(b, {}) else "restart"
+                eng = self.start(b, self.args.solo_gpu_util, kind)
+            if eng is None:
+                continue
+            for s in specs:
+                if self.left() - self.reserve < 20:
+                    self.note_skip(f"workload {s['name']} on {b}")
+                    continue
+                self.run_workload(s, [eng], self.args.reps, seeds[s["name"]])
+                self.refresh(specs)
+            eng.stop()
+        # drift check: A again (warm caches: its start is the warm start), first workload, one rep
+        s = specs[0]
+        before = self.raw.get(s["name"], {}).get(a)
+        if not before:
+            return
+        eng = self.start(a, self.args.solo_gpu_util, "warm_start")
+        if eng is None:
+            return
+        r = None
+        if self.left() - self.reserve > 20:
+            self.run_one(eng, s, seeds[s["name"]] + 999, "warmup", out_cap=32)
+            r = self.run_one(eng, s, seeds[s["name"]] + 500, "drift")
+        eng.stop()
+        if r and r.get("ok"):
+            tb = C.median([x["tokens_per_s"] for x in before])
+            self.report["workloads"].setdefault(s["name"], {})["drift_check"] = {
+                "backend": a, "tokens_per_s_before": round(tb, 2), "tokens_per_s_after": round(r["tokens_per_s"], 2),
+                "drift": C.safe_ratio(r["tokens_per_s"] - tb, tb)}
+        # profiles need both engines alive: in sequential mode they are not, so none are taken
+        if self.args.profile != "none":
+            self.report["skipped"].append("profiles (sequential mode: engines are not resident together)")
+
+    def profiles(self, specs, engines) -> None:
+        if self.args.profile == "none":
+            return
+        for s in specs:
+            w = self.report["workloads"].get(s["name"], {})
+            if self.args.profile == "all" or (w.get(OURS) and w.get(BASE) and not w.get("pass")):
+                self.profile_workload(s["name"], s, engines)
+                self.save()
+
+
+def _memory_error(info: dict[str, Any]) -> bool:
+    text = (str(info.get("cold_start_error", "")) + str(info.get("cold_start_log_tail", ""))).lower()
+    return any(k in text for k in ("out of memory", "outofmemory", "free memory on device", "cuda error: out",
+                                   "memory on device", "no available memory", "not enough memory"))
+
+
+def print_table(report: dict[str, Any]) -> None:
+    print(f"\n== e2e vLLM: {report.get('card')}  torch {report.get('versions', {}).get('torch')}  triton "
+          f"{report.get('versions', {}).get('triton')}  vllm {report.get('versions', {}).get('vllm')}  commit "
+          f"{str(report.get('commit'))[:10]}  layers {report['settings']['layers']}  mode {report.get('mode')}  "
+          f"wall {report.get('wall_s')} s")
+    hdr = ("workload", "ours tok/s", "vllm tok/s", "tput x", "TTFT ms o/v", "ITL med ms o/v", "ITL x",
+           "ITL p90 o/v", "noise", "status")
+    rows = [hdr]
+
+    def f(x, nd=1):
+        return "-" if x is None else f"{x:.{nd}f}"
+
+    for name, w in report.get("workloads", {}).items():
+        o, b = w.get(OURS) or {}, w.get(BASE) or {}
+        rows.append((name, f(o.get("tokens_per_s")), f(b.get("tokens_per_s")), f(w.get("throughput_ratio"), 3),
+                     f"{f((o.get('ttft_ms') or {}).get('median'))}/{f((b.get('ttft_ms') or {}).get('median'))}",
+                     f"{f((o.get('itl_ms') or {}).get('median'), 2)}/{f((b.get('itl_ms') or {}).get('median'), 2)}",
+                     f(w.get("itl_ratio"), 3),
+                     f"{f((o.get('itl_ms') or {}).get('p90'), 2)}/{f((b.get('itl_ms') or {}).get('p90'), 2)}",
+                     f(w.get("noise"), 3), "PASS" if w.get("pass") else "BELOW"))
+    widths = [max(len(str(r[i])) for r in rows) for i in range(len(hdr))]
+    for r in rows:
+        print("  ".join(str(c).rjust(wd) if i else str(c).ljust(wd) for i, (c, wd) in enumerate(zip(r, widths))))
+    for b, info in report.get("engines", {}).items():
+        print(f"{LABEL.get(b, b)}: cold start {info.get('cold_start_s', '-')} s, warm start "
+              f"{info.get('warm_start_s', '-')} s; phases {info.get('cold_start_phases', {})}")
+        if (info.get("audit") or {}).get("summary"):
+            print(f"  {info['audit']['summary'][:400]}")
+    for name, w in report.get("workloads", {}).items():
+        if w.get("reason"):
+            print(f"{name}: {w['reason']}")
+        if w.get("drift_check"):
+            print(f"{name}: drift check {w['drift_check']}")
+    for s in report.get("skipped", []):
+        print(f"skipped: {s}")
+    for e in report.get("errors", []):
+        print(f"error: {e}")
+    print(f"overall: {'PASS' if report.get('pass') else 'FAIL'}")
+
+
+def main_parent(args: argparse.Namespace) -> int:
+    plan = build_plan(args)
+    out_dir = Path(args.out) if args.out else default_out_dir()
+    model_dir = Path(args.model_dir) if args.model_dir else Path(tempfile.mkdtemp(prefix="tri_e2e_model_"))
+    C.write_model_config(model_dir, plan["model_config"])
+    suffix = "" if args.layers == 32 else f"_L{args.layers}"
+    if args.dry_run:
+        name = args.name or f"e2e_<card>{suffix}.json"
+        print_plan(plan, str(model_dir), out_dir / name)
+        for b in plan["backends"]:  # the exact worker command line, for copying into a shell
+            kw = engine_kwargs(b, str(model_dir), plan["engine_kwargs"][b]["gpu_memory_utilization"],
+                               args.kv_cache_gib)
+            print(f"worker[{b}]: {sys.executable} {os.path.abspath(__file__)} --worker --backend {b} "
+                  f"--engine-kwargs '{json.dumps(kw)}' --cmd-fd N --res-fd M")
+        return 0
+    log_dir = (out_dir / "e2e_logs") if os.environ.get("OUT") and out_dir == Path(os.environ["OUT"]) \
+        else Path(tempfile.mkdtemp(prefix="tri_e2e_logs_"))
+    cache_root = Path(tempfile.mkdtemp(prefix="tri_e2e_cache_"))
+    runner = Runner(args, plan, model_dir, out_dir, log_dir, cache_root)
+    runner.report["card"] = C.nvidia_smi_card()  # replaced by the first engine's torch.cuda name
+    print(f"[e2e] logs in {log_dir}; caches in {cache_root}; budget {args.budget_s:.0f} s", flush=True)
+
+    def on_term(signum, frame):  # the caller's timeout: stop the engines, keep what was measured
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, on_term)
+    rc = 1
+    try:
+        rc = runner.run()
+        runner.report["complete"] = rc == 0
+    except BaseException as e:  # noqa: BLE001
+        runner.report["errors"].append(f"parent: {e!r}")
+        traceback.print_exc()
+    finally:
+        for eng in STARTED:
+            eng.kill()
+        ws = runner.report["workloads"]
+        done = [w for w in ws.values() if w.get("throughput_ratio") is not None]
+        runner.report["pass"] = bool(done) and len(done) == len(plan["specs"]) and all(w.get("pass") for w in done)
+        runner.report["below"] = [n for n, w in ws.items() if not w.get("pass")]
+        final = runner.save()
+        shutil.rmtree(cache_root, ignore_errors=True)
+        print_table(runner.report)
+        print(f"\nwrote {final}")
+    if rc != 0:
+        return rc
+    return 0 if runner.report["pass"] else 1
+
+
+# ======================================================================= worker: one LLM
+
+
+FAKE_ENV = "TRI_E2E_FAKE"
+"""Set (to a JSON {backend: seconds per decode step}) for CPU tests: the worker serves a simulated
+engine, so the parent, the pipe protocol, ABBA order, summaries and the JSON are exercised
+without a GPU or vLLM."""
+
+
+class TokenTimes:
+    """Per request, the (time, new tokens) of every engine step that gave it tokens."""
+
+    def __init__(self) -> None:
+        self.active = False
+        self.timeline: dict[str, list[tuple[float, int]]] = {}
+        self.installed = False
+
+    def record(self, engine_core_outputs) -> None:
+        if self.active:
+            now = time.perf_counter()
+            for o in engine_core_outputs:
+                n = len(getattr(o, "new_token_ids", None) or ())
+                if n:
+                    self.timeline.setdefault(str(o.request_id), []).append((now, n))
+
+    def install(self) -> None:
+        from vllm.v1.engine.output_processor import OutputProcessor
+
+        rec = self
+        real = OutputProcessor.process_outputs
+
+        def process_outputs(self_, engine_core_outputs, *a, **k):
+            rec.record(engine_core_outputs)
+            return real(self_, engine_core_outputs, *a, **k)
+
+        OutputProcessor.process_outputs = process_outputs
+        self.installed = True
+
+
+class _FakeLLM:
+    """A simulated engine (CPU tests): one step per output token, prefill first, sleeping
+    ``step_s`` per decode step; reports tokens through ``TokenTimes.record`` as vLLM would."""
+
+    def __init__(self, backend: str, rec: TokenTimes, step_s: float):
+        self.backend, self.rec, self.step_s = backend, rec, step_s
+
+    def generate(self, inputs, sps, use_tqdm=False):
+        from types import SimpleNamespace as NS
+
+        todo = {str(i): sp.max_tokens for i, sp in enumerate(sps)}
+        got: dict[str, list[int]] = {k: [] for k in todo}
+        time.sleep(self.step_s * (1 + sum(len(x["prompt_token_ids"]) for x in inputs) / 4096))  # prefill
+        while any(len(got[k]) < n for k, n in todo.items()):
+            outs = []
+            for k, n in todo.items():
+                if len(got[k]) < n:
+                    got[k].append(7)
+                    outs.append(NS(request_id=k, new_token_ids=[7]))
+            self.rec.record(outs)
+            time.sleep(self.step_s)
+        return [NS(outputs=[NS(token_ids=got[str(i)])]) for i in range(len(sps))]
+
+
+def _sync() -> None:
+    if os.environ.get(FAKE_ENV):
+        return
+    import torch
+
+    torch.cuda.synchronize()
+
+
+def _effective_config(llm) -> dict[str, Any]:
+    if isinstance(llm, _FakeLLM):
+        return {"backend": llm.backend, "attention_backend": "TRITON_ATTN", "cudagraph_mode": "FAKE"}
+    eng = llm.llm_engine
+    cfg = getattr(eng, "vllm_config", None) or eng.get_vllm_config()
+    out: dict[str, Any] = {}
+
+    def put(key, fn):
+        try:
+            v = fn()
+            out[key] = v if isinstance(v, (int, float, bool, type(None))) else str(v)
+        except Exception as e:  # noqa: BLE001
+            out[key] = f"? {e!r}"[:120]
+
+    cc = cfg.compilation_config
+    put("mode", lambda: cc.mode)
+    put("backend", lambda: cc.backend)
+    put("custom_ops", lambda: list(cc.custom_ops))
+    put("cudagraph_mode", lambda: cc.cudagraph_mode)
+    put("cudagraph_capture_sizes", lambda: list(cc.cudagraph_capture_sizes or []))
+    put("compile_sizes", lambda: list(cc.compile_sizes or []))
+    put("attention_backend", lambda: cfg.attention_config.backend)
+    put("ir_op_priority", lambda: cfg.kernel_config.ir_op_priority)
+    put("async_scheduling", lambda: cfg.scheduler_config.async_scheduling)
+    put("max_num_seqs", lambda: cfg.scheduler_config.max_num_seqs)
+    put("max_num_batched_tokens", lambda: cfg.scheduler_config.max_num_batched_tokens)
+    put("enable_chunked_prefill", lambda: cfg.scheduler_config.enable_chunked_prefill)
+    put("enable_prefix_caching", lambda: cfg.cache_config.enable_prefix_caching)
+    put("num_gpu_blocks", lambda: cfg.cache_config.num_gpu_blocks)
+    put("block_size", lambda: cfg.cache_config.block_size)
+    put("max_model_len", lambda: cfg.model_config.max_model_len)
+    put("dtype", lambda: cfg.model_config.dtype)
+    put("enforce_eager", lambda: cfg.model_config.enforce_eager)
+    put("VLLM_USE_FLASHINFER_SAMPLER", lambda: os.environ.get("VLLM_USE_FLASHINFER_SAMPLER"))
+    return out
+
+
+def _versions() -> dict[str, Any]:
+    v: dict[str, Any] = {}
+    try:
+        import torch
+        import triton
+
+        v.update(torch=torch.__version__, cuda=torch.version.cuda, triton=triton.__version__)
+    except Exception as e:  # noqa: BLE001
+        v["error"] = repr(e)
+    try:
+        import importlib.metadata as md
+
+        v["vllm"] = md.version("vllm")
+        v["tri_inductor"] = md.version("tri_inductor")
+    except Exception:  # noqa: BLE001
+        pass
+    try:
+        from tri_inductor.fingerprint import package_hash
+
+        v["tri_inductor_package_hash"] = package_hash()
+    except Exception:  # noqa: BLE001
+        pass
+    return v
+
+
+def _generate(llm, spec, seed, out_cap, vocab):
+    if isinstance(llm, _FakeLLM):
+        from types import SimpleNamespace as SamplingParams  # noqa: N813
+    else:
+        from vllm import SamplingParams
+
+    prompts = C.make_prompts(spec, vocab, seed)
+    if out_cap:
+        prompts = [(ids, min(o, out_cap)) for ids, o in prompts]
+    inputs = [{"prompt_token_ids": ids} for ids, _ in prompts]
+    sps = [SamplingParams(temperature=0.0, max_tokens=o, ignore_eos=True, detokenize=False) for _, o in prompts]
+    return prompts, inputs, sps
+
+
+def _handle_run(llm, rec: TokenTimes, msg, vocab) -> dict[str, Any]:
+    spec, seed, out_cap = msg["spec"], msg["seed"], msg.get("out_cap")
+    prompts, inputs, sps = _generate(llm, spec, seed, out_cap, vocab)
+    rec.timeline = {}
+    _sync()
+    rec.active = True
+    t0 = time.perf_counter()
+    outs = llm.generate(inputs, sps, use_tqdm=False)
+    t1 = time.perf_counter()
+    rec.active = False
+    wall = t1 - t0
+    out_tokens = sum(len(o.outputs[0].token_ids) for o in outs)
+    expected = sum(o for _, o in prompts)
+    ttft, itl, ntok = C.token_timeline_stats(rec.timeline, t0)
+    method = "hook"
+    if len(ttft) != len(prompts) or sum(ntok.values()) != out_tokens:
+        # fallback: TTFT from a 1-token run of the same prompts, ITL = (total - TTFT) / (n - 1)
+        method = "fallback"
+        one = [type(sp)(temperature=0.0, max_tokens=1, ignore_eos=True, detokenize=False) for sp in sps]
+        _sync()
+        ta = time.perf_counter()
+        llm.generate(inputs, one, use_tqdm=False)
+        t_first = time.perf_counter() - ta
+        ttft = [t_first] * len(prompts)
+        itl = []
+        for o in outs:
+            n = len(o.outputs[0].token_ids)
+            if n > 1:
+                itl.extend([(wall - t_first) / (n - 1)] * (n - 1))
+    return {"ok": out_tokens == expected, "error": None if out_tokens == expected else
+            f"got {out_tokens} output tokens, expected {expected}",
+            "wall_s": round(wall, 4), "out_tokens": out_tokens, "expected_out_tokens": expected,
+            "in_tokens": sum(len(ids) for ids, _ in prompts), "tokens_per_s": out_tokens / wall,
+            "ttft_s": [round(x, 6) for x in ttft], "itl_s": [round(x, 6) for x in itl], "method": method,
+            "hook_requests": len(rec.timeline)}
+
+
+def _handle_profile(llm, msg, vocab) -> dict[str, Any]:
+    if isinstance(llm, _FakeLLM) and os.environ.get(FAKE_ENV):
+        t0 = time.perf_counter()
+        _, inputs, sps = _generate(llm, msg["spec"], msg["seed"], msg.get("out_cap"), vocab)
+        llm.generate(inputs, sps)
+        wall = (time.perf_counter() - t0) * 1e3
+        top = [{"name": "mm_kernel" if llm.backend == OURS else "nvjet_sm90_tst_128x256", "launches": 10,
+                "gpu_us": wall * 600.0}, {"name": "kernel_unified_attention_2d", "launches": 10, "gpu_us": wall * 200.0}]
+        for r in top:
+            r["class"] = C.kernel_class(r["name"])
+        return {"ok": True, "error": None, "wall_ms": round(wall, 2), "gpu_busy_ms": round(wall * 0.8, 2),
+                "classes_us": C.classify_profile(top), "top": top, "kernel_names": 2}
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    prompts, inputs, sps = _generate(llm, msg["spec"], msg["seed"], msg.get("out_cap"), vocab)
+    _sync()
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:  # as the census (known to work)
+        t0 = time.perf_counter()
+        llm.generate(inputs, sps, use_tqdm=False)
+        _sync()
+        wall = time.perf_counter() - t0
+    rows: dict[str, dict[str, Any]] = {}
+    try:
+        events = [(e.name(), (e.end_ns() - e.start_ns()) / 1e3) for e in prof.profiler.kineto_results.events()
+                  if str(e.device_type()).endswith("CUDA")]
+    except Exception:  # noqa: BLE001  older/newer profiler API
+        events = [(e.name, float(getattr(e, "device_time", None) or getattr(e, "cuda_time", 0.0)))
+                  for e in prof.events() if str(getattr(e, "device_type", "")).endswith("CUDA")]
+    for name, us in events:
+        if name.startswith(("Memcpy", "Memset")):
+            continue
+        r = rows.setdefault(name, {"name": name, "launches": 0, "gpu_us": 0.0})
+        r["launches"] += 1
+        r["gpu_us"] += us
+    ranked = sorted(rows.values(), key=lambda r: -r["gpu_us"])
+    busy_us = sum(r["gpu_us"] for r in ranked)
+    for r in ranked:
+        r["gpu_us"] = round(r["gpu_us"], 1)
+        r["class"] = C.kernel_class(r["name"])
+    return {"ok": bool(ranked), "error": None if ranked else "profiler saw no kernels",
+            "wall_ms": round(wall * 1e3, 2), "gpu_busy_ms": round(busy_us / 1e3, 2),
+            "classes_us": C.classify_profile(ranked), "top": ranked[:20], "kernel_names": len(ranked),
+            "requests": len(prompts), "out_tokens": sum(o for _, o in prompts)}
+
+
+class _AlreadyUp(Exception):
+    """Fake mode: the simulated engine is up; skip vLLM's start-up."""
+
+
+def main_worker(args: argparse.Namespace) -> int:
+    for fd in (args.res_fd, args.cmd_fd):  # not inherited by anything vLLM/Inductor starts (EOF = we died)
+        os.set_inheritable(fd, False)
+    res = os.fdopen(args.res_fd, "w", buffering=1)
+    cmds = os.fdopen(args.cmd_fd, "r")
+
+    def send(d: dict[str, Any]) -> None:
+        res.write(json.dumps(d) + "\n")
+        res.flush()
+
+    t_proc = time.monotonic()
+    fake = os.environ.get(FAKE_ENV)
+    if fake:
+        rec = TokenTimes()
+        kw = json.loads(args.engine_kwargs)
+        vocab = json.loads((Path(kw["model"]) / "config.json").read_text())["vocab_size"]
+        conf = json.loads(fake).get(args.backend, 0.001)
+        conf = conf if isinstance(conf, dict) else {"step": conf}
+        step = conf.get("step", 0.001)
+        if int(os.environ.get("TRI_E2E_START", "0")) in conf.get("fail_starts", []):
+            send({"event": "error", "error": "simulated start-up failure: CUDA out of memory"})
+            return 1
+        llm = _FakeLLM(args.backend, rec, step)
+        send({"event": "ready", "backend": args.backend, "import_s": 0.0, "llm_init_s": 0.0, "card": "FAKE H100",
+              "versions": {"torch": "fake", "triton": "fake", "vllm": "fake"}, "effective_config": _effective_config(llm),
+              "memory": {}})
+        if args.exit_after_ready:
+            return 0
+    try:
+        if fake:
+            raise _AlreadyUp
+        import torch
+        from vllm import LLM
+
+        rec = TokenTimes()
+        try:
+            rec.install()
+        except Exception as e:  # noqa: BLE001  the fallback method takes over
+            print(f"[e2e worker] token hook not installed: {e!r}", flush=True)
+        t_import = time.monotonic() - t_proc
+        kw = json.loads(args.engine_kwargs)
+        vocab = json.loads((Path(kw["model"]) / "config.json").read_text())["vocab_size"]
+        t = time.monotonic()
+        llm = LLM(**kw)
+        t_init = time.monotonic() - t
+        free, total = torch.cuda.mem_get_info()
+        audit = None
+        if args.backend == OURS:  # what our compiler saw: launch sites by class, pattern hits, non-Triton
+            try:
+                from tri_inductor.vllm_compiler import run_audit
+
+                audit = {"summary": run_audit().summary(), **run_audit().to_dict()}
+            except Exception as e:  # noqa: BLE001
+                audit = {"error": repr(e)[:300]}
+        send({"event": "ready", "audit": audit, "backend": args.backend, "import_s": round(t_import, 2), "llm_init_s": round(t_init, 2),
+              "card": torch.cuda.get_device_name(0), "versions": _versions(),
+              "effective_config": _effective_config(llm),
+              "memory": {"device_free_gib": round(free / 2**30, 2), "device_total_gib": round(total / 2**30, 2),
+                         "torch_reserved_gib": round(torch.cuda.memory_reserved() / 2**30, 2)}})
+    except _AlreadyUp:
+        pass
+    except BaseException as e:  # noqa: BLE001
+        tb = traceback.format_exc()
+        print(tb, file=sys.stderr, flush=True)
+        try:
+            send({"event": "error", "error": repr(e)[:2000], "traceback": tb[-6000:]})
+        except Exception:  # noqa: BLE001
+            pass
+        return 1
+    if args.exit_after_ready:
+        return 0
+    for line in cmds:
+        msg = json.loads(line)
+        if msg.get("cmd") == "exit":
+            break
+        if fake and msg.get("spec", {}).get("name") in conf.get("crash_on", ()):
+            os._exit(3)  # simulated engine crash (tests)
+        try:
+            if msg["cmd"] == "run":
+                out = _handle_run(llm, rec, msg, vocab)
+            elif msg["cmd"] == "profile":
+                out = _handle_profile(llm, msg, vocab)
+            else:
+                out = {"ok": False, "error": f"unknown command {msg.get('cmd')!r}"}
+        except BaseException as e:  # noqa: BLE001  report, keep serving
+            out = {"ok": False, "error": repr(e)[:2000], "traceback": traceback.format_exc()[-6000:]}
+            print(out["traceback"], file=sys.stderr, flush=True)
+        out["event"] = "result"
+        send(out)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.worker:
+        code = main_worker(args)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)  # skip vLLM/torch teardown (slow, sometimes hangs); the GPU memory goes with the process
+    return main_parent(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,369 @@
+#!/usr/bin/env python3
+"""README's performance table (and a PNG of the ratios) from ``benchmarks/results/*.json``.
+
+    python3 benchmarks/report.py                      # Markdown to stdout
+    python3 benchmarks/report.py --write-readme       # also replace the perf-table block in README.md
+    python3 benchmarks/report.py --plot perf.png      # bar chart of the ratios (matplotlib)
+
+Reads every ``*.json`` in the results folder, by name: ``e2e_*`` (benchmarks/e2e_vllm.py),
+``kernels_*`` (benchmarks/kernels.py), ``census_*`` (benchmarks/vllm_census.py), ``cache_*``
+(compile-cache timings; shown generically).  Any of them may be absent; files that do not parse
+are listed, not fatal.  ``--write-readme`` replaces only the text between
+``<!-- perf-table:start -->`` and ``<!-- perf-table:end -->``; if README has no such block, the
+block (markers included) is appended at the end.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+README = ROOT / "README.md"
+START, END = "<!-- perf-table:start -->", "<!-- perf-table:end -->"
+KINDS = ("e2e", "kernels", "census", "cache")
+OURS, BASE = "tri_inductor", "inductor"
+
+
+# ======================================================================= loading
+
+
+def load_results(folder: str | Path) -> dict[str, list[tuple[str, Any]]]:
+    """{kind: [(file name, data), ...]} for kind in e2e/kernels/census/cache, plus "unreadable"."""
+    out: dict[str, list[tuple[str, Any]]] = {k: [] for k in (*KINDS, "unreadable")}
+    folder = Path(folder)
+    if not folder.is_dir():
+        return out
+    for path in sorted(folder.glob("*.json")):
+        kind = next((k for k in KINDS if path.name.startswith(k + "_")), None)
+        if kind is None:
+            continue
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError) as e:
+            out["unreadable"].append((path.name, repr(e)[:200]))
+            continue
+        if not isinstance(data, dict):
+            out["unreadable"].append((path.name, "not a JSON object"))
+            continue
+        out[kind].append((path.name, data))
+    # full-size e2e runs first, then by name
+    out["e2e"].sort(key=lambda nd: (nd[1].get("settings", {}).get("layers", 32) != 32, nd[0]))
+    return out
+
+
+# ======================================================================= formatting
+
+
+def _num(x: Any, nd: int = 1, suffix: str = "") -> str:
+    if x is None or (isinstance(x, float) and (math.isnan(x) or math.isinf(x))):
+        return "-"
+    if isinstance(x, (int, float)):
+        return f"{x:,.{nd}f}{suffix}"
+    return str(x)
+
+
+def _ratio(x: Any) -> str:
+    return "-" if not isinstance(x, (int, float)) or math.isnan(x) else f"{x:.3f}x"
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(str(c).replace("|", "\\|") for c in r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def _lens(v: Any) -> str:
+    return f"{v[0]}..{v[1]}" if isinstance(v, (list, tuple)) else str(v)
+
+
+def _meta_line(card: Any, versions: dict[str, Any] | None, commit: Any, extra: str = "") -> str:
+    versions = versions or {}
+    parts = [f"card **{card or '?'}**"]
+    for k in ("torch", "triton", "vllm"):
+        if versions.get(k):
+            parts.append(f"{k} {versions[k]}")
+    parts.append(f"commit `{str(commit or '?')[:10]}`")
+    if extra:
+        parts.append(extra)
+    return ", ".join(parts)
+
+
+# ======================================================================= sections
+
+
+def e2e_status(w: dict[str, Any]) -> str:
+    tr, ir = w.get("throughput_ratio"), w.get("itl_ratio")
+    if tr is None:
+        return "no ratio (a backend has no result)"
+    ok_t = tr >= 1.0
+    ok_i = ir is None or ir <= 1.0
+    if ok_t and ok_i:
+        return "meets 1.0x"
+    bad = []
+    if not ok_t:
+        bad.append("throughput < 1.0x")
+    if not ok_i:
+        bad.append("ITL > 1.0x")
+    note = " (within run-to-run noise)" if w.get("within_noise") else ""
+    return "**below**: " + ", ".join(bad) + note
+
+
+def e2e_section(name: str, d: dict[str, Any]) -> str:
+    s = d.get("settings", {})
+    cfg = s.get("model_config", {})
+    layers = s.get("layers", cfg.get("num_hidden_layers"))
+    shape = (f"Llama-3-8B shape ({layers} layers{'' if layers == 32 else ', NOT the full 32'}, hidden "
+             f"{cfg.get('hidden_size', '?')}, {cfg.get('num_attention_heads', '?')}/{cfg.get('num_key_value_heads', '?')}"
+             f" heads, vocab {cfg.get('vocab_size', '?')}, bf16 dummy weights)")
+    mode = d.get("mode") or s.get("mode", "?")
+    out = [f"#### End to end, vLLM: tri_inductor / vLLM's own compile path (`{name}`)", "",
+           _meta_line(d.get("card"), d.get("versions"), d.get("commit"), f"run wall {_num(d.get('wall_s'), 0)} s"),
+           "",
+           f"{shape}; baseline `backend: \"inductor\"`, `custom_ops: [\"none\"]`, `TRITON_ATTN`; same engine "
+           f"settings (max_num_seqs {s.get('max_num_seqs', '?')}, max_num_batched_tokens "
+           f"{s.get('max_num_batched_tokens', '?')}, KV cache {s.get('kv_cache_gib', '?')} GiB, prefix caching off, "
+           f"greedy); mode **{mode}**, {s.get('reps', '?')} reps per backend"
+           f"{' in ABBA order' if str(mode).startswith('side') else ''}"
+           f"{', --quick (shorter outputs)' if s.get('quick') else ''}. Ratios: throughput = ours / vLLM's "
+           f"(>= 1.0x is better), ITL = ours / vLLM's median (<= 1.0x is better).", ""]
+    if not d.get("complete", True):
+        out += ["*Incomplete run* (stopped early): " + "; ".join(map(str, d.get("errors", [])[:3])), ""]
+    rows = []
+    for wname, w in d.get("workloads", {}).items():
+        o, b = w.get(OURS) or {}, w.get(BASE) or {}
+        sp = w.get("spec", {})
+        rows.append([wname, w.get("group", ""), f"{sp.get('n', '?')} x {_lens(sp.get('prompt_len'))}/{_lens(sp.get('out_len'))}",
+                     _num(o.get("tokens_per_s")), _num(b.get("tokens_per_s")), _ratio(w.get("throughput_ratio")),
+                     f"{_num((o.get('ttft_ms') or {}).get('median'))} / {_num((b.get('ttft_ms') or {}).get('median'))}",
+                     f"{_num((o.get('itl_ms') or {}).get('median'), 2)} / {_num((b.get('itl_ms') or {}).get('median'), 2)}",
+                     f"{_num((o.get('itl_ms') or {}).get('p90'), 2)} / {_num((b.get('itl_ms') or {}).get('p90'), 2)}",
+                     _ratio(w.get("itl_ratio")),
+                     "-" if w.get("noise") is None else f"±{w['noise'] * 100:.1f}%",
+                     e2e_status(w)])
+    if rows:
+        out.append(_table(["workload", "kind", "requests x in/out tokens", "tri_inductor tok/s", "vLLM-compile tok/s",
+                           "throughput ratio", "TTFT median ms (ours / vLLM)", "ITL median ms (ours / vLLM)",
+                           "ITL p90 ms (ours / vLLM)", "ITL ratio", "noise (rep spread)", "status"], rows))
+    else:
+        out.append("No workload finished.")
+    eng = d.get("engines", {})
+    if eng:
+        srows = []
+        for b, label in ((OURS, "tri_inductor"), (BASE, "vLLM-compile")):
+            e = eng.get(b) or {}
+            ph = e.get("cold_start_phases") or {}
+            srows.append([label, _num(e.get("cold_start_s")), _num(e.get("warm_start_s")),
+                          _num(ph.get("torch_compile_total_s")), _num(ph.get("graph_capture_s"), 0),
+                          e.get("cold_start_error") and "failed" or ""])
+        out += ["", "Start-up (process start to engine ready; cold = empty vLLM/Inductor/Triton caches, warm = a "
+                "new process with those caches filled):", "",
+                _table(["backend", "cold start s", "warm start s", "torch.compile s (cold, vLLM log)",
+                        "CUDA-graph capture s", "note"], srows)]
+        summary = ((eng.get(OURS) or {}).get("audit") or {}).get("summary")
+        if summary:
+            out += ["", f"Our compiler's audit in that run: {summary.replace('[tri_inductor] ', '')}"]
+    below = [(n, w) for n, w in d.get("workloads", {}).items() if w.get("throughput_ratio") is not None
+             and not w.get("pass")]
+    if below:
+        out += ["", "Below 1.0x, with profile and reason:", ""]
+        for n, w in below:
+            out.append(f"* **{n}**: throughput {_ratio(w.get('throughput_ratio'))}, ITL {_ratio(w.get('itl_ratio'))}"
+                       + (" (within run-to-run noise)" if w.get("within_noise") else "") + ". "
+                       + (f"Reason: {w['reason']}. " if w.get("reason") else "Reason: not profiled. ")
+                       + _profile_text(w.get("profile")))
+    if d.get("settings_differences"):
+        out += ["", "Effective engine settings that differ (besides the backend): "
+                + ", ".join(f"`{k}`" for k in d["settings_differences"])]
+    if d.get("skipped"):
+        out += ["", "Skipped for time: " + "; ".join(map(str, d["skipped"]))]
+    return "\n".join(out)
+
+
+def _profile_text(prof: Any) -> str:
+    if not isinstance(prof, dict) or not prof:
+        return ""
+    o, b = prof.get(OURS) or {}, prof.get(BASE) or {}
+    co, cb = o.get("classes_us") or {}, b.get("classes_us") or {}
+    if not co and not cb:
+        return ""
+    parts = []
+    for c in sorted(set(co) | set(cb), key=lambda c: -max(co.get(c, 0), cb.get(c, 0))):
+        parts.append(f"{c} {co.get(c, 0) / 1e3:.1f}/{cb.get(c, 0) / 1e3:.1f}")
+    host_o = (o.get("wall_ms") or 0) - (o.get("gpu_busy_ms") or 0)
+    host_b = (b.get("wall_ms") or 0) - (b.get("gpu_busy_ms") or 0)
+    parts.append(f"host gaps {host_o:.1f}/{host_b:.1f}")
+    top = (o.get("top") or [{}])[0].get("name")
+    return ("Profile (short run, GPU ms ours/vLLM): " + ", ".join(parts)
+            + (f"; our top kernel `{str(top)[:60]}`" if top else "") + ".")
+
+
+def kernels_section(name: str, d: dict[str, Any]) -> str:
+    m = d.get("meta", {})
+    out = [f"#### Kernels: our Triton vs cuBLAS / SDPA flash / Inductor (`{name}`)", "",
+           _meta_line(m.get("card"), m, m.get("commit")), ""]
+    rows = []
+    if d.get("gemm_geomean_vs_cublas") is not None:
+        rows.append(["GEMM (bf16, Llama-8B linear shapes) vs cuBLAS", _ratio(d.get("gemm_geomean_vs_cublas")),
+                     _ratio(d.get("gemm_min_vs_cublas")), f"{len(d.get('gemm') or [])} shapes"])
+    if d.get("gemm_geomean_vs_inductor") is not None:
+        rows.append(["GEMM vs Inductor's Triton templates (max-autotune)", _ratio(d.get("gemm_geomean_vs_inductor")),
+                     "-", ""])
+    if isinstance(d.get("attn"), list) and d["attn"]:
+        vs = [r.get("vs_flash") for r in d["attn"] if isinstance(r.get("vs_flash"), (int, float))]
+        rows.append(["attention (prefill, d=128) vs SDPA flash", _ratio(d.get("attn_geomean_vs_flash")),
+                     _ratio(min(vs) if vs else None), "S=" + ",".join(str(r.get("S")) for r in d["attn"])])
+    if isinstance(d.get("elem"), list):
+        for r in d["elem"]:
+            if r.get("op") == "copy":
+                continue
+            rows.append([f"{r.get('op')} ({_num(r.get('tbps'), 2)} TB/s, {_num((r.get('frac_of_copy') or 0) * 100, 0)}% of copy)"
+                         " vs Inductor", _ratio(r.get("vs_inductor")), "-", ""])
+    out.append(_table(["kernel", "ratio (baseline time / ours; geomean)", "min", "note"], rows) if rows
+               else "No kernel rows.")
+    return "\n".join(out)
+
+
+def census_section(name: str, d: dict[str, Any]) -> str:
+    out = [f"#### vLLM kernel census and greedy tokens vs vLLM's compile path (`{name}`)", "",
+           _meta_line(d.get("card"), d.get("versions"), d.get("commit")), ""]
+    rows = []
+    for model, m in (d.get("models") or {}).items():
+        cls = m.get("forward_classes") or {}
+        tri = sum(v.get("launches", 0) for k, v in cls.items() if k == "triton")
+        non = sum(v.get("launches", 0) for k, v in cls.items() if k != "triton")
+        g = m.get("greedy") or {}
+        rows.append([model, "PASS" if m.get("pass") else "FAIL",
+                     "-" if g.get("match_rate") is None else f"{g['match_rate'] * 100:.2f}%",
+                     str(tri), str(non), ", ".join(e.get("name", "?")[:40] for e in m.get("non_triton_forward", [])[:3])])
+    out.append(_table(["model", "status", "greedy tokens equal", "forward Triton launches",
+                       "forward non-Triton launches", "non-Triton kernels"], rows) if rows else "No models.")
+    return "\n".join(out)
+
+
+def generic_section(name: str, d: dict[str, Any]) -> str:
+    """Unknown layout (cache_*): the top-level numbers, booleans and short strings."""
+    meta = d.get("meta") if isinstance(d.get("meta"), dict) else {}
+    rows = []
+    for k, v in d.items():
+        if isinstance(v, bool) or isinstance(v, (int, float)) or (isinstance(v, str) and len(v) <= 60):
+            rows.append([k, _num(v, 2) if isinstance(v, float) else str(v)])
+        elif isinstance(v, dict) and all(isinstance(x, (int, float, bool, str)) for x in v.values()) and len(v) <= 12:
+            rows.append([k, ", ".join(f"{a}={_num(b, 2) if isinstance(b, float) else b}" for a, b in v.items())])
+    out = [f"#### `{name}`", ""]
+    if meta:
+        out += [_meta_line(meta.get("card"), meta, meta.get("commit")), ""]
+    out.append(_table(["field", "value"], rows[:40]) if rows else "No summary fields.")
+    return "\n".join(out)
+
+
+def build_markdown(folder: str | Path = RESULTS) -> str:
+    res = load_results(folder)
+    parts = ["## Performance", "",
+             "Generated by `python3 benchmarks/report.py --write-readme` from `benchmarks/results/*.json`; each "
+             "number was measured on the card named with it."]
+    if not any(res[k] for k in KINDS):
+        parts += ["", "No results yet."]
+    for kind, fn in (("e2e", e2e_section), ("kernels", kernels_section), ("census", census_section),
+                     ("cache", generic_section)):
+        for name, data in res[kind]:
+            try:
+                parts += ["", fn(name, data)]
+            except Exception as e:  # noqa: BLE001  one odd file must not sink the report
+                parts += ["", f"#### `{name}`", "", f"(could not summarize: {e!r:.200})"]
+    for name, err in res["unreadable"]:
+        parts += ["", f"`{name}`: unreadable ({err})"]
+    return "\n".join(parts).rstrip() + "\n"
+
+
+# ======================================================================= README, plot
+
+
+def replace_block(text: str, block: str) -> str:
+    """Replace what lies between the markers (markers kept); append the block if absent."""
+    body = f"{START}\n{block.rstrip()}\n{END}"
+    i, j = text.find(START), text.find(END)
+    if i >= 0 and j > i:
+        return text[:i] + body + text[j + len(END):]
+    if i >= 0 or j >= 0:
+        raise ValueError("README has only one of the perf-table markers (or they are out of order)")
+    return text.rstrip("\n") + "\n\n" + body + "\n"
+
+
+def plot(folder: str | Path, path: str | Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    res = load_results(folder)
+    panels = []
+    for name, d in res["e2e"]:
+        ws = [(n, w) for n, w in d.get("workloads", {}).items() if w.get("throughput_ratio") is not None]
+        if ws:
+            panels.append(("e2e", name, d, ws))
+    for name, d in res["kernels"]:
+        if isinstance(d.get("gemm"), list) and d["gemm"]:
+            panels.append(("gemm", name, d, d["gemm"]))
+    if not panels:
+        panels.append(("empty", "", {}, []))
+    fig, axes = plt.subplots(len(panels), 1, figsize=(10, 3.6 * len(panels)), squeeze=False)
+    for ax, (kind, name, d, rows) in zip(axes[:, 0], panels):
+        ax.axhline(1.0, color="k", lw=0.8, ls="--")
+        if kind == "e2e":
+            labels = [n for n, _ in rows]
+            x = range(len(rows))
+            tr = [w["throughput_ratio"] for _, w in rows]
+            # ITL as a speed ratio (vLLM / ours) so that, like throughput, higher is better
+            il = [1.0 / w["itl_ratio"] if w.get("itl_ratio") else 0.0 for _, w in rows]
+            b1 = ax.bar([i - 0.2 for i in x], tr, 0.4, label="throughput: ours / vLLM-compile")
+            b2 = ax.bar([i + 0.2 for i in x], il, 0.4, label="median ITL: vLLM-compile / ours")
+            for bars in (b1, b2):
+                ax.bar_label(bars, fmt="%.2f", fontsize=7)
+            ax.set_xticks(list(x), labels)
+            ax.set_title(f"{d.get('card', '?')}: tri_inductor vs vLLM compile path ({name}); > 1 = we are faster")
+            ax.legend(loc="lower right", fontsize=8)
+        elif kind == "gemm":
+            labels = [f"{r.get('N')}x{r.get('K')}\nM={r.get('M')}" for r in rows]
+            ax.bar(range(len(rows)), [r.get("vs_cublas") or 0 for r in rows], color="tab:green")
+            ax.set_xticks(range(len(rows)), labels, fontsize=6)
+            ax.set_title(f"{d.get('meta', {}).get('card', '?')}: our Triton GEMM vs cuBLAS (time ratio; > 1 = faster) ({name})")
+        else:
+            ax.text(0.5, 0.5, "no results", ha="center", va="center")
+        ax.set_ylabel("ratio")
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--results", default=str(RESULTS), help="folder of result JSON files")
+    p.add_argument("--write-readme", action="store_true", help="replace the perf-table block in README")
+    p.add_argument("--readme", default=str(README))
+    p.add_argument("--plot", default=None, metavar="FILE.png", help="bar chart of the ratios")
+    args = p.parse_args(argv)
+    md = build_markdown(args.results)
+    sys.stdout.write(md)
+    if args.write_readme:
+        readme = Path(args.readme)
+        readme.write_text(replace_block(readme.read_text(), md))
+        print(f"\n(updated {readme})", file=sys.stderr)
+    if args.plot:
+        try:
+            print(f"(plot: {plot(args.results, args.plot)})", file=sys.stderr)
+        except ImportError as e:
+            print(f"(no plot: {e}; pip install matplotlib)", file=sys.stderr)
+            return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

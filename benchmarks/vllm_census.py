@@ -1,0 +1,566 @@
+#!/usr/bin/env python3
+"""GPU acceptance for the vLLM plugin: greedy tokens vs vLLM's own compile path + a kernel census.
+
+For each model shape (Llama, Qwen2, Qwen3, Mistral, Gemma; small: 2 layers, hidden 1024 by
+default) and each backend, in its own subprocess:
+
+* ``tri_inductor``: ``LLM(..., compilation_config={"backend": "tri_inductor"})`` and nothing else
+  Triton-related (the plugin picks TRITON_ATTN, custom_ops none, native IR ops, lm_head GEMM);
+* ``inductor`` (the baseline): ``backend "inductor"``, custom_ops none, TRITON_ATTN, native IR ops;
+
+then ``generate`` (greedy, P prompts x T tokens, top-2 logprobs, CUDA graphs on) and a second,
+profiled ``generate`` (8 tokens) whose CUDA kernels are classed by step (prefill/decode) and by
+part (model forward = compiled pieces + attention + KV write; logits; sampler; other runner
+bookkeeping).  Triton = the kernel's name is a ``triton.jit`` function alive in the process.
+
+Run on the GPU machine from the repo root (the lead's command; one call may hold ~4 runs):
+
+    source .gpu-env/setup.sh && python3 -m pip install -q --no-deps --no-build-isolation --no-index -e . \
+      && python3 benchmarks/vllm_census.py --models llama,qwen2 --out $OUT/census_part1.json
+
+and merge parts (any machine):  python3 benchmarks/vllm_census.py --combine a.json b.json --out
+benchmarks/results/census_h100.json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+BACKENDS = ("tri_inductor", "inductor")
+PROFILE_TOKENS = 8
+
+# Small shapes of the five families (vLLM architectures; transformers config classes).
+MODELS: dict[str, dict[str, Any]] = {
+    "llama": dict(architectures=["LlamaForCausalLM"], model_type="llama", hidden_size=1024,
+                  intermediate_size=2816, num_attention_heads=16, num_key_value_heads=4, head_dim=64,
+                  rms_norm_eps=1e-5, rope_theta=10000.0, hidden_act="silu", tie_word_embeddings=False),
+    "qwen2": dict(architectures=["Qwen2ForCausalLM"], model_type="qwen2", hidden_size=1024,
+                  intermediate_size=2816, num_attention_heads=16, num_key_value_heads=2,
+                  rms_norm_eps=1e-6, rope_theta=1000000.0, hidden_act="silu", tie_word_embeddings=True,
+                  use_sliding_window=False, sliding_window=None),
+    "qwen3": dict(architectures=["Qwen3ForCausalLM"], model_type="qwen3", hidden_size=1024,
+                  intermediate_size=3072, num_attention_heads=16, num_key_value_heads=8, head_dim=128,
+                  rms_norm_eps=1e-6, rope_theta=1000000.0, hidden_act="silu", tie_word_embeddings=True,
+                  attention_bias=False, use_sliding_window=False, sliding_window=None),
+    "mistral": dict(architectures=["MistralForCausalLM"], model_type="mistral", hidden_size=1024,
+                    intermediate_size=3584, num_attention_heads=16, num_key_value_heads=4, head_dim=64,
+                    rms_norm_eps=1e-5, rope_theta=1000000.0, hidden_act="silu", sliding_window=None,
+                    tie_word_embeddings=False),
+    "gemma": dict(architectures=["GemmaForCausalLM"], model_type="gemma", hidden_size=1024,
+                  intermediate_size=4096, num_attention_heads=8, num_key_value_heads=1, head_dim=128,
+                  rms_norm_eps=1e-6, rope_theta=10000.0, hidden_act="gelu_pytorch_tanh",
+                  hidden_activation="gelu_pytorch_tanh", tie_word_embeddings=True),
+}
+
+
+# ======================================================================= parent: orchestration
+
+
+HEAD_SCALE = 10.0
+
+
+def write_model(name: str, folder: Path, layers: int, vocab: int, weights: str) -> str:
+    """config.json (+ random bf16 safetensors unless weights == 'dummy'); returns the load_format."""
+    cfg = dict(MODELS[name], num_hidden_layers=layers, vocab_size=vocab, max_position_embeddings=4096,
+               torch_dtype="bfloat16", bos_token_id=1, eos_token_id=2, initializer_range=0.02)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.json").write_text(json.dumps(cfg, indent=1))
+    if weights == "dummy":
+        return "dummy"
+    try:
+        # Random HF-initialised weights (std 0.02): logits with real spread, so greedy ties are
+        # rare; vLLM's dummy weights (U(-1e-3, 1e-3)) give near-flat logits and tie-driven flips.
+        import torch
+        from transformers import AutoConfig, AutoModelForCausalLM
+
+        torch.manual_seed(0)
+        hf = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(folder), torch_dtype=torch.bfloat16)
+        head = hf.get_output_embeddings()
+        if head is not None and head.weight is not hf.get_input_embeddings().weight:
+            # A trained model's logits spread over several nats; std-0.02 init gives logits of
+            # std ~0.6 over the vocabulary, where the top two tokens are often closer than bf16
+            # rounding (one flip then changes the rest of the sequence). Scale the untied head
+            # so the comparison tests the kernels, not coin flips.
+            with torch.no_grad():
+                head.weight.mul_(HEAD_SCALE)
+        hf.save_pretrained(folder, safe_serialization=True)
+        (folder / "config.json").write_text(json.dumps(cfg, indent=1))  # keep our exact config
+        return "auto"
+    except Exception as e:  # noqa: BLE001
+        print(f"[census] {name}: random weights failed ({e!r}); using load_format=dummy", flush=True)
+        return "dummy"
+
+
+def run_worker(args: argparse.Namespace, name: str, folder: Path, load_format: str, backend: str,
+               out: Path) -> dict[str, Any]:
+    cmd = [sys.executable, __file__, "--worker", "--model-dir", str(folder), "--backend", backend,
+           "--load-format", load_format, "--prompts", str(args.prompts), "--tokens", str(args.tokens),
+           "--worker-out", str(out)]
+    env = dict(os.environ)
+    env.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # profiler and engine in one process
+    env.setdefault("VLLM_USE_V2_MODEL_RUNNER", "0")
+    if backend == "tri_inductor":
+        env.pop("VLLM_USE_FLASHINFER_SAMPLER", None)  # the plugin must turn it off by itself
+    t0 = time.time()
+    try:
+        proc = subprocess.run(cmd, env=env, timeout=args.timeout, capture_output=True, text=True)
+        log_tail = (proc.stdout + proc.stderr)[-6000:]
+        rc = proc.returncode
+    except subprocess.TimeoutExpired as e:
+        log_tail, rc = (str(e.stdout or "") + str(e.stderr or ""))[-6000:], "timeout"
+    result: dict[str, Any] = {"ok": False}
+    if out.exists():
+        result = json.loads(out.read_text())
+    result["wall_s"] = round(time.time() - t0, 1)
+    if rc != 0 or not result.get("ok"):
+        result["ok"] = False
+        result["rc"] = rc
+        result["log_tail"] = log_tail
+        print(f"[census] {name}/{backend} FAILED (rc={rc}); log tail:\n{log_tail[-3000:]}", flush=True)
+    else:
+        plugin_lines = [l for l in log_tail.splitlines() if "tri_inductor" in l][-30:]
+        result["log_tri_inductor"] = plugin_lines
+    return result
+
+
+def compare_greedy(ours: dict[str, Any], base: dict[str, Any], gap_tol: float) -> dict[str, Any]:
+    """Positions equal; for each sequence's first divergence, the baseline's top-2 logprob gap."""
+    total = equal = 0
+    divergences = []
+    for i, (a, b) in enumerate(zip(ours["tokens"], base["tokens"])):
+        n = min(len(a), len(b))
+        total += n
+        equal += sum(x == y for x, y in zip(a[:n], b[:n]))
+        j = next((k for k in range(n) if a[k] != b[k]), None)
+        if j is not None:
+            gb = base["top2_gap"][i][j]
+            go = ours["top2_gap"][i][j]
+            divergences.append({"prompt": i, "position": j, "ours": a[j], "baseline": b[j],
+                                "baseline_top2_gap": gb, "ours_top2_gap": go,
+                                "near_tie": gb is not None and gb <= gap_tol})
+    rate = equal / total if total else 0.0
+    return {"positions": total, "equal": equal, "match_rate": round(rate, 5),
+            "divergent_sequences": len(divergences), "divergences": divergences, "gap_tol": gap_tol,
+            "all_divergences_near_ties": all(d["near_tie"] for d in divergences),
+            "pass": rate >= 0.99 and all(d["near_tie"] for d in divergences)}
+
+
+def summarize_model(ours: dict[str, Any]) -> dict[str, Any]:
+    """Per class launches/GPU time of the model forward (+ logits), non-Triton forward kernels,
+    and the bookkeeping kernels listed separately."""
+    census = ours.get("census") or {}
+    classes: dict[str, dict[str, float]] = {}
+    non_triton: dict[tuple[str, str], dict[str, Any]] = {}
+    bookkeeping: dict[str, dict[str, Any]] = {}
+    for step, parts in census.items():
+        for part, kernels in parts.items():
+            for k in kernels:
+                if part in ("forward", "logits"):
+                    c = classes.setdefault(k["library"], {"launches": 0, "gpu_us": 0.0})
+                    c["launches"] += k["launches"]
+                    c["gpu_us"] = round(c["gpu_us"] + k["gpu_us"], 1)
+                    if not k["triton"]:
+                        e = non_triton.setdefault((k["name"], part), {"name": k["name"], "part": part,
+                                                                     "library": k["library"], "launches": 0,
+                                                                     "gpu_us": 0.0, "steps": []})
+                        e["launches"] += k["launches"]
+                        e["gpu_us"] = round(e["gpu_us"] + k["gpu_us"], 1)
+                        e["steps"] = sorted(set(e["steps"]) | {step})
+                else:
+                    e = bookkeeping.setdefault(k["name"], {"name": k["name"], "library": k["library"],
+                                                           "triton": k["triton"], "launches": 0, "gpu_us": 0.0,
+                                                           "parts": []})
+                    e["launches"] += k["launches"]
+                    e["gpu_us"] = round(e["gpu_us"] + k["gpu_us"], 1)
+                    e["parts"] = sorted(set(e["parts"]) | {f"{step}:{part}"})
+    return {"forward_classes": classes, "non_triton_forward": list(non_triton.values()),
+            "bookkeeping": sorted(bookkeeping.values(), key=lambda e: -e["launches"])}
+
+
+def environment() -> dict[str, Any]:
+    info: dict[str, Any] = {}
+    try:
+        import torch
+        import triton
+
+        info["card"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no-gpu"
+        info["versions"] = {"torch": torch.__version__, "cuda": torch.version.cuda, "triton": triton.__version__}
+    except Exception as e:  # noqa: BLE001
+        info["card"], info["versions"] = "unknown", {"error": repr(e)}
+    try:
+        import importlib.metadata as md
+
+        info["versions"]["vllm"] = md.version("vllm")
+        info["versions"]["tri_inductor"] = md.version("tri_inductor")
+    except Exception:  # noqa: BLE001
+        pass
+    try:
+        from tri_inductor.fingerprint import package_hash
+
+        info["package_hash"] = package_hash()
+    except Exception:  # noqa: BLE001
+        pass
+    try:
+        info["commit"] = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True,
+                                        text=True, timeout=10).stdout.strip() or "unknown"
+        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=ROOT, capture_output=True, text=True,
+                               timeout=10).stdout.strip()
+        info["dirty"] = bool(dirty)
+    except Exception:  # noqa: BLE001
+        info["commit"] = "unknown"
+    return info
+
+
+def card_slug(card: str) -> str:
+    for key in ("H200", "H100", "A100", "L40", "B200"):
+        if key in card:
+            return key.lower()
+    return "".join(c for c in card.lower() if c.isalnum())[:20] or "gpu"
+
+
+def print_table(report: dict[str, Any]) -> None:
+    rows = [("model", "tokens equal", "div/near-tie", "fwd triton launches", "fwd non-triton launches",
+             "fwd triton us", "fwd non-triton us", "bookkeeping kernels", "pass")]
+    for name, m in report["models"].items():
+        g = m.get("greedy") or {}
+        cls = m.get("forward_classes") or {}
+        tl = cls.get("triton", {}).get("launches", 0)
+        tu = cls.get("triton", {}).get("gpu_us", 0.0)
+        nl = sum(v["launches"] for k, v in cls.items() if k != "triton")
+        nu = sum(v["gpu_us"] for k, v in cls.items() if k != "triton")
+        ok = m.get("pass")
+        rows.append((name, f"{g.get('equal', '-')}/{g.get('positions', '-')}",
+                     f"{g.get('divergent_sequences', '-')}/"
+                     f"{sum(d['near_tie'] for d in g.get('divergences', [])) if g else '-'}",
+                     str(tl), str(nl), f"{tu:.0f}", f"{nu:.0f}", str(len(m.get("bookkeeping", []))),
+                     "PASS" if ok else "FAIL"))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    print(f"\ncard {report.get('card')}  vllm {report.get('versions', {}).get('vllm')}  "
+          f"torch {report.get('versions', {}).get('torch')}  commit {report.get('commit', '?')[:12]}")
+    for r in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths)))
+    for name, m in report["models"].items():
+        for e in m.get("non_triton_forward", []):
+            print(f"  {name}: NON-TRITON forward kernel {e['name'][:90]} ({e['library']}, {e['part']}, "
+                  f"{e['launches']} launches, {e['gpu_us']} us)")
+
+
+def reclassify(report: dict[str, Any]) -> dict[str, Any]:
+    """Class each recorded kernel again with the current classifier (names from the installed vLLM
+    and tri_inductor sources), dropping profiler range annotations recorded as GPU events; the
+    measured names, launch counts and GPU times are kept as they are."""
+    from tri_inductor.audit.runtime import classify_kernel, source_triton_kernel_names
+
+    names = source_triton_kernel_names()
+    for entry in report["models"].values():
+        for run in entry.get("backends", {}).values():
+            for step, parts in (run.get("census") or {}).items():
+                for part, rows in parts.items():
+                    rows[:] = [r for r in rows if not r["name"].startswith("tri_census:")]
+                    for r in rows:
+                        r["triton"], r["library"] = classify_kernel(r["name"], names)
+        ours = entry.get("backends", {}).get("tri_inductor", {})
+        if ours.get("ok"):
+            entry.update(summarize_model(ours))
+        entry["pass"] = bool(ours.get("ok") and entry.get("greedy", {}).get("pass")
+                             and not entry.get("non_triton_forward") and not ours.get("census_warning"))
+    report["reclassified"] = True
+    report["pass"] = bool(report["models"]) and all(m.get("pass") for m in report["models"].values())
+    return report
+
+
+def main_parent(args: argparse.Namespace) -> int:
+    if args.reclassify:
+        report = reclassify(json.loads(Path(args.reclassify).read_text()))
+        out = Path(args.out or args.reclassify)
+        out.write_text(json.dumps(report, indent=1))
+        print_table(report)
+        print(f"\nwrote {out}")
+        return 0 if report["pass"] else 1
+    if args.combine:
+        report: dict[str, Any] = {"models": {}}
+        for p in args.combine:
+            part = json.loads(Path(p).read_text())
+            models = part.pop("models", {})
+            report.update({k: v for k, v in part.items() if k != "models"})
+            report["models"].update(models)
+        report["pass"] = bool(report["models"]) and all(m.get("pass") for m in report["models"].values())
+        out = Path(args.out or ROOT / "benchmarks/results" / f"census_{card_slug(report.get('card', ''))}.json")
+        out.write_text(json.dumps(report, indent=1))
+        print_table(report)
+        print(f"\nwrote {out}")
+        return 0 if report["pass"] else 1
+
+    report = environment()
+    report["settings"] = {"prompts": args.prompts, "tokens": args.tokens, "layers": args.layers,
+                          "vocab": args.vocab, "weights": args.weights, "profile_tokens": PROFILE_TOKENS,
+                          "gap_tol": args.gap_tol, "head_scale": HEAD_SCALE}
+    report["models"] = {}
+    out = Path(args.out or ROOT / "benchmarks/results" / f"census_{card_slug(report['card'])}.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="tri_census_") as tmp:
+        for name in args.models.split(","):
+            t0 = time.time()
+            folder = Path(tmp) / name
+            load_format = write_model(name, folder, args.layers, args.vocab, args.weights)
+            runs = {b: run_worker(args, name, folder, load_format, b, Path(tmp) / f"{name}_{b}.json")
+                    for b in args.backends.split(",")}
+            entry: dict[str, Any] = {"config": MODELS[name] | {"num_hidden_layers": args.layers},
+                                     "load_format": load_format, "backends": runs}
+            ours, base = runs.get("tri_inductor", {}), runs.get("inductor", {})
+            if ours.get("ok"):
+                entry.update(summarize_model(ours))
+            if ours.get("ok") and base.get("ok"):
+                entry["greedy"] = compare_greedy(ours, base, args.gap_tol)
+            for r in runs.values():  # keep the per-sequence data out of the summary file
+                r.pop("tokens", None)
+                r.pop("top2_gap", None)
+            entry["pass"] = bool(ours.get("ok") and entry.get("greedy", {}).get("pass")
+                                 and not entry.get("non_triton_forward") and not ours.get("census_warning"))
+            entry["wall_s"] = round(time.time() - t0, 1)
+            report["models"][name] = entry
+            out.write_text(json.dumps(report, indent=1))  # partial results survive a timeout
+            print(f"[census] {name}: {'PASS' if entry['pass'] else 'FAIL'} in {entry['wall_s']} s", flush=True)
+    report["pass"] = bool(report["models"]) and all(m["pass"] for m in report["models"].values())
+    out.write_text(json.dumps(report, indent=1))
+    print_table(report)
+    print(f"\nwrote {out}")
+    return 0 if report["pass"] else 1
+
+
+# ======================================================================= worker: one LLM
+
+
+class Census:
+    """Marks steps and parts with record_function ranges; attributes CUDA kernels to them."""
+
+    PARTS = ("forward", "logits", "sampler")
+
+    def __init__(self) -> None:
+        self.step_kind = "other"
+
+    def install(self) -> None:
+        import torch
+        from vllm.model_executor.layers.logits_processor import LogitsProcessor
+        from vllm.v1.worker.gpu_model_runner import GPUModelRunner
+
+        census = self
+
+        def ranged(label_fn, real):
+            def wrapper(*a, **k):
+                with torch.profiler.record_function(label_fn(*a, **k)):
+                    return real(*a, **k)
+            return wrapper
+
+        def step_label(runner, scheduler_output=None, *a, **k):
+            n = getattr(scheduler_output, "num_scheduled_tokens", None) or {}
+            if not n:
+                census.step_kind = "other"
+            elif all(v == 1 for v in n.values()):
+                census.step_kind = "decode"
+            elif all(v > 1 for v in n.values()):
+                census.step_kind = "prefill"
+            else:
+                census.step_kind = "mixed"
+            return f"tri_census:step:{census.step_kind}"
+
+        GPUModelRunner.execute_model = ranged(step_label, GPUModelRunner.execute_model)
+        GPUModelRunner.sample_tokens = ranged(lambda *a, **k: f"tri_census:step:{census.step_kind}",
+                                              GPUModelRunner.sample_tokens)
+        GPUModelRunner._model_forward = ranged(lambda *a, **k: "tri_census:part:forward",
+                                               GPUModelRunner._model_forward)
+        GPUModelRunner._sample = ranged(lambda *a, **k: "tri_census:part:sampler", GPUModelRunner._sample)
+        LogitsProcessor.forward = ranged(lambda *a, **k: "tri_census:part:logits", LogitsProcessor.forward)
+
+    @staticmethod
+    def triton_names() -> set[str]:
+        """Names of every triton.jit function alive here: vLLM's, ours, Inductor's generated ones."""
+        import gc
+
+        from triton.runtime.jit import JITFunction
+
+        names = set()
+        for o in gc.get_objects():
+            try:
+                name = getattr(getattr(o, "fn", None), "__name__", None) if isinstance(o, JITFunction) else None
+            except ReferenceError:  # a dead weakref proxy among gc's objects
+                continue
+            if name:
+                names.add(name)
+        return names
+
+    def attribute(self, prof) -> dict[str, dict[str, list[dict[str, Any]]]]:
+        """{step: {part: [kernel rows]}} from the raw Kineto events of ``prof``."""
+        from tri_inductor.audit.runtime import classify_kernel
+
+        events = prof.profiler.kineto_results.events()
+        ranges: list[tuple[int, int, str]] = []  # cpu start, cpu end, label
+        launch_ts: dict[int, int] = {}  # CUPTI correlation id -> cpu start of the launch call
+        kernels = []
+        for e in events:
+            dev = str(e.device_type())
+            name = e.name()
+            if dev.endswith("CPU"):
+                if name.startswith("tri_census:"):
+                    ranges.append((e.start_ns(), e.end_ns(), name))
+                elif e.correlation_id() and ("aunch" in name or "Graph" in name):
+                    # cudaLaunchKernel, cuLaunchKernel(Ex) (Triton), cudaGraphLaunch (CUDA graphs)
+                    launch_ts[e.correlation_id()] = e.start_ns()
+            elif dev.endswith("CUDA") and not name.startswith(("Memcpy", "Memset", "tri_census:")):
+                kernels.append(e)  # (our record_function ranges also appear on the GPU timeline)
+        from tri_inductor.audit.runtime import source_triton_kernel_names
+
+        names = self.triton_names() | source_triton_kernel_names()
+        graph_launches = sum(1 for e in events if str(e.device_type()).endswith("CPU") and "GraphLaunch" in e.name())
+        self.stats = {"kernels": len(kernels), "by_launch_time": 0, "by_kernel_time": 0, "ranges": len(ranges),
+                      "cuda_graph_launches": graph_launches}
+        table: dict[str, dict[str, dict[str, dict[str, Any]]]] = {}
+        for k in kernels:
+            t = launch_ts.get(k.correlation_id())
+            if t is not None:
+                self.stats["by_launch_time"] += 1
+            else:  # no launch event found: the kernel's own (GPU) start time, a coarser attribution
+                t = k.start_ns()
+                self.stats["by_kernel_time"] += 1
+            step, part = "unattributed", "other"
+            for start, end, label in ranges:  # nested ranges: step outside, part inside
+                if start <= t <= end:
+                    kind, value = label.split(":")[1:3]
+                    if kind == "step":
+                        step = value
+                    elif kind == "part":
+                        part = value
+            triton, lib = classify_kernel(k.name(), names)
+            if not triton and k.name().startswith("triton_"):
+                triton, lib = True, "triton"  # Inductor's kernel naming, if its module was collected
+            row = table.setdefault(step, {}).setdefault(part, {}).setdefault(
+                k.name(), {"name": k.name(), "launches": 0, "gpu_us": 0.0, "triton": triton, "library": lib})
+            row["launches"] += 1
+            row["gpu_us"] += (k.end_ns() - k.start_ns()) / 1000.0
+        return {s: {p: sorted(({**r, "gpu_us": round(r["gpu_us"], 1)} for r in rows.values()),
+                              key=lambda r: -r["launches"]) for p, rows in parts.items()}
+                for s, parts in table.items()}
+
+
+def prompts(n: int, vocab: int) -> list[list[int]]:
+    import random
+
+    rng = random.Random(1234)
+    return [[rng.randrange(100, vocab - 1) for _ in range(rng.randrange(8, 48))] for _ in range(n)]
+
+
+def main_worker(args: argparse.Namespace) -> int:
+    import torch
+
+    result: dict[str, Any] = {"ok": False, "backend": args.backend}
+    out = Path(args.worker_out)
+    try:
+        from vllm import LLM, SamplingParams
+
+        vocab = json.loads((Path(args.model_dir) / "config.json").read_text())["vocab_size"]
+        kw: dict[str, Any] = dict(model=args.model_dir, load_format=args.load_format, skip_tokenizer_init=True,
+                                  dtype="bfloat16", seed=0, max_model_len=512, max_num_seqs=64,
+                                  gpu_memory_utilization=0.5)
+        if args.backend == "tri_inductor":
+            kw["compilation_config"] = {"backend": "tri_inductor"}
+        else:  # vLLM's own compile path, made runnable without vLLM's CUDA ops
+            kw["compilation_config"] = {"backend": "inductor", "custom_ops": ["none"]}
+            kw["attention_backend"] = "TRITON_ATTN"
+            kw["ir_op_priority"] = {"rms_norm": ["native"], "fused_add_rms_norm": ["native"]}
+        t0 = time.time()
+        llm = LLM(**kw)
+        result["init_s"] = round(time.time() - t0, 1)
+        cfg = getattr(llm.llm_engine, "vllm_config", None) or llm.llm_engine.get_vllm_config()
+        result["effective_config"] = {
+            "mode": str(cfg.compilation_config.mode), "backend": cfg.compilation_config.backend,
+            "custom_ops": list(cfg.compilation_config.custom_ops),
+            "cudagraph_mode": str(cfg.compilation_config.cudagraph_mode),
+            "attention_backend": str(cfg.attention_config.backend),
+            "ir_op_priority": str(cfg.kernel_config.ir_op_priority),
+            "VLLM_USE_FLASHINFER_SAMPLER": os.environ.get("VLLM_USE_FLASHINFER_SAMPLER")}
+        ps = [{"prompt_token_ids": p} for p in prompts(args.prompts, vocab)]
+        sp = SamplingParams(temperature=0.0, max_tokens=args.tokens, logprobs=2, ignore_eos=True, detokenize=False)
+        t0 = time.time()
+        outs = llm.generate(ps, sp, use_tqdm=False)
+        result["generate_s"] = round(time.time() - t0, 2)
+        result["tokens"], result["top2_gap"] = [], []
+        for o in outs:
+            c = o.outputs[0]
+            result["tokens"].append(list(c.token_ids))
+            gaps = []
+            for pos in c.logprobs or []:
+                ranked = sorted(pos.values(), key=lambda lp: lp.rank if lp.rank is not None else 99)
+                gaps.append(round(ranked[0].logprob - ranked[1].logprob, 5) if len(ranked) > 1 else None)
+            result["top2_gap"].append(gaps)
+
+        census = Census()
+        census.install()
+        sp2 = SamplingParams(temperature=0.0, max_tokens=PROFILE_TOKENS, ignore_eos=True, detokenize=False)
+        from torch.profiler import ProfilerActivity, profile
+
+        torch.cuda.synchronize()
+        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+            llm.generate(ps, sp2, use_tqdm=False)
+            torch.cuda.synchronize()
+        try:
+            result["census"] = census.attribute(prof)
+        except Exception:  # noqa: BLE001  keep the token comparison even if attribution breaks
+            import traceback
+
+            result["census"], result["census_error"] = {}, traceback.format_exc()[-4000:]
+            print(result["census_error"], file=sys.stderr, flush=True)
+        result["census_attribution"] = getattr(census, "stats", {})
+        decode_fwd = sum(k["launches"] for k in result["census"].get("decode", {}).get("forward", []))
+        if census.stats["cuda_graph_launches"] and not decode_fwd:
+            # CUPTI did not report the kernels replayed by CUDA graphs: the census is incomplete.
+            result["census_warning"] = "CUDA-graph launches seen but no decode forward kernels attributed"
+            print(f"[census] WARNING: {result['census_warning']}", file=sys.stderr, flush=True)
+        if args.backend == "tri_inductor":
+            from tri_inductor.vllm_compiler import run_audit
+
+            result["audit"] = run_audit().to_dict()
+            result["audit_summary"] = run_audit().summary()
+        result["ok"] = True
+    except BaseException as e:  # noqa: BLE001  (report, then fail)
+        import traceback
+
+        result["error"] = repr(e)
+        result["traceback"] = traceback.format_exc()[-8000:]
+        print(result["traceback"], file=sys.stderr, flush=True)
+    out.write_text(json.dumps(result))
+    return 0 if result["ok"] else 1
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--models", default=",".join(MODELS))
+    p.add_argument("--backends", default=",".join(BACKENDS))
+    p.add_argument("--prompts", type=int, default=32)
+    p.add_argument("--tokens", type=int, default=64)
+    p.add_argument("--layers", type=int, default=2)
+    p.add_argument("--vocab", type=int, default=32000)
+    p.add_argument("--weights", choices=("random", "dummy"), default="random")
+    p.add_argument("--gap-tol", type=float, default=0.1, help="top-2 logprob gap counted as a bf16 near-tie")
+    p.add_argument("--timeout", type=int, default=240, help="seconds per backend run (a GPU call is 600 s)")
+    p.add_argument("--out", default=None)
+    p.add_argument("--combine", nargs="*", default=None, help="merge census JSON parts into --out")
+    p.add_argument("--reclassify", default=None, help="class the kernels of a census JSON again (no GPU needed)")
+    p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--model-dir", help=argparse.SUPPRESS)
+    p.add_argument("--backend", help=argparse.SUPPRESS)
+    p.add_argument("--load-format", help=argparse.SUPPRESS)
+    p.add_argument("--worker-out", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    return main_worker(args) if args.worker else main_parent(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,263 @@
+"""attention: numerics in Triton's CPU interpreter, FX rewrites, sm_90 codegen of every config.
+
+Tolerances on ||out - ref|| / ||ref|| against a float64 reference: fp32 1e-5 (the interpreter's
+fp32 dot is exact fp32; on GPU tl.dot uses tf32, ~1e-3), fp16 3e-3, bf16 1.5e-2 (P is rounded to
+the input dtype before the PV product, and the output is rounded, as in every flash kernel).
+"""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from tri_inductor.patterns import attention as A
+
+TOL = {torch.float32: 1e-5, torch.float16: 3e-3, torch.bfloat16: 1.5e-2}
+
+# (B, Hq, Hkv, Sq, Skv, D, causal, dtype): odd sizes, 1 token, GQA 4:1, MQA, long/short Skv.
+CASES = [
+    (1, 2, 2, 130, 130, 64, True, torch.bfloat16),     # prefill tiles: masked diagonal + tail
+    (1, 2, 2, 130, 130, 64, False, torch.float16),
+    (2, 4, 1, 67, 67, 64, True, torch.float32),          # MQA
+    (1, 8, 2, 1, 77, 128, False, torch.bfloat16),        # decode, GQA 4:1, packed heads
+    (1, 8, 2, 1, 77, 128, True, torch.float16),          # causal Sq=1 sees key 0 only (top-left)
+    (1, 4, 1, 5, 33, 64, True, torch.bfloat16),          # packed, causal per row
+    (1, 4, 4, 17, 200, 128, False, torch.bfloat16),      # Sq < Skv, unpacked short Sq
+    (1, 2, 1, 70, 40, 256, True, torch.bfloat16),        # Sq > Skv causal, d=256
+    (1, 2, 2, 150, 150, 256, False, torch.float16),
+    (1, 2, 2, 40, 30, 96, True, torch.float32),          # head dim not a power of two
+    (1, 16, 2, 3, 129, 64, False, torch.float16),        # packed rows 24 (8:1)
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: "-".join(map(str, c)).replace("torch.", ""))
+def test_attention_numerics(case):
+    B, Hq, Hkv, Sq, Skv, D, causal, dt = case
+    g = torch.Generator().manual_seed(hash(case) % 2**31)
+    q = torch.randn(B, Hq, Sq, D, generator=g).to(dt)
+    k = torch.randn(B, Hkv, Skv, D, generator=g).to(dt)
+    v = torch.randn(B, Hkv, Skv, D, generator=g).to(dt)
+    scale = 1.0 / math.sqrt(D)
+    out = A.attention(q, k, v, causal, scale)
+    ref = A.reference_attention(q, k, v, causal, scale)
+    assert out.shape == ref.shape and out.dtype == dt
+    assert torch.isfinite(out).all()
+    err = ((out.double() - ref).norm() / ref.norm()).item()
+    assert err < TOL[dt], err
+
+
+def test_attention_non_contiguous_inputs():
+    # HF layout: q/k/v are transposes of [B, S, H, D] projections.
+    B, S, Hq, Hkv, D = 1, 45, 4, 2, 64
+    q = torch.randn(B, S, Hq, D, dtype=torch.float16).transpose(1, 2)
+    k = torch.randn(B, S, Hkv, D, dtype=torch.float16).transpose(1, 2)
+    v = torch.randn(B, S, Hkv, D, dtype=torch.float16).transpose(1, 2)
+    out = A.attention(q, k, v, True, 0.2)
+    ref = A.reference_attention(q, k, v, True, 0.2)
+    assert ((out.double() - ref).norm() / ref.norm()).item() < TOL[torch.float16]
+
+
+# ----------------------------------------------------------------------------- FX rewrites
+
+def _capture(fn, *inputs):
+    cap = {}
+
+    def backend(gm, example_inputs):
+        cap["gm"], cap["inputs"] = gm, example_inputs
+        return lambda *a: gm(*[t.to("meta") for t in a])  # SDPA ops have no CPU kernel
+
+    torch._dynamo.reset()
+    torch.compile(fn, backend=backend, fullgraph=True)(*inputs)
+    return cap["gm"], cap["inputs"]
+
+
+def _compile_codegen_only(gm, inputs):
+    """Compile in codegen-only mode with our patterns as the post-grad pass; returns
+    (pattern hits, the output code's ``call`` body)."""
+    import torch._inductor.config as ic
+    from torch._inductor.compile_fx import compile_fx
+    from torch._inductor.custom_graph_pass import CustomGraphPass
+    from torch._inductor.graph import GraphLowering
+    from torch._inductor.pattern_matcher import PatternMatcherPass
+
+    from tri_inductor.codegen_only import fake_cuda_inputs, fake_sm90
+
+    pm = PatternMatcherPass()
+    A.register_patterns(pm)
+    hits, codes = [], []
+
+    class Pass(CustomGraphPass):
+        def __call__(self, g):
+            hits.append(pm.apply(g))
+
+        def uuid(self):
+            return "test-attention"
+
+    saved = GraphLowering.save_output_code
+    GraphLowering.save_output_code = staticmethod(codes.append)
+    try:
+        with fake_sm90():
+            fin, _ = fake_cuda_inputs(inputs)
+            with ic.patch(post_grad_custom_post_pass=Pass(), force_disable_caches=True):
+                compile_fx(gm, fin)
+    finally:
+        GraphLowering.save_output_code = saved
+    code = codes[-1]
+    return sum(hits), code, code[code.index("def call("):]
+
+
+def _assert_ours(code, body):
+    assert "def attention_fwd_kernel" in code
+    assert "attention_fwd_kernel_0.run(" in body
+    calls = "\n".join(line for line in body.splitlines() if not line.strip().startswith("#"))
+    for bad in ("extern_kernels.", "torch.ops.", "aten."):  # match calls, not comments
+        assert bad not in calls, bad
+
+
+def test_pattern_flash():
+    q = torch.randn(1, 8, 32, 64, dtype=torch.bfloat16)
+
+    def f(q, k, v):
+        return torch.ops.aten._scaled_dot_product_flash_attention(q, k, v, 0.0, True, scale=0.1)[0] + 1
+
+    hits, code, body = _compile_codegen_only(*_capture(f, q, q.clone(), q.clone()))
+    assert hits == 1
+    _assert_ours(code, body)
+
+
+def test_pattern_efficient_and_cudnn():
+    q = torch.randn(1, 4, 16, 128, dtype=torch.float16)
+
+    def f(q, k, v):
+        a = torch.ops.aten._scaled_dot_product_efficient_attention(q, k, v, None, False)[0]
+        b = torch.ops.aten._scaled_dot_product_cudnn_attention(q, k, v, None, False, 0.0, True)[0]
+        return a * 2 + b
+
+    hits, code, body = _compile_codegen_only(*_capture(f, q, q.clone(), q.clone()))
+    assert hits == 2
+    _assert_ours(code, body)
+
+
+def test_pattern_skips_bias_and_training_outputs():
+    q = torch.randn(1, 4, 16, 64, dtype=torch.float16)
+    bias = torch.randn(1, 4, 16, 16, dtype=torch.float16)
+
+    def f(q, k, v, bias):
+        a = torch.ops.aten._scaled_dot_product_efficient_attention(q, k, v, bias, False)[0]
+        o = torch.ops.aten._scaled_dot_product_flash_attention(q, k, v, 0.0, False)
+        return a, o[0], o[1]  # logsumexp used: not an inference call, leave it
+
+    hits, code, body = _compile_codegen_only(*_capture(f, q, q.clone(), q.clone(), bias))
+    assert hits == 0
+    assert "attention_fwd_kernel" not in code
+
+
+def test_dynamo_rewrite_and_codegen():
+    q = torch.randn(1, 8, 32, 64, dtype=torch.bfloat16)
+    k = torch.randn(1, 2, 32, 64, dtype=torch.bfloat16)
+    mask = torch.zeros(32, 32, dtype=torch.bfloat16)
+    F = torch.nn.functional
+
+    def f(q, k, v, mask):
+        a = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+        b = F.scaled_dot_product_attention(q, k, v, scale=0.3, enable_gqa=True)
+        c = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True)  # untouched
+        return a.transpose(1, 2).reshape(1, 32, -1), b, c
+
+    gm, inputs = _capture(f, q, k, k.clone(), mask)
+    assert A.rewrite_sdpa_in_dynamo_graph(gm) == 2
+    calls = [n for n in gm.graph.nodes if n.target is torch.ops.tri_inductor.attention.default]
+    assert [n.args[3:] for n in calls] == [(True, 1 / 8), (False, 0.3)]
+    remaining = [n for n in gm.graph.nodes if n.op == "call_function" and "scaled_dot" in str(n.target)]
+    assert len(remaining) == 1
+
+    def g(q, k, v):
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True).transpose(1, 2).reshape(1, 32, -1)
+
+    gm, inputs = _capture(g, q, k, k.clone())
+    assert A.rewrite_sdpa_in_dynamo_graph(gm) == 1
+    hits, code, body = _compile_codegen_only(gm, inputs)
+    _assert_ours(code, body)
+
+
+# ----------------------------------------------------------------------------- sm_90 codegen
+
+def _all_configs():
+    seen = []
+    for (block_d, wide), (bm, bn, w, s) in A.PREFILL_CONFIGS.items():
+        if block_d >= 64:
+            seen.append((block_d, wide, False, bm, bn, w, s))
+    for block_d, bn in A.PACKED_BLOCK_N.items():
+        if block_d >= 64:
+            seen.append((block_d, False, True, A.PACKED_MAX_ROWS, bn, 4 if block_d <= 128 else 8, 2))
+    return seen
+
+
+@pytest.mark.parametrize("cfg", _all_configs(), ids=str)
+def test_config_compiles_for_sm90(cfg):
+    import triton
+    from triton.backends.compiler import GPUTarget
+
+    block_d, wide, packed, bm, bn, warps, stages = cfg
+    kern = A.attention_fwd_kernel
+    ptr = "*fp32" if wide else "*bf16"
+    sig = {n: (ptr if n in "QKVO" else "i32") for n in kern.arg_names}
+    sig["qk_scale"] = "fp32"
+    const = dict(IS_CAUSAL=True, PACKED=packed, EVEN_D=True, BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=block_d,
+                 stride_qd=1, stride_kd=1, stride_vd=1, stride_od=1)
+    for c in const:
+        sig[c] = "constexpr"
+    src = triton.compiler.ASTSource(kern, sig, const)
+    out = triton.compile(src, target=GPUTarget("cuda", 90, 32),
+                         options=dict(num_warps=warps, num_stages=stages))
+    assert out.asm.get("cubin")  # ptxas ran
+    assert out.metadata.shared <= 232448, out.metadata.shared  # H100 opt-in shared memory
+
+
+def test_dynamic_seq_len_codegen():
+    """Symbolic Sq/Skv: config from the size hint (no guard beyond Inductor's int32 ones),
+    symbolic grid."""
+    import torch._inductor.config as ic
+    from torch._inductor.compile_fx import compile_fx
+    from torch._inductor.graph import GraphLowering
+
+    from tri_inductor.codegen_only import fake_cuda_inputs, fake_sm90
+
+    cap = {}
+
+    def backend(gm, example_inputs):
+        cap["gm"] = gm
+        return lambda *a: gm(*[t.to("meta") if isinstance(t, torch.Tensor) else t for t in a])
+
+    q = torch.randn(1, 8, 40, 64, dtype=torch.bfloat16)
+    k = torch.randn(1, 2, 40, 64, dtype=torch.bfloat16)
+    v = k.clone()
+    for t in (q, k, v):
+        torch._dynamo.mark_dynamic(t, 2)
+
+    def f(q, k, v):
+        return torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+
+    torch._dynamo.reset()
+    torch.compile(f, backend=backend, fullgraph=True)(q, k, v)
+    gm = cap["gm"]
+    assert A.rewrite_sdpa_in_dynamo_graph(gm) == 1
+    vals = [n.meta["example_value"] for n in gm.graph.nodes if n.op == "placeholder"]
+    fake_mode = torch._guards.detect_fake_mode(vals)
+    codes = []
+    saved = GraphLowering.save_output_code
+    GraphLowering.save_output_code = staticmethod(codes.append)
+    try:
+        with fake_sm90():
+            fin, _ = fake_cuda_inputs(vals, fake_mode)
+            with ic.patch(force_disable_caches=True):
+                compile_fx(gm, fin)
+    finally:
+        GraphLowering.save_output_code = saved
+    code = codes[-1]
+    body = code[code.index("def call("):]
+    _assert_ours(code, body)
+    run = next(line for line in body.splitlines() if "attention_fwd_kernel_0.run(" in line)
+    assert "// 64" in run  # grid over the symbolic sequence length
+    assert all("2147483647" in str(g.expr) for g in fake_mode.shape_env.guards)

@@ -1,0 +1,262 @@
+"""mm / addmm: numerics in Triton's CPU interpreter, post-grad patterns, sm_90 codegen of configs.
+
+Tolerances on ||out - ref|| / ||ref|| against float64: fp32 1e-5 (interpreter dot is exact fp32;
+on GPU fp32 follows torch's allow_tf32), fp16 2e-3, bf16 1e-2 (output rounding dominates).
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tri_inductor.patterns import linear as L
+
+TOL = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1e-2}
+
+
+def _rel(out, ref):
+    return ((out.double() - ref).norm() / ref.norm()).item()
+
+
+# (M, N, K, dtype, bias, weight transposed): 1 token, odd sizes, K/N not multiples of tiles.
+CASES = [
+    (1, 96, 200, torch.bfloat16, False, True),
+    (1, 256, 512, torch.float16, True, True),
+    (5, 130, 64, torch.float16, True, True),
+    (17, 72, 300, torch.bfloat16, False, True),
+    (70, 200, 136, torch.bfloat16, True, True),
+    (129, 65, 40, torch.float32, True, False),   # plain row-major b
+    (300, 64, 64, torch.float32, False, True),
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: "-".join(map(str, c)).replace("torch.", ""))
+def test_mm_numerics(case):
+    M, N, K, dt, has_bias, transposed = case
+    g = torch.Generator().manual_seed(M * 1000 + N)
+    a = torch.randn(M, K, generator=g).to(dt)
+    b = torch.randn(N, K, generator=g).to(dt).t() if transposed else torch.randn(K, N, generator=g).to(dt)
+    bias = torch.randn(N, generator=g).to(dt)
+    out = L.addmm(bias, a, b) if has_bias else L.mm(a, b)
+    ref = L.reference_addmm(bias, a, b) if has_bias else L.reference_mm(a, b)
+    assert out.shape == (M, N) and out.dtype == dt
+    assert _rel(out, ref) < TOL[dt]
+
+
+# Every table config (bf16) on a small ragged problem, split-K forced on where it is "auto".
+def _table_configs():
+    cfgs = {c for c in L.CONFIGS.values()} | {c for c in L.TUNED.values()}
+    return sorted(cfgs)
+
+
+@pytest.mark.parametrize("cfg", _table_configs(), ids=lambda c: "x".join(map(str, c)))
+def test_mm_each_config(cfg):
+    M, N, K = 37, 150, 520
+    g = torch.Generator().manual_seed(1)
+    a = torch.randn(M, K, generator=g).to(torch.bfloat16)
+    b = torch.randn(N, K, generator=g).to(torch.bfloat16).t()
+    bias = torch.randn(N, generator=g).to(torch.bfloat16)
+    forced = cfg._replace(split_k=cfg.split_k or 2)
+    out = L._mm_launch(a, b, bias, forced)
+    assert _rel(out, L.reference_addmm(bias, a, b)) < TOL[torch.bfloat16]
+
+
+@pytest.mark.parametrize("transposed", [True, False])
+@pytest.mark.parametrize("tma", [1, 2])
+def test_mm_tma_persistent(transposed, tma):
+    # TMA path: ragged M/N/K (zero-filled by the descriptors), 16-byte aligned strides.
+    M, N, K = 37, 136, 520
+    g = torch.Generator().manual_seed(2)
+    a = torch.randn(M, K, generator=g).to(torch.bfloat16)
+    b = torch.randn(N, K, generator=g).to(torch.bfloat16).t() if transposed else torch.randn(K, N, generator=g).to(torch.bfloat16)
+    bias = torch.randn(N, generator=g).to(torch.bfloat16)
+    assert L._tma_ok(a, b, N)
+    out = L._mm_launch(a, b, bias, L.Cfg(32, 64, 64, 2, 1, 4, 3, tma))
+    assert _rel(out, L.reference_addmm(bias, a, b)) < TOL[torch.bfloat16]
+
+
+def test_tma_falls_back_when_unaligned():
+    a = torch.randn(5, 100, dtype=torch.float16)[:, 1:]  # odd offset and K*2 not a multiple of 16
+    b = torch.randn(64, 99, dtype=torch.float16).t()
+    assert not L._tma_ok(a, b, 64)
+    out = L._mm_launch(a, b, None, L.Cfg(16, 64, 64, 1, 1, 4, 3, 1))
+    assert _rel(out, L.reference_mm(a, b)) < TOL[torch.float16]
+
+
+def test_split_k_ragged():
+    # K not a multiple of split * BLOCK_K: last split is short, masks on K.
+    a = torch.randn(3, 700, dtype=torch.float16)
+    b = torch.randn(90, 700, dtype=torch.float16).t()
+    out = L._mm_launch(a, b, None, L.Cfg(16, 64, 128, 1, 3, 4, 2))
+    assert _rel(out, L.reference_mm(a, b)) < TOL[torch.float16]
+
+
+def test_buckets_and_split_choice():
+    assert L.bucket_of(1) == 16 and L.bucket_of(48) == 64 and L.bucket_of(5000) == 4096
+    assert L._hint(7) == 7
+    # auto split-K: 64 tiles of a 4096-wide decode GEMM -> 2 splits fill 128 of 132 SMs
+    assert L._split_k(L.Cfg(16, 64, 256, 1, 0, 4, 4), 1, 4096, 4096) == 2
+    assert L._split_k(L.Cfg(16, 64, 256, 1, 3, 4, 4), 1, 4096, 4096) == 3
+
+
+# ----------------------------------------------------------------------------- patterns
+
+def _compile(fn, inputs, dynamic=False):
+    import torch._inductor.config as ic
+    from torch._inductor.compile_fx import compile_fx
+    from torch._inductor.custom_graph_pass import CustomGraphPass
+    from torch._inductor.graph import GraphLowering
+    from torch._inductor.pattern_matcher import PatternMatcherPass
+
+    from tri_inductor.codegen_only import fake_cuda_inputs, fake_sm90
+
+    cap = {}
+
+    def backend(gm, example_inputs):
+        cap["gm"], cap["inputs"] = gm, example_inputs
+        return gm.forward
+
+    torch._dynamo.reset()
+    torch.compile(fn, backend=backend, dynamic=dynamic, fullgraph=True)(*inputs)
+    pm = PatternMatcherPass()
+    L.register_patterns(pm)
+    hits, codes = [], []
+
+    class Pass(CustomGraphPass):
+        def __call__(self, g):
+            hits.append(pm.apply(g))
+
+        def uuid(self):
+            return "test-linear"
+
+    saved = GraphLowering.save_output_code
+    GraphLowering.save_output_code = staticmethod(codes.append)
+    try:
+        with fake_sm90():
+            fin, _ = fake_cuda_inputs(cap["inputs"])
+            # shape_padding: pad_mm would benchmark (no GPU here)
+            with ic.patch(post_grad_custom_post_pass=Pass(), force_disable_caches=True,
+                          benchmark_harness=False, shape_padding=False):
+                compile_fx(cap["gm"], fin)
+    finally:
+        GraphLowering.save_output_code = saved
+    code = codes[-1]
+    body = code[code.index("def call("):]
+    calls = "\n".join(line for line in body.splitlines() if not line.strip().startswith("#"))
+    return sum(hits), code, calls
+
+
+def _assert_ours(code, calls, n_kernels):
+    assert "def mm_kernel" in code
+    assert calls.count("mm_kernel_") >= n_kernels
+    for bad in ("extern_kernels.", "torch.ops.", "aten."):
+        assert bad not in calls, bad
+
+
+def test_pattern_linear_3d_and_mm():
+    x = torch.randn(2, 24, 256, dtype=torch.bfloat16)
+    w1 = torch.randn(512, 256, dtype=torch.bfloat16)
+    b1 = torch.randn(512, dtype=torch.bfloat16)
+    w2 = torch.randn(256, 512, dtype=torch.bfloat16)
+    F = torch.nn.functional
+
+    def f(x, w1, b1, w2):
+        h = F.silu(F.linear(x, w1, b1))     # addmm(bias, x, permute(w))
+        return F.linear(h, w2) + x          # mm(x, permute(w))
+
+    hits, code, calls = _compile(f, [x, w1, b1, w2])
+    assert hits == 2
+    _assert_ours(code, calls, 2)
+
+
+def test_pattern_dynamic_m():
+    """Symbolic M: config from M's size hint, grid symbolic, no guard on M."""
+    import torch._inductor.config as ic
+    from torch._inductor.compile_fx import compile_fx
+    from torch._inductor.custom_graph_pass import CustomGraphPass
+    from torch._inductor.graph import GraphLowering
+    from torch._inductor.pattern_matcher import PatternMatcherPass
+
+    from tri_inductor.codegen_only import fake_cuda_inputs, fake_sm90
+
+    cap = {}
+
+    def backend(gm, example_inputs):
+        cap["gm"] = gm
+        return gm.forward
+
+    x = torch.randn(8, 256, dtype=torch.float16)
+    w = torch.randn(384, 256, dtype=torch.float16)
+    torch._dynamo.reset()
+    torch._dynamo.mark_dynamic(x, 0)
+    torch.compile(lambda x, w: torch.nn.functional.linear(x, w), backend=backend, fullgraph=True)(x, w)
+    gm = cap["gm"]
+    vals = [n.meta["example_value"] for n in gm.graph.nodes if n.op == "placeholder"]
+    fake_mode = torch._guards.detect_fake_mode(vals)  # Dynamo's, with the ShapeEnv holding s0
+    pm = PatternMatcherPass()
+    L.register_patterns(pm)
+    hits, codes = [], []
+
+    class Pass(CustomGraphPass):
+        def __call__(self, g):
+            hits.append(pm.apply(g))
+
+        def uuid(self):
+            return "test-linear-dyn"
+
+    saved = GraphLowering.save_output_code
+    GraphLowering.save_output_code = staticmethod(codes.append)
+    try:
+        with fake_sm90():
+            fin, _ = fake_cuda_inputs(vals, fake_mode)
+            with ic.patch(post_grad_custom_post_pass=Pass(), force_disable_caches=True):
+                compile_fx(gm, fin)
+    finally:
+        GraphLowering.save_output_code = saved
+    code = codes[-1]
+    body = code[code.index("def call("):]
+    calls = "\n".join(line for line in body.splitlines() if not line.strip().startswith("#"))
+    assert hits == [1]
+    _assert_ours(code, calls, 1)
+    assert "'BLOCK_M': 16" in code  # bucket of the size hint (8)
+    run_line = next(line for line in calls.splitlines() if "mm_kernel_0.run(" in line)
+    assert "s" in run_line.split(",")[-4]  # grid depends on the symbolic M
+
+
+# ----------------------------------------------------------------------------- sm_90 codegen
+
+@pytest.mark.parametrize("cfg", _table_configs(), ids=lambda c: "x".join(map(str, c)))
+def test_config_compiles_for_sm90(cfg):
+    import triton
+    from triton.backends.compiler import GPUTarget
+
+    kern = L.mm_tma_kernel if cfg.tma else L.mm_kernel
+    sig = {n: ("*bf16" if n in ("A", "B", "C", "bias") else "i32") for n in kern.arg_names}
+    if cfg.tma:
+        const = dict(HAS_BIAS=True, B_KMAJOR=True, NUM_SMS=L.NUM_SMS, WARP_SPECIALIZE=cfg.tma == 2,
+                     BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, GROUP_M=cfg.group_m)
+    else:
+        const = dict(HAS_BIAS=True, SPLIT_K=1, EVEN_K=True, PRECISION="tf32", BLOCK_M=cfg.block_m,
+                     BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, GROUP_M=cfg.group_m,
+                     stride_ak=1, stride_bk=1, stride_cn=1)
+    for c in const:
+        sig[c] = "constexpr"
+    src = triton.compiler.ASTSource(kern, sig, const)
+    out = triton.compile(src, target=GPUTarget("cuda", 90, 32),
+                         options=dict(num_warps=cfg.num_warps, num_stages=cfg.num_stages))
+    assert out.asm.get("cubin")
+    assert out.metadata.shared <= 232448, out.metadata.shared
+
+
+def test_pattern_prefill_uses_tma_kernel():
+    x = torch.randn(300, 256, dtype=torch.bfloat16)
+    w = torch.randn(512, 256, dtype=torch.bfloat16)
+    b = torch.randn(512, dtype=torch.bfloat16)
+
+    def f(x, w, b):
+        return torch.nn.functional.linear(x, w, b)
+
+    hits, code, calls = _compile(f, [x, w, b])
+    assert hits == 1
+    assert "def mm_tma_kernel" in code and "mm_tma_kernel_0.run(" in calls
+    for bad in ("extern_kernels.", "torch.ops.", "aten."):
+        assert bad not in calls, bad

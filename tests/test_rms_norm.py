@@ -1,0 +1,227 @@
+"""rms_norm / fused_add_rms_norm: kernel numerics (Triton interpreter) and FX patterns (codegen-only).
+
+Interpreter: ``launch`` runs real CPU tensors through ``InterpretedFunction`` without
+TRITON_INTERPRET=1 (not set here); see the note in tri_inductor/patterns/rms_norm.py.
+"""
+from __future__ import annotations
+
+import re
+
+import pytest
+import torch
+from torch._inductor.graph import GraphLowering
+from torch._inductor.pattern_matcher import PatternMatcherPass
+
+from pattern_harness import assert_our_kernel, compile_codegen, rel
+from tri_inductor.patterns import rms_norm as R
+
+# ‖out − ref‖ / ‖ref‖ against the float64 reference.
+TOL = {torch.bfloat16: 1e-2, torch.float16: 2e-3, torch.float32: 1e-5}
+SHAPES = [(1, 8), (3, 96), (17, 1000), (5, 4096), (2, 3, 20000)]  # 20000: the chunked wide-row path
+
+
+
+@pytest.mark.parametrize("dtype", list(TOL))
+@pytest.mark.parametrize("shape", SHAPES)
+def test_rms_norm_matches_reference(shape, dtype, poison) -> None:
+    x, w = torch.randn(*shape, dtype=dtype), torch.randn(shape[-1], dtype=dtype)
+    eps, offset = float(torch.rand(()) * 1e-4), float(torch.randint(0, 2, ()))
+    out = R.rms_norm(x, w, eps, offset)
+    assert out.shape == x.shape and out.dtype == dtype and not out.isnan().any()
+    assert rel(out, R.reference_rms_norm(x, w, eps, offset)) < TOL[dtype]
+
+
+@pytest.mark.parametrize("dtype", list(TOL))
+@pytest.mark.parametrize("shape", SHAPES)
+def test_fused_add_rms_norm_matches_reference(shape, dtype, poison) -> None:
+    x, r = torch.randn(*shape, dtype=dtype), torch.randn(*shape, dtype=dtype)
+    w = torch.randn(shape[-1], dtype=dtype)
+    x0, r0 = x.clone(), r.clone()
+    out, new_res = R.fused_add_rms_norm(x, r, w, 1e-6, 1.0)
+    ref_out, ref_res = R.reference_fused_add_rms_norm(x, r, w, 1e-6, 1.0)
+    assert not out.isnan().any() and not new_res.isnan().any()  # every element written
+    assert rel(out, ref_out) < TOL[dtype]
+    assert rel(new_res, ref_res) < TOL[dtype]
+    assert torch.equal(x, x0) and torch.equal(r, r0)  # inputs untouched (functional op)
+
+
+def test_strided_rows_and_fp32_weight(poison) -> None:
+    # Row-strided input (column slice of a wider buffer) with an fp32 weight (vLLM's Gemma path).
+    wide = torch.randn(9, 1100, dtype=torch.bfloat16)
+    x = wide[:, :1000]
+    w = torch.randn(1000)
+    out = R.rms_norm(x, w, 1e-5)
+    assert not out.isnan().any()
+    assert rel(out, R.reference_rms_norm(x, w, 1e-5)) < TOL[torch.bfloat16]
+
+
+# ----------------------------------------------------------------------------------- patterns
+@pytest.fixture(scope="module")
+def pm() -> PatternMatcherPass:
+    pm = PatternMatcherPass()
+    R.register_patterns(pm)
+    return pm
+
+
+def _kernel_args(code: str) -> list[str]:
+    """The launch arguments of our kernel in the output code (to read eps / weight_offset)."""
+    m = re.search(r"_rms_norm_kernel_\d+\.run\((.*)\)", code)
+    assert m, "kernel launch not found"
+    return [a.strip() for a in m.group(1).split(",")]
+
+
+def _llama(dtype):
+    from transformers.models.llama.modeling_llama import LlamaRMSNorm
+
+    m = LlamaRMSNorm(64, eps=1e-5).to(dtype)
+    m.weight.data.normal_()
+    return m
+
+
+def test_vllm_native_fp32_weight_matches(vllm_ctx, pm) -> None:
+    # vLLM RMSNorm built with dtype=float32 weights on a bf16 model (IR native body, wrap off).
+    from vllm import ir
+    from vllm.model_executor.layers.layernorm import RMSNorm
+
+    m = RMSNorm(64, eps=1e-6, dtype=torch.float32)
+    m.weight.data.normal_()
+    x, r = torch.randn(5, 64, dtype=torch.bfloat16), torch.randn(5, 64, dtype=torch.bfloat16)
+    for residual in (False, True):
+        fwd = (lambda x, r: m.forward_native(x, r)) if residual else (lambda x, r: m.forward_native(x))
+        with ir.enable_torch_wrap(False):
+            hits, code = compile_codegen(fwd, [x, r], pm)
+        assert hits == 1
+        assert_our_kernel(code, "_rms_norm_kernel")
+    assert rel(R.rms_norm(x, m.weight, 1e-6), m.forward_native(x).double()) < TOL[torch.bfloat16]
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_hf_llama_rmsnorm_matches(pm, dtype) -> None:
+    m = _llama(dtype)
+    x = torch.randn(5, 64, dtype=dtype)
+    hits, code = compile_codegen(m, [x], pm)
+    assert hits == 1
+    assert_our_kernel(code, "_rms_norm_kernel")
+    assert "1e-05" in _kernel_args(code) and "0.0" in _kernel_args(code)
+    assert rel(R.rms_norm(x, m.weight, 1e-5), m(x).double()) < TOL[dtype]
+
+
+def test_hf_gemma_rmsnorm_matches(pm) -> None:
+    from transformers.models.gemma.modeling_gemma import GemmaRMSNorm
+
+    m = GemmaRMSNorm(64, eps=1e-6).to(torch.bfloat16)
+    m.weight.data.normal_()
+    x = torch.randn(2, 3, 64, dtype=torch.bfloat16)
+    hits, code = compile_codegen(m, [x], pm)
+    assert hits == 1
+    assert_our_kernel(code, "_rms_norm_kernel")
+    assert "1.0" in _kernel_args(code)  # (1 + w) folded into weight_offset
+    assert rel(R.rms_norm(x, m.weight, 1e-6, 1.0), m(x).double()) < TOL[torch.bfloat16]
+
+
+def test_hf_residual_add_then_norm_fuses(pm) -> None:
+    m = _llama(torch.bfloat16)
+
+    def layer_tail(h, residual):  # decoder layer: hidden = residual + hidden; norm(hidden)
+        h = residual + h
+        return m(h), h
+
+    x, r = torch.randn(4, 64, dtype=torch.bfloat16), torch.randn(4, 64, dtype=torch.bfloat16)
+    hits, code = compile_codegen(layer_tail, [x, r], pm)
+    assert hits == 1
+    assert_our_kernel(code, "_rms_norm_kernel")
+    assert len(re.findall(r"\.run\(", code.split("def call(")[1])) == 1  # one kernel for add + norm
+
+
+# (torch wrap on: vllm_ir nodes; off: the IR op's native body inlined, aten level)
+VLLM_CASES = [(True, False, False), (False, False, False), (True, True, False), (False, True, False),
+              (True, False, True), (True, True, True), (False, False, True), (False, True, True)]
+
+
+@pytest.mark.parametrize("wrap, residual, gemma", VLLM_CASES,
+                         ids=["ir-norm", "native-norm", "ir-add", "native-add", "ir-gemma", "ir-gemma-add",
+                              "native-gemma", "native-gemma-add"])
+def test_vllm_layers_match(vllm_ctx, pm, wrap: bool, residual: bool, gemma: bool) -> None:
+    from vllm import ir
+    from vllm.model_executor.layers.layernorm import GemmaRMSNorm, RMSNorm
+    m = (GemmaRMSNorm if gemma else RMSNorm)(64, eps=1e-5).to(torch.bfloat16)
+    m.weight.data.normal_()
+    x, r = torch.randn(5, 64, dtype=torch.bfloat16), torch.randn(5, 64, dtype=torch.bfloat16)
+
+    def fwd(x, r):
+        # IR nodes: the default overload, as vLLM's VllmIRInplaceFunctionalizationPass leaves
+        # ``fused_add_rms_norm.maybe_inplace`` before AOT; native: the IR op's Python body.
+        if not residual:
+            return m.forward_native(x)
+        if gemma:
+            return m.forward_native(x, r)
+        return ir.ops.fused_add_rms_norm(x, r, m.weight, m.variance_epsilon)
+
+    with ir.enable_torch_wrap(wrap):
+        hits, code = compile_codegen(fwd, [x, r], pm)
+    assert hits == 1
+    assert_our_kernel(code, "_rms_norm_kernel")
+    assert "torch.ops.vllm_ir" not in code
+    args = _kernel_args(code)
+    assert "1e-05" in args and ("1.0" if gemma else "0.0") in args
+
+
+def _eager_rms(result, x, w, eps):
+    result.copy_(R.reference_rms_norm(x, w, eps))
+
+
+def _eager_add_rms(x, r, w, eps):
+    out, res = R.reference_fused_add_rms_norm(x, r, w, eps)
+    x.copy_(out)
+    r.copy_(res)
+
+
+@pytest.fixture
+def c_ops():
+    """Stand-ins for vLLM's CUDA schemas (vllm._C is not loadable on this machine)."""
+    lib = torch.library.Library("_C", "FRAGMENT")
+    lib.define("rms_norm(Tensor! result, Tensor input, Tensor weight, float epsilon) -> ()")
+    lib.define("fused_add_rms_norm(Tensor! input, Tensor! residual, Tensor weight, float epsilon) -> ()")
+    for name, fn in (("rms_norm", _eager_rms), ("fused_add_rms_norm", _eager_add_rms)):
+        lib.impl(name, fn, "CPU")
+        lib._register_fake(name, lambda *args: None)
+    yield
+    lib._destroy()
+
+
+@pytest.mark.parametrize("residual", [False, True], ids=["rms_norm", "fused_add_rms_norm"])
+def test_vllm_custom_op_form_matches(c_ops, residual: bool) -> None:
+    pm = PatternMatcherPass()
+    R.register_patterns(pm)
+    w = torch.randn(64, dtype=torch.bfloat16)
+
+    def forward_cuda(x, r):  # vLLM's vllm_c impls (vllm/kernels/vllm_c.py)
+        if residual:
+            torch.ops._C.fused_add_rms_norm(x, r, w, 1e-6)
+            return x, r
+        out = torch.empty_like(x)
+        torch.ops._C.rms_norm(out, x, w, 1e-6)
+        return out
+
+    x, r = torch.randn(3, 64, dtype=torch.bfloat16), torch.randn(3, 64, dtype=torch.bfloat16)
+    hits, code = compile_codegen(forward_cuda, [x, r], pm, enable_auto_functionalized_v2=False)
+    assert hits == 1
+    assert_our_kernel(code, "_rms_norm_kernel")
+    assert "torch.ops._C" not in code and "1e-06" in _kernel_args(code)
+
+
+def test_tri_inductor_backend_uses_our_kernel() -> None:
+    """The same form through the project backend (all families' patterns, codegen-only)."""
+    from transformers.models.llama.modeling_llama import LlamaRMSNorm
+
+    FN_ = LlamaRMSNorm(64).to(torch.bfloat16)
+    codes: list[str] = []
+    saved = GraphLowering.save_output_code
+    GraphLowering.save_output_code = staticmethod(codes.append)
+    torch._dynamo.reset()
+    try:
+        out = torch.compile(FN_, backend="tri_inductor", options={"codegen_only": True})(torch.randn(4, 64, dtype=torch.bfloat16))
+    finally:
+        GraphLowering.save_output_code = saved
+    assert codes and out is not None
+    assert_our_kernel(codes[-1], "_rms_norm_kernel")

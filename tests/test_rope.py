@@ -1,0 +1,205 @@
+"""rope_cache / rope_cos_sin: kernel numerics (Triton interpreter) and FX patterns (codegen-only).
+
+Interpreter: ``launch`` runs real CPU tensors through ``InterpretedFunction`` without
+TRITON_INTERPRET=1 (not set here); see the note in tri_inductor/patterns/rms_norm.py.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+from torch._inductor.graph import GraphLowering
+from torch._inductor.pattern_matcher import PatternMatcherPass
+
+from pattern_harness import assert_our_kernel, compile_codegen, rel
+from tri_inductor.patterns import rope as P
+
+# ‖out − ref‖ / ‖ref‖ against the float64 reference.
+TOL = {torch.bfloat16: 1e-2, torch.float16: 2e-3, torch.float32: 1e-5}
+# (tokens, q heads, kv heads, head_size, rotary_dim)
+GEOMS = [(1, 1, 1, 64, 64), (3, 4, 1, 64, 32), (17, 6, 2, 96, 96), (5, 32, 8, 128, 128), (4, 2, 2, 80, 40)]
+
+
+
+@pytest.mark.parametrize("dtype", list(TOL))
+@pytest.mark.parametrize("is_neox", [True, False], ids=["neox", "gptj"])
+@pytest.mark.parametrize("geom", GEOMS, ids=lambda g: "x".join(map(str, g)))
+def test_rope_cache_matches_reference(geom, is_neox: bool, dtype, poison) -> None:
+    T, Hq, Hk, D, rot = geom
+    pos = torch.randint(0, 50, (T,))
+    cache = torch.randn(50, rot, dtype=dtype)
+    # q and k as views of a fused qkv buffer (row stride > width), as vLLM's attention splits them
+    qkv = torch.randn(T, (Hq + 2 * Hk) * D, dtype=dtype)
+    q, k, _ = qkv.split([Hq * D, Hk * D, Hk * D], dim=-1)
+    qkv0 = qkv.clone()
+    qo, ko = P.rope_cache(pos, q, k, cache, D, rot, is_neox)
+    rq, rk = P.reference_rope_cache(pos, q, k, cache, D, rot, is_neox)
+    assert qo.shape == q.shape and ko.shape == k.shape and qo.dtype == dtype
+    assert not qo.isnan().any() and not ko.isnan().any()  # every element written
+    assert rel(qo, rq) < TOL[dtype] and rel(ko, rk) < TOL[dtype]
+    assert torch.equal(qkv, qkv0)  # functional: inputs untouched
+
+
+@pytest.mark.parametrize("dtype", list(TOL))
+@pytest.mark.parametrize("is_neox", [True, False], ids=["neox", "gptj"])
+@pytest.mark.parametrize("geom", GEOMS, ids=lambda g: "x".join(map(str, g)))
+def test_rope_cos_sin_matches_reference(geom, is_neox: bool, dtype, poison) -> None:
+    T, Hq, Hk, D, rot = geom
+    B, S = 2, max(T // 2, 1)
+    # HF layout: q_proj(x).view(B, S, H, D).transpose(1, 2); cos/sin of batch 1 broadcast
+    q = torch.randn(B, S, Hq, D, dtype=dtype).transpose(1, 2)
+    k = torch.randn(B, S, Hk, D, dtype=dtype).transpose(1, 2)
+    cos, sin = torch.randn(1, S, rot, dtype=dtype), torch.randn(1, S, rot, dtype=dtype)
+    qo, ko = P.rope_cos_sin(q, k, cos, sin, is_neox)
+    rq, rk = P.reference_rope_cos_sin(q, k, cos, sin, is_neox)
+    assert qo.shape == q.shape and qo.stride() == q.stride()  # keeps HF's layout
+    assert not qo.isnan().any() and not ko.isnan().any()
+    assert rel(qo, rq) < TOL[dtype] and rel(ko, rk) < TOL[dtype]
+
+
+def test_reference_agrees_with_vllm_native() -> None:
+    # Our float64 reference follows vLLM's forward_static (the semantics the pattern replaces).
+    pytest.importorskip("vllm", reason="vLLM 0.26 needed for its RotaryEmbedding.forward_static")
+    from vllm.model_executor.layers.rotary_embedding import RotaryEmbedding
+
+    for is_neox in (True, False):
+        pos = torch.randint(0, 30, (6,))
+        q, k = torch.randn(6, 4 * 64, dtype=torch.float64), torch.randn(6, 2 * 64, dtype=torch.float64)
+        cache = torch.randn(30, 32, dtype=torch.float64)
+        vq, vk = RotaryEmbedding.forward_static(pos, q, k, 64, 32, cache, is_neox)
+        rq, rk = P.reference_rope_cache(pos, q, k, cache, 64, 32, is_neox)
+        torch.testing.assert_close(vq, rq)
+        torch.testing.assert_close(vk, rk)
+
+
+# ----------------------------------------------------------------------------------- patterns
+@pytest.fixture(scope="module")
+def pm() -> PatternMatcherPass:
+    pm = PatternMatcherPass()
+    P.register_patterns(pm)
+    return pm
+
+
+@pytest.mark.parametrize("head_size, rotary_dim, is_neox, dtype", [
+    (64, 64, True, torch.bfloat16), (128, 128, False, torch.bfloat16), (96, 96, True, torch.float32),
+    (128, 64, True, torch.bfloat16), (80, 40, False, torch.bfloat16)])
+def test_vllm_rotary_embedding_matches(vllm_ctx, pm, head_size, rotary_dim, is_neox, dtype) -> None:
+    from vllm.model_executor.layers.rotary_embedding import RotaryEmbedding
+
+    rope = RotaryEmbedding(head_size, rotary_dim, 64, 10000.0, is_neox, dtype)
+    Hq, Hk = 2, 1
+
+    def attn_prologue(positions, qkv):  # vLLM attention: split fused qkv, then rotary_emb
+        q, k, v = qkv.split([Hq * head_size, Hk * head_size, Hk * head_size], dim=-1)
+        q, k = rope.forward_native(positions, q, k)
+        return q, k, v
+
+    pos = torch.randint(0, 64, (5,))
+    qkv = torch.randn(5, (Hq + 2 * Hk) * head_size, dtype=dtype)
+    hits, code = compile_codegen(attn_prologue, [pos, qkv], pm)
+    assert hits == 1
+    assert_our_kernel(code, "_rope_kernel")
+    assert f"'HEAD': {head_size}, 'ROT': {rotary_dim}, 'IS_NEOX': {is_neox}" in code
+    # the replacement computes what the layer computes
+    q, k, _ = qkv.split([Hq * head_size, Hk * head_size, Hk * head_size], dim=-1)
+    vq, vk = rope.forward_native(pos, q, k)
+    oq, ok = P.rope_cache(pos, q, k, rope.cos_sin_cache, head_size, rotary_dim, is_neox)
+    assert rel(oq, vq.double()) < TOL[dtype] and rel(ok, vk.double()) < TOL[dtype]
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_hf_apply_rotary_pos_emb_matches(pm, dtype) -> None:
+    from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+
+    B, S, Hq, Hk, D = 2, 5, 2, 1, 64
+
+    def attn_prologue(qf, kf, cos, sin):  # LlamaAttention: view -> transpose -> rope
+        q = qf.view(B, -1, Hq, D).transpose(1, 2)
+        k = kf.view(B, -1, Hk, D).transpose(1, 2)
+        return apply_rotary_pos_emb(q, k, cos, sin)
+
+    qf, kf = torch.randn(B, S, Hq * D, dtype=dtype), torch.randn(B, S, Hk * D, dtype=dtype)
+    ang = torch.randn(1, S, D // 2)
+    cos, sin = torch.cat((ang, ang), -1).cos().to(dtype), torch.cat((ang, ang), -1).sin().to(dtype)
+    hits, code = compile_codegen(attn_prologue, [qf, kf, cos, sin], pm, dynamic=[(i, 1) for i in range(4)])
+    assert hits == 1
+    assert_our_kernel(code, "_rope_kernel")
+    hq, hk = attn_prologue(qf, kf, cos, sin)
+    oq, ok = P.rope_cos_sin(qf.view(B, S, Hq, D).transpose(1, 2), kf.view(B, S, Hk, D).transpose(1, 2),
+                            cos, sin, True)
+    assert rel(oq, hq.double()) < TOL[dtype] and rel(ok, hk.double()) < TOL[dtype]
+
+
+def test_hf_partial_rotary_matches(pm) -> None:
+    from transformers.models.llama.modeling_llama import rotate_half
+
+    B, S, H, D, rot = 1, 4, 2, 64, 32
+
+    def phi_rope(qf, kf, cos, sin):  # transformers Phi / StableLM: rotate the first rot dims
+        q = qf.view(B, -1, H, D).transpose(1, 2)
+        k = kf.view(B, -1, H, D).transpose(1, 2)
+        cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
+        q_rot, q_pass = q[..., :rot], q[..., rot:]
+        k_rot, k_pass = k[..., :rot], k[..., rot:]
+        q_embed = (q_rot * cos) + (rotate_half(q_rot) * sin)
+        k_embed = (k_rot * cos) + (rotate_half(k_rot) * sin)
+        return torch.cat([q_embed, q_pass], dim=-1), torch.cat([k_embed, k_pass], dim=-1)
+
+    qf, kf = torch.randn(B, S, H * D, dtype=torch.bfloat16), torch.randn(B, S, H * D, dtype=torch.bfloat16)
+    cos, sin = torch.randn(1, S, rot, dtype=torch.bfloat16), torch.randn(1, S, rot, dtype=torch.bfloat16)
+    hits, code = compile_codegen(phi_rope, [qf, kf, cos, sin], pm, dynamic=[(i, 1) for i in range(4)])
+    assert hits == 1
+    assert_our_kernel(code, "_rope_kernel")
+
+
+def _eager_rotary(positions, query, key, head_size, cos_sin_cache, is_neox):
+    q, k = P.reference_rope_cache(positions, query, key, cos_sin_cache, head_size,
+                                  cos_sin_cache.shape[-1], is_neox)
+    query.copy_(q)
+    key.copy_(k)
+
+
+@pytest.fixture
+def c_ops():
+    """Stand-in for vLLM's CUDA schema (vllm._C is not loadable on this machine)."""
+    lib = torch.library.Library("_C", "FRAGMENT")
+    lib.define("rotary_embedding(Tensor positions, Tensor! query, Tensor!? key, int head_size, "
+               "Tensor cos_sin_cache, bool is_neox) -> ()")
+    lib.impl("rotary_embedding", _eager_rotary, "CPU")
+    lib._register_fake("rotary_embedding", lambda *args: None)
+    yield
+    lib._destroy()
+
+
+def test_vllm_custom_op_form_matches(c_ops) -> None:
+    pm = PatternMatcherPass()
+    P.register_patterns(pm)
+    cache = torch.randn(64, 64, dtype=torch.bfloat16)
+
+    def forward_cuda(positions, qkv):  # RotaryEmbedding.forward_cuda on split q, k
+        q, k, v = qkv.split([128, 64, 64], dim=-1)
+        torch.ops._C.rotary_embedding(positions, q, k, 64, cache, True)
+        return q, k, v
+
+    pos, qkv = torch.randint(0, 64, (5,)), torch.randn(5, 256, dtype=torch.bfloat16)
+    hits, code = compile_codegen(forward_cuda, [pos, qkv], pm, enable_auto_functionalized_v2=False)
+    assert hits == 1
+    assert_our_kernel(code, "_rope_kernel")
+    assert "torch.ops._C" not in code
+
+
+def test_tri_inductor_backend_uses_our_kernel() -> None:
+    """The same form through the project backend (all families' patterns, codegen-only)."""
+    from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+
+    def FN_(q, k, cos, sin):
+        return apply_rotary_pos_emb(q, k, cos, sin)
+    codes: list[str] = []
+    saved = GraphLowering.save_output_code
+    GraphLowering.save_output_code = staticmethod(codes.append)
+    torch._dynamo.reset()
+    try:
+        out = torch.compile(FN_, backend="tri_inductor", options={"codegen_only": True})(torch.randn(1, 2, 4, 64), torch.randn(1, 1, 4, 64), torch.randn(1, 4, 64), torch.randn(1, 4, 64))
+    finally:
+        GraphLowering.save_output_code = saved
+    assert codes and out is not None
+    assert_our_kernel(codes[-1], "_rope_kernel")

@@ -1,0 +1,482 @@
+"""The vLLM plugin on a CPU machine: entry point, config adjustments, conflicts, compiler round trip.
+
+vLLM 0.26 imports on CPU with ``current_platform`` = UnspecifiedPlatform.  Building a
+``VllmConfig`` needs a device type, so these tests install a minimal CUDA-like platform (after
+importing vLLM's compilation modules, whose import-time branches need the real CUDA ops when
+the platform says CUDA).  Nothing here needs a GPU: the compile round trip runs in
+codegen-only mode (real sm_90 Triton code for a fake H100).
+"""
+from __future__ import annotations
+
+import ast
+import logging
+import os
+import pprint
+import subprocess
+import sys
+
+import pytest
+
+vllm = pytest.importorskip("vllm", reason="vLLM 0.26 is not installed (pip install --no-deps vllm==0.26.0)")
+pytestmark = pytest.mark.vllm
+
+import torch  # noqa: E402
+
+import vllm.compilation.backends  # noqa: E402,F401  (import before the fake platform, see above)
+import vllm.compilation.compiler_interface  # noqa: E402,F401
+import vllm.model_executor.layers.logits_processor  # noqa: E402,F401
+import vllm.platforms  # noqa: E402
+from vllm.platforms.interface import Platform, PlatformEnum  # noqa: E402
+
+
+class _CudaLikePlatform(Platform):
+    """Just enough of vLLM's CUDA platform for VllmConfig: device type and the CUDA rule for
+    the IR-op priority default (vllm/platforms/cuda.py:get_default_ir_op_priority)."""
+
+    _enum = PlatformEnum.CUDA
+    device_name = "cuda"
+    device_type = "cuda"
+    dispatch_key = "CUDA"
+    ray_device_key = "GPU"
+    dist_backend = "nccl"
+    device_control_env_var = "CUDA_VISIBLE_DEVICES"
+
+    @classmethod
+    def get_compile_backend(cls) -> str:
+        return "inductor"
+
+    @classmethod
+    def support_static_graph_mode(cls) -> bool:  # CUDA graphs
+        return True
+
+    @classmethod
+    def get_default_ir_op_priority(cls, vllm_config):  # type: ignore[no-untyped-def]
+        from vllm.config.kernel import IrOpPriorityConfig
+
+        cc = vllm_config.compilation_config
+        inductor = cc.backend == "inductor" and cc.mode != 0
+        return IrOpPriorityConfig.with_default(["native"] if inductor else ["vllm_c", "native"])
+
+
+@pytest.fixture(scope="module", autouse=True)
+def cuda_like_platform():
+    saved = vllm.platforms._current_platform
+    vllm.platforms._current_platform = _CudaLikePlatform()
+    yield
+    vllm.platforms._current_platform = saved
+
+
+@pytest.fixture(scope="module")
+def plugin():
+    """Load general plugins the way vLLM does (entry points), once."""
+    import vllm.plugins
+
+    vllm.plugins.plugins_loaded = False
+    vllm.plugins.load_general_plugins()
+    import tri_inductor.vllm_plugin as p
+
+    return p
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch):
+    # adjust_vllm_config sets VLLM_USE_FLASHINFER_SAMPLER=0 in os.environ: undo after each test.
+    monkeypatch.delenv("VLLM_USE_FLASHINFER_SAMPLER", raising=False)
+    monkeypatch.delenv("TRI_INDUCTOR_STRICT", raising=False)
+
+
+class _Records(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+@pytest.fixture
+def tri_log():
+    h = _Records()
+    logger = logging.getLogger("tri_inductor.vllm")
+    logger.addHandler(h)
+    import tri_inductor.vllm_plugin as p
+
+    p._logged.clear()  # the plugin logs each change/conflict once per process
+    yield h
+    logger.removeHandler(h)
+
+
+def _config(attention_backend: str | None = None, **cc_kwargs):
+    from vllm.config import AttentionConfig, CompilationConfig, VllmConfig
+
+    kwargs = {}
+    if attention_backend is not None:
+        kwargs["attention_config"] = AttentionConfig(backend=attention_backend)
+    return VllmConfig(compilation_config=CompilationConfig(**cc_kwargs), **kwargs)
+
+
+# ---------------------------------------------------------------- loading
+
+
+def test_entry_point_declared_and_loaded(plugin):
+    from importlib.metadata import entry_points
+
+    eps = {ep.name: ep.value for ep in entry_points(group="vllm.general_plugins")}
+    assert eps.get("tri_inductor") == "tri_inductor.vllm_plugin:register"
+    from vllm.compilation import backends
+    from vllm.config import VllmConfig
+
+    assert getattr(backends.make_compiler, "_tri_inductor", False)
+    assert getattr(backends.CompilerManager.compile, "_tri_inductor", False)
+    assert getattr(VllmConfig.__post_init__, "_tri_inductor", False)
+    before = backends.make_compiler
+    plugin.register()  # idempotent: no double wrapping
+    assert backends.make_compiler is before
+
+
+def test_register_without_vllm_imports_nothing():
+    code = ("import sys, tri_inductor.vllm_plugin as p; p.register(); "
+            "assert not [m for m in sys.modules if m.startswith('vllm')]; assert not p._registered")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+def test_hooks_apply_lazily_when_vllm_imports_later():
+    # The order in vLLM's engine/worker processes: vllm imported, plugin registered, then the
+    # modules we patch are imported (importlib.util.find_spec probes must not consume the hook).
+    code = """
+import sys, importlib.util, vllm
+assert 'vllm.compilation.backends' not in sys.modules
+import tri_inductor.vllm_plugin as p
+p.register()
+importlib.util.find_spec('vllm.compilation.backends')
+from vllm.config import VllmConfig, CompilationConfig
+import vllm.compilation.backends as B
+from vllm.model_executor.layers.logits_processor import LogitsProcessor
+assert VllmConfig.__post_init__._tri_inductor and CompilationConfig.__post_init__._tri_inductor
+assert B.make_compiler._tri_inductor and B.CompilerManager.compile._tri_inductor
+assert LogitsProcessor._apply_head._tri_inductor
+"""
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=240)
+
+
+# ---------------------------------------------------------------- config
+
+
+def test_backend_flag_alone_gives_triton_config(plugin, tri_log):
+    cfg = _config(backend="tri_inductor")
+    cc = cfg.compilation_config
+    assert int(cc.mode) == 3  # VLLM_COMPILE: graph splitting, piecewise + full CUDA graphs, cache
+    assert cc.backend == "tri_inductor"
+    assert "none" in cc.custom_ops and "all" not in cc.custom_ops
+    assert cfg.kernel_config.ir_op_priority.rms_norm == ["native"]  # as vLLM's own Inductor path
+    assert cfg.kernel_config.ir_op_priority.fused_add_rms_norm == ["native"]
+    assert cfg.attention_config.backend.name == "TRITON_ATTN"
+    assert os.environ["VLLM_USE_FLASHINFER_SAMPLER"] == "0"
+    assert cc.cudagraph_mode.name == "FULL_AND_PIECEWISE"  # vLLM's default, kept
+    from tri_inductor.cache import compile_hash
+    from tri_inductor.vllm_config import HASH_KEY, OPTIONS_KEY
+
+    assert cc.inductor_compile_config[HASH_KEY] == compile_hash(avoid_cuda_init=True)
+    assert cc.inductor_compile_config[OPTIONS_KEY]["strict"] is False
+    assert any("custom_ops" in m for m in tri_log.messages)
+    assert any("attention_config.backend" in m for m in tri_log.messages)
+    # vLLM re-runs __post_init__ (dataclasses.replace): nothing changes twice
+    from tri_inductor.vllm_config import adjust_vllm_config
+
+    again = adjust_vllm_config(cfg, package_hash=compile_hash(avoid_cuda_init=True))
+    assert again.changes == [] and again.conflicts == []
+
+
+def test_without_plugin_effects_vllm_traps_are_real(plugin):
+    # What vLLM itself does for a non-"inductor" backend name (the reason the plugin exists),
+    # checked on vLLM's own backend "eager" so that our hook stays out of it.
+    cfg = _config(backend="eager")
+    assert "all" in cfg.compilation_config.custom_ops
+    assert cfg.kernel_config.ir_op_priority.rms_norm[0] == "vllm_c"
+    # and vLLM's own inductor path is left untouched by the plugin
+    ind = _config(backend="inductor")
+    assert ind.attention_config.backend is None
+    assert "tri_inductor" not in ind.compilation_config.inductor_compile_config
+
+
+def test_explicit_mode_vllm_compile_accepted(plugin):
+    cfg = _config(backend="tri_inductor", mode=3)
+    assert int(cfg.compilation_config.mode) == 3
+    with pytest.raises(Exception, match="Invalid backend"):
+        _config(backend="not_a_backend", mode=3)  # vLLM's check still applies to others
+
+
+def test_user_triton_attention_backend_kept(plugin, tri_log):
+    cfg = _config("TRITON_ATTN_DIFFKV", backend="tri_inductor")
+    assert cfg.attention_config.backend.name == "TRITON_ATTN_DIFFKV"
+    assert not any("conflicts" in m for m in tri_log.messages)
+
+
+def test_conflict_warns_and_keeps_user_setting(plugin, tri_log):
+    cfg = _config("FLASH_ATTN", backend="tri_inductor")
+    assert cfg.attention_config.backend.name == "FLASH_ATTN"  # explicit user choice wins
+    warning = [m for m in tri_log.messages if "attention_backend='FLASH_ATTN' conflicts" in m]
+    assert warning and "Fix: use one of ['TRITON_ATTN'" in warning[0]
+
+
+def test_custom_ops_all_conflict(plugin, tri_log):
+    cfg = _config(backend="tri_inductor", custom_ops=["all"])
+    assert "all" in cfg.compilation_config.custom_ops
+    assert any("compilation_config.custom_ops=['all'] conflicts" in m for m in tri_log.messages)
+
+
+@pytest.mark.parametrize("how", ["option", "env"])
+def test_strict_mode_raises(plugin, monkeypatch, how):
+    from tri_inductor.vllm_config import TriInductorConfigError
+
+    icc = {}
+    if how == "option":
+        icc = {"tri_inductor": {"strict": True}}
+    else:
+        monkeypatch.setenv("TRI_INDUCTOR_STRICT", "1")
+    with pytest.raises(TriInductorConfigError) as e:
+        _config("FLASH_ATTN", backend="tri_inductor", inductor_compile_config=icc)
+    msg = str(e.value)
+    assert "attention_backend='FLASH_ATTN'" in msg and "Fix:" in msg and "TRITON_ATTN" in msg
+    # strict and clean: fine
+    cfg = _config(backend="tri_inductor", inductor_compile_config=dict(icc))
+    assert cfg.attention_config.backend.name == "TRITON_ATTN"
+
+
+def test_strict_sampler_env_conflict(plugin, monkeypatch):
+    from tri_inductor.vllm_config import TriInductorConfigError
+
+    monkeypatch.setenv("VLLM_USE_FLASHINFER_SAMPLER", "1")
+    with pytest.raises(TriInductorConfigError, match="VLLM_USE_FLASHINFER_SAMPLER='1'.*unset"):
+        _config(backend="tri_inductor", inductor_compile_config={"tri_inductor": {"strict": True}})
+
+
+def test_unknown_option_is_an_error(plugin):
+    from tri_inductor.vllm_config import TriInductorConfigError
+
+    with pytest.raises(TriInductorConfigError, match="unknown tri_inductor option"):
+        _config(backend="tri_inductor", inductor_compile_config={"tri_inductor": {"stric": True}})
+
+
+# ---------------------------------------------------------------- compiler
+
+
+def test_make_compiler_gives_ours(plugin):
+    from vllm.compilation.backends import CompilerManager
+    from vllm.config import set_current_vllm_config
+
+    from tri_inductor.vllm_compiler import TriInductorCompiler
+
+    cfg = _config(backend="tri_inductor")
+    with set_current_vllm_config(cfg):
+        compiler = CompilerManager(cfg.compilation_config).compiler
+    assert isinstance(compiler, TriInductorCompiler) and compiler.name == "tri_inductor"
+    assert isinstance(TriInductorCompiler(), TriInductorCompiler)  # no-argument construction
+    h1 = compiler.compute_hash(cfg)
+    assert h1 == compiler.compute_hash(cfg)
+    strict = _config(backend="tri_inductor", inductor_compile_config={"tri_inductor": {"gemm": "templates"}})
+    assert compiler.compute_hash(strict) != h1
+    assert strict.compilation_config.compute_hash() != cfg.compilation_config.compute_hash()
+
+
+def _piece():
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    def piece(x, w, w2):  # an RMSNorm -> linear -> SiLU piece, as aten (call_function only)
+        h = x.float()
+        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + 1e-6)
+        return torch.nn.functional.silu((h.to(x.dtype) * w) @ w2.t())
+
+    ex = [torch.randn(8, 64, dtype=torch.bfloat16), torch.randn(64, dtype=torch.bfloat16),
+          torch.randn(128, 64, dtype=torch.bfloat16)]
+    return make_fx(piece)(*ex), ex
+
+
+def test_compile_load_round_trip_codegen_only(plugin, tmp_path, monkeypatch):
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    from torch.fx.experimental.symbolic_shapes import ShapeEnv
+    from vllm.compilation.backends import CompilerManager
+    from vllm.config import set_current_vllm_config
+    from vllm.config.utils import Range
+
+    from tri_inductor.codegen_only import fake_cuda_inputs, fake_sm90
+    from tri_inductor.vllm_compiler import run_audit
+
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
+    # patterns=[]: this checks the compiler plumbing, not the pattern families (tested elsewhere)
+    cfg = _config(backend="tri_inductor",
+                  inductor_compile_config={"tri_inductor": {"codegen_only": True, "patterns": []}})
+    gm, ex = _piece()
+    before = sum(run_audit().graphs.values())
+    with set_current_vllm_config(cfg):
+        compiler = CompilerManager(cfg.compilation_config).compiler
+        compiler.initialize_cache(str(tmp_path / "vllm"))
+        (tmp_path / "vllm").mkdir()
+        rng = Range(start=8, end=8)
+        with fake_sm90():
+            inputs, _ = fake_cuda_inputs(ex, FakeTensorMode(shape_env=ShapeEnv(), allow_non_fake_inputs=True))
+            config = dict(cfg.compilation_config.inductor_compile_config)
+            fn, handle = compiler.compile(gm, inputs, config, rng, key="artifact_compile_range_8_8_subgraph_0")
+            assert callable(fn)
+            # vllm_compile_cache.py: pprint out, ast.literal_eval in
+            assert ast.literal_eval(pprint.pformat(handle)) == handle
+            assert all(isinstance(h, str) for h in handle) and os.path.exists(handle[1])
+            loaded = compiler.load(handle, gm, inputs, 0, rng)
+            assert callable(loaded)
+    audit = run_audit()
+    assert sum(audit.graphs.values()) >= before + 2  # the compile and the load were both audited
+    assert "audit summary" in audit.summary()
+    # our keys never reach Inductor; the Triton-only settings do
+    from tri_inductor.vllm_compiler import inductor_config
+
+    _, ind = inductor_config(cfg.compilation_config.inductor_compile_config)
+    assert "tri_inductor" not in ind and "tri_inductor_package_hash" not in ind
+    assert ind["max_autotune_gemm_backends"] == "TRITON"
+    assert ind["post_grad_custom_post_pass"] is not None
+
+
+def test_patterns_run_inside_vllm_pass_manager_codegen_only(plugin, tmp_path, monkeypatch):
+    """A piece compiled as VllmBackend does it (vLLM's configured PostGradPassManager in the
+    config, vLLM's pass context) with all our pattern families: every kernel is Triton."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    from torch.fx.experimental.symbolic_shapes import ShapeEnv
+    from vllm.compilation.backends import CompilerManager
+    from vllm.compilation.passes.pass_manager import PostGradPassManager
+    from vllm.compilation.passes.utility import fix_functionalization
+    from vllm.config import set_current_vllm_config
+    from vllm.config.utils import Range
+
+    from tri_inductor import audit
+    from tri_inductor.codegen_only import fake_cuda_inputs, fake_sm90
+    from tri_inductor.vllm_compiler import TriInductorVllmPass
+
+    monkeypatch.setattr(fix_functionalization.FixFunctionalizationPass, "__call__", lambda self, graph: None)
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
+    cfg = _config(backend="tri_inductor", inductor_compile_config={"tri_inductor": {"codegen_only": True}})
+    gm, ex = _piece()
+    (tmp_path / "vllm").mkdir()
+    with set_current_vllm_config(cfg):
+        pm = PostGradPassManager()
+        pm.configure(cfg)
+        manager = CompilerManager(cfg.compilation_config)
+        manager.compiler.initialize_cache(str(tmp_path / "vllm"))
+        rng = Range(start=8, end=8)
+        with fake_sm90(), manager.compile_context(rng), audit.collect_reports() as reports:
+            inputs, _ = fake_cuda_inputs(ex, FakeTensorMode(shape_env=ShapeEnv(), allow_non_fake_inputs=True))
+            config = dict(cfg.compilation_config.inductor_compile_config, post_grad_custom_post_pass=pm)
+            _, handle = manager.compiler.compile(gm, inputs, config, rng, key="artifact_compile_range_8_8_subgraph_0")
+    assert ast.literal_eval(pprint.pformat(handle)) == handle
+    assert isinstance(pm.passes[-1], TriInductorVllmPass)
+    assert reports and all(r.ok for r in reports), audit.format_reports(reports)
+    assert sum(sum(r.pattern_hits.values()) for r in reports) > 0
+
+
+def test_pattern_pass_joins_vllm_pass_manager(plugin):
+    from vllm.compilation.passes.pass_manager import PostGradPassManager
+    from vllm.config import set_current_vllm_config
+
+    from tri_inductor.vllm_compiler import TriInductorVllmPass, inductor_config
+
+    cfg = _config(backend="tri_inductor", inductor_compile_config={"tri_inductor": {"patterns": []}})
+    with set_current_vllm_config(cfg):
+        pm = PostGradPassManager()
+        pm.configure(cfg)
+    n = len(pm.passes)
+    given = dict(cfg.compilation_config.inductor_compile_config, post_grad_custom_post_pass=pm)
+    _, ind = inductor_config(given)
+    _, ind = inductor_config(given)  # every piece: added once
+    assert ind["post_grad_custom_post_pass"] is pm  # vLLM's manager kept, not replaced
+    assert len(pm.passes) == n + 1 and isinstance(pm.passes[-1], TriInductorVllmPass)
+
+
+# ---------------------------------------------------------------- logits
+
+
+def test_lm_head_routed_only_for_our_backend(plugin):
+    from vllm.config import set_current_vllm_config
+    from vllm.model_executor.layers.logits_processor import LogitsProcessor
+
+    assert getattr(LogitsProcessor._apply_head, "_tri_inductor", False)
+    with set_current_vllm_config(_config(backend="tri_inductor")):
+        ours = LogitsProcessor(64)
+    with set_current_vllm_config(_config(backend="inductor")):
+        theirs = LogitsProcessor(64)
+    assert ours._tri_inductor_head is True and theirs._tri_inductor_head is False
+
+
+def test_lm_head_numerics_on_triton_interpreter(plugin):
+    from tri_inductor.patterns import linear  # noqa: F401  (registers tri_inductor::mm)
+    from vllm.config import set_current_vllm_config
+    from vllm.model_executor.layers.logits_processor import LogitsProcessor
+    from vllm.model_executor.layers.vocab_parallel_embedding import UnquantizedEmbeddingMethod
+
+    from tri_inductor.vllm_logits import triton_lm_head
+
+    with set_current_vllm_config(_config(backend="tri_inductor")):
+        proc = LogitsProcessor(96)
+
+    class Head(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.weight = torch.nn.Parameter(torch.randn(96, 32) / 8)
+            self.quant_method = UnquantizedEmbeddingMethod()
+
+    head = Head()
+    x = torch.randn(5, 32)
+    proc.head_dtype = None
+    got = triton_lm_head(proc, head, x, None)
+    assert got is not None and got.shape == (5, 96)
+    torch.testing.assert_close(got, x @ head.weight.t(), atol=1e-3, rtol=1e-3)
+
+
+# ---------------------------------------------------------------- vLLM's backend, end to end (CPU)
+
+
+def test_vllm_backend_end_to_end_on_cpu(plugin, tmp_path, monkeypatch):
+    """VllmBackend (graph split, PiecewiseBackend, CompilerManager, cache) with our compiler, on
+    CPU tensors: cold compile, then a warm start that loads the piece through our ``load``.
+    (On CPU Inductor writes C++ kernels: the audit reports them; this checks the plumbing.)"""
+    from vllm.compilation.backends import VllmBackend
+    from vllm.compilation.counter import compilation_counter
+    from vllm.compilation.passes.utility import fix_functionalization
+    from vllm.config import CUDAGraphMode, set_current_vllm_config
+
+    from tri_inductor.vllm_compiler import TriInductorVllmPass
+
+    # vLLM's last post-grad pass looks up torch.ops._C.* (vLLM's CUDA extension, absent here).
+    monkeypatch.setattr(fix_functionalization.FixFunctionalizationPass, "__call__", lambda self, graph: None)
+    monkeypatch.setenv("VLLM_CACHE_ROOT", str(tmp_path / "vllm_cache"))
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
+    import vllm.envs
+
+    monkeypatch.setattr(vllm.envs, "VLLM_CACHE_ROOT", str(tmp_path / "vllm_cache"), raising=False)
+
+    def fn(x, w, w2):
+        h = x.float()
+        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + 1e-6)
+        return torch.nn.functional.silu((h.to(x.dtype) * w) @ w2.t())
+
+    x, w, w2 = torch.randn(8, 64), torch.randn(64), torch.randn(128, 64)
+    expected = fn(x, w, w2)
+
+    def run_once():
+        cfg = _config(backend="tri_inductor", inductor_compile_config={
+            "tri_inductor": {"patterns": []}, "combo_kernels": False, "benchmark_combo_kernel": False})
+        cfg.compilation_config.cudagraph_mode = CUDAGraphMode.NONE
+        torch._dynamo.reset()
+        xd = x.clone()
+        torch._dynamo.mark_dynamic(xd, 0)
+        with set_current_vllm_config(cfg):
+            backend = VllmBackend(cfg)
+            out = torch.compile(fn, backend=backend, fullgraph=True)(xd, w, w2)
+        torch.testing.assert_close(out, expected)
+        return backend
+
+    loaded = compilation_counter.num_compiled_artifacts_loaded
+    backend = run_once()
+    passes = backend.inductor_config["post_grad_custom_post_pass"].passes
+    assert sum(isinstance(p, TriInductorVllmPass) for p in passes) == 1
+    assert type(backend.compiler_manager.compiler).__name__ == "TriInductorCompiler"
+    run_once()  # warm: vllm_compile_cache.py handle -> TriInductorCompiler.load
+    assert compilation_counter.num_compiled_artifacts_loaded > loaded
+    torch._dynamo.reset()

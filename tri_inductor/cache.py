@@ -1,0 +1,635 @@
+"""tri_inductor's compile/tuning cache: where it lives, what keys it, and a small tuning DB.
+
+Layout (root = ``TRI_INDUCTOR_CACHE_DIR``, else ``$XDG_CACHE_HOME/tri_inductor``, else
+``~/.cache/tri_inductor``)::
+
+    <root>/tuning/<key_id>.json   our tuning results (GEMM tile config per (N, K, M bucket), ...)
+                                  for one environment key; one file per key, so an upgrade or a
+                                  different card simply finds no file (a miss), never a wrong entry
+    <root>/inductor/              TORCHINDUCTOR_CACHE_DIR, when the user has not chosen one
+    <root>/triton/                TRITON_CACHE_DIR, when the user has not chosen one
+
+Why we take over Inductor's and Triton's cache dirs when unset (:func:`claim_default_dirs`):
+Inductor's default is ``/tmp/torchinductor_<user>`` (gone after a reboot, so a restarted server
+recompiles everything) and Triton's is ``~/.triton/cache`` (outside anything we can export or
+clear).  Under one root, ``tri-inductor cache export/clear`` covers the whole warm start.  A user
+value is never overridden.  Under vLLM, vLLM itself points TORCHINDUCTOR_CACHE_DIR into its own
+``VLLM_CACHE_ROOT/torch_compile_cache``; export/clear can include that tree too (``--vllm``).
+
+The environment key (:func:`environment_key`): card name + compute capability, torch / CUDA /
+triton versions and our :func:`~tri_inductor.fingerprint.package_hash` (every kernel source and
+shipped tuned table).  :func:`compile_hash` is the same key as one string, for vLLM's
+``compute_hash`` and our passes' ``uuid()``.
+
+The tuning DB's *contents* are deliberately not part of :func:`compile_hash`: a cold compile
+stores entries while it runs, and a key that changed under it would make every warm start miss.
+Compiled artifacts keep the configs they were compiled with (consistent); a fresh tuning result
+reaches a graph at its next cache miss.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import io
+import json
+import logging
+import os
+import shutil
+import sys
+import tarfile
+import tempfile
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger("tri_inductor.cache")
+
+ENV_DIR = "TRI_INDUCTOR_CACHE_DIR"
+ENV_STATS = "TRI_INDUCTOR_CACHE_STATS"  # write counters (JSON) to this file at exit
+FORMAT = 1
+ARCHIVE_FORMAT = 1
+MANIFEST = "manifest.json"
+# Fields of the environment key that must match for an imported cache to be usable.
+KEY_FIELDS = ("card", "capability", "torch", "cuda", "triton", "package_hash")
+SUBDIRS = ("tuning", "inductor", "triton")
+
+
+class CacheError(RuntimeError):
+    """A cache archive cannot be used here (wrong card/versions, damaged, not ours)."""
+
+
+# ----------------------------------------------------------------------------- locations
+
+
+def cache_root() -> Path:
+    """The cache folder (not created)."""
+    env = os.environ.get(ENV_DIR)
+    if env:
+        return Path(env).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
+    return base / "tri_inductor"
+
+
+def tuning_dir() -> Path:
+    return cache_root() / "tuning"
+
+
+def vllm_compile_cache_dir() -> Path:
+    """vLLM's compile cache (``$VLLM_CACHE_ROOT/torch_compile_cache``), same default as vLLM."""
+    root = os.environ.get("VLLM_CACHE_ROOT")
+    if not root:
+        xdg = os.environ.get("XDG_CACHE_HOME")
+        root = os.path.join(xdg, "vllm") if xdg else os.path.join(Path.home(), ".cache", "vllm")
+    return Path(root).expanduser() / "torch_compile_cache"
+
+
+def _inductor_default_dir() -> str | None:
+    try:
+        from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+
+        return default_cache_dir()
+    except Exception:  # noqa: BLE001
+        return None
+
+
+def claim_default_dirs() -> dict[str, str]:
+    """Point TORCHINDUCTOR_CACHE_DIR / TRITON_CACHE_DIR under our root where the user left them
+    unset.  Returns what was set.  Call before the first compile of the process.
+
+    Inductor's ``cache_dir()`` writes its /tmp default into the environment the first time it is
+    asked, so a value equal to that default counts as "not chosen by the user"."""
+    root = cache_root()
+    claimed: dict[str, str] = {}
+    ind = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+    if ind is None or ind == _inductor_default_dir():
+        path = str(root / "inductor")
+        os.makedirs(path, exist_ok=True)
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = claimed["TORCHINDUCTOR_CACHE_DIR"] = path
+    if os.environ.get("TRITON_CACHE_DIR") is None:
+        path = str(root / "triton")
+        os.makedirs(path, exist_ok=True)
+        os.environ["TRITON_CACHE_DIR"] = claimed["TRITON_CACHE_DIR"] = path
+    return claimed
+
+
+# ----------------------------------------------------------------------------- the key
+
+
+def _nvml_card() -> tuple[str, str] | None:
+    """Card of the first visible GPU from NVML: no CUDA context (safe before vLLM forks)."""
+    try:
+        try:
+            import pynvml  # type: ignore[import-not-found]
+        except ImportError:
+            from vllm.third_party import pynvml  # type: ignore[import-not-found,no-redef]  (vLLM's copy)
+
+        pynvml.nvmlInit()
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES", "0").split(",")[0].strip() or "0"
+        index = int(visible) if visible.isdigit() else 0
+        h = pynvml.nvmlDeviceGetHandleByIndex(index)
+        name = pynvml.nvmlDeviceGetName(h)
+        major, minor = pynvml.nvmlDeviceGetCudaComputeCapability(h)
+        return (name.decode() if isinstance(name, bytes) else str(name)), f"{major}.{minor}"
+    except Exception:  # noqa: BLE001
+        return None
+
+
+def card(avoid_cuda_init: bool = False) -> tuple[str, str]:
+    """(name, "major.minor") of the current GPU; ("none", "0.0") without one.
+
+    Under ``codegen_only.fake_sm90`` torch reports the fake H100 (a name of its own, so
+    codegen-only results never mix with a real card's).  ``avoid_cuda_init``: never create a
+    CUDA context here (vLLM's front-end process, before it forks): NVML first (same answer in
+    every process), then torch only if CUDA is already up, else "unknown"."""
+    import torch
+
+    if avoid_cuda_init:
+        found = _nvml_card()
+        if found is not None:
+            return found
+    try:
+        if torch.cuda.is_initialized() or (not avoid_cuda_init and torch.cuda.is_available()):
+            idx = torch.cuda.current_device()
+            p = torch.cuda.get_device_properties(idx)
+            return str(p.name), f"{p.major}.{p.minor}"
+    except Exception:  # noqa: BLE001
+        pass
+    return ("unknown", "0.0") if avoid_cuda_init else ("none", "0.0")
+
+
+def environment_key(avoid_cuda_init: bool = False) -> dict[str, str]:
+    """What a cached compile or tuning result depends on, besides its own shape key."""
+    import torch
+    import triton
+
+    from .fingerprint import package_hash
+
+    name, cap = card(avoid_cuda_init)
+    return {"card": name, "capability": cap, "torch": str(torch.__version__),
+            "cuda": str(torch.version.cuda), "triton": str(triton.__version__),
+            "package_hash": package_hash()}
+
+
+def key_id(key: Mapping[str, str] | None = None) -> str:
+    key = environment_key() if key is None else key
+    return hashlib.sha256(json.dumps({k: key[k] for k in KEY_FIELDS}, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def compile_hash(extra: str = "", *, avoid_cuda_init: bool = False) -> str:
+    """One hex string over the environment key + ``extra`` (our options/settings repr).
+
+    For vLLM's ``CompilerInterface.compute_hash``, ``inductor_compile_config`` (the AOT cache is
+    keyed without the compiler hash) and our passes' ``uuid()`` (Inductor's FX/AOTAutograd keys)."""
+    key = environment_key(avoid_cuda_init)
+    blob = json.dumps({"key": {k: key[k] for k in KEY_FIELDS}, "extra": extra}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def describe_key(key: Mapping[str, Any]) -> str:
+    return (f"card {key.get('card')!r} (sm {key.get('capability')}), torch {key.get('torch')} "
+            f"(CUDA {key.get('cuda')}), triton {key.get('triton')}, tri_inductor source "
+            f"{str(key.get('package_hash'))[:12]}")
+
+
+# ----------------------------------------------------------------------------- counters / progress
+
+
+@dataclasses.dataclass
+class Counters:
+    """Process-wide counts, for tests and the GPU benchmark."""
+
+    hits: int = 0  # tuning lookups answered from the DB
+    misses: int = 0  # tuning lookups with no (usable) entry
+    stores: int = 0  # entries written
+    benchmarks: int = 0  # candidate configs benchmarked on the GPU (0 on a warm start)
+    tuned: int = 0  # shapes tuned (one store each)
+    corrupt: int = 0  # damaged cache files met (ignored)
+    tune_s: float = 0.0  # seconds spent tuning (benchmarks + their kernel compiles)
+
+
+COUNTERS = Counters()
+_counter_lock = threading.Lock()
+
+
+def count(field: str, n: float = 1) -> None:
+    with _counter_lock:
+        setattr(COUNTERS, field, getattr(COUNTERS, field) + n)
+
+
+def counters() -> dict[str, float]:
+    return dataclasses.asdict(COUNTERS)
+
+
+def reset_counters() -> None:
+    global COUNTERS
+    with _counter_lock:
+        COUNTERS = Counters()
+
+
+def progress(message: str) -> None:
+    """A progress line during cold compilation/tuning: our logger if someone listens at INFO
+    (vLLM routes it into its log), else stderr, so a slow cold start is never silent."""
+    logger = logging.getLogger("tri_inductor")
+    if logger.isEnabledFor(logging.INFO) and logger.hasHandlers() and any(
+            h.level <= logging.INFO for h in _handlers(logger)):
+        log.info("%s", message)
+    else:
+        print(f"[tri_inductor] {message}", file=sys.stderr, flush=True)
+
+
+def _handlers(logger: logging.Logger) -> Iterator[logging.Handler]:
+    c: logging.Logger | None = logger
+    while c is not None:
+        yield from c.handlers
+        c = c.parent if c.propagate else None
+
+
+def _write_stats_at_exit() -> None:
+    path = os.environ.get(ENV_STATS)
+    if not path:
+        return
+    try:
+        data: dict[str, Any] = {"tri_inductor": counters()}
+        with contextlib.suppress(Exception):
+            from torch._dynamo.utils import counters as dc
+
+            data["inductor"] = dict(dc["inductor"])
+            data["aot_autograd"] = dict(dc["aot_autograd"])
+        _atomic_write(Path(path), json.dumps(data, indent=1).encode())
+    except Exception:  # noqa: BLE001  (never fail an exiting process over stats)
+        pass
+
+
+if os.environ.get(ENV_STATS):
+    import atexit
+
+    atexit.register(_write_stats_at_exit)
+
+
+# ----------------------------------------------------------------------------- files
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    """Write to a temp file in the same folder, fsync, rename: readers see old or new, never half."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path) -> Iterator[None]:
+    """Exclusive lock across processes (tensor-parallel ranks tune and store concurrently)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+b") as f:
+        try:
+            import fcntl
+
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+        except (ImportError, OSError):  # no flock (Windows, some network FS): best effort
+            pass
+        try:
+            yield
+        finally:
+            with contextlib.suppress(Exception):
+                import fcntl
+
+                fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+
+def _checksum(body: Mapping[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def _encode(key: Mapping[str, str], entries: Mapping[str, Any]) -> bytes:
+    body = {"format": FORMAT, "key": dict(key), "entries": entries}
+    return json.dumps({**body, "sha256": _checksum(body)}, indent=1, sort_keys=True).encode()
+
+
+def _decode(path: Path, key: Mapping[str, str]) -> dict[str, dict[str, Any]]:
+    """Entries of a tuning file; {} (with a warning naming the file) if it is damaged or foreign."""
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        return {}
+    except OSError as e:
+        _warn_bad(path, f"cannot be read ({e.strerror})")
+        return {}
+    try:
+        doc = json.loads(raw)
+        body = {"format": doc["format"], "key": doc["key"], "entries": doc["entries"]}
+        ok = doc.get("sha256") == _checksum(body)
+    except (ValueError, KeyError, TypeError):
+        _warn_bad(path, f"is not a complete tuning file (truncated or corrupt, {len(raw)} bytes)")
+        return {}
+    if not ok:
+        _warn_bad(path, "fails its checksum (corrupt or edited)")
+        return {}
+    if body["format"] != FORMAT or {k: body["key"].get(k) for k in KEY_FIELDS} != {k: key[k] for k in KEY_FIELDS}:
+        # Same file name, other key: a hash collision or a hand-copied file. Never use it.
+        _warn_bad(path, f"belongs to another environment ({describe_key(body['key'])})")
+        return {}
+    entries = body["entries"]
+    if not isinstance(entries, dict):
+        _warn_bad(path, "has a malformed entry table")
+        return {}
+    return entries
+
+
+_warned: set[tuple[str, int, int]] = set()
+
+
+def _warn_bad(path: Path, why: str) -> None:
+    try:
+        st = path.stat()
+        ident = (str(path), st.st_size, st.st_mtime_ns)
+    except OSError:
+        ident = (str(path), -1, -1)
+    if ident in _warned:  # the same damaged file, met again (lookup, then store): say it once
+        return
+    _warned.add(ident)
+    count("corrupt")
+    log.warning("tri_inductor cache: %s %s; ignoring it (its entries will be re-tuned and the file "
+                "rewritten)", path, why)
+
+
+# ----------------------------------------------------------------------------- the tuning DB
+
+
+class TuningDB:
+    """Tuning results for one environment key: ``{kernel: {shape_key: record}}`` in one file.
+
+    ``lookup`` is served from memory after the first read; ``store`` re-reads the file under a
+    lock, merges and rewrites it atomically (other processes may have added entries)."""
+
+    def __init__(self, root: Path | None = None, key: Mapping[str, str] | None = None) -> None:
+        self.key = dict(environment_key() if key is None else key)
+        self.path = (root or tuning_dir()) / f"{key_id(self.key)}.json"
+        self._entries: dict[str, dict[str, Any]] | None = None
+        self._lock = threading.Lock()
+
+    def _load(self) -> dict[str, dict[str, Any]]:
+        if self._entries is None:
+            self._entries = _decode(self.path, self.key)
+        return self._entries
+
+    def lookup(self, kernel: str, shape_key: str) -> Any | None:
+        with self._lock:
+            rec = self._load().get(kernel, {}).get(shape_key)
+        if isinstance(rec, dict) and "config" in rec:
+            count("hits")
+            return rec["config"]
+        count("misses")
+        return None
+
+    def store(self, kernel: str, shape_key: str, config: Any, **info: Any) -> None:
+        """Persist ``config`` (JSON-able) for (kernel, shape_key); ``info``: timings etc."""
+        record = {"config": config, "stored_at": round(time.time()), **info}
+        json.dumps(record)  # fail here, not after the lock, on a non-JSON value
+        with self._lock, _file_lock(self.path.with_suffix(".lock")):
+            on_disk = _decode(self.path, self.key) if self.path.exists() else {}
+            on_disk.setdefault(kernel, {})[shape_key] = record
+            _atomic_write(self.path, _encode(self.key, on_disk))
+            self._entries = on_disk
+        count("stores")
+
+    def entries(self) -> dict[str, dict[str, Any]]:
+        with self._lock:
+            return json.loads(json.dumps(self._load()))
+
+
+_DBS: dict[tuple[str, str], TuningDB] = {}
+_DBS_LOCK = threading.Lock()
+
+
+def db() -> TuningDB:
+    """The DB for the current root and environment (codegen-only mode has its own card)."""
+    key = environment_key()
+    ident = (str(tuning_dir()), key_id(key))
+    with _DBS_LOCK:
+        if ident not in _DBS:
+            _DBS[ident] = TuningDB(key=key)
+        return _DBS[ident]
+
+
+def lookup(kernel: str, shape_key: str) -> Any | None:
+    """The stored config for ``kernel`` at ``shape_key`` in this environment, or None (a miss)."""
+    return db().lookup(kernel, shape_key)
+
+
+def store(kernel: str, shape_key: str, config: Any, **info: Any) -> None:
+    db().store(kernel, shape_key, config, **info)
+
+
+def forget_loaded() -> None:
+    """Drop in-memory DBs (after clear/import, or in tests)."""
+    with _DBS_LOCK:
+        _DBS.clear()
+
+
+# ----------------------------------------------------------------------------- info / clear
+
+
+def _size(path: Path) -> tuple[int, int]:
+    files = total = 0
+    if path.is_dir():
+        for p in path.rglob("*"):
+            if p.is_file():
+                files += 1
+                with contextlib.suppress(OSError):
+                    total += p.stat().st_size
+    return files, total
+
+
+def info() -> dict[str, Any]:
+    """What is cached where, for ``tri-inductor cache info``."""
+    root = cache_root()
+    key = environment_key()
+    current = key_id(key)
+    tuning = []
+    tdir = root / "tuning"
+    for p in sorted(tdir.glob("*.json")) if tdir.is_dir() else []:
+        entry: dict[str, Any] = {"file": str(p), "current": p.stem == current}
+        try:
+            doc = json.loads(p.read_bytes())
+            entry["key"] = doc.get("key")
+            entry["entries"] = {k: len(v) for k, v in doc.get("entries", {}).items()}
+        except (OSError, ValueError):
+            entry["damaged"] = True
+        tuning.append(entry)
+    dirs = {}
+    for name in ("inductor", "triton"):
+        files, size = _size(root / name)
+        var = "TORCHINDUCTOR_CACHE_DIR" if name == "inductor" else "TRITON_CACHE_DIR"
+        value = os.environ.get(var)
+        in_use = bool(value) and os.path.realpath(value) == os.path.realpath(root / name)
+        dirs[name] = {"path": str(root / name), "files": files, "bytes": size, "in_use": in_use}
+    vdir = vllm_compile_cache_dir()
+    vfiles, vsize = _size(vdir)
+    return {"root": str(root), "key": key, "key_id": current, "tuning": tuning, "dirs": dirs,
+            "env": {v: os.environ.get(v) for v in ("TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR", ENV_DIR)},
+            "vllm": {"path": str(vdir), "files": vfiles, "bytes": vsize}}
+
+
+def clear(include_vllm: bool = False) -> list[str]:
+    """Delete our sub-folders (never the root itself: it may be a folder the user shares);
+    ``include_vllm``: vLLM's torch_compile_cache too.  Returns what was removed."""
+    root = cache_root()
+    removed = []
+    for name in SUBDIRS:
+        p = root / name
+        if p.exists():
+            shutil.rmtree(p, ignore_errors=True)
+            removed.append(str(p))
+    if include_vllm:
+        v = vllm_compile_cache_dir()
+        if v.exists():
+            shutil.rmtree(v, ignore_errors=True)
+            removed.append(str(v))
+    forget_loaded()
+    return removed
+
+
+# ----------------------------------------------------------------------------- export / import
+
+
+def export(path: str | os.PathLike[str], include_vllm: bool = True) -> dict[str, Any]:
+    """Write a ``.tar.gz`` holding the current environment's tuning file, our Inductor/Triton
+    folders and (``include_vllm``) vLLM's compile cache, with a manifest (environment key +
+    sha256 of every file).  Returns the manifest."""
+    root = cache_root()
+    key = environment_key()
+    members: list[tuple[str, Path]] = []  # (name in archive, file on disk)
+    tfile = root / "tuning" / f"{key_id(key)}.json"
+    if tfile.is_file() and _decode(tfile, key):  # a damaged file is warned about and not shipped
+        members.append((f"tuning/{tfile.name}", tfile))
+    for name in ("inductor", "triton"):
+        base = root / name
+        for p in sorted(base.rglob("*")) if base.is_dir() else []:
+            if p.is_file() and not p.name.endswith((".lock", ".tmp")):
+                members.append((f"{name}/{p.relative_to(base).as_posix()}", p))
+    if include_vllm:
+        base = vllm_compile_cache_dir()
+        for p in sorted(base.rglob("*")) if base.is_dir() else []:
+            if p.is_file() and not p.name.endswith((".lock", ".tmp")):
+                members.append((f"vllm/{p.relative_to(base).as_posix()}", p))
+    # Hash and archive the same bytes (a live server may rewrite a file between two reads).
+    blobs = {arc: p.read_bytes() for arc, p in members}
+    files = {arc: hashlib.sha256(data).hexdigest() for arc, data in blobs.items()}
+    manifest = {"format": ARCHIVE_FORMAT, "tool": "tri_inductor",
+                "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                "key": key, "key_id": key_id(key), "files": files}
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    with tarfile.open(tmp, "w:gz") as tar:
+        blob = json.dumps(manifest, indent=1).encode()
+        ti = tarfile.TarInfo(MANIFEST)
+        ti.size, ti.mtime = len(blob), int(time.time())
+        tar.addfile(ti, io.BytesIO(blob))  # first, so import can refuse before reading the rest
+        for arc, data in blobs.items():
+            ti = tarfile.TarInfo(arc)
+            ti.size, ti.mtime = len(data), int(time.time())
+            tar.addfile(ti, io.BytesIO(data))
+    os.replace(tmp, out)
+    return manifest
+
+
+def read_manifest(path: str | os.PathLike[str]) -> dict[str, Any]:
+    try:
+        with tarfile.open(path, "r:*") as tar:
+            f = tar.extractfile(MANIFEST)
+            if f is None:
+                raise KeyError(MANIFEST)
+            manifest = json.loads(f.read())
+    except FileNotFoundError:
+        raise CacheError(f"{path}: no such file") from None
+    except (tarfile.TarError, KeyError, ValueError, OSError, EOFError) as e:
+        raise CacheError(f"{path} is not a tri_inductor cache archive or is damaged "
+                         f"({type(e).__name__}: {e})") from None
+    if not isinstance(manifest, dict) or manifest.get("tool") != "tri_inductor" or "key" not in manifest:
+        raise CacheError(f"{path}: manifest is not a tri_inductor cache manifest")
+    if manifest.get("format") != ARCHIVE_FORMAT:
+        raise CacheError(f"{path}: archive format {manifest.get('format')!r}, this tri_inductor reads {ARCHIVE_FORMAT}")
+    return manifest
+
+
+def check_compatible(manifest: Mapping[str, Any], here: Mapping[str, str] | None = None) -> None:
+    """Raise :class:`CacheError` naming both sides if the archive's key is not this machine's."""
+    here = environment_key() if here is None else here
+    theirs = manifest["key"]
+    diff = [k for k in KEY_FIELDS if str(theirs.get(k)) != str(here.get(k))]
+    if diff:
+        raise CacheError("refusing to import: the archive was made for " + describe_key(theirs)
+                         + "; this machine has " + describe_key(here)
+                         + f" (differs in: {', '.join(diff)}). Its kernels and tuning results would "
+                         "not be valid here; build the cache on this machine instead.")
+
+
+def _safe_name(name: str) -> bool:
+    parts = Path(name).parts
+    return bool(parts) and not name.startswith("/") and ".." not in parts and parts[0] in (*SUBDIRS, "vllm")
+
+
+def import_(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Unpack an archive made by :func:`export` after checking its key and every checksum
+    (all-or-nothing: files are verified in a staging folder before any is moved in place).
+    Raises :class:`CacheError` with the reason.  Returns the manifest."""
+    manifest = read_manifest(path)
+    check_compatible(manifest)
+    root = cache_root()
+    root.mkdir(parents=True, exist_ok=True)
+    expected: dict[str, str] = dict(manifest.get("files", {}))
+    with tempfile.TemporaryDirectory(prefix=".import-", dir=root) as staging_s:
+        staging = Path(staging_s)
+        seen: set[str] = set()
+        try:
+            with tarfile.open(path, "r:*") as tar:
+                for m in tar:
+                    if m.name == MANIFEST:
+                        continue
+                    if not m.isfile() or not _safe_name(m.name) or m.name not in expected:
+                        raise CacheError(f"{path}: unexpected member {m.name!r}; refusing the archive")
+                    src = tar.extractfile(m)
+                    data = src.read() if src is not None else b""
+                    if hashlib.sha256(data).hexdigest() != expected[m.name]:
+                        raise CacheError(f"{path}: {m.name} fails its checksum (archive damaged); nothing imported")
+                    dest = staging / m.name
+                    dest.parent.mkdir(parents=True, exist_ok=True)
+                    dest.write_bytes(data)
+                    seen.add(m.name)
+        except (tarfile.TarError, OSError, EOFError) as e:
+            raise CacheError(f"{path} is truncated or damaged ({type(e).__name__}: {e}); nothing imported") from None
+        missing = set(expected) - seen
+        if missing:
+            raise CacheError(f"{path} is missing {len(missing)} file(s) listed in its manifest "
+                             f"(e.g. {sorted(missing)[0]}); nothing imported")
+        for name in sorted(seen):
+            top, rest = name.split("/", 1)
+            dest = (vllm_compile_cache_dir() / rest) if top == "vllm" else (root / name)
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            if _same_fs(staging, dest.parent):
+                os.replace(staging / name, dest)  # atomic per file
+            else:
+                shutil.move(staging / name, dest)
+    forget_loaded()
+    return manifest
+
+
+def _same_fs(a: Path, b: Path) -> bool:
+    try:
+        return a.stat().st_dev == b.stat().st_dev
+    except OSError:
+        return False

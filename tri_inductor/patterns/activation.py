@@ -1,0 +1,190 @@
+"""Gated activations: silu(x[..., :d]) * x[..., d:] and gelu(x[..., :d]) * x[..., d:].
+
+Also hosts ``register_auto_functionalized_form``, the matcher for vLLM's in-place CUDA custom ops
+(``auto_functionalized(torch.ops._C.<op>, ...)``), shared by the rms_norm and rope modules.
+"""
+from __future__ import annotations
+
+import operator
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+import triton
+import triton.language as tl
+from torch.library import triton_op
+
+from ._launch import launch
+from ._trace import trace_replacement
+
+# Interpreter note: builtins only (sigmoid and tanh written with tl.exp; ``tl.sigmoid`` is a
+# ``@triton.jit`` helper the un-patched interpreter cannot call; see rms_norm.py).
+
+
+@triton.jit
+def _gated_act_kernel(x_ptr, out_ptr, d, x_stride, out_stride,
+                      ACT: tl.constexpr, BLOCK: tl.constexpr):
+    # Grid: (rows, cdiv(d, BLOCK)). Each program reads BLOCK gate and BLOCK up values of one row
+    # (two contiguous runs, 16-byte vectors) and writes BLOCK outputs: one pass over the data.
+    row = tl.program_id(0).to(tl.int64)
+    cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    mask = cols < d
+    a = tl.load(x_ptr + row * x_stride + cols, mask=mask, other=0.0).to(tl.float32)
+    b = tl.load(x_ptr + row * x_stride + d + cols, mask=mask, other=0.0).to(tl.float32)
+    if ACT == 0:  # silu
+        g = a / (1.0 + tl.exp(-a))
+    elif ACT == 1:  # gelu, erf form
+        g = 0.5 * a * (1.0 + tl.erf(a * 0.7071067811865476))
+    else:  # gelu, tanh form: tanh(z) = 2 / (1 + exp(-2z)) - 1 (saturates correctly at +-inf)
+        z = 0.7978845608028654 * (a + 0.044715 * a * a * a)
+        g = 0.5 * a * (2.0 / (1.0 + tl.exp(-2.0 * z)))
+    tl.store(out_ptr + row * out_stride + cols, (g * b).to(out_ptr.dtype.element_ty), mask=mask)
+
+
+_ACTS = {"silu": 0, "none": 1, "tanh": 2}
+
+
+def _gated(x: torch.Tensor, act: str) -> torch.Tensor:
+    torch._check(x.shape[-1] % 2 == 0, lambda: f"last dim {x.shape[-1]} must be even")
+    d = x.shape[-1] // 2
+    if x.stride(-1) != 1:
+        x = x.contiguous()
+    x2 = x.reshape(-1, x.shape[-1])
+    out = torch.empty((x2.shape[0], d), dtype=x.dtype, device=x.device)
+    block = min(triton.next_power_of_2(d), 2048)
+    per_thread = max(16 // x.element_size(), 1)  # elements of one 16-byte vector
+    num_warps = max(1, min(8, block // (32 * per_thread)))
+    launch(_gated_act_kernel, (x2.shape[0], triton.cdiv(d, block)),
+           x2, out, d, x2.stride(0), out.stride(0), ACT=_ACTS[act], BLOCK=block, num_warps=num_warps)
+    return out.view(*x.shape[:-1], d)
+
+
+@triton_op("tri_inductor::silu_and_mul", mutates_args={})
+def silu_and_mul(x: torch.Tensor) -> torch.Tensor:
+    return _gated(x, "silu")
+
+
+@triton_op("tri_inductor::gelu_and_mul", mutates_args={})
+def gelu_and_mul(x: torch.Tensor, approximate: str = "none") -> torch.Tensor:
+    torch._check(approximate in ("none", "tanh"), lambda: f"approximate={approximate!r}")
+    return _gated(x, approximate)
+
+
+def reference_silu_and_mul(x: torch.Tensor) -> torch.Tensor:
+    x = x.double()
+    d = x.shape[-1] // 2
+    return F.silu(x[..., :d]) * x[..., d:]
+
+
+def reference_gelu_and_mul(x: torch.Tensor, approximate: str = "none") -> torch.Tensor:
+    x = x.double()
+    d = x.shape[-1] // 2
+    return F.gelu(x[..., :d], approximate=approximate) * x[..., d:]
+
+
+# ---------------------------------------------------------------------------------------------
+# vLLM custom-op forms: ``getitem(auto_functionalized(torch.ops._C.op, **kwargs), i)``.
+# auto_functionalized v1 (vLLM sets ``enable_auto_functionalized_v2=False`` for its own passes);
+# the v2 form (``_all_bases`` indices) is not matched.
+# ---------------------------------------------------------------------------------------------
+def register_auto_functionalized_form(
+    pm_pass, op: torch._ops.OpOverload, out_indices: Sequence[int],
+    replacement: Callable[..., Any], extra_check: Callable[[Any], bool] | None = None,
+) -> None:
+    """Replace the outputs ``out_indices`` of an auto_functionalized ``op`` by ``replacement``,
+    called with the op's arguments by schema order (traced with ``trace_replacement``)."""
+    from torch._higher_order_ops.auto_functionalize import auto_functionalized
+    from torch._inductor.pattern_matcher import (CallFunction, KeywordArg, MultiOutputPattern,
+                                                 register_graph_pattern)
+
+    names = [a.name for a in op._schema.arguments]
+    af = CallFunction(auto_functionalized, op, _users=len(out_indices), **{n: KeywordArg(n) for n in names})
+    outs = [CallFunction(operator.getitem, af, i) for i in out_indices]
+    pattern = outs[0] if len(outs) == 1 else MultiOutputPattern(outs)
+
+    def check(match) -> bool:
+        return extra_check is None or extra_check(match)
+
+    def handler(match, **kwargs) -> None:
+        match.replace_by_example(replacement, [kwargs[n] for n in names], trace_fn=trace_replacement)
+
+    register_graph_pattern(pattern, extra_check=check, pass_dict=pm_pass)(handler)
+
+
+def _c_op(name: str) -> torch._ops.OpOverload | None:
+    """``torch.ops._C.<name>.default`` if vLLM's CUDA ops (or a test's stand-in schema) are loaded."""
+    try:
+        return getattr(torch.ops._C, name).default
+    except (AttributeError, RuntimeError):
+        return None
+
+
+# ---------------------------------------------------------------------------------------------
+# FX patterns (native forms)
+# ---------------------------------------------------------------------------------------------
+# vLLM SiluAndMul.forward_native / GeluAndMul.forward_native: slices of one [.., 2d] tensor.
+def _silu_slices(x):
+    d = x.shape[-1] // 2
+    return F.silu(x[..., :d]) * x[..., d:]
+
+
+def _gelu_slices(x):
+    d = x.shape[-1] // 2
+    return F.gelu(x[..., :d]) * x[..., d:]
+
+
+def _gelu_tanh_slices(x):
+    d = x.shape[-1] // 2
+    return F.gelu(x[..., :d], approximate="tanh") * x[..., d:]
+
+
+# Phi-3 style fused gate_up: ``gate, up = x.chunk(2, -1); up * act(gate)``.
+def _silu_chunk(x):
+    gate, up = x.chunk(2, dim=-1)
+    return up * F.silu(gate)
+
+
+def _repl_silu(x):
+    return silu_and_mul(x)
+
+
+def _repl_gelu(x):
+    return gelu_and_mul(x, "none")
+
+
+def _repl_gelu_tanh(x):
+    return gelu_and_mul(x, "tanh")
+
+
+def _check(match) -> bool:
+    x = match.kwargs["x"].meta.get("val")
+    return isinstance(x, torch.Tensor) and x.dtype.is_floating_point and x.dim() >= 1
+
+
+def register_patterns(pm_pass) -> None:
+    from torch._inductor.pattern_matcher import register_replacement
+
+    for dt in (torch.bfloat16, torch.float32):
+        x = torch.empty(8, 128, dtype=dt)
+        for search, repl in ((_silu_slices, _repl_silu), (_silu_chunk, _repl_silu),
+                             (_gelu_slices, _repl_gelu), (_gelu_tanh_slices, _repl_gelu_tanh)):
+            register_replacement(search, repl, [x], trace_replacement, pm_pass,
+                                 extra_check=_check, skip_duplicates=True)
+    # vLLM CUDA ops (custom_ops "all", the default for a non-Inductor backend).
+    for name, repl in (("silu_and_mul", _repl_silu), ("gelu_and_mul", _repl_gelu),
+                       ("gelu_tanh_and_mul", _repl_gelu_tanh)):
+        op = _c_op(name)
+        if op is not None:
+            register_auto_functionalized_form(pm_pass, op, [1], _c_repl(repl))
+
+
+def _c_repl(repl: Callable[[torch.Tensor], torch.Tensor]) -> Callable[..., torch.Tensor]:
+    def fn(out, x):  # _C.<act>_and_mul(Tensor! out, Tensor input)
+        return repl(x)
+    return fn
+
+
+# What survives a near miss in the post-grad graph: silu is decomposed to neg/exp/add/div,
+# gelu keeps its erf or tanh.
+ANCHOR_OPS = (torch.ops.aten.exp.default, torch.ops.aten.erf.default, torch.ops.aten.tanh.default)

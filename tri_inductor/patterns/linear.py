@@ -1,0 +1,401 @@
+"""Triton GEMM: ``mm(a, b)`` and ``addmm(bias, a, b)`` (fp32 accumulation, no cuBLAS).
+
+a [M, K], b [K, N] with any strides (usually ``weight.t()``: column-major, K contiguous).
+
+Tiling: each program owns a BLOCK_M x BLOCK_N tile of C and walks K in BLOCK_K steps with
+``num_stages`` loads in flight (Hopper: async copies + wgmma). Program ids are grouped
+GROUP_M tiles down M before moving along N, so the A rows and B columns a wave of programs
+reads stay in L2. Rows/columns past M/N are clamped (``% M``) rather than masked on load
+(duplicate reads are harmless, stores are masked); K is masked only when K % BLOCK_K != 0.
+Decode (small M) is bound by streaming the weight: small BLOCK_M, and when the N tiles alone
+cannot fill the 132 SMs, split-K: grid axis 1 splits K, each split writes an fp32 partial
+[SPLIT_K, M, N] and one reduction (sum + bias + cast, fused by Inductor) finishes. Deterministic,
+no atomics. Prefill (M >= ~256, and some M=128 shapes) uses ``mm_tma_kernel``: persistent, TMA
+device-side descriptors, optionally warp-specialized (``Cfg.tma``); it needs 16-byte aligned
+strides/base, else the pointer kernel runs with the same tiles.
+
+Config choice (no runtime benchmarking; CUDA-graph safe): ``CONFIGS`` by M bucket, optionally
+overridden per (N, K, bucket) by ``linear_tuned.json`` (written offline by
+``benchmarks/kernels.py --tune``). Inductor inlines a user kernel with the constexprs fixed at
+trace time and ignores ``@triton.heuristics`` / ``prune_configs_by`` (it keeps ``Autotuner.configs``
+and would *benchmark* them at run time), so the choice is made here in Python:
+with a concrete M we pick its bucket; with a symbolic M (dynamic-shape graph) we pick the
+bucket of M's size hint without guarding on it (no recompiles; every config is correct for
+every M, only speed differs), the same policy Inductor's own mm templates use for dynamic M.
+For exact per-bucket kernels, compile per size (vLLM ``compile_sizes``).
+"""
+from __future__ import annotations
+
+import json
+import os
+from typing import NamedTuple
+
+import torch
+import triton
+import triton.language as tl
+from torch.library import triton_op
+
+from ._launch import launch
+
+aten = torch.ops.aten
+
+
+@triton.jit
+def mm_kernel(
+    A, B, C, bias,
+    M, N, K,
+    stride_am, stride_ak, stride_bk, stride_bn, stride_cs, stride_cm, stride_cn,
+    HAS_BIAS: tl.constexpr, SPLIT_K: tl.constexpr, EVEN_K: tl.constexpr,
+    PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    num_pid_m = tl.cdiv(M, BLOCK_M)
+    num_pid_n = tl.cdiv(N, BLOCK_N)
+    # Grouped order: GROUP_M row-tiles share each column-tile while it is hot in L2.
+    num_pid_in_group = GROUP_M * num_pid_n
+    group_id = pid // num_pid_in_group
+    first_pid_m = group_id * GROUP_M
+    group_size_m = min(num_pid_m - first_pid_m, GROUP_M)
+    pid_m = first_pid_m + ((pid % num_pid_in_group) % group_size_m)
+    pid_n = (pid % num_pid_in_group) // group_size_m
+
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    rm = tl.max_contiguous(tl.multiple_of(offs_m % M, BLOCK_M), BLOCK_M)
+    rn = tl.max_contiguous(tl.multiple_of(offs_n % N, BLOCK_N), BLOCK_N)
+    # This split's K range; a multiple of BLOCK_K so only the last split can be ragged.
+    k_per_split = tl.cdiv(K, SPLIT_K * BLOCK_K) * BLOCK_K
+    k_lo = pid_k * k_per_split
+    k_hi = tl.minimum(K, k_lo + k_per_split)
+    offs_k = k_lo + tl.arange(0, BLOCK_K)
+    a_ptrs = A + rm[:, None].to(tl.int64) * stride_am + offs_k[None, :] * stride_ak
+    b_ptrs = B + offs_k[:, None] * stride_bk + rn[None, :].to(tl.int64) * stride_bn
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for k in range(k_lo, k_hi, BLOCK_K):
+        if EVEN_K:
+            a = tl.load(a_ptrs)
+            b = tl.load(b_ptrs)
+        else:
+            kk = k + tl.arange(0, BLOCK_K)
+            a = tl.load(a_ptrs, mask=kk[None, :] < k_hi, other=0.0)
+            b = tl.load(b_ptrs, mask=kk[:, None] < k_hi, other=0.0)
+        acc = tl.dot(a, b, acc, input_precision=PRECISION)
+        a_ptrs += BLOCK_K * stride_ak
+        b_ptrs += BLOCK_K * stride_bk
+
+    c_mask = (offs_m[:, None] < M) & (offs_n[None, :] < N)
+    c_ptrs = C + pid_k * stride_cs + offs_m[:, None] * stride_cm + offs_n[None, :] * stride_cn
+    if SPLIT_K == 1:
+        if HAS_BIAS:
+            acc += tl.load(bias + offs_n, mask=offs_n < N, other=0.0).to(tl.float32)[None, :]
+        tl.store(c_ptrs, acc.to(C.dtype.element_ty), mask=c_mask)
+    else:
+        tl.store(c_ptrs, acc, mask=c_mask)  # fp32 partial; the host-side sum adds the bias
+
+
+@triton.jit
+def _tile_coords(tile_id, num_pid_m, num_pid_n, GROUP_M: tl.constexpr):
+    num_pid_in_group = GROUP_M * num_pid_n
+    group_id = tile_id // num_pid_in_group
+    first_pid_m = group_id * GROUP_M
+    group_size_m = min(num_pid_m - first_pid_m, GROUP_M)
+    pid_m = first_pid_m + (tile_id % group_size_m)
+    pid_n = (tile_id % num_pid_in_group) // group_size_m
+    return pid_m, pid_n
+
+
+@triton.jit
+def mm_tma_kernel(
+    A, B, C, bias,
+    M, N, K,
+    stride_am, stride_bk, stride_bn, stride_cm,
+    HAS_BIAS: tl.constexpr, B_KMAJOR: tl.constexpr, NUM_SMS: tl.constexpr,
+    WARP_SPECIALIZE: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+):
+    # Prefill GEMM for Hopper: persistent (one program per SM walks tiles NUM_SMS apart, in the
+    # same grouped order), operands streamed by the TMA engine through device-side tensor
+    # descriptors (bounds handled by TMA: no masks, ragged M/N/K zero-filled), C written by TMA.
+    a_desc = tl.make_tensor_descriptor(A, shape=[M, K], strides=[stride_am, 1],
+                                       block_shape=[BLOCK_M, BLOCK_K])
+    if B_KMAJOR:  # b = w.t(): read w [N, K] tiles; .T is a view of the smem tile
+        b_desc = tl.make_tensor_descriptor(B, shape=[N, K], strides=[stride_bn, 1],
+                                           block_shape=[BLOCK_N, BLOCK_K])
+    else:
+        b_desc = tl.make_tensor_descriptor(B, shape=[K, N], strides=[stride_bk, 1],
+                                           block_shape=[BLOCK_K, BLOCK_N])
+    c_desc = tl.make_tensor_descriptor(C, shape=[M, N], strides=[stride_cm, 1],
+                                       block_shape=[BLOCK_M, BLOCK_N])
+    num_pid_m = tl.cdiv(M, BLOCK_M)
+    num_pid_n = tl.cdiv(N, BLOCK_N)
+    k_tiles = tl.cdiv(K, BLOCK_K)
+    num_tiles = num_pid_m * num_pid_n
+    for tile_id in tl.range(tl.program_id(0), num_tiles, NUM_SMS, flatten=not WARP_SPECIALIZE,
+                            warp_specialize=WARP_SPECIALIZE):
+        pid_m, pid_n = _tile_coords(tile_id, num_pid_m, num_pid_n, GROUP_M)
+        off_m = pid_m * BLOCK_M
+        off_n = pid_n * BLOCK_N
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+        for ki in range(k_tiles):
+            off_k = ki * BLOCK_K
+            a = a_desc.load([off_m, off_k])
+            if B_KMAJOR:
+                acc = tl.dot(a, b_desc.load([off_n, off_k]).T, acc)
+            else:
+                acc = tl.dot(a, b_desc.load([off_k, off_n]), acc)
+        if HAS_BIAS:
+            offs_n = off_n + tl.arange(0, BLOCK_N)
+            acc += tl.load(bias + offs_n, mask=offs_n < N, other=0.0).to(tl.float32)[None, :]
+        c_desc.store([off_m, off_n], acc.to(C.dtype.element_ty))
+
+
+class Cfg(NamedTuple):
+    block_m: int
+    block_n: int
+    block_k: int
+    group_m: int
+    split_k: int  # 0: chosen from the tile count (decode), >= 1: fixed
+    num_warps: int
+    num_stages: int
+    tma: int = 0  # 0: pointer kernel; 1: persistent TMA kernel; 2: same + warp specialization
+
+
+# Upper bounds of the M buckets; the last bucket is everything above.
+BUCKETS = (16, 32, 64, 128, 256, 512, 1024, 2048)
+
+# H100 defaults by bucket (bf16/fp16). Decode buckets stream the weight: narrow tiles, long
+# K steps, split-K when few N tiles. Prefill buckets: wgmma-sized 128x256x64 / 128x128x64 tiles.
+CONFIGS: dict[int, Cfg] = {  # first numbers from an H200 sweep (benchmarks/kernels.py --tune)
+    16: Cfg(16, 64, 256, 1, 1, 4, 4),
+    32: Cfg(32, 64, 256, 1, 1, 4, 4),
+    64: Cfg(64, 32, 128, 1, 1, 4, 6),
+    128: Cfg(64, 64, 128, 8, 1, 4, 4),
+    256: Cfg(128, 128, 64, 8, 1, 4, 4, 1),  # persistent TMA from here on
+    512: Cfg(128, 128, 64, 8, 1, 4, 4, 1),
+    1024: Cfg(128, 256, 64, 8, 1, 8, 3, 1),
+    2048: Cfg(128, 256, 64, 8, 1, 8, 3, 1),
+    4096: Cfg(128, 256, 64, 8, 1, 8, 3, 1),  # M > 2048
+}
+# fp32 inputs: half the operand bytes fit per stage.
+CONFIGS_FP32: dict[int, Cfg] = {
+    16: Cfg(16, 64, 64, 1, 0, 4, 3),
+    32: Cfg(32, 64, 64, 1, 0, 4, 3),
+    64: Cfg(64, 64, 64, 1, 0, 4, 3),
+    4096: Cfg(128, 128, 32, 8, 1, 8, 3),
+}
+
+# Per-shape overrides from the offline tuner: {(N, K, bucket): Cfg}.
+TUNED: dict[tuple[int, int, int], Cfg] = {}
+TUNED_PATH = os.path.join(os.path.dirname(__file__), "linear_tuned.json")
+
+
+def load_tuned(path: str = TUNED_PATH) -> int:
+    """Load ``{"N,K,bucket": [block_m, block_n, block_k, group_m, split_k, warps, stages]}``."""
+    if not os.path.exists(path):
+        return 0
+    with open(path) as f:
+        data = json.load(f)
+    for key, cfg in data.get("configs", data).items():
+        n, k, b = (int(x) for x in key.split(","))
+        TUNED[(n, k, b)] = Cfg(*cfg)
+    return len(TUNED)
+
+
+load_tuned(os.environ.get("TRI_INDUCTOR_LINEAR_TUNED", TUNED_PATH))
+
+NUM_SMS = 132  # H100 SXM / H200
+
+
+def _hint(x) -> int:
+    """A concrete int for config choice; a SymInt's size hint, without installing a guard."""
+    if isinstance(x, int):
+        return x
+    try:
+        node = x.node
+        hint = node.hint if node.hint is not None else node.shape_env.size_hint(node.expr)
+        return int(hint)
+    except Exception:
+        return 4096
+
+
+def bucket_of(m: int) -> int:
+    for b in BUCKETS:
+        if m <= b:
+            return b
+    return 4096
+
+
+def choose_config(m, n: int, k: int, dtype: torch.dtype) -> Cfg:
+    b = bucket_of(_hint(m))
+    if dtype == torch.float32:
+        return next(c for bb, c in sorted(CONFIGS_FP32.items()) if b <= bb)
+    from tri_inductor.tuning import gemm_config  # stored result, else tuned once on the GPU, else the table
+
+    return gemm_config(n, k, b, dtype, TUNED.get((n, k, b)) or CONFIGS[b])
+
+
+def _split_k(cfg: Cfg, m_hint: int, n: int, k: int) -> int:
+    if cfg.split_k:
+        return cfg.split_k
+    tiles = triton.cdiv(m_hint, cfg.block_m) * triton.cdiv(n, cfg.block_n)
+    # "auto": the smallest split whose programs fill the last wave of SMs >= 85%, with each
+    # split keeping >= 4 K steps to pipeline.
+    max_split = max(1, min(8, k // (4 * cfg.block_k)))
+    for split in range(1, max_split + 1):
+        work = tiles * split
+        if work / (triton.cdiv(work, NUM_SMS) * NUM_SMS) >= 0.85:
+            return split
+    return max_split
+
+
+def _precision(dtype) -> str:
+    if dtype == torch.float32 and not torch.backends.cuda.matmul.allow_tf32:
+        return "ieee"
+    return "tf32"
+
+
+def _int_or_none(x):
+    try:
+        return int(x)
+    except Exception:  # unbacked / symbolic
+        return None
+
+
+def _tma_ok(a, b, N: int) -> bool:
+    """TMA needs a unit inner stride, 16-byte aligned outer strides and base addresses."""
+    es = a.element_size()
+    if a.stride(1) != 1 or not (b.stride(0) == 1 or b.stride(1) == 1):
+        return False
+    outer = [a.stride(0), b.stride(1) if b.stride(0) == 1 else b.stride(0), N]
+    offsets = [a.storage_offset(), b.storage_offset()]
+    vals = [_int_or_none(v) for v in outer + offsets]
+    if any(v is None or (v * es) % 16 for v in vals):
+        return False
+    if type(a) is torch.Tensor and a.is_cuda:  # eager: the real addresses are known
+        return a.data_ptr() % 16 == 0 and b.data_ptr() % 16 == 0
+    return True  # traced: Inductor's buffers and graph inputs are 16-byte aligned
+
+
+_allocator_set = False
+
+
+def _ensure_allocator():
+    # Device-side tensor descriptors need a scratch buffer per launch. Inductor's launcher sets
+    # this allocator itself before each kernel; eager GPU calls need it set once here.
+    global _allocator_set
+    if not _allocator_set:
+        triton.set_allocator(lambda size, align, stream: torch.empty(size, dtype=torch.int8, device="cuda"))
+        _allocator_set = True
+
+
+def _mm_launch(a, b, bias, cfg: Cfg | None = None):
+    M, K = a.shape
+    N = b.shape[1]
+    n, k = int(N), int(K)  # weight dims: static in LLM graphs
+    cfg = cfg or choose_config(M, n, k, a.dtype)
+    bias_arg = bias if bias is not None else a  # unused when HAS_BIAS is False
+    if cfg.tma and a.dtype != torch.float32 and _tma_ok(a, b, n):
+        if type(a) is torch.Tensor and a.is_cuda:
+            _ensure_allocator()
+        out = torch.empty((M, N), dtype=a.dtype, device=a.device)
+        tiles = triton.cdiv(M, cfg.block_m) * triton.cdiv(n, cfg.block_n)
+        b_kmajor = b.stride(0) == 1
+        launch(mm_tma_kernel, (torch.sym_min(NUM_SMS, tiles),), a, b, out, bias_arg, M, N, K,
+               a.stride(0), b.stride(0), b.stride(1), out.stride(0),
+               HAS_BIAS=bias is not None, B_KMAJOR=b_kmajor, NUM_SMS=NUM_SMS,
+               WARP_SPECIALIZE=cfg.tma == 2, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
+               BLOCK_K=cfg.block_k, GROUP_M=cfg.group_m, num_warps=cfg.num_warps,
+               num_stages=cfg.num_stages)
+        return out
+    split = _split_k(cfg, _hint(M), n, k)
+    grid = (triton.cdiv(M, cfg.block_m) * triton.cdiv(n, cfg.block_n), split)
+    common = dict(HAS_BIAS=bias is not None, SPLIT_K=split, EVEN_K=(k % cfg.block_k == 0),
+                  PRECISION=_precision(a.dtype), BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
+                  BLOCK_K=cfg.block_k, GROUP_M=cfg.group_m, num_warps=cfg.num_warps,
+                  num_stages=min(cfg.num_stages, 3) if cfg.tma else cfg.num_stages)  # TMA smem budget differs
+    if split == 1:
+        out = torch.empty((M, N), dtype=a.dtype, device=a.device)
+        launch(mm_kernel, grid, a, b, out, bias_arg, M, N, K,
+               a.stride(0), a.stride(1), b.stride(0), b.stride(1), 0, out.stride(0), out.stride(1),
+               **common)
+        return out
+    ws = torch.empty((split, M, N), dtype=torch.float32, device=a.device)
+    launch(mm_kernel, grid, a, b, ws, bias_arg, M, N, K,
+           a.stride(0), a.stride(1), b.stride(0), b.stride(1), ws.stride(0), ws.stride(1), ws.stride(2),
+           **common)
+    acc = ws.sum(0)
+    if bias is not None:
+        acc = acc + bias.float()
+    return acc.to(a.dtype)
+
+
+@triton_op("tri_inductor::mm", mutates_args={})
+def mm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return _mm_launch(a, b, None)
+
+
+@triton_op("tri_inductor::addmm", mutates_args={})
+def addmm(bias: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return _mm_launch(a, b, bias)
+
+
+def reference_mm(a, b):
+    return a.double() @ b.double()
+
+
+def reference_addmm(bias, a, b):
+    return bias.double() + a.double() @ b.double()
+
+
+# --------------------------------------------------------------------------------------------
+# Post-grad patterns.
+
+ANCHOR_OPS = [aten.mm.default, aten.addmm.default, aten.bmm.default]
+
+_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+
+
+def _val(n):
+    return n.meta.get("val") if isinstance(n, torch.fx.Node) else None
+
+
+def _mm_ok(a, b) -> bool:
+    av, bv = _val(a), _val(b)
+    return (av is not None and bv is not None and av.dim() == 2 and bv.dim() == 2
+            and av.dtype in _DTYPES and av.dtype == bv.dtype and av.device.type == "cuda"
+            and isinstance(bv.shape[0], int) and isinstance(bv.shape[1], int))
+
+
+def register_patterns(pm_pass) -> None:
+    from torch._inductor.pattern_matcher import CallFunction, KeywordArg, register_graph_pattern
+
+    from tri_inductor.patterns._trace import trace_replacement
+
+    # mm(x, w.t()) is the common case; ``b`` can be any strided 2-D tensor, a permute view
+    # included, so one pattern on mm covers it (the permute stays a free view feeding the kernel).
+    def mm_check(match):
+        return _mm_ok(match.kwargs["a"], match.kwargs["b"])
+
+    @register_graph_pattern(CallFunction(aten.mm.default, KeywordArg("a"), KeywordArg("b")),
+                            extra_check=mm_check, pass_dict=pm_pass)
+    def mm_handler(match, a, b):
+        match.replace_by_example(lambda a, b: torch.ops.tri_inductor.mm(a, b), [a, b],
+                                 trace_fn=trace_replacement)
+
+    def addmm_check(match):
+        bias, a, b = match.kwargs["bias"], match.kwargs["a"], match.kwargs["b"]
+        node = match.output_node()
+        if node.kwargs.get("beta", 1) != 1 or node.kwargs.get("alpha", 1) != 1:
+            return False
+        bv = _val(bias)
+        return (_mm_ok(a, b) and bv is not None and bv.dim() == 1 and bv.dtype == _val(a).dtype
+                and bv.shape[0] == _val(b).shape[1])
+
+    @register_graph_pattern(CallFunction(aten.addmm.default, KeywordArg("bias"), KeywordArg("a"),
+                                         KeywordArg("b")),
+                            extra_check=addmm_check, pass_dict=pm_pass)
+    def addmm_handler(match, bias, a, b):
+        match.replace_by_example(lambda bias, a, b: torch.ops.tri_inductor.addmm(bias, a, b),
+                                 [bias, a, b], trace_fn=trace_replacement)

@@ -1,0 +1,358 @@
+"""RMSNorm and fused residual-add + RMSNorm: Triton kernels, ops, FX patterns.
+
+out = x / sqrt(mean(x^2) + eps) * (weight + weight_offset), fp32 arithmetic, output in x.dtype.
+Gemma's ``(1 + w)`` norm is ``weight_offset=1.0``.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torch
+import triton
+import triton.language as tl
+from torch.library import triton_op
+
+from ._launch import launch
+from ._trace import trace_replacement
+
+# A row up to this many elements is held in registers (one global read of x); wider rows
+# loop over chunks of this size and read the row twice (the second read mostly hits L2).
+MAX_FUSED_BLOCK = 16384
+
+# Interpreter note (checked with triton 3.6): Triton's ``InterpretedFunction`` needs no
+# TRITON_INTERPRET=1, but it patches only Triton *builtins*: library ``@triton.jit`` helpers
+# (``tl.sum``, ``tl.sigmoid``, ``tl.zeros``...) raise "Cannot call @triton.jit'd outside of the
+# scope of a kernel" unless the launcher routes them (tri_inductor.interpret does now). Our
+# kernels call builtins only anyway: ``tl.reduce(v, 0, tl.standard._sum_combine)`` is what
+# ``tl.sum`` expands to, and the interpreter maps that combine function to ``np.sum`` (any other
+# combine function runs once per element in Python: minutes per test instead of seconds).
+
+
+@triton.jit
+def _rms_norm_kernel(
+    x_ptr, res_ptr, w_ptr, out_ptr, res_out_ptr,
+    x_stride, res_stride, out_stride, res_out_stride,
+    H, eps, w_offset,
+    HAS_RESIDUAL: tl.constexpr, BLOCK: tl.constexpr, SINGLE_TILE: tl.constexpr,
+):
+    # One program per row. BLOCK is a power of two >= H (SINGLE_TILE) or the chunk width.
+    # Contiguous columns across the program's threads: Triton gives each thread runs of
+    # BLOCK / (32 * num_warps) elements, i.e. 16-byte vectors when num_warps follows BLOCK.
+    row = tl.program_id(0).to(tl.int64)
+    cols = tl.arange(0, BLOCK)
+    x_row = x_ptr + row * x_stride
+    out_row = out_ptr + row * out_stride
+    if SINGLE_TILE:
+        mask = cols < H
+        # Streamed once: evict_first keeps L2 for the weight row, which every program re-reads.
+        x = tl.load(x_row + cols, mask=mask, other=0.0, eviction_policy="evict_first").to(tl.float32)
+        if HAS_RESIDUAL:
+            x += tl.load(res_ptr + row * res_stride + cols, mask=mask, other=0.0,
+                         eviction_policy="evict_first").to(tl.float32)
+            # New residual is rounded to the input dtype; the norm uses the fp32 sum (as vLLM's
+            # native fused_add_rms_norm does).
+            tl.store(res_out_ptr + row * res_out_stride + cols, x.to(res_out_ptr.dtype.element_ty), mask=mask)
+        rstd = tl.rsqrt(tl.reduce(x * x, 0, tl.standard._sum_combine) / H + eps)
+        w = tl.load(w_ptr + cols, mask=mask, other=0.0, eviction_policy="evict_last").to(tl.float32) + w_offset
+        tl.store(out_row + cols, (x * rstd * w).to(out_ptr.dtype.element_ty), mask=mask)
+    else:
+        # Wide rows: pass 1 accumulates sum(x^2) chunk by chunk (and writes the new residual),
+        # pass 2 re-reads the row (the new residual when fused) and writes the output.
+        acc = tl.full([BLOCK], 0.0, tl.float32)
+        for start in range(0, H, BLOCK):
+            c = start + cols
+            mask = c < H
+            x = tl.load(x_row + c, mask=mask, other=0.0).to(tl.float32)
+            if HAS_RESIDUAL:
+                x += tl.load(res_ptr + row * res_stride + c, mask=mask, other=0.0).to(tl.float32)
+                tl.store(res_out_ptr + row * res_out_stride + c, x.to(res_out_ptr.dtype.element_ty), mask=mask)
+            acc += x * x
+        rstd = tl.rsqrt(tl.reduce(acc, 0, tl.standard._sum_combine) / H + eps)
+        for start in range(0, H, BLOCK):
+            c = start + cols
+            mask = c < H
+            if HAS_RESIDUAL:
+                x = tl.load(res_out_ptr + row * res_out_stride + c, mask=mask, other=0.0).to(tl.float32)
+            else:
+                x = tl.load(x_row + c, mask=mask, other=0.0).to(tl.float32)
+            w = tl.load(w_ptr + c, mask=mask, other=0.0).to(tl.float32) + w_offset
+            tl.store(out_row + c, (x * rstd * w).to(out_ptr.dtype.element_ty), mask=mask)
+
+
+def _launch_config(H: int, elem_size: int) -> tuple[int, int, bool]:
+    """(BLOCK, num_warps, single_tile). Warps grow with the row (one 16-byte vector per thread
+    per pass), capped at 8 like Inductor's persistent reductions: beyond that the cross-warp
+    reduction costs more than it hides (4096 bf16: 8 warps, two 16-byte vectors per thread)."""
+    block = triton.next_power_of_2(H)
+    single = block <= MAX_FUSED_BLOCK
+    block = min(block, MAX_FUSED_BLOCK)
+    per_thread = max(16 // elem_size, 1)
+    num_warps = max(1, min(8, block // (32 * per_thread)))
+    return block, num_warps, single
+
+
+def _rows(t: torch.Tensor) -> torch.Tensor:
+    """``t`` as [rows, H] with a unit last stride (a view whenever possible)."""
+    if t.stride(-1) != 1:
+        t = t.contiguous()
+    return t.reshape(-1, t.shape[-1])
+
+
+def _check(x: torch.Tensor, weight: torch.Tensor) -> None:
+    torch._check(weight.dim() == 1 and weight.shape[0] == x.shape[-1],
+                 lambda: f"weight {tuple(weight.shape)} does not match hidden size {x.shape[-1]}")
+
+
+@triton_op("tri_inductor::rms_norm", mutates_args={})
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, weight_offset: float = 0.0) -> torch.Tensor:
+    _check(x, weight)
+    x2 = _rows(x)
+    H = x2.shape[1]
+    out = torch.empty(x2.shape, dtype=x.dtype, device=x.device)
+    block, num_warps, single = _launch_config(H, x.element_size())
+    launch(_rms_norm_kernel, (x2.shape[0],),
+           x2, x2, weight, out, out,
+           x2.stride(0), x2.stride(0), out.stride(0), out.stride(0),
+           H, eps, weight_offset,
+           HAS_RESIDUAL=False, BLOCK=block, SINGLE_TILE=single, num_warps=num_warps)
+    return out.view(x.shape)
+
+
+@triton_op("tri_inductor::fused_add_rms_norm", mutates_args={})
+def fused_add_rms_norm(
+    x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, eps: float, weight_offset: float = 0.0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    _check(x, weight)
+    torch._check(residual.shape == x.shape, lambda: "residual and x shapes differ")
+    x2, r2 = _rows(x), _rows(residual)
+    H = x2.shape[1]
+    out = torch.empty(x2.shape, dtype=x.dtype, device=x.device)
+    new_res = torch.empty(x2.shape, dtype=x.dtype, device=x.device)
+    block, num_warps, single = _launch_config(H, x.element_size())
+    launch(_rms_norm_kernel, (x2.shape[0],),
+           x2, r2, weight, out, new_res,
+           x2.stride(0), r2.stride(0), out.stride(0), new_res.stride(0),
+           H, eps, weight_offset,
+           HAS_RESIDUAL=True, BLOCK=block, SINGLE_TILE=single, num_warps=num_warps)
+    return out.view(x.shape), new_res.view(x.shape)
+
+
+def reference_rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, weight_offset: float = 0.0) -> torch.Tensor:
+    """float64 ground truth (returned in float64)."""
+    x64 = x.double()
+    return x64 * torch.rsqrt(x64.pow(2).mean(-1, keepdim=True) + eps) * (weight.double() + weight_offset)
+
+
+def reference_fused_add_rms_norm(
+    x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, eps: float, weight_offset: float = 0.0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """float64 ground truth: (out, new_residual), both float64."""
+    s = x.double() + residual.double()
+    return reference_rms_norm(s, weight, eps, weight_offset), s
+
+
+# ---------------------------------------------------------------------------------------------
+# FX patterns (post-grad, aten level)
+#
+# eps is kept general with ``scalar_workaround``: the search graph is traced with the sentinel
+# value below, which the pattern turns into ``KeywordArg("eps")``; any literal eps then matches
+# and is handed to the replacement. One registration per form covers every eps.
+# Forms differ in where casts sit, so each is traced once with bf16 inputs (the cast pattern,
+# which also matches fp16: dtypes are re-checked per match) and once with fp32 inputs (no casts).
+# ---------------------------------------------------------------------------------------------
+_EPS = 9.87654321e-7  # sentinel for tracing; must not collide with any other constant in a form
+
+
+# vLLM IR native (vllm/ir/ops/layernorm.py) and vLLM RMSNorm.forward_native with torch wrap off:
+# (x.float() * rsqrt(mean(x.float()^2) + eps)).to(w.dtype) * w, then .to(x.dtype) (a no-op cast).
+def _vllm_rms(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    h = x.to(torch.float32)
+    h = h * torch.rsqrt(h.pow(2).mean(dim=-1, keepdim=True) + eps)
+    return (h.to(weight.dtype) * weight).to(x.dtype)
+
+
+# Hugging Face LlamaRMSNorm / Qwen2RMSNorm / MistralRMSNorm: weight * h.to(input_dtype).
+def _hf_rms(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    h = x.to(torch.float32)
+    h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)
+    return weight * h.to(x.dtype)
+
+
+# Hugging Face GemmaRMSNorm: (h * (1.0 + w.float())).type_as(x).
+def _gemma_rms(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    h = x.float()
+    h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)
+    return (h * (1.0 + weight.float())).type_as(x)
+
+
+# vLLM fused_add_rms_norm native (torch wrap off): the norm reads the fp32 sum.
+def _vllm_add_rms(x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, eps: float):
+    s = x.to(torch.float32) + residual.to(torch.float32)
+    new_res = s.to(x.dtype)
+    h = s * torch.rsqrt(s.pow(2).mean(dim=-1, keepdim=True) + eps)
+    return (h.to(weight.dtype) * weight).to(x.dtype), new_res
+
+
+# Hugging Face decoder layer: ``hidden = residual + hidden`` (input dtype) then the Llama norm.
+def _hf_add_rms(x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, eps: float):
+    s = residual + x
+    h = s.to(torch.float32)
+    h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)
+    return weight * h.to(s.dtype), s
+
+
+# vLLM GemmaRMSNorm.forward_native with torch wrap off: the IR native body with w.float() + 1.
+# (The plain-norm case traces exactly like HF's GemmaRMSNorm and is matched by _gemma_rms.)
+def _vllm_gemma_add_rms(x, residual, weight, eps):
+    return _vllm_add_rms(x, residual, weight.float() + 1.0, eps)
+
+
+def _repl_rms(x, weight, eps):
+    return rms_norm(x, weight, eps)
+
+
+def _repl_gemma(x, weight, eps):
+    return rms_norm(x, weight, eps, 1.0)
+
+
+def _repl_add_rms(x, residual, weight, eps):
+    return fused_add_rms_norm(x, residual, weight, eps)
+
+
+def _repl_add_rms_swapped(x, residual, weight, eps):
+    # HF adds ``residual + x``: same sum, operands named the other way round.
+    return fused_add_rms_norm(x, residual, weight, eps)
+
+
+def _ir_rms(x, weight, eps):
+    return torch.ops.vllm_ir.rms_norm.default(x, weight, eps)
+
+
+def _ir_add_rms(x, residual, weight, eps):
+    out, res = torch.ops.vllm_ir.fused_add_rms_norm.default(x, residual, weight, eps)
+    return out, res
+
+
+# vLLM GemmaRMSNorm through IR: ``rms_norm(x, w.float() + 1.0, eps)``; folding the ``+ 1`` into
+# weight_offset saves a kernel and the fp32 weight copy.
+def _ir_gemma_rms(x, weight, eps):
+    return torch.ops.vllm_ir.rms_norm.default(x, weight.float() + 1.0, eps)
+
+
+def _ir_gemma_add_rms(x, residual, weight, eps):
+    out, res = torch.ops.vllm_ir.fused_add_rms_norm.default(x, residual, weight.float() + 1.0, eps)
+    return out, res
+
+
+def _repl_gemma_add(x, residual, weight, eps):
+    return fused_add_rms_norm(x, residual, weight, eps, 1.0)
+
+
+def _same_dtypes(match, names: tuple[str, ...] = ("x",)) -> bool:
+    """Replace only where our op's output dtype (x.dtype) is the sub-graph's, and the row is
+    the last dim of a floating tensor (mixed-dtype forms such as fp32 weight * bf16 activations
+    in HF Llama promote to fp32: those are left to Inductor)."""
+    vals = [match.kwargs[n].meta.get("val") for n in names]
+    if any(not isinstance(v, torch.Tensor) or not v.dtype.is_floating_point for v in vals):
+        return False
+    dt = vals[0].dtype
+    if any(v.dtype != dt for v in vals):
+        return False
+    outs = [n for n in match.output_nodes() if n is not None]
+    return all(isinstance(n.meta.get("val"), torch.Tensor) and n.meta["val"].dtype == dt for n in outs)
+
+
+def _weight_ok(match) -> bool:
+    w = match.kwargs["weight"].meta.get("val")
+    x = match.kwargs["x"].meta.get("val")
+    return isinstance(w, torch.Tensor) and w.dim() == 1 and w.dtype.is_floating_point and w.shape[0] == x.shape[-1]
+
+
+def _check_rms(match) -> bool:
+    return _same_dtypes(match) and _weight_ok(match)
+
+
+def _check_add(match) -> bool:
+    return _same_dtypes(match, ("x", "residual")) and _weight_ok(match)
+
+
+def _vllm_ir_available() -> bool:
+    # vllm_ir nodes can only be in a graph once vLLM has been imported (that defines the ops); no
+    # import here: pattern registration may run under a FakeTensorMode.
+    ns = torch.ops.vllm_ir
+    return hasattr(ns, "rms_norm") and hasattr(ns, "fused_add_rms_norm")
+
+
+def register_patterns(pm_pass) -> None:
+    from torch._inductor.pattern_matcher import register_replacement
+
+    def reg(search: Callable[..., Any], repl: Callable[..., Any], inputs: list[torch.Tensor],
+            check: Callable[[Any], bool]) -> None:
+        register_replacement(search, repl, inputs, trace_replacement, pm_pass,
+                             extra_check=check, scalar_workaround={"eps": _EPS},
+                             skip_duplicates=True)  # a form may trace alike for two dtypes
+
+    # Order matters: for one output node the first registered pattern that matches wins, so the
+    # larger forms (add + norm, then the Gemma (1 + w) norm) come before the sub-forms they contain.
+    for dt in (torch.bfloat16, torch.float32):
+        x, r, w = torch.empty(8, 64, dtype=dt), torch.empty(8, 64, dtype=dt), torch.empty(64, dtype=dt)
+        reg(_vllm_add_rms, _repl_add_rms, [x, r, w], _check_add)
+        reg(_hf_add_rms, _repl_add_rms_swapped, [x, r, w], _check_add)
+        reg(_vllm_gemma_add_rms, _repl_gemma_add, [x, r, w], _check_add)
+    xb, rb, wf = torch.empty(8, 64, dtype=torch.bfloat16), torch.empty(8, 64, dtype=torch.bfloat16), torch.empty(64)
+    reg(_vllm_add_rms, _repl_add_rms, [xb, rb, wf], _check_add)  # fp32 weight, 16-bit activations
+    for dt in (torch.bfloat16, torch.float32):
+        x, w = torch.empty(8, 64, dtype=dt), torch.empty(64, dtype=dt)
+        reg(_vllm_rms, _repl_rms, [x, w], _check_rms)
+        reg(_hf_rms, _repl_rms, [x, w], _check_rms)
+        reg(_gemma_rms, _repl_gemma, [x, w], _check_rms)
+    # fp32 weight, 16-bit activations; after the Gemma form, which it would otherwise cut short.
+    reg(_vllm_rms, _repl_rms, [xb, wf], _check_rms)
+    _register_c_forms(pm_pass)
+    if _vllm_ir_available():
+        # vLLM IR nodes (torch wrap on, the default with Inductor-like backends). The weight may be
+        # fp32 (vLLM's GemmaRMSNorm passes ``w.float() + 1``); our kernel reads any float weight.
+        xb, rb, wb = (torch.empty(8, 64, dtype=torch.bfloat16), torch.empty(8, 64, dtype=torch.bfloat16),
+                      torch.empty(64, dtype=torch.bfloat16))
+        reg(_ir_gemma_add_rms, _repl_gemma_add, [xb, rb, wb], _check_add_ir)
+        reg(_ir_gemma_rms, _repl_gemma, [xb, wb], _check_rms_ir)
+        x, r, w = torch.empty(8, 64), torch.empty(8, 64), torch.empty(64)  # one node: any dtype
+        reg(_ir_add_rms, _repl_add_rms, [x, r, w], _check_add_ir)
+        reg(_ir_rms, _repl_rms, [x, w], _check_rms_ir)
+
+
+def _ir_ok(match) -> bool:
+    if not isinstance(match.kwargs.get("weight"), torch.fx.Node):  # weight=None (has_weight=False)
+        return False
+    x = match.kwargs["x"].meta.get("val")
+    return isinstance(x, torch.Tensor) and x.dtype.is_floating_point and _weight_ok(match)
+
+
+_check_rms_ir = _ir_ok
+
+
+def _check_add_ir(match) -> bool:
+    return _ir_ok(match) and match.kwargs["residual"].meta["val"].dtype == match.kwargs["x"].meta["val"].dtype
+
+
+def _c_rms(result, x, weight, eps):  # _C.rms_norm(Tensor! result, Tensor input, Tensor weight, float epsilon)
+    return rms_norm(x, weight, eps)
+
+
+def _c_add_rms(x, residual, weight, eps):  # _C.fused_add_rms_norm(Tensor! input, Tensor! residual, ...)
+    return fused_add_rms_norm(x, residual, weight, eps)
+
+
+def _register_c_forms(pm_pass) -> None:
+    """vLLM's CUDA ops when present (custom_ops "all", or IR priority vllm_c with torch wrap off):
+    ``auto_functionalized(_C.rms_norm)[1]`` and ``auto_functionalized(_C.fused_add_rms_norm)[1, 2]``."""
+    from .activation import _c_op, register_auto_functionalized_form
+
+    if (op := _c_op("rms_norm")) is not None:
+        register_auto_functionalized_form(pm_pass, op, [1], _c_rms)
+    if (op := _c_op("fused_add_rms_norm")) is not None:
+        register_auto_functionalized_form(pm_pass, op, [1, 2], _c_add_rms)
+
+
+# aten ops whose survival after our pass means an RMSNorm nearly matched.
+ANCHOR_OPS = (torch.ops.aten.rsqrt.default,)

@@ -1,0 +1,399 @@
+"""Rotary position embedding (RoPE): one Triton kernel for q and k, two ops, FX patterns.
+
+* ``rope_cache``  (vLLM): cos/sin rows gathered from ``cos_sin_cache[positions]`` (halves cat(cos, sin)).
+* ``rope_cos_sin`` (Hugging Face): cos/sin given per (batch, position), full rotary width.
+NeoX style rotates (first half, second half) of the rotary dims; GPT-J style rotates (even, odd)
+pairs. Dims past ``rotary_dim`` are copied. Arithmetic in fp32, outputs in q/k's dtype.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+from torch.library import triton_op
+
+from ._launch import launch
+from ._trace import trace_replacement
+
+# Interpreter note: kernels here use Triton builtins only (no ``tl.cdiv``/``tl.zeros`` helpers,
+# which are ``@triton.jit`` functions the un-patched interpreter cannot call); see rms_norm.py.
+
+
+@triton.jit
+def _rope_kernel(
+    q_ptr, k_ptr, qo_ptr, ko_ptr, cos_ptr, sin_ptr, pos_ptr,
+    S, Hq, Hk,
+    q_sb, q_ss, q_sh, k_sb, k_ss, k_sh,
+    qo_sb, qo_ss, qo_sh, ko_sb, ko_ss, ko_sh,
+    c_sb, c_ss,
+    HEAD: tl.constexpr, ROT: tl.constexpr, IS_NEOX: tl.constexpr, FROM_CACHE: tl.constexpr,
+    BLOCK_H: tl.constexpr, HALF_BLOCK: tl.constexpr, PASS_BLOCK: tl.constexpr,
+):
+    # Grid: (tokens, q head blocks + k head blocks). A program rotates BLOCK_H heads of one
+    # token: a [BLOCK_H, rotary] tile read once and written once (each head's run contiguous:
+    # 16-byte vectors), cos/sin read once per program. Token = (b, s); vLLM's [T, H*D] is B=T, S=1.
+    tok = tl.program_id(0).to(tl.int64)
+    hb = tl.program_id(1)
+    b = tok // S
+    s = tok % S
+    n_qb = (Hq + BLOCK_H - 1) // BLOCK_H
+    if FROM_CACHE:
+        crow = tl.load(pos_ptr + tok).to(tl.int64) * c_sb
+    else:
+        crow = b * c_sb + s * c_ss
+    HALF: tl.constexpr = ROT // 2
+    d = tl.arange(0, HALF_BLOCK)
+    dmask = d < HALF
+    r = tl.arange(0, 2 * HALF_BLOCK)
+    rmask = r < ROT
+    if IS_NEOX:
+        c1 = tl.load(cos_ptr + crow + d, mask=dmask, other=0.0).to(tl.float32)[None, :]
+        s1 = tl.load(sin_ptr + crow + d, mask=dmask, other=0.0).to(tl.float32)[None, :]
+        if FROM_CACHE:  # the cache holds rotary/2 values, shared by both halves
+            c2 = c1
+            s2 = s1
+        else:  # full-width cos/sin (HF duplicates halves; read both to follow the formula exactly)
+            c2 = tl.load(cos_ptr + crow + HALF + d, mask=dmask, other=0.0).to(tl.float32)[None, :]
+            s2 = tl.load(sin_ptr + crow + HALF + d, mask=dmask, other=0.0).to(tl.float32)[None, :]
+    else:
+        if FROM_CACHE:
+            c1 = tl.load(cos_ptr + crow + d, mask=dmask, other=0.0).to(tl.float32)[None, :]
+            s1 = tl.load(sin_ptr + crow + d, mask=dmask, other=0.0).to(tl.float32)[None, :]
+            c2 = c1
+            s2 = s1
+        else:  # full width, interleaved: (even, odd) entries
+            cc = tl.load(cos_ptr + crow + r, mask=rmask, other=0.0).to(tl.float32)
+            ss = tl.load(sin_ptr + crow + r, mask=rmask, other=0.0).to(tl.float32)
+            c1, c2 = tl.split(tl.reshape(cc, [HALF_BLOCK, 2]))
+            s1, s2 = tl.split(tl.reshape(ss, [HALF_BLOCK, 2]))
+            c1 = c1[None, :]
+            c2 = c2[None, :]
+            s1 = s1[None, :]
+            s2 = s2[None, :]
+    # q, then k: unrolled at compile time, so each copy addresses its tensor straight from its
+    # arguments (no pointer merged across a runtime branch; and an int argument equal to 1, e.g.
+    # one KV head, is specialised to a constexpr, which a runtime if/else assigning a tensor in
+    # the other branch would reject). Only the copy owning this head block runs. Checked: the
+    # sm_90 PTX uses ld/st.global.v4 (16 B) for q/k and cos/sin.
+    for which in tl.static_range(2):
+        if which == 0:
+            x_base = q_ptr + b * q_sb + s * q_ss
+            o_base = qo_ptr + b * qo_sb + s * qo_ss
+            xh = q_sh
+            oh = qo_sh
+            n_heads = Hq
+            hblk = hb
+        else:
+            x_base = k_ptr + b * k_sb + s * k_ss
+            o_base = ko_ptr + b * ko_sb + s * ko_ss
+            xh = k_sh
+            oh = ko_sh
+            n_heads = Hk
+            hblk = hb - n_qb
+        if (hblk >= 0) & (hblk * BLOCK_H < n_heads):
+            heads = hblk * BLOCK_H + tl.arange(0, BLOCK_H)[:, None]
+            hmask = heads < n_heads
+            src_h = x_base + heads * xh
+            dst_h = o_base + heads * oh
+            if IS_NEOX:
+                m = hmask & dmask[None, :]
+                x1 = tl.load(src_h + d[None, :], mask=m, other=0.0).to(tl.float32)
+                x2 = tl.load(src_h + HALF + d[None, :], mask=m, other=0.0).to(tl.float32)
+                tl.store(dst_h + d[None, :], (x1 * c1 - x2 * s1).to(o_base.dtype.element_ty), mask=m)
+                tl.store(dst_h + HALF + d[None, :], (x2 * c2 + x1 * s2).to(o_base.dtype.element_ty), mask=m)
+            else:
+                # GPT-J: load the rotary span contiguously, split (even, odd) pairs in registers.
+                m = hmask & rmask[None, :]
+                x = tl.load(src_h + r[None, :], mask=m, other=0.0).to(tl.float32)
+                xe, xo = tl.split(tl.reshape(x, [BLOCK_H, HALF_BLOCK, 2]))
+                o = tl.join(xe * c1 - xo * s1, xo * c2 + xe * s2)
+                o = tl.reshape(o, [BLOCK_H, 2 * HALF_BLOCK])
+                tl.store(dst_h + r[None, :], o.to(o_base.dtype.element_ty), mask=m)
+            if ROT < HEAD:  # partial rotary: copy the rest of each head
+                e = ROT + tl.arange(0, PASS_BLOCK)
+                pm = hmask & (e < HEAD)[None, :]
+                tl.store(dst_h + e[None, :], tl.load(src_h + e[None, :], mask=pm, other=0.0), mask=pm)
+
+
+def _blocks(head_size: int, rotary_dim: int, n_heads: int) -> tuple[int, int, int, int]:
+    """(BLOCK_H, HALF_BLOCK, PASS_BLOCK, num_warps): ~2K-4K elements per program."""
+    half_block = triton.next_power_of_2(max(rotary_dim // 2, 1))
+    pass_block = triton.next_power_of_2(max(head_size - rotary_dim, 1))
+    row = triton.next_power_of_2(head_size)
+    block_h = max(1, min(triton.next_power_of_2(n_heads), 4096 // row))
+    num_warps = max(1, min(8, block_h * row // 256))
+    return block_h, half_block, pass_block, num_warps
+
+
+def _check_rot(head_size: int, rotary_dim: int) -> None:
+    torch._check(rotary_dim % 2 == 0 and 0 < rotary_dim <= head_size,
+                 lambda: f"rotary_dim={rotary_dim} must be even and in (0, head_size={head_size}]")
+
+
+def _last_contig(t: torch.Tensor) -> torch.Tensor:
+    return t if t.stride(-1) == 1 else t.contiguous()
+
+
+@triton_op("tri_inductor::rope_cache", mutates_args={})
+def rope_cache(
+    positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor, cos_sin_cache: torch.Tensor,
+    head_size: int, rotary_dim: int, is_neox: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    _check_rot(head_size, rotary_dim)
+    pos = positions.reshape(-1)
+    T = pos.shape[0]
+    # q/k may be [T, H*D], [T, H, D] or views of a fused qkv buffer (rows strided, heads dense).
+    q3 = _last_contig(q).reshape(T, -1, head_size)
+    k3 = _last_contig(k).reshape(T, -1, head_size)
+    qo = torch.empty(q3.shape, dtype=q.dtype, device=q.device)
+    ko = torch.empty(k3.shape, dtype=k.dtype, device=k.device)
+    cache = _last_contig(cos_sin_cache)
+    Hq, Hk = q3.shape[1], k3.shape[1]
+    block_h, half_block, pass_block, num_warps = _blocks(head_size, rotary_dim, max(Hq, Hk))
+    grid = (T, triton.cdiv(Hq, block_h) + triton.cdiv(Hk, block_h))
+    launch(_rope_kernel, grid,
+           q3, k3, qo, ko, cache, cache[:, rotary_dim // 2:], pos,
+           1, Hq, Hk,
+           q3.stride(0), 0, q3.stride(1), k3.stride(0), 0, k3.stride(1),
+           qo.stride(0), 0, qo.stride(1), ko.stride(0), 0, ko.stride(1),
+           cache.stride(0), 0,
+           HEAD=head_size, ROT=rotary_dim, IS_NEOX=is_neox, FROM_CACHE=True,
+           BLOCK_H=block_h, HALF_BLOCK=half_block, PASS_BLOCK=pass_block, num_warps=num_warps)
+    return qo.view(q.shape), ko.view(k.shape)
+
+
+@triton_op("tri_inductor::rope_cos_sin", mutates_args={})
+def rope_cos_sin(
+    q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, is_neox: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    B, Hq, S, D = q.shape
+    Hk = k.shape[1]
+    rot = cos.shape[-1]
+    _check_rot(D, rot)
+    q, k = _last_contig(q), _last_contig(k)
+    # cos/sin [B or 1, S, rot] (a batch of 1 broadcasts: stride 0); sin must share cos's strides.
+    cos = _last_contig(cos).expand(B, S, rot)
+    sin = _last_contig(sin).expand(B, S, rot)
+    if sin.stride() != cos.stride():
+        cos, sin = cos.contiguous(), sin.contiguous()
+    qo = torch.empty_like(q)  # keeps q's layout (HF's q is a transposed view)
+    ko = torch.empty_like(k)
+    block_h, half_block, pass_block, num_warps = _blocks(D, rot, max(Hq, Hk))
+    grid = (B * S, triton.cdiv(Hq, block_h) + triton.cdiv(Hk, block_h))
+    launch(_rope_kernel, grid,
+           q, k, qo, ko, cos, sin, cos,
+           S, Hq, Hk,
+           q.stride(0), q.stride(2), q.stride(1), k.stride(0), k.stride(2), k.stride(1),
+           qo.stride(0), qo.stride(2), qo.stride(1), ko.stride(0), ko.stride(2), ko.stride(1),
+           cos.stride(0), cos.stride(1),
+           HEAD=D, ROT=rot, IS_NEOX=is_neox, FROM_CACHE=False,
+           BLOCK_H=block_h, HALF_BLOCK=half_block, PASS_BLOCK=pass_block, num_warps=num_warps)
+    return qo, ko
+
+
+def _rotate64(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, is_neox: bool) -> torch.Tensor:
+    """x [..., rot], cos/sin [..., rot] full width (float64)."""
+    if is_neox:
+        x1, x2 = x.chunk(2, dim=-1)
+        rotated = torch.cat((-x2, x1), dim=-1)
+    else:
+        rotated = torch.stack((-x[..., 1::2], x[..., ::2]), dim=-1).flatten(-2)
+    return x * cos + rotated * sin
+
+
+def reference_rope_cache(positions, q, k, cos_sin_cache, head_size: int, rotary_dim: int, is_neox: bool):
+    """float64 ground truth of ``rope_cache`` (outputs float64, shaped like q and k)."""
+    cs = cos_sin_cache.double()[positions.reshape(-1)]
+    c, s = cs.chunk(2, dim=-1)
+    if is_neox:
+        c, s = torch.cat((c, c), -1), torch.cat((s, s), -1)
+    else:
+        c, s = c.repeat_interleave(2, -1), s.repeat_interleave(2, -1)
+    outs = []
+    for x in (q, k):
+        x3 = x.double().reshape(c.shape[0], -1, head_size)
+        rot = _rotate64(x3[..., :rotary_dim], c[:, None], s[:, None], is_neox)
+        outs.append(torch.cat((rot, x3[..., rotary_dim:]), -1).reshape(x.shape))
+    return tuple(outs)
+
+
+def reference_rope_cos_sin(q, k, cos, sin, is_neox: bool):
+    """float64 ground truth of ``rope_cos_sin``."""
+    rot = cos.shape[-1]
+    c, s = cos.double()[:, None], sin.double()[:, None]
+    outs = []
+    for x in (q, k):
+        x = x.double()
+        outs.append(torch.cat((_rotate64(x[..., :rot], c, s, is_neox), x[..., rot:]), -1))
+    return tuple(outs)
+
+
+# ---------------------------------------------------------------------------------------------
+# FX patterns
+# ---------------------------------------------------------------------------------------------
+
+# vLLM RotaryEmbedding.forward_static (native), with ApplyRotaryEmb.forward_static inlined.
+def _vllm_apply(x, cos, sin, is_neox: bool):
+    cos = cos.unsqueeze(-2).to(x.dtype)
+    sin = sin.unsqueeze(-2).to(x.dtype)
+    if is_neox:
+        x1, x2 = torch.chunk(x, 2, dim=-1)
+    else:
+        x1, x2 = x[..., ::2], x[..., 1::2]
+    o1 = x1 * cos - x2 * sin
+    o2 = x2 * cos + x1 * sin
+    if is_neox:
+        return torch.cat((o1, o2), dim=-1)
+    return torch.stack((o1, o2), dim=-1).flatten(-2)
+
+
+def _vllm_rope(positions, q, k, cache, head_size: int, rotary_dim: int, is_neox: bool):
+    positions = positions.flatten()
+    num_tokens = positions.shape[0]
+    cos, sin = cache.index_select(0, positions).chunk(2, dim=-1)
+    outs = []
+    for x in (q, k):
+        shape = x.shape
+        x = x.view(num_tokens, -1, head_size)
+        rot = _vllm_apply(x[..., :rotary_dim], cos, sin, is_neox)
+        outs.append(torch.cat((rot, x[..., rotary_dim:]), dim=-1).reshape(shape))  # tail may be empty
+    return outs[0], outs[1]
+
+
+def _rotate_half(x):
+    x1 = x[..., : x.shape[-1] // 2]
+    x2 = x[..., x.shape[-1] // 2:]
+    return torch.cat((-x2, x1), dim=-1)
+
+
+# HF apply_rotary_pos_emb (Llama/Qwen2/Gemma/Mistral...), unsqueeze_dim=1.
+def _hf_rope(q, k, cos, sin):
+    cos = cos.unsqueeze(1)
+    sin = sin.unsqueeze(1)
+    return (q * cos) + (_rotate_half(q) * sin), (k * cos) + (_rotate_half(k) * sin)
+
+
+# HF partial rotary (Phi, GPT-NeoX, StableLM...): rotate the first cos.shape[-1] dims.
+def _hf_rope_partial(q, k, cos, sin):
+    cos = cos.unsqueeze(1)
+    sin = sin.unsqueeze(1)
+    rot = cos.shape[-1]
+    q_rot, q_pass = q[..., :rot], q[..., rot:]
+    k_rot, k_pass = k[..., :rot], k[..., rot:]
+    q_embed = (q_rot * cos) + (_rotate_half(q_rot) * sin)
+    k_embed = (k_rot * cos) + (_rotate_half(k_rot) * sin)
+    return torch.cat([q_embed, q_pass], dim=-1), torch.cat([k_embed, k_pass], dim=-1)
+
+
+def _make_vllm(is_neox: bool):
+    # head_size and half = rotary_dim / 2 are pattern scalars (see VLLM_SENTINELS).
+    def search(positions, q, k, cache, head_size, half):
+        return _vllm_rope(positions, q, k, cache, head_size, 2 * half, is_neox)
+
+    def repl(positions, q, k, cache, head_size, half):
+        return rope_cache(positions, q, k, cache, head_size, 2 * half, is_neox)
+
+    return search, repl
+
+
+def _repl_hf(q, k, cos, sin):
+    return rope_cos_sin(q, k, cos, sin, True)
+
+
+def _check_vllm(match) -> bool:
+    # Runs on the re-traced, value-specific match (head_size/half are literals there, not kwargs).
+    q = match.kwargs["q"].meta.get("val")
+    k = match.kwargs["k"].meta.get("val")
+    c = match.kwargs["cache"].meta.get("val")
+    p = match.kwargs["positions"].meta.get("val")
+    return (all(isinstance(t, torch.Tensor) for t in (q, k, c, p)) and q.dtype == k.dtype == c.dtype
+            and q.dtype.is_floating_point and not p.dtype.is_floating_point)
+
+
+def _check_hf(match) -> bool:
+    vals = [match.kwargs[n].meta.get("val") for n in ("q", "k", "cos", "sin")]
+    if not all(isinstance(t, torch.Tensor) for t in vals):
+        return False
+    q, k, c, s = vals
+    return (q.dim() == 4 and k.dim() == 4 and c.dim() == 3 and s.shape == c.shape
+            and q.dtype == k.dtype == c.dtype == s.dtype and q.dtype.is_floating_point
+            and q.shape[0] == k.shape[0] and q.shape[2] == k.shape[2] and c.shape[1] == q.shape[2]
+            and c.shape[-1] % 2 == 0 and c.shape[-1] <= q.shape[-1])
+
+
+# vLLM's head geometry would be burnt into its search graph (view sizes, split sizes, slice
+# bounds). Instead head_size and half (= rotary_dim / 2) are pattern scalars through
+# ``scalar_workaround``: the search graph is traced with these sentinel values, which become
+# ``KeywordArg``s wherever they appear, and each match is re-checked with its real values. The
+# graph's structure differs between full and partial rotary (the pass-through slice and cat
+# vanish when rotary_dim == head_size) and between NeoX and GPT-J: four registrations.
+_HEAD = 104  # sentinel head_size; rotary halves 52 (full) and 26 (partial): distinct from all
+_HALVES = {"full": 52, "partial": 26}  # other sizes of the example graph
+
+
+def _trace_post_grad(fn, args, **kwargs) -> torch.fx.GraphModule:
+    """``trace_replacement`` plus Inductor's post-grad ``view_to_reshape``: by the time custom
+    post-grad passes run, every ``aten.view`` has become ``aten.reshape``, so search graphs with
+    views must say reshape to match."""
+    from torch._inductor.fx_passes.post_grad import view_to_reshape
+
+    gm = trace_replacement(fn, args, **kwargs)
+    view_to_reshape(gm)
+    gm.recompile()
+    return gm
+
+
+def register_vllm_rope_forms(pm_pass) -> None:
+    from torch._inductor.pattern_matcher import register_replacement
+
+    for is_neox in (True, False):
+        search, repl = _make_vllm(is_neox)
+        for half in _HALVES.values():
+            for dt in (torch.bfloat16, torch.float32):
+                pos = torch.zeros(8, dtype=torch.int64)
+                # 3 q heads, 2 kv heads: no tensor width equals a sentinel
+                q = torch.empty(8, 3 * _HEAD, dtype=dt)
+                k = torch.empty(8, 2 * _HEAD, dtype=dt)
+                cache = torch.empty(32, 2 * half, dtype=dt)
+                register_replacement(search, repl, [pos, q, k, cache], _trace_post_grad, pm_pass,
+                                     extra_check=_check_vllm, skip_duplicates=True,
+                                     scalar_workaround={"head_size": _HEAD, "half": half})
+
+
+def register_patterns(pm_pass) -> None:
+    from torch._inductor.pattern_matcher import register_replacement
+
+    for dt in (torch.bfloat16, torch.float32):
+        q = torch.empty(2, 8, 4, 64, dtype=dt).transpose(1, 2)  # HF layout: [B, H, S, D] view of [B, S, H, D]
+        k = torch.empty(2, 8, 2, 64, dtype=dt).transpose(1, 2)
+        cos, sin = torch.empty(2, 8, 64, dtype=dt), torch.empty(2, 8, 64, dtype=dt)
+        register_replacement(_hf_rope, _repl_hf, [q, k, cos, sin], trace_replacement, pm_pass,
+                             extra_check=_check_hf, skip_duplicates=True)
+        cos_p, sin_p = torch.empty(2, 8, 32, dtype=dt), torch.empty(2, 8, 32, dtype=dt)
+        register_replacement(_hf_rope_partial, _repl_hf, [q, k, cos_p, sin_p], trace_replacement, pm_pass,
+                             extra_check=_check_hf, skip_duplicates=True)
+    register_vllm_rope_forms(pm_pass)
+    _register_c_forms(pm_pass)
+
+
+def _c_rotary(positions, query, key, head_size, cos_sin_cache, is_neox):
+    # _C.rotary_embedding(positions, Tensor! query, Tensor!? key, int head_size, cache, bool is_neox):
+    # the rotary width is the cache's.
+    return rope_cache(positions, query, key, cos_sin_cache, head_size, cos_sin_cache.shape[-1], is_neox)
+
+
+def _check_c_rotary(match) -> bool:
+    return isinstance(match.kwargs.get("key"), torch.fx.Node)  # key=None (KV sharing) not handled
+
+
+def _register_c_forms(pm_pass) -> None:
+    from .activation import _c_op, register_auto_functionalized_form
+
+    if (op := _c_op("rotary_embedding")) is not None:
+        register_auto_functionalized_form(pm_pass, op, [1, 2], _c_rotary, _check_c_rotary)
+
+
+# aten ops whose survival after our pass means a RoPE nearly matched: HF's rotate_half leaves a
+# neg (silu's decomposition has one too), vLLM's cos/sin gather an index (index_select is
+# decomposed to aten.index by then).
+ANCHOR_OPS = (torch.ops.aten.neg.default, torch.ops.aten.index.Tensor)

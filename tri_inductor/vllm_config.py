@@ -1,0 +1,285 @@
+"""What ``{"backend": "tri_inductor"}`` changes in a vLLM ``VllmConfig``, as pure logic.
+
+vLLM 0.26 decides several Triton-relevant defaults by comparing the backend name with
+``"inductor"`` (custom_ops, IR-op priority); with any other name it switches its CUDA kernels
+back on.  :func:`adjust_vllm_config` restores the Inductor defaults for our backend and picks
+a Triton attention backend; :func:`check_final_config` looks at what vLLM itself did
+afterwards.  Nothing here patches vLLM: :mod:`tri_inductor.vllm_plugin` decides *when* these
+run (around ``VllmConfig.__post_init__``).
+
+Policy (documented in docs/vllm.md):
+* a setting the user left unset is set by us (a :class:`Change`, logged at INFO);
+* a setting the user set explicitly that defeats Triton-only is kept, with a warning naming
+  the setting, what it costs and the fix (a :class:`Conflict`);
+* in strict mode (``inductor_compile_config={"tri_inductor": {"strict": true}}`` or
+  ``TRI_INDUCTOR_STRICT=1``) any conflict raises :class:`TriInductorConfigError` instead.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Callable, Mapping, MutableMapping
+from typing import TYPE_CHECKING, Any
+
+from .options import OptionsError, TriInductorOptions
+
+if TYPE_CHECKING:  # vLLM is only imported by the caller (the plugin), never by this module
+    from vllm.config import VllmConfig
+
+BACKEND_NAME = "tri_inductor"
+OPTIONS_KEY = "tri_inductor"
+"""``inductor_compile_config[OPTIONS_KEY]``: our options (a dict); stripped before Inductor."""
+HASH_KEY = "tri_inductor_package_hash"
+"""``inductor_compile_config[HASH_KEY]``: our package hash.  It puts our kernels' version in
+``CompilationConfig.compute_hash()``, which keys vLLM's cache dir *and* the AOT model cache
+(the latter ignores ``CompilerInterface.compute_hash``).  Stripped before Inductor."""
+STRICT_ENV = "TRI_INDUCTOR_STRICT"
+SAMPLER_ENV = "VLLM_USE_FLASHINFER_SAMPLER"
+
+# vLLM's attention backends whose kernels (prefill, decode, KV-cache write) are Triton.
+TRITON_ATTENTION_BACKENDS = frozenset({"TRITON_ATTN", "TRITON_ATTN_DIFFKV", "TRITON_MLA"})
+# IR ops whose priority list vLLM fills per platform; "native" = the PyTorch form Inductor sees.
+IR_OPS = ("rms_norm", "fused_add_rms_norm")
+
+
+class TriInductorConfigError(RuntimeError):
+    """Strict mode: a vLLM setting defeats the Triton-only guarantee (or our options are wrong).
+
+    Not a ValueError on purpose: pydantic (VllmConfig is a pydantic dataclass) would rewrap a
+    ValueError raised in ``__post_init__`` as a ValidationError."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Change:
+    """A default we set (the user left it unset)."""
+
+    setting: str
+    old: Any
+    new: Any
+    why: str
+    apply: Callable[[], None] = dataclasses.field(repr=False, compare=False, default=lambda: None)
+
+    def message(self) -> str:
+        return f"{self.setting}: {self.old!r} -> {self.new!r} ({self.why})"
+
+
+@dataclasses.dataclass(frozen=True)
+class Conflict:
+    """An explicit setting (or one vLLM made itself) that leaves non-Triton kernels."""
+
+    setting: str
+    value: Any
+    consequence: str
+    fix: str
+
+    def message(self) -> str:
+        return f"{self.setting}={self.value!r} conflicts with backend 'tri_inductor': {self.consequence}. Fix: {self.fix}"
+
+
+@dataclasses.dataclass
+class Adjustment:
+    options: TriInductorOptions
+    changes: list[Change] = dataclasses.field(default_factory=list)
+    conflicts: list[Conflict] = dataclasses.field(default_factory=list)
+
+    def messages(self) -> list[str]:
+        return [c.message() for c in self.changes] + [c.message() for c in self.conflicts]
+
+
+def is_ours(vllm_config: "VllmConfig") -> bool:
+    cc = getattr(vllm_config, "compilation_config", None)
+    return cc is not None and getattr(cc, "backend", None) == BACKEND_NAME
+
+
+def read_options(inductor_compile_config: Mapping[str, Any] | None,
+                 environ: Mapping[str, str] | None = None) -> TriInductorOptions:
+    """Our options from ``inductor_compile_config["tri_inductor"]`` (+ ``TRI_INDUCTOR_STRICT``)."""
+    environ = os.environ if environ is None else environ
+    raw = dict((inductor_compile_config or {}).get(OPTIONS_KEY) or {})
+    options, rest = TriInductorOptions.from_mapping(raw)
+    if rest:
+        # Inductor settings belong one level up; a typo must not pass silently.
+        raise OptionsError(
+            f"unknown tri_inductor option(s) {sorted(rest)} in inductor_compile_config[{OPTIONS_KEY!r}]; "
+            f"ours are {[f.name for f in dataclasses.fields(TriInductorOptions)]}. Inductor settings go "
+            f"directly in inductor_compile_config.")
+    if environ.get(STRICT_ENV, "").strip().lower() in ("1", "true", "yes", "on"):
+        options = dataclasses.replace(options, strict=True)
+    return options
+
+
+def _enum_name(value: Any) -> str | None:
+    return None if value is None else getattr(value, "name", str(value))
+
+
+def _uses_mla(vllm_config: "VllmConfig") -> bool:
+    mc = getattr(vllm_config, "model_config", None)
+    try:
+        return bool(mc is not None and mc.use_mla)
+    except Exception:  # a partial model config (tests) cannot tell: assume standard attention
+        return False
+
+
+def adjust_vllm_config(vllm_config: "VllmConfig", environ: MutableMapping[str, str] | None = None,
+                       package_hash: str | None = None) -> Adjustment:
+    """Before vLLM's own ``VllmConfig.__post_init__``: set our defaults, find conflicts.
+
+    Idempotent (vLLM re-runs ``__post_init__`` on ``replace``).  In strict mode raises
+    :class:`TriInductorConfigError` before changing anything.
+    """
+    environ = os.environ if environ is None else environ
+    cc = vllm_config.compilation_config
+    icc = cc.inductor_compile_config
+    try:
+        options = read_options(icc, environ)
+    except OptionsError as e:
+        raise TriInductorConfigError(f"tri_inductor: {e}") from e
+    adj = Adjustment(options=options)
+    ch, cf = adj.changes.append, adj.conflicts.append
+
+    # Our options and hash ride in inductor_compile_config: pickled to the engine and worker
+    # processes with the config, and hashed into vLLM's compile-cache keys.
+    wanted = {f.name: getattr(options, f.name) for f in dataclasses.fields(options)}
+    if wanted["patterns"] is not None:
+        wanted["patterns"] = list(wanted["patterns"])
+    if icc.get(OPTIONS_KEY) != wanted:
+        ch(Change(f"inductor_compile_config[{OPTIONS_KEY!r}]", icc.get(OPTIONS_KEY), wanted,
+                  "our options, validated (they enter the compile-cache key)",
+                  lambda: icc.__setitem__(OPTIONS_KEY, wanted)))
+    if package_hash is not None and icc.get(HASH_KEY) != package_hash:
+        ch(Change(f"inductor_compile_config[{HASH_KEY!r}]", icc.get(HASH_KEY), package_hash,
+                  "edited kernels must not be served from vLLM's (AOT) compile cache",
+                  lambda: icc.__setitem__(HASH_KEY, package_hash)))
+
+    # Compilation mode: None (vLLM picks VLLM_COMPILE) or VLLM_COMPILE keep the piecewise path.
+    mode = cc.mode
+    mode_value = None if mode is None else int(mode)
+    if mode_value in (1, 2):
+        cf(Conflict("compilation_config.mode", _enum_name(mode),
+                    "Dynamo hands the whole graph to torch.compile's 'tri_inductor' backend: no vLLM graph "
+                    "splitting, no piecewise CUDA graphs, attention traced into the graph",
+                    "leave mode unset (or VLLM_COMPILE) with backend 'tri_inductor'"))
+    elif mode_value == 0:
+        cf(Conflict("compilation_config.mode", _enum_name(mode),
+                    "nothing is compiled: the model runs eagerly on PyTorch/ATen kernels",
+                    "leave mode unset and drop enforce_eager"))
+    mc = getattr(vllm_config, "model_config", None)
+    if mc is not None and getattr(mc, "enforce_eager", False):
+        cf(Conflict("enforce_eager", True, "nothing is compiled: the model runs eagerly on PyTorch/ATen kernels",
+                    "drop enforce_eager"))
+    if getattr(cc, "use_inductor_graph_partition", False):
+        cf(Conflict("compilation_config.use_inductor_graph_partition", True,
+                    "vLLM only partitions at attention for backend 'inductor'; with ours attention is not "
+                    "split out", "leave use_inductor_graph_partition off (vLLM's FX splitting is used)"))
+
+    # custom_ops: vLLM appends "all" for any backend but "inductor" (its CUDA rms_norm, silu_and_mul,
+    # rotary_embedding, ...).  "none" keeps every op in its PyTorch form for Inductor and our patterns.
+    custom_ops = cc.custom_ops
+    if "all" in custom_ops:
+        cf(Conflict("compilation_config.custom_ops", list(custom_ops),
+                    "'all' enables vLLM's CUDA custom ops (rms_norm, silu_and_mul, rotary_embedding, ...)",
+                    "remove 'all' (tri_inductor sets 'none')"))
+    elif "none" not in custom_ops:
+        ch(Change("compilation_config.custom_ops", list(custom_ops), ["none", *custom_ops],
+                  "vLLM sets 'none' only for backend 'inductor'; otherwise its CUDA ops come back",
+                  lambda: custom_ops.insert(0, "none")))
+    enabled = [op for op in custom_ops if op.startswith("+")]
+    if enabled:
+        cf(Conflict("compilation_config.custom_ops", enabled,
+                    "these vLLM custom ops run their CUDA/C++ kernels, outside our compiler",
+                    f"remove {enabled}"))
+
+    # IR op priority: vLLM's CUDA default for non-"inductor" backends is ["vllm_c", "native"],
+    # i.e. rms_norm lowers to _C.rms_norm.  An empty list means "unset" (vLLM appends defaults).
+    prio = vllm_config.kernel_config.ir_op_priority
+    for op in IR_OPS:
+        current = getattr(prio, op, None)
+        if current is None:
+            continue
+        if not current:
+            ch(Change(f"kernel_config.ir_op_priority.{op}", [], ["native"],
+                      "the native PyTorch form compiles to Triton; vllm_c is a CUDA kernel",
+                      lambda current=current: current.append("native")))
+        elif current[0] != "native":
+            cf(Conflict(f"kernel_config.ir_op_priority.{op}", list(current),
+                        f"{current[0]!r} implements {op} with a non-Triton kernel",
+                        f"put 'native' first (ir_op_priority={{{op!r}: ['native']}}) or leave it unset"))
+
+    # Attention runs eagerly between compiled pieces: its kernels are the attention backend's.
+    ac = vllm_config.attention_config
+    backend = _enum_name(ac.backend)
+    if backend is None:
+        target = "TRITON_MLA" if _uses_mla(vllm_config) else "TRITON_ATTN"
+
+        def _set_attention(target: str = target) -> None:
+            from vllm.v1.attention.backends.registry import AttentionBackendEnum
+
+            ac.backend = AttentionBackendEnum[target]
+
+        ch(Change("attention_config.backend", None, target,
+                  "Triton prefill/decode attention and Triton KV-cache write (default on CUDA is FLASH_ATTN)",
+                  _set_attention))
+    elif backend not in TRITON_ATTENTION_BACKENDS:
+        cf(Conflict("attention_backend", backend,
+                    "attention and its KV-cache write run non-Triton kernels",
+                    f"use one of {sorted(TRITON_ATTENTION_BACKENDS)} or leave attention_backend unset"))
+    for kind, b in dict(getattr(ac, "backend_per_kind", None) or {}).items():
+        if _enum_name(b) not in TRITON_ATTENTION_BACKENDS:
+            cf(Conflict(f"attention_config.backend_per_kind[{kind!r}]", _enum_name(b),
+                        "those layers' attention runs non-Triton kernels",
+                        f"use one of {sorted(TRITON_ATTENTION_BACKENDS)}"))
+
+    # Sampler: FlashInfer's top-k/top-p kernels are CUDA.  An env var, read lazily by vLLM; set in
+    # this process it is inherited by the engine and worker processes started afterwards.
+    sampler = environ.get(SAMPLER_ENV)
+    if sampler is None:
+        ch(Change(SAMPLER_ENV, None, "0", "FlashInfer's sampling kernels are not Triton",
+                  lambda: environ.__setitem__(SAMPLER_ENV, "0")))
+    elif sampler.strip() not in ("0", "false", "False"):
+        cf(Conflict(SAMPLER_ENV, sampler, "top-k/top-p sampling runs FlashInfer's CUDA kernels",
+                    f"unset {SAMPLER_ENV} or set it to 0"))
+
+    if options.strict and adj.conflicts:
+        raise TriInductorConfigError(
+            "tri_inductor strict mode: vLLM settings that defeat Triton-only execution:\n  - "
+            + "\n  - ".join(c.message() for c in adj.conflicts)
+            + "\n(strict mode comes from inductor_compile_config['tri_inductor']['strict'] or "
+            f"{STRICT_ENV}=1)")
+    for c in adj.changes:
+        c.apply()
+    return adj
+
+
+def trim_ir_priorities(vllm_config: "VllmConfig") -> None:
+    """After vLLM's ``__post_init__``: ``set_platform_defaults`` appended its CUDA default
+    (``vllm_c``) behind our ``native``.  Native always applies, so the tail is never used; drop
+    it so the config (and its hash, which looks up every listed provider's implementation)
+    matches vLLM's own Inductor path, ``["native"]``."""
+    prio = vllm_config.kernel_config.ir_op_priority
+    for op in IR_OPS:
+        current = getattr(prio, op, None)
+        if current and current[0] == "native" and len(current) > 1:
+            del current[1:]
+
+
+def check_final_config(vllm_config: "VllmConfig") -> list[Conflict]:
+    """After vLLM's ``__post_init__``: conflicts vLLM introduced itself (e.g. '+quant_fp8' for
+    block-quantized weights, '+rms_norm' for sequence parallelism with pipeline parallelism,
+    a model-specific attention backend)."""
+    out: list[Conflict] = []
+    cc = vllm_config.compilation_config
+    enabled = [op for op in cc.custom_ops if op.startswith("+")]
+    if enabled:
+        out.append(Conflict("compilation_config.custom_ops", enabled,
+                            "vLLM enabled these CUDA custom ops for this model/config",
+                            f"find the option that implies {enabled} (quantization, sequence parallelism, "
+                            "rope fusion passes) and turn it off"))
+    if cc.mode is not None and int(cc.mode) != 3 and not getattr(vllm_config.model_config, "enforce_eager", False):
+        out.append(Conflict("compilation_config.mode", _enum_name(cc.mode),
+                            "vLLM turned compilation off; the model runs on PyTorch/ATen kernels",
+                            "see vLLM's log for the reason (TORCH_COMPILE_DISABLE, breakable CUDA graphs)"))
+    backend = _enum_name(vllm_config.attention_config.backend)
+    if backend is not None and backend not in TRITON_ATTENTION_BACKENDS:
+        out.append(Conflict("attention_config.backend", backend, "attention runs non-Triton kernels",
+                            f"choose one of {sorted(TRITON_ATTENTION_BACKENDS)}"))
+    return out

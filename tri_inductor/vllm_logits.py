@@ -1,0 +1,100 @@
+"""The logits projection (lm_head) on our Triton GEMM.
+
+vLLM computes logits outside the compiled graph, eagerly: ``LogitsProcessor._apply_head`` ->
+``UnquantizedEmbeddingMethod.apply`` -> ``F.linear`` -> cuBLAS.  We wrap ``_apply_head`` (both
+``forward`` and ``get_top_tokens`` go through it) to call ``tri_inductor::mm`` (or ``addmm`` with
+a bias) from ``tri_inductor/patterns/linear.py``.
+
+The patch is process-wide but each ``LogitsProcessor`` decides once, when it is built (vLLM
+builds models under ``set_current_vllm_config``), whether it belongs to a ``tri_inductor``
+model; a process running vLLM's own backend keeps cuBLAS.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import torch
+
+log = logging.getLogger("tri_inductor.vllm")
+
+_FLAG = "_tri_inductor_head"
+_STRICT = "_tri_inductor_strict"
+_warned: set[str] = set()
+
+
+def install() -> None:
+    """Wrap ``LogitsProcessor.__init__`` and ``_apply_head`` (idempotent)."""
+    from vllm.model_executor.layers.logits_processor import LogitsProcessor
+
+    if getattr(LogitsProcessor._apply_head, "_tri_inductor", False):
+        return
+    real_init = LogitsProcessor.__init__
+    real_apply = LogitsProcessor._apply_head
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        real_init(self, *args, **kwargs)
+        from vllm.config import get_current_vllm_config_or_none
+
+        from .vllm_config import is_ours, read_options
+
+        cfg = get_current_vllm_config_or_none()
+        ours = cfg is not None and is_ours(cfg)
+        setattr(self, _FLAG, ours)
+        setattr(self, _STRICT, ours and read_options(cfg.compilation_config.inductor_compile_config).strict)
+
+    def _apply_head(self, lm_head, hidden_states: torch.Tensor, embedding_bias: torch.Tensor | None):
+        if getattr(self, _FLAG, False):
+            logits = triton_lm_head(self, lm_head, hidden_states, embedding_bias)
+            if logits is not None:
+                return logits
+        return real_apply(self, lm_head, hidden_states, embedding_bias)
+
+    __init__._tri_inductor = True  # type: ignore[attr-defined]
+    _apply_head._tri_inductor = True  # type: ignore[attr-defined]
+    LogitsProcessor.__init__ = __init__
+    LogitsProcessor._apply_head = _apply_head
+
+
+def _fallback(processor: Any, reason: str) -> None:
+    """Why this lm_head stays on vLLM's path: an error in strict mode, else one warning."""
+    msg = f"tri_inductor: the logits projection stays on vLLM's (cuBLAS) path: {reason}"
+    if getattr(processor, _STRICT, False):
+        raise RuntimeError(msg + " (strict mode)")
+    if reason not in _warned:
+        _warned.add(reason)
+        log.warning(msg)
+
+
+def _ops():
+    if not hasattr(torch.ops.tri_inductor, "mm"):
+        from .patterns import linear  # noqa: F401  (registers tri_inductor::mm / addmm)
+    return torch.ops.tri_inductor
+
+
+def triton_lm_head(processor: Any, lm_head: Any, hidden_states: torch.Tensor,
+                   embedding_bias: torch.Tensor | None) -> torch.Tensor | None:
+    """``hidden_states @ lm_head.weight.T (+ bias)`` on our Triton GEMM, or None to fall back."""
+    from vllm.model_executor.layers.vocab_parallel_embedding import UnquantizedEmbeddingMethod
+
+    if not isinstance(getattr(lm_head, "quant_method", None), UnquantizedEmbeddingMethod):
+        _fallback(processor, f"quantized lm_head ({type(getattr(lm_head, 'quant_method', None)).__name__})")
+        return None
+    weight = lm_head.weight
+    head_dtype = getattr(processor, "head_dtype", None)
+    if (head_dtype is not None and head_dtype != hidden_states.dtype) or weight.dtype != hidden_states.dtype:
+        # fp32 heads would need an fp32-accumulating mixed-dtype GEMM: not in our contract yet.
+        _fallback(processor, f"head dtype {head_dtype} / weight {weight.dtype} / input {hidden_states.dtype}")
+        return None
+    try:
+        ops = _ops()
+    except ImportError as e:
+        _fallback(processor, f"tri_inductor.patterns.linear is not importable ({e})")
+        return None
+    flat = hidden_states.reshape(-1, hidden_states.shape[-1])
+    b = weight.t()  # [K, vocab]: our mm takes any strides, no copy
+    if embedding_bias is not None:
+        logits = ops.addmm(embedding_bias.to(flat.dtype), flat, b)
+    else:
+        logits = ops.mm(flat, b)
+    return logits.reshape(*hidden_states.shape[:-1], logits.shape[-1])
