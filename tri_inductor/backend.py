@@ -20,19 +20,11 @@ import torch
 from . import audit
 from .options import OptionsError, TriInductorOptions
 from .passes import TriInductorPatternPass, take_last_stats
-from .settings import triton_only_inductor_config
+from .settings import apply_overrides, triton_only_inductor_config
 
 log = logging.getLogger("tri_inductor")
 
 _REPORTS: list[audit.GraphReport] = []
-
-# Inductor overrides that would let a non-Triton kernel back in: warned about (error if strict).
-_UNSAFE_OVERRIDES = {
-    "max_autotune_gemm_backends": lambda v: set(str(v).upper().split(",")) != {"TRITON"},
-    "autotune_fallback_to_aten": bool,
-    "cpp_wrapper": bool,
-}
-
 
 def last_audit() -> list[audit.GraphReport]:
     """Reports of every graph compiled by tri_inductor in this process, oldest first."""
@@ -55,16 +47,7 @@ def tri_inductor_backend(gm: torch.fx.GraphModule, example_inputs: Sequence[Any]
 
 def inductor_config_for(opts: TriInductorOptions, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     """Triton-only settings + our pattern pass + the user's overrides (checked)."""
-    cfg = triton_only_inductor_config(opts)
-    for key, value in (overrides or {}).items():
-        unsafe = _UNSAFE_OVERRIDES.get(key)
-        if unsafe is not None and unsafe(value):
-            msg = (f"Inductor option {key}={value!r} lets non-Triton kernels into the graph "
-                   f"(tri_inductor sets {key}={cfg.get(key)!r})")
-            if opts.strict:
-                raise OptionsError(msg + "; remove it or turn strict off")
-            log.warning("%s; the auditor will report what it lets in", msg)
-        cfg[key] = value
+    cfg = apply_overrides(triton_only_inductor_config(opts), overrides or {}, opts.strict)
     cfg["post_grad_custom_post_pass"] = _compose_post_pass(
         overrides.get("post_grad_custom_post_pass") if overrides else None, TriInductorPatternPass(opts.families))
     return cfg

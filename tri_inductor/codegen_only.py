@@ -50,11 +50,16 @@ def _fake_props(device=None):
     return SimpleNamespace(**H100_PROPS)
 
 
-class _StubDriver:
-    """Enough of Triton's CUDA driver to compile (not launch) kernels for sm_90."""
+class StubDriver:
+    """Enough of Triton's CUDA driver to compile (not launch) kernels for sm_90.
 
-    def __init__(self):
-        self.backend = "cuda"
+    Also the driver Triton's interpreter is given (``torch_device="cpu"``): it still asks the
+    active driver for a target and a device.
+    """
+
+    def __init__(self, torch_device: str = "cuda"):
+        self.backend = torch_device
+        self._device = torch_device
 
     def is_active(self):
         return True
@@ -65,7 +70,7 @@ class _StubDriver:
         return GPUTarget("cuda", 90, 32)
 
     def get_active_torch_device(self):
-        return torch.device("cuda", 0)
+        return torch.device(self._device, 0) if self._device == "cuda" else torch.device(self._device)
 
     def get_current_device(self):
         return 0
@@ -77,7 +82,7 @@ class _StubDriver:
         return 0
 
     def get_device_interface(self):
-        return torch.cuda
+        return torch.cuda if self._device == "cuda" else torch.cpu
 
     def get_benchmarker(self):
         raise RuntimeError("codegen-only mode: nothing can be benchmarked (no GPU)")
@@ -215,7 +220,7 @@ def fake_sm90() -> Iterator[None]:
         stack.enter_context(mock.patch.object(CachingAutotuner, "_dynamic_scale_rblock", lambda self: None))
         di.register_interface_for_device("cuda", iface)
         di.register_interface_for_device("cuda:0", iface)
-        driver.set_active(_StubDriver())
+        driver.set_active(StubDriver())
         # Cached answers computed before the patches (no GPU, no triton device) must be redone.
         from torch.utils import _triton as triton_utils
 

@@ -13,7 +13,6 @@ from collections.abc import Iterator
 from unittest import mock
 
 import numpy as np
-import torch
 
 
 _NUMPY_LIBDEVICE = {
@@ -58,35 +57,6 @@ def _numpy_elementwise(fn, *args):
     ty = first.type if out.dtype != np.bool_ else first.type.with_element_ty(tl.int1) \
         if hasattr(first.type, "with_element_ty") else tl.int1
     return tl.core.tensor(TensorHandle(out, scalar), ty)
-
-
-class _CpuDriver:
-    """Triton's interpreter still asks the active driver a few questions."""
-
-    backend = "cpu"
-
-    def is_active(self):
-        return True
-
-    def get_current_target(self):
-        from triton.backends.compiler import GPUTarget
-
-        return GPUTarget("cuda", 90, 32)
-
-    def get_active_torch_device(self):
-        return torch.device("cpu")
-
-    def get_current_device(self):
-        return 0
-
-    def set_current_device(self, device):
-        pass
-
-    def get_current_stream(self, device=None):
-        return 0
-
-    def get_device_interface(self):
-        return torch.cpu
 
 
 def _bf16_bits_to_f32(h):
@@ -158,6 +128,7 @@ def triton_interpreter() -> Iterator[None]:
     from torch._inductor.runtime import triton_helpers
     from torch._inductor.runtime.triton_heuristics import CachingAutotuner
 
+    from .codegen_only import StubDriver
     from .patterns import load_all
 
     # Our kernels must be decorated while TRITON_INTERPRET is off, as JITFunctions that
@@ -168,7 +139,7 @@ def triton_interpreter() -> Iterator[None]:
     saved_env = os.environ.get("TRITON_INTERPRET")
     with contextlib.ExitStack() as stack:
         os.environ["TRITON_INTERPRET"] = "1"
-        driver.set_active(_CpuDriver())
+        driver.set_active(StubDriver("cpu"))
         stack.enter_context(inductor_config.patch({
             "cpu_backend": "triton",
             "benchmark_epilogue_fusion": False,

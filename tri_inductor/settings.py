@@ -1,9 +1,20 @@
 """Inductor settings under which every kernel Inductor writes itself is a Triton kernel."""
 from __future__ import annotations
 
+import logging
+from collections.abc import Mapping
 from typing import Any
 
-from .options import TriInductorOptions
+from .options import OptionsError, TriInductorOptions
+
+log = logging.getLogger("tri_inductor")
+
+# Inductor overrides that would let a non-Triton kernel back in: warned about (error if strict).
+UNSAFE_OVERRIDES = {
+    "max_autotune_gemm_backends": lambda v: set(str(v).upper().split(",")) != {"TRITON"},
+    "autotune_fallback_to_aten": bool,
+    "cpp_wrapper": bool,
+}
 
 
 def triton_only_inductor_config(options: TriInductorOptions) -> dict[str, Any]:
@@ -30,4 +41,20 @@ def triton_only_inductor_config(options: TriInductorOptions) -> dict[str, Any]:
     if options.codegen_only:
         # Nothing can be benchmarked without a GPU: take the first valid template choice.
         cfg["deterministic"] = True
+    return cfg
+
+
+def apply_overrides(cfg: dict[str, Any], overrides: Mapping[str, Any], strict: bool,
+                    what: str = "Inductor option") -> dict[str, Any]:
+    """``cfg`` updated with the user's ``overrides``; one that lets non-Triton kernels in is
+    warned about (the auditor then reports what it lets in), or refused in strict mode."""
+    for key, value in overrides.items():
+        unsafe = UNSAFE_OVERRIDES.get(key)
+        if unsafe is not None and unsafe(value) and cfg.get(key) != value:
+            msg = (f"{what} {key}={value!r} lets non-Triton kernels into the graph "
+                   f"(tri_inductor sets {key}={cfg.get(key)!r})")
+            if strict:
+                raise OptionsError(msg + "; remove it or turn strict off")
+            log.warning("%s; the auditor will report what it lets in", msg)
+        cfg[key] = value
     return cfg

@@ -130,22 +130,12 @@ def split_compiler_config(compiler_config: dict[str, Any] | None) -> tuple[TriIn
 def inductor_config(compiler_config: dict[str, Any] | None) -> tuple[TriInductorOptions, dict[str, Any]]:
     """The Inductor config one piece is compiled with: Triton-only defaults, then vLLM's and the
     user's settings over them, then our pattern pass added to vLLM's pass manager."""
-    from .backend import _UNSAFE_OVERRIDES, _compose_post_pass
-    from .settings import triton_only_inductor_config
+    from .backend import _compose_post_pass
+    from .settings import apply_overrides, triton_only_inductor_config
 
     options, given = split_compiler_config(compiler_config)
-    cfg = triton_only_inductor_config(options)
-    for key, value in given.items():
-        unsafe = _UNSAFE_OVERRIDES.get(key)
-        if unsafe is not None and unsafe(value) and cfg.get(key) != value:
-            msg = (f"inductor_compile_config {key}={value!r} lets non-Triton kernels into the graph "
-                   f"(tri_inductor sets {key}={cfg.get(key)!r})")
-            if options.strict:
-                from .options import OptionsError
-
-                raise OptionsError(msg + "; remove it or turn strict off")
-            log.warning("%s; the auditor will report what it lets in", msg)
-        cfg[key] = value
+    cfg = apply_overrides(triton_only_inductor_config(options), given, options.strict,
+                          what="inductor_compile_config")
     if options.codegen_only:
         # No GPU to run benchmarks on (CI under codegen_only.fake_sm90): standalone_compile turns
         # on compile-time autotuning and vLLM on combo-kernel benchmarking; both launch kernels.
