@@ -237,10 +237,13 @@ def census_section(name: str, d: dict[str, Any]) -> str:
         tri = sum(v.get("launches", 0) for k, v in cls.items() if k == "triton")
         non = sum(v.get("launches", 0) for k, v in cls.items() if k != "triton")
         g = m.get("greedy") or {}
+        tf = m.get("teacher_forced") or {}
         rows.append([model, "PASS" if m.get("pass") else "FAIL",
                      "-" if g.get("match_rate") is None else f"{g['match_rate'] * 100:.2f}%",
+                     "-" if tf.get("match_rate") is None else f"{tf['match_rate'] * 100:.2f}%",
                      str(tri), str(non), ", ".join(e.get("name", "?")[:40] for e in m.get("non_triton_forward", [])[:3])])
-    out.append(_table(["model", "status", "greedy tokens equal", "forward Triton launches",
+    out.append(_table(["model", "status", "greedy tokens equal (free-running)",
+                       "greedy top-1 agreement (teacher-forced)", "forward Triton launches",
                        "forward non-Triton launches", "non-Triton kernels"], rows) if rows else "No models.")
     return "\n".join(out)
 
