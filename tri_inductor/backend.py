@@ -48,8 +48,8 @@ def tri_inductor_backend(gm: torch.fx.GraphModule, example_inputs: Sequence[Any]
 def inductor_config_for(opts: TriInductorOptions, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     """Triton-only settings + our pattern pass + the user's overrides (checked)."""
     cfg = apply_overrides(triton_only_inductor_config(opts), overrides or {}, opts.strict)
-    cfg["post_grad_custom_post_pass"] = _compose_post_pass(
-        overrides.get("post_grad_custom_post_pass") if overrides else None, TriInductorPatternPass(opts.families))
+    user_pass = overrides.get("post_grad_custom_post_pass") if overrides else None
+    cfg["post_grad_custom_post_pass"] = _compose_post_pass(user_pass, TriInductorPatternPass(opts.families, opts.strict))
     return cfg
 
 

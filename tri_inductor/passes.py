@@ -1,6 +1,8 @@
 """The post-grad pass that rewrites transformer sub-graphs into our Triton kernels."""
 from __future__ import annotations
 
+import functools
+import logging
 import threading
 from collections import Counter
 from typing import Any
@@ -11,6 +13,7 @@ from torch._inductor.custom_graph_pass import CustomGraphPass
 from .options import FAMILIES
 
 _last = threading.local()
+log = logging.getLogger("tri_inductor")
 
 
 def take_last_stats() -> dict[str, Any] | None:
@@ -43,6 +46,37 @@ def _jit_name(kernel) -> str:
     return kernel.fn.__name__
 
 
+@functools.cache
+def _registered_patterns(families: tuple[str, ...], strict: bool) -> tuple[tuple[str, Any], ...]:
+    """One PatternMatcherPass per family, in FAMILIES order. A family whose patterns fail to
+    register (a vLLM or torch version whose graphs we cannot trace) is left out with an error in
+    the log, so the compile goes on without it and the audit shows what it left to Inductor;
+    strict mode raises instead."""
+    from torch._inductor.pattern_matcher import PatternMatcherPass
+    from torch._subclasses.fake_tensor import FakeTensorMode, unset_fake_temporarily
+
+    from .patterns import load_all
+
+    modules = load_all()
+    out = []
+    for family in families:
+        if family not in modules:
+            continue
+        pm = PatternMatcherPass(pass_name=f"tri_inductor_{family}")
+        try:
+            # Pattern tracing must not see the compile's fake mode / tracing context.
+            with torch._guards.tracing(None), unset_fake_temporarily(), FakeTensorMode():
+                modules[family].register_patterns(pm)
+        except Exception as e:
+            if strict:
+                raise
+            log.error("tri_inductor: pattern family %r failed to register (%r); compiling without it "
+                      "(the audit shows what that leaves to Inductor)", family, e)
+            continue
+        out.append((family, pm))
+    return tuple(out)
+
+
 class TriInductorPatternPass(CustomGraphPass):
     """Apply the enabled pattern families to a post-grad (aten, functional) graph.
 
@@ -50,30 +84,19 @@ class TriInductorPatternPass(CustomGraphPass):
     vLLM's caches are invalidated whenever a kernel or pattern changes.
     """
 
-    def __init__(self, families: tuple[str, ...] = FAMILIES):
+    def __init__(self, families: tuple[str, ...] = FAMILIES, strict: bool = False):
         self.families = tuple(families)
-        self._pm = None
+        self.strict = strict
 
-    def _pattern_pass(self):
-        if self._pm is None:
-            from torch._inductor.pattern_matcher import PatternMatcherPass
-            from torch._subclasses.fake_tensor import FakeTensorMode, unset_fake_temporarily
-
-            from .patterns import load_all
-
-            pm = PatternMatcherPass(pass_name="tri_inductor_patterns")
-            # Pattern tracing must not see the compile's fake mode / tracing context.
-            with torch._guards.tracing(None), unset_fake_temporarily(), FakeTensorMode():
-                modules = load_all()
-                for family in self.families:
-                    if family in modules:
-                        modules[family].register_patterns(pm)
-            self._pm = pm
-        return self._pm
+    def _pattern_passes(self):
+        """Registered on first use (a warm start that hits every cache never pays for it), once
+        per process and set of families."""
+        return _registered_patterns(self.families, self.strict)
 
     def __call__(self, graph: torch.fx.Graph) -> None:
         before = _our_hop_families(graph)
-        self._pattern_pass().apply(graph)
+        for _family, pm in self._pattern_passes():
+            pm.apply(graph)
         after = _our_hop_families(graph)
         hits = {f: after[f] - before[f] for f in self.families if after[f] - before[f]}
         _last.stats = {"hits": hits, "near_misses": self.near_misses(graph)}

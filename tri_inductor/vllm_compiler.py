@@ -40,29 +40,12 @@ POST_PASS_KEY = "post_grad_custom_post_pass"
 
 
 def build_pattern_pass(families: tuple[str, ...], strict: bool):
-    """Our pattern pass, its patterns registered now (not lazily inside Inductor's post-grad
-    passes, where a failure would abort vLLM's whole compile).  A family whose patterns fail to
-    register is left out with an error in the log (strict: the error is raised)."""
+    """Our pattern pass. Its patterns are registered when it first runs (once per process), so a
+    warm start whose pieces all come from the caches never pays for it; a family that fails to
+    register is left out with an error in the log (strict: raised)."""
     from .passes import TriInductorPatternPass
 
-    pattern_pass = TriInductorPatternPass(families)
-    try:
-        pattern_pass._pattern_pass()
-        return pattern_pass
-    except Exception:
-        if strict:
-            raise
-    working = []
-    for family in families:
-        try:
-            TriInductorPatternPass((family,))._pattern_pass()
-            working.append(family)
-        except Exception as e:  # noqa: BLE001
-            log.error("tri_inductor: pattern family %r failed to register (%r); compiling without it "
-                      "(the audit shows what that leaves to Inductor)", family, e)
-    pattern_pass = TriInductorPatternPass(tuple(working))
-    pattern_pass._pattern_pass()
-    return pattern_pass
+    return TriInductorPatternPass(families, strict)
 
 
 class TriInductorVllmPass(CallableInductorPass):
