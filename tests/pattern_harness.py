@@ -66,3 +66,14 @@ def assert_our_kernel(code: str, kernel: str) -> None:
     assert f"def {kernel}(" in code, f"{kernel} source not inlined"
     assert "torch.ops.tri_inductor" not in code  # inlined as a user kernel, not an opaque call
     assert re.search(rf"{kernel}_\d+\.run\(", code)
+
+
+def backend_output_code(fn, *args) -> str:
+    """Compile ``fn(*args)`` with the project backend (every family, codegen-only for a fake
+    sm_90) and return the output code of the last graph, as the auditor kept it."""
+    import tri_inductor
+
+    torch._dynamo.reset()
+    out = torch.compile(fn, backend="tri_inductor", options={"codegen_only": True})(*args)
+    assert out is not None
+    return tri_inductor.last_audit()[-1].code

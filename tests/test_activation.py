@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch._inductor.graph import GraphLowering
 from torch._inductor.pattern_matcher import PatternMatcherPass
 
-from pattern_harness import assert_our_kernel, compile_codegen, rel
+from pattern_harness import assert_our_kernel, backend_output_code, compile_codegen, rel
 from tri_inductor.patterns import activation as A
 
 # ‖out − ref‖ / ‖ref‖ against the float64 reference.
@@ -122,13 +121,4 @@ def test_tri_inductor_backend_uses_our_kernel() -> None:
     def FN_(x):  # vLLM SiluAndMul.forward_native
         d = x.shape[-1] // 2
         return torch.nn.functional.silu(x[..., :d]) * x[..., d:]
-    codes: list[str] = []
-    saved = GraphLowering.save_output_code
-    GraphLowering.save_output_code = staticmethod(codes.append)
-    torch._dynamo.reset()
-    try:
-        out = torch.compile(FN_, backend="tri_inductor", options={"codegen_only": True})(torch.randn(4, 64, dtype=torch.bfloat16))
-    finally:
-        GraphLowering.save_output_code = saved
-    assert codes and out is not None
-    assert_our_kernel(codes[-1], "_gated_act_kernel")
+    assert_our_kernel(backend_output_code(FN_, torch.randn(4, 64, dtype=torch.bfloat16)), "_gated_act_kernel")

@@ -7,10 +7,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch._inductor.graph import GraphLowering
 from torch._inductor.pattern_matcher import PatternMatcherPass
 
-from pattern_harness import assert_our_kernel, compile_codegen, rel
+from pattern_harness import assert_our_kernel, backend_output_code, compile_codegen, rel
 from tri_inductor.patterns import rope as P
 
 # ‖out − ref‖ / ‖ref‖ against the float64 reference.
@@ -193,13 +192,4 @@ def test_tri_inductor_backend_uses_our_kernel() -> None:
 
     def FN_(q, k, cos, sin):
         return apply_rotary_pos_emb(q, k, cos, sin)
-    codes: list[str] = []
-    saved = GraphLowering.save_output_code
-    GraphLowering.save_output_code = staticmethod(codes.append)
-    torch._dynamo.reset()
-    try:
-        out = torch.compile(FN_, backend="tri_inductor", options={"codegen_only": True})(torch.randn(1, 2, 4, 64), torch.randn(1, 1, 4, 64), torch.randn(1, 4, 64), torch.randn(1, 4, 64))
-    finally:
-        GraphLowering.save_output_code = saved
-    assert codes and out is not None
-    assert_our_kernel(codes[-1], "_rope_kernel")
+    assert_our_kernel(backend_output_code(FN_, torch.randn(1, 2, 4, 64), torch.randn(1, 1, 4, 64), torch.randn(1, 4, 64), torch.randn(1, 4, 64)), "_rope_kernel")
