@@ -4,30 +4,17 @@ from __future__ import annotations
 import json
 import os
 import statistics
-import subprocess
 from typing import Any, Callable, Sequence
 
 import torch
+
+import _meta
 
 RESULTS_DIR = os.path.join(os.path.dirname(__file__), "results")
 
 
 def card_slug() -> str:
-    name = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
-    for key in ("H200", "H100", "A100", "L40S", "B200"):
-        if key in name:
-            return key.lower()
-    return "".join(c if c.isalnum() else "_" for c in name).lower()
-
-
-def git_commit() -> str:
-    if os.environ.get("GIT_COMMIT"):
-        return os.environ["GIT_COMMIT"]
-    try:
-        return subprocess.check_output(["git", "rev-parse", "HEAD"], cwd=os.path.dirname(__file__),
-                                       stderr=subprocess.DEVNULL, text=True).strip()
-    except Exception:
-        return "unknown"
+    return _meta.card_slug(torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu")
 
 
 def metadata() -> dict[str, Any]:
@@ -40,7 +27,7 @@ def metadata() -> dict[str, Any]:
         "torch": torch.__version__,
         "triton": triton.__version__,
         "cuda": torch.version.cuda,
-        "commit": git_commit(),
+        "commit": _meta.git_info()["commit"],
     }
 
 

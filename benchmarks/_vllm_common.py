@@ -15,6 +15,8 @@ import subprocess
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
+from _meta import card_slug, git_info  # noqa: F401  (re-exported for e2e_vllm)
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS_DIR = ROOT / "benchmarks" / "results"
 
@@ -225,14 +227,6 @@ def explain_gap(ours: dict[str, Any], base: dict[str, Any]) -> str:
 # --------------------------------------------------------------------------- metadata
 
 
-def card_slug(card: str | None) -> str:
-    card = card or ""
-    for key in ("H200", "H100", "A100", "L40S", "L40", "B200", "GB200"):
-        if key in card:
-            return key.lower()
-    return "".join(c for c in card.lower() if c.isalnum())[:20] or "gpu"
-
-
 def nvidia_smi_card() -> str | None:
     """The first GPU's name without touching CUDA in this process (None if no nvidia-smi)."""
     try:
@@ -241,23 +235,6 @@ def nvidia_smi_card() -> str | None:
         return out[0].strip() if out and out[0].strip() else None
     except Exception:  # noqa: BLE001
         return None
-
-
-def git_info() -> dict[str, Any]:
-    """commit (env GIT_COMMIT wins: the GPU machine's copy may have no .git) and dirty flag."""
-    info: dict[str, Any] = {"commit": os.environ.get("GIT_COMMIT") or "unknown", "dirty": None}
-    if info["commit"] != "unknown":
-        return info
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True,
-                                timeout=10).stdout.strip()
-        if commit:
-            info["commit"] = commit
-            info["dirty"] = bool(subprocess.run(["git", "status", "--porcelain"], cwd=ROOT, capture_output=True,
-                                                text=True, timeout=10).stdout.strip())
-    except Exception:  # noqa: BLE001
-        pass
-    return info
 
 
 STARTUP_LOG_PATTERNS = {

@@ -34,6 +34,8 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _meta import card_slug, git_info  # noqa: E402  (card_slug also used by cache_warm_start)
 BACKENDS = ("tri_inductor", "inductor")
 PROFILE_TOKENS = 8
 
@@ -222,22 +224,8 @@ def environment() -> dict[str, Any]:
         info["package_hash"] = package_hash()
     except Exception:  # noqa: BLE001
         pass
-    try:
-        info["commit"] = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True,
-                                        text=True, timeout=10).stdout.strip() or "unknown"
-        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=ROOT, capture_output=True, text=True,
-                               timeout=10).stdout.strip()
-        info["dirty"] = bool(dirty)
-    except Exception:  # noqa: BLE001
-        info["commit"] = "unknown"
+    info.update(git_info())
     return info
-
-
-def card_slug(card: str) -> str:
-    for key in ("H200", "H100", "A100", "L40", "B200"):
-        if key in card:
-            return key.lower()
-    return "".join(c for c in card.lower() if c.isalnum())[:20] or "gpu"
 
 
 def print_table(report: dict[str, Any]) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from pattern_harness import compile_codegen
 from tri_inductor.patterns import linear as L
 
 TOL = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1e-2}
@@ -100,49 +101,19 @@ def test_buckets_and_split_choice():
 
 # ----------------------------------------------------------------------------- patterns
 
-def _compile(fn, inputs, dynamic=False):
-    import torch._inductor.config as ic
-    from torch._inductor.compile_fx import compile_fx
-    from torch._inductor.custom_graph_pass import CustomGraphPass
-    from torch._inductor.graph import GraphLowering
+def _compile(fn, inputs, dynamic=None):
+    """(hits, output code, the call() body without comments) of ``fn`` compiled for a fake sm_90
+    with the linear patterns; ``dynamic``: (arg, dim) pairs marked dynamic (default: none)."""
     from torch._inductor.pattern_matcher import PatternMatcherPass
 
-    from tri_inductor.codegen_only import fake_cuda_inputs, fake_sm90
-
-    cap = {}
-
-    def backend(gm, example_inputs):
-        cap["gm"], cap["inputs"] = gm, example_inputs
-        return gm.forward
-
-    torch._dynamo.reset()
-    torch.compile(fn, backend=backend, dynamic=dynamic, fullgraph=True)(*inputs)
     pm = PatternMatcherPass()
     L.register_patterns(pm)
-    hits, codes = [], []
-
-    class Pass(CustomGraphPass):
-        def __call__(self, g):
-            hits.append(pm.apply(g))
-
-        def uuid(self):
-            return "test-linear"
-
-    saved = GraphLowering.save_output_code
-    GraphLowering.save_output_code = staticmethod(codes.append)
-    try:
-        with fake_sm90():
-            fin, _ = fake_cuda_inputs(cap["inputs"])
-            # shape_padding: pad_mm would benchmark (no GPU here)
-            with ic.patch(post_grad_custom_post_pass=Pass(), force_disable_caches=True,
-                          benchmark_harness=False, shape_padding=False):
-                compile_fx(cap["gm"], fin)
-    finally:
-        GraphLowering.save_output_code = saved
-    code = codes[-1]
+    # shape_padding: pad_mm would benchmark (no GPU here)
+    hits, code = compile_codegen(fn, inputs, pm, dynamic=dynamic or [], benchmark_harness=False,
+                                 shape_padding=False)
     body = code[code.index("def call("):]
     calls = "\n".join(line for line in body.splitlines() if not line.strip().startswith("#"))
-    return sum(hits), code, calls
+    return hits, code, calls
 
 
 def _assert_ours(code, calls, n_kernels):
@@ -170,52 +141,10 @@ def test_pattern_linear_3d_and_mm():
 
 def test_pattern_dynamic_m():
     """Symbolic M: config from M's size hint, grid symbolic, no guard on M."""
-    import torch._inductor.config as ic
-    from torch._inductor.compile_fx import compile_fx
-    from torch._inductor.custom_graph_pass import CustomGraphPass
-    from torch._inductor.graph import GraphLowering
-    from torch._inductor.pattern_matcher import PatternMatcherPass
-
-    from tri_inductor.codegen_only import fake_cuda_inputs, fake_sm90
-
-    cap = {}
-
-    def backend(gm, example_inputs):
-        cap["gm"] = gm
-        return gm.forward
-
     x = torch.randn(8, 256, dtype=torch.float16)
     w = torch.randn(384, 256, dtype=torch.float16)
-    torch._dynamo.reset()
-    torch._dynamo.mark_dynamic(x, 0)
-    torch.compile(lambda x, w: torch.nn.functional.linear(x, w), backend=backend, fullgraph=True)(x, w)
-    gm = cap["gm"]
-    vals = [n.meta["example_value"] for n in gm.graph.nodes if n.op == "placeholder"]
-    fake_mode = torch._guards.detect_fake_mode(vals)  # Dynamo's, with the ShapeEnv holding s0
-    pm = PatternMatcherPass()
-    L.register_patterns(pm)
-    hits, codes = [], []
-
-    class Pass(CustomGraphPass):
-        def __call__(self, g):
-            hits.append(pm.apply(g))
-
-        def uuid(self):
-            return "test-linear-dyn"
-
-    saved = GraphLowering.save_output_code
-    GraphLowering.save_output_code = staticmethod(codes.append)
-    try:
-        with fake_sm90():
-            fin, _ = fake_cuda_inputs(vals, fake_mode)
-            with ic.patch(post_grad_custom_post_pass=Pass(), force_disable_caches=True):
-                compile_fx(gm, fin)
-    finally:
-        GraphLowering.save_output_code = saved
-    code = codes[-1]
-    body = code[code.index("def call("):]
-    calls = "\n".join(line for line in body.splitlines() if not line.strip().startswith("#"))
-    assert hits == [1]
+    hits, code, calls = _compile(lambda x, w: torch.nn.functional.linear(x, w), [x, w], dynamic=[(0, 0)])
+    assert hits == 1
     _assert_ours(code, calls, 1)
     assert "'BLOCK_M': 16" in code  # bucket of the size hint (8)
     run_line = next(line for line in calls.splitlines() if "mm_kernel_0.run(" in line)

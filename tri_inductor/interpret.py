@@ -8,6 +8,7 @@ so keep shapes small. Only for tests and debugging; never for speed.
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 from collections.abc import Iterator
 from unittest import mock
@@ -16,11 +17,13 @@ import numpy as np
 
 
 _NUMPY_LIBDEVICE = {
-    "tanh": np.tanh, "erf": None, "expm1": np.expm1, "log1p": np.log1p, "atan": np.arctan, "asin": np.arcsin,
+    "tanh": np.tanh, "expm1": np.expm1, "log1p": np.log1p, "atan": np.arctan, "asin": np.arcsin,
     "acos": np.arccos, "sinh": np.sinh, "cosh": np.cosh, "tan": np.tan, "trunc": np.trunc, "nearbyint": np.rint,
     "rint": np.rint, "round": np.round, "signbit": np.signbit, "isnan": np.isnan, "isinf": np.isinf,
     "isfinited": np.isfinite, "finitef": np.isfinite, "pow": np.power, "atan2": np.arctan2, "fmod": np.fmod,
-    "llrint": np.rint, "erfc": None, "lgamma": None,
+    "llrint": np.rint,
+    # tl.math.erf exists, but the interpreter leaves it empty in 3.6: scalar math, vectorised.
+    **{name: np.vectorize(getattr(math, name), otypes=[np.float64]) for name in ("erf", "erfc", "lgamma")},
 }
 
 
@@ -34,12 +37,7 @@ class _LibdeviceStandin:
 
         if name not in _NUMPY_LIBDEVICE and hasattr(tl.math, name):
             return lambda *args, **kwargs: getattr(tl.math, name)(*args, **kwargs)
-        if name in ("erf", "erfc", "lgamma"):
-            import math
-
-            fn = np.vectorize(getattr(math, name), otypes=[np.float64])
-        else:
-            fn = _NUMPY_LIBDEVICE.get(name)
+        fn = _NUMPY_LIBDEVICE.get(name)
         if fn is None:
             raise AttributeError(f"libdevice.{name} has no interpreter stand-in (tri_inductor.interpret)")
         return lambda *args: _numpy_elementwise(fn, *args)

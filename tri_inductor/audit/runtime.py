@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import re
 from collections import Counter
 from collections.abc import Callable, Iterable
@@ -22,7 +23,8 @@ class RuntimeKernel:
     """``triton`` (a kernel we compiled), ``cublas``, ``aten``, ``flash/cudnn``, ``other``."""
 
 
-def source_triton_kernel_names(packages: Iterable[str] = ("vllm", "tri_inductor")) -> set[str]:
+@functools.cache
+def source_triton_kernel_names(packages: tuple[str, ...] = ("vllm", "tri_inductor")) -> frozenset[str]:
     """Names of the ``@triton.jit`` functions defined in the installed sources of ``packages``.
 
     The profiler shows a Triton kernel by its Python function name; collecting the names from the
@@ -46,7 +48,7 @@ def source_triton_kernel_names(packages: Iterable[str] = ("vllm", "tri_inductor"
                     continue
                 if "jit" in text:
                     names.update(jit.findall(text))
-    return names
+    return frozenset(names)
 
 
 def classify_kernel(name: str, triton_names: set[str]) -> tuple[bool, str]:
