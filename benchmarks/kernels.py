@@ -115,9 +115,12 @@ def _gemm_candidates(M):
     if M <= 64:
         # decode: explicit split-K factors (the table then records the winner, not "auto")
         bm = 16 if M <= 16 else (32 if M <= 32 else 64)
-        c = [Cfg(bm, bn, bk, 1, split, 4, st) for bn, bk, st in ((32, 256, 4), (64, 256, 4), (64, 128, 4),
-                                                                 (128, 128, 4), (64, 128, 6), (32, 128, 6))
-             for split in (1, 2, 3, 4)]
+        shapes = ((32, 256, 4), (64, 256, 4), (64, 128, 4), (128, 128, 4), (64, 128, 6), (32, 128, 6))
+        if M <= 16:  # GEMV-like: also longer K steps, deeper pipelines, more splits, 8 warps
+            shapes += ((32, 512, 3), (64, 512, 3), (128, 256, 3), (64, 256, 6))
+        splits = (1, 2, 3, 4, 6, 8) if M <= 16 else (1, 2, 3, 4)
+        c = [Cfg(bm, bn, bk, 1, split, w, st) for bn, bk, st in shapes for split in splits
+             for w in ((4, 8) if M <= 16 else (4,))]
         return [x for x in c if (x.block_m * x.block_k + x.block_k * x.block_n) * 2 * x.num_stages <= 225 * 1024]
     if M <= 128 and SPLIT_SWEEP:
         c = [Cfg(64, 64, 128, 8, s, 4, 4) for s in (1, 2, 3, 4)]

@@ -118,7 +118,7 @@ def _compile(fn, inputs, dynamic=None):
 
 def _assert_ours(code, calls, n_kernels):
     assert "def mm_kernel" in code
-    assert calls.count("mm_kernel_") >= n_kernels
+    assert calls.count("mm_kernel_") + calls.count("mm_tma_kernel_") >= n_kernels
     for bad in ("extern_kernels.", "torch.ops.", "aten."):
         assert bad not in calls, bad
 
@@ -140,15 +140,64 @@ def test_pattern_linear_3d_and_mm():
 
 
 def test_pattern_dynamic_m():
-    """Symbolic M: config from M's size hint, grid symbolic, no guard on M."""
+    """Symbolic M: one kernel per distinct bucket config, each grid gated on M's range (no guard
+    on M, no recompile); every launch writes the one output buffer, no copy in between."""
     x = torch.randn(8, 256, dtype=torch.float16)
     w = torch.randn(384, 256, dtype=torch.float16)
     hits, code, calls = _compile(lambda x, w: torch.nn.functional.linear(x, w), [x, w], dynamic=[(0, 0)])
     assert hits == 1
-    _assert_ours(code, calls, 1)
-    assert "'BLOCK_M': 16" in code  # bucket of the size hint (8)
-    run_line = next(line for line in calls.splitlines() if "mm_kernel_0.run(" in line)
-    assert "s" in run_line.split(",")[-4]  # grid depends on the symbolic M
+    plan = L.dispatch_plan(384, 256, torch.float16)
+    assert len(plan) > 1
+    _assert_ours(code, calls, len(plan))
+    runs = [line for line in calls.splitlines() if ".run(" in line and "mm_" in line]
+    assert len(runs) == len(plan)
+    for line in runs:
+        assert "min(1, ((-1) + s" in line  # the gate: a function of the symbolic M
+    assert "clone" not in calls and "copy_" not in calls
+
+
+def test_pattern_dynamic_m_split_k():
+    """A split-K bucket under a symbolic M: its fp32 workspace is sized min(M, bucket top)."""
+    x = torch.randn(8, 2048, dtype=torch.bfloat16)
+    w = torch.randn(64, 2048, dtype=torch.bfloat16)
+    orig = L.CONFIGS[16]
+    L.CONFIGS[16] = orig._replace(split_k=4)
+    try:
+        hits, code, calls = _compile(lambda x, w: torch.nn.functional.linear(x, w), [x, w], dynamic=[(0, 0)])
+    finally:
+        L.CONFIGS[16] = orig
+    assert hits == 1
+    assert "splitk_reduce_kernel" in calls and "min(16, s" in calls
+
+
+# M on both sides of every bucket edge of a made-up plan (split-K, pointer, TMA entries).
+GATE_PLAN = [(0, 16, L.Cfg(16, 32, 64, 1, 2, 4, 2)), (16, 64, L.Cfg(32, 32, 64, 1, 1, 4, 2)),
+             (64, 256, L.Cfg(64, 32, 32, 1, 3, 4, 2)), (256, None, L.Cfg(64, 64, 64, 4, 1, 4, 3, 1))]
+
+
+@pytest.mark.parametrize("M", [1, 16, 17, 64, 65, 256, 257])
+def test_gated_dispatch_numerics(M, poison, monkeypatch):
+    """Eager run of the gated form (concrete gates): exactly one plan entry writes every element
+    (outputs start NaN), and the result matches float64."""
+    monkeypatch.setattr(L, "dispatch_plan", lambda n, k, dtype: GATE_PLAN)
+    g = torch.Generator().manual_seed(M)
+    a = torch.randn(M, 128, generator=g).to(torch.bfloat16)
+    b = torch.randn(96, 128, generator=g).to(torch.bfloat16).t()
+    bias = torch.randn(96, generator=g).to(torch.bfloat16)
+    gates = [L._gate(M, lo, hi) for lo, hi, _ in GATE_PLAN]
+    assert sorted(gates) == [0, 0, 0, 1]
+    out = L._mm_launch(a, b, bias, dispatch=True)
+    assert not out.isnan().any()
+    assert _rel(out, L.reference_addmm(bias, a, b)) < TOL[torch.bfloat16]
+
+
+def test_dispatch_plan_merges_equal_configs():
+    plan = L.dispatch_plan(4096, 4096, torch.bfloat16)
+    assert plan[0][0] == 0 and plan[-1][1] is None
+    for (lo, hi, c), (lo2, _, c2) in zip(plan, plan[1:]):
+        assert hi == lo2 and c != c2
+    for lo, hi, c in plan:
+        assert c == L.choose_config(hi or 2 * L.BUCKETS[-1], 4096, 4096, torch.bfloat16)
 
 
 # ----------------------------------------------------------------------------- sm_90 codegen

@@ -9,8 +9,8 @@ reads stay in L2. Rows/columns past M/N are clamped (``% M``) rather than masked
 (duplicate reads are harmless, stores are masked); K is masked only when K % BLOCK_K != 0.
 Decode (small M) is bound by streaming the weight: small BLOCK_M, and when the N tiles alone
 cannot fill the 132 SMs, split-K: grid axis 1 splits K, each split writes an fp32 partial
-[SPLIT_K, M, N] and one reduction (sum + bias + cast, fused by Inductor) finishes. Deterministic,
-no atomics. Prefill (M >= ~256, and some M=128 shapes) uses ``mm_tma_kernel``: persistent, TMA
+[SPLIT_K, M, N] and ``splitk_reduce_kernel`` finishes (sum + bias + cast). Deterministic, no
+atomics. Prefill (M >= ~256, and some M=128 shapes) uses ``mm_tma_kernel``: persistent, TMA
 device-side descriptors, optionally warp-specialized (``Cfg.tma``); it needs 16-byte aligned
 strides/base, else the pointer kernel runs with the same tiles.
 
@@ -18,11 +18,11 @@ Config choice (no runtime benchmarking; CUDA-graph safe): ``CONFIGS`` by M bucke
 overridden per (N, K, bucket) by ``linear_tuned.json`` (written offline by
 ``benchmarks/kernels.py --tune``). Inductor inlines a user kernel with the constexprs fixed at
 trace time and ignores ``@triton.heuristics`` / ``prune_configs_by`` (it keeps ``Autotuner.configs``
-and would *benchmark* them at run time), so the choice is made here in Python:
-with a concrete M we pick its bucket; with a symbolic M (dynamic-shape graph) we pick the
-bucket of M's size hint without guarding on it (no recompiles; every config is correct for
-every M, only speed differs), the same policy Inductor's own mm templates use for dynamic M.
-For exact per-bucket kernels, compile per size (vLLM ``compile_sizes``).
+and would *benchmark* them at run time), so the choice is made here in Python. A concrete M
+launches its bucket's kernel. A symbolic M (vLLM compiles one graph for every token count) launches
+one kernel per distinct bucket config, each with its grid multiplied by a 0/1 gate on M's range
+(``_gate``): exactly one runs, the others are zero-size grids that Triton's launcher skips and CUDA
+graphs never capture. No guard on M, no recompile, and decode gets decode tiles.
 """
 from __future__ import annotations
 
@@ -149,6 +149,21 @@ def mm_tma_kernel(
             offs_n = off_n + tl.arange(0, BLOCK_N)
             acc += tl.load(bias + offs_n, mask=offs_n < N, other=0.0).to(tl.float32)[None, :]
         c_desc.store([off_m, off_n], acc.to(C.dtype.element_ty))
+
+
+@triton.jit
+def splitk_reduce_kernel(WS, C, bias, numel, N, stride_cm,
+                         HAS_BIAS: tl.constexpr, SPLIT_K: tl.constexpr, BLOCK: tl.constexpr):
+    # WS is [SPLIT_K, rows, N] contiguous: element i of every split is i + s * numel.
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < numel
+    acc = tl.zeros((BLOCK,), dtype=tl.float32)
+    for s in tl.static_range(SPLIT_K):
+        acc += tl.load(WS + s * numel + offs, mask=mask, other=0.0)
+    col = offs % N
+    if HAS_BIAS:
+        acc += tl.load(bias + col, mask=mask, other=0.0).to(tl.float32)
+    tl.store(C + (offs // N) * stride_cm + col, acc.to(C.dtype.element_ty), mask=mask)
 
 
 class Cfg(NamedTuple):
@@ -290,45 +305,90 @@ def _ensure_allocator():
         _allocator_set = True
 
 
-def _mm_launch(a, b, bias, cfg: Cfg | None = None):
+def _gate(M, lo: int, hi: int | None):
+    """1 when ``lo < M <= hi`` else 0 (M >= 1), as arithmetic: with a symbolic M this becomes a
+    guard-free sympy expression (``Min``/``FloorDiv``) that Inductor evaluates per launch."""
+    g = 1
+    if hi is not None:
+        g = g * (1 - torch.sym_min(1, (M - 1) // hi))
+    if lo:
+        g = g * torch.sym_min(1, (M - 1) // lo)
+    return g
+
+
+def dispatch_plan(n: int, k: int, dtype: torch.dtype) -> list[tuple[int, int | None, Cfg]]:
+    """``[(lo, hi, cfg)]``: the config of every M bucket, consecutive equal configs merged."""
+    plan: list[tuple[int, int | None, Cfg]] = []
+    lo = 0
+    for hi in (*BUCKETS, None):
+        cfg = choose_config(hi if hi is not None else 2 * BUCKETS[-1], n, k, dtype)
+        if plan and plan[-1][2] == cfg:
+            plan[-1] = (plan[-1][0], hi, cfg)
+        else:
+            plan.append((lo, hi, cfg))
+        lo = hi if hi is not None else lo
+    return plan
+
+
+def _launch_cfg(a, b, bias, out, cfg: Cfg, gate=1, m_hint: int | None = None, m_cap: int | None = None):
+    """Launch one config into ``out``; ``gate`` (0/1, maybe symbolic) multiplies the grid, so a
+    gated-off launch is a zero-size grid: Triton's launcher skips it and a CUDA graph captures
+    nothing for it.  ``m_cap``: M never exceeds it while the gate is on (sizes the split-K
+    workspace)."""
     M, K = a.shape
     N = b.shape[1]
-    n, k = int(N), int(K)  # weight dims: static in LLM graphs
-    cfg = cfg or choose_config(M, n, k, a.dtype)
+    n, k = int(N), int(K)
     bias_arg = bias if bias is not None else a  # unused when HAS_BIAS is False
     if cfg.tma and a.dtype != torch.float32 and _tma_ok(a, b, n):
         if type(a) is torch.Tensor and a.is_cuda:
             _ensure_allocator()
-        out = torch.empty((M, N), dtype=a.dtype, device=a.device)
         tiles = triton.cdiv(M, cfg.block_m) * triton.cdiv(n, cfg.block_n)
-        b_kmajor = b.stride(0) == 1
-        launch(mm_tma_kernel, (torch.sym_min(NUM_SMS, tiles),), a, b, out, bias_arg, M, N, K,
+        launch(mm_tma_kernel, (torch.sym_min(NUM_SMS, tiles) * gate,), a, b, out, bias_arg, M, N, K,
                a.stride(0), b.stride(0), b.stride(1), out.stride(0),
-               HAS_BIAS=bias is not None, B_KMAJOR=b_kmajor, NUM_SMS=NUM_SMS,
+               HAS_BIAS=bias is not None, B_KMAJOR=b.stride(0) == 1, NUM_SMS=NUM_SMS,
                WARP_SPECIALIZE=cfg.tma == 2, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
                BLOCK_K=cfg.block_k, GROUP_M=cfg.group_m, num_warps=cfg.num_warps,
                num_stages=cfg.num_stages)
-        return out
-    split = _split_k(cfg, _hint(M), n, k)
-    grid = (triton.cdiv(M, cfg.block_m) * triton.cdiv(n, cfg.block_n), split)
+        return
+    split = _split_k(cfg, m_hint if m_hint is not None else _hint(M), n, k)
+    grid = (triton.cdiv(M, cfg.block_m) * triton.cdiv(n, cfg.block_n) * gate, split)
     common = dict(HAS_BIAS=bias is not None, SPLIT_K=split, EVEN_K=(k % cfg.block_k == 0),
                   PRECISION=_precision(a.dtype), BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
                   BLOCK_K=cfg.block_k, GROUP_M=cfg.group_m, num_warps=cfg.num_warps,
                   num_stages=min(cfg.num_stages, 3) if cfg.tma else cfg.num_stages)  # TMA smem budget differs
     if split == 1:
-        out = torch.empty((M, N), dtype=a.dtype, device=a.device)
         launch(mm_kernel, grid, a, b, out, bias_arg, M, N, K,
                a.stride(0), a.stride(1), b.stride(0), b.stride(1), 0, out.stride(0), out.stride(1),
                **common)
-        return out
-    ws = torch.empty((split, M, N), dtype=torch.float32, device=a.device)
+        return
+    # Split-K: fp32 partials [SPLIT_K, rows, N], then one reduction kernel (sum + bias + cast).
+    rows = M if m_cap is None else torch.sym_min(M, m_cap)
+    ws = torch.empty((split, rows, N), dtype=torch.float32, device=a.device)
     launch(mm_kernel, grid, a, b, ws, bias_arg, M, N, K,
            a.stride(0), a.stride(1), b.stride(0), b.stride(1), ws.stride(0), ws.stride(1), ws.stride(2),
            **common)
-    acc = ws.sum(0)
-    if bias is not None:
-        acc = acc + bias.float()
-    return acc.to(a.dtype)
+    launch(splitk_reduce_kernel, (triton.cdiv(rows * N, 1024) * gate,), ws, out, bias_arg, rows * N, N,
+           out.stride(0), HAS_BIAS=bias is not None, SPLIT_K=split, BLOCK=1024, num_warps=4)
+
+
+def _mm_launch(a, b, bias, cfg: Cfg | None = None, dispatch: bool | None = None):
+    """C = a @ b (+ bias).  A concrete M gets its bucket's config; a symbolic M (vLLM's one graph
+    for 1..max_num_batched_tokens tokens) gets every bucket's kernel, each gated to its M range
+    at run time (a size hint would freeze one bucket's tiles for every M: decode on prefill tiles
+    runs at a fraction of the bandwidth).  ``dispatch=True`` forces the gated form (tests)."""
+    M, K = a.shape
+    N = b.shape[1]
+    n, k = int(N), int(K)  # weight dims: static in LLM graphs
+    out = torch.empty((M, N), dtype=a.dtype, device=a.device)
+    if dispatch is None:
+        dispatch = cfg is None and not isinstance(M, int)
+    if not dispatch:
+        _launch_cfg(a, b, bias, out, cfg or choose_config(M, n, k, a.dtype))
+        return out
+    for lo, hi, c in ([(0, None, cfg)] if cfg is not None else dispatch_plan(n, k, a.dtype)):
+        hint = hi if hi is not None else 2 * BUCKETS[-1]
+        _launch_cfg(a, b, bias, out, c, gate=_gate(M, lo, hi), m_hint=hint, m_cap=hi)
+    return out
 
 
 @triton_op("tri_inductor::mm", mutates_args={})
