@@ -83,6 +83,7 @@ def clean_env(monkeypatch):
     # adjust_vllm_config sets VLLM_USE_FLASHINFER_SAMPLER=0 in os.environ: undo after each test.
     monkeypatch.delenv("VLLM_USE_FLASHINFER_SAMPLER", raising=False)
     monkeypatch.delenv("TRI_INDUCTOR_STRICT", raising=False)
+    monkeypatch.delenv("VLLM_USE_MEGA_AOT_ARTIFACT", raising=False)
 
 
 class _Records(logging.Handler):
@@ -199,6 +200,26 @@ def test_without_plugin_effects_vllm_traps_are_real(plugin):
     assert "tri_inductor" not in ind.compilation_config.inductor_compile_config
 
 
+def test_mega_aot_artifact_on_unless_user_chose(plugin):
+    """Warm starts load pieces from vLLM's mega AOT artifact: set for our backend, never over a
+    user's choice, never for vLLM's own backend."""
+    import os
+
+    from tri_inductor.vllm_config import MEGA_AOT_ENV, adjust_vllm_config
+
+    _config(backend="tri_inductor")
+    assert os.environ[MEGA_AOT_ENV] == "1"
+    env = {MEGA_AOT_ENV: "0"}
+    adjust_vllm_config(_config(backend="tri_inductor"), environ=env)
+    assert env[MEGA_AOT_ENV] == "0"
+    env = {"VLLM_DISABLE_COMPILE_CACHE": "1"}
+    adjust_vllm_config(_config(backend="tri_inductor"), environ=env)
+    assert MEGA_AOT_ENV not in env
+    os.environ.pop(MEGA_AOT_ENV)
+    _config(backend="inductor")
+    assert MEGA_AOT_ENV not in os.environ
+
+
 def test_explicit_mode_vllm_compile_accepted(plugin):
     cfg = _config(backend="tri_inductor", mode=3)
     assert int(cfg.compilation_config.mode) == 3
@@ -302,6 +323,8 @@ def test_compile_load_round_trip_codegen_only(plugin, tmp_path, monkeypatch):
     from tri_inductor.codegen_only import fake_cuda_inputs, fake_sm90
     from tri_inductor.vllm_compiler import run_audit
 
+    # The per-piece handle path (vLLM's cache file -> our load), i.e. without the mega AOT artifact.
+    monkeypatch.setenv("VLLM_USE_MEGA_AOT_ARTIFACT", "0")
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
     # patterns=[]: this checks the compiler plumbing, not the pattern families (tested elsewhere)
     cfg = _config(backend="tri_inductor",
@@ -436,6 +459,8 @@ def test_vllm_backend_end_to_end_on_cpu(plugin, tmp_path, monkeypatch):
     """VllmBackend (graph split, PiecewiseBackend, CompilerManager, cache) with our compiler, on
     CPU tensors: cold compile, then a warm start that loads the piece through our ``load``.
     (On CPU Inductor writes C++ kernels: the audit reports them; this checks the plumbing.)"""
+    # The per-piece handle path (vLLM's cache file -> our load), i.e. without the mega AOT artifact.
+    monkeypatch.setenv("VLLM_USE_MEGA_AOT_ARTIFACT", "0")
     from vllm.compilation.backends import VllmBackend
     from vllm.compilation.counter import compilation_counter
     from vllm.compilation.passes.utility import fix_functionalization

@@ -86,6 +86,9 @@ class Adjustment:
         return [c.message() for c in self.changes] + [c.message() for c in self.conflicts]
 
 
+MEGA_AOT_ENV = "VLLM_USE_MEGA_AOT_ARTIFACT"
+
+
 def is_ours(vllm_config: "VllmConfig") -> bool:
     cc = getattr(vllm_config, "compilation_config", None)
     return cc is not None and getattr(cc, "backend", None) == BACKEND_NAME
@@ -150,6 +153,18 @@ def adjust_vllm_config(vllm_config: "VllmConfig", environ: MutableMapping[str, s
         ch(Change(f"inductor_compile_config[{HASH_KEY!r}]", icc.get(HASH_KEY), package_hash,
                   "edited kernels must not be served from vLLM's (AOT) compile cache",
                   lambda: icc.__setitem__(HASH_KEY, package_hash)))
+
+    # Warm starts: without vLLM's "mega" AOT artifact a warm start still sends every piece through
+    # compile() so vLLM can re-key its deduplicated artifacts (~0.2 s a piece, most of a warm
+    # start); with it the pieces load straight from the artifact.  vLLM turns it on by default
+    # from torch 2.12; torch 2.11 supports it (vLLM's CI runs it) but vLLM leaves it off.
+    if (MEGA_AOT_ENV not in environ and environ.get("VLLM_USE_AOT_COMPILE", "1") != "0"
+            and environ.get("VLLM_USE_STANDALONE_COMPILE", "1") == "1"
+            and environ.get("VLLM_DISABLE_COMPILE_CACHE", "0") in ("", "0")):
+        ch(Change(f"environment {MEGA_AOT_ENV}", None, "1",
+                  "warm starts load every piece from vLLM's AOT artifact instead of re-compiling "
+                  "each to re-key it (set it to 0 to keep vLLM's torch-2.11 default)",
+                  lambda: environ.__setitem__(MEGA_AOT_ENV, "1")))
 
     # Compilation mode: None (vLLM picks VLLM_COMPILE) or VLLM_COMPILE keep the piecewise path.
     mode = cc.mode
