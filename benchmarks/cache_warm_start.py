@@ -257,7 +257,10 @@ def main_parent(args: argparse.Namespace) -> int:
     report: dict[str, Any] = environment()
     report.update(layers=args.layers, quick=args.quick, model=dict(LLAMA3_8B, num_hidden_layers=args.layers),
                   starts={}, checks={}, cli={})
-    out = Path(args.out or ROOT / "benchmarks" / "results" / f"cache_{card_slug(report['card'])}.json")
+    name = f"cache_{card_slug(report['card'])}.json"
+    out = Path(args.out) if args.out else ROOT / "benchmarks" / "results" / name
+    if out.is_dir():  # a results folder (as the other benchmarks take), not a file name
+        out = out / name
     out.parent.mkdir(parents=True, exist_ok=True)
     root = Path(args.root or tempfile.mkdtemp(prefix="tri_cache_bench_"))
     phases = args.phases.split(",")
@@ -325,7 +328,7 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--layers", type=int, default=32, help="decoder layers (Llama-3-8B: 32)")
     p.add_argument("--quick", action="store_true", help="cold + warm only (no export/clear/import round)")
-    p.add_argument("--out", default=None)
+    p.add_argument("--out", default=None, help="results file or folder")
     p.add_argument("--root", default=None, help="cache root to use (default: a fresh temporary folder)")
     p.add_argument("--keep", action="store_true", help="keep the cache root afterwards")
     p.add_argument("--phases", default="cold,warm,roundtrip",
