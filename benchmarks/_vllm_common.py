@@ -179,10 +179,10 @@ def spread(xs: Sequence[float]) -> float | None:
 
 KERNEL_CLASSES: list[tuple[str, re.Pattern[str]]] = [
     ("attention", re.compile(r"unified_attention|reduce_segments|reshape_and_cache|attn|attention|flash", re.I)),
-    ("gemm", re.compile(r"nvjet|gemm|cutlass|xmma|cublas|splitKreduce|^mm_kernel|^mm_tma_kernel|_mm_kernel|"
+    ("gemm", re.compile(r"nvjet|gemm|cutlass|xmma|cublas|splitKreduce|splitk_reduce|^mm_kernel|^mm_tma_kernel|_mm_kernel|"
                         r"triton_tem_fused.*mm|matmul|_mm$", re.I)),
     ("fused elementwise (norm/act/rope)", re.compile(r"^triton_(poi|red|per)_|rms|norm|silu|gelu|rope|rotary|"
-                                                      r"and_mul", re.I)),
+                                                      r"and_mul|gated_act", re.I)),
     ("sampler", re.compile(r"argmax|softmax|top_?k|top_?p|sampl|gumbel|exponential|logit|Reduce", re.I)),
     ("copy/fill/index", re.compile(r"copy|fill|memcpy|memset|index|gather|scatter|CatArray|slot_mapping", re.I)),
 ]
@@ -202,6 +202,23 @@ def classify_profile(kernels: Iterable[dict[str, Any]]) -> dict[str, float]:
         c = kernel_class(k["name"])
         out[c] = round(out.get(c, 0.0) + float(k.get("gpu_us", 0.0)), 1)
     return out
+
+
+def reclassify_profile(prof: dict[str, Any]) -> dict[str, Any]:
+    """Class a stored profile's kernels again with the current classifier: each ``top`` row's time
+    moves from the class it was stored under to its class now (kernels outside ``top`` keep theirs)."""
+    if "classes_us" not in prof or "top" not in prof:
+        return prof
+    classes = dict(prof["classes_us"])
+    top = []
+    for row in prof["top"]:
+        old, new = row.get("class"), kernel_class(row["name"])
+        if old is not None and old != new:
+            us = float(row.get("gpu_us", 0.0))
+            classes[old] = round(classes.get(old, 0.0) - us, 1)
+            classes[new] = round(classes.get(new, 0.0) + us, 1)
+        top.append(dict(row, **{"class": new}))
+    return dict(prof, classes_us={c: v for c, v in classes.items() if abs(v) >= 0.05}, top=top)
 
 
 def explain_gap(ours: dict[str, Any], base: dict[str, Any]) -> str:

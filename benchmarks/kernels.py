@@ -78,7 +78,7 @@ def bench_gemm(with_inductor=True):
             err = _check_gemm(L.mm(a0, w0.t()), a0, w0)
             t_ours = bench([lambda a=a, w=w: L.mm(a, w.t()) for a, w in sets])
             t_cublas = bench([lambda a=a, w=w: torch.mm(a, w.t()) for a, w in sets])
-            t_ind = float("nan")
+            t_ind = tc = float("nan")
             if ind is not None:
                 try:
                     t0 = time.time()
@@ -87,12 +87,12 @@ def bench_gemm(with_inductor=True):
                     t_ind = bench([lambda a=a, w=w: ind(a, w) for a, w in sets])
                 except Exception as e:  # noqa: BLE001
                     log(f"inductor mm failed {M}x{N}x{K}: {e!r}"[:300])
-                    tc = float("nan")
             tflops = 2 * M * N * K / (t_ours * 1e-3) / 1e12
             cfg = L.choose_config(M, N, K, DT)
             row = dict(M=M, N=N, K=K, ours_ms=t_ours, cublas_ms=t_cublas, inductor_ms=t_ind,
                        vs_cublas=t_cublas / t_ours, vs_inductor=t_ind / t_ours, tflops=tflops,
-                       rel_err=err, config=list(cfg), split_k=L._split_k(cfg, M, N, K))
+                       rel_err=err, config=list(cfg), split_k=L._split_k(cfg, M, N, K),
+                       inductor_compile_s=tc)  # Inductor's max-autotune compile of this shape
             rows.append(row)
             if os.environ.get("OUT"):  # survives a timeout
                 with open(os.path.join(os.environ["OUT"], "gemm_rows.jsonl"), "a") as f:

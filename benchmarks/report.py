@@ -264,6 +264,32 @@ def generic_section(name: str, d: dict[str, Any]) -> str:
     return "\n".join(out)
 
 
+def cache_section(name: str, d: dict[str, Any]) -> str:
+    """Cold / warm / after-import starts of benchmarks/cache_warm_start.py."""
+    out = [f"#### Compile cache: cold vs warm start (`{name}`)", "",
+           _meta_line(d.get("card"), d.get("versions"), d.get("commit")), "",
+           f"vLLM `{{\"backend\": \"tri_inductor\"}}`, Llama-3-8B shape ({d.get('layers')} layers), each start a new "
+           "process; compile = vLLM's \"torch.compile took X s in total\" (our GEMM tuning runs inside it).", ""]
+    rows = []
+    for phase in ("cold", "warm", "after_import"):
+        r = (d.get("starts") or {}).get(phase)
+        if not r:
+            rows.append([phase, "not run", "-", "-", "-", "-"])
+            continue
+        vc = r.get("vllm_counters") or {}
+        rows.append([phase, _num(r.get("compile_s"), 2), _num(r.get("init_s"), 1),
+                     str((r.get("tri_inductor") or {}).get("benchmarks", "-")),
+                     str(sum((r.get("inductor_benchmarks") or {}).values())),
+                     f"{vc.get('num_aot_artifacts_loaded', 0)} / {vc.get('num_compiled_artifacts_loaded', 0)}"])
+    out.append(_table(["start", "compile s", "LLM() s", "our tuning benchmarks",
+                       "Inductor autotune benchmarks", "AOT artifacts / pieces loaded"], rows))
+    out += ["", f"warm speedup (cold / warm compile): **{_num(d.get('warm_speedup'), 1)}x**; after export -> "
+            f"clear -> import: {_num(d.get('after_import_speedup'), 1) if d.get('after_import_speedup') else 'not run'}"]
+    if d.get("note"):
+        out += ["", f"Note: {d['note']}"]
+    return "\n".join(out)
+
+
 def build_markdown(folder: str | Path = RESULTS) -> str:
     res = load_results(folder)
     parts = ["## Performance", "",
@@ -272,7 +298,7 @@ def build_markdown(folder: str | Path = RESULTS) -> str:
     if not any(res[k] for k in KINDS):
         parts += ["", "No results yet."]
     for kind, fn in (("e2e", e2e_section), ("kernels", kernels_section), ("census", census_section),
-                     ("cache", generic_section)):
+                     ("cache", cache_section)):
         for name, data in res[kind]:
             try:
                 parts += ["", fn(name, data)]

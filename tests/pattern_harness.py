@@ -24,7 +24,10 @@ class _Pass(CustomGraphPass):
         self.pm, self.hits = pm, 0  # a test-local pass: Inductor's caches are disabled below
 
     def __call__(self, graph: torch.fx.Graph) -> None:
+        from tri_inductor.passes import realize_triton_kernel_inputs
+
         self.hits += self.pm.apply(graph)
+        realize_triton_kernel_inputs(graph)  # as TriInductorPatternPass does
 
     def uuid(self) -> str:
         return "tri_inductor-test-patterns"

@@ -238,3 +238,25 @@ def test_pattern_prefill_uses_tma_kernel():
     assert "def mm_tma_kernel" in code and "mm_tma_kernel_0.run(" in calls
     for bad in ("extern_kernels.", "torch.ops.", "aten."):
         assert bad not in calls, bad
+
+
+@pytest.mark.parametrize("dynamic", [False, True])
+def test_computed_input_written_once(dynamic):
+    """A GEMM input computed by Inductor (here a norm) is written once, however many launches
+    (gated buckets) and arguments read it: Inductor would otherwise copy it per kernel argument."""
+    import re
+
+    def f(x, w):
+        h = x.float()
+        h = (h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + 1e-5)).to(x.dtype)
+        return torch.nn.functional.linear(h, w)
+
+    x = torch.randn(8, 256, dtype=torch.bfloat16)
+    w = torch.randn(384, 256, dtype=torch.bfloat16)
+    hits, code, calls = _compile(f, [x, w], dynamic=[(0, 0)] if dynamic else [])
+    assert hits == 1
+    producer = re.search(r"def (triton_\w+)\(([^)]*)\)", code)
+    assert producer.group(2).count("out_ptr") == 1, producer.group(0)
+    inputs = {re.search(r"\.run\((\w+),", line).group(1) for line in calls.splitlines()
+              if re.search(r"mm_(tma_)?kernel_\d+\.run\(", line)}
+    assert len(inputs) == 1, inputs

@@ -87,7 +87,14 @@ def results(tmp_path):
     (d / "e2e_h100_L4.json").write_text(json.dumps(_e2e(layers=4)))
     (d / "kernels_h100.json").write_text(json.dumps(_kernels()))
     (d / "census_h100.json").write_text(json.dumps(_census()))
-    (d / "cache_h100.json").write_text(json.dumps({"cold_s": 100.5, "warm_s": 20.25, "hit": True, "big": list(range(99))}))
+    (d / "cache_h100.json").write_text(json.dumps({
+        "card": "NVIDIA H100", "versions": {"torch": "2.11.0"}, "commit": "abc", "layers": 32, "warm_speedup": 6.25,
+        "big": list(range(99)),
+        "starts": {"cold": {"compile_s": 40.0, "init_s": 100.5, "tri_inductor": {"benchmarks": 3},
+                            "inductor_benchmarks": {"a": 10, "b": 2}},
+                   "warm": {"compile_s": 6.4, "init_s": 30.0, "tri_inductor": {"benchmarks": 0},
+                            "inductor_benchmarks": {"a": 0}, "vllm_counters": {"num_aot_artifacts_loaded": 1,
+                                                                               "num_compiled_artifacts_loaded": 3}}}}))
     (d / "e2e_broken.json").write_text("{not json")
     (d / "unrelated.json").write_text("{}")
     (d / "notes.txt").write_text("ignored")
@@ -130,7 +137,9 @@ def test_report_rows(results):
     assert _row(md, "llama")[1:3] == ["PASS", "100.00%"]
     g = _row(md, "gemma")
     assert g[1] == "FAIL" and g[3] == "-" and g[5] == "4" and "nvjet" in g[6]  # no teacher-forced score in that file
-    assert _row(md, "cold_s")[1] == "100.50" and _row(md, "hit")[1] == "True"
+    assert _row(md, "cold") == ["cold", "40.00", "100.5", "3", "12", "0 / 0"]
+    assert _row(md, "warm") == ["warm", "6.40", "30.0", "0", "0", "1 / 3"]
+    assert _row(md, "after_import")[1] == "not run" and "**6.2x**" in md
     assert "big" not in md
     assert "`e2e_broken.json`: unreadable" in md
     assert "unrelated" not in md

@@ -9,6 +9,7 @@ codegen-only mode (real sm_90 Triton code for a fake H100).
 from __future__ import annotations
 
 import ast
+import collections
 import logging
 import os
 import pprint
@@ -358,9 +359,28 @@ def test_compile_load_round_trip_codegen_only(plugin, tmp_path, monkeypatch):
     assert ind["post_grad_custom_post_pass"] is not None
 
 
-def test_patterns_run_inside_vllm_pass_manager_codegen_only(plugin, tmp_path, monkeypatch):
+def _layer_piece():
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    def piece(a, w_o, residual, norm_w, w_up):  # o_proj -> vLLM's native fused add + RMSNorm -> mm
+        x = a @ w_o.t()
+        s = x.to(torch.float32) + residual.to(torch.float32)
+        new_res = s.to(torch.bfloat16)
+        h = s * torch.rsqrt(s.pow(2).mean(dim=-1, keepdim=True) + 1e-5)
+        h = h.to(torch.bfloat16) * torch.ops.aten.alias(norm_w)  # vLLM passes weight.data: an alias
+        return h @ w_up.t(), new_res
+
+    ex = [torch.randn(8, 64, dtype=torch.bfloat16), torch.randn(64, 64, dtype=torch.bfloat16),
+          torch.randn(8, 64, dtype=torch.bfloat16), torch.randn(64, dtype=torch.bfloat16),
+          torch.randn(128, 64, dtype=torch.bfloat16)]
+    return make_fx(piece)(*ex), ex
+
+
+@pytest.mark.parametrize("which", ["norm_linear_silu", "layer"])
+def test_patterns_run_inside_vllm_pass_manager_codegen_only(plugin, tmp_path, monkeypatch, which):
     """A piece compiled as VllmBackend does it (vLLM's configured PostGradPassManager in the
-    config, vLLM's pass context) with all our pattern families: every kernel is Triton."""
+    config, vLLM's pass context) with all our pattern families: every kernel is Triton, and the
+    norm (plain, or vLLM's fused residual add + norm after a projection) is ours."""
     from torch._subclasses.fake_tensor import FakeTensorMode
     from torch.fx.experimental.symbolic_shapes import ShapeEnv
     from vllm.compilation.backends import CompilerManager
@@ -376,7 +396,7 @@ def test_patterns_run_inside_vllm_pass_manager_codegen_only(plugin, tmp_path, mo
     monkeypatch.setattr(fix_functionalization.FixFunctionalizationPass, "__call__", lambda self, graph: None)
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
     cfg = _config(backend="tri_inductor", inductor_compile_config={"tri_inductor": {"codegen_only": True}})
-    gm, ex = _piece()
+    gm, ex = _piece() if which == "norm_linear_silu" else _layer_piece()
     (tmp_path / "vllm").mkdir()
     with set_current_vllm_config(cfg):
         pm = PostGradPassManager()
@@ -391,7 +411,10 @@ def test_patterns_run_inside_vllm_pass_manager_codegen_only(plugin, tmp_path, mo
     assert ast.literal_eval(pprint.pformat(handle)) == handle
     assert isinstance(pm.passes[-1], TriInductorVllmPass)
     assert reports and all(r.ok for r in reports), audit.format_reports(reports)
-    assert sum(sum(r.pattern_hits.values()) for r in reports) > 0
+    hits = collections.Counter()
+    for r in reports:
+        hits.update(r.pattern_hits)
+    assert hits["rms_norm"] >= 1 and hits["linear"] >= 1, hits
 
 
 def test_pattern_pass_joins_vllm_pass_manager(plugin):

@@ -38,6 +38,22 @@ def _our_hop_families(graph: torch.fx.Graph) -> Counter[str]:
     return found
 
 
+def realize_triton_kernel_inputs(graph: torch.fx.Graph) -> None:
+    """Have Inductor write each computed input of a Triton kernel launch once.
+
+    Inductor lowers every tensor argument of a user Triton kernel with exact strides; an input
+    that is still an unrealized pointwise/reduction result is then copied once per argument, the
+    copies fused into its producer as extra outputs (a norm feeding the gated GEMM launches of
+    one projection wrote its output 12 times).  ``inductor_realize_to_strides`` makes Inductor
+    realize the producer itself (graph.py run_node), which every launch then reads."""
+    hop = torch.ops.higher_order.triton_kernel_wrapper_functional
+    for node in graph.find_nodes(op="call_function", target=hop):
+        for arg in node.kwargs["kwargs"].values():
+            if (isinstance(arg, torch.fx.Node) and arg.op == "call_function"
+                    and isinstance(arg.meta.get("val"), torch.Tensor)):
+                arg.meta["inductor_realize_to_strides"] = True
+
+
 def _jit_name(kernel) -> str:
     from triton.runtime.jit import JITFunction
 
@@ -97,6 +113,7 @@ class TriInductorPatternPass(CustomGraphPass):
         before = _our_hop_families(graph)
         for _family, pm in self._pattern_passes():
             pm.apply(graph)
+        realize_triton_kernel_inputs(graph)
         after = _our_hop_families(graph)
         hits = {f: after[f] - before[f] for f in self.families if after[f] - before[f]}
         _last.stats = {"hits": hits, "near_misses": self.near_misses(graph)}

@@ -338,7 +338,9 @@ def _launch_cfg(a, b, bias, out, cfg: Cfg, gate=1, m_hint: int | None = None, m_
     M, K = a.shape
     N = b.shape[1]
     n, k = int(N), int(K)
-    bias_arg = bias if bias is not None else a  # unused when HAS_BIAS is False
+    # Unused when HAS_BIAS is False. Not ``a``: Inductor lowers each argument separately and a
+    # computed ``a`` passed twice would be written twice (see settings.realize_triton_kernel_inputs).
+    bias_arg = bias if bias is not None else b
     if cfg.tma and a.dtype != torch.float32 and _tma_ok(a, b, n):
         if type(a) is torch.Tensor and a.is_cuda:
             _ensure_allocator()
