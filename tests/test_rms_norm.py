@@ -44,6 +44,21 @@ def test_fused_add_rms_norm_matches_reference(shape, dtype, poison) -> None:
     assert torch.equal(x, x0) and torch.equal(r, r0)  # inputs untouched (functional op)
 
 
+@pytest.mark.parametrize("shape", [(5, 96), (2, 3, 20000)])
+def test_fp32_residual_in_and_out(shape, poison) -> None:
+    """A chain of norms after Inductor's pointless_convert: the residual comes in as fp32 and,
+    with ``fp32_residual``, the new residual goes out as fp32 (the exact sum)."""
+    x, r = torch.randn(*shape, dtype=torch.bfloat16), torch.randn(*shape)
+    w = torch.randn(shape[-1], dtype=torch.bfloat16)
+    ref_out, ref_res = R.reference_fused_add_rms_norm(x, r, w, 1e-5)
+    out, new_res = R.fused_add_rms_norm(x, r, w, 1e-5, 0.0, True)
+    assert out.dtype == torch.bfloat16 and new_res.dtype == torch.float32
+    assert rel(out, ref_out) < TOL[torch.bfloat16] and rel(new_res, ref_res) < TOL[torch.float32]
+    out2, res2 = R.fused_add_rms_norm(x, r, w, 1e-5)
+    assert res2.dtype == torch.bfloat16 and rel(res2, ref_res) < TOL[torch.bfloat16]
+    assert rel(out2, ref_out) < TOL[torch.bfloat16]
+
+
 def test_strided_rows_and_fp32_weight(poison) -> None:
     # Row-strided input (column slice of a wider buffer) with an fp32 weight (vLLM's Gemma path).
     wide = torch.randn(9, 1100, dtype=torch.bfloat16)
@@ -215,3 +230,30 @@ def test_tri_inductor_backend_uses_our_kernel() -> None:
 
     FN_ = LlamaRMSNorm(64).to(torch.bfloat16)
     assert_our_kernel(backend_output_code(FN_, torch.randn(4, 64, dtype=torch.bfloat16)), "_rms_norm_kernel")
+
+
+@pytest.mark.parametrize("gemma", [False, True], ids=["llama", "gemma"])
+def test_two_fused_add_norms_in_one_piece(pm, gemma) -> None:
+    """vLLM's piece between two attentions: o_proj -> add+norm -> MLP -> add+norm. The first
+    new residual is read back as .to(float32), a bf16 round trip Inductor's joint-graph pass
+    removes before our pass: both norms must still be ours (the first hands on its fp32 sum)."""
+    x1, r, x2 = (torch.randn(6, 64, dtype=torch.bfloat16) for _ in range(3))
+    w1, w2 = torch.randn(64, dtype=torch.bfloat16), torch.randn(64, dtype=torch.bfloat16)
+
+    def add_norm(x, res, w):
+        s = x.to(torch.float32) + res.to(torch.float32)
+        new_res = s.to(x.dtype)
+        h = s * torch.rsqrt(s.pow(2).mean(dim=-1, keepdim=True) + 1e-6)
+        w = w.float() + 1.0 if gemma else w
+        return (h.to(w.dtype) * w).to(x.dtype), new_res
+
+    def piece(x1, r, x2, w1, w2):
+        h1, res1 = add_norm(x1, r, w1)
+        h2, res2 = add_norm(x2 * h1, res1, w2)  # stand-in for the MLP between the norms
+        return h2, res2
+
+    hits, code = compile_codegen(piece, [x1, r, x2, w1, w2], pm, dynamic=[(0, 0), (1, 0), (2, 0)])
+    assert hits == 2, code
+    assert_our_kernel(code, "_rms_norm_kernel")
+    assert len(re.findall(r"_rms_norm_kernel_\d+\.run\(", code)) == 2
+    assert "rsqrt" not in code.split("def call(")[0].split("def _rms_norm_kernel")[0]  # no Inductor norm

@@ -120,14 +120,17 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, weight_offset: f
 
 @triton_op("tri_inductor::fused_add_rms_norm", mutates_args={})
 def fused_add_rms_norm(
-    x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, eps: float, weight_offset: float = 0.0
+    x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, eps: float, weight_offset: float = 0.0,
+    fp32_residual: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(norm(x + residual) * (weight + weight_offset), x + residual); the residual may be fp32
+    and the new residual is written in x's dtype, or in fp32 with ``fp32_residual``."""
     _check(x, weight)
     torch._check(residual.shape == x.shape, lambda: "residual and x shapes differ")
     x2, r2 = _rows(x), _rows(residual)
     H = x2.shape[1]
     out = torch.empty(x2.shape, dtype=x.dtype, device=x.device)
-    new_res = torch.empty(x2.shape, dtype=x.dtype, device=x.device)
+    new_res = torch.empty(x2.shape, dtype=torch.float32 if fp32_residual else x.dtype, device=x.device)
     block, num_warps, single = _launch_config(H, x.element_size())
     launch(_rms_norm_kernel, (x2.shape[0],),
            x2, r2, weight, out, new_res,
@@ -193,6 +196,21 @@ def _vllm_add_rms(x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor,
     return (h.to(weight.dtype) * weight).to(x.dtype), new_res
 
 
+# Two vLLM fused add+norms in one piece (after o_proj and after down_proj): the first one's new
+# residual ``s.to(bf16)`` is read by the second as ``.to(float32)``, and Inductor's joint-graph
+# pass ``pointless_convert`` folds that bf16 -> fp32 round trip away before our post-grad pass.
+# So the first norm hands its fp32 sum on (``_vllm_add_rms_sum_out``) and the second one reads an
+# fp32 residual (``_vllm_add_rms`` traced with an fp32 residual: no cast on it).
+def _vllm_add_rms_sum_out(x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, eps: float):
+    s = x.to(torch.float32) + residual.to(torch.float32)
+    h = s * torch.rsqrt(s.pow(2).mean(dim=-1, keepdim=True) + eps)
+    return (h.to(weight.dtype) * weight).to(x.dtype), s
+
+
+def _vllm_gemma_add_rms_sum_out(x, residual, weight, eps):
+    return _vllm_add_rms_sum_out(x, residual, weight.float() + 1.0, eps)
+
+
 # Hugging Face decoder layer: ``hidden = residual + hidden`` (input dtype) then the Llama norm.
 def _hf_add_rms(x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, eps: float):
     s = residual + x
@@ -248,6 +266,14 @@ def _repl_gemma_add(x, residual, weight, eps):
     return fused_add_rms_norm(x, residual, weight, eps, 1.0)
 
 
+def _repl_add_rms_sum_out(x, residual, weight, eps):
+    return fused_add_rms_norm(x, residual, weight, eps, 0.0, True)
+
+
+def _repl_gemma_add_sum_out(x, residual, weight, eps):
+    return fused_add_rms_norm(x, residual, weight, eps, 1.0, True)
+
+
 def _same_dtypes(match, names: tuple[str, ...] = ("x",)) -> bool:
     """Replace only where our op's output dtype (x.dtype) is the sub-graph's, and the row is
     the last dim of a floating tensor (mixed-dtype forms such as fp32 weight * bf16 activations
@@ -276,6 +302,27 @@ def _check_add(match) -> bool:
     return _same_dtypes(match, ("x", "residual")) and _weight_ok(match)
 
 
+def _check_add_fp32_residual(match) -> bool:
+    """x 16-bit or fp32, residual fp32, outputs in x's dtype (the second norm of a chain)."""
+    r = match.kwargs["residual"].meta.get("val")
+    return (isinstance(r, torch.Tensor) and r.dtype == torch.float32 and _same_dtypes(match)
+            and _weight_ok(match))
+
+
+def _check_add_sum_out(match) -> bool:
+    """The first norm of a chain: x and residual of one dtype, and the fp32 sum it hands on is
+    read outside the match (else there is nothing to hand on and Inductor keeps it)."""
+    outs = match.output_nodes()
+    if len(outs) != 2 or outs[1] is None or not _weight_ok(match):
+        return False
+    x, r = (match.kwargs[n].meta.get("val") for n in ("x", "residual"))
+    if not (isinstance(x, torch.Tensor) and isinstance(r, torch.Tensor) and x.dtype == r.dtype
+            and x.dtype in (torch.float16, torch.bfloat16)):
+        return False
+    inside = set(match.nodes)
+    return outs[0].meta["val"].dtype == x.dtype and any(u not in inside for u in outs[1].users)
+
+
 def _vllm_ir_available() -> bool:
     # vllm_ir nodes can only be in a graph once vLLM has been imported (that defines the ops); no
     # import here: pattern registration may run under a FakeTensorMode.
@@ -301,6 +348,12 @@ def register_patterns(pm_pass) -> None:
         reg(_vllm_gemma_add_rms, _repl_gemma_add, [x, r, w], _check_add)
     xb, rb, wf = torch.empty(8, 64, dtype=torch.bfloat16), torch.empty(8, 64, dtype=torch.bfloat16), torch.empty(64)
     reg(_vllm_add_rms, _repl_add_rms, [xb, rb, wf], _check_add)  # fp32 weight, 16-bit activations
+    # Chains of two norms after Inductor's pointless_convert (see _vllm_add_rms_sum_out).
+    wb, rf = torch.empty(64, dtype=torch.bfloat16), torch.empty(8, 64)
+    reg(_vllm_add_rms_sum_out, _repl_add_rms_sum_out, [xb, rb, wb], _check_add_sum_out)
+    reg(_vllm_gemma_add_rms_sum_out, _repl_gemma_add_sum_out, [xb, rb, wb], _check_add_sum_out)
+    reg(_vllm_gemma_add_rms, _repl_gemma_add, [xb, rf, wb], _check_add_fp32_residual)
+    reg(_vllm_add_rms, _repl_add_rms, [xb, rf, wb], _check_add_fp32_residual)
     for dt in (torch.bfloat16, torch.float32):
         x, w = torch.empty(8, 64, dtype=dt), torch.empty(64, dtype=dt)
         reg(_vllm_rms, _repl_rms, [x, w], _check_rms)
