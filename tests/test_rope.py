@@ -105,6 +105,28 @@ def test_vllm_rotary_embedding_matches(vllm_ctx, pm, head_size, rotary_dim, is_n
     assert rel(oq, vq.double()) < TOL[dtype] and rel(ok, vk.double()) < TOL[dtype]
 
 
+@pytest.mark.parametrize("head_size, rotary_dim, is_neox", [(64, 64, True), (128, 64, False)])
+def test_vllm_rotary_embedding_per_head_outputs_match(vllm_ctx, pm, head_size, rotary_dim, is_neox) -> None:
+    """vLLM's attention views q/k per head right after the rotary embedding; Inductor then drops
+    forward_static's reshape to [tokens, heads * head_size] and back, so the graph ends at the
+    per-head cat (the form seen in vLLM's real graph on the GPU)."""
+    from vllm.model_executor.layers.rotary_embedding import RotaryEmbedding
+
+    rope = RotaryEmbedding(head_size, rotary_dim, 64, 10000.0, is_neox, torch.bfloat16)
+    Hq, Hk = 4, 2
+
+    def attn_prologue(positions, qkv):
+        q, k, v = qkv.split([Hq * head_size, Hk * head_size, Hk * head_size], dim=-1)
+        q, k = rope.forward_native(positions, q, k)
+        return q.view(-1, Hq, head_size), k.view(-1, Hk, head_size), v.view(-1, Hk, head_size)
+
+    pos = torch.randint(0, 64, (5,))
+    qkv = torch.randn(5, (Hq + 2 * Hk) * head_size, dtype=torch.bfloat16)
+    hits, code = compile_codegen(attn_prologue, [pos, qkv], pm)
+    assert hits == 1
+    assert_our_kernel(code, "_rope_kernel")
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
 def test_hf_apply_rotary_pos_emb_matches(pm, dtype) -> None:
     from transformers.models.llama.modeling_llama import apply_rotary_pos_emb

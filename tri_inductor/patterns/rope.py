@@ -247,7 +247,11 @@ def _vllm_apply(x, cos, sin, is_neox: bool):
     return torch.stack((o1, o2), dim=-1).flatten(-2)
 
 
-def _vllm_rope(positions, q, k, cache, head_size: int, rotary_dim: int, is_neox: bool):
+def _vllm_rope(positions, q, k, cache, head_size: int, rotary_dim: int, is_neox: bool,
+               per_head: bool = False):
+    """vLLM's RotaryEmbedding.forward_static. ``per_head``: the outputs stay [tokens, heads,
+    head_size]: in vLLM's graph the attention views q/k per head right away, and Inductor drops
+    the reshape to [tokens, heads * head_size] and back before our pass sees the graph."""
     positions = positions.flatten()
     num_tokens = positions.shape[0]
     cos, sin = cache.index_select(0, positions).chunk(2, dim=-1)
@@ -256,7 +260,8 @@ def _vllm_rope(positions, q, k, cache, head_size: int, rotary_dim: int, is_neox:
         shape = x.shape
         x = x.view(num_tokens, -1, head_size)
         rot = _vllm_apply(x[..., :rotary_dim], cos, sin, is_neox)
-        outs.append(torch.cat((rot, x[..., rotary_dim:]), dim=-1).reshape(shape))  # tail may be empty
+        out = torch.cat((rot, x[..., rotary_dim:]), dim=-1)  # tail may be empty
+        outs.append(out if per_head else out.reshape(shape))
     return outs[0], outs[1]
 
 
@@ -285,13 +290,17 @@ def _hf_rope_partial(q, k, cos, sin):
     return torch.cat([q_embed, q_pass], dim=-1), torch.cat([k_embed, k_pass], dim=-1)
 
 
-def _make_vllm(is_neox: bool):
+def _make_vllm(is_neox: bool, per_head: bool = False):
     # head_size and half = rotary_dim / 2 are pattern scalars (see VLLM_SENTINELS).
     def search(positions, q, k, cache, head_size, half):
-        return _vllm_rope(positions, q, k, cache, head_size, 2 * half, is_neox)
+        return _vllm_rope(positions, q, k, cache, head_size, 2 * half, is_neox, per_head)
 
     def repl(positions, q, k, cache, head_size, half):
-        return rope_cache(positions, q, k, cache, head_size, 2 * half, is_neox)
+        oq, ok = rope_cache(positions, q, k, cache, head_size, 2 * half, is_neox)
+        if per_head:
+            n = positions.numel()
+            return oq.view(n, -1, head_size), ok.view(n, -1, head_size)
+        return oq, ok
 
     return search, repl
 
@@ -326,7 +335,8 @@ def _check_hf(match) -> bool:
 # ``scalar_workaround``: the search graph is traced with these sentinel values, which become
 # ``KeywordArg``s wherever they appear, and each match is re-checked with its real values. The
 # graph's structure differs between full and partial rotary (the pass-through slice and cat
-# vanish when rotary_dim == head_size) and between NeoX and GPT-J: four registrations.
+# vanish when rotary_dim == head_size), between NeoX and GPT-J, and between outputs reshaped back
+# to [tokens, heads * head_size] or left per head (see _vllm_rope): eight registrations per dtype.
 _HEAD = 104  # sentinel head_size; rotary halves 52 (full) and 26 (partial): distinct from all
 _HALVES = {"full": 52, "partial": 26}  # other sizes of the example graph
 
@@ -346,8 +356,8 @@ def _trace_post_grad(fn, args, **kwargs) -> torch.fx.GraphModule:
 def register_vllm_rope_forms(pm_pass) -> None:
     from torch._inductor.pattern_matcher import register_replacement
 
-    for is_neox in (True, False):
-        search, repl = _make_vllm(is_neox)
+    for is_neox, per_head in ((True, False), (False, False), (True, True), (False, True)):
+        search, repl = _make_vllm(is_neox, per_head)
         for half in _HALVES.values():
             for dt in (torch.bfloat16, torch.float32):
                 pos = torch.zeros(8, dtype=torch.int64)
