@@ -1,11 +1,13 @@
-"""Run metadata every benchmark records: the card's short name for file names, and the commit.
+"""Run metadata every benchmark records: the card's short name for file names, the commit, the
+versions; and how a GPU worker records its failure.
 
-Torch-free, so that parent processes which only start GPU workers can use it.
+Torch-free at import, so that parent processes which only start GPU workers can use it.
 """
 from __future__ import annotations
 
 import os
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -36,3 +38,43 @@ def git_info() -> dict[str, Any]:
     commit = _git("rev-parse", "HEAD")
     status = _git("status", "--porcelain") if commit else None
     return {"commit": commit or "unknown", "dirty": None if status is None else bool(status)}
+
+
+def versions() -> dict[str, Any]:
+    """torch, CUDA, triton, vLLM and tri_inductor versions (``error`` if torch cannot load)."""
+    v: dict[str, Any] = {}
+    try:
+        import torch
+        import triton
+
+        v.update(torch=torch.__version__, cuda=torch.version.cuda, triton=triton.__version__)
+    except Exception as e:  # noqa: BLE001
+        v["error"] = repr(e)
+    try:
+        import importlib.metadata as md
+
+        v["vllm"] = md.version("vllm")
+        v["tri_inductor"] = md.version("tri_inductor")
+    except Exception:  # noqa: BLE001
+        pass
+    return v
+
+
+def package_hash() -> str | None:
+    """tri_inductor's source hash (what keys its caches), None if it cannot be computed."""
+    try:
+        from tri_inductor.fingerprint import package_hash as ph
+
+        return ph()
+    except Exception:  # noqa: BLE001
+        return None
+
+
+def record_failure(result: dict[str, Any]) -> None:
+    """In a worker's ``except`` block: the exception and its traceback's tail into ``result``
+    (the parent reads them from the worker's JSON), and the traceback to stderr."""
+    import traceback
+
+    result["error"] = repr(sys.exc_info()[1])
+    result["traceback"] = traceback.format_exc()[-8000:]
+    print(result["traceback"], file=sys.stderr, flush=True)

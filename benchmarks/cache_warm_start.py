@@ -41,6 +41,9 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _meta import record_failure  # noqa: E402
 
 LLAMA3_8B = dict(architectures=["LlamaForCausalLM"], model_type="llama", hidden_size=4096,
                  intermediate_size=14336, num_attention_heads=32, num_key_value_heads=8, head_dim=128,
@@ -132,12 +135,8 @@ def main_worker(args: argparse.Namespace) -> int:
         result["ok"] = True
         del llm
         torch.cuda.synchronize()
-    except BaseException as e:  # noqa: BLE001  (report, then fail)
-        import traceback
-
-        result["error"] = repr(e)
-        result["traceback"] = traceback.format_exc()[-8000:]
-        print(result["traceback"], file=sys.stderr, flush=True)
+    except BaseException:  # noqa: BLE001  (report, then fail)
+        record_failure(result)
     out.write_text(json.dumps(result))
     return 0 if result["ok"] else 1
 
@@ -354,7 +353,6 @@ def main() -> int:
     args = p.parse_args()
     if args.worker:
         return main_worker(args)
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
     return main_parent(args)
 
 

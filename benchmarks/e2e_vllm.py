@@ -84,6 +84,7 @@ from typing import Any
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import _vllm_common as C  # noqa: E402
+from _meta import package_hash, versions  # noqa: E402
 
 OURS, BASE = "tri_inductor", "inductor"
 LABEL = {OURS: "tri_inductor", BASE: "vLLM-compile"}
@@ -929,27 +930,9 @@ def _effective_config(llm) -> dict[str, Any]:
 
 
 def _versions() -> dict[str, Any]:
-    v: dict[str, Any] = {}
-    try:
-        import torch
-        import triton
-
-        v.update(torch=torch.__version__, cuda=torch.version.cuda, triton=triton.__version__)
-    except Exception as e:  # noqa: BLE001
-        v["error"] = repr(e)
-    try:
-        import importlib.metadata as md
-
-        v["vllm"] = md.version("vllm")
-        v["tri_inductor"] = md.version("tri_inductor")
-    except Exception:  # noqa: BLE001
-        pass
-    try:
-        from tri_inductor.fingerprint import package_hash
-
-        v["tri_inductor_package_hash"] = package_hash()
-    except Exception:  # noqa: BLE001
-        pass
+    v = versions()
+    if (ph := package_hash()) is not None:
+        v["tri_inductor_package_hash"] = ph
     return v
 
 

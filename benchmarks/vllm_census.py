@@ -35,7 +35,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _meta import card_slug, git_info  # noqa: E402  (card_slug also used by cache_warm_start)
+from _meta import card_slug, git_info, package_hash, record_failure, versions  # noqa: E402  (card_slug also used by cache_warm_start)
 BACKENDS = ("tri_inductor", "inductor")
 PROFILE_TOKENS = 8
 
@@ -202,28 +202,15 @@ def summarize_model(ours: dict[str, Any]) -> dict[str, Any]:
 
 
 def environment() -> dict[str, Any]:
-    info: dict[str, Any] = {}
+    info: dict[str, Any] = {"versions": versions()}
     try:
         import torch
-        import triton
 
         info["card"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no-gpu"
-        info["versions"] = {"torch": torch.__version__, "cuda": torch.version.cuda, "triton": triton.__version__}
-    except Exception as e:  # noqa: BLE001
-        info["card"], info["versions"] = "unknown", {"error": repr(e)}
-    try:
-        import importlib.metadata as md
-
-        info["versions"]["vllm"] = md.version("vllm")
-        info["versions"]["tri_inductor"] = md.version("tri_inductor")
     except Exception:  # noqa: BLE001
-        pass
-    try:
-        from tri_inductor.fingerprint import package_hash
-
-        info["package_hash"] = package_hash()
-    except Exception:  # noqa: BLE001
-        pass
+        info["card"] = "unknown"
+    if (ph := package_hash()) is not None:
+        info["package_hash"] = ph
     info.update(git_info())
     return info
 
@@ -570,12 +557,8 @@ def main_worker(args: argparse.Namespace) -> int:
             result["audit"] = run_audit().to_dict()
             result["audit_summary"] = run_audit().summary()
         result["ok"] = True
-    except BaseException as e:  # noqa: BLE001  (report, then fail)
-        import traceback
-
-        result["error"] = repr(e)
-        result["traceback"] = traceback.format_exc()[-8000:]
-        print(result["traceback"], file=sys.stderr, flush=True)
+    except BaseException:  # noqa: BLE001  (report, then fail)
+        record_failure(result)
     out.write_text(json.dumps(result))
     return 0 if result["ok"] else 1
 

@@ -189,7 +189,7 @@ def gemm_config(n: int, k: int, bucket: int, dtype: Any, default: Any) -> Any:
             return None
         return cfg if cfg.block_m > 0 and cfg.block_n > 0 and cfg.block_k > 0 else None
 
-    m = 2 * L.BUCKETS[-1] if bucket > L.BUCKETS[-1] else bucket  # a representative M
+    m = L.representative_m(None if bucket > L.BUCKETS[-1] else bucket)
     state: dict[str, Any] = {}
 
     def too_big() -> str | None:

@@ -316,12 +316,17 @@ def _gate(M, lo: int, hi: int | None):
     return g
 
 
+def representative_m(hi: int | None) -> int:
+    """An M in the bucket whose upper bound is ``hi`` (None: the top bucket, M > BUCKETS[-1])."""
+    return hi if hi is not None else 2 * BUCKETS[-1]
+
+
 def dispatch_plan(n: int, k: int, dtype: torch.dtype) -> list[tuple[int, int | None, Cfg]]:
     """``[(lo, hi, cfg)]``: the config of every M bucket, consecutive equal configs merged."""
     plan: list[tuple[int, int | None, Cfg]] = []
     lo = 0
     for hi in (*BUCKETS, None):
-        cfg = choose_config(hi if hi is not None else 2 * BUCKETS[-1], n, k, dtype)
+        cfg = choose_config(representative_m(hi), n, k, dtype)
         if plan and plan[-1][2] == cfg:
             plan[-1] = (plan[-1][0], hi, cfg)
         else:
@@ -377,19 +382,19 @@ def _mm_launch(a, b, bias, cfg: Cfg | None = None, dispatch: bool | None = None)
     """C = a @ b (+ bias).  A concrete M gets its bucket's config; a symbolic M (vLLM's one graph
     for 1..max_num_batched_tokens tokens) gets every bucket's kernel, each gated to its M range
     at run time (a size hint would freeze one bucket's tiles for every M: decode on prefill tiles
-    runs at a fraction of the bandwidth).  ``dispatch=True`` forces the gated form (tests)."""
+    runs at a fraction of the bandwidth).  A given ``cfg`` is launched alone; ``dispatch=True``
+    forces the gated form for a concrete M (tests)."""
     M, K = a.shape
     N = b.shape[1]
     n, k = int(N), int(K)  # weight dims: static in LLM graphs
     out = torch.empty((M, N), dtype=a.dtype, device=a.device)
     if dispatch is None:
-        dispatch = cfg is None and not isinstance(M, int)
-    if not dispatch:
+        dispatch = not isinstance(M, int)
+    if cfg is not None or not dispatch:
         _launch_cfg(a, b, bias, out, cfg or choose_config(M, n, k, a.dtype))
         return out
-    for lo, hi, c in ([(0, None, cfg)] if cfg is not None else dispatch_plan(n, k, a.dtype)):
-        hint = hi if hi is not None else 2 * BUCKETS[-1]
-        _launch_cfg(a, b, bias, out, c, gate=_gate(M, lo, hi), m_hint=hint, m_cap=hi)
+    for lo, hi, c in dispatch_plan(n, k, a.dtype):
+        _launch_cfg(a, b, bias, out, c, gate=_gate(M, lo, hi), m_hint=representative_m(hi), m_cap=hi)
     return out
 
 
