@@ -74,14 +74,32 @@ def _wrap_counting(cls: type, name: str, counts: dict[str, int], key: str) -> No
     setattr(cls, name, kind(counting) if kind else counting)
 
 
+BENCHMARKED: list[dict[str, Any]] = []  # which Inductor kernels ran their config search
+
+
 def _count_inductor_benchmarks() -> dict[str, int]:
     """Count Inductor's own autotuning benchmarks (pointwise/reduction config search at first
-    launch, GEMM template selection); a warm start must run none."""
+    launch, GEMM template selection); a warm start must run none.  Each config search is also
+    named (kernel, source file, autotune-cache state) in ``BENCHMARKED``."""
     counts = {"triton_heuristics_benchmark_all_configs": 0, "select_algorithm_benchmarks": 0}
     try:
         from torch._inductor.runtime.triton_heuristics import CachingAutotuner
 
         _wrap_counting(CachingAutotuner, "benchmark_all_configs", counts, "triton_heuristics_benchmark_all_configs")
+        counted = CachingAutotuner.benchmark_all_configs
+
+        def naming(self, *a, **k):  # type: ignore[no-untyped-def]
+            if len(BENCHMARKED) < 64:
+                BENCHMARKED.append({
+                    "kernel": getattr(getattr(self, "fn", None), "__name__", "?"),
+                    "file": getattr(self, "filename", None),
+                    "configs": len(getattr(self, "launchers", []) or []),
+                    "autotune_cache": dict(getattr(self, "autotune_cache_info", None) or {}),
+                    "heuristic": (getattr(self, "heuristic_type", None) or "").__str__(),
+                })
+            return counted(self, *a, **k)
+
+        CachingAutotuner.benchmark_all_configs = naming
     except Exception:  # noqa: BLE001
         pass
     try:
@@ -123,6 +141,7 @@ def main_worker(args: argparse.Namespace) -> int:
         result["inductor"] = {k: v for k, v in counters["inductor"].items() if "cache" in k}
         result["aot_autograd"] = dict(counters["aot_autograd"])
         result["inductor_benchmarks"] = dict(inductor_bench)
+        result["inductor_benchmarked_kernels"] = list(BENCHMARKED)
         try:
             import dataclasses
 

@@ -7,6 +7,9 @@ default) and each backend, in its own subprocess:
 * ``tri_inductor``: ``LLM(..., compilation_config={"backend": "tri_inductor"})`` and nothing else
   Triton-related (the plugin picks TRITON_ATTN, custom_ops none, native IR ops, lm_head GEMM);
 * ``inductor`` (the baseline): ``backend "inductor"``, custom_ops none, TRITON_ATTN, native IR ops;
+* ``eager`` (optional numerics control, ``--backends tri_inductor,inductor,eager``): vLLM eager,
+  same ops in PyTorch (cuBLAS GEMMs), scored teacher-forced on the baseline's tokens like ours:
+  the agreement rate of two correct implementations of the same bf16 model;
 
 then ``generate`` (greedy, P prompts x T tokens, top-2 logprobs, CUDA graphs on) and a second,
 profiled ``generate`` (8 tokens) whose CUDA kernels are classed by step (prefill/decode) and by
@@ -37,6 +40,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _meta import card_slug, git_info, package_hash, record_failure, versions  # noqa: E402  (card_slug also used by cache_warm_start)
 BACKENDS = ("tri_inductor", "inductor")
+# Optional control backend: vLLM eager (PyTorch/cuBLAS ops, custom_ops none, TRITON_ATTN),
+# teacher-forced on the compile path's tokens: how often two correct implementations of the
+# same bf16 model agree, i.e. the floor any other kernel set is measured against.
+CONTROL = "eager"
 PROFILE_TOKENS = 8
 
 # Small shapes of the five families (vLLM architectures; transformers config classes).
@@ -216,7 +223,8 @@ def environment() -> dict[str, Any]:
 
 
 def print_table(report: dict[str, Any]) -> None:
-    rows = [("model", "tokens equal", "div/near-tie", "teacher-forced", "baseline self", "fwd triton launches", "fwd non-triton launches",
+    rows = [("model", "tokens equal", "div/near-tie", "teacher-forced", "baseline self", "eager control",
+             "fwd triton launches", "fwd non-triton launches",
              "fwd triton us", "fwd non-triton us", "bookkeeping kernels", "pass")]
     for name, m in report["models"].items():
         g = m.get("greedy") or {}
@@ -231,6 +239,7 @@ def print_table(report: dict[str, Any]) -> None:
                      f"{sum(d['near_tie'] for d in g.get('divergences', [])) if g else '-'}",
                      f"{(m.get('teacher_forced') or {}).get('match_rate', '-')}",
                      f"{(m.get('baseline_self_teacher_forced') or {}).get('match_rate', '-')}",
+                     f"{(m.get('eager_control_teacher_forced') or {}).get('match_rate', '-')}",
                      str(tl), str(nl), f"{tu:.0f}", f"{nu:.0f}", str(len(m.get("bookkeeping", []))),
                      "PASS" if ok else "FAIL"))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
@@ -302,11 +311,12 @@ def main_parent(args: argparse.Namespace) -> int:
             t0 = time.time()
             folder = Path(tmp) / name
             load_format = write_model(name, folder, args.layers, args.vocab, args.weights)
-            # The baseline runs first so that ours can also be scored teacher-forced on its tokens.
-            order = sorted(args.backends.split(","), key=lambda b: b == "tri_inductor")
+            # The baseline runs first so that ours (and the eager control) can also be scored
+            # teacher-forced on its tokens.
+            order = sorted(args.backends.split(","), key=lambda b: b != "inductor")
             runs = {}
             for b in order:
-                teacher = Path(tmp) / f"{name}_inductor.json" if b == "tri_inductor" else None
+                teacher = Path(tmp) / f"{name}_inductor.json" if b != "inductor" else None
                 runs[b] = run_worker(args, name, folder, load_format, b, Path(tmp) / f"{name}_{b}.json", teacher)
             entry: dict[str, Any] = {"config": MODELS[name] | {"num_hidden_layers": args.layers},
                                      "load_format": load_format, "backends": runs}
@@ -319,6 +329,9 @@ def main_parent(args: argparse.Namespace) -> int:
                 entry["teacher_forced"] = score_teacher_forced(ours["teacher_forced"], args.gap_tol)
             if base.get("teacher_forced_self"):
                 entry["baseline_self_teacher_forced"] = score_teacher_forced(base["teacher_forced_self"], args.gap_tol)
+            if runs.get(CONTROL, {}).get("teacher_forced"):
+                entry["eager_control_teacher_forced"] = score_teacher_forced(runs[CONTROL]["teacher_forced"],
+                                                                             args.gap_tol)
             for r in runs.values():  # keep the per-sequence data out of the summary file
                 r.pop("tokens", None)
                 r.pop("top2_gap", None)
@@ -493,6 +506,11 @@ def main_worker(args: argparse.Namespace) -> int:
                                   gpu_memory_utilization=0.5)
         if args.backend == "tri_inductor":
             kw["compilation_config"] = {"backend": "tri_inductor"}
+        elif args.backend == CONTROL:  # vLLM eager, PyTorch ops (cuBLAS GEMMs), no vLLM CUDA ops
+            kw["enforce_eager"] = True
+            kw["compilation_config"] = {"custom_ops": ["none"]}
+            kw["attention_backend"] = "TRITON_ATTN"
+            kw["ir_op_priority"] = {"rms_norm": ["native"], "fused_add_rms_norm": ["native"]}
         else:  # vLLM's own compile path, made runnable without vLLM's CUDA ops
             kw["compilation_config"] = {"backend": "inductor", "custom_ops": ["none"]}
             kw["attention_backend"] = "TRITON_ATTN"
@@ -524,11 +542,15 @@ def main_worker(args: argparse.Namespace) -> int:
             result["top2_gap"].append(gaps)
         if args.teacher:
             result["teacher_forced"] = teacher_forced(llm, ps, json.loads(Path(args.teacher).read_text())["tokens"])
-        elif args.backend != "tri_inductor":
+        elif args.backend == "inductor":
             # Control: vLLM's own path scored the same way on its own greedy tokens (prefill kernels
             # re-reading what the decode kernels produced): its agreement is the bf16 noise floor.
             result["teacher_forced_self"] = teacher_forced(llm, ps, result["tokens"])
 
+        if args.backend == CONTROL:  # a numerics control only: no kernel census
+            result["ok"] = True
+            out.write_text(json.dumps(result))
+            return 0
         census = Census()
         census.install()
         sp2 = SamplingParams(temperature=0.0, max_tokens=PROFILE_TOKENS, ignore_eos=True, detokenize=False)
@@ -566,7 +588,8 @@ def main_worker(args: argparse.Namespace) -> int:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", default=",".join(MODELS))
-    p.add_argument("--backends", default=",".join(BACKENDS))
+    p.add_argument("--backends", default=",".join(BACKENDS),
+                   help=f"add '{CONTROL}' for the numerics control (vLLM eager vs its compile path)")
     p.add_argument("--prompts", type=int, default=32)
     p.add_argument("--tokens", type=int, default=64)
     p.add_argument("--layers", type=int, default=2)

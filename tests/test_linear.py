@@ -5,6 +5,8 @@ on GPU fp32 follows torch's allow_tf32), fp16 2e-3, bf16 1e-2 (output rounding d
 """
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 import torch
 
@@ -198,6 +200,37 @@ def test_dispatch_plan_merges_equal_configs():
         assert hi == lo2 and c != c2
     for lo, hi, c in plan:
         assert c == L.choose_config(hi or 2 * L.BUCKETS[-1], 4096, 4096, torch.bfloat16)
+
+
+@pytest.mark.parametrize("rng", [None, (1, 512), (513, 8192), (2, 16), (17, 8192), (100, 100)])
+def test_dispatch_plan_in_token_range(rng):
+    """Inside a compile range, the plan keeps only buckets meeting it: for every M of the range
+    exactly one entry's gate is on, and it is the config a concrete M gets."""
+    ctx = L.token_range(*rng) if rng else contextlib.nullcontext()
+    with ctx:
+        plan = L.dispatch_plan(4096, 4096, torch.bfloat16)
+    lo_r, hi_r = rng or (1, 8192)
+    ms = sorted({lo_r, hi_r, *(b + d for b in L.BUCKETS for d in (0, 1) if lo_r <= b + d <= hi_r)})
+    for m in ms:
+        on = [c for lo, hi, c in plan if L._gate(m, lo, hi) == 1]
+        assert on == [L.choose_config(m, 4096, 4096, torch.bfloat16)], (m, plan)
+    buckets_met = {L.bucket_of(m) for m in range(lo_r, hi_r + 1)}
+    assert len(plan) <= len(buckets_met)
+
+
+def test_token_range_prefill_graph_launches_prefill_tiles_only():
+    """vLLM's compile range above the CUDA-graph sizes: the symbolic-M graph launches only the
+    prefill buckets' kernels (fewer host launches in eager prefill steps)."""
+    x = torch.randn(600, 256, dtype=torch.bfloat16)
+    w = torch.randn(384, 256, dtype=torch.bfloat16)
+    full = L.dispatch_plan(384, 256, torch.bfloat16)
+    with L.token_range(513, 8192):
+        plan = L.dispatch_plan(384, 256, torch.bfloat16)
+        hits, code, calls = _compile(lambda x, w: torch.nn.functional.linear(x, w), [x, w], dynamic=[(0, 0)])
+    assert hits == 1 and len(plan) < len(full)
+    runs = [line for line in calls.splitlines() if ".run(" in line and "mm_" in line]
+    assert len(runs) == len(plan)
+    assert all(c.block_m >= 128 for _, _, c in plan)
 
 
 # ----------------------------------------------------------------------------- sm_90 codegen

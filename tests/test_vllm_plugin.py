@@ -189,6 +189,58 @@ def test_backend_flag_alone_gives_triton_config(plugin, tri_log):
     assert again.changes == [] and again.conflicts == []
 
 
+def test_compile_range_split_at_cudagraph_size(plugin, tri_log):
+    """One compile range for the CUDA-graph sizes, one for eager (prefill) steps; vLLM's own path
+    keeps its single range.  (Without a model, vLLM sizes no CUDA graphs: the sizes are set as
+    vLLM's _set_cudagraph_sizes would, then __post_init__ re-runs as on dataclasses.replace.)"""
+    from tri_inductor.vllm_config import split_range_at_cudagraph_size
+
+    cfg = _config(backend="tri_inductor")
+    cc = cfg.compilation_config
+    end = cfg.scheduler_config.max_num_batched_tokens
+    assert cc.compile_ranges_endpoints == [end] and cc.max_cudagraph_capture_size == 0
+    assert split_range_at_cudagraph_size(cfg) is None  # no CUDA graphs: nothing to split
+    cc.max_cudagraph_capture_size = 512
+    change = split_range_at_cudagraph_size(cfg)
+    assert change is not None and change.new == [512, end]
+    change.apply()
+    assert [(r.start, r.end) for r in cc.get_compile_ranges()] == [(1, 512), (513, end)]
+    assert split_range_at_cudagraph_size(cfg) is None  # idempotent
+    cfg._set_compile_ranges()  # vLLM's own recomputation keeps our endpoint
+    assert cc.compile_ranges_endpoints == [512, end]
+    cc.max_cudagraph_capture_size = end  # every size captured: one range is enough
+    cc.compile_ranges_endpoints = [end]
+    assert split_range_at_cudagraph_size(cfg) is None
+
+
+def test_compile_range_reaches_gemm_dispatch(plugin, monkeypatch):
+    """Our compiler traces a piece inside the compile range vLLM passes: the GEMM dispatch plan
+    sees it (and nothing leaks out after the compile)."""
+    from vllm.compilation.compiler_interface import InductorStandaloneAdaptor
+    from vllm.config import set_current_vllm_config
+    from vllm.config.utils import Range
+
+    from tri_inductor.patterns import linear as L
+    from tri_inductor.vllm_compiler import TriInductorCompiler
+
+    seen = []
+
+    def fake_compile(self, graph, example_inputs, compiler_config, compile_range, key=None):
+        seen.append((L._TOKEN_RANGE.get(), len(L.dispatch_plan(4096, 4096, torch.bfloat16))))
+        return (lambda *a: a), ("key", "path")
+
+    monkeypatch.setattr(InductorStandaloneAdaptor, "compile", fake_compile)
+    cfg = _config(backend="tri_inductor")
+    gm, ex = _piece()
+    with set_current_vllm_config(cfg):
+        compiler = TriInductorCompiler()
+        for rng in (Range(start=1, end=512), Range(start=513, end=8192)):
+            compiler.compile(gm, ex, dict(cfg.compilation_config.inductor_compile_config), rng, key="k")
+    full = len(L.dispatch_plan(4096, 4096, torch.bfloat16))
+    assert [r for r, _ in seen] == [(1, 512), (513, 8192)] and L._TOKEN_RANGE.get() is None
+    assert all(n < full for _, n in seen), (seen, full)
+
+
 def test_without_plugin_effects_vllm_traps_are_real(plugin):
     # What vLLM itself does for a non-"inductor" backend name (the reason the plugin exists),
     # checked on vLLM's own backend "eager" so that our hook stays out of it.

@@ -277,6 +277,28 @@ def trim_ir_priorities(vllm_config: "VllmConfig") -> None:
             del current[1:]
 
 
+def split_range_at_cudagraph_size(vllm_config: "VllmConfig") -> Change | None:
+    """After vLLM's ``__post_init__`` (capture sizes known): add ``max_cudagraph_capture_size`` to
+    the compile-range endpoints.  Our GEMM picks its tiles per M bucket; one graph for every token
+    count launches each bucket's kernel gated on M (free inside a CUDA graph, a host launch each
+    outside one).  With the split, the graph for the eager range (big prefill steps) holds only
+    the prefill buckets' kernels; the cost is one more compile per piece (cold start only)."""
+    cc = vllm_config.compilation_config
+    cap = cc.max_cudagraph_capture_size or 0
+    end = getattr(getattr(vllm_config, "scheduler_config", None), "max_num_batched_tokens", None)
+    endpoints = list(cc.compile_ranges_endpoints or [])
+    if not endpoints or end is None or not 1 < cap < end or cap in endpoints:
+        return None
+    new = sorted({*endpoints, cap})
+
+    def _apply() -> None:
+        cc.compile_ranges_endpoints = new
+
+    return Change("compilation_config.compile_ranges_endpoints", endpoints, new,
+                  "a compile range ends at the largest CUDA-graph size: eager prefill steps launch "
+                  "only the prefill GEMM tiles", _apply)
+
+
 def check_final_config(vllm_config: "VllmConfig") -> list[Conflict]:
     """After vLLM's ``__post_init__``: conflicts vLLM introduced itself (e.g. '+quant_fp8' for
     block-quantized weights, '+rms_norm' for sequence parallelism with pipeline parallelism,

@@ -144,7 +144,8 @@ def _patch_vllm_config(module: ModuleType) -> None:
         if not is_ours(self):
             return real(self)
         from .cache import compile_hash
-        from .vllm_config import adjust_vllm_config, check_final_config, trim_ir_priorities
+        from .vllm_config import (adjust_vllm_config, check_final_config, split_range_at_cudagraph_size,
+                                  trim_ir_priorities)
 
         # Sources + card (NVML: no CUDA context before vLLM forks) + versions: keys the AOT cache too.
         adj = adjust_vllm_config(self, package_hash=compile_hash(avoid_cuda_init=True))  # strict: raises here
@@ -156,6 +157,11 @@ def _patch_vllm_config(module: ModuleType) -> None:
                 log.warning("tri_inductor: %s", c.message())
         out = real(self)
         trim_ir_priorities(self)
+        split = split_range_at_cudagraph_size(self)
+        if split is not None:
+            split.apply()
+            if _once("change:" + split.setting):
+                log.info("tri_inductor: %s", split.message())
         late = check_final_config(self)
         if late and adj.options.strict:
             from .vllm_config import TriInductorConfigError

@@ -26,8 +26,11 @@ graphs never capture. No guard on M, no recompile, and decode gets decode tiles.
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import json
 import os
+from collections.abc import Iterator
 from typing import NamedTuple
 
 import torch
@@ -321,17 +324,44 @@ def representative_m(hi: int | None) -> int:
     return hi if hi is not None else 2 * BUCKETS[-1]
 
 
+# The token range [start, end] the graph being compiled serves (vLLM compiles a piece once per
+# compile range); None: any M >= 1.
+_TOKEN_RANGE: contextvars.ContextVar[tuple[int, int] | None] = contextvars.ContextVar(
+    "tri_inductor_token_range", default=None)
+
+
+@contextlib.contextmanager
+def token_range(start: int, end: int) -> Iterator[None]:
+    """GEMMs traced inside see M only in ``[start, end]``: the dispatch plan keeps the buckets of
+    that range (vLLM's prefill range then launches 1-2 kernels per projection, not every bucket's)."""
+    tok = _TOKEN_RANGE.set((int(start), int(end)))
+    try:
+        yield
+    finally:
+        _TOKEN_RANGE.reset(tok)
+
+
 def dispatch_plan(n: int, k: int, dtype: torch.dtype) -> list[tuple[int, int | None, Cfg]]:
-    """``[(lo, hi, cfg)]``: the config of every M bucket, consecutive equal configs merged."""
+    """``[(lo, hi, cfg)]`` (M in (lo, hi], hi None: no upper bound): the config of every M bucket
+    that meets the current token range, consecutive equal configs merged; the first entry's lo
+    and the last's hi are dropped where the range already implies them (no gate to evaluate)."""
+    rng = _TOKEN_RANGE.get()
     plan: list[tuple[int, int | None, Cfg]] = []
     lo = 0
     for hi in (*BUCKETS, None):
+        if rng is not None and ((hi is not None and hi < rng[0]) or lo >= rng[1]):
+            lo = hi if hi is not None else lo
+            continue  # the bucket (lo, hi] holds no M of the range
         cfg = choose_config(representative_m(hi), n, k, dtype)
         if plan and plan[-1][2] == cfg:
             plan[-1] = (plan[-1][0], hi, cfg)
         else:
-            plan.append((lo, hi, cfg))
+            plan.append((0 if not plan else lo, hi, cfg))
         lo = hi if hi is not None else lo
+    if rng is not None:
+        lo0, hi0, c0 = plan[-1]
+        if hi0 is not None and hi0 >= rng[1]:
+            plan[-1] = (lo0, None, c0)
     return plan
 
 
@@ -393,8 +423,11 @@ def _mm_launch(a, b, bias, cfg: Cfg | None = None, dispatch: bool | None = None)
     if cfg is not None or not dispatch:
         _launch_cfg(a, b, bias, out, cfg or choose_config(M, n, k, a.dtype))
         return out
+    rng = _TOKEN_RANGE.get()
     for lo, hi, c in dispatch_plan(n, k, a.dtype):
-        _launch_cfg(a, b, bias, out, c, gate=_gate(M, lo, hi), m_hint=representative_m(hi), m_cap=hi)
+        cap = hi if rng is None else min(hi or rng[1], rng[1])
+        m_hint = representative_m(hi) if hi is not None or rng is None else min(representative_m(None), rng[1])
+        _launch_cfg(a, b, bias, out, c, gate=_gate(M, lo, hi), m_hint=m_hint, m_cap=cap)
     return out
 
 
