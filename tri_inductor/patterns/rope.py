@@ -311,6 +311,10 @@ def _repl_hf(q, k, cos, sin):
 
 def _check_vllm(match) -> bool:
     # Runs on the re-traced, value-specific match (head_size/half are literals there, not kwargs).
+    if match.kwargs["q"] is match.kwargs["k"]:
+        # q's and k's subgraphs have the same structure: the matcher may bind both outputs of the
+        # pattern to q's (and leave k to Inductor); only a q/k pair is a match.
+        return False
     q = match.kwargs["q"].meta.get("val")
     k = match.kwargs["k"].meta.get("val")
     c = match.kwargs["cache"].meta.get("val")
