@@ -5,6 +5,8 @@ TRITON_INTERPRET=1 (not set here); see the note in tri_inductor/patterns/rms_nor
 """
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 from torch._inductor.pattern_matcher import PatternMatcherPass
@@ -125,6 +127,61 @@ def test_vllm_rotary_embedding_per_head_outputs_match(vllm_ctx, pm, head_size, r
     hits, code = compile_codegen(attn_prologue, [pos, qkv], pm)
     assert hits == 1
     assert_our_kernel(code, "_rope_kernel")
+
+
+class _NormThenRope:
+    """rms_norm's patterns, then RoPE's: the order of the real pass."""
+
+    def __init__(self) -> None:
+        from tri_inductor.passes import _registered_patterns
+
+        self.passes = _registered_patterns(("rms_norm", "rope"), False)
+        self.by_family: dict[str, int] = {}
+
+    def apply(self, graph) -> int:
+        for family, pm in self.passes:
+            self.by_family[family] = self.by_family.get(family, 0) + pm.apply(graph)
+        return sum(self.by_family.values())
+
+
+@pytest.mark.parametrize("rotary_dim", [128, 64])
+def test_vllm_rope_after_qk_norm(vllm_ctx, rotary_dim) -> None:
+    """Qwen3: q/k are normed per head, viewed back to [tokens, heads * head_size], then rotated;
+    the rotary embedding's own per-head view is then a no-op Inductor removes, so the graph
+    starts at the rotary split of the norm output.  Norms and RoPE must all be ours."""
+    from vllm.model_executor.layers.rotary_embedding import RotaryEmbedding
+
+    hd, Hq, Hk = 128, 4, 2
+    rope = RotaryEmbedding(hd, rotary_dim, 64, 1e6, True, torch.bfloat16)
+
+    def norm(x, w):
+        xf = x.float()
+        return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + 1e-6)).to(x.dtype) * w
+
+    def prologue(pos, qkv, qw, kw):  # vLLM's Qwen3Attention.forward up to attention
+        q, k, v = qkv.split([Hq * hd, Hk * hd, Hk * hd], dim=-1)
+        q = norm(q.view(*q.shape[:-1], q.shape[-1] // hd, hd), qw).view(q.shape)
+        k = norm(k.view(*k.shape[:-1], k.shape[-1] // hd, hd), kw).view(k.shape)
+        q, k = rope.forward_native(pos, q, k)
+        return q.view(-1, Hq, hd), k.view(-1, Hk, hd), v.view(-1, Hk, hd)
+
+    g = torch.Generator().manual_seed(rotary_dim)
+    pos = torch.randint(0, 64, (5,), generator=g)
+    qkv = torch.randn(5, (Hq + 2 * Hk) * hd, generator=g).to(torch.bfloat16)
+    qw, kw = torch.randn(hd, generator=g).to(torch.bfloat16), torch.randn(hd, generator=g).to(torch.bfloat16)
+    passes = _NormThenRope()
+    _, code = compile_codegen(prologue, [pos, qkv, qw, kw], passes, dynamic=[(0, 0), (1, 0)])
+    assert passes.by_family == {"rms_norm": 2, "rope": 1}, passes.by_family
+    assert_our_kernel(code, "_rope_kernel")
+    assert "cat" not in "".join(re.findall(r"def (triton_\w+)", code)), "RoPE left to Inductor"
+    # the replacement on per-head q/k computes what the layer computes
+    q, k, _ = qkv.split([Hq * hd, Hk * hd, Hk * hd], dim=-1)
+    q3, k3 = q.reshape(5, Hq, hd), k.reshape(5, Hk, hd)
+    vq, vk = rope.forward_native(pos, q3.reshape(5, -1), k3.reshape(5, -1))
+    oq, ok = P.rope_cache(pos, q3, k3, rope.cos_sin_cache, hd, rotary_dim, True)
+    assert oq.shape == q3.shape and ok.shape == k3.shape
+    assert rel(oq.reshape(5, -1), vq.double()) < TOL[torch.bfloat16]
+    assert rel(ok.reshape(5, -1), vk.double()) < TOL[torch.bfloat16]
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])

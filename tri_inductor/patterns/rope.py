@@ -265,6 +265,18 @@ def _vllm_rope(positions, q, k, cache, head_size: int, rotary_dim: int, is_neox:
     return outs[0], outs[1]
 
 
+def _vllm_rope_heads(positions, q, k, cache, rotary_dim: int, is_neox: bool):
+    """vLLM's forward_static when q/k arrive per head already ([tokens, heads, head_size], e.g.
+    Qwen3's q/k norm output): its ``view(num_tokens, -1, head_size)`` is then a no-op that
+    Inductor removes, so the graph starts at the rotary split."""
+    cos, sin = cache.index_select(0, positions.flatten()).chunk(2, dim=-1)
+    outs = []
+    for x in (q, k):
+        rot = _vllm_apply(x[..., :rotary_dim], cos, sin, is_neox)
+        outs.append(torch.cat((rot, x[..., rotary_dim:]), dim=-1))
+    return outs[0], outs[1]
+
+
 def _rotate_half(x):
     x1 = x[..., : x.shape[-1] // 2]
     x2 = x[..., x.shape[-1] // 2:]
@@ -305,6 +317,16 @@ def _make_vllm(is_neox: bool, per_head: bool = False):
     return search, repl
 
 
+def _make_vllm_heads(is_neox: bool):
+    def search(positions, q, k, cache, half):
+        return _vllm_rope_heads(positions, q, k, cache, 2 * half, is_neox)
+
+    def repl(positions, q, k, cache, half):
+        return rope_cache(positions, q, k, cache, q.shape[-1], 2 * half, is_neox)
+
+    return search, repl
+
+
 def _repl_hf(q, k, cos, sin):
     return rope_cos_sin(q, k, cos, sin, True)
 
@@ -340,7 +362,8 @@ def _check_hf(match) -> bool:
 # ``KeywordArg``s wherever they appear, and each match is re-checked with its real values. The
 # graph's structure differs between full and partial rotary (the pass-through slice and cat
 # vanish when rotary_dim == head_size), between NeoX and GPT-J, and between outputs reshaped back
-# to [tokens, heads * head_size] or left per head (see _vllm_rope): eight registrations per dtype.
+# to [tokens, heads * head_size] or left per head (see _vllm_rope), and q/k already per head on
+# input (_vllm_rope_heads): twelve registrations per dtype.
 _HEAD = 104  # sentinel head_size; rotary halves 52 (full) and 26 (partial): distinct from all
 _HALVES = {"full": 52, "partial": 26}  # other sizes of the example graph
 
@@ -372,6 +395,17 @@ def register_vllm_rope_forms(pm_pass) -> None:
                 register_replacement(search, repl, [pos, q, k, cache], _trace_post_grad, pm_pass,
                                      extra_check=_check_vllm, skip_duplicates=True,
                                      scalar_workaround={"head_size": _HEAD, "half": half})
+    for is_neox in (True, False):  # q/k per head on input (Qwen3: after the q/k norm)
+        search, repl = _make_vllm_heads(is_neox)
+        for half in _HALVES.values():
+            for dt in (torch.bfloat16, torch.float32):
+                pos = torch.zeros(8, dtype=torch.int64)
+                q = torch.empty(8, 3, _HEAD, dtype=dt)
+                k = torch.empty(8, 2, _HEAD, dtype=dt)
+                cache = torch.empty(32, 2 * half, dtype=dt)
+                register_replacement(search, repl, [pos, q, k, cache], _trace_post_grad, pm_pass,
+                                     extra_check=_check_vllm, skip_duplicates=True,
+                                     scalar_workaround={"half": half})
 
 
 def register_patterns(pm_pass) -> None:
