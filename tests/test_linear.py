@@ -6,6 +6,7 @@ on GPU fp32 follows torch's allow_tf32), fp16 2e-3, bf16 1e-2 (output rounding d
 from __future__ import annotations
 
 import contextlib
+import re
 
 import pytest
 import torch
@@ -94,7 +95,7 @@ def test_split_k_ragged():
 
 
 def test_buckets_and_split_choice():
-    assert L.bucket_of(1) == 16 and L.bucket_of(48) == 64 and L.bucket_of(5000) == 4096
+    assert L.bucket_of(1) == 1 and L.bucket_of(2) == 16 and L.bucket_of(48) == 64 and L.bucket_of(5000) == 4096
     assert L._hint(7) == 7
     # auto split-K: 64 tiles of a 4096-wide decode GEMM -> 2 splits fill 128 of 132 SMs
     assert L._split_k(L.Cfg(16, 64, 256, 1, 0, 4, 4), 1, 4096, 4096) == 2
@@ -154,7 +155,7 @@ def test_pattern_dynamic_m():
     runs = [line for line in calls.splitlines() if ".run(" in line and "mm_" in line]
     assert len(runs) == len(plan)
     for line in runs:
-        assert "min(1, ((-1) + s" in line  # the gate: a function of the symbolic M
+        assert re.search(r"min\(1, [^,]*s\d+", line), line  # the gate: a function of the symbolic M
     assert "clone" not in calls and "copy_" not in calls
 
 

@@ -257,3 +257,25 @@ def test_two_fused_add_norms_in_one_piece(pm, gemma) -> None:
     assert_our_kernel(code, "_rms_norm_kernel")
     assert len(re.findall(r"_rms_norm_kernel_\d+\.run\(", code)) == 2
     assert "rsqrt" not in code.split("def call(")[0].split("def _rms_norm_kernel")[0]  # no Inductor norm
+
+
+@pytest.mark.parametrize("single_tile", [True, False])
+def test_no_fp64_math_when_inductor_types_eps_fp64(single_tile):
+    """Inductor passes a Python float to a user Triton kernel as fp64 (Triton's own launcher:
+    fp32). Compiled with that signature for sm_90, the kernel must convert eps once and keep
+    the row's arithmetic in fp32: no fp64 multiply/add/rsqrt in the PTX."""
+    import re
+
+    import triton
+    from triton.backends.compiler import GPUTarget
+
+    k = R._rms_norm_kernel
+    sig = {n: "i32" for n in k.arg_names}
+    sig.update({"x_ptr": "*bf16", "res_ptr": "*fp32", "w_ptr": "*bf16", "out_ptr": "*bf16",
+                "res_out_ptr": "*fp32", "eps": "fp64", "w_offset": "fp64"})
+    const = dict(HAS_RESIDUAL=True, BLOCK=4096 if single_tile else 1024, SINGLE_TILE=single_tile)
+    sig.update({c: "constexpr" for c in const})
+    ptx = triton.compile(triton.compiler.ASTSource(k, sig, const), target=GPUTarget("cuda", 90, 32),
+                         options=dict(num_warps=8)).asm["ptx"]
+    fp64_math = re.findall(r"\b(?:mul|fma|add|sub|div|sqrt|rsqrt)(?:\.\w+)*\.f64\b", ptx)
+    assert not fp64_math, fp64_math[:5]

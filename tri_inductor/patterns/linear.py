@@ -181,11 +181,12 @@ class Cfg(NamedTuple):
 
 
 # Upper bounds of the M buckets; the last bucket is everything above.
-BUCKETS = (16, 32, 64, 128, 256, 512, 1024, 2048)
+BUCKETS = (1, 16, 32, 64, 128, 256, 512, 1024, 2048)
 
 # H100 defaults by bucket (bf16/fp16). Decode buckets stream the weight: narrow tiles, long
 # K steps, split-K when few N tiles. Prefill buckets: wgmma-sized 128x256x64 / 128x128x64 tiles.
 CONFIGS: dict[int, Cfg] = {  # first numbers from an H200 sweep (benchmarks/kernels.py --tune)
+    1: Cfg(16, 128, 256, 1, 0, 4, 3),  # batch-1 decode (a GEMV): split-K to fill the SMs
     16: Cfg(16, 64, 256, 1, 1, 4, 4),
     32: Cfg(32, 64, 256, 1, 1, 4, 4),
     64: Cfg(64, 32, 128, 1, 1, 4, 6),

@@ -38,6 +38,11 @@ def _rms_norm_kernel(
     # One program per row. BLOCK is a power of two >= H (SINGLE_TILE) or the chunk width.
     # Contiguous columns across the program's threads: Triton gives each thread runs of
     # BLOCK / (32 * num_warps) elements, i.e. 16-byte vectors when num_warps follows BLOCK.
+    # Inductor types a Python float argument as fp64 (Triton's own launcher: fp32); uncast, the
+    # whole row would be normalised in fp64 inside compiled graphs (in vLLM decode steps the
+    # kernel took 1.2-1.5x its standalone time).
+    eps = tl.cast(eps, tl.float32)
+    w_offset = tl.cast(w_offset, tl.float32)
     row = tl.program_id(0).to(tl.int64)
     cols = tl.arange(0, BLOCK)
     x_row = x_ptr + row * x_stride

@@ -1,0 +1,143 @@
+"""Launch-config sweep of the memory-bound kernels at the token counts vLLM runs (decode 1..64,
+prefill 256..8192), next to Inductor's kernel for the same op, on one GPU.
+
+    python benchmarks/launch_sweep.py [--out DIR]      # writes launch_sweep_<card>.json
+
+Why: inside vLLM our RMSNorm and SiLU-and-mul cost more than Inductor's fused kernels at decode
+sizes (benchmarks/results/e2e_*.json profiles), while kernels.py measures them at 4096 tokens
+only.  A graph compiled for a symbolic token count keeps one launch config for every count, so
+the choice must hold across the whole range: this prints, per op and config, the time at each
+token count relative to Inductor (torch.compile of the same PyTorch code, compiled per count,
+its own autotuning), and the geometric mean over the decode and the prefill counts.
+
+Ops, in the forms vLLM's Llama-3-8B graph uses them (hidden 4096, intermediate 14336, bf16):
+``add_rms_fp32res`` (bf16 x + fp32 residual in, fp32 sum out: the second norm of a layer),
+``add_rms`` (bf16 x + bf16 residual), ``silu_mul``.  Timing: CUDA-graph replays (as under vLLM).
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from _common import bench, card_slug, geomean, metadata, n_sets, write_json  # noqa: E402
+
+TOKENS = [1, 16, 64, 256, 2048, 8192]
+DECODE = [t for t in TOKENS if t <= 64]
+H, I, DT, EPS = 4096, 14336, torch.bfloat16, 1e-5
+
+
+def _norm_native(x, r, w, fp32_res: bool):
+    s = x.float() + r.float()
+    h = s * torch.rsqrt(s.pow(2).mean(-1, keepdim=True) + EPS)
+    return (h.to(x.dtype) * w), (s if fp32_res else s.to(x.dtype))
+
+
+def _norm_ours(x, r, w, fp32_res: bool, block: int, warps: int):
+    from tri_inductor.patterns import rms_norm as R
+
+    out = torch.empty_like(x)
+    res = torch.empty(x.shape, dtype=torch.float32 if fp32_res else x.dtype, device=x.device)
+    R.launch(R._rms_norm_kernel, (x.shape[0],), x, r, w, out, res, x.stride(0), r.stride(0), out.stride(0),
+             res.stride(0), H, EPS, 0.0, HAS_RESIDUAL=True, BLOCK=block, SINGLE_TILE=block >= H,
+             num_warps=warps)
+    return out, res
+
+
+def _act_native(x):
+    return torch.nn.functional.silu(x[..., :I]) * x[..., I:]
+
+
+def _act_ours(x, block: int, warps: int):
+    from tri_inductor.patterns import activation as A
+
+    out = torch.empty((x.shape[0], I), dtype=x.dtype, device=x.device)
+    A.launch(A._gated_act_kernel, (x.shape[0], -(-I // block)), x, out, I, x.stride(0), out.stride(0),
+             ACT=0, BLOCK=block, num_warps=warps)
+    return out
+
+
+def _configs(op: str) -> list[tuple[int, int]]:
+    if op.startswith("add_rms"):
+        return [(4096, w) for w in (1, 2, 4, 8, 16)] + [(2048, w) for w in (4, 8)]
+    return [(b, w) for b in (512, 1024, 2048, 4096) for w in (1, 2, 4, 8) if b // (32 * w) >= 1]
+
+
+def _current(op: str) -> tuple[int, int]:
+    from tri_inductor.patterns import rms_norm as R
+
+    if op.startswith("add_rms"):
+        block, warps, _ = R._launch_config(H, 2)
+        return block, warps
+    block = min(1 << (I - 1).bit_length(), 2048)
+    return block, max(1, min(8, block // (32 * 8)))
+
+
+def sweep(op: str) -> dict:
+    fp32 = op == "add_rms_fp32res"
+    rows: dict[str, dict[int, float]] = {}
+    inductor: dict[int, float] = {}
+    for T in TOKENS:
+        if op.startswith("add_rms"):
+            per = T * H * (2 + (4 if fp32 else 2) * 2 + 2)
+            sets = [(torch.randn(T, H, device="cuda", dtype=DT),
+                     torch.randn(T, H, device="cuda", dtype=torch.float32 if fp32 else DT),
+                     torch.randn(H, device="cuda", dtype=DT)) for _ in range(n_sets(per))]
+            native = torch.compile(lambda x, r, w: _norm_native(x, r, w, fp32), dynamic=False)
+            ours = lambda s, b, w: _norm_ours(*s, fp32, b, w)  # noqa: E731
+        else:
+            per = T * I * 2 * 3
+            sets = [(torch.randn(T, 2 * I, device="cuda", dtype=DT),) for _ in range(n_sets(per))]
+            native = torch.compile(_act_native, dynamic=False)
+            ours = lambda s, b, w: _act_ours(*s, b, w)  # noqa: E731
+        inductor[T] = bench([lambda s=s: native(*s) for s in sets])
+        for b, w in _configs(op):
+            try:
+                t = bench([lambda s=s: ours(s, b, w) for s in sets])
+            except Exception as e:  # noqa: BLE001  (too many registers, ...)
+                print(f"  {op} T={T} block {b} warps {w}: {type(e).__name__}", flush=True)
+                continue
+            rows.setdefault(f"{b}x{w}", {})[T] = t
+        del sets
+        torch.cuda.empty_cache()
+    cur = "{}x{}".format(*_current(op))
+    out = {"inductor_ms": inductor, "configs": {}, "current": cur}
+    for name, ts in rows.items():
+        ratio = {T: inductor[T] / ts[T] for T in ts}  # > 1: ours faster
+        out["configs"][name] = {"ms": ts, "vs_inductor": ratio,
+                                "decode_geomean": geomean([ratio[T] for T in DECODE if T in ratio]),
+                                "prefill_geomean": geomean([ratio[T] for T in TOKENS if T not in DECODE and T in ratio]),
+                                "all_geomean": geomean(list(ratio.values()))}
+    return out
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--ops", default="add_rms_fp32res,add_rms,silu_mul")
+    p.add_argument("--out", default=os.environ.get("OUT") or None)
+    args = p.parse_args()
+    result = {"benchmark": "launch_sweep", **metadata(), "tokens": TOKENS, "ops": {}}
+    for op in args.ops.split(","):
+        result["ops"][op] = sweep(op)
+        path = write_json(f"launch_sweep_{card_slug()}.json", result, args.out)
+    print(f"\n== launch sweep: {result['card']}  commit {result['commit'][:12]}  (Inductor time / ours: > 1 = ours faster)")
+    for op, r in result["ops"].items():
+        print(f"{op}: Inductor us " + " ".join(f"{T}:{r['inductor_ms'][T] * 1e3:.1f}" for T in TOKENS))
+        ranked = sorted(r["configs"].items(), key=lambda kv: -kv[1]["all_geomean"])
+        for name, c in ranked:
+            mark = " <- current" if name == r["current"] else ""
+            print(f"  {name:10s} decode {c['decode_geomean']:.3f} prefill {c['prefill_geomean']:.3f} all "
+                  f"{c['all_geomean']:.3f} | " + " ".join(f"{T}:{c['vs_inductor'].get(T, math.nan):.2f}" for T in TOKENS)
+                  + mark)
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
