@@ -294,3 +294,26 @@ def test_computed_input_written_once(dynamic):
     inputs = {re.search(r"\.run\((\w+),", line).group(1) for line in calls.splitlines()
               if re.search(r"mm_(tma_)?kernel_\d+\.run\(", line)}
     assert len(inputs) == 1, inputs
+
+
+def test_eager_config_choice_is_memoised(monkeypatch):
+    """Eager GPU calls (vLLM's lm_head, once per decode step) look the config up once: the
+    tuning-DB lookup costs ~0.1 ms of host time; a cleared DB forgets the choice."""
+    from tri_inductor import cache, tuning
+
+    calls = []
+    real = tuning.gemm_config
+
+    def counting(*a, **k):
+        calls.append(a)
+        return real(*a, **k)
+
+    monkeypatch.setattr(tuning, "gemm_config", counting)
+    cache.forget_loaded()
+    first = L._eager_config(1, 4096, 4096, torch.bfloat16)
+    assert L._eager_config(1, 4096, 4096, torch.bfloat16) == first and len(calls) == 1
+    assert L._eager_config(64, 4096, 4096, torch.bfloat16) == L.choose_config(64, 4096, 4096, torch.bfloat16)
+    assert len(calls) == 3  # another bucket: its own lookup (+ the direct choose_config)
+    cache.forget_loaded()
+    L._eager_config(1, 4096, 4096, torch.bfloat16)
+    assert len(calls) == 4

@@ -437,6 +437,9 @@ def forget_loaded() -> None:
     """Drop in-memory DBs (after clear/import, or in tests)."""
     with _DBS_LOCK:
         _DBS.clear()
+    linear = sys.modules.get("tri_inductor.patterns.linear")  # loaded: it memoises eager choices
+    if linear is not None:
+        linear._EAGER_CHOICE.clear()
 
 
 # ----------------------------------------------------------------------------- info / clear
