@@ -532,6 +532,32 @@ def test_lm_head_numerics_on_triton_interpreter(plugin):
     torch.testing.assert_close(got, x @ head.weight.t(), atol=1e-3, rtol=1e-3)
 
 
+def test_lm_head_warm_up_covers_every_batch_bucket(plugin):
+    """The first lm_head call (vLLM's start-up dummy run) launches one GEMM per M bucket up to
+    max_num_seqs, so no batch size compiles a kernel mid-serving."""
+    from vllm.config import set_current_vllm_config
+    from vllm.model_executor.layers.logits_processor import LogitsProcessor
+
+    from tri_inductor.patterns import linear as L
+    from tri_inductor.vllm_logits import _MAX_ROWS, warm_up
+
+    cfg = _config(backend="tri_inductor")
+    with set_current_vllm_config(cfg):
+        proc = LogitsProcessor(96)
+    max_rows = getattr(proc, _MAX_ROWS)
+    assert max_rows == cfg.scheduler_config.max_num_seqs > 1
+
+    seen = []
+
+    class Ops:
+        def mm(self, a, b):
+            seen.append(a.shape[0])
+
+    warm_up(Ops(), torch.zeros(3, 32), torch.zeros(32, 96), None, max_rows)
+    assert {L.bucket_of(m) for m in seen} == {L.bucket_of(m) for m in range(1, max_rows + 1)}
+    assert max(seen) == max_rows
+
+
 # ---------------------------------------------------------------- vLLM's backend, end to end (CPU)
 
 

@@ -20,6 +20,8 @@ log = logging.getLogger("tri_inductor.vllm")
 
 _FLAG = "_tri_inductor_head"
 _STRICT = "_tri_inductor_strict"
+_MAX_ROWS = "_tri_inductor_max_rows"  # logits rows per step to warm up for (max_num_seqs)
+_WARMED = "_tri_inductor_warmed"
 _warned: set[str] = set()
 
 
@@ -42,6 +44,8 @@ def install() -> None:
         ours = cfg is not None and is_ours(cfg)
         setattr(self, _FLAG, ours)
         setattr(self, _STRICT, ours and read_options(cfg.compilation_config.inductor_compile_config).strict)
+        sched = getattr(cfg, "scheduler_config", None) if ours else None
+        setattr(self, _MAX_ROWS, int(getattr(sched, "max_num_seqs", 0) or 0))
 
     def _apply_head(self, lm_head, hidden_states: torch.Tensor, embedding_bias: torch.Tensor | None):
         if getattr(self, _FLAG, False):
@@ -72,6 +76,17 @@ def _ops():
     return torch.ops.tri_inductor
 
 
+def warm_up(ops: Any, flat: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None, max_rows: int) -> None:
+    """Compile the lm_head GEMM for every M bucket a step can hit (1..max_num_seqs rows) on the
+    first call (vLLM's start-up dummy run): otherwise a batch size first seen while serving
+    JIT-compiles its kernel then (~1 s stall, measured as mixed-workload throughput noise)."""
+    from .patterns.linear import eager_warm_sizes
+
+    for m in eager_warm_sizes(max(max_rows, flat.shape[0], 1)):
+        a = torch.zeros((m, flat.shape[1]), dtype=flat.dtype, device=flat.device)
+        ops.addmm(bias.to(a.dtype), a, b) if bias is not None else ops.mm(a, b)
+
+
 def triton_lm_head(processor: Any, lm_head: Any, hidden_states: torch.Tensor,
                    embedding_bias: torch.Tensor | None) -> torch.Tensor | None:
     """``hidden_states @ lm_head.weight.T (+ bias)`` on our Triton GEMM, or None to fall back."""
@@ -93,8 +108,15 @@ def triton_lm_head(processor: Any, lm_head: Any, hidden_states: torch.Tensor,
         return None
     flat = hidden_states.reshape(-1, hidden_states.shape[-1])
     b = weight.t()  # [K, vocab]: our mm takes any strides, no copy
-    if embedding_bias is not None:
-        logits = ops.addmm(embedding_bias.to(flat.dtype), flat, b)
+    if not getattr(processor, _WARMED, False) and flat.is_cuda and not torch.cuda.is_current_stream_capturing():
+        setattr(processor, _WARMED, True)
+        warm_up(ops, flat, b, embedding_bias, getattr(processor, _MAX_ROWS, 0))
+    bias = embedding_bias.to(flat.dtype) if embedding_bias is not None else None
+    if flat.is_cuda and type(flat) is torch.Tensor:
+        # Eager, every step: the op's body without the dispatcher round trip (host time).
+        from .patterns.linear import _mm_launch
+
+        logits = _mm_launch(flat, b, bias)
     else:
-        logits = ops.mm(flat, b)
+        logits = ops.addmm(bias, flat, b) if bias is not None else ops.mm(flat, b)
     return logits.reshape(*hidden_states.shape[:-1], logits.shape[-1])

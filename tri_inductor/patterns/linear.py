@@ -43,7 +43,9 @@ from ._launch import launch
 aten = torch.ops.aten
 
 
-@triton.jit
+# M is not specialised (== 1, % 16): eager calls (vLLM's lm_head: M = running requests, any value)
+# would otherwise JIT-compile new variants mid-serving; one kernel per config, warmed at start-up.
+@triton.jit(do_not_specialize=["M"])
 def mm_kernel(
     A, B, C, bias,
     M, N, K,
@@ -109,7 +111,7 @@ def _tile_coords(tile_id, num_pid_m, num_pid_n, GROUP_M: tl.constexpr):
     return pid_m, pid_n
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["M"])
 def mm_tma_kernel(
     A, B, C, bias,
     M, N, K,
@@ -154,7 +156,7 @@ def mm_tma_kernel(
         c_desc.store([off_m, off_n], acc.to(C.dtype.element_ty))
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["numel"])
 def splitk_reduce_kernel(WS, C, bias, numel, N, stride_cm,
                          HAS_BIAS: tl.constexpr, SPLIT_K: tl.constexpr, BLOCK: tl.constexpr):
     # WS is [SPLIT_K, rows, N] contiguous: element i of every split is i + s * numel.
@@ -253,6 +255,12 @@ def choose_config(m, n: int, k: int, dtype: torch.dtype) -> Cfg:
     from tri_inductor.tuning import gemm_config  # stored result, else tuned once on the GPU, else the table
 
     return gemm_config(n, k, b, dtype, TUNED.get((n, k, b)) or CONFIGS[b])
+
+
+def eager_warm_sizes(max_m: int) -> list[int]:
+    """One M per bucket up to ``max_m``: launching each once compiles every kernel an eager
+    caller with M <= max_m can need (M itself is not specialised)."""
+    return sorted({min(b, max_m) for b in BUCKETS} | {max_m})
 
 
 # Eager GPU calls (vLLM's lm_head, every decode step) reuse the choice: the tuning-DB lookup
