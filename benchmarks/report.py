@@ -228,6 +228,11 @@ def kernels_section(name: str, d: dict[str, Any]) -> str:
     return "\n".join(out)
 
 
+def _pct(score: dict[str, Any] | None) -> str:
+    rate = (score or {}).get("match_rate")
+    return "-" if rate is None else f"{rate * 100:.2f}%"
+
+
 def census_section(name: str, d: dict[str, Any]) -> str:
     out = [f"#### vLLM kernel census and greedy tokens vs vLLM's compile path (`{name}`)", "",
            _meta_line(d.get("card"), d.get("versions"), d.get("commit")), ""]
@@ -240,10 +245,13 @@ def census_section(name: str, d: dict[str, Any]) -> str:
         tf = m.get("teacher_forced") or {}
         rows.append([model, "PASS" if m.get("pass") else "FAIL",
                      "-" if g.get("match_rate") is None else f"{g['match_rate'] * 100:.2f}%",
-                     "-" if tf.get("match_rate") is None else f"{tf['match_rate'] * 100:.2f}%",
+                     _pct(tf), _pct(m.get("baseline_self_teacher_forced")), _pct(m.get("eager_control_teacher_forced")),
+                     "-" if tf.get("max_disagreement_gap") is None else f"{tf['max_disagreement_gap']:.4f}",
                      str(tri), str(non), ", ".join(e.get("name", "?")[:40] for e in m.get("non_triton_forward", [])[:3])])
     out.append(_table(["model", "status", "greedy tokens equal (free-running)",
-                       "greedy top-1 agreement (teacher-forced)", "forward Triton launches",
+                       "top-1 agreement, teacher-forced: ours vs vLLM compile",
+                       "control: vLLM compile vs itself (prefill vs decode)", "control: vLLM eager vs vLLM compile",
+                       "max logprob gap where ours disagrees (nat)", "forward Triton launches",
                        "forward non-Triton launches", "non-Triton kernels"], rows) if rows else "No models.")
     return "\n".join(out)
 
