@@ -432,3 +432,18 @@ def test_e2e_engine_crash_mid_run(tmp_path):
     assert d["workloads"]["decode16"]["throughput_ratio"] is None and "decode64" not in d["workloads"]
     assert any("worker exited" in e for e in d["errors"]) and any("decode64" in s for s in d["skipped"])
     assert d["pass"] is False and "decode16" in d["below"]
+
+
+def test_cache_summary_after_all_phases():
+    """summarize() runs after each start: the 'after_import missing' mark of the warm-only call
+    must not survive once the import start is in."""
+    cw = importlib.import_module("cache_warm_start")
+    start = {"compile_s": 10.0, "init_s": 20.0}
+    report = {"starts": {"cold": dict(start, compile_s=40.0), "warm": start},
+              "checks": {"warm": {"speedup": 4.0, "pass": True}}}
+    cw.summarize(report)
+    assert report["missing_phases"] == ["after_import"] and report["pass"] is False
+    report["starts"]["after_import"] = start
+    report["checks"]["after_import"] = {"speedup": 4.0, "pass": True}
+    cw.summarize(report)
+    assert "missing_phases" not in report and report["pass"] is True and report["after_import_speedup"] == 4.0

@@ -69,6 +69,21 @@ def test_strided_rows_and_fp32_weight(poison) -> None:
     assert rel(out, R.reference_rms_norm(x, w, 1e-5)) < TOL[torch.bfloat16]
 
 
+@pytest.mark.parametrize("heads, hd, single_tile", [(4, 128, True), (3, 40, True), (2, 20000, False)])
+def test_per_head_view_of_fused_buffer(heads, hd, single_tile, poison) -> None:
+    """Qwen3's q/k norm: x is [tokens, heads, head_dim], a per-head view of the fused qkv buffer
+    (tokens strided by the qkv width, not by heads * head_dim): read in place, every row right."""
+    g = torch.Generator().manual_seed(heads)
+    qkv = torch.randn(7, (heads + 3) * hd, generator=g).to(torch.bfloat16)
+    x = qkv[:, : heads * hd].view(7, heads, hd)
+    assert R._strided_heads(x)[3] == heads  # the in-place path, not a copy
+    assert (R._launch_config(hd, 2)[2]) == single_tile
+    w = torch.randn(hd, generator=g).to(torch.bfloat16)
+    out = R.rms_norm(x, w, 1e-6)
+    assert out.shape == x.shape and not out.isnan().any()
+    assert rel(out, R.reference_rms_norm(x, w, 1e-6)) < TOL[torch.bfloat16]
+
+
 # ----------------------------------------------------------------------------------- patterns
 @pytest.fixture(scope="module")
 def pm() -> PatternMatcherPass:

@@ -32,7 +32,7 @@ MAX_FUSED_BLOCK = 16384
 def _rms_norm_kernel(
     x_ptr, res_ptr, w_ptr, out_ptr, res_out_ptr,
     x_stride, res_stride, out_stride, res_out_stride,
-    H, eps, w_offset,
+    H, eps, w_offset, x_heads, x_head_stride,
     HAS_RESIDUAL: tl.constexpr, BLOCK: tl.constexpr, SINGLE_TILE: tl.constexpr,
 ):
     # One program per row. BLOCK is a power of two >= H (SINGLE_TILE) or the chunk width.
@@ -45,7 +45,9 @@ def _rms_norm_kernel(
     w_offset = tl.cast(w_offset, tl.float32)
     row = tl.program_id(0).to(tl.int64)
     cols = tl.arange(0, BLOCK)
-    x_row = x_ptr + row * x_stride
+    # x may be [tokens, heads, H] with strided tokens (a per-head view of a fused qkv buffer, as
+    # Qwen3's q/k norm): row = token * x_heads + head, read in place instead of copied first.
+    x_row = x_ptr + (row // x_heads) * x_stride + (row % x_heads) * x_head_stride
     out_row = out_ptr + row * out_stride
     if SINGLE_TILE:
         mask = cols < H
@@ -103,6 +105,18 @@ def _rows(t: torch.Tensor) -> torch.Tensor:
     return t.reshape(-1, t.shape[-1])
 
 
+def _strided_heads(t: torch.Tensor) -> tuple[torch.Tensor, int, int, int, int]:
+    """(tensor, rows, token stride, heads, head stride) for the kernel's x: a [tokens, heads, H]
+    view whose tokens are not evenly strided over heads (not viewable as [rows, H]) is read in
+    place; anything else as ``_rows``."""
+    if t.dim() == 3 and t.stride(-1) == 1:
+        s0, s1, heads = t.stride(0), t.stride(1), t.shape[1]
+        if all(isinstance(v, int) for v in (s0, s1, heads)) and s0 != heads * s1:
+            return t, t.shape[0] * heads, s0, heads, s1
+    t2 = _rows(t)
+    return t2, t2.shape[0], t2.stride(0), 1, 0
+
+
 def _check(x: torch.Tensor, weight: torch.Tensor) -> None:
     torch._check(weight.dim() == 1 and weight.shape[0] == x.shape[-1],
                  lambda: f"weight {tuple(weight.shape)} does not match hidden size {x.shape[-1]}")
@@ -111,14 +125,14 @@ def _check(x: torch.Tensor, weight: torch.Tensor) -> None:
 @triton_op("tri_inductor::rms_norm", mutates_args={})
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, weight_offset: float = 0.0) -> torch.Tensor:
     _check(x, weight)
-    x2 = _rows(x)
-    H = x2.shape[1]
-    out = torch.empty(x2.shape, dtype=x.dtype, device=x.device)
+    xk, rows, x_stride, heads, head_stride = _strided_heads(x)
+    H = x.shape[-1]
+    out = torch.empty((rows, H), dtype=x.dtype, device=x.device)
     block, num_warps, single = _launch_config(H, x.element_size())
-    launch(_rms_norm_kernel, (x2.shape[0],),
-           x2, x2, weight, out, out,
-           x2.stride(0), x2.stride(0), out.stride(0), out.stride(0),
-           H, eps, weight_offset,
+    launch(_rms_norm_kernel, (rows,),
+           xk, xk, weight, out, out,
+           x_stride, 0, out.stride(0), out.stride(0),
+           H, eps, weight_offset, heads, head_stride,
            HAS_RESIDUAL=False, BLOCK=block, SINGLE_TILE=single, num_warps=num_warps)
     return out.view(x.shape)
 
@@ -140,7 +154,7 @@ def fused_add_rms_norm(
     launch(_rms_norm_kernel, (x2.shape[0],),
            x2, r2, weight, out, new_res,
            x2.stride(0), r2.stride(0), out.stride(0), new_res.stride(0),
-           H, eps, weight_offset,
+           H, eps, weight_offset, 1, 0,
            HAS_RESIDUAL=True, BLOCK=block, SINGLE_TILE=single, num_warps=num_warps)
     return out.view(x.shape), new_res.view(x.shape)
 
