@@ -288,7 +288,8 @@ def test_no_fp64_math_when_inductor_types_eps_fp64(single_tile):
     sig = {n: "i32" for n in k.arg_names}
     sig.update({"x_ptr": "*bf16", "res_ptr": "*fp32", "w_ptr": "*bf16", "out_ptr": "*bf16",
                 "res_out_ptr": "*fp32", "eps": "fp64", "w_offset": "fp64"})
-    const = dict(HAS_RESIDUAL=True, BLOCK=4096 if single_tile else 1024, SINGLE_TILE=single_tile)
+    const = dict(HAS_RESIDUAL=True, BLOCK=4096 if single_tile else 1024, SINGLE_TILE=single_tile,
+                 STRIDED_HEADS=False)
     sig.update({c: "constexpr" for c in const})
     ptx = triton.compile(triton.compiler.ASTSource(k, sig, const), target=GPUTarget("cuda", 90, 32),
                          options=dict(num_warps=8)).asm["ptx"]

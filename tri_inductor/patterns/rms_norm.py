@@ -34,6 +34,7 @@ def _rms_norm_kernel(
     x_stride, res_stride, out_stride, res_out_stride,
     H, eps, w_offset, x_heads, x_head_stride,
     HAS_RESIDUAL: tl.constexpr, BLOCK: tl.constexpr, SINGLE_TILE: tl.constexpr,
+    STRIDED_HEADS: tl.constexpr,
 ):
     # One program per row. BLOCK is a power of two >= H (SINGLE_TILE) or the chunk width.
     # Contiguous columns across the program's threads: Triton gives each thread runs of
@@ -45,9 +46,12 @@ def _rms_norm_kernel(
     w_offset = tl.cast(w_offset, tl.float32)
     row = tl.program_id(0).to(tl.int64)
     cols = tl.arange(0, BLOCK)
-    # x may be [tokens, heads, H] with strided tokens (a per-head view of a fused qkv buffer, as
-    # Qwen3's q/k norm): row = token * x_heads + head, read in place instead of copied first.
-    x_row = x_ptr + (row // x_heads) * x_stride + (row % x_heads) * x_head_stride
+    if STRIDED_HEADS:
+        # x is [tokens, heads, H] with strided tokens (a per-head view of a fused qkv buffer, as
+        # Qwen3's q/k norm): row = token * x_heads + head, read in place instead of copied first.
+        x_row = x_ptr + (row // x_heads) * x_stride + (row % x_heads) * x_head_stride
+    else:  # no integer division on the common path (one row per program, latency-bound at decode)
+        x_row = x_ptr + row * x_stride
     out_row = out_ptr + row * out_stride
     if SINGLE_TILE:
         mask = cols < H
@@ -133,7 +137,7 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, weight_offset: f
            xk, xk, weight, out, out,
            x_stride, 0, out.stride(0), out.stride(0),
            H, eps, weight_offset, heads, head_stride,
-           HAS_RESIDUAL=False, BLOCK=block, SINGLE_TILE=single, num_warps=num_warps)
+           HAS_RESIDUAL=False, BLOCK=block, SINGLE_TILE=single, STRIDED_HEADS=heads > 1, num_warps=num_warps)
     return out.view(x.shape)
 
 
@@ -155,7 +159,7 @@ def fused_add_rms_norm(
            x2, r2, weight, out, new_res,
            x2.stride(0), r2.stride(0), out.stride(0), new_res.stride(0),
            H, eps, weight_offset, 1, 0,
-           HAS_RESIDUAL=True, BLOCK=block, SINGLE_TILE=single, num_warps=num_warps)
+           HAS_RESIDUAL=True, BLOCK=block, SINGLE_TILE=single, STRIDED_HEADS=False, num_warps=num_warps)
     return out.view(x.shape), new_res.view(x.shape)
 
 
