@@ -68,14 +68,18 @@ def test_vllm_layers_match(vllm_ctx, pm, form: str, dtype) -> None:
     assert rel(ours, ref.double()) < TOL[dtype]
 
 
-def test_phi3_chunk_form_matches(pm) -> None:
+@pytest.mark.parametrize("gate_first", [False, True], ids=["phi3_up_times_act", "act_times_up"])
+def test_chunk_form_matches(pm, gate_first) -> None:
     def mlp(x):  # transformers Phi3MLP: gate, up = gate_up.chunk(2, -1); up * act(gate)
         gate, up = x.chunk(2, dim=-1)
-        return up * torch.nn.functional.silu(gate)
+        g = torch.nn.functional.silu(gate)
+        return g * up if gate_first else up * g
 
-    hits, code = compile_codegen(mlp, [torch.randn(3, 2, 64, dtype=torch.bfloat16)], pm)
+    x = torch.randn(3, 2, 64, dtype=torch.bfloat16)
+    hits, code = compile_codegen(mlp, [x], pm)
     assert hits == 1
     assert_our_kernel(code, "_gated_act_kernel")
+    assert rel(A.silu_and_mul(x), mlp(x.double())) < TOL[torch.bfloat16]
 
 
 def _eager(fn):

@@ -145,6 +145,13 @@ def _silu_chunk(x):
     return up * F.silu(gate)
 
 
+# The same with the activation first (fused gate_up in custom Llama blocks: ``act(gate) * up``);
+# the pattern matcher does not reorder a commutative mul.
+def _silu_chunk_gate_first(x):
+    gate, up = x.chunk(2, dim=-1)
+    return F.silu(gate) * up
+
+
 def _repl_silu(x):
     return silu_and_mul(x)
 
@@ -167,7 +174,7 @@ def register_patterns(pm_pass) -> None:
 
     for dt in (torch.bfloat16, torch.float32):
         x = torch.empty(8, 128, dtype=dt)
-        for search, repl in ((_silu_slices, _repl_silu), (_silu_chunk, _repl_silu),
+        for search, repl in ((_silu_slices, _repl_silu), (_silu_chunk, _repl_silu), (_silu_chunk_gate_first, _repl_silu),
                              (_gelu_slices, _repl_gelu), (_gelu_tanh_slices, _repl_gelu_tanh)):
             register_replacement(search, repl, [x], trace_replacement, pm_pass,
                                  extra_check=_check, skip_duplicates=True)
