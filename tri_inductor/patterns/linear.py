@@ -22,7 +22,8 @@ and would *benchmark* them at run time), so the choice is made here in Python. A
 launches its bucket's kernel. A symbolic M (vLLM compiles one graph for every token count) launches
 one kernel per distinct bucket config, each with its grid multiplied by a 0/1 gate on M's range
 (``_gate``): exactly one runs, the others are zero-size grids that Triton's launcher skips and CUDA
-graphs never capture. No guard on M, no recompile, and decode gets decode tiles.
+graphs never capture. No guard on M, no recompile, and decode gets decode tiles. Under vLLM each
+compile range is traced inside ``token_range``: only the buckets of that range are launched.
 """
 from __future__ import annotations
 
