@@ -70,13 +70,12 @@ def _configs(op: str) -> list[tuple[int, int]]:
 
 
 def _current(op: str) -> tuple[int, int]:
-    from tri_inductor.patterns import rms_norm as R
+    """The (BLOCK, num_warps) our op launches with today."""
+    from tri_inductor.patterns import activation as A, rms_norm as R
 
     if op.startswith("add_rms"):
-        block, warps, _ = R._launch_config(H, 2)
-        return block, warps
-    block = min(1 << (I - 1).bit_length(), 2048)
-    return block, max(1, min(8, block // (32 * 8)))
+        return R._launch_config(H, 2)[:2]
+    return A._launch_config(I, 2)
 
 
 def sweep(op: str) -> dict:

@@ -12,6 +12,7 @@ model; a process running vLLM's own backend keeps cuBLAS.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -76,15 +77,14 @@ def _ops():
     return torch.ops.tri_inductor
 
 
-def warm_up(ops: Any, flat: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None, max_rows: int) -> None:
+def warm_up(head: Callable[[torch.Tensor], torch.Tensor], flat: torch.Tensor, max_rows: int) -> None:
     """Compile the lm_head GEMM for every M bucket a step can hit (1..max_num_seqs rows) on the
     first call (vLLM's start-up dummy run): otherwise a batch size first seen while serving
     JIT-compiles its kernel then (~1 s stall, measured as mixed-workload throughput noise)."""
     from .patterns.linear import eager_warm_sizes
 
     for m in eager_warm_sizes(max(max_rows, flat.shape[0], 1)):
-        a = torch.zeros((m, flat.shape[1]), dtype=flat.dtype, device=flat.device)
-        ops.addmm(bias.to(a.dtype), a, b) if bias is not None else ops.mm(a, b)
+        head(torch.zeros((m, flat.shape[1]), dtype=flat.dtype, device=flat.device))
 
 
 def triton_lm_head(processor: Any, lm_head: Any, hidden_states: torch.Tensor,
@@ -108,15 +108,18 @@ def triton_lm_head(processor: Any, lm_head: Any, hidden_states: torch.Tensor,
         return None
     flat = hidden_states.reshape(-1, hidden_states.shape[-1])
     b = weight.t()  # [K, vocab]: our mm takes any strides, no copy
-    if not getattr(processor, _WARMED, False) and flat.is_cuda and not torch.cuda.is_current_stream_capturing():
-        setattr(processor, _WARMED, True)
-        warm_up(ops, flat, b, embedding_bias, getattr(processor, _MAX_ROWS, 0))
     bias = embedding_bias.to(flat.dtype) if embedding_bias is not None else None
     if flat.is_cuda and type(flat) is torch.Tensor:
         # Eager, every step: the op's body without the dispatcher round trip (host time).
         from .patterns.linear import _mm_launch
 
-        logits = _mm_launch(flat, b, bias)
+        def head(a: torch.Tensor) -> torch.Tensor:
+            return _mm_launch(a, b, bias)
     else:
-        logits = ops.addmm(bias, flat, b) if bias is not None else ops.mm(flat, b)
+        def head(a: torch.Tensor) -> torch.Tensor:
+            return ops.addmm(bias, a, b) if bias is not None else ops.mm(a, b)
+    if not getattr(processor, _WARMED, False) and flat.is_cuda and not torch.cuda.is_current_stream_capturing():
+        setattr(processor, _WARMED, True)
+        warm_up(head, flat, getattr(processor, _MAX_ROWS, 0))
+    logits = head(flat)
     return logits.reshape(*hidden_states.shape[:-1], logits.shape[-1])

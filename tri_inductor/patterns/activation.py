@@ -45,6 +45,13 @@ def _gated_act_kernel(x_ptr, out_ptr, d, x_stride, out_stride,
 _ACTS = {"silu": 0, "none": 1, "tanh": 2}
 
 
+def _launch_config(d: int, elem_size: int) -> tuple[int, int]:
+    """(BLOCK, num_warps): up to 2048 columns a program, one 16-byte vector per thread."""
+    block = min(triton.next_power_of_2(d), 2048)
+    per_thread = max(16 // elem_size, 1)  # elements of one 16-byte vector
+    return block, max(1, min(8, block // (32 * per_thread)))
+
+
 def _gated(x: torch.Tensor, act: str) -> torch.Tensor:
     torch._check(x.shape[-1] % 2 == 0, lambda: f"last dim {x.shape[-1]} must be even")
     d = x.shape[-1] // 2
@@ -52,9 +59,7 @@ def _gated(x: torch.Tensor, act: str) -> torch.Tensor:
         x = x.contiguous()
     x2 = x.reshape(-1, x.shape[-1])
     out = torch.empty((x2.shape[0], d), dtype=x.dtype, device=x.device)
-    block = min(triton.next_power_of_2(d), 2048)
-    per_thread = max(16 // x.element_size(), 1)  # elements of one 16-byte vector
-    num_warps = max(1, min(8, block // (32 * per_thread)))
+    block, num_warps = _launch_config(d, x.element_size())
     launch(_gated_act_kernel, (x2.shape[0], triton.cdiv(d, block)),
            x2, out, d, x2.stride(0), out.stride(0), ACT=_ACTS[act], BLOCK=block, num_warps=num_warps)
     return out.view(*x.shape[:-1], d)
@@ -174,8 +179,9 @@ def register_patterns(pm_pass) -> None:
 
     for dt in (torch.bfloat16, torch.float32):
         x = torch.empty(8, 128, dtype=dt)
-        for search, repl in ((_silu_slices, _repl_silu), (_silu_chunk, _repl_silu), (_silu_chunk_gate_first, _repl_silu),
-                             (_gelu_slices, _repl_gelu), (_gelu_tanh_slices, _repl_gelu_tanh)):
+        for search, repl in ((_silu_slices, _repl_silu), (_silu_chunk, _repl_silu),
+                             (_silu_chunk_gate_first, _repl_silu), (_gelu_slices, _repl_gelu),
+                             (_gelu_tanh_slices, _repl_gelu_tanh)):
             register_replacement(search, repl, [x], trace_replacement, pm_pass,
                                  extra_check=_check, skip_duplicates=True)
     # vLLM CUDA ops (custom_ops "all", the default for a non-Inductor backend).

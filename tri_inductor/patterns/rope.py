@@ -257,12 +257,14 @@ def _vllm_rope(positions, q, k, cache, head_size: int, rotary_dim: int, is_neox:
     cos, sin = cache.index_select(0, positions).chunk(2, dim=-1)
     outs = []
     for x in (q, k):
-        shape = x.shape
-        x = x.view(num_tokens, -1, head_size)
-        rot = _vllm_apply(x[..., :rotary_dim], cos, sin, is_neox)
-        out = torch.cat((rot, x[..., rotary_dim:]), dim=-1)  # tail may be empty
-        outs.append(out if per_head else out.reshape(shape))
+        out = _vllm_rotate(x.view(num_tokens, -1, head_size), cos, sin, rotary_dim, is_neox)
+        outs.append(out if per_head else out.reshape(x.shape))
     return outs[0], outs[1]
+
+
+def _vllm_rotate(x, cos, sin, rotary_dim: int, is_neox: bool):
+    """One of q/k, per head: the rotated dims, then the pass-through tail (may be empty)."""
+    return torch.cat((_vllm_apply(x[..., :rotary_dim], cos, sin, is_neox), x[..., rotary_dim:]), dim=-1)
 
 
 def _vllm_rope_heads(positions, q, k, cache, rotary_dim: int, is_neox: bool):
@@ -270,11 +272,7 @@ def _vllm_rope_heads(positions, q, k, cache, rotary_dim: int, is_neox: bool):
     Qwen3's q/k norm output): its ``view(num_tokens, -1, head_size)`` is then a no-op that
     Inductor removes, so the graph starts at the rotary split."""
     cos, sin = cache.index_select(0, positions.flatten()).chunk(2, dim=-1)
-    outs = []
-    for x in (q, k):
-        rot = _vllm_apply(x[..., :rotary_dim], cos, sin, is_neox)
-        outs.append(torch.cat((rot, x[..., rotary_dim:]), dim=-1))
-    return outs[0], outs[1]
+    return _vllm_rotate(q, cos, sin, rotary_dim, is_neox), _vllm_rotate(k, cos, sin, rotary_dim, is_neox)
 
 
 def _rotate_half(x):
@@ -383,29 +381,22 @@ def _trace_post_grad(fn, args, **kwargs) -> torch.fx.GraphModule:
 def register_vllm_rope_forms(pm_pass) -> None:
     from torch._inductor.pattern_matcher import register_replacement
 
-    for is_neox, per_head in ((True, False), (False, False), (True, True), (False, True)):
-        search, repl = _make_vllm(is_neox, per_head)
+    # (search, replacement, q/k example shapes given a head count, sentinel scalars besides half)
+    forms = [(*_make_vllm(is_neox, per_head), lambda h: (8, h * _HEAD), {"head_size": _HEAD})
+             for per_head in (False, True) for is_neox in (True, False)]
+    # q/k per head on input (Qwen3: after the q/k norm): no head_size in the graph
+    forms += [(*_make_vllm_heads(is_neox), lambda h: (8, h, _HEAD), {}) for is_neox in (True, False)]
+    for search, repl, qk_shape, scalars in forms:
         for half in _HALVES.values():
             for dt in (torch.bfloat16, torch.float32):
                 pos = torch.zeros(8, dtype=torch.int64)
                 # 3 q heads, 2 kv heads: no tensor width equals a sentinel
-                q = torch.empty(8, 3 * _HEAD, dtype=dt)
-                k = torch.empty(8, 2 * _HEAD, dtype=dt)
+                q = torch.empty(*qk_shape(3), dtype=dt)
+                k = torch.empty(*qk_shape(2), dtype=dt)
                 cache = torch.empty(32, 2 * half, dtype=dt)
                 register_replacement(search, repl, [pos, q, k, cache], _trace_post_grad, pm_pass,
                                      extra_check=_check_vllm, skip_duplicates=True,
-                                     scalar_workaround={"head_size": _HEAD, "half": half})
-    for is_neox in (True, False):  # q/k per head on input (Qwen3: after the q/k norm)
-        search, repl = _make_vllm_heads(is_neox)
-        for half in _HALVES.values():
-            for dt in (torch.bfloat16, torch.float32):
-                pos = torch.zeros(8, dtype=torch.int64)
-                q = torch.empty(8, 3, _HEAD, dtype=dt)
-                k = torch.empty(8, 2, _HEAD, dtype=dt)
-                cache = torch.empty(32, 2 * half, dtype=dt)
-                register_replacement(search, repl, [pos, q, k, cache], _trace_post_grad, pm_pass,
-                                     extra_check=_check_vllm, skip_duplicates=True,
-                                     scalar_workaround={"half": half})
+                                     scalar_workaround={**scalars, "half": half})
 
 
 def register_patterns(pm_pass) -> None:
