@@ -58,8 +58,7 @@ def _act_ours(x, block: int, warps: int):
     from tri_inductor.patterns import activation as A
 
     out = torch.empty((x.shape[0], I), dtype=x.dtype, device=x.device)
-    A.launch(A._gated_act_kernel, (x.shape[0], -(-I // block)), x, out, I, x.stride(0), out.stride(0),
-             ACT=0, BLOCK=block, num_warps=warps)
+    A.launch_gated(x, out, A._ACTS["silu"], block, warps)
     return out
 
 

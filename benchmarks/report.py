@@ -243,14 +243,19 @@ def census_section(name: str, d: dict[str, Any]) -> str:
         non = sum(v.get("launches", 0) for k, v in cls.items() if k != "triton")
         g = m.get("greedy") or {}
         tf = m.get("teacher_forced") or {}
-        rows.append([model, "PASS" if m.get("pass") else "FAIL",
+        sm = m.get("same_mode") or {}
+        gap = (sm or tf).get("max_disagreement_gap")
+        rows.append([model, "PASS" if m.get("pass") else "FAIL", _pct(sm), _pct(m.get("eager_control_same_mode")),
                      "-" if g.get("match_rate") is None else f"{g['match_rate'] * 100:.2f}%",
                      _pct(tf), _pct(m.get("baseline_self_teacher_forced")), _pct(m.get("eager_control_teacher_forced")),
-                     "-" if tf.get("max_disagreement_gap") is None else f"{tf['max_disagreement_gap']:.4f}",
+                     "-" if gap is None else f"{gap:.4f}",
                      str(tri), str(non), ", ".join(e.get("name", "?")[:40] for e in m.get("non_triton_forward", [])[:3])])
-    out.append(_table(["model", "status", "greedy tokens equal (free-running)",
-                       "top-1 agreement, teacher-forced: ours vs vLLM compile",
-                       "control: vLLM compile vs itself (prefill vs decode)", "control: vLLM eager vs vLLM compile",
+    out.append(_table(["model", "status",
+                       "top-1 agreement, same mode: ours vs vLLM compile (both prefill the same sequences)",
+                       "control, same mode: vLLM eager vs vLLM compile",
+                       "greedy tokens equal (free-running)",
+                       "top-1 agreement on vLLM compile's generated tokens: ours",
+                       "control: vLLM compile vs itself (prefill vs its decode)", "control: vLLM eager",
                        "max logprob gap where ours disagrees (nat)", "forward Triton launches",
                        "forward non-Triton launches", "non-Triton kernels"], rows) if rows else "No models.")
     return "\n".join(out)

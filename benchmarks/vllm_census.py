@@ -16,6 +16,14 @@ profiled ``generate`` (8 tokens) whose CUDA kernels are classed by step (prefill
 part (model forward = compiled pieces + attention + KV write; logits; sampler; other runner
 bookkeeping).  Triton = the kernel's name is a ``triton.jit`` function alive in the process.
 
+Greedy parity, three scores (all in the JSON; the model's pass rests on the first):
+* same mode: ours and the baseline each prefill the same sequences (prompt + the baseline's greedy
+  tokens); per position, is our top-1 token the baseline's top-1 (``score_same_mode``);
+* teacher-forced on the baseline's *generated* tokens (its decode steps) — with the control of
+  the baseline scored the same way on its own tokens: its prefill-vs-decode agreement is the floor
+  of this score (~98% with these random-weight models, whose top-2 logits are often 1 bf16 step apart);
+* free-running greedy (a flip changes every later token).
+
 Run on the GPU machine from the repo root (the lead's command; one call may hold ~4 runs):
 
     source .gpu-env/setup.sh && python3 -m pip install -q --no-deps --no-build-isolation --no-index -e . \
@@ -163,7 +171,8 @@ def score_teacher_forced(rows: list[list[list[float]]], gap_tol: float) -> dict[
     total = agree = 0
     worst, beyond = 0.0, []
     for i, seq in enumerate(rows):
-        for k, (ok, gap) in enumerate(seq):
+        for k, pos in enumerate(seq):
+            ok, gap = pos[0], pos[1]
             total += 1
             if ok:
                 agree += 1
@@ -174,6 +183,39 @@ def score_teacher_forced(rows: list[list[list[float]]], gap_tol: float) -> dict[
     rate = agree / total if total else 0.0
     return {"positions": total, "agree": agree, "match_rate": round(rate, 5), "max_disagreement_gap": round(worst, 4),
             "beyond_noise": beyond, "gap_tol": gap_tol, "pass": bool(total) and rate >= 0.99 and not beyond}
+
+
+def score_same_mode(ours: list[list[list[Any]]], base: list[list[list[Any]]], gap_tol: float) -> dict[str, Any]:
+    """Greedy parity with both engines in the same mode: each scored the *same* sequences (prompt +
+    the baseline's greedy tokens) in one prefill, position by position: is our top-1 token the
+    baseline's top-1? Where not, the gap is our logprob of our top-1 minus our logprob of the
+    baseline's (a bf16 near-tie when <= ``gap_tol``; beyond noise when larger, or when the
+    baseline's top-1 is not even in our top-k). Unlike the teacher-forced score against the
+    baseline's *generated* tokens, the baseline's own prefill-vs-decode differences (other GEMM
+    shapes, the decode attention kernel) are not counted against us."""
+    total = agree = 0
+    worst, beyond = 0.0, []
+    for i, (seq_o, seq_b) in enumerate(zip(ours, base)):
+        for k, (po, pb) in enumerate(zip(seq_o, seq_b)):
+            total += 1
+            if po[2] == pb[2]:
+                agree += 1
+                continue
+            lp = dict((int(t), v) for t, v in po[3])
+            gap = lp[po[2]] - lp[pb[2]] if pb[2] in lp else float("inf")
+            worst = max(worst, gap)
+            if gap > gap_tol:
+                beyond.append({"prompt": i, "position": k, "gap": None if gap == float("inf") else round(gap, 4)})
+    rate = agree / total if total else 0.0
+    return {"positions": total, "agree": agree, "match_rate": round(rate, 5),
+            "max_disagreement_gap": None if worst == float("inf") else round(worst, 4), "beyond_noise": beyond,
+            "gap_tol": gap_tol, "pass": bool(total) and rate >= 0.99 and not beyond}
+
+
+def parity_verdict(entry: dict[str, Any]) -> dict[str, Any]:
+    """The score the model's pass rests on: same-mode parity where recorded, else teacher-forced on
+    the baseline's generated tokens, else free-running greedy."""
+    return entry.get("same_mode") or entry.get("teacher_forced") or entry.get("greedy") or {}
 
 
 def summarize_model(ours: dict[str, Any]) -> dict[str, Any]:
@@ -223,7 +265,8 @@ def environment() -> dict[str, Any]:
 
 
 def print_table(report: dict[str, Any]) -> None:
-    rows = [("model", "tokens equal", "div/near-tie", "teacher-forced", "baseline self", "eager control",
+    rows = [("model", "tokens equal", "div/near-tie", "same mode", "eager same mode", "teacher-forced",
+             "baseline self", "eager control",
              "fwd triton launches", "fwd non-triton launches",
              "fwd triton us", "fwd non-triton us", "bookkeeping kernels", "pass")]
     for name, m in report["models"].items():
@@ -237,6 +280,8 @@ def print_table(report: dict[str, Any]) -> None:
         rows.append((name, f"{g.get('equal', '-')}/{g.get('positions', '-')}",
                      f"{g.get('divergent_sequences', '-')}/"
                      f"{sum(d['near_tie'] for d in g.get('divergences', [])) if g else '-'}",
+                     f"{(m.get('same_mode') or {}).get('match_rate', '-')}",
+                     f"{(m.get('eager_control_same_mode') or {}).get('match_rate', '-')}",
                      f"{(m.get('teacher_forced') or {}).get('match_rate', '-')}",
                      f"{(m.get('baseline_self_teacher_forced') or {}).get('match_rate', '-')}",
                      f"{(m.get('eager_control_teacher_forced') or {}).get('match_rate', '-')}",
@@ -270,7 +315,7 @@ def reclassify(report: dict[str, Any]) -> dict[str, Any]:
         ours = entry.get("backends", {}).get("tri_inductor", {})
         if ours.get("ok"):
             entry.update(summarize_model(ours))
-        entry["pass"] = bool(ours.get("ok") and (entry.get("teacher_forced") or entry.get("greedy", {})).get("pass")
+        entry["pass"] = bool(ours.get("ok") and parity_verdict(entry).get("pass")
                              and not entry.get("non_triton_forward") and not ours.get("census_warning"))
     report["reclassified"] = True
     report["pass"] = bool(report["models"]) and all(m.get("pass") for m in report["models"].values())
@@ -332,12 +377,18 @@ def main_parent(args: argparse.Namespace) -> int:
             if runs.get(CONTROL, {}).get("teacher_forced"):
                 entry["eager_control_teacher_forced"] = score_teacher_forced(runs[CONTROL]["teacher_forced"],
                                                                              args.gap_tol)
+            # Same mode: ours and the baseline each prefill the baseline's sequences.
+            if ours.get("teacher_forced") and base.get("teacher_forced_self"):
+                entry["same_mode"] = score_same_mode(ours["teacher_forced"], base["teacher_forced_self"], args.gap_tol)
+            if runs.get(CONTROL, {}).get("teacher_forced") and base.get("teacher_forced_self"):
+                entry["eager_control_same_mode"] = score_same_mode(runs[CONTROL]["teacher_forced"],
+                                                                   base["teacher_forced_self"], args.gap_tol)
             for r in runs.values():  # keep the per-sequence data out of the summary file
                 r.pop("tokens", None)
                 r.pop("top2_gap", None)
                 r.pop("teacher_forced", None)
                 r.pop("teacher_forced_self", None)
-            entry["pass"] = bool(ours.get("ok") and (entry.get("teacher_forced") or entry.get("greedy", {})).get("pass")
+            entry["pass"] = bool(ours.get("ok") and parity_verdict(entry).get("pass")
                                  and not entry.get("non_triton_forward") and not ours.get("census_warning"))
             entry["wall_s"] = round(time.time() - t0, 1)
             report["models"][name] = entry
@@ -471,14 +522,19 @@ def prompts(n: int, vocab: int) -> list[list[int]]:
     return [[rng.randrange(100, vocab - 1) for _ in range(rng.randrange(8, 48))] for _ in range(n)]
 
 
+# Top-k logprobs kept per teacher-forced position: enough to find the other engine's top-1 in ours.
+PROMPT_TOPK = 5
+
+
 def teacher_forced(llm, prompts_: list[dict[str, Any]], base_tokens: list[list[int]]) -> list[list[list[Any]]]:
     """Feed prompt + the baseline's greedy tokens to our model in one prefill and read, per position,
-    whether the baseline's next token is our top-1 (prompt_logprobs gives the token's rank and our
-    top-1 at every position, all on the same prefix: no divergence cascades)."""
+    ``[agree, gap, top1, topk]``: whether the baseline's next token is our top-1, our top-1 logprob
+    minus that token's, our top-1 token id, and our top-k ``[[id, logprob], ...]`` (prompt_logprobs:
+    every position on the same prefix, no divergence cascades)."""
     from vllm import SamplingParams
 
     full = [{"prompt_token_ids": p["prompt_token_ids"] + t} for p, t in zip(prompts_, base_tokens)]
-    sp = SamplingParams(temperature=0.0, max_tokens=1, prompt_logprobs=1, detokenize=False)
+    sp = SamplingParams(temperature=0.0, max_tokens=1, prompt_logprobs=PROMPT_TOPK, detokenize=False)
     rows = []
     for p, t, o in zip(prompts_, base_tokens, llm.generate(full, sp, use_tqdm=False)):
         start = len(p["prompt_token_ids"])
@@ -486,8 +542,10 @@ def teacher_forced(llm, prompts_: list[dict[str, Any]], base_tokens: list[list[i
         for k, tok in enumerate(t):
             lps = o.prompt_logprobs[start + k]  # distribution over the token at this position
             mine = lps[tok]
-            top = min(lps.values(), key=lambda lp: lp.rank if lp.rank is not None else 1 << 30)
-            seq.append([mine.rank == 1, float(top.logprob - mine.logprob)])
+            ranked = sorted(lps.items(), key=lambda kv: kv[1].rank if kv[1].rank is not None else 1 << 30)
+            top_id, top = ranked[0]
+            seq.append([mine.rank == 1, float(top.logprob - mine.logprob), int(top_id),
+                        [[int(i), round(float(lp.logprob), 5)] for i, lp in ranked[:PROMPT_TOPK]]])
         rows.append(seq)
     return rows
 

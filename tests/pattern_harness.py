@@ -80,3 +80,26 @@ def backend_output_code(fn, *args) -> str:
     out = torch.compile(fn, backend="tri_inductor", options={"codegen_only": True})(*args)
     assert out is not None
     return tri_inductor.last_audit()[-1].code
+
+
+def sm90_ptx(kernel, types: dict[str, str], constants: dict, num_warps: int,
+             unaligned: tuple[str, ...] = ()) -> str:
+    """PTX of a ``@triton.jit`` kernel compiled for sm_90 by triton's bundled toolchain (no GPU).
+    ``types``: pointer/float argument types (other arguments i32). Pointer and integer arguments
+    are marked 16-divisible, as the launchers mark aligned pointers and multiples of 16 (hidden
+    sizes, strides), except those named in ``unaligned`` (e.g. a token count)."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+
+    sig = {n: "i32" for n in kernel.arg_names}
+    sig.update(types)
+    sig.update({c: "constexpr" for c in constants})
+    attrs = {(i,): [["tt.divisibility", 16]] for i, n in enumerate(kernel.arg_names)
+             if n not in unaligned and (sig[n].startswith("*") or sig[n] == "i32")}
+    src = triton.compiler.ASTSource(kernel, sig, constants, attrs)
+    return triton.compile(src, target=GPUTarget("cuda", 90, 32), options=dict(num_warps=num_warps)).asm["ptx"]
+
+
+def global_memory_ops(ptx: str) -> list[str]:
+    """The PTX's global loads/stores and barriers, in program order."""
+    return re.findall(r"\b(ld\.global[\w:.]*|st\.global[\w:.]*|bar\.sync)\b", ptx)

@@ -16,7 +16,7 @@ from tri_inductor.patterns import activation as A
 
 # ‖out − ref‖ / ‖ref‖ against the float64 reference.
 TOL = {torch.bfloat16: 1e-2, torch.float16: 2e-3, torch.float32: 1e-5}
-SHAPES = [(1, 8), (3, 96), (17, 1000), (5, 4096), (2, 3, 600)]
+SHAPES = [(1, 8), (3, 96), (17, 1000), (5, 4096), (2, 3, 600), (3, 5000)]  # 5000: two column blocks a row, the last ragged
 
 
 

@@ -40,3 +40,27 @@ def test_reclassify_drops_range_annotations_and_names_cublas():
     assert [e["name"] for e in out["non_triton_forward"]] == ["nvjet_sm90_tst_64x48_64x15_2x4_h_bz_TNT"]
     assert out["forward_classes"]["triton"]["launches"] == 6  # vLLM's, ours and Inductor's kernels
     assert out["non_triton_forward"][0]["library"] == "cublas" and not out["pass"]
+
+
+def test_same_mode_compares_top1_ids_and_measures_the_gap_in_ours():
+    """Both engines prefill the same sequences: agreement is top-1 id equality per position; a
+    disagreement's gap is read from our top-k (our top-1 minus the baseline's top-1)."""
+    def pos(top, lps):
+        return [True, 0.0, top, [[t, lp] for t, lp in lps]]
+
+    base = [[pos(7, [(7, -1.0), (8, -1.02)])] * 200]
+    ours = [[pos(7, [(7, -1.0), (8, -1.02)])] * 199 + [pos(8, [(8, -1.0), (7, -1.03)])]]
+    s = vllm_census.score_same_mode(ours, base, gap_tol=0.1)
+    assert s["match_rate"] == pytest.approx(199 / 200) and s["pass"]
+    assert s["max_disagreement_gap"] == pytest.approx(0.03)
+    ours[0][-1] = pos(8, [(8, -1.0), (9, -1.5)])  # the baseline's top-1 is not in our top-k
+    s = vllm_census.score_same_mode(ours, base, gap_tol=0.1)
+    assert not s["pass"] and s["beyond_noise"][0]["gap"] is None
+    ours2 = [[pos(8, [(8, -1.0), (7, -1.01)])] * 3 + [pos(7, [(7, -1.0)])] * 97]
+    assert not vllm_census.score_same_mode(ours2, base, gap_tol=0.1)["pass"]  # 97% < 99%
+
+
+def test_pass_rests_on_same_mode_when_recorded():
+    entry = {"same_mode": {"pass": True}, "teacher_forced": {"pass": False}}
+    assert vllm_census.parity_verdict(entry)["pass"]
+    assert not vllm_census.parity_verdict({"teacher_forced": {"pass": False}, "greedy": {"pass": True}})["pass"]

@@ -72,7 +72,9 @@ def _kernels():
 def _census():
     return {"card": "NVIDIA H100 80GB HBM3", "versions": {"torch": "2.11.0", "vllm": "0.26.0"}, "commit": "c0mmit",
             "models": {"llama": {"pass": True, "greedy": {"match_rate": 1.0},
-                                 "teacher_forced": {"match_rate": 0.98, "max_disagreement_gap": 0.0156},
+                                 "same_mode": {"match_rate": 0.995, "max_disagreement_gap": 0.0156},
+                                 "eager_control_same_mode": {"match_rate": 0.99},
+                                 "teacher_forced": {"match_rate": 0.98, "max_disagreement_gap": 0.0312},
                                  "baseline_self_teacher_forced": {"match_rate": 0.979},
                                  "eager_control_teacher_forced": {"match_rate": 0.97},
                                  "forward_classes": {"triton": {"launches": 120, "gpu_us": 10.0}},
@@ -137,9 +139,9 @@ def test_report_rows(results):
     # kernels, census, cache, unreadable
     assert _row(md, "GEMM (bf16, Llama-8B linear shapes) vs cuBLAS")[1:3] == ["0.869x", "0.740x"]
     assert "rms_norm" in md
-    assert _row(md, "llama")[1:7] == ["PASS", "100.00%", "98.00%", "97.90%", "97.00%", "0.0156"]
+    assert _row(md, "llama")[1:9] == ["PASS", "99.50%", "99.00%", "100.00%", "98.00%", "97.90%", "97.00%", "0.0156"]
     g = _row(md, "gemma")
-    assert g[1] == "FAIL" and g[3] == g[4] == g[5] == "-" and g[8] == "4" and "nvjet" in g[9]  # no scores in that file
+    assert g[1] == "FAIL" and g[2] == g[3] == g[5] == g[6] == g[7] == "-" and g[10] == "4" and "nvjet" in g[11]  # no scores in that file
     assert _row(md, "cold") == ["cold", "40.00", "100.5", "3", "12", "0 / 0"]
     assert _row(md, "warm") == ["warm", "6.40", "30.0", "0", "0", "1 / 3"]
     assert _row(md, "after_import")[1] == "not run" and "**6.2x**" in md

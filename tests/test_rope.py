@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch._inductor.pattern_matcher import PatternMatcherPass
 
-from pattern_harness import assert_our_kernel, backend_output_code, compile_codegen, rel
+from pattern_harness import assert_our_kernel, backend_output_code, compile_codegen, global_memory_ops, rel, sm90_ptx
 from tri_inductor.patterns import rope as P
 
 # ‖out − ref‖ / ‖ref‖ against the float64 reference.
@@ -55,6 +55,23 @@ def test_rope_cos_sin_matches_reference(geom, is_neox: bool, dtype, poison) -> N
     assert qo.shape == q.shape and qo.stride() == q.stride()  # keeps HF's layout
     assert not qo.isnan().any() and not ko.isnan().any()
     assert rel(qo, rq) < TOL[dtype] and rel(ko, rk) < TOL[dtype]
+
+
+@pytest.mark.parametrize("is_neox", [True, False], ids=["neox", "gptj"])
+@pytest.mark.parametrize("geom", [(37, 4, 2, 64, 64), (5, 3, 1, 96, 48), (70, 2, 2, 128, 128)],
+                         ids=lambda g: "x".join(map(str, g)))
+def test_rope_cos_sin_head_major_layout(geom, is_neox: bool, poison) -> None:
+    """q/k contiguous [B, H, S, D] (a head's positions adjacent): the kernel tiles positions of
+    one head (BLOCK_T > 1), S not a multiple of the tile, tiles crossing batch rows."""
+    S, Hq, Hk, D, rot = geom
+    B = 2
+    q, k = torch.randn(B, Hq, S, D, dtype=torch.bfloat16), torch.randn(B, Hk, S, D, dtype=torch.bfloat16)
+    cos, sin = torch.randn(B, S, rot, dtype=torch.bfloat16), torch.randn(B, S, rot, dtype=torch.bfloat16)
+    assert P._blocks(D, rot, Hq, S, heads_adjacent=False)[0] > 1
+    qo, ko = P.rope_cos_sin(q, k, cos, sin, is_neox)
+    rq, rk = P.reference_rope_cos_sin(q, k, cos, sin, is_neox)
+    assert qo.stride() == q.stride() and not qo.isnan().any() and not ko.isnan().any()
+    assert rel(qo, rq) < TOL[torch.bfloat16] and rel(ko, rk) < TOL[torch.bfloat16]
 
 
 def test_reference_agrees_with_vllm_native() -> None:
@@ -274,3 +291,27 @@ def test_tri_inductor_backend_uses_our_kernel() -> None:
     def FN_(q, k, cos, sin):
         return apply_rotary_pos_emb(q, k, cos, sin)
     assert_our_kernel(backend_output_code(FN_, torch.randn(1, 2, 4, 64), torch.randn(1, 1, 4, 64), torch.randn(1, 4, 64), torch.randn(1, 4, 64)), "_rope_kernel")
+
+
+@pytest.mark.parametrize("layout", ["vllm", "hf_head_major"])
+def test_tile_loads_are_16_byte_and_issued_before_cos_sin(layout):
+    """sm_90 PTX: q/k tiles move in 16-byte vectors in both tilings, and in vLLM's form (cos/sin
+    rows gathered by position) the tile's loads are issued before the position load, so they
+    overlap its dependent round trip; the position is one scalar load per branch."""
+    if layout == "vllm":
+        const = dict(S=1, HEAD=128, ROT=128, IS_NEOX=True, FROM_CACHE=True, BLOCK_T=1, BLOCK_H=32,
+                     HALF_BLOCK=64, PASS_BLOCK=1)
+    else:
+        const = dict(HEAD=128, ROT=128, IS_NEOX=True, FROM_CACHE=False, BLOCK_T=32, BLOCK_H=1,
+                     HALF_BLOCK=64, PASS_BLOCK=1)
+    types = {n: "*bf16" for n in ("q_ptr", "k_ptr", "qo_ptr", "ko_ptr", "cos_ptr", "sin_ptr")}
+    types["pos_ptr"] = "*i64"
+    ops = global_memory_ops(sm90_ptx(P._rope_kernel, types, const, num_warps=8, unaligned=("T", "S")))
+    loads = [o for o in ops if o.startswith("ld.global")]
+    assert all(".v4." in o for o in ops if o.startswith("st.global")), ops
+    if layout == "vllm":
+        scalar = [i for i, o in enumerate(loads) if o == "ld.global.b64"]
+        assert len(scalar) == 2, loads  # the position, once in the q and once in the k branch
+        assert all(".v4." in o for o in loads[:scalar[0]]) and scalar[0] >= 2, loads
+    else:
+        assert loads and all(".v4." in o for o in loads), loads

@@ -55,6 +55,9 @@ def _rms_norm_kernel(
     out_row = out_ptr + row * out_stride
     if SINGLE_TILE:
         mask = cols < H
+        # The weight is loaded before the reduction, not after it: at decode (a handful of rows,
+        # latency-bound) a load issued after the cross-warp sum adds a second memory round trip.
+        w = tl.load(w_ptr + cols, mask=mask, other=0.0, eviction_policy="evict_last").to(tl.float32) + w_offset
         # Streamed once: evict_first keeps L2 for the weight row, which every program re-reads.
         x = tl.load(x_row + cols, mask=mask, other=0.0, eviction_policy="evict_first").to(tl.float32)
         if HAS_RESIDUAL:
@@ -64,7 +67,6 @@ def _rms_norm_kernel(
             # native fused_add_rms_norm does).
             tl.store(res_out_ptr + row * res_out_stride + cols, x.to(res_out_ptr.dtype.element_ty), mask=mask)
         rstd = tl.rsqrt(tl.reduce(x * x, 0, tl.standard._sum_combine) / H + eps)
-        w = tl.load(w_ptr + cols, mask=mask, other=0.0, eviction_policy="evict_last").to(tl.float32) + w_offset
         tl.store(out_row + cols, (x * rstd * w).to(out_ptr.dtype.element_ty), mask=mask)
     else:
         # Wide rows: pass 1 accumulates sum(x^2) chunk by chunk (and writes the new residual),

@@ -22,54 +22,31 @@ from ._trace import trace_replacement
 @triton.jit
 def _rope_kernel(
     q_ptr, k_ptr, qo_ptr, ko_ptr, cos_ptr, sin_ptr, pos_ptr,
-    S, Hq, Hk,
+    T, S, Hq, Hk,
     q_sb, q_ss, q_sh, k_sb, k_ss, k_sh,
     qo_sb, qo_ss, qo_sh, ko_sb, ko_ss, ko_sh,
     c_sb, c_ss,
     HEAD: tl.constexpr, ROT: tl.constexpr, IS_NEOX: tl.constexpr, FROM_CACHE: tl.constexpr,
-    BLOCK_H: tl.constexpr, HALF_BLOCK: tl.constexpr, PASS_BLOCK: tl.constexpr,
+    BLOCK_T: tl.constexpr, BLOCK_H: tl.constexpr, HALF_BLOCK: tl.constexpr, PASS_BLOCK: tl.constexpr,
 ):
-    # Grid: (tokens, q head blocks + k head blocks). A program rotates BLOCK_H heads of one
-    # token: a [BLOCK_H, rotary] tile read once and written once (each head's run contiguous:
-    # 16-byte vectors), cos/sin read once per program. Token = (b, s); vLLM's [T, H*D] is B=T, S=1.
-    tok = tl.program_id(0).to(tl.int64)
+    # Grid: (token blocks, q head blocks + k head blocks). A program rotates a [BLOCK_T tokens,
+    # BLOCK_H heads, rotary] tile, read once and written once, each head's run contiguous
+    # (16-byte vectors). The tile follows memory: heads of one token when they sit side by side
+    # (vLLM's [T, H*D], HF's transposed view: BLOCK_T = 1), consecutive positions of one head
+    # when a head's positions do (a contiguous [B, H, S, D]: BLOCK_H = 1), so consecutive
+    # programs stream consecutive memory. Token = (b, s); vLLM's [T, H*D] is B=T, S=1.
+    toks = tl.program_id(0).to(tl.int64) * BLOCK_T + tl.arange(0, BLOCK_T)
     hb = tl.program_id(1)
-    b = tok // S
-    s = tok % S
     n_qb = (Hq + BLOCK_H - 1) // BLOCK_H
-    if FROM_CACHE:
-        crow = tl.load(pos_ptr + tok).to(tl.int64) * c_sb
-    else:
-        crow = b * c_sb + s * c_ss
     HALF: tl.constexpr = ROT // 2
-    d = tl.arange(0, HALF_BLOCK)
-    dmask = d < HALF
-    r = tl.arange(0, 2 * HALF_BLOCK)
-    rmask = r < ROT
-    if IS_NEOX:
-        c1 = tl.load(cos_ptr + crow + d, mask=dmask, other=0.0).to(tl.float32)[None, :]
-        s1 = tl.load(sin_ptr + crow + d, mask=dmask, other=0.0).to(tl.float32)[None, :]
-        if FROM_CACHE:  # the cache holds rotary/2 values, shared by both halves
-            c2 = c1
-            s2 = s1
-        else:  # full-width cos/sin (HF duplicates halves; read both to follow the formula exactly)
-            c2 = tl.load(cos_ptr + crow + HALF + d, mask=dmask, other=0.0).to(tl.float32)[None, :]
-            s2 = tl.load(sin_ptr + crow + HALF + d, mask=dmask, other=0.0).to(tl.float32)[None, :]
-    else:
-        if FROM_CACHE:
-            c1 = tl.load(cos_ptr + crow + d, mask=dmask, other=0.0).to(tl.float32)[None, :]
-            s1 = tl.load(sin_ptr + crow + d, mask=dmask, other=0.0).to(tl.float32)[None, :]
-            c2 = c1
-            s2 = s1
-        else:  # full width, interleaved: (even, odd) entries
-            cc = tl.load(cos_ptr + crow + r, mask=rmask, other=0.0).to(tl.float32)
-            ss = tl.load(sin_ptr + crow + r, mask=rmask, other=0.0).to(tl.float32)
-            c1, c2 = tl.split(tl.reshape(cc, [HALF_BLOCK, 2]))
-            s1, s2 = tl.split(tl.reshape(ss, [HALF_BLOCK, 2]))
-            c1 = c1[None, :]
-            c2 = c2[None, :]
-            s1 = s1[None, :]
-            s2 = s2[None, :]
+    t3 = toks[:, None, None]
+    tmask3 = t3 < T
+    b3 = t3 // S
+    s3 = t3 % S
+    d3 = tl.arange(0, HALF_BLOCK)[None, None, :]
+    dmask3 = d3 < HALF
+    r3 = tl.arange(0, 2 * HALF_BLOCK)[None, None, :]
+    rmask3 = r3 < ROT
     # q, then k: unrolled at compile time, so each copy addresses its tensor straight from its
     # arguments (no pointer merged across a runtime branch; and an int argument equal to 1, e.g.
     # one KV head, is specialised to a constexpr, which a runtime if/else assigning a tensor in
@@ -77,52 +54,84 @@ def _rope_kernel(
     # sm_90 PTX uses ld/st.global.v4 (16 B) for q/k and cos/sin.
     for which in tl.static_range(2):
         if which == 0:
-            x_base = q_ptr + b * q_sb + s * q_ss
-            o_base = qo_ptr + b * qo_sb + s * qo_ss
+            src = q_ptr + b3 * q_sb + s3 * q_ss
+            dst = qo_ptr + b3 * qo_sb + s3 * qo_ss
             xh = q_sh
             oh = qo_sh
             n_heads = Hq
             hblk = hb
         else:
-            x_base = k_ptr + b * k_sb + s * k_ss
-            o_base = ko_ptr + b * ko_sb + s * ko_ss
+            src = k_ptr + b3 * k_sb + s3 * k_ss
+            dst = ko_ptr + b3 * ko_sb + s3 * ko_ss
             xh = k_sh
             oh = ko_sh
             n_heads = Hk
             hblk = hb - n_qb
         if (hblk >= 0) & (hblk * BLOCK_H < n_heads):
-            heads = hblk * BLOCK_H + tl.arange(0, BLOCK_H)[:, None]
-            hmask = heads < n_heads
-            src_h = x_base + heads * xh
-            dst_h = o_base + heads * oh
+            heads = hblk * BLOCK_H + tl.arange(0, BLOCK_H)[None, :, None]
+            hmask = tmask3 & (heads < n_heads)
+            src_h = src + heads * xh
+            dst_h = dst + heads * oh
+            # q/k first, cos/sin second: at decode the cos/sin rows wait on the positions load;
+            # issued in this order the tile's loads overlap that dependent round trip.
             if IS_NEOX:
-                m = hmask & dmask[None, :]
-                x1 = tl.load(src_h + d[None, :], mask=m, other=0.0).to(tl.float32)
-                x2 = tl.load(src_h + HALF + d[None, :], mask=m, other=0.0).to(tl.float32)
-                tl.store(dst_h + d[None, :], (x1 * c1 - x2 * s1).to(o_base.dtype.element_ty), mask=m)
-                tl.store(dst_h + HALF + d[None, :], (x2 * c2 + x1 * s2).to(o_base.dtype.element_ty), mask=m)
+                m = hmask & dmask3
+                x1 = tl.load(src_h + d3, mask=m, other=0.0).to(tl.float32)
+                x2 = tl.load(src_h + HALF + d3, mask=m, other=0.0).to(tl.float32)
+            else:  # GPT-J: the rotary span contiguously, (even, odd) pairs split in registers
+                m = hmask & rmask3
+                x = tl.load(src_h + r3, mask=m, other=0.0).to(tl.float32)
+                x1, x2 = tl.split(tl.reshape(x, [BLOCK_T, BLOCK_H, HALF_BLOCK, 2]))
+            if FROM_CACHE:  # cache rows hold rotary/2 cos then rotary/2 sin: both halves share them
+                if BLOCK_T == 1:  # a scalar load (a [1, 1, 1] tensor is loaded once per register copy)
+                    crow = tl.load(pos_ptr + tl.program_id(0).to(tl.int64)).to(tl.int64) * c_sb
+                else:
+                    crow = tl.load(pos_ptr + t3, mask=tmask3, other=0).to(tl.int64) * c_sb
+                cm = tmask3 & dmask3
+                c1 = tl.load(cos_ptr + crow + d3, mask=cm, other=0.0).to(tl.float32)
+                s1 = tl.load(sin_ptr + crow + d3, mask=cm, other=0.0).to(tl.float32)
+                c2 = c1
+                s2 = s1
             else:
-                # GPT-J: load the rotary span contiguously, split (even, odd) pairs in registers.
-                m = hmask & rmask[None, :]
-                x = tl.load(src_h + r[None, :], mask=m, other=0.0).to(tl.float32)
-                xe, xo = tl.split(tl.reshape(x, [BLOCK_H, HALF_BLOCK, 2]))
-                o = tl.join(xe * c1 - xo * s1, xo * c2 + xe * s2)
-                o = tl.reshape(o, [BLOCK_H, 2 * HALF_BLOCK])
-                tl.store(dst_h + r[None, :], o.to(o_base.dtype.element_ty), mask=m)
+                crow = b3 * c_sb + s3 * c_ss
+                if IS_NEOX:  # full width, halves duplicated by HF: read both to follow the formula
+                    cm = tmask3 & dmask3
+                    c1 = tl.load(cos_ptr + crow + d3, mask=cm, other=0.0).to(tl.float32)
+                    s1 = tl.load(sin_ptr + crow + d3, mask=cm, other=0.0).to(tl.float32)
+                    c2 = tl.load(cos_ptr + crow + HALF + d3, mask=cm, other=0.0).to(tl.float32)
+                    s2 = tl.load(sin_ptr + crow + HALF + d3, mask=cm, other=0.0).to(tl.float32)
+                else:  # full width, interleaved: (even, odd) entries
+                    cm = tmask3 & rmask3
+                    cc = tl.load(cos_ptr + crow + r3, mask=cm, other=0.0).to(tl.float32)
+                    ss = tl.load(sin_ptr + crow + r3, mask=cm, other=0.0).to(tl.float32)
+                    c1, c2 = tl.split(tl.reshape(cc, [BLOCK_T, 1, HALF_BLOCK, 2]))
+                    s1, s2 = tl.split(tl.reshape(ss, [BLOCK_T, 1, HALF_BLOCK, 2]))
+            o1 = (x1 * c1 - x2 * s1).to(dst.dtype.element_ty)
+            o2 = (x2 * c2 + x1 * s2).to(dst.dtype.element_ty)
+            if IS_NEOX:
+                tl.store(dst_h + d3, o1, mask=m)
+                tl.store(dst_h + HALF + d3, o2, mask=m)
+            else:
+                tl.store(dst_h + r3, tl.reshape(tl.join(o1, o2), [BLOCK_T, BLOCK_H, 2 * HALF_BLOCK]), mask=m)
             if ROT < HEAD:  # partial rotary: copy the rest of each head
-                e = ROT + tl.arange(0, PASS_BLOCK)
-                pm = hmask & (e < HEAD)[None, :]
-                tl.store(dst_h + e[None, :], tl.load(src_h + e[None, :], mask=pm, other=0.0), mask=pm)
+                e = ROT + tl.arange(0, PASS_BLOCK)[None, None, :]
+                pm = hmask & (e < HEAD)
+                tl.store(dst_h + e, tl.load(src_h + e, mask=pm, other=0.0), mask=pm)
 
 
-def _blocks(head_size: int, rotary_dim: int, n_heads: int) -> tuple[int, int, int, int]:
-    """(BLOCK_H, HALF_BLOCK, PASS_BLOCK, num_warps): ~2K-4K elements per program."""
+def _blocks(head_size: int, rotary_dim: int, n_heads: int, n_seq: int, heads_adjacent: bool
+            ) -> tuple[int, int, int, int, int]:
+    """(BLOCK_T, BLOCK_H, HALF_BLOCK, PASS_BLOCK, num_warps): ~2K-4K elements per program, laid
+    along whichever of heads / positions is adjacent in memory."""
     half_block = triton.next_power_of_2(max(rotary_dim // 2, 1))
     pass_block = triton.next_power_of_2(max(head_size - rotary_dim, 1))
     row = triton.next_power_of_2(head_size)
-    block_h = max(1, min(triton.next_power_of_2(n_heads), 4096 // row))
-    num_warps = max(1, min(8, block_h * row // 256))
-    return block_h, half_block, pass_block, num_warps
+    if heads_adjacent:
+        block_t, block_h = 1, max(1, min(triton.next_power_of_2(n_heads), 4096 // row))
+    else:
+        block_t, block_h = max(1, min(triton.next_power_of_2(n_seq), 4096 // row)), 1
+    num_warps = max(1, min(8, block_t * block_h * row // 256))
+    return block_t, block_h, half_block, pass_block, num_warps
 
 
 def _check_rot(head_size: int, rotary_dim: int) -> None:
@@ -149,16 +158,16 @@ def rope_cache(
     ko = torch.empty(k3.shape, dtype=k.dtype, device=k.device)
     cache = _last_contig(cos_sin_cache)
     Hq, Hk = q3.shape[1], k3.shape[1]
-    block_h, half_block, pass_block, num_warps = _blocks(head_size, rotary_dim, max(Hq, Hk))
+    block_t, block_h, half_block, pass_block, num_warps = _blocks(head_size, rotary_dim, max(Hq, Hk), 1, True)
     grid = (T, triton.cdiv(Hq, block_h) + triton.cdiv(Hk, block_h))
     launch(_rope_kernel, grid,
            q3, k3, qo, ko, cache, cache[:, rotary_dim // 2:], pos,
-           1, Hq, Hk,
+           T, 1, Hq, Hk,
            q3.stride(0), 0, q3.stride(1), k3.stride(0), 0, k3.stride(1),
            qo.stride(0), 0, qo.stride(1), ko.stride(0), 0, ko.stride(1),
            cache.stride(0), 0,
            HEAD=head_size, ROT=rotary_dim, IS_NEOX=is_neox, FROM_CACHE=True,
-           BLOCK_H=block_h, HALF_BLOCK=half_block, PASS_BLOCK=pass_block, num_warps=num_warps)
+           BLOCK_T=block_t, BLOCK_H=block_h, HALF_BLOCK=half_block, PASS_BLOCK=pass_block, num_warps=num_warps)
     return qo.view(q.shape), ko.view(k.shape)
 
 
@@ -178,16 +187,17 @@ def rope_cos_sin(
         cos, sin = cos.contiguous(), sin.contiguous()
     qo = torch.empty_like(q)  # keeps q's layout (HF's q is a transposed view)
     ko = torch.empty_like(k)
-    block_h, half_block, pass_block, num_warps = _blocks(D, rot, max(Hq, Hk))
-    grid = (B * S, triton.cdiv(Hq, block_h) + triton.cdiv(Hk, block_h))
+    block_t, block_h, half_block, pass_block, num_warps = _blocks(
+        D, rot, max(Hq, Hk), S, heads_adjacent=not (q.stride(1) > q.stride(2) and k.stride(1) > k.stride(2)))
+    grid = (triton.cdiv(B * S, block_t), triton.cdiv(Hq, block_h) + triton.cdiv(Hk, block_h))
     launch(_rope_kernel, grid,
            q, k, qo, ko, cos, sin, cos,
-           S, Hq, Hk,
+           B * S, S, Hq, Hk,
            q.stride(0), q.stride(2), q.stride(1), k.stride(0), k.stride(2), k.stride(1),
            qo.stride(0), qo.stride(2), qo.stride(1), ko.stride(0), ko.stride(2), ko.stride(1),
            cos.stride(0), cos.stride(1),
            HEAD=D, ROT=rot, IS_NEOX=is_neox, FROM_CACHE=False,
-           BLOCK_H=block_h, HALF_BLOCK=half_block, PASS_BLOCK=pass_block, num_warps=num_warps)
+           BLOCK_T=block_t, BLOCK_H=block_h, HALF_BLOCK=half_block, PASS_BLOCK=pass_block, num_warps=num_warps)
     return qo, ko
 
 
