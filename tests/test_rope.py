@@ -146,13 +146,14 @@ def test_vllm_rotary_embedding_per_head_outputs_match(vllm_ctx, pm, head_size, r
     assert_our_kernel(code, "_rope_kernel")
 
 
-class _NormThenRope:
-    """rms_norm's patterns, then RoPE's: the order of the real pass."""
+class _RealPassOrder:
+    """RoPE's patterns, then rms_norm's: the order of the real pass (options.FAMILIES)."""
 
     def __init__(self) -> None:
         from tri_inductor.passes import _registered_patterns
 
         self.passes = _registered_patterns(("rms_norm", "rope"), False)
+        assert [f for f, _ in self.passes] == ["rope", "rms_norm"]
         self.by_family: dict[str, int] = {}
 
     def apply(self, graph) -> int:
@@ -161,19 +162,28 @@ class _NormThenRope:
         return sum(self.by_family.values())
 
 
-@pytest.mark.parametrize("rotary_dim", [128, 64])
-def test_vllm_rope_after_qk_norm(vllm_ctx, rotary_dim) -> None:
+@pytest.mark.parametrize("rotary_dim, wrap", [(128, None), (64, None), (128, True), (128, False)],
+                         ids=["full-body", "partial-body", "full-vllm-ir", "full-vllm-native"])
+def test_vllm_rope_after_qk_norm(vllm_ctx, rotary_dim, wrap) -> None:
     """Qwen3: q/k are normed per head, viewed back to [tokens, heads * head_size], then rotated;
     the rotary embedding's own per-head view is then a no-op Inductor removes, so the graph
-    starts at the rotary split of the norm output.  Norms and RoPE must all be ours."""
+    starts at the rotary split of the norm output.  Norms and RoPE become one kernel of ours
+    (fp32 between them, as Inductor's own fused kernel keeps them) and nothing is left to Inductor."""
     from vllm.model_executor.layers.rotary_embedding import RotaryEmbedding
 
     hd, Hq, Hk = 128, 4, 2
     rope = RotaryEmbedding(hd, rotary_dim, 64, 1e6, True, torch.bfloat16)
 
-    def norm(x, w):
+    def body(x, w):  # vLLM's native RMSNorm body (vllm/ir/ops/layernorm.py)
         xf = x.float()
-        return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + 1e-6)).to(x.dtype) * w
+        return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + 1e-6)).to(w.dtype) * w
+
+    def layer(x, w):  # vLLM's RMSNorm layer: an IR node (torch wrap on) or its body inlined (off)
+        from vllm import ir
+
+        return ir.ops.rms_norm(x, w, 1e-6)
+
+    norm = body if wrap is None else layer
 
     def prologue(pos, qkv, qw, kw):  # vLLM's Qwen3Attention.forward up to attention
         q, k, v = qkv.split([Hq * hd, Hk * hd, Hk * hd], dim=-1)
@@ -186,21 +196,28 @@ def test_vllm_rope_after_qk_norm(vllm_ctx, rotary_dim) -> None:
     pos = torch.randint(0, 64, (5,), generator=g)
     qkv = torch.randn(5, (Hq + 2 * Hk) * hd, generator=g).to(torch.bfloat16)
     qw, kw = torch.randn(hd, generator=g).to(torch.bfloat16), torch.randn(hd, generator=g).to(torch.bfloat16)
-    passes = _NormThenRope()
-    _, code = compile_codegen(prologue, [pos, qkv, qw, kw], passes, dynamic=[(0, 0), (1, 0)])
-    assert passes.by_family == {"rms_norm": 2, "rope": 1}, passes.by_family
+    passes = _RealPassOrder()
+    import contextlib
+
+    from vllm import ir
+
+    with ir.enable_torch_wrap(wrap) if wrap is not None else contextlib.nullcontext():
+        _, code = compile_codegen(prologue, [pos, qkv, qw, kw], passes, dynamic=[(0, 0), (1, 0)])
+    assert passes.by_family == {"rope": 1, "rms_norm": 0}, passes.by_family
     assert_our_kernel(code, "_rope_kernel")
-    # nothing left to Inductor: no RoPE of its own, and no copy of the per-head q/k views of the
-    # fused qkv buffer before the norms (our norm reads them in place)
+    assert "_rms_norm_kernel" not in code
+    # nothing left to Inductor: no RoPE or norm of its own, and no copy of the per-head q/k views
+    # of the fused qkv buffer (read in place)
     assert not re.findall(r"def (triton_\w+)", code), re.findall(r"def (triton_\w+)", code)
-    # the replacement on per-head q/k computes what the layer computes
+    # the fused op computes what the layer computes
     q, k, _ = qkv.split([Hq * hd, Hk * hd, Hk * hd], dim=-1)
-    q3, k3 = q.reshape(5, Hq, hd), k.reshape(5, Hk, hd)
-    vq, vk = rope.forward_native(pos, q3.reshape(5, -1), k3.reshape(5, -1))
-    oq, ok = P.rope_cache(pos, q3, k3, rope.cos_sin_cache, hd, rotary_dim, True)
+    q3, k3 = q.view(5, Hq, hd), k.view(5, Hk, hd)
+    norm = body
+    vq, vk = prologue(pos, qkv, qw, kw)[:2]
+    oq, ok = P.qk_norm_rope_cache(pos, q3, k3, qw, kw, 1e-6, rope.cos_sin_cache, rotary_dim, True)
     assert oq.shape == q3.shape and ok.shape == k3.shape
-    assert rel(oq.reshape(5, -1), vq.double()) < TOL[torch.bfloat16]
-    assert rel(ok.reshape(5, -1), vk.double()) < TOL[torch.bfloat16]
+    assert rel(oq, vq.double()) < TOL[torch.bfloat16]
+    assert rel(ok, vk.double()) < TOL[torch.bfloat16]
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
@@ -300,12 +317,12 @@ def test_tile_loads_are_16_byte_and_issued_before_cos_sin(layout):
     overlap its dependent round trip; the position is one scalar load per branch."""
     if layout == "vllm":
         const = dict(S=1, HEAD=128, ROT=128, IS_NEOX=True, FROM_CACHE=True, BLOCK_T=1, BLOCK_H=32,
-                     HALF_BLOCK=64, PASS_BLOCK=1)
+                     HALF_BLOCK=64, PASS_BLOCK=1, QK_NORM=False)
     else:
         const = dict(HEAD=128, ROT=128, IS_NEOX=True, FROM_CACHE=False, BLOCK_T=32, BLOCK_H=1,
-                     HALF_BLOCK=64, PASS_BLOCK=1)
-    types = {n: "*bf16" for n in ("q_ptr", "k_ptr", "qo_ptr", "ko_ptr", "cos_ptr", "sin_ptr")}
-    types["pos_ptr"] = "*i64"
+                     HALF_BLOCK=64, PASS_BLOCK=1, QK_NORM=False)
+    types = {n: "*bf16" for n in ("q_ptr", "k_ptr", "qo_ptr", "ko_ptr", "cos_ptr", "sin_ptr", "qw_ptr", "kw_ptr")}
+    types.update(pos_ptr="*i64", eps="fp32")
     ops = global_memory_ops(sm90_ptx(P._rope_kernel, types, const, num_warps=8, unaligned=("T", "S")))
     loads = [o for o in ops if o.startswith("ld.global")]
     assert all(".v4." in o for o in ops if o.startswith("st.global")), ops
@@ -315,3 +332,25 @@ def test_tile_loads_are_16_byte_and_issued_before_cos_sin(layout):
         assert all(".v4." in o for o in loads[:scalar[0]]) and scalar[0] >= 2, loads
     else:
         assert loads and all(".v4." in o for o in loads), loads
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("is_neox", [True, False], ids=["neox", "gptj"])
+@pytest.mark.parametrize("geom", [(1, 2, 1, 128, 128), (7, 6, 2, 64, 32), (3, 4, 4, 96, 96)],
+                         ids=lambda g: "x".join(map(str, g)))
+def test_qk_norm_rope_matches_reference(geom, is_neox: bool, dtype, poison) -> None:
+    """Per-head RMSNorm then RoPE in one kernel (q/k per-head views of a fused qkv buffer, as
+    Qwen3 hands them over), partial rotary included: the pass-through dims are normalised too."""
+    T, Hq, Hk, D, rot = geom
+    g = torch.Generator().manual_seed(T * 100 + D)
+    pos = torch.randint(0, 50, (T,), generator=g)
+    cache = torch.randn(50, rot, generator=g).to(dtype)
+    qkv = (torch.randn(T, (Hq + 2 * Hk) * D, generator=g) * 3).to(dtype)
+    q, k, _ = qkv.split([Hq * D, Hk * D, Hk * D], dim=-1)
+    q, k = q.view(T, Hq, D), k.view(T, Hk, D)
+    qw, kw = torch.randn(D, generator=g).to(dtype), torch.randn(D, generator=g).to(dtype)
+    qo, ko = P.qk_norm_rope_cache(pos, q, k, qw, kw, 1e-6, cache, rot, is_neox)
+    rq, rk = P.reference_qk_norm_rope_cache(pos, q, k, qw, kw, 1e-6, cache, rot, is_neox)
+    assert qo.shape == q.shape and ko.shape == k.shape and qo.dtype == dtype
+    assert not qo.isnan().any() and not ko.isnan().any()
+    assert rel(qo, rq) < TOL[dtype] and rel(ko, rk) < TOL[dtype]

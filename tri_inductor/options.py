@@ -11,7 +11,9 @@ import os
 from collections.abc import Mapping
 from typing import Any, Literal
 
-FAMILIES = ("rms_norm", "rope", "activation", "linear", "attention")
+# Applied in this order: RoPE before RMSNorm, so that a q/k norm feeding the rotation (Qwen3) is
+# still there for RoPE's fused form (patterns/rope.py) to take.
+FAMILIES = ("rope", "rms_norm", "activation", "linear", "attention")
 GemmMode = Literal["native", "templates"]
 
 

@@ -75,7 +75,7 @@ def _registered_patterns(families: tuple[str, ...], strict: bool) -> tuple[tuple
 
     modules = load_all()
     out = []
-    for family in families:
+    for family in (f for f in FAMILIES if f in families):  # FAMILIES order, however they were listed
         if family not in modules:
             continue
         pm = PatternMatcherPass(pass_name=f"tri_inductor_{family}")

@@ -7,6 +7,8 @@ pairs. Dims past ``rotary_dim`` are copied. Arithmetic in fp32, outputs in q/k's
 """
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import triton
 import triton.language as tl
@@ -21,13 +23,14 @@ from ._trace import trace_replacement
 
 @triton.jit
 def _rope_kernel(
-    q_ptr, k_ptr, qo_ptr, ko_ptr, cos_ptr, sin_ptr, pos_ptr,
+    q_ptr, k_ptr, qo_ptr, ko_ptr, cos_ptr, sin_ptr, pos_ptr, qw_ptr, kw_ptr, eps,
     T, S, Hq, Hk,
     q_sb, q_ss, q_sh, k_sb, k_ss, k_sh,
     qo_sb, qo_ss, qo_sh, ko_sb, ko_ss, ko_sh,
     c_sb, c_ss,
     HEAD: tl.constexpr, ROT: tl.constexpr, IS_NEOX: tl.constexpr, FROM_CACHE: tl.constexpr,
     BLOCK_T: tl.constexpr, BLOCK_H: tl.constexpr, HALF_BLOCK: tl.constexpr, PASS_BLOCK: tl.constexpr,
+    QK_NORM: tl.constexpr,
 ):
     # Grid: (token blocks, q head blocks + k head blocks). A program rotates a [BLOCK_T tokens,
     # BLOCK_H heads, rotary] tile, read once and written once, each head's run contiguous
@@ -35,6 +38,9 @@ def _rope_kernel(
     # (vLLM's [T, H*D], HF's transposed view: BLOCK_T = 1), consecutive positions of one head
     # when a head's positions do (a contiguous [B, H, S, D]: BLOCK_H = 1), so consecutive
     # programs stream consecutive memory. Token = (b, s); vLLM's [T, H*D] is B=T, S=1.
+    # QK_NORM (Qwen3): each head row is RMS-normalised (weight qw/kw, fp32) before the rotation,
+    # in registers: one rounding at the store, as Inductor's fused norm + RoPE kernel rounds.
+    eps = tl.cast(eps, tl.float32)  # Inductor types a Python float argument fp64
     toks = tl.program_id(0).to(tl.int64) * BLOCK_T + tl.arange(0, BLOCK_T)
     hb = tl.program_id(1)
     n_qb = (Hq + BLOCK_H - 1) // BLOCK_H
@@ -60,6 +66,7 @@ def _rope_kernel(
             oh = qo_sh
             n_heads = Hq
             hblk = hb
+            w_row = qw_ptr
         else:
             src = k_ptr + b3 * k_sb + s3 * k_ss
             dst = ko_ptr + b3 * ko_sb + s3 * ko_ss
@@ -67,6 +74,7 @@ def _rope_kernel(
             oh = ko_sh
             n_heads = Hk
             hblk = hb - n_qb
+            w_row = kw_ptr
         if (hblk >= 0) & (hblk * BLOCK_H < n_heads):
             heads = hblk * BLOCK_H + tl.arange(0, BLOCK_H)[None, :, None]
             hmask = tmask3 & (heads < n_heads)
@@ -74,13 +82,34 @@ def _rope_kernel(
             dst_h = dst + heads * oh
             # q/k first, cos/sin second: at decode the cos/sin rows wait on the positions load;
             # issued in this order the tile's loads overlap that dependent round trip.
+            e = ROT + tl.arange(0, PASS_BLOCK)[None, None, :]  # partial rotary: the pass-through dims
+            pm = hmask & (e < HEAD)
+            if ROT < HEAD:
+                xp = tl.load(src_h + e, mask=pm, other=0.0)
             if IS_NEOX:
                 m = hmask & dmask3
                 x1 = tl.load(src_h + d3, mask=m, other=0.0).to(tl.float32)
                 x2 = tl.load(src_h + HALF + d3, mask=m, other=0.0).to(tl.float32)
+                if QK_NORM:
+                    ssq = tl.reduce(x1 * x1 + x2 * x2, 2, tl.standard._sum_combine)
             else:  # GPT-J: the rotary span contiguously, (even, odd) pairs split in registers
                 m = hmask & rmask3
                 x = tl.load(src_h + r3, mask=m, other=0.0).to(tl.float32)
+                if QK_NORM:
+                    ssq = tl.reduce(x * x, 2, tl.standard._sum_combine)
+            if QK_NORM:
+                if ROT < HEAD:
+                    xpf = xp.to(tl.float32)
+                    ssq += tl.reduce(xpf * xpf, 2, tl.standard._sum_combine)
+                rstd = tl.rsqrt(ssq / HEAD + eps)[:, :, None]
+                if IS_NEOX:
+                    x1 = x1 * rstd * tl.load(w_row + d3, mask=dmask3, other=0.0).to(tl.float32)
+                    x2 = x2 * rstd * tl.load(w_row + HALF + d3, mask=dmask3, other=0.0).to(tl.float32)
+                else:
+                    x = x * rstd * tl.load(w_row + r3, mask=rmask3, other=0.0).to(tl.float32)
+                if ROT < HEAD:
+                    xp = xpf * rstd * tl.load(w_row + e, mask=e < HEAD, other=0.0).to(tl.float32)
+            if not IS_NEOX:
                 x1, x2 = tl.split(tl.reshape(x, [BLOCK_T, BLOCK_H, HALF_BLOCK, 2]))
             if FROM_CACHE:  # cache rows hold rotary/2 cos then rotary/2 sin: both halves share them
                 if BLOCK_T == 1:  # a scalar load (a [1, 1, 1] tensor is loaded once per register copy)
@@ -113,10 +142,8 @@ def _rope_kernel(
                 tl.store(dst_h + HALF + d3, o2, mask=m)
             else:
                 tl.store(dst_h + r3, tl.reshape(tl.join(o1, o2), [BLOCK_T, BLOCK_H, 2 * HALF_BLOCK]), mask=m)
-            if ROT < HEAD:  # partial rotary: copy the rest of each head
-                e = ROT + tl.arange(0, PASS_BLOCK)[None, None, :]
-                pm = hmask & (e < HEAD)
-                tl.store(dst_h + e, tl.load(src_h + e, mask=pm, other=0.0), mask=pm)
+            if ROT < HEAD:  # partial rotary: the rest of each head is copied (normalised with QK_NORM)
+                tl.store(dst_h + e, xp.to(dst.dtype.element_ty), mask=pm)
 
 
 def _blocks(head_size: int, rotary_dim: int, n_heads: int, n_seq: int, heads_adjacent: bool
@@ -148,6 +175,24 @@ def rope_cache(
     positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor, cos_sin_cache: torch.Tensor,
     head_size: int, rotary_dim: int, is_neox: bool,
 ) -> tuple[torch.Tensor, torch.Tensor]:
+    return _rope_cache(positions, q, k, cos_sin_cache, head_size, rotary_dim, is_neox)
+
+
+@triton_op("tri_inductor::qk_norm_rope_cache", mutates_args={})
+def qk_norm_rope_cache(
+    positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor, q_weight: torch.Tensor,
+    k_weight: torch.Tensor, eps: float, cos_sin_cache: torch.Tensor, rotary_dim: int, is_neox: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-head RMSNorm of q [T, Hq, D] and k [T, Hk, D] (weights [D]), then ``rope_cache``: one
+    kernel, fp32 between the two (Qwen3's q/k norm + rotary embedding)."""
+    head_size = q.shape[-1]
+    torch._check(q_weight.shape == (head_size,) and k_weight.shape == (head_size,),
+                 lambda: f"q/k norm weights {tuple(q_weight.shape)}, {tuple(k_weight.shape)} != ({head_size},)")
+    return _rope_cache(positions, q, k, cos_sin_cache, head_size, rotary_dim, is_neox, q_weight, k_weight, eps)
+
+
+def _rope_cache(positions, q, k, cos_sin_cache, head_size: int, rotary_dim: int, is_neox: bool,
+                qw=None, kw=None, eps: float = 0.0):
     _check_rot(head_size, rotary_dim)
     pos = positions.reshape(-1)
     T = pos.shape[0]
@@ -162,12 +207,14 @@ def rope_cache(
     grid = (T, triton.cdiv(Hq, block_h) + triton.cdiv(Hk, block_h))
     launch(_rope_kernel, grid,
            q3, k3, qo, ko, cache, cache[:, rotary_dim // 2:], pos,
+           cache if qw is None else qw, cache if kw is None else kw, eps,  # (unread without the norm)
            T, 1, Hq, Hk,
            q3.stride(0), 0, q3.stride(1), k3.stride(0), 0, k3.stride(1),
            qo.stride(0), 0, qo.stride(1), ko.stride(0), 0, ko.stride(1),
            cache.stride(0), 0,
            HEAD=head_size, ROT=rotary_dim, IS_NEOX=is_neox, FROM_CACHE=True,
-           BLOCK_T=block_t, BLOCK_H=block_h, HALF_BLOCK=half_block, PASS_BLOCK=pass_block, num_warps=num_warps)
+           BLOCK_T=block_t, BLOCK_H=block_h, HALF_BLOCK=half_block, PASS_BLOCK=pass_block,
+           QK_NORM=qw is not None, num_warps=num_warps)
     return qo.view(q.shape), ko.view(k.shape)
 
 
@@ -191,13 +238,14 @@ def rope_cos_sin(
         D, rot, max(Hq, Hk), S, heads_adjacent=not (q.stride(1) > q.stride(2) and k.stride(1) > k.stride(2)))
     grid = (triton.cdiv(B * S, block_t), triton.cdiv(Hq, block_h) + triton.cdiv(Hk, block_h))
     launch(_rope_kernel, grid,
-           q, k, qo, ko, cos, sin, cos,
+           q, k, qo, ko, cos, sin, cos, cos, cos, 0.0,
            B * S, S, Hq, Hk,
            q.stride(0), q.stride(2), q.stride(1), k.stride(0), k.stride(2), k.stride(1),
            qo.stride(0), qo.stride(2), qo.stride(1), ko.stride(0), ko.stride(2), ko.stride(1),
            cos.stride(0), cos.stride(1),
            HEAD=D, ROT=rot, IS_NEOX=is_neox, FROM_CACHE=False,
-           BLOCK_T=block_t, BLOCK_H=block_h, HALF_BLOCK=half_block, PASS_BLOCK=pass_block, num_warps=num_warps)
+           BLOCK_T=block_t, BLOCK_H=block_h, HALF_BLOCK=half_block, PASS_BLOCK=pass_block,
+           QK_NORM=False, num_warps=num_warps)
     return qo, ko
 
 
@@ -225,6 +273,17 @@ def reference_rope_cache(positions, q, k, cos_sin_cache, head_size: int, rotary_
         rot = _rotate64(x3[..., :rotary_dim], c[:, None], s[:, None], is_neox)
         outs.append(torch.cat((rot, x3[..., rotary_dim:]), -1).reshape(x.shape))
     return tuple(outs)
+
+
+def reference_qk_norm_rope_cache(positions, q, k, q_weight, k_weight, eps: float, cos_sin_cache,
+                                 rotary_dim: int, is_neox: bool):
+    """float64 ground truth of ``qk_norm_rope_cache``."""
+    def norm(x, w):
+        x = x.double()
+        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * w.double()
+
+    return reference_rope_cache(positions, norm(q, q_weight), norm(k, k_weight), cos_sin_cache,
+                                q.shape[-1], rotary_dim, is_neox)
 
 
 def reference_rope_cos_sin(q, k, cos, sin, is_neox: bool):
@@ -335,6 +394,28 @@ def _make_vllm_heads(is_neox: bool):
     return search, repl
 
 
+def _make_qk_norm_heads(is_neox: bool, norm: Callable[..., torch.Tensor]):
+    """Qwen3's per-head q/k RMSNorm feeding the per-head RoPE form: one fused op (``norm`` is one
+    of the rms_norm family's search forms: vLLM's native body or its IR node)."""
+    def search(positions, q, k, q_weight, k_weight, cache, eps, half):
+        return _vllm_rope_heads(positions, norm(q, q_weight, eps), norm(k, k_weight, eps), cache, 2 * half, is_neox)
+
+    def repl(positions, q, k, q_weight, k_weight, cache, eps, half):
+        return qk_norm_rope_cache(positions, q, k, q_weight, k_weight, eps, cache, 2 * half, is_neox)
+
+    return search, repl
+
+
+def _check_qk_norm(match) -> bool:
+    if not _check_vllm(match):
+        return False
+    q = match.kwargs["q"].meta["val"]
+    ws = [match.kwargs[n].meta.get("val") for n in ("q_weight", "k_weight")]
+    return (q.dim() == 3 and match.kwargs["q_weight"] is not match.kwargs["k_weight"]
+            and all(isinstance(w, torch.Tensor) and w.shape == (q.shape[-1],) and w.dtype.is_floating_point
+                    for w in ws))
+
+
 def _repl_hf(q, k, cos, sin):
     return rope_cos_sin(q, k, cos, sin, True)
 
@@ -390,6 +471,24 @@ def _trace_post_grad(fn, args, **kwargs) -> torch.fx.GraphModule:
 
 def register_vllm_rope_forms(pm_pass) -> None:
     from torch._inductor.pattern_matcher import register_replacement
+
+    from . import rms_norm as N
+
+    # First (for one output node the first registered pattern that matches wins): q/k normed per
+    # head right before the rotation (Qwen3) -> one kernel, no bf16 round trip in between. The
+    # rope family runs before the rms_norm family, so these norms are still aten (or IR) nodes.
+    norms = [N._vllm_rms] + ([N._ir_rms] if N._vllm_ir_available() else [])
+    for norm in norms:
+        for is_neox in (True, False):
+            search, repl = _make_qk_norm_heads(is_neox, norm)
+            for half in _HALVES.values():
+                pos = torch.zeros(8, dtype=torch.int64)
+                q, k = torch.empty(8, 3, _HEAD, dtype=torch.bfloat16), torch.empty(8, 2, _HEAD, dtype=torch.bfloat16)
+                w = torch.empty(_HEAD, dtype=torch.bfloat16)
+                cache = torch.empty(32, 2 * half, dtype=torch.bfloat16)
+                register_replacement(search, repl, [pos, q, k, w, w.clone(), cache], _trace_post_grad, pm_pass,
+                                     extra_check=_check_qk_norm, skip_duplicates=True,
+                                     scalar_workaround={"eps": N._EPS, "half": half})
 
     # (search, replacement, q/k example shapes given a head count, sentinel scalars besides half)
     forms = [(*_make_vllm(is_neox, per_head), lambda h: (8, h * _HEAD), {"head_size": _HEAD})
