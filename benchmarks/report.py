@@ -249,7 +249,8 @@ def census_section(name: str, d: dict[str, Any]) -> str:
                      "-" if g.get("match_rate") is None else f"{g['match_rate'] * 100:.2f}%",
                      _pct(tf), _pct(m.get("baseline_self_teacher_forced")), _pct(m.get("eager_control_teacher_forced")),
                      "-" if gap is None else f"{gap:.4f}",
-                     str(tri), str(non), ", ".join(e.get("name", "?")[:40] for e in m.get("non_triton_forward", [])[:3])])
+                     str(tri), str(non), ", ".join(e.get("name", "?")[:40] for e in m.get("non_triton_forward", [])[:3]),
+                     str(m.get("commit") or d.get("commit") or "?")[:10]])
     out.append(_table(["model", "status",
                        "top-1 agreement, same mode: ours vs vLLM compile (both prefill the same sequences)",
                        "control, same mode: vLLM eager vs vLLM compile",
@@ -257,7 +258,7 @@ def census_section(name: str, d: dict[str, Any]) -> str:
                        "top-1 agreement on vLLM compile's generated tokens: ours",
                        "control: vLLM compile vs itself (prefill vs its decode)", "control: vLLM eager",
                        "max logprob gap where ours disagrees (nat)", "forward Triton launches",
-                       "forward non-Triton launches", "non-Triton kernels"], rows) if rows else "No models.")
+                       "forward non-Triton launches", "non-Triton kernels", "commit"], rows) if rows else "No models.")
     return "\n".join(out)
 
 

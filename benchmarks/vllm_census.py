@@ -335,6 +335,8 @@ def main_parent(args: argparse.Namespace) -> int:
         for p in args.combine:
             part = json.loads(Path(p).read_text())
             models = part.pop("models", {})
+            for m in models.values():  # parts may come from different commits: each model keeps its own
+                m.setdefault("commit", part.get("commit"))
             report.update({k: v for k, v in part.items() if k != "models"})
             report["models"].update(models)
         report["pass"] = bool(report["models"]) and all(m.get("pass") for m in report["models"].values())

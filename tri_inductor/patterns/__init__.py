@@ -1,12 +1,15 @@
 """Our FX pattern families, one module each: the Triton kernel, its op, its reference, its patterns.
 
-| family       | module                 | ops (tri_inductor::...)              |
-|--------------|------------------------|--------------------------------------|
-| rms_norm     | patterns/rms_norm.py   | rms_norm, fused_add_rms_norm         |
-| rope         | patterns/rope.py       | rope_cache, rope_cos_sin             |
-| activation   | patterns/activation.py | silu_and_mul, gelu_and_mul           |
-| linear       | patterns/linear.py     | mm, addmm                            |
-| attention    | patterns/attention.py  | attention                            |
+| family       | module                 | ops (tri_inductor::...)                          |
+|--------------|------------------------|--------------------------------------------------|
+| rope         | patterns/rope.py       | rope_cache, rope_cos_sin, qk_norm_rope_cache     |
+| rms_norm     | patterns/rms_norm.py   | rms_norm, fused_add_rms_norm                     |
+| activation   | patterns/activation.py | silu_and_mul, gelu_and_mul                       |
+| linear       | patterns/linear.py     | mm, addmm                                        |
+| attention    | patterns/attention.py  | attention                                        |
+
+Applied in this order (``options.FAMILIES``): RoPE first, so that its fused form can take a q/k
+RMSNorm feeding the rotation (Qwen3) before the rms_norm family replaces that norm on its own.
 """
 from __future__ import annotations
 

@@ -1,6 +1,7 @@
-"""Rotary position embedding (RoPE): one Triton kernel for q and k, two ops, FX patterns.
+"""Rotary position embedding (RoPE): one Triton kernel for q and k, three ops, FX patterns.
 
 * ``rope_cache``  (vLLM): cos/sin rows gathered from ``cos_sin_cache[positions]`` (halves cat(cos, sin)).
+* ``qk_norm_rope_cache`` (vLLM, Qwen3): per-head RMSNorm of q and k, then ``rope_cache``, in one pass.
 * ``rope_cos_sin`` (Hugging Face): cos/sin given per (batch, position), full rotary width.
 NeoX style rotates (first half, second half) of the rotary dims; GPT-J style rotates (even, odd)
 pairs. Dims past ``rotary_dim`` are copied. Arithmetic in fp32, outputs in q/k's dtype.
