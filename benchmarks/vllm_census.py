@@ -180,9 +180,16 @@ def score_teacher_forced(rows: list[list[list[float]]], gap_tol: float) -> dict[
             worst = max(worst, gap)
             if gap > gap_tol:
                 beyond.append({"prompt": i, "position": k, "gap": round(gap, 4)})
+    return _parity(total, agree, worst, beyond, gap_tol)
+
+
+def _parity(total: int, agree: int, worst: float, beyond: list[dict[str, Any]], gap_tol: float) -> dict[str, Any]:
+    """A parity score: agreement rate, the largest gap where the engines disagree (None: beyond
+    what our top-k shows), the disagreements beyond bf16 noise; pass = >= 99% and none beyond."""
     rate = agree / total if total else 0.0
-    return {"positions": total, "agree": agree, "match_rate": round(rate, 5), "max_disagreement_gap": round(worst, 4),
-            "beyond_noise": beyond, "gap_tol": gap_tol, "pass": bool(total) and rate >= 0.99 and not beyond}
+    return {"positions": total, "agree": agree, "match_rate": round(rate, 5),
+            "max_disagreement_gap": None if worst == float("inf") else round(worst, 4), "beyond_noise": beyond,
+            "gap_tol": gap_tol, "pass": bool(total) and rate >= 0.99 and not beyond}
 
 
 def score_same_mode(ours: list[list[list[Any]]], base: list[list[list[Any]]], gap_tol: float) -> dict[str, Any]:
@@ -206,16 +213,19 @@ def score_same_mode(ours: list[list[list[Any]]], base: list[list[list[Any]]], ga
             worst = max(worst, gap)
             if gap > gap_tol:
                 beyond.append({"prompt": i, "position": k, "gap": None if gap == float("inf") else round(gap, 4)})
-    rate = agree / total if total else 0.0
-    return {"positions": total, "agree": agree, "match_rate": round(rate, 5),
-            "max_disagreement_gap": None if worst == float("inf") else round(worst, 4), "beyond_noise": beyond,
-            "gap_tol": gap_tol, "pass": bool(total) and rate >= 0.99 and not beyond}
+    return _parity(total, agree, worst, beyond, gap_tol)
 
 
 def parity_verdict(entry: dict[str, Any]) -> dict[str, Any]:
     """The score the model's pass rests on: same-mode parity where recorded, else teacher-forced on
     the baseline's generated tokens, else free-running greedy."""
     return entry.get("same_mode") or entry.get("teacher_forced") or entry.get("greedy") or {}
+
+
+def model_passes(entry: dict[str, Any], ours: dict[str, Any]) -> bool:
+    """Our engine ran, its parity score passes, and no non-Triton kernel ran in the forward."""
+    return bool(ours.get("ok") and parity_verdict(entry).get("pass")
+                and not entry.get("non_triton_forward") and not ours.get("census_warning"))
 
 
 def summarize_model(ours: dict[str, Any]) -> dict[str, Any]:
@@ -315,8 +325,7 @@ def reclassify(report: dict[str, Any]) -> dict[str, Any]:
         ours = entry.get("backends", {}).get("tri_inductor", {})
         if ours.get("ok"):
             entry.update(summarize_model(ours))
-        entry["pass"] = bool(ours.get("ok") and parity_verdict(entry).get("pass")
-                             and not entry.get("non_triton_forward") and not ours.get("census_warning"))
+        entry["pass"] = model_passes(entry, ours)
     report["reclassified"] = True
     report["pass"] = bool(report["models"]) and all(m.get("pass") for m in report["models"].values())
     return report
@@ -390,8 +399,7 @@ def main_parent(args: argparse.Namespace) -> int:
                 r.pop("top2_gap", None)
                 r.pop("teacher_forced", None)
                 r.pop("teacher_forced_self", None)
-            entry["pass"] = bool(ours.get("ok") and parity_verdict(entry).get("pass")
-                                 and not entry.get("non_triton_forward") and not ours.get("census_warning"))
+            entry["pass"] = model_passes(entry, ours)
             entry["wall_s"] = round(time.time() - t0, 1)
             report["models"][name] = entry
             out.write_text(json.dumps(report, indent=1))  # partial results survive a timeout

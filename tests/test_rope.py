@@ -183,14 +183,16 @@ def test_vllm_rope_after_qk_norm(vllm_ctx, rotary_dim, wrap) -> None:
 
         return ir.ops.rms_norm(x, w, 1e-6)
 
-    norm = body if wrap is None else layer
+    def qwen3_prologue(norm):
+        def prologue(pos, qkv, qw, kw):  # vLLM's Qwen3Attention.forward up to attention
+            q, k, v = qkv.split([Hq * hd, Hk * hd, Hk * hd], dim=-1)
+            q = norm(q.view(*q.shape[:-1], q.shape[-1] // hd, hd), qw).view(q.shape)
+            k = norm(k.view(*k.shape[:-1], k.shape[-1] // hd, hd), kw).view(k.shape)
+            q, k = rope.forward_native(pos, q, k)
+            return q.view(-1, Hq, hd), k.view(-1, Hk, hd), v.view(-1, Hk, hd)
+        return prologue
 
-    def prologue(pos, qkv, qw, kw):  # vLLM's Qwen3Attention.forward up to attention
-        q, k, v = qkv.split([Hq * hd, Hk * hd, Hk * hd], dim=-1)
-        q = norm(q.view(*q.shape[:-1], q.shape[-1] // hd, hd), qw).view(q.shape)
-        k = norm(k.view(*k.shape[:-1], k.shape[-1] // hd, hd), kw).view(k.shape)
-        q, k = rope.forward_native(pos, q, k)
-        return q.view(-1, Hq, hd), k.view(-1, Hk, hd), v.view(-1, Hk, hd)
+    prologue = qwen3_prologue(body if wrap is None else layer)
 
     g = torch.Generator().manual_seed(rotary_dim)
     pos = torch.randint(0, 64, (5,), generator=g)
@@ -212,8 +214,7 @@ def test_vllm_rope_after_qk_norm(vllm_ctx, rotary_dim, wrap) -> None:
     # the fused op computes what the layer computes
     q, k, _ = qkv.split([Hq * hd, Hk * hd, Hk * hd], dim=-1)
     q3, k3 = q.view(5, Hq, hd), k.view(5, Hk, hd)
-    norm = body
-    vq, vk = prologue(pos, qkv, qw, kw)[:2]
+    vq, vk = qwen3_prologue(body)(pos, qkv, qw, kw)[:2]  # eager, the native body
     oq, ok = P.qk_norm_rope_cache(pos, q3, k3, qw, kw, 1e-6, rope.cos_sin_cache, rotary_dim, True)
     assert oq.shape == q3.shape and ok.shape == k3.shape
     assert rel(oq, vq.double()) < TOL[torch.bfloat16]
@@ -354,3 +355,10 @@ def test_qk_norm_rope_matches_reference(geom, is_neox: bool, dtype, poison) -> N
     assert qo.shape == q.shape and ko.shape == k.shape and qo.dtype == dtype
     assert not qo.isnan().any() and not ko.isnan().any()
     assert rel(qo, rq) < TOL[dtype] and rel(ko, rk) < TOL[dtype]
+
+
+def test_qk_norm_rope_rejects_flat_q_with_the_fix_named():
+    q, k = torch.randn(3, 2 * 64), torch.randn(3, 64)
+    with pytest.raises(RuntimeError, match=r"per-head q/k \[tokens, heads, head_size\].*view them per head"):
+        P.qk_norm_rope_cache(torch.zeros(3, dtype=torch.int64), q, k, torch.ones(64), torch.ones(64), 1e-6,
+                             torch.randn(8, 64), 64, True)

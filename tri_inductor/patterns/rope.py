@@ -186,6 +186,9 @@ def qk_norm_rope_cache(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-head RMSNorm of q [T, Hq, D] and k [T, Hk, D] (weights [D]), then ``rope_cache``: one
     kernel, fp32 between the two (Qwen3's q/k norm + rotary embedding)."""
+    torch._check(q.dim() == 3 and k.dim() == 3,
+                 lambda: f"qk_norm_rope_cache takes per-head q/k [tokens, heads, head_size]; got "
+                         f"q {tuple(q.shape)}, k {tuple(k.shape)} (view them per head first)")
     head_size = q.shape[-1]
     torch._check(q_weight.shape == (head_size,) and k_weight.shape == (head_size,),
                  lambda: f"q/k norm weights {tuple(q_weight.shape)}, {tuple(k_weight.shape)} != ({head_size},)")
@@ -475,37 +478,31 @@ def register_vllm_rope_forms(pm_pass) -> None:
 
     from . import rms_norm as N
 
-    # First (for one output node the first registered pattern that matches wins): q/k normed per
-    # head right before the rotation (Qwen3) -> one kernel, no bf16 round trip in between. The
-    # rope family runs before the rms_norm family, so these norms are still aten (or IR) nodes.
+    # (search, replacement, q/k example shapes given a head count, sentinel scalars besides half,
+    # extra check, dtypes, whether q/k norm weights are inputs). For one output node the first
+    # registered pattern that matches wins, so first: q/k normed per head right before the
+    # rotation (Qwen3) -> one kernel, no bf16 round trip in between. The rope family runs before
+    # the rms_norm family, so those norms are still aten (or IR) nodes here.
+    both = (torch.bfloat16, torch.float32)
     norms = [N._vllm_rms] + ([N._ir_rms] if N._vllm_ir_available() else [])
-    for norm in norms:
-        for is_neox in (True, False):
-            search, repl = _make_qk_norm_heads(is_neox, norm)
-            for half in _HALVES.values():
-                pos = torch.zeros(8, dtype=torch.int64)
-                q, k = torch.empty(8, 3, _HEAD, dtype=torch.bfloat16), torch.empty(8, 2, _HEAD, dtype=torch.bfloat16)
-                w = torch.empty(_HEAD, dtype=torch.bfloat16)
-                cache = torch.empty(32, 2 * half, dtype=torch.bfloat16)
-                register_replacement(search, repl, [pos, q, k, w, w.clone(), cache], _trace_post_grad, pm_pass,
-                                     extra_check=_check_qk_norm, skip_duplicates=True,
-                                     scalar_workaround={"eps": N._EPS, "half": half})
-
-    # (search, replacement, q/k example shapes given a head count, sentinel scalars besides half)
-    forms = [(*_make_vllm(is_neox, per_head), lambda h: (8, h * _HEAD), {"head_size": _HEAD})
-             for per_head in (False, True) for is_neox in (True, False)]
+    forms = [(*_make_qk_norm_heads(is_neox, norm), lambda h: (8, h, _HEAD), {"eps": N._EPS}, _check_qk_norm,
+              (torch.bfloat16,), True) for norm in norms for is_neox in (True, False)]
+    forms += [(*_make_vllm(is_neox, per_head), lambda h: (8, h * _HEAD), {"head_size": _HEAD}, _check_vllm, both, False)
+              for per_head in (False, True) for is_neox in (True, False)]
     # q/k per head on input (Qwen3: after the q/k norm): no head_size in the graph
-    forms += [(*_make_vllm_heads(is_neox), lambda h: (8, h, _HEAD), {}) for is_neox in (True, False)]
-    for search, repl, qk_shape, scalars in forms:
+    forms += [(*_make_vllm_heads(is_neox), lambda h: (8, h, _HEAD), {}, _check_vllm, both, False)
+              for is_neox in (True, False)]
+    for search, repl, qk_shape, scalars, check, dtypes, weights in forms:
         for half in _HALVES.values():
-            for dt in (torch.bfloat16, torch.float32):
+            for dt in dtypes:
                 pos = torch.zeros(8, dtype=torch.int64)
                 # 3 q heads, 2 kv heads: no tensor width equals a sentinel
                 q = torch.empty(*qk_shape(3), dtype=dt)
                 k = torch.empty(*qk_shape(2), dtype=dt)
+                norm_w = [torch.empty(_HEAD, dtype=dt), torch.empty(_HEAD, dtype=dt)] if weights else []
                 cache = torch.empty(32, 2 * half, dtype=dt)
-                register_replacement(search, repl, [pos, q, k, cache], _trace_post_grad, pm_pass,
-                                     extra_check=_check_vllm, skip_duplicates=True,
+                register_replacement(search, repl, [pos, q, k, *norm_w, cache], _trace_post_grad, pm_pass,
+                                     extra_check=check, skip_duplicates=True,
                                      scalar_workaround={**scalars, "half": half})
 
 
