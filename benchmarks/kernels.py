@@ -109,9 +109,19 @@ TMA_SWEEP = True
 SPLIT_SWEEP = True
 
 
-def _gemm_candidates(M):
-    from tri_inductor.patterns.linear import Cfg
+def _gemm_candidates(M, N=None, K=None):
+    from tri_inductor.patterns.linear import GEMV, STREAM_K, TMA, TMA_WS, TUNED, Cfg, bucket_of
 
+    if M <= 1:
+        # batch-1 decode: the GEMV kernel (narrow w panels, no split-K) against the split-K
+        # tensor-core configs that won earlier sweeps (this shape's own entry first)
+        prior = [TUNED[(N, K, 1)]] if (N, K, 1) in TUNED else []
+        prior += [Cfg(16, 128, 256, 1, 4, 4, 3), Cfg(16, 128, 128, 1, 6, 4, 4), Cfg(16, 128, 256, 1, 3, 4, 3),
+                  Cfg(16, 64, 256, 1, 2, 4, 4), Cfg(16, 32, 256, 1, 1, 4, 4), Cfg(16, 16, 512, 1, 1, 4, 3)]
+        gemv = [Cfg(1, bn, bk, 1, 1, w, 1, GEMV) for bn, bk, w in
+                ((4, 1024, 4), (8, 512, 4), (8, 1024, 4), (8, 2048, 8), (16, 256, 4), (16, 512, 4),
+                 (16, 1024, 8), (32, 256, 4), (32, 512, 8), (64, 256, 8), (8, 512, 2), (16, 512, 8))]
+        return prior + gemv
     if M <= 64:
         # decode: explicit split-K factors (the table then records the winner, not "auto")
         bm = 16 if M <= 16 else (32 if M <= 32 else 64)
@@ -122,30 +132,38 @@ def _gemm_candidates(M):
         c = [Cfg(bm, bn, bk, 1, split, w, st) for bn, bk, st in shapes for split in splits
              for w in ((4, 8) if M <= 16 else (4,))]
         return [x for x in c if (x.block_m * x.block_k + x.block_k * x.block_n) * 2 * x.num_stages <= 225 * 1024]
+    # stream-K: the same tiles as the persistent kernel, the last waves split evenly along K
+    sk = [Cfg(128, 128, 64, 8, 1, 4, 4, STREAM_K), Cfg(128, 128, 64, 8, 1, 8, 4, STREAM_K),
+          Cfg(128, 256, 64, 8, 1, 8, 3, STREAM_K), Cfg(64, 128, 64, 8, 1, 4, 4, STREAM_K),
+          Cfg(128, 64, 64, 8, 1, 4, 4, STREAM_K), Cfg(64, 256, 64, 8, 1, 8, 3, STREAM_K),
+          Cfg(128, 128, 128, 8, 1, 8, 3, STREAM_K), Cfg(64, 64, 128, 8, 1, 4, 4, STREAM_K)]
     if M <= 128 and SPLIT_SWEEP:
         c = [Cfg(64, 64, 128, 8, s, 4, 4) for s in (1, 2, 3, 4)]
         c += [Cfg(64, 64, 64, 8, s, 4, 5) for s in (1, 2, 3)]
         c += [Cfg(64, 128, 128, 8, s, 4, 3) for s in (1, 2, 4)]
         c += [Cfg(128, 64, 128, 8, s, 4, 3) for s in (1, 2, 4)]
         c += [Cfg(128, 128, 64, 8, s, 8, 4) for s in (2, 4)]
-        c += [Cfg(128, 256, 64, 8, 1, 8, 3, 2), Cfg(128, 128, 64, 8, 1, 4, 4, 2), Cfg(64, 64, 128, 8, 1, 4, 4, 1)]
-        return c
-    tma = [Cfg(128, 256, 64, 8, 1, 8, 3, 1), Cfg(128, 256, 64, 8, 1, 8, 3, 2), Cfg(128, 128, 64, 8, 1, 8, 4, 1),
-           Cfg(128, 128, 64, 8, 1, 8, 4, 2), Cfg(128, 128, 64, 8, 1, 4, 4, 1), Cfg(128, 128, 64, 8, 1, 4, 4, 2),
-           Cfg(128, 256, 64, 4, 1, 8, 3, 1), Cfg(128, 128, 128, 8, 1, 8, 3, 1), Cfg(128, 64, 64, 8, 1, 4, 4, 1),
-           Cfg(64, 128, 64, 8, 1, 4, 4, 1), Cfg(64, 64, 128, 8, 1, 4, 4, 1), Cfg(64, 128, 128, 8, 1, 4, 3, 1)]
+        c += [Cfg(128, 256, 64, 8, 1, 8, 3, TMA_WS), Cfg(128, 128, 64, 8, 1, 4, 4, TMA_WS),
+              Cfg(64, 64, 128, 8, 1, 4, 4, TMA)]
+        return c + sk
+    tma = [Cfg(128, 256, 64, 8, 1, 8, 3, TMA), Cfg(128, 256, 64, 8, 1, 8, 3, TMA_WS), Cfg(128, 128, 64, 8, 1, 8, 4, TMA),
+           Cfg(128, 128, 64, 8, 1, 8, 4, TMA_WS), Cfg(128, 128, 64, 8, 1, 4, 4, TMA), Cfg(128, 128, 64, 8, 1, 4, 4, TMA_WS),
+           Cfg(128, 256, 64, 4, 1, 8, 3, TMA), Cfg(128, 128, 128, 8, 1, 8, 3, TMA), Cfg(128, 64, 64, 8, 1, 4, 4, TMA),
+           Cfg(64, 128, 64, 8, 1, 4, 4, TMA), Cfg(64, 64, 128, 8, 1, 4, 4, TMA), Cfg(64, 128, 128, 8, 1, 4, 3, TMA)]
     if M <= 128:
-        return tma + [Cfg(64, 64, 128, 8, 1, 4, 4), Cfg(64, 64, 64, 8, 0, 4, 5), Cfg(128, 128, 64, 8, 0, 8, 4)]
-    c = tma + [Cfg(128, 128, 64, 8, 1, 8, 4), Cfg(128, 128, 64, 8, 1, 4, 4), Cfg(128, 256, 64, 8, 1, 8, 3),
+        return tma + sk + [Cfg(64, 64, 128, 8, 1, 4, 4), Cfg(64, 64, 64, 8, 0, 4, 5), Cfg(128, 128, 64, 8, 0, 8, 4)]
+    c = tma + sk + [Cfg(128, 128, 64, 8, 1, 8, 4), Cfg(128, 128, 64, 8, 1, 4, 4), Cfg(128, 256, 64, 8, 1, 8, 3),
          Cfg(128, 256, 64, 8, 1, 8, 4), Cfg(256, 128, 64, 8, 1, 8, 3), Cfg(128, 128, 128, 8, 1, 8, 3),
          Cfg(64, 128, 64, 8, 1, 4, 4), Cfg(128, 64, 64, 8, 1, 4, 4), Cfg(64, 256, 64, 8, 1, 8, 3),
          Cfg(128, 256, 64, 16, 1, 8, 3), Cfg(128, 128, 64, 4, 1, 8, 5)]
     if M <= 512:
         c += [Cfg(128, 128, 64, 8, 0, 8, 4), Cfg(64, 128, 64, 8, 0, 4, 4)]
+    if bucket_of(M) > 512:  # prefill: keep the sweep short, the tail matters less
+        c = [x for x in c if x.kernel != STREAM_K or x.block_n == 256]
     return c
 
 
-def tune_gemm(out_dir, min_m=1, max_m=1 << 30):
+def tune_gemm(out_dir, min_m=1, max_m=1 << 30, only_m=None):
     from tri_inductor.patterns import linear as L
 
     prior = {f"{n},{k},{b}": list(c) for (n, k, b), c in L.TUNED.items()}
@@ -154,13 +172,13 @@ def tune_gemm(out_dir, min_m=1, max_m=1 << 30):
     report = []
     for N, K in GEMM_NK:
         for M in GEMM_M:
-            if M < min_m or M > max_m:
+            if M < min_m or M > max_m or (only_m and M not in only_m):
                 continue
             sets = _gemm_sets(M, N, K)
             a0, w0 = sets[0]
             t_cublas = bench([lambda a=a, w=w: torch.mm(a, w.t()) for a, w in sets], reps=10)
             results = []
-            for cfg in _gemm_candidates(M):
+            for cfg in _gemm_candidates(M, N, K):
                 try:
                     err = _check_gemm(L._mm_launch(a0, w0.t(), None, cfg), a0, w0)
                     if not err < 1e-2:
@@ -177,6 +195,9 @@ def tune_gemm(out_dir, min_m=1, max_m=1 << 30):
                 f"{results[1][0]*1e3:.1f}us")
             report.append(dict(M=M, N=N, K=K, cublas_ms=t_cublas,
                                results=[(t, list(c)) for t, c in results]))
+            if out_dir:  # survives a timeout
+                with open(os.path.join(out_dir, "tune_rows.jsonl"), "a") as f:
+                    f.write(json.dumps(report[-1]) + "\n")
             # Several M per bucket: minimise the summed time relative to each M's best.
             entry = best.setdefault((N, K, b), {})
             for t, c in results:
@@ -435,6 +456,7 @@ def main():
     p.add_argument("--tune-min-m", type=int, default=1)
     p.add_argument("--tune-what", default="gemm,attn")
     p.add_argument("--tune-max-m", type=int, default=1 << 30)
+    p.add_argument("--tune-m", default="", help="comma-separated M values to tune (default: all)")
     p.add_argument("--bench-after-tune", action="store_true", help="then benchmark with the new table")
     args = p.parse_args()
     torch.manual_seed(0)
@@ -445,7 +467,8 @@ def main():
         table = {}
         attn = {}
         if "gemm" in args.tune_what:
-            table = tune_gemm(args.out, args.tune_min_m, args.tune_max_m)
+            table = tune_gemm(args.out, args.tune_min_m, args.tune_max_m,
+                              [int(m) for m in args.tune_m.split(",") if m])
         if "attn" in args.tune_what:
             attn = tune_attention()
         write_json("tune_summary.json", {"meta": meta, "gemm": table, "attn": attn}, args.out)
