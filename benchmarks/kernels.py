@@ -110,7 +110,7 @@ SPLIT_SWEEP = True
 
 
 def _gemm_candidates(M, N=None, K=None):
-    from tri_inductor.patterns.linear import GEMV, STREAM_K, TMA, TMA_WS, TUNED, Cfg, bucket_of
+    from tri_inductor.patterns.linear import GEMV, TMA, TMA_WS, TUNED, Cfg
 
     if M <= 1:
         # batch-1 decode: the GEMV kernel (narrow w panels, no split-K) against the split-K
@@ -132,11 +132,9 @@ def _gemm_candidates(M, N=None, K=None):
         c = [Cfg(bm, bn, bk, 1, split, w, st) for bn, bk, st in shapes for split in splits
              for w in ((4, 8) if M <= 16 else (4,))]
         return [x for x in c if (x.block_m * x.block_k + x.block_k * x.block_n) * 2 * x.num_stages <= 225 * 1024]
-    # stream-K: the same tiles as the persistent kernel, the last waves split evenly along K
-    sk = [Cfg(128, 128, 64, 8, 1, 4, 4, STREAM_K), Cfg(128, 128, 64, 8, 1, 8, 4, STREAM_K),
-          Cfg(128, 256, 64, 8, 1, 8, 3, STREAM_K), Cfg(64, 128, 64, 8, 1, 4, 4, STREAM_K),
-          Cfg(128, 64, 64, 8, 1, 4, 4, STREAM_K), Cfg(64, 256, 64, 8, 1, 8, 3, STREAM_K),
-          Cfg(128, 128, 128, 8, 1, 8, 3, STREAM_K), Cfg(64, 64, 128, 8, 1, 4, 4, STREAM_K)]
+    # 192-wide tiles (128 + 64 MMA): 4 x 32 = 128 tiles for M = 512, N = 6144 (132 SMs)
+    wide = [Cfg(128, 192, 64, 8, 1, 8, 3, TMA), Cfg(128, 192, 64, 8, 1, 8, 4, TMA), Cfg(128, 192, 64, 8, 1, 8, 3, TMA_WS),
+            Cfg(64, 192, 64, 8, 1, 4, 4, TMA), Cfg(128, 192, 64, 4, 1, 8, 3, TMA)]
     if M <= 128 and SPLIT_SWEEP:
         c = [Cfg(64, 64, 128, 8, s, 4, 4) for s in (1, 2, 3, 4)]
         c += [Cfg(64, 64, 64, 8, s, 4, 5) for s in (1, 2, 3)]
@@ -145,21 +143,19 @@ def _gemm_candidates(M, N=None, K=None):
         c += [Cfg(128, 128, 64, 8, s, 8, 4) for s in (2, 4)]
         c += [Cfg(128, 256, 64, 8, 1, 8, 3, TMA_WS), Cfg(128, 128, 64, 8, 1, 4, 4, TMA_WS),
               Cfg(64, 64, 128, 8, 1, 4, 4, TMA)]
-        return c + sk
+        return c + wide
     tma = [Cfg(128, 256, 64, 8, 1, 8, 3, TMA), Cfg(128, 256, 64, 8, 1, 8, 3, TMA_WS), Cfg(128, 128, 64, 8, 1, 8, 4, TMA),
            Cfg(128, 128, 64, 8, 1, 8, 4, TMA_WS), Cfg(128, 128, 64, 8, 1, 4, 4, TMA), Cfg(128, 128, 64, 8, 1, 4, 4, TMA_WS),
            Cfg(128, 256, 64, 4, 1, 8, 3, TMA), Cfg(128, 128, 128, 8, 1, 8, 3, TMA), Cfg(128, 64, 64, 8, 1, 4, 4, TMA),
            Cfg(64, 128, 64, 8, 1, 4, 4, TMA), Cfg(64, 64, 128, 8, 1, 4, 4, TMA), Cfg(64, 128, 128, 8, 1, 4, 3, TMA)]
     if M <= 128:
-        return tma + sk + [Cfg(64, 64, 128, 8, 1, 4, 4), Cfg(64, 64, 64, 8, 0, 4, 5), Cfg(128, 128, 64, 8, 0, 8, 4)]
-    c = tma + sk + [Cfg(128, 128, 64, 8, 1, 8, 4), Cfg(128, 128, 64, 8, 1, 4, 4), Cfg(128, 256, 64, 8, 1, 8, 3),
+        return tma + wide + [Cfg(64, 64, 128, 8, 1, 4, 4), Cfg(64, 64, 64, 8, 0, 4, 5), Cfg(128, 128, 64, 8, 0, 8, 4)]
+    c = tma + wide + [Cfg(128, 128, 64, 8, 1, 8, 4), Cfg(128, 128, 64, 8, 1, 4, 4), Cfg(128, 256, 64, 8, 1, 8, 3),
          Cfg(128, 256, 64, 8, 1, 8, 4), Cfg(256, 128, 64, 8, 1, 8, 3), Cfg(128, 128, 128, 8, 1, 8, 3),
          Cfg(64, 128, 64, 8, 1, 4, 4), Cfg(128, 64, 64, 8, 1, 4, 4), Cfg(64, 256, 64, 8, 1, 8, 3),
          Cfg(128, 256, 64, 16, 1, 8, 3), Cfg(128, 128, 64, 4, 1, 8, 5)]
     if M <= 512:
         c += [Cfg(128, 128, 64, 8, 0, 8, 4), Cfg(64, 128, 64, 8, 0, 4, 4)]
-    if bucket_of(M) > 512:  # prefill: keep the sweep short, the tail matters less
-        c = [x for x in c if x.kernel != STREAM_K or x.block_n == 256]
     return c
 
 

@@ -119,148 +119,66 @@ def mm_tma_kernel(
     stride_am, stride_bk, stride_bn, stride_cm,
     HAS_BIAS: tl.constexpr, B_KMAJOR: tl.constexpr, NUM_SMS: tl.constexpr,
     WARP_SPECIALIZE: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, EXTRA_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    GROUP_M: tl.constexpr,
 ):
     # Prefill GEMM for Hopper: persistent (one program per SM walks tiles NUM_SMS apart, in the
     # same grouped order), operands streamed by the TMA engine through device-side tensor
     # descriptors (bounds handled by TMA: no masks, ragged M/N/K zero-filled), C written by TMA.
+    # EXTRA_N > 0: the tile is BLOCK_N + EXTRA_N wide (128 + 64 = 192, not a power of two) as a
+    # second MMA on the same A tile; 512 x 6144 then makes 128 tiles for 132 SMs, not 96.
+    TILE_N: tl.constexpr = BLOCK_N + EXTRA_N
     a_desc = tl.make_tensor_descriptor(A, shape=[M, K], strides=[stride_am, 1],
                                        block_shape=[BLOCK_M, BLOCK_K])
     if B_KMAJOR:  # b = w.t(): read w [N, K] tiles; .T is a view of the smem tile
         b_desc = tl.make_tensor_descriptor(B, shape=[N, K], strides=[stride_bn, 1],
                                            block_shape=[BLOCK_N, BLOCK_K])
+        if EXTRA_N > 0:
+            b2_desc = tl.make_tensor_descriptor(B, shape=[N, K], strides=[stride_bn, 1],
+                                                block_shape=[EXTRA_N, BLOCK_K])
     else:
         b_desc = tl.make_tensor_descriptor(B, shape=[K, N], strides=[stride_bk, 1],
                                            block_shape=[BLOCK_K, BLOCK_N])
+        if EXTRA_N > 0:
+            b2_desc = tl.make_tensor_descriptor(B, shape=[K, N], strides=[stride_bk, 1],
+                                                block_shape=[BLOCK_K, EXTRA_N])
     c_desc = tl.make_tensor_descriptor(C, shape=[M, N], strides=[stride_cm, 1],
                                        block_shape=[BLOCK_M, BLOCK_N])
+    if EXTRA_N > 0:
+        c2_desc = tl.make_tensor_descriptor(C, shape=[M, N], strides=[stride_cm, 1],
+                                            block_shape=[BLOCK_M, EXTRA_N])
     num_pid_m = tl.cdiv(M, BLOCK_M)
-    num_pid_n = tl.cdiv(N, BLOCK_N)
+    num_pid_n = tl.cdiv(N, TILE_N)
     k_tiles = tl.cdiv(K, BLOCK_K)
     num_tiles = num_pid_m * num_pid_n
     for tile_id in tl.range(tl.program_id(0), num_tiles, NUM_SMS, flatten=not WARP_SPECIALIZE,
                             warp_specialize=WARP_SPECIALIZE):
         pid_m, pid_n = _tile_coords(tile_id, num_pid_m, num_pid_n, GROUP_M)
         off_m = pid_m * BLOCK_M
-        off_n = pid_n * BLOCK_N
+        off_n = pid_n * TILE_N
         acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+        if EXTRA_N > 0:
+            acc2 = tl.zeros((BLOCK_M, EXTRA_N), dtype=tl.float32)
         for ki in range(k_tiles):
             off_k = ki * BLOCK_K
             a = a_desc.load([off_m, off_k])
             if B_KMAJOR:
                 acc = tl.dot(a, b_desc.load([off_n, off_k]).T, acc)
+                if EXTRA_N > 0:
+                    acc2 = tl.dot(a, b2_desc.load([off_n + BLOCK_N, off_k]).T, acc2)
             else:
                 acc = tl.dot(a, b_desc.load([off_k, off_n]), acc)
+                if EXTRA_N > 0:
+                    acc2 = tl.dot(a, b2_desc.load([off_k, off_n + BLOCK_N]), acc2)
         if HAS_BIAS:
             offs_n = off_n + tl.arange(0, BLOCK_N)
             acc += tl.load(bias + offs_n, mask=offs_n < N, other=0.0).to(tl.float32)[None, :]
         c_desc.store([off_m, off_n], acc.to(C.dtype.element_ty))
-
-
-@triton.jit
-def _tile_partial_slot(p, sk_start, sk_iters, NUM_PROGS, k_tiles, tile_id):
-    # Program p keeps at most two partial tiles: slot 0 for the tile its K range starts in,
-    # slot 1 for the tile it ends in (whole tiles in between are finished directly).
-    p_first_tile = (sk_start + p * sk_iters // NUM_PROGS) // k_tiles
-    return p * 2 + (tile_id != p_first_tile).to(tl.int32)
-
-
-@triton.jit(do_not_specialize=["M"])
-def mm_streamk_kernel(
-    A, B, C, bias, WS, LOCKS,
-    M, N, K,
-    stride_am, stride_bk, stride_bn, stride_cm,
-    HAS_BIAS: tl.constexpr, B_KMAJOR: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
-):
-    # Mid-size M (128-512 tokens): too few output tiles to fill the SMs evenly (96 tiles of
-    # 128x256 on 132 SMs leave a third idle; 1.45 waves of 128x128 idle a quarter). Stream-K:
-    # tiles of all but the last one-to-two waves run data-parallel (whole tiles, like
-    # mm_tma_kernel); the K iterations of the remaining tiles are cut into equal contiguous
-    # ranges, one per program, crossing tile boundaries. A tile cut between programs is
-    # finished by whichever of its programs arrives last: each writes its fp32 partial to WS,
-    # counts itself in LOCKS[tile], and the last one sums every partial in program order
-    # (deterministic, no spin-waiting, so no deadlock), stores C and resets the counter to 0
-    # for the next launch (LOCKS must be all-zero at the first launch).
-    NUM_PROGS = tl.num_programs(0)
-    a_desc = tl.make_tensor_descriptor(A, shape=[M, K], strides=[stride_am, 1],
-                                       block_shape=[BLOCK_M, BLOCK_K])
-    if B_KMAJOR:
-        b_desc = tl.make_tensor_descriptor(B, shape=[N, K], strides=[stride_bn, 1],
-                                           block_shape=[BLOCK_N, BLOCK_K])
-    else:
-        b_desc = tl.make_tensor_descriptor(B, shape=[K, N], strides=[stride_bk, 1],
-                                           block_shape=[BLOCK_K, BLOCK_N])
-    c_desc = tl.make_tensor_descriptor(C, shape=[M, N], strides=[stride_cm, 1],
-                                       block_shape=[BLOCK_M, BLOCK_N])
-    pid = tl.program_id(0)
-    num_pid_m = tl.cdiv(M, BLOCK_M)
-    num_pid_n = tl.cdiv(N, BLOCK_N)
-    k_tiles = tl.cdiv(K, BLOCK_K)
-    num_tiles = num_pid_m * num_pid_n
-    dp_tiles = tl.maximum(num_tiles // NUM_PROGS - 1, 0) * NUM_PROGS
-    offs_m = tl.arange(0, BLOCK_M)
-    offs_n = tl.arange(0, BLOCK_N)
-    ws_offs = offs_m[:, None] * BLOCK_N + offs_n[None, :]
-
-    # Data-parallel waves.
-    for tile_id in tl.range(pid, dp_tiles, NUM_PROGS, flatten=True):
-        pid_m, pid_n = _tile_coords(tile_id, num_pid_m, num_pid_n, GROUP_M)
-        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-        for ki in range(k_tiles):
-            a = a_desc.load([pid_m * BLOCK_M, ki * BLOCK_K])
-            if B_KMAJOR:
-                acc = tl.dot(a, b_desc.load([pid_n * BLOCK_N, ki * BLOCK_K]).T, acc)
-            else:
-                acc = tl.dot(a, b_desc.load([ki * BLOCK_K, pid_n * BLOCK_N]), acc)
-        if HAS_BIAS:
-            bn = pid_n * BLOCK_N + offs_n
-            acc += tl.load(bias + bn, mask=bn < N, other=0.0).to(tl.float32)[None, :]
-        c_desc.store([pid_m * BLOCK_M, pid_n * BLOCK_N], acc.to(C.dtype.element_ty))
-
-    # Stream-K: iterations [sk_start, sk_start + sk_iters) split evenly over the programs
-    # (the host launches at most sk_iters programs, so every range is non-empty).
-    sk_start = dp_tiles * k_tiles
-    sk_iters = (num_tiles - dp_tiles) * k_tiles
-    it = sk_start + pid * sk_iters // NUM_PROGS
-    it_end = sk_start + (pid + 1) * sk_iters // NUM_PROGS
-    while it < it_end:
-        tile_id = it // k_tiles
-        k0 = it - tile_id * k_tiles
-        k1 = tl.minimum(k_tiles, k0 + it_end - it)
-        pid_m, pid_n = _tile_coords(tile_id, num_pid_m, num_pid_n, GROUP_M)
-        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-        for ki in range(k0, k1):
-            a = a_desc.load([pid_m * BLOCK_M, ki * BLOCK_K])
-            if B_KMAJOR:
-                acc = tl.dot(a, b_desc.load([pid_n * BLOCK_N, ki * BLOCK_K]).T, acc)
-            else:
-                acc = tl.dot(a, b_desc.load([ki * BLOCK_K, pid_n * BLOCK_N]), acc)
-        finish = (k0 == 0) & (k1 == k_tiles)
-        if (k0 != 0) | (k1 != k_tiles):
-            slot = _tile_partial_slot(pid, sk_start, sk_iters, NUM_PROGS, k_tiles, tile_id)
-            tl.store(WS + slot.to(tl.int64) * (BLOCK_M * BLOCK_N) + ws_offs, acc)
-            tl.debug_barrier()  # every thread's partial is written before the count (release)
-            # Programs holding this tile's first and last iterations (the inverse of the split).
-            rel = tile_id * k_tiles - sk_start
-            p_first = ((rel + 1) * NUM_PROGS - 1) // sk_iters
-            p_last = ((rel + k_tiles) * NUM_PROGS - 1) // sk_iters
-            lock = LOCKS + (tile_id - dp_tiles)
-            arrived = tl.atomic_add(lock, 1, sem="acq_rel", scope="gpu")
-            if arrived == p_last - p_first:
-                acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-                for p in range(p_first, p_last + 1):
-                    s = _tile_partial_slot(p, sk_start, sk_iters, NUM_PROGS, k_tiles, tile_id)
-                    acc += tl.load(WS + s.to(tl.int64) * (BLOCK_M * BLOCK_N) + ws_offs,
-                                   cache_modifier=".cg")  # from L2: written by other SMs
-                tl.atomic_xchg(lock, 0, sem="relaxed", scope="gpu")
-                finish = True
-        if finish:
+        if EXTRA_N > 0:
             if HAS_BIAS:
-                bn = pid_n * BLOCK_N + offs_n
-                acc += tl.load(bias + bn, mask=bn < N, other=0.0).to(tl.float32)[None, :]
-            c_desc.store([pid_m * BLOCK_M, pid_n * BLOCK_N], acc.to(C.dtype.element_ty))
-        it += k1 - k0
+                offs_n2 = off_n + BLOCK_N + tl.arange(0, EXTRA_N)
+                acc2 += tl.load(bias + offs_n2, mask=offs_n2 < N, other=0.0).to(tl.float32)[None, :]
+            c2_desc.store([off_m, off_n + BLOCK_N], acc2.to(C.dtype.element_ty))
 
 
 @triton.jit(do_not_specialize=["M"])
@@ -321,15 +239,16 @@ class Cfg(NamedTuple):
     split_k: int  # 0: chosen from the tile count (decode), >= 1: fixed
     num_warps: int
     num_stages: int
-    kernel: int = 0  # PTR, TMA, TMA_WS, STREAM_K or GEMV (below)
+    kernel: int = 0  # PTR, TMA, TMA_WS or GEMV (below)
 
 
 # Cfg.kernel: which kernel runs the tiles.
 PTR = 0       # mm_kernel: pointer loads, split-K when few tiles
 TMA = 1       # mm_tma_kernel: persistent, TMA descriptors (Hopper)
 TMA_WS = 2    # the same, warp-specialized
-STREAM_K = 3  # mm_streamk_kernel: persistent TMA, last waves split evenly along K
 GEMV = 4      # gemv_kernel: M = 1, no tensor cores (block_m, group_m, split_k unused)
+# (3 was a stream-K kernel: its mainloop beat the persistent kernel by ~9% on 96-tile problems,
+# but writing and re-reading fp32 partial tiles cost more than the idle SMs it saved.)
 
 
 # Upper bounds of the M buckets; the last bucket is everything above.
@@ -338,7 +257,7 @@ BUCKETS = (1, 16, 32, 64, 128, 256, 512, 1024, 2048)
 # H100 defaults by bucket (bf16/fp16). Decode buckets stream the weight: narrow tiles, long
 # K steps, split-K when few N tiles. Prefill buckets: wgmma-sized 128x256x64 / 128x128x64 tiles.
 CONFIGS: dict[int, Cfg] = {  # first numbers from an H200 sweep (benchmarks/kernels.py --tune)
-    1: Cfg(16, 128, 256, 1, 0, 4, 3),  # batch-1 decode (a GEMV): split-K to fill the SMs
+    1: Cfg(1, 8, 1024, 1, 1, 4, 1, GEMV),  # batch-1 decode: 8-row w panels, N / 8 programs
     16: Cfg(16, 64, 256, 1, 1, 4, 4),
     32: Cfg(32, 64, 256, 1, 1, 4, 4),
     64: Cfg(64, 32, 128, 1, 1, 4, 6),
@@ -542,27 +461,11 @@ def _gemv_ok(a, b) -> bool:
     return a.stride(1) == 1 and b.stride(0) == 1  # row of a and columns of b (rows of w) contiguous
 
 
-# Stream-K's per-tile arrival counters: at most 2 * NUM_SMS tiles are split along K, and each
-# launch leaves every counter at 0 again.  Eager GPU calls share one zeroed buffer per device;
-# a traced call allocates zeros (one tiny fill kernel per GEMM, shared by its gated launches).
-_EAGER_LOCKS: dict[torch.device, torch.Tensor] = {}
-
-
-def _stream_k_locks(a) -> torch.Tensor:
-    if type(a) is torch.Tensor and a.is_cuda:
-        locks = _EAGER_LOCKS.get(a.device)
-        if locks is None:
-            locks = _EAGER_LOCKS[a.device] = torch.zeros(2 * NUM_SMS, dtype=torch.int32, device=a.device)
-        return locks
-    return torch.zeros(2 * NUM_SMS, dtype=torch.int32, device=a.device)
-
-
-def _launch_cfg(a, b, bias, out, cfg: Cfg, gate=1, m_hint: int | None = None, m_cap: int | None = None,
-                locks: list | None = None):
+def _launch_cfg(a, b, bias, out, cfg: Cfg, gate=1, m_hint: int | None = None, m_cap: int | None = None):
     """Launch one config into ``out``; ``gate`` (0/1, maybe symbolic) multiplies the grid, so a
     gated-off launch is a zero-size grid: Triton's launcher skips it and a CUDA graph captures
     nothing for it.  ``m_cap``: M never exceeds it while the gate is on (sizes the split-K
-    workspace).  ``locks``: a one-element list caching the stream-K counters of this GEMM."""
+    workspace)."""
     M, K = a.shape
     N = b.shape[1]
     n, k = int(N), int(K)
@@ -578,27 +481,22 @@ def _launch_cfg(a, b, bias, out, cfg: Cfg, gate=1, m_hint: int | None = None, m_
     if cfg.kernel == GEMV:  # strided operands: the pointer kernel with the narrowest MMA tile
         cfg = Cfg(16, max(cfg.block_n, 16), cfg.block_k, 1, 1, cfg.num_warps, cfg.num_stages)
     tiles = triton.cdiv(M, cfg.block_m) * triton.cdiv(n, cfg.block_n)
-    tma_kernel = cfg.kernel in (TMA, TMA_WS, STREAM_K)
+    tma_kernel = cfg.kernel in (TMA, TMA_WS)
     if tma_kernel and a.dtype != torch.float32 and _tma_ok(a, b, n):
         if type(a) is torch.Tensor and a.is_cuda:
             _ensure_allocator()
-        shape_args = (M, N, K, a.stride(0), b.stride(0), b.stride(1), out.stride(0))
-        tiles_cfg = dict(BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
-                         GROUP_M=cfg.group_m, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
-        if cfg.kernel == STREAM_K:
-            if locks is None:
-                locks = []
-            if not locks:
-                locks.append(_stream_k_locks(a))
-            ws = torch.empty((NUM_SMS * 2 * cfg.block_m * cfg.block_n,), dtype=torch.float32, device=a.device)
-            programs = torch.sym_min(NUM_SMS, tiles * triton.cdiv(k, cfg.block_k))  # >= 1 iteration each
-            launch(mm_streamk_kernel, (programs * gate,), a, b, out, bias_arg, ws, locks[0], *shape_args,
-                   HAS_BIAS=bias is not None, B_KMAJOR=b.stride(0) == 1, **tiles_cfg)
-            return
-        launch(mm_tma_kernel, (torch.sym_min(NUM_SMS, tiles) * gate,), a, b, out, bias_arg, *shape_args,
+        # A 192-wide tile is a 128-wide and a 64-wide MMA over the same A tile.
+        bn, extra_n = (128, 64) if cfg.block_n == 192 else (cfg.block_n, 0)
+        launch(mm_tma_kernel, (torch.sym_min(NUM_SMS, tiles) * gate,), a, b, out, bias_arg, M, N, K,
+               a.stride(0), b.stride(0), b.stride(1), out.stride(0),
                HAS_BIAS=bias is not None, B_KMAJOR=b.stride(0) == 1, NUM_SMS=NUM_SMS,
-               WARP_SPECIALIZE=cfg.kernel == TMA_WS, **tiles_cfg)
+               WARP_SPECIALIZE=cfg.kernel == TMA_WS, BLOCK_M=cfg.block_m, BLOCK_N=bn, EXTRA_N=extra_n,
+               BLOCK_K=cfg.block_k, GROUP_M=cfg.group_m, num_warps=cfg.num_warps,
+               num_stages=cfg.num_stages)
         return
+    if cfg.block_n & (cfg.block_n - 1):  # 192 (TMA only): the pointer kernel takes the next power of 2
+        cfg = cfg._replace(block_n=triton.next_power_of_2(cfg.block_n))
+        tiles = triton.cdiv(M, cfg.block_m) * triton.cdiv(n, cfg.block_n)
     split = _split_k(cfg, m_hint if m_hint is not None else _hint(M), n, k)
     grid = (tiles * gate, split)
     common = dict(HAS_BIAS=bias is not None, SPLIT_K=split, EVEN_K=(k % cfg.block_k == 0),
@@ -639,11 +537,10 @@ def _mm_launch(a, b, bias, cfg: Cfg | None = None, dispatch: bool | None = None)
         _launch_cfg(a, b, bias, out, cfg)
         return out
     rng = _TOKEN_RANGE.get()
-    locks: list = []  # stream-K counters, allocated once for all of this GEMM's launches
     for lo, hi, c in dispatch_plan(n, k, a.dtype):
         cap = hi if rng is None else min(hi or rng[1], rng[1])
         m_hint = representative_m(hi) if hi is not None or rng is None else min(representative_m(None), rng[1])
-        _launch_cfg(a, b, bias, out, c, gate=_gate(M, lo, hi), m_hint=m_hint, m_cap=cap, locks=locks)
+        _launch_cfg(a, b, bias, out, c, gate=_gate(M, lo, hi), m_hint=m_hint, m_cap=cap)
     return out
 
 
