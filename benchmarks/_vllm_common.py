@@ -179,7 +179,7 @@ def spread(xs: Sequence[float]) -> float | None:
 
 KERNEL_CLASSES: list[tuple[str, re.Pattern[str]]] = [
     ("attention", re.compile(r"unified_attention|reduce_segments|reshape_and_cache|attn|attention|flash", re.I)),
-    ("gemm", re.compile(r"nvjet|gemm|cutlass|xmma|cublas|splitKreduce|splitk_reduce|^mm_kernel|^mm_tma_kernel|_mm_kernel|"
+    ("gemm", re.compile(r"nvjet|gemm|cutlass|xmma|cublas|splitKreduce|splitk_reduce|^mm_(gemv_|tma_)?kernel|_mm_kernel|"
                         r"triton_tem_fused.*mm|matmul|_mm$", re.I)),
     ("fused elementwise (norm/act/rope)", re.compile(r"^triton_(poi|red|per)_|rms|norm|silu|gelu|rope|rotary|"
                                                       r"and_mul|gated_act", re.I)),

@@ -132,9 +132,6 @@ def _gemm_candidates(M, N=None, K=None):
         c = [Cfg(bm, bn, bk, 1, split, w, st) for bn, bk, st in shapes for split in splits
              for w in ((4, 8) if M <= 16 else (4,))]
         return [x for x in c if (x.block_m * x.block_k + x.block_k * x.block_n) * 2 * x.num_stages <= 225 * 1024]
-    # 192-wide tiles (128 + 64 MMA): 4 x 32 = 128 tiles for M = 512, N = 6144 (132 SMs)
-    wide = [Cfg(128, 192, 64, 8, 1, 8, 3, TMA), Cfg(128, 192, 64, 8, 1, 8, 4, TMA), Cfg(128, 192, 64, 8, 1, 8, 3, TMA_WS),
-            Cfg(64, 192, 64, 8, 1, 4, 4, TMA), Cfg(128, 192, 64, 4, 1, 8, 3, TMA)]
     if M <= 128 and SPLIT_SWEEP:
         c = [Cfg(64, 64, 128, 8, s, 4, 4) for s in (1, 2, 3, 4)]
         c += [Cfg(64, 64, 64, 8, s, 4, 5) for s in (1, 2, 3)]
@@ -143,14 +140,14 @@ def _gemm_candidates(M, N=None, K=None):
         c += [Cfg(128, 128, 64, 8, s, 8, 4) for s in (2, 4)]
         c += [Cfg(128, 256, 64, 8, 1, 8, 3, TMA_WS), Cfg(128, 128, 64, 8, 1, 4, 4, TMA_WS),
               Cfg(64, 64, 128, 8, 1, 4, 4, TMA)]
-        return c + wide
+        return c
     tma = [Cfg(128, 256, 64, 8, 1, 8, 3, TMA), Cfg(128, 256, 64, 8, 1, 8, 3, TMA_WS), Cfg(128, 128, 64, 8, 1, 8, 4, TMA),
            Cfg(128, 128, 64, 8, 1, 8, 4, TMA_WS), Cfg(128, 128, 64, 8, 1, 4, 4, TMA), Cfg(128, 128, 64, 8, 1, 4, 4, TMA_WS),
            Cfg(128, 256, 64, 4, 1, 8, 3, TMA), Cfg(128, 128, 128, 8, 1, 8, 3, TMA), Cfg(128, 64, 64, 8, 1, 4, 4, TMA),
            Cfg(64, 128, 64, 8, 1, 4, 4, TMA), Cfg(64, 64, 128, 8, 1, 4, 4, TMA), Cfg(64, 128, 128, 8, 1, 4, 3, TMA)]
     if M <= 128:
-        return tma + wide + [Cfg(64, 64, 128, 8, 1, 4, 4), Cfg(64, 64, 64, 8, 0, 4, 5), Cfg(128, 128, 64, 8, 0, 8, 4)]
-    c = tma + wide + [Cfg(128, 128, 64, 8, 1, 8, 4), Cfg(128, 128, 64, 8, 1, 4, 4), Cfg(128, 256, 64, 8, 1, 8, 3),
+        return tma + [Cfg(64, 64, 128, 8, 1, 4, 4), Cfg(64, 64, 64, 8, 0, 4, 5), Cfg(128, 128, 64, 8, 0, 8, 4)]
+    c = tma + [Cfg(128, 128, 64, 8, 1, 8, 4), Cfg(128, 128, 64, 8, 1, 4, 4), Cfg(128, 256, 64, 8, 1, 8, 3),
          Cfg(128, 256, 64, 8, 1, 8, 4), Cfg(256, 128, 64, 8, 1, 8, 3), Cfg(128, 128, 128, 8, 1, 8, 3),
          Cfg(64, 128, 64, 8, 1, 4, 4), Cfg(128, 64, 64, 8, 1, 4, 4), Cfg(64, 256, 64, 8, 1, 8, 3),
          Cfg(128, 256, 64, 16, 1, 8, 3), Cfg(128, 128, 64, 4, 1, 8, 5)]

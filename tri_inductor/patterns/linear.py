@@ -7,12 +7,13 @@ Tiling: each program owns a BLOCK_M x BLOCK_N tile of C and walks K in BLOCK_K s
 GROUP_M tiles down M before moving along N, so the A rows and B columns a wave of programs
 reads stay in L2. Rows/columns past M/N are clamped (``% M``) rather than masked on load
 (duplicate reads are harmless, stores are masked); K is masked only when K % BLOCK_K != 0.
-Decode (small M) is bound by streaming the weight: small BLOCK_M, and when the N tiles alone
-cannot fill the 132 SMs, split-K: grid axis 1 splits K, each split writes an fp32 partial
-[SPLIT_K, M, N] and ``splitk_reduce_kernel`` finishes (sum + bias + cast). Deterministic, no
-atomics. Prefill (M >= ~256, and some M=128 shapes) uses ``mm_tma_kernel``: persistent, TMA
-device-side descriptors, optionally warp-specialized (``Cfg.tma``); it needs 16-byte aligned
-strides/base, else the pointer kernel runs with the same tiles.
+Decode (small M) is bound by streaming the weight. Batch 1 (M = 1) runs ``mm_gemv_kernel``: no
+tensor cores, narrow w panels, N / BLOCK_N programs, no split-K. Other small M: small BLOCK_M,
+and when the N tiles alone cannot fill the 132 SMs, split-K: grid axis 1 splits K, each split
+writes an fp32 partial [SPLIT_K, M, N] and ``splitk_reduce_kernel`` finishes (sum + bias + cast).
+Deterministic, no atomics. Prefill (M >= ~256, and some M=128 shapes) uses ``mm_tma_kernel``:
+persistent, TMA device-side descriptors, optionally warp-specialized (``Cfg.kernel``); it needs
+16-byte aligned strides/base, else the pointer kernel runs with the same tiles.
 
 Config choice (no runtime benchmarking; CUDA-graph safe): ``CONFIGS`` by M bucket, optionally
 overridden per (N, K, bucket) by ``linear_tuned.json`` (written offline by
@@ -119,70 +120,46 @@ def mm_tma_kernel(
     stride_am, stride_bk, stride_bn, stride_cm,
     HAS_BIAS: tl.constexpr, B_KMAJOR: tl.constexpr, NUM_SMS: tl.constexpr,
     WARP_SPECIALIZE: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, EXTRA_N: tl.constexpr, BLOCK_K: tl.constexpr,
-    GROUP_M: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
 ):
     # Prefill GEMM for Hopper: persistent (one program per SM walks tiles NUM_SMS apart, in the
     # same grouped order), operands streamed by the TMA engine through device-side tensor
     # descriptors (bounds handled by TMA: no masks, ragged M/N/K zero-filled), C written by TMA.
-    # EXTRA_N > 0: the tile is BLOCK_N + EXTRA_N wide (128 + 64 = 192, not a power of two) as a
-    # second MMA on the same A tile; 512 x 6144 then makes 128 tiles for 132 SMs, not 96.
-    TILE_N: tl.constexpr = BLOCK_N + EXTRA_N
     a_desc = tl.make_tensor_descriptor(A, shape=[M, K], strides=[stride_am, 1],
                                        block_shape=[BLOCK_M, BLOCK_K])
     if B_KMAJOR:  # b = w.t(): read w [N, K] tiles; .T is a view of the smem tile
         b_desc = tl.make_tensor_descriptor(B, shape=[N, K], strides=[stride_bn, 1],
                                            block_shape=[BLOCK_N, BLOCK_K])
-        if EXTRA_N > 0:
-            b2_desc = tl.make_tensor_descriptor(B, shape=[N, K], strides=[stride_bn, 1],
-                                                block_shape=[EXTRA_N, BLOCK_K])
     else:
         b_desc = tl.make_tensor_descriptor(B, shape=[K, N], strides=[stride_bk, 1],
                                            block_shape=[BLOCK_K, BLOCK_N])
-        if EXTRA_N > 0:
-            b2_desc = tl.make_tensor_descriptor(B, shape=[K, N], strides=[stride_bk, 1],
-                                                block_shape=[BLOCK_K, EXTRA_N])
     c_desc = tl.make_tensor_descriptor(C, shape=[M, N], strides=[stride_cm, 1],
                                        block_shape=[BLOCK_M, BLOCK_N])
-    if EXTRA_N > 0:
-        c2_desc = tl.make_tensor_descriptor(C, shape=[M, N], strides=[stride_cm, 1],
-                                            block_shape=[BLOCK_M, EXTRA_N])
     num_pid_m = tl.cdiv(M, BLOCK_M)
-    num_pid_n = tl.cdiv(N, TILE_N)
+    num_pid_n = tl.cdiv(N, BLOCK_N)
     k_tiles = tl.cdiv(K, BLOCK_K)
     num_tiles = num_pid_m * num_pid_n
     for tile_id in tl.range(tl.program_id(0), num_tiles, NUM_SMS, flatten=not WARP_SPECIALIZE,
                             warp_specialize=WARP_SPECIALIZE):
         pid_m, pid_n = _tile_coords(tile_id, num_pid_m, num_pid_n, GROUP_M)
         off_m = pid_m * BLOCK_M
-        off_n = pid_n * TILE_N
+        off_n = pid_n * BLOCK_N
         acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-        if EXTRA_N > 0:
-            acc2 = tl.zeros((BLOCK_M, EXTRA_N), dtype=tl.float32)
         for ki in range(k_tiles):
             off_k = ki * BLOCK_K
             a = a_desc.load([off_m, off_k])
             if B_KMAJOR:
                 acc = tl.dot(a, b_desc.load([off_n, off_k]).T, acc)
-                if EXTRA_N > 0:
-                    acc2 = tl.dot(a, b2_desc.load([off_n + BLOCK_N, off_k]).T, acc2)
             else:
                 acc = tl.dot(a, b_desc.load([off_k, off_n]), acc)
-                if EXTRA_N > 0:
-                    acc2 = tl.dot(a, b2_desc.load([off_k, off_n + BLOCK_N]), acc2)
         if HAS_BIAS:
             offs_n = off_n + tl.arange(0, BLOCK_N)
             acc += tl.load(bias + offs_n, mask=offs_n < N, other=0.0).to(tl.float32)[None, :]
         c_desc.store([off_m, off_n], acc.to(C.dtype.element_ty))
-        if EXTRA_N > 0:
-            if HAS_BIAS:
-                offs_n2 = off_n + BLOCK_N + tl.arange(0, EXTRA_N)
-                acc2 += tl.load(bias + offs_n2, mask=offs_n2 < N, other=0.0).to(tl.float32)[None, :]
-            c2_desc.store([off_m, off_n + BLOCK_N], acc2.to(C.dtype.element_ty))
 
 
 @triton.jit(do_not_specialize=["M"])
-def gemv_kernel(A, B, C, bias, M, N, K, stride_am, stride_bn, stride_cm,
+def mm_gemv_kernel(A, B, C, bias, M, N, K, stride_am, stride_bn, stride_cm,
                 HAS_BIAS: tl.constexpr, EVEN_K: tl.constexpr,
                 BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     # Batch-1 decode: c = a @ w.T with w [N, K] K-contiguous. A tensor-core tile would be 1/16
@@ -246,9 +223,10 @@ class Cfg(NamedTuple):
 PTR = 0       # mm_kernel: pointer loads, split-K when few tiles
 TMA = 1       # mm_tma_kernel: persistent, TMA descriptors (Hopper)
 TMA_WS = 2    # the same, warp-specialized
-GEMV = 4      # gemv_kernel: M = 1, no tensor cores (block_m, group_m, split_k unused)
+GEMV = 4      # mm_gemv_kernel: M = 1, no tensor cores (block_m, group_m, split_k unused)
 # (3 was a stream-K kernel: its mainloop beat the persistent kernel by ~9% on 96-tile problems,
-# but writing and re-reading fp32 partial tiles cost more than the idle SMs it saved.)
+# but writing and re-reading fp32 partial tiles cost more than the idle SMs it saved. A
+# 192-wide tile as 128 + 64 MMAs on one A tile ran at ~70% of the 256-wide tile's rate.)
 
 
 # Upper bounds of the M buckets; the last bucket is everything above.
@@ -473,7 +451,7 @@ def _launch_cfg(a, b, bias, out, cfg: Cfg, gate=1, m_hint: int | None = None, m_
     # computed ``a`` passed twice would be written twice (see settings.realize_triton_kernel_inputs).
     bias_arg = bias if bias is not None else b
     if cfg.kernel == GEMV and _gemv_ok(a, b):
-        launch(gemv_kernel, (triton.cdiv(n, cfg.block_n) * gate,), a, b, out, bias_arg, M, N, K,
+        launch(mm_gemv_kernel, (triton.cdiv(n, cfg.block_n) * gate,), a, b, out, bias_arg, M, N, K,
                a.stride(0), b.stride(1), out.stride(0), HAS_BIAS=bias is not None,
                EVEN_K=(k % cfg.block_k == 0), BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
                num_warps=cfg.num_warps, num_stages=cfg.num_stages)
@@ -485,18 +463,13 @@ def _launch_cfg(a, b, bias, out, cfg: Cfg, gate=1, m_hint: int | None = None, m_
     if tma_kernel and a.dtype != torch.float32 and _tma_ok(a, b, n):
         if type(a) is torch.Tensor and a.is_cuda:
             _ensure_allocator()
-        # A 192-wide tile is a 128-wide and a 64-wide MMA over the same A tile.
-        bn, extra_n = (128, 64) if cfg.block_n == 192 else (cfg.block_n, 0)
         launch(mm_tma_kernel, (torch.sym_min(NUM_SMS, tiles) * gate,), a, b, out, bias_arg, M, N, K,
                a.stride(0), b.stride(0), b.stride(1), out.stride(0),
                HAS_BIAS=bias is not None, B_KMAJOR=b.stride(0) == 1, NUM_SMS=NUM_SMS,
-               WARP_SPECIALIZE=cfg.kernel == TMA_WS, BLOCK_M=cfg.block_m, BLOCK_N=bn, EXTRA_N=extra_n,
+               WARP_SPECIALIZE=cfg.kernel == TMA_WS, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
                BLOCK_K=cfg.block_k, GROUP_M=cfg.group_m, num_warps=cfg.num_warps,
                num_stages=cfg.num_stages)
         return
-    if cfg.block_n & (cfg.block_n - 1):  # 192 (TMA only): the pointer kernel takes the next power of 2
-        cfg = cfg._replace(block_n=triton.next_power_of_2(cfg.block_n))
-        tiles = triton.cdiv(M, cfg.block_m) * triton.cdiv(n, cfg.block_n)
     split = _split_k(cfg, m_hint if m_hint is not None else _hint(M), n, k)
     grid = (tiles * gate, split)
     common = dict(HAS_BIAS=bias is not None, SPLIT_K=split, EVEN_K=(k % cfg.block_k == 0),
