@@ -12,7 +12,11 @@ its own autotuning), and the geometric mean over the decode and the prefill coun
 
 Ops, in the forms vLLM's Llama-3-8B graph uses them (hidden 4096, intermediate 14336, bf16):
 ``add_rms_fp32res`` (bf16 x + fp32 residual in, fp32 sum out: the second norm of a layer),
-``add_rms`` (bf16 x + bf16 residual), ``silu_mul``.  Timing: CUDA-graph replays (as under vLLM).
+``add_rms`` (bf16 x + bf16 residual), ``silu_mul``, ``rope_vllm`` (positions + cos/sin cache,
+q/k [T, H*D], 32/8 heads of 128, NeoX) and ``rope_hf`` (Hugging Face's cos/sin [1, T, D] and
+head-major q/k [1, H, T, D]: kernels.py's RoPE row).  RoPE configs are (elements per program,
+warps), laid along heads (vLLM) or positions (HF) as ``rope._blocks`` lays them.
+Timing: CUDA-graph replays (as under vLLM).
 """
 from __future__ import annotations
 
@@ -22,6 +26,7 @@ import os
 import sys
 
 import torch
+import triton
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -62,7 +67,54 @@ def _act_ours(x, block: int, warps: int):
     return out
 
 
+HQ, HK, D = 32, 8, 128
+
+
+def _rope_native_vllm(pos, q, k, cache):
+    cos, sin = cache.index_select(0, pos).float().chunk(2, -1)
+    T = pos.shape[0]
+
+    def rot(x, nh):
+        x = x.float().view(T, nh, D)
+        x1, x2 = x[..., : D // 2], x[..., D // 2:]
+        c, s_ = cos[:, None, :], sin[:, None, :]
+        return torch.cat((x1 * c - x2 * s_, x2 * c + x1 * s_), -1).to(DT).view(T, nh * D)
+
+    return rot(q, HQ), rot(k, HK)
+
+
+def _rope_native_hf(q, k, cos, sin):
+    def rot(x):
+        return torch.cat((-x[..., D // 2:], x[..., : D // 2]), -1)
+    c, s_ = cos.unsqueeze(1), sin.unsqueeze(1)
+    return q * c + rot(q) * s_, k * c + rot(k) * s_
+
+
+def _rope_ours(op: str, args, elems: int, warps: int):
+    from tri_inductor.patterns import rope as RP
+
+    real = RP._blocks
+
+    def forced(head, rot, n_heads, n_seq, heads_adjacent):
+        adjacent = heads_adjacent
+        _, _, half, pas, _ = real(head, rot, n_heads, n_seq, adjacent)
+        span = max(1, elems // triton.next_power_of_2(head))
+        if adjacent:
+            return 1, min(span, triton.next_power_of_2(n_heads)), half, pas, warps
+        return min(span, triton.next_power_of_2(n_seq)), 1, half, pas, warps
+
+    RP._blocks = forced
+    try:
+        if op == "rope_vllm":
+            return RP.rope_cache(*args, D, D, True)
+        return RP.rope_cos_sin(*args, True)
+    finally:
+        RP._blocks = real
+
+
 def _configs(op: str) -> list[tuple[int, int]]:
+    if op.startswith("rope"):
+        return [(e, w) for e in (1024, 2048, 4096, 8192) for w in (2, 4, 8, 16) if e // (32 * w) >= 4]
     if op.startswith("add_rms"):
         return [(4096, w) for w in (1, 2, 4, 8, 16)] + [(2048, w) for w in (4, 8)]
     return [(b, w) for b in (512, 1024, 2048, 4096) for w in (1, 2, 4, 8) if b // (32 * w) >= 1]
@@ -74,6 +126,11 @@ def _current(op: str) -> tuple[int, int]:
 
     if op.startswith("add_rms"):
         return R._launch_config(H, 2)[:2]
+    if op.startswith("rope"):
+        from tri_inductor.patterns import rope as RP
+
+        bt, bh, _, _, w = RP._blocks(D, D, HQ, 4096, op == "rope_vllm")
+        return bt * bh * D, w
     return A._launch_config(I, 2)
 
 
@@ -82,7 +139,22 @@ def sweep(op: str) -> dict:
     rows: dict[str, dict[int, float]] = {}
     inductor: dict[int, float] = {}
     for T in TOKENS:
-        if op.startswith("add_rms"):
+        if op.startswith("rope"):
+            per = 2 * T * (HQ + HK) * D * 2
+            if op == "rope_vllm":
+                cache = torch.randn(8192, D, device="cuda", dtype=DT)
+                sets = [(torch.randint(0, 8192, (T,), device="cuda"), torch.randn(T, HQ * D, device="cuda", dtype=DT),
+                         torch.randn(T, HK * D, device="cuda", dtype=DT), cache) for _ in range(max(4, n_sets(per)))]
+                native = torch.compile(_rope_native_vllm, dynamic=False)
+            else:
+                def mk():
+                    ang = torch.rand(1, T, D // 2, device="cuda") * 6
+                    return (torch.randn(1, HQ, T, D, device="cuda", dtype=DT), torch.randn(1, HK, T, D, device="cuda", dtype=DT),
+                            torch.cat([ang.cos(), ang.cos()], -1).to(DT), torch.cat([ang.sin(), ang.sin()], -1).to(DT))
+                sets = [mk() for _ in range(max(4, n_sets(per)))]
+                native = torch.compile(_rope_native_hf, dynamic=False)
+            ours = lambda s, b, w, op=op: _rope_ours(op, s, b, w)  # noqa: E731
+        elif op.startswith("add_rms"):
             per = T * H * (2 + (4 if fp32 else 2) * 2 + 2)
             sets = [(torch.randn(T, H, device="cuda", dtype=DT),
                      torch.randn(T, H, device="cuda", dtype=torch.float32 if fp32 else DT),
