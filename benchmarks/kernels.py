@@ -28,6 +28,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import bench, card_slug, geomean, metadata, n_sets, write_json  # noqa: E402
 
 GEMM_NK = [(6144, 4096), (4096, 4096), (28672, 4096), (4096, 14336)]
+LM_HEAD_NK = (128256, 4096)  # Llama-3's logits GEMM: eager in vLLM, every decode step
 GEMM_M = [1, 16, 64, 128, 512, 2048, 4096]
 ATTN_SEQ = [1024, 2048, 4096, 8192]
 DT = torch.bfloat16
@@ -132,6 +133,9 @@ def _gemm_candidates(M, N=None, K=None):
         splits = (1, 2, 3, 4, 6, 8) if M <= 16 else (1, 2, 3, 4)
         c = [Cfg(bm, bn, bk, 1, split, w, st) for bn, bk, st in shapes for split in splits
              for w in ((4, 8) if M <= 16 else (4,))]
+        if M > 16:  # one wgmma row block: the persistent TMA kernel with narrow N tiles
+            c += [Cfg(64, bn, bk, 1, 1, 4, st, TMA) for bn, bk, st in
+                  ((32, 128, 6), (64, 128, 5), (64, 64, 8), (128, 64, 6), (32, 256, 4), (64, 256, 3))]
         return [x for x in c if (x.block_m * x.block_k + x.block_k * x.block_n) * 2 * x.num_stages <= 225 * 1024]
     if M <= 128 and SPLIT_SWEEP:
         c = [Cfg(64, 64, 128, 8, s, 4, 4) for s in (1, 2, 3, 4)]
@@ -157,14 +161,14 @@ def _gemm_candidates(M, N=None, K=None):
     return c
 
 
-def tune_gemm(out_dir, min_m=1, max_m=1 << 30, only_m=None):
+def tune_gemm(out_dir, min_m=1, max_m=1 << 30, only_m=None, shapes=None):
     from tri_inductor.patterns import linear as L
 
     prior = {f"{n},{k},{b}": list(c) for (n, k, b), c in L.TUNED.items()}
     L.TUNED.clear()
     best: dict[tuple[int, int, int], dict] = {}
     report = []
-    for N, K in GEMM_NK:
+    for N, K in shapes or GEMM_NK:
         for M in GEMM_M:
             if M < min_m or M > max_m or (only_m and M not in only_m):
                 continue
@@ -460,6 +464,8 @@ def main():
     p.add_argument("--tune-what", default="gemm,attn")
     p.add_argument("--tune-max-m", type=int, default=1 << 30)
     p.add_argument("--tune-m", default="", help="comma-separated M values to tune (default: all)")
+    p.add_argument("--tune-nk", default="", help="comma-separated NxK shapes to tune (default: the Llama-8B "
+                   "linear shapes; 'lm_head' adds 128256x4096)")
     p.add_argument("--bench-after-tune", action="store_true", help="then benchmark with the new table")
     args = p.parse_args()
     torch.manual_seed(0)
@@ -470,8 +476,10 @@ def main():
         table = {}
         attn = {}
         if "gemm" in args.tune_what:
+            shapes = [LM_HEAD_NK if x == "lm_head" else tuple(int(v) for v in x.split("x"))
+                      for x in args.tune_nk.split(",") if x]
             table = tune_gemm(args.out, args.tune_min_m, args.tune_max_m,
-                              [int(m) for m in args.tune_m.split(",") if m])
+                              [int(m) for m in args.tune_m.split(",") if m], shapes or None)
         if "attn" in args.tune_what:
             attn = tune_attention()
         write_json("tune_summary.json", {"meta": meta, "gemm": table, "attn": attn}, args.out)
