@@ -59,6 +59,61 @@ def test_fp32_residual_in_and_out(shape, poison) -> None:
     assert rel(out2, ref_out) < TOL[torch.bfloat16]
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("shape", [(1, 8), (17, 1000), (2, 3, 20000)])
+def test_add_rms_norm_and_three_term_sum(shape, dtype, poison) -> None:
+    """The chain's two kernels: ``add_rms_norm`` (the sum not written) and ``fused_add_rms_norm``
+    with ``residual2`` (s = x + (a + b), written in x's dtype), single-tile and wide rows."""
+    x, a, b = (torch.randn(*shape, dtype=dtype) for _ in range(3))
+    w = torch.randn(shape[-1], dtype=dtype)
+    ref_out, _ = R.reference_fused_add_rms_norm(x, a, w, 1e-6, 1.0)
+    out = R.add_rms_norm(x, a, w, 1e-6, 1.0)
+    assert out.dtype == dtype and rel(out, ref_out) < TOL[dtype]
+    s = x.double() + (a.double() + b.double())
+    out3, res3 = R.fused_add_rms_norm(x, a, w, 1e-6, 0.0, False, b)
+    assert res3.dtype == dtype and rel(res3, s) < TOL[dtype]
+    assert rel(out3, R.reference_rms_norm(s, w.double(), 1e-6)) < TOL[dtype]
+
+
+def _vllm_norm_chain(x1, r, x2, w1, w2):
+    """vLLM's piece between two attentions, as the IR native bodies trace: o_proj output x1 +
+    residual -> norm -> (MLP stand-in) -> + the first new residual read back as float32 -> norm."""
+    def add_norm(x, res, w):
+        s = x.to(torch.float32) + res.to(torch.float32)
+        new_res = s.to(x.dtype)
+        h = s * torch.rsqrt(s.pow(2).mean(dim=-1, keepdim=True) + 1e-6)
+        return (h.to(w.dtype) * w).to(x.dtype), new_res
+
+    h1, res1 = add_norm(x1, r, w1)
+    return add_norm(x2 * h1, res1, w2)
+
+
+def test_norm_chain_keeps_the_sum_in_registers() -> None:
+    """Through the backend: the first norm's fp32 sum is not written for the second to read back
+    (prepare_graph gives the second its own sum: 16 bytes an element moved, not 20)."""
+    x1, r, x2 = (torch.randn(6, 64, dtype=torch.bfloat16) for _ in range(3))
+    w1, w2 = torch.randn(64, dtype=torch.bfloat16), torch.randn(64, dtype=torch.bfloat16)
+    code = backend_output_code(_vllm_norm_chain, x1, r, x2, w1, w2)
+    flags = re.findall(r"'(HAS_RESIDUAL2|STORE_RESIDUAL)': (\w+)", code)
+    assert sorted(flags) == sorted([("HAS_RESIDUAL2", "False"), ("STORE_RESIDUAL", "False"),
+                                    ("HAS_RESIDUAL2", "True"), ("STORE_RESIDUAL", "True")]), flags
+    assert "torch.float32)" not in code.split("def call(")[1], "an fp32 buffer between the norms"
+
+
+def test_norm_chain_numerics_in_interpreter(interpreter) -> None:
+    g = torch.Generator().manual_seed(3)
+    x1, r, x2 = (torch.randn(5, 96, generator=g).to(torch.bfloat16) for _ in range(3))
+    w1, w2 = (torch.randn(96, generator=g).to(torch.bfloat16) for _ in range(2))
+    torch._dynamo.reset()
+    out, res = torch.compile(_vllm_norm_chain, backend="tri_inductor")(x1, r, x2, w1, w2)
+    # float64, with the sum carried in full precision (what the folded graph computes)
+    s1 = x1.double() + r.double()
+    h1 = R.reference_rms_norm(s1, w1, 1e-6).to(torch.bfloat16)
+    s2 = (x2 * h1).double() + s1
+    assert rel(res, s2) < TOL[torch.bfloat16]
+    assert rel(out, R.reference_rms_norm(s2, w2, 1e-6)) < TOL[torch.bfloat16]
+
+
 def test_strided_rows_and_fp32_weight(poison) -> None:
     # Row-strided input (column slice of a wider buffer) with an fp32 weight (vLLM's Gemma path).
     wide = torch.randn(9, 1100, dtype=torch.bfloat16)
@@ -282,8 +337,8 @@ def test_no_fp64_math_when_inductor_types_eps_fp64(single_tile):
     import re
 
     const = dict(HAS_RESIDUAL=True, BLOCK=4096 if single_tile else 1024, SINGLE_TILE=single_tile,
-                 STRIDED_HEADS=False)
-    ptx = sm90_ptx(R._rms_norm_kernel, {"x_ptr": "*bf16", "res_ptr": "*fp32", "w_ptr": "*bf16",
+                 STRIDED_HEADS=False, HAS_RESIDUAL2=False, STORE_RESIDUAL=True)
+    ptx = sm90_ptx(R._rms_norm_kernel, {"x_ptr": "*bf16", "res_ptr": "*fp32", "res2_ptr": "*bf16", "w_ptr": "*bf16",
                                         "out_ptr": "*bf16", "res_out_ptr": "*fp32", "eps": "fp64",
                                         "w_offset": "fp64"}, const, num_warps=8)
     fp64_math = re.findall(r"\b(?:mul|fma|add|sub|div|sqrt|rsqrt)(?:\.\w+)*\.f64\b", ptx)
@@ -294,8 +349,9 @@ def test_weight_load_before_the_row_reduction():
     """Decode rows are latency-bound: the weight row must be in flight with x and the residual,
     not loaded after the cross-warp sum (a second memory round trip per launch; in vLLM decode
     steps our norm took ~0.5 us longer per launch than Inductor's with that order)."""
-    const = dict(HAS_RESIDUAL=True, BLOCK=4096, SINGLE_TILE=True, STRIDED_HEADS=False, x_heads=1)
-    ptx = sm90_ptx(R._rms_norm_kernel, {"x_ptr": "*bf16", "res_ptr": "*bf16", "w_ptr": "*bf16",
+    const = dict(HAS_RESIDUAL=True, BLOCK=4096, SINGLE_TILE=True, STRIDED_HEADS=False, x_heads=1,
+                 HAS_RESIDUAL2=False, STORE_RESIDUAL=True)
+    ptx = sm90_ptx(R._rms_norm_kernel, {"x_ptr": "*bf16", "res_ptr": "*bf16", "res2_ptr": "*bf16", "w_ptr": "*bf16",
                                         "out_ptr": "*bf16", "res_out_ptr": "*bf16", "eps": "fp32",
                                         "w_offset": "fp32"}, const, num_warps=8)
     ops = global_memory_ops(ptx)

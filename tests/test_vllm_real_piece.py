@@ -47,3 +47,6 @@ def test_every_family_matches_in_vllms_real_piece(codegen_only) -> None:
     # (e.g. RoPE's q and k subgraphs look alike; a match binding both to q left k to Inductor).
     leftover = [k.name for r in reports for k in r.kernels if k.kind != "our_triton"]
     assert not leftover, leftover
+    # The two norms' residual chain moves no fp32 sum through memory (rms_norm.prepare_graph).
+    call = reports[-1].code.split("def call(")[1]
+    assert "torch.float32)" not in call, [ln for ln in call.splitlines() if "float32" in ln]

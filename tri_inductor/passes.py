@@ -110,8 +110,14 @@ class TriInductorPatternPass(CustomGraphPass):
         return _registered_patterns(self.families, self.strict)
 
     def __call__(self, graph: torch.fx.Graph) -> None:
+        from .patterns import load_all
+
+        modules = load_all()
         before = _our_hop_families(graph)
-        for _family, pm in self._pattern_passes():
+        for family, pm in self._pattern_passes():
+            prepare = getattr(modules.get(family), "prepare_graph", None)
+            if prepare is not None:  # a family's graph rewrite that its patterns then match
+                prepare(graph)
             pm.apply(graph)
         realize_triton_kernel_inputs(graph)
         after = _our_hop_families(graph)

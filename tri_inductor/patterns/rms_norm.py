@@ -5,7 +5,7 @@ Gemma's ``(1 + w)`` norm is ``weight_offset=1.0``.
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 import torch
 import triton
@@ -30,13 +30,15 @@ MAX_FUSED_BLOCK = 16384
 
 @triton.jit
 def _rms_norm_kernel(
-    x_ptr, res_ptr, w_ptr, out_ptr, res_out_ptr,
-    x_stride, res_stride, out_stride, res_out_stride,
+    x_ptr, res_ptr, w_ptr, out_ptr, res_out_ptr, res2_ptr,
+    x_stride, res_stride, out_stride, res_out_stride, res2_stride,
     H, eps, w_offset, x_heads, x_head_stride,
     HAS_RESIDUAL: tl.constexpr, BLOCK: tl.constexpr, SINGLE_TILE: tl.constexpr,
-    STRIDED_HEADS: tl.constexpr,
+    STRIDED_HEADS: tl.constexpr, HAS_RESIDUAL2: tl.constexpr = False, STORE_RESIDUAL: tl.constexpr = True,
 ):
     # One program per row. BLOCK is a power of two >= H (SINGLE_TILE) or the chunk width.
+    # With residuals: s = x + (residual + residual2) in fp32 (residual2 optional), the norm of s
+    # written to out and, with STORE_RESIDUAL, s itself to res_out (see the chain note below).
     # Contiguous columns across the program's threads: Triton gives each thread runs of
     # BLOCK / (32 * num_warps) elements, i.e. 16-byte vectors when num_warps follows BLOCK.
     # Inductor types a Python float argument as fp64 (Triton's own launcher: fp32); uncast, the
@@ -61,11 +63,16 @@ def _rms_norm_kernel(
         # Streamed once: evict_first keeps L2 for the weight row, which every program re-reads.
         x = tl.load(x_row + cols, mask=mask, other=0.0, eviction_policy="evict_first").to(tl.float32)
         if HAS_RESIDUAL:
-            x += tl.load(res_ptr + row * res_stride + cols, mask=mask, other=0.0,
-                         eviction_policy="evict_first").to(tl.float32)
-            # New residual is rounded to the input dtype; the norm uses the fp32 sum (as vLLM's
-            # native fused_add_rms_norm does).
-            tl.store(res_out_ptr + row * res_out_stride + cols, x.to(res_out_ptr.dtype.element_ty), mask=mask)
+            r = tl.load(res_ptr + row * res_stride + cols, mask=mask, other=0.0,
+                        eviction_policy="evict_first").to(tl.float32)
+            if HAS_RESIDUAL2:
+                r += tl.load(res2_ptr + row * res2_stride + cols, mask=mask, other=0.0,
+                             eviction_policy="evict_first").to(tl.float32)
+            x += r
+            if STORE_RESIDUAL:
+                # New residual is rounded to res_out's dtype; the norm uses the fp32 sum (as
+                # vLLM's native fused_add_rms_norm does).
+                tl.store(res_out_ptr + row * res_out_stride + cols, x.to(res_out_ptr.dtype.element_ty), mask=mask)
         rstd = tl.rsqrt(tl.reduce(x * x, 0, tl.standard._sum_combine) / H + eps)
         tl.store(out_row + cols, (x * rstd * w).to(out_ptr.dtype.element_ty), mask=mask)
     else:
@@ -77,17 +84,26 @@ def _rms_norm_kernel(
             mask = c < H
             x = tl.load(x_row + c, mask=mask, other=0.0).to(tl.float32)
             if HAS_RESIDUAL:
-                x += tl.load(res_ptr + row * res_stride + c, mask=mask, other=0.0).to(tl.float32)
-                tl.store(res_out_ptr + row * res_out_stride + c, x.to(res_out_ptr.dtype.element_ty), mask=mask)
+                r = tl.load(res_ptr + row * res_stride + c, mask=mask, other=0.0).to(tl.float32)
+                if HAS_RESIDUAL2:
+                    r += tl.load(res2_ptr + row * res2_stride + c, mask=mask, other=0.0).to(tl.float32)
+                x += r
+                if STORE_RESIDUAL:
+                    tl.store(res_out_ptr + row * res_out_stride + c, x.to(res_out_ptr.dtype.element_ty), mask=mask)
             acc += x * x
         rstd = tl.rsqrt(tl.reduce(acc, 0, tl.standard._sum_combine) / H + eps)
         for start in range(0, H, BLOCK):
             c = start + cols
             mask = c < H
-            if HAS_RESIDUAL:
+            if HAS_RESIDUAL and STORE_RESIDUAL and not HAS_RESIDUAL2:
                 x = tl.load(res_out_ptr + row * res_out_stride + c, mask=mask, other=0.0).to(tl.float32)
             else:
                 x = tl.load(x_row + c, mask=mask, other=0.0).to(tl.float32)
+                if HAS_RESIDUAL:  # the sum again, in the same order (res_out may be rounded)
+                    r = tl.load(res_ptr + row * res_stride + c, mask=mask, other=0.0).to(tl.float32)
+                    if HAS_RESIDUAL2:
+                        r += tl.load(res2_ptr + row * res2_stride + c, mask=mask, other=0.0).to(tl.float32)
+                    x += r
             w = tl.load(w_ptr + c, mask=mask, other=0.0).to(tl.float32) + w_offset
             tl.store(out_row + c, (x * rstd * w).to(out_ptr.dtype.element_ty), mask=mask)
 
@@ -136,8 +152,8 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, weight_offset: f
     out = torch.empty((rows, H), dtype=x.dtype, device=x.device)
     block, num_warps, single = _launch_config(H, x.element_size())
     launch(_rms_norm_kernel, (rows,),
-           xk, xk, weight, out, out,
-           x_stride, 0, out.stride(0), out.stride(0),
+           xk, xk, weight, out, out, xk,
+           x_stride, 0, out.stride(0), out.stride(0), 0,
            H, eps, weight_offset, heads, head_stride,
            HAS_RESIDUAL=False, BLOCK=block, SINGLE_TILE=single, STRIDED_HEADS=heads > 1, num_warps=num_warps)
     return out.view(x.shape)
@@ -146,22 +162,41 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, weight_offset: f
 @triton_op("tri_inductor::fused_add_rms_norm", mutates_args={})
 def fused_add_rms_norm(
     x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, eps: float, weight_offset: float = 0.0,
-    fp32_residual: bool = False,
+    fp32_residual: bool = False, residual2: Optional[torch.Tensor] = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(norm(x + residual) * (weight + weight_offset), x + residual); the residual may be fp32
-    and the new residual is written in x's dtype, or in fp32 with ``fp32_residual``."""
+    """(norm(s) * (weight + weight_offset), s) with s = x + residual (+ residual2: then
+    x + (residual + residual2)), summed in fp32; the residuals may be fp32 and s is written in
+    x's dtype, or in fp32 with ``fp32_residual``."""
+    out, new_res = _add_rms(x, residual, weight, eps, weight_offset, residual2,
+                            torch.float32 if fp32_residual else x.dtype)
+    return out, new_res
+
+
+@triton_op("tri_inductor::add_rms_norm", mutates_args={})
+def add_rms_norm(x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, eps: float,
+                 weight_offset: float = 0.0) -> torch.Tensor:
+    """norm(x + residual) * (weight + weight_offset), the sum in fp32 and not written: the first
+    norm of a chain whose sum the next norm recomputes (see ``split_shared_residual_sums``)."""
+    return _add_rms(x, residual, weight, eps, weight_offset, None, None)[0]
+
+
+def _add_rms(x, residual, weight, eps, weight_offset, residual2, res_dtype):
     _check(x, weight)
     torch._check(residual.shape == x.shape, lambda: "residual and x shapes differ")
     x2, r2 = _rows(x), _rows(residual)
+    r3 = _rows(residual2) if residual2 is not None else r2
+    if residual2 is not None:
+        torch._check(residual2.shape == x.shape, lambda: "residual2 and x shapes differ")
     H = x2.shape[1]
     out = torch.empty(x2.shape, dtype=x.dtype, device=x.device)
-    new_res = torch.empty(x2.shape, dtype=torch.float32 if fp32_residual else x.dtype, device=x.device)
+    new_res = torch.empty(x2.shape, dtype=res_dtype, device=x.device) if res_dtype is not None else out
     block, num_warps, single = _launch_config(H, x.element_size())
     launch(_rms_norm_kernel, (x2.shape[0],),
-           x2, r2, weight, out, new_res,
-           x2.stride(0), r2.stride(0), out.stride(0), new_res.stride(0),
+           x2, r2, weight, out, new_res, r3,
+           x2.stride(0), r2.stride(0), out.stride(0), new_res.stride(0), r3.stride(0),
            H, eps, weight_offset, 1, 0,
-           HAS_RESIDUAL=True, BLOCK=block, SINGLE_TILE=single, STRIDED_HEADS=False, num_warps=num_warps)
+           HAS_RESIDUAL=True, BLOCK=block, SINGLE_TILE=single, STRIDED_HEADS=False,
+           HAS_RESIDUAL2=residual2 is not None, STORE_RESIDUAL=res_dtype is not None, num_warps=num_warps)
     return out.view(x.shape), new_res.view(x.shape)
 
 
@@ -236,6 +271,66 @@ def _vllm_gemma_add_rms_sum_out(x, residual, weight, eps):
     return _vllm_add_rms_sum_out(x, residual, weight.float() + 1.0, eps)
 
 
+# The same chain once ``prepare_graph`` has given the second norm its own copy of the first
+# one's sum: the first norm writes only its output (``add_rms_norm``), the second sums three
+# terms, s = x + (a + b), and writes s in x's dtype (the piece's residual output). Per element
+# this moves 16 bytes instead of 20 (the fp32 sum is neither written nor read back), as
+# Inductor's own kernels for the chain do; the sums are the same fp32 additions, bit for bit.
+def _vllm_add_rms_no_res(x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, eps: float):
+    return _vllm_add_rms_sum_out(x, residual, weight, eps)[0]
+
+
+def _vllm_gemma_add_rms_no_res(x, residual, weight, eps):
+    return _vllm_add_rms_no_res(x, residual, weight.float() + 1.0, eps)
+
+
+def _vllm_add3_rms(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor, weight: torch.Tensor, eps: float):
+    s = x.to(torch.float32) + (a.to(torch.float32) + b.to(torch.float32))
+    h = s * torch.rsqrt(s.pow(2).mean(dim=-1, keepdim=True) + eps)
+    return (h.to(weight.dtype) * weight).to(x.dtype), s.to(x.dtype)
+
+
+def _vllm_gemma_add3_rms(x, a, b, weight, eps):
+    return _vllm_add3_rms(x, a, b, weight.float() + 1.0, eps)
+
+
+def prepare_graph(graph: torch.fx.Graph) -> None:
+    """Give each later reader of a norm's fp32 residual sum its own copy of the sum.
+
+    After ``pointless_convert`` a chain of two vLLM add+norms reads the first one's fp32 sum
+    ``s = a.float() + b.float()`` in the second one's add. Replaced as is, our first kernel would
+    write s in fp32 (4 bytes per element) for the second to read back; with the add recomputed
+    from a and b (2 + 2 bytes, read anyway by the first) the first norm's sum stays in registers.
+    Only a sum that also feeds a norm (``pow``) is split, only for ``add`` readers."""
+    aten, prims = torch.ops.aten, torch.ops.prims
+
+    def widened(n) -> bool:  # convert_element_type(16-bit tensor, float32)
+        if not (isinstance(n, torch.fx.Node) and n.target is prims.convert_element_type.default
+                and n.args[1] == torch.float32):
+            return False
+        v = n.args[0].meta.get("val") if isinstance(n.args[0], torch.fx.Node) else None
+        return isinstance(v, torch.Tensor) and v.dtype in (torch.float16, torch.bfloat16)
+
+    for s in list(graph.find_nodes(op="call_function", target=aten.add.Tensor)):
+        if len(s.args) != 2 or not all(widened(a) for a in s.args):
+            continue
+        users = list(s.users)
+        if not any(u.target is aten.pow.Tensor_Scalar for u in users):
+            continue
+        for u in users:
+            if u.target is not aten.add.Tensor or len(users) < 2:
+                continue
+            with graph.inserting_before(u):
+                copies = [graph.call_function(prims.convert_element_type.default, (a.args[0], torch.float32))
+                          for a in s.args]
+                for c, a in zip(copies, s.args):
+                    c.meta.update(a.meta)
+                s2 = graph.call_function(aten.add.Tensor, tuple(copies))
+                s2.meta.update(s.meta)
+            u.replace_input_with(s, s2)
+            users.remove(u)
+
+
 # Hugging Face decoder layer: ``hidden = residual + hidden`` (input dtype) then the Llama norm.
 def _hf_add_rms(x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, eps: float):
     s = residual + x
@@ -299,6 +394,22 @@ def _repl_gemma_add_sum_out(x, residual, weight, eps):
     return fused_add_rms_norm(x, residual, weight, eps, 1.0, True)
 
 
+def _repl_add_rms_no_res(x, residual, weight, eps):
+    return add_rms_norm(x, residual, weight, eps)
+
+
+def _repl_gemma_add_rms_no_res(x, residual, weight, eps):
+    return add_rms_norm(x, residual, weight, eps, 1.0)
+
+
+def _repl_add3_rms(x, a, b, weight, eps):
+    return fused_add_rms_norm(x, a, weight, eps, 0.0, False, b)
+
+
+def _repl_gemma_add3_rms(x, a, b, weight, eps):
+    return fused_add_rms_norm(x, a, weight, eps, 1.0, False, b)
+
+
 def _same_dtypes(match, names: tuple[str, ...] = ("x",)) -> bool:
     """Replace only where our op's output dtype (x.dtype) is the sub-graph's, and the row is
     the last dim of a floating tensor (mixed-dtype forms such as fp32 weight * bf16 activations
@@ -332,6 +443,10 @@ def _check_add_fp32_residual(match) -> bool:
     r = match.kwargs["residual"].meta.get("val")
     return (isinstance(r, torch.Tensor) and r.dtype == torch.float32 and _same_dtypes(match)
             and _weight_ok(match))
+
+
+def _check_add3(match) -> bool:
+    return _same_dtypes(match, ("x", "a", "b")) and _weight_ok(match)
 
 
 def _check_add_sum_out(match) -> bool:
@@ -377,6 +492,13 @@ def register_patterns(pm_pass) -> None:
     wb, rf = torch.empty(64, dtype=torch.bfloat16), torch.empty(8, 64)
     reg(_vllm_add_rms_sum_out, _repl_add_rms_sum_out, [xb, rb, wb], _check_add_sum_out)
     reg(_vllm_gemma_add_rms_sum_out, _repl_gemma_add_sum_out, [xb, rb, wb], _check_add_sum_out)
+    # The chain after prepare_graph: three-term sum first (it contains a two-term sum), then the
+    # first norm, whose sum is now read by its norm only.
+    ab = torch.empty(8, 64, dtype=torch.bfloat16)
+    reg(_vllm_gemma_add3_rms, _repl_gemma_add3_rms, [xb, rb, ab, wb], _check_add3)
+    reg(_vllm_add3_rms, _repl_add3_rms, [xb, rb, ab, wb], _check_add3)
+    reg(_vllm_gemma_add_rms_no_res, _repl_gemma_add_rms_no_res, [xb, rb, wb], _check_add)
+    reg(_vllm_add_rms_no_res, _repl_add_rms_no_res, [xb, rb, wb], _check_add)
     reg(_vllm_gemma_add_rms, _repl_gemma_add, [xb, rf, wb], _check_add_fp32_residual)
     reg(_vllm_add_rms, _repl_add_rms, [xb, rf, wb], _check_add_fp32_residual)
     for dt in (torch.bfloat16, torch.float32):
