@@ -51,6 +51,7 @@ def _norm_ours(x, r, w, fp32_res: bool, block: int, warps: int):
     res = torch.empty(x.shape, dtype=torch.float32 if fp32_res else x.dtype, device=x.device)
     R.launch(R._rms_norm_kernel, (x.shape[0],), x, r, w, out, res, r, x.stride(0), r.stride(0), out.stride(0),
              res.stride(0), 0, H, EPS, 0.0, 1, 0, HAS_RESIDUAL=True, BLOCK=block, SINGLE_TILE=block >= H, STRIDED_HEADS=False,
+             HAS_RESIDUAL2=False, STORE_RESIDUAL=True,
              num_warps=warps)
     return out, res
 

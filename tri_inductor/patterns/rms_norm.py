@@ -34,7 +34,7 @@ def _rms_norm_kernel(
     x_stride, res_stride, out_stride, res_out_stride, res2_stride,
     H, eps, w_offset, x_heads, x_head_stride,
     HAS_RESIDUAL: tl.constexpr, BLOCK: tl.constexpr, SINGLE_TILE: tl.constexpr,
-    STRIDED_HEADS: tl.constexpr, HAS_RESIDUAL2: tl.constexpr = False, STORE_RESIDUAL: tl.constexpr = True,
+    STRIDED_HEADS: tl.constexpr, HAS_RESIDUAL2: tl.constexpr, STORE_RESIDUAL: tl.constexpr,
 ):
     # One program per row. BLOCK is a power of two >= H (SINGLE_TILE) or the chunk width.
     # With residuals: s = x + (residual + residual2) in fp32 (residual2 optional), the norm of s
@@ -155,7 +155,8 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, weight_offset: f
            xk, xk, weight, out, out, xk,
            x_stride, 0, out.stride(0), out.stride(0), 0,
            H, eps, weight_offset, heads, head_stride,
-           HAS_RESIDUAL=False, BLOCK=block, SINGLE_TILE=single, STRIDED_HEADS=heads > 1, num_warps=num_warps)
+           HAS_RESIDUAL=False, BLOCK=block, SINGLE_TILE=single, STRIDED_HEADS=heads > 1,
+           HAS_RESIDUAL2=False, STORE_RESIDUAL=False, num_warps=num_warps)
     return out.view(x.shape)
 
 
