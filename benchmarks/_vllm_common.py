@@ -161,6 +161,48 @@ def token_timeline_stats(timeline: dict[str, list[tuple[float, int]]], t_submit:
     return ttft, itl, ntok
 
 
+def step_batches(timeline: dict[str, list[tuple[float, int]]], same_step_s: float = 5e-4
+                 ) -> list[tuple[float, int]]:
+    """The engine steps seen in a token timeline: [(arrival time, requests that got tokens)].
+    One step's outputs are processed together, so their arrivals lie microseconds apart;
+    arrivals within ``same_step_s`` of a step's first one belong to it (steps are ms apart)."""
+    steps: list[list[float]] = []
+    for t in sorted(t for events in timeline.values() for t, _ in events):
+        if steps and t - steps[-1][0] <= same_step_s:
+            steps[-1][1] += 1
+        else:
+            steps.append([t, 1])
+    return [(t, int(n)) for t, n in steps]
+
+
+def step_gap_stats(steps: Sequence[tuple[float, int]]) -> dict[str, Any]:
+    """Per decode batch size (requests that got a token in a step): how many steps, and the
+    median gap to the step before in ms. Comparing engines at equal batch size separates a
+    slower step from a different schedule (e.g. requests reaching decode sooner)."""
+    by: dict[int, list[float]] = {}
+    for (t0, _), (t1, n) in zip(steps, steps[1:]):
+        by.setdefault(n, []).append((t1 - t0) * 1e3)
+    batches = [n for _, n in steps]
+    return {"steps": len(steps), "mean_batch": round(sum(batches) / len(batches), 2) if batches else None,
+            "by_batch": {str(n): {"steps": len(g), "median_gap_ms": round(median(g), 4)}
+                         for n, g in sorted(by.items())}}
+
+
+def equal_batch_gap_ratio(ours: dict[str, Any], base: dict[str, Any], min_steps: int = 5) -> float | None:
+    """Geometric mean over batch sizes both engines ran >= ``min_steps`` times of the ratio of
+    median step gaps (ours / base), weighted by the smaller step count: <= 1 means our steps are
+    no slower at the same batch size."""
+    num = den = 0.0
+    for n, o in (ours.get("by_batch") or {}).items():
+        b = (base.get("by_batch") or {}).get(n)
+        if not b or min(o["steps"], b["steps"]) < min_steps or not b["median_gap_ms"] or not o["median_gap_ms"]:
+            continue
+        w = min(o["steps"], b["steps"])
+        num += w * math.log(o["median_gap_ms"] / b["median_gap_ms"])
+        den += w
+    return round(math.exp(num / den), 4) if den else None
+
+
 def safe_ratio(a: float | None, b: float | None) -> float | None:
     if a is None or b is None or not b or (isinstance(a, float) and math.isnan(a)):
         return None

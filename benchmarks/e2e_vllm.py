@@ -422,7 +422,12 @@ class Runner:
                                    "(hook); TTFT from the generate() call; ITL = every gap between a request's "
                                    "consecutive tokens, pooled over requests and reps",
                        "ratios": "throughput_ratio = ours / vLLM-compile tokens/s (median over reps); "
-                                 "itl_ratio = ours / vLLM-compile median ITL; ttft_ratio likewise"},
+                                 "itl_ratio = ours / vLLM-compile median ITL; ttft_ratio likewise",
+                       "steps": "engine steps recovered from the arrival times (one step's outputs arrive "
+                                "together): decode batch = requests that got a token; equal_batch_step_ratio "
+                                "= ours / vLLM-compile median step gap at equal batch sizes (geometric mean, "
+                                "weighted by step counts, last rep): separates slower steps from a schedule "
+                                "that decodes in larger batches"},
             "engines": {}, "workloads": {}, "skipped": [], "errors": [], "complete": False}
 
     # ------------------------------------------------------------------ helpers
@@ -556,13 +561,17 @@ class Runner:
             entry[b] = {"tokens_per_s": round(C.median(tps), 2), "tokens_per_s_reps": [round(x, 2) for x in tps],
                         "spread": C.spread(tps), "ttft_ms": C.summarize_ms(ttft), "itl_ms": C.summarize_ms(itl),
                         "wall_s_reps": [r["wall_s"] for r in reps], "out_tokens": reps[0]["out_tokens"],
-                        "method": sorted({r["method"] for r in reps}), "reps": len(reps)}
+                        "method": sorted({r["method"] for r in reps}), "reps": len(reps),
+                        "steps": reps[-1].get("steps")}  # the last rep's decode batches and step gaps
         o, b = entry.get(OURS), entry.get(BASE)
         if o and b:
             entry["throughput_ratio"] = C.safe_ratio(o["tokens_per_s"], b["tokens_per_s"])
             entry["itl_ratio"] = C.safe_ratio(o["itl_ms"]["median"], b["itl_ms"]["median"])
             entry["itl_p90_ratio"] = C.safe_ratio(o["itl_ms"]["p90"], b["itl_ms"]["p90"])
             entry["ttft_ratio"] = C.safe_ratio(o["ttft_ms"]["median"], b["ttft_ms"]["median"])
+            if o.get("steps") and b.get("steps"):  # a slower step, or a different schedule?
+                entry["equal_batch_step_ratio"] = C.equal_batch_gap_ratio(o["steps"], b["steps"])
+                entry["mean_batch"] = [o["steps"]["mean_batch"], b["steps"]["mean_batch"]]
             noise = max([s for s in (o["spread"], b["spread"]) if s is not None], default=None)
             entry["noise"] = noise
             tr, ir = entry["throughput_ratio"], entry["itl_ratio"]
@@ -984,7 +993,8 @@ def _handle_run(llm, rec: TokenTimes, msg, vocab) -> dict[str, Any]:
             "wall_s": round(wall, 4), "out_tokens": out_tokens, "expected_out_tokens": expected,
             "in_tokens": sum(len(ids) for ids, _ in prompts), "tokens_per_s": out_tokens / wall,
             "ttft_s": [round(x, 6) for x in ttft], "itl_s": [round(x, 6) for x in itl], "method": method,
-            "hook_requests": len(rec.timeline)}
+            "hook_requests": len(rec.timeline),
+            "steps": C.step_gap_stats(C.step_batches(rec.timeline)) if method == "hook" else None}
 
 
 def _handle_profile(llm, msg, vocab) -> dict[str, Any]:

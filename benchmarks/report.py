@@ -175,7 +175,7 @@ def e2e_section(name: str, d: dict[str, Any]) -> str:
             out.append(f"* **{n}**: throughput {_ratio(w.get('throughput_ratio'))}, ITL {_ratio(w.get('itl_ratio'))}"
                        + (" (within run-to-run noise)" if w.get("within_noise") else "") + ". "
                        + (f"Reason: {w['reason']}. " if w.get("reason") else "Reason: not profiled. ")
-                       + _profile_text(w.get("profile")))
+                       + _profile_text(w.get("profile")) + _steps_text(w))
     if d.get("settings_differences"):
         out += ["", "Effective engine settings that differ (besides the backend): "
                 + ", ".join(f"`{k}`" for k in d["settings_differences"])]
@@ -200,6 +200,16 @@ def _profile_text(prof: Any) -> str:
     top = (o.get("top") or [{}])[0].get("name")
     return ("Profile (short run, GPU ms ours/vLLM): " + ", ".join(parts)
             + (f"; our top kernel `{str(top)[:60]}`" if top else "") + ".")
+
+
+def _steps_text(w: dict[str, Any]) -> str:
+    """Step gaps at equal decode batch (e2e_vllm.py's step statistics), where recorded."""
+    r, mb = w.get("equal_batch_step_ratio"), w.get("mean_batch")
+    if r is None or not mb:
+        return ""
+    return (f" Engine steps at equal decode batch size: ours / vLLM median step gap {r:.3f}x; mean decode "
+            f"batch {mb[0]} / {mb[1]} (a ratio <= 1.0x with a larger batch of ours: a different schedule, "
+            "not slower steps).")
 
 
 def kernels_section(name: str, d: dict[str, Any]) -> str:

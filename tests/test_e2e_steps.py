@@ -1,0 +1,46 @@
+"""benchmarks/_vllm_common step statistics: engine steps recovered from per-token arrival times,
+and the equal-batch comparison that tells a slower step from a different schedule."""
+from __future__ import annotations
+
+import os
+import sys
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
+
+import _vllm_common as C  # noqa: E402
+
+
+def _timeline(step_ms: dict[int, float], schedule: list[int], jitter_s: float = 1e-5):
+    """Requests 0..max-1; step k gives a token to the first schedule[k] requests, steps spaced by
+    step_ms[batch] (the time a step of that batch takes)."""
+    tl: dict[str, list[tuple[float, int]]] = {}
+    t = 0.0
+    for n in schedule:
+        t += step_ms[n] / 1e3
+        for r in range(n):
+            tl.setdefault(str(r), []).append((t + r * jitter_s, 1))
+    return tl
+
+
+def test_steps_are_recovered_from_arrivals():
+    tl = _timeline({2: 5.0, 4: 6.0}, [2, 2, 4, 4, 4])
+    steps = C.step_batches(tl)
+    assert [n for _, n in steps] == [2, 2, 4, 4, 4]
+    st = C.step_gap_stats(steps)
+    assert st["steps"] == 5 and st["mean_batch"] == 3.2
+    assert st["by_batch"]["4"] == {"steps": 3, "median_gap_ms": 6.0}
+    assert abs(st["by_batch"]["2"]["median_gap_ms"] - 5.0) < 1e-6
+
+
+def test_equal_batch_ratio_separates_schedule_from_step_time():
+    times = {2: 5.0, 4: 6.0}
+    # Same step times, but "ours" decodes in larger batches more often: its pooled median ITL is
+    # higher, yet at equal batch size the steps are equally fast.
+    ours = C.step_gap_stats(C.step_batches(_timeline(times, [2] * 6 + [4] * 20)))
+    base = C.step_gap_stats(C.step_batches(_timeline(times, [2] * 20 + [4] * 6)))
+    assert ours["mean_batch"] > base["mean_batch"]
+    assert C.equal_batch_gap_ratio(ours, base) == 1.0
+    # Steps 10% slower at every batch size: the ratio says so.
+    slow = C.step_gap_stats(C.step_batches(_timeline({2: 5.5, 4: 6.6}, [2] * 20 + [4] * 6)))
+    assert abs(C.equal_batch_gap_ratio(slow, base) - 1.1) < 1e-3
+    assert C.equal_batch_gap_ratio(ours, {"by_batch": {}}) is None
