@@ -160,8 +160,8 @@ def mm_tma_kernel(
 
 @triton.jit(do_not_specialize=["M"])
 def mm_gemv_kernel(A, B, C, bias, M, N, K, stride_am, stride_bn, stride_cm,
-                HAS_BIAS: tl.constexpr, EVEN_K: tl.constexpr,
-                BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+                   HAS_BIAS: tl.constexpr, EVEN_K: tl.constexpr,
+                   BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     # Batch-1 decode: c = a @ w.T with w [N, K] K-contiguous. A tensor-core tile would be 1/16
     # used and every program would need many N columns; instead each program streams a narrow
     # BLOCK_N x K panel of w with 16-byte loads, multiplies by the broadcast row of a in fp32
