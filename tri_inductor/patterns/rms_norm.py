@@ -168,16 +168,15 @@ def fused_add_rms_norm(
     """(norm(s) * (weight + weight_offset), s) with s = x + residual (+ residual2: then
     x + (residual + residual2)), summed in fp32; the residuals may be fp32 and s is written in
     x's dtype, or in fp32 with ``fp32_residual``."""
-    out, new_res = _add_rms(x, residual, weight, eps, weight_offset, residual2,
-                            torch.float32 if fp32_residual else x.dtype)
-    return out, new_res
+    return _add_rms(x, residual, weight, eps, weight_offset, residual2,
+                    torch.float32 if fp32_residual else x.dtype)
 
 
 @triton_op("tri_inductor::add_rms_norm", mutates_args={})
 def add_rms_norm(x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, eps: float,
                  weight_offset: float = 0.0) -> torch.Tensor:
     """norm(x + residual) * (weight + weight_offset), the sum in fp32 and not written: the first
-    norm of a chain whose sum the next norm recomputes (see ``split_shared_residual_sums``)."""
+    norm of a chain whose sum the next norm recomputes (see ``prepare_graph``)."""
     return _add_rms(x, residual, weight, eps, weight_offset, None, None)[0]
 
 
@@ -319,7 +318,7 @@ def prepare_graph(graph: torch.fx.Graph) -> None:
         if not any(u.target is aten.pow.Tensor_Scalar for u in users):
             continue
         for u in users:
-            if u.target is not aten.add.Tensor or len(users) < 2:
+            if u.target is not aten.add.Tensor:
                 continue
             with graph.inserting_before(u):
                 copies = [graph.call_function(prims.convert_element_type.default, (a.args[0], torch.float32))
@@ -329,7 +328,6 @@ def prepare_graph(graph: torch.fx.Graph) -> None:
                 s2 = graph.call_function(aten.add.Tensor, tuple(copies))
                 s2.meta.update(s.meta)
             u.replace_input_with(s, s2)
-            users.remove(u)
 
 
 # Hugging Face decoder layer: ``hidden = residual + hidden`` (input dtype) then the Llama norm.

@@ -147,6 +147,9 @@ def _rope_kernel(
                 tl.store(dst_h + e, xp.to(dst.dtype.element_ty), mask=pm)
 
 
+ROPE_ELEMENTS = 1024  # elements of q/k a program rotates (see _blocks)
+
+
 def _blocks(head_size: int, rotary_dim: int, n_heads: int, n_seq: int, heads_adjacent: bool
             ) -> tuple[int, int, int, int, int]:
     """(BLOCK_T, BLOCK_H, HALF_BLOCK, PASS_BLOCK, num_warps): ~1K elements and 4 warps a program,
@@ -164,9 +167,6 @@ def _blocks(head_size: int, rotary_dim: int, n_heads: int, n_seq: int, heads_adj
         block_t, block_h = min(triton.next_power_of_2(n_seq), span), 1
     num_warps = max(1, min(4, block_t * block_h * row // 256))
     return block_t, block_h, half_block, pass_block, num_warps
-
-
-ROPE_ELEMENTS = 1024  # elements of q/k a program rotates (see _blocks)
 
 
 def _check_rot(head_size: int, rotary_dim: int) -> None:
