@@ -479,8 +479,11 @@ def main():
         table = {}
         attn = {}
         if "gemm" in args.tune_what:
-            shapes = [LM_HEAD_NK if x == "lm_head" else tuple(int(v) for v in x.split("x"))
-                      for x in args.tune_nk.split(",") if x]
+            try:
+                shapes = [LM_HEAD_NK if x == "lm_head" else tuple(int(v) for v in x.split("x"))
+                          for x in args.tune_nk.split(",") if x]
+            except ValueError:
+                p.error(f"--tune-nk {args.tune_nk!r}: give NxK shapes such as 6144x4096, or lm_head")
             table = tune_gemm(args.out, args.tune_min_m, args.tune_max_m,
                               [int(m) for m in args.tune_m.split(",") if m], shapes or None)
         if "attn" in args.tune_what:

@@ -182,11 +182,11 @@ def add_rms_norm(x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, 
 
 def _add_rms(x, residual, weight, eps, weight_offset, residual2, res_dtype):
     _check(x, weight)
-    torch._check(residual.shape == x.shape, lambda: "residual and x shapes differ")
+    for name, r in (("residual", residual), ("residual2", residual2)):
+        torch._check(r is None or r.shape == x.shape,
+                     lambda: f"add + RMSNorm: {name} shape {tuple(r.shape)} differs from x shape {tuple(x.shape)}")
     x2, r2 = _rows(x), _rows(residual)
     r3 = _rows(residual2) if residual2 is not None else r2
-    if residual2 is not None:
-        torch._check(residual2.shape == x.shape, lambda: "residual2 and x shapes differ")
     H = x2.shape[1]
     out = torch.empty(x2.shape, dtype=x.dtype, device=x.device)
     new_res = torch.empty(x2.shape, dtype=res_dtype, device=x.device) if res_dtype is not None else out
