@@ -68,13 +68,13 @@ def _inductor_mm():
     return torch.compile(f, mode="max-autotune-no-cudagraphs", dynamic=False)
 
 
-def bench_gemm(with_inductor=True):
+def bench_gemm(with_inductor=True, ms=None, shapes=None):
     from tri_inductor.patterns import linear as L
 
     rows = []
     ind = _inductor_mm() if with_inductor else None
-    for N, K in GEMM_NK:
-        for M in GEMM_M:
+    for N, K in shapes or GEMM_NK:
+        for M in ms or GEMM_M:
             sets = _gemm_sets(M, N, K)
             a0, w0 = sets[0]
             err = _check_gemm(L.mm(a0, w0.t()), a0, w0)
@@ -169,8 +169,8 @@ def tune_gemm(out_dir, min_m=1, max_m=1 << 30, only_m=None, shapes=None):
     best: dict[tuple[int, int, int], dict] = {}
     report = []
     for N, K in shapes or GEMM_NK:
-        for M in GEMM_M:
-            if M < min_m or M > max_m or (only_m and M not in only_m):
+        for M in only_m or GEMM_M:  # any M: several per bucket are summed into its choice
+            if M < min_m or M > max_m:
                 continue
             sets = _gemm_sets(M, N, K)
             a0, w0 = sets[0]
@@ -470,7 +470,25 @@ def main():
     p.add_argument("--tune-nk", default="", help="comma-separated NxK shapes to tune (default: the Llama-8B "
                    "linear shapes; 'lm_head' adds 128256x4096)")
     p.add_argument("--bench-after-tune", action="store_true", help="then benchmark with the new table")
+    p.add_argument("--gemm-m", default="", help="comma-separated M values of the GEMM table (default: the "
+                   "acceptance grid " + ",".join(map(str, GEMM_M)) + "); also the M values --tune-m defaults to")
+    p.add_argument("--gemm-nk", default="", help="NxK shapes of the GEMM table, as --tune-nk")
     args = p.parse_args()
+
+    def nk_list(text, flag):
+        try:
+            return [LM_HEAD_NK if x == "lm_head" else tuple(int(v) for v in x.split("x"))
+                    for x in text.split(",") if x] or None
+        except ValueError:
+            p.error(f"{flag} {text!r}: give NxK shapes such as 6144x4096, or lm_head")
+
+    def m_list(text, flag):
+        try:
+            return [int(m) for m in text.split(",") if m] or None
+        except ValueError:
+            p.error(f"{flag} {text!r}: give comma-separated integers such as 24,32,48")
+
+    gemm_m, gemm_nk = m_list(args.gemm_m, "--gemm-m"), nk_list(args.gemm_nk, "--gemm-nk")
     torch.manual_seed(0)
     meta = metadata()
     log(meta)
@@ -479,13 +497,8 @@ def main():
         table = {}
         attn = {}
         if "gemm" in args.tune_what:
-            try:
-                shapes = [LM_HEAD_NK if x == "lm_head" else tuple(int(v) for v in x.split("x"))
-                          for x in args.tune_nk.split(",") if x]
-            except ValueError:
-                p.error(f"--tune-nk {args.tune_nk!r}: give NxK shapes such as 6144x4096, or lm_head")
             table = tune_gemm(args.out, args.tune_min_m, args.tune_max_m,
-                              [int(m) for m in args.tune_m.split(",") if m], shapes or None)
+                              m_list(args.tune_m, "--tune-m") or gemm_m, nk_list(args.tune_nk, "--tune-nk"))
         if "attn" in args.tune_what:
             attn = tune_attention()
         write_json("tune_summary.json", {"meta": meta, "gemm": table, "attn": attn}, args.out)
@@ -494,16 +507,18 @@ def main():
             return
     res = {"meta": meta}
     only = args.only.split(",")
+    # Off the acceptance grid the table is a sweep, not the record report.py reads
+    out_name = f"{'gemm_sweep' if gemm_m or gemm_nk else 'kernels'}_{card_slug()}.json"
     for name, fn in (("elem", bench_elementwise), ("attn", bench_attention),
                      ("patterns", check_attention_patterns),
-                     ("gemm", lambda: bench_gemm(not args.no_inductor))):
+                     ("gemm", lambda: bench_gemm(not args.no_inductor, gemm_m, gemm_nk))):
         if name in only:
             try:
                 res[name] = fn()
             except Exception:  # noqa: BLE001
                 traceback.print_exc()
                 res[name] = "failed"
-            write_json(f"kernels_{card_slug()}.json", res, args.out)  # partial results survive a timeout
+            write_json(out_name, res, args.out)  # partial results survive a timeout
     if isinstance(res.get("gemm"), list):
         g = res["gemm"]
         res["gemm_geomean_vs_cublas"] = geomean([r["vs_cublas"] for r in g])
@@ -511,7 +526,7 @@ def main():
         res["gemm_geomean_vs_inductor"] = geomean([r["vs_inductor"] for r in g])
     if isinstance(res.get("attn"), list):
         res["attn_geomean_vs_flash"] = geomean([r["vs_flash"] for r in res["attn"]])
-    path = write_json(f"kernels_{card_slug()}.json", res, args.out)
+    path = write_json(out_name, res, args.out)
     log(f"\nwrote {path} in {time.time() - t0:.0f}s")
     # ---- the table
     log(f"\n== {meta['card']} torch {meta['torch']} triton {meta['triton']} commit {meta['commit'][:10]}")
