@@ -164,6 +164,8 @@ def _gemm_candidates(M, N=None, K=None):
 def tune_gemm(out_dir, min_m=1, max_m=1 << 30, only_m=None, shapes=None):
     from tri_inductor.patterns import linear as L
 
+    if out_dir:
+        os.makedirs(out_dir, exist_ok=True)
     prior = {f"{n},{k},{b}": list(c) for (n, k, b), c in L.TUNED.items()}
     L.TUNED.clear()
     best: dict[tuple[int, int, int], dict] = {}
