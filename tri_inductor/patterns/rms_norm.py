@@ -77,7 +77,8 @@ def _rms_norm_kernel(
         tl.store(out_row + cols, (x * rstd * w).to(out_ptr.dtype.element_ty), mask=mask)
     else:
         # Wide rows: pass 1 accumulates sum(x^2) chunk by chunk (and writes the new residual),
-        # pass 2 re-reads the row (the new residual when fused) and writes the output.
+        # pass 2 re-reads the row (the new residual when it is the exact fp32 sum) and writes the
+        # output: the norm of the fp32 sum, as in the single tile.
         acc = tl.full([BLOCK], 0.0, tl.float32)
         for start in range(0, H, BLOCK):
             c = start + cols
@@ -95,8 +96,10 @@ def _rms_norm_kernel(
         for start in range(0, H, BLOCK):
             c = start + cols
             mask = c < H
-            if HAS_RESIDUAL and STORE_RESIDUAL and not HAS_RESIDUAL2:
-                x = tl.load(res_out_ptr + row * res_out_stride + c, mask=mask, other=0.0).to(tl.float32)
+            if HAS_RESIDUAL and STORE_RESIDUAL and not HAS_RESIDUAL2 and res_out_ptr.dtype.element_ty == tl.float32:
+                # the exact sum, read back (one stream instead of two); a 16-bit res_out is the
+                # rounded sum, so then the sum is recomputed below, as the single tile keeps it
+                x = tl.load(res_out_ptr + row * res_out_stride + c, mask=mask, other=0.0)
             else:
                 x = tl.load(x_row + c, mask=mask, other=0.0).to(tl.float32)
                 if HAS_RESIDUAL:  # the sum again, in the same order (res_out may be rounded)
