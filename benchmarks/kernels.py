@@ -138,14 +138,20 @@ def _gemm_candidates(M, N=None, K=None):
                   ((32, 128, 6), (64, 128, 5), (64, 64, 8), (128, 64, 6), (32, 256, 4), (64, 256, 3))]
         return [x for x in c if (x.block_m * x.block_k + x.block_k * x.block_n) * 2 * x.num_stages <= 225 * 1024]
     if M <= 128 and SPLIT_SWEEP:
-        c = [Cfg(64, 64, 128, 8, s, 4, 4) for s in (1, 2, 3, 4)]
+        # weight streaming at two row blocks: the decode tiles with GROUP_M = 2, so both row
+        # blocks of a w panel run together and the second reads it from L2
+        c = [Cfg(64, bn, bk, 2, s, 4, st) for bn, bk, st in
+             ((32, 256, 4), (64, 256, 4), (64, 128, 4), (128, 128, 4), (64, 128, 6), (32, 128, 6)) for s in (1, 2)]
+        c += [Cfg(128, 32, 128, 1, 1, 4, 4), Cfg(128, 64, 128, 1, 1, 4, 4), Cfg(128, 64, 64, 1, 1, 4, 6)]
+        c += [Cfg(64, 64, 128, 8, s, 4, 4) for s in (1, 2, 3, 4)]
         c += [Cfg(64, 64, 64, 8, s, 4, 5) for s in (1, 2, 3)]
         c += [Cfg(64, 128, 128, 8, s, 4, 3) for s in (1, 2, 4)]
         c += [Cfg(128, 64, 128, 8, s, 4, 3) for s in (1, 2, 4)]
         c += [Cfg(128, 128, 64, 8, s, 8, 4) for s in (2, 4)]
-        c += [Cfg(128, 256, 64, 8, 1, 8, 3, TMA_WS), Cfg(128, 128, 64, 8, 1, 4, 4, TMA_WS),
-              Cfg(64, 64, 128, 8, 1, 4, 4, TMA)]
-        return c
+        c += [Cfg(128, 256, 64, 8, 1, 8, 3, TMA_WS), Cfg(128, 128, 64, 8, 1, 4, 4, TMA_WS)]
+        c += [Cfg(bm, bn, bk, 8, 1, 4, st, TMA) for bm, bn, bk, st in
+              ((64, 64, 128, 4), (64, 64, 64, 6), (64, 128, 64, 5), (128, 64, 64, 5), (128, 64, 128, 3), (64, 32, 128, 6))]
+        return [x for x in c if (x.block_m * x.block_k + x.block_k * x.block_n) * 2 * x.num_stages <= 225 * 1024]
     tma = [Cfg(128, 256, 64, 8, 1, 8, 3, TMA), Cfg(128, 256, 64, 8, 1, 8, 3, TMA_WS), Cfg(128, 128, 64, 8, 1, 8, 4, TMA),
            Cfg(128, 128, 64, 8, 1, 8, 4, TMA_WS), Cfg(128, 128, 64, 8, 1, 4, 4, TMA), Cfg(128, 128, 64, 8, 1, 4, 4, TMA_WS),
            Cfg(128, 256, 64, 4, 1, 8, 3, TMA), Cfg(128, 128, 128, 8, 1, 8, 3, TMA), Cfg(128, 64, 64, 8, 1, 4, 4, TMA),
@@ -158,6 +164,8 @@ def _gemm_candidates(M, N=None, K=None):
          Cfg(128, 256, 64, 16, 1, 8, 3), Cfg(128, 128, 64, 4, 1, 8, 5)]
     if M <= 512:
         c += [Cfg(128, 128, 64, 8, 0, 8, 4), Cfg(64, 128, 64, 8, 0, 4, 4)]
+        c += [Cfg(128, 64, 128, 8, 1, 4, 4, TMA), Cfg(64, 256, 64, 8, 1, 4, 4, TMA), Cfg(128, 128, 64, 8, 1, 8, 5, TMA_WS),
+              Cfg(256, 128, 64, 8, 1, 8, 3, TMA_WS), Cfg(128, 64, 64, 8, 1, 4, 6, TMA), Cfg(64, 128, 128, 8, 1, 4, 4, TMA)]
     return c
 
 
