@@ -111,23 +111,6 @@ TMA_SWEEP = True
 SPLIT_SWEEP = True
 
 
-def _one_wave_tiles(M, N, shapes):
-    """Pointer-kernel configs whose tile owns only ``tile_n`` of its ``block_n`` columns, sized so
-    the tile count fits the SMs in one wave (M = 128 x N = 6144: 128 tiles of 64 x 96)."""
-    from tri_inductor.patterns.linear import NUM_SMS, PTR, Cfg
-
-    out = []
-    for bm, bk, group, warps, stages in shapes:
-        per_row = NUM_SMS // -(-M // bm)  # column tiles per row block that one wave holds
-        if per_row < 1:
-            continue
-        tile_n = -(-(-(-N // per_row)) // 16) * 16  # ceil(N / per_row), a multiple of 16
-        block_n = 1 << (tile_n - 1).bit_length()
-        if tile_n < block_n <= 256:
-            out.append(Cfg(bm, block_n, bk, group, 1, warps, stages, PTR, tile_n))
-    return out
-
-
 def _gemm_candidates(M, N=None, K=None):
     from tri_inductor.patterns.linear import GEMV, TMA, TMA_WS, TUNED, Cfg
 
@@ -168,9 +151,6 @@ def _gemm_candidates(M, N=None, K=None):
         c += [Cfg(128, 256, 64, 8, 1, 8, 3, TMA_WS), Cfg(128, 128, 64, 8, 1, 4, 4, TMA_WS)]
         c += [Cfg(bm, bn, bk, 8, 1, 4, st, TMA) for bm, bn, bk, st in
               ((64, 64, 128, 4), (64, 64, 64, 6), (64, 128, 64, 5), (128, 64, 64, 5), (128, 64, 128, 3), (64, 32, 128, 6))]
-        if N:
-            c += _one_wave_tiles(M, N, ((64, 128, 2, 4, 4), (64, 64, 2, 4, 6), (128, 64, 1, 8, 4), (128, 128, 1, 8, 3),
-                                        (128, 64, 1, 8, 3)))
         return [x for x in c if (x.block_m * x.block_k + x.block_k * x.block_n) * 2 * x.num_stages <= 225 * 1024]
     tma = [Cfg(128, 256, 64, 8, 1, 8, 3, TMA), Cfg(128, 256, 64, 8, 1, 8, 3, TMA_WS), Cfg(128, 128, 64, 8, 1, 8, 4, TMA),
            Cfg(128, 128, 64, 8, 1, 8, 4, TMA_WS), Cfg(128, 128, 64, 8, 1, 4, 4, TMA), Cfg(128, 128, 64, 8, 1, 4, 4, TMA_WS),
@@ -186,8 +166,6 @@ def _gemm_candidates(M, N=None, K=None):
         c += [Cfg(128, 128, 64, 8, 0, 8, 4), Cfg(64, 128, 64, 8, 0, 4, 4)]
         c += [Cfg(128, 64, 128, 8, 1, 4, 4, TMA), Cfg(64, 256, 64, 8, 1, 4, 4, TMA), Cfg(128, 128, 64, 8, 1, 8, 5, TMA_WS),
               Cfg(256, 128, 64, 8, 1, 8, 3, TMA_WS), Cfg(128, 64, 64, 8, 1, 4, 6, TMA), Cfg(64, 128, 128, 8, 1, 4, 4, TMA)]
-        if N:
-            c += _one_wave_tiles(M, N, ((128, 64, 8, 8, 3), (128, 64, 8, 8, 4), (64, 64, 8, 4, 4)))
     return c
 
 

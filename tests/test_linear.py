@@ -64,36 +64,6 @@ def test_mm_each_config(cfg):
     assert _rel(out, L.reference_addmm(bias, a, b)) < TOL[torch.bfloat16]
 
 
-@pytest.mark.parametrize("split", [1, 3])
-@pytest.mark.parametrize("transposed", [True, False])
-def test_mm_partial_tiles(split, transposed):
-    # tile_n < block_n: each program owns 24 of its 32 columns; ragged N (last tile 13 wide), ragged
-    # K, bias, split-K partials: every column written once, none loaded past its owner's range.
-    M, N, K = 37, 85, 200
-    g = torch.Generator().manual_seed(7)
-    a = torch.randn(M, K, generator=g).to(torch.bfloat16)
-    b = torch.randn(N, K, generator=g).to(torch.bfloat16).t() if transposed else torch.randn(K, N, generator=g).to(torch.bfloat16)
-    bias = torch.randn(N, generator=g).to(torch.bfloat16)
-    out = L._mm_launch(a, b, bias, L.Cfg(16, 32, 64, 2, split, 4, 2, L.PTR, 24))
-    assert _rel(out, L.reference_addmm(bias, a, b)) < TOL[torch.bfloat16]
-
-
-def test_partial_tiles_keep_vector_loads():
-    # The column mask is constant along K: w's K-contiguous loads stay 16-byte async copies and
-    # C's stores 16-byte vectors, exactly as many as the whole-tile kernel issues.
-    from pattern_harness import sm90_ptx
-
-    def memory_ops(tile_n):
-        const = dict(HAS_BIAS=True, SPLIT_K=1, EVEN_K=True, PRECISION="tf32", stride_ak=1, stride_bk=1,
-                     stride_cn=1, BLOCK_M=64, BLOCK_N=128, BLOCK_K=128, GROUP_M=2, TILE_N=tile_n)
-        ptx = sm90_ptx(L.mm_kernel, {n: "*bf16" for n in ("A", "B", "C", "bias")}, const, 4, unaligned=("M",))
-        return sorted(re.findall(r"\b(?:ld\.global|cp\.async\.cg|st\.global)[\w.]*", ptx))
-
-    partial = memory_ops(96)
-    assert partial == memory_ops(128)
-    assert "cp.async.cg.shared.global" in partial and "st.global.v4.b32" in partial
-
-
 @pytest.mark.parametrize("transposed", [True, False])
 @pytest.mark.parametrize("kernel", [L.TMA, L.TMA_WS])
 def test_mm_tma_persistent(transposed, kernel):
@@ -307,8 +277,7 @@ def _sm90_compile(cfg):
     else:
         kern, const = L.mm_kernel, dict(HAS_BIAS=True, SPLIT_K=1, EVEN_K=True, PRECISION="tf32",
                                         stride_ak=1, stride_bk=1, stride_cn=1, BLOCK_M=cfg.block_m,
-                                        BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, GROUP_M=cfg.group_m,
-                                        TILE_N=cfg.tile_n or cfg.block_n)
+                                        BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, GROUP_M=cfg.group_m)
     sig = {n: ("*bf16" if n in ("A", "B", "C", "bias") else "i32") for n in kern.arg_names}
     sig.update({c: "constexpr" for c in const})
     src = triton.compiler.ASTSource(kern, sig, const)
@@ -317,8 +286,7 @@ def _sm90_compile(cfg):
 
 
 # The shipped table, plus one config of each kernel kind the tuner may pick.
-_KIND_EXAMPLES = [L.Cfg(1, 16, 512, 1, 1, 4, 1, L.GEMV), L.Cfg(1, 8, 2048, 1, 1, 8, 1, L.GEMV),
-                  L.Cfg(64, 128, 128, 2, 1, 4, 4, L.PTR, 96)]
+_KIND_EXAMPLES = [L.Cfg(1, 16, 512, 1, 1, 4, 1, L.GEMV), L.Cfg(1, 8, 2048, 1, 1, 8, 1, L.GEMV)]
 
 
 @pytest.mark.parametrize("cfg", sorted(set(_table_configs()) | set(_KIND_EXAMPLES)),

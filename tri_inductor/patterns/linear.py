@@ -55,16 +55,11 @@ def mm_kernel(
     HAS_BIAS: tl.constexpr, SPLIT_K: tl.constexpr, EVEN_K: tl.constexpr,
     PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
-    TILE_N: tl.constexpr,
 ):
-    # TILE_N <= BLOCK_N: the columns a program owns. Fewer than BLOCK_N (e.g. 96 of 128) when the
-    # tile count must fit the SMs in one wave: M = 128 x N = 6144 is 128 tiles of 64 x 96, not 96
-    # of 64 x 128, so each SM streams 1.25 MB, not 1.5. The masked columns load nothing; their
-    # MMA lanes are wasted, which costs nothing while the SM waits on memory.
     pid = tl.program_id(0)
     pid_k = tl.program_id(1)
     num_pid_m = tl.cdiv(M, BLOCK_M)
-    num_pid_n = tl.cdiv(N, TILE_N)
+    num_pid_n = tl.cdiv(N, BLOCK_N)
     # Grouped order: GROUP_M row-tiles share each column-tile while it is hot in L2.
     num_pid_in_group = GROUP_M * num_pid_n
     group_id = pid // num_pid_in_group
@@ -74,14 +69,9 @@ def mm_kernel(
     pid_n = (pid % num_pid_in_group) // group_size_m
 
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_n = pid_n * TILE_N + tl.arange(0, BLOCK_N)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     rm = tl.max_contiguous(tl.multiple_of(offs_m % M, BLOCK_M), BLOCK_M)
-    if TILE_N == BLOCK_N:  # out-of-range columns wrap (their results are masked at the store)
-        rn = tl.max_contiguous(tl.multiple_of(offs_n % N, BLOCK_N), BLOCK_N)
-        n_ok = offs_n < N
-    else:  # columns past TILE_N belong to the next program: not loaded at all
-        n_ok = (tl.arange(0, BLOCK_N) < TILE_N) & (offs_n < N)
-        rn = tl.where(n_ok, offs_n, 0)
+    rn = tl.max_contiguous(tl.multiple_of(offs_n % N, BLOCK_N), BLOCK_N)
     # This split's K range; a multiple of BLOCK_K so only the last split can be ragged.
     k_per_split = tl.cdiv(K, SPLIT_K * BLOCK_K) * BLOCK_K
     k_lo = pid_k * k_per_split
@@ -93,26 +83,20 @@ def mm_kernel(
     for k in range(k_lo, k_hi, BLOCK_K):
         if EVEN_K:
             a = tl.load(a_ptrs)
-            if TILE_N == BLOCK_N:
-                b = tl.load(b_ptrs)
-            else:
-                b = tl.load(b_ptrs, mask=n_ok[None, :], other=0.0)
+            b = tl.load(b_ptrs)
         else:
             kk = k + tl.arange(0, BLOCK_K)
             a = tl.load(a_ptrs, mask=kk[None, :] < k_hi, other=0.0)
-            if TILE_N == BLOCK_N:
-                b = tl.load(b_ptrs, mask=kk[:, None] < k_hi, other=0.0)
-            else:
-                b = tl.load(b_ptrs, mask=(kk[:, None] < k_hi) & n_ok[None, :], other=0.0)
+            b = tl.load(b_ptrs, mask=kk[:, None] < k_hi, other=0.0)
         acc = tl.dot(a, b, acc, input_precision=PRECISION)
         a_ptrs += BLOCK_K * stride_ak
         b_ptrs += BLOCK_K * stride_bk
 
-    c_mask = (offs_m[:, None] < M) & n_ok[None, :]
+    c_mask = (offs_m[:, None] < M) & (offs_n[None, :] < N)
     c_ptrs = C + pid_k * stride_cs + offs_m[:, None] * stride_cm + offs_n[None, :] * stride_cn
     if SPLIT_K == 1:
         if HAS_BIAS:
-            acc += tl.load(bias + offs_n, mask=n_ok, other=0.0).to(tl.float32)[None, :]
+            acc += tl.load(bias + offs_n, mask=offs_n < N, other=0.0).to(tl.float32)[None, :]
         tl.store(c_ptrs, acc.to(C.dtype.element_ty), mask=c_mask)
     else:
         tl.store(c_ptrs, acc, mask=c_mask)  # fp32 partial; the host-side sum adds the bias
@@ -233,7 +217,6 @@ class Cfg(NamedTuple):
     num_warps: int
     num_stages: int
     kernel: int = 0  # PTR, TMA, TMA_WS or GEMV (below)
-    tile_n: int = 0  # PTR: columns a program owns, <= block_n (0: block_n)
 
 
 # Cfg.kernel: which kernel runs the tiles.
@@ -344,7 +327,7 @@ def _eager_config(m: int, n: int, k: int, dtype: torch.dtype) -> Cfg:
 def _split_k(cfg: Cfg, m_hint: int, n: int, k: int) -> int:
     if cfg.split_k:
         return cfg.split_k
-    tiles = triton.cdiv(m_hint, cfg.block_m) * triton.cdiv(n, cfg.tile_n or cfg.block_n)
+    tiles = triton.cdiv(m_hint, cfg.block_m) * triton.cdiv(n, cfg.block_n)
     # "auto": the smallest split whose programs fill the last wave of SMs >= 85%, with each
     # split keeping >= 4 K steps to pipeline.
     max_split = max(1, min(8, k // (4 * cfg.block_k)))
@@ -475,11 +458,8 @@ def _launch_cfg(a, b, bias, out, cfg: Cfg, gate=1, m_hint: int | None = None, m_
         return
     if cfg.kernel == GEMV:  # strided operands: the pointer kernel with the narrowest MMA tile
         cfg = Cfg(16, max(cfg.block_n, 16), cfg.block_k, 1, 1, cfg.num_warps, cfg.num_stages)
-    tile_n = cfg.tile_n or cfg.block_n
+    tiles = triton.cdiv(M, cfg.block_m) * triton.cdiv(n, cfg.block_n)
     tma_kernel = cfg.kernel in (TMA, TMA_WS)
-    if tma_kernel:
-        tile_n = cfg.block_n  # TMA boxes are whole tiles
-    tiles = triton.cdiv(M, cfg.block_m) * triton.cdiv(n, tile_n)
     if tma_kernel and a.dtype != torch.float32 and _tma_ok(a, b, n):
         if type(a) is torch.Tensor and a.is_cuda:
             _ensure_allocator()
@@ -494,7 +474,7 @@ def _launch_cfg(a, b, bias, out, cfg: Cfg, gate=1, m_hint: int | None = None, m_
     grid = (tiles * gate, split)
     common = dict(HAS_BIAS=bias is not None, SPLIT_K=split, EVEN_K=(k % cfg.block_k == 0),
                   PRECISION=_precision(a.dtype), BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
-                  BLOCK_K=cfg.block_k, GROUP_M=cfg.group_m, TILE_N=tile_n, num_warps=cfg.num_warps,
+                  BLOCK_K=cfg.block_k, GROUP_M=cfg.group_m, num_warps=cfg.num_warps,
                   num_stages=min(cfg.num_stages, 3) if tma_kernel else cfg.num_stages)  # TMA smem budget differs
     if split == 1:
         launch(mm_kernel, grid, a, b, out, bias_arg, M, N, K,
