@@ -169,6 +169,29 @@ def _gemm_candidates(M, N=None, K=None):
     return c
 
 
+def bucket_choices(report, bucket_of) -> dict:
+    """{(N, K, bucket): config} from tuner rows (several M per bucket): the config with the least
+    summed time relative to each M's best, among those that ran at every M of the bucket (one
+    timed at the last M only would otherwise win on a one-term sum)."""
+    from tri_inductor.patterns.linear import Cfg
+
+    sums: dict[tuple[int, int, int], dict] = {}
+    ms: dict[tuple[int, int, int], int] = {}
+    for row in report:
+        key = (row["N"], row["K"], bucket_of(row["M"]))
+        ms[key] = ms.get(key, 0) + 1
+        entry = sums.setdefault(key, {})
+        best = min(t for t, _ in row["results"])
+        for t, c in row["results"]:
+            n, total = entry.get(tuple(c), (0, 0.0))
+            entry[tuple(c)] = (n + 1, total + t / best)
+    out = {}
+    for key, e in sums.items():
+        everywhere = [c for c, (n, _) in e.items() if n == ms[key]] or list(e)
+        out[key] = Cfg(*min(everywhere, key=lambda c: e[c][1]))
+    return out
+
+
 def tune_gemm(out_dir, min_m=1, max_m=1 << 30, only_m=None, shapes=None):
     from tri_inductor.patterns import linear as L
 
@@ -176,7 +199,6 @@ def tune_gemm(out_dir, min_m=1, max_m=1 << 30, only_m=None, shapes=None):
         os.makedirs(out_dir, exist_ok=True)
     prior = {f"{n},{k},{b}": list(c) for (n, k, b), c in L.TUNED.items()}
     L.TUNED.clear()
-    best: dict[tuple[int, int, int], dict] = {}
     report = []
     for N, K in shapes or GEMM_NK:
         for M in only_m or GEMM_M:  # any M: several per bucket are summed into its choice
@@ -206,17 +228,10 @@ def tune_gemm(out_dir, min_m=1, max_m=1 << 30, only_m=None, shapes=None):
             if out_dir:  # survives a timeout
                 with open(os.path.join(out_dir, "tune_rows.jsonl"), "a") as f:
                     f.write(json.dumps(report[-1]) + "\n")
-            # Several M per bucket: minimise the summed time relative to each M's best.
-            entry = best.setdefault((N, K, b), {})
-            for t, c in results:
-                entry[c] = entry.get(c, 0.0) + t / results[0][0]
-            for c in list(entry):
-                if c not in {cc for _, cc in results}:
-                    entry[c] = float("inf")
             del sets
             torch.cuda.empty_cache()
     table = dict(prior)
-    table.update({f"{n},{k},{b}": list(min(e, key=e.get)) for (n, k, b), e in best.items()})
+    table.update({f"{n},{k},{b}": list(c) for (n, k, b), c in bucket_choices(report, L.bucket_of).items()})
     L.TUNED.clear()
     L.TUNED.update({tuple(int(x) for x in key.split(",")): L.Cfg(*c) for key, c in table.items()})
     # The table ships in the package (read at every import): configs only; every candidate's

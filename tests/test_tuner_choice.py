@@ -1,0 +1,35 @@
+"""benchmarks/kernels.py --tune: how several M of one bucket pick the bucket's GEMM config."""
+from __future__ import annotations
+
+import os
+import sys
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
+
+import kernels  # noqa: E402
+from tri_inductor.patterns import linear as L  # noqa: E402
+
+A, B, C = [64, 64, 128, 2, 1, 4, 6, 0], [128, 64, 64, 1, 1, 4, 6, 0], [64, 128, 128, 8, 1, 4, 4, 1]
+
+
+def _row(m, results):
+    return {"M": m, "N": 6144, "K": 4096, "cublas_ms": 0.02, "results": results}
+
+
+def test_least_summed_relative_time_wins():
+    # A: 1.00 + 1.10 = 2.10, B: 1.05 + 1.00 = 2.05 -> B, though A is the best at M = 96
+    got = kernels.bucket_choices([_row(96, [(0.020, A), (0.021, B)]), _row(128, [(0.022, B), (0.0242, A)])],
+                                 L.bucket_of)
+    assert got == {(6144, 4096, 128): L.Cfg(*B)}
+
+
+def test_config_timed_at_one_m_only_cannot_win_on_a_shorter_sum():
+    # C ran only at M = 512 (its candidate list depends on M): its one-term sum 1.0 must not
+    # beat A's two-term 2.2
+    rows = [_row(384, [(0.040, A), (0.046, B)]), _row(512, [(0.050, C), (0.060, A), (0.070, B)])]
+    assert kernels.bucket_choices(rows, L.bucket_of) == {(6144, 4096, 512): L.Cfg(*A)}
+
+
+def test_buckets_kept_apart():
+    rows = [_row(64, [(0.018, A), (0.019, B)]), _row(128, [(0.022, B), (0.030, A)])]
+    assert kernels.bucket_choices(rows, L.bucket_of) == {(6144, 4096, 64): L.Cfg(*A), (6144, 4096, 128): L.Cfg(*B)}
