@@ -34,6 +34,24 @@ def test_kernel_matches_reference(act: str, shape, dtype, poison) -> None:
     assert rel(out, ref) < TOL[dtype]
 
 
+@pytest.mark.parametrize("width", [1000, 2048, 2500])
+def test_runtime_width_matches_static(width, poison) -> None:
+    # D = 0 (a symbolic width: runtime division and column mask) against the static width
+    # (constant split, no mask when BLOCK divides it): identical outputs, bit for bit.
+    from tri_inductor.patterns._launch import launch
+
+    x = torch.randn(9, 2 * width, dtype=torch.bfloat16) * 3
+    block, warps = A._launch_config(width, 2)
+    outs = []
+    for static in (width, 0):
+        out = torch.full((9, width), float("nan"), dtype=torch.bfloat16)
+        launch(A._gated_act_kernel, (9 * -(-width // block),), x, out, width, x.stride(0), out.stride(0),
+               ACT=A._ACTS["silu"], BLOCK=block, D=static, num_warps=warps)
+        outs.append(out)
+    assert not outs[0].isnan().any() and torch.equal(outs[0], outs[1])
+    assert rel(outs[0], A.reference_silu_and_mul(x)) < TOL[torch.bfloat16]
+
+
 def test_strided_rows(poison) -> None:
     # A row-strided input (a column slice of a wider buffer): read through the row stride.
     wide = torch.randn(7, 300, dtype=torch.bfloat16)

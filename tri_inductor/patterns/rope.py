@@ -42,14 +42,16 @@ def _rope_kernel(
     # QK_NORM (Qwen3): each head row is RMS-normalised (weight qw/kw, fp32) before the rotation,
     # in registers: one rounding at the store, as Inductor's fused norm + RoPE kernel rounds.
     eps = tl.cast(eps, tl.float32)  # Inductor types a Python float argument fp64
-    toks = tl.program_id(0).to(tl.int64) * BLOCK_T + tl.arange(0, BLOCK_T)
+    # Token ids fit 32 bits; the (b, s) split divides in 32 bits (a 64-bit division by the
+    # runtime S is several times longer) and only the addresses widen to 64.
+    toks32 = tl.program_id(0) * BLOCK_T + tl.arange(0, BLOCK_T)
     hb = tl.program_id(1)
     n_qb = (Hq + BLOCK_H - 1) // BLOCK_H
     HALF: tl.constexpr = ROT // 2
-    t3 = toks[:, None, None]
+    t3 = toks32[:, None, None].to(tl.int64)
     tmask3 = t3 < T
-    b3 = t3 // S
-    s3 = t3 % S
+    b3 = (toks32[:, None, None] // S).to(tl.int64)
+    s3 = (toks32[:, None, None] % S).to(tl.int64)
     d3 = tl.arange(0, HALF_BLOCK)[None, None, :]
     dmask3 = d3 < HALF
     r3 = tl.arange(0, 2 * HALF_BLOCK)[None, None, :]
