@@ -222,6 +222,19 @@ def test_gated_dispatch_numerics(M, poison, monkeypatch):
     assert _rel(out, L.reference_addmm(bias, a, b)) < TOL[torch.bfloat16]
 
 
+@pytest.mark.parametrize("nk", sorted({(n, k) for n, k, _ in L.TUNED}))
+def test_dispatch_plan_kernels_differ_in_more_than_launch_options(nk):
+    # Inductor (torch 2.11) keys inlined user kernels by their arguments and constexprs, not by
+    # num_warps / num_stages: two buckets whose configs differ only there would both run with
+    # the first one's launch options.
+    n, k = nk
+    seen = {}
+    for lo, hi, c in L.dispatch_plan(n, k, torch.bfloat16):
+        key = (c.block_m, c.block_n, c.block_k, c.group_m, c.kernel,
+               L._split_k(c, L.representative_m(hi), n, k) if c.kernel == L.PTR else 0)
+        assert seen.setdefault(key, (c.num_warps, c.num_stages)) == (c.num_warps, c.num_stages), (lo, hi, c)
+
+
 def test_dispatch_plan_merges_equal_configs():
     plan = L.dispatch_plan(4096, 4096, torch.bfloat16)
     assert plan[0][0] == 0 and plan[-1][1] is None
