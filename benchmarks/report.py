@@ -381,9 +381,11 @@ def plot(folder: str | Path, path: str | Path) -> Path:
             ax.set_title(f"{d.get('card', '?')}: tri_inductor vs vLLM compile path ({name}); > 1 = we are faster")
             ax.legend(loc="lower right", fontsize=8)
         elif kind == "gemm":
-            labels = [f"{r.get('N')}x{r.get('K')}\nM={r.get('M')}" for r in rows]
+            labels = [f"M={r.get('M')} {r.get('N')}x{r.get('K')}" for r in rows]
             ax.bar(range(len(rows)), [r.get("vs_cublas") or 0 for r in rows], color="tab:green")
-            ax.set_xticks(range(len(rows)), labels, fontsize=6)
+            ax.set_xticks(range(len(rows)), labels, fontsize=6, rotation=90)
+            ax.axhline(0.85, color="tab:red", lw=0.8, ls=":", label="0.85x: no shape below (issue #3)")
+            ax.legend(loc="lower right", fontsize=8)
             ax.set_title(f"{d.get('meta', {}).get('card', '?')}: our Triton GEMM vs cuBLAS (time ratio; > 1 = faster) ({name})")
         else:
             ax.text(0.5, 0.5, "no results", ha="center", va="center")
