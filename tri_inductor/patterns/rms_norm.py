@@ -29,6 +29,17 @@ MAX_FUSED_BLOCK = 16384
 
 
 @triton.jit
+def _residual_sum(res_ptr, res_stride, res2_ptr, res2_stride, row, cols, mask,
+                  HAS_RESIDUAL2: tl.constexpr, EVICT: tl.constexpr):
+    # residual (+ residual2) of one row chunk, in fp32: what the kernel adds to x
+    r = tl.load(res_ptr + row * res_stride + cols, mask=mask, other=0.0, eviction_policy=EVICT).to(tl.float32)
+    if HAS_RESIDUAL2:
+        r += tl.load(res2_ptr + row * res2_stride + cols, mask=mask, other=0.0,
+                     eviction_policy=EVICT).to(tl.float32)
+    return r
+
+
+@triton.jit
 def _rms_norm_kernel(
     x_ptr, res_ptr, w_ptr, out_ptr, res_out_ptr, res2_ptr,
     x_stride, res_stride, out_stride, res_out_stride, res2_stride,
@@ -63,12 +74,8 @@ def _rms_norm_kernel(
         # Streamed once: evict_first keeps L2 for the weight row, which every program re-reads.
         x = tl.load(x_row + cols, mask=mask, other=0.0, eviction_policy="evict_first").to(tl.float32)
         if HAS_RESIDUAL:
-            r = tl.load(res_ptr + row * res_stride + cols, mask=mask, other=0.0,
-                        eviction_policy="evict_first").to(tl.float32)
-            if HAS_RESIDUAL2:
-                r += tl.load(res2_ptr + row * res2_stride + cols, mask=mask, other=0.0,
-                             eviction_policy="evict_first").to(tl.float32)
-            x += r
+            x += _residual_sum(res_ptr, res_stride, res2_ptr, res2_stride, row, cols, mask,
+                               HAS_RESIDUAL2, "evict_first")
             if STORE_RESIDUAL:
                 # New residual is rounded to res_out's dtype; the norm uses the fp32 sum (as
                 # vLLM's native fused_add_rms_norm does).
@@ -85,10 +92,8 @@ def _rms_norm_kernel(
             mask = c < H
             x = tl.load(x_row + c, mask=mask, other=0.0).to(tl.float32)
             if HAS_RESIDUAL:
-                r = tl.load(res_ptr + row * res_stride + c, mask=mask, other=0.0).to(tl.float32)
-                if HAS_RESIDUAL2:
-                    r += tl.load(res2_ptr + row * res2_stride + c, mask=mask, other=0.0).to(tl.float32)
-                x += r
+                # default caching: pass 2 reads these chunks again
+                x += _residual_sum(res_ptr, res_stride, res2_ptr, res2_stride, row, c, mask, HAS_RESIDUAL2, "")
                 if STORE_RESIDUAL:
                     tl.store(res_out_ptr + row * res_out_stride + c, x.to(res_out_ptr.dtype.element_ty), mask=mask)
             acc += x * x
@@ -103,10 +108,7 @@ def _rms_norm_kernel(
             else:
                 x = tl.load(x_row + c, mask=mask, other=0.0).to(tl.float32)
                 if HAS_RESIDUAL:  # the sum again, in the same order (res_out may be rounded)
-                    r = tl.load(res_ptr + row * res_stride + c, mask=mask, other=0.0).to(tl.float32)
-                    if HAS_RESIDUAL2:
-                        r += tl.load(res2_ptr + row * res2_stride + c, mask=mask, other=0.0).to(tl.float32)
-                    x += r
+                    x += _residual_sum(res_ptr, res_stride, res2_ptr, res2_stride, row, c, mask, HAS_RESIDUAL2, "")
             w = tl.load(w_ptr + c, mask=mask, other=0.0).to(tl.float32) + w_offset
             tl.store(out_row + c, (x * rstd * w).to(out_ptr.dtype.element_ty), mask=mask)
 
