@@ -111,6 +111,11 @@ TMA_SWEEP = True
 SPLIT_SWEEP = True
 
 
+def _fit_smem(cfgs):
+    """The configs whose bf16 operand stages fit an SM's shared memory (227 KB, some kept spare)."""
+    return [x for x in cfgs if (x.block_m * x.block_k + x.block_k * x.block_n) * 2 * x.num_stages <= 225 * 1024]
+
+
 def _gemm_candidates(M, N=None, K=None):
     from tri_inductor.patterns.linear import GEMV, TMA, TMA_WS, TUNED, Cfg
 
@@ -136,7 +141,7 @@ def _gemm_candidates(M, N=None, K=None):
         if M > 16:  # one wgmma row block: the persistent TMA kernel with narrow N tiles
             c += [Cfg(64, bn, bk, 1, 1, 4, st, TMA) for bn, bk, st in
                   ((32, 128, 6), (64, 128, 5), (64, 64, 8), (128, 64, 6), (32, 256, 4), (64, 256, 3))]
-        return [x for x in c if (x.block_m * x.block_k + x.block_k * x.block_n) * 2 * x.num_stages <= 225 * 1024]
+        return _fit_smem(c)
     if M <= 128 and SPLIT_SWEEP:
         # weight streaming at two row blocks: the decode tiles with GROUP_M = 2, so both row
         # blocks of a w panel run together and the second reads it from L2
@@ -151,7 +156,7 @@ def _gemm_candidates(M, N=None, K=None):
         c += [Cfg(128, 256, 64, 8, 1, 8, 3, TMA_WS), Cfg(128, 128, 64, 8, 1, 4, 4, TMA_WS)]
         c += [Cfg(bm, bn, bk, 8, 1, 4, st, TMA) for bm, bn, bk, st in
               ((64, 64, 128, 4), (64, 64, 64, 6), (64, 128, 64, 5), (128, 64, 64, 5), (128, 64, 128, 3), (64, 32, 128, 6))]
-        return [x for x in c if (x.block_m * x.block_k + x.block_k * x.block_n) * 2 * x.num_stages <= 225 * 1024]
+        return _fit_smem(c)
     tma = [Cfg(128, 256, 64, 8, 1, 8, 3, TMA), Cfg(128, 256, 64, 8, 1, 8, 3, TMA_WS), Cfg(128, 128, 64, 8, 1, 8, 4, TMA),
            Cfg(128, 128, 64, 8, 1, 8, 4, TMA_WS), Cfg(128, 128, 64, 8, 1, 4, 4, TMA), Cfg(128, 128, 64, 8, 1, 4, 4, TMA_WS),
            Cfg(128, 256, 64, 4, 1, 8, 3, TMA), Cfg(128, 128, 128, 8, 1, 8, 3, TMA), Cfg(128, 64, 64, 8, 1, 4, 4, TMA),
@@ -491,7 +496,8 @@ def main():
     p.add_argument("--tune-min-m", type=int, default=1)
     p.add_argument("--tune-what", default="gemm,attn")
     p.add_argument("--tune-max-m", type=int, default=1 << 30)
-    p.add_argument("--tune-m", default="", help="comma-separated M values to tune (default: all)")
+    p.add_argument("--tune-m", default="", help="comma-separated M values to tune, any M "
+                   "(default: --gemm-m, else the acceptance grid)")
     p.add_argument("--tune-nk", default="", help="comma-separated NxK shapes to tune (default: the Llama-8B "
                    "linear shapes; 'lm_head' adds 128256x4096)")
     p.add_argument("--bench-after-tune", action="store_true", help="then benchmark with the new table")
