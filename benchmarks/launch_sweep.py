@@ -97,10 +97,9 @@ def _rope_ours(op: str, args, elems: int, warps: int):
     real = RP._blocks
 
     def forced(head, rot, n_heads, n_seq, heads_adjacent):
-        adjacent = heads_adjacent
-        _, _, half, pas, _ = real(head, rot, n_heads, n_seq, adjacent)
+        _, _, half, pas, _ = real(head, rot, n_heads, n_seq, heads_adjacent)
         span = max(1, elems // triton.next_power_of_2(head))
-        if adjacent:
+        if heads_adjacent:
             return 1, min(span, triton.next_power_of_2(n_heads)), half, pas, warps
         return min(span, triton.next_power_of_2(n_seq)), 1, half, pas, warps
 
