@@ -144,3 +144,10 @@ def test_tri_inductor_backend_uses_our_kernel() -> None:
         d = x.shape[-1] // 2
         return torch.nn.functional.silu(x[..., :d]) * x[..., d:]
     assert_our_kernel(backend_output_code(FN_, torch.randn(4, 64, dtype=torch.bfloat16)), "_gated_act_kernel")
+
+
+def test_bad_input_names_the_op_and_the_way_out() -> None:
+    with pytest.raises(RuntimeError, match=r"silu_and_mul: last dim 5 must be even"):
+        A.silu_and_mul(torch.randn(2, 5))
+    with pytest.raises(RuntimeError, match=r"gelu_and_mul: approximate='fast'; use 'none' \(erf\) or 'tanh'"):
+        A.gelu_and_mul(torch.randn(2, 4), "fast")

@@ -79,7 +79,8 @@ def _launch_config(d: int, elem_size: int) -> tuple[int, int]:
 
 
 def _gated(x: torch.Tensor, act: str) -> torch.Tensor:
-    torch._check(x.shape[-1] % 2 == 0, lambda: f"last dim {x.shape[-1]} must be even")
+    torch._check(x.shape[-1] % 2 == 0, lambda: f"{'silu' if act == 'silu' else 'gelu'}_and_mul: last dim "
+                 f"{x.shape[-1]} must be even (the gate and up halves side by side)")
     d = x.shape[-1] // 2
     if x.stride(-1) != 1:
         x = x.contiguous()
@@ -104,7 +105,8 @@ def silu_and_mul(x: torch.Tensor) -> torch.Tensor:
 
 @triton_op("tri_inductor::gelu_and_mul", mutates_args={})
 def gelu_and_mul(x: torch.Tensor, approximate: str = "none") -> torch.Tensor:
-    torch._check(approximate in ("none", "tanh"), lambda: f"approximate={approximate!r}")
+    torch._check(approximate in ("none", "tanh"),
+                 lambda: f"gelu_and_mul: approximate={approximate!r}; use 'none' (erf) or 'tanh'")
     return _gated(x, approximate)
 
 
