@@ -116,6 +116,15 @@ def _fit_smem(cfgs):
     return [x for x in cfgs if (x.block_m * x.block_k + x.block_k * x.block_n) * 2 * x.num_stages <= 225 * 1024]
 
 
+def _inductor_tiles():
+    from tri_inductor.patterns.linear import Cfg
+
+    # The pointer-kernel tiles Inductor's max-autotune picked for M = 128-512 of the Llama-8B
+    # shapes on H200 (its top choices; BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M, split, warps, stages).
+    return [Cfg(64, 128, 64, 8, 1, 4, 3), Cfg(128, 128, 64, 8, 1, 4, 3), Cfg(64, 128, 128, 8, 1, 4, 4),
+            Cfg(128, 128, 64, 8, 1, 8, 5), Cfg(64, 64, 128, 8, 1, 4, 5)]
+
+
 def _gemm_candidates(M, N=None, K=None):
     from tri_inductor.patterns.linear import GEMV, TMA, TMA_WS, TUNED, Cfg
 
@@ -156,7 +165,7 @@ def _gemm_candidates(M, N=None, K=None):
         c += [Cfg(128, 256, 64, 8, 1, 8, 3, TMA_WS), Cfg(128, 128, 64, 8, 1, 4, 4, TMA_WS)]
         c += [Cfg(bm, bn, bk, 8, 1, 4, st, TMA) for bm, bn, bk, st in
               ((64, 64, 128, 4), (64, 64, 64, 6), (64, 128, 64, 5), (128, 64, 64, 5), (128, 64, 128, 3), (64, 32, 128, 6))]
-        return _fit_smem(c)
+        return _fit_smem(c + _inductor_tiles())
     tma = [Cfg(128, 256, 64, 8, 1, 8, 3, TMA), Cfg(128, 256, 64, 8, 1, 8, 3, TMA_WS), Cfg(128, 128, 64, 8, 1, 8, 4, TMA),
            Cfg(128, 128, 64, 8, 1, 8, 4, TMA_WS), Cfg(128, 128, 64, 8, 1, 4, 4, TMA), Cfg(128, 128, 64, 8, 1, 4, 4, TMA_WS),
            Cfg(128, 256, 64, 4, 1, 8, 3, TMA), Cfg(128, 128, 128, 8, 1, 8, 3, TMA), Cfg(128, 64, 64, 8, 1, 4, 4, TMA),
@@ -168,6 +177,7 @@ def _gemm_candidates(M, N=None, K=None):
          Cfg(64, 128, 64, 8, 1, 4, 4), Cfg(128, 64, 64, 8, 1, 4, 4), Cfg(64, 256, 64, 8, 1, 8, 3),
          Cfg(128, 256, 64, 16, 1, 8, 3), Cfg(128, 128, 64, 4, 1, 8, 5)]
     if M <= 512:
+        c += _inductor_tiles() + [Cfg(128, 128, 64, 8, 1, 8, 5, TMA), Cfg(64, 128, 64, 8, 1, 4, 3, TMA)]
         c += [Cfg(128, 128, 64, 8, 0, 8, 4), Cfg(64, 128, 64, 8, 0, 4, 4)]
         c += [Cfg(128, 64, 128, 8, 1, 4, 4, TMA), Cfg(64, 256, 64, 8, 1, 4, 4, TMA), Cfg(128, 128, 64, 8, 1, 8, 5, TMA_WS),
               Cfg(256, 128, 64, 8, 1, 8, 3, TMA_WS), Cfg(128, 64, 64, 8, 1, 4, 6, TMA), Cfg(64, 128, 128, 8, 1, 4, 4, TMA)]

@@ -64,6 +64,31 @@ def test_mm_each_config(cfg):
     assert _rel(out, L.reference_addmm(bias, a, b)) < TOL[torch.bfloat16]
 
 
+@pytest.mark.parametrize("idx32", [True, False])
+def test_mm_pointer_offsets_32_and_64_bit(idx32, monkeypatch):
+    # Both address forms of the pointer kernel (32-bit offsets when the host shows they fit,
+    # 64-bit otherwise) on a ragged problem, split-K included, with a strided (row-major) b.
+    monkeypatch.setattr(L, "_offsets_fit_int32", lambda *a: idx32)
+    M, N, K = 45, 130, 300
+    g = torch.Generator().manual_seed(3)
+    a = torch.randn(M, K, generator=g).to(torch.bfloat16)
+    bias = torch.randn(N, generator=g).to(torch.bfloat16)
+    for b in (torch.randn(N, K, generator=g).to(torch.bfloat16).t(), torch.randn(K, N, generator=g).to(torch.bfloat16)):
+        for split in (1, 3):
+            out = L._mm_launch(a, b, bias, L.Cfg(32, 64, 64, 2, split, 4, 3))
+            assert _rel(out, L.reference_addmm(bias, a, b)) < TOL[torch.bfloat16]
+
+
+def test_offsets_fit_int32_bounds():
+    a = torch.empty(4096, 4096, dtype=torch.bfloat16, device="meta")
+    w = torch.empty(128256, 4096, dtype=torch.bfloat16, device="meta")
+    assert L._offsets_fit_int32(a, w.t(), None, 1)            # lm_head: 525M elements of w
+    big = torch.empty(600_000, 4096, dtype=torch.bfloat16, device="meta")
+    assert not L._offsets_fit_int32(big, w.t(), None, 1)      # rows of a past 2**31 elements
+    assert not L._offsets_fit_int32(a, w.t(), None, 4)        # [4, 4096, 128256] split-K partials
+    assert L._offsets_fit_int32(a[:, :1024], w[:, :1024].t(), 8192, 1)  # strided views, M capped
+
+
 @pytest.mark.parametrize("transposed", [True, False])
 @pytest.mark.parametrize("kernel", [L.TMA, L.TMA_WS])
 def test_mm_tma_persistent(transposed, kernel):
@@ -288,7 +313,7 @@ def _sm90_compile(cfg):
                                             WARP_SPECIALIZE=cfg.kernel == L.TMA_WS, BLOCK_M=cfg.block_m,
                                             BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, GROUP_M=cfg.group_m)
     else:
-        kern, const = L.mm_kernel, dict(HAS_BIAS=True, SPLIT_K=1, EVEN_K=True, PRECISION="tf32",
+        kern, const = L.mm_kernel, dict(HAS_BIAS=True, SPLIT_K=1, EVEN_K=True, PRECISION="tf32", IDX32=True,
                                         stride_ak=1, stride_bk=1, stride_cn=1, BLOCK_M=cfg.block_m,
                                         BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, GROUP_M=cfg.group_m)
     sig = {n: ("*bf16" if n in ("A", "B", "C", "bias") else "i32") for n in kern.arg_names}
