@@ -30,12 +30,11 @@ MAX_FUSED_BLOCK = 16384
 
 @triton.jit
 def _residual_sum(res_ptr, res_stride, res2_ptr, res2_stride, row, cols, mask,
-                  HAS_RESIDUAL2: tl.constexpr, EVICT: tl.constexpr):
+                  HAS_RESIDUAL2: tl.constexpr):
     # residual (+ residual2) of one row chunk, in fp32: what the kernel adds to x
-    r = tl.load(res_ptr + row * res_stride + cols, mask=mask, other=0.0, eviction_policy=EVICT).to(tl.float32)
+    r = tl.load(res_ptr + row * res_stride + cols, mask=mask, other=0.0).to(tl.float32)
     if HAS_RESIDUAL2:
-        r += tl.load(res2_ptr + row * res2_stride + cols, mask=mask, other=0.0,
-                     eviction_policy=EVICT).to(tl.float32)
+        r += tl.load(res2_ptr + row * res2_stride + cols, mask=mask, other=0.0).to(tl.float32)
     return r
 
 
@@ -71,11 +70,12 @@ def _rms_norm_kernel(
         # The weight is loaded before the reduction, not after it: at decode (a handful of rows,
         # latency-bound) a load issued after the cross-warp sum adds a second memory round trip.
         w = tl.load(w_ptr + cols, mask=mask, other=0.0, eviction_policy="evict_last").to(tl.float32) + w_offset
-        # Streamed once: evict_first keeps L2 for the weight row, which every program re-reads.
-        x = tl.load(x_row + cols, mask=mask, other=0.0, eviction_policy="evict_first").to(tl.float32)
+        # x and the residuals are read once, with default caching: marking them evict_first
+        # (to keep the weight row in L2) made add + RMSNorm at 4096 x 4096 bf16 5% slower on
+        # H200 (37.6 vs 35.8 us; Inductor's kernel 36.8).
+        x = tl.load(x_row + cols, mask=mask, other=0.0).to(tl.float32)
         if HAS_RESIDUAL:
-            x += _residual_sum(res_ptr, res_stride, res2_ptr, res2_stride, row, cols, mask,
-                               HAS_RESIDUAL2, "evict_first")
+            x += _residual_sum(res_ptr, res_stride, res2_ptr, res2_stride, row, cols, mask, HAS_RESIDUAL2)
             if STORE_RESIDUAL:
                 # New residual is rounded to res_out's dtype; the norm uses the fp32 sum (as
                 # vLLM's native fused_add_rms_norm does).
@@ -93,7 +93,7 @@ def _rms_norm_kernel(
             x = tl.load(x_row + c, mask=mask, other=0.0).to(tl.float32)
             if HAS_RESIDUAL:
                 # default caching: pass 2 reads these chunks again
-                x += _residual_sum(res_ptr, res_stride, res2_ptr, res2_stride, row, c, mask, HAS_RESIDUAL2, "")
+                x += _residual_sum(res_ptr, res_stride, res2_ptr, res2_stride, row, c, mask, HAS_RESIDUAL2)
                 if STORE_RESIDUAL:
                     tl.store(res_out_ptr + row * res_out_stride + c, x.to(res_out_ptr.dtype.element_ty), mask=mask)
             acc += x * x
@@ -108,7 +108,7 @@ def _rms_norm_kernel(
             else:
                 x = tl.load(x_row + c, mask=mask, other=0.0).to(tl.float32)
                 if HAS_RESIDUAL:  # the sum again, in the same order (res_out may be rounded)
-                    x += _residual_sum(res_ptr, res_stride, res2_ptr, res2_stride, row, c, mask, HAS_RESIDUAL2, "")
+                    x += _residual_sum(res_ptr, res_stride, res2_ptr, res2_stride, row, c, mask, HAS_RESIDUAL2)
             w = tl.load(w_ptr + c, mask=mask, other=0.0).to(tl.float32) + w_offset
             tl.store(out_row + c, (x * rstd * w).to(out_ptr.dtype.element_ty), mask=mask)
 
