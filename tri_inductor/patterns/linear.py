@@ -396,10 +396,9 @@ def _offsets_fit_int32(a, b, m_cap: int | None, split: int) -> bool:
     operands) also answer no."""
     M, K = a.shape
     N = b.shape[1]
-    rows = _int_or_none(M)
-    if rows is None:
-        rows = m_cap
-    vals = [_int_or_none(v) for v in (K, N, a.stride(0), a.stride(1), b.stride(0), b.stride(1))]
+    # isinstance, not int(): int() of a SymInt would install a guard (and specialise M)
+    rows = M if isinstance(M, int) else m_cap
+    vals = [v if isinstance(v, int) else None for v in (K, N, a.stride(0), a.stride(1), b.stride(0), b.stride(1))]
     if rows is None or any(v is None for v in vals):
         return False
     k, n, sam, sak, sbk, sbn = vals
