@@ -76,29 +76,42 @@ def mm_kernel(
     k_per_split = tl.cdiv(K, SPLIT_K * BLOCK_K) * BLOCK_K
     k_lo = pid_k * k_per_split
     k_hi = tl.minimum(K, k_lo + k_per_split)
-    # Each K step computes its element offsets afresh and adds them to the base pointer, in 32
-    # bits when the host has shown every offset fits (IDX32), as Inductor's template does.
-    # Carrying BLOCK x BLOCK_K tiles of 64-bit pointers through the loop (the triton.ops form)
-    # ran the same tiles 10-25% slower on H200 (512 x 6144 x 4096, 64x128x64: 52.6 vs 42.9 us);
-    # 64-bit row bases plus 32-bit K offsets recovered only a third of that.
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     if IDX32:
+        # Each K step forms its element offsets afresh, in 32 bits (the host has shown they
+        # fit), and adds them to the base pointer, as Inductor's template does: with K steps of
+        # <= 128 this ran the same tiles 10-25% faster on H200 than bumping 64-bit pointer tiles
+        # (512 x 6144 x 4096, 64x128x64: 42.9 vs 52.6 us).
         a_rows = rm[:, None] * stride_am
         b_cols = rn[None, :] * stride_bn
+        for k in range(k_lo, k_hi, BLOCK_K):
+            kk = k + tl.arange(0, BLOCK_K)
+            a_ptrs = A + (a_rows + kk[None, :] * stride_ak)
+            b_ptrs = B + (b_cols + kk[:, None] * stride_bk)
+            if EVEN_K:
+                a = tl.load(a_ptrs)
+                b = tl.load(b_ptrs)
+            else:
+                a = tl.load(a_ptrs, mask=kk[None, :] < k_hi, other=0.0)
+                b = tl.load(b_ptrs, mask=kk[:, None] < k_hi, other=0.0)
+            acc = tl.dot(a, b, acc, input_precision=PRECISION)
     else:
-        a_rows = rm[:, None].to(tl.int64) * stride_am
-        b_cols = rn[None, :].to(tl.int64) * stride_bn
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    for k in range(k_lo, k_hi, BLOCK_K):
-        kk = k + tl.arange(0, BLOCK_K)
-        a_ptrs = A + (a_rows + kk[None, :] * stride_ak)
-        b_ptrs = B + (b_cols + kk[:, None] * stride_bk)
-        if EVEN_K:
-            a = tl.load(a_ptrs)
-            b = tl.load(b_ptrs)
-        else:
-            a = tl.load(a_ptrs, mask=kk[None, :] < k_hi, other=0.0)
-            b = tl.load(b_ptrs, mask=kk[:, None] < k_hi, other=0.0)
-        acc = tl.dot(a, b, acc, input_precision=PRECISION)
+        # 64-bit pointer tiles, bumped each K step: any size, and faster for the decode tiles
+        # with long K steps (BLOCK_K 256/512: the 32-bit form ran them 2-18% slower).
+        offs_k = k_lo + tl.arange(0, BLOCK_K)
+        a_ptrs = A + rm[:, None].to(tl.int64) * stride_am + offs_k[None, :] * stride_ak
+        b_ptrs = B + offs_k[:, None] * stride_bk + rn[None, :].to(tl.int64) * stride_bn
+        for k in range(k_lo, k_hi, BLOCK_K):
+            if EVEN_K:
+                a = tl.load(a_ptrs)
+                b = tl.load(b_ptrs)
+            else:
+                kk = k + tl.arange(0, BLOCK_K)
+                a = tl.load(a_ptrs, mask=kk[None, :] < k_hi, other=0.0)
+                b = tl.load(b_ptrs, mask=kk[:, None] < k_hi, other=0.0)
+            acc = tl.dot(a, b, acc, input_precision=PRECISION)
+            a_ptrs += BLOCK_K * stride_ak
+            b_ptrs += BLOCK_K * stride_bk
 
     c_mask = (offs_m[:, None] < M) & (offs_n[None, :] < N)
     if IDX32:
@@ -502,7 +515,7 @@ def _launch_cfg(a, b, bias, out, cfg: Cfg, gate=1, m_hint: int | None = None, m_
     split = _split_k(cfg, m_hint if m_hint is not None else _hint(M), n, k)
     grid = (tiles * gate, split)
     common = dict(HAS_BIAS=bias is not None, SPLIT_K=split, EVEN_K=(k % cfg.block_k == 0),
-                  PRECISION=_precision(a.dtype), IDX32=_offsets_fit_int32(a, b, m_cap, split),
+                  PRECISION=_precision(a.dtype), IDX32=cfg.block_k <= 128 and _offsets_fit_int32(a, b, m_cap, split),
                   BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
                   BLOCK_K=cfg.block_k, GROUP_M=cfg.group_m, num_warps=cfg.num_warps,
                   num_stages=min(cfg.num_stages, 3) if tma_kernel else cfg.num_stages)  # TMA smem budget differs
