@@ -15,6 +15,7 @@ import argparse
 import json
 import math
 import os
+import re
 import statistics
 import sys
 import time
@@ -68,6 +69,45 @@ def _inductor_mm():
     return torch.compile(f, mode="max-autotune-no-cudagraphs", dynamic=False)
 
 
+_AUTOTUNE_LINE = re.compile(r"^\s+(\S+) ([0-9.]+) ms ([0-9.]+)% (.*)$")
+
+
+def inductor_pick(autotune_log: str) -> dict | None:
+    """The winner of Inductor's max-autotune table (its stderr: "AUTOTUNE mm(...)" then one line
+    per choice, best first), as {"name", "ms", "BLOCK_M", ..., "num_warps"}: what our tuner's
+    candidates should include."""
+    for line in autotune_log.splitlines():
+        m = _AUTOTUNE_LINE.match(line)
+        if m:
+            pick = {"name": m.group(1), "ms": float(m.group(2))}
+            for key, val in re.findall(r"(\w+)=([^,]+)", m.group(4)):
+                pick[key] = int(val) if val.strip().isdigit() else val.strip().strip("'")
+            return pick
+    return None
+
+
+class _Tee:
+    """stderr copied into a buffer (Inductor writes its autotune table with sys.stderr.write)."""
+
+    def __init__(self):
+        self.parts: list[str] = []
+
+    def __enter__(self):
+        self.real = sys.stderr
+        sys.stderr = self
+        return self
+
+    def __exit__(self, *exc):
+        sys.stderr = self.real
+
+    def write(self, text):
+        self.parts.append(text)
+        return self.real.write(text)
+
+    def flush(self):
+        self.real.flush()
+
+
 def bench_gemm(with_inductor=True, ms=None, shapes=None):
     from tri_inductor.patterns import linear as L
 
@@ -81,11 +121,14 @@ def bench_gemm(with_inductor=True, ms=None, shapes=None):
             t_ours = bench([lambda a=a, w=w: L.mm(a, w.t()) for a, w in sets])
             t_cublas = bench([lambda a=a, w=w: torch.mm(a, w.t()) for a, w in sets])
             t_ind = tc = float("nan")
+            pick = None
             if ind is not None:
                 try:
                     t0 = time.time()
-                    ind(a0, w0)
+                    with _Tee() as tee:
+                        ind(a0, w0)
                     tc = time.time() - t0
+                    pick = inductor_pick("".join(tee.parts))
                     t_ind = bench([lambda a=a, w=w: ind(a, w) for a, w in sets])
                 except Exception as e:  # noqa: BLE001
                     log(f"inductor mm failed {M}x{N}x{K}: {e!r}"[:300])
@@ -94,14 +137,17 @@ def bench_gemm(with_inductor=True, ms=None, shapes=None):
             row = dict(M=M, N=N, K=K, ours_ms=t_ours, cublas_ms=t_cublas, inductor_ms=t_ind,
                        vs_cublas=t_cublas / t_ours, vs_inductor=t_ind / t_ours, tflops=tflops,
                        rel_err=err, config=list(cfg), split_k=L._split_k(cfg, M, N, K),
-                       inductor_compile_s=tc)  # Inductor's max-autotune compile of this shape
+                       inductor_compile_s=tc,  # Inductor's max-autotune compile of this shape
+                       inductor_pick=pick)  # its autotuner's winner (tiles, stages, warps)
             rows.append(row)
             if os.environ.get("OUT"):  # survives a timeout
                 with open(os.path.join(os.environ["OUT"], "gemm_rows.jsonl"), "a") as f:
                     f.write(json.dumps(row) + "\n")
             log(f"gemm M={M:5d} N={N:6d} K={K:6d} ours {t_ours*1e3:8.1f}us cublas {t_cublas*1e3:8.1f}us "
                 f"ind {t_ind*1e3:8.1f}us  x{row['vs_cublas']:.3f} cublas x{row['vs_inductor']:.3f} ind "
-                f"{tflops:6.1f}TF err {err:.1e} cfg {tuple(cfg)} split {row['split_k']}")
+                f"{tflops:6.1f}TF err {err:.1e} cfg {tuple(cfg)} split {row['split_k']}"
+                + (f" | inductor's pick {pick.get('BLOCK_M')}x{pick.get('BLOCK_N')}x{pick.get('BLOCK_K')} "
+                   f"st{pick.get('num_stages')} w{pick.get('num_warps')}" if pick else ""))
             del sets
     torch.cuda.empty_cache()
     return rows

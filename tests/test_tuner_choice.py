@@ -33,3 +33,22 @@ def test_config_timed_at_one_m_only_cannot_win_on_a_shorter_sum():
 def test_buckets_kept_apart():
     rows = [_row(64, [(0.018, A), (0.019, B)]), _row(128, [(0.022, B), (0.030, A)])]
     assert kernels.bucket_choices(rows, L.bucket_of) == {(6144, 4096, 64): L.Cfg(*A), (6144, 4096, 128): L.Cfg(*B)}
+
+
+# Inductor's max-autotune table as torch 2.11 prints it (H200, M=512 x N=6144 x K=4096, first lines).
+_AUTOTUNE = """Autotune Choices Stats:
+{"num_choices": 20, "best_kernel": "triton_mm_31"}
+AUTOTUNE mm(512x4096, 4096x6144)
+  triton_mm_31 0.0447 ms 100.0% ACC_TYPE='tl.float32', ALLOW_TF32=False, BLOCK_K=64, BLOCK_M=64, BLOCK_N=128, EVEN_K=True, GROUP_M=8, USE_FAST_ACCUM=False, num_stages=3, num_warps=4
+  triton_mm_37 0.0476 ms 93.8% ACC_TYPE='tl.float32', ALLOW_TF32=False, BLOCK_K=64, BLOCK_M=128, BLOCK_N=128, EVEN_K=True, GROUP_M=8, USE_FAST_ACCUM=False, num_stages=3, num_warps=4
+SingleProcess AUTOTUNE benchmarking takes 7.7320 seconds
+"""
+
+
+def test_inductor_pick_is_the_first_table_line():
+    pick = kernels.inductor_pick(_AUTOTUNE)
+    assert pick["name"] == "triton_mm_31" and pick["ms"] == 0.0447
+    assert (pick["BLOCK_M"], pick["BLOCK_N"], pick["BLOCK_K"]) == (64, 128, 64)
+    assert (pick["num_stages"], pick["num_warps"], pick["GROUP_M"]) == (3, 4, 8)
+    assert pick["ACC_TYPE"] == "tl.float32"
+    assert kernels.inductor_pick("no table here\n") is None
