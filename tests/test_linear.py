@@ -327,7 +327,7 @@ def _sm90_compile(cfg):
                                             WARP_SPECIALIZE=cfg.kernel == L.TMA_WS, BLOCK_M=cfg.block_m,
                                             BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, GROUP_M=cfg.group_m)
     else:
-        kern, const = L.mm_kernel, dict(HAS_BIAS=True, SPLIT_K=1, EVEN_K=True, PRECISION="tf32", IDX32=cfg.block_k <= 128,
+        kern, const = L.mm_kernel, dict(HAS_BIAS=True, SPLIT_K=1, EVEN_K=True, PRECISION="tf32", IDX32=cfg.block_k <= L.IDX32_MAX_BLOCK_K,
                                         stride_ak=1, stride_bk=1, stride_cn=1, BLOCK_M=cfg.block_m,
                                         BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, GROUP_M=cfg.group_m)
     sig = {n: ("*bf16" if n in ("A", "B", "C", "bias") else "i32") for n in kern.arg_names}

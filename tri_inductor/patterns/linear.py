@@ -45,6 +45,19 @@ from ._launch import launch
 aten = torch.ops.aten
 
 
+@triton.jit
+def _load_k_step(a_ptrs, b_ptrs, k, k_hi, EVEN_K: tl.constexpr, BLOCK_K: tl.constexpr):
+    # One K step's A [BLOCK_M, BLOCK_K] and B [BLOCK_K, BLOCK_N] tiles; K masked only when ragged.
+    if EVEN_K:
+        a = tl.load(a_ptrs)
+        b = tl.load(b_ptrs)
+    else:
+        kk = k + tl.arange(0, BLOCK_K)
+        a = tl.load(a_ptrs, mask=kk[None, :] < k_hi, other=0.0)
+        b = tl.load(b_ptrs, mask=kk[:, None] < k_hi, other=0.0)
+    return a, b
+
+
 # M is not specialised (== 1, % 16): eager calls (vLLM's lm_head: M = running requests, any value)
 # would otherwise JIT-compile new variants mid-serving; one kernel per config, warmed at start-up.
 @triton.jit(do_not_specialize=["M"])
@@ -88,12 +101,7 @@ def mm_kernel(
             kk = k + tl.arange(0, BLOCK_K)
             a_ptrs = A + (a_rows + kk[None, :] * stride_ak)
             b_ptrs = B + (b_cols + kk[:, None] * stride_bk)
-            if EVEN_K:
-                a = tl.load(a_ptrs)
-                b = tl.load(b_ptrs)
-            else:
-                a = tl.load(a_ptrs, mask=kk[None, :] < k_hi, other=0.0)
-                b = tl.load(b_ptrs, mask=kk[:, None] < k_hi, other=0.0)
+            a, b = _load_k_step(a_ptrs, b_ptrs, k, k_hi, EVEN_K, BLOCK_K)
             acc = tl.dot(a, b, acc, input_precision=PRECISION)
     else:
         # 64-bit pointer tiles, bumped each K step: any size, and faster for the decode tiles
@@ -102,13 +110,7 @@ def mm_kernel(
         a_ptrs = A + rm[:, None].to(tl.int64) * stride_am + offs_k[None, :] * stride_ak
         b_ptrs = B + offs_k[:, None] * stride_bk + rn[None, :].to(tl.int64) * stride_bn
         for k in range(k_lo, k_hi, BLOCK_K):
-            if EVEN_K:
-                a = tl.load(a_ptrs)
-                b = tl.load(b_ptrs)
-            else:
-                kk = k + tl.arange(0, BLOCK_K)
-                a = tl.load(a_ptrs, mask=kk[None, :] < k_hi, other=0.0)
-                b = tl.load(b_ptrs, mask=kk[:, None] < k_hi, other=0.0)
+            a, b = _load_k_step(a_ptrs, b_ptrs, k, k_hi, EVEN_K, BLOCK_K)
             acc = tl.dot(a, b, acc, input_precision=PRECISION)
             a_ptrs += BLOCK_K * stride_ak
             b_ptrs += BLOCK_K * stride_bk
@@ -402,6 +404,11 @@ def _ensure_allocator():
         _allocator_set = True
 
 
+# mm_kernel's 32-bit offsets (IDX32) only for K steps up to this: the decode tiles with K steps
+# of 256/512 ran 2-18% slower in that form than with 64-bit pointer tiles (H200).
+IDX32_MAX_BLOCK_K = 128
+
+
 def _offsets_fit_int32(a, b, m_cap: int | None, split: int) -> bool:
     """Whether every element offset mm_kernel forms fits in int32: the last row of a (M, or
     ``m_cap`` when M is symbolic; unknown: no) and of b, each times its strides, and the end
@@ -515,7 +522,7 @@ def _launch_cfg(a, b, bias, out, cfg: Cfg, gate=1, m_hint: int | None = None, m_
     split = _split_k(cfg, m_hint if m_hint is not None else _hint(M), n, k)
     grid = (tiles * gate, split)
     common = dict(HAS_BIAS=bias is not None, SPLIT_K=split, EVEN_K=(k % cfg.block_k == 0),
-                  PRECISION=_precision(a.dtype), IDX32=cfg.block_k <= 128 and _offsets_fit_int32(a, b, m_cap, split),
+                  PRECISION=_precision(a.dtype), IDX32=cfg.block_k <= IDX32_MAX_BLOCK_K and _offsets_fit_int32(a, b, m_cap, split),
                   BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
                   BLOCK_K=cfg.block_k, GROUP_M=cfg.group_m, num_warps=cfg.num_warps,
                   num_stages=min(cfg.num_stages, 3) if tma_kernel else cfg.num_stages)  # TMA smem budget differs
