@@ -1,0 +1,104 @@
+"""``_launch``'s eager GPU path: a repeat call with the same specialisation goes straight to the
+compiled kernel's launcher, with the constexprs in signature order; anything Triton would
+specialise differently goes back through ``kernel[grid]``.  CPU-only: Triton's compile and
+launch are replaced by recorders (the real launch is covered on the GPU by test_gpu_block)."""
+from __future__ import annotations
+
+import pytest
+import torch
+import triton
+import triton.language as tl
+from triton import knobs
+from triton.knobs import HookChain
+from triton.runtime.jit import JITFunction
+
+from tri_inductor.patterns import _launch as L
+
+
+@triton.jit
+def _kernel(x_ptr, n, eps, BLOCK: tl.constexpr, FLAG: tl.constexpr = 3):
+    pass
+
+
+class _Compiled:
+    function, packed_metadata = "function", "packed_metadata"
+
+    def __init__(self) -> None:
+        self.runs: list[tuple] = []
+
+    def run(self, *args) -> None:
+        self.runs.append(args)
+
+
+@pytest.fixture
+def rec(monkeypatch):
+    compiled, slow = _Compiled(), []
+
+    def getitem(self, grid):
+        def call(*args, **kwargs):
+            slow.append((grid, args, kwargs))
+            return compiled
+        return call
+
+    monkeypatch.setattr(JITFunction, "__getitem__", getitem)
+    monkeypatch.setattr(L, "_COMPILED", {})
+    monkeypatch.setattr(L, "_current_stream", lambda: 77)
+    return compiled, slow
+
+
+def test_repeat_call_uses_the_compiled_launcher(rec) -> None:
+    compiled, slow = rec
+    x, y = torch.zeros(64, dtype=torch.bfloat16), torch.zeros(64, dtype=torch.bfloat16)
+    L._launch_gpu(_kernel, (4,), (x, 10, 1e-5), {"BLOCK": 64, "num_warps": 4})
+    assert len(slow) == 1 and not compiled.runs  # first call: Triton compiles and launches
+    L._launch_gpu(_kernel, (4, 2), (y, 10, 2e-5), {"BLOCK": 64, "num_warps": 4})
+    assert len(slow) == 1
+    # grid padded to 3-D, the stream, no launch hooks, then every parameter in signature order
+    # (the unpassed FLAG from its default); a float is a runtime value, not part of the key.
+    assert compiled.runs == [(4, 2, 1, 77, "function", "packed_metadata", None, None, None, y, 10, 2e-5, 64, 3)]
+
+
+@pytest.mark.parametrize("change", ["int", "dtype", "alignment", "constexpr", "option"])
+def test_a_different_specialisation_goes_back_to_triton(rec, change) -> None:
+    compiled, slow = rec
+    x = torch.zeros(64, dtype=torch.bfloat16)
+    args, kwargs = (x, 16, 1e-5), {"BLOCK": 64, "num_warps": 4}
+    L._launch_gpu(_kernel, (4,), args, kwargs)
+    if change == "int":
+        args = (x, 17, 1e-5)  # Triton specialises ints (== 1, % 16): we key on the value
+    elif change == "dtype":
+        args = (torch.zeros(64, dtype=torch.float16), 16, 1e-5)
+    elif change == "alignment":
+        args = (x[1:], 16, 1e-5)  # 2 bytes past a 16-byte boundary
+    elif change == "constexpr":
+        kwargs = {"BLOCK": 128, "num_warps": 4}
+    else:
+        kwargs = {"BLOCK": 64, "num_warps": 8}
+    L._launch_gpu(_kernel, (4,), args, kwargs)
+    assert len(slow) == 2 and not compiled.runs
+
+
+@pytest.mark.parametrize("how", ["chain", "callable"])
+def test_launch_hooks_keep_tritons_path(rec, monkeypatch, how) -> None:
+    # A profiler's launch hook (proton adds to Triton's HookChain) needs Triton's launch
+    # metadata: never bypassed.  The default, an empty chain, is no hook.
+    compiled, slow = rec
+    if how == "chain":
+        chain = HookChain()
+        chain.add(lambda *a: None)
+        monkeypatch.setattr(knobs.runtime, "launch_enter_hook", chain)
+    else:
+        monkeypatch.setattr(knobs.runtime, "launch_exit_hook", lambda *a: None)
+    x = torch.zeros(64, dtype=torch.bfloat16)
+    for _ in range(3):
+        L._launch_gpu(_kernel, (4,), (x, 10, 1e-5), {"BLOCK": 64})
+    assert len(slow) == 3 and not compiled.runs
+
+
+def test_cache_is_bounded(rec, monkeypatch) -> None:
+    compiled, slow = rec
+    monkeypatch.setattr(L, "_COMPILED_MAX", 4)
+    x = torch.zeros(64, dtype=torch.bfloat16)
+    for n in range(10):
+        L._launch_gpu(_kernel, (4,), (x, n, 1e-5), {"BLOCK": 64})
+    assert len(L._COMPILED) <= 4 and len(slow) == 10
