@@ -42,12 +42,14 @@ def rec(monkeypatch):
 
     monkeypatch.setattr(JITFunction, "__getitem__", getitem)
     monkeypatch.setattr(L, "_COMPILED", {})
-    monkeypatch.setattr(L, "_current_stream", lambda: 77)
-    return compiled, slow
+    device = {"index": 0}
+    monkeypatch.setattr(L, "_current_device", lambda: device["index"])
+    monkeypatch.setattr(L, "_current_stream", lambda d: 77 + d)
+    return compiled, slow, device
 
 
 def test_repeat_call_uses_the_compiled_launcher(rec) -> None:
-    compiled, slow = rec
+    compiled, slow, _ = rec
     x, y = torch.zeros(64, dtype=torch.bfloat16), torch.zeros(64, dtype=torch.bfloat16)
     L._launch_gpu(_kernel, (4,), (x, 10, 1e-5), {"BLOCK": 64, "num_warps": 4})
     assert len(slow) == 1 and not compiled.runs  # first call: Triton compiles and launches
@@ -58,9 +60,9 @@ def test_repeat_call_uses_the_compiled_launcher(rec) -> None:
     assert compiled.runs == [(4, 2, 1, 77, "function", "packed_metadata", None, None, None, y, 10, 2e-5, 64, 3)]
 
 
-@pytest.mark.parametrize("change", ["int", "dtype", "alignment", "constexpr", "option"])
+@pytest.mark.parametrize("change", ["int", "dtype", "alignment", "constexpr", "option", "device"])
 def test_a_different_specialisation_goes_back_to_triton(rec, change) -> None:
-    compiled, slow = rec
+    compiled, slow, device = rec
     x = torch.zeros(64, dtype=torch.bfloat16)
     args, kwargs = (x, 16, 1e-5), {"BLOCK": 64, "num_warps": 4}
     L._launch_gpu(_kernel, (4,), args, kwargs)
@@ -72,8 +74,10 @@ def test_a_different_specialisation_goes_back_to_triton(rec, change) -> None:
         args = (x[1:], 16, 1e-5)  # 2 bytes past a 16-byte boundary
     elif change == "constexpr":
         kwargs = {"BLOCK": 128, "num_warps": 4}
-    else:
+    elif change == "option":
         kwargs = {"BLOCK": 64, "num_warps": 8}
+    else:
+        device["index"] = 1  # another current device: Triton compiles and loads the kernel there
     L._launch_gpu(_kernel, (4,), args, kwargs)
     assert len(slow) == 2 and not compiled.runs
 
@@ -82,7 +86,7 @@ def test_a_different_specialisation_goes_back_to_triton(rec, change) -> None:
 def test_launch_hooks_keep_tritons_path(rec, monkeypatch, how) -> None:
     # A profiler's launch hook (proton adds to Triton's HookChain) needs Triton's launch
     # metadata: never bypassed.  The default, an empty chain, is no hook.
-    compiled, slow = rec
+    compiled, slow, _ = rec
     if how == "chain":
         chain = HookChain()
         chain.add(lambda *a: None)
@@ -96,9 +100,40 @@ def test_launch_hooks_keep_tritons_path(rec, monkeypatch, how) -> None:
 
 
 def test_cache_is_bounded(rec, monkeypatch) -> None:
-    compiled, slow = rec
+    compiled, slow, _ = rec
     monkeypatch.setattr(L, "_COMPILED_MAX", 4)
     x = torch.zeros(64, dtype=torch.bfloat16)
     for n in range(10):
         L._launch_gpu(_kernel, (4,), (x, n, 1e-5), {"BLOCK": 64})
     assert len(L._COMPILED) <= 4 and len(slow) == 10
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("m", [1, 16, 64, 256])  # GEMV, pointer kernel (two buckets), TMA kernel
+@pytest.mark.parametrize("bias", [False, True])
+def test_gpu_repeat_launch_is_bitwise_the_same(m, bias, monkeypatch) -> None:
+    # On a real GPU: the second eager GEMM skips Triton's launch path and gives the same bits
+    # as the first (Triton's own launch), within the GEMM tolerance of a float64 reference.
+    from tri_inductor.patterns import linear as LIN
+
+    calls = []
+    real_run = JITFunction.run
+
+    def counted(self, *args, **kwargs):
+        calls.append(self)
+        return real_run(self, *args, **kwargs)
+
+    monkeypatch.setattr(JITFunction, "run", counted)
+    monkeypatch.setattr(L, "_COMPILED", {})
+    g = torch.Generator(device="cuda").manual_seed(m)
+    w = torch.randn(1024, 512, device="cuda", dtype=torch.bfloat16, generator=g) / 16
+    a = torch.randn(m, 512, device="cuda", dtype=torch.bfloat16, generator=g)
+    b = torch.randn(1024, device="cuda", dtype=torch.bfloat16, generator=g) if bias else None
+    first = LIN._mm_launch(a, w.t(), b).clone()
+    n_first = len(calls)
+    again = LIN._mm_launch(a, w.t(), b)
+    torch.cuda.synchronize()
+    assert n_first >= 1 and len(calls) == n_first  # no call into Triton's launch path the second time
+    assert torch.equal(first, again)
+    ref = a.double() @ w.t().double() + (b.double() if bias else 0)
+    assert ((again.double() - ref).norm() / ref.norm()).item() < 1e-2

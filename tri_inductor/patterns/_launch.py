@@ -77,8 +77,12 @@ def _hook_set(hook: Any) -> bool:
     return hook is not None and bool(getattr(hook, "calls", True))
 
 
-def _current_stream() -> int:
-    return torch._C._cuda_getCurrentRawStream(torch.cuda.current_device())  # what Triton's launch uses
+def _current_device() -> int:
+    return torch.cuda.current_device()  # the device Triton's launch compiles for and launches on
+
+
+def _current_stream(device: int) -> int:
+    return torch._C._cuda_getCurrentRawStream(device)
 
 
 def _launch_gpu(kernel, grid, args: tuple, kwargs: dict[str, Any]) -> None:
@@ -89,7 +93,8 @@ def _launch_gpu(kernel, grid, args: tuple, kwargs: dict[str, Any]) -> None:
     if hooks or not isinstance(kernel, JITFunction):  # profilers see Triton's own launch path
         kernel[grid](*args, **kwargs)
         return
-    key = (kernel, *map(_spec, args), *kwargs.items())
+    device = _current_device()  # Triton keeps one kernel cache per device: so do we
+    key = (kernel, device, *map(_spec, args), *kwargs.items())
     hit = _COMPILED.get(key)
     if hit is None:
         compiled = kernel[grid](*args, **kwargs)
@@ -101,7 +106,7 @@ def _launch_gpu(kernel, grid, args: tuple, kwargs: dict[str, Any]) -> None:
         return
     compiled, tail = hit
     g0, g1, g2 = (*grid, 1, 1)[:3]
-    compiled.run(g0, g1, g2, _current_stream(), compiled.function, compiled.packed_metadata, None, None, None,
+    compiled.run(g0, g1, g2, _current_stream(device), compiled.function, compiled.packed_metadata, None, None, None,
                  *args, *tail)
 
 
