@@ -99,6 +99,15 @@ def test_launch_hooks_keep_tritons_path(rec, monkeypatch, how) -> None:
     assert len(slow) == 3 and not compiled.runs
 
 
+def test_callable_grid_keeps_tritons_path(rec) -> None:
+    # Triton calls a callable grid with its bound arguments, which only its own path has.
+    compiled, slow, _ = rec
+    x = torch.zeros(64, dtype=torch.bfloat16)
+    for _ in range(3):
+        L._launch_gpu(_kernel, lambda meta: (4,), (x, 10, 1e-5), {"BLOCK": 64})
+    assert len(slow) == 3 and not compiled.runs
+
+
 def test_cache_is_bounded(rec, monkeypatch) -> None:
     compiled, slow, _ = rec
     monkeypatch.setattr(L, "_COMPILED_MAX", 4)
