@@ -1,7 +1,7 @@
 """Kernel benchmarks on one GPU: our Triton ops vs cuBLAS / SDPA flash / Inductor, side by side.
 
     python benchmarks/kernels.py                 # everything, writes results/kernels_<card>.json
-    python benchmarks/kernels.py --only gemm     # gemm | attn | elem (comma separated)
+    python benchmarks/kernels.py --only gemm     # gemm | attn | elem | patterns | gate_up (comma separated)
     python benchmarks/kernels.py --tune          # sweep GEMM configs per (N, K, M bucket) and
                                                  # attention configs; writes linear_tuned.json
 
@@ -553,12 +553,58 @@ def bench_elementwise():
     return rows
 
 
+# ------------------------------------------------------------------- fused gate_up + SiLU-and-mul
+
+GATE_UP_NK = (28672, 4096)  # Llama-3-8B's merged gate_up projection: I = 14336
+GATE_UP_ROUNDS = 3
+
+
+def bench_gate_up(ms=None):
+    """The MLP's first half, act(x @ w_gate.T) * (x @ w_up.T), three ways, side by side:
+    ``fused``: our mm_act_mul (one GEMM, the activation in its epilogue: what the gate_up family
+    compiles to); ``ours``: our GEMM then our SiLU-and-mul kernel (the families apart);
+    ``stock``: cuBLAS then Inductor's SiLU-and-mul kernel (vLLM's compile path with Inductor)."""
+    from tri_inductor.patterns import activation as AC
+    from tri_inductor.patterns import linear as L
+
+    F = torch.nn.functional
+    N, K = GATE_UP_NK
+    d = N // 2
+    silu_ind = torch.compile(lambda h: F.silu(h[..., :d]) * h[..., d:], backend="inductor", dynamic=False)
+    rows = []
+    for M in ms or GEMM_M:
+        sets = _gemm_sets(M, N, K)
+        a0, w0 = sets[0]
+        ref = AC.reference_silu_and_mul(a0.double() @ w0.double().t())
+        fused0 = L.mm_act_mul(a0, w0.t(), "silu")
+        err = ((fused0.double() - ref).norm() / ref.norm()).item()
+        unfused_diff = ((fused0.float() - AC.silu_and_mul(L.mm(a0, w0.t())).float()).norm()
+                        / ref.norm()).item()
+        fns = {"fused": [lambda a=a, w=w: L.mm_act_mul(a, w.t(), "silu") for a, w in sets],
+               "ours": [lambda a=a, w=w: AC.silu_and_mul(L.mm(a, w.t())) for a, w in sets],
+               "stock": [lambda a=a, w=w: silu_ind(torch.mm(a, w.t())) for a, w in sets]}
+        times: dict[str, list[float]] = {k: [] for k in fns}
+        for r in range(GATE_UP_ROUNDS):  # alternating order, medians (as the GEMM rows)
+            for k in (list(fns) if r % 2 == 0 else list(fns)[::-1]):
+                times[k].append(bench(fns[k]))
+        t = {k: statistics.median(v) for k, v in times.items()}
+        row = dict(M=M, N=N, K=K, fused_ms=t["fused"], ours_unfused_ms=t["ours"], stock_ms=t["stock"],
+                   vs_unfused=t["ours"] / t["fused"], vs_stock=t["stock"] / t["fused"], rel_err=err,
+                   rel_diff_vs_unfused=unfused_diff,
+                   rounds_vs_stock=[round(s_ / f, 4) for f, s_ in zip(times["fused"], times["stock"])])
+        rows.append(row)
+        log(f"gate_up M={M:5d} fused {t['fused']*1e3:8.1f}us ours-unfused {t['ours']*1e3:8.1f}us "
+            f"cuBLAS+Inductor {t['stock']*1e3:8.1f}us  x{row['vs_unfused']:.3f} vs unfused, "
+            f"x{row['vs_stock']:.3f} vs stock, err {err:.1e}")
+    return rows
+
+
 # -------------------------------------------------------------------------------------- main
 
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--tune", action="store_true")
-    p.add_argument("--only", default="elem,gemm,attn,patterns")
+    p.add_argument("--only", default="elem,gemm,attn,patterns,gate_up")
     p.add_argument("--out", default=os.environ.get("OUT") or None, help="results folder")
     p.add_argument("--no-inductor", action="store_true")
     p.add_argument("--tune-min-m", type=int, default=1)
@@ -610,7 +656,8 @@ def main():
     out_name = f"{'gemm_sweep' if gemm_m or gemm_nk else 'kernels'}_{card_slug()}.json"
     for name, fn in (("elem", bench_elementwise), ("attn", bench_attention),
                      ("patterns", check_attention_patterns),
-                     ("gemm", lambda: bench_gemm(not args.no_inductor, gemm_m, gemm_nk))):
+                     ("gemm", lambda: bench_gemm(not args.no_inductor, gemm_m, gemm_nk)),
+                     ("gate_up", lambda: bench_gate_up(gemm_m))):
         if name in only:
             try:
                 res[name] = fn()
@@ -623,6 +670,9 @@ def main():
         res["gemm_geomean_vs_cublas"] = geomean([r["vs_cublas"] for r in g])
         res["gemm_min_vs_cublas"] = min(r["vs_cublas"] for r in g)
         res["gemm_geomean_vs_inductor"] = geomean([r["vs_inductor"] for r in g])
+    if isinstance(res.get("gate_up"), list):
+        res["gate_up_geomean_vs_stock"] = geomean([r["vs_stock"] for r in res["gate_up"]])
+        res["gate_up_geomean_vs_unfused"] = geomean([r["vs_unfused"] for r in res["gate_up"]])
     if isinstance(res.get("attn"), list):
         res["attn_geomean_vs_flash"] = geomean([r["vs_flash"] for r in res["attn"]])
     path = write_json(out_name, res, args.out)
@@ -645,6 +695,13 @@ def main():
                 f"{r['inductor_ms']*1e3:9.1f}{r['vs_cublas']:7.3f}{r['vs_inductor']:7.3f}{r['tflops']:6.0f}")
         log(f"gemm geomean vs cuBLAS {res['gemm_geomean_vs_cublas']:.3f}, min {res['gemm_min_vs_cublas']:.3f}, "
             f"geomean vs Inductor-Triton {res['gemm_geomean_vs_inductor']:.3f}")
+    if isinstance(res.get("gate_up"), list):
+        log(f"{'gate_up M':>9s}{'fused us':>10s}{'unfused':>9s}{'stock':>9s}{'vs unf':>8s}{'vs stock':>9s}")
+        for r in res["gate_up"]:
+            log(f"{r['M']:9d}{r['fused_ms']*1e3:10.1f}{r['ours_unfused_ms']*1e3:9.1f}{r['stock_ms']*1e3:9.1f}"
+                f"{r['vs_unfused']:8.3f}{r['vs_stock']:9.3f}")
+        log(f"gate_up fused geomean vs cuBLAS+Inductor SiLU {res['gate_up_geomean_vs_stock']:.3f}, "
+            f"vs our GEMM + SiLU apart {res['gate_up_geomean_vs_unfused']:.3f}")
     if "attn_geomean_vs_flash" in res:
         log(f"attention geomean vs SDPA flash {res['attn_geomean_vs_flash']:.3f}")
 

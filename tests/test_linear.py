@@ -316,20 +316,25 @@ def test_token_range_prefill_graph_launches_prefill_tiles_only():
 
 # ----------------------------------------------------------------------------- sm_90 codegen
 
-def _sm90_compile(cfg):
+def _sm90_compile(cfg, act=L.NO_ACT):
+    """sm_90 compile of ``cfg``'s kernel; with ``act`` its fused gate_up form, launched as
+    ``_launch_cfg`` does (half the columns of each tile in gate, half in up, no bias)."""
     import triton
     from triton.backends.compiler import GPUTarget
 
+    fused = act != L.NO_ACT
+    bn = (max(1, cfg.block_n // 2) if cfg.kernel == L.GEMV else max(16, cfg.block_n // 2)) if fused else cfg.block_n
+    common = dict(HAS_BIAS=not fused, ACT=act, BLOCK_N=bn, BLOCK_K=cfg.block_k)
     if cfg.kernel == L.GEMV:
-        kern, const = L.mm_gemv_kernel, dict(HAS_BIAS=True, EVEN_K=True, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k)
+        kern, const = L.mm_gemv_kernel, dict(EVEN_K=True, **common)
     elif cfg.kernel:
-        kern, const = L.mm_tma_kernel, dict(HAS_BIAS=True, B_KMAJOR=True, NUM_SMS=L.NUM_SMS,
+        kern, const = L.mm_tma_kernel, dict(B_KMAJOR=True, NUM_SMS=L.NUM_SMS,
                                             WARP_SPECIALIZE=cfg.kernel == L.TMA_WS, BLOCK_M=cfg.block_m,
-                                            BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, GROUP_M=cfg.group_m)
+                                            GROUP_M=cfg.group_m, **common)
     else:
-        kern, const = L.mm_kernel, dict(HAS_BIAS=True, SPLIT_K=1, EVEN_K=True, PRECISION="tf32", IDX32=cfg.block_k <= L.IDX32_MAX_BLOCK_K,
+        kern, const = L.mm_kernel, dict(SPLIT_K=1, EVEN_K=True, PRECISION="tf32", IDX32=cfg.block_k <= L.IDX32_MAX_BLOCK_K,
                                         stride_ak=1, stride_bk=1, stride_cn=1, BLOCK_M=cfg.block_m,
-                                        BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, GROUP_M=cfg.group_m)
+                                        GROUP_M=cfg.group_m, **common)
     sig = {n: ("*bf16" if n in ("A", "B", "C", "bias") else "i32") for n in kern.arg_names}
     sig.update({c: "constexpr" for c in const})
     src = triton.compiler.ASTSource(kern, sig, const)
@@ -341,10 +346,11 @@ def _sm90_compile(cfg):
 _KIND_EXAMPLES = [L.Cfg(1, 16, 512, 1, 1, 4, 1, L.GEMV), L.Cfg(1, 8, 2048, 1, 1, 8, 1, L.GEMV)]
 
 
+@pytest.mark.parametrize("act", [L.NO_ACT, L.ACTS["silu"]], ids=["plain", "gate_up_silu"])
 @pytest.mark.parametrize("cfg", sorted(set(_table_configs()) | set(_KIND_EXAMPLES)),
                          ids=lambda c: "x".join(map(str, c)))
-def test_config_compiles_for_sm90(cfg):
-    out = _sm90_compile(cfg)
+def test_config_compiles_for_sm90(cfg, act):
+    out = _sm90_compile(cfg, act)
     assert out.asm.get("cubin")
     assert out.metadata.shared <= 232448, out.metadata.shared
     if cfg.kernel in (L.TMA, L.TMA_WS):

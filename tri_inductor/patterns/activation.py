@@ -19,7 +19,22 @@ from ._launch import launch
 from ._trace import trace_replacement
 
 # Interpreter note: builtins only (sigmoid and tanh written with tl.exp; ``tl.sigmoid`` is a
-# ``@triton.jit`` helper the un-patched interpreter cannot call; see rms_norm.py).
+# ``@triton.jit`` helper the un-patched interpreter cannot call; see rms_norm.py). Our own helper
+# ``act_mul`` runs there: ``launch`` applies the interpreter patches for nested helpers.
+
+
+@triton.jit
+def act_mul(a, b, ACT: tl.constexpr):
+    """act(a) * b in fp32; ACT: 0 silu, 1 gelu (erf), 2 gelu (tanh). Also the epilogue of the
+    fused gate_up GEMM (linear.py)."""
+    if ACT == 0:  # silu
+        g = a / (1.0 + tl.exp(-a))
+    elif ACT == 1:  # gelu, erf form
+        g = 0.5 * a * (1.0 + tl.erf(a * 0.7071067811865476))
+    else:  # gelu, tanh form: tanh(z) = 2 / (1 + exp(-2z)) - 1 (saturates correctly at +-inf)
+        z = 0.7978845608028654 * (a + 0.044715 * a * a * a)
+        g = 0.5 * a * (2.0 / (1.0 + tl.exp(-2.0 * z)))
+    return g * b
 
 
 @triton.jit
@@ -51,14 +66,7 @@ def _gated_act_kernel(x_ptr, out_ptr, d, x_stride, out_stride,
     else:
         a = tl.load(x_row + cols, mask=cols < width, other=0.0).to(tl.float32)
         b = tl.load(x_row + width + cols, mask=cols < width, other=0.0).to(tl.float32)
-    if ACT == 0:  # silu
-        g = a / (1.0 + tl.exp(-a))
-    elif ACT == 1:  # gelu, erf form
-        g = 0.5 * a * (1.0 + tl.erf(a * 0.7071067811865476))
-    else:  # gelu, tanh form: tanh(z) = 2 / (1 + exp(-2z)) - 1 (saturates correctly at +-inf)
-        z = 0.7978845608028654 * (a + 0.044715 * a * a * a)
-        g = 0.5 * a * (2.0 / (1.0 + tl.exp(-2.0 * z)))
-    y = (g * b).to(out_ptr.dtype.element_ty)
+    y = act_mul(a, b, ACT).to(out_ptr.dtype.element_ty)
     if even:
         tl.store(out_ptr + row * out_stride + cols, y)
     else:

@@ -41,8 +41,20 @@ import triton.language as tl
 from torch.library import triton_op
 
 from ._launch import launch
+from .activation import act_mul
 
 aten = torch.ops.aten
+
+
+@triton.jit
+def _load_b(b_ptrs, k, k_hi, EVEN_K: tl.constexpr, BLOCK_K: tl.constexpr):
+    # One K step's B [BLOCK_K, BLOCK_N] tile alone (the up half of a fused gate_up GEMM).
+    if EVEN_K:
+        b = tl.load(b_ptrs)
+    else:
+        kk = k + tl.arange(0, BLOCK_K)
+        b = tl.load(b_ptrs, mask=kk[:, None] < k_hi, other=0.0)
+    return b
 
 
 @triton.jit
@@ -66,7 +78,7 @@ def mm_kernel(
     M, N, K,
     stride_am, stride_ak, stride_bk, stride_bn, stride_cs, stride_cm, stride_cn,
     HAS_BIAS: tl.constexpr, SPLIT_K: tl.constexpr, EVEN_K: tl.constexpr,
-    PRECISION: tl.constexpr, IDX32: tl.constexpr,
+    PRECISION: tl.constexpr, IDX32: tl.constexpr, ACT: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
 ):
     pid = tl.program_id(0)
@@ -90,6 +102,10 @@ def mm_kernel(
     k_lo = pid_k * k_per_split
     k_hi = tl.minimum(K, k_lo + k_per_split)
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    # ACT >= 0 (fused gate_up, see the module doc): C has N columns, b has 2N; ``up`` gathers
+    # the columns N further on, against the same A tile (dead code, removed, when ACT < 0).
+    tl.static_assert(ACT < 0 or (SPLIT_K == 1 and not HAS_BIAS))
+    up = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     if IDX32:
         # Each K step forms its element offsets afresh, in 32 bits (the host has shown they
         # fit), and adds them to the base pointer, as Inductor's template does: with K steps of
@@ -103,15 +119,22 @@ def mm_kernel(
             b_ptrs = B + (b_cols + kk[:, None] * stride_bk)
             a, b = _load_k_step(a_ptrs, b_ptrs, k, k_hi, EVEN_K, BLOCK_K)
             acc = tl.dot(a, b, acc, input_precision=PRECISION)
+            if ACT >= 0:
+                up = tl.dot(a, _load_b(b_ptrs + N * stride_bn, k, k_hi, EVEN_K, BLOCK_K), up,
+                            input_precision=PRECISION)
     else:
         # 64-bit pointer tiles, bumped each K step: any size, and faster for the decode tiles
         # with long K steps (BLOCK_K 256/512: the 32-bit form ran them 2-18% slower).
         offs_k = k_lo + tl.arange(0, BLOCK_K)
         a_ptrs = A + rm[:, None].to(tl.int64) * stride_am + offs_k[None, :] * stride_ak
         b_ptrs = B + offs_k[:, None] * stride_bk + rn[None, :].to(tl.int64) * stride_bn
+        up_ptrs = b_ptrs + tl.cast(N, tl.int64) * stride_bn
         for k in range(k_lo, k_hi, BLOCK_K):
             a, b = _load_k_step(a_ptrs, b_ptrs, k, k_hi, EVEN_K, BLOCK_K)
             acc = tl.dot(a, b, acc, input_precision=PRECISION)
+            if ACT >= 0:
+                up = tl.dot(a, _load_b(up_ptrs, k, k_hi, EVEN_K, BLOCK_K), up, input_precision=PRECISION)
+                up_ptrs += BLOCK_K * stride_bk
             a_ptrs += BLOCK_K * stride_ak
             b_ptrs += BLOCK_K * stride_bk
 
@@ -123,6 +146,8 @@ def mm_kernel(
     if SPLIT_K == 1:
         if HAS_BIAS:
             acc += tl.load(bias + offs_n, mask=offs_n < N, other=0.0).to(tl.float32)[None, :]
+        if ACT >= 0:
+            acc = act_mul(acc, up, ACT)
         tl.store(c_ptrs, acc.to(C.dtype.element_ty), mask=c_mask)
     else:
         tl.store(c_ptrs, acc, mask=c_mask)  # fp32 partial; the host-side sum adds the bias
@@ -145,19 +170,26 @@ def mm_tma_kernel(
     M, N, K,
     stride_am, stride_bk, stride_bn, stride_cm,
     HAS_BIAS: tl.constexpr, B_KMAJOR: tl.constexpr, NUM_SMS: tl.constexpr,
-    WARP_SPECIALIZE: tl.constexpr,
+    WARP_SPECIALIZE: tl.constexpr, ACT: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
 ):
     # Prefill GEMM for Hopper: persistent (one program per SM walks tiles NUM_SMS apart, in the
     # same grouped order), operands streamed by the TMA engine through device-side tensor
     # descriptors (bounds handled by TMA: no masks, ragged M/N/K zero-filled), C written by TMA.
+    # ACT >= 0: fused gate_up (b has 2N columns, the up tile is N further on; a gate tile
+    # running past N reads up columns, whose outputs the C descriptor then clips).
+    tl.static_assert(ACT < 0 or not HAS_BIAS)
+    if ACT >= 0:
+        n_b = 2 * N
+    else:
+        n_b = N
     a_desc = tl.make_tensor_descriptor(A, shape=[M, K], strides=[stride_am, 1],
                                        block_shape=[BLOCK_M, BLOCK_K])
     if B_KMAJOR:  # b = w.t(): read w [N, K] tiles; .T is a view of the smem tile
-        b_desc = tl.make_tensor_descriptor(B, shape=[N, K], strides=[stride_bn, 1],
+        b_desc = tl.make_tensor_descriptor(B, shape=[n_b, K], strides=[stride_bn, 1],
                                            block_shape=[BLOCK_N, BLOCK_K])
     else:
-        b_desc = tl.make_tensor_descriptor(B, shape=[K, N], strides=[stride_bk, 1],
+        b_desc = tl.make_tensor_descriptor(B, shape=[K, n_b], strides=[stride_bk, 1],
                                            block_shape=[BLOCK_K, BLOCK_N])
     c_desc = tl.make_tensor_descriptor(C, shape=[M, N], strides=[stride_cm, 1],
                                        block_shape=[BLOCK_M, BLOCK_N])
@@ -171,22 +203,29 @@ def mm_tma_kernel(
         off_m = pid_m * BLOCK_M
         off_n = pid_n * BLOCK_N
         acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+        up = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
         for ki in range(k_tiles):
             off_k = ki * BLOCK_K
             a = a_desc.load([off_m, off_k])
             if B_KMAJOR:
                 acc = tl.dot(a, b_desc.load([off_n, off_k]).T, acc)
+                if ACT >= 0:
+                    up = tl.dot(a, b_desc.load([off_n + N, off_k]).T, up)
             else:
                 acc = tl.dot(a, b_desc.load([off_k, off_n]), acc)
+                if ACT >= 0:
+                    up = tl.dot(a, b_desc.load([off_k, off_n + N]), up)
         if HAS_BIAS:
             offs_n = off_n + tl.arange(0, BLOCK_N)
             acc += tl.load(bias + offs_n, mask=offs_n < N, other=0.0).to(tl.float32)[None, :]
+        if ACT >= 0:
+            acc = act_mul(acc, up, ACT)
         c_desc.store([off_m, off_n], acc.to(C.dtype.element_ty))
 
 
 @triton.jit(do_not_specialize=["M"])
 def mm_gemv_kernel(A, B, C, bias, M, N, K, stride_am, stride_bn, stride_cm,
-                   HAS_BIAS: tl.constexpr, EVEN_K: tl.constexpr,
+                   HAS_BIAS: tl.constexpr, EVEN_K: tl.constexpr, ACT: tl.constexpr,
                    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     # Batch-1 decode: c = a @ w.T with w [N, K] K-contiguous. A tensor-core tile would be 1/16
     # used and every program would need many N columns; instead each program streams a narrow
@@ -197,38 +236,61 @@ def mm_gemv_kernel(A, B, C, bias, M, N, K, stride_am, stride_bn, stride_cm,
     pid = tl.program_id(0)
     offs_n = pid * BLOCK_N + tl.arange(0, BLOCK_N)
     rn = tl.max_contiguous(tl.multiple_of(offs_n % N, BLOCK_N), BLOCK_N)
+    # ACT >= 0 (fused gate_up): the panel's rows N further on are the up rows.
+    tl.static_assert(ACT < 0 or not HAS_BIAS)
     offs_k = tl.arange(0, BLOCK_K)
+    up_off = tl.cast(N, tl.int64) * stride_bn
     for m in range(0, M):
         w_ptrs = B + rn[:, None].to(tl.int64) * stride_bn + offs_k[None, :]
         a_ptrs = A + m * stride_am + offs_k
         acc = tl.zeros((BLOCK_N, BLOCK_K), dtype=tl.float32)
+        acc_up = tl.zeros((BLOCK_N, BLOCK_K), dtype=tl.float32)
         for k in range(0, K, BLOCK_K):
             if EVEN_K:
                 w = tl.load(w_ptrs)
                 x = tl.load(a_ptrs)
+                if ACT >= 0:
+                    w_up = tl.load(w_ptrs + up_off)
             else:
                 kmask = (k + offs_k) < K
                 w = tl.load(w_ptrs, mask=kmask[None, :], other=0.0)
                 x = tl.load(a_ptrs, mask=kmask, other=0.0)
+                if ACT >= 0:
+                    w_up = tl.load(w_ptrs + up_off, mask=kmask[None, :], other=0.0)
             acc += w.to(tl.float32) * x.to(tl.float32)[None, :]
+            if ACT >= 0:
+                acc_up += w_up.to(tl.float32) * x.to(tl.float32)[None, :]
             w_ptrs += BLOCK_K
             a_ptrs += BLOCK_K
         out = tl.sum(acc, axis=1)
         if HAS_BIAS:
             out += tl.load(bias + offs_n, mask=offs_n < N, other=0.0).to(tl.float32)
+        if ACT >= 0:
+            out = act_mul(out, tl.sum(acc_up, axis=1), ACT)
         tl.store(C + m * stride_cm + offs_n, out.to(C.dtype.element_ty), mask=offs_n < N)
 
 
 @triton.jit(do_not_specialize=["numel"])
 def splitk_reduce_kernel(WS, C, bias, numel, N, stride_cm,
-                         HAS_BIAS: tl.constexpr, SPLIT_K: tl.constexpr, BLOCK: tl.constexpr):
+                         HAS_BIAS: tl.constexpr, SPLIT_K: tl.constexpr, ACT: tl.constexpr,
+                         BLOCK: tl.constexpr):
     # WS is [SPLIT_K, rows, N] contiguous: element i of every split is i + s * numel.
+    # ACT >= 0 (fused gate_up): WS is [SPLIT_K, rows, 2N], C [rows, N] = act(gate) * up.
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < numel
-    acc = tl.zeros((BLOCK,), dtype=tl.float32)
-    for s in tl.static_range(SPLIT_K):
-        acc += tl.load(WS + s * numel + offs, mask=mask, other=0.0)
     col = offs % N
+    acc = tl.zeros((BLOCK,), dtype=tl.float32)
+    if ACT >= 0:
+        tl.static_assert(not HAS_BIAS)
+        src = (offs // N) * (2 * N) + col
+        up = tl.zeros((BLOCK,), dtype=tl.float32)
+        for s in tl.static_range(SPLIT_K):
+            acc += tl.load(WS + s * 2 * numel + src, mask=mask, other=0.0)
+            up += tl.load(WS + s * 2 * numel + src + N, mask=mask, other=0.0)
+        acc = act_mul(acc, up, ACT)
+    else:
+        for s in tl.static_range(SPLIT_K):
+            acc += tl.load(WS + s * numel + offs, mask=mask, other=0.0)
     if HAS_BIAS:
         acc += tl.load(bias + col, mask=mask, other=0.0).to(tl.float32)
     tl.store(C + (offs // N) * stride_cm + col, acc.to(C.dtype.element_ty), mask=mask)
@@ -253,6 +315,11 @@ GEMV = 4      # mm_gemv_kernel: M = 1, no tensor cores (block_m, group_m, split_
 # (3 was a stream-K kernel: its mainloop beat the persistent kernel by ~9% on 96-tile problems,
 # but writing and re-reading fp32 partial tiles cost more than the idle SMs it saved. A
 # 192-wide tile as 128 + 64 MMAs on one A tile ran at ~70% of the 256-wide tile's rate.)
+
+
+# The activations of the fused gate_up GEMM (activation.act_mul's codes); -1: a plain GEMM.
+NO_ACT = -1
+ACTS = {"silu": 0, "gelu": 1, "gelu_tanh": 2}
 
 
 # Upper bounds of the M buckets; the last bucket is everything above.
@@ -488,61 +555,70 @@ def _gemv_ok(a, b) -> bool:
     return a.stride(1) == 1 and b.stride(0) == 1  # row of a and columns of b (rows of w) contiguous
 
 
-def _launch_cfg(a, b, bias, out, cfg: Cfg, gate=1, m_hint: int | None = None, m_cap: int | None = None):
+def _launch_cfg(a, b, bias, out, cfg: Cfg, gate=1, m_hint: int | None = None, m_cap: int | None = None,
+                act: int = NO_ACT):
     """Launch one config into ``out``; ``gate`` (0/1, maybe symbolic) multiplies the grid, so a
     gated-off launch is a zero-size grid: Triton's launcher skips it and a CUDA graph captures
     nothing for it.  ``m_cap``: M never exceeds it while the gate is on (sizes the split-K
-    workspace)."""
+    workspace).  ``act`` >= 0: the fused gate_up form (``mm_act_mul``); ``cfg`` is the config of
+    the plain GEMM over all of b's columns, each program then covers half its columns in gate and
+    half in up (the same tile area, operand bytes and shared memory)."""
     M, K = a.shape
     N = b.shape[1]
     n, k = int(N), int(K)
+    fused = act != NO_ACT
+    n_out = n // 2 if fused else n  # the kernels' N: C's width
+    N_out = N // 2 if fused else N
     # Unused when HAS_BIAS is False. Not ``a``: Inductor lowers each argument separately and a
     # computed ``a`` passed twice would be written twice (see settings.realize_triton_kernel_inputs).
     bias_arg = bias if bias is not None else b
     if cfg.kernel == GEMV and _gemv_ok(a, b):
-        launch(mm_gemv_kernel, (triton.cdiv(n, cfg.block_n) * gate,), a, b, out, bias_arg, M, N, K,
+        block_n = max(1, cfg.block_n // 2) if fused else cfg.block_n
+        launch(mm_gemv_kernel, (triton.cdiv(n_out, block_n) * gate,), a, b, out, bias_arg, M, N_out, K,
                a.stride(0), b.stride(1), out.stride(0), HAS_BIAS=bias is not None,
-               EVEN_K=(k % cfg.block_k == 0), BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
+               EVEN_K=(k % cfg.block_k == 0), ACT=act, BLOCK_N=block_n, BLOCK_K=cfg.block_k,
                num_warps=cfg.num_warps, num_stages=cfg.num_stages)
         return
     if cfg.kernel == GEMV:  # strided operands: the pointer kernel with the narrowest MMA tile
-        cfg = Cfg(16, max(cfg.block_n, 16), cfg.block_k, 1, 1, cfg.num_warps, cfg.num_stages)
-    tiles = triton.cdiv(M, cfg.block_m) * triton.cdiv(n, cfg.block_n)
+        cfg = Cfg(16, max(cfg.block_n, 32 if fused else 16), cfg.block_k, 1, 1, cfg.num_warps, cfg.num_stages)
+    # tl.dot needs N >= 16: a fused tile of 16 + 16 columns at least
+    block_n = max(16, cfg.block_n // 2) if fused else cfg.block_n
+    tiles = triton.cdiv(M, cfg.block_m) * triton.cdiv(n_out, block_n)
     tma_kernel = cfg.kernel in (TMA, TMA_WS)
-    if tma_kernel and a.dtype != torch.float32 and _tma_ok(a, b, n):
+    if tma_kernel and a.dtype != torch.float32 and _tma_ok(a, b, n_out):
         if type(a) is torch.Tensor and a.is_cuda:
             _ensure_allocator()
-        launch(mm_tma_kernel, (torch.sym_min(NUM_SMS, tiles) * gate,), a, b, out, bias_arg, M, N, K,
+        launch(mm_tma_kernel, (torch.sym_min(NUM_SMS, tiles) * gate,), a, b, out, bias_arg, M, N_out, K,
                a.stride(0), b.stride(0), b.stride(1), out.stride(0),
                HAS_BIAS=bias is not None, B_KMAJOR=b.stride(0) == 1, NUM_SMS=NUM_SMS,
-               WARP_SPECIALIZE=cfg.kernel == TMA_WS, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
+               WARP_SPECIALIZE=cfg.kernel == TMA_WS, ACT=act, BLOCK_M=cfg.block_m, BLOCK_N=block_n,
                BLOCK_K=cfg.block_k, GROUP_M=cfg.group_m, num_warps=cfg.num_warps,
                num_stages=cfg.num_stages)
         return
     split = _split_k(cfg, m_hint if m_hint is not None else _hint(M), n, k)
-    grid = (tiles * gate, split)
     common = dict(HAS_BIAS=bias is not None, SPLIT_K=split, EVEN_K=(k % cfg.block_k == 0),
                   PRECISION=_precision(a.dtype), IDX32=cfg.block_k <= IDX32_MAX_BLOCK_K and _offsets_fit_int32(a, b, m_cap, split),
-                  BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
-                  BLOCK_K=cfg.block_k, GROUP_M=cfg.group_m, num_warps=cfg.num_warps,
+                  BLOCK_M=cfg.block_m, BLOCK_K=cfg.block_k, GROUP_M=cfg.group_m, num_warps=cfg.num_warps,
                   num_stages=min(cfg.num_stages, 3) if tma_kernel else cfg.num_stages)  # TMA smem budget differs
     if split == 1:
-        launch(mm_kernel, grid, a, b, out, bias_arg, M, N, K,
+        launch(mm_kernel, (tiles * gate, 1), a, b, out, bias_arg, M, N_out, K,
                a.stride(0), a.stride(1), b.stride(0), b.stride(1), 0, out.stride(0), out.stride(1),
-               **common)
+               ACT=act, BLOCK_N=block_n, **common)
         return
-    # Split-K: fp32 partials [SPLIT_K, rows, N], then one reduction kernel (sum + bias + cast).
+    # Split-K: fp32 partials [SPLIT_K, rows, N] of the plain GEMM (all of b's columns), then one
+    # reduction kernel (sum + bias, or the gate_up activation, + cast).
     rows = M if m_cap is None else torch.sym_min(M, m_cap)
     ws = torch.empty((split, rows, N), dtype=torch.float32, device=a.device)
+    grid = (triton.cdiv(M, cfg.block_m) * triton.cdiv(n, cfg.block_n) * gate, split)
     launch(mm_kernel, grid, a, b, ws, bias_arg, M, N, K,
            a.stride(0), a.stride(1), b.stride(0), b.stride(1), ws.stride(0), ws.stride(1), ws.stride(2),
-           **common)
-    launch(splitk_reduce_kernel, (triton.cdiv(rows * N, 1024) * gate,), ws, out, bias_arg, rows * N, N,
-           out.stride(0), HAS_BIAS=bias is not None, SPLIT_K=split, BLOCK=1024, num_warps=4)
+           ACT=NO_ACT, BLOCK_N=cfg.block_n, **common)
+    launch(splitk_reduce_kernel, (triton.cdiv(rows * N_out, 1024) * gate,), ws, out, bias_arg, rows * N_out,
+           N_out, out.stride(0), HAS_BIAS=bias is not None, SPLIT_K=split, ACT=act, BLOCK=1024, num_warps=4)
 
 
-def _mm_launch(a, b, bias, cfg: Cfg | None = None, dispatch: bool | None = None):
-    """C = a @ b (+ bias).  A concrete M gets its bucket's config; a symbolic M (vLLM's one graph
+def _mm_launch(a, b, bias, cfg: Cfg | None = None, dispatch: bool | None = None, act: int = NO_ACT):
+    """C = a @ b (+ bias), or with ``act`` the fused gate_up form act(a @ b_gate) * (a @ b_up).  A concrete M gets its bucket's config; a symbolic M (vLLM's one graph
     for 1..max_num_batched_tokens tokens) gets every bucket's kernel, each gated to its M range
     at run time (a size hint would freeze one bucket's tiles for every M: decode on prefill tiles
     runs at a fraction of the bandwidth).  A given ``cfg`` is launched alone; ``dispatch=True``
@@ -550,20 +626,20 @@ def _mm_launch(a, b, bias, cfg: Cfg | None = None, dispatch: bool | None = None)
     M, K = a.shape
     N = b.shape[1]
     n, k = int(N), int(K)  # weight dims: static in LLM graphs
-    out = torch.empty((M, N), dtype=a.dtype, device=a.device)
+    out = torch.empty((M, N // 2 if act != NO_ACT else N), dtype=a.dtype, device=a.device)
     if dispatch is None:
         dispatch = not isinstance(M, int)
     if cfg is not None or not dispatch:
         if cfg is None:
             eager = type(a) is torch.Tensor and a.is_cuda and isinstance(M, int)
             cfg = _eager_config(M, n, k, a.dtype) if eager else choose_config(M, n, k, a.dtype)
-        _launch_cfg(a, b, bias, out, cfg)
+        _launch_cfg(a, b, bias, out, cfg, act=act)
         return out
     rng = _TOKEN_RANGE.get()
     for lo, hi, c in dispatch_plan(n, k, a.dtype):
         cap = hi if rng is None else min(hi or rng[1], rng[1])
         m_hint = representative_m(hi) if hi is not None or rng is None else min(representative_m(None), rng[1])
-        _launch_cfg(a, b, bias, out, c, gate=_gate(M, lo, hi), m_hint=m_hint, m_cap=cap)
+        _launch_cfg(a, b, bias, out, c, gate=_gate(M, lo, hi), m_hint=m_hint, m_cap=cap, act=act)
     return out
 
 
@@ -575,6 +651,27 @@ def mm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 @triton_op("tri_inductor::addmm", mutates_args={})
 def addmm(bias: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return _mm_launch(a, b, bias)
+
+
+@triton_op("tri_inductor::mm_act_mul", mutates_args={})
+def mm_act_mul(a: torch.Tensor, b: torch.Tensor, act: str) -> torch.Tensor:
+    """``act(a @ b[:, :n]) * (a @ b[:, n:])`` with n = b.shape[1] // 2, in one GEMM: an MLP's
+    merged gate_up projection and its gated activation (``act``: silu, gelu or gelu_tanh). Each
+    program accumulates a gate tile and the up tile n columns further on from the same A tiles
+    and writes only the product, so the [M, 2n] gate_up output is never written or read back."""
+    torch._check(act in ACTS, lambda: f"mm_act_mul: act={act!r}; use one of {sorted(ACTS)}")
+    torch._check(b.shape[1] % 2 == 0, lambda: f"mm_act_mul: b has {b.shape[1]} columns; gate and "
+                 "up need an even count (the two halves side by side)")
+    return _mm_launch(a, b, None, act=ACTS[act])
+
+
+def reference_mm_act_mul(a, b, act: str):
+    from .activation import reference_gelu_and_mul, reference_silu_and_mul
+
+    y = a.double() @ b.double()
+    if act == "silu":
+        return reference_silu_and_mul(y)
+    return reference_gelu_and_mul(y, "tanh" if act == "gelu_tanh" else "none")
 
 
 def reference_mm(a, b):
