@@ -98,10 +98,11 @@ def _gated(x: torch.Tensor, act: str) -> torch.Tensor:
     return out.view(*x.shape[:-1], d)
 
 
-def launch_gated(x2: torch.Tensor, out: torch.Tensor, act: int, block: int, num_warps: int) -> None:
-    """out[r] = act(x2[r, :d]) * x2[r, d:] with d = out's width; x2, out: [rows, *] unit last stride."""
+def launch_gated(x2: torch.Tensor, out: torch.Tensor, act: int, block: int, num_warps: int, gate=1) -> None:
+    """out[r] = act(x2[r, :d]) * x2[r, d:] with d = out's width; x2, out: [rows, *] unit last stride.
+    ``gate``: 0/1 multiplier of the grid (linear.py's M-bucket dispatch)."""
     d = out.shape[-1]
-    launch(_gated_act_kernel, (x2.shape[0] * triton.cdiv(d, block),),
+    launch(_gated_act_kernel, (x2.shape[0] * triton.cdiv(d, block) * gate,),
            x2, out, d, x2.stride(0), out.stride(0), ACT=act, BLOCK=block,
            D=d if isinstance(d, int) else 0, num_warps=num_warps)
 

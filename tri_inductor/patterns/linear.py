@@ -41,7 +41,8 @@ import triton.language as tl
 from torch.library import triton_op
 
 from ._launch import launch
-from .activation import act_mul
+from .activation import _launch_config as _act_launch_config
+from .activation import act_mul, launch_gated
 
 aten = torch.ops.aten
 
@@ -170,26 +171,19 @@ def mm_tma_kernel(
     M, N, K,
     stride_am, stride_bk, stride_bn, stride_cm,
     HAS_BIAS: tl.constexpr, B_KMAJOR: tl.constexpr, NUM_SMS: tl.constexpr,
-    WARP_SPECIALIZE: tl.constexpr, ACT: tl.constexpr,
+    WARP_SPECIALIZE: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
 ):
     # Prefill GEMM for Hopper: persistent (one program per SM walks tiles NUM_SMS apart, in the
     # same grouped order), operands streamed by the TMA engine through device-side tensor
     # descriptors (bounds handled by TMA: no masks, ragged M/N/K zero-filled), C written by TMA.
-    # ACT >= 0: fused gate_up (b has 2N columns, the up tile is N further on; a gate tile
-    # running past N reads up columns, whose outputs the C descriptor then clips).
-    tl.static_assert(ACT < 0 or not HAS_BIAS)
-    if ACT >= 0:
-        n_b = 2 * N
-    else:
-        n_b = N
     a_desc = tl.make_tensor_descriptor(A, shape=[M, K], strides=[stride_am, 1],
                                        block_shape=[BLOCK_M, BLOCK_K])
     if B_KMAJOR:  # b = w.t(): read w [N, K] tiles; .T is a view of the smem tile
-        b_desc = tl.make_tensor_descriptor(B, shape=[n_b, K], strides=[stride_bn, 1],
+        b_desc = tl.make_tensor_descriptor(B, shape=[N, K], strides=[stride_bn, 1],
                                            block_shape=[BLOCK_N, BLOCK_K])
     else:
-        b_desc = tl.make_tensor_descriptor(B, shape=[K, n_b], strides=[stride_bk, 1],
+        b_desc = tl.make_tensor_descriptor(B, shape=[K, N], strides=[stride_bk, 1],
                                            block_shape=[BLOCK_K, BLOCK_N])
     c_desc = tl.make_tensor_descriptor(C, shape=[M, N], strides=[stride_cm, 1],
                                        block_shape=[BLOCK_M, BLOCK_N])
@@ -203,23 +197,16 @@ def mm_tma_kernel(
         off_m = pid_m * BLOCK_M
         off_n = pid_n * BLOCK_N
         acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-        up = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
         for ki in range(k_tiles):
             off_k = ki * BLOCK_K
             a = a_desc.load([off_m, off_k])
             if B_KMAJOR:
                 acc = tl.dot(a, b_desc.load([off_n, off_k]).T, acc)
-                if ACT >= 0:
-                    up = tl.dot(a, b_desc.load([off_n + N, off_k]).T, up)
             else:
                 acc = tl.dot(a, b_desc.load([off_k, off_n]), acc)
-                if ACT >= 0:
-                    up = tl.dot(a, b_desc.load([off_k, off_n + N]), up)
         if HAS_BIAS:
             offs_n = off_n + tl.arange(0, BLOCK_N)
             acc += tl.load(bias + offs_n, mask=offs_n < N, other=0.0).to(tl.float32)[None, :]
-        if ACT >= 0:
-            acc = act_mul(acc, up, ACT)
         c_desc.store([off_m, off_n], acc.to(C.dtype.element_ty))
 
 
@@ -585,13 +572,23 @@ def _launch_cfg(a, b, bias, out, cfg: Cfg, gate=1, m_hint: int | None = None, m_
     block_n = max(16, cfg.block_n // 2) if fused else cfg.block_n
     tiles = triton.cdiv(M, cfg.block_m) * triton.cdiv(n_out, block_n)
     tma_kernel = cfg.kernel in (TMA, TMA_WS)
-    if tma_kernel and a.dtype != torch.float32 and _tma_ok(a, b, n_out):
+    if fused and tma_kernel:
+        # Prefill tiles: the plain GEMM, then the activation kernel. Fused, the persistent
+        # kernels ran 0.53-0.83x (0.94-1.02x warp-specialized, whose 4-warp form gave NaNs) of
+        # the pair on an H200 at M = 512-4096 (2 x 14336 x 4096): the compute-bound mainloop
+        # with two N/2 MMAs per A tile loses more than the saved [M, 2N] round trip.
+        rows = M if m_cap is None else torch.sym_min(M, m_cap)
+        h = torch.empty((rows, N), dtype=a.dtype, device=a.device)
+        _launch_cfg(a, b, None, h, cfg, gate, m_hint, m_cap)
+        launch_gated(h, out, act, *_act_launch_config(n_out, a.element_size()), gate=gate)
+        return
+    if tma_kernel and a.dtype != torch.float32 and _tma_ok(a, b, n):
         if type(a) is torch.Tensor and a.is_cuda:
             _ensure_allocator()
-        launch(mm_tma_kernel, (torch.sym_min(NUM_SMS, tiles) * gate,), a, b, out, bias_arg, M, N_out, K,
+        launch(mm_tma_kernel, (torch.sym_min(NUM_SMS, tiles) * gate,), a, b, out, bias_arg, M, N, K,
                a.stride(0), b.stride(0), b.stride(1), out.stride(0),
                HAS_BIAS=bias is not None, B_KMAJOR=b.stride(0) == 1, NUM_SMS=NUM_SMS,
-               WARP_SPECIALIZE=cfg.kernel == TMA_WS, ACT=act, BLOCK_M=cfg.block_m, BLOCK_N=block_n,
+               WARP_SPECIALIZE=cfg.kernel == TMA_WS, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
                BLOCK_K=cfg.block_k, GROUP_M=cfg.group_m, num_warps=cfg.num_warps,
                num_stages=cfg.num_stages)
         return
