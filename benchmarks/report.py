@@ -227,6 +227,14 @@ def kernels_section(name: str, d: dict[str, Any]) -> str:
         vs = [r.get("vs_flash") for r in d["attn"] if isinstance(r.get("vs_flash"), (int, float))]
         rows.append(["attention (prefill, d=128) vs SDPA flash", _ratio(d.get("attn_geomean_vs_flash")),
                      _ratio(min(vs) if vs else None), "S=" + ",".join(str(r.get("S")) for r in d["attn"])])
+    if isinstance(d.get("gate_up"), list) and d["gate_up"]:
+        g = d["gate_up"]
+        ms = ",".join(str(r.get("M")) for r in g)
+        for key, total, what in (("vs_stock", "gate_up_geomean_vs_stock", "cuBLAS + Inductor's SiLU-and-mul"),
+                                 ("vs_unfused", "gate_up_geomean_vs_unfused", "our GEMM + our SiLU-and-mul apart")):
+            vs = [r.get(key) for r in g if isinstance(r.get(key), (int, float))]
+            rows.append([f"gate_up GEMM + SiLU-and-mul fused (2x14336x4096) vs {what}", _ratio(d.get(total)),
+                         _ratio(min(vs) if vs else None), f"M={ms}"])
     if isinstance(d.get("elem"), list):
         for r in d["elem"]:
             if r.get("op") == "copy":

@@ -66,7 +66,9 @@ def _kernels():
             "attn": [{"S": 1024, "vs_flash": 0.8}, {"S": 2048, "vs_flash": 0.9}],
             "gemm": [{"M": 1, "N": 6144, "K": 4096, "vs_cublas": 0.74}, {"M": 64, "N": 4096, "K": 4096, "vs_cublas": 1.02}],
             "gemm_geomean_vs_cublas": 0.869, "gemm_min_vs_cublas": 0.74, "gemm_geomean_vs_inductor": 1.01,
-            "attn_geomean_vs_flash": 0.85}
+            "attn_geomean_vs_flash": 0.85,
+            "gate_up": [{"M": 1, "vs_stock": 1.03, "vs_unfused": 1.02}, {"M": 4096, "vs_stock": 0.97, "vs_unfused": 0.98}],
+            "gate_up_geomean_vs_stock": 0.9995, "gate_up_geomean_vs_unfused": 0.9998}
 
 
 def _census():
@@ -138,6 +140,8 @@ def test_report_rows(results):
     assert "NOT the full 32" in md
     # kernels, census, cache, unreadable
     assert _row(md, "GEMM (bf16, Llama-8B linear shapes) vs cuBLAS")[1:3] == ["0.869x", "0.740x"]
+    fused = _row(md, "gate_up GEMM + SiLU-and-mul fused (2x14336x4096) vs cuBLAS + Inductor's SiLU-and-mul")
+    assert fused[1:4] == ["1.000x", "0.970x", "M=1,4096"]
     assert "rms_norm" in md
     assert _row(md, "llama")[1:9] == ["PASS", "99.50%", "99.00%", "100.00%", "98.00%", "97.90%", "97.00%", "0.0156"]
     g = _row(md, "gemma")

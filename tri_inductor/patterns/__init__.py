@@ -4,12 +4,14 @@
 |--------------|------------------------|--------------------------------------------------|
 | rope         | patterns/rope.py       | rope_cache, rope_cos_sin, qk_norm_rope_cache     |
 | rms_norm     | patterns/rms_norm.py   | rms_norm, fused_add_rms_norm                     |
+| gate_up      | patterns/gate_up.py    | mm_act_mul (linear.py's kernels, fused epilogue) |
 | activation   | patterns/activation.py | silu_and_mul, gelu_and_mul                       |
 | linear       | patterns/linear.py     | mm, addmm                                        |
 | attention    | patterns/attention.py  | attention                                        |
 
 Applied in this order (``options.FAMILIES``): RoPE first, so that its fused form can take a q/k
-RMSNorm feeding the rotation (Qwen3) before the rms_norm family replaces that norm on its own.
+RMSNorm feeding the rotation (Qwen3) before the rms_norm family replaces that norm on its own;
+gate_up before activation and linear, which would otherwise take its mm and activation apart.
 """
 from __future__ import annotations
 

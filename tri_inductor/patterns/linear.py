@@ -15,6 +15,12 @@ Deterministic, no atomics. Prefill (M >= ~256, and some M=128 shapes) uses ``mm_
 persistent, TMA device-side descriptors, optionally warp-specialized (``Cfg.kernel``); it needs
 16-byte aligned strides/base, else the pointer kernel runs with the same tiles.
 
+Fused gate_up (``mm_act_mul``, the gate_up family's op): b has 2N columns, gate then up; the
+GEMV, pointer and split-K paths take an activation epilogue (``ACT``): each program accumulates
+a gate tile and the up tile N columns further on from the same A tiles, with the plain GEMM's
+config for b's full width (half its columns each), and writes act(gate) * up. Prefill buckets
+(persistent TMA) run the plain GEMM, then the activation kernel (measured faster there).
+
 Config choice (no runtime benchmarking; CUDA-graph safe): ``CONFIGS`` by M bucket, optionally
 overridden per (N, K, bucket) by ``linear_tuned.json`` (written offline by
 ``benchmarks/kernels.py --tune``). Inductor inlines a user kernel with the constexprs fixed at
