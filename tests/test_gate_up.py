@@ -17,6 +17,7 @@ from tri_inductor.patterns import linear as L
 
 TOL = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1e-2}
 ACTS = list(L.ACTS)
+_FUSED_ACT = {"silu": "silu", "none": "gelu", "tanh": "gelu_tanh"}  # vLLM layer form -> mm_act_mul's act
 
 
 def _operands(M, n, K, dt, transposed=True, seed=0):
@@ -157,13 +158,13 @@ def test_vllm_mlp_fused(vllm_ctx, form, rng):
         plan = L.dispatch_plan(2 * I, H, torch.bfloat16)
     calls = _calls(code)
     assert hits == 2 and "torch.ops." not in calls and "extern_kernels." not in calls
-    assert f"'ACT': {L.ACTS[{'silu': 'silu', 'none': 'gelu', 'tanh': 'gelu_tanh'}[form]]}" in code  # the layer's
+    assert f"'ACT': {L.ACTS[_FUSED_ACT[form]]}" in code  # the layer's
     prefill = sum(c.kernel in (L.TMA, L.TMA_WS) for *_, c in plan)
     assert calls.count("_gated_act_kernel") == prefill, (prefill, calls)
     if rng:
         assert prefill == 0 and f"{2 * I}), ({2 * I}, 1)" not in calls  # no [T, 2I] buffer
     # the replacement computes what the layers compute
-    fused = L.mm_act_mul(x, w_gate_up.t(), {"silu": "silu", "none": "gelu", "tanh": "gelu_tanh"}[form])
+    fused = L.mm_act_mul(x, w_gate_up.t(), _FUSED_ACT[form])
     ref = act.forward_native(x.double() @ w_gate_up.double().t())
     assert rel(fused, ref) < TOL[torch.bfloat16]
 

@@ -47,15 +47,16 @@ import triton.language as tl
 from torch.library import triton_op
 
 from ._launch import launch
+from .activation import _ACTS as _ACT_CODES
 from .activation import _launch_config as _act_launch_config
-from .activation import act_mul, launch_gated
+from .activation import act_mul, launch_gated, reference_gelu_and_mul, reference_silu_and_mul
 
 aten = torch.ops.aten
 
 
 @triton.jit
 def _load_b(b_ptrs, k, k_hi, EVEN_K: tl.constexpr, BLOCK_K: tl.constexpr):
-    # One K step's B [BLOCK_K, BLOCK_N] tile alone (the up half of a fused gate_up GEMM).
+    # One K step's B [BLOCK_K, BLOCK_N] tile; K masked only when ragged.
     if EVEN_K:
         b = tl.load(b_ptrs)
     else:
@@ -69,12 +70,10 @@ def _load_k_step(a_ptrs, b_ptrs, k, k_hi, EVEN_K: tl.constexpr, BLOCK_K: tl.cons
     # One K step's A [BLOCK_M, BLOCK_K] and B [BLOCK_K, BLOCK_N] tiles; K masked only when ragged.
     if EVEN_K:
         a = tl.load(a_ptrs)
-        b = tl.load(b_ptrs)
     else:
         kk = k + tl.arange(0, BLOCK_K)
         a = tl.load(a_ptrs, mask=kk[None, :] < k_hi, other=0.0)
-        b = tl.load(b_ptrs, mask=kk[:, None] < k_hi, other=0.0)
-    return a, b
+    return a, _load_b(b_ptrs, k, k_hi, EVEN_K, BLOCK_K)
 
 
 # M is not specialised (== 1, % 16): eager calls (vLLM's lm_head: M = running requests, any value)
@@ -310,9 +309,10 @@ GEMV = 4      # mm_gemv_kernel: M = 1, no tensor cores (block_m, group_m, split_
 # 192-wide tile as 128 + 64 MMAs on one A tile ran at ~70% of the 256-wide tile's rate.)
 
 
-# The activations of the fused gate_up GEMM (activation.act_mul's codes); -1: a plain GEMM.
+# The activations of the fused gate_up GEMM, by name, as activation.act_mul's codes (whose gelu
+# forms are named by F.gelu's ``approximate``); -1: a plain GEMM.
 NO_ACT = -1
-ACTS = {"silu": 0, "gelu": 1, "gelu_tanh": 2}
+ACTS = {"silu": _ACT_CODES["silu"], "gelu": _ACT_CODES["none"], "gelu_tanh": _ACT_CODES["tanh"]}
 
 
 # Upper bounds of the M buckets; the last bucket is everything above.
@@ -573,7 +573,7 @@ def _launch_cfg(a, b, bias, out, cfg: Cfg, gate=1, m_hint: int | None = None, m_
                num_warps=cfg.num_warps, num_stages=cfg.num_stages)
         return
     if cfg.kernel == GEMV:  # strided operands: the pointer kernel with the narrowest MMA tile
-        cfg = Cfg(16, max(cfg.block_n, 32 if fused else 16), cfg.block_k, 1, 1, cfg.num_warps, cfg.num_stages)
+        cfg = Cfg(16, max(cfg.block_n, 16), cfg.block_k, 1, 1, cfg.num_warps, cfg.num_stages)
     # tl.dot needs N >= 16: a fused tile of 16 + 16 columns at least
     block_n = max(16, cfg.block_n // 2) if fused else cfg.block_n
     tiles = triton.cdiv(M, cfg.block_m) * triton.cdiv(n_out, block_n)
@@ -621,7 +621,8 @@ def _launch_cfg(a, b, bias, out, cfg: Cfg, gate=1, m_hint: int | None = None, m_
 
 
 def _mm_launch(a, b, bias, cfg: Cfg | None = None, dispatch: bool | None = None, act: int = NO_ACT):
-    """C = a @ b (+ bias), or with ``act`` the fused gate_up form act(a @ b_gate) * (a @ b_up).  A concrete M gets its bucket's config; a symbolic M (vLLM's one graph
+    """C = a @ b (+ bias), or with ``act`` the fused gate_up form act(a @ b_gate) * (a @ b_up).
+    A concrete M gets its bucket's config; a symbolic M (vLLM's one graph
     for 1..max_num_batched_tokens tokens) gets every bucket's kernel, each gated to its M range
     at run time (a size hint would freeze one bucket's tiles for every M: decode on prefill tiles
     runs at a fraction of the bandwidth).  A given ``cfg`` is launched alone; ``dispatch=True``
@@ -669,8 +670,6 @@ def mm_act_mul(a: torch.Tensor, b: torch.Tensor, act: str) -> torch.Tensor:
 
 
 def reference_mm_act_mul(a, b, act: str):
-    from .activation import reference_gelu_and_mul, reference_silu_and_mul
-
     y = a.double() @ b.double()
     if act == "silu":
         return reference_silu_and_mul(y)
