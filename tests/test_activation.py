@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch._inductor.pattern_matcher import PatternMatcherPass
 
-from pattern_harness import assert_our_kernel, backend_output_code, compile_codegen, rel
+from pattern_harness import assert_our_kernel, backend_output_code, compile_codegen, global_memory_ops, rel, sm90_ptx
 from tri_inductor.patterns import activation as A
 
 # ‖out − ref‖ / ‖ref‖ against the float64 reference.
@@ -50,6 +50,18 @@ def test_runtime_width_matches_static(width, poison) -> None:
         outs.append(out)
     assert not outs[0].isnan().any() and torch.equal(outs[0], outs[1])
     assert rel(outs[0], A.reference_silu_and_mul(x)) < TOL[torch.bfloat16]
+
+
+@pytest.mark.parametrize("width", [4096, 5000, 0])  # 0: the runtime-width (symbolic) form
+def test_streaming_cache_hints_in_sm90_code(width) -> None:
+    """Every byte is touched once: both loads evict-first, the store streaming (.cs), on the
+    static-width, ragged and runtime-width paths alike (the hints measured 1-3% faster on H200)."""
+    const = dict(ACT=A._ACTS["silu"], BLOCK=1024, D=width)
+    ptx = sm90_ptx(A._gated_act_kernel, {"x_ptr": "*bf16", "out_ptr": "*bf16"}, const, num_warps=4)
+    ops = global_memory_ops(ptx)
+    loads, stores = [o for o in ops if o.startswith("ld.global")], [o for o in ops if o.startswith("st.global")]
+    assert loads and all("evict_first" in o for o in loads), loads
+    assert stores and all(".cs." in o for o in stores), stores
 
 
 def test_strided_rows(poison) -> None:
