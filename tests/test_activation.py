@@ -55,7 +55,7 @@ def test_runtime_width_matches_static(width, poison) -> None:
 @pytest.mark.parametrize("width", [4096, 5000, 0])  # 0: the runtime-width (symbolic) form
 def test_streaming_cache_hints_in_sm90_code(width) -> None:
     """Every byte is touched once: both loads evict-first, the store streaming (.cs), on the
-    static-width, ragged and runtime-width paths alike (the hints measured 1-3% faster on H200)."""
+    static-width, ragged and runtime-width paths alike (benchmarks/activation_hints.py measures them)."""
     const = dict(ACT=A._ACTS["silu"], BLOCK=1024, D=width)
     ptx = sm90_ptx(A._gated_act_kernel, {"x_ptr": "*bf16", "out_ptr": "*bf16"}, const, num_warps=4)
     ops = global_memory_ops(ptx)

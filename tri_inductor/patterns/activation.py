@@ -50,8 +50,9 @@ def _gated_act_kernel(x_ptr, out_ptr, d, x_stride, out_stride,
     # runtime value is ~20 instructions, next to ~15 a thread spends per element) and drops the
     # column mask when BLOCK divides it.
     # Cache hints: every byte is touched once, so loads are marked evict-first and the store
-    # streaming (st.global.cs). Together they ran 1-3% faster than unhinted at 1-4096 tokens on an
-    # H200 (benchmarks/activation_hints.py); evict-first loads alone ran 5% slower at prefill sizes.
+    # streaming (st.global.cs). On an H200 (benchmarks/activation_hints.py) 1.01-1.07x Inductor at
+    # 64 tokens against 0.95-0.99x unhinted; even at prefill sizes, but at 4096 x 4096 some runs
+    # hit a slow mode (0.97x; README). Evict-first loads alone ran 5% slower at prefill sizes.
     pid = tl.program_id(0)
     if D > 0:
         n_blocks: tl.constexpr = (D + BLOCK - 1) // BLOCK
