@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 import os
 import statistics
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Literal, Sequence
 
 import torch
 
@@ -60,6 +60,24 @@ def bench(fns: Sequence[Callable[[], Any]], reps: int = 20, inner: int = 1) -> f
         times.append(start.elapsed_time(end) / (len(fns) * inner))
     del g
     return statistics.median(times)
+
+
+def timed_rounds(fns: dict[str, Sequence[Callable[[], Any]]], rounds: int,
+                 order: Literal["alternate", "rotate"] = "alternate") -> dict[str, list[float]]:
+    """``bench`` each entry of ``fns`` once a round, ``rounds`` times: {name: [ms per round]}.
+    Single back-to-back passes moved ratios by up to 7-10% between runs on one card, so callers
+    take medians over rounds whose order changes: ``"alternate"`` reverses every other round,
+    ``"rotate"`` starts each round one entry later (no entry keeps one slot)."""
+    names = list(fns)
+    times: dict[str, list[float]] = {n: [] for n in names}
+    for r in range(rounds):
+        if order == "rotate":
+            seq = names[r % len(names):] + names[:r % len(names)]
+        else:
+            seq = names if r % 2 == 0 else names[::-1]
+        for n in seq:
+            times[n].append(bench(fns[n]))
+    return times
 
 
 def n_sets(bytes_per_set: int, l2_bytes: int = 60 * 2**20) -> int:

@@ -27,7 +27,7 @@ import triton.language as tl
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from _common import bench, card_slug, metadata, n_sets, write_json  # noqa: E402
+from _common import card_slug, metadata, n_sets, timed_rounds, write_json  # noqa: E402
 from tri_inductor.patterns import activation as A  # noqa: E402
 
 DT = torch.bfloat16
@@ -96,11 +96,7 @@ def measure(tokens: int, d: int, act_name: str) -> dict:
         errs[name] = ((out.double() - ref).norm() / ref.norm()).item()
         assert errs[name] < 1e-2, f"{name}: relative error {errs[name]:.2e} at {tokens}x{d}"
         fns[name] = [lambda x=x, o=o, run=run: run(x, o) for x, o in sets]
-    times = {n: [] for n in fns}
-    names = list(fns)
-    for r in range(ROUNDS):  # each round starts one entry later: no variant keeps one slot
-        for n in names[r % len(names):] + names[:r % len(names)]:
-            times[n].append(bench(fns[n]))
+    times = timed_rounds(fns, ROUNDS, order="rotate")
     med = {n: statistics.median(t) for n, t in times.items()}
     return {n: dict(us=med[n] * 1e3, vs_inductor=med["inductor"] / med[n], tbps=moved / med[n] / 1e9,
                     rounds_vs_inductor=[round(i / t, 4) for i, t in zip(times["inductor"], times[n])],

@@ -26,7 +26,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from _common import bench, card_slug, geomean, metadata, n_sets, write_json  # noqa: E402
+from _common import bench, card_slug, geomean, metadata, n_sets, timed_rounds, write_json  # noqa: E402
 
 GEMM_NK = [(6144, 4096), (4096, 4096), (28672, 4096), (4096, 14336)]
 LM_HEAD_NK = (128256, 4096)  # Llama-3's logits GEMM: eager in vLLM, every decode step
@@ -137,10 +137,7 @@ def bench_gemm(with_inductor=True, ms=None, shapes=None):
                     log(f"inductor mm failed {M}x{N}x{K}: {e!r}"[:300])
             # Rounds in alternating order, medians taken: one back-to-back pass per kernel
             # moved single rows by up to 7% between runs on the same card.
-            times: dict[str, list[float]] = {k: [] for k in fns}
-            for r in range(GEMM_ROUNDS):
-                for k in (list(fns) if r % 2 == 0 else list(fns)[::-1]):
-                    times[k].append(bench(fns[k]))
+            times = timed_rounds(fns, GEMM_ROUNDS)
             t_ours, t_cublas = statistics.median(times["ours"]), statistics.median(times["cublas"])
             t_ind = statistics.median(times["ind"]) if "ind" in times else float("nan")
             tflops = 2 * M * N * K / (t_ours * 1e-3) / 1e12
@@ -583,10 +580,7 @@ def bench_gate_up(ms=None):
         fns = {"fused": [lambda a=a, w=w: L.mm_act_mul(a, w.t(), "silu") for a, w in sets],
                "ours": [lambda a=a, w=w: AC.silu_and_mul(L.mm(a, w.t())) for a, w in sets],
                "stock": [lambda a=a, w=w: silu_ind(torch.mm(a, w.t())) for a, w in sets]}
-        times: dict[str, list[float]] = {k: [] for k in fns}
-        for r in range(GATE_UP_ROUNDS):  # alternating order, medians (as the GEMM rows)
-            for k in (list(fns) if r % 2 == 0 else list(fns)[::-1]):
-                times[k].append(bench(fns[k]))
+        times = timed_rounds(fns, GATE_UP_ROUNDS)  # alternating order, medians (as the GEMM rows)
         t = {k: statistics.median(v) for k, v in times.items()}
         row = dict(M=M, N=N, K=K, fused_ms=t["fused"], ours_unfused_ms=t["ours"], stock_ms=t["stock"],
                    vs_unfused=t["ours"] / t["fused"], vs_stock=t["stock"] / t["fused"], rel_err=err,

@@ -52,3 +52,23 @@ def test_inductor_pick_is_the_first_table_line():
     assert (pick["num_stages"], pick["num_warps"], pick["GROUP_M"]) == (3, 4, 8)
     assert pick["ACC_TYPE"] == "tl.float32"
     assert kernels.inductor_pick("no table here\n") is None
+
+
+def test_timed_rounds_changes_the_order_each_round(monkeypatch):
+    # bench stubbed: each call returns its position in the sequence of calls.
+    import _common
+
+    calls: list[str] = []
+
+    def fake_bench(fns):
+        calls.append(fns[0])
+        return float(len(calls))
+
+    monkeypatch.setattr(_common, "bench", fake_bench)
+    fns = {n: [n] for n in "abc"}
+    times = _common.timed_rounds(fns, 3)
+    assert calls == list("abc" "cba" "abc")
+    assert times == {"a": [1.0, 6.0, 7.0], "b": [2.0, 5.0, 8.0], "c": [3.0, 4.0, 9.0]}
+    calls.clear()
+    _common.timed_rounds(fns, 4, order="rotate")
+    assert calls == list("abc" "bca" "cab" "abc")
