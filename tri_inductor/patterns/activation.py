@@ -49,10 +49,11 @@ def _gated_act_kernel(x_ptr, out_ptr, d, x_stride, out_stride,
     # width turns the row / column-block split into a shift or a multiply (a division by a
     # runtime value is ~20 instructions, next to ~15 a thread spends per element) and drops the
     # column mask when BLOCK divides it.
-    # Cache hints: every byte is touched once, so loads are marked evict-first and the store
-    # streaming (st.global.cs). On an H200 (benchmarks/activation_hints.py) 1.01-1.07x Inductor at
-    # 64 tokens against 0.95-0.99x unhinted; even at prefill sizes, but at 4096 x 4096 some runs
-    # hit a slow mode (0.97x; README). Evict-first loads alone ran 5% slower at prefill sizes.
+    # Cache hints: every byte is touched once, so the loads and the store are marked evict-first.
+    # On an H200 (benchmarks/activation_hints.py) 1.01-1.05x Inductor at 64 tokens against
+    # 0.95-0.99x unhinted, and 1.00-1.01x at 4096 x 4096 in 5 of 6 runs (unhinted 0.99x). A
+    # streaming store (st.global.cs) instead fell to 0.97x there in 5 of 11 runs; evict-first
+    # loads alone ran 5% slower at prefill sizes.
     pid = tl.program_id(0)
     if D > 0:
         n_blocks: tl.constexpr = (D + BLOCK - 1) // BLOCK
@@ -72,9 +73,9 @@ def _gated_act_kernel(x_ptr, out_ptr, d, x_stride, out_stride,
         b = tl.load(x_row + width + cols, mask=cols < width, other=0.0, eviction_policy="evict_first").to(tl.float32)
     y = act_mul(a, b, ACT).to(out_ptr.dtype.element_ty)
     if even:
-        tl.store(out_ptr + row * out_stride + cols, y, cache_modifier=".cs")
+        tl.store(out_ptr + row * out_stride + cols, y, eviction_policy="evict_first")
     else:
-        tl.store(out_ptr + row * out_stride + cols, y, mask=cols < width, cache_modifier=".cs")
+        tl.store(out_ptr + row * out_stride + cols, y, mask=cols < width, eviction_policy="evict_first")
 
 
 _ACTS = {"silu": 0, "none": 1, "tanh": 2}
