@@ -51,8 +51,8 @@ def _gated_act_kernel(x_ptr, out_ptr, d, x_stride, out_stride,
     # column mask when BLOCK divides it.
     # Cache hints: every byte is touched once, so the loads and the store are marked evict-first.
     # On an H200 (benchmarks/activation_hints.py) 1.01-1.08x Inductor at 64 tokens against
-    # 0.95-0.99x unhinted; at 4096 x 4096 1.00-1.02x in 5 of 7 runs, 0.97-0.98x in the others
-    # (unhinted 0.99-1.00x; a streaming st.global.cs store: slow in 5 of 12 runs; README).
+    # 0.95-0.99x unhinted; at 4096 x 4096 1.00-1.02x in 6 of 8 runs, 0.97-0.98x in the others
+    # (unhinted 0.99-1.00x; a streaming st.global.cs store: slow in 5 of 11 runs; README).
     # Evict-first loads alone ran 5% slower at prefill sizes.
     pid = tl.program_id(0)
     if D > 0:
