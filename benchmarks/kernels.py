@@ -466,26 +466,36 @@ def bench_elementwise():
     log(f"copy {t_copy*1e3:.1f}us {copy_bw:.2f} TB/s")
     rows.append(dict(op="copy", ours_ms=t_copy, tbps=copy_bw))
 
-    def add_row(name, ours, eager, make_inputs, moved_bytes):
+    def add_row(name, ours, eager, make_inputs, moved_bytes, pdl_reference=False):
         # >= 4 input sets (only 2 would fit the rotation in HBM-cold terms for 80 MB ops, and
         # then placement decides how much stays in L2), and ours / Inductor measured in
         # alternating rounds, medians taken: single back-to-back passes moved ratios by +-10%.
+        # pdl_reference: our kernel launches with PDL (patterns/_pdl.py); Inductor's default does
+        # not, so Inductor with its opt-in ``triton.enable_pdl`` is timed too, for the record.
         sets = [make_inputs() for _ in range(max(4, n_sets(moved_bytes)))]
         ind = torch.compile(eager, backend="inductor", dynamic=False)
+        fns = {"ours": [lambda s=s: ours(*s) for s in sets], "inductor": [lambda s=s: ind(*s) for s in sets]}
+        if pdl_reference:
+            with torch._inductor.config.patch({"triton.enable_pdl": True}):
+                ind_pdl = torch.compile(lambda *a: eager(*a), backend="inductor", dynamic=False)
+                ind_pdl(*sets[0])  # compiled here, under the patch
+            fns["inductor_pdl"] = [lambda s=s: ind_pdl(*s) for s in sets]
         o, r = ours(*sets[0]), eager(*sets[0])
         o, r = (o if isinstance(o, (tuple, list)) else (o,)), (r if isinstance(r, (tuple, list)) else (r,))
         err = max(((a.float() - b.float()).norm() / b.float().norm()).item() for a, b in zip(o, r))
-        rounds = [(bench([lambda s=s: ours(*s) for s in sets]), bench([lambda s=s: ind(*s) for s in sets]))
-                  for _ in range(ELEM_ROUNDS)]
-        t_ours = statistics.median(t for t, _ in rounds)
-        t_ind = statistics.median(t for _, t in rounds)
+        times = timed_rounds(fns, ELEM_ROUNDS)
+        t_ours, t_ind = statistics.median(times["ours"]), statistics.median(times["inductor"])
         tb = moved_bytes / t_ours / 1e9
         row = dict(op=name, ours_ms=t_ours, inductor_ms=t_ind, vs_inductor=t_ind / t_ours, tbps=tb,
                    frac_of_copy=tb / copy_bw, inductor_tbps=moved_bytes / t_ind / 1e9, rel_err=err,
-                   rounds_ratio=[round(i / o_, 4) for o_, i in rounds])
+                   rounds_ratio=[round(i / o_, 4) for o_, i in zip(times["ours"], times["inductor"])])
+        if pdl_reference:
+            t_pdl = statistics.median(times["inductor_pdl"])
+            row.update(inductor_pdl_ms=t_pdl, vs_inductor_pdl=t_pdl / t_ours)
         rows.append(row)
         log(f"{name:12s} ours {t_ours*1e3:7.1f}us ({tb:.2f} TB/s, {row['frac_of_copy']:.0%} of copy) "
-            f"inductor {t_ind*1e3:7.1f}us x{row['vs_inductor']:.3f} err {err:.1e}")
+            f"inductor {t_ind*1e3:7.1f}us x{row['vs_inductor']:.3f} err {err:.1e}"
+            + (f"; inductor enable_pdl x{row['vs_inductor_pdl']:.3f}" if pdl_reference else ""))
 
     eps = 1e-6
     try:
@@ -543,8 +553,8 @@ def bench_elementwise():
             return F.gelu(x[..., :d], approximate="tanh") * x[..., d:]
 
         mk = lambda: (torch.randn(T, 2 * d, device="cuda", dtype=DT),)  # noqa: E731
-        add_row("silu_mul", lambda x: AC.silu_and_mul(x), silu_eager, mk, 3 * nbytes)
-        add_row("gelu_mul", lambda x: AC.gelu_and_mul(x, "tanh"), gelu_eager, mk, 3 * nbytes)
+        add_row("silu_mul", lambda x: AC.silu_and_mul(x), silu_eager, mk, 3 * nbytes, pdl_reference=True)
+        add_row("gelu_mul", lambda x: AC.gelu_and_mul(x, "tanh"), gelu_eager, mk, 3 * nbytes, pdl_reference=True)
     except Exception as e:  # noqa: BLE001
         log(f"NOTE: activation rows skipped: {e!r:.200}")
     return rows

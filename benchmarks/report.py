@@ -240,7 +240,9 @@ def kernels_section(name: str, d: dict[str, Any]) -> str:
             if r.get("op") == "copy":
                 continue
             rows.append([f"{r.get('op')} ({_num(r.get('tbps'), 2)} TB/s, {_num((r.get('frac_of_copy') or 0) * 100, 0)}% of copy)"
-                         " vs Inductor", _ratio(r.get("vs_inductor")), "-", ""])
+                         " vs Inductor", _ratio(r.get("vs_inductor")), "-",
+                         "" if r.get("vs_inductor_pdl") is None else
+                         f"ours launched with PDL; vs Inductor with its opt-in enable_pdl: {_ratio(r['vs_inductor_pdl'])}"])
     out.append(_table(["kernel", "ratio (baseline time / ours; geomean)", "min", "note"], rows) if rows
                else "No kernel rows.")
     return "\n".join(out)

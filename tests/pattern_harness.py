@@ -100,6 +100,8 @@ def sm90_ptx(kernel, types: dict[str, str], constants: dict, num_warps: int,
     return triton.compile(src, target=GPUTarget("cuda", 90, 32), options=dict(num_warps=num_warps)).asm["ptx"]
 
 
-def global_memory_ops(ptx: str) -> list[str]:
-    """The PTX's global loads/stores and barriers, in program order."""
-    return re.findall(r"\b(ld\.global[\w:.]*|st\.global[\w:.]*|bar\.sync)\b", ptx)
+def global_memory_ops(ptx: str, griddep: bool = False) -> list[str]:
+    """The PTX's global loads/stores and barriers, in program order (with ``griddep``, also the
+    programmatic-dependent-launch instructions ``griddepcontrol.wait/launch_dependents``)."""
+    extra = r"|griddepcontrol\.\w+" if griddep else ""
+    return re.findall(rf"\b(ld\.global[\w:.]*|st\.global[\w:.]*|bar\.sync{extra})", ptx)

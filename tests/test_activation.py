@@ -46,22 +46,28 @@ def test_runtime_width_matches_static(width, poison) -> None:
     for static in (width, 0):
         out = torch.full((9, width), float("nan"), dtype=torch.bfloat16)
         launch(A._gated_act_kernel, (9 * -(-width // block),), x, out, width, x.stride(0), out.stride(0),
-               ACT=A._ACTS["silu"], BLOCK=block, D=static, num_warps=warps)
+               ACT=A._ACTS["silu"], BLOCK=block, D=static, USE_PDL=False, num_warps=warps)
         outs.append(out)
     assert not outs[0].isnan().any() and torch.equal(outs[0], outs[1])
     assert rel(outs[0], A.reference_silu_and_mul(x)) < TOL[torch.bfloat16]
 
 
 @pytest.mark.parametrize("width", [4096, 5000, 0])  # 0: the runtime-width (symbolic) form
-def test_streaming_cache_hints_in_sm90_code(width) -> None:
-    """Every byte is touched once: both loads and the store evict-first, on the
-    static-width, ragged and runtime-width paths alike (benchmarks/activation_hints.py measures them)."""
+def test_programmatic_dependent_launch_in_sm90_code(width) -> None:
+    """With USE_PDL the sm_90 code waits for the previous grid before its first global access and
+    signals its dependents after the loads, before the store (the static-width, ragged and
+    runtime-width paths alike); without it, neither instruction is there."""
     const = dict(ACT=A._ACTS["silu"], BLOCK=1024, D=width)
-    ptx = sm90_ptx(A._gated_act_kernel, {"x_ptr": "*bf16", "out_ptr": "*bf16"}, const, num_warps=4)
-    ops = global_memory_ops(ptx)
-    loads, stores = [o for o in ops if o.startswith("ld.global")], [o for o in ops if o.startswith("st.global")]
-    assert loads and all("evict_first" in o for o in loads), loads
-    assert stores and all("evict_first" in o for o in stores), stores
+    ops = {}
+    for pdl in (True, False):
+        ptx = sm90_ptx(A._gated_act_kernel, {"x_ptr": "*bf16", "out_ptr": "*bf16"}, {**const, "USE_PDL": pdl}, num_warps=4)
+        ops[pdl] = [o for o in global_memory_ops(ptx, griddep=True) if o != "bar.sync"]
+    assert ops[True][0] == "griddepcontrol.wait", ops[True]
+    first_store = next(i for i, o in enumerate(ops[True]) if o.startswith("st.global"))
+    assert ops[True][first_store - 1] == "griddepcontrol.launch_dependents", ops[True]
+    assert all(o.startswith("ld.global") for o in ops[True][1:first_store - 1]), ops[True]
+    assert ops[True].count("griddepcontrol.wait") == ops[True].count("griddepcontrol.launch_dependents") == 1
+    assert not any(o.startswith("griddepcontrol") for o in ops[False]), ops[False]
 
 
 def test_strided_rows(poison) -> None:
@@ -158,8 +164,81 @@ def test_tri_inductor_backend_uses_our_kernel() -> None:
     assert_our_kernel(backend_output_code(FN_, torch.randn(4, 64, dtype=torch.bfloat16)), "_gated_act_kernel")
 
 
+def test_traced_kernel_asks_for_pdl_and_keeps_its_input() -> None:
+    """On the (fake) sm_90 the traced kernel is compiled with USE_PDL=True, the constant the
+    Inductor launcher hook (_pdl.py) keys on, and Inductor's mutation analysis still reads it
+    (its PDL instructions are pure asm): no "assuming every input is mutated" fallback, which
+    would copy the input first. Caches off: a cached graph skips the analysis."""
+    import logging
+
+    def FN_(x):
+        d = x.shape[-1] // 2
+        return torch.nn.functional.silu(x[..., :d]) * x[..., d:] + 1
+
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append  # torch's loggers do not propagate to pytest's caplog
+    logger = logging.getLogger("torch._dynamo")  # triton_kernel_wrap logs there
+    logger.addHandler(handler)
+    try:
+        with torch._inductor.config.patch(force_disable_caches=True):
+            code = backend_output_code(FN_, torch.randn(4, 64, dtype=torch.bfloat16))
+    finally:
+        logger.removeHandler(handler)
+    assert not [r.getMessage() for r in records if "identify_mutated_tensors" in r.getMessage()]
+    assert_our_kernel(code, "_gated_act_kernel")
+    assert "'USE_PDL': True" in code and "def pdl_wait" in code
+
+
 def test_bad_input_names_the_op_and_the_way_out() -> None:
     with pytest.raises(RuntimeError, match=r"silu_and_mul: last dim 5 must be even"):
         A.silu_and_mul(torch.randn(2, 5))
     with pytest.raises(RuntimeError, match=r"gelu_and_mul: approximate='fast'; use 'none' \(erf\) or 'tanh'"):
         A.gelu_and_mul(torch.randn(2, 4), "fast")
+
+
+# ---------------------------------------------------------------------------------------- GPU
+def _chain(x):
+    # Each kernel reads what the one before it wrote: with PDL a missing or misplaced wait
+    # reads the previous replay's values.
+    return A.silu_and_mul(A.silu_and_mul(A.silu_and_mul(x)))
+
+
+def _chain_reference(x):
+    for _ in range(3):
+        x = A.reference_silu_and_mul(x).to(torch.bfloat16)  # rounded as each kernel stores
+    return x.double()
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("how", ["eager", "tri_inductor"])
+def test_gpu_pdl_chain_in_cuda_graph_reads_fresh_data(how) -> None:
+    """Three dependent SiLU-and-mul kernels launched with PDL, replayed in a CUDA graph on new
+    inputs: every replay matches the float64 reference (so each kernel waited for the one
+    before it); under torch.compile the Inductor launcher of our kernel has the PDL attribute."""
+    import gc
+
+    from torch._inductor.runtime.triton_heuristics import TritonCompileResult
+
+    assert A.pdl_enabled(torch.device("cuda")), "needs an sm_90+ GPU"
+    torch._dynamo.reset()
+    fn = _chain if how == "eager" else torch.compile(_chain, backend="tri_inductor")
+    g = torch.Generator(device="cuda").manual_seed(0)
+    x = torch.randn(4096, 8 * 1024, device="cuda", generator=g).to(torch.bfloat16)
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        fn(x)  # compile / warm up outside the capture
+    torch.cuda.current_stream().wait_stream(s)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = fn(x)
+    for i in range(5):
+        x.copy_(torch.randn(x.shape, device="cuda", generator=g).to(torch.bfloat16) * (1 + i))
+        graph.replay()
+        torch.cuda.synchronize()
+        assert rel(out, _chain_reference(x)) < TOL[torch.bfloat16], f"replay {i}"
+    if how == "tri_inductor":
+        ours = [r for r in gc.get_objects() if isinstance(r, TritonCompileResult)
+                and r.compile_meta.get("constants", {}).get("USE_PDL") is True]
+        assert ours and all(r.kernel.run.launch_pdl for r in ours)

@@ -146,3 +146,67 @@ def test_gpu_repeat_launch_is_bitwise_the_same(m, bias, monkeypatch) -> None:
     assert torch.equal(first, again)
     ref = a.double() @ w.t().double() + (b.double() if bias else 0)
     assert ((again.double() - ref).norm() / ref.norm()).item() < 1e-2
+
+
+# --------------------------------------------------------------------- programmatic dependent launch
+@triton.jit
+def _pdl_kernel(x_ptr, n, BLOCK: tl.constexpr, USE_PDL: tl.constexpr):
+    pass
+
+
+@pytest.mark.parametrize("use_pdl", [True, False])
+def test_use_pdl_asks_triton_for_the_launch_attribute(rec, use_pdl) -> None:
+    compiled, slow, _ = rec
+    x = torch.zeros(64, dtype=torch.bfloat16)
+    L._launch_gpu(_pdl_kernel, (4,), (x, 10), {"BLOCK": 64, "USE_PDL": use_pdl})
+    assert slow[0][2].get("launch_pdl", False) is use_pdl  # Triton's option: launcher sets the attribute
+    L._launch_gpu(_pdl_kernel, (4,), (x, 10), {"BLOCK": 64, "USE_PDL": use_pdl})
+    assert len(slow) == 1 and compiled.runs[-1][-2:] == (64, use_pdl)  # then the compiled launcher
+
+
+def test_pdl_enabled_on_cuda_sm90_only(monkeypatch) -> None:
+    from tri_inductor.codegen_only import fake_sm90
+    from tri_inductor.patterns import _pdl
+
+    cuda = torch.device("cuda", 0)
+    assert not _pdl.pdl_enabled(torch.device("cpu"))  # the interpreter: no PDL instructions
+    with fake_sm90():
+        assert _pdl.pdl_enabled(cuda)
+        monkeypatch.setenv(_pdl.ENV, "0")
+        assert not _pdl.pdl_enabled(cuda)
+        monkeypatch.delenv(_pdl.ENV)
+        monkeypatch.setattr(torch.version, "hip", "6.4")
+        assert not _pdl.pdl_enabled(cuda)
+        monkeypatch.setattr(torch.version, "hip", None)
+        monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 0))
+        assert not _pdl.pdl_enabled(cuda)
+
+
+def test_pdl_setting_is_part_of_the_compile_key(monkeypatch) -> None:
+    from tri_inductor import cache
+    from tri_inductor.patterns import _pdl
+
+    on = cache.compile_hash("x", avoid_cuda_init=True)
+    monkeypatch.setenv(_pdl.ENV, "0")
+    assert cache.compile_hash("x", avoid_cuda_init=True) != on
+
+
+def test_inductor_launcher_hook_sets_the_attribute() -> None:
+    # Inductor compiles user kernels without launch_pdl; the hook on TritonCompileResult's
+    # make_launcher sets it on the launcher of a kernel compiled with USE_PDL=True, and only there.
+    from types import SimpleNamespace
+
+    from torch._inductor.runtime.triton_heuristics import TritonCompileResult
+
+    from tri_inductor.patterns import _pdl
+
+    assert getattr(TritonCompileResult.make_launcher, "_tri_inductor_pdl", False)
+
+    def result(constants):
+        return SimpleNamespace(compile_meta={"constants": constants},
+                               kernel=SimpleNamespace(run=SimpleNamespace(launch_pdl=False)))
+
+    on, off, other = result({"USE_PDL": True, "BLOCK": 64}), result({"USE_PDL": False}), result({"XBLOCK": 1024})
+    for r in (on, off, other):
+        _pdl._launch_with_pdl(r)
+    assert on.kernel.run.launch_pdl and not off.kernel.run.launch_pdl and not other.kernel.run.launch_pdl

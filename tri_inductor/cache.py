@@ -184,8 +184,11 @@ def compile_hash(extra: str = "", *, avoid_cuda_init: bool = False) -> str:
 
     For vLLM's ``CompilerInterface.compute_hash``, ``inductor_compile_config`` (the AOT cache is
     keyed without the compiler hash) and our passes' ``uuid()`` (Inductor's FX/AOTAutograd keys)."""
+    from .patterns._pdl import pdl_requested  # the kernels' USE_PDL is baked into compiled code
+
     key = environment_key(avoid_cuda_init)
-    blob = json.dumps({"key": {k: key[k] for k in KEY_FIELDS}, "extra": extra}, sort_keys=True)
+    blob = json.dumps({"key": {k: key[k] for k in KEY_FIELDS}, "extra": extra, "pdl": pdl_requested()},
+                      sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()
 
 

@@ -7,6 +7,10 @@
   no per-call tracing wrapper, no per-call re-specialisation);
 * eager on real CPU tensors: Triton's interpreter runs the same kernel source (this is how
   the CPU-only test suite checks our kernels' numerics).
+
+Kernels that take a ``USE_PDL`` constexpr are launched with programmatic dependent launch
+(``_pdl.py``) when it is True: the eager GPU path asks Triton for the launch attribute, and
+Inductor's launcher of the traced kernel gets it from ``_pdl``'s hook.
 """
 from __future__ import annotations
 
@@ -18,6 +22,8 @@ import torch
 from torch.library import wrap_triton
 from triton import knobs
 from triton.runtime.jit import JITFunction
+
+from . import _pdl  # noqa: F401  (installs the Inductor launcher hook)
 
 
 @functools.cache
@@ -87,6 +93,8 @@ def _current_stream(device: int) -> int:
 
 
 def _launch_gpu(kernel, grid, args: tuple, kwargs: dict[str, Any]) -> None:
+    if kwargs.get("USE_PDL"):
+        kwargs = {**kwargs, "launch_pdl": True}  # Triton's compile option for the launch attribute
     hooks = _hook_set(knobs.runtime.launch_enter_hook) or _hook_set(knobs.runtime.launch_exit_hook)
     # Profilers see Triton's own launch path; a callable grid needs Triton's bound arguments.
     if hooks or callable(grid) or not isinstance(kernel, JITFunction):
@@ -110,7 +118,8 @@ def _launch_gpu(kernel, grid, args: tuple, kwargs: dict[str, Any]) -> None:
 
 
 def launch(kernel, grid, *args: Any, **kwargs: Any) -> None:
-    """``kernel[grid](*args, **kwargs)``, traceable, and interpreted for real CPU tensors."""
+    """``kernel[grid](*args, **kwargs)``, traceable, and interpreted for real CPU tensors.
+    ``USE_PDL=True`` among ``kwargs`` also launches it with PDL (see :func:`pdl_enabled`)."""
     if _plain_gpu_call(args):  # eager on a GPU (vLLM's lm_head, every step): no tracing wrapper
         _launch_gpu(kernel, grid, args, kwargs)
     elif _runs_in_interpreter(args):
@@ -120,3 +129,4 @@ def launch(kernel, grid, *args: Any, **kwargs: Any) -> None:
             _interpreted(kernel)[grid](*args, **kwargs)
     else:
         wrap_triton(kernel)[grid](*args, **kwargs)
+

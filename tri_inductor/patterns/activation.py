@@ -15,6 +15,7 @@ import triton
 import triton.language as tl
 from torch.library import triton_op
 
+from ._pdl import pdl_enabled, pdl_launch_dependents, pdl_wait
 from ._launch import launch
 from ._trace import trace_replacement
 
@@ -39,7 +40,7 @@ def act_mul(a, b, ACT: tl.constexpr):
 
 @triton.jit
 def _gated_act_kernel(x_ptr, out_ptr, d, x_stride, out_stride,
-                      ACT: tl.constexpr, BLOCK: tl.constexpr, D: tl.constexpr):
+                      ACT: tl.constexpr, BLOCK: tl.constexpr, D: tl.constexpr, USE_PDL: tl.constexpr):
     # 1-D grid over (row, column block), column blocks fastest: consecutive programs stream
     # consecutive memory, as a flat pointwise kernel does (rows fastest, a 2-D grid's axis 0, sent
     # neighbouring programs a whole row apart: ~5% below Inductor at prefill sizes). Each program
@@ -49,12 +50,15 @@ def _gated_act_kernel(x_ptr, out_ptr, d, x_stride, out_stride,
     # width turns the row / column-block split into a shift or a multiply (a division by a
     # runtime value is ~20 instructions, next to ~15 a thread spends per element) and drops the
     # column mask when BLOCK divides it.
-    # Cache hints: every byte is touched once, so the loads and the store are marked evict-first.
-    # On an H200 (benchmarks/activation_hints.py) 1.01-1.08x Inductor at 64 tokens against
-    # 0.95-0.99x unhinted; at 4096 x 4096 1.00-1.02x in 6 of 8 runs, 0.97-0.98x in the others
-    # (unhinted 0.99-1.00x; a streaming st.global.cs store: slow in 5 of 11 runs; README).
-    # Evict-first loads alone ran 5% slower at prefill sizes.
+    # USE_PDL: programmatic dependent launch (_pdl.py): wait for the previous kernel before the
+    # loads, let the next one be scheduled once they are issued. With it, 1.02x Inductor's kernel
+    # at 4096 x 4096 and 1.2-1.3x at 1-64 tokens on an H200, every data placement tried; without
+    # it, 0.99-1.00x (benchmarks/activation_hints.py). Cache hints are not used: evict-first
+    # loads and store ran 1.01x when each call wrote the same output buffer but 0.97x when the
+    # outputs rotated (cold in L2), the bimodal results of earlier records.
     pid = tl.program_id(0)
+    if USE_PDL:
+        pid += pdl_wait()
     if D > 0:
         n_blocks: tl.constexpr = (D + BLOCK - 1) // BLOCK
         width = D
@@ -66,16 +70,18 @@ def _gated_act_kernel(x_ptr, out_ptr, d, x_stride, out_stride,
     x_row = x_ptr + row * x_stride
     even = D > 0 and D % BLOCK == 0
     if even:
-        a = tl.load(x_row + cols, eviction_policy="evict_first").to(tl.float32)
-        b = tl.load(x_row + width + cols, eviction_policy="evict_first").to(tl.float32)
+        a = tl.load(x_row + cols).to(tl.float32)
+        b = tl.load(x_row + width + cols).to(tl.float32)
     else:
-        a = tl.load(x_row + cols, mask=cols < width, other=0.0, eviction_policy="evict_first").to(tl.float32)
-        b = tl.load(x_row + width + cols, mask=cols < width, other=0.0, eviction_policy="evict_first").to(tl.float32)
+        a = tl.load(x_row + cols, mask=cols < width, other=0.0).to(tl.float32)
+        b = tl.load(x_row + width + cols, mask=cols < width, other=0.0).to(tl.float32)
     y = act_mul(a, b, ACT).to(out_ptr.dtype.element_ty)
+    if USE_PDL:
+        row += pdl_launch_dependents()
     if even:
-        tl.store(out_ptr + row * out_stride + cols, y, eviction_policy="evict_first")
+        tl.store(out_ptr + row * out_stride + cols, y)
     else:
-        tl.store(out_ptr + row * out_stride + cols, y, mask=cols < width, eviction_policy="evict_first")
+        tl.store(out_ptr + row * out_stride + cols, y, mask=cols < width)
 
 
 _ACTS = {"silu": 0, "none": 1, "tanh": 2}
@@ -109,7 +115,7 @@ def launch_gated(x2: torch.Tensor, out: torch.Tensor, act: int, block: int, num_
     d = out.shape[-1]
     launch(_gated_act_kernel, (x2.shape[0] * triton.cdiv(d, block) * gate,),
            x2, out, d, x2.stride(0), out.stride(0), ACT=act, BLOCK=block,
-           D=d if isinstance(d, int) else 0, num_warps=num_warps)
+           D=d if isinstance(d, int) else 0, USE_PDL=pdl_enabled(out.device), num_warps=num_warps)
 
 
 @triton_op("tri_inductor::silu_and_mul", mutates_args={})
