@@ -239,6 +239,6 @@ def test_gpu_pdl_chain_in_cuda_graph_reads_fresh_data(how) -> None:
         torch.cuda.synchronize()
         assert rel(out, _chain_reference(x)) < TOL[torch.bfloat16], f"replay {i}"
     if how == "tri_inductor":
-        ours = [r for r in gc.get_objects() if isinstance(r, TritonCompileResult)
+        ours = [r for r in gc.get_objects() if type(r) is TritonCompileResult  # (isinstance fails on dead weakproxies)
                 and r.compile_meta.get("constants", {}).get("USE_PDL") is True]
         assert ours and all(r.kernel.run.launch_pdl for r in ours)
