@@ -13,8 +13,9 @@ kernels.py compare against) and with its opt-in ``triton.enable_pdl`` (for refer
 Cases: kernels.py's 4096 x 4096 (SiLU and GELU-tanh) with the outputs rotating over the input
 sets (each call writes a buffer that is cold in L2) and with one output buffer written by every
 call (as an allocator hands the same block back), then Llama-3-8B's width (14336) from batch-1
-decode to 4096-token prefill. The evict-first hints ran 1.01x Inductor with one output and 0.97x
-with rotating ones: the bimodal 4096 x 4096 results of the 06f2fbc-21babff records.
+decode to 4096-token prefill. The evict-first hints went 0.97x or 1.00-1.02x Inductor at
+4096 x 4096 from run to run (06f2fbc-21babff records); in one probe run they were 0.97x with
+rotating outputs and 1.01x with one, hence both cases here.
 Timing: CUDA-graph replays over HBM-cold input sets (PDL launches become programmatic edges
 there, as in vLLM's graphs), all variants in rounds whose order rotates, medians.
 """

@@ -51,11 +51,10 @@ def _gated_act_kernel(x_ptr, out_ptr, d, x_stride, out_stride,
     # runtime value is ~20 instructions, next to ~15 a thread spends per element) and drops the
     # column mask when BLOCK divides it.
     # USE_PDL: programmatic dependent launch (_pdl.py): wait for the previous kernel before the
-    # loads, let the next one be scheduled once they are issued. With it, 1.02x Inductor's kernel
-    # at 4096 x 4096 and 1.2-1.3x at 1-64 tokens on an H200, every data placement tried; without
-    # it, 0.99-1.00x (benchmarks/activation_hints.py). Cache hints are not used: evict-first
-    # loads and store ran 1.01x when each call wrote the same output buffer but 0.97x when the
-    # outputs rotated (cold in L2), the bimodal results of earlier records.
+    # loads, let the next one be scheduled once they are issued. With it, 1.01-1.02x Inductor's
+    # kernel at 4096 x 4096 and 1.13-1.22x at 1-64 tokens on an H200; without it, 0.94-1.02x
+    # (benchmarks/activation_variants.py). No cache hints: evict-first loads and store ran
+    # 0.97-1.02x Inductor from run to run (README); the PDL form, above 1.0x in each of 3 runs.
     pid = tl.program_id(0)
     if USE_PDL:
         pid += pdl_wait()
