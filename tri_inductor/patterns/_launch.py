@@ -119,7 +119,7 @@ def _launch_gpu(kernel, grid, args: tuple, kwargs: dict[str, Any]) -> None:
 
 def launch(kernel, grid, *args: Any, **kwargs: Any) -> None:
     """``kernel[grid](*args, **kwargs)``, traceable, and interpreted for real CPU tensors.
-    ``USE_PDL=True`` among ``kwargs`` also launches it with PDL (see :func:`pdl_enabled`)."""
+    ``USE_PDL=True`` among ``kwargs`` also launches it with PDL (see ``_pdl.pdl_enabled``)."""
     if _plain_gpu_call(args):  # eager on a GPU (vLLM's lm_head, every step): no tracing wrapper
         _launch_gpu(kernel, grid, args, kwargs)
     elif _runs_in_interpreter(args):
@@ -129,4 +129,3 @@ def launch(kernel, grid, *args: Any, **kwargs: Any) -> None:
             _interpreted(kernel)[grid](*args, **kwargs)
     else:
         wrap_triton(kernel)[grid](*args, **kwargs)
-
