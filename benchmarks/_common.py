@@ -80,6 +80,17 @@ def timed_rounds(fns: dict[str, Sequence[Callable[[], Any]]], rounds: int,
     return times
 
 
+def inductor_with_pdl(fn: Callable[..., Any], *example: Any) -> Callable[..., Any]:
+    """``fn`` compiled by stock Inductor with its opt-in ``triton.enable_pdl`` (off by default):
+    the reference next to our PDL-launched kernels. Compiled here, on ``example``, inside the
+    config patch (torch.compile compiles at the first call); a new code object, so no compile
+    of ``fn`` under the default settings is reused."""
+    with torch._inductor.config.patch({"triton.enable_pdl": True}):
+        compiled = torch.compile(lambda *a: fn(*a), backend="inductor", dynamic=False)
+        compiled(*example)
+    return compiled
+
+
 def n_sets(bytes_per_set: int, l2_bytes: int = 60 * 2**20) -> int:
     """How many input sets make the rotation exceed the L2 twice over."""
     return max(1, min(16, -(-2 * l2_bytes // max(1, bytes_per_set))))

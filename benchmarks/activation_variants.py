@@ -33,7 +33,7 @@ import triton.language as tl
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from _common import card_slug, metadata, n_sets, timed_rounds, write_json  # noqa: E402
+from _common import card_slug, inductor_with_pdl, metadata, n_sets, timed_rounds, write_json  # noqa: E402
 from tri_inductor.patterns import activation as A  # noqa: E402
 from tri_inductor.patterns._pdl import pdl_launch_dependents, pdl_wait  # noqa: E402
 
@@ -64,10 +64,7 @@ def _evict_first_kernel(x_ptr, out_ptr, D: tl.constexpr, BLOCK: tl.constexpr, AC
 
 def _ours(act: int, pdl: bool):
     def run(x, out):
-        d = out.shape[1]
-        block, warps = A._launch_config(d, x.element_size())
-        A.launch(A._gated_act_kernel, (x.shape[0] * triton.cdiv(d, block),), x, out, d, x.stride(0), out.stride(0),
-                 ACT=act, BLOCK=block, D=d, USE_PDL=pdl, num_warps=warps)
+        A.launch_gated(x, out, act, *A._launch_config(out.shape[1], x.element_size()), pdl=pdl)
     return run
 
 
@@ -96,9 +93,7 @@ def measure(tokens: int, d: int, act_name: str, outputs: str) -> dict:
     ref = A.reference_silu_and_mul(xs[0]) if approximate is None else A.reference_gelu_and_mul(xs[0], approximate)
     # Inductor writes into its own output (from the graph's pool); ``out.copy_`` would add a pass.
     ind = torch.compile(eager, backend="inductor", dynamic=False)
-    with torch._inductor.config.patch({"triton.enable_pdl": True}):
-        ind_pdl = torch.compile(lambda x: eager(x), backend="inductor", dynamic=False)
-        ind_pdl(xs[0])  # compiled here, under the patch
+    ind_pdl = inductor_with_pdl(eager, xs[0])
     runs = {"ours (PDL, shipped)": _ours(act, True), "ours, no PDL": _ours(act, False),
             "evict-first, no PDL": _evict_first(act, False), "evict-first + PDL": _evict_first(act, True)}
     fns = {"inductor": [lambda x=x: ind(x) for x in xs], "inductor enable_pdl": [lambda x=x: ind_pdl(x) for x in xs]}

@@ -26,7 +26,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from _common import bench, card_slug, geomean, metadata, n_sets, timed_rounds, write_json  # noqa: E402
+from _common import bench, card_slug, geomean, inductor_with_pdl, metadata, n_sets, timed_rounds, write_json  # noqa: E402
 
 GEMM_NK = [(6144, 4096), (4096, 4096), (28672, 4096), (4096, 14336)]
 LM_HEAD_NK = (128256, 4096)  # Llama-3's logits GEMM: eager in vLLM, every decode step
@@ -476,9 +476,7 @@ def bench_elementwise():
         ind = torch.compile(eager, backend="inductor", dynamic=False)
         fns = {"ours": [lambda s=s: ours(*s) for s in sets], "inductor": [lambda s=s: ind(*s) for s in sets]}
         if pdl_reference:
-            with torch._inductor.config.patch({"triton.enable_pdl": True}):
-                ind_pdl = torch.compile(lambda *a: eager(*a), backend="inductor", dynamic=False)
-                ind_pdl(*sets[0])  # compiled here, under the patch
+            ind_pdl = inductor_with_pdl(eager, *sets[0])
             fns["inductor_pdl"] = [lambda s=s: ind_pdl(*s) for s in sets]
         o, r = ours(*sets[0]), eager(*sets[0])
         o, r = (o if isinstance(o, (tuple, list)) else (o,)), (r if isinstance(r, (tuple, list)) else (r,))

@@ -172,8 +172,11 @@ def test_pdl_enabled_on_cuda_sm90_only(monkeypatch) -> None:
     assert not _pdl.pdl_enabled(torch.device("cpu"))  # the interpreter: no PDL instructions
     with fake_sm90():
         assert _pdl.pdl_enabled(cuda)
-        monkeypatch.setenv(_pdl.ENV, "0")
-        assert not _pdl.pdl_enabled(cuda)
+        for off in ("0", "false", " Off ", "no"):
+            monkeypatch.setenv(_pdl.ENV, off)
+            assert not _pdl.pdl_enabled(cuda), off
+        monkeypatch.setenv(_pdl.ENV, "1")
+        assert _pdl.pdl_enabled(cuda)
         monkeypatch.delenv(_pdl.ENV)
         monkeypatch.setattr(torch.version, "hip", "6.4")
         assert not _pdl.pdl_enabled(cuda)

@@ -26,9 +26,10 @@ ENV = "TRI_INDUCTOR_PDL"
 
 
 def pdl_requested() -> bool:
-    """False when ``TRI_INDUCTOR_PDL=0``. Part of the compile cache key (``cache.compile_hash``):
-    the kernels' ``USE_PDL`` is baked into compiled graphs."""
-    return os.environ.get(ENV, "1") != "0"
+    """False when ``TRI_INDUCTOR_PDL`` is 0, false, no or off (as ``TRI_INDUCTOR_TUNE`` reads them).
+    Part of the compile cache key (``cache.compile_hash``): the kernels' ``USE_PDL`` is baked into
+    compiled graphs."""
+    return os.environ.get(ENV, "1").strip().lower() not in ("0", "false", "no", "off")
 
 
 def pdl_enabled(device: torch.device) -> bool:

@@ -108,13 +108,16 @@ def _gated(x: torch.Tensor, act: str) -> torch.Tensor:
     return out.view(*x.shape[:-1], d)
 
 
-def launch_gated(x2: torch.Tensor, out: torch.Tensor, act: int, block: int, num_warps: int, gate=1) -> None:
+def launch_gated(x2: torch.Tensor, out: torch.Tensor, act: int, block: int, num_warps: int, gate=1,
+                 pdl: bool | None = None) -> None:
     """out[r] = act(x2[r, :d]) * x2[r, d:] with d = out's width; x2, out: [rows, *] unit last stride.
-    ``gate``: 0/1 multiplier of the grid (linear.py's M-bucket dispatch)."""
+    ``gate``: 0/1 multiplier of the grid (linear.py's M-bucket dispatch). ``pdl``: launch with
+    programmatic dependent launch; None: where the device has it (``_pdl.pdl_enabled``)."""
     d = out.shape[-1]
+    pdl = pdl_enabled(out.device) if pdl is None else pdl
     launch(_gated_act_kernel, (x2.shape[0] * triton.cdiv(d, block) * gate,),
            x2, out, d, x2.stride(0), out.stride(0), ACT=act, BLOCK=block,
-           D=d if isinstance(d, int) else 0, USE_PDL=pdl_enabled(out.device), num_warps=num_warps)
+           D=d if isinstance(d, int) else 0, USE_PDL=pdl, num_warps=num_warps)
 
 
 @triton_op("tri_inductor::silu_and_mul", mutates_args={})
