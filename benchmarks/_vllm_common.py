@@ -15,6 +15,7 @@ import subprocess
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
+import models
 from _meta import card_slug, git_info  # noqa: F401  (re-exported for e2e_vllm)
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -22,19 +23,8 @@ RESULTS_DIR = ROOT / "benchmarks" / "results"
 
 # --------------------------------------------------------------------------- model config
 
-LLAMA3_8B: dict[str, Any] = dict(
-    architectures=["LlamaForCausalLM"], model_type="llama", hidden_size=4096, intermediate_size=14336,
-    num_attention_heads=32, num_key_value_heads=8, head_dim=128, num_hidden_layers=32, vocab_size=128256,
-    rms_norm_eps=1e-5, rope_theta=500000.0, hidden_act="silu", max_position_embeddings=8192,
-    torch_dtype="bfloat16", bos_token_id=128000, eos_token_id=128001, tie_word_embeddings=False,
-    attention_bias=False, mlp_bias=False, initializer_range=0.02)
-
-
 def llama3_8b_config(layers: int = 32, vocab: int | None = None) -> dict[str, Any]:
-    cfg = dict(LLAMA3_8B, num_hidden_layers=int(layers))
-    if vocab:
-        cfg["vocab_size"] = int(vocab)
-    return cfg
+    return models.config("llama-3-8b", layers, vocab)
 
 
 def write_model_config(folder: str | os.PathLike, cfg: dict[str, Any]) -> Path:

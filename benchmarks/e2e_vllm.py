@@ -84,6 +84,7 @@ from typing import Any
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import _vllm_common as C  # noqa: E402
+import models  # noqa: E402
 from _meta import package_hash, versions  # noqa: E402
 
 OURS, BASE = "tri_inductor", "inductor"
@@ -100,7 +101,9 @@ RESERVE_S = 35.0  # kept back from the budget for stopping engines and writing r
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--layers", type=int, default=32, help="decoder layers (32 = Llama-3-8B)")
+    p.add_argument("--model", default=models.DEFAULT_MODEL, choices=sorted(models.MODELS),
+                   help="model shape from benchmarks/models.py (dummy weights)")
+    p.add_argument("--layers", type=int, default=None, help="decoder layers (default: the model's)")
     p.add_argument("--vocab", type=int, default=None, help="vocab size (default 128256)")
     p.add_argument("--workloads", default=DEFAULT_WORKLOADS,
                    help=f"comma-separated subset of {DEFAULT_WORKLOADS}")
@@ -137,6 +140,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.reps = 2 if args.quick else 3
     if args.reps < 1:
         p.error("--reps must be >= 1")
+    if args.layers is None:
+        args.layers = models.MODELS[args.model]["num_hidden_layers"]
     if args.layers < 1:
         p.error("--layers must be >= 1")
     backends = args.backends.split(",")
@@ -171,7 +176,7 @@ def default_out_dir() -> Path:
 
 
 def build_plan(args: argparse.Namespace) -> dict[str, Any]:
-    cfg = C.llama3_8b_config(args.layers, args.vocab)
+    cfg = models.config(args.model, args.layers, args.vocab)
     specs = [C.workload_spec(w, args.quick) for w in args.workloads.split(",")]
     backends = args.backends.split(",")
     weights_gib = C.param_count(cfg) * 2 / 2**30
@@ -187,7 +192,7 @@ def build_plan(args: argparse.Namespace) -> dict[str, Any]:
     for r in range(args.reps):
         order.append(list(backends) if r % 2 == 0 else list(reversed(backends)))
     util = args.gpu_util if args.mode == "side-by-side" else args.solo_gpu_util
-    return {"model_config": cfg, "weights_gib": round(weights_gib, 2), "kv_cache_gib": args.kv_cache_gib,
+    return {"model": args.model, "model_config": cfg, "weights_gib": round(weights_gib, 2), "kv_cache_gib": args.kv_cache_gib,
             "kv_cache_tokens": kv_tokens, "mode": args.mode, "backends": backends, "reps": args.reps,
             "rep_order": order, "quick": args.quick, "workloads": work, "specs": specs,
             "engine_kwargs": {b: engine_kwargs(b, "<model_dir>", util, args.kv_cache_gib) for b in backends},
@@ -214,7 +219,7 @@ def estimate_seconds(cfg: dict[str, Any], specs: list[dict[str, Any]], args: arg
 
 def print_plan(plan: dict[str, Any], model_dir: str, out_path: Path) -> None:
     cfg = plan["model_config"]
-    print(f"e2e plan: Llama-3-8B shape, {cfg['num_hidden_layers']} layers, hidden {cfg['hidden_size']}, "
+    print(f"e2e plan: {plan['model']} shape, {cfg['num_hidden_layers']} layers, hidden {cfg['hidden_size']}, "
           f"heads {cfg['num_attention_heads']}/{cfg['num_key_value_heads']}, intermediate "
           f"{cfg['intermediate_size']}, vocab {cfg['vocab_size']}, bf16 dummy weights "
           f"({plan['weights_gib']} GiB/engine)")
@@ -444,8 +449,7 @@ class Runner:
         if self.args.name:
             return self.out_dir / self.args.name
         card = self.report.get("card")
-        suffix = "" if self.args.layers == 32 else f"_L{self.args.layers}"
-        return self.out_dir / f"e2e_{C.card_slug(card) if card else 'partial'}{suffix}.json"
+        return self.out_dir / f"e2e_{C.card_slug(card) if card else 'partial'}{result_suffix(self.args)}.json"
 
     def save(self) -> Path:
         self.report["wall_s"] = round(time.monotonic() - self.t0, 1)
@@ -781,12 +785,19 @@ def reclassify(path: str) -> int:
     return 0
 
 
+def result_suffix(args: argparse.Namespace) -> str:
+    """``_<model>`` (Llama-3-8B, the first record, keeps the bare name), ``_L<n>`` for cut layers."""
+    full = models.MODELS[args.model]["num_hidden_layers"]
+    return ("" if args.model == models.DEFAULT_MODEL else f"_{args.model}") + (
+        "" if args.layers == full else f"_L{args.layers}")
+
+
 def main_parent(args: argparse.Namespace) -> int:
     plan = build_plan(args)
     out_dir = Path(args.out) if args.out else default_out_dir()
     model_dir = Path(args.model_dir) if args.model_dir else Path(tempfile.mkdtemp(prefix="tri_e2e_model_"))
     C.write_model_config(model_dir, plan["model_config"])
-    suffix = "" if args.layers == 32 else f"_L{args.layers}"
+    suffix = result_suffix(args)
     if args.dry_run:
         name = args.name or f"e2e_<card>{suffix}.json"
         print_plan(plan, str(model_dir), out_dir / name)

@@ -2,8 +2,10 @@
 
     python benchmarks/kernels.py                 # everything, writes results/kernels_<card>.json
     python benchmarks/kernels.py --only gemm     # gemm | attn | elem | patterns | gate_up (comma separated)
+    python benchmarks/kernels.py --only gemm --gemm-models all   # every GEMM of every registry model
+                                                 # (benchmarks/models.py) at MODEL_GEMM_M
     python benchmarks/kernels.py --tune          # sweep GEMM configs per (N, K, M bucket) and
-                                                 # attention configs; writes linear_tuned.json
+                                                 # attention configs; writes tuned_sm90.json
 
 Timing: CUDA-graph replays (no launch overhead, as under vLLM), median of replays, inputs rotated
 over enough copies that each call reads HBM, not L2 (see _common.bench). Ratios are
@@ -31,6 +33,7 @@ from _common import bench, card_slug, geomean, inductor_with_pdl, metadata, n_se
 GEMM_NK = [(6144, 4096), (4096, 4096), (28672, 4096), (4096, 14336)]
 LM_HEAD_NK = (128256, 4096)  # Llama-3's logits GEMM: eager in vLLM, every decode step
 GEMM_M = [1, 16, 64, 128, 512, 2048, 4096]
+MODEL_GEMM_M = [1, 8, 16, 32, 48, 64, 128, 256, 512, 2048, 4096]
 ATTN_SEQ = [1024, 2048, 4096, 8192]
 DT = torch.bfloat16
 
@@ -111,26 +114,37 @@ class _Tee:
 GEMM_ROUNDS = 3
 
 
-def bench_gemm(with_inductor=True, ms=None, shapes=None):
-    from tri_inductor.patterns import linear as L
+def bench_gemm(with_inductor=True, ms=None, shapes=None, labels=None):
+    """Ours (stored / tuned / modelled config, as a compile would get it) vs cuBLAS (and
+    Inductor's autotuned Triton templates), and the cost model's untuned pick next to ours."""
+    from tri_inductor.patterns.gemm import configs as GC
+    from tri_inductor.patterns.gemm import ops as O
+    from tri_inductor.patterns.gemm import tuning as GT
 
     rows = []
+    dev = GC.device_info()
     ind = _inductor_mm() if with_inductor else None
     for N, K in shapes or GEMM_NK:
         for M in ms or GEMM_M:
             sets = _gemm_sets(M, N, K)
             a0, w0 = sets[0]
-            err = _check_gemm(L.mm(a0, w0.t()), a0, w0)
-            fns = {"ours": [lambda a=a, w=w: L.mm(a, w.t()) for a, w in sets],
+            t0 = time.time()
+            cfg = O.choose_config(M, N, K, DT)  # tunes this bucket now if nothing is stored
+            tune_s = time.time() - t0
+            model = GT.default_config(N, K, GC.bucket_of(M), dev)
+            err = _check_gemm(O.mm(a0, w0.t()), a0, w0)
+            fns = {"ours": [lambda a=a, w=w: O.mm_launch(a, w.t(), None, cfg) for a, w in sets],
                    "cublas": [lambda a=a, w=w: torch.mm(a, w.t()) for a, w in sets]}
+            if model != cfg:
+                fns["model"] = [lambda a=a, w=w: O.mm_launch(a, w.t(), None, model) for a, w in sets]
             tc = float("nan")
             pick = None
             if ind is not None:
                 try:
-                    t0 = time.time()
+                    t1 = time.time()
                     with _Tee() as tee:
                         ind(a0, w0)
-                    tc = time.time() - t0
+                    tc = time.time() - t1
                     pick = inductor_pick("".join(tee.parts))
                     fns["ind"] = [lambda a=a, w=w: ind(a, w) for a, w in sets]
                 except Exception as e:  # noqa: BLE001
@@ -140,110 +154,46 @@ def bench_gemm(with_inductor=True, ms=None, shapes=None):
             times = timed_rounds(fns, GEMM_ROUNDS)
             t_ours, t_cublas = statistics.median(times["ours"]), statistics.median(times["cublas"])
             t_ind = statistics.median(times["ind"]) if "ind" in times else float("nan")
+            t_model = statistics.median(times["model"]) if "model" in times else t_ours
             tflops = 2 * M * N * K / (t_ours * 1e-3) / 1e12
-            cfg = L.choose_config(M, N, K, DT)
-            row = dict(M=M, N=N, K=K, ours_ms=t_ours, cublas_ms=t_cublas, inductor_ms=t_ind,
-                       vs_cublas=t_cublas / t_ours, vs_inductor=t_ind / t_ours, tflops=tflops,
-                       rel_err=err, config=list(cfg), split_k=L._split_k(cfg, M, N, K),
+            row = dict(M=M, N=N, K=K, ours_ms=t_ours, cublas_ms=t_cublas, inductor_ms=t_ind, model_ms=t_model,
+                       vs_cublas=t_cublas / t_ours, vs_inductor=t_ind / t_ours, model_vs_cublas=t_cublas / t_model,
+                       tflops=tflops, rel_err=err, config=list(cfg), model_config=list(model),
+                       choose_s=round(tune_s, 2),  # tuning this bucket (0 when stored)
                        inductor_compile_s=tc,  # Inductor's max-autotune compile of this shape
                        inductor_pick=pick,  # its autotuner's winner (tiles, stages, warps)
                        rounds_vs_cublas=[round(c / o, 4) for o, c in zip(times["ours"], times["cublas"])])
+            if labels:
+                row["shape"] = labels.get((N, K))
             rows.append(row)
             if os.environ.get("OUT"):  # survives a timeout
                 with open(os.path.join(os.environ["OUT"], "gemm_rows.jsonl"), "a") as f:
                     f.write(json.dumps(row) + "\n")
             log(f"gemm M={M:5d} N={N:6d} K={K:6d} ours {t_ours*1e3:8.1f}us cublas {t_cublas*1e3:8.1f}us "
-                f"ind {t_ind*1e3:8.1f}us  x{row['vs_cublas']:.3f} cublas x{row['vs_inductor']:.3f} ind "
-                f"{tflops:6.1f}TF err {err:.1e} cfg {tuple(cfg)} split {row['split_k']}"
-                + (f" | inductor's pick {pick.get('BLOCK_M')}x{pick.get('BLOCK_N')}x{pick.get('BLOCK_K')} "
-                   f"st{pick.get('num_stages')} w{pick.get('num_warps')}" if pick else ""))
+                f"model {t_model*1e3:8.1f}us ind {t_ind*1e3:8.1f}us  x{row['vs_cublas']:.3f} cublas "
+                f"(model x{row['model_vs_cublas']:.3f}) x{row['vs_inductor']:.3f} ind {tflops:6.1f}TF err {err:.1e} "
+                f"{cfg.short()} (chosen in {tune_s:.1f}s)")
             del sets
     torch.cuda.empty_cache()
     return rows
 
 
-TMA_SWEEP = True
-SPLIT_SWEEP = True
+def _gemm_candidates(M, N, K):
+    """The whole candidate space of the cost model for this M (the compile-time tuner measures
+    only its best-ranked few), the shipped entry first."""
+    from tri_inductor.patterns.gemm import configs as GC
+    from tri_inductor.patterns.gemm import heuristics as H
 
-
-def _fit_smem(cfgs):
-    """The configs whose bf16 operand stages fit an SM's shared memory (227 KB, some kept spare)."""
-    return [x for x in cfgs if (x.block_m * x.block_k + x.block_k * x.block_n) * 2 * x.num_stages <= 225 * 1024]
-
-
-def _inductor_tiles():
-    from tri_inductor.patterns.linear import Cfg
-
-    # The pointer-kernel tiles Inductor's max-autotune picked for M = 128-512 of the Llama-8B
-    # shapes on H200 (its top choices; BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M, split, warps, stages).
-    return [Cfg(64, 128, 64, 8, 1, 4, 3), Cfg(128, 128, 64, 8, 1, 4, 3), Cfg(64, 128, 128, 8, 1, 4, 4),
-            Cfg(128, 128, 64, 8, 1, 8, 5), Cfg(64, 64, 128, 8, 1, 4, 5)]
-
-
-def _gemm_candidates(M, N=None, K=None):
-    from tri_inductor.patterns.linear import GEMV, TMA, TMA_WS, TUNED, Cfg
-
-    if M <= 1:
-        # batch-1 decode: the GEMV kernel (narrow w panels, no split-K) against the split-K
-        # tensor-core configs that won earlier sweeps (this shape's own entry first)
-        prior = [TUNED[(N, K, 1)]] if (N, K, 1) in TUNED else []
-        prior += [Cfg(16, 128, 256, 1, 4, 4, 3), Cfg(16, 128, 128, 1, 6, 4, 4), Cfg(16, 128, 256, 1, 3, 4, 3),
-                  Cfg(16, 64, 256, 1, 2, 4, 4), Cfg(16, 32, 256, 1, 1, 4, 4), Cfg(16, 16, 512, 1, 1, 4, 3)]
-        gemv = [Cfg(1, bn, bk, 1, 1, w, 1, GEMV) for bn, bk, w in
-                ((4, 1024, 4), (8, 512, 4), (8, 1024, 4), (8, 2048, 8), (16, 256, 4), (16, 512, 4),
-                 (16, 1024, 8), (32, 256, 4), (32, 512, 8), (64, 256, 8), (8, 512, 2), (16, 512, 8))]
-        return prior + gemv
-    if M <= 64:
-        # decode: explicit split-K factors (the table then records the winner, not "auto")
-        bm = 16 if M <= 16 else (32 if M <= 32 else 64)
-        shapes = ((32, 256, 4), (64, 256, 4), (64, 128, 4), (128, 128, 4), (64, 128, 6), (32, 128, 6))
-        if M <= 16:  # GEMV-like: also longer K steps, deeper pipelines, more splits, 8 warps
-            shapes += ((32, 512, 3), (64, 512, 3), (128, 256, 3), (64, 256, 6))
-        splits = (1, 2, 3, 4, 6, 8) if M <= 16 else (1, 2, 3, 4)
-        c = [Cfg(bm, bn, bk, 1, split, w, st) for bn, bk, st in shapes for split in splits
-             for w in ((4, 8) if M <= 16 else (4,))]
-        if M > 16:  # one wgmma row block: the persistent TMA kernel with narrow N tiles
-            c += [Cfg(64, bn, bk, 1, 1, 4, st, TMA) for bn, bk, st in
-                  ((32, 128, 6), (64, 128, 5), (64, 64, 8), (128, 64, 6), (32, 256, 4), (64, 256, 3))]
-        return _fit_smem(c)
-    if M <= 128 and SPLIT_SWEEP:
-        # weight streaming at two row blocks: the decode tiles with GROUP_M = 2, so both row
-        # blocks of a w panel run together and the second reads it from L2
-        c = [Cfg(64, bn, bk, 2, s, 4, st) for bn, bk, st in
-             ((32, 256, 4), (64, 256, 4), (64, 128, 4), (128, 128, 4), (64, 128, 6), (32, 128, 6)) for s in (1, 2)]
-        c += [Cfg(128, 32, 128, 1, 1, 4, 4), Cfg(128, 64, 128, 1, 1, 4, 4), Cfg(128, 64, 64, 1, 1, 4, 6)]
-        c += [Cfg(64, 64, 128, 8, s, 4, 4) for s in (1, 2, 3, 4)]
-        c += [Cfg(64, 64, 64, 8, s, 4, 5) for s in (1, 2, 3)]
-        c += [Cfg(64, 128, 128, 8, s, 4, 3) for s in (1, 2, 4)]
-        c += [Cfg(128, 64, 128, 8, s, 4, 3) for s in (1, 2, 4)]
-        c += [Cfg(128, 128, 64, 8, s, 8, 4) for s in (2, 4)]
-        c += [Cfg(128, 256, 64, 8, 1, 8, 3, TMA_WS), Cfg(128, 128, 64, 8, 1, 4, 4, TMA_WS)]
-        c += [Cfg(bm, bn, bk, 8, 1, 4, st, TMA) for bm, bn, bk, st in
-              ((64, 64, 128, 4), (64, 64, 64, 6), (64, 128, 64, 5), (128, 64, 64, 5), (128, 64, 128, 3), (64, 32, 128, 6))]
-        return _fit_smem(c + _inductor_tiles())
-    tma = [Cfg(128, 256, 64, 8, 1, 8, 3, TMA), Cfg(128, 256, 64, 8, 1, 8, 3, TMA_WS), Cfg(128, 128, 64, 8, 1, 8, 4, TMA),
-           Cfg(128, 128, 64, 8, 1, 8, 4, TMA_WS), Cfg(128, 128, 64, 8, 1, 4, 4, TMA), Cfg(128, 128, 64, 8, 1, 4, 4, TMA_WS),
-           Cfg(128, 256, 64, 4, 1, 8, 3, TMA), Cfg(128, 128, 128, 8, 1, 8, 3, TMA), Cfg(128, 64, 64, 8, 1, 4, 4, TMA),
-           Cfg(64, 128, 64, 8, 1, 4, 4, TMA), Cfg(64, 64, 128, 8, 1, 4, 4, TMA), Cfg(64, 128, 128, 8, 1, 4, 3, TMA)]
-    if M <= 128:
-        return tma + [Cfg(64, 64, 128, 8, 1, 4, 4), Cfg(64, 64, 64, 8, 0, 4, 5), Cfg(128, 128, 64, 8, 0, 8, 4)]
-    c = tma + [Cfg(128, 128, 64, 8, 1, 8, 4), Cfg(128, 128, 64, 8, 1, 4, 4), Cfg(128, 256, 64, 8, 1, 8, 3),
-         Cfg(128, 256, 64, 8, 1, 8, 4), Cfg(256, 128, 64, 8, 1, 8, 3), Cfg(128, 128, 128, 8, 1, 8, 3),
-         Cfg(64, 128, 64, 8, 1, 4, 4), Cfg(128, 64, 64, 8, 1, 4, 4), Cfg(64, 256, 64, 8, 1, 8, 3),
-         Cfg(128, 256, 64, 16, 1, 8, 3), Cfg(128, 128, 64, 4, 1, 8, 5)]
-    if M <= 512:
-        c += _inductor_tiles() + [Cfg(128, 128, 64, 8, 1, 8, 5, TMA), Cfg(64, 128, 64, 8, 1, 4, 3, TMA)]
-        c += [Cfg(128, 128, 64, 8, 0, 8, 4), Cfg(64, 128, 64, 8, 0, 4, 4)]
-        c += [Cfg(128, 64, 128, 8, 1, 4, 4, TMA), Cfg(64, 256, 64, 8, 1, 4, 4, TMA), Cfg(128, 128, 64, 8, 1, 8, 5, TMA_WS),
-              Cfg(256, 128, 64, 8, 1, 8, 3, TMA_WS), Cfg(128, 64, 64, 8, 1, 4, 6, TMA), Cfg(64, 128, 128, 8, 1, 4, 4, TMA)]
-    return c
+    dev = GC.device_info()
+    prior = GC.shipped(N, K, GC.bucket_of(M), dev)
+    return ([prior] if prior else []) + H.ranked(M, N, K, dev)
 
 
 def bucket_choices(report, bucket_of) -> dict:
     """{(N, K, bucket): config} from tuner rows (several M per bucket): the config with the least
     summed time relative to each M's best, among those that ran at every M of the bucket (one
     timed at the last M only would otherwise win on a one-term sum)."""
-    from tri_inductor.patterns.linear import Cfg
+    from tri_inductor.patterns.gemm.configs import Cfg
 
     sums: dict[tuple[int, int, int], dict] = {}
     ms: dict[tuple[int, int, int], int] = {}
@@ -263,12 +213,14 @@ def bucket_choices(report, bucket_of) -> dict:
 
 
 def tune_gemm(out_dir, min_m=1, max_m=1 << 30, only_m=None, shapes=None):
-    from tri_inductor.patterns import linear as L
+    """Offline sweep of the whole candidate space per (N, K, M); writes the shipped table
+    (``tuned_sm90.json``: the previous entries plus this sweep's bucket winners)."""
+    from tri_inductor.patterns.gemm import configs as GC
+    from tri_inductor.patterns.gemm import ops as O
 
     if out_dir:
         os.makedirs(out_dir, exist_ok=True)
-    prior = {f"{n},{k},{b}": list(c) for (n, k, b), c in L.TUNED.items()}
-    L.TUNED.clear()
+    prior = {f"{n},{k},{b}": list(c) for (n, k, b), c in GC.table_entries().items()}
     report = []
     for N, K in shapes or GEMM_NK:
         for M in only_m or GEMM_M:  # any M: several per bucket are summed into its choice
@@ -280,19 +232,17 @@ def tune_gemm(out_dir, min_m=1, max_m=1 << 30, only_m=None, shapes=None):
             results = []
             for cfg in _gemm_candidates(M, N, K):
                 try:
-                    err = _check_gemm(L._mm_launch(a0, w0.t(), None, cfg), a0, w0)
+                    err = _check_gemm(O.mm_launch(a0, w0.t(), None, cfg), a0, w0)
                     if not err < 1e-2:
                         log(f"  BAD {cfg} err {err}")
                         continue
-                    t = bench([lambda a=a, w=w: L._mm_launch(a, w.t(), None, cfg) for a, w in sets], reps=10)
+                    t = bench([lambda a=a, w=w: O.mm_launch(a, w.t(), None, cfg) for a, w in sets], reps=10)
                     results.append((t, cfg))
                 except Exception as e:  # noqa: BLE001  (out of shared memory etc.)
                     log(f"  skip {tuple(cfg)}: {type(e).__name__}")
             results.sort(key=lambda r: r[0])
-            b = L.bucket_of(M)
             log(f"tune M={M} N={N} K={K} cublas {t_cublas*1e3:.1f}us best {results[0][0]*1e3:.1f}us "
-                f"x{t_cublas/results[0][0]:.3f} {tuple(results[0][1])}; 2nd {tuple(results[1][1])} "
-                f"{results[1][0]*1e3:.1f}us")
+                f"x{t_cublas/results[0][0]:.3f} {results[0][1].short()}")
             report.append(dict(M=M, N=N, K=K, cublas_ms=t_cublas,
                                results=[(t, list(c)) for t, c in results]))
             if out_dir:  # survives a timeout
@@ -301,14 +251,11 @@ def tune_gemm(out_dir, min_m=1, max_m=1 << 30, only_m=None, shapes=None):
             del sets
             torch.cuda.empty_cache()
     table = dict(prior)
-    table.update({f"{n},{k},{b}": list(c) for (n, k, b), c in bucket_choices(report, L.bucket_of).items()})
-    L.TUNED.clear()
-    L.TUNED.update({tuple(int(x) for x in key.split(",")): L.Cfg(*c) for key, c in table.items()})
-    # The table ships in the package (read at every import): configs only; every candidate's
-    # timing goes to a report beside it.
-    path = write_json("linear_tuned.json", {"configs": table, "meta": metadata()}, out_dir)
+    table.update({f"{n},{k},{b}": list(c) for (n, k, b), c in bucket_choices(report, GC.bucket_of).items()})
+    # The table ships in the package: configs only; every candidate's timing goes to a report.
+    path = write_json("tuned_sm90.json", {"configs": table, "meta": metadata()}, out_dir)
     write_json("gemm_tune_report.json", {"meta": metadata(), "report": report}, out_dir)
-    log(f"wrote {path} (timings of every candidate: gemm_tune_report.json)")
+    log(f"wrote {path} (copy it to tri_inductor/patterns/gemm/; timings: gemm_tune_report.json)")
     return table
 
 
@@ -570,7 +517,7 @@ def bench_gate_up(ms=None):
     compiles to); ``ours``: our GEMM then our SiLU-and-mul kernel (the families apart);
     ``stock``: cuBLAS then Inductor's SiLU-and-mul kernel (vLLM's compile path with Inductor)."""
     from tri_inductor.patterns import activation as AC
-    from tri_inductor.patterns import linear as L
+    from tri_inductor.patterns.gemm import ops as L
 
     F = torch.nn.functional
     N, K = GATE_UP_NK
@@ -620,6 +567,8 @@ def main():
     p.add_argument("--gemm-m", default="", help="comma-separated M values of the GEMM table (default: the "
                    "acceptance grid " + ",".join(map(str, GEMM_M)) + "); also the M values --tune-m defaults to")
     p.add_argument("--gemm-nk", default="", help="NxK shapes of the GEMM table, as --tune-nk")
+    p.add_argument("--gemm-models", default="", help="comma-separated models of benchmarks/models.py (or "
+                   "'all'): their q/k/v, o, gate_up, down and lm_head GEMMs at " + ",".join(map(str, MODEL_GEMM_M)))
     args = p.parse_args()
 
     def nk_list(text, flag):
@@ -636,6 +585,17 @@ def main():
             p.error(f"{flag} {text!r}: give comma-separated integers such as 24,32,48")
 
     gemm_m, gemm_nk = m_list(args.gemm_m, "--gemm-m"), nk_list(args.gemm_nk, "--gemm-nk")
+    labels = None
+    if args.gemm_models:
+        import models
+
+        names = list(models.MODELS) if args.gemm_models == "all" else args.gemm_models.split(",")
+        labels = {}
+        for name in names:
+            for proj, nk in models.gemm_shapes(models.config(name)).items():
+                labels.setdefault(nk, f"{name}:{proj}")
+        gemm_nk = list(labels)
+        gemm_m = gemm_m or MODEL_GEMM_M
     torch.manual_seed(0)
     meta = metadata()
     log(meta)
@@ -655,10 +615,10 @@ def main():
     res = {"meta": meta}
     only = args.only.split(",")
     # Off the acceptance grid the table is a sweep, not the record report.py reads
-    out_name = f"{'gemm_sweep' if gemm_m or gemm_nk else 'kernels'}_{card_slug()}.json"
+    out_name = f"{'gemm_models' if labels else 'gemm_sweep' if gemm_m or gemm_nk else 'kernels'}_{card_slug()}.json"
     for name, fn in (("elem", bench_elementwise), ("attn", bench_attention),
                      ("patterns", check_attention_patterns),
-                     ("gemm", lambda: bench_gemm(not args.no_inductor, gemm_m, gemm_nk)),
+                     ("gemm", lambda: bench_gemm(not args.no_inductor, gemm_m, gemm_nk, labels)),
                      ("gate_up", lambda: bench_gate_up(gemm_m))):
         if name in only:
             try:
@@ -672,6 +632,10 @@ def main():
         res["gemm_geomean_vs_cublas"] = geomean([r["vs_cublas"] for r in g])
         res["gemm_min_vs_cublas"] = min(r["vs_cublas"] for r in g)
         res["gemm_geomean_vs_inductor"] = geomean([r["vs_inductor"] for r in g])
+        res["gemm_model_geomean_vs_cublas"] = geomean([r["model_vs_cublas"] for r in g])
+        from tri_inductor import cache as _cache
+
+        res["tuning"] = _cache.counters()
     if isinstance(res.get("gate_up"), list):
         res["gate_up_geomean_vs_stock"] = geomean([r["vs_stock"] for r in res["gate_up"]])
         res["gate_up_geomean_vs_unfused"] = geomean([r["vs_unfused"] for r in res["gate_up"]])
@@ -695,8 +659,13 @@ def main():
         for r in res["gemm"]:
             log(f"{r['M']:5d}{r['N']:6d}{r['K']:6d}{r['ours_ms']*1e3:9.1f}{r['cublas_ms']*1e3:9.1f}"
                 f"{r['inductor_ms']*1e3:9.1f}{r['vs_cublas']:7.3f}{r['vs_inductor']:7.3f}{r['tflops']:6.0f}")
+        log("worst ten vs cuBLAS:")
+        for r in sorted(res["gemm"], key=lambda r: r["vs_cublas"])[:10]:
+            log(f"  {r.get('shape') or ''} M={r['M']} N={r['N']} K={r['K']} x{r['vs_cublas']:.3f} "
+                f"(model x{r['model_vs_cublas']:.3f})")
         log(f"gemm geomean vs cuBLAS {res['gemm_geomean_vs_cublas']:.3f}, min {res['gemm_min_vs_cublas']:.3f}, "
-            f"geomean vs Inductor-Triton {res['gemm_geomean_vs_inductor']:.3f}")
+            f"cost model alone {res['gemm_model_geomean_vs_cublas']:.3f}, "
+            f"geomean vs Inductor-Triton {res['gemm_geomean_vs_inductor']:.3f}; tuning {res['tuning']}")
     if isinstance(res.get("gate_up"), list):
         log(f"{'gate_up M':>9s}{'fused us':>10s}{'unfused':>9s}{'stock':>9s}{'vs unf':>8s}{'vs stock':>9s}")
         for r in res["gate_up"]:

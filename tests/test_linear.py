@@ -12,7 +12,13 @@ import pytest
 import torch
 
 from pattern_harness import compile_codegen
-from tri_inductor.patterns import linear as L
+from tri_inductor.patterns import linear as LP
+from tri_inductor.patterns.gemm import configs as C
+from tri_inductor.patterns.gemm import heuristics as H
+from tri_inductor.patterns.gemm import kernels as KK
+from tri_inductor.patterns.gemm import launch as LA
+from tri_inductor.patterns.gemm import ops as O
+from tri_inductor.patterns.gemm import tuning as T
 
 TOL = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1e-2}
 
@@ -40,15 +46,23 @@ def test_mm_numerics(case):
     a = torch.randn(M, K, generator=g).to(dt)
     b = torch.randn(N, K, generator=g).to(dt).t() if transposed else torch.randn(K, N, generator=g).to(dt)
     bias = torch.randn(N, generator=g).to(dt)
-    out = L.addmm(bias, a, b) if has_bias else L.mm(a, b)
-    ref = L.reference_addmm(bias, a, b) if has_bias else L.reference_mm(a, b)
+    out = O.addmm(bias, a, b) if has_bias else O.mm(a, b)
+    ref = O.reference_addmm(bias, a, b) if has_bias else O.reference_mm(a, b)
     assert out.shape == (M, N) and out.dtype == dt
     assert _rel(out, ref) < TOL[dt]
 
 
-# Every table config (bf16) on a small ragged problem, split-K forced on where it is "auto".
+# Shapes of popular models nobody tuned for (Qwen2.5-0.5B/7B, Qwen3-4B, Llama-3.2-1B, Phi-3):
+# non-power-of-two N and K, K not a multiple of the blocks.
+ODD_NK = [(1152, 896), (896, 4864), (9728, 896), (4608, 3584), (37888, 3584), (3584, 18944),
+          (3072, 8192), (5120, 2560), (7680, 3072), (2560, 9728)]
+
+
+# Every shipped table config and the cost model's choice of every bucket of the odd shapes (bf16)
+# on a small ragged problem, split-K forced on where it is "auto".
 def _table_configs():
-    cfgs = {c for c in L.CONFIGS.values()} | {c for c in L.TUNED.values()}
+    cfgs = set(C.table_entries().values())
+    cfgs |= {T.default_config(n, k, b, C.DEFAULT_DEVICE) for n, k in ODD_NK for b in (*C.BUCKETS, C.TOP_BUCKET)}
     return sorted(cfgs)
 
 
@@ -60,23 +74,23 @@ def test_mm_each_config(cfg):
     b = torch.randn(N, K, generator=g).to(torch.bfloat16).t()
     bias = torch.randn(N, generator=g).to(torch.bfloat16)
     forced = cfg._replace(split_k=cfg.split_k or 2)
-    out = L._mm_launch(a, b, bias, forced)
-    assert _rel(out, L.reference_addmm(bias, a, b)) < TOL[torch.bfloat16]
+    out = O.mm_launch(a, b, bias, forced)
+    assert _rel(out, O.reference_addmm(bias, a, b)) < TOL[torch.bfloat16]
 
 
 @pytest.mark.parametrize("idx32", [True, False])
 def test_mm_pointer_offsets_32_and_64_bit(idx32, monkeypatch):
     # Both address forms of the pointer kernel (32-bit offsets when the host shows they fit,
     # 64-bit otherwise) on a ragged problem, split-K included, with a strided (row-major) b.
-    monkeypatch.setattr(L, "_offsets_fit_int32", lambda *a: idx32)
+    monkeypatch.setattr(LA, "offsets_fit_int32", lambda *a: idx32)
     M, N, K = 45, 130, 300
     g = torch.Generator().manual_seed(3)
     a = torch.randn(M, K, generator=g).to(torch.bfloat16)
     bias = torch.randn(N, generator=g).to(torch.bfloat16)
     for b in (torch.randn(N, K, generator=g).to(torch.bfloat16).t(), torch.randn(K, N, generator=g).to(torch.bfloat16)):
         for split in (1, 3):
-            out = L._mm_launch(a, b, bias, L.Cfg(32, 64, 64, 2, split, 4, 3))
-            assert _rel(out, L.reference_addmm(bias, a, b)) < TOL[torch.bfloat16]
+            out = O.mm_launch(a, b, bias, C.Cfg(32, 64, 64, 2, split, 4, 3))
+            assert _rel(out, O.reference_addmm(bias, a, b)) < TOL[torch.bfloat16]
 
 
 @pytest.mark.parametrize("block_k,fits,want", [(64, True, True), (128, True, True), (256, True, False),
@@ -85,26 +99,26 @@ def test_pointer_kernel_offset_form_choice(block_k, fits, want, monkeypatch):
     # 32-bit offsets only where they were measured faster (K steps <= 128) and provably fit;
     # decode tiles with K steps of 256/512 keep the 64-bit pointer bump (2-18% faster on H200).
     seen = []
-    monkeypatch.setattr(L, "launch", lambda kernel, grid, *a, **kw: seen.append(kw.get("IDX32")))
-    monkeypatch.setattr(L, "_offsets_fit_int32", lambda *a: fits)
+    monkeypatch.setattr(LA, "launch", lambda kernel, grid, *a, **kw: seen.append(kw.get("IDX32")))
+    monkeypatch.setattr(LA, "offsets_fit_int32", lambda *a: fits)
     a = torch.randn(32, 1024, dtype=torch.bfloat16)
     b = torch.randn(256, 1024, dtype=torch.bfloat16).t()
-    L._launch_cfg(a, b, None, torch.empty(32, 256, dtype=torch.bfloat16), L.Cfg(32, 64, block_k, 1, 1, 4, 3))
+    LA.launch_cfg(a, b, None, torch.empty(32, 256, dtype=torch.bfloat16), C.Cfg(32, 64, block_k, 1, 1, 4, 3))
     assert seen == [want]
 
 
 def test_offsets_fit_int32_bounds():
     a = torch.empty(4096, 4096, dtype=torch.bfloat16, device="meta")
     w = torch.empty(128256, 4096, dtype=torch.bfloat16, device="meta")
-    assert L._offsets_fit_int32(a, w.t(), None, 1)            # lm_head: 525M elements of w
+    assert LA.offsets_fit_int32(a, w.t(), None, 1)            # lm_head: 525M elements of w
     big = torch.empty(600_000, 4096, dtype=torch.bfloat16, device="meta")
-    assert not L._offsets_fit_int32(big, w.t(), None, 1)      # rows of a past 2**31 elements
-    assert not L._offsets_fit_int32(a, w.t(), None, 4)        # [4, 4096, 128256] split-K partials
-    assert L._offsets_fit_int32(a[:, :1024], w[:, :1024].t(), 8192, 1)  # strided views, M capped
+    assert not LA.offsets_fit_int32(big, w.t(), None, 1)      # rows of a past 2**31 elements
+    assert not LA.offsets_fit_int32(a, w.t(), None, 4)        # [4, 4096, 128256] split-K partials
+    assert LA.offsets_fit_int32(a[:, :1024], w[:, :1024].t(), 8192, 1)  # strided views, M capped
 
 
 @pytest.mark.parametrize("transposed", [True, False])
-@pytest.mark.parametrize("kernel", [L.TMA, L.TMA_WS])
+@pytest.mark.parametrize("kernel", [C.Kind.TMA, C.Kind.TMA_WS])
 def test_mm_tma_persistent(transposed, kernel):
     # TMA path: ragged M/N/K (zero-filled by the descriptors), 16-byte aligned strides.
     M, N, K = 37, 136, 520
@@ -112,9 +126,9 @@ def test_mm_tma_persistent(transposed, kernel):
     a = torch.randn(M, K, generator=g).to(torch.bfloat16)
     b = torch.randn(N, K, generator=g).to(torch.bfloat16).t() if transposed else torch.randn(K, N, generator=g).to(torch.bfloat16)
     bias = torch.randn(N, generator=g).to(torch.bfloat16)
-    assert L._tma_ok(a, b, N)
-    out = L._mm_launch(a, b, bias, L.Cfg(32, 64, 64, 2, 1, 4, 3, kernel))
-    assert _rel(out, L.reference_addmm(bias, a, b)) < TOL[torch.bfloat16]
+    assert LA.tma_ok(a, b, N)
+    out = O.mm_launch(a, b, bias, C.Cfg(32, 64, 64, 2, 1, 4, 3, kernel))
+    assert _rel(out, O.reference_addmm(bias, a, b)) < TOL[torch.bfloat16]
 
 
 @pytest.mark.parametrize("shape", [(1, 96, 200), (1, 256, 512), (3, 130, 1030), (1, 8, 64)])
@@ -126,35 +140,35 @@ def test_gemv(shape, dt):
     w = torch.randn(N, K, generator=g).to(dt)
     bias = torch.randn(N, generator=g).to(dt)
     for bn, bk in ((16, 128), (8, 512)):
-        out = L._mm_launch(a, w.t(), bias, L.Cfg(1, bn, bk, 1, 1, 4, 1, L.GEMV))
-        assert _rel(out, L.reference_addmm(bias, a, w.t())) < TOL[dt]
+        out = O.mm_launch(a, w.t(), bias, C.Cfg(1, bn, bk, 1, 1, 4, 1, C.Kind.GEMV))
+        assert _rel(out, O.reference_addmm(bias, a, w.t())) < TOL[dt]
     # a row-major b (not K-contiguous) goes to the pointer kernel with the same panel width
-    out = L._mm_launch(a, w.t().contiguous(), None, L.Cfg(1, 16, 128, 1, 1, 4, 1, L.GEMV))
-    assert _rel(out, L.reference_mm(a, w.t())) < TOL[dt]
+    out = O.mm_launch(a, w.t().contiguous(), None, C.Cfg(1, 16, 128, 1, 1, 4, 1, C.Kind.GEMV))
+    assert _rel(out, O.reference_mm(a, w.t())) < TOL[dt]
 
 
 def test_tma_falls_back_when_unaligned():
     a = torch.randn(5, 100, dtype=torch.float16)[:, 1:]  # odd offset and K*2 not a multiple of 16
     b = torch.randn(64, 99, dtype=torch.float16).t()
-    assert not L._tma_ok(a, b, 64)
-    out = L._mm_launch(a, b, None, L.Cfg(16, 64, 64, 1, 1, 4, 3, 1))
-    assert _rel(out, L.reference_mm(a, b)) < TOL[torch.float16]
+    assert not LA.tma_ok(a, b, 64)
+    out = O.mm_launch(a, b, None, C.Cfg(16, 64, 64, 1, 1, 4, 3, 1))
+    assert _rel(out, O.reference_mm(a, b)) < TOL[torch.float16]
 
 
 def test_split_k_ragged():
     # K not a multiple of split * BLOCK_K: last split is short, masks on K.
     a = torch.randn(3, 700, dtype=torch.float16)
     b = torch.randn(90, 700, dtype=torch.float16).t()
-    out = L._mm_launch(a, b, None, L.Cfg(16, 64, 128, 1, 3, 4, 2))
-    assert _rel(out, L.reference_mm(a, b)) < TOL[torch.float16]
+    out = O.mm_launch(a, b, None, C.Cfg(16, 64, 128, 1, 3, 4, 2))
+    assert _rel(out, O.reference_mm(a, b)) < TOL[torch.float16]
 
 
 def test_buckets_and_split_choice():
-    assert L.bucket_of(1) == 1 and L.bucket_of(2) == 16 and L.bucket_of(48) == 64 and L.bucket_of(5000) == 4096
-    assert L._hint(7) == 7
+    assert C.bucket_of(1) == 1 and C.bucket_of(2) == 16 and C.bucket_of(48) == 64 and C.bucket_of(5000) == 4096
+    assert LA.hint(7) == 7
     # auto split-K: 64 tiles of a 4096-wide decode GEMM -> 2 splits fill 128 of 132 SMs
-    assert L._split_k(L.Cfg(16, 64, 256, 1, 0, 4, 4), 1, 4096, 4096) == 2
-    assert L._split_k(L.Cfg(16, 64, 256, 1, 3, 4, 4), 1, 4096, 4096) == 3
+    assert H.auto_split(C.Cfg(16, 64, 256, 1, 0, 4, 4), 1, 4096, 4096, C.DEFAULT_DEVICE) == 2
+    assert H.auto_split(C.Cfg(16, 64, 256, 1, 3, 4, 4), 1, 4096, 4096, C.DEFAULT_DEVICE) == 3
 
 
 # ----------------------------------------------------------------------------- patterns
@@ -165,7 +179,7 @@ def _compile(fn, inputs, dynamic=None):
     from torch._inductor.pattern_matcher import PatternMatcherPass
 
     pm = PatternMatcherPass()
-    L.register_patterns(pm)
+    LP.register_patterns(pm)
     # shape_padding: pad_mm would benchmark (no GPU here)
     hits, code = compile_codegen(fn, inputs, pm, dynamic=dynamic or [], benchmark_harness=False,
                                  shape_padding=False)
@@ -204,7 +218,7 @@ def test_pattern_dynamic_m():
     w = torch.randn(384, 256, dtype=torch.float16)
     hits, code, calls = _compile(lambda x, w: torch.nn.functional.linear(x, w), [x, w], dynamic=[(0, 0)])
     assert hits == 1
-    plan = L.dispatch_plan(384, 256, torch.float16)
+    plan = O.dispatch_plan(384, 256, torch.float16)
     assert len(plan) > 1
     _assert_ours(code, calls, len(plan))
     runs = [line for line in calls.splitlines() if ".run(" in line and "mm_" in line]
@@ -218,12 +232,14 @@ def test_pattern_dynamic_m_split_k():
     """A split-K bucket under a symbolic M: its fp32 workspace is sized min(M, bucket top)."""
     x = torch.randn(8, 2048, dtype=torch.bfloat16)
     w = torch.randn(64, 2048, dtype=torch.bfloat16)
-    orig = L.CONFIGS[16]
-    L.CONFIGS[16] = orig._replace(split_k=4)
-    try:
+    real = T.default_config
+
+    def split4(n, k, bucket, dev, elem=2):
+        return C.Cfg(16, 64, 256, 1, 4, 4, 4) if bucket == 16 else real(n, k, bucket, dev, elem)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(T, "default_config", split4)
         hits, code, calls = _compile(lambda x, w: torch.nn.functional.linear(x, w), [x, w], dynamic=[(0, 0)])
-    finally:
-        L.CONFIGS[16] = orig
     assert hits == 1
     assert "splitk_reduce_kernel" in calls and "min(16, s" in calls
 
@@ -232,70 +248,71 @@ def test_pattern_dynamic_m_gemv(monkeypatch):
     """A GEMV bucket under a symbolic M: gated like the others, nothing but our kernels launched."""
     x = torch.randn(300, 256, dtype=torch.bfloat16)
     w = torch.randn(512, 256, dtype=torch.bfloat16)
-    monkeypatch.setitem(L.CONFIGS, 1, L.Cfg(1, 16, 256, 1, 1, 4, 1, L.GEMV))
-    monkeypatch.setattr(L, "TUNED", {})
+    real = T.default_config
+    monkeypatch.setattr(T, "default_config", lambda n, k, bucket, dev, elem=2: (
+        C.Cfg(1, 16, 256, 1, 1, 4, 1, C.Kind.GEMV) if bucket == 1 else real(n, k, bucket, dev, elem)))
     hits, code, calls = _compile(lambda x, w: torch.nn.functional.linear(x, w), [x, w], dynamic=[(0, 0)])
     assert hits == 1 and "mm_gemv_kernel_0.run(" in calls
-    _assert_ours(code, calls, len(L.dispatch_plan(512, 256, torch.bfloat16)))
+    _assert_ours(code, calls, len(O.dispatch_plan(512, 256, torch.bfloat16)))
 
 
 # M on both sides of every bucket edge of a made-up plan (split-K, pointer, TMA entries).
-GATE_PLAN = [(0, 1, L.Cfg(1, 16, 64, 1, 1, 4, 1, L.GEMV)), (1, 16, L.Cfg(16, 32, 64, 1, 2, 4, 2)),
-             (16, 64, L.Cfg(32, 32, 64, 1, 1, 4, 2)), (64, 128, L.Cfg(64, 32, 32, 1, 3, 4, 2)),
-             (128, 256, L.Cfg(64, 64, 32, 2, 1, 4, 3, L.TMA_WS)), (256, None, L.Cfg(64, 64, 64, 4, 1, 4, 3, 1))]
+GATE_PLAN = [(0, 1, C.Cfg(1, 16, 64, 1, 1, 4, 1, C.Kind.GEMV)), (1, 16, C.Cfg(16, 32, 64, 1, 2, 4, 2)),
+             (16, 64, C.Cfg(32, 32, 64, 1, 1, 4, 2)), (64, 128, C.Cfg(64, 32, 32, 1, 3, 4, 2)),
+             (128, 256, C.Cfg(64, 64, 32, 2, 1, 4, 3, C.Kind.TMA_WS)), (256, None, C.Cfg(64, 64, 64, 4, 1, 4, 3, 1))]
 
 
 @pytest.mark.parametrize("M", [1, 2, 16, 17, 64, 65, 128, 129, 256, 257])
 def test_gated_dispatch_numerics(M, poison, monkeypatch):
     """Eager run of the gated form (concrete gates): exactly one plan entry writes every element
     (outputs start NaN), and the result matches float64."""
-    monkeypatch.setattr(L, "dispatch_plan", lambda n, k, dtype: GATE_PLAN)
+    monkeypatch.setattr(O, "dispatch_plan", lambda n, k, dtype, device=None: GATE_PLAN)
     g = torch.Generator().manual_seed(M)
     a = torch.randn(M, 128, generator=g).to(torch.bfloat16)
     b = torch.randn(96, 128, generator=g).to(torch.bfloat16).t()
     bias = torch.randn(96, generator=g).to(torch.bfloat16)
-    gates = [L._gate(M, lo, hi) for lo, hi, _ in GATE_PLAN]
+    gates = [O.gate(M, lo, hi) for lo, hi, _ in GATE_PLAN]
     assert sorted(gates) == [0] * (len(GATE_PLAN) - 1) + [1]
-    out = L._mm_launch(a, b, bias, dispatch=True)
+    out = O.mm_launch(a, b, bias, dispatch=True)
     assert not out.isnan().any()
-    assert _rel(out, L.reference_addmm(bias, a, b)) < TOL[torch.bfloat16]
+    assert _rel(out, O.reference_addmm(bias, a, b)) < TOL[torch.bfloat16]
 
 
-@pytest.mark.parametrize("nk", sorted({(n, k) for n, k, _ in L.TUNED}))
+@pytest.mark.parametrize("nk", sorted({(n, k) for n, k, _ in C.table_entries()} | set(ODD_NK)))
 def test_dispatch_plan_kernels_differ_in_more_than_launch_options(nk):
     # Inductor (torch 2.11) keys inlined user kernels by their arguments and constexprs, not by
     # num_warps / num_stages: two buckets whose configs differ only there would both run with
     # the first one's launch options.
     n, k = nk
     seen = {}
-    for lo, hi, c in L.dispatch_plan(n, k, torch.bfloat16):
+    for lo, hi, c in O.dispatch_plan(n, k, torch.bfloat16):
         key = (c.block_m, c.block_n, c.block_k, c.group_m, c.kernel,
-               L._split_k(c, L.representative_m(hi), n, k) if c.kernel == L.PTR else 0)
+               H.auto_split(c, C.representative_m(hi), n, k, C.DEFAULT_DEVICE) if c.kernel in (C.Kind.PTR, C.Kind.GEMV) else 0)
         assert seen.setdefault(key, (c.num_warps, c.num_stages)) == (c.num_warps, c.num_stages), (lo, hi, c)
 
 
 def test_dispatch_plan_merges_equal_configs():
-    plan = L.dispatch_plan(4096, 4096, torch.bfloat16)
+    plan = O.dispatch_plan(4096, 4096, torch.bfloat16)
     assert plan[0][0] == 0 and plan[-1][1] is None
     for (lo, hi, c), (lo2, _, c2) in zip(plan, plan[1:]):
         assert hi == lo2 and c != c2
     for lo, hi, c in plan:
-        assert c == L.choose_config(hi or 2 * L.BUCKETS[-1], 4096, 4096, torch.bfloat16)
+        assert c == O.choose_config(hi or 2 * C.BUCKETS[-1], 4096, 4096, torch.bfloat16)
 
 
 @pytest.mark.parametrize("rng", [None, (1, 512), (513, 8192), (2, 16), (17, 8192), (100, 100)])
 def test_dispatch_plan_in_token_range(rng):
     """Inside a compile range, the plan keeps only buckets meeting it: for every M of the range
     exactly one entry's gate is on, and it is the config a concrete M gets."""
-    ctx = L.token_range(*rng) if rng else contextlib.nullcontext()
+    ctx = O.token_range(*rng) if rng else contextlib.nullcontext()
     with ctx:
-        plan = L.dispatch_plan(4096, 4096, torch.bfloat16)
+        plan = O.dispatch_plan(4096, 4096, torch.bfloat16)
     lo_r, hi_r = rng or (1, 8192)
-    ms = sorted({lo_r, hi_r, *(b + d for b in L.BUCKETS for d in (0, 1) if lo_r <= b + d <= hi_r)})
+    ms = sorted({lo_r, hi_r, *(b + d for b in C.BUCKETS for d in (0, 1) if lo_r <= b + d <= hi_r)})
     for m in ms:
-        on = [c for lo, hi, c in plan if L._gate(m, lo, hi) == 1]
-        assert on == [L.choose_config(m, 4096, 4096, torch.bfloat16)], (m, plan)
-    buckets_met = {L.bucket_of(m) for m in range(lo_r, hi_r + 1)}
+        on = [c for lo, hi, c in plan if O.gate(m, lo, hi) == 1]
+        assert on == [O.choose_config(m, 4096, 4096, torch.bfloat16)], (m, plan)
+    buckets_met = {C.bucket_of(m) for m in range(lo_r, hi_r + 1)}
     assert len(plan) <= len(buckets_met)
 
 
@@ -304,9 +321,9 @@ def test_token_range_prefill_graph_launches_prefill_tiles_only():
     prefill buckets' kernels (fewer host launches in eager prefill steps)."""
     x = torch.randn(600, 256, dtype=torch.bfloat16)
     w = torch.randn(384, 256, dtype=torch.bfloat16)
-    full = L.dispatch_plan(384, 256, torch.bfloat16)
-    with L.token_range(513, 8192):
-        plan = L.dispatch_plan(384, 256, torch.bfloat16)
+    full = O.dispatch_plan(384, 256, torch.bfloat16)
+    with O.token_range(513, 8192):
+        plan = O.dispatch_plan(384, 256, torch.bfloat16)
         hits, code, calls = _compile(lambda x, w: torch.nn.functional.linear(x, w), [x, w], dynamic=[(0, 0)])
     assert hits == 1 and len(plan) < len(full)
     runs = [line for line in calls.splitlines() if ".run(" in line and "mm_" in line]
@@ -316,24 +333,24 @@ def test_token_range_prefill_graph_launches_prefill_tiles_only():
 
 # ----------------------------------------------------------------------------- sm_90 codegen
 
-def _sm90_compile(cfg, act=L.NO_ACT):
+def _sm90_compile(cfg, act=LA.NO_ACT):
     """sm_90 compile of ``cfg``'s kernel; with ``act`` its fused gate_up form, launched as
     ``_launch_cfg`` does (half the columns of each tile in gate, half in up, no bias)."""
     import triton
     from triton.backends.compiler import GPUTarget
 
-    fused = act != L.NO_ACT
-    bn = (max(1, cfg.block_n // 2) if cfg.kernel == L.GEMV else max(16, cfg.block_n // 2)) if fused else cfg.block_n
+    fused = act != LA.NO_ACT
+    bn = (max(1, cfg.block_n // 2) if cfg.kernel == C.Kind.GEMV else max(16, cfg.block_n // 2)) if fused else cfg.block_n
     common = dict(HAS_BIAS=not fused, ACT=act, BLOCK_N=bn, BLOCK_K=cfg.block_k)
-    if cfg.kernel == L.GEMV:
-        kern, const = L.mm_gemv_kernel, dict(EVEN_K=True, **common)
+    if cfg.kernel == C.Kind.GEMV:
+        kern, const = KK.mm_gemv_kernel, dict(EVEN_K=True, SPLIT_K=cfg.split_k, **common)
     elif cfg.kernel:
         common.pop("ACT")
-        kern, const = L.mm_tma_kernel, dict(B_KMAJOR=True, NUM_SMS=L.NUM_SMS,
-                                            WARP_SPECIALIZE=cfg.kernel == L.TMA_WS, BLOCK_M=cfg.block_m,
+        kern, const = KK.mm_tma_kernel, dict(B_KMAJOR=True, NUM_SMS=C.DEFAULT_DEVICE.sms,
+                                            WARP_SPECIALIZE=cfg.kernel == C.Kind.TMA_WS, BLOCK_M=cfg.block_m,
                                             GROUP_M=cfg.group_m, **common)
     else:
-        kern, const = L.mm_kernel, dict(SPLIT_K=1, EVEN_K=True, PRECISION="tf32", IDX32=cfg.block_k <= L.IDX32_MAX_BLOCK_K,
+        kern, const = KK.mm_kernel, dict(SPLIT_K=1, EVEN_K=True, PRECISION="tf32", IDX32=cfg.block_k <= LA.IDX32_MAX_BLOCK_K,
                                         stride_ak=1, stride_bk=1, stride_cn=1, BLOCK_M=cfg.block_m,
                                         GROUP_M=cfg.group_m, **common)
     sig = {n: ("*bf16" if n in ("A", "B", "C", "bias") else "i32") for n in kern.arg_names}
@@ -344,7 +361,7 @@ def _sm90_compile(cfg, act=L.NO_ACT):
 
 
 # The shipped table, plus one config of each kernel kind the tuner may pick.
-_KIND_EXAMPLES = [L.Cfg(1, 16, 512, 1, 1, 4, 1, L.GEMV), L.Cfg(1, 8, 2048, 1, 1, 8, 1, L.GEMV)]
+_KIND_EXAMPLES = [C.Cfg(1, 16, 512, 1, 1, 4, 1, C.Kind.GEMV), C.Cfg(1, 8, 2048, 1, 1, 8, 1, C.Kind.GEMV)]
 
 
 _CFGS = sorted(set(_table_configs()) | set(_KIND_EXAMPLES))
@@ -352,14 +369,14 @@ _CFGS = sorted(set(_table_configs()) | set(_KIND_EXAMPLES))
 
 # Every config plain, and with the fused gate_up epilogue where its bucket runs it fused (the
 # prefill TMA buckets run the plain GEMM, then the activation).
-@pytest.mark.parametrize("cfg, act", [(c, L.NO_ACT) for c in _CFGS]
-                         + [(c, L.ACTS["silu"]) for c in _CFGS if c.kernel not in (L.TMA, L.TMA_WS)],
+@pytest.mark.parametrize("cfg, act", [(c, LA.NO_ACT) for c in _CFGS]
+                         + [(c, LA.ACTS["silu"]) for c in _CFGS if c.kernel not in (C.Kind.TMA, C.Kind.TMA_WS)],
                          ids=lambda v: "x".join(map(str, v)) if isinstance(v, tuple) else ("plain", "gate_up_silu")[v >= 0])
 def test_config_compiles_for_sm90(cfg, act):
     out = _sm90_compile(cfg, act)
     assert out.asm.get("cubin")
     assert out.metadata.shared <= 232448, out.metadata.shared
-    if cfg.kernel in (L.TMA, L.TMA_WS):
+    if cfg.kernel in (C.Kind.TMA, C.Kind.TMA_WS):
         assert "wgmma" in out.asm["ptx"] and "cp.async.bulk.tensor" in out.asm["ptx"]
 
 
@@ -403,21 +420,21 @@ def test_computed_input_written_once(dynamic):
 def test_eager_config_choice_is_memoised(monkeypatch):
     """Eager GPU calls (vLLM's lm_head, once per decode step) look the config up once: the
     tuning-DB lookup costs ~0.1 ms of host time; a cleared DB forgets the choice."""
-    from tri_inductor import cache, tuning
+    from tri_inductor import cache
 
     calls = []
-    real = tuning.gemm_config
+    real = O.config_for
 
     def counting(*a, **k):
         calls.append(a)
         return real(*a, **k)
 
-    monkeypatch.setattr(tuning, "gemm_config", counting)
+    monkeypatch.setattr(O, "config_for", counting)
     cache.forget_loaded()
-    first = L._eager_config(1, 4096, 4096, torch.bfloat16)
-    assert L._eager_config(1, 4096, 4096, torch.bfloat16) == first and len(calls) == 1
-    assert L._eager_config(64, 4096, 4096, torch.bfloat16) == L.choose_config(64, 4096, 4096, torch.bfloat16)
+    first = O.eager_config(1, 4096, 4096, torch.bfloat16)
+    assert O.eager_config(1, 4096, 4096, torch.bfloat16) == first and len(calls) == 1
+    assert O.eager_config(64, 4096, 4096, torch.bfloat16) == O.choose_config(64, 4096, 4096, torch.bfloat16)
     assert len(calls) == 3  # another bucket: its own lookup (+ the direct choose_config)
     cache.forget_loaded()
-    L._eager_config(1, 4096, 4096, torch.bfloat16)
+    O.eager_config(1, 4096, 4096, torch.bfloat16)
     assert len(calls) == 4

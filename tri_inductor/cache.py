@@ -43,7 +43,7 @@ import threading
 import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 log = logging.getLogger("tri_inductor.cache")
 
@@ -436,13 +436,21 @@ def store(kernel: str, shape_key: str, config: Any, **info: Any) -> None:
     db().store(kernel, shape_key, config, **info)
 
 
+# Called by forget_loaded: modules that memoise what they read from the DB (GEMM eager choices).
+_FORGET_CALLBACKS: list[Callable[[], None]] = []
+
+
+def on_forget(callback: Callable[[], None]) -> None:
+    if callback not in _FORGET_CALLBACKS:
+        _FORGET_CALLBACKS.append(callback)
+
+
 def forget_loaded() -> None:
-    """Drop in-memory DBs (after clear/import, or in tests)."""
+    """Drop in-memory DBs (after clear/import, or in tests) and what was memoised from them."""
     with _DBS_LOCK:
         _DBS.clear()
-    linear = sys.modules.get("tri_inductor.patterns.linear")  # loaded: it memoises eager choices
-    if linear is not None:
-        linear._EAGER_CHOICE.clear()
+    for callback in _FORGET_CALLBACKS:
+        callback()
 
 
 # ----------------------------------------------------------------------------- info / clear

@@ -1,12 +1,13 @@
 """On-GPU tuning of our kernels' configs, once per shape, results kept in :mod:`tri_inductor.cache`.
 
-``linear.choose_config`` asks :func:`gemm_config` for the tile config of a GEMM (N, K, M bucket,
-dtype).  A stored result is returned at once (warm start: nothing is benchmarked).  On a miss,
-where a real GPU is present, the candidate configs from ``linear.py``'s tables (the bucket's
-default, its shipped tuned entry and the neighbouring buckets' configs) are each benchmarked
-once, the fastest correct one is stored and returned.  Without a GPU (CI, codegen-only mode, the
-interpreter) or unless ``TRI_INDUCTOR_TUNE=1`` (opt-in: the GPU path of the tuner has not yet been
-run on a GPU) the static table's choice is returned and nothing is stored.  A failed tuning run never fails the compile: the table default is used.
+Generic: a kernel family gives a default, candidates and a ``measure`` function (the GEMM's are
+in ``patterns/gemm/tuning.py``).  A stored result is returned at once (warm start: nothing is
+benchmarked).  On a miss, on a real GPU, the candidates are benchmarked once each and the
+fastest correct one is stored and returned.  Tuning is on by default on a GPU
+(``TRI_INDUCTOR_TUNE=0`` turns it off); without a GPU (CI, codegen-only mode, the interpreter)
+the default is returned and nothing is stored.  All tuning of one process shares a time budget
+(``TRI_INDUCTOR_TUNE_BUDGET_S``, default 120 s): past it, defaults are used and not stored, so a
+later start tunes the rest.  A failed tuning run never fails the compile: the default is used.
 
 The choice is made while Inductor traces our replacement graph (fake tensors, functionalization
 and proxy modes active on this thread).  Benchmarks therefore run in a short-lived helper thread,
@@ -25,17 +26,21 @@ from . import cache
 
 log = logging.getLogger("tri_inductor.tuning")
 
-TUNE_ENV = "TRI_INDUCTOR_TUNE"  # "1": tune missing shapes on the GPU; unset/"0": the static tables
+TUNE_ENV = "TRI_INDUCTOR_TUNE"  # unset/"1": tune missing shapes on a GPU; "0": never
+BUDGET_ENV = "TRI_INDUCTOR_TUNE_BUDGET_S"
+DEFAULT_BUDGET_S = 120.0
 C = TypeVar("C")
 
 _failed: set[tuple[str, str]] = set()  # shapes whose tuning failed in this process: not retried
 _tuned_this_process = 0
+_spent_s = 0.0  # seconds of tuning in this process (the budget's meter)
+_budget_told = False
 _state_lock = threading.Lock()
 
 
 def can_tune() -> bool:
     """A real GPU is here and tuning is allowed."""
-    if os.environ.get(TUNE_ENV, "0").strip().lower() in ("0", "false", "no", "off", ""):
+    if os.environ.get(TUNE_ENV, "1").strip().lower() in ("0", "false", "no", "off"):
         return False
     if os.environ.get("TRITON_INTERPRET") == "1":
         return False
@@ -49,6 +54,20 @@ def can_tune() -> bool:
         return "(codegen-only)" not in cache.card()[0]  # fake_sm90 reports a fake H100
     except Exception:  # noqa: BLE001
         return False
+
+
+def budget_s() -> float:
+    raw = os.environ.get(BUDGET_ENV)
+    if raw is None:
+        return DEFAULT_BUDGET_S
+    try:
+        return max(0.0, float(raw))
+    except ValueError:
+        raise ValueError(f"{BUDGET_ENV}={raw!r}: give seconds, e.g. 120 (0: tune nothing new)") from None
+
+
+def spent_s() -> float:
+    return _spent_s
 
 
 def run_isolated(fn: Callable[[], Any]) -> Any:
@@ -84,7 +103,7 @@ def tune(kernel: str, shape_key: str, default: C, candidates: Sequence[C],
     ``skip_reason()`` (on a miss only): a reason not to tune now (e.g. not enough free memory).
 
     Generic so attention (or any kernel with a config table) can use it the way GEMM does."""
-    global _tuned_this_process
+    global _tuned_this_process, _budget_told, _spent_s
     label = label or f"{kernel} {shape_key}"
     hit = cache.lookup(kernel, shape_key)
     if hit is not None:
@@ -93,6 +112,12 @@ def tune(kernel: str, shape_key: str, default: C, candidates: Sequence[C],
             return cfg
         log.warning("tri_inductor: stored config %r for %s is not valid for this version; re-tuning", hit, label)
     if (kernel, shape_key) in _failed or not can_tune():
+        return default
+    if _spent_s >= budget_s():
+        if not _budget_told:
+            _budget_told = True
+            cache.progress(f"tuning budget spent ({_spent_s:.0f} s of {BUDGET_ENV}={budget_s():g}): "
+                           "untuned shapes use the cost model's config this start; a later start tunes them")
         return default
     why = skip_reason() if skip_reason is not None else None
     if why:
@@ -107,20 +132,25 @@ def tune(kernel: str, shape_key: str, default: C, candidates: Sequence[C],
         _tuned_this_process += 1
         nth = _tuned_this_process
     t0 = time.perf_counter()
-    cache.progress(f"tuning {label}: {len(uniq)} candidate configs (shape #{nth} this start; "
-                   "a warm start skips this)")
+    try:
+        return _tune_now(kernel, shape_key, label, default, uniq, measure, encode, nth, t0)
+    finally:
+        with _state_lock:
+            _spent_s += time.perf_counter() - t0
+
+
+def _tune_now(kernel, shape_key, label, default, uniq, measure, encode, nth, t0):
+    log.debug("tuning %s: %d candidate configs (shape #%d this start)", label, len(uniq), nth)
     timings: list[tuple[float, C]] = []
     for i, c in enumerate(uniq, 1):
         cache.count("benchmarks")
         try:
             ms = float(measure(c))
         except Exception as e:  # noqa: BLE001  (out of shared memory, wrong result, ...)
-            cache.progress(f"tuning {label} ({i}/{len(uniq)}): {tuple(c) if isinstance(c, tuple) else c} "
-                           f"rejected ({type(e).__name__})")
+            log.debug("tuning %s (%d/%d): %s rejected (%s: %s)", label, i, len(uniq), c, type(e).__name__, e)
             continue
         timings.append((ms, c))
-        cache.progress(f"tuning {label} ({i}/{len(uniq)}): {tuple(c) if isinstance(c, tuple) else c} "
-                       f"{ms * 1e3:.1f} us")
+        log.debug("tuning %s (%d/%d): %s %.1f us", label, i, len(uniq), c, ms * 1e3)
     if not timings:
         cache.count("tune_s", time.perf_counter() - t0)
         _failed.add((kernel, shape_key))
@@ -133,95 +163,9 @@ def tune(kernel: str, shape_key: str, default: C, candidates: Sequence[C],
                 default_us=None if default_ms is None else round(default_ms * 1e3, 2),
                 candidates=len(uniq), tune_s=round(time.perf_counter() - t0, 2))
     cache.count("tuned")
-    gain = f", x{default_ms / best_ms:.2f} vs the table default" if default_ms else ""
-    cache.progress(f"tuned {label} -> {tuple(best) if isinstance(best, tuple) else best} "
-                   f"({best_ms * 1e3:.1f} us{gain}) in {time.perf_counter() - t0:.1f} s")
+    gain = f", x{default_ms / best_ms:.2f} vs the default" if default_ms else ""
+    shown = best.short() if hasattr(best, "short") else best
+    cache.progress(f"tuned {label} (#{nth}): {shown} {best_ms * 1e3:.1f} us{gain}; "
+                   f"{len(timings)}/{len(uniq)} candidates in {time.perf_counter() - t0:.1f} s "
+                   f"(tuning so far {_spent_s + time.perf_counter() - t0:.0f} s; a warm start skips this)")
     return best
-
-
-# ----------------------------------------------------------------------------- GEMM
-
-
-def bucket_label(bucket: int) -> str:
-    from .patterns.linear import BUCKETS
-
-    return f">{BUCKETS[-1]}" if bucket > BUCKETS[-1] else f"<={bucket}"
-
-
-def gemm_shape_key(n: int, k: int, bucket: int, dtype: Any) -> str:
-    return f"N={n},K={k},M{bucket_label(bucket)},{str(dtype).replace('torch.', '')}"
-
-
-def gemm_candidates(n: int, k: int, bucket: int) -> list[Any]:
-    """linear.py's own choices around this bucket: shipped tuned entries and static defaults of
-    the bucket and its neighbours (every config is correct for every M; only speed differs)."""
-    from .patterns import linear as L
-
-    keys = sorted(L.CONFIGS)
-    i = keys.index(bucket) if bucket in keys else len(keys) - 1
-    near = keys[max(0, i - 1): i + 2]
-    out = [L.TUNED.get((n, k, bucket)), L.CONFIGS.get(bucket)]
-    out += [L.TUNED.get((n, k, b)) for b in near] + [L.CONFIGS[b] for b in near]
-    return [c for c in out if c is not None]
-
-
-def _ends(out: Any) -> Any:
-    """First and last rows of a GEMM output, in fp32: the correctness check covers the first and
-    the last M tile (ragged edges, group ordering) without a full-size fp32 copy of a big output."""
-    import torch
-
-    return torch.cat([out[:32], out[-32:]]).float()
-
-
-def gemm_config(n: int, k: int, bucket: int, dtype: Any, default: Any) -> Any:
-    """The tile config for a (N, K, M bucket) GEMM: stored result, else tuned now, else ``default``."""
-    import torch
-
-    from .patterns import linear as L
-
-    if dtype not in (torch.float16, torch.bfloat16):
-        return default  # fp32 uses its own small table; not tuned
-
-    def decode(raw: Any) -> Any:
-        try:
-            cfg = L.Cfg(*(int(x) for x in raw))
-        except (TypeError, ValueError):
-            return None
-        return cfg if cfg.block_m > 0 and cfg.block_n > 0 and cfg.block_k > 0 else None
-
-    m = L.representative_m(None if bucket > L.BUCKETS[-1] else bucket)
-    state: dict[str, Any] = {}
-
-    def too_big() -> str | None:
-        # Operands + two outputs + (small M) a split-K fp32 workspace: the transient GPU memory
-        # tuning needs.  With too little free (a huge lm_head, a nearly full card) keep the table.
-        need = (m * k + n * k + 2 * m * n) * 2 + (m * n * 4 * 16 if m <= 128 else 0)
-        free = torch.cuda.mem_get_info()[0]
-        if 2 * need > free:
-            return f"needs ~{need >> 20} MiB of GPU memory, {free >> 20} MiB free"
-        return None
-
-    def measure(cfg: Any) -> float:
-        def work() -> float:
-            import triton.testing
-
-            if "a" not in state:
-                g = torch.Generator(device="cuda").manual_seed(0)
-                state["a"] = torch.randn(m, k, device="cuda", dtype=dtype, generator=g)
-                state["w"] = torch.randn(n, k, device="cuda", dtype=dtype, generator=g) / 64
-                state["ref"] = _ends(L._mm_launch(state["a"], state["w"].t(), None, default))
-            a, b = state["a"], state["w"].t()
-            out = _ends(L._mm_launch(a, b, None, cfg))
-            err = ((out - state["ref"]).norm() / state["ref"].norm().clamp_min(1e-6)).item()
-            if not err < 2e-2:
-                raise ValueError(f"result differs from the default config's (rel. err {err:.2e})")
-            return float(triton.testing.do_bench(lambda: L._mm_launch(a, b, None, cfg), warmup=10, rep=30))
-
-        return run_isolated(work)
-
-    try:
-        return tune("mm", gemm_shape_key(n, k, bucket, dtype), default, gemm_candidates(n, k, bucket),
-                    measure, decode, lambda c: list(c), skip_reason=too_big,
-                    label=f"mm N={n} K={k} M-bucket={bucket_label(bucket)} {str(dtype).replace('torch.', '')}")
-    finally:
-        state.clear()  # free the benchmark tensors before the compile goes on

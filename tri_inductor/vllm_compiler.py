@@ -208,7 +208,7 @@ class TriInductorCompiler(InductorStandaloneAdaptor):
         what = f"{key or 'piece'}[{compile_range}]"
         # vLLM's StopCompiling (a BaseException: "identical artifact already compiled") passes
         # through untouched; the audited copy is the one compiled first.
-        from .patterns.linear import token_range
+        from .patterns.gemm.ops import token_range
 
         with _audited(options, what), token_range(compile_range.start, compile_range.end):
             compiled, handle = super().compile(graph, example_inputs, cfg, compile_range, key)

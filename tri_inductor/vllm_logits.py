@@ -73,7 +73,7 @@ def _fallback(processor: Any, reason: str) -> None:
 
 def _ops():
     if not hasattr(torch.ops.tri_inductor, "mm"):
-        from .patterns import linear  # noqa: F401  (registers tri_inductor::mm / addmm)
+        from .patterns.gemm import ops  # noqa: F401  (registers tri_inductor::mm / addmm)
     return torch.ops.tri_inductor
 
 
@@ -81,7 +81,7 @@ def warm_up(head: Callable[[torch.Tensor], torch.Tensor], flat: torch.Tensor, ma
     """Compile the lm_head GEMM for every M bucket a step can hit (1..max_num_seqs rows) on the
     first call (vLLM's start-up dummy run): otherwise a batch size first seen while serving
     JIT-compiles its kernel then (~1 s stall, measured as mixed-workload throughput noise)."""
-    from .patterns.linear import eager_warm_sizes
+    from .patterns.gemm.ops import eager_warm_sizes
 
     for m in eager_warm_sizes(max(max_rows, flat.shape[0], 1)):
         head(torch.zeros((m, flat.shape[1]), dtype=flat.dtype, device=flat.device))
@@ -104,17 +104,17 @@ def triton_lm_head(processor: Any, lm_head: Any, hidden_states: torch.Tensor,
     try:
         ops = _ops()
     except ImportError as e:
-        _fallback(processor, f"tri_inductor.patterns.linear is not importable ({e})")
+        _fallback(processor, f"tri_inductor.patterns.gemm is not importable ({e})")
         return None
     flat = hidden_states.reshape(-1, hidden_states.shape[-1])
     b = weight.t()  # [K, vocab]: our mm takes any strides, no copy
     bias = embedding_bias.to(flat.dtype) if embedding_bias is not None else None
     if flat.is_cuda and type(flat) is torch.Tensor:
         # Eager, every step: the op's body without the dispatcher round trip (host time).
-        from .patterns.linear import _mm_launch
+        from .patterns.gemm.ops import mm_launch
 
         def head(a: torch.Tensor) -> torch.Tensor:
-            return _mm_launch(a, b, bias)
+            return mm_launch(a, b, bias)
     else:
         def head(a: torch.Tensor) -> torch.Tensor:
             return ops.addmm(bias, a, b) if bias is not None else ops.mm(a, b)

@@ -4,9 +4,9 @@
 |--------------|------------------------|--------------------------------------------------|
 | rope         | patterns/rope.py       | rope_cache, rope_cos_sin, qk_norm_rope_cache     |
 | rms_norm     | patterns/rms_norm.py   | rms_norm, fused_add_rms_norm                     |
-| gate_up      | patterns/gate_up.py    | mm_act_mul (linear.py's kernels, fused epilogue) |
+| gate_up      | patterns/gate_up.py    | mm_act_mul (the gemm kernels, fused epilogue)    |
 | activation   | patterns/activation.py | silu_and_mul, gelu_and_mul                       |
-| linear       | patterns/linear.py     | mm, addmm                                        |
+| linear       | patterns/linear.py     | mm, addmm (kernels, configs, tuning: gemm/)      |
 | attention    | patterns/attention.py  | attention                                        |
 
 Applied in this order (``options.FAMILIES``): RoPE first, so that its fused form can take a q/k
@@ -48,6 +48,8 @@ def our_kernel_names() -> dict[str, str]:
 
     names: dict[str, str] = {}
     for family, module in load_all().items():
+        for kernel in getattr(module, "KERNELS", ()):  # kernels a family keeps in a package of its own
+            names[kernel.fn.__name__] = family
         for value in vars(module).values():
             fn = value
             while fn is not None and not isinstance(fn, JITFunction):

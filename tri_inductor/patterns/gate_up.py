@@ -1,10 +1,10 @@
 """An MLP's gate_up projection fused with its gated activation: one GEMM for
-``act(x @ w[:I].T) * (x @ w[I:].T)`` (``linear.mm_act_mul``).
+``act(x @ w[:I].T) * (x @ w[I:].T)`` (``gemm.ops.mm_act_mul``).
 
 Unfused, the projection writes a [T, 2I] output that the activation kernel then reads back:
 2 x T x 2I x 2 bytes of traffic and one more launch per layer (T = 4096 tokens of Llama-3-8B:
 ~0.9 GB, ~0.2 ms a layer on an H200). The fused kernel accumulates each gate tile and the up
-tile I columns further on from the same A tiles (linear.py) and writes only the product.
+tile I columns further on from the same A tiles (``gemm/``) and writes only the product.
 Neither vLLM's CUDA path (cuBLAS + its silu_and_mul kernel) nor Inductor (an epilogue sees one
 tile of the mm, never the column I away) does this.
 
@@ -17,7 +17,8 @@ from __future__ import annotations
 import torch
 
 from . import activation as A
-from .linear import _mm_ok, _val, mm_act_mul, reference_mm_act_mul  # noqa: F401  (the op, its reference)
+from .gemm.ops import mm_act_mul, reference_mm_act_mul  # noqa: F401  (the op, its reference)
+from .linear import _val, mm_operands_ok
 
 # The activation forms the activation family matches, each fed by an mm: (search form, act).
 _FORMS = ((A._silu_slices, "silu"), (A._silu_chunk, "silu"), (A._silu_chunk_gate_first, "silu"),
@@ -38,7 +39,7 @@ def _replacement(act: str):
 
 def _check(match) -> bool:
     x, w = match.kwargs["x"], match.kwargs["w"]
-    return _mm_ok(x, w) and _val(w).shape[1] % 2 == 0  # _mm_ok: 2-D float16/bfloat16/float32, static w
+    return mm_operands_ok(x, w) and _val(w).shape[1] % 2 == 0
 
 
 def register_patterns(pm_pass) -> None:

@@ -1,0 +1,200 @@
+"""A cost model for GEMM configs: a good config for any (M, N, K, dtype) on any device, and the
+candidate space the tuner measures.
+
+The model is deliberately small (docs/design/gemm.md): a config's time is the larger of its
+memory time and its tensor-core time, plus fixed costs.
+
+* memory: the bytes it moves (weights once per M-tile group, activations once per N tile,
+  output, split-K partials written and read back) over the bandwidth its programs can keep in
+  flight (Little's law: resident programs x bytes each has in flight against the bytes HBM
+  needs in flight to run at full rate);
+* tensor cores: the *padded* work (ragged M/N/K tiles do full tiles' work) over the rate the
+  tile shape reaches (wgmma needs 64-row tiles; 16/32-row tiles run mma.sync), divided by the
+  wave efficiency (the last wave's idle SMs), with the SM count read from the device;
+* fixed: a second launch for the split-K reduction, a pipeline fill per program.
+
+Absolute numbers are rough; only the ranking among one shape's candidates matters. On a GPU
+the tuner measures the model's best candidates (``tuning.py``); without one the model's first
+choice is used as it is.
+"""
+from __future__ import annotations
+
+from .configs import BUCKETS, TOP_BUCKET, Cfg, Device, Kind, invalid_reason, representative_m
+
+# Rates of an H100/H200-class part (bf16); other chips are scaled by SM count only: the ranking
+# of one shape's candidates depends on ratios, not on these absolute values.
+PEAK_FLOPS_PER_SM = 990e12 / 132 * 0.8
+HBM_BYTES_PER_S = 3.3e12
+HBM_BYTES_IN_FLIGHT = 3.3e12 * 0.9e-6     # Little's law: bandwidth x ~0.9 us of latency
+LAUNCH_S = 2.5e-6                        # one more kernel in the step (split-K reduction)
+PROGRAM_FILL_S = 0.4e-6                  # pipeline fill + epilogue of one program
+
+
+def _cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def auto_split(cfg: Cfg, m: int, n: int, k: int, dev: Device) -> int:
+    """Split-K factor of a config whose ``split_k`` is 0: the smallest split whose programs fill
+    the last wave of the device's SMs to >= 85%, each split keeping >= 4 K steps to pipeline."""
+    if cfg.split_k:
+        return cfg.split_k
+    tiles = _cdiv(m, cfg.block_m) * _cdiv(n, cfg.block_n)
+    max_split = max(1, min(8, k // (4 * cfg.block_k)))
+    for split in range(1, max_split + 1):
+        work = tiles * split
+        if work / (_cdiv(work, dev.sms) * dev.sms) >= 0.85:
+            return split
+    return max_split
+
+
+def _mma_efficiency(cfg: Cfg, dev: Device) -> float:
+    """Fraction of the tensor-core peak a tile shape reaches (Hopper: wgmma from 64 rows)."""
+    if cfg.kernel == Kind.GEMV:
+        return 0.06  # CUDA-core FMAs
+    area = cfg.block_m * cfg.block_n
+    if dev.hopper and cfg.block_m >= 64:
+        eff = 0.92 if area >= 128 * 256 else 0.85 if area >= 128 * 128 else 0.7 if area >= 64 * 128 else 0.5
+        if cfg.kernel == Kind.PTR:
+            eff *= 0.85  # no TMA / persistence: address arithmetic and per-tile prologues
+        return eff
+    return 0.3 if cfg.block_m >= 32 else 0.2  # mma.sync tiles
+
+
+def _resident(cfg: Cfg, dev: Device, elem: int) -> int:
+    """Programs one SM holds at once (shared memory and warp slots)."""
+    if cfg.kernel in (Kind.TMA, Kind.TMA_WS):
+        return 1
+    per_warps = max(1, 64 // cfg.num_warps)
+    if cfg.kernel == Kind.GEMV:
+        regs = cfg.block_n * cfg.block_k * 2 // (32 * cfg.num_warps)  # fp32 accumulators a thread
+        return max(1, min(per_warps, 16, 65536 // max(1, (regs + 40) * 32 * cfg.num_warps)))
+    smem = (cfg.block_m * cfg.block_k + cfg.block_k * cfg.block_n) * elem * cfg.num_stages
+    return max(1, min(per_warps, dev.smem // max(1, smem)))
+
+
+def estimate_s(cfg: Cfg, m: int, n: int, k: int, dev: Device, elem: int = 2, fused: bool = False) -> float:
+    """Modelled seconds of one launch of ``cfg`` on an (m x k) @ (k x n) GEMM. ``fused``: the
+    gate_up form (n = both halves; the output is half as wide)."""
+    split = 1 if cfg.kernel in (Kind.TMA, Kind.TMA_WS) else auto_split(cfg, m, n, k, dev)
+    bm = 1 if cfg.kernel == Kind.GEMV else cfg.block_m
+    m_tiles = _cdiv(m, bm) if cfg.kernel != Kind.GEMV else 1
+    n_tiles = _cdiv(n, cfg.block_n)
+    tiles = m_tiles * n_tiles
+    programs = tiles * split
+    k_steps = _cdiv(_cdiv(k, split), cfg.block_k)
+    # memory: the weight once per group of M tiles that share it in L2, the activations once per
+    # N tile (mostly L2 hits: a tenth), the output, split-K partials written + read
+    w_reads = _cdiv(m_tiles, max(1, cfg.group_m)) if cfg.kernel != Kind.GEMV else m
+    k_pad = k_steps * cfg.block_k * split
+    bytes_ = (n * min(k_pad, k + cfg.block_k) * elem * max(1, min(w_reads, 4))
+              + m * k * elem * max(1, n_tiles // 10) + m * (n // 2 if fused else n) * elem)
+    if split > 1:
+        bytes_ += 2 * split * m * n * 4
+    resident = min(programs, _resident(cfg, dev, elem) * dev.sms)
+    if cfg.kernel == Kind.GEMV:
+        in_flight = cfg.block_n * cfg.block_k * elem * (2 if fused else 1)
+    else:
+        in_flight = cfg.block_k * (cfg.block_n + cfg.block_m) * elem * max(1, cfg.num_stages - 1)
+    bw = HBM_BYTES_PER_S * dev.sms / 132 * min(1.0, resident * in_flight / HBM_BYTES_IN_FLIGHT)
+    # programs spread unevenly over SMs: the busiest SM's share over the mean (bounded, since
+    # an SM with less work lets the others draw more bandwidth)
+    per_sm = programs / dev.sms
+    imbalance = 1.0 if programs >= 8 * dev.sms else min(1.25, _cdiv(programs, dev.sms) / per_sm) if per_sm >= 1 else 1.0
+    t_mem = bytes_ / bw * (1 + (imbalance - 1) * 0.5)
+    # tensor cores: padded work over the tile's rate, wave quantised
+    padded = 2 * m_tiles * bm * n_tiles * cfg.block_n * k_steps * cfg.block_k * split
+    if cfg.kernel == Kind.GEMV:
+        padded = 2 * m * n_tiles * cfg.block_n * k_steps * cfg.block_k * split
+    slots = dev.sms * (1 if cfg.kernel in (Kind.TMA, Kind.TMA_WS) else min(_resident(cfg, dev, elem), 2))
+    waves = _cdiv(programs, slots)
+    wave_eff = programs / (waves * slots) if programs >= slots else programs / slots
+    t_mma = padded / (PEAK_FLOPS_PER_SM * dev.sms * _mma_efficiency(cfg, dev) * max(wave_eff, 1e-3))
+    # a program's pipeline fill overlaps other resident programs' loads after the first wave
+    fixed = (LAUNCH_S if split > 1 else 0.0) + PROGRAM_FILL_S * min(waves, 2) + 0.02e-6 * k_steps
+    return max(t_mem, t_mma) + fixed
+
+
+# ------------------------------------------------------------------------ candidate space
+
+
+def _ok(c: Cfg, dev: Device, elem: int) -> bool:
+    return invalid_reason(c, dev, elem) is None
+
+
+def candidates(m: int, n: int, k: int, dev: Device, elem: int = 2) -> list[Cfg]:
+    """Every config worth considering for M rows (a bucket's representative M): valid on
+    ``dev``, correct for every M (only speed differs)."""
+    out: list[Cfg] = []
+    if m <= 1:
+        for bn in (2, 4, 8, 16, 32):
+            for bk in (128, 256, 512, 1024, 2048):
+                if not 512 <= bn * bk <= 16384 or bk > max(128, 2 * k):
+                    continue
+                warps = (4,) if bn * bk <= 4096 else (4, 8)
+                splits = [1] + [s for s in (2, 4, 8) if _cdiv(n, bn) * s <= 4 * dev.sms and k >= s * bk]
+                out += [Cfg(1, bn, bk, 1, s, w, 1, Kind.GEMV) for w in warps for s in splits]
+        out += [Cfg(16, bn, bk, 1, 0, 4, st) for bn, bk, st in ((32, 256, 4), (64, 256, 4), (64, 128, 6))]
+    elif m <= 64:
+        bm = max(16, 1 << (m - 1).bit_length()) if m <= 64 else 64
+        for bn in (32, 64, 128):
+            for bk in (64, 128, 256):
+                for st in (3, 4, 6):
+                    for s in (0, 1):
+                        out.append(Cfg(bm, bn, bk, 1, s, 4, st))
+        if m > 16 and dev.hopper:
+            out += [Cfg(64, bn, bk, 1, 1, 4, st, Kind.TMA) for bn, bk, st in
+                    ((32, 128, 6), (64, 128, 5), (64, 64, 8), (128, 64, 6), (64, 256, 3))]
+    else:
+        for bm in (64, 128) if m <= 256 else (128,):
+            for bn in (64, 128, 256):
+                for bk in (64, 128):
+                    for st in (3, 4, 5):
+                        for w in (4, 8):
+                            if bm * bn >= 128 * 256 and w == 4:
+                                continue
+                            out.append(Cfg(bm, bn, bk, 8, 1, w, st))
+                            if dev.hopper:
+                                out.append(Cfg(bm, bn, bk, 8, 1, w, st, Kind.TMA))
+                                out.append(Cfg(bm, bn, bk, 8, 1, w, st, Kind.TMA_WS))
+        if m <= 256:
+            out += [Cfg(64, bn, bk, 2, s, 4, st) for bn, bk, st in ((64, 128, 4), (128, 64, 4), (64, 256, 3))
+                    for s in (0, 1)]
+    seen: set[Cfg] = set()
+    uniq = []
+    for c in out:
+        if c not in seen and _ok(c, dev, elem):
+            seen.add(c)
+            uniq.append(c)
+    return uniq
+
+
+def ranked(m: int, n: int, k: int, dev: Device, elem: int = 2, fused: bool = False) -> list[Cfg]:
+    """The candidate space, best modelled first (ties: fewer programs, then the listing order)."""
+    cands = candidates(m, n, k, dev, elem)
+    return sorted(cands, key=lambda c: estimate_s(c, m, n, k, dev, elem, fused))
+
+
+def model_config(bucket: int, n: int, k: int, dev: Device, elem: int = 2) -> Cfg:
+    """The cost model's choice for an M bucket (its representative M)."""
+    m = representative_m(None if bucket > BUCKETS[-1] else bucket)
+    return ranked(m, n, k, dev, elem)[0]
+
+
+FP32_CONFIGS: dict[int, Cfg] = {  # fp32 (tf32) inputs: half the operand bytes fit per stage
+    16: Cfg(16, 64, 64, 1, 0, 4, 3),
+    32: Cfg(32, 64, 64, 1, 0, 4, 3),
+    64: Cfg(64, 64, 64, 1, 0, 4, 3),
+    TOP_BUCKET: Cfg(128, 128, 32, 8, 1, 8, 3),
+}
+
+
+def fp32_config(bucket: int) -> Cfg:
+    return next(c for b, c in sorted(FP32_CONFIGS.items()) if bucket <= b)
+
+
+def describe(cfg: Cfg, m: int, n: int, k: int, dev: Device) -> str:
+    return f"{cfg.short()} (model {estimate_s(cfg, m, n, k, dev) * 1e6:.1f} us)"
+
+
+__all__ = ["auto_split", "candidates", "describe", "estimate_s", "fp32_config", "model_config", "ranked"]

@@ -1,0 +1,189 @@
+"""Launching one GEMM config: which kernel, its grid, split-K workspace, TMA eligibility, 32-bit
+offsets, the fused gate_up epilogue. ``ops.py`` decides which config(s) to launch."""
+from __future__ import annotations
+
+import torch
+import triton
+
+from .._launch import launch
+from ..activation import _ACTS as _ACT_CODES
+from ..activation import _launch_config as _act_launch_config
+from ..activation import launch_gated
+from .configs import Cfg, Kind, device_info
+from .heuristics import auto_split
+from .kernels import mm_gemv_kernel, mm_kernel, mm_tma_kernel, splitk_reduce_kernel
+
+# The activations of the fused gate_up GEMM, by name, as activation.act_mul's codes (whose gelu
+# forms are named by F.gelu's ``approximate``); -1: a plain GEMM.
+NO_ACT = -1
+ACTS = {"silu": _ACT_CODES["silu"], "gelu": _ACT_CODES["none"], "gelu_tanh": _ACT_CODES["tanh"]}
+
+# mm_kernel's 32-bit offsets (IDX32) only for K steps up to this: the decode tiles with K steps
+# of 256/512 ran slower in that form than with 64-bit pointer tiles (docs/design/gemm.md).
+IDX32_MAX_BLOCK_K = 128
+
+
+def hint(x) -> int:
+    """A concrete int for config choice; a SymInt's size hint, without installing a guard."""
+    if isinstance(x, int):
+        return x
+    try:
+        node = x.node
+        h = node.hint if node.hint is not None else node.shape_env.size_hint(node.expr)
+        return int(h)
+    except Exception:  # noqa: BLE001
+        return 4096
+
+
+def precision(dtype) -> str:
+    if dtype == torch.float32 and not torch.backends.cuda.matmul.allow_tf32:
+        return "ieee"
+    return "tf32"
+
+
+def _int_or_none(x):
+    try:
+        return int(x)
+    except Exception:  # noqa: BLE001  (unbacked / symbolic)
+        return None
+
+
+def tma_ok(a, b, N: int) -> bool:
+    """TMA needs a unit inner stride, 16-byte aligned outer strides and base addresses."""
+    es = a.element_size()
+    if a.stride(1) != 1 or not (b.stride(0) == 1 or b.stride(1) == 1):
+        return False
+    outer = [a.stride(0), b.stride(1) if b.stride(0) == 1 else b.stride(0), N]
+    offsets = [a.storage_offset(), b.storage_offset()]
+    vals = [_int_or_none(v) for v in outer + offsets]
+    if any(v is None or (v * es) % 16 for v in vals):
+        return False
+    if type(a) is torch.Tensor and a.is_cuda:  # eager: the real addresses are known
+        return a.data_ptr() % 16 == 0 and b.data_ptr() % 16 == 0
+    return True  # traced: Inductor's buffers and graph inputs are 16-byte aligned
+
+
+_allocator_set = False
+
+
+def _ensure_allocator():
+    # Device-side tensor descriptors need a scratch buffer per launch. Inductor's launcher sets
+    # this allocator itself before each kernel; eager GPU calls need it set once here.
+    global _allocator_set
+    if not _allocator_set:
+        triton.set_allocator(lambda size, align, stream: torch.empty(size, dtype=torch.int8, device="cuda"))
+        _allocator_set = True
+
+
+def offsets_fit_int32(a, b, m_cap: int | None, split: int) -> bool:
+    """Whether every element offset mm_kernel forms fits in int32: the last row of a (M, or
+    ``m_cap`` when M is symbolic; unknown: no) and of b, each times its strides, and the end
+    of the output (or of the [split, rows, N] partials). Symbolic strides answer no."""
+    M, K = a.shape
+    N = b.shape[1]
+    # isinstance, not int(): int() of a SymInt would install a guard (and specialise M)
+    rows = M if isinstance(M, int) else m_cap
+    vals = [v if isinstance(v, int) else None for v in (K, N, a.stride(0), a.stride(1), b.stride(0), b.stride(1))]
+    if rows is None or any(v is None for v in vals):
+        return False
+    k, n, sam, sak, sbk, sbn = vals
+    # rows are wrapped (% M), K offsets stop below K; slack for one tile past either end.
+    worst = max(rows * sam + (k + 1024) * sak, n * sbn + (k + 1024) * sbk, (rows + 256) * (n + 256) * split)
+    return worst < 2**31
+
+
+def gemv_ok(a, b) -> bool:
+    return a.stride(1) == 1 and b.stride(0) == 1  # row of a and columns of b (rows of w) contiguous
+
+
+def split_for(cfg: Cfg, m_hint: int, n: int, k: int, device=None) -> int:
+    return auto_split(cfg, m_hint, n, k, device_info(device))
+
+
+def launch_cfg(a, b, bias, out, cfg: Cfg, gate=1, m_hint: int | None = None, m_cap: int | None = None,
+               act: int = NO_ACT):
+    """Launch one config into ``out``; ``gate`` (0/1, maybe symbolic) multiplies the grid, so a
+    gated-off launch is a zero-size grid: Triton's launcher skips it and a CUDA graph captures
+    nothing for it.  ``m_cap``: M never exceeds it while the gate is on (sizes the split-K
+    workspace).  ``act`` >= 0: the fused gate_up form (``mm_act_mul``); ``cfg`` is the config of
+    the plain GEMM over all of b's columns, each program then covers half its columns in gate and
+    half in up (the same tile area, operand bytes and shared memory)."""
+    M, K = a.shape
+    N = b.shape[1]
+    n, k = int(N), int(K)
+    fused = act != NO_ACT
+    n_out = n // 2 if fused else n  # the kernels' N: C's width
+    N_out = N // 2 if fused else N
+    dev = device_info(a.device)
+    m_hint = m_hint if m_hint is not None else hint(M)
+    # Unused when HAS_BIAS is False. Not ``a``: Inductor lowers each argument separately and a
+    # computed ``a`` passed twice would be written twice (see settings.realize_triton_kernel_inputs).
+    bias_arg = bias if bias is not None else b
+    if cfg.kernel == Kind.GEMV and gemv_ok(a, b):
+        split = max(1, cfg.split_k)
+        if split > 1:
+            # fp32 partials of the plain GEMV over all of b's columns, then one reduction kernel
+            # (sum + bias, or the gate_up activation, + cast)
+            rows = M if m_cap is None else torch.sym_min(M, m_cap)
+            ws = torch.empty((split, rows, N), dtype=torch.float32, device=a.device)
+            launch(mm_gemv_kernel, (triton.cdiv(n, cfg.block_n) * gate, split), a, b, ws, bias_arg, M, N, K,
+                   a.stride(0), b.stride(1), ws.stride(0), ws.stride(1), HAS_BIAS=False,
+                   EVEN_K=(k % cfg.block_k == 0), ACT=NO_ACT, SPLIT_K=split, BLOCK_N=cfg.block_n,
+                   BLOCK_K=cfg.block_k, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+            _reduce(ws, out, bias, bias_arg, rows, N_out, split, act, gate)
+            return
+        block_n = max(1, cfg.block_n // 2) if fused else cfg.block_n
+        launch(mm_gemv_kernel, (triton.cdiv(n_out, block_n) * gate, 1), a, b, out, bias_arg, M, N_out, K,
+               a.stride(0), b.stride(1), 0, out.stride(0), HAS_BIAS=bias is not None,
+               EVEN_K=(k % cfg.block_k == 0), ACT=act, SPLIT_K=1, BLOCK_N=block_n, BLOCK_K=cfg.block_k,
+               num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+        return
+    if cfg.kernel == Kind.GEMV:  # strided operands: the pointer kernel with the narrowest MMA tile
+        cfg = Cfg(16, max(cfg.block_n, 16), max(cfg.block_k, 16), 1, 1, cfg.num_warps, cfg.num_stages)
+    # tl.dot needs N >= 16: a fused tile of 16 + 16 columns at least
+    block_n = max(16, cfg.block_n // 2) if fused else cfg.block_n
+    tiles = triton.cdiv(M, cfg.block_m) * triton.cdiv(n_out, block_n)
+    tma_kernel = cfg.kernel in (Kind.TMA, Kind.TMA_WS)
+    if fused and tma_kernel:
+        # Prefill tiles: the plain GEMM, then the activation kernel (fused, the persistent
+        # kernels lost to the pair: docs/design/gemm.md).
+        rows = M if m_cap is None else torch.sym_min(M, m_cap)
+        h = torch.empty((rows, N), dtype=a.dtype, device=a.device)
+        launch_cfg(a, b, None, h, cfg, gate, m_hint, m_cap)
+        launch_gated(h, out, act, *_act_launch_config(n_out, a.element_size()), gate=gate)
+        return
+    if tma_kernel and a.dtype != torch.float32 and dev.hopper and tma_ok(a, b, n):
+        if type(a) is torch.Tensor and a.is_cuda:
+            _ensure_allocator()
+        launch(mm_tma_kernel, (torch.sym_min(dev.sms, tiles) * gate,), a, b, out, bias_arg, M, N, K,
+               a.stride(0), b.stride(0), b.stride(1), out.stride(0),
+               HAS_BIAS=bias is not None, B_KMAJOR=b.stride(0) == 1, NUM_SMS=dev.sms,
+               WARP_SPECIALIZE=cfg.kernel == Kind.TMA_WS, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
+               BLOCK_K=cfg.block_k, GROUP_M=cfg.group_m, num_warps=cfg.num_warps,
+               num_stages=cfg.num_stages)
+        return
+    split = auto_split(cfg, m_hint, n, k, dev)
+    common = dict(HAS_BIAS=bias is not None, SPLIT_K=split, EVEN_K=(k % cfg.block_k == 0),
+                  PRECISION=precision(a.dtype),
+                  IDX32=cfg.block_k <= IDX32_MAX_BLOCK_K and offsets_fit_int32(a, b, m_cap, split),
+                  BLOCK_M=cfg.block_m, BLOCK_K=cfg.block_k, GROUP_M=cfg.group_m, num_warps=cfg.num_warps,
+                  num_stages=min(cfg.num_stages, 3) if tma_kernel else cfg.num_stages)  # TMA smem budget differs
+    if split == 1:
+        launch(mm_kernel, (tiles * gate, 1), a, b, out, bias_arg, M, N_out, K,
+               a.stride(0), a.stride(1), b.stride(0), b.stride(1), 0, out.stride(0), out.stride(1),
+               ACT=act, BLOCK_N=block_n, **common)
+        return
+    # Split-K: fp32 partials [SPLIT_K, rows, N] of the plain GEMM (all of b's columns), then one
+    # reduction kernel (sum + bias, or the gate_up activation, + cast).
+    rows = M if m_cap is None else torch.sym_min(M, m_cap)
+    ws = torch.empty((split, rows, N), dtype=torch.float32, device=a.device)
+    grid = (triton.cdiv(M, cfg.block_m) * triton.cdiv(n, cfg.block_n) * gate, split)
+    launch(mm_kernel, grid, a, b, ws, bias_arg, M, N, K,
+           a.stride(0), a.stride(1), b.stride(0), b.stride(1), ws.stride(0), ws.stride(1), ws.stride(2),
+           ACT=NO_ACT, BLOCK_N=cfg.block_n, **common)
+    _reduce(ws, out, bias, bias_arg, rows, N_out, split, act, gate)
+
+
+def _reduce(ws, out, bias, bias_arg, rows, n_out, split: int, act: int, gate) -> None:
+    launch(splitk_reduce_kernel, (triton.cdiv(rows * n_out, 1024) * gate,), ws, out, bias_arg, rows * n_out,
+           n_out, out.stride(0), HAS_BIAS=bias is not None, SPLIT_K=split, ACT=act, BLOCK=1024, num_warps=4)

@@ -1,0 +1,137 @@
+"""Config choice with measurement: the stored result, else (on a real GPU) the cost model's best
+candidates benchmarked once and the fastest stored, else the model's (or shipped table's) pick.
+
+Timing is what vLLM will see: CUDA-graph replays (no host launch cost in the number) over
+rotated copies of the weight, so every call streams it from HBM as a decode step does, not from
+L2 (a 3584 x 3584 bf16 weight is 26 MB: one copy would sit in an H200's 50 MB L2).
+"""
+from __future__ import annotations
+
+import statistics
+from typing import Any
+
+import torch
+
+from ... import tuning as generic
+from .configs import BUCKETS, TOP_BUCKET, Cfg, Device, invalid_reason, parse_cfg, representative_m, shipped
+from .heuristics import model_config, ranked
+
+# How many of the model's best candidates are measured per (N, K, M bucket); the default and
+# the shipped entry are measured as well.
+CANDIDATES = 10
+# The config whose result every candidate's is checked against (simple and tested everywhere).
+REFERENCE_CFG = Cfg(16, 64, 64, 1, 1, 4, 2)
+
+
+def bucket_label(bucket: int) -> str:
+    return f">{BUCKETS[-1]}" if bucket > BUCKETS[-1] else f"<={bucket}"
+
+
+def shape_key(n: int, k: int, bucket: int, dtype: Any) -> str:
+    return f"N={n},K={k},M{bucket_label(bucket)},{str(dtype).replace('torch.', '')}"
+
+
+def default_config(n: int, k: int, bucket: int, dev: Device, elem: int = 2) -> Cfg:
+    """Without measurement: the shipped table's entry where it has one, else the cost model's."""
+    return shipped(n, k, bucket, dev) or model_config(bucket, n, k, dev, elem)
+
+
+def tuning_candidates(n: int, k: int, bucket: int, dev: Device, elem: int = 2) -> list[Cfg]:
+    m = representative_m(None if bucket > BUCKETS[-1] else bucket)
+    return ranked(m, n, k, dev, elem)[:CANDIDATES]
+
+
+def graph_time_ms(fns: list, reps: int = 5) -> float:
+    """Median ms of one call: the calls (over different inputs) captured once in a CUDA graph,
+    replayed ``reps`` times."""
+    torch.cuda.synchronize()
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        for f in fns:  # compiles, allocator pools
+            f()
+    torch.cuda.current_stream().wait_stream(s)
+    torch.cuda.synchronize()
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        for f in fns:
+            f()
+    g.replay()
+    torch.cuda.synchronize()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    times = []
+    for _ in range(reps):
+        start.record()
+        g.replay()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) / len(fns))
+    del g
+    return statistics.median(times)
+
+
+def _ends(out: torch.Tensor) -> torch.Tensor:
+    """First and last rows of an output, in fp32: the check covers the first and the last M
+    tile (ragged edges, group order) without a full fp32 copy of a big output."""
+    return torch.cat([out[:32], out[-32:]]).float()
+
+
+def config_for(n: int, k: int, bucket: int, dtype: torch.dtype, dev: Device) -> Cfg:
+    """The tile config for a (N, K, M bucket) GEMM: stored result, else tuned now, else the
+    default (shipped table or cost model)."""
+    from .ops import mm_launch
+
+    elem = torch.empty((), dtype=dtype).element_size()
+    default = default_config(n, k, bucket, dev, elem)
+    m = representative_m(None if bucket > BUCKETS[-1] else bucket)
+    state: dict[str, Any] = {}
+
+    def decode(raw: Any) -> Cfg | None:
+        cfg = parse_cfg(raw)
+        return cfg if cfg is not None and invalid_reason(cfg, dev, elem) is None else None
+
+    def copies() -> int:
+        # weight copies whose total passes twice the L2, at most 1 GiB of them
+        per = n * k * elem
+        return max(1, min(16, -(-2 * dev.l2 // per), (1 << 30) // max(1, per)))
+
+    def too_big() -> str | None:
+        # operands (rotated weights) + two outputs + a split-K fp32 workspace
+        need = (m * k + copies() * n * k + 2 * m * n) * elem + (m * n * 4 * 16 if m <= 128 else 0)
+        free = torch.cuda.mem_get_info()[0]
+        if 2 * need > free:
+            return f"needs ~{need >> 20} MiB of GPU memory, {free >> 20} MiB free"
+        return None
+
+    def measure(cfg: Cfg) -> float:
+        def work() -> float:
+            if "a" not in state:
+                g = torch.Generator(device="cuda").manual_seed(0)
+                state["a"] = torch.randn(m, k, device="cuda", dtype=dtype, generator=g)
+                w = torch.randn(n, k, device="cuda", dtype=dtype, generator=g) / 64
+                state["ws"] = [w] + [w.clone() for _ in range(copies() - 1)]
+            a, ws = state["a"], state["ws"]
+            out = _ends(mm_launch(a, ws[0].t(), None, cfg))
+            if "ref" not in state:
+                # the plain pointer kernel at its simplest tile: the same rows, no split, no TMA
+                ends = torch.cat([a[:32], a[-32:]])
+                state["ref"] = mm_launch(ends, ws[0].t(), None, REFERENCE_CFG).float()
+            ref = state["ref"]
+            err = ((out - ref).norm() / ref.norm().clamp_min(1e-6)).item()
+            if not err < 2e-2:  # NaN fails too
+                raise ValueError(f"result differs from the reference kernel's (rel. err {err:.2e})")
+            return graph_time_ms([lambda w=w: mm_launch(a, w.t(), None, cfg) for w in ws])
+
+        return generic.run_isolated(work)
+
+    try:
+        return generic.tune("mm", shape_key(n, k, bucket, dtype), default,
+                            tuning_candidates(n, k, bucket, dev, elem), measure, decode, lambda c: list(c),
+                            skip_reason=too_big,
+                            label=f"mm N={n} K={k} M{bucket_label(bucket)} {str(dtype).replace('torch.', '')}")
+    finally:
+        state.clear()  # free the benchmark tensors before the compile goes on
+
+
+__all__ = ["CANDIDATES", "TOP_BUCKET", "config_for", "default_config", "graph_time_ms", "shape_key",
+           "tuning_candidates"]
