@@ -69,10 +69,12 @@ class Device:
     smem: int            # shared memory one program may use (opt-in maximum), bytes
     capability: tuple[int, int]
     l2: int              # bytes
+    vendor: str = "nvidia"  # "amd" on ROCm (whose gfx9 parts also report capability 9.x)
 
     @property
     def hopper(self) -> bool:
-        return self.capability[0] >= 9
+        """TMA descriptors and wgmma: NVIDIA sm_90+."""
+        return self.vendor == "nvidia" and self.capability[0] >= 9
 
 
 # Where no device can be asked (CPU interpreter, tests): an H100/H200, what codegen-only fakes.
@@ -86,7 +88,8 @@ def _device_at(index: int) -> Device:
     p = torch.cuda.get_device_properties(index)
     smem = getattr(p, "shared_memory_per_block_optin", 0) or DEFAULT_DEVICE.smem
     return Device(p.name, int(p.multi_processor_count), int(smem), (int(p.major), int(p.minor)),
-                  int(getattr(p, "L2_cache_size", 0) or DEFAULT_DEVICE.l2))
+                  int(getattr(p, "L2_cache_size", 0) or DEFAULT_DEVICE.l2),
+                  "amd" if getattr(torch.version, "hip", None) else "nvidia")
 
 
 def device_info(device=None) -> Device:
@@ -215,7 +218,7 @@ def _load_table(path: str) -> tuple[dict[tuple[int, int, int], Cfg], str]:
 
 def shipped(n: int, k: int, bucket: int, dev: Device) -> Cfg | None:
     """The shipped table's entry for this shape, on the chip family it was tuned on (sm_90)."""
-    if dev.capability != (9, 0):
+    if dev.capability != (9, 0) or dev.vendor != "nvidia":
         return None
     return _load_table(table_path())[0].get((n, k, bucket))
 

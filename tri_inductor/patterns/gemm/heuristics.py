@@ -96,7 +96,9 @@ def estimate_s(cfg: Cfg, m: int, n: int, k: int, dev: Device, elem: int = 2, fus
         in_flight = cfg.block_n * cfg.block_k * elem * (2 if fused else 1)
     else:
         in_flight = cfg.block_k * (cfg.block_n + cfg.block_m) * elem * max(1, cfg.num_stages - 1)
-    bw = HBM_BYTES_PER_S * dev.sms / 132 * min(1.0, resident * in_flight / HBM_BYTES_IN_FLIGHT)
+    # an SM with no program draws nothing: decode must cover every SM, whatever N and K are
+    bw = (HBM_BYTES_PER_S * dev.sms / 132 * min(1.0, resident * in_flight / HBM_BYTES_IN_FLIGHT)
+          * min(1.0, programs / dev.sms))
     # programs spread unevenly over SMs: the busiest SM's share over the mean (bounded, since
     # an SM with less work lets the others draw more bandwidth)
     per_sm = programs / dev.sms
@@ -149,7 +151,7 @@ def candidates(m: int, n: int, k: int, dev: Device, elem: int = 2) -> list[Cfg]:
         for bm in (64, 128) if m <= 256 else (128,):
             for bn in (64, 128, 256):
                 for bk in (64, 128):
-                    for st in (3, 4, 5):
+                    for st in (2, 3, 4, 5):
                         for w in (4, 8):
                             if bm * bn >= 128 * 256 and w == 4:
                                 continue
@@ -160,6 +162,8 @@ def candidates(m: int, n: int, k: int, dev: Device, elem: int = 2) -> list[Cfg]:
         if m <= 256:
             out += [Cfg(64, bn, bk, 2, s, 4, st) for bn, bk, st in ((64, 128, 4), (128, 64, 4), (64, 256, 3))
                     for s in (0, 1)]
+    # small shared memory (consumer and older parts): tiles that fit anywhere, always there
+    out += [Cfg(min(64, max(16, 1 << (max(m, 1) - 1).bit_length())), 64, 32, 4, 0, 4, 2)]
     seen: set[Cfg] = set()
     uniq = []
     for c in out:
