@@ -57,6 +57,8 @@ def _mma_efficiency(cfg: Cfg, dev: Device) -> float:
         eff = 0.92 if area >= 128 * 256 else 0.85 if area >= 128 * 128 else 0.7 if area >= 64 * 128 else 0.5
         if cfg.kernel == Kind.PTR:
             eff *= 0.85  # no TMA / persistence: address arithmetic and per-tile prologues
+        if cfg.num_stages < 3:
+            eff *= 0.85  # too shallow a pipeline to hide the loads behind the MMAs
         return eff
     return 0.3 if cfg.block_m >= 32 else 0.2  # mma.sync tiles
 
@@ -142,7 +144,7 @@ def candidates(m: int, n: int, k: int, dev: Device, elem: int = 2) -> list[Cfg]:
         for bn in (32, 64, 128):
             for bk in (64, 128, 256):
                 for st in (3, 4, 6):
-                    for s in (0, 1):
+                    for s in (0, 1, 2, 3, 4):
                         out.append(Cfg(bm, bn, bk, 1, s, 4, st))
         if m > 16 and dev.hopper:
             out += [Cfg(64, bn, bk, 1, 1, 4, st, Kind.TMA) for bn, bk, st in
@@ -177,6 +179,23 @@ def ranked(m: int, n: int, k: int, dev: Device, elem: int = 2, fused: bool = Fal
     """The candidate space, best modelled first (ties: fewer programs, then the listing order)."""
     cands = candidates(m, n, k, dev, elem)
     return sorted(cands, key=lambda c: estimate_s(c, m, n, k, dev, elem, fused))
+
+
+def diverse(cands: list[Cfg], m: int, n: int, k: int, dev: Device, count: int, elem: int = 2) -> list[Cfg]:
+    """``count`` candidates for measurement, best modelled first, but at most one per tile family
+    (kernel kind, tile shape, split): the model ranks within a family well and across families
+    poorly, so the measured set spans the families instead of ten stage counts of one tile."""
+    by_model = sorted(cands, key=lambda c: estimate_s(c, m, n, k, dev, elem))
+    picked: list[Cfg] = []
+    families: set[tuple] = set()
+    for c in by_model:
+        fam = (c.kernel, c.block_m, c.block_n, c.block_k, auto_split(c, m, n, k, dev))
+        if fam not in families:
+            families.add(fam)
+            picked.append(c)
+        if len(picked) == count:
+            break
+    return picked
 
 
 def model_config(bucket: int, n: int, k: int, dev: Device, elem: int = 2) -> Cfg:

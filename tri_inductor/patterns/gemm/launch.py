@@ -63,16 +63,15 @@ def tma_ok(a, b, N: int) -> bool:
     return True  # traced: Inductor's buffers and graph inputs are 16-byte aligned
 
 
-_allocator_set = False
-
-
 def _ensure_allocator():
     # Device-side tensor descriptors need a scratch buffer per launch. Inductor's launcher sets
-    # this allocator itself before each kernel; eager GPU calls need it set once here.
-    global _allocator_set
-    if not _allocator_set:
-        triton.set_allocator(lambda size, align, stream: torch.empty(size, dtype=torch.int8, device="cuda"))
-        _allocator_set = True
+    # this allocator itself before each kernel; eager GPU calls set it here. Triton keeps it in a
+    # ContextVar (per thread): set on every eager launch, not once per process.
+    triton.set_allocator(_scratch)
+
+
+def _scratch(size: int, align: int, stream):
+    return torch.empty(size, dtype=torch.int8, device="cuda")
 
 
 def offsets_fit_int32(a, b, m_cap: int | None, split: int) -> bool:

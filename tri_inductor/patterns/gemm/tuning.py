@@ -13,8 +13,9 @@ from typing import Any
 import torch
 
 from ... import tuning as generic
-from .configs import BUCKETS, TOP_BUCKET, Cfg, Device, invalid_reason, parse_cfg, representative_m, shipped
-from .heuristics import model_config, ranked
+from .configs import (BUCKETS, TOP_BUCKET, Cfg, Device, invalid_reason, parse_cfg, representative_m, shipped,
+                      table_entries)
+from .heuristics import candidates, diverse, model_config
 
 # How many of the model's best candidates are measured per (N, K, M bucket); the default and
 # the shipped entry are measured as well.
@@ -37,8 +38,32 @@ def default_config(n: int, k: int, bucket: int, dev: Device, elem: int = 2) -> C
 
 
 def tuning_candidates(n: int, k: int, bucket: int, dev: Device, elem: int = 2) -> list[Cfg]:
+    """What the tuner measures: the shipped table's configs of this bucket (known good on this
+    chip family for other shapes) and the cost model's best of each tile family."""
     m = representative_m(None if bucket > BUCKETS[-1] else bucket)
-    return ranked(m, n, k, dev, elem)[:CANDIDATES]
+    priors = [c for (_, _, b), c in table_entries().items() if b == bucket and dev.capability == (9, 0)
+              and dev.vendor == "nvidia" and invalid_reason(c, dev, elem) is None]
+    out: list[Cfg] = []
+    for c in priors + diverse(candidates(m, n, k, dev, elem), m, n, k, dev, CANDIDATES, elem):
+        if c not in out:
+            out.append(c)
+    return out
+
+
+def _warm(fns: list) -> None:
+    """Compile the candidates' kernels side by side (Triton's compile is mostly ptxas, a
+    subprocess): tuning time is then one compile's, not one per candidate."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def run(f):
+        try:
+            f()
+        except Exception:  # noqa: BLE001  (measured again, and rejected, one by one)
+            pass
+
+    with ThreadPoolExecutor(max_workers=8, thread_name_prefix="tri_inductor-compile") as pool:
+        list(pool.map(run, fns))
+    torch.cuda.synchronize()
 
 
 def graph_time_ms(fns: list, reps: int = 5) -> float:
@@ -111,6 +136,9 @@ def config_for(n: int, k: int, bucket: int, dtype: torch.dtype, dev: Device) -> 
                 w = torch.randn(n, k, device="cuda", dtype=dtype, generator=g) / 64
                 state["ws"] = [w] + [w.clone() for _ in range(copies() - 1)]
             a, ws = state["a"], state["ws"]
+            if "warm" not in state:
+                state["warm"] = True
+                _warm([lambda c=c: mm_launch(a, ws[0].t(), None, c) for c in state["cands"]])
             out = _ends(mm_launch(a, ws[0].t(), None, cfg))
             if "ref" not in state:
                 # the plain pointer kernel at its simplest tile: the same rows, no split, no TMA
@@ -124,9 +152,11 @@ def config_for(n: int, k: int, bucket: int, dtype: torch.dtype, dev: Device) -> 
 
         return generic.run_isolated(work)
 
+    cands = tuning_candidates(n, k, bucket, dev, elem)
+    state["cands"] = [default, *cands]
     try:
         return generic.tune("mm", shape_key(n, k, bucket, dtype), default,
-                            tuning_candidates(n, k, bucket, dev, elem), measure, decode, lambda c: list(c),
+                            cands, measure, decode, lambda c: list(c),
                             skip_reason=too_big,
                             label=f"mm N={n} K={k} M{bucket_label(bucket)} {str(dtype).replace('torch.', '')}")
     finally:
