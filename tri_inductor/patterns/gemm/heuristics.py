@@ -161,9 +161,12 @@ def candidates(m: int, n: int, k: int, dev: Device, elem: int = 2) -> list[Cfg]:
                             if dev.hopper:
                                 out.append(Cfg(bm, bn, bk, 8, 1, w, st, Kind.TMA))
                                 out.append(Cfg(bm, bn, bk, 8, 1, w, st, Kind.TMA_WS))
-        if m <= 256:
-            out += [Cfg(64, bn, bk, 2, s, 4, st) for bn, bk, st in ((64, 128, 4), (128, 64, 4), (64, 256, 3))
-                    for s in (0, 1)]
+        if m <= 512:
+            # split-K where the M x N tiles alone leave SMs idle (a few hundred rows, narrow N)
+            out += [Cfg(bm, bn, bk, g, s, w, st) for bm, bn, bk, g, w, st in
+                    ((64, 64, 128, 2, 4, 4), (64, 128, 64, 2, 4, 4), (64, 64, 256, 2, 4, 3),
+                     (128, 128, 64, 8, 8, 4), (128, 64, 64, 8, 4, 4), (64, 128, 128, 8, 4, 3))
+                    for s in (0, 2, 3, 4)]
     # small shared memory (consumer and older parts): tiles that fit anywhere, always there
     out += [Cfg(min(64, max(16, 1 << (max(m, 1) - 1).bit_length())), 64, 32, 4, 0, 4, 2)]
     seen: set[Cfg] = set()

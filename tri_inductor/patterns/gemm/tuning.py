@@ -19,7 +19,7 @@ from .heuristics import candidates, diverse, model_config
 
 # How many of the model's best candidates are measured per (N, K, M bucket); the default and
 # the shipped entry are measured as well.
-CANDIDATES = 10
+CANDIDATES = 12
 # The config whose result every candidate's is checked against (simple and tested everywhere).
 REFERENCE_CFG = Cfg(16, 64, 64, 1, 1, 4, 2)
 
