@@ -16,20 +16,20 @@ attribute on the eager path, and :func:`_install_inductor_hook` on Inductor's.
 from __future__ import annotations
 
 import functools
-import os
 
 import torch
 import triton
 import triton.language as tl
 
+from .. import envs
+
 ENV = "TRI_INDUCTOR_PDL"
 
 
 def pdl_requested() -> bool:
-    """False when ``TRI_INDUCTOR_PDL`` is 0, false, no or off (as ``TRI_INDUCTOR_TUNE`` reads them).
-    Part of the compile cache key (``cache.compile_hash``): the kernels' ``USE_PDL`` is baked into
-    compiled graphs."""
-    return os.environ.get(ENV, "1").strip().lower() not in ("0", "false", "no", "off")
+    """``TRI_INDUCTOR_PDL`` (``envs``: on unless 0/false/no/off). Part of the compile cache key
+    (``cache.compile_hash``): the kernels' ``USE_PDL`` is baked into compiled graphs."""
+    return envs.pdl()
 
 
 def pdl_enabled(device: torch.device) -> bool:
