@@ -21,6 +21,7 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 from tri_inductor.audit.model import audit_model  # noqa: E402
+import tri_inductor.testing.interpret  # noqa: E402,F401  (registers the CPU launcher of our kernels)
 
 
 def pytest_collection_modifyitems(config, items):
@@ -56,7 +57,7 @@ def codegen_only():
 @pytest.fixture
 def interpreter():
     """Harness (B): inside, Inductor's Triton for CPU tensors runs in Triton's interpreter."""
-    from tri_inductor.interpret import triton_interpreter
+    from tri_inductor.testing.interpret import triton_interpreter
 
     with triton_interpreter():
         yield

@@ -373,7 +373,7 @@ def test_compile_load_round_trip_codegen_only(plugin, tmp_path, monkeypatch):
     from vllm.config import set_current_vllm_config
     from vllm.config.utils import Range
 
-    from tri_inductor.codegen_only import fake_cuda_inputs, fake_sm90
+    from tri_inductor.testing.codegen_only import fake_cuda_inputs, fake_sm90
     from tri_inductor.vllm_compiler import run_audit
 
     # The per-piece handle path (vLLM's cache file -> our load), i.e. without the mega AOT artifact.
@@ -447,7 +447,7 @@ def test_patterns_run_inside_vllm_pass_manager_codegen_only(plugin, tmp_path, mo
     from vllm.config.utils import Range
 
     from tri_inductor import audit
-    from tri_inductor.codegen_only import fake_cuda_inputs, fake_sm90
+    from tri_inductor.testing.codegen_only import fake_cuda_inputs, fake_sm90
     from tri_inductor.vllm_compiler import TriInductorVllmPass
 
     monkeypatch.setattr(fix_functionalization.FixFunctionalizationPass, "__call__", lambda self, graph: None)

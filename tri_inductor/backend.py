@@ -98,7 +98,7 @@ def compile_graph(gm: torch.fx.GraphModule, example_inputs: list[Any], opts: Tri
         return compiled, reports
 
     if opts.codegen_only:
-        from .codegen_only import fake_cuda_inputs, fake_sm90, retarget_to_cuda
+        from .testing.codegen_only import fake_cuda_inputs, fake_sm90, retarget_to_cuda
 
         with fake_sm90():
             retarget_to_cuda(gm)

@@ -22,7 +22,7 @@ MAX_FUSED_BLOCK = 16384
 # Interpreter note (checked with triton 3.6): Triton's ``InterpretedFunction`` needs no
 # TRITON_INTERPRET=1, but it patches only Triton *builtins*: library ``@triton.jit`` helpers
 # (``tl.sum``, ``tl.sigmoid``, ``tl.zeros``...) raise "Cannot call @triton.jit'd outside of the
-# scope of a kernel" unless the launcher routes them (tri_inductor.interpret does now). Our
+# scope of a kernel" unless the launcher routes them (tri_inductor.testing.interpret does now). Our
 # kernels call builtins only anyway: ``tl.reduce(v, 0, tl.standard._sum_combine)`` is what
 # ``tl.sum`` expands to, and the interpreter maps that combine function to ``np.sum`` (any other
 # combine function runs once per element in Python: minutes per test instead of seconds).
