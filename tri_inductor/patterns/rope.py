@@ -16,6 +16,7 @@ import triton.language as tl
 from torch.library import triton_op
 
 from ._launch import launch
+from . import matcher_utils as M
 from ._trace import trace_replacement
 
 # Interpreter note: kernels here use Triton builtins only (no ``tl.cdiv``/``tl.zeros`` helpers,
@@ -485,16 +486,14 @@ def _trace_post_grad(fn, args, **kwargs) -> torch.fx.GraphModule:
 def register_vllm_rope_forms(pm_pass) -> None:
     from torch._inductor.pattern_matcher import register_replacement
 
-    from . import rms_norm as N
-
     # (search, replacement, q/k example shapes given a head count, sentinel scalars besides half,
     # extra check, dtypes, whether q/k norm weights are inputs). For one output node the first
     # registered pattern that matches wins, so first: q/k normed per head right before the
     # rotation (Qwen3) -> one kernel, no bf16 round trip in between. The rope family runs before
     # the rms_norm family, so those norms are still aten (or IR) nodes here.
     both = (torch.bfloat16, torch.float32)
-    norms = [N._vllm_rms] + ([N._ir_rms] if N._vllm_ir_available() else [])
-    forms = [(*_make_qk_norm_heads(is_neox, norm), lambda h: (8, h, _HEAD), {"eps": N._EPS}, _check_qk_norm,
+    norms = [M.vllm_rms] + ([M.ir_rms] if M.vllm_ir_available() else [])
+    forms = [(*_make_qk_norm_heads(is_neox, norm), lambda h: (8, h, _HEAD), {"eps": M.EPS_SENTINEL}, _check_qk_norm,
               (torch.bfloat16,), True) for norm in norms for is_neox in (True, False)]
     forms += [(*_make_vllm(is_neox, per_head), lambda h: (8, h * _HEAD), {"head_size": _HEAD}, _check_vllm, both, False)
               for per_head in (False, True) for is_neox in (True, False)]
@@ -542,10 +541,8 @@ def _check_c_rotary(match) -> bool:
 
 
 def _register_c_forms(pm_pass) -> None:
-    from .activation import _c_op, register_auto_functionalized_form
-
-    if (op := _c_op("rotary_embedding")) is not None:
-        register_auto_functionalized_form(pm_pass, op, [1, 2], _c_rotary, _check_c_rotary)
+    if (op := M.c_op("rotary_embedding")) is not None:
+        M.register_auto_functionalized_form(pm_pass, op, [1, 2], _c_rotary, _check_c_rotary)
 
 
 # aten ops whose survival after our pass means a RoPE nearly matched: HF's rotate_half leaves a
