@@ -161,6 +161,7 @@ PREFILL_CONFIGS: dict[tuple[int, bool], tuple[int, int, int, int]] = {
 }
 # Decode-like launches (packed query heads): rows are few, keys many.
 PACKED_BLOCK_N: dict[int, int] = {16: 64, 32: 64, 64: 64, 128: 64, 256: 32}
+MAX_HEAD_DIM = 256  # any D up to this (the tile is D padded to a power of two >= 16): docs/CONTRACTS.md
 PACKED_MAX_ROWS = 64  # pack while group * Sq fits one tile of at most this many rows
 
 
@@ -308,7 +309,7 @@ def _scale_or_default(scale, q_meta):
 
 def _supported(q, k) -> bool:
     try:
-        return (q.dim() == 4 and k.dim() == 4 and int(q.shape[-1]) <= 256
+        return (q.dim() == 4 and k.dim() == 4 and int(q.shape[-1]) <= MAX_HEAD_DIM
                 and int(q.shape[1]) % int(k.shape[1]) == 0)
     except Exception:
         return False
