@@ -133,3 +133,8 @@ def test_nothing_else_reads_the_environment_directly():
     offenders = [p.relative_to(pkg).as_posix() for p in pkg.rglob("*.py")
                  if _DIRECT.search(p.read_text()) and p.relative_to(pkg).as_posix() not in _DIRECT_READS_ALLOWED]
     assert offenders == []
+
+
+def test_configuration_doc_is_generated_from_the_table():
+    # rerun `python3 -m tri_inductor.envs > docs/configuration.md` after editing envs.VARS
+    assert (ROOT / "docs" / "configuration.md").read_text() == envs.markdown_page()

@@ -9,7 +9,7 @@ Rules, the same for every variable:
   never silently means "off");
 * booleans: ``1/true/yes/on`` and ``0/false/no/off``, case-insensitive.
 
-``python3 -m tri_inductor.envs`` prints the table (docs/CONTRIBUTING.md and the README link it).
+``python3 -m tri_inductor.envs`` prints docs/configuration.md (the README links it).
 """
 from __future__ import annotations
 
@@ -172,11 +172,16 @@ def check_all(environ: Mapping[str, str] | None = None) -> None:
         var.get(environ)
 
 
-def markdown_table() -> str:
-    rows = ["| variable | default | accepted values | meaning |", "|---|---|---|---|"]
+def markdown_page() -> str:
+    """docs/configuration.md (``python3 -m tri_inductor.envs > docs/configuration.md``)."""
+    rows = ["| variable | unset means | accepted values | meaning |", "|---|---|---|---|"]
     rows += [f"| `{v.name}` | {v.default_doc} | {v.accepted} | {v.doc} |" for v in VARS.values()]
-    return "\n".join(rows)
+    return ("# Configuration: environment variables\n\n"
+            "Generated from `tri_inductor/envs.py` (`python3 -m tri_inductor.envs > docs/configuration.md`).\n"
+            "Read when used, not at import. Booleans: `1/true/yes/on`, `0/false/no/off`. An empty value or\n"
+            "one not accepted is an error naming the accepted values. An option passed in code\n"
+            "(`strict`, `patterns`) wins over its variable.\n\n" + "\n".join(rows) + "\n")
 
 
 if __name__ == "__main__":
-    print(markdown_table())
+    print(markdown_page(), end="")

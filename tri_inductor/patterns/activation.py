@@ -39,7 +39,7 @@ def _gated_act_kernel(x_ptr, out_ptr, d, x_stride, out_stride,
                       ACT: tl.constexpr, BLOCK: tl.constexpr, D: tl.constexpr, USE_PDL: tl.constexpr):
     # 1-D grid over (row, column block), column blocks fastest: consecutive programs stream
     # consecutive memory, as a flat pointwise kernel does (rows fastest, a 2-D grid's axis 0, sent
-    # neighbouring programs a whole row apart: ~5% below Inductor at prefill sizes). Each program
+    # neighbouring programs a whole row apart: slower at prefill sizes). Each program
     # reads BLOCK gate and BLOCK up values of one row (two contiguous runs, 16-byte vectors) and
     # writes BLOCK outputs: one pass over the data.
     # D: the width when static (every LLM's hidden sizes), else 0 and the runtime d. A constant
@@ -47,10 +47,9 @@ def _gated_act_kernel(x_ptr, out_ptr, d, x_stride, out_stride,
     # runtime value is ~20 instructions, next to ~15 a thread spends per element) and drops the
     # column mask when BLOCK divides it.
     # USE_PDL: programmatic dependent launch (_pdl.py): wait for the previous kernel before the
-    # loads, let the next one be scheduled once they are issued. With it, 1.01-1.02x Inductor's
-    # kernel at 4096 x 4096 and 1.13-1.22x at 1-64 tokens on an H200; without it, 0.94-1.02x
-    # (benchmarks/activation_variants.py). No cache hints: evict-first loads and store ran
-    # 0.97-1.02x Inductor from run to run (README); the PDL form, above 1.0x in each of 3 runs.
+    # loads, let the next one be scheduled once they are issued: the same memory schedule as
+    # Inductor's kernel, PDL is what gains. No cache hints: their effect flipped sign from run to
+    # run. Measurements: docs/design/kernels.md (benchmarks/activation_variants.py).
     pid = tl.program_id(0)
     if USE_PDL:
         pid += pdl_wait()
@@ -83,10 +82,8 @@ _ACTS = {"silu": 0, "none": 1, "tanh": 2}
 
 
 def _launch_config(d: int, elem_size: int) -> tuple[int, int]:
-    """(BLOCK, num_warps): up to 1024 columns a program, one 16-byte vector per thread. On an H200
-    (``benchmarks/launch_sweep.py``, SiLU-and-mul of width 14336 at 1..8192 tokens) 1024 x 4 warps
-    ranked first of 16 configs in two sweeps (geomean 1.01x Inductor); 2048 x 8 was 0.93x at 1-16
-    tokens."""
+    """(BLOCK, num_warps): up to 1024 columns a program, one 16-byte vector per thread: the launch
+    sweep's pick (``benchmarks/launch_sweep.py``; docs/design/kernels.md)."""
     block = min(triton.next_power_of_2(d), 1024)
     per_thread = max(16 // elem_size, 1)  # elements of one 16-byte vector
     return block, max(1, min(8, block // (32 * per_thread)))

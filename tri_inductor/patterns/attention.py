@@ -144,9 +144,9 @@ def attention_fwd_kernel(
 
 
 # (BLOCK_D, is 4-byte dtype) -> (BLOCK_M, BLOCK_N, num_warps, num_stages) for prefill.
-# Swept on an H200 (benchmarks/kernels.py --tune, causal, 32/8 heads): 64x64 tiles with one
-# warpgroup won for D=64/128 (more programs in flight, cheaper diagonal blocks than 128-row
-# tiles); D=256 prefers 128x64 with two warpgroups (Q 64 KB + 2 x (K 32 KB + V 32 KB) of smem).
+# From a sweep (benchmarks/kernels.py --tune, causal, 32/8 heads; docs/design/kernels.md): 64x64
+# tiles with one warpgroup for D=64/128 (more programs in flight, cheaper diagonal blocks than
+# 128-row tiles); D=256 128x64 with two warpgroups (Q 64 KB + 2 x (K 32 KB + V 32 KB) of smem).
 PREFILL_CONFIGS: dict[tuple[int, bool], tuple[int, int, int, int]] = {
     (16, False): (64, 64, 4, 3),
     (32, False): (64, 64, 4, 3),

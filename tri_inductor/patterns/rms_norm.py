@@ -53,8 +53,8 @@ def _rms_norm_kernel(
     # Contiguous columns across the program's threads: Triton gives each thread runs of
     # BLOCK / (32 * num_warps) elements, i.e. 16-byte vectors when num_warps follows BLOCK.
     # Inductor types a Python float argument as fp64 (Triton's own launcher: fp32); uncast, the
-    # whole row would be normalised in fp64 inside compiled graphs (in vLLM decode steps the
-    # kernel took 1.2-1.5x its standalone time).
+    # whole row would be normalised in fp64 inside compiled graphs (far slower in vLLM's decode
+    # steps than standalone).
     eps = tl.cast(eps, tl.float32)
     w_offset = tl.cast(w_offset, tl.float32)
     row = tl.program_id(0).to(tl.int64)
@@ -72,8 +72,7 @@ def _rms_norm_kernel(
         # latency-bound) a load issued after the cross-warp sum adds a second memory round trip.
         w = tl.load(w_ptr + cols, mask=mask, other=0.0, eviction_policy="evict_last").to(tl.float32) + w_offset
         # x and the residuals are read once, with default caching: marking them evict_first
-        # (to keep the weight row in L2) made add + RMSNorm at 4096 x 4096 bf16 5% slower on
-        # H200 (37.6 vs 35.8 us; Inductor's kernel 36.8).
+        # (to keep the weight row in L2) made add + RMSNorm slower (docs/design/kernels.md).
         x = tl.load(x_row + cols, mask=mask, other=0.0).to(tl.float32)
         if HAS_RESIDUAL:
             x += _residual_sum(res_ptr, res_stride, res2_ptr, res2_stride, row, cols, mask, HAS_RESIDUAL2)

@@ -156,10 +156,8 @@ ROPE_ELEMENTS = 1024  # elements of q/k a program rotates (see _blocks)
 def _blocks(head_size: int, rotary_dim: int, n_heads: int, n_seq: int, heads_adjacent: bool
             ) -> tuple[int, int, int, int, int]:
     """(BLOCK_T, BLOCK_H, HALF_BLOCK, PASS_BLOCK, num_warps): ~1K elements and 4 warps a program,
-    laid along whichever of heads / positions is adjacent in memory. An H100 launch sweep
-    (``benchmarks/launch_sweep.py --ops rope_hf,rope_vllm``, 1..8192 tokens, 15 configs) ranked
-    1024 x 4 warps first in both forms: geomean 1.38x / 1.54x Inductor, vs 1.29x / 1.47x for the
-    4096 x 8 used before (at 8192 tokens 1.04x / 1.17x vs 0.99x / 1.14x)."""
+    laid along whichever of heads / positions is adjacent in memory: the launch sweep's pick
+    (``benchmarks/launch_sweep.py``; measurements in docs/design/kernels.md)."""
     half_block = triton.next_power_of_2(max(rotary_dim // 2, 1))
     pass_block = triton.next_power_of_2(max(head_size - rotary_dim, 1))
     row = triton.next_power_of_2(head_size)
