@@ -1,4 +1,4 @@
-"""Test harnesses (see README "Testing without a GPU").
+"""Test harnesses (see CONTRIBUTING.md "Testing without a GPU").
 
 (A) ``codegen_only``: real CUDA Triton code and sm_90 cubins (triton's ptxas) for a fake H100;
     nothing runs. Proves what a compiled graph would launch on the GPU.
@@ -27,7 +27,7 @@ import tri_inductor.testing.interpret  # noqa: E402,F401  (registers the CPU lau
 def pytest_collection_modifyitems(config, items):
     if torch.cuda.is_available():
         return
-    skip = pytest.mark.skip(reason="needs a CUDA GPU (run on the GPU machine: see README 'GPU checks')")
+    skip = pytest.mark.skip(reason="needs a CUDA GPU (run on the GPU machine: see CONTRIBUTING.md, GPU checks)")
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
