@@ -62,3 +62,17 @@ def test_tuning_table_content_is_in_the_compile_key(monkeypatch, tmp_path):
     assert cache.compile_hash("x", avoid_cuda_init=True) == first
     table.write_text('{"configs": {"4096,4096,1": [16, 64, 128, 1, 1, 4, 4]}}')
     assert cache.compile_hash("x", avoid_cuda_init=True) != first
+
+
+def test_forget_loaded_calls_registered_hooks():
+    from tri_inductor import cache
+
+    calls = []
+    hook = lambda: calls.append(1)  # noqa: E731
+    cache.on_forget(hook)
+    cache.on_forget(hook)  # once only
+    try:
+        cache.forget_loaded()
+        assert calls == [1]
+    finally:
+        cache._FORGET_HOOKS.remove(hook)

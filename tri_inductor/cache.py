@@ -44,7 +44,7 @@ import tarfile
 import tempfile
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -443,12 +443,25 @@ def store(kernel: str, shape_key: str, config: Any, **info: Any) -> None:
     db().store(kernel, shape_key, config, **info)
 
 
+_FORGET_HOOKS: list[Callable[[], None]] = []
+
+
+def on_forget(hook: Callable[[], None]) -> None:
+    """Call ``hook`` whenever loaded tuning results are dropped (:func:`forget_loaded`): a module
+    that memoises choices made from the DB registers its ``clear`` here."""
+    if hook not in _FORGET_HOOKS:
+        _FORGET_HOOKS.append(hook)
+
+
 def forget_loaded() -> None:
-    """Drop in-memory DBs (after clear/import, or in tests)."""
+    """Drop in-memory DBs (after clear/import, or in tests) and what was memoised from them."""
     with _DBS_LOCK:
         _DBS.clear()
-    linear = sys.modules.get("tri_inductor.patterns.linear")  # loaded: it memoises eager choices
-    if linear is not None:
+    for hook in list(_FORGET_HOOKS):
+        hook()
+    # Until the GEMM package registers its memo with on_forget: reach it if it is loaded.
+    linear = sys.modules.get("tri_inductor.patterns.linear")
+    if linear is not None and hasattr(linear, "_EAGER_CHOICE"):
         linear._EAGER_CHOICE.clear()
 
 
