@@ -138,3 +138,4 @@ def test_nothing_else_reads_the_environment_directly():
 def test_configuration_doc_is_generated_from_the_table():
     # rerun `python3 -m tri_inductor.envs > docs/configuration.md` after editing envs.VARS
     assert (ROOT / "docs" / "configuration.md").read_text() == envs.markdown_page()
+
