@@ -1,4 +1,4 @@
-"""Test harnesses (see README "Testing without a GPU").
+"""Test harnesses (see CONTRIBUTING.md "Testing without a GPU").
 
 (A) ``codegen_only``: real CUDA Triton code and sm_90 cubins (triton's ptxas) for a fake H100;
     nothing runs. Proves what a compiled graph would launch on the GPU.
@@ -21,12 +21,13 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 from tri_inductor.audit.model import audit_model  # noqa: E402
+import tri_inductor.testing.interpret  # noqa: E402,F401  (registers the CPU launcher of our kernels)
 
 
 def pytest_collection_modifyitems(config, items):
     if torch.cuda.is_available():
         return
-    skip = pytest.mark.skip(reason="needs a CUDA GPU (run on the GPU machine: see README 'GPU checks')")
+    skip = pytest.mark.skip(reason="needs a CUDA GPU (run on the GPU machine: see CONTRIBUTING.md, GPU checks)")
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
@@ -56,7 +57,7 @@ def codegen_only():
 @pytest.fixture
 def interpreter():
     """Harness (B): inside, Inductor's Triton for CPU tensors runs in Triton's interpreter."""
-    from tri_inductor.interpret import triton_interpreter
+    from tri_inductor.testing.interpret import triton_interpreter
 
     with triton_interpreter():
         yield

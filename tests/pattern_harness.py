@@ -11,7 +11,7 @@ from torch._inductor.custom_graph_pass import CustomGraphPass
 from torch._inductor.graph import GraphLowering
 from torch._inductor.pattern_matcher import PatternMatcherPass
 
-from tri_inductor.codegen_only import fake_cuda_inputs, fake_sm90
+from tri_inductor.testing.codegen_only import fake_cuda_inputs, fake_sm90
 
 
 def rel(out: torch.Tensor, ref: torch.Tensor) -> float:

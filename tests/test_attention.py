@@ -81,7 +81,7 @@ def _compile_codegen_only(gm, inputs):
     from torch._inductor.graph import GraphLowering
     from torch._inductor.pattern_matcher import PatternMatcherPass
 
-    from tri_inductor.codegen_only import fake_cuda_inputs, fake_sm90
+    from tri_inductor.testing.codegen_only import fake_cuda_inputs, fake_sm90
 
     pm = PatternMatcherPass()
     A.register_patterns(pm)
@@ -222,7 +222,7 @@ def test_dynamic_seq_len_codegen():
     from torch._inductor.compile_fx import compile_fx
     from torch._inductor.graph import GraphLowering
 
-    from tri_inductor.codegen_only import fake_cuda_inputs, fake_sm90
+    from tri_inductor.testing.codegen_only import fake_cuda_inputs, fake_sm90
 
     cap = {}
 

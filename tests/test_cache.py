@@ -403,7 +403,7 @@ def _child_main(steps: list[str]) -> None:
     from torch import nn
 
     from tri_inductor import cache
-    from tri_inductor.codegen_only import H100_PROPS
+    from tri_inductor.testing.codegen_only import H100_PROPS
 
     class Tiny(nn.Module):
         def __init__(self) -> None:

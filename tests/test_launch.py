@@ -165,7 +165,7 @@ def test_use_pdl_asks_triton_for_the_launch_attribute(rec, use_pdl) -> None:
 
 
 def test_pdl_enabled_on_cuda_sm90_only(monkeypatch) -> None:
-    from tri_inductor.codegen_only import fake_sm90
+    from tri_inductor.testing.codegen_only import fake_sm90
     from tri_inductor.patterns import _pdl
 
     cuda = torch.device("cuda", 0)

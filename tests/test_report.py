@@ -198,13 +198,30 @@ def test_readme_single_marker_is_an_error():
         report.replace_block("x\n<!-- perf-table:start -->\ny\n", "B")
 
 
-def test_main_writes_readme(results, tmp_path, capsys):
-    readme = tmp_path / "README.md"
+def test_main_writes_docs_page_and_readme_line(results, tmp_path, capsys):
+    readme, page = tmp_path / "README.md", tmp_path / "docs" / "performance.md"
     readme.write_text(README_TEXT)
-    assert report.main(["--results", str(results), "--write-readme", "--readme", str(readme)]) == 0
+    assert report.main(["--results", str(results), "--write-docs", "--readme", str(readme),
+                        "--docs-page", str(page)]) == 0
     text = readme.read_text()
-    assert "| decode16 |" in text and "keep me" in text and "old table" not in text
+    # README: one line (the full-size run's throughput range, the link), no tables
+    assert "keep me" in text and "old table" not in text and "| decode16 |" not in text
+    assert "0.933x-1.050x on NVIDIA H100 80GB HBM3" in text and "(docs/performance.md)" in text
+    doc = page.read_text()
+    assert doc.startswith("# Performance\n") and "| decode16 |" in doc and "`e2e_h100_L4.json`" in doc
     assert "| decode16 |" in capsys.readouterr().out
+
+
+def test_headline_without_results(tmp_path):
+    assert "docs/performance.md" in report.headline(tmp_path / "nothing")
+
+
+def test_committed_docs_are_what_report_writes():
+    # README's line and docs/performance.md come from benchmarks/results/: rerun
+    # `python3 benchmarks/report.py --write-docs` after adding a record.
+    assert (ROOT / "docs" / "performance.md").read_text() == report.performance_page()
+    readme = (ROOT / "README.md").read_text()
+    assert report.replace_block(readme, report.headline()) == readme
 
 
 def test_plot(results, tmp_path):

@@ -373,7 +373,7 @@ def test_compile_load_round_trip_codegen_only(plugin, tmp_path, monkeypatch):
     from vllm.config import set_current_vllm_config
     from vllm.config.utils import Range
 
-    from tri_inductor.codegen_only import fake_cuda_inputs, fake_sm90
+    from tri_inductor.testing.codegen_only import fake_cuda_inputs, fake_sm90
     from tri_inductor.vllm_compiler import run_audit
 
     # The per-piece handle path (vLLM's cache file -> our load), i.e. without the mega AOT artifact.
@@ -447,7 +447,7 @@ def test_patterns_run_inside_vllm_pass_manager_codegen_only(plugin, tmp_path, mo
     from vllm.config.utils import Range
 
     from tri_inductor import audit
-    from tri_inductor.codegen_only import fake_cuda_inputs, fake_sm90
+    from tri_inductor.testing.codegen_only import fake_cuda_inputs, fake_sm90
     from tri_inductor.vllm_compiler import TriInductorVllmPass
 
     monkeypatch.setattr(fix_functionalization.FixFunctionalizationPass, "__call__", lambda self, graph: None)
@@ -606,3 +606,14 @@ def test_vllm_backend_end_to_end_on_cpu(plugin, tmp_path, monkeypatch):
     run_once()  # warm: vllm_compile_cache.py handle -> TriInductorCompiler.load
     assert compilation_counter.num_compiled_artifacts_loaded > loaded
     torch._dynamo.reset()
+
+
+@pytest.mark.parametrize("name,value", [("TRI_INDUCTOR_STRICT", "sometimes"), ("TRI_INDUCTOR_PDL", ""),
+                                        ("TRI_INDUCTOR_PATTERNS", "rmsnorm")])
+def test_garbage_env_is_our_config_error_and_never_breaks_vllms_backend(plugin, monkeypatch, name, value):
+    from tri_inductor.vllm_config import TriInductorConfigError
+
+    monkeypatch.setenv(name, value)
+    with pytest.raises(TriInductorConfigError, match=f"{name}=.*accepted values: "):
+        _config(backend="tri_inductor")
+    _config(backend="inductor")  # vLLM's own backend never reads our variables

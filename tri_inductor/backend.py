@@ -10,6 +10,7 @@
 """
 from __future__ import annotations
 
+import collections
 import copy
 import logging
 from collections.abc import Callable, Sequence
@@ -24,10 +25,15 @@ from .settings import apply_overrides, triton_only_inductor_config
 
 log = logging.getLogger("tri_inductor")
 
-_REPORTS: list[audit.GraphReport] = []
+REPORTS_KEPT = 64
+"""How many graph reports :func:`last_audit` keeps (each holds its graph's generated code): a
+long-running process that recompiles keeps the newest ones, not all of them."""
+_REPORTS: collections.deque[audit.GraphReport] = collections.deque(maxlen=REPORTS_KEPT)
+
 
 def last_audit() -> list[audit.GraphReport]:
-    """Reports of every graph compiled by tri_inductor in this process, oldest first."""
+    """Reports of the last :data:`REPORTS_KEPT` graphs compiled by tri_inductor in this process,
+    oldest first."""
     return list(_REPORTS)
 
 
@@ -92,7 +98,7 @@ def compile_graph(gm: torch.fx.GraphModule, example_inputs: list[Any], opts: Tri
         return compiled, reports
 
     if opts.codegen_only:
-        from .codegen_only import fake_cuda_inputs, fake_sm90, retarget_to_cuda
+        from .testing.codegen_only import fake_cuda_inputs, fake_sm90, retarget_to_cuda
 
         with fake_sm90():
             retarget_to_cuda(gm)
@@ -102,7 +108,8 @@ def compile_graph(gm: torch.fx.GraphModule, example_inputs: list[Any], opts: Tri
     else:
         compiled, reports = run_compile(example_inputs)
     _REPORTS.extend(reports)
-    audit.enforce(reports, strict=opts.strict, verbose=opts.verbose)
+    if opts.audits:
+        audit.enforce(reports, strict=opts.strict, verbose=opts.verbose)
     return compiled
 
 

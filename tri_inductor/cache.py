@@ -17,9 +17,11 @@ value is never overridden.  Under vLLM, vLLM itself points TORCHINDUCTOR_CACHE_D
 ``VLLM_CACHE_ROOT/torch_compile_cache``; export/clear can include that tree too (``--vllm``).
 
 The environment key (:func:`environment_key`): card name + compute capability, torch / CUDA /
-triton versions and our :func:`~tri_inductor.fingerprint.package_hash` (every kernel source and
-shipped tuned table).  :func:`compile_hash` is the same key as one string, for vLLM's
-``compute_hash`` and our passes' ``uuid()``.
+triton versions and our :func:`~tri_inductor.fingerprint.package_hash` (the sources that shape
+generated code: kernels, patterns, passes, settings, shipped tuned tables; not the CLIs or the
+auditor).  :func:`compile_hash` is that key plus :func:`~tri_inductor.fingerprint.codegen_inputs`
+(PDL on/off, the GEMM tuning table's content) as one string, for vLLM's ``compute_hash`` and our
+passes' ``uuid()``.
 
 The tuning DB's *contents* are deliberately not part of :func:`compile_hash`: a cold compile
 stores entries while it runs, and a key that changed under it would make every warm start miss.
@@ -28,6 +30,7 @@ reaches a graph at its next cache miss.
 """
 from __future__ import annotations
 
+import atexit
 import contextlib
 import dataclasses
 import hashlib
@@ -41,14 +44,16 @@ import tarfile
 import tempfile
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
+
+from . import envs
 
 log = logging.getLogger("tri_inductor.cache")
 
 ENV_DIR = "TRI_INDUCTOR_CACHE_DIR"
-ENV_STATS = "TRI_INDUCTOR_CACHE_STATS"  # write counters (JSON) to this file at exit
+ENV_STATS = "TRI_INDUCTOR_CACHE_STATS"  # write counters (JSON) to this file at exit (envs.py)
 FORMAT = 1
 ARCHIVE_FORMAT = 1
 MANIFEST = "manifest.json"
@@ -66,9 +71,9 @@ class CacheError(RuntimeError):
 
 def cache_root() -> Path:
     """The cache folder (not created)."""
-    env = os.environ.get(ENV_DIR)
-    if env:
-        return Path(env).expanduser()
+    env = envs.cache_dir()
+    if env is not None:
+        return env
     xdg = os.environ.get("XDG_CACHE_HOME")
     base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
     return base / "tri_inductor"
@@ -184,10 +189,10 @@ def compile_hash(extra: str = "", *, avoid_cuda_init: bool = False) -> str:
 
     For vLLM's ``CompilerInterface.compute_hash``, ``inductor_compile_config`` (the AOT cache is
     keyed without the compiler hash) and our passes' ``uuid()`` (Inductor's FX/AOTAutograd keys)."""
-    from .patterns._pdl import pdl_requested  # the kernels' USE_PDL is baked into compiled code
+    from .fingerprint import codegen_inputs  # PDL, the tuning table: read now, not at import
 
     key = environment_key(avoid_cuda_init)
-    blob = json.dumps({"key": {k: key[k] for k in KEY_FIELDS}, "extra": extra, "pdl": pdl_requested()},
+    blob = json.dumps({"key": {k: key[k] for k in KEY_FIELDS}, "extra": extra, "inputs": codegen_inputs()},
                       sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()
 
@@ -252,8 +257,12 @@ def _handlers(logger: logging.Logger) -> Iterator[logging.Handler]:
 
 
 def _write_stats_at_exit() -> None:
-    path = os.environ.get(ENV_STATS)
-    if not path:
+    try:
+        path = envs.cache_stats()
+    except envs.EnvError as e:
+        log.warning("tri_inductor cache: %s; no stats written", e)
+        return
+    if path is None:
         return
     try:
         data: dict[str, Any] = {"tri_inductor": counters()}
@@ -267,10 +276,8 @@ def _write_stats_at_exit() -> None:
         pass
 
 
-if os.environ.get(ENV_STATS):
-    import atexit
-
-    atexit.register(_write_stats_at_exit)
+# Registered always, the variable read at exit: nothing is read from the environment at import.
+atexit.register(_write_stats_at_exit)
 
 
 # ----------------------------------------------------------------------------- files
@@ -436,21 +443,22 @@ def store(kernel: str, shape_key: str, config: Any, **info: Any) -> None:
     db().store(kernel, shape_key, config, **info)
 
 
-# Called by forget_loaded: modules that memoise what they read from the DB (GEMM eager choices).
-_FORGET_CALLBACKS: list[Callable[[], None]] = []
+_FORGET_HOOKS: list[Callable[[], None]] = []
 
 
-def on_forget(callback: Callable[[], None]) -> None:
-    if callback not in _FORGET_CALLBACKS:
-        _FORGET_CALLBACKS.append(callback)
+def on_forget(hook: Callable[[], None]) -> None:
+    """Call ``hook`` whenever loaded tuning results are dropped (:func:`forget_loaded`): a module
+    that memoises choices made from the DB registers its ``clear`` here."""
+    if hook not in _FORGET_HOOKS:
+        _FORGET_HOOKS.append(hook)
 
 
 def forget_loaded() -> None:
     """Drop in-memory DBs (after clear/import, or in tests) and what was memoised from them."""
     with _DBS_LOCK:
         _DBS.clear()
-    for callback in _FORGET_CALLBACKS:
-        callback()
+    for hook in list(_FORGET_HOOKS):
+        hook()
 
 
 # ----------------------------------------------------------------------------- info / clear

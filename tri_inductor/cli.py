@@ -83,7 +83,7 @@ def _codegen_context():
 
     if torch.cuda.is_available():
         return contextlib.nullcontext()
-    from .codegen_only import fake_sm90
+    from .testing.codegen_only import fake_sm90
 
     return fake_sm90()
 

@@ -1,4 +1,11 @@
-"""A stable hash of everything that changes the code we generate: our sources and versions."""
+"""A stable hash of what changes the code we generate: our sources that shape it, and the inputs
+(tuning table, codegen-relevant environment) they read.
+
+Every ``.py``/``.json`` file of the package counts unless :data:`NOT_CODEGEN` names it: a file
+nobody classified is hashed (a stale compiled graph costs more than a needless recompile). A
+file listed there must not influence a compiled graph's code: the CLIs, the auditor (it reads
+output code, never writes it), the cache plumbing itself, docs-only modules.
+"""
 from __future__ import annotations
 
 import functools
@@ -7,13 +14,66 @@ from pathlib import Path
 
 _PACKAGE = Path(__file__).resolve().parent
 
+NOT_CODEGEN: tuple[str, ...] = (
+    "__init__.py",  # re-exports
+    "audit/",  # reads output code and FX provenance; never changes what is generated
+    "cache.py",  # where caches live and how keys are formed (the key's fields are versioned there)
+    "cache_cli.py",  # `tri-inductor cache` CLI
+    "cli.py",  # `graph-audit` / `tri-inductor` CLI (help texts)
+    "demo.py",  # the demo model
+    "envs.py",  # parsing and docs of TRI_INDUCTOR_*; the parsed values that shape code are hashed
+    "fingerprint.py",  # this file
+    "testing/interpret.py",  # CPU interpreter harness: runs code, does not write it
+)
+
+
+def _excluded(rel: str) -> bool:
+    return any(rel == p or (p.endswith("/") and rel.startswith(p)) for p in NOT_CODEGEN)
+
+
+def codegen_files(root: Path = _PACKAGE) -> list[Path]:
+    """The package files whose content is in :func:`package_hash`, in hashing order."""
+    out = []
+    for path in sorted(root.rglob("*")):
+        if path.suffix in (".py", ".json") and "__pycache__" not in path.parts and path.is_file():
+            if not _excluded(path.relative_to(root).as_posix()):
+                out.append(path)
+    return out
+
+
+def _hash_files(root: Path) -> str:
+    h = hashlib.sha256()
+    for path in codegen_files(root):
+        h.update(path.relative_to(root).as_posix().encode())
+        h.update(path.read_bytes())
+    return h.hexdigest()
+
 
 @functools.cache
-def package_hash() -> str:
-    """sha256 over every .py/.json file of the package (kernels, patterns, settings, tuned tables)."""
-    h = hashlib.sha256()
-    for path in sorted(_PACKAGE.rglob("*")):
-        if path.suffix in (".py", ".json") and "__pycache__" not in path.parts:
-            h.update(path.relative_to(_PACKAGE).as_posix().encode())
-            h.update(path.read_bytes())
-    return h.hexdigest()
+def _package_hash_cached() -> str:
+    return _hash_files(_PACKAGE)
+
+
+def package_hash(root: Path | None = None) -> str:
+    """sha256 over the package files that shape generated code (:func:`codegen_files`): kernels,
+    patterns, passes, settings, the shipped tuned tables. Cached for the installed package."""
+    return _package_hash_cached() if root is None else _hash_files(Path(root))
+
+
+def codegen_inputs() -> dict[str, str]:
+    """What besides our sources and versions changes generated code, read now: part of
+    ``cache.compile_hash``. Add an entry here for any new input a kernel's code depends on.
+
+    * ``pdl``: ``TRI_INDUCTOR_PDL`` (the kernels' ``USE_PDL`` is baked into compiled graphs);
+    * ``linear_tuned``: sha256 of the GEMM tuning table in use (``TRI_INDUCTOR_LINEAR_TUNED`` or
+      the shipped one): a changed table must miss the compile cache, not serve graphs compiled
+      with the old tile configs.
+    """
+    from . import envs
+
+    table = envs.linear_tuned()
+    try:
+        table_hash = hashlib.sha256(table.read_bytes()).hexdigest()
+    except OSError:  # no shipped table in this install: nothing to key on
+        table_hash = "none"
+    return {"pdl": str(envs.pdl()), "linear_tuned": table_hash}

@@ -7,14 +7,11 @@ Keys that are not ours are passed through to Inductor as config overrides.
 from __future__ import annotations
 
 import dataclasses
-import os
 from collections.abc import Mapping
 from typing import Any, Literal
 
-# Applied in this order: RoPE before RMSNorm, so that a q/k norm feeding the rotation (Qwen3) is
-# still there for RoPE's fused form (patterns/rope.py) to take; gate_up before activation and
-# linear, so that it sees the gate_up mm and its activation before either is taken alone.
-FAMILIES = ("rope", "rms_norm", "gate_up", "activation", "linear", "attention")
+from . import envs
+from .envs import FAMILIES  # applied in this order (why: envs.FAMILIES)
 GemmMode = Literal["native", "templates"]
 
 
@@ -25,12 +22,14 @@ class OptionsError(ValueError):
 @dataclasses.dataclass(frozen=True)
 class TriInductorOptions:
     strict: bool = False
-    """Fail the compile (with the audit report) if any kernel is not Triton."""
+    """Fail the compile (with the audit report) if any kernel is not Triton. Default from
+    ``TRI_INDUCTOR_STRICT`` when set (see :meth:`from_mapping`)."""
     patterns: tuple[str, ...] | None = None
     """Pattern families to apply (None: all of FAMILIES; (): none). Default from the environment
-    variable TRI_INDUCTOR_PATTERNS (comma-separated, or ``all``) when set."""
+    variable TRI_INDUCTOR_PATTERNS (``all``, ``none`` or comma-separated) when set."""
     audit: bool = True
-    """Audit every compiled graph (reports are kept; printed when ``verbose``)."""
+    """Log each compiled graph's audit (a warning naming every non-Triton kernel). Off: reports
+    are still kept (``last_audit()``) but not logged; ``strict`` audits regardless."""
     verbose: bool = False
     """Print each graph's audit table to stderr."""
     gemm: GemmMode = "native"
@@ -44,17 +43,31 @@ class TriInductorOptions:
     def families(self) -> tuple[str, ...]:
         return FAMILIES if self.patterns is None else self.patterns
 
+    @property
+    def audits(self) -> bool:
+        """Whether each graph's report is logged and enforced (the same rule on every front end)."""
+        return self.audit or self.strict
+
     @classmethod
-    def from_mapping(cls, options: Mapping[str, Any] | None) -> tuple["TriInductorOptions", dict[str, Any]]:
-        """Split ``options`` into ours (validated) and the rest (Inductor config overrides)."""
+    def from_mapping(cls, options: Mapping[str, Any] | None,
+                     environ: Mapping[str, str] | None = None) -> tuple["TriInductorOptions", dict[str, Any]]:
+        """Split ``options`` into ours (validated) and the rest (Inductor config overrides).
+
+        The one place options are parsed, on every front end: a key the caller did not give takes
+        its default from the environment (``TRI_INDUCTOR_STRICT``, ``TRI_INDUCTOR_PATTERNS``);
+        one the caller gave wins over the environment."""
         ours: dict[str, Any] = {}
         rest: dict[str, Any] = {}
         names = {f.name for f in dataclasses.fields(cls)}
         for key, value in dict(options or {}).items():
             (ours if key in names else rest)[key] = value
-        if "patterns" not in ours and os.environ.get("TRI_INDUCTOR_PATTERNS") is not None:
-            env = os.environ["TRI_INDUCTOR_PATTERNS"].strip()
-            ours["patterns"] = tuple(p.strip() for p in env.split(",") if p.strip()) if env != "all" else None
+        try:
+            if "patterns" not in ours and envs.VARS["TRI_INDUCTOR_PATTERNS"].is_set(environ):
+                ours["patterns"] = envs.patterns(environ)
+            if "strict" not in ours and envs.VARS["TRI_INDUCTOR_STRICT"].is_set(environ):
+                ours["strict"] = envs.strict(environ)
+        except envs.EnvError as e:
+            raise OptionsError(str(e)) from None
         if "patterns" in ours and ours["patterns"] is not None:
             pats = ours["patterns"]
             pats = (pats,) if isinstance(pats, str) else tuple(pats)

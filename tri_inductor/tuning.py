@@ -26,9 +26,8 @@ from . import cache
 
 log = logging.getLogger("tri_inductor.tuning")
 
-TUNE_ENV = "TRI_INDUCTOR_TUNE"  # unset/"1": tune missing shapes on a GPU; "0": never
-BUDGET_ENV = "TRI_INDUCTOR_TUNE_BUDGET_S"
-DEFAULT_BUDGET_S = 120.0
+TUNE_ENV = "TRI_INDUCTOR_TUNE"  # envs.py: unset/"1": tune missing shapes on a GPU; "0": never
+BUDGET_ENV = "TRI_INDUCTOR_TUNE_BUDGET_S"  # envs.py: seconds of tuning per process (default 120)
 C = TypeVar("C")
 
 _failed: set[tuple[str, str]] = set()  # shapes whose tuning failed in this process: not retried
@@ -40,7 +39,9 @@ _state_lock = threading.Lock()
 
 def can_tune() -> bool:
     """A real GPU is here and tuning is allowed."""
-    if os.environ.get(TUNE_ENV, "1").strip().lower() in ("0", "false", "no", "off"):
+    from . import envs
+
+    if not envs.tune():
         return False
     if os.environ.get("TRITON_INTERPRET") == "1":
         return False
@@ -57,13 +58,9 @@ def can_tune() -> bool:
 
 
 def budget_s() -> float:
-    raw = os.environ.get(BUDGET_ENV)
-    if raw is None:
-        return DEFAULT_BUDGET_S
-    try:
-        return max(0.0, float(raw))
-    except ValueError:
-        raise ValueError(f"{BUDGET_ENV}={raw!r}: give seconds, e.g. 120 (0: tune nothing new)") from None
+    from . import envs
+
+    return envs.tune_budget_s()
 
 
 def spent_s() -> float:

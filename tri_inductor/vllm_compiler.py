@@ -156,7 +156,7 @@ def _audited(options: TriInductorOptions, what: str) -> Iterator[list[audit.Grap
         r.graph = f"{what}:{r.graph}"
     with _RUN_LOCK:
         _RUN.add(reports)
-    if options.audit or options.strict:
+    if options.audits:
         audit.enforce(reports, strict=options.strict, verbose=options.verbose)
 
 

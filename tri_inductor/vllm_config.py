@@ -96,18 +96,18 @@ def is_ours(vllm_config: "VllmConfig") -> bool:
 
 def read_options(inductor_compile_config: Mapping[str, Any] | None,
                  environ: Mapping[str, str] | None = None) -> TriInductorOptions:
-    """Our options from ``inductor_compile_config["tri_inductor"]`` (+ ``TRI_INDUCTOR_STRICT``)."""
-    environ = os.environ if environ is None else environ
+    """Our options from ``inductor_compile_config["tri_inductor"]``, environment defaults for the
+    keys not given (``TriInductorOptions.from_mapping``). :func:`adjust_vllm_config` writes every
+    key back, so later readers (compiler, lm_head, worker processes) decode the same options
+    without consulting their own environment."""
     raw = dict((inductor_compile_config or {}).get(OPTIONS_KEY) or {})
-    options, rest = TriInductorOptions.from_mapping(raw)
+    options, rest = TriInductorOptions.from_mapping(raw, environ)
     if rest:
         # Inductor settings belong one level up; a typo must not pass silently.
         raise OptionsError(
             f"unknown tri_inductor option(s) {sorted(rest)} in inductor_compile_config[{OPTIONS_KEY!r}]; "
             f"ours are {[f.name for f in dataclasses.fields(TriInductorOptions)]}. Inductor settings go "
             f"directly in inductor_compile_config.")
-    if environ.get(STRICT_ENV, "").strip().lower() in ("1", "true", "yes", "on"):
-        options = dataclasses.replace(options, strict=True)
     return options
 
 

@@ -144,11 +144,16 @@ def _patch_vllm_config(module: ModuleType) -> None:
         if not is_ours(self):
             return real(self)
         from .cache import compile_hash
-        from .vllm_config import (adjust_vllm_config, check_final_config, split_range_at_cudagraph_size,
-                                  trim_ir_priorities)
+        from .envs import EnvError
+        from .vllm_config import (TriInductorConfigError, adjust_vllm_config, check_final_config,
+                                  split_range_at_cudagraph_size, trim_ir_priorities)
 
         # Sources + card (NVML: no CUDA context before vLLM forks) + versions: keys the AOT cache too.
-        adj = adjust_vllm_config(self, package_hash=compile_hash(avoid_cuda_init=True))  # strict: raises here
+        try:
+            package_hash = compile_hash(avoid_cuda_init=True)
+        except EnvError as e:  # not a ValueError out of __post_init__: pydantic would rewrap it
+            raise TriInductorConfigError(f"tri_inductor: {e}") from None
+        adj = adjust_vllm_config(self, package_hash=package_hash)  # strict: raises here
         for c in adj.changes:
             if _once("change:" + c.setting):
                 log.info("tri_inductor: %s", c.message())

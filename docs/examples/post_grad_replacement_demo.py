@@ -5,7 +5,7 @@ from tri_inductor.patterns._trace import trace_replacement
 from torch._inductor.custom_graph_pass import CustomGraphPass
 from torch.library import triton_op
 from tri_inductor.patterns._launch import launch
-from tri_inductor.codegen_only import fake_sm90, fake_cuda_inputs
+from tri_inductor.testing.codegen_only import fake_sm90, fake_cuda_inputs
 from torch._inductor.compile_fx import compile_fx
 from torch._inductor.graph import GraphLowering
 codes=[]

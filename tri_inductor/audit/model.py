@@ -61,7 +61,7 @@ def _codegen_only_backend(backend: Backend, options: dict[str, Any]):
 
         from torch._inductor.compile_fx import compile_fx
 
-        from ..codegen_only import fake_cuda_inputs, fake_sm90, retarget_to_cuda
+        from ..testing.codegen_only import fake_cuda_inputs, fake_sm90, retarget_to_cuda
 
         target = copy.deepcopy(gm)
         with fake_sm90():

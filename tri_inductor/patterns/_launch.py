@@ -6,7 +6,8 @@
   directly once Triton has compiled it for these arguments (vLLM's lm_head runs every step:
   no per-call tracing wrapper, no per-call re-specialisation);
 * eager on real CPU tensors: Triton's interpreter runs the same kernel source (this is how
-  the CPU-only test suite checks our kernels' numerics).
+  the CPU-only test suite checks our kernels' numerics), through the runner that
+  ``tri_inductor.testing.interpret`` registers (:func:`register_cpu_runner`).
 
 Kernels that take a ``USE_PDL`` constexpr are launched with programmatic dependent launch
 (``_pdl.py``) when it is True: the eager GPU path asks Triton for the launch attribute, and
@@ -14,8 +15,8 @@ Inductor's launcher of the traced kernel gets it from ``_pdl``'s hook.
 """
 from __future__ import annotations
 
-import functools
 import inspect
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -26,13 +27,15 @@ from triton.runtime.jit import JITFunction
 from . import _pdl  # noqa: F401  (installs the Inductor launcher hook)
 
 
-@functools.cache
-def _interpreted(kernel):
-    from triton.runtime.interpreter import InterpretedFunction
+CpuRunner = Callable[[Any, Any, tuple, dict], None]
+_cpu_runner: CpuRunner | None = None
 
-    while not isinstance(kernel, JITFunction):  # Autotuner / Heuristics wrap a JITFunction
-        kernel = kernel.fn
-    return InterpretedFunction(kernel.fn)
+
+def register_cpu_runner(runner: CpuRunner | None) -> None:
+    """Who runs our kernels on real CPU tensors: ``tri_inductor.testing.interpret`` registers
+    Triton's interpreter (with its fixes) when imported; kernels never import a test harness."""
+    global _cpu_runner
+    _cpu_runner = runner
 
 
 def _runs_in_interpreter(args) -> bool:
@@ -48,9 +51,8 @@ def _plain_gpu_call(args) -> bool:
 
 # Eager GPU launches: Triton's ``kernel[grid](...)`` binds and re-specialises every argument in
 # Python on each call; vLLM's lm_head pays that once per decode step, on the step's critical
-# path (H200 host, lm_head GEMM at 64 rows: 70.9 us a call that way, 40.1 us with the reuse
-# below, cuBLAS through F.linear 14.9 us).  A repeat call whose arguments specialise the same
-# way reuses the compiled kernel and calls its launcher (Triton 3.x ``CompiledKernel.run``).
+# path (docs/design/kernels.md has the host times).  A repeat call whose arguments specialise
+# the same way reuses the compiled kernel and calls its launcher (Triton 3.x ``CompiledKernel.run``).
 _COMPILED: dict[tuple, tuple[Any, tuple]] = {}
 _COMPILED_MAX = 4096  # distinct (kernel, specialisation) entries kept; cleared when full
 
@@ -123,9 +125,10 @@ def launch(kernel, grid, *args: Any, **kwargs: Any) -> None:
     if _plain_gpu_call(args):  # eager on a GPU (vLLM's lm_head, every step): no tracing wrapper
         _launch_gpu(kernel, grid, args, kwargs)
     elif _runs_in_interpreter(args):
-        from ..interpret import interpreter_patches
-
-        with interpreter_patches():  # nested @triton.jit helpers, bf16 tl.dot
-            _interpreted(kernel)[grid](*args, **kwargs)
+        if _cpu_runner is None:
+            raise RuntimeError(
+                "tri_inductor's Triton kernels run on CPU tensors only in Triton's interpreter: "
+                "import tri_inductor.testing.interpret first (the test suite's conftest does)")
+        _cpu_runner(kernel, grid, args, kwargs)
     else:
         wrap_triton(kernel)[grid](*args, **kwargs)

@@ -5,8 +5,8 @@ finishing, instead of after that kernel has drained and the next launch has gone
 front end. It must wait (``griddepcontrol.wait``: returns once the previous grid has completed
 and its writes are visible) before it touches global memory. In CUDA graphs (vLLM's, and the
 benchmarks') the launch attribute becomes a programmatic edge. The gain is the launch gap, so it
-is largest for kernels a few microseconds long: H200, SiLU-and-mul next to Inductor's kernel
-(benchmarks/activation_variants.py), 1.13-1.22x at 1-64 tokens, 1.02x at 4096 x 4096.
+is largest for kernels a few microseconds long (measurements: docs/design/kernels.md, from
+benchmarks/activation_variants.py).
 
 A kernel opts in with a ``USE_PDL`` constexpr, set by its host code to :func:`pdl_enabled`;
 inside, ``if USE_PDL:`` guards :func:`pdl_wait` (before the first load) and
@@ -16,20 +16,20 @@ attribute on the eager path, and :func:`_install_inductor_hook` on Inductor's.
 from __future__ import annotations
 
 import functools
-import os
 
 import torch
 import triton
 import triton.language as tl
 
+from .. import envs
+
 ENV = "TRI_INDUCTOR_PDL"
 
 
 def pdl_requested() -> bool:
-    """False when ``TRI_INDUCTOR_PDL`` is 0, false, no or off (as ``TRI_INDUCTOR_TUNE`` reads them).
-    Part of the compile cache key (``cache.compile_hash``): the kernels' ``USE_PDL`` is baked into
-    compiled graphs."""
-    return os.environ.get(ENV, "1").strip().lower() not in ("0", "false", "no", "off")
+    """``TRI_INDUCTOR_PDL`` (``envs``: on unless 0/false/no/off). Part of the compile cache key
+    (``cache.compile_hash``): the kernels' ``USE_PDL`` is baked into compiled graphs."""
+    return envs.pdl()
 
 
 def pdl_enabled(device: torch.device) -> bool:

@@ -1,12 +1,7 @@
-"""Gated activations: silu(x[..., :d]) * x[..., d:] and gelu(x[..., :d]) * x[..., d:].
-
-Also hosts ``register_auto_functionalized_form``, the matcher for vLLM's in-place CUDA custom ops
-(``auto_functionalized(torch.ops._C.<op>, ...)``), shared by the rms_norm and rope modules.
-"""
+"""Gated activations: silu(x[..., :d]) * x[..., d:] and gelu(x[..., :d]) * x[..., d:]."""
 from __future__ import annotations
 
-import operator
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -17,6 +12,7 @@ from torch.library import triton_op
 
 from ._pdl import pdl_enabled, pdl_launch_dependents, pdl_wait
 from ._launch import launch
+from . import matcher_utils as M
 from ._trace import trace_replacement
 
 # Interpreter note: builtins only (sigmoid and tanh written with tl.exp; ``tl.sigmoid`` is a
@@ -43,7 +39,7 @@ def _gated_act_kernel(x_ptr, out_ptr, d, x_stride, out_stride,
                       ACT: tl.constexpr, BLOCK: tl.constexpr, D: tl.constexpr, USE_PDL: tl.constexpr):
     # 1-D grid over (row, column block), column blocks fastest: consecutive programs stream
     # consecutive memory, as a flat pointwise kernel does (rows fastest, a 2-D grid's axis 0, sent
-    # neighbouring programs a whole row apart: ~5% below Inductor at prefill sizes). Each program
+    # neighbouring programs a whole row apart: slower at prefill sizes). Each program
     # reads BLOCK gate and BLOCK up values of one row (two contiguous runs, 16-byte vectors) and
     # writes BLOCK outputs: one pass over the data.
     # D: the width when static (every LLM's hidden sizes), else 0 and the runtime d. A constant
@@ -51,10 +47,9 @@ def _gated_act_kernel(x_ptr, out_ptr, d, x_stride, out_stride,
     # runtime value is ~20 instructions, next to ~15 a thread spends per element) and drops the
     # column mask when BLOCK divides it.
     # USE_PDL: programmatic dependent launch (_pdl.py): wait for the previous kernel before the
-    # loads, let the next one be scheduled once they are issued. With it, 1.01-1.02x Inductor's
-    # kernel at 4096 x 4096 and 1.13-1.22x at 1-64 tokens on an H200; without it, 0.94-1.02x
-    # (benchmarks/activation_variants.py). No cache hints: evict-first loads and store ran
-    # 0.97-1.02x Inductor from run to run (README); the PDL form, above 1.0x in each of 3 runs.
+    # loads, let the next one be scheduled once they are issued: the same memory schedule as
+    # Inductor's kernel, PDL is what gains. No cache hints: their effect flipped sign from run to
+    # run. Measurements: docs/design/kernels.md (benchmarks/activation_variants.py).
     pid = tl.program_id(0)
     if USE_PDL:
         pid += pdl_wait()
@@ -87,10 +82,8 @@ _ACTS = {"silu": 0, "none": 1, "tanh": 2}
 
 
 def _launch_config(d: int, elem_size: int) -> tuple[int, int]:
-    """(BLOCK, num_warps): up to 1024 columns a program, one 16-byte vector per thread. On an H200
-    (``benchmarks/launch_sweep.py``, SiLU-and-mul of width 14336 at 1..8192 tokens) 1024 x 4 warps
-    ranked first of 16 configs in two sweeps (geomean 1.01x Inductor); 2048 x 8 was 0.93x at 1-16
-    tokens."""
+    """(BLOCK, num_warps): up to 1024 columns a program, one 16-byte vector per thread: the launch
+    sweep's pick (``benchmarks/launch_sweep.py``; docs/design/kernels.md)."""
     block = min(triton.next_power_of_2(d), 1024)
     per_thread = max(16 // elem_size, 1)  # elements of one 16-byte vector
     return block, max(1, min(8, block // (32 * per_thread)))
@@ -144,73 +137,13 @@ def reference_gelu_and_mul(x: torch.Tensor, approximate: str = "none") -> torch.
     return F.gelu(x[..., :d], approximate=approximate) * x[..., d:]
 
 
-# ---------------------------------------------------------------------------------------------
-# vLLM custom-op forms: ``getitem(auto_functionalized(torch.ops._C.op, **kwargs), i)``.
-# auto_functionalized v1 (vLLM sets ``enable_auto_functionalized_v2=False`` for its own passes);
-# the v2 form (``_all_bases`` indices) is not matched.
-# ---------------------------------------------------------------------------------------------
-def register_auto_functionalized_form(
-    pm_pass, op: torch._ops.OpOverload, out_indices: Sequence[int],
-    replacement: Callable[..., Any], extra_check: Callable[[Any], bool] | None = None,
-) -> None:
-    """Replace the outputs ``out_indices`` of an auto_functionalized ``op`` by ``replacement``,
-    called with the op's arguments by schema order (traced with ``trace_replacement``)."""
-    from torch._higher_order_ops.auto_functionalize import auto_functionalized
-    from torch._inductor.pattern_matcher import (CallFunction, KeywordArg, MultiOutputPattern,
-                                                 register_graph_pattern)
-
-    names = [a.name for a in op._schema.arguments]
-    af = CallFunction(auto_functionalized, op, _users=len(out_indices), **{n: KeywordArg(n) for n in names})
-    outs = [CallFunction(operator.getitem, af, i) for i in out_indices]
-    pattern = outs[0] if len(outs) == 1 else MultiOutputPattern(outs)
-
-    def check(match) -> bool:
-        return extra_check is None or extra_check(match)
-
-    def handler(match, **kwargs) -> None:
-        match.replace_by_example(replacement, [kwargs[n] for n in names], trace_fn=trace_replacement)
-
-    register_graph_pattern(pattern, extra_check=check, pass_dict=pm_pass)(handler)
-
-
-def _c_op(name: str) -> torch._ops.OpOverload | None:
-    """``torch.ops._C.<name>.default`` if vLLM's CUDA ops (or a test's stand-in schema) are loaded."""
-    try:
-        return getattr(torch.ops._C, name).default
-    except (AttributeError, RuntimeError):
-        return None
-
-
-# ---------------------------------------------------------------------------------------------
-# FX patterns (native forms)
-# ---------------------------------------------------------------------------------------------
-# vLLM SiluAndMul.forward_native / GeluAndMul.forward_native: slices of one [.., 2d] tensor.
-def _silu_slices(x):
-    d = x.shape[-1] // 2
-    return F.silu(x[..., :d]) * x[..., d:]
-
-
-def _gelu_slices(x):
-    d = x.shape[-1] // 2
-    return F.gelu(x[..., :d]) * x[..., d:]
-
-
-def _gelu_tanh_slices(x):
-    d = x.shape[-1] // 2
-    return F.gelu(x[..., :d], approximate="tanh") * x[..., d:]
-
-
-# Phi-3 style fused gate_up: ``gate, up = x.chunk(2, -1); up * act(gate)``.
-def _silu_chunk(x):
-    gate, up = x.chunk(2, dim=-1)
-    return up * F.silu(gate)
-
-
-# The same with the activation first (fused gate_up in custom Llama blocks: ``act(gate) * up``);
-# the pattern matcher does not reorder a commutative mul.
-def _silu_chunk_gate_first(x):
-    gate, up = x.chunk(2, dim=-1)
-    return F.silu(gate) * up
+# Source forms live in matcher_utils (gate_up searches them too). The private aliases are for
+# gate_up.py, which reads them from here until the GEMM rewrite imports matcher_utils itself.
+_silu_slices = M.silu_slices
+_silu_chunk = M.silu_chunk
+_silu_chunk_gate_first = M.silu_chunk_gate_first
+_gelu_slices = M.gelu_slices
+_gelu_tanh_slices = M.gelu_tanh_slices
 
 
 def _repl_silu(x):
@@ -235,17 +168,17 @@ def register_patterns(pm_pass) -> None:
 
     for dt in (torch.bfloat16, torch.float32):
         x = torch.empty(8, 128, dtype=dt)
-        for search, repl in ((_silu_slices, _repl_silu), (_silu_chunk, _repl_silu),
-                             (_silu_chunk_gate_first, _repl_silu), (_gelu_slices, _repl_gelu),
-                             (_gelu_tanh_slices, _repl_gelu_tanh)):
+        for search, repl in ((M.silu_slices, _repl_silu), (M.silu_chunk, _repl_silu),
+                             (M.silu_chunk_gate_first, _repl_silu), (M.gelu_slices, _repl_gelu),
+                             (M.gelu_tanh_slices, _repl_gelu_tanh)):
             register_replacement(search, repl, [x], trace_replacement, pm_pass,
                                  extra_check=_check, skip_duplicates=True)
     # vLLM CUDA ops (custom_ops "all", the default for a non-Inductor backend).
     for name, repl in (("silu_and_mul", _repl_silu), ("gelu_and_mul", _repl_gelu),
                        ("gelu_tanh_and_mul", _repl_gelu_tanh)):
-        op = _c_op(name)
+        op = M.c_op(name)
         if op is not None:
-            register_auto_functionalized_form(pm_pass, op, [1], _c_repl(repl))
+            M.register_auto_functionalized_form(pm_pass, op, [1], _c_repl(repl))
 
 
 def _c_repl(repl: Callable[[torch.Tensor], torch.Tensor]) -> Callable[..., torch.Tensor]:

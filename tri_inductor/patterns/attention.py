@@ -144,9 +144,9 @@ def attention_fwd_kernel(
 
 
 # (BLOCK_D, is 4-byte dtype) -> (BLOCK_M, BLOCK_N, num_warps, num_stages) for prefill.
-# Swept on an H200 (benchmarks/kernels.py --tune, causal, 32/8 heads): 64x64 tiles with one
-# warpgroup won for D=64/128 (more programs in flight, cheaper diagonal blocks than 128-row
-# tiles); D=256 prefers 128x64 with two warpgroups (Q 64 KB + 2 x (K 32 KB + V 32 KB) of smem).
+# From a sweep (benchmarks/kernels.py --tune, causal, 32/8 heads; docs/design/kernels.md): 64x64
+# tiles with one warpgroup for D=64/128 (more programs in flight, cheaper diagonal blocks than
+# 128-row tiles); D=256 128x64 with two warpgroups (Q 64 KB + 2 x (K 32 KB + V 32 KB) of smem).
 PREFILL_CONFIGS: dict[tuple[int, bool], tuple[int, int, int, int]] = {
     (16, False): (64, 64, 4, 3),
     (32, False): (64, 64, 4, 3),
@@ -161,6 +161,7 @@ PREFILL_CONFIGS: dict[tuple[int, bool], tuple[int, int, int, int]] = {
 }
 # Decode-like launches (packed query heads): rows are few, keys many.
 PACKED_BLOCK_N: dict[int, int] = {16: 64, 32: 64, 64: 64, 128: 64, 256: 32}
+MAX_HEAD_DIM = 256  # any D up to this (the tile is D padded to a power of two >= 16): docs/CONTRACTS.md
 PACKED_MAX_ROWS = 64  # pack while group * Sq fits one tile of at most this many rows
 
 
@@ -308,7 +309,7 @@ def _scale_or_default(scale, q_meta):
 
 def _supported(q, k) -> bool:
     try:
-        return (q.dim() == 4 and k.dim() == 4 and int(q.shape[-1]) <= 256
+        return (q.dim() == 4 and k.dim() == 4 and int(q.shape[-1]) <= MAX_HEAD_DIM
                 and int(q.shape[1]) % int(k.shape[1]) == 0)
     except Exception:
         return False

@@ -12,6 +12,7 @@ import triton
 import triton.language as tl
 from torch.library import triton_op
 
+from . import matcher_utils as M
 from ._launch import launch
 from ._trace import trace_replacement
 
@@ -22,7 +23,7 @@ MAX_FUSED_BLOCK = 16384
 # Interpreter note (checked with triton 3.6): Triton's ``InterpretedFunction`` needs no
 # TRITON_INTERPRET=1, but it patches only Triton *builtins*: library ``@triton.jit`` helpers
 # (``tl.sum``, ``tl.sigmoid``, ``tl.zeros``...) raise "Cannot call @triton.jit'd outside of the
-# scope of a kernel" unless the launcher routes them (tri_inductor.interpret does now). Our
+# scope of a kernel" unless the launcher routes them (tri_inductor.testing.interpret does now). Our
 # kernels call builtins only anyway: ``tl.reduce(v, 0, tl.standard._sum_combine)`` is what
 # ``tl.sum`` expands to, and the interpreter maps that combine function to ``np.sum`` (any other
 # combine function runs once per element in Python: minutes per test instead of seconds).
@@ -52,8 +53,8 @@ def _rms_norm_kernel(
     # Contiguous columns across the program's threads: Triton gives each thread runs of
     # BLOCK / (32 * num_warps) elements, i.e. 16-byte vectors when num_warps follows BLOCK.
     # Inductor types a Python float argument as fp64 (Triton's own launcher: fp32); uncast, the
-    # whole row would be normalised in fp64 inside compiled graphs (in vLLM decode steps the
-    # kernel took 1.2-1.5x its standalone time).
+    # whole row would be normalised in fp64 inside compiled graphs (far slower in vLLM's decode
+    # steps than standalone).
     eps = tl.cast(eps, tl.float32)
     w_offset = tl.cast(w_offset, tl.float32)
     row = tl.program_id(0).to(tl.int64)
@@ -71,8 +72,7 @@ def _rms_norm_kernel(
         # latency-bound) a load issued after the cross-warp sum adds a second memory round trip.
         w = tl.load(w_ptr + cols, mask=mask, other=0.0, eviction_policy="evict_last").to(tl.float32) + w_offset
         # x and the residuals are read once, with default caching: marking them evict_first
-        # (to keep the weight row in L2) made add + RMSNorm at 4096 x 4096 bf16 5% slower on
-        # H200 (37.6 vs 35.8 us; Inductor's kernel 36.8).
+        # (to keep the weight row in L2) made add + RMSNorm slower (docs/design/kernels.md).
         x = tl.load(x_row + cols, mask=mask, other=0.0).to(tl.float32)
         if HAS_RESIDUAL:
             x += _residual_sum(res_ptr, res_stride, res2_ptr, res2_stride, row, cols, mask, HAS_RESIDUAL2)
@@ -223,20 +223,12 @@ def reference_fused_add_rms_norm(
 # FX patterns (post-grad, aten level)
 #
 # eps is kept general with ``scalar_workaround``: the search graph is traced with the sentinel
-# value below, which the pattern turns into ``KeywordArg("eps")``; any literal eps then matches
+# value ``matcher_utils.EPS_SENTINEL``, which the pattern turns into ``KeywordArg("eps")``; any literal eps then matches
 # and is handed to the replacement. One registration per form covers every eps.
 # Forms differ in where casts sit, so each is traced once with bf16 inputs (the cast pattern,
 # which also matches fp16: dtypes are re-checked per match) and once with fp32 inputs (no casts).
 # ---------------------------------------------------------------------------------------------
-_EPS = 9.87654321e-7  # sentinel for tracing; must not collide with any other constant in a form
-
-
-# vLLM IR native (vllm/ir/ops/layernorm.py) and vLLM RMSNorm.forward_native with torch wrap off:
-# (x.float() * rsqrt(mean(x.float()^2) + eps)).to(w.dtype) * w, then .to(x.dtype) (a no-op cast).
-def _vllm_rms(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    h = x.to(torch.float32)
-    h = h * torch.rsqrt(h.pow(2).mean(dim=-1, keepdim=True) + eps)
-    return (h.to(weight.dtype) * weight).to(x.dtype)
+# vLLM's native form (M.vllm_rms) is in matcher_utils: rope's q/k-norm forms search it too.
 
 
 # Hugging Face LlamaRMSNorm / Qwen2RMSNorm / MistralRMSNorm: weight * h.to(input_dtype).
@@ -366,8 +358,6 @@ def _repl_add_rms_swapped(x, residual, weight, eps):
     return fused_add_rms_norm(x, residual, weight, eps)
 
 
-def _ir_rms(x, weight, eps):
-    return torch.ops.vllm_ir.rms_norm.default(x, weight, eps)
 
 
 def _ir_add_rms(x, residual, weight, eps):
@@ -467,20 +457,13 @@ def _check_add_sum_out(match) -> bool:
     return outs[0].meta["val"].dtype == x.dtype and any(u not in inside for u in outs[1].users)
 
 
-def _vllm_ir_available() -> bool:
-    # vllm_ir nodes can only be in a graph once vLLM has been imported (that defines the ops); no
-    # import here: pattern registration may run under a FakeTensorMode.
-    ns = torch.ops.vllm_ir
-    return hasattr(ns, "rms_norm") and hasattr(ns, "fused_add_rms_norm")
-
-
 def register_patterns(pm_pass) -> None:
     from torch._inductor.pattern_matcher import register_replacement
 
     def reg(search: Callable[..., Any], repl: Callable[..., Any], inputs: list[torch.Tensor],
             check: Callable[[Any], bool]) -> None:
         register_replacement(search, repl, inputs, trace_replacement, pm_pass,
-                             extra_check=check, scalar_workaround={"eps": _EPS},
+                             extra_check=check, scalar_workaround={"eps": M.EPS_SENTINEL},
                              skip_duplicates=True)  # a form may trace alike for two dtypes
 
     # Order matters: for one output node the first registered pattern that matches wins, so the
@@ -507,13 +490,13 @@ def register_patterns(pm_pass) -> None:
     reg(_vllm_add_rms, _repl_add_rms, [xb, rf, wb], _check_add_fp32_residual)
     for dt in (torch.bfloat16, torch.float32):
         x, w = torch.empty(8, 64, dtype=dt), torch.empty(64, dtype=dt)
-        reg(_vllm_rms, _repl_rms, [x, w], _check_rms)
+        reg(M.vllm_rms, _repl_rms, [x, w], _check_rms)
         reg(_hf_rms, _repl_rms, [x, w], _check_rms)
         reg(_gemma_rms, _repl_gemma, [x, w], _check_rms)
     # fp32 weight, 16-bit activations; after the Gemma form, which it would otherwise cut short.
-    reg(_vllm_rms, _repl_rms, [xb, wf], _check_rms)
+    reg(M.vllm_rms, _repl_rms, [xb, wf], _check_rms)
     _register_c_forms(pm_pass)
-    if _vllm_ir_available():
+    if M.vllm_ir_available():
         # vLLM IR nodes (torch wrap on, the default with Inductor-like backends). The weight may be
         # fp32 (vLLM's GemmaRMSNorm passes ``w.float() + 1``); our kernel reads any float weight.
         xb, rb, wb = (torch.empty(8, 64, dtype=torch.bfloat16), torch.empty(8, 64, dtype=torch.bfloat16),
@@ -522,7 +505,7 @@ def register_patterns(pm_pass) -> None:
         reg(_ir_gemma_rms, _repl_gemma, [xb, wb], _check_rms_ir)
         x, r, w = torch.empty(8, 64), torch.empty(8, 64), torch.empty(64)  # one node: any dtype
         reg(_ir_add_rms, _repl_add_rms, [x, r, w], _check_add_ir)
-        reg(_ir_rms, _repl_rms, [x, w], _check_rms_ir)
+        reg(M.ir_rms, _repl_rms, [x, w], _check_rms_ir)
 
 
 def _ir_ok(match) -> bool:
@@ -550,12 +533,10 @@ def _c_add_rms(x, residual, weight, eps):  # _C.fused_add_rms_norm(Tensor! input
 def _register_c_forms(pm_pass) -> None:
     """vLLM's CUDA ops when present (custom_ops "all", or IR priority vllm_c with torch wrap off):
     ``auto_functionalized(_C.rms_norm)[1]`` and ``auto_functionalized(_C.fused_add_rms_norm)[1, 2]``."""
-    from .activation import _c_op, register_auto_functionalized_form
-
-    if (op := _c_op("rms_norm")) is not None:
-        register_auto_functionalized_form(pm_pass, op, [1], _c_rms)
-    if (op := _c_op("fused_add_rms_norm")) is not None:
-        register_auto_functionalized_form(pm_pass, op, [1, 2], _c_add_rms)
+    if (op := M.c_op("rms_norm")) is not None:
+        M.register_auto_functionalized_form(pm_pass, op, [1], _c_rms)
+    if (op := M.c_op("fused_add_rms_norm")) is not None:
+        M.register_auto_functionalized_form(pm_pass, op, [1, 2], _c_add_rms)
 
 
 # aten ops whose survival after our pass means an RMSNorm nearly matched.

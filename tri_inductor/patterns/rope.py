@@ -16,6 +16,7 @@ import triton.language as tl
 from torch.library import triton_op
 
 from ._launch import launch
+from . import matcher_utils as M
 from ._trace import trace_replacement
 
 # Interpreter note: kernels here use Triton builtins only (no ``tl.cdiv``/``tl.zeros`` helpers,
@@ -155,10 +156,8 @@ ROPE_ELEMENTS = 1024  # elements of q/k a program rotates (see _blocks)
 def _blocks(head_size: int, rotary_dim: int, n_heads: int, n_seq: int, heads_adjacent: bool
             ) -> tuple[int, int, int, int, int]:
     """(BLOCK_T, BLOCK_H, HALF_BLOCK, PASS_BLOCK, num_warps): ~1K elements and 4 warps a program,
-    laid along whichever of heads / positions is adjacent in memory. An H100 launch sweep
-    (``benchmarks/launch_sweep.py --ops rope_hf,rope_vllm``, 1..8192 tokens, 15 configs) ranked
-    1024 x 4 warps first in both forms: geomean 1.38x / 1.54x Inductor, vs 1.29x / 1.47x for the
-    4096 x 8 used before (at 8192 tokens 1.04x / 1.17x vs 0.99x / 1.14x)."""
+    laid along whichever of heads / positions is adjacent in memory: the launch sweep's pick
+    (``benchmarks/launch_sweep.py``; measurements in docs/design/kernels.md)."""
     half_block = triton.next_power_of_2(max(rotary_dim // 2, 1))
     pass_block = triton.next_power_of_2(max(head_size - rotary_dim, 1))
     row = triton.next_power_of_2(head_size)
@@ -485,16 +484,14 @@ def _trace_post_grad(fn, args, **kwargs) -> torch.fx.GraphModule:
 def register_vllm_rope_forms(pm_pass) -> None:
     from torch._inductor.pattern_matcher import register_replacement
 
-    from . import rms_norm as N
-
     # (search, replacement, q/k example shapes given a head count, sentinel scalars besides half,
     # extra check, dtypes, whether q/k norm weights are inputs). For one output node the first
     # registered pattern that matches wins, so first: q/k normed per head right before the
     # rotation (Qwen3) -> one kernel, no bf16 round trip in between. The rope family runs before
     # the rms_norm family, so those norms are still aten (or IR) nodes here.
     both = (torch.bfloat16, torch.float32)
-    norms = [N._vllm_rms] + ([N._ir_rms] if N._vllm_ir_available() else [])
-    forms = [(*_make_qk_norm_heads(is_neox, norm), lambda h: (8, h, _HEAD), {"eps": N._EPS}, _check_qk_norm,
+    norms = [M.vllm_rms] + ([M.ir_rms] if M.vllm_ir_available() else [])
+    forms = [(*_make_qk_norm_heads(is_neox, norm), lambda h: (8, h, _HEAD), {"eps": M.EPS_SENTINEL}, _check_qk_norm,
               (torch.bfloat16,), True) for norm in norms for is_neox in (True, False)]
     forms += [(*_make_vllm(is_neox, per_head), lambda h: (8, h * _HEAD), {"head_size": _HEAD}, _check_vllm, both, False)
               for per_head in (False, True) for is_neox in (True, False)]
@@ -542,10 +539,8 @@ def _check_c_rotary(match) -> bool:
 
 
 def _register_c_forms(pm_pass) -> None:
-    from .activation import _c_op, register_auto_functionalized_form
-
-    if (op := _c_op("rotary_embedding")) is not None:
-        register_auto_functionalized_form(pm_pass, op, [1, 2], _c_rotary, _check_c_rotary)
+    if (op := M.c_op("rotary_embedding")) is not None:
+        M.register_auto_functionalized_form(pm_pass, op, [1, 2], _c_rotary, _check_c_rotary)
 
 
 # aten ops whose survival after our pass means a RoPE nearly matched: HF's rotate_half leaves a

@@ -177,7 +177,9 @@ TABLE_PATH = os.path.join(os.path.dirname(__file__), "tuned_sm90.json")
 
 
 def table_path() -> str:
-    return os.environ.get(TABLE_ENV) or TABLE_PATH
+    from ... import envs
+
+    return str(envs.linear_tuned())
 
 
 @functools.cache

@@ -8,6 +8,7 @@ so keep shapes small. Only for tests and debugging; never for speed.
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import os
 from collections.abc import Iterator
@@ -39,7 +40,7 @@ class _LibdeviceStandin:
             return lambda *args, **kwargs: getattr(tl.math, name)(*args, **kwargs)
         fn = _NUMPY_LIBDEVICE.get(name)
         if fn is None:
-            raise AttributeError(f"libdevice.{name} has no interpreter stand-in (tri_inductor.interpret)")
+            raise AttributeError(f"libdevice.{name} has no interpreter stand-in (tri_inductor.testing.interpret)")
         return lambda *args: _numpy_elementwise(fn, *args)
 
 
@@ -127,7 +128,7 @@ def triton_interpreter() -> Iterator[None]:
     from torch._inductor.runtime.triton_heuristics import CachingAutotuner
 
     from .codegen_only import StubDriver
-    from .patterns import load_all
+    from ..patterns import load_all
 
     # Our kernels must be decorated while TRITON_INTERPRET is off, as JITFunctions that
     # torch.compile can trace (wrap_triton refuses InterpretedFunctions).
@@ -198,3 +199,30 @@ def _interpret_args_grid(self, args, cfg):
     scope.update(zip(extra, args[len(args) - len(extra):]))
     grid = GridExpr.from_meta(self.inductor_meta, cfg, mode=self.grid_mode).eval_slow(scope)
     return tuple(full), grid
+
+
+# CPU launches of our kernels (``patterns._launch.launch`` with real CPU tensors) come here:
+# the kernels know nothing of this harness, it registers itself on import.
+@functools.cache
+def _interpreted(kernel):
+    from triton.runtime.interpreter import InterpretedFunction
+    from triton.runtime.jit import JITFunction
+
+    while not isinstance(kernel, JITFunction):  # Autotuner / Heuristics wrap a JITFunction
+        kernel = kernel.fn
+    return InterpretedFunction(kernel.fn)
+
+
+def run_on_cpu(kernel, grid, args, kwargs) -> None:
+    """``kernel[grid](*args, **kwargs)`` on CPU tensors, in Triton's interpreter."""
+    with interpreter_patches():  # nested @triton.jit helpers, bf16 tl.dot
+        _interpreted(kernel)[grid](*args, **kwargs)
+
+
+def _register() -> None:
+    from ..patterns import _launch
+
+    _launch.register_cpu_runner(run_on_cpu)
+
+
+_register()

@@ -1,0 +1,113 @@
+"""What the pattern families share for matching (the role vLLM's ``matcher_utils`` plays): the
+source-op forms several families search for, and the matcher for vLLM's in-place CUDA ops.
+
+A family imports these from here, never another family's private helpers. The replacement
+tracer is :mod:`._trace` (``trace_replacement``).
+"""
+from __future__ import annotations
+
+import operator
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from ._trace import trace_replacement
+
+# ---------------------------------------------------------------------------------------------
+# vLLM custom-op forms: ``getitem(auto_functionalized(torch.ops._C.op, **kwargs), i)``.
+# auto_functionalized v1 (vLLM sets ``enable_auto_functionalized_v2=False`` for its own passes);
+# the v2 form (``_all_bases`` indices) is not matched.
+# ---------------------------------------------------------------------------------------------
+def register_auto_functionalized_form(
+    pm_pass, op: torch._ops.OpOverload, out_indices: Sequence[int],
+    replacement: Callable[..., Any], extra_check: Callable[[Any], bool] | None = None,
+) -> None:
+    """Replace the outputs ``out_indices`` of an auto_functionalized ``op`` by ``replacement``,
+    called with the op's arguments by schema order (traced with ``trace_replacement``)."""
+    from torch._higher_order_ops.auto_functionalize import auto_functionalized
+    from torch._inductor.pattern_matcher import (CallFunction, KeywordArg, MultiOutputPattern,
+                                                 register_graph_pattern)
+
+    names = [a.name for a in op._schema.arguments]
+    af = CallFunction(auto_functionalized, op, _users=len(out_indices), **{n: KeywordArg(n) for n in names})
+    outs = [CallFunction(operator.getitem, af, i) for i in out_indices]
+    pattern = outs[0] if len(outs) == 1 else MultiOutputPattern(outs)
+
+    def check(match) -> bool:
+        return extra_check is None or extra_check(match)
+
+    def handler(match, **kwargs) -> None:
+        match.replace_by_example(replacement, [kwargs[n] for n in names], trace_fn=trace_replacement)
+
+    register_graph_pattern(pattern, extra_check=check, pass_dict=pm_pass)(handler)
+
+
+def c_op(name: str) -> torch._ops.OpOverload | None:
+    """``torch.ops._C.<name>.default`` if vLLM's CUDA ops (or a test's stand-in schema) are loaded."""
+    try:
+        return getattr(torch.ops._C, name).default
+    except (AttributeError, RuntimeError):
+        return None
+
+
+# ---------------------------------------------------------------------------------------------
+# RMSNorm source forms (searched by rms_norm, and by rope for a q/k norm feeding the rotation).
+# ---------------------------------------------------------------------------------------------
+EPS_SENTINEL = 9.87654321e-7
+"""eps is kept general with ``scalar_workaround``: a search graph is traced with this value,
+which the pattern turns into ``KeywordArg("eps")``; any literal eps then matches. It must not
+collide with any other constant in a form."""
+
+
+# vLLM IR native (vllm/ir/ops/layernorm.py) and vLLM RMSNorm.forward_native with torch wrap off:
+# (x.float() * rsqrt(mean(x.float()^2) + eps)).to(w.dtype) * w, then .to(x.dtype) (a no-op cast).
+def vllm_rms(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    h = x.to(torch.float32)
+    h = h * torch.rsqrt(h.pow(2).mean(dim=-1, keepdim=True) + eps)
+    return (h.to(weight.dtype) * weight).to(x.dtype)
+
+
+def ir_rms(x, weight, eps):
+    """vLLM IR's rms_norm node (torch wrap on, the default with Inductor-like backends)."""
+    return torch.ops.vllm_ir.rms_norm.default(x, weight, eps)
+
+
+def vllm_ir_available() -> bool:
+    # vllm_ir nodes can only be in a graph once vLLM has been imported (that defines the ops); no
+    # import here: pattern registration may run under a FakeTensorMode.
+    ns = torch.ops.vllm_ir
+    return hasattr(ns, "rms_norm") and hasattr(ns, "fused_add_rms_norm")
+
+
+# ---------------------------------------------------------------------------------------------
+# Gated-activation source forms (searched by activation, and by gate_up behind its GEMM).
+# ---------------------------------------------------------------------------------------------
+# vLLM SiluAndMul.forward_native / GeluAndMul.forward_native: slices of one [.., 2d] tensor.
+def silu_slices(x):
+    d = x.shape[-1] // 2
+    return F.silu(x[..., :d]) * x[..., d:]
+
+
+def gelu_slices(x):
+    d = x.shape[-1] // 2
+    return F.gelu(x[..., :d]) * x[..., d:]
+
+
+def gelu_tanh_slices(x):
+    d = x.shape[-1] // 2
+    return F.gelu(x[..., :d], approximate="tanh") * x[..., d:]
+
+
+# Phi-3 style fused gate_up: ``gate, up = x.chunk(2, -1); up * act(gate)``.
+def silu_chunk(x):
+    gate, up = x.chunk(2, dim=-1)
+    return up * F.silu(gate)
+
+
+# The same with the activation first (fused gate_up in custom Llama blocks: ``act(gate) * up``);
+# the pattern matcher does not reorder a commutative mul.
+def silu_chunk_gate_first(x):
+    gate, up = x.chunk(2, dim=-1)
+    return F.silu(gate) * up
