@@ -137,13 +137,6 @@ def reference_gelu_and_mul(x: torch.Tensor, approximate: str = "none") -> torch.
     return F.gelu(x[..., :d], approximate=approximate) * x[..., d:]
 
 
-# Source forms live in matcher_utils (gate_up searches them too). The private aliases are for
-# gate_up.py, which reads them from here until the GEMM rewrite imports matcher_utils itself.
-_silu_slices = M.silu_slices
-_silu_chunk = M.silu_chunk
-_silu_chunk_gate_first = M.silu_chunk_gate_first
-_gelu_slices = M.gelu_slices
-_gelu_tanh_slices = M.gelu_tanh_slices
 
 
 def _repl_silu(x):

@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import torch
 
-from . import activation as A
+from . import matcher_utils as M
 from .gemm.ops import mm_act_mul, reference_mm_act_mul  # noqa: F401  (the op, its reference)
 from .linear import _val, mm_operands_ok
 
 # The activation forms the activation family matches, each fed by an mm: (search form, act).
-_FORMS = ((A._silu_slices, "silu"), (A._silu_chunk, "silu"), (A._silu_chunk_gate_first, "silu"),
-          (A._gelu_slices, "gelu"), (A._gelu_tanh_slices, "gelu_tanh"))
+_FORMS = ((M.silu_slices, "silu"), (M.silu_chunk, "silu"), (M.silu_chunk_gate_first, "silu"),
+          (M.gelu_slices, "gelu"), (M.gelu_tanh_slices, "gelu_tanh"))
 
 
 def _search(form):

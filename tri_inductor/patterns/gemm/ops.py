@@ -31,7 +31,7 @@ def choose_config(m, n: int, k: int, dtype: torch.dtype, device=None) -> Cfg:
     b = bucket_of(hint(m))
     if dtype == torch.float32:
         return fp32_config(b)
-    return config_for(n, k, b, dtype, device_info(device))
+    return config_for(n, k, b, dtype, device_info(device), mm_launch)
 
 
 def eager_warm_sizes(max_m: int) -> list[int]:

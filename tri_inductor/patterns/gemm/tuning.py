@@ -8,6 +8,7 @@ L2 (a 3584 x 3584 bf16 weight is 26 MB: one copy would sit in an H200's 50 MB L2
 from __future__ import annotations
 
 import statistics
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -101,11 +102,10 @@ def _ends(out: torch.Tensor) -> torch.Tensor:
     return torch.cat([out[:32], out[-32:]]).float()
 
 
-def config_for(n: int, k: int, bucket: int, dtype: torch.dtype, dev: Device) -> Cfg:
+def config_for(n: int, k: int, bucket: int, dtype: torch.dtype, dev: Device, mm_launch: Callable) -> Cfg:
     """The tile config for a (N, K, M bucket) GEMM: stored result, else tuned now, else the
-    default (shipped table or cost model)."""
-    from .ops import mm_launch
-
+    default (shipped table or cost model). ``mm_launch(a, b, bias, cfg)`` runs one config
+    (``ops.mm_launch``, passed in: ops builds on this module)."""
     elem = torch.empty((), dtype=dtype).element_size()
     default = default_config(n, k, bucket, dev, elem)
     m = representative_m(None if bucket > BUCKETS[-1] else bucket)
