@@ -20,6 +20,7 @@ def _garbage(var: envs.Var, tmp_path: Path) -> list[str]:
         "file": [str(tmp_path / "missing.json"), str(tmp_path)],
         "dir": [str(tmp_path / "a_file")],
         "new_file": [str(tmp_path)],
+        "seconds": ["soon", "-5", "nan"],
     }[var.kind]
     (tmp_path / "a_file").write_text("x")
     return ["", "   ", *wrong]

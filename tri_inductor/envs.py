@@ -106,8 +106,8 @@ def _seconds(var: Var, raw: str) -> float:
         value = float(raw)
     except ValueError:
         raise var.error(raw, "is not a number of seconds") from None
-    if not value >= 0:
-        raise var.error(raw, "is negative")
+    if not value >= 0:  # NaN too
+        raise var.error(raw, "is not a number of seconds >= 0")
     return value
 
 
