@@ -462,3 +462,64 @@ def test_damaged_generated_py_is_rewritten_with_one_warning(tmp_path, monkeypatc
     caplog.clear()
     PyCodeCache.load(src)  # intact: silent
     assert "does not hold" not in caplog.text
+
+
+# ============================================================================ strict covers everything compiled
+
+
+def test_backward_graph_is_audited_at_compile_time(interpreter):
+    """AOTAutograd compiles the backward lazily (at the first .backward()); ours asks for it at
+    compile time, so strict sees its kernels (here extern mm: the CPU interpreter has no Triton GEMM)."""
+    import torch
+
+    from tri_inductor import backend
+    from tri_inductor.audit import TritonOnlyViolation
+
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(32, 32, bias=False)
+    x = torch.randn(8, 32, requires_grad=True)
+    before = len(backend.last_audit())
+    with pytest.raises(Exception) as e:
+        torch.compile(lin, backend="tri_inductor", options={"strict": True})(x)
+    assert isinstance(e.value, TritonOnlyViolation) or isinstance(e.value.__cause__, TritonOnlyViolation) \
+        or "TritonOnlyViolation" in str(e.value)
+    assert "(backward)" in str(e.value)
+    new = backend.last_audit()[before:]
+    bw = [r for r in new if r.graph.endswith("(backward)")]
+    assert len(bw) == 1 and {v.op for v in bw[0].violations} == {"aten.mm"}
+    # Default mode: reports, runs, and the gradients are right.
+    torch._dynamo.reset()
+    w = torch.randn(32, requires_grad=True)
+
+    def f(x, w):
+        return (torch.tanh(x) * w).sum()
+
+    x2 = torch.randn(8, 32, requires_grad=True)
+    before = len(backend.last_audit())
+    torch.compile(f, backend="tri_inductor", options={"strict": True})(x2, w).backward()
+    ref_x, ref_w = torch.autograd.grad(f(x2, w), (x2, w))
+    assert torch.allclose(x2.grad, ref_x, rtol=1e-5, atol=1e-6) and torch.allclose(w.grad, ref_w, rtol=1e-5, atol=1e-6)
+    graphs = [r.graph for r in backend.last_audit()[before:]]
+    assert len(graphs) == 2 and graphs[1].endswith("(backward)"), graphs
+
+
+def test_strict_fails_on_graph_breaks(caplog):
+    """Ops under torch._dynamo.disable run eagerly (ATen): strict fails and names the break;
+    default mode warns and runs."""
+    import torch
+
+    @torch._dynamo.disable
+    def outside(x):
+        return torch.sin(x)
+
+    def f(x):
+        return outside(x * 2) + 1
+
+    x = torch.randn(8)
+    with pytest.raises(Exception) as e:
+        torch.compile(f, backend="tri_inductor", options={"strict": True, "codegen_only": True})(x)
+    assert "graph break" in str(e.value) and "torch.compiler.disable" in str(e.value)
+    torch._dynamo.reset()
+    with caplog.at_level(logging.WARNING, logger="tri_inductor.audit"):
+        out = torch.compile(f, backend="tri_inductor", options={"codegen_only": True})(x)
+    assert torch.allclose(out, torch.sin(x * 2) + 1) and "graph break" in caplog.text
