@@ -403,6 +403,24 @@ def test_truncated_inductor_cache_files_recompile(cold, fx_dirs, tmp_path):
     assert r["fxgraph_cache_hit"] == 0 and r["fxgraph_cache_miss"] >= 1, r
 
 
+def test_damaged_generated_py_is_rewritten_not_imported(cold, fx_dirs, tmp_path):
+    """Inductor imports an existing output-code / kernel .py as it is; a truncated one failed every
+    compile until `cache clear`. Now it is rewritten from the cache entry's source: a hit, no crash."""
+    ind, tri, snapshot = fx_dirs
+    damaged_dir = tmp_path / "inductor"
+    shutil.copytree(ind, damaged_dir)
+    damaged = 0
+    for p in damaged_dir.rglob("*.py"):
+        text = p.read_text(errors="replace")
+        if "def call(" in text or "@triton.jit" in text:
+            p.write_text(text[: len(text) // 3])
+            damaged += 1
+    assert damaged
+    r = _child(["base"], damaged_dir, tri, snapshot)[0]
+    assert r["fxgraph_cache_hit"] >= 1 and r["fxgraph_cache_miss"] == 0, r
+    assert r["tri"]["corrupt"] >= 1, r  # each rewrite is counted (and warned about once)
+
+
 # ============================================================================ child process
 
 

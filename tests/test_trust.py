@@ -221,7 +221,8 @@ def _sha(data: bytes) -> str:
 
 
 @pytest.mark.parametrize("name", ["inductor/", "vllm/", "inductor", "entry", "tuning/x.json",
-                                  "inductor//a", "inductor/./a", "inductor/../../etc/passwd"])
+                                  "inductor//a", "inductor/./a", "inductor/../../etc/passwd",
+                                  "/etc/passwd", "triton/a", "triton/a/b/c", "tuning/0123456789abcdef.py"])
 def test_member_names_that_could_replace_a_folder_are_refused(cache_env, tmp_path, key, name):
     from tri_inductor import cache_archive
 

@@ -246,7 +246,8 @@ def _check_manifest_shape(path, m: Any) -> None:
 def member_name_problem(name: Any) -> str | None:
     """Why ``name`` may not be a member, or None: a relative path of plain components under one
     of our top folders, with at least one name below it (``inductor/`` alone would replace the
-    cache folder with a file), and for tuning exactly ``tuning/<env-id>.json``."""
+    cache folder with a file); for tuning exactly ``tuning/<env-id>.json``, for Triton
+    ``triton/<key>/<file>`` (Triton's own layout)."""
     if not isinstance(name, str) or not name:
         return "is not a file name"
     if len(name) > MAX_NAME:
@@ -258,6 +259,8 @@ def member_name_problem(name: Any) -> str | None:
         return "is not a plain relative file path below its top folder"
     if parts[0] == "tuning" and not _TUNING_NAME.match(name):
         return "is not a tuning file (tuning/<16 hex digits>.json)"
+    if parts[0] == "triton" and len(parts) != 3:
+        return "is not a Triton cache file (triton/<key>/<file>)"
     return None
 
 
