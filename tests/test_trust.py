@@ -64,6 +64,7 @@ def test_graph_audit_folder_with_crafted_pickle_runs_nothing(tmp_path, capsys):
     pickle.loads(pickle.dumps(_Payload(str(tmp_path / "control"))))  # the payload does work when loaded
     assert (tmp_path / "control").exists()
     assert graph_audit_main([str(tmp_path / "torch_compile_cache")]) == EXIT_BAD_INPUT
+    assert graph_audit_main([str(folder / "artifact_compile_range_1_8_subgraph_0")]) == EXIT_BAD_INPUT
     assert not marker.exists()
     err = capsys.readouterr().err
     assert "never unpickles" in err and "Traceback" not in err
@@ -82,6 +83,7 @@ def test_graph_audit_reads_output_code_out_of_an_artifact_as_data(tmp_path, caps
     names = {k["name"] for g in report["graphs"] for k in g["kernels"]}
     assert {"triton_poi_fused_add_0", "extern_kernels.mm"} <= names
     assert report["graphs"][0]["graph"] == "artifact_compile_range_1_8_subgraph_0"
+    assert graph_audit_main([str(folder / "artifact_compile_range_1_8_subgraph_0")]) == 1  # the file alone
     assert not marker.exists()
 
 

@@ -33,6 +33,8 @@ def _reports_from_files(target: Path):
     from .audit import audit_output_code
     from .patterns import our_kernel_names
 
+    if target.is_file() and target.name.startswith("artifact_"):
+        return _reports_from_artifacts(target)  # a pickle: read as bytes, never as a module
     if target.is_file():
         files = [target]
     else:
@@ -48,7 +50,7 @@ def _reports_from_files(target: Path):
         found += 1
         name = str(f.relative_to(target)) if target.is_dir() else f.name
         reports.append(audit_output_code(text, graph=name, origin="file", our_kernels=our_kernel_names()))
-    if target.is_dir() and not found:
+    if not found and target.is_dir():
         reports = _reports_from_artifacts(target)
         found = len(reports)
     if not found:
@@ -67,7 +69,10 @@ def _reports_from_artifacts(folder: Path):
     from .audit.artifact_data import output_code_in_artifact
     from .patterns import our_kernel_names
 
-    artifacts = sorted(p for p in folder.rglob("artifact_*") if p.is_file() or p.is_dir())
+    if folder.is_file():  # one artifact file
+        artifacts, folder = [folder], folder.parent
+    else:
+        artifacts = sorted(p for p in folder.rglob("artifact_*") if p.is_file() or p.is_dir())
     reports, unreadable = [], []
     for art in artifacts:
         try:
