@@ -90,8 +90,9 @@ def compile_graph(gm: torch.fx.GraphModule, example_inputs: list[Any], opts: Tri
     stack_traces = {n.name: n.meta.get("stack_trace") for n in gm.graph.nodes}
 
     breaks = _new_graph_breaks()
-    needs_grad = torch.is_grad_enabled() and any(
-        isinstance(x, torch.Tensor) and x.requires_grad for x in example_inputs)
+    needs_grad = torch.is_grad_enabled() and (
+        any(isinstance(x, torch.Tensor) and x.requires_grad for x in example_inputs)
+        or any(p.requires_grad for p in gm.parameters()))  # parameters not lifted to inputs
 
     def run_compile(inputs):
         take_last_stats()
