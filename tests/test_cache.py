@@ -133,6 +133,8 @@ def test_compile_hash_covers_key_and_settings(cache_env, monkeypatch):
 
 
 def test_export_clear_import_round_trip(cache_env, tmp_path):
+    """Default import: the tuning DB only (compiled artifacts skipped, rebuilt later); with the
+    signing key and trust=True: everything (docs/cache.md, 'Trust')."""
     cache = cache_env
     cache.store("mm", "s", [1, 2])
     root = cache.cache_root()
@@ -141,14 +143,20 @@ def test_export_clear_import_round_trip(cache_env, tmp_path):
     vdir = cache.vllm_compile_cache_dir() / "abc" / "rank_0_0"
     vdir.mkdir(parents=True)
     (vdir / "model").write_bytes(b"aot")
+    key = tmp_path / "key"
+    key.write_bytes(b"k" * 32)
     archive = tmp_path / "out" / "cache.tar.gz"
-    manifest = cache.export(archive)
+    manifest = cache.export(archive, key_file=key)
     assert set(manifest["files"]) == {f"tuning/{cache.key_id()}.json", "inductor/fxgraph/entry",
                                       "vllm/abc/rank_0_0/model"}
     removed = cache.clear(include_vllm=True)
     assert not (root / "tuning").exists() and not cache.vllm_compile_cache_dir().exists() and removed
     assert cache.lookup("mm", "s") is None
-    cache.import_(archive)
+    got = cache.import_(archive)
+    assert cache.lookup("mm", "s") == [1, 2]
+    assert not (root / "inductor").exists() and not vdir.exists()
+    assert got["skipped"] == ["inductor/fxgraph/entry", "vllm/abc/rank_0_0/model"]
+    cache.import_(archive, trust=True, key_file=key)
     assert cache.lookup("mm", "s") == [1, 2]
     assert (root / "inductor" / "fxgraph" / "entry").read_bytes() == b"artifact"
     assert (vdir / "model").read_bytes() == b"aot"
@@ -393,6 +401,24 @@ def test_truncated_inductor_cache_files_recompile(cold, fx_dirs, tmp_path):
     assert damaged
     r = _child(["base"], damaged_dir, tri, snapshot)[0]  # no crash: damaged entries are recompiled
     assert r["fxgraph_cache_hit"] == 0 and r["fxgraph_cache_miss"] >= 1, r
+
+
+def test_damaged_generated_py_is_rewritten_not_imported(cold, fx_dirs, tmp_path):
+    """Inductor imports an existing output-code / kernel .py as it is; a truncated one failed every
+    compile until `cache clear`. Now it is rewritten from the cache entry's source: a hit, no crash."""
+    ind, tri, snapshot = fx_dirs
+    damaged_dir = tmp_path / "inductor"
+    shutil.copytree(ind, damaged_dir)
+    damaged = 0
+    for p in damaged_dir.rglob("*.py"):
+        text = p.read_text(errors="replace")
+        if "def call(" in text or "@triton.jit" in text:
+            p.write_text(text[: len(text) // 3])
+            damaged += 1
+    assert damaged
+    r = _child(["base"], damaged_dir, tri, snapshot)[0]
+    assert r["fxgraph_cache_hit"] >= 1 and r["fxgraph_cache_miss"] == 0, r
+    assert r["tri"]["corrupt"] >= 1, r  # each rewrite is counted (and warned about once)
 
 
 # ============================================================================ child process

@@ -1,16 +1,20 @@
-"""graph-audit: files, folders and MODULE:CALLABLE, with its three exit codes."""
+"""graph-audit: files, folders and MODULE:CALLABLE, with its four exit codes."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 import torch
 
-from tri_inductor.cli import EXIT_BAD_INPUT, EXIT_NON_TRITON, EXIT_OK, graph_audit_main
+from tri_inductor.cli import EXIT_BAD_INPUT, EXIT_MODEL_FAILED, EXIT_NON_TRITON, EXIT_OK, graph_audit_main
 from tri_inductor.demo import llama_block
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -105,3 +109,109 @@ def test_console_script_is_installed(dumped_output_code):
     import shutil
 
     assert shutil.which("graph-audit"), "pip install -e . installs the graph-audit console script"
+
+
+# ---------------------------------------------------------------------------- exit codes (issue 22)
+
+
+_MODELS = textwrap.dedent("""
+    import torch
+
+    class Lin(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.l = torch.nn.Linear(64, 64, bias=False)
+        def forward(self, x):
+            return self.l(x)
+
+    class Raises(Lin):
+        def forward(self, x):
+            raise ValueError("the model is broken")
+
+    @torch._dynamo.disable
+    def _eager(x):
+        return torch.sin(x)
+
+    class Disabled(Lin):
+        @torch._dynamo.disable
+        def forward(self, x):
+            return self.l(x)
+
+    class Breaks(Lin):
+        def forward(self, x):
+            return self.l(_eager(self.l(x)))
+
+    def raises():
+        return Raises(), (torch.randn(8, 64),)
+
+    def disabled():
+        return Disabled(), (torch.randn(8, 64),)
+
+    def breaks():
+        return Breaks(), (torch.randn(8, 64),)
+
+    def exits_0():
+        raise SystemExit(0)
+
+    def builder_fails():
+        raise RuntimeError("cannot build")
+
+    def wrong_type():
+        return [1, 2, 3]
+""")
+
+
+@pytest.fixture
+def user_models(tmp_path, monkeypatch):
+    (tmp_path / "user_models.py").write_text(_MODELS)
+    (tmp_path / "broken_import.py").write_text("import torch\nraise ImportError('a dependency is missing')\n")
+    (tmp_path / "exits_on_import.py").write_text("raise SystemExit(0)\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    for name in ("user_models", "broken_import", "exits_on_import"):
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    return tmp_path
+
+
+@pytest.mark.parametrize("target, code, message", [
+    ("user_models:raises", EXIT_MODEL_FAILED, "ValueError: the model is broken"),
+    ("user_models:exits_0", EXIT_MODEL_FAILED, "SystemExit: exit status 0"),
+    ("user_models:builder_fails", EXIT_MODEL_FAILED, "RuntimeError: cannot build"),
+    ("broken_import:build", EXIT_MODEL_FAILED, "ImportError: a dependency is missing"),
+    ("exits_on_import:build", EXIT_MODEL_FAILED, "SystemExit"),
+    ("user_models:disabled", EXIT_MODEL_FAILED, "no graph was compiled"),
+    ("user_models:wrong_type", EXIT_BAD_INPUT, "must return (module, example_inputs)"),
+])
+def test_model_failures_exit_3_with_a_message(user_models, target, code, message, capsys):
+    if torch.cuda.is_available():
+        pytest.skip("the CPU path is under test here")
+    assert graph_audit_main([target, "--dtype", "fp32"]) == code
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_graph_breaks_are_non_triton(user_models, capsys):
+    """Ops between compiled graphs (here under torch._dynamo.disable) run eagerly: exit 1, named."""
+    if torch.cuda.is_available():
+        pytest.skip("the CPU path is under test here")
+    assert graph_audit_main(["user_models:breaks", "--dtype", "fp32", "--json"]) == EXIT_NON_TRITON
+    report = json.loads(capsys.readouterr().out)
+    breaks = [k for g in report["graphs"] for k in g["kernels"] if k["name"] == "graph break"]
+    assert len(breaks) == 1 and "torch.compiler.disable" in breaks[0]["op"] and breaks[0]["hint"]
+    assert sum(1 for g in report["graphs"] if g["graph"] != "graph breaks") == 2  # before and after
+
+
+def test_current_folder_is_appended_to_sys_path_not_first(tmp_path):
+    """A stray module in the current folder must not shadow an installed one (here stdlib colorsys)."""
+    (tmp_path / "colorsys.py").write_text("open('SHADOWED', 'w').write('ran')\n")
+    (tmp_path / "my_probe.py").write_text("import colorsys\ndef build():\n    return 5\n")
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    code = ("import sys\nfrom tri_inductor.cli import graph_audit_main\n"
+            "rc = graph_audit_main(['my_probe:build'])\n"
+            "print('CWD_LAST', sys.path.index(sys.path[-1]) == len(sys.path) - 1 and sys.path[-1] == __import__('os').getcwd())\n"
+            "sys.exit(rc)\n")
+    proc = subprocess.run([sys.executable, "-P", "-c", code], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == EXIT_BAD_INPUT, proc.stderr[-2000:]  # my_probe was found (appended path) ...
+    assert "must return (module, example_inputs)" in proc.stderr and "CWD_LAST True" in proc.stdout
+    assert not (tmp_path / "SHADOWED").exists()  # ... and colorsys came from the standard library

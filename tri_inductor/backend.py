@@ -5,8 +5,10 @@
          would be dispatched to a CUDA kernel)
       -> compile_fx under Triton-only Inductor settings, with our post-grad pattern pass
          (RMSNorm, RoPE, activations, GEMM -> our Triton kernels)
-      -> the auditor reads the output code of every graph (fresh or cache hit)
-      -> strict: fail on any non-Triton kernel; default: warn and run.
+      -> the auditor reads the output code of every graph (fresh or cache hit), the backward
+         graph included (compiled now, not lazily at the first backward, so it is audited here)
+      -> graph breaks Dynamo counted since our last graph are reported (ops run eagerly there)
+      -> strict: fail on any non-Triton kernel or graph break; default: warn and run.
 """
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ from typing import Any
 import torch
 
 from . import audit
+from .audit import graph_breaks
 from .options import OptionsError, TriInductorOptions
 from .passes import TriInductorPatternPass, take_last_stats
 from .settings import apply_overrides, triton_only_inductor_config
@@ -29,7 +32,8 @@ REPORTS_KEPT = 64
 """How many graph reports :func:`last_audit` keeps (each holds its graph's generated code): a
 long-running process that recompiles keeps the newest ones, not all of them."""
 _REPORTS: collections.deque[audit.GraphReport] = collections.deque(maxlen=REPORTS_KEPT)
-
+# Dynamo's graph-break counts at our previous graph (or import): see audit.graph_breaks
+_breaks_seen = graph_breaks.snapshot()
 
 def last_audit() -> list[audit.GraphReport]:
     """Reports of the last :data:`REPORTS_KEPT` graphs compiled by tri_inductor in this process,
@@ -90,11 +94,19 @@ def compile_graph(gm: torch.fx.GraphModule, example_inputs: list[Any], opts: Tri
     cfg = inductor_config_for(opts, overrides)
     stack_traces = {n.name: n.meta.get("stack_trace") for n in gm.graph.nodes}
 
+    breaks = _new_graph_breaks()
+    needs_grad = torch.is_grad_enabled() and (
+        any(isinstance(x, torch.Tensor) and x.requires_grad for x in example_inputs)
+        or any(p.requires_grad for p in gm.parameters()))  # parameters not lifted to inputs
+
     def run_compile(inputs):
         take_last_stats()
-        with audit.collect_reports() as reports:
+        with audit.collect_reports() as reports, _backward_now(needs_grad):
             compiled = compile_fx(gm, inputs, config_patches=cfg)
         _finish_reports(reports, stack_traces)
+        for r in reports if needs_grad else []:
+            if r.code and "tangents_" in r.code:  # the backward graph takes the incoming gradients
+                r.graph += " (backward)"
         return compiled, reports
 
     if opts.codegen_only:
@@ -107,10 +119,31 @@ def compile_graph(gm: torch.fx.GraphModule, example_inputs: list[Any], opts: Tri
         compiled = eager.forward
     else:
         compiled, reports = run_compile(example_inputs)
+    if breaks:
+        reports = [*reports, breaks]
     _REPORTS.extend(reports)
     if opts.audits:
         audit.enforce(reports, strict=opts.strict, verbose=opts.verbose)
     return compiled
+
+
+def _new_graph_breaks() -> audit.GraphReport | None:
+    """Graph breaks Dynamo counted since our previous graph: this graph ends where one happened.
+    (Process-wide counts: a break in another backend's compile in between is reported here too.)"""
+    global _breaks_seen
+    reasons = graph_breaks.new_reasons(_breaks_seen)
+    _breaks_seen = graph_breaks.snapshot()
+    return graph_breaks.breaks_report(reasons) if reasons else None
+
+
+def _backward_now(needs_grad: bool):
+    """AOTAutograd compiles the backward lazily, at the first ``.backward()``, outside our audit:
+    ask for it now, so its output code is audited (and strict fails) at compile time."""
+    import contextlib
+
+    if not needs_grad:
+        return contextlib.nullcontext()
+    return torch._functorch.config.patch(force_non_lazy_backward_lowering=True)
 
 
 def _rewrite_attention(gm: torch.fx.GraphModule, example_inputs: list[Any]) -> int:

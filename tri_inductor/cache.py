@@ -34,13 +34,11 @@ import atexit
 import contextlib
 import dataclasses
 import hashlib
-import io
 import json
 import logging
 import os
 import shutil
 import sys
-import tarfile
 import tempfile
 import threading
 import time
@@ -55,8 +53,6 @@ log = logging.getLogger("tri_inductor.cache")
 ENV_DIR = "TRI_INDUCTOR_CACHE_DIR"
 ENV_STATS = "TRI_INDUCTOR_CACHE_STATS"  # write counters (JSON) to this file at exit (envs.py)
 FORMAT = 1
-ARCHIVE_FORMAT = 1
-MANIFEST = "manifest.json"
 # Fields of the environment key that must match for an imported cache to be usable.
 KEY_FIELDS = ("card", "capability", "torch", "cuda", "triton", "package_hash")
 SUBDIRS = ("tuning", "inductor", "triton")
@@ -107,18 +103,37 @@ def claim_default_dirs() -> dict[str, str]:
 
     Inductor's ``cache_dir()`` writes its /tmp default into the environment the first time it is
     asked, so a value equal to that default counts as "not chosen by the user"."""
+    from .cache_heal import install_output_code_check
+
+    install_output_code_check()  # a damaged generated .py is rewritten, not imported
     root = cache_root()
     claimed: dict[str, str] = {}
-    ind = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
-    if ind is None or ind == _inductor_default_dir():
+    if _would_claim("TORCHINDUCTOR_CACHE_DIR"):
         path = str(root / "inductor")
-        os.makedirs(path, exist_ok=True)
+        _make_folder(Path(path))
         os.environ["TORCHINDUCTOR_CACHE_DIR"] = claimed["TORCHINDUCTOR_CACHE_DIR"] = path
-    if os.environ.get("TRITON_CACHE_DIR") is None:
+    if _would_claim("TRITON_CACHE_DIR"):
         path = str(root / "triton")
-        os.makedirs(path, exist_ok=True)
+        _make_folder(Path(path))
         os.environ["TRITON_CACHE_DIR"] = claimed["TRITON_CACHE_DIR"] = path
     return claimed
+
+
+def _would_claim(var: str) -> bool:
+    """Is ``var`` unset by the user (so our folder is the one in use)?"""
+    value = os.environ.get(var)
+    if var == "TORCHINDUCTOR_CACHE_DIR":
+        return value is None or value == _inductor_default_dir()
+    return value is None
+
+
+def _make_folder(path: Path) -> None:
+    """``mkdir -p``; a file (or dangling link) where our folder belongs is removed, with a warning,
+    rather than failing every compile with FileExistsError."""
+    if (path.exists() or path.is_symlink()) and not path.is_dir():
+        log.warning("tri_inductor cache: %s is a file, not a folder; removing it", path)
+        path.unlink()
+    path.mkdir(parents=True, exist_ok=True)
 
 
 # ----------------------------------------------------------------------------- the key
@@ -341,13 +356,17 @@ def _decode(path: Path, key: Mapping[str, str]) -> dict[str, dict[str, Any]]:
         doc = json.loads(raw)
         body = {"format": doc["format"], "key": doc["key"], "entries": doc["entries"]}
         ok = doc.get("sha256") == _checksum(body)
+    except RecursionError:  # nested thousands deep: corrupt or hostile, never a crash at start-up
+        _warn_bad(path, "is nested too deeply to be a tuning file (corrupt)")
+        return {}
     except (ValueError, KeyError, TypeError):
         _warn_bad(path, f"is not a complete tuning file (truncated or corrupt, {len(raw)} bytes)")
         return {}
     if not ok:
         _warn_bad(path, "fails its checksum (corrupt or edited)")
         return {}
-    if body["format"] != FORMAT or {k: body["key"].get(k) for k in KEY_FIELDS} != {k: key[k] for k in KEY_FIELDS}:
+    if (body["format"] != FORMAT or not isinstance(body["key"], dict)
+            or {k: body["key"].get(k) for k in KEY_FIELDS} != {k: key[k] for k in KEY_FIELDS}):
         # Same file name, other key: a hash collision or a hand-copied file. Never use it.
         _warn_bad(path, f"belongs to another environment ({describe_key(body['key'])})")
         return {}
@@ -355,7 +374,48 @@ def _decode(path: Path, key: Mapping[str, str]) -> dict[str, dict[str, Any]]:
     if not isinstance(entries, dict):
         _warn_bad(path, "has a malformed entry table")
         return {}
-    return entries
+    return _valid_entries(path, entries)
+
+
+# kernel name -> check(config) returning why a stored config is unusable, or None.  The GEMM
+# package registers one (num_warps a power of two, block sizes, split_k bounds ...): an entry
+# that fails it is dropped with a warning, as a miss, before anything compiles with it.
+_VALIDATORS: dict[str, Any] = {}
+
+
+def register_validator(kernel: str, check) -> None:
+    """``check(config) -> str | None``: why ``config`` (as stored for ``kernel``) must not be used."""
+    _VALIDATORS[kernel] = check
+
+
+def _valid_entries(path: Path, entries: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """The entries of a tuning file that are well-formed: ``{kernel: {shape_key: {"config": ...}}}``
+    with the kernel's validator (if any) accepting the config.  The rest are dropped, with one
+    warning naming the first."""
+    good: dict[str, dict[str, Any]] = {}
+    dropped: list[str] = []
+    for kernel, table in entries.items():
+        if not isinstance(table, dict):
+            dropped.append(f"{kernel}: not a table")
+            continue
+        check = _VALIDATORS.get(kernel)
+        for shape_key, rec in table.items():
+            why = None
+            if not isinstance(rec, dict) or "config" not in rec:
+                why = "no config"
+            elif check is not None:
+                try:
+                    why = check(rec["config"])
+                except Exception as e:  # noqa: BLE001  (a malformed config is bad data, not a crash)
+                    why = f"{type(e).__name__}: {e}"
+            if why:
+                dropped.append(f"{kernel}[{shape_key}]: {why}")
+            else:
+                good.setdefault(kernel, {})[shape_key] = rec
+    if dropped:
+        _warn_bad(path, f"has {len(dropped)} unusable entr{'y' if len(dropped) == 1 else 'ies'} "
+                        f"(e.g. {dropped[0]}); using the others")
+    return good
 
 
 _warned: set[tuple[str, int, int]] = set()
@@ -487,8 +547,8 @@ def info() -> dict[str, Any]:
         try:
             doc = json.loads(p.read_bytes())
             entry["key"] = doc.get("key")
-            entry["entries"] = {k: len(v) for k, v in doc.get("entries", {}).items()}
-        except (OSError, ValueError):
+            entry["entries"] = {str(k): len(v) for k, v in doc.get("entries", {}).items()}
+        except (OSError, ValueError, RecursionError, AttributeError, TypeError):
             entry["damaged"] = True
         tuning.append(entry)
     dirs = {}
@@ -496,7 +556,9 @@ def info() -> dict[str, Any]:
         files, size = _size(root / name)
         var = "TORCHINDUCTOR_CACHE_DIR" if name == "inductor" else "TRITON_CACHE_DIR"
         value = os.environ.get(var)
-        in_use = bool(value) and os.path.realpath(value) == os.path.realpath(root / name)
+        # Ours when the variable points at it, or when it is unset (or Inductor's own /tmp default,
+        # which Inductor writes into the environment itself): then a compile claims ours.
+        in_use = _would_claim(var) or (bool(value) and os.path.realpath(value) == os.path.realpath(root / name))
         dirs[name] = {"path": str(root / name), "files": files, "bytes": size, "in_use": in_use}
     vdir = vllm_compile_cache_dir()
     vfiles, vsize = _size(vdir)
@@ -507,19 +569,21 @@ def info() -> dict[str, Any]:
 
 def clear(include_vllm: bool = False) -> list[str]:
     """Delete our sub-folders (never the root itself: it may be a folder the user shares);
-    ``include_vllm``: vLLM's torch_compile_cache too.  Returns what was removed."""
+    ``include_vllm``: vLLM's torch_compile_cache too.  Whatever is there goes, a folder, a file
+    or a link.  Returns one line per path saying what was removed; raises OSError naming a path
+    that could not be removed."""
     root = cache_root()
+    targets = [root / name for name in SUBDIRS] + ([vllm_compile_cache_dir()] if include_vllm else [])
     removed = []
-    for name in SUBDIRS:
-        p = root / name
-        if p.exists():
-            shutil.rmtree(p, ignore_errors=True)
-            removed.append(str(p))
-    if include_vllm:
-        v = vllm_compile_cache_dir()
-        if v.exists():
-            shutil.rmtree(v, ignore_errors=True)
-            removed.append(str(v))
+    for p in targets:
+        if p.is_symlink() or (p.exists() and not p.is_dir()):
+            kind = "link" if p.is_symlink() else "file"
+            p.unlink()
+            removed.append(f"{p} (a {kind}, not a folder)")
+        elif p.is_dir():
+            files, size = _size(p)
+            shutil.rmtree(p)
+            removed.append(f"{p} ({files} files, {size} bytes)")
     forget_loaded()
     return removed
 
@@ -527,131 +591,23 @@ def clear(include_vllm: bool = False) -> list[str]:
 # ----------------------------------------------------------------------------- export / import
 
 
-def export(path: str | os.PathLike[str], include_vllm: bool = True) -> dict[str, Any]:
-    """Write a ``.tar.gz`` holding the current environment's tuning file, our Inductor/Triton
-    folders and (``include_vllm``) vLLM's compile cache, with a manifest (environment key +
-    sha256 of every file).  Returns the manifest."""
-    root = cache_root()
-    key = environment_key()
-    members: list[tuple[str, Path]] = []  # (name in archive, file on disk)
-    tfile = root / "tuning" / f"{key_id(key)}.json"
-    if tfile.is_file() and _decode(tfile, key):  # a damaged file is warned about and not shipped
-        members.append((f"tuning/{tfile.name}", tfile))
-    for name in ("inductor", "triton"):
-        base = root / name
-        for p in sorted(base.rglob("*")) if base.is_dir() else []:
-            if p.is_file() and not p.name.endswith((".lock", ".tmp")):
-                members.append((f"{name}/{p.relative_to(base).as_posix()}", p))
-    if include_vllm:
-        base = vllm_compile_cache_dir()
-        for p in sorted(base.rglob("*")) if base.is_dir() else []:
-            if p.is_file() and not p.name.endswith((".lock", ".tmp")):
-                members.append((f"vllm/{p.relative_to(base).as_posix()}", p))
-    # Hash and archive the same bytes (a live server may rewrite a file between two reads).
-    blobs = {arc: p.read_bytes() for arc, p in members}
-    files = {arc: hashlib.sha256(data).hexdigest() for arc, data in blobs.items()}
-    manifest = {"format": ARCHIVE_FORMAT, "tool": "tri_inductor",
-                "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                "key": key, "key_id": key_id(key), "files": files}
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    with tarfile.open(tmp, "w:gz") as tar:
-        blob = json.dumps(manifest, indent=1).encode()
-        ti = tarfile.TarInfo(MANIFEST)
-        ti.size, ti.mtime = len(blob), int(time.time())
-        tar.addfile(ti, io.BytesIO(blob))  # first, so import can refuse before reading the rest
-        for arc, data in blobs.items():
-            ti = tarfile.TarInfo(arc)
-            ti.size, ti.mtime = len(data), int(time.time())
-            tar.addfile(ti, io.BytesIO(data))
-    os.replace(tmp, out)
-    return manifest
+def export(path: str | os.PathLike[str], include_vllm: bool = True,
+           key_file: str | os.PathLike[str] | None = None) -> dict[str, Any]:
+    """See :func:`tri_inductor.cache_archive.export`."""
+    from . import cache_archive
+
+    return cache_archive.export(path, include_vllm=include_vllm, key_file=key_file)
+
+
+def import_(path: str | os.PathLike[str], trust: bool = False,
+            key_file: str | os.PathLike[str] | None = None) -> dict[str, Any]:
+    """See :func:`tri_inductor.cache_archive.import_` (default: the tuning DB only)."""
+    from . import cache_archive
+
+    return cache_archive.import_(path, trust=trust, key_file=key_file)
 
 
 def read_manifest(path: str | os.PathLike[str]) -> dict[str, Any]:
-    try:
-        with tarfile.open(path, "r:*") as tar:
-            f = tar.extractfile(MANIFEST)
-            if f is None:
-                raise KeyError(MANIFEST)
-            manifest = json.loads(f.read())
-    except FileNotFoundError:
-        raise CacheError(f"{path}: no such file") from None
-    except (tarfile.TarError, KeyError, ValueError, OSError, EOFError) as e:
-        raise CacheError(f"{path} is not a tri_inductor cache archive or is damaged "
-                         f"({type(e).__name__}: {e})") from None
-    if not isinstance(manifest, dict) or manifest.get("tool") != "tri_inductor" or "key" not in manifest:
-        raise CacheError(f"{path}: manifest is not a tri_inductor cache manifest")
-    if manifest.get("format") != ARCHIVE_FORMAT:
-        raise CacheError(f"{path}: archive format {manifest.get('format')!r}, this tri_inductor reads {ARCHIVE_FORMAT}")
-    return manifest
+    from . import cache_archive
 
-
-def check_compatible(manifest: Mapping[str, Any], here: Mapping[str, str] | None = None) -> None:
-    """Raise :class:`CacheError` naming both sides if the archive's key is not this machine's."""
-    here = environment_key() if here is None else here
-    theirs = manifest["key"]
-    diff = [k for k in KEY_FIELDS if str(theirs.get(k)) != str(here.get(k))]
-    if diff:
-        raise CacheError("refusing to import: the archive was made for " + describe_key(theirs)
-                         + "; this machine has " + describe_key(here)
-                         + f" (differs in: {', '.join(diff)}). Its kernels and tuning results would "
-                         "not be valid here; build the cache on this machine instead.")
-
-
-def _safe_name(name: str) -> bool:
-    parts = Path(name).parts
-    return bool(parts) and not name.startswith("/") and ".." not in parts and parts[0] in (*SUBDIRS, "vllm")
-
-
-def import_(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Unpack an archive made by :func:`export` after checking its key and every checksum
-    (all-or-nothing: files are verified in a staging folder before any is moved in place).
-    Raises :class:`CacheError` with the reason.  Returns the manifest."""
-    manifest = read_manifest(path)
-    check_compatible(manifest)
-    root = cache_root()
-    root.mkdir(parents=True, exist_ok=True)
-    expected: dict[str, str] = dict(manifest.get("files", {}))
-    with tempfile.TemporaryDirectory(prefix=".import-", dir=root) as staging_s:
-        staging = Path(staging_s)
-        seen: set[str] = set()
-        try:
-            with tarfile.open(path, "r:*") as tar:
-                for m in tar:
-                    if m.name == MANIFEST:
-                        continue
-                    if not m.isfile() or not _safe_name(m.name) or m.name not in expected:
-                        raise CacheError(f"{path}: unexpected member {m.name!r}; refusing the archive")
-                    src = tar.extractfile(m)
-                    data = src.read() if src is not None else b""
-                    if hashlib.sha256(data).hexdigest() != expected[m.name]:
-                        raise CacheError(f"{path}: {m.name} fails its checksum (archive damaged); nothing imported")
-                    dest = staging / m.name
-                    dest.parent.mkdir(parents=True, exist_ok=True)
-                    dest.write_bytes(data)
-                    seen.add(m.name)
-        except (tarfile.TarError, OSError, EOFError) as e:
-            raise CacheError(f"{path} is truncated or damaged ({type(e).__name__}: {e}); nothing imported") from None
-        missing = set(expected) - seen
-        if missing:
-            raise CacheError(f"{path} is missing {len(missing)} file(s) listed in its manifest "
-                             f"(e.g. {sorted(missing)[0]}); nothing imported")
-        for name in sorted(seen):
-            top, rest = name.split("/", 1)
-            dest = (vllm_compile_cache_dir() / rest) if top == "vllm" else (root / name)
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            if _same_fs(staging, dest.parent):
-                os.replace(staging / name, dest)  # atomic per file
-            else:
-                shutil.move(staging / name, dest)
-    forget_loaded()
-    return manifest
-
-
-def _same_fs(a: Path, b: Path) -> bool:
-    try:
-        return a.stat().st_dev == b.stat().st_dev
-    except OSError:
-        return False
+    return cache_archive.read_manifest(path)

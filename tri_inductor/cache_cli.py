@@ -55,8 +55,16 @@ def cache_main(argv: list[str] | None = None) -> int:
     s = sub.add_parser("export", help="write the cache of this machine to FILE (.tar.gz)")
     s.add_argument("file")
     s.add_argument("--no-vllm", action="store_true", help="leave vLLM's torch_compile_cache out")
-    s = sub.add_parser("import", help="load a cache exported on a machine with the same card and versions")
+    s.add_argument("--key-file", help="sign the manifest (HMAC-SHA256) with the key in this file, so that "
+                   "`import --trust` with the same key accepts its compiled artifacts "
+                   "(default: $TRI_INDUCTOR_CACHE_KEY_FILE; unsigned without one)")
+    s = sub.add_parser("import", help="load a cache exported on a machine with the same card and versions "
+                       "(default: the tuning results only; compiled artifacts need --trust and the key)")
     s.add_argument("file")
+    s.add_argument("--trust", action="store_true",
+                   help="also import the compiled artifacts (pickles, generated code, cubins: they run when "
+                        "loaded); only if the archive's signature verifies with --key-file")
+    s.add_argument("--key-file", help="the key the archive was signed with (default: $TRI_INDUCTOR_CACHE_KEY_FILE)")
     try:
         args = p.parse_args(argv)
     except SystemExit as e:  # argparse exits 2 on bad input, 0 on --help
@@ -72,14 +80,20 @@ def cache_main(argv: list[str] | None = None) -> int:
                 _print_info(data)
         elif args.cmd == "clear":
             removed = cache.clear(include_vllm=args.vllm)
-            print("removed:\n  " + "\n  ".join(removed) if removed else "nothing to remove")
+            print("removed:\n  " + "\n  ".join(removed) if removed else
+                  f"nothing to remove (no tuning/inductor/triton under {cache.cache_root()})")
         elif args.cmd == "export":
-            m = cache.export(args.file, include_vllm=not args.no_vllm)
-            print(f"wrote {args.file}: {len(m['files'])} files for {cache.describe_key(m['key'])}")
+            m = cache.export(args.file, include_vllm=not args.no_vllm, key_file=args.key_file)
+            signed = "signed" if "hmac_sha256" in m else "unsigned: another machine imports its tuning results only"
+            print(f"wrote {args.file}: {len(m['files'])} files for {cache.describe_key(m['key'])} ({signed})")
         elif args.cmd == "import":
-            m = cache.import_(args.file)
-            print(f"imported {len(m['files'])} files from {args.file} (made {m.get('created')}) "
+            m = cache.import_(args.file, trust=args.trust, key_file=args.key_file)
+            print(f"imported {len(m['imported'])} file(s) from {args.file} (made {m.get('created')}) "
                   f"into {cache.cache_root()}")
+            if m["skipped"]:
+                print(f"skipped {len(m['skipped'])} compiled artifact(s) (they run code when loaded; the next "
+                      "compile rebuilds them). To import them: export with --key-file KEY, import with "
+                      "--trust --key-file KEY")
     except cache.CacheError as e:
         print(f"tri-inductor cache: error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT

@@ -100,4 +100,7 @@ def collect_reports() -> Iterator[list[GraphReport]]:
     try:
         yield reports
     finally:
-        _collectors().remove(reports)
+        # By identity: list.remove compares by value, and a nested collector with the same
+        # reports (two empty lists) would be taken for this one.
+        collectors = _collectors()
+        del collectors[next(i for i, c in enumerate(collectors) if c is reports)]

@@ -6,6 +6,7 @@ from typing import Any, Literal
 
 import torch
 
+from . import graph_breaks
 from .collect import collect_reports
 from .report import GraphReport
 
@@ -39,6 +40,7 @@ def audit_model(module: torch.nn.Module, inputs: Sequence[Any], backend: Backend
     module, inputs = to_audit_device(module, inputs, device, dtype)
     torch._dynamo.reset()
     opts = dict(options or {})
+    breaks_before = graph_breaks.snapshot()
     with torch.no_grad(), collect_reports() as reports:
         if device == "cuda":
             if backend == "tri_inductor":
@@ -48,6 +50,9 @@ def audit_model(module: torch.nn.Module, inputs: Sequence[Any], backend: Backend
             out = compiled(*inputs)
         else:
             out = torch.compile(module, backend=_codegen_only_backend(backend, opts))(*inputs)
+    reasons = graph_breaks.new_reasons(breaks_before)
+    if reasons and reports:  # breaks between compiled graphs: those ops ran eagerly (ATen)
+        reports.append(graph_breaks.breaks_report(reasons))
     return reports, out
 
 

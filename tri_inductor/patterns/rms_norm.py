@@ -424,30 +424,42 @@ def _weight_ok(match) -> bool:
     return isinstance(w, torch.Tensor) and w.dim() == 1 and w.dtype.is_floating_point and w.shape[0] == x.shape[-1]
 
 
+def _same_shapes(match, names: tuple[str, ...]) -> bool:
+    """Every addend has x's shape: the kernel adds row by row, it does not broadcast.  A bias
+    add (``mm(h, w) + b``, b of shape (H,)) matches the add + RMSNorm forms too; it is declined
+    here and left to Inductor, never failed in the op's shape check."""
+    from torch.fx.experimental.symbolic_shapes import statically_known_true
+
+    vals = [match.kwargs[n].meta.get("val") for n in ("x", *names)]
+    if not all(isinstance(v, torch.Tensor) and v.dim() == vals[0].dim() for v in vals):
+        return False
+    return all(statically_known_true(a == b) for v in vals[1:] for a, b in zip(v.shape, vals[0].shape))
+
+
 def _check_rms(match) -> bool:
     return _same_dtypes(match) and _weight_ok(match)
 
 
 def _check_add(match) -> bool:
-    return _same_dtypes(match, ("x", "residual")) and _weight_ok(match)
+    return _same_dtypes(match, ("x", "residual")) and _same_shapes(match, ("residual",)) and _weight_ok(match)
 
 
 def _check_add_fp32_residual(match) -> bool:
     """x 16-bit or fp32, residual fp32, outputs in x's dtype (the second norm of a chain)."""
     r = match.kwargs["residual"].meta.get("val")
     return (isinstance(r, torch.Tensor) and r.dtype == torch.float32 and _same_dtypes(match)
-            and _weight_ok(match))
+            and _same_shapes(match, ("residual",)) and _weight_ok(match))
 
 
 def _check_add3(match) -> bool:
-    return _same_dtypes(match, ("x", "a", "b")) and _weight_ok(match)
+    return _same_dtypes(match, ("x", "a", "b")) and _same_shapes(match, ("a", "b")) and _weight_ok(match)
 
 
 def _check_add_sum_out(match) -> bool:
     """The first norm of a chain: x and residual of one dtype, and the fp32 sum it hands on is
     read outside the match (else there is nothing to hand on and Inductor keeps it)."""
     outs = match.output_nodes()
-    if len(outs) != 2 or outs[1] is None or not _weight_ok(match):
+    if len(outs) != 2 or outs[1] is None or not _weight_ok(match) or not _same_shapes(match, ("residual",)):
         return False
     x, r = (match.kwargs[n].meta.get("val") for n in ("x", "residual"))
     if not (isinstance(x, torch.Tensor) and isinstance(r, torch.Tensor) and x.dtype == r.dtype
@@ -519,7 +531,8 @@ _check_rms_ir = _ir_ok
 
 
 def _check_add_ir(match) -> bool:
-    return _ir_ok(match) and match.kwargs["residual"].meta["val"].dtype == match.kwargs["x"].meta["val"].dtype
+    return (_ir_ok(match) and match.kwargs["residual"].meta["val"].dtype == match.kwargs["x"].meta["val"].dtype
+            and _same_shapes(match, ("residual",)))
 
 
 def _c_rms(result, x, weight, eps):  # _C.rms_norm(Tensor! result, Tensor input, Tensor weight, float epsilon)
