@@ -85,6 +85,7 @@ def clean_env(monkeypatch):
     monkeypatch.delenv("VLLM_USE_FLASHINFER_SAMPLER", raising=False)
     monkeypatch.delenv("TRI_INDUCTOR_STRICT", raising=False)
     monkeypatch.delenv("VLLM_USE_MEGA_AOT_ARTIFACT", raising=False)
+    monkeypatch.delenv("TORCH_DISABLE_NATIVE_JIT", raising=False)
 
 
 class _Records(logging.Handler):
@@ -339,17 +340,17 @@ def test_make_compiler_gives_ours(plugin):
     from vllm.compilation.backends import CompilerManager
     from vllm.config import set_current_vllm_config
 
-    from tri_inductor.vllm_compiler import TriInductorCompiler
+    from tri_inductor.vllm_compiler import TriInductorCompiler, compiler_key
 
     cfg = _config(backend="tri_inductor")
     with set_current_vllm_config(cfg):
         compiler = CompilerManager(cfg.compilation_config).compiler
     assert isinstance(compiler, TriInductorCompiler) and compiler.name == "tri_inductor"
     assert isinstance(TriInductorCompiler(), TriInductorCompiler)  # no-argument construction
-    h1 = compiler.compute_hash(cfg)
-    assert h1 == compiler.compute_hash(cfg)
+    h1 = compiler_key(compiler, cfg)
+    assert h1 == compiler_key(compiler, cfg)
     strict = _config(backend="tri_inductor", inductor_compile_config={"tri_inductor": {"gemm": "templates"}})
-    assert compiler.compute_hash(strict) != h1
+    assert compiler_key(compiler, strict) != h1
     assert strict.compilation_config.compute_hash() != cfg.compilation_config.compute_hash()
 
 
