@@ -175,7 +175,8 @@ def test_backend_flag_alone_gives_triton_config(plugin, tri_log):
     assert cfg.kernel_config.ir_op_priority.fused_add_rms_norm == ["native"]
     assert cfg.attention_config.backend.name == "TRITON_ATTN"
     assert os.environ["VLLM_USE_FLASHINFER_SAMPLER"] == "0"
-    assert cc.cudagraph_mode.name == "FULL_AND_PIECEWISE"  # vLLM's default, kept
+    # vLLM's default, kept (FULL_AND_PIECEWISE; vLLM 0.34 gives a config without a model NONE)
+    assert cc.cudagraph_mode == _config(backend="inductor").compilation_config.cudagraph_mode
     from tri_inductor.cache import compile_hash
     from tri_inductor.vllm_config import HASH_KEY, OPTIONS_KEY
 
@@ -199,7 +200,8 @@ def test_compile_range_split_at_cudagraph_size(plugin, tri_log):
     cfg = _config(backend="tri_inductor")
     cc = cfg.compilation_config
     end = cfg.scheduler_config.max_num_batched_tokens
-    assert cc.compile_ranges_endpoints == [end] and cc.max_cudagraph_capture_size == 0
+    # (no CUDA graphs without a model: 0, or None on vLLM 0.34)
+    assert cc.compile_ranges_endpoints == [end] and not cc.max_cudagraph_capture_size
     assert split_range_at_cudagraph_size(cfg) is None  # no CUDA graphs: nothing to split
     cc.max_cudagraph_capture_size = 512
     change = split_range_at_cudagraph_size(cfg)
@@ -337,21 +339,38 @@ def test_unknown_option_is_an_error(plugin):
 
 
 def test_make_compiler_gives_ours(plugin):
-    from vllm.compilation.backends import CompilerManager
     from vllm.config import set_current_vllm_config
 
     from tri_inductor.vllm_compiler import TriInductorCompiler, compiler_key
 
     cfg = _config(backend="tri_inductor")
     with set_current_vllm_config(cfg):
-        compiler = CompilerManager(cfg.compilation_config).compiler
+        compiler = _manager(cfg.compilation_config).compiler
     assert isinstance(compiler, TriInductorCompiler) and compiler.name == "tri_inductor"
     assert isinstance(TriInductorCompiler(), TriInductorCompiler)  # no-argument construction
     h1 = compiler_key(compiler, cfg)
     assert h1 == compiler_key(compiler, cfg)
     strict = _config(backend="tri_inductor", inductor_compile_config={"tri_inductor": {"gemm": "templates"}})
     assert compiler_key(compiler, strict) != h1
-    assert strict.compilation_config.compute_hash() != cfg.compilation_config.compute_hash()
+    assert _config_key(strict.compilation_config) != _config_key(cfg.compilation_config)
+
+
+def _config_key(compilation_config) -> str:
+    """vLLM's cache key of a CompilationConfig (0.34: compile_factors)."""
+    if hasattr(compilation_config, "compile_factors"):
+        return repr(compilation_config.compile_factors())
+    return compilation_config.compute_hash()
+
+
+def _manager(compilation_config):
+    """A CompilerManager as vLLM builds one (0.33+ passes the keyword-only use_aot_compile)."""
+    from vllm.compilation.backends import CompilerManager
+
+    from tri_inductor import hooks
+
+    if hooks.accepts_keyword(CompilerManager.__init__, "use_aot_compile"):
+        return CompilerManager(compilation_config, use_aot_compile=True)  # vLLM's default
+    return CompilerManager(compilation_config)
 
 
 def _piece():
@@ -370,7 +389,6 @@ def _piece():
 def test_compile_load_round_trip_codegen_only(plugin, tmp_path, monkeypatch):
     from torch._subclasses.fake_tensor import FakeTensorMode
     from torch.fx.experimental.symbolic_shapes import ShapeEnv
-    from vllm.compilation.backends import CompilerManager
     from vllm.config import set_current_vllm_config
     from vllm.config.utils import Range
 
@@ -386,9 +404,9 @@ def test_compile_load_round_trip_codegen_only(plugin, tmp_path, monkeypatch):
     gm, ex = _piece()
     before = sum(run_audit().graphs.values())
     with set_current_vllm_config(cfg):
-        compiler = CompilerManager(cfg.compilation_config).compiler
+        compiler = _manager(cfg.compilation_config).compiler
         compiler.initialize_cache(str(tmp_path / "vllm"))
-        (tmp_path / "vllm").mkdir()
+        (tmp_path / "vllm").mkdir(exist_ok=True)
         rng = Range(start=8, end=8)
         with fake_sm90():
             inputs, _ = fake_cuda_inputs(ex, FakeTensorMode(shape_env=ShapeEnv(), allow_non_fake_inputs=True))
@@ -441,7 +459,6 @@ def test_patterns_run_inside_vllm_pass_manager_codegen_only(plugin, tmp_path, mo
     norm (plain, or vLLM's fused residual add + norm after a projection) is ours."""
     from torch._subclasses.fake_tensor import FakeTensorMode
     from torch.fx.experimental.symbolic_shapes import ShapeEnv
-    from vllm.compilation.backends import CompilerManager
     from vllm.compilation.passes.pass_manager import PostGradPassManager
     from vllm.compilation.passes.utility import fix_functionalization
     from vllm.config import set_current_vllm_config
@@ -455,11 +472,11 @@ def test_patterns_run_inside_vllm_pass_manager_codegen_only(plugin, tmp_path, mo
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
     cfg = _config(backend="tri_inductor", inductor_compile_config={"tri_inductor": {"codegen_only": True}})
     gm, ex = _piece() if which == "norm_linear_silu" else _layer_piece()
-    (tmp_path / "vllm").mkdir()
+    (tmp_path / "vllm").mkdir(exist_ok=True)
     with set_current_vllm_config(cfg):
         pm = PostGradPassManager()
         pm.configure(cfg)
-        manager = CompilerManager(cfg.compilation_config)
+        manager = _manager(cfg.compilation_config)
         manager.compiler.initialize_cache(str(tmp_path / "vllm"))
         rng = Range(start=8, end=8)
         with fake_sm90(), manager.compile_context(rng), audit.collect_reports() as reports:
@@ -590,6 +607,8 @@ def test_vllm_backend_end_to_end_on_cpu(plugin, tmp_path, monkeypatch):
         cfg = _config(backend="tri_inductor", inductor_compile_config={
             "tri_inductor": {"patterns": []}, "combo_kernels": False, "benchmark_combo_kernel": False})
         cfg.compilation_config.cudagraph_mode = CUDAGraphMode.NONE
+        if cfg.compilation_config.compile_sizes is None:  # vLLM 0.34, a config without a model
+            cfg.compilation_config.compile_sizes = []
         torch._dynamo.reset()
         xd = x.clone()
         torch._dynamo.mark_dynamic(xd, 0)
@@ -606,4 +625,54 @@ def test_vllm_backend_end_to_end_on_cpu(plugin, tmp_path, monkeypatch):
     assert type(backend.compiler_manager.compiler).__name__ == "TriInductorCompiler"
     run_once()  # warm: vllm_compile_cache.py handle -> TriInductorCompiler.load
     assert compilation_counter.num_compiled_artifacts_loaded > loaded
+    torch._dynamo.reset()
+
+
+def test_vllm_own_inductor_backend_unaffected_on_cpu(plugin, tmp_path, monkeypatch):
+    """With tri_inductor installed and its hooks in place, vLLM's own ``inductor`` backend compiles
+    and runs as without us (VllmBackend, graph split, its own compiler and passes, cold then warm):
+    a plugin loaded into every vLLM process must never break vLLM."""
+    from vllm.compilation import backends as vllm_backends
+    from vllm.compilation.backends import VllmBackend
+    from vllm.compilation.compiler_interface import InductorStandaloneAdaptor
+    from vllm.compilation.passes.utility import fix_functionalization
+    from vllm.config import CUDAGraphMode, set_current_vllm_config
+
+    from tri_inductor import hooks
+    from tri_inductor.vllm_compiler import TriInductorCompiler, TriInductorVllmPass
+
+    assert getattr(vllm_backends.make_compiler, hooks.MARK, False)  # our hooks are installed
+    monkeypatch.setattr(fix_functionalization.FixFunctionalizationPass, "__call__", lambda self, graph: None)
+    monkeypatch.setenv("VLLM_CACHE_ROOT", str(tmp_path / "vllm_cache"))
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
+    import vllm.envs
+
+    monkeypatch.setattr(vllm.envs, "VLLM_CACHE_ROOT", str(tmp_path / "vllm_cache"), raising=False)
+
+    def fn(x, w, w2):
+        h = x.float()
+        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + 1e-6)
+        return torch.nn.functional.silu((h.to(x.dtype) * w) @ w2.t())
+
+    x, w, w2 = torch.randn(8, 64), torch.randn(64), torch.randn(128, 64)
+    expected = fn(x.double(), w.double(), w2.double())
+
+    for _ in ("cold", "warm"):
+        cfg = _config(backend="inductor", inductor_compile_config={"combo_kernels": False,
+                                                                   "benchmark_combo_kernel": False})
+        assert "tri_inductor" not in cfg.compilation_config.inductor_compile_config  # config untouched
+        cfg.compilation_config.cudagraph_mode = CUDAGraphMode.NONE
+        if cfg.compilation_config.compile_sizes is None:  # vLLM 0.34, a config without a model
+            cfg.compilation_config.compile_sizes = []
+        torch._dynamo.reset()
+        xd = x.clone()
+        torch._dynamo.mark_dynamic(xd, 0)
+        with set_current_vllm_config(cfg):
+            backend = VllmBackend(cfg)
+            out = torch.compile(fn, backend=backend, fullgraph=True)(xd, w, w2)
+        torch.testing.assert_close(out.double(), expected, atol=1e-4, rtol=1e-4)
+        compiler = backend.compiler_manager.compiler
+        assert type(compiler) is InductorStandaloneAdaptor and not isinstance(compiler, TriInductorCompiler)
+        passes = getattr(backend.inductor_config.get("post_grad_custom_post_pass"), "passes", [])
+        assert not any(isinstance(p, TriInductorVllmPass) for p in passes)
     torch._dynamo.reset()
