@@ -57,6 +57,8 @@ class Hook:
     """Parameter lists seen on the tested versions (:func:`signature_of`); () = not a callable."""
     scope: str = "process"
     """``process``: wrapped once, stays; ``harness``: a CPU test harness patch, undone on exit."""
+    since: str = ""
+    """``"torch 2.13"``: the target exists from that release on (absent before: nothing to hook)."""
 
 
 _V = "torch 2.11-2.14 / triton 3.6-3.8 / vLLM 0.26-0.34"
@@ -78,7 +80,7 @@ TABLE: tuple[Hook, ...] = (
     Hook("vllm.compilation.backends:CompilerManager.compile", _V,
          "log the audit summary after the last piece of a compile range", "no per-run audit summary",
          ("self, graph, example_inputs, additional_inductor_config, compilation_config, compile_range, "
-          "graph_index, num_graphs",)),
+          "graph_index, num_graphs, is_encoder",)),
     Hook("vllm.model_executor.layers.logits_processor:LogitsProcessor.__init__", _V,
          "decide once per LogitsProcessor whether its model uses our backend; start our torch hooks",
          "lm_head stays on cuBLAS", ("self, vocab_size, org_vocab_size, scale, logits_as_input, soft_cap",)),
@@ -95,7 +97,7 @@ TABLE: tuple[Hook, ...] = (
     Hook("torch._inductor.codecache:PyCodeCache.load_by_key_path", _T,
          "audit output code loaded with no compile/load of ours around it (vLLM >= 0.27 warm starts "
          "from the mega AOT artifact skip the compiler's load())", "warm starts go unaudited",
-         ("key, path, linemap, attrs",)),
+         ("key, path, linemap, attrs", "key, path, linemap, attrs, *, set_sys_modules")),
     Hook("torch._inductor.runtime.triton_heuristics:TritonCompileResult.make_launcher", _T,
          "set the PDL launch attribute on launchers of our USE_PDL kernels",
          "our kernels run without programmatic dependent launch (correct, slower)", ("self",)),
@@ -114,11 +116,28 @@ TABLE: tuple[Hook, ...] = (
          "codegen-only: never load a cubin without a GPU", "codegen-only harness fails", ("self",), "harness"),
     Hook("torch._inductor.runtime.triton_heuristics:CachingAutotuner._dynamic_scale_rblock", _T,
          "codegen-only: needs device properties of a real GPU", "codegen-only harness fails", ("self",), "harness"),
-    Hook("torch._inductor.codegen.wrapper:PythonWrapperCodegen.generate_user_defined_triton_kernel", _T,
-         "interpreter (torch >= 2.13): user kernels launched with keyword arguments go through a "
-         "backend filter that needs a real 'cpu' Triton backend", "'triton not built with the cpu backend'",
-         ("self, kernel_name, raw_args, grid, configs, triton_meta, constexprs",
-          "self, kernel_name, raw_args, grid, configs, triton_meta, constexprs, launch_kwargs"), "harness"),
+    Hook("torch._dynamo.device_interface:CpuInterface.raise_if_triton_unavailable", _T,
+         "interpreter (torch >= 2.13): user kernels launched with keyword arguments check for a 'cpu' "
+         "Triton backend, which the interpreter does not need", "'triton not built with the cpu backend'",
+         ("device",), "harness", since="torch 2.13"),
+    Hook("torch._inductor.runtime.triton_helpers:try_filter_backend_options_for_target", _T,
+         "interpreter (torch >= 2.13): parses launch kwargs against the 'cpu' backend's options",
+         "'triton not built with the cpu backend'", ("target, options, kernel_arg_names",), "harness",
+         since="torch 2.13"),
+    Hook("torch._inductor.runtime.triton_helpers:libdevice", _T,
+         "interpreter: libdevice externs run as numpy", "erf/tanh/... fail in the interpreter", (), "harness"),
+    Hook("torch._inductor.runtime.triton_helpers:set_driver_to_cpu", _T, "interpreter: keep our stub driver",
+         "the interpreter harness loses its driver", ("",), "harness"),
+    Hook("torch._inductor.runtime.triton_helpers:set_driver_to_gpu", _T, "both harnesses: keep our stub driver",
+         "codegen-only asks the CUDA driver", ("",), "harness"),
+    Hook("torch._subclasses.fake_tensor:init_gpu_context", _T, "codegen-only: no CUDA context",
+         "fake CUDA tensors need a GPU", ("device",), "harness"),
+    Hook("torch.cuda:get_device_capability", _T,
+         "codegen-only: a fake H100 (is_available, device_count, get_device_properties, ... likewise)",
+         "codegen-only harness cannot compile for sm_90", ("device",), "harness"),
+    Hook("torch._inductor.fx_passes.joint_graph:lazy_init", _T,
+         "codegen-only: Inductor's joint-graph patterns traced with CPU examples",
+         "joint-graph pattern set-up needs a CUDA driver", ("input_device",), "harness"),
 )
 
 

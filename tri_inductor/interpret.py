@@ -11,9 +11,10 @@ import contextlib
 import math
 import os
 from collections.abc import Iterator
-from unittest import mock
 
 import numpy as np
+
+from . import hooks
 
 
 _NUMPY_LIBDEVICE = {
@@ -112,9 +113,9 @@ def interpreter_patches() -> Iterator[None]:
             fn = cache[id(self)] = InterpretedFunction(self.fn)
         return device_call(fn, *args, **kwargs)
 
-    with mock.patch.object(JITFunction, "__call__", jit_call), \
-            mock.patch.object(InterpretedFunction, "__call__", device_call), \
-            mock.patch.object(InterpreterBuilder, "create_dot", _create_dot(InterpreterBuilder.create_dot)):
+    with hooks.patched(JITFunction, "__call__", jit_call), \
+            hooks.patched(InterpretedFunction, "__call__", device_call), \
+            hooks.patched(InterpreterBuilder, "create_dot", _create_dot(InterpreterBuilder.create_dot)):
         yield
 
 
@@ -145,10 +146,10 @@ def triton_interpreter() -> Iterator[None]:
             "cpp_wrapper": False,
         }))
         stack.enter_context(interpreter_patches())
-        stack.enter_context(mock.patch.object(CachingAutotuner, "_interpret_args_grid", _interpret_args_grid))
-        stack.enter_context(mock.patch.object(triton_helpers, "libdevice", _LibdeviceStandin()))
-        stack.enter_context(mock.patch.object(triton_helpers, "set_driver_to_cpu", lambda: None))
-        stack.enter_context(mock.patch.object(triton_helpers, "set_driver_to_gpu", lambda: None))
+        stack.enter_context(hooks.patched(CachingAutotuner, "_interpret_args_grid", _interpret_args_grid))
+        stack.enter_context(hooks.patched(triton_helpers, "libdevice", _LibdeviceStandin()))
+        stack.enter_context(hooks.patched(triton_helpers, "set_driver_to_cpu", lambda: None))
+        stack.enter_context(hooks.patched(triton_helpers, "set_driver_to_gpu", lambda: None))
         for patch in keyword_launch_shims():
             stack.enter_context(patch)
         from torch.utils import _triton as triton_utils
@@ -173,8 +174,6 @@ def keyword_launch_shims() -> list[contextlib.AbstractContextManager]:
     backend options, so: no check, no options kept.  Nothing to do on torch 2.11/2.12."""
     from torch._dynamo.device_interface import CpuInterface
     from torch._inductor.runtime import triton_helpers
-
-    from . import hooks
 
     shims = []
     if hasattr(CpuInterface, "raise_if_triton_unavailable"):
