@@ -388,3 +388,9 @@ def accepts_keyword(fn: Callable[..., Any], name: str) -> bool:
     except (TypeError, ValueError):
         return False
     return name in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
+
+
+def inductor_folds_narrowing_round_trip() -> bool:
+    """torch < 2.13: Inductor's ``pointless_convert`` folds ``x.to(bf16).to(fp32)`` to ``x``
+    (rms_norm's chain forms exist only then); from 2.13 the round trip stays in the graph."""
+    return not torch_at_least(2, 13)
