@@ -8,7 +8,9 @@ cd "$(dirname "$0")/.."
 NAME="${1:?usage: install_stack.sh NAME VENV_DIR}"
 VENV="${2:?usage: install_stack.sh NAME VENV_DIR}"
 case "$NAME" in
-    2.14) TORCH="torch==2.14.0"; VLLM="vllm==0.34.0"; TRANSFORMERS="transformers>=5.16.1,<5.21" ;;
+    # vLLM 0.34 pins xgrammar and apache-tvm-ffi exactly (its wheel metadata).
+    2.14) TORCH="torch==2.14.0"; VLLM="vllm==0.34.0"; TRANSFORMERS="transformers>=5.16.1,<5.21"
+          PINS="xgrammar==0.2.8 apache-tvm-ffi==0.1.11" ;;
     *) echo "unknown stack '$NAME' (known: 2.14)" >&2; exit 2 ;;
 esac
 [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
@@ -24,6 +26,6 @@ $PIP --no-deps "$VLLM"
 $PIP "$TRANSFORMERS" tokenizers huggingface_hub safetensors sentencepiece tiktoken psutil requests tqdm \
     pyyaml einops cloudpickle aiohttp pillow protobuf prometheus-client regex py-cpuinfo jinja2 "pydantic>=2.12" \
     msgspec pyzmq cbor2 pybase64 cachetools "fastapi<0.137" starlette openai openai-harmony partial-json-parser \
-    "llguidance<1.8,>=1.7" "xgrammar<1.0" apache-tvm-ffi opentelemetry-api httpx2 sniffio uvloop
+    "llguidance<1.8,>=1.7" opentelemetry-api httpx2 sniffio uvloop $PINS
 $PIP --no-deps --no-build-isolation -e .
 "$PY" -c "import torch, triton, vllm, tri_inductor; print(f'stack $NAME ready: torch {torch.__version__}, triton {triton.__version__}, vllm {vllm.__version__}')"
