@@ -676,3 +676,52 @@ def test_vllm_own_inductor_backend_unaffected_on_cpu(plugin, tmp_path, monkeypat
         passes = getattr(backend.inductor_config.get("post_grad_custom_post_pass"), "passes", [])
         assert not any(isinstance(p, TriInductorVllmPass) for p in passes)
     torch._dynamo.reset()
+
+
+# ---------------------------------------------------------------- versions, warm-start audit
+
+
+def test_untested_versions_warn_and_strict_refuses_only_our_backend(plugin, monkeypatch, tri_log):
+    from tri_inductor import hooks
+    from tri_inductor.vllm_config import TriInductorConfigError
+
+    monkeypatch.setattr(hooks, "installed_version",
+                        lambda p: {"torch": "2.99.0", "triton": "3.6.0", "vllm": "0.26.0"}.get(p))
+    assert plugin.check_versions() == ["torch 2.99.0 (tested: 2.11 to 2.14)"]
+    plugin.check_versions()  # one warning per process
+    warned = [m for m in tri_log.messages if "not been tested" in m]
+    assert len(warned) == 1 and "torch 2.99.0" in warned[0] and "vLLM 0.26-0.34" in warned[0]
+    try:
+        assert _config(backend="tri_inductor").compilation_config.backend == "tri_inductor"  # default: runs
+        with pytest.raises(TriInductorConfigError, match="torch 2.99.0"):
+            _config(backend="tri_inductor", inductor_compile_config={"tri_inductor": {"strict": True}})
+        assert _config(backend="inductor").compilation_config.backend == "inductor"  # vLLM's own: untouched
+    finally:
+        plugin.untested.clear()
+
+
+def test_warm_start_loads_outside_our_compiler_are_audited(plugin):
+    """vLLM >= 0.27 rebuilds warm starts from its AOT artifact without calling our load(): the
+    output code it loads (PyCodeCache) is audited once a model of ours has been built."""
+    from torch._inductor.codecache import PyCodeCache
+    from vllm.config import set_current_vllm_config
+    from vllm.model_executor.layers.logits_processor import LogitsProcessor
+
+    from tri_inductor.audit import collect
+    from tri_inductor.vllm_compiler import run_audit
+
+    code = "extern_kernels = None\ndef call(args):\n    buf0 = extern_kernels.mm(args[0], args[1])\n    return (buf0,)\n"
+    try:
+        collect.audit_loads_outside_collectors(None)  # as in a process with no model of ours
+        before = run_audit().graphs["warm-load"]
+        PyCodeCache.load(code + "# not ours\n")
+        assert run_audit().graphs["warm-load"] == before
+        with set_current_vllm_config(_config(backend="tri_inductor")):
+            LogitsProcessor(64)  # a model of ours being built arms the warm-start audit
+        non_triton = sum(run_audit().non_triton.values())
+        PyCodeCache.load(code)
+        PyCodeCache.load(code)  # the same module again (cached): one report
+        assert run_audit().graphs["warm-load"] == before + 1
+        assert sum(run_audit().non_triton.values()) == non_triton + 1  # extern_kernels.mm named
+    finally:
+        collect.audit_loads_outside_collectors(None)
