@@ -34,11 +34,14 @@ def init_hook(real_init: Callable[..., None]) -> Callable[..., None]:
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         real_init(self, *args, **kwargs)
-        from vllm.config import get_current_vllm_config_or_none
-
         from .vllm_config import is_ours, read_options
 
-        cfg = get_current_vllm_config_or_none()
+        try:
+            from vllm.config import get_current_vllm_config_or_none
+        except ImportError:  # another vLLM: keep its lm_head path rather than break model building
+            cfg = None
+        else:
+            cfg = get_current_vllm_config_or_none()
         ours = cfg is not None and is_ours(cfg)
         setattr(self, _FLAG, ours)
         options = read_options(cfg.compilation_config.inductor_compile_config) if ours else None

@@ -201,8 +201,11 @@ def make_compiler_hook(real_make: Callable[..., Any]) -> Callable[..., Any]:
     def make_compiler(*args: Any, **kwargs: Any) -> Any:
         from . import hooks
 
-        bound = hooks.arguments(real_make, *args, **kwargs)
-        compilation_config = bound["compilation_config"]
+        try:
+            bound = hooks.arguments(real_make, *args, **kwargs)
+        except TypeError:  # not a call vLLM's own make_compiler accepts: let it say so
+            return real_make(*args, **kwargs)
+        compilation_config = bound.get("compilation_config", args[0] if args else None)
         if getattr(compilation_config, "backend", None) != "tri_inductor":
             return real_make(*args, **kwargs)
         from .vllm_compiler import TriInductorCompiler
@@ -225,7 +228,7 @@ def compiler_manager_compile(real_compile: Callable[..., Any]) -> Callable[..., 
         if getattr(getattr(self, "compiler", None), "name", None) == "tri_inductor":
             from . import hooks
 
-            bound = hooks.arguments(real_compile, self, *args, **kwargs)
+            bound = hooks.arguments(real_compile, self, *args, **kwargs)  # vLLM's call succeeded: binds
             if bound.get("graph_index", 0) == bound.get("num_graphs", 1) - 1:
                 from .vllm_compiler import log_run_summary
 
