@@ -173,6 +173,11 @@ def test_backend_flag_alone_gives_triton_config(plugin, tri_log):
     assert "none" in cc.custom_ops and "all" not in cc.custom_ops
     assert cfg.kernel_config.ir_op_priority.rms_norm == ["native"]  # as vLLM's own Inductor path
     assert cfg.kernel_config.ir_op_priority.fused_add_rms_norm == ["native"]
+    from tri_inductor.vllm_config import ir_ops
+
+    ops = ir_ops(cfg.kernel_config.ir_op_priority)  # read from vLLM (0.32+: gelu_and_mul_sparse too)
+    assert {"rms_norm", "fused_add_rms_norm"} <= set(ops)
+    assert all(getattr(cfg.kernel_config.ir_op_priority, op) == ["native"] for op in ops), ops
     assert cfg.attention_config.backend.name == "TRITON_ATTN"
     assert os.environ["VLLM_USE_FLASHINFER_SAMPLER"] == "0"
     # vLLM's default, kept (FULL_AND_PIECEWISE; vLLM 0.34 gives a config without a model NONE)
@@ -725,3 +730,24 @@ def test_warm_start_loads_outside_our_compiler_are_audited(plugin):
         assert sum(run_audit().non_triton.values()) == non_triton + 1  # extern_kernels.mm named
     finally:
         collect.audit_loads_outside_collectors(None)
+
+
+def test_torch_native_cutedsl_kernels_switched_off_for_our_backend(plugin, monkeypatch, tri_log):
+    """torch >= 2.13: TORCH_DISABLE_NATIVE_JIT=1 for the engine/worker processes vLLM starts next;
+    an explicit 0 is kept and named (strict: refused). torch < 2.13 has no such kernels."""
+    from tri_inductor import hooks
+    from tri_inductor.vllm_config import TriInductorConfigError
+
+    _config(backend="inductor")
+    assert "TORCH_DISABLE_NATIVE_JIT" not in os.environ  # vLLM's own backend: untouched
+    _config(backend="tri_inductor")
+    if not hooks.torch_at_least(2, 13):
+        assert "TORCH_DISABLE_NATIVE_JIT" not in os.environ
+        return
+    assert os.environ["TORCH_DISABLE_NATIVE_JIT"] == "1"
+    monkeypatch.setenv("TORCH_DISABLE_NATIVE_JIT", "0")
+    _config(backend="tri_inductor")
+    assert os.environ["TORCH_DISABLE_NATIVE_JIT"] == "0"
+    assert any("TORCH_DISABLE_NATIVE_JIT='0' conflicts" in m for m in tri_log.messages)
+    with pytest.raises(TriInductorConfigError, match="TORCH_DISABLE_NATIVE_JIT"):
+        _config(backend="tri_inductor", inductor_compile_config={"tri_inductor": {"strict": True}})

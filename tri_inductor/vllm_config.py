@@ -44,6 +44,13 @@ TRITON_IR_PROVIDERS = frozenset({"native", "triton"})
 NATIVE_JIT_ENV = "TORCH_DISABLE_NATIVE_JIT"
 
 
+def torch_has_native_kernels() -> bool:
+    """torch >= 2.13 may register CuTeDSL kernels for eager ops (``torch._native``)."""
+    from .hooks import torch_at_least
+
+    return torch_at_least(2, 13)
+
+
 def ir_ops(priority: Any) -> tuple[str, ...]:
     """The IR ops this vLLM's ``IrOpPriorityConfig`` lists (one list field per op; read from the
     config, not hard-coded: 0.26 has rms_norm and fused_add_rms_norm, 0.32 adds gelu_and_mul_sparse)."""
@@ -271,7 +278,9 @@ def adjust_vllm_config(vllm_config: "VllmConfig", environ: MutableMapping[str, s
     # the switch at import: set here (engine-args process) it reaches the engine/worker processes
     # vLLM starts afterwards, before their torch import.
     native = environ.get(NATIVE_JIT_ENV)
-    if native is None:
+    if not torch_has_native_kernels():
+        pass  # torch < 2.13: no such kernels, nothing to turn off
+    elif native is None:
         ch(Change(NATIVE_JIT_ENV, None, "1", "torch's CuTeDSL eager kernels (topk, _fused_rms_norm, scatter_add, "
                   "sum) are not Triton", lambda: environ.__setitem__(NATIVE_JIT_ENV, "1")))
     elif native.strip().lower() in ("0", "false", "no", "off", ""):
