@@ -530,9 +530,13 @@ def test_lm_head_routed_only_for_our_backend(plugin):
     assert ours._tri_inductor_head is True and theirs._tri_inductor_head is False
 
 
-def test_lm_head_numerics_on_triton_interpreter(plugin):
+@pytest.mark.parametrize("method", ["embedding", "linear"])
+def test_lm_head_numerics_on_triton_interpreter(plugin, method):
+    """Both unquantized heads: vLLM's embedding method, and (vLLM 0.33+: an unquantized lm_head
+    in a quantized model) its linear method."""
     from tri_inductor.patterns import linear  # noqa: F401  (registers tri_inductor::mm)
     from vllm.config import set_current_vllm_config
+    from vllm.model_executor.layers.linear import UnquantizedLinearMethod
     from vllm.model_executor.layers.logits_processor import LogitsProcessor
     from vllm.model_executor.layers.vocab_parallel_embedding import UnquantizedEmbeddingMethod
 
@@ -545,7 +549,7 @@ def test_lm_head_numerics_on_triton_interpreter(plugin):
         def __init__(self) -> None:
             super().__init__()
             self.weight = torch.nn.Parameter(torch.randn(96, 32) / 8)
-            self.quant_method = UnquantizedEmbeddingMethod()
+            self.quant_method = UnquantizedEmbeddingMethod() if method == "embedding" else UnquantizedLinearMethod()
 
     head = Head()
     x = torch.randn(5, 32)
