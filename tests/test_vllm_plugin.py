@@ -583,18 +583,10 @@ def test_lm_head_warm_up_covers_every_batch_bucket(plugin):
 # ---------------------------------------------------------------- vLLM's backend, end to end (CPU)
 
 
-def test_vllm_backend_end_to_end_on_cpu(plugin, tmp_path, monkeypatch):
-    """VllmBackend (graph split, PiecewiseBackend, CompilerManager, cache) with our compiler, on
-    CPU tensors: cold compile, then a warm start that loads the piece through our ``load``.
-    (On CPU Inductor writes C++ kernels: the audit reports them; this checks the plumbing.)"""
-    # The per-piece handle path (vLLM's cache file -> our load), i.e. without the mega AOT artifact.
-    monkeypatch.setenv("VLLM_USE_MEGA_AOT_ARTIFACT", "0")
-    from vllm.compilation.backends import VllmBackend
-    from vllm.compilation.counter import compilation_counter
+@pytest.fixture
+def vllm_cpu_env(tmp_path, monkeypatch):
+    """What VllmBackend needs on a CPU machine: caches under tmp_path, no _C fix-up pass."""
     from vllm.compilation.passes.utility import fix_functionalization
-    from vllm.config import CUDAGraphMode, set_current_vllm_config
-
-    from tri_inductor.vllm_compiler import TriInductorVllmPass
 
     # vLLM's last post-grad pass looks up torch.ops._C.* (vLLM's CUDA extension, absent here).
     monkeypatch.setattr(fix_functionalization.FixFunctionalizationPass, "__call__", lambda self, graph: None)
@@ -604,81 +596,73 @@ def test_vllm_backend_end_to_end_on_cpu(plugin, tmp_path, monkeypatch):
 
     monkeypatch.setattr(vllm.envs, "VLLM_CACHE_ROOT", str(tmp_path / "vllm_cache"), raising=False)
 
-    def fn(x, w, w2):
-        h = x.float()
-        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + 1e-6)
-        return torch.nn.functional.silu((h.to(x.dtype) * w) @ w2.t())
 
-    x, w, w2 = torch.randn(8, 64), torch.randn(64), torch.randn(128, 64)
-    expected = fn(x, w, w2)
+def _norm_linear_silu(x, w, w2):
+    h = x.float()
+    h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + 1e-6)
+    return torch.nn.functional.silu((h.to(x.dtype) * w) @ w2.t())
 
-    def run_once():
-        cfg = _config(backend="tri_inductor", inductor_compile_config={
-            "tri_inductor": {"patterns": []}, "combo_kernels": False, "benchmark_combo_kernel": False})
-        cfg.compilation_config.cudagraph_mode = CUDAGraphMode.NONE
-        if cfg.compilation_config.compile_sizes is None:  # vLLM 0.34, a config without a model
-            cfg.compilation_config.compile_sizes = []
-        torch._dynamo.reset()
-        xd = x.clone()
-        torch._dynamo.mark_dynamic(xd, 0)
-        with set_current_vllm_config(cfg):
-            backend = VllmBackend(cfg)
-            out = torch.compile(fn, backend=backend, fullgraph=True)(xd, w, w2)
-        torch.testing.assert_close(out, expected)
-        return backend
 
+def _run_vllm_backend(backend_name: str, inductor_compile_config: dict, *args: torch.Tensor):
+    """``_norm_linear_silu`` through a fresh VllmBackend (dynamic batch, no CUDA graphs): (backend, out)."""
+    from vllm.compilation.backends import VllmBackend
+    from vllm.config import CUDAGraphMode, set_current_vllm_config
+
+    cfg = _config(backend=backend_name, inductor_compile_config=inductor_compile_config)
+    cfg.compilation_config.cudagraph_mode = CUDAGraphMode.NONE
+    if cfg.compilation_config.compile_sizes is None:  # vLLM 0.34, a config without a model
+        cfg.compilation_config.compile_sizes = []
+    torch._dynamo.reset()
+    x = args[0].clone()
+    torch._dynamo.mark_dynamic(x, 0)
+    with set_current_vllm_config(cfg):
+        backend = VllmBackend(cfg)
+        out = torch.compile(_norm_linear_silu, backend=backend, fullgraph=True)(x, *args[1:])
+    return backend, out
+
+
+def test_vllm_backend_end_to_end_on_cpu(plugin, vllm_cpu_env, monkeypatch):
+    """VllmBackend (graph split, PiecewiseBackend, CompilerManager, cache) with our compiler, on
+    CPU tensors: cold compile, then a warm start that loads the piece through our ``load``.
+    (On CPU Inductor writes C++ kernels: the audit reports them; this checks the plumbing.)"""
+    # The per-piece handle path (vLLM's cache file -> our load), i.e. without the mega AOT artifact.
+    monkeypatch.setenv("VLLM_USE_MEGA_AOT_ARTIFACT", "0")
+    from vllm.compilation.counter import compilation_counter
+
+    from tri_inductor.vllm_compiler import TriInductorVllmPass
+
+    args = torch.randn(8, 64), torch.randn(64), torch.randn(128, 64)
+    expected = _norm_linear_silu(*args)
+    icc = {"tri_inductor": {"patterns": []}, "combo_kernels": False, "benchmark_combo_kernel": False}
     loaded = compilation_counter.num_compiled_artifacts_loaded
-    backend = run_once()
+    backend, out = _run_vllm_backend("tri_inductor", icc, *args)
+    torch.testing.assert_close(out, expected)
     passes = backend.inductor_config["post_grad_custom_post_pass"].passes
     assert sum(isinstance(p, TriInductorVllmPass) for p in passes) == 1
     assert type(backend.compiler_manager.compiler).__name__ == "TriInductorCompiler"
-    run_once()  # warm: vllm_compile_cache.py handle -> TriInductorCompiler.load
+    _, out = _run_vllm_backend("tri_inductor", icc, *args)  # warm: vllm_compile_cache.py -> our load
+    torch.testing.assert_close(out, expected)
     assert compilation_counter.num_compiled_artifacts_loaded > loaded
     torch._dynamo.reset()
 
 
-def test_vllm_own_inductor_backend_unaffected_on_cpu(plugin, tmp_path, monkeypatch):
+def test_vllm_own_inductor_backend_unaffected_on_cpu(plugin, vllm_cpu_env):
     """With tri_inductor installed and its hooks in place, vLLM's own ``inductor`` backend compiles
     and runs as without us (VllmBackend, graph split, its own compiler and passes, cold then warm):
     a plugin loaded into every vLLM process must never break vLLM."""
     from vllm.compilation import backends as vllm_backends
-    from vllm.compilation.backends import VllmBackend
     from vllm.compilation.compiler_interface import InductorStandaloneAdaptor
-    from vllm.compilation.passes.utility import fix_functionalization
-    from vllm.config import CUDAGraphMode, set_current_vllm_config
 
     from tri_inductor import hooks
     from tri_inductor.vllm_compiler import TriInductorCompiler, TriInductorVllmPass
 
     assert getattr(vllm_backends.make_compiler, hooks.MARK, False)  # our hooks are installed
-    monkeypatch.setattr(fix_functionalization.FixFunctionalizationPass, "__call__", lambda self, graph: None)
-    monkeypatch.setenv("VLLM_CACHE_ROOT", str(tmp_path / "vllm_cache"))
-    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
-    import vllm.envs
-
-    monkeypatch.setattr(vllm.envs, "VLLM_CACHE_ROOT", str(tmp_path / "vllm_cache"), raising=False)
-
-    def fn(x, w, w2):
-        h = x.float()
-        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + 1e-6)
-        return torch.nn.functional.silu((h.to(x.dtype) * w) @ w2.t())
-
-    x, w, w2 = torch.randn(8, 64), torch.randn(64), torch.randn(128, 64)
-    expected = fn(x.double(), w.double(), w2.double())
-
+    args = torch.randn(8, 64), torch.randn(64), torch.randn(128, 64)
+    expected = _norm_linear_silu(*(a.double() for a in args))
     for _ in ("cold", "warm"):
-        cfg = _config(backend="inductor", inductor_compile_config={"combo_kernels": False,
-                                                                   "benchmark_combo_kernel": False})
-        assert "tri_inductor" not in cfg.compilation_config.inductor_compile_config  # config untouched
-        cfg.compilation_config.cudagraph_mode = CUDAGraphMode.NONE
-        if cfg.compilation_config.compile_sizes is None:  # vLLM 0.34, a config without a model
-            cfg.compilation_config.compile_sizes = []
-        torch._dynamo.reset()
-        xd = x.clone()
-        torch._dynamo.mark_dynamic(xd, 0)
-        with set_current_vllm_config(cfg):
-            backend = VllmBackend(cfg)
-            out = torch.compile(fn, backend=backend, fullgraph=True)(xd, w, w2)
+        icc = {"combo_kernels": False, "benchmark_combo_kernel": False}
+        backend, out = _run_vllm_backend("inductor", icc, *args)
+        assert "tri_inductor" not in backend.compilation_config.inductor_compile_config  # config untouched
         torch.testing.assert_close(out.double(), expected, atol=1e-4, rtol=1e-4)
         compiler = backend.compiler_manager.compiler
         assert type(compiler) is InductorStandaloneAdaptor and not isinstance(compiler, TriInductorCompiler)
