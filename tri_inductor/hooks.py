@@ -15,8 +15,9 @@ Rules every hook here follows:
 * a vLLM wrapper passes every argument through untouched unless the config's backend is
   ``tri_inductor``: a plugin loaded into every vLLM process must never break vLLM's own backends.
 
-The version shims (behaviour that differs between torch/vLLM releases) are the ``*_shim``/
-``has_*`` helpers at the end.
+Version checks (:data:`TESTED`, :func:`untested_versions`) and the version shims (what differs
+between torch/vLLM releases: :func:`torch_at_least`, :func:`accepts_keyword`,
+:func:`inductor_folds_narrowing_round_trip`, ...) are at the end; ``docs/support.md`` lists them.
 """
 from __future__ import annotations
 
@@ -29,7 +30,6 @@ import importlib.machinery
 import importlib.metadata
 import inspect
 import logging
-import os
 import re
 import sys
 import threading
