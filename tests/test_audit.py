@@ -132,6 +132,28 @@ class Runner:
     assert report.kernels[0].name == "triton_poi_fused_0" and report.kernels[0].fx_nodes == ("mm",)
 
 
+def test_torch_214_alignment_copy_is_allowed():
+    # torch >= 2.13 wrappers re-align misaligned inputs (codegen/wrapper.py) instead of guarding.
+    code = '''
+from torch._C._dynamo.guards import copy_if_misaligned
+triton_poi_fused_0 = async_compile.triton('triton_poi_fused_0', """
+@triton.jit
+def triton_poi_fused_0(in_ptr0, out_ptr0, xnumel, XBLOCK: tl.constexpr):
+    pass
+""", device_str='cuda')
+def call(args):
+    arg0_1, = args
+    arg0_1 = copy_if_misaligned(arg0_1)
+    arg1_1_orig = arg0_1
+    arg1_1 = copy_if_misaligned(arg1_1_orig)
+    buf0 = empty_strided_cuda((4, 4), (4, 1), torch.float32)
+    triton_poi_fused_0.run(arg0_1, buf0, 16, stream=stream0)
+    return (buf0,)
+'''
+    report = audit_output_code(code)
+    assert report.ok and [k.kind for k in report.kernels] == ["inductor_triton"]
+
+
 def test_our_kernels_have_no_default_parameters():
     """Inductor's launcher for an inlined user Triton kernel miscounts the arguments of a kernel
     whose parameters have defaults (on a GPU: "launcher() missing 2 required positional
@@ -152,3 +174,16 @@ def test_our_kernels_have_no_default_parameters():
                 defaults = [p.name for p in params if p.default is not inspect.Parameter.empty]
                 assert not defaults, f"{name}: parameters with defaults {defaults}"
     assert found >= 6
+
+
+def test_runtime_census_classes_torch_native_cutedsl_kernels_as_non_triton():
+    # torch >= 2.13 + nvidia-cutlass-dsl: eager topk/_fused_rms_norm/scatter_add/sum may launch
+    # CuTeDSL kernels (the plugin sets TORCH_DISABLE_NATIVE_JIT=1; the census must still see them).
+    from tri_inductor.audit.runtime import classify_kernel
+
+    names = {"_rms_norm_kernel", "kernel_unified_attention"}
+    for name in ("kernel_cutlass_kernel_torch_native_topk_0", "kernel_cutlass_rmsnorm_fwd_0", "cutedsl_scatter_add"):
+        assert classify_kernel(name, names | {name}) == (False, "cutedsl"), name
+    assert classify_kernel("_rms_norm_kernel", names) == (True, "triton")
+    assert classify_kernel("triton_poi_fused_add_0", names) == (True, "triton")
+    assert classify_kernel("nvjet_sm90_tst_64x48_64x15_2x4_h_bz_TNT", names) == (False, "cublas")

@@ -201,9 +201,11 @@ def test_inductor_launcher_hook_sets_the_attribute() -> None:
 
     from torch._inductor.runtime.triton_heuristics import TritonCompileResult
 
+    from tri_inductor import hooks
     from tri_inductor.patterns import _pdl
 
-    assert getattr(TritonCompileResult.make_launcher, "_tri_inductor_pdl", False)
+    hooks.install_compile_hooks()  # what every compile does first
+    assert getattr(TritonCompileResult.make_launcher, hooks.MARK, False)
 
     def result(constants):
         return SimpleNamespace(compile_meta={"constants": constants},

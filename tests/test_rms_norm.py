@@ -113,8 +113,13 @@ def test_norm_chain_keeps_the_sum_in_registers() -> None:
     w1, w2 = torch.randn(64, dtype=torch.bfloat16), torch.randn(64, dtype=torch.bfloat16)
     code = backend_output_code(_vllm_norm_chain, x1, r, x2, w1, w2)
     flags = re.findall(r"'(HAS_RESIDUAL2|STORE_RESIDUAL)': (\w+)", code)
-    assert sorted(flags) == sorted([("HAS_RESIDUAL2", "False"), ("STORE_RESIDUAL", "False"),
-                                    ("HAS_RESIDUAL2", "True"), ("STORE_RESIDUAL", "True")]), flags
+    if R.chain_forms_occur():
+        assert sorted(flags) == sorted([("HAS_RESIDUAL2", "False"), ("STORE_RESIDUAL", "False"),
+                                        ("HAS_RESIDUAL2", "True"), ("STORE_RESIDUAL", "True")]), flags
+    else:
+        # torch >= 2.13 keeps the bf16 round trip: each norm is the plain add+norm, writing its
+        # residual in bf16 (2 bytes) for the next to read, as the eager model does.
+        assert sorted(flags) == sorted([("HAS_RESIDUAL2", "False"), ("STORE_RESIDUAL", "True")] * 2), flags
     assert "torch.float32)" not in code.split("def call(")[1], "an fp32 buffer between the norms"
 
 
@@ -173,6 +178,7 @@ def _kernel_args(code: str) -> list[str]:
 
 
 def _llama(dtype):
+    pytest.importorskip("transformers", reason="the Hugging Face form needs transformers")
     from transformers.models.llama.modeling_llama import LlamaRMSNorm
 
     m = LlamaRMSNorm(64, eps=1e-5).to(dtype)
@@ -209,6 +215,7 @@ def test_hf_llama_rmsnorm_matches(pm, dtype) -> None:
 
 
 def test_hf_gemma_rmsnorm_matches(pm) -> None:
+    pytest.importorskip("transformers", reason="the Hugging Face form needs transformers")
     from transformers.models.gemma.modeling_gemma import GemmaRMSNorm
 
     m = GemmaRMSNorm(64, eps=1e-6).to(torch.bfloat16)
@@ -314,6 +321,7 @@ def test_vllm_custom_op_form_matches(c_ops, residual: bool) -> None:
 
 def test_tri_inductor_backend_uses_our_kernel() -> None:
     """The same form through the project backend (all families' patterns, codegen-only)."""
+    pytest.importorskip("transformers", reason="the Hugging Face form needs transformers")
     from transformers.models.llama.modeling_llama import LlamaRMSNorm
 
     FN_ = LlamaRMSNorm(64).to(torch.bfloat16)

@@ -85,6 +85,7 @@ def clean_env(monkeypatch):
     monkeypatch.delenv("VLLM_USE_FLASHINFER_SAMPLER", raising=False)
     monkeypatch.delenv("TRI_INDUCTOR_STRICT", raising=False)
     monkeypatch.delenv("VLLM_USE_MEGA_AOT_ARTIFACT", raising=False)
+    monkeypatch.delenv("TORCH_DISABLE_NATIVE_JIT", raising=False)
 
 
 class _Records(logging.Handler):
@@ -172,9 +173,15 @@ def test_backend_flag_alone_gives_triton_config(plugin, tri_log):
     assert "none" in cc.custom_ops and "all" not in cc.custom_ops
     assert cfg.kernel_config.ir_op_priority.rms_norm == ["native"]  # as vLLM's own Inductor path
     assert cfg.kernel_config.ir_op_priority.fused_add_rms_norm == ["native"]
+    from tri_inductor.vllm_config import ir_ops
+
+    ops = ir_ops(cfg.kernel_config.ir_op_priority)  # read from vLLM (0.32+: gelu_and_mul_sparse too)
+    assert {"rms_norm", "fused_add_rms_norm"} <= set(ops)
+    assert all(getattr(cfg.kernel_config.ir_op_priority, op) == ["native"] for op in ops), ops
     assert cfg.attention_config.backend.name == "TRITON_ATTN"
     assert os.environ["VLLM_USE_FLASHINFER_SAMPLER"] == "0"
-    assert cc.cudagraph_mode.name == "FULL_AND_PIECEWISE"  # vLLM's default, kept
+    # vLLM's default, kept (FULL_AND_PIECEWISE; vLLM 0.34 gives a config without a model NONE)
+    assert cc.cudagraph_mode == _config(backend="inductor").compilation_config.cudagraph_mode
     from tri_inductor.cache import compile_hash
     from tri_inductor.vllm_config import HASH_KEY, OPTIONS_KEY
 
@@ -198,7 +205,8 @@ def test_compile_range_split_at_cudagraph_size(plugin, tri_log):
     cfg = _config(backend="tri_inductor")
     cc = cfg.compilation_config
     end = cfg.scheduler_config.max_num_batched_tokens
-    assert cc.compile_ranges_endpoints == [end] and cc.max_cudagraph_capture_size == 0
+    # (no CUDA graphs without a model: 0, or None on vLLM 0.34)
+    assert cc.compile_ranges_endpoints == [end] and not cc.max_cudagraph_capture_size
     assert split_range_at_cudagraph_size(cfg) is None  # no CUDA graphs: nothing to split
     cc.max_cudagraph_capture_size = 512
     change = split_range_at_cudagraph_size(cfg)
@@ -336,21 +344,38 @@ def test_unknown_option_is_an_error(plugin):
 
 
 def test_make_compiler_gives_ours(plugin):
-    from vllm.compilation.backends import CompilerManager
     from vllm.config import set_current_vllm_config
 
-    from tri_inductor.vllm_compiler import TriInductorCompiler
+    from tri_inductor.vllm_compiler import TriInductorCompiler, compiler_key
 
     cfg = _config(backend="tri_inductor")
     with set_current_vllm_config(cfg):
-        compiler = CompilerManager(cfg.compilation_config).compiler
+        compiler = _manager(cfg.compilation_config).compiler
     assert isinstance(compiler, TriInductorCompiler) and compiler.name == "tri_inductor"
     assert isinstance(TriInductorCompiler(), TriInductorCompiler)  # no-argument construction
-    h1 = compiler.compute_hash(cfg)
-    assert h1 == compiler.compute_hash(cfg)
+    h1 = compiler_key(compiler, cfg)
+    assert h1 == compiler_key(compiler, cfg)
     strict = _config(backend="tri_inductor", inductor_compile_config={"tri_inductor": {"gemm": "templates"}})
-    assert compiler.compute_hash(strict) != h1
-    assert strict.compilation_config.compute_hash() != cfg.compilation_config.compute_hash()
+    assert compiler_key(compiler, strict) != h1
+    assert _config_key(strict.compilation_config) != _config_key(cfg.compilation_config)
+
+
+def _config_key(compilation_config) -> str:
+    """vLLM's cache key of a CompilationConfig (0.34: compile_factors)."""
+    if hasattr(compilation_config, "compile_factors"):
+        return repr(compilation_config.compile_factors())
+    return compilation_config.compute_hash()
+
+
+def _manager(compilation_config):
+    """A CompilerManager as vLLM builds one (0.33+ passes the keyword-only use_aot_compile)."""
+    from vllm.compilation.backends import CompilerManager
+
+    from tri_inductor import hooks
+
+    if hooks.accepts_keyword(CompilerManager.__init__, "use_aot_compile"):
+        return CompilerManager(compilation_config, use_aot_compile=True)  # vLLM's default
+    return CompilerManager(compilation_config)
 
 
 def _piece():
@@ -369,7 +394,6 @@ def _piece():
 def test_compile_load_round_trip_codegen_only(plugin, tmp_path, monkeypatch):
     from torch._subclasses.fake_tensor import FakeTensorMode
     from torch.fx.experimental.symbolic_shapes import ShapeEnv
-    from vllm.compilation.backends import CompilerManager
     from vllm.config import set_current_vllm_config
     from vllm.config.utils import Range
 
@@ -385,9 +409,9 @@ def test_compile_load_round_trip_codegen_only(plugin, tmp_path, monkeypatch):
     gm, ex = _piece()
     before = sum(run_audit().graphs.values())
     with set_current_vllm_config(cfg):
-        compiler = CompilerManager(cfg.compilation_config).compiler
+        compiler = _manager(cfg.compilation_config).compiler
         compiler.initialize_cache(str(tmp_path / "vllm"))
-        (tmp_path / "vllm").mkdir()
+        (tmp_path / "vllm").mkdir(exist_ok=True)
         rng = Range(start=8, end=8)
         with fake_sm90():
             inputs, _ = fake_cuda_inputs(ex, FakeTensorMode(shape_env=ShapeEnv(), allow_non_fake_inputs=True))
@@ -440,7 +464,6 @@ def test_patterns_run_inside_vllm_pass_manager_codegen_only(plugin, tmp_path, mo
     norm (plain, or vLLM's fused residual add + norm after a projection) is ours."""
     from torch._subclasses.fake_tensor import FakeTensorMode
     from torch.fx.experimental.symbolic_shapes import ShapeEnv
-    from vllm.compilation.backends import CompilerManager
     from vllm.compilation.passes.pass_manager import PostGradPassManager
     from vllm.compilation.passes.utility import fix_functionalization
     from vllm.config import set_current_vllm_config
@@ -454,11 +477,11 @@ def test_patterns_run_inside_vllm_pass_manager_codegen_only(plugin, tmp_path, mo
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
     cfg = _config(backend="tri_inductor", inductor_compile_config={"tri_inductor": {"codegen_only": True}})
     gm, ex = _piece() if which == "norm_linear_silu" else _layer_piece()
-    (tmp_path / "vllm").mkdir()
+    (tmp_path / "vllm").mkdir(exist_ok=True)
     with set_current_vllm_config(cfg):
         pm = PostGradPassManager()
         pm.configure(cfg)
-        manager = CompilerManager(cfg.compilation_config)
+        manager = _manager(cfg.compilation_config)
         manager.compiler.initialize_cache(str(tmp_path / "vllm"))
         rng = Range(start=8, end=8)
         with fake_sm90(), manager.compile_context(rng), audit.collect_reports() as reports:
@@ -507,9 +530,13 @@ def test_lm_head_routed_only_for_our_backend(plugin):
     assert ours._tri_inductor_head is True and theirs._tri_inductor_head is False
 
 
-def test_lm_head_numerics_on_triton_interpreter(plugin):
+@pytest.mark.parametrize("method", ["embedding", "linear"])
+def test_lm_head_numerics_on_triton_interpreter(plugin, method):
+    """Both unquantized heads: vLLM's embedding method, and (vLLM 0.33+: an unquantized lm_head
+    in a quantized model) its linear method."""
     from tri_inductor.patterns import linear  # noqa: F401  (registers tri_inductor::mm)
     from vllm.config import set_current_vllm_config
+    from vllm.model_executor.layers.linear import UnquantizedLinearMethod
     from vllm.model_executor.layers.logits_processor import LogitsProcessor
     from vllm.model_executor.layers.vocab_parallel_embedding import UnquantizedEmbeddingMethod
 
@@ -522,7 +549,7 @@ def test_lm_head_numerics_on_triton_interpreter(plugin):
         def __init__(self) -> None:
             super().__init__()
             self.weight = torch.nn.Parameter(torch.randn(96, 32) / 8)
-            self.quant_method = UnquantizedEmbeddingMethod()
+            self.quant_method = UnquantizedEmbeddingMethod() if method == "embedding" else UnquantizedLinearMethod()
 
     head = Head()
     x = torch.randn(5, 32)
@@ -556,18 +583,10 @@ def test_lm_head_warm_up_covers_every_batch_bucket(plugin):
 # ---------------------------------------------------------------- vLLM's backend, end to end (CPU)
 
 
-def test_vllm_backend_end_to_end_on_cpu(plugin, tmp_path, monkeypatch):
-    """VllmBackend (graph split, PiecewiseBackend, CompilerManager, cache) with our compiler, on
-    CPU tensors: cold compile, then a warm start that loads the piece through our ``load``.
-    (On CPU Inductor writes C++ kernels: the audit reports them; this checks the plumbing.)"""
-    # The per-piece handle path (vLLM's cache file -> our load), i.e. without the mega AOT artifact.
-    monkeypatch.setenv("VLLM_USE_MEGA_AOT_ARTIFACT", "0")
-    from vllm.compilation.backends import VllmBackend
-    from vllm.compilation.counter import compilation_counter
+@pytest.fixture
+def vllm_cpu_env(tmp_path, monkeypatch):
+    """What VllmBackend needs on a CPU machine: caches under tmp_path, no _C fix-up pass."""
     from vllm.compilation.passes.utility import fix_functionalization
-    from vllm.config import CUDAGraphMode, set_current_vllm_config
-
-    from tri_inductor.vllm_compiler import TriInductorVllmPass
 
     # vLLM's last post-grad pass looks up torch.ops._C.* (vLLM's CUDA extension, absent here).
     monkeypatch.setattr(fix_functionalization.FixFunctionalizationPass, "__call__", lambda self, graph: None)
@@ -577,33 +596,52 @@ def test_vllm_backend_end_to_end_on_cpu(plugin, tmp_path, monkeypatch):
 
     monkeypatch.setattr(vllm.envs, "VLLM_CACHE_ROOT", str(tmp_path / "vllm_cache"), raising=False)
 
-    def fn(x, w, w2):
-        h = x.float()
-        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + 1e-6)
-        return torch.nn.functional.silu((h.to(x.dtype) * w) @ w2.t())
 
-    x, w, w2 = torch.randn(8, 64), torch.randn(64), torch.randn(128, 64)
-    expected = fn(x, w, w2)
+def _norm_linear_silu(x, w, w2):
+    h = x.float()
+    h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + 1e-6)
+    return torch.nn.functional.silu((h.to(x.dtype) * w) @ w2.t())
 
-    def run_once():
-        cfg = _config(backend="tri_inductor", inductor_compile_config={
-            "tri_inductor": {"patterns": []}, "combo_kernels": False, "benchmark_combo_kernel": False})
-        cfg.compilation_config.cudagraph_mode = CUDAGraphMode.NONE
-        torch._dynamo.reset()
-        xd = x.clone()
-        torch._dynamo.mark_dynamic(xd, 0)
-        with set_current_vllm_config(cfg):
-            backend = VllmBackend(cfg)
-            out = torch.compile(fn, backend=backend, fullgraph=True)(xd, w, w2)
-        torch.testing.assert_close(out, expected)
-        return backend
 
+def _run_vllm_backend(backend_name: str, inductor_compile_config: dict, *args: torch.Tensor):
+    """``_norm_linear_silu`` through a fresh VllmBackend (dynamic batch, no CUDA graphs): (backend, out)."""
+    from vllm.compilation.backends import VllmBackend
+    from vllm.config import CUDAGraphMode, set_current_vllm_config
+
+    cfg = _config(backend=backend_name, inductor_compile_config=inductor_compile_config)
+    cfg.compilation_config.cudagraph_mode = CUDAGraphMode.NONE
+    if cfg.compilation_config.compile_sizes is None:  # vLLM 0.34, a config without a model
+        cfg.compilation_config.compile_sizes = []
+    torch._dynamo.reset()
+    x = args[0].clone()
+    torch._dynamo.mark_dynamic(x, 0)
+    with set_current_vllm_config(cfg):
+        backend = VllmBackend(cfg)
+        out = torch.compile(_norm_linear_silu, backend=backend, fullgraph=True)(x, *args[1:])
+    return backend, out
+
+
+def test_vllm_backend_end_to_end_on_cpu(plugin, vllm_cpu_env, monkeypatch):
+    """VllmBackend (graph split, PiecewiseBackend, CompilerManager, cache) with our compiler, on
+    CPU tensors: cold compile, then a warm start that loads the piece through our ``load``.
+    (On CPU Inductor writes C++ kernels: the audit reports them; this checks the plumbing.)"""
+    # The per-piece handle path (vLLM's cache file -> our load), i.e. without the mega AOT artifact.
+    monkeypatch.setenv("VLLM_USE_MEGA_AOT_ARTIFACT", "0")
+    from vllm.compilation.counter import compilation_counter
+
+    from tri_inductor.vllm_compiler import TriInductorVllmPass
+
+    args = torch.randn(8, 64), torch.randn(64), torch.randn(128, 64)
+    expected = _norm_linear_silu(*args)
+    icc = {"tri_inductor": {"patterns": []}, "combo_kernels": False, "benchmark_combo_kernel": False}
     loaded = compilation_counter.num_compiled_artifacts_loaded
-    backend = run_once()
+    backend, out = _run_vllm_backend("tri_inductor", icc, *args)
+    torch.testing.assert_close(out, expected)
     passes = backend.inductor_config["post_grad_custom_post_pass"].passes
     assert sum(isinstance(p, TriInductorVllmPass) for p in passes) == 1
     assert type(backend.compiler_manager.compiler).__name__ == "TriInductorCompiler"
-    run_once()  # warm: vllm_compile_cache.py handle -> TriInductorCompiler.load
+    _, out = _run_vllm_backend("tri_inductor", icc, *args)  # warm: vllm_compile_cache.py -> our load
+    torch.testing.assert_close(out, expected)
     assert compilation_counter.num_compiled_artifacts_loaded > loaded
     torch._dynamo.reset()
 
@@ -617,3 +655,96 @@ def test_garbage_env_is_our_config_error_and_never_breaks_vllms_backend(plugin, 
     with pytest.raises(TriInductorConfigError, match=f"{name}=.*accepted values: "):
         _config(backend="tri_inductor")
     _config(backend="inductor")  # vLLM's own backend never reads our variables
+def test_vllm_own_inductor_backend_unaffected_on_cpu(plugin, vllm_cpu_env):
+    """With tri_inductor installed and its hooks in place, vLLM's own ``inductor`` backend compiles
+    and runs as without us (VllmBackend, graph split, its own compiler and passes, cold then warm):
+    a plugin loaded into every vLLM process must never break vLLM."""
+    from vllm.compilation import backends as vllm_backends
+    from vllm.compilation.compiler_interface import InductorStandaloneAdaptor
+
+    from tri_inductor import hooks
+    from tri_inductor.vllm_compiler import TriInductorCompiler, TriInductorVllmPass
+
+    assert getattr(vllm_backends.make_compiler, hooks.MARK, False)  # our hooks are installed
+    args = torch.randn(8, 64), torch.randn(64), torch.randn(128, 64)
+    expected = _norm_linear_silu(*(a.double() for a in args))
+    for _ in ("cold", "warm"):
+        icc = {"combo_kernels": False, "benchmark_combo_kernel": False}
+        backend, out = _run_vllm_backend("inductor", icc, *args)
+        assert "tri_inductor" not in backend.compilation_config.inductor_compile_config  # config untouched
+        torch.testing.assert_close(out.double(), expected, atol=1e-4, rtol=1e-4)
+        compiler = backend.compiler_manager.compiler
+        assert type(compiler) is InductorStandaloneAdaptor and not isinstance(compiler, TriInductorCompiler)
+        passes = getattr(backend.inductor_config.get("post_grad_custom_post_pass"), "passes", [])
+        assert not any(isinstance(p, TriInductorVllmPass) for p in passes)
+    torch._dynamo.reset()
+
+
+# ---------------------------------------------------------------- versions, warm-start audit
+
+
+def test_untested_versions_warn_and_strict_refuses_only_our_backend(plugin, monkeypatch, tri_log):
+    from tri_inductor import hooks
+    from tri_inductor.vllm_config import TriInductorConfigError
+
+    monkeypatch.setattr(hooks, "installed_version",
+                        lambda p: {"torch": "2.99.0", "triton": "3.6.0", "vllm": "0.26.0"}.get(p))
+    assert plugin.check_versions() == ["torch 2.99.0 (tested: 2.11 to 2.14)"]
+    plugin.check_versions()  # one warning per process
+    warned = [m for m in tri_log.messages if "not been tested" in m]
+    assert len(warned) == 1 and "torch 2.99.0" in warned[0] and "vLLM 0.26-0.34" in warned[0]
+    try:
+        assert _config(backend="tri_inductor").compilation_config.backend == "tri_inductor"  # default: runs
+        with pytest.raises(TriInductorConfigError, match="torch 2.99.0"):
+            _config(backend="tri_inductor", inductor_compile_config={"tri_inductor": {"strict": True}})
+        assert _config(backend="inductor").compilation_config.backend == "inductor"  # vLLM's own: untouched
+    finally:
+        plugin.untested.clear()
+
+
+def test_warm_start_loads_outside_our_compiler_are_audited(plugin):
+    """vLLM >= 0.27 rebuilds warm starts from its AOT artifact without calling our load(): the
+    output code it loads (PyCodeCache) is audited once a model of ours has been built."""
+    from torch._inductor.codecache import PyCodeCache
+    from vllm.config import set_current_vllm_config
+    from vllm.model_executor.layers.logits_processor import LogitsProcessor
+
+    from tri_inductor.audit import collect
+    from tri_inductor.vllm_compiler import run_audit
+
+    code = "extern_kernels = None\ndef call(args):\n    buf0 = extern_kernels.mm(args[0], args[1])\n    return (buf0,)\n"
+    try:
+        collect.audit_loads_outside_collectors(None)  # as in a process with no model of ours
+        before = run_audit().graphs["warm-load"]
+        PyCodeCache.load(code + "# not ours\n")
+        assert run_audit().graphs["warm-load"] == before
+        with set_current_vllm_config(_config(backend="tri_inductor")):
+            LogitsProcessor(64)  # a model of ours being built arms the warm-start audit
+        non_triton = sum(run_audit().non_triton.values())
+        PyCodeCache.load(code)
+        PyCodeCache.load(code)  # the same module again (cached): one report
+        assert run_audit().graphs["warm-load"] == before + 1
+        assert sum(run_audit().non_triton.values()) == non_triton + 1  # extern_kernels.mm named
+    finally:
+        collect.audit_loads_outside_collectors(None)
+
+
+def test_torch_native_cutedsl_kernels_switched_off_for_our_backend(plugin, monkeypatch, tri_log):
+    """torch >= 2.13: TORCH_DISABLE_NATIVE_JIT=1 for the engine/worker processes vLLM starts next;
+    an explicit 0 is kept and named (strict: refused). torch < 2.13 has no such kernels."""
+    from tri_inductor import hooks
+    from tri_inductor.vllm_config import TriInductorConfigError
+
+    _config(backend="inductor")
+    assert "TORCH_DISABLE_NATIVE_JIT" not in os.environ  # vLLM's own backend: untouched
+    _config(backend="tri_inductor")
+    if not hooks.torch_at_least(2, 13):
+        assert "TORCH_DISABLE_NATIVE_JIT" not in os.environ
+        return
+    assert os.environ["TORCH_DISABLE_NATIVE_JIT"] == "1"
+    monkeypatch.setenv("TORCH_DISABLE_NATIVE_JIT", "0")
+    _config(backend="tri_inductor")
+    assert os.environ["TORCH_DISABLE_NATIVE_JIT"] == "0"
+    assert any("TORCH_DISABLE_NATIVE_JIT='0' conflicts" in m for m in tri_log.messages)
+    with pytest.raises(TriInductorConfigError, match="TORCH_DISABLE_NATIVE_JIT"):
+        _config(backend="tri_inductor", inductor_compile_config={"tri_inductor": {"strict": True}})

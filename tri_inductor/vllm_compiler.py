@@ -165,28 +165,41 @@ class TriInductorCompiler(InductorStandaloneAdaptor):
 
     name = BACKEND_NAME
 
-    def __init__(self) -> None:
+    def __init__(self, save_format: str | None = None, **kwargs: Any) -> None:
         # vLLM builds custom compilers with no arguments; take the save format from the config
-        # being compiled (the plugin's make_compiler also sets it explicitly).
-        from vllm.config import get_current_vllm_config_or_none
+        # being compiled (the plugin's make_compiler passes it, and vLLM >= 0.33's keyword-only
+        # use_aot_compile, which InductorStandaloneAdaptor then requires).
+        if save_format is None:
+            from vllm.config import get_current_vllm_config_or_none
 
-        save_format = "binary"
-        cfg = get_current_vllm_config_or_none()
-        if cfg is not None:
-            save_format = cfg.compilation_config.compile_cache_save_format
-        super().__init__(save_format)
+            save_format = "binary"
+            cfg = get_current_vllm_config_or_none()
+            if cfg is not None:
+                save_format = cfg.compilation_config.compile_cache_save_format
+        super().__init__(save_format, **_adaptor_kwargs(kwargs))
         self.options = TriInductorOptions()
 
-    def compute_hash(self, vllm_config: VllmConfig) -> str:
-        """vLLM's Inductor factors + our package hash + our options (the compile-cache dir key)."""
-        from vllm.utils.hashing import safe_hash
-
+    def _our_factor(self, vllm_config: VllmConfig) -> str:
         from .cache import compile_hash
 
         self.options = read_options(vllm_config.compilation_config.inductor_compile_config)
         # Our sources + card + torch/CUDA/triton versions + our options (tri_inductor.cache).
-        factors = [super().compute_hash(vllm_config), compile_hash(repr(self.options))]
-        return safe_hash(str(factors).encode(), usedforsecurity=False).hexdigest()[:10]
+        return compile_hash(repr(self.options))
+
+    if hasattr(InductorStandaloneAdaptor, "compile_factors"):
+        # vLLM >= 0.34: a subclass that still defines compute_hash is refused at class creation.
+        def compile_factors(self, vllm_config: VllmConfig) -> dict[str, Any]:
+            """vLLM's Inductor factors + ours (our package hash + options: the compile-cache dir key)."""
+            factors = dict(super().compile_factors(vllm_config))
+            factors[BACKEND_NAME] = self._our_factor(vllm_config)
+            return factors
+    else:
+        def compute_hash(self, vllm_config: VllmConfig) -> str:
+            """vLLM's Inductor factors + our package hash + our options (the compile-cache dir key)."""
+            from vllm.utils.hashing import safe_hash
+
+            factors = [super().compute_hash(vllm_config), self._our_factor(vllm_config)]
+            return safe_hash(str(factors).encode(), usedforsecurity=False).hexdigest()[:10]
 
     def initialize_cache(self, cache_dir: str, disable_cache: bool = False, prefix: str = "") -> None:
         super().initialize_cache(cache_dir, disable_cache, prefix)
@@ -225,6 +238,44 @@ class TriInductorCompiler(InductorStandaloneAdaptor):
         _trigger_lazy_init_once()
         with _audited(self.options, f"load:{graph_index}[{compile_range}]"):
             return super().load(handle, graph, example_inputs, graph_index, compile_range)
+
+
+def compiler_key(compiler: InductorStandaloneAdaptor, vllm_config: VllmConfig) -> str:
+    """The compiler's part of vLLM's compile-cache key, on any vLLM (0.34: ``compile_factors``)."""
+    if hasattr(compiler, "compile_factors"):
+        return repr(sorted(compiler.compile_factors(vllm_config).items()))
+    return compiler.compute_hash(vllm_config)
+
+
+def _adaptor_kwargs(given: dict[str, Any]) -> dict[str, Any]:
+    """The keyword arguments this vLLM's ``InductorStandaloneAdaptor.__init__`` takes: 0.33+ requires
+    ``use_aot_compile`` (vLLM's default, ``envs.VLLM_USE_AOT_COMPILE``, when the caller gave none)."""
+    from . import hooks
+
+    init = InductorStandaloneAdaptor.__init__
+    if not hooks.accepts_keyword(init, "use_aot_compile"):
+        return {k: v for k, v in given.items() if k != "use_aot_compile"}
+    out = dict(given)
+    if out.get("use_aot_compile") is None:
+        import vllm.envs as envs
+
+        out["use_aot_compile"] = bool(getattr(envs, "VLLM_USE_AOT_COMPILE", False))
+    return out
+
+
+def audit_warm_loads(options: TriInductorOptions) -> None:
+    """Audit the output code a process loads outside our compile()/load() (vLLM >= 0.27 warm
+    starts from the mega AOT artifact): recorded in the run audit, logged, enforced as usual."""
+    from .audit.collect import audit_loads_outside_collectors
+
+    def sink(report: audit.GraphReport) -> None:
+        report.graph = f"warm:{report.graph}"
+        with _RUN_LOCK:
+            _RUN.add([report])
+        if options.audit or options.strict:
+            audit.enforce([report], strict=options.strict, verbose=options.verbose)
+
+    audit_loads_outside_collectors(sink)
 
 
 def _literal(handle: Any) -> Any:

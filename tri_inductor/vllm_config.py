@@ -38,8 +38,27 @@ SAMPLER_ENV = "VLLM_USE_FLASHINFER_SAMPLER"
 
 # vLLM's attention backends whose kernels (prefill, decode, KV-cache write) are Triton.
 TRITON_ATTENTION_BACKENDS = frozenset({"TRITON_ATTN", "TRITON_ATTN_DIFFKV", "TRITON_MLA"})
-# IR ops whose priority list vLLM fills per platform; "native" = the PyTorch form Inductor sees.
-IR_OPS = ("rms_norm", "fused_add_rms_norm")
+# Providers of an IR op whose kernels are Triton: "native" = the PyTorch form Inductor compiles,
+# "triton" = vLLM's own Triton kernel (vLLM >= 0.32's default for gelu_and_mul_sparse on CUDA).
+TRITON_IR_PROVIDERS = frozenset({"native", "triton"})
+NATIVE_JIT_ENV = "TORCH_DISABLE_NATIVE_JIT"
+
+
+def torch_has_native_kernels() -> bool:
+    """torch >= 2.13 may register CuTeDSL kernels for eager ops (``torch._native``)."""
+    from .hooks import torch_at_least
+
+    return torch_at_least(2, 13)
+
+
+def ir_ops(priority: Any) -> tuple[str, ...]:
+    """The IR ops this vLLM's ``IrOpPriorityConfig`` lists (one list field per op; read from the
+    config, not hard-coded: 0.26 has rms_norm and fused_add_rms_norm, 0.32 adds gelu_and_mul_sparse)."""
+    if dataclasses.is_dataclass(priority):
+        names = [f.name for f in dataclasses.fields(priority)]
+    else:
+        names = list(getattr(type(priority), "model_fields", None) or vars(priority))
+    return tuple(n for n in names if not n.startswith("_") and isinstance(getattr(priority, n, None), list))
 
 
 class TriInductorConfigError(RuntimeError):
@@ -207,7 +226,7 @@ def adjust_vllm_config(vllm_config: "VllmConfig", environ: MutableMapping[str, s
     # IR op priority: vLLM's CUDA default for non-"inductor" backends is ["vllm_c", "native"],
     # i.e. rms_norm lowers to _C.rms_norm.  An empty list means "unset" (vLLM appends defaults).
     prio = vllm_config.kernel_config.ir_op_priority
-    for op in IR_OPS:
+    for op in ir_ops(prio):
         current = getattr(prio, op, None)
         if current is None:
             continue
@@ -215,7 +234,7 @@ def adjust_vllm_config(vllm_config: "VllmConfig", environ: MutableMapping[str, s
             ch(Change(f"kernel_config.ir_op_priority.{op}", [], ["native"],
                       "the native PyTorch form compiles to Triton; vllm_c is a CUDA kernel",
                       lambda current=current: current.append("native")))
-        elif current[0] != "native":
+        elif current[0] not in TRITON_IR_PROVIDERS:
             cf(Conflict(f"kernel_config.ir_op_priority.{op}", list(current),
                         f"{current[0]!r} implements {op} with a non-Triton kernel",
                         f"put 'native' first (ir_op_priority={{{op!r}: ['native']}}) or leave it unset"))
@@ -254,6 +273,20 @@ def adjust_vllm_config(vllm_config: "VllmConfig", environ: MutableMapping[str, s
         cf(Conflict(SAMPLER_ENV, sampler, "top-k/top-p sampling runs FlashInfer's CUDA kernels",
                     f"unset {SAMPLER_ENV} or set it to 0"))
 
+    # torch >= 2.13 with nvidia-cutlass-dsl (vLLM installs it): eager topk/_fused_rms_norm/
+    # scatter_add/sum (sampler, runner) launch CuTeDSL kernels, neither Triton nor ours.  torch reads
+    # the switch at import: set here (engine-args process) it reaches the engine/worker processes
+    # vLLM starts afterwards, before their torch import.
+    native = environ.get(NATIVE_JIT_ENV)
+    if not torch_has_native_kernels():
+        pass  # torch < 2.13: no such kernels, nothing to turn off
+    elif native is None:
+        ch(Change(NATIVE_JIT_ENV, None, "1", "torch's CuTeDSL eager kernels (topk, _fused_rms_norm, scatter_add, "
+                  "sum) are not Triton", lambda: environ.__setitem__(NATIVE_JIT_ENV, "1")))
+    elif native.strip().lower() in ("0", "false", "no", "off", ""):
+        cf(Conflict(NATIVE_JIT_ENV, native, "torch >= 2.13 runs CuTeDSL kernels for eager topk, "
+                    "_fused_rms_norm, scatter_add and sum", f"unset {NATIVE_JIT_ENV} or set it to 1"))
+
     if options.strict and adj.conflicts:
         raise TriInductorConfigError(
             "tri_inductor strict mode: vLLM settings that defeat Triton-only execution:\n  - "
@@ -271,7 +304,7 @@ def trim_ir_priorities(vllm_config: "VllmConfig") -> None:
     it so the config (and its hash, which looks up every listed provider's implementation)
     matches vLLM's own Inductor path, ``["native"]``."""
     prio = vllm_config.kernel_config.ir_op_priority
-    for op in IR_OPS:
+    for op in ir_ops(prio):
         current = getattr(prio, op, None)
         if current and current[0] == "native" and len(current) > 1:
             del current[1:]

@@ -5,9 +5,9 @@ vLLM computes logits outside the compiled graph, eagerly: ``LogitsProcessor._app
 ``forward`` and ``get_top_tokens`` go through it) to call ``tri_inductor::mm`` (or ``addmm`` with
 a bias) from ``tri_inductor/patterns/linear.py``.
 
-The patch is process-wide but each ``LogitsProcessor`` decides once, when it is built (vLLM
-builds models under ``set_current_vllm_config``), whether it belongs to a ``tri_inductor``
-model; a process running vLLM's own backend keeps cuBLAS.
+The hooks (installed by :mod:`tri_inductor.hooks`) are process-wide but each ``LogitsProcessor``
+decides once, when it is built (vLLM builds models under ``set_current_vllm_config``), whether it
+belongs to a ``tri_inductor`` model; a process running vLLM's own backend keeps cuBLAS.
 """
 from __future__ import annotations
 
@@ -26,27 +26,40 @@ _WARMED = "_tri_inductor_warmed"
 _warned: set[str] = set()
 
 
-def install() -> None:
-    """Wrap ``LogitsProcessor.__init__`` and ``_apply_head`` (idempotent)."""
-    from vllm.model_executor.layers.logits_processor import LogitsProcessor
-
-    if getattr(LogitsProcessor._apply_head, "_tri_inductor", False):
-        return
-    real_init = LogitsProcessor.__init__
-    real_apply = LogitsProcessor._apply_head
+def init_hook(real_init: Callable[..., None]) -> Callable[..., None]:
+    """Wrapper factory for ``LogitsProcessor.__init__`` (installed by ``tri_inductor.hooks``):
+    each processor decides once whether its model uses our backend.  A model of ours being built
+    is also where a worker process starts our torch hooks and the warm-start audit: vLLM >= 0.27
+    loads warm starts from its AOT artifact without calling our compiler."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         real_init(self, *args, **kwargs)
-        from vllm.config import get_current_vllm_config_or_none
-
         from .vllm_config import is_ours, read_options
 
-        cfg = get_current_vllm_config_or_none()
+        try:
+            from vllm.config import get_current_vllm_config_or_none
+        except ImportError:  # another vLLM: keep its lm_head path rather than break model building
+            cfg = None
+        else:
+            cfg = get_current_vllm_config_or_none()
         ours = cfg is not None and is_ours(cfg)
         setattr(self, _FLAG, ours)
-        setattr(self, _STRICT, ours and read_options(cfg.compilation_config.inductor_compile_config).strict)
+        options = read_options(cfg.compilation_config.inductor_compile_config) if ours else None
+        setattr(self, _STRICT, bool(options and options.strict))
         sched = getattr(cfg, "scheduler_config", None) if ours else None
         setattr(self, _MAX_ROWS, int(getattr(sched, "max_num_seqs", 0) or 0))
+        if ours:
+            from . import hooks
+            from .vllm_compiler import audit_warm_loads
+
+            hooks.install_compile_hooks()
+            audit_warm_loads(options)
+
+    return __init__
+
+
+def apply_head_hook(real_apply: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
+    """Wrapper factory for ``LogitsProcessor._apply_head`` (``forward`` and ``get_top_tokens``)."""
 
     def _apply_head(self, lm_head, hidden_states: torch.Tensor, embedding_bias: torch.Tensor | None):
         if getattr(self, _FLAG, False):
@@ -55,10 +68,7 @@ def install() -> None:
                 return logits
         return real_apply(self, lm_head, hidden_states, embedding_bias)
 
-    __init__._tri_inductor = True  # type: ignore[attr-defined]
-    _apply_head._tri_inductor = True  # type: ignore[attr-defined]
-    LogitsProcessor.__init__ = __init__
-    LogitsProcessor._apply_head = _apply_head
+    return _apply_head
 
 
 def _fallback(processor: Any, reason: str) -> None:
@@ -77,6 +87,21 @@ def _ops():
     return torch.ops.tri_inductor
 
 
+def is_unquantized(quant_method: Any) -> bool:
+    """An lm_head whose weight is a plain ``[vocab, hidden]`` matrix: vLLM's unquantized embedding
+    method, or (vLLM >= 0.33: an unquantized lm_head in a quantized model) its unquantized
+    linear method."""
+    from vllm.model_executor.layers.vocab_parallel_embedding import UnquantizedEmbeddingMethod
+
+    if isinstance(quant_method, UnquantizedEmbeddingMethod):
+        return True
+    try:
+        from vllm.model_executor.layers.linear import UnquantizedLinearMethod
+    except ImportError:
+        return False
+    return isinstance(quant_method, UnquantizedLinearMethod)
+
+
 def warm_up(head: Callable[[torch.Tensor], torch.Tensor], flat: torch.Tensor, max_rows: int) -> None:
     """Compile the lm_head GEMM for every M bucket a step can hit (1..max_num_seqs rows) on the
     first call (vLLM's start-up dummy run): otherwise a batch size first seen while serving
@@ -90,9 +115,7 @@ def warm_up(head: Callable[[torch.Tensor], torch.Tensor], flat: torch.Tensor, ma
 def triton_lm_head(processor: Any, lm_head: Any, hidden_states: torch.Tensor,
                    embedding_bias: torch.Tensor | None) -> torch.Tensor | None:
     """``hidden_states @ lm_head.weight.T (+ bias)`` on our Triton GEMM, or None to fall back."""
-    from vllm.model_executor.layers.vocab_parallel_embedding import UnquantizedEmbeddingMethod
-
-    if not isinstance(getattr(lm_head, "quant_method", None), UnquantizedEmbeddingMethod):
+    if not is_unquantized(getattr(lm_head, "quant_method", None)):
         _fallback(processor, f"quantized lm_head ({type(getattr(lm_head, 'quant_method', None)).__name__})")
         return None
     weight = lm_head.weight

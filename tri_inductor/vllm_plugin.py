@@ -3,33 +3,39 @@
 Entry point ``vllm.general_plugins: tri_inductor = tri_inductor.vllm_plugin:register``.  vLLM
 calls ``register()`` in every process (``EngineArgs.__post_init__``, CLI parsing, ``EngineCore``,
 ``WorkerWrapperBase.init_worker``), so it must be idempotent and cheap.  It imports nothing
-heavy: each patch is applied when vLLM imports the module it patches (or at once, if it already
-has).  Every patch is a no-op unless the config's backend is ``tri_inductor``.
+heavy: each hook is installed when vLLM imports the module it patches (or at once, if it already
+has).  Every hook passes vLLM's arguments through untouched unless the config's backend is
+``tri_inductor``: vLLM's own backends must never notice us.
 
-Hooks (vLLM 0.26.0):
-* ``vllm.config.vllm.VllmConfig.__post_init__`` -- before it: our defaults and conflict
-  checks (``vllm_config.adjust_vllm_config``); they must precede its custom_ops line ("all"
-  for any backend but "inductor") and ``kernel_config.set_platform_defaults``.  After it:
+The hooks (targets, tested versions, why) are listed and installed in :mod:`tri_inductor.hooks`;
+this module holds what they do:
+
+* ``VllmConfig.__post_init__`` -- before it: our defaults and conflict checks
+  (``vllm_config.adjust_vllm_config``); they must precede its custom_ops line ("all" for any
+  backend but "inductor") and ``kernel_config.set_platform_defaults``.  After it:
   ``check_final_config`` for what vLLM turned on itself.
-* ``vllm.config.compilation.CompilationConfig.__post_init__`` -- lets an explicit
-  ``mode=VLLM_COMPILE`` pass its "Invalid backend for piecewise compilation" check.
-* ``vllm.compilation.backends.make_compiler`` -- a module global read by
-  ``CompilerManager.__init__``: returns our ``TriInductorCompiler`` for our backend (vLLM would
-  otherwise resolve ``current_platform.get_compile_backend()``, "inductor" on CUDA, and crash).
-* ``vllm.compilation.backends.CompilerManager.compile`` -- after the last piece of a compile
-  range, log the audit summary of the run so far.
-* ``vllm.model_executor.layers.logits_processor.LogitsProcessor`` -- lm_head on our Triton GEMM.
+* ``CompilationConfig.__post_init__`` -- lets an explicit ``mode=VLLM_COMPILE`` pass its
+  "Invalid backend for piecewise compilation" check.
+* ``make_compiler`` -- a module global read by ``CompilerManager.__init__``: returns our
+  ``TriInductorCompiler`` for our backend (vLLM would otherwise resolve
+  ``current_platform.get_compile_backend()``, "inductor" on CUDA, and crash).  Whatever else vLLM
+  passes (0.33+: ``use_aot_compile=``) is passed on.
+* ``CompilerManager.compile`` -- after the last piece of a compile range, log the audit summary.
+* ``LogitsProcessor`` (``vllm_logits``) -- lm_head on our Triton GEMM; a model of ours being built
+  also starts our torch hooks and the warm-start audit (vLLM >= 0.27 loads warm starts from its
+  AOT artifact without calling our ``load()``).
+
+At registration the torch/triton/vLLM versions are checked against ``hooks.TESTED``: an
+untested one gets one warning naming the tested range (strict mode: our backend refuses to run;
+vLLM's own backends are untouched either way).
 """
 from __future__ import annotations
 
-import functools
-import importlib.abc
-import importlib.machinery
+import atexit
 import logging
 import sys
 import threading
 from collections.abc import Callable
-from types import ModuleType
 from typing import Any
 
 log = logging.getLogger("tri_inductor.vllm")
@@ -37,6 +43,8 @@ log = logging.getLogger("tri_inductor.vllm")
 _lock = threading.Lock()
 _registered = False
 _logged: set[str] = set()
+# Versions this process runs under that we have not tested (set by check_versions).
+untested: list[str] = []
 
 
 def register() -> None:
@@ -49,76 +57,68 @@ def register() -> None:
     with _lock:
         if _registered:
             return
+        from . import hooks
+
         _route_logs_through_vllm()
-        _when_imported("vllm.config.vllm", _patch_vllm_config)
-        _when_imported("vllm.config.compilation", _patch_compilation_config)
-        _when_imported("vllm.compilation.backends", _patch_backends)
-        _when_imported("vllm.model_executor.layers.logits_processor", _patch_logits)
+        check_versions()
+        hooks.install_vllm_hooks(sys.modules[__name__])
         _registered = True
+
+
+def check_versions() -> list[str]:
+    """Warn once if torch/triton/vLLM are outside the tested range (strict mode refuses our
+    backend later, in ``VllmConfig.__post_init__``; vLLM's own backends never see an error)."""
+    from . import hooks
+
+    untested[:] = hooks.untested_versions()
+    if untested and _once("versions"):
+        log.warning("tri_inductor: %s", hooks.version_message(untested))
+    return list(untested)
+
+
+class ToVllmLog(logging.Handler):
+    """Forwards our records to vLLM's "vllm" logger.  vLLM >= 0.32 configures its logging lazily,
+    after plugins load: records logged before it has handlers are held (at most ``limit``) and
+    sent first once it has; any still held at exit go to stderr, so none is lost."""
+
+    limit = 500
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.held: list[logging.LogRecord] = []
+        atexit.register(self.flush_held)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        target = logging.getLogger("vllm")
+        if not target.handlers:
+            if len(self.held) < self.limit:
+                self.held.append(record)
+            return
+        held, self.held = self.held, []
+        for r in held:
+            target.handle(r)
+        target.handle(record)
+
+    def flush_held(self) -> None:
+        held, self.held = self.held, []
+        target = logging.getLogger("vllm")
+        for r in held:
+            if target.handlers:
+                target.handle(r)
+            elif logging.lastResort is not None and r.levelno >= logging.INFO:
+                logging.lastResort.handle(r)
 
 
 def _route_logs_through_vllm() -> None:
     """Our INFO lines (changes made, per-graph audit, run summary) belong in vLLM's log: vLLM
-    configures only the "vllm" logger, so borrow its handlers unless the user configured ours."""
+    configures only the "vllm" logger, so forward ours there unless the user configured ours."""
     ours = logging.getLogger("tri_inductor")
     if ours.handlers:
         return
-    vllm_logger = logging.getLogger("vllm")
-    if not vllm_logger.handlers:
-        return
-    for handler in vllm_logger.handlers:
-        ours.addHandler(handler)
-    ours.setLevel(vllm_logger.level or logging.INFO)
+    ours.addHandler(ToVllmLog())
+    if ours.level == logging.NOTSET:
+        ours.setLevel(logging.INFO)
     ours.propagate = False
-
-
-# ---------------------------------------------------------------- lazy patching of vLLM modules
-
-
-class _PostImportHook(importlib.abc.MetaPathFinder):
-    """Runs callbacks right after a module's code has executed (first import only)."""
-
-    def __init__(self) -> None:
-        self.pending: dict[str, list[Callable[[ModuleType], None]]] = {}
-
-    def find_spec(self, fullname: str, path: Any, target: Any = None) -> importlib.machinery.ModuleSpec | None:
-        if fullname not in self.pending:
-            return None
-        for finder in sys.meta_path:
-            if finder is self or not hasattr(finder, "find_spec"):
-                continue
-            spec = finder.find_spec(fullname, path, target)
-            if spec is not None:
-                break
-        else:
-            return None
-        loader = spec.loader
-        if loader is None or not hasattr(loader, "exec_module"):
-            return spec
-        real_exec = loader.exec_module
-        pending = self.pending
-
-        def exec_module(module: ModuleType) -> None:
-            real_exec(module)
-            # Popped here, not in find_spec: importlib.util.find_spec() probes without importing.
-            for cb in pending.pop(fullname, []):
-                cb(module)
-
-        loader.exec_module = exec_module  # type: ignore[method-assign]  (per-module loader object)
-        return spec
-
-
-_hook = _PostImportHook()
-
-
-def _when_imported(name: str, callback: Callable[[ModuleType], None]) -> None:
-    module = sys.modules.get(name)
-    if module is not None:
-        callback(module)
-        return
-    _hook.pending.setdefault(name, []).append(callback)
-    if _hook not in sys.meta_path:
-        sys.meta_path.insert(0, _hook)
 
 
 def _once(key: str) -> bool:
@@ -131,23 +131,23 @@ def _once(key: str) -> bool:
 # ---------------------------------------------------------------- VllmConfig
 
 
-def _patch_vllm_config(module: ModuleType) -> None:
-    cls = module.VllmConfig
-    real = cls.__post_init__
-    if getattr(real, "_tri_inductor", False):
-        return
+def vllm_config_post_init(real: Callable[..., Any]) -> Callable[..., Any]:
+    """Wrapper factory for ``VllmConfig.__post_init__`` (installed by ``hooks``)."""
 
-    @functools.wraps(real)
-    def __post_init__(self) -> None:
+    def __post_init__(self, *args: Any, **kwargs: Any) -> Any:
         from .vllm_config import is_ours
 
         if not is_ours(self):
-            return real(self)
+            return real(self, *args, **kwargs)
         from .cache import compile_hash
         from .envs import EnvError
         from .vllm_config import (TriInductorConfigError, adjust_vllm_config, check_final_config,
-                                  split_range_at_cudagraph_size, trim_ir_priorities)
+                                  read_options, split_range_at_cudagraph_size, trim_ir_priorities)
 
+        if untested and read_options(self.compilation_config.inductor_compile_config).strict:
+            from . import hooks
+
+            raise TriInductorConfigError("tri_inductor strict mode: " + hooks.version_message(untested))
         # Sources + card (NVML: no CUDA context before vLLM forks) + versions: keys the AOT cache too.
         try:
             package_hash = compile_hash(avoid_cuda_init=True)
@@ -160,7 +160,7 @@ def _patch_vllm_config(module: ModuleType) -> None:
         for c in adj.conflicts:
             if _once("conflict:" + c.message()):
                 log.warning("tri_inductor: %s", c.message())
-        out = real(self)
+        out = real(self, *args, **kwargs)
         trim_ir_priorities(self)
         split = split_range_at_cudagraph_size(self)
         if split is not None:
@@ -169,8 +169,6 @@ def _patch_vllm_config(module: ModuleType) -> None:
                 log.info("tri_inductor: %s", split.message())
         late = check_final_config(self)
         if late and adj.options.strict:
-            from .vllm_config import TriInductorConfigError
-
             raise TriInductorConfigError("tri_inductor strict mode: vLLM changed settings that defeat "
                                          "Triton-only execution:\n  - " + "\n  - ".join(c.message() for c in late))
         for c in late:
@@ -178,76 +176,68 @@ def _patch_vllm_config(module: ModuleType) -> None:
                 log.warning("tri_inductor: %s", c.message())
         return out
 
-    __post_init__._tri_inductor = True  # type: ignore[attr-defined]
-    cls.__post_init__ = __post_init__
+    return __post_init__
 
 
-def _patch_compilation_config(module: ModuleType) -> None:
-    cls = module.CompilationConfig
-    real = cls.__post_init__
-    if getattr(real, "_tri_inductor", False):
-        return
+def compilation_config_post_init(real: Callable[..., Any]) -> Callable[..., Any]:
+    """Wrapper factory for ``CompilationConfig.__post_init__``."""
 
-    @functools.wraps(real)
-    def __post_init__(self) -> None:
+    def __post_init__(self, *args: Any, **kwargs: Any) -> Any:
         # vLLM rejects any backend but ""/eager/inductor when mode == VLLM_COMPILE is explicit;
         # ours is a VLLM_COMPILE backend.  Hide the mode from that one check only.
         if self.backend == "tri_inductor" and self.mode is not None and int(self.mode) == 3:
             mode, self.mode = self.mode, None
             try:
-                return real(self)
+                return real(self, *args, **kwargs)
             finally:
                 self.mode = mode
-        return real(self)
+        return real(self, *args, **kwargs)
 
-    __post_init__._tri_inductor = True  # type: ignore[attr-defined]
-    cls.__post_init__ = __post_init__
+    return __post_init__
 
 
 # ---------------------------------------------------------------- compiler
 
 
-def _patch_backends(module: ModuleType) -> None:
-    real_make = module.make_compiler
-    if getattr(real_make, "_tri_inductor", False):
-        return
+def make_compiler_hook(real_make: Callable[..., Any]) -> Callable[..., Any]:
+    """Wrapper factory for ``vllm.compilation.backends.make_compiler``: takes whatever vLLM
+    passes (0.26: ``(compilation_config)``; 0.33+: ``use_aot_compile=`` too) and passes it on."""
 
-    @functools.wraps(real_make)
-    def make_compiler(compilation_config):  # type: ignore[no-untyped-def]
-        if compilation_config.backend != "tri_inductor":
-            return real_make(compilation_config)
+    def make_compiler(*args: Any, **kwargs: Any) -> Any:
+        from . import hooks
+
+        try:
+            bound = hooks.arguments(real_make, *args, **kwargs)
+        except TypeError:  # not a call vLLM's own make_compiler accepts: let it say so
+            return real_make(*args, **kwargs)
+        compilation_config = bound.get("compilation_config", args[0] if args else None)
+        if getattr(compilation_config, "backend", None) != "tri_inductor":
+            return real_make(*args, **kwargs)
         from .vllm_compiler import TriInductorCompiler
 
-        compiler = TriInductorCompiler()
-        compiler.save_format = compilation_config.compile_cache_save_format
+        extra = {"use_aot_compile": bound["use_aot_compile"]} if "use_aot_compile" in bound else {}
+        compiler = TriInductorCompiler(save_format=compilation_config.compile_cache_save_format, **extra)
         if _once("compiler"):
             log.info("tri_inductor: compiling vLLM's pieces with TriInductorCompiler "
                      "(Triton-only Inductor + tri_inductor patterns + audit)")
         return compiler
 
-    make_compiler._tri_inductor = True  # type: ignore[attr-defined]
-    module.make_compiler = make_compiler
+    return make_compiler
 
-    manager = module.CompilerManager
-    real_compile = manager.compile
 
-    @functools.wraps(real_compile)
+def compiler_manager_compile(real_compile: Callable[..., Any]) -> Callable[..., Any]:
+    """Wrapper factory for ``CompilerManager.compile``: the audit summary after a range's last piece."""
+
     def compile(self, *args: Any, **kwargs: Any) -> Any:  # noqa: A001
         out = real_compile(self, *args, **kwargs)
-        if getattr(self.compiler, "name", None) == "tri_inductor":
-            graph_index = kwargs.get("graph_index", args[5] if len(args) > 5 else 0)
-            num_graphs = kwargs.get("num_graphs", args[6] if len(args) > 6 else 1)
-            if graph_index == num_graphs - 1:
+        if getattr(getattr(self, "compiler", None), "name", None) == "tri_inductor":
+            from . import hooks
+
+            bound = hooks.arguments(real_compile, self, *args, **kwargs)  # vLLM's call succeeded: binds
+            if bound.get("graph_index", 0) == bound.get("num_graphs", 1) - 1:
                 from .vllm_compiler import log_run_summary
 
                 log_run_summary()
         return out
 
-    compile._tri_inductor = True  # type: ignore[attr-defined]
-    manager.compile = compile
-
-
-def _patch_logits(module: ModuleType) -> None:
-    from . import vllm_logits
-
-    vllm_logits.install()
+    return compile

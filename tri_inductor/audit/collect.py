@@ -11,7 +11,6 @@ from .report import GraphReport
 from .scheduler import extern_sites
 
 _state = threading.local()
-_installed = False
 _counter = itertools.count()
 
 
@@ -22,13 +21,15 @@ def _collectors() -> list[list[GraphReport]]:
 
 
 def install_hooks() -> None:
-    """Wrap ``GraphLowering.codegen`` and ``save_output_code`` once per process (idempotent)."""
-    global _installed
-    if _installed:
-        return
-    from torch._inductor.graph import GraphLowering
+    """Install the compile-time hooks (``tri_inductor.hooks``: GraphLowering.codegen,
+    save_output_code, PyCodeCache.load_by_key_path, ...); idempotent."""
+    from .. import hooks
 
-    real_codegen = GraphLowering.codegen
+    hooks.install_compile_hooks()
+
+
+def make_codegen_hook(real_codegen):
+    """``GraphLowering.codegen``: remember the extern kernels' provenance for the next report."""
 
     def codegen(self, *args, **kwargs):
         out = real_codegen(self, *args, **kwargs)
@@ -40,23 +41,62 @@ def install_hooks() -> None:
                 _state.pending_error = repr(e)
         return out
 
-    GraphLowering.codegen = codegen
-    _chain_save_output_code()
-    _installed = True
+    return codegen
 
 
-def _chain_save_output_code() -> None:
-    from torch._inductor.graph import GraphLowering
-
-    previous = GraphLowering.save_output_code
+def make_save_output_code_hook(previous):
+    """``GraphLowering.save_output_code`` (a slot, None by default): chain, then audit."""
 
     def save_output_code(code: str) -> None:
         if previous is not None:
             previous(code)
         on_output_code(code)
 
-    save_output_code._tri_inductor = True  # type: ignore[attr-defined]
-    GraphLowering.save_output_code = save_output_code
+    return save_output_code
+
+
+# Sink for output code loaded while no collector is active (vLLM >= 0.27 warm starts from the
+# mega AOT artifact never call our compiler's load()); set by tri_inductor.vllm_compiler.
+_load_sink = None
+_loaded_keys: set[str] = set()
+
+
+def audit_loads_outside_collectors(sink) -> None:
+    """Send a report of every Inductor output module loaded outside ``collect_reports`` to ``sink``."""
+    global _load_sink
+    _load_sink = sink
+
+
+def make_code_load_hook(real_load):
+    """``PyCodeCache.load_by_key_path``: every Inductor module a process loads goes through it."""
+
+    def load_by_key_path(*args, **kwargs):
+        module = real_load(*args, **kwargs)
+        sink = _load_sink
+        if sink is None or _collectors():
+            return module  # inside a compile/load of ours save_output_code already reports it
+        try:
+            from .. import hooks
+
+            bound = hooks.arguments(real_load, *args, **kwargs)
+            key, path = str(bound["key"]), bound["path"]
+            if key in _loaded_keys:
+                return module
+            _loaded_keys.add(key)
+            with open(path, encoding="utf-8") as f:
+                code = f.read()
+        except Exception:  # an audit must never break a load
+            return module
+        if "def call(" not in code:  # a kernel module, not a graph's output code
+            return module
+        from ..patterns import our_kernel_names
+
+        report = audit_output_code(code, graph=f"graph{next(_counter)}", origin="warm-load",
+                                   our_kernels=our_kernel_names())
+        sink(report)
+        return module
+
+    return load_by_key_path
 
 
 def on_output_code(code: str) -> None:
@@ -90,11 +130,9 @@ def _attach_provenance(report: GraphReport, sites) -> None:
 @contextlib.contextmanager
 def collect_reports() -> Iterator[list[GraphReport]]:
     """Collect a report for each graph compiled or cache-loaded inside the block (this thread)."""
-    install_hooks()
-    from torch._inductor.graph import GraphLowering
+    from .. import hooks
 
-    if not getattr(GraphLowering.save_output_code, "_tri_inductor", False):
-        _chain_save_output_code()  # someone (e.g. run_and_get_code) replaced our hook: chain again
+    hooks.install_compile_hooks()  # also chains again if run_and_get_code replaced our hook
     reports: list[GraphReport] = []
     _collectors().append(reports)
     try:

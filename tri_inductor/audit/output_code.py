@@ -32,6 +32,11 @@ _NO_KERNEL_OPS = {
     "record_stream", "set_", "detach", "_unsafe_view", "expand", "permute", "t", "transpose",
     "unsqueeze", "squeeze", "slice", "select", "split", "_foobar",
 }
+# Wrapper helpers the audit allows.  ``copy_if_misaligned`` (torch >= 2.13 emits
+# ``arg = copy_if_misaligned(arg)`` in ``call``) clones an input only when it breaks the alignment
+# the kernels were compiled for (torch < 2.13 guarded on alignment and recompiled instead): an
+# input-layout fix-up, not a kernel of the graph.  Listed so no call-matching rule flags it.
+_WRAPPER_HELPERS = {"copy_if_misaligned"}
 _USER_DECORATOR = "@triton_heuristics.user_autotune("
 _TEMPLATE_DECORATOR = "@triton_heuristics.template("
 
@@ -116,6 +121,8 @@ def audit_output_code(code: str, graph: str = "graph", origin: str = "compile",
                                             "for buffers it zero-fills (atomic accumulation, split reductions)"))
         for m in _CALL.finditer(code_part):
             var = m.group(1)
+            if var in _WRAPPER_HELPERS:
+                continue
             if var in defs and defs[var]["kind"] == "non_triton":
                 entries.append(KernelEntry("non_triton", var, op=f"{defs[var]['compiler']} kernel", fx_nodes=fx_nodes,
                                            hint=f"Inductor wrote a {defs[var]['compiler']} kernel: inputs are not on a "

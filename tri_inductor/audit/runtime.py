@@ -11,6 +11,9 @@ from typing import Any
 _CUBLAS = re.compile(r"^(nvjet|sm\d+_xmma|cutlass|cublas|gemm|gemv|.*cublasLt|ampere_|sm80_|sm90_|splitKreduce)")
 _ATEN = re.compile(r"(at::native|at_cuda_detail|void at::|c10::|cub::|thrust::)")
 _FLASH = re.compile(r"(flash|fmha|cudnn|xformers)", re.I)
+# torch >= 2.13 with nvidia-cutlass-dsl: torch._native's CuTeDSL kernels for eager topk,
+# _fused_rms_norm, scatter_add, sum (CuTe DSL names its kernels "kernel_cutlass_<fn>...").
+_CUTEDSL = re.compile(r"(^kernel_cutlass_|cute_?dsl|^cute_|quack)", re.I)
 
 
 @dataclasses.dataclass
@@ -20,7 +23,8 @@ class RuntimeKernel:
     cuda_time_us: float
     triton: bool
     library: str
-    """``triton`` (a kernel we compiled), ``cublas``, ``aten``, ``flash/cudnn``, ``other``."""
+    """``triton`` (a kernel we compiled), ``cublas``, ``aten``, ``flash/cudnn``, ``cutedsl`` (torch's
+    native CuTeDSL kernels, torch >= 2.13), ``other``."""
 
 
 @functools.cache
@@ -52,6 +56,8 @@ def source_triton_kernel_names(packages: tuple[str, ...] = ("vllm", "tri_inducto
 
 
 def classify_kernel(name: str, triton_names: set[str]) -> tuple[bool, str]:
+    if _CUTEDSL.search(name):  # before the Triton names: a CuTeDSL function may share a Python name
+        return False, "cutedsl"
     if name in triton_names or name.startswith("triton_"):  # ours/vLLM's by name; Inductor's by prefix
         return True, "triton"
     if _CUBLAS.search(name):

@@ -11,7 +11,7 @@
 
 Kernels that take a ``USE_PDL`` constexpr are launched with programmatic dependent launch
 (``_pdl.py``) when it is True: the eager GPU path asks Triton for the launch attribute, and
-Inductor's launcher of the traced kernel gets it from ``_pdl``'s hook.
+Inductor's launcher of the traced kernel gets it from ``_pdl``'s hook (``tri_inductor.hooks``).
 """
 from __future__ import annotations
 
@@ -24,7 +24,6 @@ from torch.library import wrap_triton
 from triton import knobs
 from triton.runtime.jit import JITFunction
 
-from . import _pdl  # noqa: F401  (installs the Inductor launcher hook)
 
 
 CpuRunner = Callable[[Any, Any, tuple, dict], None]

@@ -11,7 +11,7 @@ benchmarks/activation_variants.py).
 A kernel opts in with a ``USE_PDL`` constexpr, set by its host code to :func:`pdl_enabled`;
 inside, ``if USE_PDL:`` guards :func:`pdl_wait` (before the first load) and
 :func:`pdl_launch_dependents` (after the loads). ``_launch.launch`` then asks for the launch
-attribute on the eager path, and :func:`_install_inductor_hook` on Inductor's.
+attribute on the eager path, and :func:`make_launcher_hook` on Inductor's.
 """
 from __future__ import annotations
 
@@ -74,26 +74,15 @@ def _launch_with_pdl(compile_result) -> None:
         run.launch_pdl = True
 
 
-def _install_inductor_hook() -> None:
-    # torch 2.11: ``TritonCompileResult.make_launcher`` builds the launcher of each Triton kernel
-    # Inductor runs, in the launching process (worker-compiled kernels too). Without the hook
-    # (another torch, a static launcher) our kernels still run correctly, only without PDL.
-    try:
-        from torch._inductor.runtime.triton_heuristics import TritonCompileResult
-    except ImportError:
-        return
-    make_launcher = TritonCompileResult.make_launcher
-    if getattr(make_launcher, "_tri_inductor_pdl", False):
-        return
+def make_launcher_hook(make_launcher):
+    """``TritonCompileResult.make_launcher`` (installed by ``tri_inductor.hooks`` when a compile
+    starts): builds the launcher of each Triton kernel Inductor runs, in the launching process
+    (worker-compiled kernels too). Without the hook (another torch, a static launcher) our kernels
+    still run correctly, only without PDL."""
 
-    @functools.wraps(make_launcher)
     def hooked(self):
         launcher = make_launcher(self)
         _launch_with_pdl(self)
         return launcher
 
-    hooked._tri_inductor_pdl = True
-    TritonCompileResult.make_launcher = hooked
-
-
-_install_inductor_hook()
+    return hooked

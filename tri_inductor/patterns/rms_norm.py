@@ -469,6 +469,16 @@ def _check_add_sum_out(match) -> bool:
     return outs[0].meta["val"].dtype == x.dtype and any(u not in inside for u in outs[1].users)
 
 
+def chain_forms_occur() -> bool:
+    """Whether Inductor folds the bf16 -> fp32 round trip between two add+norms (the chain forms
+    above exist only then): torch < 2.13.  From 2.13 ``pointless_convert`` keeps a narrowing
+    round trip, each norm of a chain is the plain add+norm form (residual in x's dtype), and the
+    chain forms are not registered (they could never match)."""
+    from .. import hooks
+
+    return hooks.inductor_folds_narrowing_round_trip()
+
+
 def register_patterns(pm_pass) -> None:
     from torch._inductor.pattern_matcher import register_replacement
 
@@ -487,19 +497,20 @@ def register_patterns(pm_pass) -> None:
         reg(_vllm_gemma_add_rms, _repl_gemma_add, [x, r, w], _check_add)
     xb, rb, wf = torch.empty(8, 64, dtype=torch.bfloat16), torch.empty(8, 64, dtype=torch.bfloat16), torch.empty(64)
     reg(_vllm_add_rms, _repl_add_rms, [xb, rb, wf], _check_add)  # fp32 weight, 16-bit activations
-    # Chains of two norms after Inductor's pointless_convert (see _vllm_add_rms_sum_out).
-    wb, rf = torch.empty(64, dtype=torch.bfloat16), torch.empty(8, 64)
-    reg(_vllm_add_rms_sum_out, _repl_add_rms_sum_out, [xb, rb, wb], _check_add_sum_out)
-    reg(_vllm_gemma_add_rms_sum_out, _repl_gemma_add_sum_out, [xb, rb, wb], _check_add_sum_out)
-    # The chain after prepare_graph: three-term sum first (it contains a two-term sum), then the
-    # first norm, whose sum is now read by its norm only.
-    ab = torch.empty(8, 64, dtype=torch.bfloat16)
-    reg(_vllm_gemma_add3_rms, _repl_gemma_add3_rms, [xb, rb, ab, wb], _check_add3)
-    reg(_vllm_add3_rms, _repl_add3_rms, [xb, rb, ab, wb], _check_add3)
-    reg(_vllm_gemma_add_rms_no_res, _repl_gemma_add_rms_no_res, [xb, rb, wb], _check_add)
-    reg(_vllm_add_rms_no_res, _repl_add_rms_no_res, [xb, rb, wb], _check_add)
-    reg(_vllm_gemma_add_rms, _repl_gemma_add, [xb, rf, wb], _check_add_fp32_residual)
-    reg(_vllm_add_rms, _repl_add_rms, [xb, rf, wb], _check_add_fp32_residual)
+    if chain_forms_occur():
+        # Chains of two norms after Inductor's pointless_convert (see _vllm_add_rms_sum_out).
+        wb, rf = torch.empty(64, dtype=torch.bfloat16), torch.empty(8, 64)
+        reg(_vllm_add_rms_sum_out, _repl_add_rms_sum_out, [xb, rb, wb], _check_add_sum_out)
+        reg(_vllm_gemma_add_rms_sum_out, _repl_gemma_add_sum_out, [xb, rb, wb], _check_add_sum_out)
+        # The chain after prepare_graph: three-term sum first (it contains a two-term sum), then the
+        # first norm, whose sum is now read by its norm only.
+        ab = torch.empty(8, 64, dtype=torch.bfloat16)
+        reg(_vllm_gemma_add3_rms, _repl_gemma_add3_rms, [xb, rb, ab, wb], _check_add3)
+        reg(_vllm_add3_rms, _repl_add3_rms, [xb, rb, ab, wb], _check_add3)
+        reg(_vllm_gemma_add_rms_no_res, _repl_gemma_add_rms_no_res, [xb, rb, wb], _check_add)
+        reg(_vllm_add_rms_no_res, _repl_add_rms_no_res, [xb, rb, wb], _check_add)
+        reg(_vllm_gemma_add_rms, _repl_gemma_add, [xb, rf, wb], _check_add_fp32_residual)
+        reg(_vllm_add_rms, _repl_add_rms, [xb, rf, wb], _check_add_fp32_residual)
     for dt in (torch.bfloat16, torch.float32):
         x, w = torch.empty(8, 64, dtype=dt), torch.empty(64, dtype=dt)
         reg(M.vllm_rms, _repl_rms, [x, w], _check_rms)

@@ -14,9 +14,10 @@ import contextlib
 import functools
 from collections.abc import Iterator
 from types import SimpleNamespace
-from unittest import mock
 
 import torch
+
+from . import hooks
 
 # An H100 SXM as torch reports it; Inductor reads SM count (is_big_gpu), capability and
 # shared-memory size when choosing GEMM templates and block sizes.
@@ -206,9 +207,9 @@ def fake_sm90() -> Iterator[None]:
             ("get_rng_state", lambda device="cuda": torch.zeros(16, dtype=torch.uint8)),
             ("set_rng_state", lambda state, device="cuda": None),
         ]:
-            stack.enter_context(mock.patch.object(torch.cuda, name, value))
-        stack.enter_context(mock.patch.object(triton_helpers, "set_driver_to_gpu", lambda: None))
-        stack.enter_context(mock.patch.object(fake_tensor, "init_gpu_context", lambda device: None))
+            stack.enter_context(hooks.patched(torch.cuda, name, value))
+        stack.enter_context(hooks.patched(triton_helpers, "set_driver_to_gpu", lambda: None))
+        stack.enter_context(hooks.patched(fake_tensor, "init_gpu_context", lambda device: None))
         # Compile every kernel to a cubin in this process (the stub driver lives here), but never
         # load it: loading needs a CUDA context.
         from torch._inductor import config as inductor_config
@@ -216,8 +217,8 @@ def fake_sm90() -> Iterator[None]:
 
         # Constant folding evaluates ops for real (e.g. a causal mask built with aten.full on cuda).
         stack.enter_context(inductor_config.patch(compile_threads=1, joint_graph_constant_folding=False))
-        stack.enter_context(mock.patch.object(CachingAutotuner, "_make_launchers", lambda self: None))
-        stack.enter_context(mock.patch.object(CachingAutotuner, "_dynamic_scale_rblock", lambda self: None))
+        stack.enter_context(hooks.patched(CachingAutotuner, "_make_launchers", lambda self: None))
+        stack.enter_context(hooks.patched(CachingAutotuner, "_dynamic_scale_rblock", lambda self: None))
         di.register_interface_for_device("cuda", iface)
         di.register_interface_for_device("cuda:0", iface)
         driver.set_active(StubDriver())
@@ -249,7 +250,7 @@ def _init_joint_patterns_for_cuda() -> None:
         for module, name in [(fuse_attention, "_sfdp_init"), (misc_patterns, "_misc_patterns_init"),
                              (pad_mm, "_pad_mm_init")]:
             real = getattr(module, name)
-            stack.enter_context(mock.patch.object(module, name, functools.partial(lambda f, d=None: f(cpu), real)))
+            stack.enter_context(hooks.patched(module, name, functools.partial(lambda f, d=None: f(cpu), real)))
         for device in (torch.device("cuda"), torch.device("cuda", 0)):  # lazy_init caches per device
             joint_graph.lazy_init(device)
 

@@ -12,9 +12,10 @@ import functools
 import math
 import os
 from collections.abc import Iterator
-from unittest import mock
 
 import numpy as np
+
+from . import hooks
 
 
 _NUMPY_LIBDEVICE = {
@@ -113,9 +114,9 @@ def interpreter_patches() -> Iterator[None]:
             fn = cache[id(self)] = InterpretedFunction(self.fn)
         return device_call(fn, *args, **kwargs)
 
-    with mock.patch.object(JITFunction, "__call__", jit_call), \
-            mock.patch.object(InterpretedFunction, "__call__", device_call), \
-            mock.patch.object(InterpreterBuilder, "create_dot", _create_dot(InterpreterBuilder.create_dot)):
+    with hooks.patched(JITFunction, "__call__", jit_call), \
+            hooks.patched(InterpretedFunction, "__call__", device_call), \
+            hooks.patched(InterpreterBuilder, "create_dot", _create_dot(InterpreterBuilder.create_dot)):
         yield
 
 
@@ -146,10 +147,12 @@ def triton_interpreter() -> Iterator[None]:
             "cpp_wrapper": False,
         }))
         stack.enter_context(interpreter_patches())
-        stack.enter_context(mock.patch.object(CachingAutotuner, "_interpret_args_grid", _interpret_args_grid))
-        stack.enter_context(mock.patch.object(triton_helpers, "libdevice", _LibdeviceStandin()))
-        stack.enter_context(mock.patch.object(triton_helpers, "set_driver_to_cpu", lambda: None))
-        stack.enter_context(mock.patch.object(triton_helpers, "set_driver_to_gpu", lambda: None))
+        stack.enter_context(hooks.patched(CachingAutotuner, "_interpret_args_grid", _interpret_args_grid))
+        stack.enter_context(hooks.patched(triton_helpers, "libdevice", _LibdeviceStandin()))
+        stack.enter_context(hooks.patched(triton_helpers, "set_driver_to_cpu", lambda: None))
+        stack.enter_context(hooks.patched(triton_helpers, "set_driver_to_gpu", lambda: None))
+        for patch in keyword_launch_shims():
+            stack.enter_context(patch)
         from torch.utils import _triton as triton_utils
 
         triton_utils.has_triton.cache_clear()
@@ -162,6 +165,24 @@ def triton_interpreter() -> Iterator[None]:
                 os.environ.pop("TRITON_INTERPRET", None)
             else:
                 os.environ["TRITON_INTERPRET"] = saved_env
+
+
+def keyword_launch_shims() -> list[contextlib.AbstractContextManager]:
+    """torch >= 2.13: a user kernel launched with keyword arguments (ours pass constexprs and
+    ``num_warps`` by name) makes Inductor's wrapper check that Triton has a backend for the
+    device and parse the kwargs against that backend's options (``codegen/wrapper.py``); the
+    interpreter has no 'cpu' backend ("triton not built with the 'cpu' backend").  It also ignores
+    backend options, so: no check, no options kept.  Nothing to do on torch 2.11/2.12."""
+    from torch._dynamo.device_interface import CpuInterface
+    from torch._inductor.runtime import triton_helpers
+
+    shims = []
+    if hasattr(CpuInterface, "raise_if_triton_unavailable"):
+        shims.append(hooks.patched(CpuInterface, "raise_if_triton_unavailable", staticmethod(lambda device=None: None)))
+    if hasattr(triton_helpers, "try_filter_backend_options_for_target"):
+        shims.append(hooks.patched(triton_helpers, "try_filter_backend_options_for_target",
+                                   lambda target, options, kernel_arg_names=(): {}))
+    return shims
 
 
 def _declared_constexprs(fn) -> set[str]:

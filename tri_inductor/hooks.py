@@ -1,0 +1,396 @@
+"""Every hook tri_inductor puts into torch, Triton and vLLM internals, in one place.
+
+:data:`TABLE` lists each target with the versions it was tested on, why we hook it, what breaks
+without the hook and the parameter lists we have seen for it (``tests/test_hooks.py`` fails when
+an installed version's signature is not among them: a hook then needs a look before a release).
+
+Rules every hook here follows:
+
+* installed with :func:`wrap_once` (idempotent, marked ``_tri_inductor``, ``functools.wraps``),
+  or, for the CPU test harnesses, with :func:`patched` (undone when the ``with`` block ends);
+* arguments are read with :func:`arguments` (bound by ``inspect.signature``, never by position);
+* installed late: torch/Triton hooks when a compile (or a vLLM model of ours) starts
+  (:func:`install_compile_hooks`), vLLM hooks when vLLM imports the module they patch
+  (:func:`when_imported`); nothing here runs at ``import tri_inductor``;
+* a vLLM wrapper passes every argument through untouched unless the config's backend is
+  ``tri_inductor``: a plugin loaded into every vLLM process must never break vLLM's own backends.
+
+Version checks (:data:`TESTED`, :func:`untested_versions`) and the version shims (what differs
+between torch/vLLM releases: :func:`torch_at_least`, :func:`accepts_keyword`,
+:func:`inductor_folds_narrowing_round_trip`, ...) are at the end; ``docs/support.md`` lists them.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import functools
+import importlib
+import importlib.abc
+import importlib.machinery
+import importlib.metadata
+import inspect
+import logging
+import re
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from types import ModuleType
+from typing import Any
+
+log = logging.getLogger("tri_inductor.hooks")
+
+MARK = "_tri_inductor"
+
+# Versions the CPU suite runs on (CI: scripts/install.sh and scripts/install_stack.sh 2.14).
+TESTED: dict[str, tuple[str, str]] = {"torch": ("2.11", "2.14"), "triton": ("3.6", "3.8"), "vllm": ("0.26", "0.34")}
+
+
+@dataclasses.dataclass(frozen=True)
+class Hook:
+    target: str
+    """``module:Qual.name`` of the patched attribute."""
+    tested: str
+    why: str
+    without: str
+    """What breaks (or is lost) without the hook."""
+    signatures: tuple[str, ...]
+    """Parameter lists seen on the tested versions (:func:`signature_of`); () = not a callable."""
+    scope: str = "process"
+    """``process``: wrapped once, stays; ``harness``: a CPU test harness patch, undone on exit."""
+    since: str = ""
+    """``"torch 2.13"``: the target exists from that release on (absent before: nothing to hook)."""
+
+
+_V = "torch 2.11-2.14 / triton 3.6-3.8 / vLLM 0.26-0.34"
+_T = "torch 2.11-2.14 / triton 3.6-3.8"
+
+TABLE: tuple[Hook, ...] = (
+    # ---------------------------------------------------------------- vLLM (vllm_plugin)
+    Hook("vllm.config.vllm:VllmConfig.__post_init__", _V,
+         "set our defaults before vLLM's own post-init (custom_ops, IR priority, attention) and check "
+         "what vLLM changed after it", "backend 'tri_inductor' runs vLLM's CUDA custom ops and FLASH_ATTN",
+         ("self",)),
+    Hook("vllm.config.compilation:CompilationConfig.__post_init__", _V,
+         "let an explicit mode=VLLM_COMPILE pass vLLM's backend-name check",
+         "mode=3 with backend 'tri_inductor' is rejected", ("self",)),
+    Hook("vllm.compilation.backends:make_compiler", _V,
+         "return TriInductorCompiler for our backend (vLLM resolves get_compile_backend() otherwise)",
+         "backend 'tri_inductor' crashes in vLLM ('not enough values to unpack')",
+         ("compilation_config", "compilation_config, *, use_aot_compile")),
+    Hook("vllm.compilation.backends:CompilerManager.compile", _V,
+         "log the audit summary after the last piece of a compile range", "no per-run audit summary",
+         ("self, graph, example_inputs, additional_inductor_config, compilation_config, compile_range, "
+          "graph_index, num_graphs, is_encoder",)),
+    Hook("vllm.model_executor.layers.logits_processor:LogitsProcessor.__init__", _V,
+         "decide once per LogitsProcessor whether its model uses our backend; start our torch hooks",
+         "lm_head stays on cuBLAS", ("self, vocab_size, org_vocab_size, scale, logits_as_input, soft_cap",)),
+    Hook("vllm.model_executor.layers.logits_processor:LogitsProcessor._apply_head", _V,
+         "run the lm_head GEMM on our Triton kernel", "lm_head runs on cuBLAS (a non-Triton kernel each step)",
+         ("self, lm_head, hidden_states, embedding_bias",)),
+    # ---------------------------------------------------------------- torch / Triton (compile time)
+    Hook("torch._inductor.graph:GraphLowering.codegen", _T,
+         "collect the provenance (FX nodes, source line) of each extern kernel for the audit",
+         "audit violations name no source line", ("self",)),
+    Hook("torch._inductor.graph:GraphLowering.save_output_code", _T,
+         "hand every output module (fresh compile and FX/AOTAutograd cache hit) to the auditor",
+         "no audit at all", ()),
+    Hook("torch._inductor.codecache:PyCodeCache.load_by_key_path", _T,
+         "audit output code loaded with no compile/load of ours around it (vLLM >= 0.27 warm starts "
+         "from the mega AOT artifact skip the compiler's load())", "warm starts go unaudited",
+         ("key, path, linemap, attrs", "key, path, linemap, attrs, *, set_sys_modules")),
+    Hook("torch._inductor.runtime.triton_heuristics:TritonCompileResult.make_launcher", _T,
+         "set the PDL launch attribute on launchers of our USE_PDL kernels",
+         "our kernels run without programmatic dependent launch (correct, slower)", ("self",)),
+    # ---------------------------------------------------------------- CPU test harnesses (scoped)
+    Hook("triton.runtime.jit:JITFunction.__call__", _T, "interpreter: nested @triton.jit helpers",
+         "interpreter harness cannot run Inductor's helpers", ("self, *args, **kwargs",), "harness"),
+    Hook("triton.runtime.interpreter:InterpretedFunction.__call__", _T,
+         "interpreter: restore triton.language after a device call", "later real compiles break",
+         ("self, *args, **kwargs",), "harness"),
+    Hook("triton.runtime.interpreter:InterpreterBuilder.create_dot", _T, "interpreter: bf16 tl.dot",
+         "bf16 matmuls multiply raw bits", ("self, a, b, d, input_precision, max_num_imprecise_acc",), "harness"),
+    Hook("torch._inductor.runtime.triton_heuristics:CachingAutotuner._interpret_args_grid", _T,
+         "interpreter: constexpr parameters of user kernels", "our kernels get wrong grids",
+         ("self, args, cfg",), "harness"),
+    Hook("torch._inductor.runtime.triton_heuristics:CachingAutotuner._make_launchers", _T,
+         "codegen-only: never load a cubin without a GPU", "codegen-only harness fails", ("self",), "harness"),
+    Hook("torch._inductor.runtime.triton_heuristics:CachingAutotuner._dynamic_scale_rblock", _T,
+         "codegen-only: needs device properties of a real GPU", "codegen-only harness fails", ("self",), "harness"),
+    Hook("torch._dynamo.device_interface:CpuInterface.raise_if_triton_unavailable", _T,
+         "interpreter (torch >= 2.13): user kernels launched with keyword arguments check for a 'cpu' "
+         "Triton backend, which the interpreter does not need", "'triton not built with the cpu backend'",
+         ("device",), "harness", since="torch 2.13"),
+    Hook("torch._inductor.runtime.triton_helpers:try_filter_backend_options_for_target", _T,
+         "interpreter (torch >= 2.13): parses launch kwargs against the 'cpu' backend's options",
+         "'triton not built with the cpu backend'", ("target, options, kernel_arg_names",), "harness",
+         since="torch 2.13"),
+    Hook("torch._inductor.runtime.triton_helpers:libdevice", _T,
+         "interpreter: libdevice externs run as numpy", "erf/tanh/... fail in the interpreter", (), "harness"),
+    Hook("torch._inductor.runtime.triton_helpers:set_driver_to_cpu", _T, "interpreter: keep our stub driver",
+         "the interpreter harness loses its driver", ("",), "harness"),
+    Hook("torch._inductor.runtime.triton_helpers:set_driver_to_gpu", _T, "both harnesses: keep our stub driver",
+         "codegen-only asks the CUDA driver", ("",), "harness"),
+    Hook("torch._subclasses.fake_tensor:init_gpu_context", _T, "codegen-only: no CUDA context",
+         "fake CUDA tensors need a GPU", ("device",), "harness"),
+    Hook("torch.cuda:get_device_capability", _T,
+         "codegen-only: a fake H100 (is_available, device_count, get_device_properties, ... likewise)",
+         "codegen-only harness cannot compile for sm_90", ("device",), "harness"),
+    Hook("torch._inductor.fx_passes.joint_graph:lazy_init", _T,
+         "codegen-only: Inductor's joint-graph patterns traced with CPU examples",
+         "joint-graph pattern set-up needs a CUDA driver", ("input_device",), "harness"),
+)
+
+
+def _resolve_owner(target: str) -> tuple[Any, str]:
+    module_name, _, qual = target.partition(":")
+    owner: Any = importlib.import_module(module_name)
+    *path, attr = qual.split(".")
+    for part in path:
+        owner = getattr(owner, part)
+    return owner, attr
+
+
+def resolve(target: str) -> Any:
+    """The object a TABLE target names (imports its module)."""
+    owner, attr = _resolve_owner(target)
+    return getattr(owner, attr)
+
+
+def signature_of(fn: Any) -> str:
+    """``"a, b, *, c"``: parameter names and kinds, no defaults/annotations (our wrapper removed)."""
+    fn = inspect.unwrap(fn, stop=lambda f: not getattr(f, MARK, False))
+    parts: list[str] = []
+    star = False
+    for p in inspect.signature(fn).parameters.values():
+        if p.kind is p.VAR_POSITIONAL:
+            parts.append("*" + p.name)
+            star = True
+        elif p.kind is p.VAR_KEYWORD:
+            parts.append("**" + p.name)
+        else:
+            if p.kind is p.KEYWORD_ONLY and not star:
+                parts.append("*")
+                star = True
+            parts.append(p.name)
+    return ", ".join(parts)
+
+
+# ---------------------------------------------------------------- wrapping
+
+
+def wrap_once(owner: Any, attr: str, make: Callable[[Any], Callable[..., Any]]) -> bool:
+    """Replace ``owner.attr`` by ``make(current)`` unless it is already ours; True if installed.
+
+    ``current`` may be None (an empty hook slot such as ``GraphLowering.save_output_code``)."""
+    real = getattr(owner, attr, None)  # a classmethod comes bound: the wrapper calls it as is
+    if getattr(real, MARK, False):
+        return False
+    wrapper = make(real)
+    if callable(real):
+        functools.update_wrapper(wrapper, real)
+    setattr(wrapper, MARK, True)
+    static = isinstance(inspect.getattr_static(owner, attr, None), (staticmethod, classmethod))
+    setattr(owner, attr, staticmethod(wrapper) if static else wrapper)
+    return True
+
+
+@functools.lru_cache(maxsize=None)
+def _signature(fn: Callable[..., Any]) -> inspect.Signature:
+    return inspect.signature(fn)
+
+
+def arguments(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> dict[str, Any]:
+    """``fn``'s parameters as bound for this call (defaults filled in): read arguments by name."""
+    bound = _signature(fn).bind(*args, **kwargs)
+    bound.apply_defaults()
+    return bound.arguments
+
+
+@contextlib.contextmanager
+def patched(owner: Any, attr: str, value: Any) -> Iterator[None]:
+    """A harness patch: ``owner.attr = value`` inside the block only (what ``mock.patch.object`` does)."""
+    from unittest import mock
+
+    with mock.patch.object(owner, attr, value):
+        yield
+
+
+# ---------------------------------------------------------------- post-import hooks (vLLM)
+
+
+class _PostImportHook(importlib.abc.MetaPathFinder):
+    """Runs callbacks right after a module's code has executed (first import only)."""
+
+    def __init__(self) -> None:
+        self.pending: dict[str, list[Callable[[ModuleType], None]]] = {}
+
+    def find_spec(self, fullname: str, path: Any, target: Any = None) -> importlib.machinery.ModuleSpec | None:
+        if fullname not in self.pending:
+            return None
+        for finder in sys.meta_path:
+            if finder is self or not hasattr(finder, "find_spec"):
+                continue
+            spec = finder.find_spec(fullname, path, target)
+            if spec is not None:
+                break
+        else:
+            return None
+        loader = spec.loader
+        if loader is None or not hasattr(loader, "exec_module"):
+            return spec
+        real_exec = loader.exec_module
+        pending = self.pending
+
+        def exec_module(module: ModuleType) -> None:
+            real_exec(module)
+            # Popped here, not in find_spec: importlib.util.find_spec() probes without importing.
+            for cb in pending.pop(fullname, []):
+                cb(module)
+
+        loader.exec_module = exec_module  # type: ignore[method-assign]  (per-module loader object)
+        return spec
+
+
+_post_import = _PostImportHook()
+
+
+def when_imported(name: str, callback: Callable[[ModuleType], None]) -> None:
+    """``callback(module)`` now if ``name`` is imported, else right after its first import."""
+    module = sys.modules.get(name)
+    if module is not None:
+        callback(module)
+        return
+    _post_import.pending.setdefault(name, []).append(callback)
+    if _post_import not in sys.meta_path:
+        sys.meta_path.insert(0, _post_import)
+
+
+def install_vllm_hooks(plugin: ModuleType) -> None:
+    """The vLLM hooks (``plugin`` is ``tri_inductor.vllm_plugin``, which holds what they do),
+    each installed when vLLM imports its module."""
+
+    def config(module: ModuleType) -> None:
+        wrap_once(module.VllmConfig, "__post_init__", plugin.vllm_config_post_init)
+
+    def compilation(module: ModuleType) -> None:
+        wrap_once(module.CompilationConfig, "__post_init__", plugin.compilation_config_post_init)
+
+    def backends(module: ModuleType) -> None:
+        wrap_once(module, "make_compiler", plugin.make_compiler_hook)
+        wrap_once(module.CompilerManager, "compile", plugin.compiler_manager_compile)
+
+    def logits(module: ModuleType) -> None:
+        from . import vllm_logits
+
+        wrap_once(module.LogitsProcessor, "__init__", vllm_logits.init_hook)
+        wrap_once(module.LogitsProcessor, "_apply_head", vllm_logits.apply_head_hook)
+
+    when_imported("vllm.config.vllm", config)
+    when_imported("vllm.config.compilation", compilation)
+    when_imported("vllm.compilation.backends", backends)
+    when_imported("vllm.model_executor.layers.logits_processor", logits)
+
+
+# ---------------------------------------------------------------- torch / Triton hooks
+
+_compile_lock = threading.Lock()
+
+
+def install_compile_hooks() -> None:
+    """The torch/Triton hooks a compile (or a vLLM model of ours) needs; idempotent, cheap."""
+    with _compile_lock:
+        from torch._inductor.graph import GraphLowering
+
+        from .audit import collect
+
+        wrap_once(GraphLowering, "codegen", collect.make_codegen_hook)
+        chain_save_output_code()
+        try:
+            from torch._inductor.codecache import PyCodeCache
+
+            wrap_once(PyCodeCache, "load_by_key_path", collect.make_code_load_hook)
+        except (ImportError, AttributeError):  # another torch: warm starts then go unaudited (logged)
+            log.debug("tri_inductor: PyCodeCache.load_by_key_path not found; warm-start audit off")
+        try:
+            from torch._inductor.runtime.triton_heuristics import TritonCompileResult
+        except ImportError:
+            return
+        from .patterns import _pdl
+
+        wrap_once(TritonCompileResult, "make_launcher", _pdl.make_launcher_hook)
+
+
+def chain_save_output_code() -> None:
+    """(Re)install the output-code hook: ``run_and_get_code`` and others replace the slot."""
+    from torch._inductor.graph import GraphLowering
+
+    from .audit import collect
+
+    wrap_once(GraphLowering, "save_output_code", collect.make_save_output_code_hook)
+
+
+
+# ---------------------------------------------------------------- version checks
+
+
+def _minor(version: str) -> tuple[int, int]:
+    m = re.match(r"(\d+)\.(\d+)", version)
+    return (int(m.group(1)), int(m.group(2))) if m else (0, 0)
+
+
+def installed_version(package: str) -> str | None:
+    module = sys.modules.get(package)
+    version = getattr(module, "__version__", None) if module is not None else None
+    if version is None:
+        try:
+            version = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            return None
+    return str(version)
+
+
+def untested_versions(versions: dict[str, str | None] | None = None) -> list[str]:
+    """One line per installed package outside :data:`TESTED` (empty: all tested)."""
+    out = []
+    for package, (lo, hi) in TESTED.items():
+        version = installed_version(package) if versions is None else versions.get(package)
+        if version is None:
+            continue
+        if not _minor(lo) <= _minor(version) <= _minor(hi):
+            out.append(f"{package} {version} (tested: {lo} to {hi})")
+    return out
+
+
+def version_message(problems: list[str]) -> str:
+    return ("tri_inductor has not been tested with " + ", ".join(problems)
+            + f"; tested range: {_V}. vLLM's own backends are unaffected; backend 'tri_inductor' may "
+            "fail or fall back (strict mode refuses to run).")
+
+
+# ---------------------------------------------------------------- version shims
+
+
+def torch_at_least(major: int, minor: int) -> bool:
+    import torch
+
+    return _minor(torch.__version__) >= (major, minor)
+
+
+def vllm_at_least(major: int, minor: int) -> bool:
+    version = installed_version("vllm")
+    return version is not None and _minor(version) >= (major, minor)
+
+
+def accepts_keyword(fn: Callable[..., Any], name: str) -> bool:
+    """Whether ``fn`` takes a parameter ``name`` (vLLM threads new keyword-only ones through)."""
+    try:
+        params = _signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
+    return name in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
+
+
+def inductor_folds_narrowing_round_trip() -> bool:
+    """torch < 2.13: Inductor's ``pointless_convert`` folds ``x.to(bf16).to(fp32)`` to ``x``
+    (rms_norm's chain forms exist only then); from 2.13 the round trip stays in the graph."""
+    return not torch_at_least(2, 13)
