@@ -139,7 +139,7 @@ def test_pattern_efficient_and_cudnn():
     _assert_ours(code, body)
 
 
-def test_pattern_skips_bias_and_training_outputs():
+def test_pattern_takes_bias_skips_training_outputs():
     q = torch.randn(1, 4, 16, 64, dtype=torch.float16)
     bias = torch.randn(1, 4, 16, 16, dtype=torch.float16)
 
@@ -149,8 +149,9 @@ def test_pattern_skips_bias_and_training_outputs():
         return a, o[0], o[1]  # logsumexp used: not an inference call, leave it
 
     hits, code, body = _compile_codegen_only(*_capture(f, q, q.clone(), q.clone(), bias))
-    assert hits == 0
-    assert "attention_fwd_kernel" not in code
+    assert hits == 1  # the biased call; the flash call whose logsumexp is used stays
+    assert "attention_fwd_kernel_0.run(" in body
+    assert "aten._scaled_dot_product_flash_attention" in body
 
 
 def test_dynamo_rewrite_and_codegen():
@@ -162,13 +163,15 @@ def test_dynamo_rewrite_and_codegen():
     def f(q, k, v, mask):
         a = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
         b = F.scaled_dot_product_attention(q, k, v, scale=0.3, enable_gqa=True)
-        c = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True)  # untouched
-        return a.transpose(1, 2).reshape(1, 32, -1), b, c
+        c = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True)
+        d = F.scaled_dot_product_attention(q, k, v, dropout_p=0.1, enable_gqa=True)  # untouched
+        return a.transpose(1, 2).reshape(1, 32, -1), b, c, d
 
     gm, inputs = _capture(f, q, k, k.clone(), mask)
-    assert A.rewrite_sdpa_in_dynamo_graph(gm) == 2
+    assert A.rewrite_sdpa_in_dynamo_graph(gm) == 3
     calls = [n for n in gm.graph.nodes if n.target is torch.ops.tri_inductor.attention.default]
-    assert [n.args[3:] for n in calls] == [(True, 1 / 8), (False, 0.3)]
+    assert [n.args[3:5] for n in calls] == [(True, 1 / 8), (False, 0.3), (False, 1 / 8)]
+    assert calls[2].args[5].name == "l_mask_"
     remaining = [n for n in gm.graph.nodes if n.op == "call_function" and "scaled_dot" in str(n.target)]
     assert len(remaining) == 1
 

@@ -319,70 +319,12 @@ def reference_attention(q, k, v, is_causal: bool, scale: float, mask=None, causa
     return p @ v
 
 
-# --------------------------------------------------------------------------------------------
-# Dynamo-level rewrite (before AOT: SDPA's backend choice needs a real device there).
-
-def _sdpa_targets():
-    import torch.nn.functional as F
-
-    return {torch._C._nn.scaled_dot_product_attention, F.scaled_dot_product_attention}
-
-
-_SDPA_ARGS = ("query", "key", "value", "attn_mask", "dropout_p", "is_causal", "scale", "enable_gqa")
-
-
-def _example(node):
-    val = node.meta.get("example_value", node.meta.get("val")) if isinstance(node, torch.fx.Node) else None
-    return val
-
-
 def rewrite_sdpa_in_dynamo_graph(gm: torch.fx.GraphModule) -> int:
-    """Replace SDPA calls (no mask, no dropout) of a Dynamo graph by ``tri_inductor.attention``.
+    """SDPA calls (masked or not) and explicit softmax attention of a Dynamo graph ->
+    ``tri_inductor.attention`` (see attention_fx); returns how many were rewritten."""
+    from .attention_fx import rewrite_attention_in_dynamo_graph
 
-    Returns how many were rewritten; calls with an attn_mask or dropout stay as they are.
-    """
-    targets = _sdpa_targets()
-    n = 0
-    for node in list(gm.graph.nodes):
-        if node.op != "call_function" or node.target not in targets:
-            continue
-        bound = dict(zip(_SDPA_ARGS, node.args))
-        bound.update(node.kwargs)
-        if bound.get("attn_mask") is not None:
-            continue
-        dropout = bound.get("dropout_p", 0.0)
-        if not isinstance(dropout, (int, float)) or dropout != 0.0:
-            continue
-        is_causal = bound.get("is_causal", False)
-        if not isinstance(is_causal, bool):
-            continue
-        q, k, v = bound["query"], bound["key"], bound["value"]
-        qv, kv = _example(q), _example(k)
-        if qv is None or kv is None or qv.dim() != 4 or kv.dim() != 4:
-            continue
-        try:
-            D = int(qv.shape[-1])
-            hq, hkv = int(qv.shape[1]), int(kv.shape[1])
-        except Exception:  # symbolic head count / head dim: leave it
-            continue
-        if hq % hkv != 0 or D > 256:
-            continue
-        scale = bound.get("scale")
-        if scale is None:
-            scale = 1.0 / math.sqrt(D)
-        if not isinstance(scale, (int, float)):
-            continue
-        with gm.graph.inserting_before(node):
-            new = gm.graph.call_function(torch.ops.tri_inductor.attention.default,
-                                         (q, k, v, is_causal, float(scale)))
-        new.meta.update(node.meta)
-        node.replace_all_uses_with(new)
-        gm.graph.erase_node(node)
-        n += 1
-    if n:
-        gm.graph.lint()
-        gm.recompile()
-    return n
+    return rewrite_attention_in_dynamo_graph(gm)
 
 
 # --------------------------------------------------------------------------------------------
@@ -409,13 +351,19 @@ def _supported(q, k) -> bool:
         return False
 
 
-def _replace_with_attention(match, q, k, v, is_causal, scale):
+def _replace_with_attention(match, q, k, v, is_causal, scale, mask=None):
     from tri_inductor.patterns._trace import trace_replacement
 
-    def repl(q, k, v):
-        return torch.ops.tri_inductor.attention(q, k, v, is_causal, scale)
+    if mask is None:
+        def repl(q, k, v):
+            return torch.ops.tri_inductor.attention(q, k, v, is_causal, scale)
 
-    match.replace_by_example(repl, [q, k, v], trace_fn=trace_replacement)
+        match.replace_by_example(repl, [q, k, v], trace_fn=trace_replacement)
+    else:
+        def repl_masked(q, k, v, mask):
+            return torch.ops.tri_inductor.attention(q, k, v, is_causal, scale, mask)
+
+        match.replace_by_example(repl_masked, [q, k, v, mask], trace_fn=trace_replacement)
 
 
 def _node_val(n):
@@ -423,8 +371,8 @@ def _node_val(n):
 
 
 def _bind_sdpa(node):
-    """(q, k, v, is_causal, scale) of a fused/plain SDPA node, or None if we cannot take it
-    (attention mask/bias, dropout, debug mask)."""
+    """(q, k, v, is_causal, scale, mask) of a fused/plain SDPA node, or None if we cannot take
+    it (dropout, debug mask, a mask together with is_causal)."""
     op = node.target
     if op == aten._scaled_dot_product_flash_attention.default:
         names = ("query", "key", "value", "dropout_p", "is_causal", "return_debug_mask", "scale")
@@ -435,26 +383,29 @@ def _bind_sdpa(node):
         names = ("query", "key", "value", "attn_bias", "compute_log_sumexp", "dropout_p",
                  "is_causal", "return_debug_mask", "scale")
     elif op == aten.scaled_dot_product_attention.default:
-        names = _SDPA_ARGS
+        from .attention_fx import _SDPA_ARGS as names
     else:
         return None
     a = dict(zip(names, node.args))
     a.update(node.kwargs)
-    if a.get("attn_bias") is not None or a.get("attn_mask") is not None:
+    mask = a.get("attn_bias", a.get("attn_mask"))
+    mv = _node_val(mask)
+    if mask is not None and not (isinstance(mv, torch.Tensor) and mv.dim() <= 4
+                                 and (mv.dtype == torch.bool or mv.is_floating_point())):
         return None
     if (a.get("dropout_p") or 0.0) != 0.0 or a.get("return_debug_mask"):
         return None
     causal = a.get("is_causal") or False
-    if not isinstance(causal, bool):
+    if not isinstance(causal, bool) or (causal and mask is not None):
         return None
     q, k, v = a["query"], a["key"], a["value"]
-    qv, kv = _node_val(q), _node_val(k)
-    if qv is None or kv is None or not _supported(qv, kv):
+    qv, kv, vv = _node_val(q), _node_val(k), _node_val(v)
+    if qv is None or kv is None or vv is None or not _supported(qv, kv) or vv.shape[-1] != qv.shape[-1]:
         return None
     scale = a.get("scale")
     if scale is not None and not isinstance(scale, (int, float)):
         return None
-    return q, k, v, causal, _scale_or_default(scale, qv)
+    return q, k, v, causal, _scale_or_default(scale, qv), mask
 
 
 def register_patterns(pm_pass) -> None:
