@@ -41,7 +41,7 @@ def _attention(x_q, x_k, x_v, embed_dim, num_heads, qkv_weight, qkv_bias, proj_w
     q = F.linear(x_q, w_q, b_q).view(B, L, num_heads, D).transpose(1, 2)
     k = F.linear(x_k, w_k, b_k).view(B, S, num_heads, D).transpose(1, 2)
     v = F.linear(x_v, w_v, b_v).view(B, S, num_heads, D).transpose(1, 2)
-    m = _sdpa_mask(mask, mask_type, B, S)
+    m = mask  # SDPA's convention: True = kept, or additive
     weights = None
     if need_weights:
         s = (q @ k.transpose(-2, -1)) / math.sqrt(D)
@@ -66,7 +66,7 @@ def encoder_layer_fwd(src, embed_dim, num_heads, qkv_weight, qkv_bias, proj_weig
     x = src
     h = F.layer_norm(x, (E,), norm_weight_1, norm_bias_1, eps) if norm_first else x
     a, _ = _attention(h, h, h, embed_dim, num_heads, qkv_weight, qkv_bias, proj_weight, proj_bias,
-                      mask, mask_type, ours=ours)
+                      _sdpa_mask(mask, mask_type, src.shape[0], src.shape[1]), mask_type, ours=ours)
     x = x + a
     if not norm_first:
         x = F.layer_norm(x, (E,), norm_weight_1, norm_bias_1, eps)
@@ -83,7 +83,8 @@ def native_mha(query, key, value, embed_dim, num_head, qkv_weight, qkv_bias, pro
                mask=None, need_weights=True, average_attn_weights=True, mask_type=None, ours=False):
     """``torch._native_multi_head_attention`` (batch-first, eval) in plain ops: (out, weights)."""
     out, w = _attention(query, key, value, embed_dim, num_head, qkv_weight, qkv_bias, proj_weight, proj_bias,
-                        mask, mask_type, need_weights, average_attn_weights, ours)
+                        _sdpa_mask(mask, mask_type, query.shape[0], key.shape[1]), mask_type, need_weights,
+                        average_attn_weights, ours)
     return out, (w if w is not None else out.new_empty(0))
 
 
