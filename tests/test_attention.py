@@ -139,7 +139,7 @@ def test_pattern_efficient_and_cudnn():
     _assert_ours(code, body)
 
 
-def test_pattern_skips_bias_and_training_outputs():
+def test_pattern_takes_bias_skips_training_outputs():
     q = torch.randn(1, 4, 16, 64, dtype=torch.float16)
     bias = torch.randn(1, 4, 16, 16, dtype=torch.float16)
 
@@ -149,8 +149,9 @@ def test_pattern_skips_bias_and_training_outputs():
         return a, o[0], o[1]  # logsumexp used: not an inference call, leave it
 
     hits, code, body = _compile_codegen_only(*_capture(f, q, q.clone(), q.clone(), bias))
-    assert hits == 0
-    assert "attention_fwd_kernel" not in code
+    assert hits == 1  # the biased call; the flash call whose logsumexp is used stays
+    assert "attention_fwd_kernel_0.run(" in body
+    assert "aten._scaled_dot_product_flash_attention" in body
 
 
 def test_dynamo_rewrite_and_codegen():
@@ -162,13 +163,15 @@ def test_dynamo_rewrite_and_codegen():
     def f(q, k, v, mask):
         a = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
         b = F.scaled_dot_product_attention(q, k, v, scale=0.3, enable_gqa=True)
-        c = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True)  # untouched
-        return a.transpose(1, 2).reshape(1, 32, -1), b, c
+        c = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True)
+        d = F.scaled_dot_product_attention(q, k, v, dropout_p=0.1, enable_gqa=True)  # untouched
+        return a.transpose(1, 2).reshape(1, 32, -1), b, c, d
 
     gm, inputs = _capture(f, q, k, k.clone(), mask)
-    assert A.rewrite_sdpa_in_dynamo_graph(gm) == 2
+    assert A.rewrite_sdpa_in_dynamo_graph(gm) == 3
     calls = [n for n in gm.graph.nodes if n.target is torch.ops.tri_inductor.attention.default]
-    assert [n.args[3:] for n in calls] == [(True, 1 / 8), (False, 0.3)]
+    assert [n.args[3:5] for n in calls] == [(True, 1 / 8), (False, 0.3), (False, 1 / 8)]
+    assert calls[2].args[5].name == "l_mask_"
     remaining = [n for n in gm.graph.nodes if n.op == "call_function" and "scaled_dot" in str(n.target)]
     assert len(remaining) == 1
 
@@ -194,18 +197,20 @@ def _all_configs():
     return seen
 
 
+@pytest.mark.parametrize("masked", [False, True], ids=["plain", "mask+window+softcap"])
 @pytest.mark.parametrize("cfg", _all_configs(), ids=str)
-def test_config_compiles_for_sm90(cfg):
+def test_config_compiles_for_sm90(cfg, masked):
     import triton
     from triton.backends.compiler import GPUTarget
 
     block_d, wide, packed, bm, bn, warps, stages = cfg
     kern = A.attention_fwd_kernel
     ptr = "*fp32" if wide else "*bf16"
-    sig = {n: (ptr if n in "QKVO" else "i32") for n in kern.arg_names}
-    sig["qk_scale"] = "fp32"
-    const = dict(IS_CAUSAL=True, PACKED=packed, EVEN_D=True, BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=block_d,
-                 stride_qd=1, stride_kd=1, stride_vd=1, stride_od=1)
+    sig = {n: (ptr if n in "QKVOM" else "i32") for n in kern.arg_names}
+    sig["qk_scale"] = sig["softcap"] = "fp32"
+    const = dict(IS_CAUSAL=True, WINDOW=masked, HAS_MASK=masked, MASK_BOOL=False, SOFTCAP=masked,
+                 PACKED=packed, EVEN_D=True, BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=block_d,
+                 stride_qd=1, stride_kd=1, stride_vd=1, stride_od=1, stride_mk=1)
     for c in const:
         sig[c] = "constexpr"
     src = triton.compiler.ASTSource(kern, sig, const)
@@ -261,3 +266,90 @@ def test_dynamic_seq_len_codegen():
     run = next(line for line in body.splitlines() if "attention_fwd_kernel_0.run(" in line)
     assert "// 64" in run  # grid over the symbolic sequence length
     assert all("2147483647" in str(g.expr) for g in fake_mode.shape_env.guards)
+
+
+# ----------------------------------------------------------------------------- masked attention
+
+def _padding_mask(B, Skv, lengths, left=False):
+    """[B, 1, 1, Skv] boolean key-padding mask (True = a real token)."""
+    j = torch.arange(Skv)
+    keep = torch.stack([(j >= Skv - n) if left else (j < n) for n in lengths])
+    return keep[:, None, None, :]
+
+
+def _masks(B, Hq, Sq, Skv, g):
+    """name -> (mask, is_causal, causal_offset, window) covering the forms models hand SDPA."""
+    off = Skv - Sq
+    i = torch.arange(Sq)[:, None] + off
+    j = torch.arange(Skv)[None, :]
+    causal = (j <= i)[None, None]
+    pad = _padding_mask(B, Skv, [Skv - 3 * b for b in range(B)], left=True)
+    neg = torch.finfo(torch.float32).min
+    rand = torch.randn(B, Hq, Sq, Skv, generator=g) * 2
+    rand = rand.masked_fill(torch.rand(B, Hq, Sq, Skv, generator=g) < 0.2, float("-inf"))
+    return {
+        "causal-bool": (causal, False, 0, 0),
+        "padding-bool": (pad, False, 0, 0),
+        "causal+padding-bool": (causal & pad, False, 0, 0),
+        "causal+padding-additive-min": (torch.zeros(B, 1, Sq, Skv).masked_fill(~(causal & pad), neg), False, 0, 0),
+        "random-additive-per-head": (rand, False, 0, 0),
+        "additive-2d": (torch.randn(Sq, Skv, generator=g), True, off, 0),
+        "window-flag": (None, True, off, 7),
+        "window+padding": (pad, True, off, 7),
+        "window-bool": (causal & (j > i - 5)[None, None], False, 0, 0),
+        "wide-window+padding": (pad, True, off, 70),
+    }
+
+
+MASK_SHAPES = [
+    # (B, Hq, Hkv, Sq, Skv, D, dtype): odd lengths; q shorter than k; GQA; MQA; D = 256; decode.
+    (2, 4, 2, 37, 37, 64, torch.float32),
+    (2, 4, 1, 19, 83, 128, torch.bfloat16),
+    (1, 2, 2, 70, 70, 256, torch.float16),
+    (2, 8, 2, 1, 45, 64, torch.float32),
+    (1, 2, 1, 150, 161, 64, torch.bfloat16),  # several tiles: unchecked middle blocks too
+]
+
+
+@pytest.mark.parametrize("shape", MASK_SHAPES, ids=lambda c: "-".join(map(str, c)).replace("torch.", ""))
+def test_masked_attention_numerics(shape):
+    B, Hq, Hkv, Sq, Skv, D, dt = shape
+    g = torch.Generator().manual_seed(Sq * 1000 + Skv)
+    q = torch.randn(B, Hq, Sq, D, generator=g).to(dt)
+    k = torch.randn(B, Hkv, Skv, D, generator=g).to(dt)
+    v = torch.randn(B, Hkv, Skv, D, generator=g).to(dt)
+    scale = 1.0 / math.sqrt(D)
+    for name, (mask, causal, off, window) in _masks(B, Hq, Sq, Skv, g).items():
+        m = mask if mask is None or mask.dtype == torch.bool else mask.to(dt)
+        out = A.attention(q, k, v, causal, scale, m, off, window)
+        ref = A.reference_attention(q, k, v, causal, scale, m, off, window)
+        assert torch.isfinite(out).all(), name
+        err = ((out.double() - ref).norm() / ref.norm()).item()
+        assert err < TOL[dt], (name, err)
+
+
+def test_fully_masked_rows_are_zero_or_uniform():
+    """A row that sees no key gives 0 (boolean mask, SDPA's safe softmax); a row masked with
+    finfo.min everywhere averages all keys, as softmax over equal logits does."""
+    q = torch.randn(1, 2, 9, 64)
+    k, v = torch.randn(1, 2, 9, 64), torch.randn(1, 2, 9, 64)
+    keep = torch.ones(1, 1, 9, 9, dtype=torch.bool)
+    keep[..., 3, :] = False
+    out = A.attention(q, k, v, False, 0.125, keep)
+    assert out[0, :, 3].abs().max().item() == 0.0
+    add = torch.zeros(1, 1, 9, 9).masked_fill(~keep, torch.finfo(torch.float32).min)
+    out = A.attention(q, k, v, False, 0.125, add)
+    torch.testing.assert_close(out[0, :, 3], v[0].mean(dim=1), rtol=1e-5, atol=1e-5)
+    ref = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=add, scale=0.125)
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("dt", [torch.float32, torch.bfloat16])
+def test_softcap_attention(dt):
+    g = torch.Generator().manual_seed(3)
+    q = torch.randn(1, 4, 33, 128, generator=g).to(dt) * 3
+    k, v = torch.randn(1, 2, 33, 128, generator=g).to(dt) * 3, torch.randn(1, 2, 33, 128, generator=g).to(dt)
+    pad = _padding_mask(1, 33, [30])
+    out = A.attention(q, k, v, True, 0.0625, pad, 0, 0, 50.0)
+    ref = A.reference_attention(q, k, v, True, 0.0625, pad, 0, 0, 50.0)
+    assert ((out.double() - ref).norm() / ref.norm()).item() < TOL[dt]

@@ -89,6 +89,7 @@ def compile_graph(gm: torch.fx.GraphModule, example_inputs: list[Any], opts: Tri
     eager = gm  # what codegen-only mode runs
     if opts.codegen_only:
         gm = copy.deepcopy(gm)
+    _decompose_fast_path(gm, example_inputs, "attention" in opts.families)
     if "attention" in opts.families:
         _rewrite_attention(gm, example_inputs)
     cfg = inductor_config_for(opts, overrides)
@@ -146,10 +147,20 @@ def _backward_now(needs_grad: bool):
     return torch._functorch.config.patch(force_non_lazy_backward_lowering=True)
 
 
+def _needs_grad(example_inputs: list[Any]) -> bool:
+    return torch.is_grad_enabled() and any(isinstance(x, torch.Tensor) and x.requires_grad for x in example_inputs)
+
+
+def _decompose_fast_path(gm: torch.fx.GraphModule, example_inputs: list[Any], attention: bool) -> int:
+    from .fastpath import decompose_fast_path
+
+    return decompose_fast_path(gm, use_our_attention=attention and not _needs_grad(example_inputs))
+
+
 def _rewrite_attention(gm: torch.fx.GraphModule, example_inputs: list[Any]) -> int:
     from .patterns import family_module
 
-    if torch.is_grad_enabled() and any(isinstance(x, torch.Tensor) and x.requires_grad for x in example_inputs):
+    if _needs_grad(example_inputs):
         # Our attention kernel is forward-only: a graph that needs gradients keeps SDPA (the
         # audit names it). Compile under torch.no_grad() / inference_mode for inference.
         log.warning("tri_inductor: graph needs gradients; scaled_dot_product_attention left to PyTorch")

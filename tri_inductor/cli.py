@@ -153,9 +153,9 @@ def _describe(e: BaseException, lines: int = 12) -> str:
     return f"{type(e).__name__}: {text}" if text else type(e).__name__
 
 
-def graph_audit_main(argv: list[str] | None = None) -> int:
+def graph_audit_main(argv: list[str] | None = None, prog: str = "graph-audit") -> int:
     p = argparse.ArgumentParser(
-        prog="graph-audit",
+        prog=prog,
         description="Prove every kernel of a compiled graph is Triton, or name each one that is not. "
                     "TARGET: an Inductor output-code file, a TORCH_COMPILE_DEBUG folder, a vLLM "
                     "torch_compile_cache folder, or MODULE:CALLABLE returning (module, example_inputs) "
@@ -217,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_OK if argv else EXIT_BAD_INPUT
     cmd, rest = argv[0], argv[1:]
     if cmd == "audit":
-        return graph_audit_main(rest)
+        return graph_audit_main(rest, prog="tri-inductor audit")
     if cmd == "cache":
         from .cache_cli import cache_main
 

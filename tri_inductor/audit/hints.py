@@ -4,11 +4,16 @@ from __future__ import annotations
 _GEMM = ("GEMM left to cuBLAS: keep the `linear` pattern on (tri_inductor::mm) or tri_inductor's "
          "Triton-only GEMM settings (gemm='native' or 'templates'); an Inductor override "
          "max_autotune_gemm_backends other than 'TRITON' brings cuBLAS back")
-_SDPA = ("attention fell back to a CUDA SDPA kernel: the `attention` pattern (tri_inductor::attention) "
-         "replaces scaled_dot_product_attention without attn_mask/dropout; pass is_causal instead of a mask")
+_SDPA = ("attention fell back to a CUDA SDPA kernel: keep the `attention` pattern on (tri_inductor::attention "
+         "replaces scaled_dot_product_attention with or without attn_mask, dropout off, head dim <= 256, "
+         "under torch.no_grad()/inference_mode)")
+# In a transformer a batched GEMM is attention's q @ k^T or p @ v (a Linear on [B, S, H] is an mm).
+_BMM = ("batched GEMM left to cuBLAS, most likely attention's q @ k^T or p @ v: the `attention` pattern "
+        "(tri_inductor::attention) takes scaled_dot_product_attention and softmax(q @ k^T * scale [+ mask]) @ v; "
+        "written another way, use F.scaled_dot_product_attention. Not attention: " + _GEMM[len("GEMM left to cuBLAS: "):])
 
 HINTS: dict[str, str] = {
-    "mm": _GEMM, "addmm": _GEMM, "bmm": _GEMM, "baddbmm": _GEMM, "addbmm": _GEMM, "_int_mm": _GEMM,
+    "mm": _GEMM, "addmm": _GEMM, "bmm": _BMM, "baddbmm": _BMM, "addbmm": _GEMM, "_int_mm": _GEMM,
     "_scaled_mm": _GEMM, "matmul": _GEMM, "linear": _GEMM,
     "_scaled_dot_product_flash_attention": _SDPA, "_scaled_dot_product_efficient_attention": _SDPA,
     "_scaled_dot_product_cudnn_attention": _SDPA, "_scaled_dot_product_attention_math": _SDPA,

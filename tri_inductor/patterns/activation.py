@@ -78,6 +78,31 @@ def _gated_act_kernel(x_ptr, out_ptr, d, x_stride, out_stride,
         tl.store(out_ptr + row * out_stride + cols, y, mask=cols < width)
 
 
+@triton.jit
+def _act_two_kernel(g_ptr, u_ptr, out_ptr, d, g_stride, u_stride, out_stride,
+                    ACT: tl.constexpr, HAS_UP: tl.constexpr, BLOCK: tl.constexpr, D: tl.constexpr):
+    # The gate and up halves as two tensors (transformers' ``act(gate_proj(x)) * up_proj(x)``), or
+    # the activation alone (HAS_UP=False: GPT-2/BERT's ungated GELU). Same grid as
+    # _gated_act_kernel: one program per (row, column block), column blocks fastest.
+    pid = tl.program_id(0)
+    if D > 0:
+        n_blocks: tl.constexpr = (D + BLOCK - 1) // BLOCK
+        width = D
+    else:
+        n_blocks = (d + BLOCK - 1) // BLOCK
+        width = d
+    row = (pid // n_blocks).to(tl.int64)
+    cols = (pid % n_blocks) * BLOCK + tl.arange(0, BLOCK)
+    ok = cols < width
+    a = tl.load(g_ptr + row * g_stride + cols, mask=ok, other=0.0).to(tl.float32)
+    if HAS_UP:
+        b = tl.load(u_ptr + row * u_stride + cols, mask=ok, other=0.0).to(tl.float32)
+    else:
+        b = 1.0
+    y = act_mul(a, b, ACT).to(out_ptr.dtype.element_ty)
+    tl.store(out_ptr + row * out_stride + cols, y, mask=ok)
+
+
 _ACTS = {"silu": 0, "none": 1, "tanh": 2}
 
 
@@ -125,6 +150,45 @@ def gelu_and_mul(x: torch.Tensor, approximate: str = "none") -> torch.Tensor:
     return _gated(x, approximate)
 
 
+def _rows(t: torch.Tensor) -> torch.Tensor:
+    t = t if t.stride(-1) == 1 else t.contiguous()
+    return t.reshape(-1, t.shape[-1])
+
+
+def _act_two(gate: torch.Tensor, up: torch.Tensor | None, act: str) -> torch.Tensor:
+    d = gate.shape[-1]
+    g2 = _rows(gate)
+    u2 = _rows(up) if up is not None else g2
+    out = torch.empty((g2.shape[0], d), dtype=gate.dtype, device=gate.device)
+    block, warps = _launch_config(d, gate.element_size())
+    launch(_act_two_kernel, (g2.shape[0] * triton.cdiv(d, block),), g2, u2, out, d,
+           g2.stride(0), u2.stride(0), out.stride(0), ACT=_ACTS[act], HAS_UP=up is not None,
+           BLOCK=block, D=d if isinstance(d, int) else 0, num_warps=warps)
+    return out.view(gate.shape)
+
+
+@triton_op("tri_inductor::act_and_mul", mutates_args={})
+def act_and_mul(gate: torch.Tensor, up: torch.Tensor, act: str) -> torch.Tensor:
+    """act(gate) * up for two tensors of one shape; act: 'silu', 'none' (GELU, erf), 'tanh'."""
+    torch._check(act in _ACTS, lambda: f"act_and_mul: act={act!r}; use one of {list(_ACTS)}")
+    torch._check(gate.shape == up.shape, lambda: f"act_and_mul: gate {tuple(gate.shape)} and up "
+                 f"{tuple(up.shape)} must have one shape")
+    return _act_two(gate, up, act)
+
+
+@triton_op("tri_inductor::gelu", mutates_args={})
+def gelu(x: torch.Tensor, approximate: str = "none") -> torch.Tensor:
+    """GELU alone (GPT-2, GPT-J, BERT, Falcon MLPs); approximate: 'none' (erf) or 'tanh'."""
+    torch._check(approximate in ("none", "tanh"), lambda: f"gelu: approximate={approximate!r}; use 'none' or 'tanh'")
+    return _act_two(x, None, approximate)
+
+
+def reference_act_and_mul(gate, up, act: str) -> torch.Tensor:
+    g = gate.double()
+    a = F.silu(g) if act == "silu" else F.gelu(g, approximate=act)
+    return a * up.double()
+
+
 def reference_silu_and_mul(x: torch.Tensor) -> torch.Tensor:
     x = x.double()
     d = x.shape[-1] // 2
@@ -137,6 +201,72 @@ def reference_gelu_and_mul(x: torch.Tensor, approximate: str = "none") -> torch.
     return F.gelu(x[..., :d], approximate=approximate) * x[..., d:]
 
 
+
+
+# transformers' MLPs: ``act_fn(gate_proj(x)) * up_proj(x)`` (Llama, Qwen, Mistral, OLMo 2: silu;
+# Gemma: gelu_pytorch_tanh), the gate and up halves two tensors. Both product orders.
+def _silu_two(a, b):
+    return F.silu(a) * b
+
+
+def _silu_two_up_first(a, b):
+    return b * F.silu(a)
+
+
+def _gelu_two(a, b):
+    return F.gelu(a) * b
+
+
+def _gelu_tanh_two(a, b):
+    return F.gelu(a, approximate="tanh") * b
+
+
+def _gelu_tanh_two_up_first(a, b):
+    return b * F.gelu(a, approximate="tanh")
+
+
+# Ungated GELU, as written in transformers.activations: nn.functional.gelu (GELUActivation,
+# GELUTanh) and the Python formulas of NewGELUActivation (GPT-2, GPT-J: "gelu_new") and
+# GELUTanh(use_gelu_tanh_python=True), which Inductor sees as tanh/pow/mul nodes.
+_SQRT_2_OVER_PI = 0.7978845608028654
+
+
+def _gelu_plain(x):
+    return F.gelu(x)
+
+
+def _gelu_tanh_plain(x):
+    return F.gelu(x, approximate="tanh")
+
+
+def _gelu_new(x):
+    return 0.5 * x * (1.0 + torch.tanh(_SQRT_2_OVER_PI * (x + 0.044715 * torch.pow(x, 3.0))))
+
+
+def _gelu_tanh_python(x):
+    return x * 0.5 * (1.0 + torch.tanh(_SQRT_2_OVER_PI * (x + 0.044715 * torch.pow(x, 3.0))))
+
+
+def _gelu_erf_python(x):
+    return x * 0.5 * (1.0 + torch.erf(x / 1.4142135623730951))
+
+
+def _repl_two(act):
+    def repl(a, b):
+        return act_and_mul(a, b, act)
+    return repl
+
+
+def _repl_plain(approximate):
+    def repl(x):
+        return gelu(x, approximate)
+    return repl
+
+
+def _check_two(match) -> bool:
+    a, b = (match.kwargs[n].meta.get("val") for n in ("a", "b"))
+    return (isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and a.dtype.is_floating_point
+            and a.dim() >= 1 and a.dtype == b.dtype and a.shape == b.shape)
 
 
 def _repl_silu(x):
@@ -166,6 +296,16 @@ def register_patterns(pm_pass) -> None:
                              (M.gelu_tanh_slices, _repl_gelu_tanh)):
             register_replacement(search, repl, [x], trace_replacement, pm_pass,
                                  extra_check=_check, skip_duplicates=True)
+        a, b = torch.empty(8, 64, dtype=dt), torch.empty(8, 64, dtype=dt)
+        for search, act in ((_silu_two, "silu"), (_silu_two_up_first, "silu"), (_gelu_two, "none"),
+                            (_gelu_tanh_two, "tanh"), (_gelu_tanh_two_up_first, "tanh")):
+            register_replacement(search, _repl_two(act), [a, b], trace_replacement, pm_pass,
+                                 extra_check=_check_two, skip_duplicates=True)
+        # After the gated forms (a gated GELU is taken whole, the plain form only what is left).
+        for search, approx in ((_gelu_plain, "none"), (_gelu_tanh_plain, "tanh"), (_gelu_new, "tanh"),
+                               (_gelu_tanh_python, "tanh"), (_gelu_erf_python, "none")):
+            register_replacement(search, _repl_plain(approx), [x], trace_replacement, pm_pass,
+                                 extra_check=_check, skip_duplicates=True)
     # vLLM CUDA ops (custom_ops "all", the default for a non-Inductor backend).
     for name, repl in (("silu_and_mul", _repl_silu), ("gelu_and_mul", _repl_gelu),
                        ("gelu_tanh_and_mul", _repl_gelu_tanh)):
@@ -180,6 +320,12 @@ def _c_repl(repl: Callable[[torch.Tensor], torch.Tensor]) -> Callable[..., torch
     return fn
 
 
-# What survives a near miss in the post-grad graph: silu is decomposed to neg/exp/add/div,
-# gelu keeps its erf or tanh.
-ANCHOR_OPS = (torch.ops.aten.exp.default, torch.ops.aten.erf.default, torch.ops.aten.tanh.default)
+# What survives a near miss in the post-grad graph: GELU keeps its erf or tanh. (silu is
+# decomposed to neg/exp/add/div, and an exp is as likely a softmax's: not reported.)
+ANCHOR_OPS = (torch.ops.aten.erf.default, torch.ops.aten.tanh.default)
+
+
+def is_near_miss(node: torch.fx.Node) -> bool:
+    """GELU's ``1 + erf(..)`` / ``1 + tanh(..)``; a soft-capping ``tanh(x / c) * c`` is not one."""
+    add = torch.ops.aten.add.Tensor, torch.ops.aten.add.Scalar
+    return any(u.target in add and 1 in u.args for u in node.users)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 import operator
+from typing import Optional
 
 import torch
 import triton
@@ -32,11 +33,15 @@ _LOG2E = 1.4426950408889634
 
 @triton.jit
 def _attn_inner(acc, l_i, m_i, q, k_base, v_base, stride_kn, stride_kd, stride_vn, stride_vd,
-                qpos, offs_d, lo, hi, Skv, qk_scale, D,
-                MASKED: tl.constexpr, IS_CAUSAL: tl.constexpr, EVEN_D: tl.constexpr,
-                BLOCK_N: tl.constexpr):
+                m_row, stride_mk, row_ok, qpos, offs_d, lo, hi, Skv, qk_scale, D,
+                causal_offset, window, softcap,
+                MASKED: tl.constexpr, IS_CAUSAL: tl.constexpr, WINDOW: tl.constexpr,
+                HAS_MASK: tl.constexpr, MASK_BOOL: tl.constexpr, SOFTCAP: tl.constexpr,
+                EVEN_D: tl.constexpr, BLOCK_N: tl.constexpr):
     # One pass over key blocks [lo, hi): S = Q K^T (fp32), online softmax in base 2 (the scale
     # is folded with log2(e)), acc += P V with P cast to V's dtype for the tensor-core dot.
+    # MASKED: this range holds the Skv tail / causal diagonal / window edge (index checks);
+    # HAS_MASK: the user's mask is read on every block (it may hide any key).
     offs_n = tl.arange(0, BLOCK_N)
     dmask = offs_d < D
     for start_n in range(lo, hi, BLOCK_N):
@@ -53,16 +58,43 @@ def _attn_inner(acc, l_i, m_i, q, k_base, v_base, stride_kn, stride_kd, stride_v
         else:
             kt = tl.load(kt_ptrs, mask=dmask[:, None], other=0.0)
             v = tl.load(v_ptrs, mask=dmask[None, :], other=0.0)
-        qk = tl.dot(q, kt) * qk_scale
+        qk = tl.dot(q, kt)
+        if SOFTCAP or HAS_MASK:
+            # Natural units first (soft-capping and an additive mask are defined there).
+            s = qk * (qk_scale * 0.6931471805599453)
+            if SOFTCAP:
+                # softcap * tanh(s / softcap), tanh from exp2 (no libdevice: runs in the
+                # interpreter too); saturates to +-1 without overflow trouble.
+                t = tl.math.exp2(s * (2.8853900817779268 / softcap))
+                s = softcap * (1.0 - 2.0 / (t + 1.0))
+            if HAS_MASK:
+                m_ptrs = m_row[:, None] + cols[None, :] * stride_mk
+                if MASKED:
+                    mval = tl.load(m_ptrs, mask=row_ok[:, None] & kv_ok[None, :], other=0)
+                else:
+                    mval = tl.load(m_ptrs, mask=row_ok[:, None], other=0)
+                if MASK_BOOL:
+                    s = tl.where(mval != 0, s, float("-inf"))
+                else:
+                    # Clamp so that finfo.min masks stay finite after the log2(e) factor: a
+                    # fully masked row then averages its keys, as SDPA does with such masks.
+                    s = tl.maximum(s + mval.to(tl.float32), -2.0e38)
+            qk = s * 1.4426950408889634
+        else:
+            qk = qk * qk_scale
         if MASKED:
             ok = kv_ok[None, :]
             if IS_CAUSAL:
-                ok = ok & (cols[None, :] <= qpos[:, None])
+                ok = ok & (cols[None, :] <= qpos[:, None] + causal_offset)
+            if WINDOW:
+                ok = ok & (cols[None, :] > qpos[:, None] + causal_offset - window)
             qk = tl.where(ok, qk, float("-inf"))
-        # m_i starts at a finite -1e30, so a fully masked row keeps alpha = 1 and p = 0.
+        # m_i starts at -inf; a row with nothing visible yet subtracts 0 instead (no inf - inf),
+        # so a fully masked row keeps p = 0 and l = 0 (output 0, as SDPA's safe softmax).
         m_new = tl.maximum(m_i, tl.max(qk, 1))
-        alpha = tl.math.exp2(m_i - m_new)
-        p = tl.math.exp2(qk - m_new[:, None])
+        m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
+        alpha = tl.math.exp2(m_i - m_use)
+        p = tl.math.exp2(qk - m_use[:, None])
         l_i = l_i * alpha + tl.sum(p, 1)
         acc = acc * alpha[:, None]
         acc = tl.dot(p.to(v.dtype), v, acc)
@@ -72,17 +104,20 @@ def _attn_inner(acc, l_i, m_i, q, k_base, v_base, stride_kn, stride_kd, stride_v
 
 @triton.jit
 def attention_fwd_kernel(
-    Q, K, V, O,
+    Q, K, V, O, M,
     stride_qb, stride_qh, stride_qs, stride_qd,
     stride_kb, stride_kh, stride_ks, stride_kd,
     stride_vb, stride_vh, stride_vs, stride_vd,
     stride_ob, stride_oh, stride_os, stride_od,
-    Hq, Hkv, Sq, Skv, D, qk_scale,
-    IS_CAUSAL: tl.constexpr, PACKED: tl.constexpr, EVEN_D: tl.constexpr,
+    stride_mb, stride_mh, stride_mq, stride_mk,
+    Hq, Hkv, Sq, Skv, D, qk_scale, causal_offset, window, softcap,
+    IS_CAUSAL: tl.constexpr, WINDOW: tl.constexpr, HAS_MASK: tl.constexpr,
+    MASK_BOOL: tl.constexpr, SOFTCAP: tl.constexpr, PACKED: tl.constexpr, EVEN_D: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     # Inductor types a Python float argument as fp64: keep the softmax math in fp32.
     qk_scale = tl.cast(qk_scale, tl.float32)
+    softcap = tl.cast(softcap, tl.float32)
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
     group = Hq // Hkv
@@ -95,48 +130,69 @@ def attention_fwd_kernel(
         hq = hkv * group + offs_m // Sq
         qpos = offs_m % Sq
         row_ok = offs_m < group * Sq
-        q_row = b * stride_qb + hq * stride_qh + qpos * stride_qs
-        o_row = b * stride_ob + hq * stride_oh + qpos * stride_os
     else:
         b = pid_bh // Hq
         h = pid_bh % Hq
         hkv = h // group
+        hq = h + offs_m * 0
         qpos = offs_m
         row_ok = offs_m < Sq
-        q_row = b * stride_qb + h * stride_qh + qpos * stride_qs
-        o_row = b * stride_ob + h * stride_oh + qpos * stride_os
-    q_row = q_row.to(tl.int64)
-    o_row = o_row.to(tl.int64)
+    b64 = b.to(tl.int64)
+    q_row = b64 * stride_qb + hq * stride_qh + qpos * stride_qs
+    o_row = b64 * stride_ob + hq * stride_oh + qpos * stride_os
+    m_row = M + (b64 * stride_mb + hq * stride_mh + qpos.to(tl.int64) * stride_mq)
     dmask = offs_d < D
     q = tl.load(Q + q_row[:, None] + offs_d[None, :] * stride_qd,
                 mask=row_ok[:, None] & dmask[None, :], other=0.0)
-    k_base = K + (b.to(tl.int64) * stride_kb + hkv * stride_kh)
-    v_base = V + (b.to(tl.int64) * stride_vb + hkv * stride_vh)
+    k_base = K + (b64 * stride_kb + hkv * stride_kh)
+    v_base = V + (b64 * stride_vb + hkv * stride_vh)
 
-    m_i = tl.full([BLOCK_M], -1.0e30, dtype=tl.float32)
+    m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
 
-    # Key range: [0, hi) with causal skipping; [0, mid) needs no mask (full blocks, all keys
-    # visible to every row of the tile), [mid, hi) is the diagonal / Skv tail, masked.
+    # Key blocks [lo, hi) are visible to some row of the tile; [lo, lo_full) holds the window's
+    # edge, [mid, hi) the causal diagonal and the Skv tail: both checked per element. Blocks in
+    # [lo_full, mid) are visible to every row, and need no index checks.
     full_end = (Skv // BLOCK_N) * BLOCK_N
+    if PACKED:
+        first = causal_offset  # the packed tile mixes positions: rows 0 .. Sq - 1
+        last = Sq - 1 + causal_offset
+    else:
+        first = pid_m * BLOCK_M + causal_offset
+        last = pid_m * BLOCK_M + BLOCK_M - 1 + causal_offset
     if IS_CAUSAL:
+        hi = tl.maximum(tl.minimum(Skv, last + 1), 0)
+        mid = tl.minimum((tl.maximum(first, 0) // BLOCK_N) * BLOCK_N, full_end)
         if PACKED:
-            hi = tl.minimum(Skv, Sq)  # the packed tile mixes positions: all rows masked per row
             mid = 0
-        else:
-            start_m = pid_m * BLOCK_M
-            hi = tl.minimum(Skv, start_m + BLOCK_M)
-            mid = tl.minimum((start_m // BLOCK_N) * BLOCK_N, full_end)
     else:
         hi = Skv
         mid = full_end
+    if WINDOW:
+        lo = (tl.maximum(first - window + 1, 0) // BLOCK_N) * BLOCK_N
+        lo_full = tl.cdiv(tl.maximum(last - window + 1, 0), BLOCK_N) * BLOCK_N
+        if PACKED:
+            lo_full = hi
+        lo_full = tl.minimum(lo_full, hi)
+        mid = tl.maximum(mid, lo_full)
+        acc, l_i, m_i = _attn_inner(acc, l_i, m_i, q, k_base, v_base, stride_ks, stride_kd,
+                                    stride_vs, stride_vd, m_row, stride_mk, row_ok, qpos, offs_d,
+                                    lo, lo_full, Skv, qk_scale, D, causal_offset, window, softcap,
+                                    True, IS_CAUSAL, WINDOW, HAS_MASK, MASK_BOOL, SOFTCAP, EVEN_D,
+                                    BLOCK_N)
+    else:
+        lo_full = 0
     acc, l_i, m_i = _attn_inner(acc, l_i, m_i, q, k_base, v_base, stride_ks, stride_kd,
-                                stride_vs, stride_vd, qpos, offs_d, 0, mid, Skv, qk_scale, D,
-                                False, IS_CAUSAL, EVEN_D, BLOCK_N)
+                                stride_vs, stride_vd, m_row, stride_mk, row_ok, qpos, offs_d,
+                                lo_full, mid, Skv, qk_scale, D, causal_offset, window, softcap,
+                                False, IS_CAUSAL, WINDOW, HAS_MASK, MASK_BOOL, SOFTCAP, EVEN_D,
+                                BLOCK_N)
     acc, l_i, m_i = _attn_inner(acc, l_i, m_i, q, k_base, v_base, stride_ks, stride_kd,
-                                stride_vs, stride_vd, qpos, offs_d, mid, hi, Skv, qk_scale, D,
-                                True, IS_CAUSAL, EVEN_D, BLOCK_N)
+                                stride_vs, stride_vd, m_row, stride_mk, row_ok, qpos, offs_d,
+                                tl.maximum(mid, lo_full), hi, Skv, qk_scale, D, causal_offset,
+                                window, softcap, True, IS_CAUSAL, WINDOW, HAS_MASK, MASK_BOOL,
+                                SOFTCAP, EVEN_D, BLOCK_N)
     l_i = tl.where(l_i == 0.0, 1.0, l_i)
     out = acc / l_i[:, None]
     tl.store(O + o_row[:, None] + offs_d[None, :] * stride_od, out.to(O.dtype.element_ty),
@@ -187,9 +243,28 @@ def _config(Sq: int, group: int, block_d: int, wide: bool):
     return False, bm, bn, w, s
 
 
+def _mask_strides(mask: torch.Tensor, B, Hq, Sq, Skv) -> tuple:
+    """Strides of ``mask`` broadcast to [B, Hq, Sq, Skv] (0 along broadcast dims), as SDPA
+    broadcasts attn_mask: a [B, 1, 1, Skv] key-padding mask is read once per key."""
+    shape, strides = list(mask.shape), list(mask.stride())
+    while len(shape) < 4:
+        shape.insert(0, 1)
+        strides.insert(0, 0)
+    return tuple(0 if isinstance(n, int) and n == 1 else s for n, s in zip(shape, strides))
+
+
 @triton_op("tri_inductor::attention", mutates_args={})
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, is_causal: bool,
-              scale: float) -> torch.Tensor:
+              scale: float, mask: Optional[torch.Tensor] = None, causal_offset: int = 0,
+              window: int = 0, softcap: float = 0.0) -> torch.Tensor:
+    """softmax(softcap(q k^T * scale) + mask) v over the visible keys.
+
+    ``mask``: additive (float) or boolean (True = visible), broadcastable to [B, Hq, Sq, Skv].
+    ``is_causal``: key j visible to query i iff j <= i + causal_offset (0: SDPA's top-left
+    alignment; Skv - Sq: bottom-right, a query block at the end of a cache).
+    ``window`` > 0: also j > i + causal_offset - window (sliding window).
+    ``softcap`` > 0: logits become softcap * tanh(logits / softcap) before the mask (Gemma 2).
+    """
     B, Hq, Sq, D = q.shape
     Hkv, Skv = k.shape[1], k.shape[2]
     # Output stored [B, Sq, Hq, D] (flash layout), returned as the [B, Hq, Sq, D] view.
@@ -203,92 +278,54 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, is_causal: bool
         grid = (triton.cdiv(group * Sq, bm), B * Hkv)
     else:
         grid = (triton.cdiv(Sq, bm), B * Hq)
-    launch(attention_fwd_kernel, grid, q, k, v, out,
-           *q.stride(), *k.stride(), *v.stride(), *out.stride(),
-           Hq, Hkv, Sq, Skv, D, scale * _LOG2E,
-           IS_CAUSAL=is_causal, PACKED=packed, EVEN_D=(D == block_d),
+    if mask is None:
+        m, m_strides = q, (0, 0, 0, 0)  # never read (HAS_MASK=False)
+    else:
+        m, m_strides = mask, _mask_strides(mask, B, Hq, Sq, Skv)
+    launch(attention_fwd_kernel, grid, q, k, v, out, m,
+           *q.stride(), *k.stride(), *v.stride(), *out.stride(), *m_strides,
+           Hq, Hkv, Sq, Skv, D, scale * _LOG2E, causal_offset, window, float(softcap),
+           IS_CAUSAL=is_causal, WINDOW=window > 0, HAS_MASK=mask is not None,
+           MASK_BOOL=mask is not None and mask.dtype == torch.bool, SOFTCAP=softcap > 0,
+           PACKED=packed, EVEN_D=(D == block_d),
            BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=block_d, num_warps=warps, num_stages=stages)
     return out
 
 
-def reference_attention(q, k, v, is_causal: bool, scale: float) -> torch.Tensor:
-    """float64 reference (torch SDPA semantics: causal mask top-left aligned)."""
+def reference_attention(q, k, v, is_causal: bool, scale: float, mask=None, causal_offset: int = 0,
+                        window: int = 0, softcap: float = 0.0) -> torch.Tensor:
+    """float64 reference of :func:`attention` (rows that see no key give 0, as SDPA does)."""
     q, k, v = (t.double() for t in (q, k, v))
     group = q.shape[1] // k.shape[1]
     k = k.repeat_interleave(group, dim=1)
     v = v.repeat_interleave(group, dim=1)
     s = (q @ k.transpose(-2, -1)) * scale
+    if softcap > 0:
+        s = softcap * torch.tanh(s / softcap)
+    Sq, Skv = q.shape[-2], k.shape[-2]
+    i = torch.arange(Sq)[:, None] + causal_offset
+    j = torch.arange(Skv)[None, :]
+    visible = torch.ones(Sq, Skv, dtype=torch.bool)
     if is_causal:
-        Sq, Skv = q.shape[-2], k.shape[-2]
-        mask = torch.ones(Sq, Skv, dtype=torch.bool).tril()
-        s = s.masked_fill(~mask, float("-inf"))
-    return torch.softmax(s, dim=-1) @ v
-
-
-# --------------------------------------------------------------------------------------------
-# Dynamo-level rewrite (before AOT: SDPA's backend choice needs a real device there).
-
-def _sdpa_targets():
-    import torch.nn.functional as F
-
-    return {torch._C._nn.scaled_dot_product_attention, F.scaled_dot_product_attention}
-
-
-_SDPA_ARGS = ("query", "key", "value", "attn_mask", "dropout_p", "is_causal", "scale", "enable_gqa")
-
-
-def _example(node):
-    val = node.meta.get("example_value", node.meta.get("val")) if isinstance(node, torch.fx.Node) else None
-    return val
+        visible &= j <= i
+    if window > 0:
+        visible &= j > i - window
+    if mask is not None:
+        if mask.dtype == torch.bool:
+            visible = visible & mask
+        else:
+            s = s + mask.double()
+    s = s.masked_fill(~visible, float("-inf"))
+    p = torch.softmax(s, dim=-1).nan_to_num(0.0)  # fully masked rows: 0
+    return p @ v
 
 
 def rewrite_sdpa_in_dynamo_graph(gm: torch.fx.GraphModule) -> int:
-    """Replace SDPA calls (no mask, no dropout) of a Dynamo graph by ``tri_inductor.attention``.
+    """SDPA calls (masked or not) and explicit softmax attention of a Dynamo graph ->
+    ``tri_inductor.attention`` (see attention_fx); returns how many were rewritten."""
+    from .attention_fx import rewrite_attention_in_dynamo_graph
 
-    Returns how many were rewritten; calls with an attn_mask or dropout stay as they are.
-    """
-    targets = _sdpa_targets()
-    n = 0
-    for node in list(gm.graph.nodes):
-        if node.op != "call_function" or node.target not in targets:
-            continue
-        bound = dict(zip(_SDPA_ARGS, node.args))
-        bound.update(node.kwargs)
-        if bound.get("attn_mask") is not None:
-            continue
-        dropout = bound.get("dropout_p", 0.0)
-        if not isinstance(dropout, (int, float)) or dropout != 0.0:
-            continue
-        is_causal = bound.get("is_causal", False)
-        if not isinstance(is_causal, bool):
-            continue
-        q, k, v = bound["query"], bound["key"], bound["value"]
-        qv, kv = _example(q), _example(k)
-        if qv is None or kv is None or qv.dim() != 4 or kv.dim() != 4:
-            continue
-        try:
-            D = int(qv.shape[-1])
-            hq, hkv = int(qv.shape[1]), int(kv.shape[1])
-        except Exception:  # symbolic head count / head dim: leave it
-            continue
-        if hq % hkv != 0 or D > 256:
-            continue
-        scale = bound.get("scale")
-        if scale is None:
-            scale = 1.0 / math.sqrt(D)
-        if not isinstance(scale, (int, float)):
-            continue
-        with gm.graph.inserting_before(node):
-            new = gm.graph.call_function(torch.ops.tri_inductor.attention.default,
-                                         (q, k, v, is_causal, float(scale)))
-        new.meta.update(node.meta)
-        node.replace_all_uses_with(new)
-        gm.graph.erase_node(node)
-        n += 1
-    if n:
-        gm.graph.lint()
-        gm.recompile()
-    return n
+    return rewrite_attention_in_dynamo_graph(gm)
 
 
 # --------------------------------------------------------------------------------------------
@@ -315,13 +352,19 @@ def _supported(q, k) -> bool:
         return False
 
 
-def _replace_with_attention(match, q, k, v, is_causal, scale):
+def _replace_with_attention(match, q, k, v, is_causal, scale, mask=None):
     from tri_inductor.patterns._trace import trace_replacement
 
-    def repl(q, k, v):
-        return torch.ops.tri_inductor.attention(q, k, v, is_causal, scale)
+    if mask is None:
+        def repl(q, k, v):
+            return torch.ops.tri_inductor.attention(q, k, v, is_causal, scale)
 
-    match.replace_by_example(repl, [q, k, v], trace_fn=trace_replacement)
+        match.replace_by_example(repl, [q, k, v], trace_fn=trace_replacement)
+    else:
+        def repl_masked(q, k, v, mask):
+            return torch.ops.tri_inductor.attention(q, k, v, is_causal, scale, mask)
+
+        match.replace_by_example(repl_masked, [q, k, v, mask], trace_fn=trace_replacement)
 
 
 def _node_val(n):
@@ -329,8 +372,8 @@ def _node_val(n):
 
 
 def _bind_sdpa(node):
-    """(q, k, v, is_causal, scale) of a fused/plain SDPA node, or None if we cannot take it
-    (attention mask/bias, dropout, debug mask)."""
+    """(q, k, v, is_causal, scale, mask) of a fused/plain SDPA node, or None if we cannot take
+    it (dropout, debug mask, a mask together with is_causal)."""
     op = node.target
     if op == aten._scaled_dot_product_flash_attention.default:
         names = ("query", "key", "value", "dropout_p", "is_causal", "return_debug_mask", "scale")
@@ -341,26 +384,29 @@ def _bind_sdpa(node):
         names = ("query", "key", "value", "attn_bias", "compute_log_sumexp", "dropout_p",
                  "is_causal", "return_debug_mask", "scale")
     elif op == aten.scaled_dot_product_attention.default:
-        names = _SDPA_ARGS
+        from .attention_fx import _SDPA_ARGS as names
     else:
         return None
     a = dict(zip(names, node.args))
     a.update(node.kwargs)
-    if a.get("attn_bias") is not None or a.get("attn_mask") is not None:
+    mask = a.get("attn_bias", a.get("attn_mask"))
+    mv = _node_val(mask)
+    if mask is not None and not (isinstance(mv, torch.Tensor) and mv.dim() <= 4
+                                 and (mv.dtype == torch.bool or mv.is_floating_point())):
         return None
     if (a.get("dropout_p") or 0.0) != 0.0 or a.get("return_debug_mask"):
         return None
     causal = a.get("is_causal") or False
-    if not isinstance(causal, bool):
+    if not isinstance(causal, bool) or (causal and mask is not None):
         return None
     q, k, v = a["query"], a["key"], a["value"]
-    qv, kv = _node_val(q), _node_val(k)
-    if qv is None or kv is None or not _supported(qv, kv):
+    qv, kv, vv = _node_val(q), _node_val(k), _node_val(v)
+    if qv is None or kv is None or vv is None or not _supported(qv, kv) or vv.shape[-1] != qv.shape[-1]:
         return None
     scale = a.get("scale")
     if scale is not None and not isinstance(scale, (int, float)):
         return None
-    return q, k, v, causal, _scale_or_default(scale, qv)
+    return q, k, v, causal, _scale_or_default(scale, qv), mask
 
 
 def register_patterns(pm_pass) -> None:

@@ -547,3 +547,12 @@ def _register_c_forms(pm_pass) -> None:
 # neg (silu's decomposition has one too), vLLM's cos/sin gather an index (index_select is
 # decomposed to aten.index by then).
 ANCHOR_OPS = (torch.ops.aten.neg.default, torch.ops.aten.index.Tensor)
+
+
+def is_near_miss(node: torch.fx.Node) -> bool:
+    """A neg that builds a rotated half (``cat((-x2, x1))``, GPT-J's ``stack((-x2, x1))``), or an
+    index into a cos/sin cache; silu's and softmax's negs are not RoPE."""
+    aten = torch.ops.aten
+    if node.target is aten.index.Tensor:
+        return True
+    return any(u.target in (aten.cat.default, aten.stack.default) for u in node.users)
