@@ -60,3 +60,14 @@ def moe_scatter_kernel(ids_ptr, cursor_ptr, sorted_ptr, numel, BLOCK: tl.constex
     e = tl.load(ids_ptr + offs, mask=ok, other=0)
     pos = tl.atomic_add(cursor_ptr + e, tl.full([BLOCK], 1, tl.int32), mask=ok)
     tl.store(sorted_ptr + pos, offs.to(sorted_ptr.dtype.element_ty), mask=ok)
+
+
+@triton.jit
+def int_histc_kernel(x_ptr, counts_ptr, numel, lo, hi, BINS: tl.constexpr, BLOCK: tl.constexpr):
+    """torch.histc(x, BINS, lo, hi) of integer values, in exact integer arithmetic (the float
+    formula floor((x - lo) * BINS / (hi - lo)) gives the same bin for integers far below 2**24)."""
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    v = tl.load(x_ptr + offs, mask=offs < numel, other=0).to(tl.int64)
+    ok = (offs < numel) & (v >= lo) & (v <= hi)
+    b = tl.minimum((v - lo) * BINS // (hi - lo), BINS - 1)
+    tl.atomic_add(counts_ptr + tl.where(ok, b, 0), tl.full([BLOCK], 1, tl.int32), mask=ok)

@@ -8,7 +8,7 @@ from torch.library import triton_op
 
 from .._launch import launch
 from ..attention import _hint
-from .align import moe_count_kernel, moe_offsets_kernel, moe_scatter_kernel
+from .align import int_histc_kernel, moe_count_kernel, moe_offsets_kernel, moe_scatter_kernel
 from .experts import grouped_mm_kernel, moe_gemm_kernel, moe_sum_kernel
 from .routing import MAX_EXPERTS, SCORING, moe_route_kernel
 
@@ -99,6 +99,20 @@ def align(topk_ids: torch.Tensor, num_experts: int, block_m: int, sorted_ids: to
 def moe_align(topk_ids: torch.Tensor, num_experts: int, block_m: int
               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     return align(topk_ids, num_experts, block_m)
+
+
+@triton_op("tri_inductor::int_histc", mutates_args={})
+def int_histc(x: torch.Tensor, bins: int, lo: int, hi: int, out_dtype: torch.dtype) -> torch.Tensor:
+    """``torch.histc(x.to(out_dtype), bins, lo, hi)`` for an integer tensor x (expert ids): the
+    tokens-per-expert count of the Hugging Face grouped-mm experts."""
+    torch._check(not x.is_floating_point() and hi > lo and bins >= 1,
+                 lambda: f"int_histc: integer input and hi > lo (got {x.dtype}, [{lo}, {hi}])")
+    flat = x.reshape(-1)
+    counts = torch.zeros((bins,), dtype=torch.int32, device=x.device)
+    block = 256
+    launch(int_histc_kernel, (triton.cdiv(flat.shape[0], block),), flat, counts, flat.shape[0], lo, hi,
+           BINS=bins, BLOCK=block)
+    return counts.to(out_dtype)
 
 
 # ---------------------------------------------------------------------------------------------
