@@ -19,6 +19,8 @@ Hooks (vLLM 0.26.0):
 * ``vllm.compilation.backends.CompilerManager.compile`` -- after the last piece of a compile
   range, log the audit summary of the run so far.
 * ``vllm.model_executor.layers.logits_processor.LogitsProcessor`` -- lm_head on our Triton GEMM.
+* the MoE layer's CUDA ops (``vllm._custom_ops.topk_softmax`` ... ``apply_moe_activation``): see
+  the table in ``vllm_moe.py``; active once a tri_inductor VllmConfig is built in the process.
 """
 from __future__ import annotations
 
@@ -54,6 +56,10 @@ def register() -> None:
         _when_imported("vllm.config.compilation", _patch_compilation_config)
         _when_imported("vllm.compilation.backends", _patch_backends)
         _when_imported("vllm.model_executor.layers.logits_processor", _patch_logits)
+        from .vllm_moe import HOOKS
+
+        for name, hook in HOOKS.items():
+            _when_imported(name, hook)
         _registered = True
 
 
@@ -146,6 +152,7 @@ def _patch_vllm_config(module: ModuleType) -> None:
         from .cache import compile_hash
         from .vllm_config import (adjust_vllm_config, check_final_config, split_range_at_cudagraph_size,
                                   trim_ir_priorities)
+        from .vllm_moe import activate
 
         # Sources + card (NVML: no CUDA context before vLLM forks) + versions: keys the AOT cache too.
         adj = adjust_vllm_config(self, package_hash=compile_hash(avoid_cuda_init=True))  # strict: raises here
@@ -156,6 +163,7 @@ def _patch_vllm_config(module: ModuleType) -> None:
             if _once("conflict:" + c.message()):
                 log.warning("tri_inductor: %s", c.message())
         out = real(self)
+        activate()  # this process serves a tri_inductor model: MoE ops on our kernels (vllm_moe.py)
         trim_ir_priorities(self)
         split = split_range_at_cudagraph_size(self)
         if split is not None:

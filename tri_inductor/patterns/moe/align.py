@@ -71,3 +71,11 @@ def int_histc_kernel(x_ptr, counts_ptr, numel, lo, hi, BINS: tl.constexpr, BLOCK
     ok = (offs < numel) & (v >= lo) & (v <= hi)
     b = tl.minimum((v - lo) * BINS // (hi - lo), BINS - 1)
     tl.atomic_add(counts_ptr + tl.where(ok, b, 0), tl.full([BLOCK], 1, tl.int32), mask=ok)
+
+
+@triton.jit
+def fill_kernel(ptr, value, n, BLOCK: tl.constexpr):
+    """ptr[:n] = value.  Ours rather than torch.full / zeros: called eagerly (vLLM's MoE layer
+    runs outside the compiled graph) those would launch ATen fill kernels, not Triton."""
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    tl.store(ptr + offs, tl.full([BLOCK], value, ptr.dtype.element_ty), mask=offs < n)

@@ -8,7 +8,7 @@ from torch.library import triton_op
 
 from .._launch import launch
 from ..attention import _hint
-from .align import int_histc_kernel, moe_count_kernel, moe_offsets_kernel, moe_scatter_kernel
+from .align import fill_kernel, int_histc_kernel, moe_count_kernel, moe_offsets_kernel, moe_scatter_kernel
 from .experts import grouped_mm_kernel, moe_gemm_kernel, moe_sum_kernel
 from .routing import MAX_EXPERTS, SCORING, moe_route_kernel
 
@@ -19,7 +19,10 @@ ACTIVATIONS = {"silu": 0, "gelu": 1, "gelu_tanh": 2}
 # Routing
 def _route(logits: torch.Tensor, k: int, scoring: str, renormalize: bool, num_groups: int,
            topk_group: int, bias: torch.Tensor | None, scale: float, ids_dtype: torch.dtype,
-           w_dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+           w_dtype: torch.dtype, out: tuple[torch.Tensor, torch.Tensor] | None = None,
+           token_expert_indices: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Route ``logits`` [T, E]; ``out``: (weights, ids) [T, k] contiguous buffers to write
+    (vLLM's in-place ops), else new ones of ``w_dtype`` / ``ids_dtype``."""
     torch._check(logits.dim() == 2, lambda: f"moe routing: logits must be [tokens, experts], got {logits.dim()}-D")
     E = int(logits.shape[1])
     torch._check(scoring in SCORING, lambda: f"moe routing: scoring={scoring!r}; use one of {list(SCORING)}")
@@ -31,14 +34,17 @@ def _route(logits: torch.Tensor, k: int, scoring: str, renormalize: bool, num_gr
     if logits.stride(-1) != 1:
         logits = logits.contiguous()
     T = logits.shape[0]
-    w = torch.empty((T, k), dtype=w_dtype, device=logits.device)
-    ids = torch.empty((T, k), dtype=ids_dtype, device=logits.device)
+    if out is None:
+        out = (torch.empty((T, k), dtype=w_dtype, device=logits.device),
+               torch.empty((T, k), dtype=ids_dtype, device=logits.device))
+    w, ids = out
     block_e = max(16, triton.next_power_of_2(E))
-    launch(moe_route_kernel, (T,), logits, bias if bias is not None else logits, w, ids, E, logits.stride(0),
+    launch(moe_route_kernel, (T,), logits, bias if bias is not None else logits, w, ids,
+           token_expert_indices if token_expert_indices is not None else ids, T, E, logits.stride(0),
            float(scale), K=k, SCORING=SCORING[scoring], RENORM=renormalize, N_GROUP=num_groups,
            TOPK_GROUP=topk_group, HAS_BIAS=bias is not None, BLOCK_E=block_e,
            BLOCK_G=max(2, triton.next_power_of_2(num_groups)), BLOCK_K=max(2, triton.next_power_of_2(k)),
-           num_warps=4 if block_e >= 512 else 1)
+           HAS_TEI=token_expert_indices is not None, num_warps=4 if block_e >= 512 else 1)
     return w, ids
 
 
@@ -61,6 +67,12 @@ def topk_of_scores(logits: torch.Tensor, k: int, scoring: str) -> tuple[torch.Te
 
 # ---------------------------------------------------------------------------------------------
 # Alignment
+def fill(t: torch.Tensor, value: int) -> None:
+    """t[:] = value (t contiguous) with our Triton kernel."""
+    n = t.numel()
+    launch(fill_kernel, (triton.cdiv(n, 1024),), t, value, n, BLOCK=1024)
+
+
 def max_padded(numel, num_experts: int, block_m: int):
     return numel + num_experts * (block_m - 1)
 
@@ -74,17 +86,16 @@ def align(topk_ids: torch.Tensor, num_experts: int, block_m: int, sorted_ids: to
     ids = topk_ids.reshape(-1)
     numel = ids.shape[0]
     size = max_padded(numel, num_experts, block_m)
-    n_blocks = triton.cdiv(size, block_m)
     if sorted_ids is None:
-        sorted_ids = torch.full((size,), numel, dtype=torch.int32, device=dev)
-    else:
-        sorted_ids.fill_(numel)
-        n_blocks = expert_ids.shape[0]
+        sorted_ids = torch.empty((size,), dtype=torch.int32, device=dev)
     if expert_ids is None:
-        expert_ids = torch.empty((n_blocks,), dtype=torch.int32, device=dev)
+        expert_ids = torch.empty((triton.cdiv(size, block_m),), dtype=torch.int32, device=dev)
     if n_post_pad is None:
         n_post_pad = torch.empty((1,), dtype=torch.int32, device=dev)
-    counts = torch.zeros((num_experts,), dtype=torch.int32, device=dev)
+    n_blocks = expert_ids.shape[0]
+    fill(sorted_ids, numel)
+    counts = torch.empty((num_experts,), dtype=torch.int32, device=dev)
+    fill(counts, 0)
     offsets = torch.empty((num_experts + 1,), dtype=torch.int32, device=dev)
     cursor = torch.empty((num_experts,), dtype=torch.int32, device=dev)
     block = 256

@@ -28,10 +28,12 @@ def _pick(sel, avail, offs, BIG: tl.constexpr):
 
 
 @triton.jit
-def moe_route_kernel(logits_ptr, bias_ptr, w_ptr, ids_ptr, E, stride_t, scale,
+def moe_route_kernel(logits_ptr, bias_ptr, w_ptr, ids_ptr, tei_ptr, T, E, stride_t, scale,
                      K: tl.constexpr, SCORING: tl.constexpr, RENORM: tl.constexpr,
                      N_GROUP: tl.constexpr, TOPK_GROUP: tl.constexpr, HAS_BIAS: tl.constexpr,
-                     BLOCK_E: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_K: tl.constexpr):
+                     BLOCK_E: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_K: tl.constexpr,
+                     HAS_TEI: tl.constexpr):
+    # HAS_TEI: also write vLLM's token_expert_indices (slot * T + token).
     t = tl.program_id(0).to(tl.int64)
     offs = tl.arange(0, BLOCK_E)
     valid = offs < E
@@ -82,3 +84,5 @@ def moe_route_kernel(logits_ptr, bias_ptr, w_ptr, ids_ptr, E, stride_t, scale,
     kmask = offs_k < K
     tl.store(w_ptr + t * K + offs_k, wv.to(w_ptr.dtype.element_ty), mask=kmask)
     tl.store(ids_ptr + t * K + offs_k, iv.to(ids_ptr.dtype.element_ty), mask=kmask)
+    if HAS_TEI:
+        tl.store(tei_ptr + t * K + offs_k, (offs_k * T + t).to(tei_ptr.dtype.element_ty), mask=kmask)
