@@ -137,3 +137,22 @@ def test_inactive_hooks_call_vllms_original(monkeypatch):
     finally:
         vllm_moe.activate(False)
     assert len(calls) == 2
+
+
+def test_audit_names_vllms_moe_layer_op():
+    from tri_inductor.audit.output_code import audit_output_code
+
+    code = "def call(args):\n    buf3 = torch.ops.vllm.moe_forward.default(buf1, buf2, None, None, 'l0', 0)\n"
+    [entry] = audit_output_code(code).violations
+    assert entry.op == "vllm.moe_forward" and "vllm_moe.py" in entry.hint and "census" in entry.hint
+
+
+def test_census_knows_the_moe_shapes_but_does_not_run_them_by_default():
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    census = pytest.importorskip("vllm_census")
+    assert {"mixtral", "qwen3_moe"} <= set(census.MODELS)
+    assert not {"mixtral", "qwen3_moe"} & set(census.DEFAULT_MODELS)
+    assert census.MODELS["qwen3_moe"]["architectures"] == ["Qwen3MoeForCausalLM"]
