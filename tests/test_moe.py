@@ -101,6 +101,14 @@ def test_align_matches_reference(T, k, E, block_m):
     _check_align(ids, E, block_m)
 
 
+def test_align_drops_ids_outside_the_experts():
+    # Expert-parallel sentinels (-1, >= E) are in no run and written nowhere out of bounds.
+    ids = torch.tensor([[0, -1], [5, 2], [2, 9]], dtype=torch.int32)
+    sorted_ids, expert_ids, npp, counts = ops.moe_align(ids, 6, 4)
+    assert counts.tolist() == [1, 0, 2, 0, 0, 1] and npp.item() == 12
+    assert sorted(sorted_ids[:12].tolist()) == [0, 2, 3, 4] + [6] * 8
+
+
 def test_int_histc_matches_torch():
     torch.manual_seed(2)
     ids = torch.randint(-2, 11, (77,))

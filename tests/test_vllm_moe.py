@@ -23,7 +23,7 @@ def hooked(monkeypatch):
     for name, hook in vllm_moe.HOOKS.items():
         module = importlib.import_module(name)
         for attr in ("topk_softmax", "topk_sigmoid", "grouped_topk", "moe_align_block_size", "moe_sum",
-                     "apply_moe_activation"):
+                     "apply_moe_activation", "_prepare_expert_assignment"):
             if hasattr(module, attr):
                 monkeypatch.setattr(module, attr, getattr(module, attr))  # restored at teardown
         hook(module)
@@ -120,6 +120,21 @@ def test_moe_sum_and_activation(hooked):
     act = torch.full((7, 48), float("nan"), dtype=torch.bfloat16)
     mk.apply_moe_activation(MoEActivation.SILU, act, x)
     assert rel(act, reference_silu_and_mul(x)) < 1e-2
+
+
+def test_naive_expert_assignment_without_an_aten_fill(hooked, monkeypatch):
+    # Decode with few (token, expert) pairs: vLLM's one-block-per-pair layout, its count written
+    # by our fill kernel (vLLM: torch.full, an ATen launch); the other case still goes to vLLM.
+    fm = hooked["fused_moe"]
+    ids = torch.tensor([[3, 17]], dtype=torch.int32)
+    full = torch.full
+    monkeypatch.setattr(torch, "full", lambda *a, **k: pytest.fail("torch.full called"))
+    sorted_ids, expert_ids, n = fm._prepare_expert_assignment(ids, {"BLOCK_SIZE_M": 16}, 1, 2, 64, None)
+    monkeypatch.setattr(torch, "full", full)
+    assert sorted_ids is None and expert_ids.tolist() == [3, 17] and n.tolist() == [32]
+    ids = torch.tensor([[3, 1]], dtype=torch.int32)
+    s2, e2, n2 = fm._prepare_expert_assignment(ids, {"BLOCK_SIZE_M": 16}, 1, 2, 4, None)  # 8 pairs > 4/4
+    assert s2 is not None and n2.item() == 32  # aligned path (our align through vLLM's wrapper)
 
 
 def test_inactive_hooks_call_vllms_original(monkeypatch):

@@ -15,6 +15,9 @@ op would.  Tested on vLLM 0.26.0 (the only version read).
 | ``vllm._custom_ops.moe_sum``                                 | ``_moe_C::moe_sum``                      | ``moe_sum_kernel``            |
 | ``...fused_moe.router.grouped_topk_router.grouped_topk``     | torch ops under torch.compile (ATen topk)| ``moe_route_kernel`` grouped  |
 | ``...fused_moe.modular_kernel.apply_moe_activation``         | ``_C::silu_and_mul`` / ``gelu_and_mul``  | ``_gated_act_kernel``         |
+| ``...fused_moe.fused_moe.apply_moe_activation``              | (the same, bound by name there)          | ``_gated_act_kernel``         |
+| ``..._prepare_expert_assignment`` (fused_moe, triton_moe)    | ``torch.full`` (ATen fill) when decode   | ``fill_kernel``               |
+|                                                              | has <= E/4 (token, expert) pairs         |                               |
 
 The expert GEMMs stay vLLM's Triton ``fused_moe`` kernel.  Each hook is installed when vLLM
 imports its module (``install_hooks``, from the plugin) and routes to us only after
@@ -150,6 +153,35 @@ def _activation(real):
     return fn
 
 
+def _expert_assignment(real):
+    # vLLM's "naive block assignment" (few pairs, many experts): one block per (token, expert)
+    # pair, and a torch.full for the padded count -- an ATen fill launch in the decode step.
+    def fn(topk_ids, config, num_tokens, top_k_num, global_num_experts, expert_map, *, use_int8_w8a16=False,
+           use_int4_w4a16=False, block_shape=None, **kwargs):
+        naive = (expert_map is None and num_tokens * top_k_num * 4 <= global_num_experts
+                 and not ((use_int8_w8a16 or use_int4_w4a16) and block_shape is not None and block_shape[1] > 0))
+        if not (_ACTIVE and naive and topk_ids.is_contiguous()):
+            return real(topk_ids, config, num_tokens, top_k_num, global_num_experts, expert_map,
+                        use_int8_w8a16=use_int8_w8a16, use_int4_w4a16=use_int4_w4a16, block_shape=block_shape,
+                        **kwargs)
+        from .patterns.moe.ops import fill
+
+        n = torch.empty((1,), dtype=torch.int32, device=topk_ids.device)
+        fill(n, topk_ids.numel() * config["BLOCK_SIZE_M"])
+        return None, topk_ids.view(-1), n
+    return fn
+
+
+def hook_fused_moe(module: Any) -> None:
+    """``fused_moe.fused_moe``: its own by-name bindings of the activation and expert assignment."""
+    _hook(module, "apply_moe_activation", _activation)
+    _hook(module, "_prepare_expert_assignment", _expert_assignment)
+
+
+def hook_triton_moe(module: Any) -> None:
+    _hook(module, "_prepare_expert_assignment", _expert_assignment)
+
+
 def hook_custom_ops(module: Any) -> None:
     """``vllm._custom_ops``: the routing, alignment and reduction ops."""
     _hook(module, "topk_softmax", _topk("softmax"))
@@ -172,4 +204,6 @@ HOOKS: dict[str, Callable[[Any], None]] = {
     "vllm._custom_ops": hook_custom_ops,
     "vllm.model_executor.layers.fused_moe.router.grouped_topk_router": hook_grouped_topk_router,
     "vllm.model_executor.layers.fused_moe.modular_kernel": hook_modular_kernel,
+    "vllm.model_executor.layers.fused_moe.fused_moe": hook_fused_moe,
+    "vllm.model_executor.layers.fused_moe.experts.triton_moe": hook_triton_moe,
 }

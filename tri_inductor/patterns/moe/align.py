@@ -9,6 +9,8 @@ Output, for a grouped GEMM that works on blocks of ``block_m`` rows of one exper
 * ``n_post_pad`` [1]: how many entries of ``sorted_ids`` are used (a multiple of block_m);
 * ``counts`` [E]: tokens per expert (an expert with no token has an empty run).
 
+Ids outside [0, E) (expert-parallel sentinels, bad input) are left out of every run.
+
 Three launches: count (atomic adds), offsets (one program: padded exclusive cumsum and the
 block -> expert map), scatter (atomic cursor per expert).  The order of the indices inside one
 expert's run is whatever the atomics give: every row of the GEMM is computed on its own and the
@@ -21,10 +23,11 @@ import triton.language as tl
 
 
 @triton.jit
-def moe_count_kernel(ids_ptr, counts_ptr, numel, BLOCK: tl.constexpr):
+def moe_count_kernel(ids_ptr, counts_ptr, numel, E, BLOCK: tl.constexpr):
     offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     ok = offs < numel
     e = tl.load(ids_ptr + offs, mask=ok, other=0)
+    ok = ok & (e >= 0) & (e < E)  # an id outside [0, E) is dropped, never written out of bounds
     tl.atomic_add(counts_ptr + e, tl.full([BLOCK], 1, tl.int32), mask=ok)
 
 
@@ -54,10 +57,11 @@ def moe_offsets_kernel(counts_ptr, offsets_ptr, cursor_ptr, expert_ids_ptr, n_po
 
 
 @triton.jit
-def moe_scatter_kernel(ids_ptr, cursor_ptr, sorted_ptr, numel, BLOCK: tl.constexpr):
+def moe_scatter_kernel(ids_ptr, cursor_ptr, sorted_ptr, numel, E, BLOCK: tl.constexpr):
     offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     ok = offs < numel
     e = tl.load(ids_ptr + offs, mask=ok, other=0)
+    ok = ok & (e >= 0) & (e < E)
     pos = tl.atomic_add(cursor_ptr + e, tl.full([BLOCK], 1, tl.int32), mask=ok)
     tl.store(sorted_ptr + pos, offs.to(sorted_ptr.dtype.element_ty), mask=ok)
 

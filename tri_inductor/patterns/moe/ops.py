@@ -99,10 +99,11 @@ def align(topk_ids: torch.Tensor, num_experts: int, block_m: int, sorted_ids: to
     offsets = torch.empty((num_experts + 1,), dtype=torch.int32, device=dev)
     cursor = torch.empty((num_experts,), dtype=torch.int32, device=dev)
     block = 256
-    launch(moe_count_kernel, (triton.cdiv(numel, block),), ids, counts, numel, BLOCK=block)
+    launch(moe_count_kernel, (triton.cdiv(numel, block),), ids, counts, numel, num_experts, BLOCK=block)
     launch(moe_offsets_kernel, (1,), counts, offsets, cursor, expert_ids, n_post_pad, num_experts, n_blocks,
            BLOCK_M=block_m, BLOCK_E=max(16, triton.next_power_of_2(num_experts)), BLOCK_B=32, num_warps=4)
-    launch(moe_scatter_kernel, (triton.cdiv(numel, block),), ids, cursor, sorted_ids, numel, BLOCK=block)
+    launch(moe_scatter_kernel, (triton.cdiv(numel, block),), ids, cursor, sorted_ids, numel, num_experts,
+           BLOCK=block)
     return sorted_ids, expert_ids, n_post_pad, counts
 
 
