@@ -16,7 +16,7 @@ op would.  Tested on vLLM 0.26.0 (the only version read).
 | ``...fused_moe.router.grouped_topk_router.grouped_topk``     | torch ops under torch.compile (ATen topk)| ``moe_route_kernel`` grouped  |
 | ``...fused_moe.modular_kernel.apply_moe_activation``         | ``_C::silu_and_mul`` / ``gelu_and_mul``  | ``_gated_act_kernel``         |
 | ``...fused_moe.fused_moe.apply_moe_activation``              | (the same, bound by name there)          | ``_gated_act_kernel``         |
-| ``..._prepare_expert_assignment`` (fused_moe, triton_moe)    | ``torch.full`` (ATen fill) when decode   | ``fill_kernel``               |
+| ``..._prepare_expert_assignment`` (fused_moe, triton_moe)    | ``torch.full`` (ATen fill) when decode   | ``moe_fill_kernel``           |
 |                                                              | has <= E/4 (token, expert) pairs         |                               |
 
 The expert GEMMs stay vLLM's Triton ``fused_moe`` kernel.  Each hook is installed when vLLM

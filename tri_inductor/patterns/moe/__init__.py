@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import torch
 
-from .align import int_histc_kernel, moe_count_kernel, moe_offsets_kernel, moe_scatter_kernel  # noqa: F401
+from .align import (int_histc_kernel, moe_count_kernel, moe_fill_kernel, moe_offsets_kernel,  # noqa: F401
+                    moe_scatter_kernel)
 from .experts import grouped_mm_kernel, moe_gemm_kernel, moe_sum_kernel  # noqa: F401
 from .hf import rewrite_moe_in_dynamo_graph  # noqa: F401
 from .ops import (align, experts, grouped_mm, int_histc, moe_align, moe_experts, moe_sum, moe_topk,  # noqa: F401

@@ -78,7 +78,7 @@ def int_histc_kernel(x_ptr, counts_ptr, numel, lo, hi, BINS: tl.constexpr, BLOCK
 
 
 @triton.jit
-def fill_kernel(ptr, value, n, BLOCK: tl.constexpr):
+def moe_fill_kernel(ptr, value, n, BLOCK: tl.constexpr):
     """ptr[:n] = value.  Ours rather than torch.full / zeros: called eagerly (vLLM's MoE layer
     runs outside the compiled graph) those would launch ATen fill kernels, not Triton."""
     offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)

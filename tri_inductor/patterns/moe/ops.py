@@ -8,7 +8,7 @@ from torch.library import triton_op
 
 from .._launch import launch
 from ..attention import _hint
-from .align import fill_kernel, int_histc_kernel, moe_count_kernel, moe_offsets_kernel, moe_scatter_kernel
+from .align import int_histc_kernel, moe_count_kernel, moe_fill_kernel, moe_offsets_kernel, moe_scatter_kernel
 from .experts import grouped_mm_kernel, moe_gemm_kernel, moe_sum_kernel
 from .routing import MAX_EXPERTS, SCORING, moe_route_kernel
 
@@ -70,7 +70,7 @@ def topk_of_scores(logits: torch.Tensor, k: int, scoring: str) -> tuple[torch.Te
 def fill(t: torch.Tensor, value: int) -> None:
     """t[:] = value (t contiguous) with our Triton kernel."""
     n = t.numel()
-    launch(fill_kernel, (triton.cdiv(n, 1024),), t, value, n, BLOCK=1024)
+    launch(moe_fill_kernel, (triton.cdiv(n, 1024),), t, value, n, BLOCK=1024)
 
 
 def max_padded(numel, num_experts: int, block_m: int):
