@@ -77,6 +77,23 @@ MODELS: dict[str, dict[str, Any]] = {
                   hidden_activation="gelu_pytorch_tanh", tie_word_embeddings=True),
 }
 
+# MoE shapes (issue 20; vLLM FusedMoE with tri_inductor/vllm_moe.py's hooks): not in the default
+# --models; run them by name:  python3 benchmarks/vllm_census.py --models mixtral,qwen3_moe
+MOE_MODELS: dict[str, dict[str, Any]] = {
+    "mixtral": dict(architectures=["MixtralForCausalLM"], model_type="mixtral", hidden_size=1024,
+                    intermediate_size=3584, num_attention_heads=16, num_key_value_heads=4, head_dim=64,
+                    num_local_experts=8, num_experts_per_tok=2, rms_norm_eps=1e-5, rope_theta=1000000.0,
+                    hidden_act="silu", sliding_window=None, tie_word_embeddings=False),
+    "qwen3_moe": dict(architectures=["Qwen3MoeForCausalLM"], model_type="qwen3_moe", hidden_size=1024,
+                      intermediate_size=3072, moe_intermediate_size=384, num_experts=64, num_experts_per_tok=8,
+                      norm_topk_prob=True, decoder_sparse_step=1, mlp_only_layers=[], num_attention_heads=16,
+                      num_key_value_heads=4, head_dim=128, rms_norm_eps=1e-6, rope_theta=1000000.0,
+                      hidden_act="silu", tie_word_embeddings=False, attention_bias=False,
+                      use_sliding_window=False, sliding_window=None),
+}
+DEFAULT_MODELS = tuple(MODELS)
+MODELS.update(MOE_MODELS)
+
 
 # ======================================================================= parent: orchestration
 
@@ -655,7 +672,7 @@ def main_worker(args: argparse.Namespace) -> int:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--models", default=",".join(MODELS))
+    p.add_argument("--models", default=",".join(DEFAULT_MODELS))
     p.add_argument("--backends", default=",".join(BACKENDS),
                    help=f"add '{CONTROL}' for the numerics control (vLLM eager vs its compile path)")
     p.add_argument("--prompts", type=int, default=32)

@@ -3,6 +3,7 @@
     Dynamo FX graph
       -> attention rewrite (SDPA -> tri_inductor::attention; must happen before AOT, where SDPA
          would be dispatched to a CUDA kernel)
+      -> MoE rewrite (router topk / histc / _grouped_mm -> tri_inductor::moe ops; patterns/moe/hf.py)
       -> compile_fx under Triton-only Inductor settings, with our post-grad pattern pass
          (RMSNorm, RoPE, activations, GEMM -> our Triton kernels)
       -> the auditor reads the output code of every graph (fresh or cache hit), the backward
@@ -92,6 +93,8 @@ def compile_graph(gm: torch.fx.GraphModule, example_inputs: list[Any], opts: Tri
     _decompose_fast_path(gm, example_inputs, "attention" in opts.families)
     if "attention" in opts.families:
         _rewrite_attention(gm, example_inputs)
+    if "moe" in opts.families:
+        _rewrite_moe(gm)
     cfg = inductor_config_for(opts, overrides)
     stack_traces = {n.name: n.meta.get("stack_trace") for n in gm.graph.nodes}
 
@@ -169,6 +172,12 @@ def _rewrite_attention(gm: torch.fx.GraphModule, example_inputs: list[Any]) -> i
     if n:
         gm.recompile()
     return n
+
+
+def _rewrite_moe(gm: torch.fx.GraphModule) -> int:
+    from .patterns import family_module
+
+    return family_module("moe").rewrite_moe_in_dynamo_graph(gm)
 
 
 def _finish_reports(reports: list[audit.GraphReport],

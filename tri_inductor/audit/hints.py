@@ -20,7 +20,12 @@ HINTS: dict[str, str] = {
     "_flash_attention_forward": _SDPA, "_efficient_attention_forward": _SDPA,
     "scaled_dot_product_attention": _SDPA,
     "topk": "torch 2.11 Inductor always falls back for topk/sort/kthvalue/median: keep it out of the "
-            "compiled region (e.g. in the sampler) or replace it with a Triton kernel",
+            "compiled region (e.g. in the sampler) or replace it with a Triton kernel (a MoE router's "
+            "topk(softmax(x)) / topk(sigmoid(x)) over fp32 scores is taken by the `moe` family)",
+    "histc": "histc has no Triton lowering: the `moe` family takes histc of integer expert ids "
+             "(tokens per expert) with integer bounds; others stay ATen",
+    "_grouped_mm": "torch._grouped_mm runs CUTLASS: the `moe` family replaces a 2-D x 3-D grouped_mm "
+                   "with offsets (the Hugging Face grouped-mm experts) by tri_inductor::grouped_mm",
     "sort": "torch 2.11 Inductor falls back for sort over 512 elements or of dynamic size: keep it out "
             "of the compiled region or make the size static and small",
     "multinomial": "sampling has no Triton lowering: keep it out of the compiled region",
@@ -32,6 +37,11 @@ HINTS: dict[str, str] = {
 
 
 def hint_for(op: str | None, namespace: str | None = None) -> str:
+    if namespace == "vllm" and op in ("moe_forward", "moe_forward_shared"):
+        return ("vLLM's FusedMoE layer, an opaque op run eagerly inside the compiled piece: its kernels are "
+                "not in this graph's code. Under tri_inductor its routing/alignment/activation/sum ops run on "
+                "our Triton kernels (tri_inductor/vllm_moe.py) and its expert GEMMs on vLLM's Triton fused_moe; "
+                "the runtime census (benchmarks/vllm_census.py) is what proves it")
     if namespace and namespace not in ("aten", "prims"):
         if namespace == "_C" or namespace.startswith("_C_") or namespace == "_moe_C":
             return (f"vLLM CUDA custom op {namespace}.{op}: set compilation_config custom_ops=['none'] "

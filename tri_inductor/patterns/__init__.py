@@ -8,6 +8,8 @@
 | activation   | patterns/activation.py | silu_and_mul, gelu_and_mul                       |
 | linear       | patterns/linear.py     | mm, addmm (kernels, configs, tuning: gemm/)      |
 | attention    | patterns/attention.py  | attention                                        |
+| moe          | patterns/moe/ (package)| moe_topk, moe_align, moe_experts, moe_sum,       |
+|              |                        | grouped_mm, int_histc, topk_of_scores            |
 
 Applied in this order (``options.FAMILIES``): RoPE first, so that its fused form can take a q/k
 RMSNorm feeding the rotation (Qwen3) before the rms_norm family replaces that norm on its own;
@@ -54,6 +56,8 @@ def our_kernel_names() -> dict[str, str]:
             fn = value
             while fn is not None and not isinstance(fn, JITFunction):
                 fn = getattr(fn, "fn", None)  # Autotuner / Heuristics wrap a JITFunction
-            if fn is not None and getattr(fn, "__module__", module.__name__) == module.__name__:
+            home = getattr(fn, "__module__", module.__name__) if fn is not None else ""
+            # a family that is a package (moe) defines its kernels in submodules
+            if fn is not None and (home == module.__name__ or home.startswith(module.__name__ + ".")):
                 names[fn.__name__] = family
     return names

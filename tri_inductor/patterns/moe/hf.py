@@ -1,0 +1,164 @@
+"""Rewrite of the Hugging Face MoE forms on the Dynamo graph (before AOT, as attention is).
+
+transformers 5.x (``integrations/moe.py``, ``grouped_mm`` experts; read from 5.24) writes a MoE
+block as: router ``softmax(logits.float())`` -> ``torch.topk`` (Mixtral, Qwen2/3-MoE, OLMoE...),
+``torch.sort`` of the expert ids, ``torch.histc`` of them (tokens per expert), then two
+``torch._grouped_mm`` over the expert-sorted rows.  Inductor has no Triton lowering for topk,
+histc or _grouped_mm; here each becomes our op, one node for one node, so the rest of the block
+(sort, gathers, gating, weighting, the reshape+sum) stays Inductor's Triton:
+
+* ``topk(softmax(x, -1) or sigmoid(x), k, dim=-1)`` of float32 scores [T, E] ->
+  ``tri_inductor::topk_of_scores`` (the router top-k kernel, ids int64, values fp32).
+  A top-k of anything else is left alone (not a router: the audit still names it);
+* ``histc(ids.float() or ids.int(), bins, min, max)`` of integer ids -> ``tri_inductor::int_histc``;
+* ``_grouped_mm(a [M, K], b [G, K, N], offs=...)`` (and transformers' own
+  ``grouped_mm_fallback`` custom op) -> ``tri_inductor::grouped_mm``.
+
+A node that does not fit is left as it is (declined, never an error).
+"""
+from __future__ import annotations
+
+import operator
+
+import torch
+import torch.nn.functional as F
+
+from .routing import MAX_EXPERTS
+
+
+def _val(node):
+    return node.meta.get("example_value", node.meta.get("val")) if isinstance(node, torch.fx.Node) else None
+
+
+def _is(node, fns=(), methods=()) -> bool:
+    return isinstance(node, torch.fx.Node) and (
+        (node.op == "call_function" and node.target in fns) or (node.op == "call_method" and node.target in methods))
+
+
+def _arg(node, i: int, name: str, default=None):
+    """Argument ``i`` / ``name`` of a call (for call_method, the tensor is args[0])."""
+    if name in node.kwargs:
+        return node.kwargs[name]
+    return node.args[i] if len(node.args) > i else default
+
+
+def _last_dim(dim, ndim: int) -> bool:
+    return isinstance(dim, int) and dim in (-1, ndim - 1)
+
+
+def _scoring(node) -> tuple[str, torch.fx.Node] | None:
+    """('softmax' | 'sigmoid', logits node) if ``node`` is a router's score of the last dim."""
+    if _is(node, (F.softmax, torch.softmax, torch.nn.functional.softmax), ("softmax",)):
+        x = node.args[0] if node.args else node.kwargs.get("input")
+        val = _val(x)
+        if val is not None and _last_dim(_arg(node, 1, "dim"), val.dim()):
+            return "softmax", x
+    if _is(node, (torch.sigmoid, F.sigmoid), ("sigmoid",)):
+        return "sigmoid", node.args[0]
+    return None
+
+
+def _rewrite_topk(gm, node) -> bool:
+    scores = _val(node.args[0]) if node.args else None
+    k = _arg(node, 1, "k")
+    if scores is None or scores.dim() != 2 or scores.dtype != torch.float32 or not isinstance(k, int):
+        return False
+    if not _last_dim(_arg(node, 2, "dim", -1), 2) or _arg(node, 3, "largest", True) is not True \
+            or _arg(node, 4, "sorted", True) not in (True, False):  # sorted=False: any order will do
+        return False
+    if not all(u.op == "call_function" and u.target is operator.getitem for u in node.users):
+        return False
+    found = _scoring(node.args[0])
+    if found is None:
+        return False
+    scoring, logits = found
+    lv = _val(logits)
+    try:
+        E = int(lv.shape[-1])
+    except (TypeError, AttributeError):
+        return False
+    if lv.dim() != 2 or not (0 < k <= E <= MAX_EXPERTS) or not lv.dtype.is_floating_point:
+        return False
+    _replace(gm, node, torch.ops.tri_inductor.topk_of_scores.default, (logits, k, scoring))
+    return True
+
+
+_TO_FLOAT = ("float", "int", "to", "long")
+
+
+def _integer_source(node):
+    """The integer tensor behind ``node`` (itself, or the source of a dtype conversion)."""
+    val = _val(node)
+    if val is not None and not val.dtype.is_floating_point and val.dtype != torch.bool:
+        return node
+    if isinstance(node, torch.fx.Node) and node.op == "call_method" and node.target in _TO_FLOAT:
+        src = _val(node.args[0])
+        if src is not None and not src.dtype.is_floating_point and src.dtype != torch.bool:
+            return node.args[0]
+    return None
+
+
+def _rewrite_histc(gm, node) -> bool:
+    out = _val(node)
+    x = node.args[0] if node.args else node.kwargs.get("input")
+    bins, lo, hi = _arg(node, 1, "bins", 100), _arg(node, 2, "min", 0), _arg(node, 3, "max", 0)
+    src = _integer_source(x)
+    if out is None or src is None or not all(isinstance(v, (int, float)) and float(v).is_integer()
+                                             for v in (bins, lo, hi)):
+        return False
+    if hi <= lo or bins < 1:  # min == max: torch takes the data's range; left alone
+        return False
+    _replace(gm, node, torch.ops.tri_inductor.int_histc.default, (src, int(bins), int(lo), int(hi), out.dtype))
+    return True
+
+
+def _grouped_mm_targets():
+    out = {torch._grouped_mm}
+    try:
+        fallback = torch.ops.transformers.grouped_mm_fallback
+        out |= {fallback, fallback.default}
+    except (AttributeError, RuntimeError):
+        pass
+    return out
+
+
+def _rewrite_grouped_mm(gm, node) -> bool:
+    a, b = node.args[:2] if len(node.args) >= 2 else (node.kwargs.get("input"), node.kwargs.get("weight"))
+    offs = _arg(node, 2, "offs")
+    if _arg(node, 3, "bias") is not None:
+        return False
+    out_dtype = _arg(node, 4, "out_dtype")
+    av, bv, ov = _val(a), _val(b), _val(offs)
+    if av is None or bv is None or ov is None or av.dim() != 2 or bv.dim() != 3 or ov.dim() != 1:
+        return False
+    if av.dtype != bv.dtype or not av.dtype.is_floating_point:
+        return False
+    _replace(gm, node, torch.ops.tri_inductor.grouped_mm.default, (a, b, offs, out_dtype))
+    return True
+
+
+def _replace(gm, node, target, args) -> None:
+    with gm.graph.inserting_before(node):
+        new = gm.graph.call_function(target, args)
+    new.meta.update(node.meta)
+    node.replace_all_uses_with(new)
+    gm.graph.erase_node(node)
+
+
+def rewrite_moe_in_dynamo_graph(gm: torch.fx.GraphModule) -> int:
+    """Rewrite the MoE forms above in place; returns how many nodes were replaced."""
+    from . import ops  # noqa: F401  (registers the tri_inductor:: ops)
+
+    grouped = _grouped_mm_targets()
+    n = 0
+    for node in list(gm.graph.nodes):
+        if _is(node, (torch.topk,), ("topk",)):
+            n += _rewrite_topk(gm, node)
+        elif _is(node, (torch.histc,), ("histc",)):
+            n += _rewrite_histc(gm, node)
+        elif node.op == "call_function" and node.target in grouped:
+            n += _rewrite_grouped_mm(gm, node)
+    if n:
+        gm.graph.lint()
+        gm.recompile()
+    return n
