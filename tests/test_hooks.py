@@ -120,7 +120,7 @@ def test_untested_versions_named_with_the_range() -> None:
 
 def test_nothing_hooked_at_import_compile_hooks_when_a_compile_starts() -> None:
     code = """
-import tri_inductor, tri_inductor.audit, tri_inductor.patterns, tri_inductor.patterns._launch, tri_inductor.interpret
+import tri_inductor, tri_inductor.audit, tri_inductor.patterns, tri_inductor.patterns._launch, tri_inductor.testing.interpret
 from torch._inductor.graph import GraphLowering
 from torch._inductor.runtime.triton_heuristics import TritonCompileResult
 assert not getattr(GraphLowering.codegen, "_tri_inductor", False), "hooked at import"

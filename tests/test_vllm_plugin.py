@@ -228,7 +228,7 @@ def test_compile_range_reaches_gemm_dispatch(plugin, monkeypatch):
     from vllm.config import set_current_vllm_config
     from vllm.config.utils import Range
 
-    from tri_inductor.patterns import linear as L
+    from tri_inductor.patterns.gemm import ops as L
     from tri_inductor.vllm_compiler import TriInductorCompiler
 
     seen = []

@@ -17,7 +17,7 @@ from types import SimpleNamespace
 
 import torch
 
-from . import hooks
+from .. import hooks
 
 # An H100 SXM as torch reports it; Inductor reads SM count (is_big_gpu), capability and
 # shared-memory size when choosing GEMM templates and block sizes.

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from . import hooks
+from .. import hooks
 
 
 _NUMPY_LIBDEVICE = {
