@@ -9,7 +9,8 @@ Phases (one subprocess each, all caches under one temporary root, nothing else s
 
 1. ``cold``          empty caches: compile every piece, tune every GEMM shape;
 2. ``warm``          same caches: vLLM/Inductor cache hits, no benchmark at all;
-3. ``tri-inductor cache export F`` -> ``cache clear --vllm`` (checked empty) -> ``cache import F``;
+3. ``tri-inductor cache export F --key-file K`` -> ``cache clear --vllm`` (checked empty) ->
+   ``cache import F --trust --key-file K`` (compiled artifacts need both: docs/cache.md, "Trust");
 4. ``after_import``  must be as warm as 2.
 
 Measured per start: vLLM's "torch.compile took X s in total" (the compile+tune phase: our GEMM
@@ -327,13 +328,15 @@ def main_parent(args: argparse.Namespace) -> int:
         if "roundtrip" in phases and not args.quick:
             archive = root / "exported_cache.tar.gz"
             report["cli"]["info_before"] = cli(root, "info")
-            report["cli"]["export"] = cli(root, "export", str(archive))
+            key = root / "cache.key"  # compiled artifacts are imported only from a signed archive
+            key.write_bytes(os.urandom(32).hex().encode())
+            report["cli"]["export"] = cli(root, "export", str(archive), "--key-file", str(key))
             report["archive_bytes"] = archive.stat().st_size if archive.exists() else None
             report["cli"]["clear"] = cli(root, "clear", "--vllm")
             left = {"tri": tree_files(root / "tri"),
                     "vllm_torch_compile_cache": tree_files(root / "vllm" / "torch_compile_cache")}
             report["files_left_after_clear"] = left
-            report["cli"]["import"] = cli(root, "import", str(archive))
+            report["cli"]["import"] = cli(root, "import", str(archive), "--trust", "--key-file", str(key))
             report["starts"]["after_import"] = run_start(args, "after_import", root, model_dir)
             chk = warm_checks(report["starts"]["cold"], report["starts"]["after_import"])
             chk["clear_emptied_caches"] = sum(left.values()) == 0

@@ -29,6 +29,17 @@ from tri_inductor.cli import EXIT_BAD_INPUT, EXIT_OK, graph_audit_main
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.fixture(autouse=True)
+def _our_loggers_reach_caplog(monkeypatch):
+    """Earlier tests in the same session may configure logging (dictConfig disables existing
+    loggers; a handler may stop propagation): the warnings checked here must reach caplog."""
+    for name in ("tri_inductor", "tri_inductor.cache", "tri_inductor.audit"):
+        logger = logging.getLogger(name)
+        monkeypatch.setattr(logger, "disabled", False)
+        monkeypatch.setattr(logger, "propagate", True)
+        monkeypatch.setattr(logger, "level", logging.NOTSET)
+
+
 # ============================================================================ graph-audit never unpickles
 
 
