@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from ... import cache
 from ... import tuning as generic
 from .configs import (BUCKETS, TOP_BUCKET, Cfg, Device, invalid_reason, parse_cfg, representative_m, shipped,
                       table_entries)
@@ -23,6 +24,14 @@ from .heuristics import candidates, diverse, model_config
 CANDIDATES = 12
 # The config whose result every candidate's is checked against (simple and tested everywhere).
 REFERENCE_CFG = Cfg(16, 64, 64, 1, 1, 4, 2)
+
+
+def _stored_config_problem(raw: Any) -> str | None:
+    """The tuning DB's check of a stored GEMM entry (also for imported DBs): not a valid Cfg."""
+    return None if parse_cfg(raw) is not None else f"{raw!r} is not a valid GEMM config"
+
+
+cache.register_validator("mm", _stored_config_problem)
 
 
 def bucket_label(bucket: int) -> str:
