@@ -15,8 +15,11 @@ Inductor's launcher of the traced kernel gets it from ``_pdl``'s hook (``tri_ind
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
+import functools
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -93,7 +96,26 @@ def _current_stream(device: int) -> int:
     return torch._C._cuda_getCurrentRawStream(device)
 
 
+# Set by ``compile_only()``: eager GPU launches compile their kernel and launch nothing (the GEMM
+# tuner compiles its candidates side by side this way; launching them concurrently is not safe:
+# two threads' first launches of one compiled kernel race in Triton's lazy handle loading).
+_COMPILE_ONLY: contextvars.ContextVar[bool] = contextvars.ContextVar("tri_inductor_compile_only", default=False)
+
+
+@contextlib.contextmanager
+def compile_only() -> Iterator[None]:
+    tok = _COMPILE_ONLY.set(True)
+    try:
+        yield
+    finally:
+        _COMPILE_ONLY.reset(tok)
+
+
 def _launch_gpu(kernel, grid, args: tuple, kwargs: dict[str, Any]) -> None:
+    if _COMPILE_ONLY.get():
+        if not callable(grid) and isinstance(kernel, JITFunction):
+            kernel.warmup(*args, grid=grid, **kwargs)
+        return
     if kwargs.get("USE_PDL"):
         kwargs = {**kwargs, "launch_pdl": True}  # Triton's compile option for the launch attribute
     hooks = _hook_set(knobs.runtime.launch_enter_hook) or _hook_set(knobs.runtime.launch_exit_hook)

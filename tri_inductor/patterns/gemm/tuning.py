@@ -62,12 +62,17 @@ def tuning_candidates(n: int, k: int, bucket: int, dev: Device, elem: int = 2) -
 
 def _warm(fns: list) -> None:
     """Compile the candidates' kernels side by side (Triton's compile is mostly ptxas, a
-    subprocess): tuning time is then one compile's, not one per candidate."""
+    subprocess): tuning time is then one compile's, not one per candidate. Compile only: the
+    first launches happen one by one, in ``measure`` (concurrent first launches of one kernel
+    race in Triton's lazy handle loading; seen as an illegal address on the H200)."""
     from concurrent.futures import ThreadPoolExecutor
+
+    from .._launch import compile_only
 
     def run(f):
         try:
-            f()
+            with compile_only():
+                f()
         except Exception:  # noqa: BLE001  (measured again, and rejected, one by one)
             pass
 
