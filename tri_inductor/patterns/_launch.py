@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-import functools
 import inspect
 from collections.abc import Callable, Iterator
 from typing import Any
