@@ -23,7 +23,17 @@ import torch  # noqa: E402
 from tri_inductor.audit.model import audit_model  # noqa: E402
 
 
+# Tests that fail on one stack, each with why and the condition: marked xfail(strict=True), so the
+# suite stays green while they fail and turns red the day one passes (then drop its entry). Never
+# a silent skip. Keys are pytest node ids.
+KNOWN_FAILURES: dict[str, tuple[bool, str]] = {}
+
+
 def pytest_collection_modifyitems(config, items):
+    for item in items:
+        known = KNOWN_FAILURES.get(item.nodeid)
+        if known is not None and known[0]:
+            item.add_marker(pytest.mark.xfail(reason=known[1], strict=True))
     if torch.cuda.is_available():
         return
     skip = pytest.mark.skip(reason="needs a CUDA GPU (run on the GPU machine: see README 'GPU checks')")
