@@ -24,7 +24,29 @@ from tri_inductor.audit.model import audit_model  # noqa: E402
 import tri_inductor.testing.interpret  # noqa: E402,F401  (registers the CPU launcher of our kernels)
 
 
+# Tests that fail on one stack, each with why and the condition: marked xfail(strict=True), so the
+# suite stays green while they fail and turns red the day one passes (then drop its entry). Never
+# a silent skip. Keys are pytest node ids.
+def _torch_at_least(major: int, minor: int) -> bool:
+    from tri_inductor.hooks import torch_at_least
+
+    return torch_at_least(major, minor)
+
+
+KNOWN_FAILURES: dict[str, tuple[bool, str]] = {
+    "tests/test_linear.py::test_pattern_dynamic_m": (
+        _torch_at_least(2, 13),
+        "torch >= 2.13 output code re-aligns inputs with `argN = copy_if_misaligned(argN)`, which the "
+        "test's `'copy_' not in calls` check counts as a copy; fix in the test (tests/test_linear.py, "
+        "being rewritten by the lead): drop copy_if_misaligned lines before the check"),
+}
+
+
 def pytest_collection_modifyitems(config, items):
+    for item in items:
+        known = KNOWN_FAILURES.get(item.nodeid)
+        if known is not None and known[0]:
+            item.add_marker(pytest.mark.xfail(reason=known[1], strict=True))
     if torch.cuda.is_available():
         return
     skip = pytest.mark.skip(reason="needs a CUDA GPU (run on the GPU machine: see CONTRIBUTING.md, GPU checks)")
