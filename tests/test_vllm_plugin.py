@@ -79,6 +79,18 @@ def plugin():
     return p
 
 
+@pytest.fixture(scope="module", autouse=True)
+def restore_our_logger():
+    # The plugin routes the "tri_inductor" logger into vLLM's handlers (propagate off): undo that
+    # after this module, or later tests' caplog sees none of our warnings.
+    ours = logging.getLogger("tri_inductor")
+    saved = (list(ours.handlers), ours.level, ours.propagate)
+    yield
+    ours.handlers[:] = saved[0]
+    ours.setLevel(saved[1])
+    ours.propagate = saved[2]
+
+
 @pytest.fixture(autouse=True)
 def clean_env(monkeypatch):
     # adjust_vllm_config sets VLLM_USE_FLASHINFER_SAMPLER=0 in os.environ: undo after each test.
