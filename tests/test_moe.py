@@ -109,6 +109,16 @@ def test_align_drops_ids_outside_the_experts():
     assert sorted(sorted_ids[:12].tolist()) == [0, 2, 3, 4] + [6] * 8
 
 
+@pytest.mark.parametrize("T,k,E", [(1, 2, 8), (300, 2, 8), (37, 8, 60)])
+def test_sort_expert_ids_sorts(T, k, E):
+    torch.manual_seed(T)
+    ids = torch.randint(0, E, (T, k))
+    values, perm = ops.sort_expert_ids(ids, E)
+    flat = ids.reshape(-1)
+    assert torch.equal(values, torch.sort(flat).values) and values.dtype == ids.dtype
+    assert torch.equal(perm.sort().values, torch.arange(flat.numel())) and torch.equal(flat[perm], values)
+
+
 def test_int_histc_matches_torch():
     torch.manual_seed(2)
     ids = torch.randint(-2, 11, (77,))

@@ -21,13 +21,14 @@ BUILDERS = {"mixtral": moe_models.mixtral, "qwen3_moe": moe_models.qwen3_moe}
 
 @pytest.mark.parametrize("name", list(BUILDERS))
 def test_hf_moe_model_is_triton_only(codegen_only, name):
-    model, inputs = BUILDERS[name](layers=1)
+    # 300 tokens x top-2: 600 expert ids, past the 512 where Inductor's own sort is ATen.
+    model, inputs = BUILDERS[name](layers=1, seq=300)
     reports = codegen_only(model, inputs)
     assert all(r.ok for r in reports), "\n".join(r.format_table() for r in reports)
     moe = [k for r in reports for k in r.kernels if k.family == "moe"]
-    # per MoE layer: the router top-k, the histc of expert ids, two grouped GEMMs
-    assert {k.name for k in moe} >= {"moe_route_kernel", "int_histc_kernel", "grouped_mm_kernel"}, moe
-    assert sum(r.pattern_hits.get("moe", 0) for r in reports) >= 4
+    # per MoE layer: the router top-k, the counting sort and histc of expert ids, two grouped GEMMs
+    assert {k.name for k in moe} >= {"moe_route_kernel", "moe_scatter_kernel", "int_histc_kernel",
+                                      "grouped_mm_kernel"}, moe
 
 
 def test_stock_inductor_leaves_the_moe_ops_non_triton(codegen_only):

@@ -5,8 +5,8 @@
 | routing.py    | router top-k: softmax/sigmoid scores, bias, grouped top-k, renormalise    |
 | align.py      | token -> expert alignment (vLLM's moe_align_block_size)                   |
 | experts.py    | fused-MoE grouped GEMM (gated act epilogue), torch._grouped_mm, reduction |
-| ops.py        | the tri_inductor::moe_* / grouped_mm / topk_of_scores triton_ops          |
-| hf.py         | Dynamo-graph rewrite of the Hugging Face MoE block forms                  |
+| ops.py        | tri_inductor::moe_*, grouped_mm, topk_of_scores, sort_expert_ids, int_histc |
+| hf.py         | Dynamo-graph rewrite of the HF MoE forms (topk, sort, histc, _grouped_mm) |
 | reference.py  | float64 references                                                        |
 """
 from __future__ import annotations
@@ -18,7 +18,7 @@ from .align import (int_histc_kernel, moe_count_kernel, moe_fill_kernel, moe_off
 from .experts import grouped_mm_kernel, moe_gemm_kernel, moe_sum_kernel  # noqa: F401
 from .hf import rewrite_moe_in_dynamo_graph  # noqa: F401
 from .ops import (align, experts, grouped_mm, int_histc, moe_align, moe_experts, moe_sum, moe_topk,  # noqa: F401
-                  topk_of_scores)
+                  sort_expert_ids, topk_of_scores)
 from .routing import moe_route_kernel  # noqa: F401
 
 

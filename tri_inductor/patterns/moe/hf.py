@@ -10,6 +10,8 @@ histc or _grouped_mm; here each becomes our op, one node for one node, so the re
 * ``topk(softmax(x, -1) or sigmoid(x), k, dim=-1)`` of float32 scores [T, E] ->
   ``tri_inductor::topk_of_scores`` (the router top-k kernel, ids int64, values fp32).
   A top-k of anything else is left alone (not a router: the audit still names it);
+* ``sort`` (ascending) of the router's expert ids, reshaped -> ``tri_inductor::sort_expert_ids`` (a
+  counting sort: Inductor's sort is ATen above 512 elements or at a dynamic size);
 * ``histc(ids.float() or ids.int(), bins, min, max)`` of integer ids -> ``tri_inductor::int_histc``;
 * ``_grouped_mm(a [M, K], b [G, K, N], offs=...)`` (and transformers' own
   ``grouped_mm_fallback`` custom op) -> ``tri_inductor::grouped_mm``.
@@ -122,6 +124,36 @@ def _grouped_mm_targets():
     return out
 
 
+_VIEWS = ("reshape", "view", "flatten", "contiguous")
+
+
+def _router_experts(node) -> int | None:
+    """E if ``node`` is (a reshape of) the expert ids of a router top-k we rewrote, else None."""
+    while isinstance(node, torch.fx.Node) and node.op == "call_method" and node.target in _VIEWS:
+        node = node.args[0]
+    if not (isinstance(node, torch.fx.Node) and node.op == "call_function" and node.target is operator.getitem
+            and node.args[1] == 1):
+        return None
+    src = node.args[0]
+    if not (isinstance(src, torch.fx.Node) and src.target is torch.ops.tri_inductor.topk_of_scores.default):
+        return None
+    return int(_val(src.args[0]).shape[-1])
+
+
+def _rewrite_sort(gm, node) -> bool:
+    x = node.args[0] if node.args else node.kwargs.get("input")
+    val = _val(x)
+    E = _router_experts(x)
+    if E is None or val is None or val.dim() != 1:
+        return False
+    if _arg(node, 1, "dim", -1) not in (-1, 0) or _arg(node, 2, "descending", False) is not False:
+        return False
+    if not all(u.op == "call_function" and u.target is operator.getitem for u in node.users):
+        return False
+    _replace(gm, node, torch.ops.tri_inductor.sort_expert_ids.default, (x, E))
+    return True
+
+
 def _rewrite_grouped_mm(gm, node) -> bool:
     a, b = node.args[:2] if len(node.args) >= 2 else (node.kwargs.get("input"), node.kwargs.get("weight"))
     offs = _arg(node, 2, "offs")
@@ -154,6 +186,8 @@ def rewrite_moe_in_dynamo_graph(gm: torch.fx.GraphModule) -> int:
     for node in list(gm.graph.nodes):
         if _is(node, (torch.topk,), ("topk",)):
             n += _rewrite_topk(gm, node)
+        elif _is(node, (torch.sort,), ("sort",)):
+            n += _rewrite_sort(gm, node)
         elif _is(node, (torch.histc,), ("histc",)):
             n += _rewrite_histc(gm, node)
         elif node.op == "call_function" and node.target in grouped:

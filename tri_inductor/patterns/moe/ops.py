@@ -113,6 +113,16 @@ def moe_align(topk_ids: torch.Tensor, num_experts: int, block_m: int
     return align(topk_ids, num_experts, block_m)
 
 
+@triton_op("tri_inductor::sort_expert_ids", mutates_args={})
+def sort_expert_ids(ids: torch.Tensor, num_experts: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``torch.sort(ids.reshape(-1))`` for expert ids in [0, num_experts): a counting sort (the
+    alignment with blocks of one row), so any length stays Triton (Inductor's sort falls back to
+    ATen above 512 elements).  Equal ids come in no fixed order, as torch.sort(stable=False)."""
+    flat = ids.reshape(-1)
+    perm = align(flat, num_experts, 1)[0].to(torch.int64)
+    return flat[perm], perm
+
+
 @triton_op("tri_inductor::int_histc", mutates_args={})
 def int_histc(x: torch.Tensor, bins: int, lo: int, hi: int, out_dtype: torch.dtype) -> torch.Tensor:
     """``torch.histc(x.to(out_dtype), bins, lo, hi)`` for an integer tensor x (expert ids): the
