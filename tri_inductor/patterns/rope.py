@@ -382,6 +382,88 @@ def _hf_rope_partial(q, k, cos, sin):
     return torch.cat([q_embed, q_pass], dim=-1), torch.cat([k_embed, k_pass], dim=-1)
 
 
+def _rotate_half_chunk(x):
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+# The same op with rotate_half written with chunk (hand-written models).
+def _hf_rope_chunk(q, k, cos, sin):
+    cos = cos.unsqueeze(1)
+    sin = sin.unsqueeze(1)
+    return (q * cos) + (_rotate_half_chunk(q) * sin), (k * cos) + (_rotate_half_chunk(k) * sin)
+
+
+# OLMo 2: fp32 cos/sin with bf16/fp16 q and k, rotated in fp32 and cast back (``.to(q_type)``).
+def _hf_rope_cast(q, k, cos, sin):
+    qe, ke = _hf_rope(q, k, cos, sin)
+    return qe.to(q.dtype), ke.to(k.dtype)
+
+
+def _hf_rope_partial_cast(q, k, cos, sin):
+    qe, ke = _hf_rope_partial(q, k, cos, sin)
+    return qe.to(q.dtype), ke.to(k.dtype)
+
+
+# GPT-J (interleaved pairs, partial rotary): q/k [B, S, H, D] before the head transpose,
+# sin/cos [B, S, rot / 2], each entry repeated for its (even, odd) pair.
+def _rotate_every_two(x):
+    x1 = x[:, :, :, ::2]
+    x2 = x[:, :, :, 1::2]
+    x = torch.stack((-x2, x1), dim=-1)
+    return x.flatten(-2)
+
+
+def _gptj_apply(x, sin, cos):
+    sin = torch.repeat_interleave(sin[:, :, None, :], 2, 3)
+    cos = torch.repeat_interleave(cos[:, :, None, :], 2, 3)
+    return (x * cos) + (_rotate_every_two(x) * sin)
+
+
+def _gptj_rope_partial(q, k, sin, cos):
+    rot = 2 * sin.shape[-1]
+    k_rot, k_pass = k[:, :, :, :rot], k[:, :, :, rot:]
+    q_rot, q_pass = q[:, :, :, :rot], q[:, :, :, rot:]
+    k_rot = _gptj_apply(k_rot, sin, cos)
+    q_rot = _gptj_apply(q_rot, sin, cos)
+    return torch.cat([q_rot, q_pass], dim=-1), torch.cat([k_rot, k_pass], dim=-1)
+
+
+def _gptj_rope(q, k, sin, cos):
+    return _gptj_apply(q, sin, cos), _gptj_apply(k, sin, cos)
+
+
+def _repl_gptj(q, k, sin, cos):
+    c = cos.repeat_interleave(2, -1)
+    s = sin.repeat_interleave(2, -1)
+    oq, ok = rope_cos_sin(q.transpose(1, 2), k.transpose(1, 2), c, s, False)
+    return oq.transpose(1, 2), ok.transpose(1, 2)
+
+
+def _check_gptj(match) -> bool:
+    vals = [match.kwargs[n].meta.get("val") for n in ("q", "k", "cos", "sin")]
+    if not all(isinstance(t, torch.Tensor) for t in vals):
+        return False
+    q, k, c, s = vals
+    return (q.dim() == 4 and k.dim() == 4 and c.dim() == 3 and s.shape == c.shape
+            and q.dtype == k.dtype == c.dtype == s.dtype and q.dtype.is_floating_point
+            and q.shape[0] == k.shape[0] and q.shape[1] == k.shape[1] and c.shape[1] == q.shape[1]
+            and 2 * c.shape[-1] <= q.shape[-1] and q.shape[-1] == k.shape[-1])
+
+
+def _check_hf_cast(match) -> bool:
+    """q/k in a 16-bit type, cos/sin fp32 (the forms that cast back)."""
+    vals = [match.kwargs[n].meta.get("val") for n in ("q", "k", "cos", "sin")]
+    if not all(isinstance(t, torch.Tensor) for t in vals):
+        return False
+    q, k, c, s = vals
+    return (q.dim() == 4 and k.dim() == 4 and c.dim() == 3 and s.shape == c.shape
+            and q.dtype == k.dtype and q.dtype in (torch.bfloat16, torch.float16)
+            and c.dtype == s.dtype == torch.float32
+            and q.shape[0] == k.shape[0] and q.shape[2] == k.shape[2] and c.shape[1] == q.shape[2]
+            and c.shape[-1] % 2 == 0 and c.shape[-1] <= q.shape[-1])
+
+
 def _make_vllm(is_neox: bool, per_head: bool = False):
     # head_size and half = rotary_dim / 2 are pattern scalars (see VLLM_SENTINELS).
     def search(positions, q, k, cache, head_size, half):
@@ -527,6 +609,21 @@ def register_patterns(pm_pass) -> None:
         cos_p, sin_p = torch.empty(2, 8, 32, dtype=dt), torch.empty(2, 8, 32, dtype=dt)
         register_replacement(_hf_rope_partial, _repl_hf, [q, k, cos_p, sin_p], trace_replacement, pm_pass,
                              extra_check=_check_hf, skip_duplicates=True)
+        register_replacement(_hf_rope_chunk, _repl_hf, [q, k, cos, sin], trace_replacement, pm_pass,
+                             extra_check=_check_hf, skip_duplicates=True)
+        qj, kj = torch.empty(2, 8, 4, 64, dtype=dt), torch.empty(2, 8, 2, 64, dtype=dt)  # [B, S, H, D]
+        sj, cj = torch.empty(2, 8, 16, dtype=dt), torch.empty(2, 8, 16, dtype=dt)
+        register_replacement(_gptj_rope_partial, _repl_gptj, [qj, kj, sj, cj], trace_replacement, pm_pass,
+                             extra_check=_check_gptj, skip_duplicates=True)
+        sj, cj = torch.empty(2, 8, 32, dtype=dt), torch.empty(2, 8, 32, dtype=dt)
+        register_replacement(_gptj_rope, _repl_gptj, [qj, kj, sj, cj], trace_replacement, pm_pass,
+                             extra_check=_check_gptj, skip_duplicates=True)
+    q = torch.empty(2, 8, 4, 64, dtype=torch.bfloat16).transpose(1, 2)
+    k = torch.empty(2, 8, 2, 64, dtype=torch.bfloat16).transpose(1, 2)
+    for width, form in ((64, _hf_rope_cast), (32, _hf_rope_partial_cast)):
+        cos, sin = torch.empty(2, 8, width), torch.empty(2, 8, width)
+        register_replacement(form, _repl_hf, [q, k, cos, sin], trace_replacement, pm_pass,
+                             extra_check=_check_hf_cast, skip_duplicates=True)
     register_vllm_rope_forms(pm_pass)
     _register_c_forms(pm_pass)
 
@@ -558,6 +655,7 @@ def is_near_miss(node: torch.fx.Node) -> bool:
     """A neg that builds a rotated half (``cat((-x2, x1))``, GPT-J's ``stack((-x2, x1))``), or an
     index into a cos/sin cache; silu's and softmax's negs are not RoPE."""
     aten = torch.ops.aten
-    if node.target is aten.index.Tensor:
-        return True
+    if node.target is aten.index.Tensor:  # a cos/sin table, not a boolean (padding) mask
+        val = node.meta.get("val")
+        return isinstance(val, torch.Tensor) and val.is_floating_point()
     return any(u.target in (aten.cat.default, aten.stack.default) for u in node.users)
