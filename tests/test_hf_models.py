@@ -4,7 +4,7 @@ Each model gets a batch of 2 x 9 tokens with a left-padded attention mask (what 
 prefill hands SDPA: causal & padding, is_causal=False).
 
 (A) codegen-only (fake sm_90): every kernel is Triton and our pattern families fire: the norm
-    (RMSNorm models), RoPE (models that have one), the activation, attention, and ``linear``
+    (rms_norm or layer_norm), RoPE (models that have one), the activation, attention, and ``linear``
     (CUDA-only today, so asserted here and not in the interpreter).
 (B) interpreter: the compiled model (fp32) matches eager on the real tokens within 1e-4 relative
     (Triton's fp32 dots/reductions summed in another order land near 1e-6). Padded positions are
@@ -35,7 +35,7 @@ MODELS = {
     "gemma2": (lambda: T.Gemma2Config(num_key_value_heads=2, head_dim=16, sliding_window=4,
                                       **{**_COMMON, "num_hidden_layers": 2}), "Gemma2Model", "eager", _RMS),
     "gpt2": (lambda: T.GPT2Config(vocab_size=128, n_embd=64, n_layer=1, n_head=4, n_positions=64),
-             "GPT2Model", "sdpa", {"activation", "attention"}),
+             "GPT2Model", "sdpa", {"layer_norm", "activation", "attention"}),
     "qwen2": (lambda: T.Qwen2Config(num_key_value_heads=2, **_COMMON), "Qwen2Model", "sdpa", _RMS),
     "qwen3": (lambda: T.Qwen3Config(num_key_value_heads=2, head_dim=16, **_COMMON), "Qwen3Model", "sdpa", _RMS),
     "mistral": (lambda: T.MistralConfig(num_key_value_heads=2, sliding_window=4, **_COMMON), "MistralModel",
@@ -44,14 +44,30 @@ MODELS = {
     "phi3": (lambda: T.Phi3Config(num_key_value_heads=2, pad_token_id=0, **_COMMON), "Phi3Model", "sdpa", _RMS),
     "olmo2": (lambda: T.Olmo2Config(num_key_value_heads=2, **_COMMON), "Olmo2Model", "sdpa", _RMS),
     "gpt_neox": (lambda: T.GPTNeoXConfig(rotary_pct=0.5, **_COMMON), "GPTNeoXModel", "sdpa",
-                 {"rope", "activation", "attention"}),
-    "bert": (lambda: T.BertConfig(**_COMMON), "BertModel", "sdpa", {"activation", "attention"}),
+                 {"layer_norm", "rope", "activation", "attention"}),
+    "bert": (lambda: T.BertConfig(**_COMMON), "BertModel", "sdpa", {"layer_norm", "activation", "attention"}),
+    "gptj": (lambda: T.GPTJConfig(vocab_size=128, n_embd=64, n_layer=1, n_head=4, n_positions=64, rotary_dim=8),
+             "GPTJModel", "sdpa", {"layer_norm", "rope", "activation", "attention"}),
+    "falcon": (lambda: T.FalconConfig(vocab_size=128, hidden_size=64, num_hidden_layers=1, num_attention_heads=4,
+                                      new_decoder_architecture=True, num_kv_heads=2),
+               "FalconModel", "sdpa", {"layer_norm", "rope", "activation", "attention"}),
+}
+# Known gaps, kept visible (strict xfail: a fix turns them into failures to update here).
+_XFAIL = {
+    "gptj": "GPT-J's interleaved RoPE form (patterns/rope.py _gptj_rope*) does not match its graph yet",
+    "falcon": "codegen-only crashes (no NVIDIA driver) on Falcon's fused-qkv graph",
 }
 DEFAULT = ("llama", "gemma2", "gpt2")
 
 
-def _params(names):
-    return [pytest.param(n, marks=() if n in DEFAULT else (_EXPENSIVE,)) for n in names]
+def _params(names, xfail=()):
+    out = []
+    for n in names:
+        marks = [] if n in DEFAULT else [_EXPENSIVE]
+        if n in xfail:
+            marks.append(pytest.mark.xfail(reason=_XFAIL[n], strict=True))
+        out.append(pytest.param(n, marks=marks))
+    return out
 
 
 class _LastHidden(torch.nn.Module):
@@ -76,7 +92,7 @@ def _build(name):
     return model, ids, mask
 
 
-@pytest.mark.parametrize("name", _params(MODELS))
+@pytest.mark.parametrize("name", _params(MODELS, xfail=("gptj", "falcon")))
 def test_audit_triton_only_with_our_patterns(codegen_only, name):
     model, ids, mask = _build(name)
     reports = codegen_only(model, [ids, mask])
@@ -87,7 +103,7 @@ def test_audit_triton_only_with_our_patterns(codegen_only, name):
     assert not [m for r in reports for m in r.near_misses], [r.near_misses for r in reports]
 
 
-@pytest.mark.parametrize("name", _params(MODELS))
+@pytest.mark.parametrize("name", _params(MODELS, xfail=("gptj",)))
 def test_interpreter_matches_eager(interpreter, name):
     import tri_inductor
 

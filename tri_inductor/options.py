@@ -14,7 +14,7 @@ from typing import Any, Literal
 # Applied in this order: RoPE before RMSNorm, so that a q/k norm feeding the rotation (Qwen3) is
 # still there for RoPE's fused form (patterns/rope.py) to take; gate_up before activation and
 # linear, so that it sees the gate_up mm and its activation before either is taken alone.
-FAMILIES = ("rope", "rms_norm", "gate_up", "activation", "linear", "attention")
+FAMILIES = ("rope", "rms_norm", "layer_norm", "gate_up", "activation", "linear", "attention")
 GemmMode = Literal["native", "templates"]
 
 

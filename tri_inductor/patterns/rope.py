@@ -415,13 +415,18 @@ def _rotate_every_two(x):
 
 
 def _gptj_apply(x, sin, cos):
-    sin = torch.repeat_interleave(sin[:, :, None, :], 2, 3)
-    cos = torch.repeat_interleave(cos[:, :, None, :], 2, 3)
     return (x * cos) + (_rotate_every_two(x) * sin)
+
+
+def _gptj_repeat(sin, cos):
+    # HF repeats sin/cos inside apply_rotary_pos_emb, once for k and once for q; AOT's CSE leaves
+    # one copy of each in the graph, so the search form shares them too.
+    return (torch.repeat_interleave(sin[:, :, None, :], 2, 3), torch.repeat_interleave(cos[:, :, None, :], 2, 3))
 
 
 def _gptj_rope_partial(q, k, sin, cos):
     rot = 2 * sin.shape[-1]
+    sin, cos = _gptj_repeat(sin, cos)
     k_rot, k_pass = k[:, :, :, :rot], k[:, :, :, rot:]
     q_rot, q_pass = q[:, :, :, :rot], q[:, :, :, rot:]
     k_rot = _gptj_apply(k_rot, sin, cos)
@@ -430,6 +435,7 @@ def _gptj_rope_partial(q, k, sin, cos):
 
 
 def _gptj_rope(q, k, sin, cos):
+    sin, cos = _gptj_repeat(sin, cos)
     return _gptj_apply(q, sin, cos), _gptj_apply(k, sin, cos)
 
 
