@@ -54,7 +54,7 @@ MODELS = {
 }
 # Known gaps, kept visible (strict xfail: a fix turns them into failures to update here).
 _XFAIL = {
-    "gptj": "GPT-J's interleaved RoPE form (patterns/rope.py _gptj_rope*) does not match its graph yet",
+    "gptj": "no pattern yet for GPT-J's interleaved partial RoPE (rotate_every_two + repeat_interleave)",
 }
 DEFAULT = ("llama", "gemma2", "gpt2")
 

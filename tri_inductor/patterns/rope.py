@@ -405,58 +405,6 @@ def _hf_rope_partial_cast(q, k, cos, sin):
     return qe.to(q.dtype), ke.to(k.dtype)
 
 
-# GPT-J (interleaved pairs, partial rotary): q/k [B, S, H, D] before the head transpose,
-# sin/cos [B, S, rot / 2], each entry repeated for its (even, odd) pair.
-def _rotate_every_two(x):
-    x1 = x[:, :, :, ::2]
-    x2 = x[:, :, :, 1::2]
-    x = torch.stack((-x2, x1), dim=-1)
-    return x.flatten(-2)
-
-
-def _gptj_apply(x, sin, cos):
-    return (x * cos) + (_rotate_every_two(x) * sin)
-
-
-def _gptj_repeat(sin, cos):
-    # HF repeats sin/cos inside apply_rotary_pos_emb, once for k and once for q; AOT's CSE leaves
-    # one copy of each in the graph, so the search form shares them too.
-    return (torch.repeat_interleave(sin[:, :, None, :], 2, 3), torch.repeat_interleave(cos[:, :, None, :], 2, 3))
-
-
-def _gptj_rope_partial(q, k, sin, cos):
-    rot = 2 * sin.shape[-1]
-    sin, cos = _gptj_repeat(sin, cos)
-    k_rot, k_pass = k[:, :, :, :rot], k[:, :, :, rot:]
-    q_rot, q_pass = q[:, :, :, :rot], q[:, :, :, rot:]
-    k_rot = _gptj_apply(k_rot, sin, cos)
-    q_rot = _gptj_apply(q_rot, sin, cos)
-    return torch.cat([q_rot, q_pass], dim=-1), torch.cat([k_rot, k_pass], dim=-1)
-
-
-def _gptj_rope(q, k, sin, cos):
-    sin, cos = _gptj_repeat(sin, cos)
-    return _gptj_apply(q, sin, cos), _gptj_apply(k, sin, cos)
-
-
-def _repl_gptj(q, k, sin, cos):
-    c = cos.repeat_interleave(2, -1)
-    s = sin.repeat_interleave(2, -1)
-    oq, ok = rope_cos_sin(q.transpose(1, 2), k.transpose(1, 2), c, s, False)
-    return oq.transpose(1, 2), ok.transpose(1, 2)
-
-
-def _check_gptj(match) -> bool:
-    vals = [match.kwargs[n].meta.get("val") for n in ("q", "k", "cos", "sin")]
-    if not all(isinstance(t, torch.Tensor) for t in vals):
-        return False
-    q, k, c, s = vals
-    return (q.dim() == 4 and k.dim() == 4 and c.dim() == 3 and s.shape == c.shape
-            and q.dtype == k.dtype == c.dtype == s.dtype and q.dtype.is_floating_point
-            and q.shape[0] == k.shape[0] and q.shape[1] == k.shape[1] and c.shape[1] == q.shape[1]
-            and 2 * c.shape[-1] <= q.shape[-1] and q.shape[-1] == k.shape[-1])
-
-
 def _check_hf_cast(match) -> bool:
     """q/k in a 16-bit type, cos/sin fp32 (the forms that cast back)."""
     vals = [match.kwargs[n].meta.get("val") for n in ("q", "k", "cos", "sin")]
@@ -617,13 +565,6 @@ def register_patterns(pm_pass) -> None:
                              extra_check=_check_hf, skip_duplicates=True)
         register_replacement(_hf_rope_chunk, _repl_hf, [q, k, cos, sin], trace_replacement, pm_pass,
                              extra_check=_check_hf, skip_duplicates=True)
-        qj, kj = torch.empty(2, 8, 4, 64, dtype=dt), torch.empty(2, 8, 2, 64, dtype=dt)  # [B, S, H, D]
-        sj, cj = torch.empty(2, 8, 16, dtype=dt), torch.empty(2, 8, 16, dtype=dt)
-        register_replacement(_gptj_rope_partial, _repl_gptj, [qj, kj, sj, cj], trace_replacement, pm_pass,
-                             extra_check=_check_gptj, skip_duplicates=True)
-        sj, cj = torch.empty(2, 8, 32, dtype=dt), torch.empty(2, 8, 32, dtype=dt)
-        register_replacement(_gptj_rope, _repl_gptj, [qj, kj, sj, cj], trace_replacement, pm_pass,
-                             extra_check=_check_gptj, skip_duplicates=True)
     q = torch.empty(2, 8, 4, 64, dtype=torch.bfloat16).transpose(1, 2)
     k = torch.empty(2, 8, 2, 64, dtype=torch.bfloat16).transpose(1, 2)
     for width, form in ((64, _hf_rope_cast), (32, _hf_rope_partial_cast)):
