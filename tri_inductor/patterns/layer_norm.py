@@ -103,9 +103,8 @@ ANCHOR_OPS = (torch.ops.aten.rsqrt.default,)
 
 
 def is_near_miss(node: torch.fx.Node) -> bool:
-    src = node.args[0] if node.args else None
-    while isinstance(src, torch.fx.Node) and src.target in (torch.ops.aten.add.Tensor, torch.ops.aten.add.Scalar,
-                                                            torch.ops.prims.convert_element_type.default):
-        src = src.args[0]
+    from .rms_norm import rsqrt_source
+
+    src = rsqrt_source(node)
     return (isinstance(src, torch.fx.Node) and src.target is operator.getitem
             and getattr(src.args[0], "target", None) is torch.ops.aten.var_mean.correction)

@@ -407,15 +407,7 @@ def _hf_rope_partial_cast(q, k, cos, sin):
 
 def _check_hf_cast(match) -> bool:
     """q/k in a 16-bit type, cos/sin fp32 (the forms that cast back)."""
-    vals = [match.kwargs[n].meta.get("val") for n in ("q", "k", "cos", "sin")]
-    if not all(isinstance(t, torch.Tensor) for t in vals):
-        return False
-    q, k, c, s = vals
-    return (q.dim() == 4 and k.dim() == 4 and c.dim() == 3 and s.shape == c.shape
-            and q.dtype == k.dtype and q.dtype in (torch.bfloat16, torch.float16)
-            and c.dtype == s.dtype == torch.float32
-            and q.shape[0] == k.shape[0] and q.shape[2] == k.shape[2] and c.shape[1] == q.shape[2]
-            and c.shape[-1] % 2 == 0 and c.shape[-1] <= q.shape[-1])
+    return _check_hf(match, cast=True)
 
 
 def _make_vllm(is_neox: bool, per_head: bool = False):
@@ -483,13 +475,17 @@ def _check_vllm(match) -> bool:
             and q.dtype.is_floating_point and not p.dtype.is_floating_point)
 
 
-def _check_hf(match) -> bool:
+def _check_hf(match, cast: bool = False) -> bool:
     vals = [match.kwargs[n].meta.get("val") for n in ("q", "k", "cos", "sin")]
     if not all(isinstance(t, torch.Tensor) for t in vals):
         return False
     q, k, c, s = vals
-    return (q.dim() == 4 and k.dim() == 4 and c.dim() == 3 and s.shape == c.shape
-            and q.dtype == k.dtype == c.dtype == s.dtype and q.dtype.is_floating_point
+    if cast:  # 16-bit q/k, fp32 cos/sin, rotated in fp32 and cast back (OLMo 2)
+        dtypes_ok = (q.dtype == k.dtype and q.dtype in (torch.bfloat16, torch.float16)
+                     and c.dtype == s.dtype == torch.float32)
+    else:
+        dtypes_ok = q.dtype == k.dtype == c.dtype == s.dtype and q.dtype.is_floating_point
+    return (q.dim() == 4 and k.dim() == 4 and c.dim() == 3 and s.shape == c.shape and dtypes_ok
             and q.shape[0] == k.shape[0] and q.shape[2] == k.shape[2] and c.shape[1] == q.shape[2]
             and c.shape[-1] % 2 == 0 and c.shape[-1] <= q.shape[-1])
 
