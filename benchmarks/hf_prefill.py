@@ -38,7 +38,7 @@ def build(name: str, layers: int):
     cfg = getattr(T, cls)(num_hidden_layers=layers, max_position_embeddings=8192, **kw)
     # Gemma 2 soft-caps its logits, which SDPA cannot: transformers runs it eagerly.
     cfg._attn_implementation = "eager" if name.startswith("gemma2") else "sdpa"
-    model = T.AutoModel.from_config(cfg, torch_dtype=torch.bfloat16).cuda().eval()
+    model = T.AutoModel.from_config(cfg).to(device="cuda", dtype=torch.bfloat16).eval()
     return model
 
 
