@@ -242,3 +242,56 @@ def test_gpu_pdl_chain_in_cuda_graph_reads_fresh_data(how) -> None:
         ours = [r for r in gc.get_objects() if type(r) is TritonCompileResult  # (isinstance fails on dead weakproxies)
                 and r.compile_meta.get("constants", {}).get("USE_PDL") is True]
         assert ours and all(r.kernel.run.launch_pdl for r in ours)
+
+
+# ----------------------------------------------------------------------------- transformers' MLP forms
+
+def _gelu_new(x):  # transformers NewGELUActivation (GPT-2, GPT-J "gelu_new")
+    import math
+
+    return 0.5 * x * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * torch.pow(x, 3.0))))
+
+
+TWO_FORMS = {  # act_fn(gate_proj(x)) * up_proj(x): two tensors, either product order
+    "silu": (lambda a, b: torch.nn.functional.silu(a) * b, "silu"),
+    "silu_up_first": (lambda a, b: b * torch.nn.functional.silu(a), "silu"),
+    "gelu_tanh": (lambda a, b: torch.nn.functional.gelu(a, approximate="tanh") * b, "tanh"),
+    "gelu": (lambda a, b: torch.nn.functional.gelu(a) * b, "none"),
+}
+
+
+@pytest.mark.parametrize("form", list(TWO_FORMS))
+def test_two_tensor_forms_match(pm, form) -> None:
+    fn, act = TWO_FORMS[form]
+    a, b = torch.randn(2, 3, 96, dtype=torch.bfloat16), torch.randn(2, 3, 96, dtype=torch.bfloat16)
+    hits, code = compile_codegen(fn, [a, b], pm)
+    assert hits == 1
+    assert_our_kernel(code, "_act_two_kernel")
+    assert f"ACT': {A._ACTS[act]}" in code
+    assert rel(A.act_and_mul(a, b, act), fn(a.double(), b.double())) < TOL[torch.bfloat16]
+
+
+PLAIN_FORMS = {
+    "F.gelu": (torch.nn.functional.gelu, "none"),
+    "F.gelu_tanh": (lambda x: torch.nn.functional.gelu(x, approximate="tanh"), "tanh"),
+    "gelu_new": (_gelu_new, "tanh"),
+}
+
+
+@pytest.mark.parametrize("form", list(PLAIN_FORMS))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_plain_gelu_forms_match(pm, form, dtype) -> None:
+    fn, approx = PLAIN_FORMS[form]
+    x = torch.randn(4, 130, dtype=dtype)
+    hits, code = compile_codegen(fn, [x], pm)
+    assert hits == 1
+    assert_our_kernel(code, "_act_two_kernel")
+    assert rel(A.gelu(x, approx), fn(x.double())) < TOL[dtype]
+
+
+def test_softcap_tanh_is_no_gelu(pm) -> None:
+    def softcap(x):  # Gemma 2's logit soft-capping: a tanh, not a GELU; left alone, not a near miss
+        return torch.tanh(x / 30.0) * 30.0
+
+    hits, code = compile_codegen(softcap, [torch.randn(4, 64)], pm)
+    assert hits == 0

@@ -353,3 +353,115 @@ def test_softcap_attention(dt):
     out = A.attention(q, k, v, True, 0.0625, pad, 0, 0, 50.0)
     ref = A.reference_attention(q, k, v, True, 0.0625, pad, 0, 0, 50.0)
     assert ((out.double() - ref).norm() / ref.norm()).item() < TOL[dt]
+
+
+# ----------------------------------------------------------------------------- Dynamo-level forms
+
+def _hf_style_mask(pad, Sq, Skv, window=0):
+    """transformers' masking_utils spelling: index grids compared, padding_mask[batch, kv]."""
+    B = pad.shape[0]
+    b = torch.arange(B)[:, None, None, None]
+    qi = (torch.arange(Sq) + (Skv - Sq))[None, None, :, None]
+    ki = torch.arange(Skv)[None, None, None, :]
+    m = qi.new_ones((), dtype=torch.bool)
+    m = m & (ki <= qi)
+    if window:
+        m = m & (ki > qi - window)
+    return (m & pad[b, ki]).expand(B, -1, Sq, Skv)
+
+
+def _capture_cpu(fn, *inputs):
+    cap = {}
+
+    def backend(gm, example_inputs):
+        cap["gm"] = gm
+        return gm.forward
+
+    torch._dynamo.reset()
+    torch.compile(fn, backend=backend, fullgraph=True)(*inputs)
+    return cap["gm"], None
+
+
+def _attention_calls(gm):
+    return [n for n in gm.graph.nodes if n.target is torch.ops.tri_inductor.attention.default]
+
+
+@pytest.mark.parametrize("window", [0, 3])
+def test_hf_mask_read_back_as_flags(window):
+    """causal & window & padding built from index comparisons -> is_causal, offset, window and a
+    [B, 1, 1, Skv] padding mask: no [Sq, Skv] mask is loaded; numerics match SDPA on the mask."""
+    F = torch.nn.functional
+    B, H, Sq, Skv, D = 2, 4, 5, 11, 64
+    q = torch.randn(B, H, Sq, D)
+    k, v = torch.randn(B, H, Skv, D), torch.randn(B, H, Skv, D)
+    pad = torch.ones(B, Skv, dtype=torch.bool)
+    pad[1, :4] = False
+
+    def f(q, k, v, pad):
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=_hf_style_mask(pad, Sq, Skv, window))
+
+    gm, _ = _capture_cpu(f, q, k, v, pad)
+    assert A.rewrite_sdpa_in_dynamo_graph(gm) == 1
+    (call,) = _attention_calls(gm)
+    is_causal, scale, mask, offset, win = call.args[3:8]
+    assert (is_causal, offset, win) == (True, Skv - Sq, window)
+    assert mask.meta["example_value"].shape == (B, 1, 1, Skv)
+    ref = f(q, k, v, pad)
+    out = A.attention(q, k, v, True, scale, pad[:, None, None, :], offset, win)
+    assert ((out.double() - ref.double()).norm() / ref.double().norm()).item() < TOL[torch.float32]
+
+
+def _explicit_mul(q, k, v, mask):
+    s = torch.matmul(q, k.transpose(-2, -1)) * 0.125 + mask
+    return torch.softmax(s, dim=-1) @ v
+
+
+def _explicit_div_fp32_softmax(q, k, v, mask):
+    s = (q @ k.transpose(2, 3)) / 8.0
+    s = s + mask
+    p = torch.nn.functional.softmax(s, dim=-1, dtype=torch.float32).to(q.dtype)
+    return torch.matmul(torch.nn.functional.dropout(p, p=0.0, training=False), v)
+
+
+def _explicit_no_mask(q, k, v, mask):
+    return (q @ k.transpose(-1, -2) * 0.125).softmax(-1) @ v
+
+
+def _explicit_masked_fill(q, k, v, mask):
+    s = (q @ k.transpose(-2, -1)) * 0.125
+    return torch.softmax(s.masked_fill(mask < -1, float("-inf")), dim=-1) @ v
+
+
+def _explicit_softcap(q, k, v, mask):
+    s = torch.matmul(q, k.transpose(2, 3)) * 0.125
+    s = torch.tanh(s / 5.0) * 5.0
+    return torch.softmax(s + mask, dim=-1, dtype=torch.float32).to(q.dtype) @ v
+
+
+@pytest.mark.parametrize("form", [_explicit_mul, _explicit_div_fp32_softmax, _explicit_no_mask,
+                                  _explicit_masked_fill, _explicit_softcap], ids=lambda f: f.__name__)
+def test_explicit_softmax_form_rewritten(form):
+    B, H, S, D = 2, 4, 13, 64
+    g = torch.Generator().manual_seed(5)
+    q, k, v = (torch.randn(B, H, S, D, generator=g) for _ in range(3))
+    mask = torch.zeros(B, 1, S, S).masked_fill(torch.rand(B, 1, S, S, generator=g) < 0.3, -1e9)
+    gm, _ = _capture_cpu(form, q, k, v, mask)
+    assert A.rewrite_sdpa_in_dynamo_graph(gm) == 1
+    assert not [n for n in gm.graph.nodes if n.op in ("call_function", "call_method")
+                and ("softmax" in str(n.target) or "matmul" in str(n.target))]
+    (call,) = _attention_calls(gm)
+    ref = form(q.double(), k.double(), v.double(), mask.double())
+    by_name = {"L_q_": q, "L_k_": k, "L_v_": v, "L_mask_": mask}  # Dynamo orders placeholders by first use
+    out = gm(*[by_name[n.target] for n in gm.graph.find_nodes(op="placeholder")])
+    out = out[0] if isinstance(out, (tuple, list)) else out
+    assert ((out.double() - ref).norm() / ref.norm()).item() < TOL[torch.float32]
+
+
+def test_explicit_form_left_alone_when_not_attention():
+    def f(q, k, v):  # softmax over dim 2 and a scale applied after the mask: not the attention op
+        s = q @ k.transpose(-2, -1)
+        return torch.softmax(s, dim=2) @ v
+
+    q = torch.randn(1, 2, 8, 16)
+    gm, _ = _capture_cpu(f, q, q.clone(), q.clone())
+    assert A.rewrite_sdpa_in_dynamo_graph(gm) == 0

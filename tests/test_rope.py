@@ -365,3 +365,46 @@ def test_qk_norm_rope_rejects_flat_q_with_the_fix_named():
     with pytest.raises(RuntimeError, match=r"per-head q/k \[tokens, heads, head_size\].*view them per head"):
         P.qk_norm_rope_cache(torch.zeros(3, dtype=torch.int64), q, k, torch.ones(64), torch.ones(64), 1e-6,
                              torch.randn(8, 64), 64, True)
+
+
+def _prologue(rope, B, H, D):
+    def attn_prologue(qf, kf, cos, sin):
+        q = qf.view(B, -1, H, D).transpose(1, 2)
+        k = kf.view(B, -1, H, D).transpose(1, 2)
+        return rope(q, k, cos, sin)
+    return attn_prologue
+
+
+def test_rotate_half_with_chunk_matches(pm) -> None:
+    def rope(q, k, cos, sin):  # rotate_half written with chunk (hand-written models)
+        def rot(x):
+            x1, x2 = x.chunk(2, dim=-1)
+            return torch.cat((-x2, x1), dim=-1)
+        cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
+        return q * cos + rot(q) * sin, k * cos + rot(k) * sin
+
+    B, S, H, D = 2, 5, 2, 64
+    fn = _prologue(rope, B, H, D)
+    qf, kf = torch.randn(B, S, H * D, dtype=torch.bfloat16), torch.randn(B, S, H * D, dtype=torch.bfloat16)
+    ang = torch.randn(1, S, D // 2)
+    cos, sin = torch.cat((ang, ang), -1).cos().bfloat16(), torch.cat((ang, ang), -1).sin().bfloat16()
+    hits, code = compile_codegen(fn, [qf, kf, cos, sin], pm, dynamic=[(i, 1) for i in range(4)])
+    assert hits == 1
+    assert_our_kernel(code, "_rope_kernel")
+
+
+def test_olmo2_fp32_cos_sin_form_matches(pm) -> None:
+    from transformers.models.olmo2.modeling_olmo2 import apply_rotary_pos_emb
+
+    B, S, H, D = 2, 5, 2, 64
+    fn = _prologue(apply_rotary_pos_emb, B, H, D)
+    qf, kf = torch.randn(B, S, H * D, dtype=torch.bfloat16), torch.randn(B, S, H * D, dtype=torch.bfloat16)
+    ang = torch.randn(1, S, D // 2)
+    cos, sin = torch.cat((ang, ang), -1).cos(), torch.cat((ang, ang), -1).sin()  # fp32, as OLMo 2's
+    hits, code = compile_codegen(fn, [qf, kf, cos, sin], pm, dynamic=[(i, 1) for i in range(4)])
+    assert hits == 1
+    assert_our_kernel(code, "_rope_kernel")
+    hq, hk = fn(qf, kf, cos, sin)
+    oq, ok = P.rope_cos_sin(qf.view(B, S, H, D).transpose(1, 2), kf.view(B, S, H, D).transpose(1, 2), cos, sin, True)
+    assert oq.dtype == hq.dtype == torch.bfloat16
+    assert rel(oq, hq.double()) < TOL[torch.bfloat16] and rel(ok, hk.double()) < TOL[torch.bfloat16]

@@ -25,7 +25,7 @@ FALSE = ("0", "false", "no", "off")
 # RMSNorm, so that a q/k norm feeding the rotation (Qwen3) is still there for RoPE's fused form to
 # take; gate_up before activation and linear, so that it sees the gate_up mm and its activation
 # before either is taken alone.
-FAMILIES = ("rope", "rms_norm", "gate_up", "activation", "linear", "attention", "moe")
+FAMILIES = ("rope", "rms_norm", "layer_norm", "gate_up", "activation", "linear", "attention", "moe")
 
 
 class EnvError(ValueError):

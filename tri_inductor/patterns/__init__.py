@@ -4,8 +4,9 @@
 |--------------|------------------------|--------------------------------------------------|
 | rope         | patterns/rope.py       | rope_cache, rope_cos_sin, qk_norm_rope_cache     |
 | rms_norm     | patterns/rms_norm.py   | rms_norm, fused_add_rms_norm                     |
+| layer_norm   | patterns/layer_norm.py | layer_norm                                       |
 | gate_up      | patterns/gate_up.py    | mm_act_mul (the gemm kernels, fused epilogue)    |
-| activation   | patterns/activation.py | silu_and_mul, gelu_and_mul                       |
+| activation   | patterns/activation.py | silu_and_mul, gelu_and_mul, act_and_mul, gelu    |
 | linear       | patterns/linear.py     | mm, addmm (kernels, configs, tuning: gemm/)      |
 | attention    | patterns/attention.py  | attention                                        |
 | moe          | patterns/moe/ (package)| moe_topk, moe_align, moe_experts, moe_sum,       |

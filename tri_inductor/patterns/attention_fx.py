@@ -182,6 +182,8 @@ def analyse_mask(mask: Node, B: int, Sq: int, Skv: int):
 
 def _insert_attention(gm, before: Node, q, k, v, is_causal, scale, mask=None, offset=0, window=0,
                       softcap=0.0):
+    from . import attention  # noqa: F401  (registers the op)
+
     g = gm.graph
     with g.inserting_before(before):
         new = g.call_function(torch.ops.tri_inductor.attention.default,
@@ -218,11 +220,28 @@ def _unrepeat_kv(node):
     return x if ok else node
 
 
+def _bool_of_additive(mask):
+    """The boolean ``cond`` of ``torch.where(cond, zeros(()), finfo.min)`` (transformers' eager
+    masks), else None."""
+    if not (_is(mask, (torch.where,)) and len(mask.args) == 3):
+        return None
+    cond, zero, neg = mask.args
+    cv = _val(cond)
+    if not (isinstance(cv, torch.Tensor) and cv.dtype == torch.bool and isinstance(neg, (int, float)) and neg <= -1e30):
+        return None
+    if _is(zero, (torch.zeros,), ("new_zeros",)) or zero == 0:
+        return cond
+    return None
+
+
 def _take_mask(gm, before, mask, q, k):
     """(is_causal, offset, window, mask node or None) for an SDPA/explicit attention mask."""
     qv, kv = _val(q), _val(k)
     B, Sq, Skv = (_int(x) for x in (qv.shape[0], qv.shape[2], kv.shape[2]))
-    found = analyse_mask(mask, B, Sq, Skv)
+    cond = _bool_of_additive(mask)
+    # An additive finfo.min mask read as flags: a row that sees no key then gives 0 where the
+    # additive form averages every key (padding rows only, whose output nothing reads).
+    found = analyse_mask(cond if cond is not None else mask, B, Sq, Skv)
     if found is None:
         return False, 0, 0, mask
     causal, offset, window, pad = found
@@ -342,9 +361,9 @@ def _masked_scores(node):
         node = node.args[0]
     if _is(node, (operator.add, torch.add)) and len(node.args) == 2 and not node.kwargs:
         a, b = node.args
-        if _scores(a) is not None and isinstance(b, Node):
+        if _scores(_softcap(a)[0]) is not None and isinstance(b, Node):
             return a, b, False
-        if _scores(b) is not None and isinstance(a, Node):
+        if _scores(_softcap(b)[0]) is not None and isinstance(a, Node):
             return b, a, False
         return None
     if _is(node, (torch.masked_fill,), ("masked_fill",)) and len(node.args) == 3:
@@ -356,6 +375,29 @@ def _masked_scores(node):
     return node, None, False
 
 
+def _no_dropout(node) -> bool:
+    """``F.dropout(p, p=0.0)`` or ``F.dropout(p, ..., training=False)``: the identity."""
+    import torch.nn.functional as F
+
+    if not _is(node, (F.dropout, torch.dropout, torch.nn.functional.dropout)):
+        return False
+    a = dict(zip(("input", "p", "training"), node.args))
+    a.update(node.kwargs)
+    return a.get("p", 0.5) == 0.0 or a.get("training", True) is False
+
+
+def _softcap(node):
+    """(scores, softcap) for Gemma 2's ``tanh(s / c) * c`` (0.0 when there is none)."""
+    if _is(node, (operator.mul, torch.mul)) and len(node.args) == 2 and isinstance(node.args[1], (int, float)):
+        t = node.args[0]
+        if _is(t, (torch.tanh,), ("tanh",)) and len(t.users) == 1:
+            d = t.args[0]
+            c = float(node.args[1])
+            if _is(d, (operator.truediv, torch.div)) and d.args[1] == c and len(d.users) == 1 and c > 0:
+                return d.args[0], c
+    return node, 0.0
+
+
 def rewrite_explicit(gm: torch.fx.GraphModule) -> int:
     n = 0
     for sm in list(gm.graph.nodes):
@@ -363,7 +405,8 @@ def rewrite_explicit(gm: torch.fx.GraphModule) -> int:
             continue
         # softmax -> [.to(dtype) / .type_as(x)] -> @ v, the probabilities used nowhere else
         p = sm
-        while len(p.users) == 1 and _is(next(iter(p.users)), (), ("to", "type_as", "half", "bfloat16")):
+        while len(p.users) == 1 and (_is(next(iter(p.users)), (), ("to", "type_as", "half", "bfloat16"))
+                                     or _no_dropout(next(iter(p.users)))):
             p = next(iter(p.users))
         if len(p.users) != 1:
             continue
@@ -375,6 +418,7 @@ def rewrite_explicit(gm: torch.fx.GraphModule) -> int:
         if found is None:
             continue
         s, mask, drop = found
+        s, softcap = _softcap(s)
         sc = _scores(s)
         if sc is None:
             continue
@@ -392,7 +436,7 @@ def rewrite_explicit(gm: torch.fx.GraphModule) -> int:
         if mask is not None:
             is_causal, offset, window, mask = _take_mask(gm, mm, mask, q, k)
         new = _insert_attention(gm, mm, q, _unrepeat_kv(k), _unrepeat_kv(v), is_causal, scale, mask,
-                                offset, window)
+                                offset, window, softcap)
         mm.replace_all_uses_with(new)
         _erase_dead(gm.graph, mm)
         n += 1

@@ -565,3 +565,18 @@ def _register_c_forms(pm_pass) -> None:
 
 # aten ops whose survival after our pass means an RMSNorm nearly matched.
 ANCHOR_OPS = (torch.ops.aten.rsqrt.default,)
+
+
+def rsqrt_source(node: torch.fx.Node):
+    """What an rsqrt takes the root of, past ``+ eps`` and dtype casts (a norm's statistic)."""
+    src = node.args[0] if node.args else None
+    while isinstance(src, torch.fx.Node) and src.target in (torch.ops.aten.add.Tensor, torch.ops.aten.add.Scalar,
+                                                            torch.ops.prims.convert_element_type.default):
+        src = src.args[0]
+    return src
+
+
+def is_near_miss(node: torch.fx.Node) -> bool:
+    """An rsqrt of (a mean of squares + eps); a LayerNorm's rsqrt (of var_mean) is not RMSNorm's."""
+    src = rsqrt_source(node)
+    return isinstance(src, torch.fx.Node) and src.target is torch.ops.aten.mean.dim

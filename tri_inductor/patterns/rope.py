@@ -381,6 +381,34 @@ def _hf_rope_partial(q, k, cos, sin):
     return torch.cat([q_embed, q_pass], dim=-1), torch.cat([k_embed, k_pass], dim=-1)
 
 
+def _rotate_half_chunk(x):
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+# The same op with rotate_half written with chunk (hand-written models).
+def _hf_rope_chunk(q, k, cos, sin):
+    cos = cos.unsqueeze(1)
+    sin = sin.unsqueeze(1)
+    return (q * cos) + (_rotate_half_chunk(q) * sin), (k * cos) + (_rotate_half_chunk(k) * sin)
+
+
+# OLMo 2: fp32 cos/sin with bf16/fp16 q and k, rotated in fp32 and cast back (``.to(q_type)``).
+def _hf_rope_cast(q, k, cos, sin):
+    qe, ke = _hf_rope(q, k, cos, sin)
+    return qe.to(q.dtype), ke.to(k.dtype)
+
+
+def _hf_rope_partial_cast(q, k, cos, sin):
+    qe, ke = _hf_rope_partial(q, k, cos, sin)
+    return qe.to(q.dtype), ke.to(k.dtype)
+
+
+def _check_hf_cast(match) -> bool:
+    """q/k in a 16-bit type, cos/sin fp32 (the forms that cast back)."""
+    return _check_hf(match, cast=True)
+
+
 def _make_vllm(is_neox: bool, per_head: bool = False):
     # head_size and half = rotary_dim / 2 are pattern scalars (see VLLM_SENTINELS).
     def search(positions, q, k, cache, head_size, half):
@@ -446,13 +474,17 @@ def _check_vllm(match) -> bool:
             and q.dtype.is_floating_point and not p.dtype.is_floating_point)
 
 
-def _check_hf(match) -> bool:
+def _check_hf(match, cast: bool = False) -> bool:
     vals = [match.kwargs[n].meta.get("val") for n in ("q", "k", "cos", "sin")]
     if not all(isinstance(t, torch.Tensor) for t in vals):
         return False
     q, k, c, s = vals
-    return (q.dim() == 4 and k.dim() == 4 and c.dim() == 3 and s.shape == c.shape
-            and q.dtype == k.dtype == c.dtype == s.dtype and q.dtype.is_floating_point
+    if cast:  # 16-bit q/k, fp32 cos/sin, rotated in fp32 and cast back (OLMo 2)
+        dtypes_ok = (q.dtype == k.dtype and q.dtype in (torch.bfloat16, torch.float16)
+                     and c.dtype == s.dtype == torch.float32)
+    else:
+        dtypes_ok = q.dtype == k.dtype == c.dtype == s.dtype and q.dtype.is_floating_point
+    return (q.dim() == 4 and k.dim() == 4 and c.dim() == 3 and s.shape == c.shape and dtypes_ok
             and q.shape[0] == k.shape[0] and q.shape[2] == k.shape[2] and c.shape[1] == q.shape[2]
             and c.shape[-1] % 2 == 0 and c.shape[-1] <= q.shape[-1])
 
@@ -524,6 +556,14 @@ def register_patterns(pm_pass) -> None:
         cos_p, sin_p = torch.empty(2, 8, 32, dtype=dt), torch.empty(2, 8, 32, dtype=dt)
         register_replacement(_hf_rope_partial, _repl_hf, [q, k, cos_p, sin_p], trace_replacement, pm_pass,
                              extra_check=_check_hf, skip_duplicates=True)
+        register_replacement(_hf_rope_chunk, _repl_hf, [q, k, cos, sin], trace_replacement, pm_pass,
+                             extra_check=_check_hf, skip_duplicates=True)
+    q = torch.empty(2, 8, 4, 64, dtype=torch.bfloat16).transpose(1, 2)
+    k = torch.empty(2, 8, 2, 64, dtype=torch.bfloat16).transpose(1, 2)
+    for width, form in ((64, _hf_rope_cast), (32, _hf_rope_partial_cast)):
+        cos, sin = torch.empty(2, 8, width), torch.empty(2, 8, width)
+        register_replacement(form, _repl_hf, [q, k, cos, sin], trace_replacement, pm_pass,
+                             extra_check=_check_hf_cast, skip_duplicates=True)
     register_vllm_rope_forms(pm_pass)
     _register_c_forms(pm_pass)
 
@@ -553,6 +593,7 @@ def is_near_miss(node: torch.fx.Node) -> bool:
     """A neg that builds a rotated half (``cat((-x2, x1))``, GPT-J's ``stack((-x2, x1))``), or an
     index into a cos/sin cache; silu's and softmax's negs are not RoPE."""
     aten = torch.ops.aten
-    if node.target is aten.index.Tensor:
-        return True
+    if node.target is aten.index.Tensor:  # a cos/sin table, not a boolean (padding) mask
+        val = node.meta.get("val")
+        return isinstance(val, torch.Tensor) and val.is_floating_point()
     return any(u.target in (aten.cat.default, aten.stack.default) for u in node.users)

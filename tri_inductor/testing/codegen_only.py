@@ -268,7 +268,30 @@ def retarget_to_cuda(gm: torch.fx.GraphModule) -> None:
     for node in gm.graph.nodes:
         node.args = torch.fx.node.map_aggregate(node.args, fix)
         node.kwargs = torch.fx.node.map_aggregate(node.kwargs, fix)
+        _list_index_to_slice(node)
     gm.recompile()
+
+
+def _list_index_to_slice(node: torch.fx.Node) -> None:
+    """``x[..., [-2]]`` (Falcon's fused qkv split) -> ``x[..., -2:-1]``: a Python list index becomes
+    a constant index tensor made on the device while tracing, which needs a real driver. A list
+    of consecutive ints selects what the slice selects (dimension kept)."""
+    import operator
+
+    if node.op != "call_function" or node.target is not operator.getitem or not isinstance(node.args[1], tuple):
+        return
+    idx = list(node.args[1])
+    lists = [i for i, x in enumerate(idx) if isinstance(x, list)]
+    if len(lists) != 1:
+        return
+    vals = idx[lists[0]]
+    if not vals or not all(type(v) is int for v in vals) or any(b - a != 1 for a, b in zip(vals, vals[1:])):
+        return
+    if (vals[0] < 0) != (vals[-1] < 0):
+        return
+    stop = vals[-1] + 1
+    idx[lists[0]] = slice(vals[0], None if stop == 0 else stop)
+    node.args = (node.args[0], tuple(idx))
 
 
 def fake_cuda_inputs(tensors, fake_mode=None):
