@@ -418,7 +418,7 @@ class Runner:
             "benchmark": "e2e_vllm", "card": None, "versions": {}, "commit": git["commit"], "dirty": git["dirty"],
             "settings": {k: plan[k] for k in ("mode", "backends", "reps", "rep_order", "quick", "kv_cache_gib",
                                                "kv_cache_tokens", "weights_gib", "budget_s", "profile", "starts")}
-            | {"layers": args.layers, "model_config": plan["model_config"], "engine_kwargs": plan["engine_kwargs"],
+            | {"model": args.model, "layers": args.layers, "model_config": plan["model_config"], "engine_kwargs": plan["engine_kwargs"],
                "max_model_len": MAX_MODEL_LEN, "max_num_seqs": MAX_NUM_SEQS,
                "max_num_batched_tokens": MAX_BATCHED_TOKENS, "sampling": "greedy, ignore_eos",
                "alternation": "both engines resident; per workload: warm-up A, B; reps in ABBA order"},

@@ -28,7 +28,7 @@ RESULTS = ROOT / "benchmarks" / "results"
 README = ROOT / "README.md"
 DOCS_PAGE = ROOT / "docs" / "performance.md"
 START, END = "<!-- perf-table:start -->", "<!-- perf-table:end -->"
-KINDS = ("e2e", "kernels", "census", "cache")
+KINDS = ("e2e", "kernels", "gemm_models", "census", "cache")
 OURS, BASE = "tri_inductor", "inductor"
 
 
@@ -116,11 +116,27 @@ def e2e_status(w: dict[str, Any]) -> str:
     return "**below**: " + ", ".join(bad) + note
 
 
+def e2e_model(name: str, d: dict[str, Any]) -> str:
+    """The registry model of an e2e record (benchmarks/models.py): its settings, else its file name
+    (``e2e_<card>_<model>.json``; the first records, without a suffix, are Llama-3-8B)."""
+    import models
+
+    named = d.get("settings", {}).get("model")
+    if named:
+        return named
+    return next((m for m in models.MODELS if name.endswith(f"_{m}.json") or f"_{m}_L" in name),
+                models.DEFAULT_MODEL)
+
+
 def e2e_section(name: str, d: dict[str, Any]) -> str:
+    import models
+
     s = d.get("settings", {})
     cfg = s.get("model_config", {})
     layers = s.get("layers", cfg.get("num_hidden_layers"))
-    shape = (f"Llama-3-8B shape ({layers} layers{'' if layers == 32 else ', NOT the full 32'}, hidden "
+    model = e2e_model(name, d)
+    full = models.MODELS[model]["num_hidden_layers"]
+    shape = (f"{model} shape ({layers} layers{'' if layers == full else f', NOT the full {full}'}, hidden "
              f"{cfg.get('hidden_size', '?')}, {cfg.get('num_attention_heads', '?')}/{cfg.get('num_key_value_heads', '?')}"
              f" heads, vocab {cfg.get('vocab_size', '?')}, bf16 dummy weights)")
     mode = d.get("mode") or s.get("mode", "?")
@@ -327,6 +343,24 @@ def cache_section(name: str, d: dict[str, Any]) -> str:
     return "\n".join(out)
 
 
+def gemm_models_section(name: str, d: dict[str, Any]) -> str:
+    """``kernels.py --gemm-models``: every GEMM of the registry models against cuBLAS."""
+    meta = d.get("meta", {})
+    rows = d.get("gemm") if isinstance(d.get("gemm"), list) else []
+    out = [f"#### GEMM over the registry models: ours / cuBLAS (`{name}`)", "",
+           _meta_line(meta.get("card"), {k: meta.get(k) for k in ("torch", "triton")}, meta.get("commit"), ""), "",
+           f"{len(rows)} points (q/k/v, o, gate_up, down, lm_head of every model in `benchmarks/models.py`, "
+           f"M in {sorted({r['M'] for r in rows})}); ours = the config a compile gets (tuned at first use), "
+           "\"model\" = the cost model's pick untuned. Ratios > 1.0x: ours faster.", "",
+           f"geomean **{_ratio(d.get('gemm_geomean_vs_cublas'))}**, min {_ratio(d.get('gemm_min_vs_cublas'))}; "
+           f"cost model alone {_ratio(d.get('gemm_model_geomean_vs_cublas'))}", "",
+           "| worst ten | M | N | K | ours us | cuBLAS us | ours / cuBLAS | model / cuBLAS |", "|---|---|---|---|---|---|---|---|"]
+    for r in sorted(rows, key=lambda r: r["vs_cublas"])[:10]:
+        out.append(f"| {r.get('shape') or ''} | {r['M']} | {r['N']} | {r['K']} | {_num(r['ours_ms'] * 1e3)} | "
+                   f"{_num(r['cublas_ms'] * 1e3)} | {_ratio(r['vs_cublas'])} | {_ratio(r.get('model_vs_cublas'))} |")
+    return "\n".join(out)
+
+
 def build_markdown(folder: str | Path = RESULTS) -> str:
     res = load_results(folder)
     parts = ["## Performance", "",
@@ -334,8 +368,8 @@ def build_markdown(folder: str | Path = RESULTS) -> str:
              "number was measured on the card named with it."]
     if not any(res[k] for k in KINDS):
         parts += ["", "No results yet."]
-    for kind, fn in (("e2e", e2e_section), ("kernels", kernels_section), ("census", census_section),
-                     ("cache", cache_section)):
+    for kind, fn in (("e2e", e2e_section), ("kernels", kernels_section), ("gemm_models", gemm_models_section),
+                     ("census", census_section), ("cache", cache_section)):
         for name, data in res[kind]:
             try:
                 parts += ["", fn(name, data)]
@@ -361,8 +395,8 @@ def headline(folder: str | Path = RESULTS) -> str:
     res = load_results(folder)
     cards = []
     for name, d in res["e2e"]:
-        if d.get("settings", {}).get("layers", 32) != 32:
-            continue
+        if d.get("settings", {}).get("layers", 32) != 32 or e2e_model(name, d) != "llama-3-8b":
+            continue  # the headline stays one model's full-size runs; the rest are in the docs
         ratios = [w["throughput_ratio"] for w in d.get("workloads", {}).values()
                   if isinstance(w.get("throughput_ratio"), (int, float))]
         if ratios:
