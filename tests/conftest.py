@@ -34,11 +34,6 @@ def _torch_at_least(major: int, minor: int) -> bool:
 
 
 KNOWN_FAILURES: dict[str, tuple[bool, str]] = {
-    "tests/test_linear.py::test_pattern_dynamic_m": (
-        _torch_at_least(2, 13),
-        "torch >= 2.13 output code re-aligns inputs with `argN = copy_if_misaligned(argN)`, which the "
-        "test's `'copy_' not in calls` check counts as a copy; fix in the test (tests/test_linear.py, "
-        "being rewritten by the lead): drop copy_if_misaligned lines before the check"),
 }
 
 

@@ -246,32 +246,32 @@ def test_tuner_benchmarks_once_then_hits(cache_env, monkeypatch, capsys):
     import torch
 
     from tri_inductor import tuning
-    from tri_inductor.patterns import linear as L
+    from tri_inductor.patterns.gemm import configs as C
+    from tri_inductor.patterns.gemm import tuning as T
 
     cache = cache_env
     monkeypatch.setattr(tuning, "can_tune", lambda: True)
-    default = L.CONFIGS[64]
-    cands = tuning.gemm_candidates(4096, 4096, 64)
-    assert default in cands and len(set(cands)) >= 2
+    default = T.default_config(4096, 4096, 64, C.DEFAULT_DEVICE)
+    cands = T.tuning_candidates(4096, 4096, 64, C.DEFAULT_DEVICE)
+    assert len(set(cands)) >= 2
     fastest = next(c for c in cands if c != default)
     measured = []
 
     def measure(c):
         measured.append(c)
-        if c.block_n == -1:
-            raise RuntimeError("bad")
         return 0.001 if c == fastest else 0.002
 
-    key = tuning.gemm_shape_key(4096, 4096, 64, torch.bfloat16)
-    got = tuning.tune("mm", key, default, cands, measure, lambda r: L.Cfg(*r), list, label="mm test")
+    key = T.shape_key(4096, 4096, 64, torch.bfloat16)
+    got = tuning.tune("mm", key, default, cands, measure, C.parse_cfg, list, label="mm test")
+    n = len(set([default, *cands]))
     assert got == fastest
-    assert cache.counters()["benchmarks"] == len(set(cands)) == len(measured)
+    assert cache.counters()["benchmarks"] == n == len(measured)
     err = capsys.readouterr().err
-    assert "tuning mm test" in err and f"({len(set(cands))}/{len(set(cands))})" in err
+    assert "tuned mm test" in err and f"{n}/{n} candidates" in err  # one progress line per shape
     cache.forget_loaded()  # a warm start: new process, same files
     measured.clear()
-    again = tuning.tune("mm", key, default, cands, measure, lambda r: L.Cfg(*r), list)
-    assert again == fastest and measured == [] and cache.counters()["benchmarks"] == len(set(cands))
+    again = tuning.tune("mm", key, default, cands, measure, C.parse_cfg, list)
+    assert again == fastest and measured == [] and cache.counters()["benchmarks"] == n
 
 
 def test_tuner_skip_reason_keeps_the_default(cache_env, monkeypatch, capsys):
@@ -284,33 +284,39 @@ def test_tuner_skip_reason_keeps_the_default(cache_env, monkeypatch, capsys):
     assert "not tuning mm skip: needs ~9 GiB" in capsys.readouterr().err
 
 
-def test_gemm_config_without_gpu_uses_the_table_and_stores_nothing(cache_env):
+def test_gemm_config_without_gpu_uses_the_default_and_stores_nothing(cache_env):
     import torch
 
     from tri_inductor import tuning
-    from tri_inductor.patterns import linear as L
+    from tri_inductor.patterns.gemm import configs as C
+    from tri_inductor.patterns.gemm import ops as O
+    from tri_inductor.patterns.gemm import tuning as T
 
     cache = cache_env
     assert not tuning.can_tune()
-    cfg = tuning.gemm_config(4096, 4096, 64, torch.bfloat16, L.CONFIGS[64])
-    assert cfg == L.CONFIGS[64]
+    dev = C.DEFAULT_DEVICE
+    cfg = T.config_for(4096, 4096, 64, torch.bfloat16, dev, O.mm_launch)
+    assert cfg == T.default_config(4096, 4096, 64, dev)
     assert cache.counters()["benchmarks"] == 0 and cache.counters()["stores"] == 0
-    assert tuning.gemm_config(4096, 4096, 64, torch.float32, L.CONFIGS_FP32[64]) == L.CONFIGS_FP32[64]
 
 
 def test_stored_gemm_config_is_used_and_invalid_one_is_not(cache_env, monkeypatch):
     import torch
 
     from tri_inductor import tuning
-    from tri_inductor.patterns import linear as L
+    from tri_inductor.patterns.gemm import configs as C
+    from tri_inductor.patterns.gemm import ops as O
+    from tri_inductor.patterns.gemm import tuning as T
 
     cache = cache_env
+    dev = C.DEFAULT_DEVICE
     monkeypatch.setattr(tuning, "can_tune", lambda: False)
-    key = tuning.gemm_shape_key(4096, 14336, 16, torch.bfloat16)
+    key = T.shape_key(4096, 14336, 16, torch.bfloat16)
     cache.store("mm", key, [16, 128, 128, 1, 0, 4, 3])
-    assert tuning.gemm_config(4096, 14336, 16, torch.bfloat16, L.CONFIGS[16]) == L.Cfg(16, 128, 128, 1, 0, 4, 3)
+    assert T.config_for(4096, 14336, 16, torch.bfloat16, dev, O.mm_launch) == C.Cfg(16, 128, 128, 1, 0, 4, 3)
     cache.store("mm", key, ["x"])
-    assert tuning.gemm_config(4096, 14336, 16, torch.bfloat16, L.CONFIGS[16]) == L.CONFIGS[16]
+    cache.forget_loaded()
+    assert T.config_for(4096, 14336, 16, torch.bfloat16, dev, O.mm_launch) == T.default_config(4096, 14336, 16, dev)
 
 
 # ============================================================================ Inductor caches, codegen-only
@@ -382,7 +388,7 @@ def test_fx_cache_misses_on_changed_kernel_source(cold, fx_dirs, tmp_path):
     ind, tri, snapshot = fx_dirs
     copy = tmp_path / "src"
     shutil.copytree(Path(snapshot) / "tri_inductor", copy / "tri_inductor")
-    lin = copy / "tri_inductor" / "patterns" / "linear.py"
+    lin = copy / "tri_inductor" / "patterns" / "gemm" / "kernels.py"
     lin.write_text(lin.read_text() + "\n# an edited kernel file\n")
     r = _child(["base"], ind, tri, str(copy))[0]
     assert r["fxgraph_cache_miss"] >= 1 and r["fxgraph_cache_hit"] == 0, r

@@ -13,10 +13,13 @@ from torch._inductor.pattern_matcher import PatternMatcherPass
 from pattern_harness import compile_codegen, rel
 from tri_inductor.patterns import activation as A
 from tri_inductor.patterns import gate_up as G
-from tri_inductor.patterns import linear as L
+from tri_inductor.patterns.gemm import configs as C
+from tri_inductor.patterns.gemm import kernels as K
+from tri_inductor.patterns.gemm import launch as LA
+from tri_inductor.patterns.gemm import ops as O
 
 TOL = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1e-2}
-ACTS = list(L.ACTS)
+ACTS = list(LA.ACTS)
 _FUSED_ACT = {"silu": "silu", "none": "gelu", "tanh": "gelu_tanh"}  # vLLM layer form -> mm_act_mul's act
 
 
@@ -35,23 +38,23 @@ def test_default_dispatch(act, M, n, K, dt, poison):
     # The op as the pattern calls it: its bucket's config (GEMV at M = 1, pointer kernel above,
     # ragged n and K), every output element written (outputs start NaN).
     a, b = _operands(M, n, K, dt, seed=M)
-    out = L.mm_act_mul(a, b, act)
+    out = O.mm_act_mul(a, b, act)
     assert out.shape == (M, n) and out.dtype == dt and not out.isnan().any()
-    assert rel(out, L.reference_mm_act_mul(a, b, act)) < TOL[dt]
+    assert rel(out, O.reference_mm_act_mul(a, b, act)) < TOL[dt]
 
 
 # Every kernel path with the fused epilogue: (cfg, transposed b). Ragged M/n/K throughout.
 PATHS = {
-    "gemv": (L.Cfg(1, 8, 128, 1, 1, 4, 1, L.GEMV), True),
-    "gemv-strided-b": (L.Cfg(1, 8, 128, 1, 1, 4, 1, L.GEMV), False),  # -> pointer kernel, 16 + 16 columns
-    "pointer": (L.Cfg(32, 64, 64, 2, 1, 4, 3), True),
-    "pointer-rowmajor-b": (L.Cfg(32, 64, 64, 2, 1, 4, 3), False),
-    "pointer-narrow": (L.Cfg(16, 32, 64, 1, 1, 4, 2), True),  # 16 gate + 16 up columns
-    "split-k": (L.Cfg(16, 64, 64, 1, 3, 4, 2), True),  # the activation in the reduction kernel
+    "gemv": (C.Cfg(1, 8, 128, 1, 1, 4, 1, C.Kind.GEMV), True),
+    "gemv-strided-b": (C.Cfg(1, 8, 128, 1, 1, 4, 1, C.Kind.GEMV), False),  # -> pointer kernel, 16 + 16 columns
+    "pointer": (C.Cfg(32, 64, 64, 2, 1, 4, 3), True),
+    "pointer-rowmajor-b": (C.Cfg(32, 64, 64, 2, 1, 4, 3), False),
+    "pointer-narrow": (C.Cfg(16, 32, 64, 1, 1, 4, 2), True),  # 16 gate + 16 up columns
+    "split-k": (C.Cfg(16, 64, 64, 1, 3, 4, 2), True),  # the activation in the reduction kernel
     # prefill buckets (persistent TMA kernels): the plain GEMM, then the activation kernel
-    "tma": (L.Cfg(32, 64, 64, 2, 1, 4, 3, L.TMA), True),
-    "tma-rowmajor-b": (L.Cfg(32, 64, 64, 2, 1, 4, 3, L.TMA), False),
-    "tma-ws": (L.Cfg(32, 128, 64, 2, 1, 4, 3, L.TMA_WS), True),
+    "tma": (C.Cfg(32, 64, 64, 2, 1, 4, 3, C.Kind.TMA), True),
+    "tma-rowmajor-b": (C.Cfg(32, 64, 64, 2, 1, 4, 3, C.Kind.TMA), False),
+    "tma-ws": (C.Cfg(32, 128, 64, 2, 1, 4, 3, C.Kind.TMA_WS), True),
 }
 
 
@@ -59,45 +62,45 @@ PATHS = {
 @pytest.mark.parametrize("path", list(PATHS))
 def test_each_kernel_path(path, act, poison):
     cfg, transposed = PATHS[path]
-    M = 1 if cfg.kernel == L.GEMV else 37
+    M = 1 if cfg.kernel == C.Kind.GEMV else 37
     a, b = _operands(M, 72, 520, torch.bfloat16, transposed, seed=len(path))
-    if cfg.kernel in (L.TMA, L.TMA_WS):
-        assert L._tma_ok(a, b, 72)
-    out = L._mm_launch(a, b, None, cfg, act=L.ACTS[act])
+    if cfg.kernel in (C.Kind.TMA, C.Kind.TMA_WS):
+        assert LA.tma_ok(a, b, 72)
+    out = O.mm_launch(a, b, None, cfg, act=LA.ACTS[act])
     assert out.shape == (M, 72) and not out.isnan().any()
-    assert rel(out, L.reference_mm_act_mul(a, b, act)) < TOL[torch.bfloat16]
+    assert rel(out, O.reference_mm_act_mul(a, b, act)) < TOL[torch.bfloat16]
 
 
 @pytest.mark.parametrize("idx32", [True, False])
 def test_pointer_offsets_32_and_64_bit(idx32, monkeypatch, poison):
     monkeypatch.setattr(L, "_offsets_fit_int32", lambda *a: idx32)
     a, b = _operands(45, 130, 300, torch.bfloat16, seed=5)
-    out = L._mm_launch(a, b, None, L.Cfg(32, 64, 64, 2, 1, 4, 3), act=L.ACTS["silu"])
-    assert not out.isnan().any() and rel(out, L.reference_mm_act_mul(a, b, "silu")) < TOL[torch.bfloat16]
+    out = O.mm_launch(a, b, None, C.Cfg(32, 64, 64, 2, 1, 4, 3), act=LA.ACTS["silu"])
+    assert not out.isnan().any() and rel(out, O.reference_mm_act_mul(a, b, "silu")) < TOL[torch.bfloat16]
 
 
 def test_same_config_as_the_unfused_gemm(monkeypatch):
     # The fused launch takes the plain GEMM's config for b's full width (tuning tables keyed by the
     # gate_up shape apply unchanged) and gives each program half its columns in gate, half in up.
     seen = []
-    monkeypatch.setattr(L, "launch", lambda kernel, grid, *a, **kw: seen.append((kernel, grid, a, kw)))
+    monkeypatch.setattr(LA, "launch", lambda kernel, grid, *a, **kw: seen.append((kernel, grid, a, kw)))
     a = torch.randn(64, 256, dtype=torch.bfloat16)
     b = torch.randn(512, 256, dtype=torch.bfloat16).t()
-    cfg = L.Cfg(64, 64, 64, 1, 1, 4, 3)
-    L._launch_cfg(a, b, None, torch.empty(64, 512), cfg)
-    L._launch_cfg(a, b, None, torch.empty(64, 256), cfg, act=L.ACTS["silu"])
+    cfg = C.Cfg(64, 64, 64, 1, 1, 4, 3)
+    LA.launch_cfg(a, b, None, torch.empty(64, 512), cfg)
+    LA.launch_cfg(a, b, None, torch.empty(64, 256), cfg, act=LA.ACTS["silu"])
     (k1, g1, a1, kw1), (k2, g2, a2, kw2) = seen
-    assert k1 is k2 is L.mm_kernel and g1 == g2  # the same kernel, the same number of programs
-    assert kw1["ACT"] == L.NO_ACT and kw2["ACT"] == L.ACTS["silu"]
+    assert k1 is k2 is K.mm_kernel and g1 == g2  # the same kernel, the same number of programs
+    assert kw1["ACT"] == LA.NO_ACT and kw2["ACT"] == LA.ACTS["silu"]
     assert kw2["BLOCK_N"] == kw1["BLOCK_N"] // 2 and a2[5] == 256  # N: the output's width
 
 
 def test_rejects_odd_width_and_unknown_act():
     a, b = torch.randn(2, 8), torch.randn(8, 7)
     with pytest.raises(RuntimeError, match="even"):
-        L.mm_act_mul(a, b, "silu")
+        O.mm_act_mul(a, b, "silu")
     with pytest.raises(RuntimeError, match="act='relu'"):
-        L.mm_act_mul(a, torch.randn(8, 6), "relu")
+        O.mm_act_mul(a, torch.randn(8, 6), "relu")
 
 
 # ----------------------------------------------------------------------------------- patterns
@@ -152,19 +155,19 @@ def test_vllm_mlp_fused(vllm_ctx, form, rng):
         return F.linear(act.forward_native(F.linear(x, w_gate_up)), w_down)
 
     x = torch.randn(5, H, dtype=torch.bfloat16)
-    with L.token_range(*rng) if rng else contextlib.nullcontext():
+    with O.token_range(*rng) if rng else contextlib.nullcontext():
         hits, code = compile_codegen(mlp, [x, w_gate_up, w_down], _pm(G, A, linear), dynamic=[(0, 0)],
                                      benchmark_harness=False, shape_padding=False)
-        plan = L.dispatch_plan(2 * I, H, torch.bfloat16)
+        plan = O.dispatch_plan(2 * I, H, torch.bfloat16)
     calls = _calls(code)
     assert hits == 2 and "torch.ops." not in calls and "extern_kernels." not in calls
-    assert f"'ACT': {L.ACTS[_FUSED_ACT[form]]}" in code  # the layer's
-    prefill = sum(c.kernel in (L.TMA, L.TMA_WS) for *_, c in plan)
+    assert f"'ACT': {LA.ACTS[_FUSED_ACT[form]]}" in code  # the layer's
+    prefill = sum(c.kernel in (C.Kind.TMA, C.Kind.TMA_WS) for *_, c in plan)
     assert calls.count("_gated_act_kernel") == prefill, (prefill, calls)
     if rng:
         assert prefill == 0 and f"{2 * I}), ({2 * I}, 1)" not in calls  # no [T, 2I] buffer
     # the replacement computes what the layers compute
-    fused = L.mm_act_mul(x, w_gate_up.t(), _FUSED_ACT[form])
+    fused = O.mm_act_mul(x, w_gate_up.t(), _FUSED_ACT[form])
     ref = act.forward_native(x.double() @ w_gate_up.double().t())
     assert rel(fused, ref) < TOL[torch.bfloat16]
 
@@ -198,6 +201,6 @@ def test_gpu_llama_gate_up_matches_float64(M) -> None:
     g = torch.Generator(device="cuda").manual_seed(M)
     a = torch.randn(M, 4096, device="cuda", generator=g).to(torch.bfloat16)
     w = (torch.randn(28672, 4096, device="cuda", generator=g) / 64).to(torch.bfloat16)
-    out = L.mm_act_mul(a, w.t(), "silu")
-    assert rel(out, L.reference_mm_act_mul(a, w.t(), "silu")) < TOL[torch.bfloat16]
-    assert rel(out, A.silu_and_mul(L.mm(a, w.t())).double()) < TOL[torch.bfloat16]
+    out = O.mm_act_mul(a, w.t(), "silu")
+    assert rel(out, O.reference_mm_act_mul(a, w.t(), "silu")) < TOL[torch.bfloat16]
+    assert rel(out, A.silu_and_mul(O.mm(a, w.t())).double()) < TOL[torch.bfloat16]

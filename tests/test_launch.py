@@ -123,7 +123,7 @@ def test_cache_is_bounded(rec, monkeypatch) -> None:
 def test_gpu_repeat_launch_is_bitwise_the_same(m, bias, monkeypatch) -> None:
     # On a real GPU: the second eager GEMM skips Triton's launch path and gives the same bits
     # as the first (Triton's own launch), within the GEMM tolerance of a float64 reference.
-    from tri_inductor.patterns import linear as LIN
+    from tri_inductor.patterns.gemm import ops as LIN
 
     calls = []
     real_run = JITFunction.run
@@ -138,9 +138,9 @@ def test_gpu_repeat_launch_is_bitwise_the_same(m, bias, monkeypatch) -> None:
     w = torch.randn(1024, 512, device="cuda", dtype=torch.bfloat16, generator=g) / 16
     a = torch.randn(m, 512, device="cuda", dtype=torch.bfloat16, generator=g)
     b = torch.randn(1024, device="cuda", dtype=torch.bfloat16, generator=g) if bias else None
-    first = LIN._mm_launch(a, w.t(), b).clone()
+    first = LIN.mm_launch(a, w.t(), b).clone()
     n_first = len(calls)
-    again = LIN._mm_launch(a, w.t(), b)
+    again = LIN.mm_launch(a, w.t(), b)
     torch.cuda.synchronize()
     assert n_first >= 1 and len(calls) == n_first  # no call into Triton's launch path the second time
     assert torch.equal(first, again)

@@ -225,6 +225,8 @@ def test_pattern_dynamic_m():
     assert len(runs) == len(plan)
     for line in runs:
         assert re.search(r"min\(1, [^,]*s\d+", line), line  # the gate: a function of the symbolic M
+    # torch >= 2.13 re-aligns inputs with ``argN = copy_if_misaligned(argN)``: not a copy of ours
+    calls = re.sub(r".*= copy_if_misaligned\(.*\)\n?", "", calls)
     assert "clone" not in calls and "copy_" not in calls
 
 

@@ -546,7 +546,7 @@ def test_lm_head_routed_only_for_our_backend(plugin):
 def test_lm_head_numerics_on_triton_interpreter(plugin, method):
     """Both unquantized heads: vLLM's embedding method, and (vLLM 0.33+: an unquantized lm_head
     in a quantized model) its linear method."""
-    from tri_inductor.patterns import linear  # noqa: F401  (registers tri_inductor::mm)
+    from tri_inductor.patterns.gemm import ops  # noqa: F401  (registers tri_inductor::mm)
     from vllm.config import set_current_vllm_config
     from vllm.model_executor.layers.linear import UnquantizedLinearMethod
     from vllm.model_executor.layers.logits_processor import LogitsProcessor
@@ -577,7 +577,7 @@ def test_lm_head_warm_up_covers_every_batch_bucket(plugin):
     from vllm.config import set_current_vllm_config
     from vllm.model_executor.layers.logits_processor import LogitsProcessor
 
-    from tri_inductor.patterns import linear as L
+    from tri_inductor.patterns.gemm import configs as L
     from tri_inductor.vllm_logits import _MAX_ROWS, warm_up
 
     cfg = _config(backend="tri_inductor")
