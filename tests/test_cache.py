@@ -64,27 +64,27 @@ def test_store_then_lookup_hits_in_a_new_db(cache_env):
                                          ("package_hash", "0" * 64)])
 def test_other_environment_misses(cache_env, field, value):
     cache = cache_env
-    cache.store("mm", "s", [1])
+    cache.store("probe", "s", [1])
     other = cache.TuningDB(key=_other_key(cache, **{field: value}))
     assert other.path != cache.db().path
-    assert other.lookup("mm", "s") is None
-    assert cache.db().lookup("mm", "s") == [1]
+    assert other.lookup("probe", "s") is None
+    assert cache.db().lookup("probe", "s") == [1]
 
 
 def test_changed_kernel_source_misses(cache_env, monkeypatch):
     cache = cache_env
-    cache.store("mm", "s", [1])
+    cache.store("probe", "s", [1])
     import tri_inductor.fingerprint as fp
 
     monkeypatch.setattr(fp, "package_hash", lambda: "f" * 64)
     cache.forget_loaded()
-    assert cache.lookup("mm", "s") is None
+    assert cache.lookup("probe", "s") is None
 
 
 @pytest.mark.parametrize("damage", ["truncate", "flip", "garbage", "empty", "foreign_key"])
 def test_damaged_tuning_file_is_a_miss_with_a_warning(cache_env, caplog, damage):
     cache = cache_env
-    cache.store("mm", "s", [1, 2, 3])
+    cache.store("probe", "s", [1, 2, 3])
     path = cache.db().path
     raw = path.read_bytes()
     if damage == "truncate":
@@ -97,25 +97,25 @@ def test_damaged_tuning_file_is_a_miss_with_a_warning(cache_env, caplog, damage)
         path.write_bytes(b"")
     else:  # a valid file of another environment copied under this name
         other = cache.TuningDB(root=path.parent / "x", key=_other_key(cache, card="Other GPU"))
-        other.store("mm", "s", [9])
+        other.store("probe", "s", [9])
         shutil.copy(other.path, path)
     cache.forget_loaded()
     with caplog.at_level(logging.WARNING, logger="tri_inductor.cache"):
-        assert cache.lookup("mm", "s") is None
+        assert cache.lookup("probe", "s") is None
     assert str(path) in caplog.text and "ignoring it" in caplog.text
     assert cache.counters()["corrupt"] == 1
-    cache.store("mm", "s", [4])  # the damaged file is replaced by a valid one
+    cache.store("probe", "s", [4])  # the damaged file is replaced by a valid one
     cache.forget_loaded()
-    assert cache.lookup("mm", "s") == [4]
+    assert cache.lookup("probe", "s") == [4]
 
 
 def test_atomic_store_leaves_no_temp_files(cache_env):
     cache = cache_env
     for i in range(5):
-        cache.store("mm", f"s{i}", [i])
+        cache.store("probe", f"s{i}", [i])
     files = sorted(p.name for p in cache.db().path.parent.iterdir())
     assert [f for f in files if f.endswith(".tmp")] == []
-    assert len(cache.db().entries()["mm"]) == 5
+    assert len(cache.db().entries()["probe"]) == 5
 
 
 def test_compile_hash_covers_key_and_settings(cache_env, monkeypatch):
@@ -136,7 +136,7 @@ def test_export_clear_import_round_trip(cache_env, tmp_path):
     """Default import: the tuning DB only (compiled artifacts skipped, rebuilt later); with the
     signing key and trust=True: everything (docs/cache.md, 'Trust')."""
     cache = cache_env
-    cache.store("mm", "s", [1, 2])
+    cache.store("probe", "s", [1, 2])
     root = cache.cache_root()
     (root / "inductor" / "fxgraph").mkdir(parents=True)
     (root / "inductor" / "fxgraph" / "entry").write_bytes(b"artifact")
@@ -151,13 +151,13 @@ def test_export_clear_import_round_trip(cache_env, tmp_path):
                                       "vllm/abc/rank_0_0/model"}
     removed = cache.clear(include_vllm=True)
     assert not (root / "tuning").exists() and not cache.vllm_compile_cache_dir().exists() and removed
-    assert cache.lookup("mm", "s") is None
+    assert cache.lookup("probe", "s") is None
     got = cache.import_(archive)
-    assert cache.lookup("mm", "s") == [1, 2]
+    assert cache.lookup("probe", "s") == [1, 2]
     assert not (root / "inductor").exists() and not vdir.exists()
     assert got["skipped"] == ["inductor/fxgraph/entry", "vllm/abc/rank_0_0/model"]
     cache.import_(archive, trust=True, key_file=key)
-    assert cache.lookup("mm", "s") == [1, 2]
+    assert cache.lookup("probe", "s") == [1, 2]
     assert (root / "inductor" / "fxgraph" / "entry").read_bytes() == b"artifact"
     assert (vdir / "model").read_bytes() == b"aot"
 
@@ -165,7 +165,7 @@ def test_export_clear_import_round_trip(cache_env, tmp_path):
 @pytest.mark.parametrize("field,value", [("card", "NVIDIA H200"), ("triton", "9.9.9"), ("torch", "2.99.0")])
 def test_import_refuses_other_card_or_version(cache_env, tmp_path, monkeypatch, field, value):
     cache = cache_env
-    cache.store("mm", "s", [1])
+    cache.store("probe", "s", [1])
     archive = tmp_path / "c.tar.gz"
     cache.export(archive)
     cache.clear()
@@ -199,7 +199,7 @@ def _rewrite_manifest(archive: Path, change) -> None:
 @pytest.mark.parametrize("damage", ["truncate", "tamper", "not_tar"])
 def test_import_refuses_damaged_archive(cache_env, tmp_path, damage):
     cache = cache_env
-    cache.store("mm", "s", [1])
+    cache.store("probe", "s", [1])
     archive = tmp_path / "c.tar.gz"
     cache.export(archive)
     cache.clear()
@@ -220,18 +220,18 @@ def test_cli(cache_env, tmp_path, capsys):
     from tri_inductor.cli import main
 
     cache = cache_env
-    cache.store("mm", "s", [1])
+    cache.store("probe", "s", [1])
     assert main(["cache", "info"]) == 0
     out = capsys.readouterr().out
-    assert str(cache.cache_root()) in out and "mm 1" in out
+    assert str(cache.cache_root()) in out and "probe 1" in out
     assert cache_main(["info", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["key_id"] == cache.key_id()
     archive = tmp_path / "x.tgz"
     assert main(["cache", "export", str(archive)]) == 0
     assert main(["cache", "clear"]) == 0
-    assert cache.lookup("mm", "s") is None
+    assert cache.lookup("probe", "s") is None
     assert main(["cache", "import", str(archive)]) == 0
-    assert cache.lookup("mm", "s") == [1]
+    assert cache.lookup("probe", "s") == [1]
     capsys.readouterr()
     assert main(["cache", "import", str(tmp_path / "missing.tgz")]) == 2
     assert "no such file" in capsys.readouterr().err

@@ -46,12 +46,17 @@ class BiasAddRMSNorm(torch.nn.Module):
         return _rms(x + self.b, self.w)
 
 
-class SiluMulOnTokens(torch.nn.Module):
-    """SiLU-and-mul, but the gate/up split is along the tokens, not the hidden dim."""
+class SiluMulBroadcast(torch.nn.Module):
+    """SiLU(gate) times an ``up`` that broadcasts (a per-channel scale), not a tensor of the gate's
+    shape: not a gated activation our kernels compute. (A split along the tokens, the earlier case
+    here, is rightly taken now: act(a) * b is the two-tensor form for any a, b of one shape.)"""
+
+    def __init__(self, h=64):
+        super().__init__()
+        self.scale = torch.nn.Parameter(torch.randn(h))
 
     def forward(self, x):
-        gate, up = x.chunk(2, dim=-2)
-        return up * F.silu(gate)
+        return F.silu(x) * self.scale
 
 
 class RopeHeadsLast(torch.nn.Module):
@@ -67,7 +72,7 @@ class RopeHeadsLast(torch.nn.Module):
 
 
 class MaskedAttention(torch.nn.Module):
-    """SDPA with an additive float mask: our kernel has no mask input."""
+    """SDPA with a head dim our kernel does not take (320 > 256); masks it takes now."""
 
     def forward(self, q, k, v, mask):
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
@@ -82,11 +87,11 @@ def _cases():
     return {
         "rms_norm-linear-bias": (LinearBiasRMSNorm(), (torch.randn(8, 128),)),
         "rms_norm-broadcast-add": (BiasAddRMSNorm(), (torch.randn(8, 128),)),
-        "activation-split-on-tokens": (SiluMulOnTokens(), (torch.randn(2, 16, 64),)),
+        "activation-broadcast-up": (SiluMulBroadcast(), (torch.randn(2, 16, 64),)),
         "rope-heads-last": (RopeHeadsLast(), (torch.randn(2, S, 4, D), torch.randn(2, S, 2, D),
                                               freqs.cos().expand(2, S, D), freqs.sin().expand(2, S, D))),
-        "attention-float-mask": (MaskedAttention(), (torch.randn(1, 4, S, D), torch.randn(1, 4, S, D),
-                                                     torch.randn(1, 4, S, D), mask)),
+        "attention-head-dim-320": (MaskedAttention(), (torch.randn(1, 4, S, 320), torch.randn(1, 4, S, 320),
+                                                       torch.randn(1, 4, S, 320), mask)),
     }
 
 

@@ -73,7 +73,7 @@ def test_each_kernel_path(path, act, poison):
 
 @pytest.mark.parametrize("idx32", [True, False])
 def test_pointer_offsets_32_and_64_bit(idx32, monkeypatch, poison):
-    monkeypatch.setattr(L, "_offsets_fit_int32", lambda *a: idx32)
+    monkeypatch.setattr(LA, "offsets_fit_int32", lambda *a: idx32)
     a, b = _operands(45, 130, 300, torch.bfloat16, seed=5)
     out = O.mm_launch(a, b, None, C.Cfg(32, 64, 64, 2, 1, 4, 3), act=LA.ACTS["silu"])
     assert not out.isnan().any() and rel(out, O.reference_mm_act_mul(a, b, "silu")) < TOL[torch.bfloat16]
@@ -162,7 +162,7 @@ def test_vllm_mlp_fused(vllm_ctx, form, rng):
     calls = _calls(code)
     assert hits == 2 and "torch.ops." not in calls and "extern_kernels." not in calls
     assert f"'ACT': {LA.ACTS[_FUSED_ACT[form]]}" in code  # the layer's
-    prefill = sum(c.kernel in (C.Kind.TMA, C.Kind.TMA_WS) for *_, c in plan)
+    prefill = sum(c.kernel in (C.Kind.TMA, C.Kind.TMA_WS) and lo >= LA.FUSED_TMA_MIN_M for lo, _, c in plan)
     assert calls.count("_gated_act_kernel") == prefill, (prefill, calls)
     if rng:
         assert prefill == 0 and f"{2 * I}), ({2 * I}, 1)" not in calls  # no [T, 2I] buffer

@@ -15,6 +15,7 @@ ALLOWED_CYCLES: list[set[str]] = [
     {"tri_inductor.cache_archive", "tri_inductor.cache", "tri_inductor.cache_heal"},
     {"tri_inductor.vllm_logits", "tri_inductor.vllm_config", "tri_inductor.audit.collect", "tri_inductor.hooks",
      "tri_inductor.testing.codegen_only", "tri_inductor.vllm_compiler", "tri_inductor.backend", "tri_inductor.audit"},
+    {"tri_inductor.patterns.attention", "tri_inductor.patterns.attention_fx"},
 ]
 HARNESSES = ("tri_inductor.testing",)
 KERNEL_PACKAGES = ("tri_inductor.patterns",)

@@ -382,7 +382,11 @@ def test_config_compiles_for_sm90(cfg, act):
         assert "wgmma" in out.asm["ptx"] and "cp.async.bulk.tensor" in out.asm["ptx"]
 
 
-def test_pattern_prefill_uses_tma_kernel():
+def test_pattern_prefill_uses_tma_kernel(monkeypatch):
+    # A prefill bucket whose config is a TMA one launches the persistent kernel from the graph.
+    real = T.default_config
+    monkeypatch.setattr(T, "default_config", lambda n, k, bucket, dev, elem=2: (
+        C.Cfg(128, 128, 64, 8, 1, 8, 3, C.Kind.TMA) if bucket >= 512 else real(n, k, bucket, dev, elem)))
     x = torch.randn(300, 256, dtype=torch.bfloat16)
     w = torch.randn(512, 256, dtype=torch.bfloat16)
     b = torch.randn(512, dtype=torch.bfloat16)

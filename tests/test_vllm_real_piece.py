@@ -50,5 +50,9 @@ def test_every_family_matches_in_vllms_real_piece(codegen_only) -> None:
     leftover = [k.name for r in reports for k in r.kernels if k.kind != "our_triton"]
     assert not leftover, leftover
     # The two norms' residual chain moves no fp32 sum through memory (rms_norm.prepare_graph).
+    # (A split-K GEMM's fp32 partials are the one fp32 buffer allowed: the reduction kernel reads them.)
     call = reports[-1].code.split("def call(")[1]
-    assert "torch.float32)" not in call, [ln for ln in call.splitlines() if "float32" in ln]
+    fp32 = [ln for ln in call.splitlines() if "torch.float32)" in ln]
+    partials = [ln for ln in fp32 if any(f"splitk_reduce_kernel" in use and f"({ln.split('=')[0].strip()}," in use
+                                         for use in call.splitlines())]
+    assert fp32 == partials, fp32

@@ -139,6 +139,10 @@ VARS: dict[str, Var] = {v.name: v for v in (
     Var("TRI_INDUCTOR_CACHE_DIR", "dir", None, "$XDG_CACHE_HOME/tri_inductor or ~/.cache/tri_inductor",
         "a folder path (created when needed)",
         "Root of our tuning DB and, unless set by you, Inductor's and Triton's caches.", _dir),
+    Var("TRI_INDUCTOR_CACHE_KEY_FILE", "file", None, "none (archives unsigned)",
+        "a path to an existing key file",
+        "Key that `tri-inductor cache export` signs with and `cache import --trust` verifies "
+        "(HMAC-SHA256 over the manifest).", _file),
     Var("TRI_INDUCTOR_CACHE_STATS", "new_file", None, "no stats written",
         "a file path (written at exit)",
         "Write our cache counters and Inductor's as JSON to this file when the process exits.",

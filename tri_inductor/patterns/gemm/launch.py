@@ -21,6 +21,9 @@ ACTS = {"silu": _ACT_CODES["silu"], "gelu": _ACT_CODES["none"], "gelu_tanh": _AC
 # mm_kernel's 32-bit offsets (IDX32) only for K steps up to this: the decode tiles with K steps
 # of 256/512 ran slower in that form than with 64-bit pointer tiles (docs/design/gemm.md).
 IDX32_MAX_BLOCK_K = 128
+# Above this many rows a fused gate_up on TMA tiles runs as the plain GEMM then the activation
+# kernel; at or below it, fused on the pointer kernel (docs/design/gemm.md).
+FUSED_TMA_MIN_M = 128
 
 
 def hint(x) -> int:
@@ -143,6 +146,12 @@ def launch_cfg(a, b, bias, out, cfg: Cfg, gate=1, m_hint: int | None = None, m_c
     block_n = max(16, cfg.block_n // 2) if fused else cfg.block_n
     tiles = triton.cdiv(M, cfg.block_m) * triton.cdiv(n_out, block_n)
     tma_kernel = cfg.kernel in (Kind.TMA, Kind.TMA_WS)
+    if fused and tma_kernel and m_hint <= FUSED_TMA_MIN_M:
+        # decode sizes keep the fused epilogue: the same tiles on the pointer kernel (the TMA form
+        # would write [M, 2N] and launch the activation kernel after it)
+        cfg = cfg._replace(kernel=Kind.PTR, num_stages=min(cfg.num_stages, 4))
+        tma_kernel = False
+        tiles = triton.cdiv(M, cfg.block_m) * triton.cdiv(n_out, block_n)
     if fused and tma_kernel:
         # Prefill tiles: the plain GEMM, then the activation kernel (fused, the persistent
         # kernels lost to the pair: docs/design/gemm.md).
