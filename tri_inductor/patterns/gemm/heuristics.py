@@ -219,8 +219,4 @@ def fp32_config(bucket: int) -> Cfg:
     return next(c for b, c in sorted(FP32_CONFIGS.items()) if bucket <= b)
 
 
-def describe(cfg: Cfg, m: int, n: int, k: int, dev: Device) -> str:
-    return f"{cfg.short()} (model {estimate_s(cfg, m, n, k, dev) * 1e6:.1f} us)"
-
-
-__all__ = ["auto_split", "candidates", "describe", "estimate_s", "fp32_config", "model_config", "ranked"]
+__all__ = ["auto_split", "candidates", "diverse", "estimate_s", "fp32_config", "model_config", "ranked"]

@@ -15,7 +15,7 @@ import torch
 
 from ... import cache
 from ... import tuning as generic
-from .configs import (BUCKETS, TOP_BUCKET, Cfg, Device, invalid_reason, parse_cfg, representative_m, shipped,
+from .configs import (BUCKETS, Cfg, Device, invalid_reason, parse_cfg, representative_m, shipped,
                       table_entries)
 from .heuristics import candidates, diverse, model_config
 
@@ -177,5 +177,5 @@ def config_for(n: int, k: int, bucket: int, dtype: torch.dtype, dev: Device, mm_
         state.clear()  # free the benchmark tensors before the compile goes on
 
 
-__all__ = ["CANDIDATES", "TOP_BUCKET", "config_for", "default_config", "graph_time_ms", "shape_key",
+__all__ = ["CANDIDATES", "config_for", "default_config", "graph_time_ms", "shape_key",
            "tuning_candidates"]
