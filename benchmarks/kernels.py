@@ -178,15 +178,20 @@ def bench_gemm(with_inductor=True, ms=None, shapes=None, labels=None):
     return rows
 
 
-def _gemm_candidates(M, N, K):
+def _gemm_candidates(M, N, K, wide=False):
     """The whole candidate space of the cost model for this M (the compile-time tuner measures
-    only its best-ranked few), the shipped entry first."""
+    only its best-ranked few), the shipped entry first. ``wide``: also the spaces of the
+    neighbouring M buckets (M / 4 .. 4 M), to see whether the space itself misses winners."""
     from tri_inductor.patterns.gemm import configs as GC
     from tri_inductor.patterns.gemm import heuristics as H
 
     dev = GC.device_info()
     prior = GC.shipped(N, K, GC.bucket_of(M), dev)
-    return ([prior] if prior else []) + H.ranked(M, N, K, dev)
+    out = ([prior] if prior else []) + H.ranked(M, N, K, dev)
+    if wide:
+        for m in (max(1, M // 4), max(1, M // 2), 2 * M, 4 * M):
+            out += [c for c in H.candidates(m, N, K, dev) if c not in out]
+    return out
 
 
 def bucket_choices(report, bucket_of) -> dict:
@@ -212,7 +217,7 @@ def bucket_choices(report, bucket_of) -> dict:
     return out
 
 
-def tune_gemm(out_dir, min_m=1, max_m=1 << 30, only_m=None, shapes=None):
+def tune_gemm(out_dir, min_m=1, max_m=1 << 30, only_m=None, shapes=None, wide=False):
     """Offline sweep of the whole candidate space per (N, K, M); writes the shipped table
     (``tuned_sm90.json``: the previous entries plus this sweep's bucket winners)."""
     from tri_inductor.patterns.gemm import configs as GC
@@ -230,7 +235,11 @@ def tune_gemm(out_dir, min_m=1, max_m=1 << 30, only_m=None, shapes=None):
             a0, w0 = sets[0]
             t_cublas = bench([lambda a=a, w=w: torch.mm(a, w.t()) for a, w in sets], reps=10)
             results = []
-            for cfg in _gemm_candidates(M, N, K):
+            cands = _gemm_candidates(M, N, K, wide)
+            # compile side by side first (one by one: minutes per shape)
+            from tri_inductor.patterns.gemm import tuning as GT
+            GT._warm([lambda c=c: O.mm_launch(a0, w0.t(), None, c) for c in cands])
+            for cfg in cands:
                 try:
                     err = _check_gemm(O.mm_launch(a0, w0.t(), None, cfg), a0, w0)
                     if not err < 1e-2:
@@ -241,8 +250,12 @@ def tune_gemm(out_dir, min_m=1, max_m=1 << 30, only_m=None, shapes=None):
                 except Exception as e:  # noqa: BLE001  (out of shared memory etc.)
                     log(f"  skip {tuple(cfg)}: {type(e).__name__}")
             results.sort(key=lambda r: r[0])
-            log(f"tune M={M} N={N} K={K} cublas {t_cublas*1e3:.1f}us best {results[0][0]*1e3:.1f}us "
-                f"x{t_cublas/results[0][0]:.3f} {results[0][1].short()}")
+            # '*': a config the compile-time tuner measures for this bucket (tuning_candidates)
+            tuner = set(GT.tuning_candidates(N, K, GC.bucket_of(M), GC.device_info()))
+            top = ", ".join(f"x{t_cublas / t:.3f}{'*' if c in tuner else ''} {c.short()}" for t, c in results[:3])
+            in_set = [t for t, c in results if c in tuner]
+            log(f"tune M={M} N={N} K={K} cublas {t_cublas*1e3:.1f}us ({len(results)} configs) best {top}; "
+                f"tuner's set best x{t_cublas / min(in_set) if in_set else float('nan'):.3f}")
             report.append(dict(M=M, N=N, K=K, cublas_ms=t_cublas,
                                results=[(t, list(c)) for t, c in results]))
             if out_dir:  # survives a timeout
@@ -563,6 +576,8 @@ def main():
                    "(default: --gemm-m, else the acceptance grid)")
     p.add_argument("--tune-nk", default="", help="comma-separated NxK shapes to tune (default: the Llama-8B "
                    "linear shapes; 'lm_head' adds 128256x4096)")
+    p.add_argument("--tune-wide", action="store_true", help="also sweep the neighbouring M buckets' "
+                   "candidate spaces (does the space miss winners?)")
     p.add_argument("--bench-after-tune", action="store_true", help="then benchmark with the new table")
     p.add_argument("--gemm-m", default="", help="comma-separated M values of the GEMM table (default: the "
                    "acceptance grid " + ",".join(map(str, GEMM_M)) + "); also the M values --tune-m defaults to")
@@ -605,7 +620,8 @@ def main():
         attn = {}
         if "gemm" in args.tune_what:
             table = tune_gemm(args.out, args.tune_min_m, args.tune_max_m,
-                              m_list(args.tune_m, "--tune-m") or gemm_m, nk_list(args.tune_nk, "--tune-nk"))
+                              m_list(args.tune_m, "--tune-m") or gemm_m, nk_list(args.tune_nk, "--tune-nk"),
+                              args.tune_wide)
         if "attn" in args.tune_what:
             attn = tune_attention()
         write_json("tune_summary.json", {"meta": meta, "gemm": table, "attn": attn}, args.out)

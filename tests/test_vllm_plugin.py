@@ -760,3 +760,24 @@ def test_torch_native_cutedsl_kernels_switched_off_for_our_backend(plugin, monke
     assert any("TORCH_DISABLE_NATIVE_JIT='0' conflicts" in m for m in tri_log.messages)
     with pytest.raises(TriInductorConfigError, match="TORCH_DISABLE_NATIVE_JIT"):
         _config(backend="tri_inductor", inductor_compile_config={"tri_inductor": {"strict": True}})
+
+
+def test_combo_kernels_not_benchmarked(plugin):
+    """vLLM's GPU default (combo kernels, benchmarked at compile time) becomes combo kernels
+    without the benchmark for our backend only (synthetic inputs faulted on Llama-3.2-1B); a user's
+    other choice is kept."""
+    from vllm.config import CompilationConfig, VllmConfig
+
+    from tri_inductor.vllm_config import adjust_vllm_config
+
+    cfg = _config(backend="tri_inductor")
+    icc = cfg.compilation_config.inductor_compile_config
+    icc.update(combo_kernels=True, benchmark_combo_kernel=True)  # as CompilationConfig sets on a GPU
+    adjust_vllm_config(cfg)
+    assert icc["combo_kernels"] is True and icc["benchmark_combo_kernel"] is False
+    icc.update(combo_kernels=False, benchmark_combo_kernel=True)  # a user's choice
+    adjust_vllm_config(cfg)
+    assert icc["combo_kernels"] is False and icc["benchmark_combo_kernel"] is True
+    ind = VllmConfig(compilation_config=CompilationConfig(
+        backend="inductor", inductor_compile_config={"combo_kernels": True, "benchmark_combo_kernel": True}))
+    assert ind.compilation_config.inductor_compile_config["benchmark_combo_kernel"] is True

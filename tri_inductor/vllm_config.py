@@ -173,6 +173,17 @@ def adjust_vllm_config(vllm_config: "VllmConfig", environ: MutableMapping[str, s
                   "edited kernels must not be served from vLLM's (AOT) compile cache",
                   lambda: icc.__setitem__(HASH_KEY, package_hash)))
 
+    # Combo kernels (horizontal fusion) stay on, but are not benchmarked at compile time: the
+    # benchmark runs candidate kernels on synthetic inputs (random token ids and positions, sizes
+    # from hints) and on Llama-3.2-1B's pieces one faulted with an illegal address, failing the
+    # compile (docs/design/gemm.md). CompilationConfig's own __post_init__ (before this) sets the
+    # pair on GPU platforms; any other value of either key (the user's) is kept.
+    if icc.get("combo_kernels") is True and icc.get("benchmark_combo_kernel") is True:
+        ch(Change("inductor_compile_config['benchmark_combo_kernel']", True, False,
+                  "compile-time benchmarks run kernels on synthetic inputs; one faulted on "
+                  "Llama-3.2-1B (combo kernels stay on)",
+                  lambda: icc.__setitem__("benchmark_combo_kernel", False)))
+
     # Warm starts: without vLLM's "mega" AOT artifact a warm start still sends every piece through
     # compile() so vLLM can re-key its deduplicated artifacts (~0.2 s a piece, most of a warm
     # start); with it the pieces load straight from the artifact.  vLLM turns it on by default
