@@ -87,6 +87,20 @@ TABLE: tuple[Hook, ...] = (
     Hook("vllm.model_executor.layers.logits_processor:LogitsProcessor._apply_head", _V,
          "run the lm_head GEMM on our Triton kernel", "lm_head runs on cuBLAS (a non-Triton kernel each step)",
          ("self, lm_head, hidden_states, embedding_bias",)),
+    # vLLM attention (vllm_attention_select / vllm_attention): no wrapper; a registration and a subclass
+    Hook("vllm.v1.attention.backends.registry:register_backend", "vLLM 0.26, 0.34 (read)",
+         "put our paged attention backend in vLLM's AttentionBackendEnum.CUSTOM slot (every process)",
+         "backend 'tri_inductor' runs vLLM's TRITON_ATTN kernel (logged once)",
+         ("backend, class_path, is_mamba",)),
+    Hook("vllm.v1.attention.backends.triton_attn:TritonAttentionImpl.__init__", "vLLM 0.26, 0.34 (read)",
+         "TriPagedAttentionImpl subclasses it: vLLM builds it with these arguments",
+         "a changed signature: our backend is not selected (TRITON_ATTN, logged once)",
+         ("self, num_heads, head_size, scale, num_kv_heads, alibi_slopes, sliding_window, kv_cache_dtype, "
+          "logits_soft_cap, attn_type, kv_sharing_target_layer_name, sinks, use_alibi_sqrt, chunk_lookback",)),
+    Hook("vllm.v1.attention.backends.triton_attn:TritonAttentionImpl.forward", "vLLM 0.26, 0.34 (read)",
+         "TriPagedAttentionImpl.forward sends the attention call to our kernel (KV write, metadata: vLLM's)",
+         "a changed signature: our backend is not selected (TRITON_ATTN, logged once)",
+         ("self, layer, query, key, value, kv_cache, attn_metadata, output, output_scale, output_block_scale",)),
     # ---------------------------------------------------------------- torch / Triton (compile time)
     Hook("torch._inductor.graph:GraphLowering.codegen", _T,
          "collect the provenance (FX nodes, source line) of each extern kernel for the audit",
@@ -285,7 +299,13 @@ def install_vllm_hooks(plugin: ModuleType) -> None:
         wrap_once(module.LogitsProcessor, "__init__", vllm_logits.init_hook)
         wrap_once(module.LogitsProcessor, "_apply_head", vllm_logits.apply_head_hook)
 
+    def attention_registry(module: ModuleType) -> None:
+        from . import vllm_attention_select
+
+        vllm_attention_select.register_slot(module)
+
     when_imported("vllm.config.vllm", config)
+    when_imported("vllm.v1.attention.backends.registry", attention_registry)
     when_imported("vllm.config.compilation", compilation)
     when_imported("vllm.compilation.backends", backends)
     when_imported("vllm.model_executor.layers.logits_processor", logits)

@@ -64,7 +64,7 @@ def paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tenso
                     cu_seqlens_q: torch.Tensor, seq_lens: torch.Tensor, block_table: torch.Tensor,
                     max_seqlen_q: int, max_seqlen_k: int, scale: float, causal: bool = True,
                     window: Any = None, softcap: float = 0.0, sinks: torch.Tensor | None = None,
-                    *, num_splits: int | None = None) -> torch.Tensor:
+                    *, num_splits: int | None = None, check: bool = True) -> torch.Tensor:
     """Paged attention over vLLM's KV cache, written into ``out`` (returned).
 
     q ``[num_tokens, num_q_heads, head]``; ``k_cache``/``v_cache`` ``[num_blocks, block_size,
@@ -75,11 +75,14 @@ def paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tenso
     ``max_seqlen_q``/``max_seqlen_k`` host ints (``max_seqlen_q == 1``: the split-KV decode
     path); ``window`` see :func:`window_keys`; ``softcap`` 0 = off; ``sinks`` ``[num_q_heads]``
     logits of a value-less extra key per head.  ``num_splits`` forces the decode split count
-    (tests, benchmarks); None sizes it from the device (``launch.decode_cfg``).
+    (tests, benchmarks); None sizes it from the device (``launch.decode_cfg``).  ``check=False``
+    skips :func:`decline_reason` (a caller that has run it for these inputs' kind: vLLM's backend,
+    every layer every step).
     """
-    why = decline_reason(q, k_cache, v_cache, out, causal, window, sinks)
-    if why is not None:
-        raise ValueError(f"paged_attention does not take these inputs: {why}")
+    if check:
+        why = decline_reason(q, k_cache, v_cache, out, causal, window, sinks)
+        if why is not None:
+            raise ValueError(f"paged_attention does not take these inputs: {why}")
     num_tokens, num_q_heads, head = q.shape
     block_size, num_kv_heads = k_cache.shape[1], k_cache.shape[2]
     num_seqs = seq_lens.shape[0]
