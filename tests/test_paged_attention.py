@@ -285,11 +285,15 @@ def test_slot_registration_claims_only_a_free_slot():
 
 def test_selection_on_this_vllm(monkeypatch):
     pytest.importorskip("vllm", reason="vLLM is not installed")
+    from tri_inductor.hooks import signature_problem
     from tri_inductor.vllm_attention_select import selection, unavailable_reason
 
-    assert unavailable_reason() is None
-    assert selection({}, uses_mla=False)[0] == "CUSTOM"
-    assert selection({"TRI_INDUCTOR_ATTENTION": "triton_attn"}, uses_mla=False)[0] == "TRITON_ATTN"
+    assert unavailable_reason(signature_problem) is None
+    assert selection({}, False, signature_problem)[0] == "CUSTOM"
+    assert selection({"TRI_INDUCTOR_ATTENTION": "triton_attn"}, False, signature_problem)[0] == "TRITON_ATTN"
+    # a vLLM whose TritonAttentionImpl changed: TRITON_ATTN, saying why
+    name, why = selection({}, False, lambda target: f"{target} takes (self, x)")
+    assert name == "TRITON_ATTN" and "takes (self, x)" in why
 
 
 def test_backend_declines_per_layer_and_per_step():

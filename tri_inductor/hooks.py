@@ -189,6 +189,19 @@ def signature_of(fn: Any) -> str:
     return ", ".join(parts)
 
 
+def signature_problem(target: str) -> str | None:
+    """None when ``target`` (a TABLE entry) takes one of its recorded signatures here, else why
+    not: code that subclasses a target checks this before relying on it."""
+    recorded = {h.target: h.signatures for h in TABLE}.get(target, ())
+    try:
+        got = signature_of(resolve(target))
+    except Exception as e:  # noqa: BLE001  (any failure to import or read it: not usable)
+        return f"{target} not importable ({e!r})"
+    if got not in recorded:
+        return f"{target} takes ({got}), not a signature we built against"
+    return None
+
+
 # ---------------------------------------------------------------- wrapping
 
 
@@ -299,13 +312,8 @@ def install_vllm_hooks(plugin: ModuleType) -> None:
         wrap_once(module.LogitsProcessor, "__init__", vllm_logits.init_hook)
         wrap_once(module.LogitsProcessor, "_apply_head", vllm_logits.apply_head_hook)
 
-    def attention_registry(module: ModuleType) -> None:
-        from . import vllm_attention_select
-
-        vllm_attention_select.register_slot(module)
-
     when_imported("vllm.config.vllm", config)
-    when_imported("vllm.v1.attention.backends.registry", attention_registry)
+    when_imported("vllm.v1.attention.backends.registry", plugin.attention_registry)
     when_imported("vllm.config.compilation", compilation)
     when_imported("vllm.compilation.backends", backends)
     when_imported("vllm.model_executor.layers.logits_processor", logits)

@@ -11,7 +11,7 @@ imports vLLM at module import.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from types import ModuleType
 
 log = logging.getLogger("tri_inductor.vllm")
@@ -63,28 +63,23 @@ def register_slot(registry: ModuleType) -> bool:
     return slot_owner(registry) == BACKEND_PATH
 
 
-def unavailable_reason() -> str | None:
-    """Why our backend cannot serve in this process's vLLM (None: it can)."""
+def unavailable_reason(signature_problem: Callable[[str], str | None]) -> str | None:
+    """Why our backend cannot serve in this process's vLLM (None: it can).
+    ``signature_problem``: ``hooks.signature_problem`` (passed in: hooks imports the config code)."""
     import importlib
-
-    from . import hooks
 
     try:
         registry = importlib.import_module(REGISTRY)
-    except Exception as e:
+    except Exception as e:  # noqa: BLE001
         return f"no vLLM attention registry ({e!r})"
     if not register_slot(registry):
         owner = slot_owner(registry)
         return (f"vLLM's CUSTOM attention slot holds {owner}" if owner else
                 "this vLLM has no AttentionBackendEnum.CUSTOM / register_backend")
-    recorded = {h.target: h.signatures for h in hooks.TABLE}
     for target in IMPL_TARGETS:
-        try:
-            got = hooks.signature_of(hooks.resolve(target))
-        except Exception as e:
-            return f"{target} not importable ({e!r})"
-        if got not in recorded.get(target, ()):
-            return f"{target} takes ({got}), not a signature we built against"
+        problem = signature_problem(target)
+        if problem is not None:
+            return problem
     return None
 
 
@@ -99,10 +94,11 @@ def is_ours(backend_name: str | None, registry: ModuleType | None = None) -> boo
     return registry is not None and slot_owner(registry) == BACKEND_PATH
 
 
-def selection(environ: Mapping[str, str], uses_mla: bool) -> tuple[str, str]:
+def selection(environ: Mapping[str, str], uses_mla: bool,
+              signature_problem: Callable[[str], str | None]) -> tuple[str, str]:
     """:func:`choose_attention` for this process: the env var, the model, this vLLM."""
     from . import envs
 
     requested = envs.attention(environ)
-    unavailable = None if uses_mla or requested != "ours" else unavailable_reason()
+    unavailable = None if uses_mla or requested != "ours" else unavailable_reason(signature_problem)
     return choose_attention(requested, uses_mla, unavailable)

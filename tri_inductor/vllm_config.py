@@ -251,10 +251,11 @@ def adjust_vllm_config(vllm_config: "VllmConfig", environ: MutableMapping[str, s
     backend = _enum_name(ac.backend)
     if backend is None:
         from .envs import EnvError
+        from .hooks import signature_problem
         from .vllm_attention_select import selection
 
         try:
-            target, why = selection(environ, _uses_mla(vllm_config))
+            target, why = selection(environ, _uses_mla(vllm_config), signature_problem)
         except EnvError as e:  # not a ValueError out of __post_init__: pydantic would rewrap it
             raise TriInductorConfigError(f"tri_inductor: {e}") from None
 
