@@ -311,3 +311,24 @@ def test_backend_declines_per_layer_and_per_step():
     assert step_decline_reason(md, None, None) is None
     assert "quantization" in step_decline_reason(md, torch.ones(1), None)
     assert "per-sequence" in step_decline_reason(types.SimpleNamespace(**{**vars(md), "causal": torch.ones(2)}), None, None)
+
+
+def test_census_and_profiles_count_our_kernels_as_triton_attention():
+    """vllm_census / profile_kernels class kernels by the @triton.jit names in our sources; the
+    e2e profiles put them in the attention class."""
+    import sys
+    from pathlib import Path
+
+    from tri_inductor.audit.runtime import classify_kernel, source_triton_kernel_names
+    from tri_inductor.patterns.paged_attention import KERNELS
+
+    names = source_triton_kernel_names(("tri_inductor",))
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    try:
+        from _vllm_common import kernel_class
+    finally:
+        sys.path.pop(0)
+    for k in KERNELS:
+        assert k.fn.__name__ in names
+        assert classify_kernel(k.fn.__name__, set(names)) == (True, "triton")
+        assert kernel_class(k.fn.__name__) == "attention"

@@ -13,18 +13,20 @@ def paged_attention_ref(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.T
                         cu_seqlens_q: torch.Tensor, seq_lens: torch.Tensor, block_table: torch.Tensor,
                         scale: float, causal: bool = True, window: Any = None, softcap: float = 0.0,
                         sinks: torch.Tensor | None = None) -> torch.Tensor:
-    """``[num_tokens, num_q_heads, head]`` float64 (rows of tokens no sequence owns: 0)."""
+    """``[num_tokens, num_q_heads, head]`` float64 on ``q``'s device (rows of tokens no sequence
+    owns: 0)."""
     num_tokens, hq, d = q.shape
     bs, hk = k_cache.shape[1], k_cache.shape[2]
     group = hq // hk
     wkeys = window_keys(window)
-    out = torch.zeros(num_tokens, hq, d, dtype=torch.float64)
+    dev = q.device
+    out = torch.zeros(num_tokens, hq, d, dtype=torch.float64, device=dev)
     cu = cu_seqlens_q.tolist()
     for s, seq_len in enumerate(seq_lens.tolist()):
         q0, q1 = cu[s], cu[s + 1]
         if q1 == q0:
             continue
-        pos = torch.arange(seq_len)
+        pos = torch.arange(seq_len, device=dev)
         blocks = block_table[s, pos // bs].long()
         k = k_cache[blocks, pos % bs].double().repeat_interleave(group, dim=1)  # [S, hq, d]
         v = v_cache[blocks, pos % bs].double().repeat_interleave(group, dim=1)
@@ -32,8 +34,8 @@ def paged_attention_ref(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.T
         sc = torch.einsum("lhd,shd->hls", qs, k) * scale
         if softcap:
             sc = softcap * torch.tanh(sc / softcap)
-        q_abs = seq_len - (q1 - q0) + torch.arange(q1 - q0)
-        keep = torch.ones(q1 - q0, seq_len, dtype=torch.bool)
+        q_abs = seq_len - (q1 - q0) + torch.arange(q1 - q0, device=dev)
+        keep = torch.ones(q1 - q0, seq_len, dtype=torch.bool, device=dev)
         if causal:
             keep &= pos[None, :] <= q_abs[:, None]
         if wkeys:
