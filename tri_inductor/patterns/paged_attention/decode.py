@@ -71,7 +71,8 @@ def paged_attn_decode_kernel(
 
         if SPLIT:
             # partials of every split, empty ones too (max -inf, sum 0): the reduce reads them all
-            row = (token.to(tl.int64) * NUM_Q_HEADS + heads) * SPLITS_PAD + split
+            # rows by sequence (decode: one token each), so the buffer's size needs no device value
+            row = (seq.to(tl.int64) * NUM_Q_HEADS + heads) * SPLITS_PAD + split
             tl.store(part_m_ptr + row, m_i, mask=g_mask)
             tl.store(part_l_ptr + row, l_i, mask=g_mask)
             tl.store(part_o_ptr + row[:, None] * HEAD_PAD + offs_d[None, :], acc, mask=g_mask[:, None])
@@ -103,7 +104,7 @@ def paged_attn_reduce_kernel(
         offs_s = tl.arange(0, SPLITS_PAD)
         offs_d = tl.arange(0, HEAD_PAD)
         s_mask = offs_s < num_splits
-        row = (token.to(tl.int64) * NUM_Q_HEADS + head) * SPLITS_PAD + offs_s
+        row = (seq.to(tl.int64) * NUM_Q_HEADS + head) * SPLITS_PAD + offs_s
         m = tl.load(part_m_ptr + row, mask=s_mask, other=float("-inf"))
         l = tl.load(part_l_ptr + row, mask=s_mask, other=0.0)
         m_max = tl.max(m, 0)

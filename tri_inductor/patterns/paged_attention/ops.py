@@ -101,8 +101,8 @@ def paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tenso
         split = cfg.num_splits > 1
         hp = head_pad(head)
         if split:
-            part_o = torch.empty((num_tokens, num_q_heads, cfg.splits_pad, hp), dtype=torch.float32, device=q.device)
-            part_m = torch.empty((num_tokens, num_q_heads, cfg.splits_pad), dtype=torch.float32, device=q.device)
+            part_o = torch.empty((num_seqs, num_q_heads, cfg.splits_pad, hp), dtype=torch.float32, device=q.device)
+            part_m = torch.empty((num_seqs, num_q_heads, cfg.splits_pad), dtype=torch.float32, device=q.device)
             part_l = torch.empty_like(part_m)
         else:
             part_o = part_m = part_l = out  # never touched without SPLIT
