@@ -21,6 +21,7 @@ def _garbage(var: envs.Var, tmp_path: Path) -> list[str]:
         "dir": [str(tmp_path / "a_file")],
         "new_file": [str(tmp_path)],
         "seconds": ["soon", "-5", "nan"],
+        "choice": ["bogus", "ours,triton_attn", "TRITON"],
     }[var.kind]
     (tmp_path / "a_file").write_text("x")
     return ["", "   ", *wrong]
@@ -45,6 +46,11 @@ def test_one_boolean_rule(name, monkeypatch):
                       ("0", False), ("false", False), ("No", False), ("off", False)]:
         monkeypatch.setenv(name, raw)
         assert envs.get(name) is want, raw
+
+
+def test_attention_choice(monkeypatch):
+    assert envs.attention({}) == "ours"
+    assert envs.attention({"TRI_INDUCTOR_ATTENTION": "Triton_Attn"}) == "triton_attn"
 
 
 def test_read_on_each_call_not_at_import(monkeypatch):

@@ -98,6 +98,7 @@ def clean_env(monkeypatch):
     monkeypatch.delenv("TRI_INDUCTOR_STRICT", raising=False)
     monkeypatch.delenv("VLLM_USE_MEGA_AOT_ARTIFACT", raising=False)
     monkeypatch.delenv("TORCH_DISABLE_NATIVE_JIT", raising=False)
+    monkeypatch.delenv("TRI_INDUCTOR_ATTENTION", raising=False)
 
 
 class _Records(logging.Handler):
@@ -190,7 +191,9 @@ def test_backend_flag_alone_gives_triton_config(plugin, tri_log):
     ops = ir_ops(cfg.kernel_config.ir_op_priority)  # read from vLLM (0.32+: gelu_and_mul_sparse too)
     assert {"rms_norm", "fused_add_rms_norm"} <= set(ops)
     assert all(getattr(cfg.kernel_config.ir_op_priority, op) == ["native"] for op in ops), ops
-    assert cfg.attention_config.backend.name == "TRITON_ATTN"
+    # our paged attention, in vLLM's CUSTOM slot (TRITON_ATTN's kernel for what it declines)
+    assert cfg.attention_config.backend.name == "CUSTOM"
+    assert cfg.attention_config.backend.get_path() == "tri_inductor.vllm_attention.TriPagedAttentionBackend"
     assert os.environ["VLLM_USE_FLASHINFER_SAMPLER"] == "0"
     # vLLM's default, kept (FULL_AND_PIECEWISE; vLLM 0.34 gives a config without a model NONE)
     assert cc.cudagraph_mode == _config(backend="inductor").compilation_config.cudagraph_mode
@@ -300,6 +303,42 @@ def test_explicit_mode_vllm_compile_accepted(plugin):
         _config(backend="not_a_backend", mode=3)  # vLLM's check still applies to others
 
 
+def test_attention_opt_out_gives_triton_attn(plugin, tri_log, monkeypatch):
+    monkeypatch.setenv("TRI_INDUCTOR_ATTENTION", "triton_attn")
+    cfg = _config(backend="tri_inductor")
+    assert cfg.attention_config.backend.name == "TRITON_ATTN"
+    assert any("TRI_INDUCTOR_ATTENTION=triton_attn" in m for m in tri_log.messages)
+
+
+def test_attention_env_garbage_is_a_config_error(plugin, monkeypatch):
+    from tri_inductor.vllm_config import TriInductorConfigError
+
+    monkeypatch.setenv("TRI_INDUCTOR_ATTENTION", "flash")
+    with pytest.raises(TriInductorConfigError, match="TRI_INDUCTOR_ATTENTION='flash'"):
+        _config(backend="tri_inductor")
+
+
+def test_our_attention_backend_resolves_and_reuses_triton_attn(plugin):
+    from vllm.v1.attention.backends.registry import AttentionBackendEnum
+    from vllm.v1.attention.backends.triton_attn import TritonAttentionBackend, TritonAttentionImpl
+
+    cls = AttentionBackendEnum.CUSTOM.get_class()
+    assert issubclass(cls, TritonAttentionBackend) and cls.get_name() == "CUSTOM"
+    assert AttentionBackendEnum[cls.get_name()] is AttentionBackendEnum.CUSTOM  # vLLM's layer lookup
+    assert issubclass(cls.get_impl_cls(), TritonAttentionImpl)
+    assert cls.get_builder_cls() is TritonAttentionBackend.get_builder_cls()  # vLLM's metadata + CUDA graphs
+    assert cls.get_kv_cache_shape(10, 16, 8, 128) == TritonAttentionBackend.get_kv_cache_shape(10, 16, 8, 128)
+
+
+def test_vllm_own_backends_untouched_by_our_attention(plugin):
+    cfg = _config(backend="inductor")
+    assert cfg.attention_config.backend is None  # vLLM picks (FLASH_ATTN on CUDA): we do nothing
+    cfg = _config("TRITON_ATTN", backend="inductor")
+    from vllm.v1.attention.backends.triton_attn import TritonAttentionBackend
+
+    assert cfg.attention_config.backend.get_class() is TritonAttentionBackend
+
+
 def test_user_triton_attention_backend_kept(plugin, tri_log):
     cfg = _config("TRITON_ATTN_DIFFKV", backend="tri_inductor")
     assert cfg.attention_config.backend.name == "TRITON_ATTN_DIFFKV"
@@ -334,7 +373,7 @@ def test_strict_mode_raises(plugin, monkeypatch, how):
     assert "attention_backend='FLASH_ATTN'" in msg and "Fix:" in msg and "TRITON_ATTN" in msg
     # strict and clean: fine
     cfg = _config(backend="tri_inductor", inductor_compile_config=dict(icc))
-    assert cfg.attention_config.backend.name == "TRITON_ATTN"
+    assert cfg.attention_config.backend.name == "CUSTOM"  # ours: a Triton backend, no conflict
 
 
 def test_strict_sampler_env_conflict(plugin, monkeypatch):

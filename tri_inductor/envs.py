@@ -35,7 +35,7 @@ class EnvError(ValueError):
 @dataclasses.dataclass(frozen=True)
 class Var:
     name: str
-    kind: str  # "bool", "families", "dir", "file", "new_file"
+    kind: str  # "bool", "families", "dir", "file", "new_file", "seconds", "choice"
     default: Any
     default_doc: str
     accepted: str
@@ -56,6 +56,13 @@ class Var:
     def error(self, raw: str, why: str = "is not accepted") -> EnvError:
         return EnvError(f"{self.name}={raw!r} {why}; accepted values: {self.accepted} "
                         f"(unset: {self.default_doc})")
+
+
+def _choice(var: Var, raw: str) -> str:
+    low = raw.lower()
+    if low not in [a.strip() for a in var.accepted.split(",")]:
+        raise var.error(raw)
+    return low
 
 
 def _bool(var: Var, raw: str) -> bool:
@@ -136,6 +143,10 @@ VARS: dict[str, Var] = {v.name: v for v in (
         "a path to an existing JSON tuning table",
         "GEMM tuning table to use instead of the shipped one (its content is in the compile "
         "cache key).", _file),
+    Var("TRI_INDUCTOR_ATTENTION", "choice", "ours", "ours", "ours, triton_attn",
+        "Attention under vLLM with backend tri_inductor: `ours` (our Triton paged attention; vLLM's "
+        "TRITON_ATTN kernel for what it declines) or `triton_attn` (vLLM's TRITON_ATTN throughout).",
+        _choice),
     Var("TRI_INDUCTOR_CACHE_DIR", "dir", None, "$XDG_CACHE_HOME/tri_inductor or ~/.cache/tri_inductor",
         "a folder path (created when needed)",
         "Root of our tuning DB and, unless set by you, Inductor's and Triton's caches.", _dir),
@@ -179,6 +190,10 @@ def tune_budget_s(environ: Mapping[str, str] | None = None) -> float:
 
 def linear_tuned(environ: Mapping[str, str] | None = None) -> Path:
     return get("TRI_INDUCTOR_LINEAR_TUNED", environ)
+
+
+def attention(environ: Mapping[str, str] | None = None) -> str:
+    return get("TRI_INDUCTOR_ATTENTION", environ)
 
 
 def cache_dir(environ: Mapping[str, str] | None = None) -> Path | None:

@@ -24,6 +24,11 @@ NOT_CODEGEN: tuple[str, ...] = (
     "envs.py",  # parsing and docs of TRI_INDUCTOR_*; the parsed values that shape code are hashed
     "fingerprint.py",  # this file
     "testing/interpret.py",  # CPU interpreter harness: runs code, does not write it
+    # vLLM's attention runs eagerly between compiled pieces: our paged attention and its backend
+    # are never in a compiled graph (the chosen backend is in vLLM's own config hash)
+    "patterns/paged_attention/",
+    "vllm_attention.py",
+    "vllm_attention_select.py",
 )
 
 

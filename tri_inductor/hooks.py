@@ -87,6 +87,20 @@ TABLE: tuple[Hook, ...] = (
     Hook("vllm.model_executor.layers.logits_processor:LogitsProcessor._apply_head", _V,
          "run the lm_head GEMM on our Triton kernel", "lm_head runs on cuBLAS (a non-Triton kernel each step)",
          ("self, lm_head, hidden_states, embedding_bias",)),
+    # vLLM attention (vllm_attention_select / vllm_attention): no wrapper; a registration and a subclass
+    Hook("vllm.v1.attention.backends.registry:register_backend", "vLLM 0.26, 0.34 (read)",
+         "put our paged attention backend in vLLM's AttentionBackendEnum.CUSTOM slot (every process)",
+         "backend 'tri_inductor' runs vLLM's TRITON_ATTN kernel (logged once)",
+         ("backend, class_path, is_mamba",)),
+    Hook("vllm.v1.attention.backends.triton_attn:TritonAttentionImpl.__init__", "vLLM 0.26, 0.34 (read)",
+         "TriPagedAttentionImpl subclasses it: vLLM builds it with these arguments",
+         "a changed signature: our backend is not selected (TRITON_ATTN, logged once)",
+         ("self, num_heads, head_size, scale, num_kv_heads, alibi_slopes, sliding_window, kv_cache_dtype, "
+          "logits_soft_cap, attn_type, kv_sharing_target_layer_name, sinks, use_alibi_sqrt, chunk_lookback",)),
+    Hook("vllm.v1.attention.backends.triton_attn:TritonAttentionImpl.forward", "vLLM 0.26, 0.34 (read)",
+         "TriPagedAttentionImpl.forward sends the attention call to our kernel (KV write, metadata: vLLM's)",
+         "a changed signature: our backend is not selected (TRITON_ATTN, logged once)",
+         ("self, layer, query, key, value, kv_cache, attn_metadata, output, output_scale, output_block_scale",)),
     # ---------------------------------------------------------------- torch / Triton (compile time)
     Hook("torch._inductor.graph:GraphLowering.codegen", _T,
          "collect the provenance (FX nodes, source line) of each extern kernel for the audit",
@@ -173,6 +187,19 @@ def signature_of(fn: Any) -> str:
                 star = True
             parts.append(p.name)
     return ", ".join(parts)
+
+
+def signature_problem(target: str) -> str | None:
+    """None when ``target`` (a TABLE entry) takes one of its recorded signatures here, else why
+    not: code that subclasses a target checks this before relying on it."""
+    recorded = {h.target: h.signatures for h in TABLE}.get(target, ())
+    try:
+        got = signature_of(resolve(target))
+    except Exception as e:  # noqa: BLE001  (any failure to import or read it: not usable)
+        return f"{target} not importable ({e!r})"
+    if got not in recorded:
+        return f"{target} takes ({got}), not a signature we built against"
+    return None
 
 
 # ---------------------------------------------------------------- wrapping
@@ -286,6 +313,7 @@ def install_vllm_hooks(plugin: ModuleType) -> None:
         wrap_once(module.LogitsProcessor, "_apply_head", vllm_logits.apply_head_hook)
 
     when_imported("vllm.config.vllm", config)
+    when_imported("vllm.v1.attention.backends.registry", plugin.attention_registry)
     when_imported("vllm.config.compilation", compilation)
     when_imported("vllm.compilation.backends", backends)
     when_imported("vllm.model_executor.layers.logits_processor", logits)

@@ -44,6 +44,13 @@ TRITON_IR_PROVIDERS = frozenset({"native", "triton"})
 NATIVE_JIT_ENV = "TORCH_DISABLE_NATIVE_JIT"
 
 
+def is_triton_attention(backend: str | None) -> bool:
+    """vLLM's Triton attention backends, and ours (vLLM's CUSTOM slot holding our backend)."""
+    from .vllm_attention_select import is_ours as _ours_attention
+
+    return backend in TRITON_ATTENTION_BACKENDS or _ours_attention(backend)
+
+
 def torch_has_native_kernels() -> bool:
     """torch >= 2.13 may register CuTeDSL kernels for eager ops (``torch._native``)."""
     from .hooks import torch_at_least
@@ -254,7 +261,14 @@ def adjust_vllm_config(vllm_config: "VllmConfig", environ: MutableMapping[str, s
     ac = vllm_config.attention_config
     backend = _enum_name(ac.backend)
     if backend is None:
-        target = "TRITON_MLA" if _uses_mla(vllm_config) else "TRITON_ATTN"
+        from .envs import EnvError
+        from .hooks import signature_problem
+        from .vllm_attention_select import selection
+
+        try:
+            target, why = selection(environ, _uses_mla(vllm_config), signature_problem)
+        except EnvError as e:  # not a ValueError out of __post_init__: pydantic would rewrap it
+            raise TriInductorConfigError(f"tri_inductor: {e}") from None
 
         def _set_attention(target: str = target) -> None:
             from vllm.v1.attention.backends.registry import AttentionBackendEnum
@@ -262,14 +276,13 @@ def adjust_vllm_config(vllm_config: "VllmConfig", environ: MutableMapping[str, s
             ac.backend = AttentionBackendEnum[target]
 
         ch(Change("attention_config.backend", None, target,
-                  "Triton prefill/decode attention and Triton KV-cache write (default on CUDA is FLASH_ATTN)",
-                  _set_attention))
-    elif backend not in TRITON_ATTENTION_BACKENDS:
+                  f"{why}; Triton KV-cache write (default on CUDA is FLASH_ATTN)", _set_attention))
+    elif not is_triton_attention(backend):
         cf(Conflict("attention_backend", backend,
                     "attention and its KV-cache write run non-Triton kernels",
                     f"use one of {sorted(TRITON_ATTENTION_BACKENDS)} or leave attention_backend unset"))
     for kind, b in dict(getattr(ac, "backend_per_kind", None) or {}).items():
-        if _enum_name(b) not in TRITON_ATTENTION_BACKENDS:
+        if not is_triton_attention(_enum_name(b)):
             cf(Conflict(f"attention_config.backend_per_kind[{kind!r}]", _enum_name(b),
                         "those layers' attention runs non-Triton kernels",
                         f"use one of {sorted(TRITON_ATTENTION_BACKENDS)}"))
@@ -360,7 +373,7 @@ def check_final_config(vllm_config: "VllmConfig") -> list[Conflict]:
                             "vLLM turned compilation off; the model runs on PyTorch/ATen kernels",
                             "see vLLM's log for the reason (TORCH_COMPILE_DISABLE, breakable CUDA graphs)"))
     backend = _enum_name(vllm_config.attention_config.backend)
-    if backend is not None and backend not in TRITON_ATTENTION_BACKENDS:
+    if backend is not None and not is_triton_attention(backend):
         out.append(Conflict("attention_config.backend", backend, "attention runs non-Triton kernels",
                             f"choose one of {sorted(TRITON_ATTENTION_BACKENDS)}"))
     return out

@@ -132,6 +132,17 @@ def _once(key: str) -> bool:
     return True
 
 
+# ---------------------------------------------------------------- attention backend registry
+
+
+def attention_registry(module: Any) -> None:
+    """When vLLM imports its attention backend registry: our backend into the CUSTOM slot
+    (``vllm_attention_select``); selected only for backend ``tri_inductor``."""
+    from .vllm_attention_select import register_slot
+
+    register_slot(module)
+
+
 # ---------------------------------------------------------------- VllmConfig
 
 

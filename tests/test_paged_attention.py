@@ -1,0 +1,334 @@
+"""Our Triton paged attention (tri_inductor.patterns.paged_attention) on the CPU.
+
+* numerics in Triton's interpreter against a float64 reference: vLLM's TRITON_ATTN cache layout
+  (packed K|V, blocks scattered, table rows padded with holes), odd context lengths, GQA 1/4/7,
+  head dims 64/128/80, decode with one and several splits, prefill and chunked prefill with a
+  cached prefix, mixed batches, sliding window, soft-cap, sinks;
+* every kernel variant compiled for sm_90 (triton's ptxas, no GPU), within H100 shared memory;
+* the decode split count from the SM count, and the vLLM backend selection / decline logic.
+
+Tolerances: outputs are bf16 (fp16) of values |o| <= ~3; the kernel rounds P to the input dtype
+before P @ V (as FlashAttention does), so the error bound is a few output ulps:
+bf16 atol 2e-2 / rtol 2e-2, fp16 atol 3e-3 / rtol 3e-3.
+"""
+from __future__ import annotations
+
+import types
+
+import pytest
+import torch
+
+from tri_inductor.patterns.paged_attention import decline_reason, paged_attention
+from tri_inductor.patterns.paged_attention import launch as L
+from tri_inductor.patterns.paged_attention.reference import paged_attention_ref
+
+TOL = {torch.bfloat16: dict(atol=2e-2, rtol=2e-2), torch.float16: dict(atol=3e-3, rtol=3e-3)}
+
+
+def make_inputs(q_lens, seq_lens, hq, hk, d, block_size=16, dtype=torch.bfloat16, seed=0):
+    """vLLM's TRITON_ATTN layout: a packed cache (blocks, kv_heads, block_size, 2*d) stored
+    NHD, split into K and V views; blocks taken in a random order, table rows padded with -1."""
+    g = torch.Generator().manual_seed(seed)
+    nblk = [(s + block_size - 1) // block_size for s in seq_lens]
+    total = sum(nblk) + 3  # blocks no sequence owns
+    perm = torch.randperm(total, generator=g)
+    table = torch.full((len(seq_lens), max(nblk) + 2), -1, dtype=torch.int32)
+    i = 0
+    for s, n in enumerate(nblk):
+        table[s, :n] = perm[i:i + n].int()
+        i += n
+    phys = torch.randn(total, block_size, hk, 2 * d, generator=g).to(dtype)  # NHD storage
+    cache = phys.permute(0, 2, 1, 3)                                         # logical (B, H, N, 2d)
+    k_cache, v_cache = cache.transpose(1, 2).split(d, dim=-1)                # what the backend passes
+    q = torch.randn(sum(q_lens), hq, d, generator=g).to(dtype)
+    cu = torch.tensor([0, *torch.tensor(q_lens).cumsum(0).tolist()], dtype=torch.int32)
+    return q, k_cache, v_cache, cu, torch.tensor(seq_lens, dtype=torch.int32), table
+
+
+def run_case(q_lens, seq_lens, hq, hk, d, block_size=16, dtype=torch.bfloat16, window=None, softcap=0.0,
+             with_sinks=False, num_splits=None, seed=0):
+    q, kc, vc, cu, sl, bt = make_inputs(q_lens, seq_lens, hq, hk, d, block_size, dtype, seed)
+    sinks = torch.randn(hq, generator=torch.Generator().manual_seed(seed + 1)) if with_sinks else None
+    out = torch.full_like(q, float("nan"))
+    scale = d ** -0.5
+    paged_attention(q, kc, vc, out, cu, sl, bt, max(q_lens), max(seq_lens), scale, window=window,
+                    softcap=softcap, sinks=sinks, num_splits=num_splits)
+    ref = paged_attention_ref(q, kc, vc, cu, sl, bt, scale, window=window, softcap=softcap, sinks=sinks)
+    assert not out.isnan().any()
+    torch.testing.assert_close(out.double(), ref, **TOL[dtype])
+
+
+# ----------------------------------------------------------------------------- decode
+
+@pytest.mark.parametrize("hq,hk,d,splits", [
+    (4, 4, 64, 1),     # MHA (group 1), one split: no reduce
+    (8, 2, 128, 3),    # GQA 4, three splits + reduce
+    (7, 1, 80, 4),     # GQA 7 (not a power of 2), head dim 80 (padded to 128)
+    (14, 2, 64, 2),    # GQA 7 over two KV heads
+], ids=["mha-1split", "gqa4-d128-3splits", "gqa7-d80-4splits", "gqa7x2-2splits"])
+def test_decode(interpreter, hq, hk, d, splits):
+    run_case([1, 1, 1], [1, 37, 130], hq, hk, d, num_splits=splits)
+
+
+def test_decode_more_splits_than_tiles(interpreter):
+    """Splits past a short sequence's tiles are empty (max -inf, sum 0) and weigh nothing."""
+    run_case([1, 1], [5, 70], 8, 2, 64, num_splits=6)
+
+
+@pytest.mark.parametrize("block_size", [32, 64])
+def test_decode_other_block_sizes(interpreter, block_size):
+    run_case([1, 1], [45, 150], 8, 2, 64, block_size=block_size, num_splits=2)
+
+
+@pytest.mark.parametrize("splits", [1, 3])
+def test_decode_window_softcap_sinks(interpreter, splits):
+    run_case([1, 1, 1], [9, 100, 161], 8, 2, 64, window=40, softcap=5.0, with_sinks=True, num_splits=splits)
+
+
+def test_decode_window_pair_form(interpreter):
+    """unified_attention's window_size pair: (sliding_window - 1, 0)."""
+    run_case([1, 1], [50, 100], 4, 1, 64, window=(32, 0), num_splits=2)
+
+
+def test_decode_fp16(interpreter):
+    run_case([1, 1], [33, 90], 8, 2, 64, dtype=torch.float16, num_splits=2)
+
+
+def test_decode_auto_splits(interpreter):
+    """num_splits from the (CPU stand-in) SM count: several for a batch of 2."""
+    assert L.decode_cfg(2, 8, 2, 64, 200, torch.device("cpu")).num_splits > 1
+    run_case([1, 1], [17, 200], 8, 2, 64)
+
+
+def test_decode_skips_empty_query_rows(interpreter):
+    """CUDA-graph padding: sequences with no query token write nothing."""
+    q, kc, vc, cu, sl, bt = make_inputs([1, 1], [20, 40], 4, 2, 64)
+    cu3 = torch.tensor([0, 1, 1, 2], dtype=torch.int32)  # middle sequence: no queries
+    sl3 = torch.tensor([20, 7, 40], dtype=torch.int32)
+    bt3 = torch.stack([bt[0], bt[0], bt[1]])
+    out = torch.full_like(q, float("nan"))
+    paged_attention(q, kc, vc, out, cu3, sl3, bt3, 1, 40, 0.125, num_splits=2)
+    ref = paged_attention_ref(q, kc, vc, cu3, sl3, bt3, 0.125)
+    torch.testing.assert_close(out.double(), ref, **TOL[torch.bfloat16])
+
+
+# ----------------------------------------------------------------------------- prefill
+
+@pytest.mark.parametrize("hq,hk,d", [(4, 4, 64), (8, 2, 128), (7, 1, 64), (4, 1, 96)],
+                         ids=["mha", "gqa4-d128", "gqa7", "gqa4-d96"])
+def test_prefill(interpreter, hq, hk, d):
+    run_case([19, 5], [19, 5], hq, hk, d)
+
+
+def test_chunked_prefill_with_cached_prefix_and_decode_rows(interpreter):
+    """Chunks after a cached prefix (context 40 and 77) next to decode rows, one batch."""
+    run_case([1, 24, 1, 9], [33, 64, 70, 86], 8, 2, 64)
+
+
+@pytest.mark.parametrize("window", [None, 200], ids=["causal", "window"])
+def test_prefill_long_prefix_runs_unmasked_tiles(interpreter, window):
+    """Contexts of 292/124 keys before the chunk: whole tiles below every row's diagonal (and
+    inside every row's window) take the unmasked loop; the window edge and diagonal the masked."""
+    run_case([8, 1, 16], [300, 200, 140], 8, 2, 64, window=window)
+
+
+def test_prefill_window_softcap_sinks(interpreter):
+    run_case([30, 3], [45, 20], 8, 2, 64, window=12, softcap=10.0, with_sinks=True)
+
+
+def test_prefill_block_size_32_fp16(interpreter):
+    run_case([20, 7], [50, 7], 8, 2, 64, block_size=32, dtype=torch.float16)
+
+
+def test_prefill_not_causal(interpreter):
+    q, kc, vc, cu, sl, bt = make_inputs([6, 9], [6, 9], 4, 2, 64)
+    out = torch.full_like(q, float("nan"))
+    paged_attention(q, kc, vc, out, cu, sl, bt, 9, 9, 0.125, causal=False)
+    ref = paged_attention_ref(q, kc, vc, cu, sl, bt, 0.125, causal=False)
+    torch.testing.assert_close(out.double(), ref, **TOL[torch.bfloat16])
+
+
+# ----------------------------------------------------------------------------- declines
+
+def test_declines_name_the_reason():
+    q, kc, vc, *_ = make_inputs([1], [16], 4, 2, 64)
+    out = torch.empty_like(q)
+    assert decline_reason(q, kc, vc, out) is None
+    assert "KV cache dtype" in decline_reason(q, kc.view(torch.int16), vc, out)
+    assert "query dtype" in decline_reason(q.float(), kc, vc, out)
+    assert "per-sequence causal" in decline_reason(q, kc, vc, out, causal=torch.ones(1, dtype=torch.bool))
+    assert "without causal" in decline_reason(q, kc, vc, out, causal=False, window=8)
+    assert "sinks" in decline_reason(q, kc, vc, out, sinks=torch.zeros(3))
+    big = torch.empty(1, 4, 320, dtype=torch.bfloat16)
+    assert "head dim 320" in decline_reason(big, kc, vc, big)
+    with pytest.raises(ValueError, match="does not take these inputs"):
+        paged_attention(q.float(), kc, vc, out, torch.tensor([0, 1]), torch.tensor([16]),
+                        torch.zeros(1, 1, dtype=torch.int32), 1, 16, 0.1)
+
+
+# ----------------------------------------------------------------------------- launch config
+
+def test_split_count_fills_the_device():
+    # batch 1 x 8 KV heads on 132 SMs: enough splits for 2 programs per SM, capped by context
+    assert L.num_splits_for(1, 8, None, 132, 64) == 33
+    assert L.num_splits_for(1, 8, 512, 132, 64) == 4            # 512 keys: 2 tiles of 64 a split at least
+    assert L.num_splits_for(256, 8, 32768, 132, 64) == 1        # the grid alone fills the device
+    assert L.num_splits_for(1, 1, None, 132, 64) == L.MAX_SPLITS
+    assert L.num_splits_for(4, 8, None, 78, 64) < L.num_splits_for(4, 8, None, 132, 64)  # from the SM count
+
+
+def test_prefill_tiles_for_hopper():
+    assert L.prefill_cfg(4, 128, 2048) == L.PrefillCfg(128, 32, 64, 8, 2)
+    assert L.prefill_cfg(7, 128, 2048).block_q == 18            # 126 of 128 rows used
+    assert L.prefill_cfg(8, 256, 2048).block_m == 64            # shared memory for head 256
+    assert L.prefill_cfg(4, 64, 2).block_m == 16                # a short chunk: small tile
+
+
+# ----------------------------------------------------------------------------- sm_90 codegen
+
+def _sm90(kernel, consts, num_warps, num_stages, fp32=("part_o_ptr", "part_m_ptr", "part_l_ptr", "sinks_ptr"),
+          i32ptr=("block_table_ptr", "seq_lens_ptr", "cu_q_ptr")):
+    import triton
+    from triton.backends.compiler import GPUTarget
+
+    sig = {}
+    for n in kernel.arg_names:
+        if n in consts:
+            sig[n] = "constexpr"
+        elif n in fp32:
+            sig[n] = "*fp32"
+        elif n in i32ptr:
+            sig[n] = "*i32"
+        elif n.endswith("_ptr"):
+            sig[n] = "*bf16"
+        elif n in ("scale", "softcap"):
+            sig[n] = "fp32"
+        else:
+            sig[n] = "i32"
+    src = triton.compiler.ASTSource(kernel, sig, consts)
+    out = triton.compile(src, target=GPUTarget("cuda", 90, 32), options=dict(num_warps=num_warps, num_stages=num_stages))
+    assert out.asm.get("cubin")
+    assert out.metadata.shared <= 232448, out.metadata.shared  # H100/H200 opt-in shared memory
+    return out
+
+
+@pytest.mark.parametrize("group,head,split,feat", [
+    (4, 128, True, False), (4, 128, False, True), (7, 64, True, True), (1, 256, True, False)],
+    ids=["gqa4-d128-split", "gqa4-d128-1split-win-cap-sinks", "gqa7-d64-split-all", "mha-d256-split"])
+def test_decode_kernels_compile_for_sm90(group, head, split, feat):
+    from tri_inductor.patterns.paged_attention.decode import paged_attn_decode_kernel, paged_attn_reduce_kernel
+
+    cfg = L.decode_cfg(2, 8 * group, 8, head, 4096, torch.device("cpu"), num_splits=8 if split else 1)
+    consts = dict(NUM_Q_HEADS=8 * group, GROUP=group, BLOCK_G=cfg.block_g, HEAD=head, HEAD_PAD=L.head_pad(head),
+                  BLOCK_SIZE=16, TILE_N=cfg.tile_n, WINDOW=4096 if feat else 0, USE_SOFTCAP=feat, USE_SINKS=feat,
+                  SPLIT=split, SPLITS_PAD=cfg.splits_pad, USE_PDL=True)
+    _sm90(paged_attn_decode_kernel, consts, cfg.num_warps, cfg.num_stages)
+    if split:
+        _sm90(paged_attn_reduce_kernel, dict(NUM_Q_HEADS=8 * group, HEAD=head, HEAD_PAD=L.head_pad(head),
+                                             SPLITS_PAD=cfg.splits_pad, USE_SINKS=feat, USE_PDL=True), 4, 1)
+
+
+@pytest.mark.parametrize("group,head,max_q,feat", [
+    (4, 128, 4096, False), (7, 128, 4096, True), (8, 64, 512, False), (4, 256, 4096, True), (4, 80, 3, False)],
+    ids=["gqa4-d128", "gqa7-d128-win-cap-sinks", "gqa8-d64", "gqa4-d256-all", "gqa4-d80-short"])
+def test_prefill_kernel_compiles_for_sm90(group, head, max_q, feat):
+    from tri_inductor.patterns.paged_attention.prefill import paged_attn_prefill_kernel
+
+    cfg = L.prefill_cfg(group, head, max_q)
+    consts = dict(GROUP=group, BLOCK_M=cfg.block_m, BLOCK_Q=cfg.block_q, HEAD=head, HEAD_PAD=L.head_pad(head),
+                  BLOCK_SIZE=16, TILE_N=cfg.tile_n, WINDOW=1024 if feat else 0, CAUSAL=True, USE_SOFTCAP=feat,
+                  USE_SINKS=feat, USE_PDL=True)
+    _sm90(paged_attn_prefill_kernel, consts, cfg.num_warps, cfg.num_stages)
+
+
+# ----------------------------------------------------------------------------- backend selection
+
+def test_choose_attention():
+    from tri_inductor.vllm_attention_select import FALLBACK, SLOT, choose_attention
+
+    assert choose_attention("ours", False, None)[0] == SLOT
+    assert choose_attention("triton_attn", False, None)[0] == FALLBACK
+    name, why = choose_attention("ours", False, "vLLM's CUSTOM attention slot holds x.Y")
+    assert name == FALLBACK and "x.Y" in why
+    assert choose_attention("ours", True, None)[0] == "TRITON_MLA"
+
+
+def _fake_registry(owner=None, with_custom=True):
+    import enum
+
+    members = {"TRITON_ATTN": "a.B", **({"CUSTOM": None} if with_custom else {})}
+    Enum = enum.Enum("AttentionBackendEnum", members)
+    overrides = {}
+    if owner is not None:
+        overrides[Enum.CUSTOM] = owner
+
+    def register_backend(backend, class_path=None, is_mamba=False):
+        overrides[backend] = class_path
+
+    return types.SimpleNamespace(AttentionBackendEnum=Enum, _ATTN_OVERRIDES=overrides,
+                                 register_backend=register_backend)
+
+
+def test_slot_registration_claims_only_a_free_slot():
+    from tri_inductor.vllm_attention_select import BACKEND_PATH, is_ours, register_slot
+
+    free = _fake_registry()
+    assert register_slot(free) and is_ours("CUSTOM", free) and not is_ours("TRITON_ATTN", free)
+    assert register_slot(free)  # idempotent
+    taken = _fake_registry(owner="someone.Else")
+    assert not register_slot(taken) and taken._ATTN_OVERRIDES[taken.AttentionBackendEnum.CUSTOM] == "someone.Else"
+    assert not is_ours("CUSTOM", taken)
+    old = _fake_registry(with_custom=False)  # a vLLM without the slot: nothing registered
+    assert not register_slot(old) and not old._ATTN_OVERRIDES
+    assert BACKEND_PATH.endswith("TriPagedAttentionBackend")
+
+
+def test_selection_on_this_vllm(monkeypatch):
+    pytest.importorskip("vllm", reason="vLLM is not installed")
+    from tri_inductor.hooks import signature_problem
+    from tri_inductor.vllm_attention_select import selection, unavailable_reason
+
+    assert unavailable_reason(signature_problem) is None
+    assert selection({}, False, signature_problem)[0] == "CUSTOM"
+    assert selection({"TRI_INDUCTOR_ATTENTION": "triton_attn"}, False, signature_problem)[0] == "TRITON_ATTN"
+    # a vLLM whose TritonAttentionImpl changed: TRITON_ATTN, saying why
+    name, why = selection({}, False, lambda target: f"{target} takes (self, x)")
+    assert name == "TRITON_ATTN" and "takes (self, x)" in why
+
+
+def test_backend_declines_per_layer_and_per_step():
+    pytest.importorskip("vllm", reason="vLLM is not installed")
+    from tri_inductor.vllm_attention import layer_decline_reason, step_decline_reason
+
+    layer = types.SimpleNamespace(attn_type="decoder", kv_cache_dtype="auto", alibi_slopes=None, use_alibi_sqrt=False,
+                                  chunk_lookback=-1, _is_per_token_head_quant=False, use_td=False)
+    assert layer_decline_reason(layer) is None
+    assert "fp8" in layer_decline_reason(types.SimpleNamespace(**{**vars(layer), "kv_cache_dtype": "fp8"}))
+    assert "ALiBi" in layer_decline_reason(types.SimpleNamespace(**{**vars(layer), "alibi_slopes": torch.ones(2)}))
+    assert "chunked" in layer_decline_reason(types.SimpleNamespace(**{**vars(layer), "chunk_lookback": 1}))
+    assert "encoder" in layer_decline_reason(types.SimpleNamespace(**{**vars(layer), "attn_type": "encoder"}))
+    md = types.SimpleNamespace(use_cascade=False, mm_prefix_range_tensor=None, rswa_prefix_lens=None, causal=True)
+    assert step_decline_reason(md, None, None) is None
+    assert "quantization" in step_decline_reason(md, torch.ones(1), None)
+    assert "per-sequence" in step_decline_reason(types.SimpleNamespace(**{**vars(md), "causal": torch.ones(2)}), None, None)
+
+
+def test_census_and_profiles_count_our_kernels_as_triton_attention():
+    """vllm_census / profile_kernels class kernels by the @triton.jit names in our sources; the
+    e2e profiles put them in the attention class."""
+    import sys
+    from pathlib import Path
+
+    from tri_inductor.audit.runtime import classify_kernel, source_triton_kernel_names
+    from tri_inductor.patterns.paged_attention import KERNELS
+
+    names = source_triton_kernel_names(("tri_inductor",))
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    try:
+        from _vllm_common import kernel_class
+    finally:
+        sys.path.pop(0)
+    for k in KERNELS:
+        assert k.fn.__name__ in names
+        assert classify_kernel(k.fn.__name__, set(names)) == (True, "triton")
+        assert kernel_class(k.fn.__name__) == "attention"

@@ -1,0 +1,68 @@
+"""Device helpers the paged-attention kernels share: paged K/V tile loads, scores, online softmax.
+
+Scores are kept in log2 units (``qk * scale * log2(e)``) so the softmax uses ``exp2``; partial
+maxima written for the split-KV reduce are in the same units.  Softmax state is fp32 whatever
+the input dtype.
+"""
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+LOG2E = tl.constexpr(1.4426950408889634)  # a constexpr: jit code may read it
+
+
+@triton.jit
+def load_kv_tile(k_ptr, v_ptr, bt_row_ptr, pos, valid, kvh, offs_d, d_mask,
+                 sk0, sk1, sk2, sk3, sv0, sv1, sv2, sv3, BLOCK_SIZE: tl.constexpr):
+    """K^T (HEAD_PAD, TILE_N) and V (TILE_N, HEAD_PAD) for key positions ``pos`` of one sequence.
+
+    Each position looks its physical block up in the sequence's block-table row, so a tile may
+    span blocks (any block size) and the blocks may be anywhere in the cache; positions not
+    ``valid`` read nothing (their table entries may be holes)."""
+    blk = tl.load(bt_row_ptr + pos // BLOCK_SIZE, mask=valid, other=0).to(tl.int64)
+    slot = (pos % BLOCK_SIZE).to(tl.int64)
+    kt = tl.load(k_ptr + blk[None, :] * sk0 + slot[None, :] * sk1 + kvh * sk2 + offs_d[:, None] * sk3,
+                 mask=d_mask[:, None] & valid[None, :], other=0.0)
+    v = tl.load(v_ptr + blk[:, None] * sv0 + slot[:, None] * sv1 + kvh * sv2 + offs_d[None, :] * sv3,
+                mask=valid[:, None] & d_mask[None, :], other=0.0)
+    return kt, v
+
+
+@triton.jit
+def scores_log2(q, kt, scale, softcap, USE_SOFTCAP: tl.constexpr):
+    """``q @ kt`` scaled (and soft-capped: ``softcap * tanh(s * scale / softcap)``), in log2 units."""
+    s = tl.dot(q, kt)
+    if USE_SOFTCAP:
+        x = s * (scale / softcap)
+        # tanh(x) = 1 - 2 / (exp(2x) + 1): saturates to +-1 without overflow trouble
+        t = 1.0 - 2.0 / (tl.exp2(x * (2.0 * LOG2E)) + 1.0)
+        s = t * (softcap * LOG2E)
+    else:
+        s = s * (scale * LOG2E)
+    return s
+
+
+@triton.jit
+def softmax_update(s, m_i, l_i, acc):
+    """One online-softmax step over a tile of (masked, -inf) scores: new max, sum, rescaled
+    accumulator and the tile's probabilities.  A row with no key seen yet keeps max -inf and
+    contributes nothing (no inf - inf)."""
+    m_new = tl.maximum(m_i, tl.max(s, 1))
+    m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+    alpha = tl.exp2(m_i - m_safe)
+    p = tl.exp2(s - m_safe[:, None])
+    l_i = l_i * alpha + tl.sum(p, 1)
+    acc = acc * alpha[:, None]
+    return m_new, l_i, acc, p
+
+
+@triton.jit
+def add_sink(m_i, l_i, acc, sink_log2):
+    """Fold a per-head sink logit (an extra key with no value) into the softmax state."""
+    m_new = tl.maximum(m_i, sink_log2)
+    m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+    alpha = tl.exp2(m_i - m_safe)
+    l_i = l_i * alpha + tl.exp2(sink_log2 - m_safe)
+    acc = acc * alpha[:, None]
+    return m_new, l_i, acc

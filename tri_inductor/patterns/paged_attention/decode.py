@@ -1,0 +1,123 @@
+"""Decode kernels (one query token per sequence): split-KV attention and the split reduce.
+
+``paged_attn_decode_kernel``: grid (num_seqs, num_kv_heads, num_splits).  One program takes one
+KV head of one sequence and every query head of its group (rows of a ``BLOCK_G`` tile), so each
+K/V tile is loaded once per group; its split is a contiguous run of KV tiles.  With one split it
+writes the output; with several it writes an unnormalised partial (accumulator, running max and
+sum, log2 units) and ``paged_attn_reduce_kernel`` combines them with log-sum-exp weights.  The
+split count is a launch parameter only (each program derives its range from the sequence's
+length), so a CUDA graph captured with one split count is correct for any context length.
+"""
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+from .._pdl import pdl_wait
+from ._common import LOG2E, add_sink, load_kv_tile, scores_log2, softmax_update
+
+
+@triton.jit
+def paged_attn_decode_kernel(
+        out_ptr, part_o_ptr, part_m_ptr, part_l_ptr,
+        q_ptr, k_ptr, v_ptr, sinks_ptr, block_table_ptr, seq_lens_ptr, cu_q_ptr,
+        scale, softcap, num_splits,
+        stride_qt, stride_qh, stride_ot, stride_oh, stride_bt,
+        sk0, sk1, sk2, sk3, sv0, sv1, sv2, sv3,
+        NUM_Q_HEADS: tl.constexpr, GROUP: tl.constexpr, BLOCK_G: tl.constexpr,
+        HEAD: tl.constexpr, HEAD_PAD: tl.constexpr, BLOCK_SIZE: tl.constexpr, TILE_N: tl.constexpr,
+        WINDOW: tl.constexpr, USE_SOFTCAP: tl.constexpr, USE_SINKS: tl.constexpr,
+        SPLIT: tl.constexpr, SPLITS_PAD: tl.constexpr, USE_PDL: tl.constexpr):
+    seq = tl.program_id(0)
+    kvh = tl.program_id(1)
+    split = tl.program_id(2)
+    if USE_PDL:
+        seq += pdl_wait()
+    q_start = tl.load(cu_q_ptr + seq)
+    q_len = tl.load(cu_q_ptr + seq + 1) - q_start
+    if q_len > 0:
+        token = q_start + q_len - 1  # the sequence's last query token (its only one in decode)
+        seq_len = tl.load(seq_lens_ptr + seq)
+        lo = 0
+        if WINDOW > 0:
+            lo = tl.maximum(seq_len - WINDOW, 0)
+        n_tiles = tl.cdiv(seq_len - lo, TILE_N)
+        per_split = tl.cdiv(n_tiles, num_splits)
+        t0 = split * per_split
+        t1 = tl.minimum(t0 + per_split, n_tiles)
+
+        offs_g = tl.arange(0, BLOCK_G)
+        offs_d = tl.arange(0, HEAD_PAD)
+        offs_n = tl.arange(0, TILE_N)
+        g_mask = offs_g < GROUP
+        d_mask = offs_d < HEAD
+        heads = kvh * GROUP + offs_g
+        q = tl.load(q_ptr + token.to(tl.int64) * stride_qt + heads[:, None] * stride_qh + offs_d[None, :],
+                    mask=g_mask[:, None] & d_mask[None, :], other=0.0)
+        bt_row = block_table_ptr + seq.to(tl.int64) * stride_bt
+
+        m_i = tl.full([BLOCK_G], float("-inf"), tl.float32)
+        l_i = tl.zeros([BLOCK_G], tl.float32)
+        acc = tl.zeros([BLOCK_G, HEAD_PAD], tl.float32)
+        for t in range(t0, t1):
+            pos = lo + t * TILE_N + offs_n
+            valid = pos < seq_len
+            kt, v = load_kv_tile(k_ptr, v_ptr, bt_row, pos, valid, kvh, offs_d, d_mask,
+                                 sk0, sk1, sk2, sk3, sv0, sv1, sv2, sv3, BLOCK_SIZE)
+            s = scores_log2(q, kt, scale, softcap, USE_SOFTCAP)
+            s = tl.where(valid[None, :], s, float("-inf"))
+            m_i, l_i, acc, p = softmax_update(s, m_i, l_i, acc)
+            acc += tl.dot(p.to(v.dtype), v)
+
+        if SPLIT:
+            # partials of every split, empty ones too (max -inf, sum 0): the reduce reads them all
+            # rows by sequence (decode: one token each), so the buffer's size needs no device value
+            row = (seq.to(tl.int64) * NUM_Q_HEADS + heads) * SPLITS_PAD + split
+            tl.store(part_m_ptr + row, m_i, mask=g_mask)
+            tl.store(part_l_ptr + row, l_i, mask=g_mask)
+            tl.store(part_o_ptr + row[:, None] * HEAD_PAD + offs_d[None, :], acc, mask=g_mask[:, None])
+        else:
+            if USE_SINKS:
+                sink = tl.load(sinks_ptr + heads, mask=g_mask, other=float("-inf")).to(tl.float32) * LOG2E
+                m_i, l_i, acc = add_sink(m_i, l_i, acc, sink)
+            l_safe = tl.where(l_i == 0.0, 1.0, l_i)
+            o = acc / l_safe[:, None]
+            tl.store(out_ptr + token.to(tl.int64) * stride_ot + heads[:, None] * stride_oh + offs_d[None, :],
+                     o.to(out_ptr.dtype.element_ty), mask=g_mask[:, None] & d_mask[None, :])
+
+
+@triton.jit
+def paged_attn_reduce_kernel(
+        out_ptr, part_o_ptr, part_m_ptr, part_l_ptr, sinks_ptr, cu_q_ptr,
+        num_splits, stride_ot, stride_oh,
+        NUM_Q_HEADS: tl.constexpr, HEAD: tl.constexpr, HEAD_PAD: tl.constexpr,
+        SPLITS_PAD: tl.constexpr, USE_SINKS: tl.constexpr, USE_PDL: tl.constexpr):
+    """grid (num_seqs, NUM_Q_HEADS): combine one head's split partials (log-sum-exp weights)."""
+    seq = tl.program_id(0)
+    head = tl.program_id(1)
+    if USE_PDL:
+        seq += pdl_wait()
+    q_start = tl.load(cu_q_ptr + seq)
+    q_len = tl.load(cu_q_ptr + seq + 1) - q_start
+    if q_len > 0:
+        token = q_start + q_len - 1
+        offs_s = tl.arange(0, SPLITS_PAD)
+        offs_d = tl.arange(0, HEAD_PAD)
+        s_mask = offs_s < num_splits
+        row = (seq.to(tl.int64) * NUM_Q_HEADS + head) * SPLITS_PAD + offs_s
+        m = tl.load(part_m_ptr + row, mask=s_mask, other=float("-inf"))
+        l = tl.load(part_l_ptr + row, mask=s_mask, other=0.0)
+        m_max = tl.max(m, 0)
+        if USE_SINKS:
+            sink = tl.load(sinks_ptr + head).to(tl.float32) * LOG2E
+            m_max = tl.maximum(m_max, sink)
+        m_safe = tl.where(m_max == float("-inf"), 0.0, m_max)
+        w = tl.exp2(m - m_safe)  # 0 for empty splits
+        o = tl.load(part_o_ptr + row[:, None] * HEAD_PAD + offs_d[None, :], mask=s_mask[:, None], other=0.0)
+        acc = tl.sum(o * w[:, None], 0)
+        denom = tl.sum(l * w, 0)
+        if USE_SINKS:
+            denom += tl.exp2(sink - m_safe)
+        denom = tl.where(denom == 0.0, 1.0, denom)
+        tl.store(out_ptr + token.to(tl.int64) * stride_ot + head * stride_oh + offs_d,
+                 (acc / denom).to(out_ptr.dtype.element_ty), mask=offs_d < HEAD)

@@ -1,0 +1,96 @@
+"""Launch configuration: tiles per path, and the split-KV count from the device's SM count.
+
+Decode is memory-bound: the grid (sequences x KV heads) is often far smaller than the GPU
+(batch 1, 8 KV heads: 8 programs on 132 SMs).  Each sequence's keys are then split so that
+sequences x KV heads x splits fills ``CTAS_PER_SM`` programs on every SM; a second kernel
+combines the splits.  The split count depends on the batch (known when a CUDA graph is captured)
+and, outside capture, on the longest context (no split shorter than ``MIN_TILES_PER_SPLIT``
+tiles); inside capture it must not depend on the captured context length.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import torch
+import triton
+
+CTAS_PER_SM = 2          # decode programs resident per SM we aim for (registers allow 2-4)
+MAX_SPLITS = 64          # partial buffers and the reduce's tile grow with it
+MIN_TILES_PER_SPLIT = 2  # a split shorter than this costs more in the reduce than it saves
+CPU_SMS = 132            # the interpreter has no device: size splits as for an H100 SXM
+
+
+@functools.cache
+def _sm_count(index: int) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count
+
+
+def sm_count(device: torch.device) -> int:
+    if device.type != "cuda":
+        return CPU_SMS
+    return _sm_count(device.index if device.index is not None else torch.cuda.current_device())
+
+
+def _capturing(device: torch.device) -> bool:
+    return device.type == "cuda" and torch.cuda.is_current_stream_capturing()
+
+
+@dataclasses.dataclass(frozen=True)
+class DecodeCfg:
+    block_g: int
+    tile_n: int
+    num_splits: int
+    splits_pad: int
+    num_warps: int
+    num_stages: int
+
+
+@dataclasses.dataclass(frozen=True)
+class PrefillCfg:
+    block_m: int
+    block_q: int
+    tile_n: int
+    num_warps: int
+    num_stages: int
+
+
+def head_pad(head: int) -> int:
+    return max(16, triton.next_power_of_2(head))
+
+
+def decode_tile_n(head: int) -> int:
+    return 64 if head_pad(head) <= 128 else 32
+
+
+def num_splits_for(num_seqs: int, num_kv_heads: int, max_seqlen_k: int | None, sms: int, tile_n: int) -> int:
+    """Splits per sequence so that num_seqs x num_kv_heads x splits ~ sms x CTAS_PER_SM;
+    ``max_seqlen_k`` None (CUDA-graph capture): sized on the batch alone."""
+    base = max(1, num_seqs * num_kv_heads)
+    splits = -(-sms * CTAS_PER_SM // base)
+    if max_seqlen_k is not None:
+        splits = min(splits, max(1, -(-max_seqlen_k // (tile_n * MIN_TILES_PER_SPLIT))))
+    return max(1, min(splits, MAX_SPLITS))
+
+
+def decode_cfg(num_seqs: int, num_q_heads: int, num_kv_heads: int, head: int, max_seqlen_k: int,
+               device: torch.device, num_splits: int | None = None) -> DecodeCfg:
+    group = num_q_heads // num_kv_heads
+    tile_n = decode_tile_n(head)
+    if num_splits is None:
+        seqlen = None if _capturing(device) else max_seqlen_k
+        num_splits = num_splits_for(num_seqs, num_kv_heads, seqlen, sm_count(device), tile_n)
+    return DecodeCfg(block_g=max(16, triton.next_power_of_2(group)), tile_n=tile_n, num_splits=num_splits,
+                     splits_pad=max(2, triton.next_power_of_2(num_splits)), num_warps=4, num_stages=2)
+
+
+def prefill_cfg(group: int, head: int, max_seqlen_q: int) -> PrefillCfg:
+    """Rows = query tokens x group heads: 128 rows (64 for head dims past 128, shared memory)
+    once the queries fill them, fewer for short chunks (speculative / mixed decode steps)."""
+    cap = 128 if head_pad(head) <= 128 else 64
+    rows = triton.next_power_of_2(max(1, max_seqlen_q) * group)
+    block_m = max(16, min(cap, rows), triton.next_power_of_2(group))
+    tile_n = 64 if head_pad(head) <= 128 else 32
+    warps = 8 if block_m >= 128 else 4
+    return PrefillCfg(block_m=block_m, block_q=max(1, block_m // group), tile_n=tile_n,
+                      num_warps=warps, num_stages=3 if head_pad(head) <= 64 else 2)

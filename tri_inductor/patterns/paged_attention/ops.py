@@ -1,0 +1,135 @@
+"""Public entry point: :func:`paged_attention` (vLLM ``unified_attention``'s argument meanings)
+and :func:`decline_reason` (what it does not take; the vLLM backend then runs vLLM's kernel)."""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from .. import _pdl
+from .._launch import launch
+from .decode import paged_attn_decode_kernel, paged_attn_reduce_kernel
+from .launch import decode_cfg, head_pad, prefill_cfg
+from .prefill import paged_attn_prefill_kernel
+
+DTYPES = (torch.bfloat16, torch.float16)
+MAX_HEAD = 256
+
+
+def window_keys(window: Any) -> int:
+    """Keys a query sees under a sliding window (0: no window).  ``window`` is None, the layer's
+    ``sliding_window`` (an int: keys with ``q - k < window``), or unified_attention's
+    ``window_size`` pair ``(left, right)`` (``left = sliding_window - 1``; -1: none)."""
+    if window is None:
+        return 0
+    if isinstance(window, (tuple, list)):
+        left = int(window[0])
+        return left + 1 if left >= 0 else 0
+    return max(0, int(window))
+
+
+def decline_reason(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, out: torch.Tensor,
+                   causal: Any = True, window: Any = None, sinks: torch.Tensor | None = None,
+                   block_size: int | None = None) -> str | None:
+    """None when :func:`paged_attention` takes these inputs, else why not (one line)."""
+    if q.dtype not in DTYPES:
+        return f"query dtype {q.dtype} (ours: bf16/fp16)"
+    if k_cache.dtype != q.dtype or v_cache.dtype != q.dtype:
+        return f"KV cache dtype {k_cache.dtype} differs from the query's {q.dtype} (quantized cache)"
+    if out.dtype != q.dtype:
+        return f"output dtype {out.dtype} differs from the query's (fused output quantization)"
+    if q.dim() != 3 or k_cache.dim() != 4 or v_cache.dim() != 4:
+        return "shapes are not q [tokens, heads, dim] and a 4-d paged cache"
+    head = q.shape[2]
+    if head > MAX_HEAD or k_cache.shape[3] != head or v_cache.shape[3] != head:
+        return f"head dim {head} (ours: <= {MAX_HEAD}, same for q, k and v)"
+    if q.shape[1] % k_cache.shape[2]:
+        return f"{q.shape[1]} query heads over {k_cache.shape[2]} KV heads"
+    if q.stride(2) != 1 or out.stride(2) != 1:
+        return "query/output head dim not contiguous"
+    if isinstance(causal, torch.Tensor):
+        return "per-sequence causal flags"
+    if not causal and window_keys(window):
+        return "sliding window without causal masking"
+    if isinstance(window, (tuple, list)) and len(window) > 1 and int(window[1]) > 0:
+        return f"window {tuple(window)} looks ahead of the query"
+    if sinks is not None and (sinks.dim() != 1 or sinks.shape[0] != q.shape[1]):
+        return "sinks not one per query head"
+    if block_size is not None and block_size < 1:
+        return f"block size {block_size}"
+    return None
+
+
+def paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, out: torch.Tensor,
+                    cu_seqlens_q: torch.Tensor, seq_lens: torch.Tensor, block_table: torch.Tensor,
+                    max_seqlen_q: int, max_seqlen_k: int, scale: float, causal: bool = True,
+                    window: Any = None, softcap: float = 0.0, sinks: torch.Tensor | None = None,
+                    *, num_splits: int | None = None, check: bool = True) -> torch.Tensor:
+    """Paged attention over vLLM's KV cache, written into ``out`` (returned).
+
+    q ``[num_tokens, num_q_heads, head]``; ``k_cache``/``v_cache`` ``[num_blocks, block_size,
+    num_kv_heads, head]`` (any strides: vLLM's views of its packed TRITON_ATTN cache);
+    ``cu_seqlens_q`` int32 ``[num_seqs + 1]``; ``seq_lens`` int32 ``[num_seqs]`` keys per
+    sequence, cached prefix plus this step's queries (vLLM's ``seqused_k``); ``block_table``
+    int32 ``[num_seqs, max_blocks]`` (entries past a sequence's last block are never read);
+    ``max_seqlen_q``/``max_seqlen_k`` host ints (``max_seqlen_q == 1``: the split-KV decode
+    path); ``window`` see :func:`window_keys`; ``softcap`` 0 = off; ``sinks`` ``[num_q_heads]``
+    logits of a value-less extra key per head.  ``num_splits`` forces the decode split count
+    (tests, benchmarks); None sizes it from the device (``launch.decode_cfg``).  ``check=False``
+    skips :func:`decline_reason` (a caller that has run it for these inputs' kind: vLLM's backend,
+    every layer every step).
+    """
+    if check:
+        why = decline_reason(q, k_cache, v_cache, out, causal, window, sinks)
+        if why is not None:
+            raise ValueError(f"paged_attention does not take these inputs: {why}")
+    num_tokens, num_q_heads, head = q.shape
+    block_size, num_kv_heads = k_cache.shape[1], k_cache.shape[2]
+    num_seqs = seq_lens.shape[0]
+    group = num_q_heads // num_kv_heads
+    wkeys = window_keys(window)
+    use_softcap = bool(softcap) and softcap > 0
+    pdl = _pdl.pdl_enabled(q.device)
+    if num_tokens == 0 or num_seqs == 0:
+        return out
+    kv_strides = (*k_cache.stride(), *v_cache.stride())
+    common = (float(scale), float(softcap) if use_softcap else 1.0)
+    sinks_arg = sinks if sinks is not None else q  # never read without USE_SINKS
+
+    if max_seqlen_q <= 1 and causal:
+        cfg = decode_cfg(num_seqs, num_q_heads, num_kv_heads, head, max_seqlen_k, q.device, num_splits)
+        split = cfg.num_splits > 1
+        hp = head_pad(head)
+        if split:
+            part_o = torch.empty((num_seqs, num_q_heads, cfg.splits_pad, hp), dtype=torch.float32, device=q.device)
+            part_m = torch.empty((num_seqs, num_q_heads, cfg.splits_pad), dtype=torch.float32, device=q.device)
+            part_l = torch.empty_like(part_m)
+        else:
+            part_o = part_m = part_l = out  # never touched without SPLIT
+        launch(paged_attn_decode_kernel, (num_seqs, num_kv_heads, cfg.num_splits),
+               out, part_o, part_m, part_l, q, k_cache, v_cache, sinks_arg, block_table, seq_lens, cu_seqlens_q,
+               *common, cfg.num_splits, q.stride(0), q.stride(1), out.stride(0), out.stride(1),
+               block_table.stride(0), *kv_strides,
+               NUM_Q_HEADS=num_q_heads, GROUP=group, BLOCK_G=cfg.block_g, HEAD=head, HEAD_PAD=hp,
+               BLOCK_SIZE=block_size, TILE_N=cfg.tile_n, WINDOW=wkeys, USE_SOFTCAP=use_softcap,
+               USE_SINKS=sinks is not None, SPLIT=split, SPLITS_PAD=cfg.splits_pad, USE_PDL=pdl,
+               num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+        if split:
+            launch(paged_attn_reduce_kernel, (num_seqs, num_q_heads),
+                   out, part_o, part_m, part_l, sinks_arg, cu_seqlens_q, cfg.num_splits,
+                   out.stride(0), out.stride(1),
+                   NUM_Q_HEADS=num_q_heads, HEAD=head, HEAD_PAD=hp, SPLITS_PAD=cfg.splits_pad,
+                   USE_SINKS=sinks is not None, USE_PDL=pdl, num_warps=4)
+        return out
+
+    cfg = prefill_cfg(group, head, max_seqlen_q)
+    grid = (num_tokens // cfg.block_q + num_seqs, num_kv_heads)
+    launch(paged_attn_prefill_kernel, grid,
+           out, q, k_cache, v_cache, sinks_arg, block_table, seq_lens, cu_seqlens_q,
+           *common, num_seqs, q.stride(0), q.stride(1), out.stride(0), out.stride(1),
+           block_table.stride(0), *kv_strides,
+           GROUP=group, BLOCK_M=cfg.block_m, BLOCK_Q=cfg.block_q, HEAD=head, HEAD_PAD=head_pad(head),
+           BLOCK_SIZE=block_size, TILE_N=cfg.tile_n, WINDOW=wkeys, CAUSAL=bool(causal),
+           USE_SOFTCAP=use_softcap, USE_SINKS=sinks is not None, USE_PDL=pdl,
+           num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+    return out

@@ -1,0 +1,111 @@
+"""vLLM attention backend: TRITON_ATTN with the attention call on our Triton paged attention.
+
+:class:`TriPagedAttentionBackend` is vLLM's ``TritonAttentionBackend`` (KV-cache layout and
+write ``triton_reshape_and_cache_flash``, metadata builder, CUDA-graph support: all vLLM's) whose
+impl, :class:`TriPagedAttentionImpl`, sends ``forward`` to
+:func:`tri_inductor.patterns.paged_attention.paged_attention`.  Whatever ours does not take
+(quantized KV cache, ALiBi, chunked local attention, multimodal prefix ranges, per-sequence
+causal flags, fused output quantization, encoder attention) goes to vLLM's own forward, the
+reason logged once.  Selected through ``vllm_attention_select`` (vLLM's CUSTOM slot); this
+module is imported by vLLM (by class path) only when that backend is in use.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import torch
+from vllm.v1.attention.backend import AttentionType
+from vllm.v1.attention.backends.triton_attn import TritonAttentionBackend, TritonAttentionImpl
+
+from .patterns.paged_attention import decline_reason, paged_attention
+
+log = logging.getLogger("tri_inductor.vllm")
+_logged: set[str] = set()
+
+
+def _log_decline(why: str) -> None:
+    if why not in _logged:
+        _logged.add(why)
+        log.info("tri_inductor: attention runs vLLM's TRITON_ATTN kernel here: %s", why)
+
+
+def layer_decline_reason(impl: Any) -> str | None:
+    """What rules ours out for a whole layer (known when vLLM builds its impl)."""
+    if getattr(impl, "attn_type", AttentionType.DECODER) != AttentionType.DECODER:
+        return f"attention type {impl.attn_type}"
+    if getattr(impl, "kv_cache_dtype", "auto") not in ("auto", "bfloat16", "float16"):
+        return f"KV cache dtype {impl.kv_cache_dtype}"
+    if getattr(impl, "alibi_slopes", None) is not None or getattr(impl, "use_alibi_sqrt", False):
+        return "ALiBi"
+    if getattr(impl, "chunk_lookback", -1) > -1:
+        return "chunked local attention"
+    if getattr(impl, "_is_per_token_head_quant", False):
+        return "per-token-head quantized KV cache"
+    if getattr(impl, "use_td", False):
+        return "VLLM_TRITON_USE_TD (tensor-descriptor variant requested)"
+    return None
+
+
+def step_decline_reason(md: Any, output_scale: Any, output_block_scale: Any) -> str | None:
+    """What rules ours out for one step's metadata."""
+    if output_scale is not None or output_block_scale is not None:
+        return "fused output quantization"
+    if getattr(md, "use_cascade", False):
+        return "cascade attention"
+    if getattr(md, "mm_prefix_range_tensor", None) is not None:
+        return "multimodal prefix ranges"
+    if getattr(md, "rswa_prefix_lens", None) is not None:
+        return "R-SWA prefix"
+    if isinstance(getattr(md, "causal", True), torch.Tensor):
+        return "per-sequence causal flags"
+    return None
+
+
+class TriPagedAttentionImpl(TritonAttentionImpl):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._tri_layer_decline = layer_decline_reason(self)
+        if self._tri_layer_decline is not None:
+            _log_decline(self._tri_layer_decline)
+        self._tri_checked: dict[tuple, str | None] = {}
+
+    def forward(self, layer: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                kv_cache: torch.Tensor, attn_metadata: Any, output: torch.Tensor,
+                output_scale: torch.Tensor | None = None,
+                output_block_scale: torch.Tensor | None = None) -> torch.Tensor:
+        md = attn_metadata
+        if md is None or self._tri_layer_decline is not None:
+            return super().forward(layer, query, key, value, kv_cache, md, output, output_scale, output_block_scale)
+        why = step_decline_reason(md, output_scale, output_block_scale)
+        if why is None:
+            # vLLM's layout: logical (blocks, kv_heads, block_size, 2 * head) -> K, V (blocks, block_size, kv_heads, head)
+            key_cache, value_cache = kv_cache.transpose(1, 2).split(self.head_size, dim=-1)
+            sig = (query.dtype, key_cache.dtype, output.dtype, query.stride(-1), output.stride(-1), bool(md.causal))
+            why = self._tri_checked.get(sig, "?")
+            if why == "?":
+                n = md.num_actual_tokens
+                why = decline_reason(query[:n], key_cache, value_cache, output[:n], md.causal,
+                                     self.sliding_window, self.sinks)
+                self._tri_checked[sig] = why
+        if why is not None:
+            _log_decline(why)
+            return super().forward(layer, query, key, value, kv_cache, md, output, output_scale, output_block_scale)
+        n = md.num_actual_tokens
+        paged_attention(query[:n], key_cache, value_cache, output[:n], md.query_start_loc, md.seq_lens,
+                        md.block_table, md.max_query_len, md.max_seq_len, self.scale, causal=bool(md.causal),
+                        window=self.sliding_window, softcap=self.logits_soft_cap, sinks=self.sinks, check=False)
+        return output
+
+
+class TriPagedAttentionBackend(TritonAttentionBackend):
+    """TRITON_ATTN with our kernel; registered in vLLM's CUSTOM slot (``get_name`` says so, which
+    is how vLLM's layers map the class back to its enum member)."""
+
+    @staticmethod
+    def get_name() -> str:
+        return "CUSTOM"
+
+    @staticmethod
+    def get_impl_cls() -> type[TriPagedAttentionImpl]:
+        return TriPagedAttentionImpl

@@ -1,0 +1,104 @@
+"""Which attention backend ``{"backend": "tri_inductor"}`` gives vLLM, as logic that needs no GPU.
+
+Ours (``tri_inductor.vllm_attention.TriPagedAttentionBackend``: vLLM's TRITON_ATTN backend with
+the attention call on our kernel) sits in vLLM's ``AttentionBackendEnum.CUSTOM`` slot, registered
+in every vLLM process when vLLM imports its backend registry (config processes and workers
+resolve the slot by themselves).  It is chosen unless ``TRI_INDUCTOR_ATTENTION=triton_attn``, the
+model uses MLA (vLLM's TRITON_MLA), or this vLLM does not look like one we built it against
+(:func:`unavailable_reason`): then TRITON_ATTN, with the reason logged once.  Nothing here
+imports vLLM at module import.
+"""
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from types import ModuleType
+
+log = logging.getLogger("tri_inductor.vllm")
+
+SLOT = "CUSTOM"
+BACKEND_PATH = "tri_inductor.vllm_attention.TriPagedAttentionBackend"
+FALLBACK = "TRITON_ATTN"
+IMPL_TARGETS = ("vllm.v1.attention.backends.triton_attn:TritonAttentionImpl.__init__",
+                "vllm.v1.attention.backends.triton_attn:TritonAttentionImpl.forward")
+REGISTRY = "vllm.v1.attention.backends.registry"
+
+
+def choose_attention(requested: str, uses_mla: bool, unavailable: str | None) -> tuple[str, str]:
+    """(``AttentionBackendEnum`` member name, why) for a config that left the backend unset."""
+    if uses_mla:
+        return "TRITON_MLA", "MLA model: vLLM's Triton MLA kernels"
+    if requested == "triton_attn":
+        return FALLBACK, "TRI_INDUCTOR_ATTENTION=triton_attn: vLLM's Triton unified attention"
+    if unavailable is not None:
+        return FALLBACK, f"vLLM's Triton unified attention (our paged attention is off: {unavailable})"
+    return SLOT, ("tri_inductor's Triton paged attention (vLLM's TRITON_ATTN metadata, KV-cache write and "
+                  "CUDA graphs; its kernel for what ours declines)")
+
+
+def slot_owner(registry: ModuleType) -> str | None:
+    """Class path registered in the CUSTOM slot (None: free)."""
+    enum = getattr(registry, "AttentionBackendEnum", None)
+    slot = getattr(enum, SLOT, None) if enum is not None else None
+    overrides = getattr(registry, "_ATTN_OVERRIDES", None)
+    if slot is None or not isinstance(overrides, dict):
+        return None
+    return overrides.get(slot)
+
+
+def register_slot(registry: ModuleType) -> bool:
+    """Put our backend in the CUSTOM slot unless another package holds it (True: it is ours)."""
+    enum = getattr(registry, "AttentionBackendEnum", None)
+    register = getattr(registry, "register_backend", None)
+    if enum is None or register is None or not hasattr(enum, SLOT):
+        return False
+    owner = slot_owner(registry)
+    if owner is not None:
+        return owner == BACKEND_PATH
+    try:
+        register(getattr(enum, SLOT), BACKEND_PATH)
+    except Exception as e:  # another registry API: TRITON_ATTN stays (unavailable_reason says why)
+        log.debug("tri_inductor: could not register our attention backend: %r", e)
+        return False
+    return slot_owner(registry) == BACKEND_PATH
+
+
+def unavailable_reason(signature_problem: Callable[[str], str | None]) -> str | None:
+    """Why our backend cannot serve in this process's vLLM (None: it can).
+    ``signature_problem``: ``hooks.signature_problem`` (passed in: hooks imports the config code)."""
+    import importlib
+
+    try:
+        registry = importlib.import_module(REGISTRY)
+    except Exception as e:  # noqa: BLE001
+        return f"no vLLM attention registry ({e!r})"
+    if not register_slot(registry):
+        owner = slot_owner(registry)
+        return (f"vLLM's CUSTOM attention slot holds {owner}" if owner else
+                "this vLLM has no AttentionBackendEnum.CUSTOM / register_backend")
+    for target in IMPL_TARGETS:
+        problem = signature_problem(target)
+        if problem is not None:
+            return problem
+    return None
+
+
+def is_ours(backend_name: str | None, registry: ModuleType | None = None) -> bool:
+    """Whether a configured backend name is our backend (CUSTOM registered to us)."""
+    if backend_name != SLOT:
+        return False
+    if registry is None:
+        import sys
+
+        registry = sys.modules.get(REGISTRY)
+    return registry is not None and slot_owner(registry) == BACKEND_PATH
+
+
+def selection(environ: Mapping[str, str], uses_mla: bool,
+              signature_problem: Callable[[str], str | None]) -> tuple[str, str]:
+    """:func:`choose_attention` for this process: the env var, the model, this vLLM."""
+    from . import envs
+
+    requested = envs.attention(environ)
+    unavailable = None if uses_mla or requested != "ours" else unavailable_reason(signature_problem)
+    return choose_attention(requested, uses_mla, unavailable)
