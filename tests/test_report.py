@@ -288,7 +288,7 @@ def test_e2e_args_and_plan():
         e2e.parse_args(["--workloads", "decode1,nope"])
     with pytest.raises(SystemExit):
         e2e.parse_args(["--backends", "tri_inductor,tri_inductor"])
-    plan = e2e.build_plan(e2e.parse_args([]))
+    plan = e2e.build_plan(e2e.parse_args(["--baseline", "compile"]))
     assert plan["rep_order"] == [["tri_inductor", "inductor"], ["inductor", "tri_inductor"],
                                  ["tri_inductor", "inductor"]]
     ours, base = plan["engine_kwargs"]["tri_inductor"], plan["engine_kwargs"]["inductor"]
@@ -328,7 +328,8 @@ def test_e2e_dry_run_writes_config(tmp_path):
 
 
 def test_e2e_side_by_side_fake(tmp_path):
-    p = _run_e2e(tmp_path, ["--layers", "2", "--quick", "--workloads", "decode1,decode16", "--starts"],
+    p = _run_e2e(tmp_path, ["--layers", "2", "--quick", "--workloads", "decode1,decode16", "--starts",
+                            "--baseline", "compile"],
                  {"tri_inductor": 0.0008, "inductor": 0.0004})
     assert p.returncode == 1, p.stdout + p.stderr  # ours is slower in this simulation: FAIL, but complete
     d = json.loads((tmp_path / "e2e_h100_L2.json").read_text())
@@ -359,7 +360,8 @@ def test_e2e_our_start_failure_stops_early(tmp_path):
 
 
 def test_e2e_out_of_memory_falls_back_to_sequential(tmp_path):
-    p = _run_e2e(tmp_path, ["--layers", "2", "--quick", "--workloads", "decode1,decode16", "--reps", "1"],
+    p = _run_e2e(tmp_path, ["--layers", "2", "--quick", "--workloads", "decode1,decode16", "--reps", "1",
+                            "--baseline", "compile"],
                  {"tri_inductor": 0.0004, "inductor": {"step": 0.0008, "fail_starts": [0]}})
     assert p.returncode == 0, p.stdout + p.stderr  # ours faster here: PASS
     d = json.loads((tmp_path / "e2e_h100_L2.json").read_text())
@@ -446,7 +448,8 @@ def test_worker_profile_path_runs_without_gpu(monkeypatch):
 
 
 def test_e2e_engine_crash_mid_run(tmp_path):
-    p = _run_e2e(tmp_path, ["--layers", "2", "--quick", "--workloads", "decode1,decode16,decode64", "--reps", "1"],
+    p = _run_e2e(tmp_path, ["--layers", "2", "--quick", "--workloads", "decode1,decode16,decode64", "--reps", "1",
+                            "--baseline", "compile"],
                  {"tri_inductor": {"step": 0.0004, "crash_on": ["decode16"]}, "inductor": 0.0004})
     assert p.returncode == 1
     (path,) = tmp_path.glob("e2e_*_L2.json")
