@@ -311,6 +311,43 @@ def kernels_section(name: str, d: dict[str, Any]) -> str:
                          f"ours launched with PDL; vs Inductor with its opt-in enable_pdl: {_ratio(r['vs_inductor_pdl'])}"])
     out.append(_table(["kernel", "ratio (baseline time / ours; geomean)", "min", "note"], rows) if rows
                else "No kernel rows.")
+    if d.get("attention_ours"):
+        out += ["", attention_section(name, d)]
+    return "\n".join(out)
+
+
+def attention_section(name: str, d: dict[str, Any]) -> str:
+    """``kernels.py --only attention`` (benchmarks/paged_attention.py): paged attention against
+    FlashAttention-3 on one paged KV cache; in a kernels_* file too, when it carries the keys."""
+    m = d.get("meta", {})
+    a = d.get("attention") if isinstance(d.get("attention"), dict) else {}
+    rows = a.get("rows") or []
+    ours = d.get("attention_ours", "?")
+    out = [f"#### Paged attention vs FlashAttention-3 (`{name}`)", "",
+           _meta_line(m.get("card"), m, m.get("commit")), "",
+           "Block size 16, bf16, the same paged KV cache for every kernel; ratio = FA3 time / kernel time "
+           f"(> 1.0x: faster than FA3); `{ours}` is the kernel the summary is about; `vllm_triton` is vLLM's "
+           "Triton `unified_attention` (what tri_inductor runs under vLLM today), called as TRITON_ATTN calls it, "
+           "`fa3` as FLASH_ATTN calls it. Targets (issue 26): decode geomean >= 1.0x, prefill >= 0.85x, no point "
+           "below 0.7x.", ""]
+    grows = []
+    for k, g in (d.get("attention_geomeans_vs_fa3") or {}).items():
+        grows.append([k, _ratio(g.get("decode")), _ratio(g.get("prefill")),
+                      _ratio(min((r["vs_fa3"][k] for r in rows if isinstance((r.get("vs_fa3") or {}).get(k), (int, float))),
+                                 default=None))])
+    if grows:
+        out.append(_table(["kernel", "decode geomean vs FA3", "prefill geomean vs FA3", "min"], grows))
+    out += ["", f"`{ours}`: decode **{_ratio(d.get('attention_decode_geomean_vs_fa3'))}**, prefill "
+            f"**{_ratio(d.get('attention_prefill_geomean_vs_fa3'))}**, min {_ratio(d.get('attention_min_vs_fa3'))} "
+            f"over {d.get('attention_points', '?')} points; worst five: "
+            + (", ".join(f"{w['id']} {_ratio(w['vs_fa3'])}" for w in d.get("attention_worst5") or []) or "-")]
+    if d.get("attention_numerics_failed"):
+        out += ["", "Left out of the geomeans (output off the float32 reference): "
+                + ", ".join(f"{f['id']} ({f['kernel']}, rel. err {f['rel_err']})" for f in d["attention_numerics_failed"])]
+    if a.get("unavailable"):
+        out += ["", "Not measured: " + "; ".join(f"{k}: {v[:120]}" for k, v in a["unavailable"].items())]
+    if a.get("skipped"):
+        out += ["", "Skipped (memory): " + "; ".join(f"{s_['id']}" for s_ in a["skipped"])]
     return "\n".join(out)
 
 
@@ -415,7 +452,8 @@ def build_markdown(folder: str | Path = RESULTS) -> str:
              "number was measured on the card named with it."]
     if not any(res[k] for k in KINDS):
         parts += ["", "No results yet."]
-    for kind, fn in (("e2e", e2e_section), ("kernels", kernels_section), ("gemm_models", gemm_models_section),
+    for kind, fn in (("e2e", e2e_section), ("kernels", kernels_section), ("attention", attention_section),
+                     ("gemm_models", gemm_models_section),
                      ("census", census_section), ("cache", cache_section)):
         for name, data in res[kind]:
             try:
