@@ -84,11 +84,15 @@ written after every workload.
 GPU command (the lead's; from the repo root, carrying ``.gpu-env``; the JSON and the engines'
 logs (``e2e_logs/``) come back through $OUT; copy the JSON to benchmarks/results/):
 
-    source .gpu-env/setup.sh && python3 -m pip install -q --no-deps --no-build-isolation --no-index -e . \\
-      && GIT_COMMIT=<commit> python3 benchmarks/e2e_vllm.py --out $OUT --starts --budget-s 500
+    GPU_ENV_FA3=1 source .gpu-env/setup.sh && python3 -m pip install -q --no-deps --no-build-isolation \\
+      --no-index -e . && GIT_COMMIT=<commit> python3 benchmarks/e2e_vllm.py --out $OUT --starts --budget-s 500
 
-Exit status: 0 every workload >= 1.0x throughput and <= 1.0x median ITL; 1 otherwise (results
-written); 2 our engine did not start (log tail in the JSON and on stdout).
+(``GPU_ENV_FA3=1`` unpacks vLLM's FA3 extension for the default engine; without it that engine
+fails to start, which is recorded, and the run goes on against the compile path.)
+
+Exit status: 0 every workload meets its targets (against the compile path: >= 1.0x throughput and
+<= 1.0x median ITL; against the default path: throughput >= 1.0x, >= 0.95x on prefill8); 1
+otherwise (results written); 2 our engine did not start (log tail in the JSON and on stdout).
 
 CPU check: ``python3 benchmarks/e2e_vllm.py --dry-run`` prints the plan and writes the config.
 """

@@ -177,8 +177,10 @@ def e2e_section(name: str, d: dict[str, Any]) -> str:
             agree = "; ".join(f"{k.replace('_vs_', ' vs ')}: {v.get('sequences_equal')}/{v.get('sequences')} sequences "
                               f"equal, {_num((v.get('match_rate') or 0) * 100, 1)}% of positions before the first "
                               "divergence" for k, v in (fc.get("agreement") or {}).items())
-            out += [f"Start-up check: FA3_AVAILABLE **{fc.get('fa3_available')}**; attention as built "
-                    f"{fc.get('attention_impl') or '?'}; greedy tokens (8 prompts x 32, same dummy weights): "
+            built = ", ".join(f"{b}: " + ", ".join(f"{k} x{n}" for k, n in (v or {}).items())
+                              for b, v in (fc.get("attention_impl") or {}).items()) or "?"
+            out += [f"Start-up check: FA3_AVAILABLE **{fc.get('fa3_available')}**; attention as built ({built}); "
+                    "greedy tokens (8 prompts x 32, same dummy weights): "
                     f"{agree or 'not run'}.", ""]
     if not d.get("complete", True):
         out += ["*Incomplete run* (stopped early): " + "; ".join(map(str, d.get("errors", [])[:3])), ""]
@@ -201,7 +203,7 @@ def e2e_section(name: str, d: dict[str, Any]) -> str:
         out.append(_table(["workload", "kind", "requests x in/out tokens", "tri_inductor tok/s", "vLLM-compile tok/s",
                            "throughput ratio", "TTFT median ms (ours / vLLM)", "ITL median ms (ours / vLLM)",
                            "ITL p90 ms (ours / vLLM)", "ITL ratio"]
-                          + (["vLLM-default (FA3) tok/s", "throughput vs default", "ITL median ms (ours / default)",
+                          + (["vLLM-default (FA3; rms_norm native) tok/s", "throughput vs default", "ITL median ms (ours / default)",
                               "ITL vs default", "vs default"] if has_default else [])
                           + ["noise (rep spread)", "status"], rows))
     else:

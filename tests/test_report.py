@@ -584,7 +584,8 @@ def test_e2e_three_engines_fake(tmp_path):
     assert d["settings_differences"] == {} and d["settings_differences_vs_default"] == {}
     md = report.build_markdown(tmp_path)
     r = _row(md, "decode1")
-    assert "vLLM-default (FA3) tok/s" in md and "FA3_AVAILABLE **True**" in md
+    assert "vLLM-default (FA3; rms_norm native) tok/s" in md and "FA3_AVAILABLE **True**" in md
+    assert "default: FLASH_ATTN (FA3) x2" in md
     assert r[11] == f"{d['workloads']['decode1']['throughput_ratio_vs_default']:.3f}x" and "below" in r[14]
     assert "vLLM-default (FA3)" in _row(md, "vLLM-default (FA3)")[0]
 
