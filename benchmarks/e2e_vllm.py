@@ -897,7 +897,9 @@ class Runner:
             return
         for s in specs:
             w = self.report["workloads"].get(s["name"], {})
-            if self.args.profile == "all" or (w.get(OURS) and (w.get(BASE) or w.get(DEFAULT)) and not w.get("pass")):
+            # below a target that was measured (an engine that never started is no reason to profile)
+            below = any(k in w and not w[k] for k in ("pass_vs_compile", "pass_vs_default"))
+            if self.args.profile == "all" or (w.get(OURS) and below):
                 self.profile_workload(s["name"], s, engines)
                 self.save()
 
@@ -969,8 +971,12 @@ def reclassify(path: str) -> int:
             continue
         for b in list(prof):
             prof[b] = C.reclassify_profile(prof[b])
-        w["reason"] = C.explain_gap(prof.get(OURS, {}), prof.get(BASE, {}))
-        print(f"{name}: {w['reason']}")
+        if BASE in prof:
+            w["reason"] = C.explain_gap(prof.get(OURS, {}), prof.get(BASE, {}))
+            print(f"{name}: {w['reason']}")
+        if DEFAULT in prof:
+            w["reason_vs_default"] = C.explain_gap(prof.get(OURS, {}), prof.get(DEFAULT, {}))
+            print(f"{name} vs default: {w['reason_vs_default']}")
     report["reclassified"] = "kernel classes recomputed offline (e2e_vllm.py --reclassify) from the measured top kernels"
     p.write_text(json.dumps(report, indent=1))
     return 0
@@ -1346,7 +1352,7 @@ def main_worker(args: argparse.Namespace) -> int:
         conf = conf if isinstance(conf, dict) else {"step": conf}
         step = conf.get("step", 0.001)
         if int(os.environ.get("TRI_E2E_START", "0")) in conf.get("fail_starts", []):
-            send({"event": "error", "error": "simulated start-up failure: CUDA out of memory"})
+            send({"event": "error", "error": conf.get("fail_error", "simulated start-up failure: CUDA out of memory")})
             return 1
         llm = _FakeLLM(args.backend, rec, step, conf.get("token_shift", 0))
         send({"event": "ready", "backend": args.backend, "import_s": 0.0, "llm_init_s": 0.0, "card": "FAKE H100",

@@ -670,3 +670,18 @@ def test_census_engine_kwargs_are_vllm_engine_args():
     vc = importlib.import_module("vllm_census")
     for b in ("tri_inductor", "inductor", "eager"):
         EngineArgs(**vc.engine_kwargs(b, "/nonexistent", "dummy", 2))
+
+
+def test_e2e_default_engine_that_cannot_start(tmp_path):
+    # e.g. setup.sh sourced without GPU_ENV_FA3=1: the compile comparison still runs; no verdict
+    # against the default path, and no profiles spent on it
+    p = _run_e2e(tmp_path, ["--layers", "2", "--quick", "--workloads", "decode1", "--reps", "1"],
+                 {"tri_inductor": 0.0004, "inductor": 0.0008,
+                  "default": {"fail_starts": [0], "fail_error": "RuntimeError('FA3 is unavailable')"}})
+    assert p.returncode == 1, p.stdout + p.stderr
+    d = json.loads((tmp_path / "e2e_h100_L2.json").read_text())
+    assert d["mode"] == "side-by-side" and any("default cold_start" in e for e in d["errors"])
+    w = d["workloads"]["decode1"]
+    assert w["throughput_ratio"] > 1.0 and w["pass_vs_compile"] is True
+    assert w["throughput_ratio_vs_default"] is None and w["pass"] is False and "profile" not in w
+    assert d["fa3_check"]["fa3_available"] is None
