@@ -1179,11 +1179,18 @@ def _attention_impl(llm) -> dict[str, Any] | None:
     model lives in this process; under TP>1 it does not and this is None)."""
     if isinstance(llm, _FakeLLM):
         return {"FLASH_ATTN (FA3)" if llm.backend == DEFAULT else "TRITON_ATTN": 2}
-    try:
+    def contexts():
         eng = llm.llm_engine
         cfg = getattr(eng, "vllm_config", None) or eng.get_vllm_config()
+        yield cfg.compilation_config.static_forward_context
+        # the worker's own config, where the front end holds a copy (in-process engine, TP=1)
+        runner = eng.engine_core.engine_core.model_executor.driver_worker.worker.model_runner
+        yield runner.vllm_config.compilation_config.static_forward_context
+
+    try:
+        ctx = next((c for c in contexts() if c), {})
         impls: dict[str, Any] = {}
-        for layer in cfg.compilation_config.static_forward_context.values():
+        for layer in ctx.values():
             b = getattr(layer, "attn_backend", None)
             if b is None:
                 continue
