@@ -332,6 +332,11 @@ def attention_section(name: str, d: dict[str, Any]) -> str:
            "Triton `unified_attention` (what tri_inductor runs under vLLM today), called as TRITON_ATTN calls it, "
            "`fa3` as FLASH_ATTN calls it. Targets (issue 26): decode geomean >= 1.0x, prefill >= 0.85x, no point "
            "below 0.7x.", ""]
+    if a.get("error"):
+        out += [f"Not measured: {a['error']}" + ("; " + "; ".join(f"{k}: {v[:160]}" for k, v in
+                                                                (a.get("unavailable") or {}).items())
+                                                 if a.get("unavailable") else "")]
+        return "\n".join(out)
     grows = []
     for k, g in (d.get("attention_geomeans_vs_fa3") or {}).items():
         grows.append([k, _ratio(g.get("decode")), _ratio(g.get("prefill")),

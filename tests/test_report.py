@@ -645,6 +645,11 @@ def test_attention_section(tmp_path):
     assert _row(md, "vllm_triton")[1:4] == ["1.000x", "0.810x", "0.500x"]
     assert "decode b1 ctx512 32/8 d128 0.500x" in md and "prefill 2048 32/8 d128 (vllm_triton, rel. err 0.5)" in md
     assert "tri_inductor: ModuleNotFoundError" in md
+    (tmp_path / "attention_h100.json").write_text(json.dumps(
+        {"meta": {"card": "NVIDIA H100"}, "attention": {"error": "FA3 is needed as the reference column",
+                                                        "unavailable": {"fa3": "ImportError('no _vllm_fa3_C')"}}}))
+    md = report.build_markdown(tmp_path)
+    assert "Not measured: FA3 is needed as the reference column; fa3: ImportError" in md
 
 
 # ============================================================================ vllm_census.py --tp (no GPU)
