@@ -228,12 +228,18 @@ def signature_call(fn: Callable[..., Any]) -> Callable[[Any], Callable[[], Any]]
     if missing:
         raise ValueError(f"{fn.__module__}.{fn.__qualname__}: cannot supply required parameter(s) {missing}")
     writes_out = "out" in mapping.values()
+    # an entry point that validates its inputs on every call (``check=True``) validates once here;
+    # timed calls skip it, as a vLLM backend calling it every layer would
+    has_check = "check" in params and params["check"].default is not inspect.Parameter.empty
 
     def make(t) -> Callable[[], Any]:
         vals = {"q": t.q, "k_cache": t.k_cache, "v_cache": t.v_cache, "block_table": t.block_table,
                 "seq_lens": t.seq_lens, "cu_seqlens_q": t.cu_seqlens_q, "max_seqlen_q": t.point["q_len"],
                 "max_seqlen_k": t.point["ctx"], "scale": t.scale, "causal": True, "out": t.out}
         kw = {name: vals[c] for name, c in mapping.items()}
+        if has_check:
+            fn(**kw, check=True)  # raises if it declines these inputs: recorded as this kernel's error
+            kw["check"] = False
 
         def call():
             r = fn(**kw)

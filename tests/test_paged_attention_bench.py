@@ -154,3 +154,25 @@ def test_kernels_resolve_and_dry_run_on_cpu():
     h = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "kernels.py"), "--help"], capture_output=True,
                        text=True, timeout=300, cwd=str(ROOT), env=env)
     assert h.returncode == 0 and "--attn-kernels" in h.stdout
+
+
+def test_adapter_for_an_out_writing_entry_point_with_checks():
+    """The form tri_inductor.patterns.paged_attention takes: writes ``out``, validates inputs when
+    ``check`` is true (once, at set-up; timed calls pass check=False)."""
+    checks = []
+
+    def paged_attention(q, k_cache, v_cache, out, cu_seqlens_q, seq_lens, block_table, max_seqlen_q, max_seqlen_k,
+                        scale, causal=True, window=None, softcap=0.0, sinks=None, *, num_splits=None, check=True):
+        checks.append(check)
+        t = types.SimpleNamespace(point=case.point, k_cache=k_cache, v_cache=v_cache, block_table=block_table,
+                                  q=q, scale=scale)
+        out.copy_(torch.cat([_dense64(t, s) for s in range(len(seq_lens))]).to(out.dtype))
+        return out
+
+    case = _paged_case(batch=3, q_len=1, ctx=50, hq=8, hkv=2, d=32)
+    case.out = torch.zeros_like(case.q)
+    call = PA.signature_call(paged_attention)(case)
+    call()
+    assert checks == [True, False]
+    ref, rows = PA._reference(case)
+    assert ((case.out[rows].float() - ref).norm() / ref.norm()).item() < PA.REL_TOL
