@@ -33,7 +33,9 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import json
 import math
+import os
 from typing import Any, Callable, Sequence
 
 BLOCK = 16
@@ -391,6 +393,9 @@ def run(kernel_names: Sequence[str] | None = None, ours: str | None = None, kind
             if "fa3" in row["ms"]:
                 row["vs_fa3"] = {n: round(row["ms"]["fa3"] / ms, 4) for n, ms in row["ms"].items() if n != "fa3"}
             rows.append(row)
+            if os.environ.get("OUT"):  # survives a timeout
+                with open(os.path.join(os.environ["OUT"], "attention_rows.jsonl"), "a") as f:
+                    f.write(json.dumps(row) + "\n")
             log(f"attn {p['id']:36s} " + "  ".join(f"{n} {ms * 1e3:8.1f}us" for n, ms in row["ms"].items())
                 + "  " + "  ".join(f"x{v:.3f} {n}" for n, v in row["vs_fa3"].items())
                 + (f"  errors {list(row['errors'])}" if row["errors"] else ""))
