@@ -307,24 +307,35 @@ def _reference(t, rows: int = 64):
 
 
 def run(kernel_names: Sequence[str] | None = None, ours: str | None = None, kinds=("decode", "prefill"),
-        rounds: int = 3, log=print) -> dict[str, Any]:
+        rounds: int = 3, log=print, device: str = "cuda", mem_gib: float | None = None,
+        factories: dict[str, Callable] | None = None) -> dict[str, Any]:
+    """Measure every point; ``device``/``mem_gib``/``factories`` let a CPU test drive the loop."""
     import types
 
     import torch
 
-    from _common import bench, bench_events, n_sets
+    import _common
 
-    factories, unavailable = resolve_kernels(kernel_names)
+    bench, bench_events, n_sets = _common.bench, _common.bench_events, _common.n_sets
+    dev = torch.device(device)
+
+    def sync():
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+
+    unavailable: dict[str, str] = {}
+    if factories is None:
+        factories, unavailable = resolve_kernels(kernel_names)
     for k, why in unavailable.items():
         log(f"attention: kernel {k} not measured: {why}")
     if "fa3" not in factories:
         return {"error": "FA3 is needed as the reference column", "unavailable": unavailable}
     ours = ours or ("tri_inductor" if "tri_inductor" in factories else "vllm_triton")
-    free, total = torch.cuda.mem_get_info()
+    if mem_gib is None:
+        mem_gib = torch.cuda.mem_get_info()[0] / 2**30
     pts = points(kinds)
-    mem = plan_memory(pts, free / 2**30)
+    mem = plan_memory(pts, mem_gib)
     rows: list[dict[str, Any]] = []
-    dev = torch.device("cuda")
     gen = torch.Generator(device=dev).manual_seed(0)
     for (hq, hkv, d) in sorted({(p["hq"], p["hkv"], p["d"]) for p in pts}):
         group = [p for p in pts if (p["hq"], p["hkv"], p["d"]) == (hq, hkv, d) and p["id"] not in mem["skipped_ids"]]
@@ -360,7 +371,7 @@ def run(kernel_names: Sequence[str] | None = None, ours: str | None = None, kind
                         t2.out = torch.empty_like(tt.q)
                         calls.append((make(t2), t2))
                     calls[0][0]()
-                    torch.cuda.synchronize()
+                    sync()
                     o = calls[0][1].out[rsl].float()
                     err = ((o - ref).norm() / ref.norm()).item()
                     row["rel_err"][name] = round(err, 5)
@@ -381,7 +392,7 @@ def run(kernel_names: Sequence[str] | None = None, ours: str | None = None, kind
                                 continue
                             except Exception as e:  # noqa: BLE001  not capturable: eager, timed with events
                                 row["errors"][f"{name}_graph"] = repr(e)[:200]
-                                torch.cuda.synchronize()
+                                sync()
                         times[name].append(bench_events(fns[name]))
                         row["timing"][name] = "cuda_events"
                     except Exception as e:  # noqa: BLE001
@@ -401,7 +412,8 @@ def run(kernel_names: Sequence[str] | None = None, ours: str | None = None, kind
                 + (f"  errors {list(row['errors'])}" if row["errors"] else ""))
             del sets, fns
         del k_cache, v_cache
-        torch.cuda.empty_cache()
+        if dev.type == "cuda":
+            torch.cuda.empty_cache()
     out = {"settings": {"block_size": BLOCK, "dtype": "bfloat16", "kv_layout": "separate K, V [blocks, 16, Hkv, D]",
                         "rounds": rounds, "rel_tol": REL_TOL, "kinds": list(kinds),
                         "vllm_triton": "unified_attention as TRITON_ATTN calls it (3D split-KV up to seq_threshold_3D, "

@@ -176,3 +176,60 @@ def test_adapter_for_an_out_writing_entry_point_with_checks():
     assert checks == [True, False]
     ref, rows = PA._reference(case)
     assert ((case.out[rows].float() - ref).norm() / ref.norm()).item() < PA.REL_TOL
+
+
+def test_run_loop_on_cpu(monkeypatch):
+    """The measurement loop, driven on a CPU: a float64-exact stand-in as "fa3", the same scaled
+    wrong (left out of the geomeans, listed), one that raises (recorded), one that cannot be
+    graph-captured (timed with events instead, said so). Times are the stand-ins' fixed costs."""
+    import _common
+
+    pts = [dict(kind="decode", batch=3, q_len=1, ctx=40, prefix=39, hq=4, hkv=2, d=16),
+           dict(kind="prefill", batch=1, q_len=6, ctx=12, prefix=6, hq=4, hkv=2, d=16)]
+    for p in pts:
+        p["id"] = PA.point_id(p)
+    monkeypatch.setattr(PA, "points", lambda kinds: [p for p in pts if p["kind"] in kinds])
+    cost = {}
+
+    def timed(fns, reps=20):
+        for f in fns:
+            f()
+        name = fns[0].kernel
+        if name == "eager_only":
+            raise RuntimeError("operation not permitted when stream is capturing")
+        return cost[name]
+
+    def events(fns, reps=20):
+        for f in fns:
+            f()
+        return cost[fns[0].kernel] * 1.5
+
+    monkeypatch.setattr(_common, "bench", timed)
+    monkeypatch.setattr(_common, "bench_events", events)
+
+    def dense(name, scale_out=1.0, fail=False):
+        def make(t):
+            if fail:
+                raise RuntimeError("no kernel for this head dim")
+
+            def call():
+                o = torch.cat([_dense64(t, s) for s in range(t.point["batch"])])
+                t.out.copy_((o * scale_out).to(t.out.dtype))
+            call.kernel = name
+            return call
+        return make
+
+    cost.update(fa3=2.0, good=1.0, wrong=0.5, eager_only=4.0)
+    factories = {"fa3": dense("fa3"), "good": dense("good"), "wrong": dense("wrong", 1.5),
+                 "broken": dense("broken", fail=True), "eager_only": dense("eager_only")}
+    res = PA.run(ours="good", rounds=2, log=lambda *a: None, device="cpu", mem_gib=16.0, factories=factories)
+    assert [r["id"] for r in res["rows"]] == [p["id"] for p in pts] and not res["skipped"]
+    for r in res["rows"]:
+        assert r["vs_fa3"]["good"] == 2.0 and r["numerics_ok"]["good"] and r["rel_err"]["good"] < 1e-2
+        assert r["numerics_ok"]["wrong"] is False and "broken" in r["errors"] and "broken" not in r["ms"]
+        assert r["timing"]["eager_only"] == "cuda_events" and r["vs_fa3"]["eager_only"] == round(2.0 / 6.0, 4)
+        assert r["timing"]["good"] == "cuda_graph"
+    assert res["attention_decode_geomean_vs_fa3"] == 2.0 and res["attention_prefill_geomean_vs_fa3"] == 2.0
+    assert res["attention_geomeans_vs_fa3"]["wrong"] == {"decode": None, "prefill": None}
+    assert {f["kernel"] for f in res["attention_numerics_failed"]} == {"wrong"}
+    assert res["attention_ours"] == "good" and len(res["attention_worst5"]) == 2
