@@ -178,31 +178,48 @@ def _vllm_triton(t) -> Callable[[], Any]:
                 softmax_segm_expsum=torch.empty(thr, p["hq"], NUM_PAR_SOFTMAX_SEGMENTS, dtype=torch.float32,
                                                 device=dev))
     ones = torch.ones(1, dtype=torch.float32, device=dev).expand(p["batch"], p["hkv"])  # as the backend's k/v scales
+    kw = vllm_triton_kwargs(t, ones) | segm
 
     def call():
-        unified_attention(q=t.q, k=t.k_cache, v=t.v_cache, out=t.out, cu_seqlens_q=t.cu_seqlens_q,
-                          max_seqlen_q=p["q_len"], seqused_k=t.seq_lens, max_seqlen_k=p["ctx"],
-                          softmax_scale=t.scale, causal=True, window_size=(-1, -1), block_table=t.block_table,
-                          softcap=0, q_descale=None, k_descale=ones, v_descale=ones, **segm)
+        unified_attention(**kw)
     return call
 
 
-def _fa3(t) -> Callable[[], Any]:
+def vllm_triton_kwargs(t, descale) -> dict[str, Any]:
+    """unified_attention's arguments as vLLM 0.26's TRITON_ATTN backend passes them (bf16 cache)."""
+    p = t.point
+    return dict(q=t.q, k=t.k_cache, v=t.v_cache, out=t.out, cu_seqlens_q=t.cu_seqlens_q, max_seqlen_q=p["q_len"],
+                seqused_k=t.seq_lens, max_seqlen_k=p["ctx"], softmax_scale=t.scale, causal=True,
+                window_size=(-1, -1), block_table=t.block_table, softcap=0, q_descale=None, k_descale=descale,
+                v_descale=descale)
+
+
+def fa3_meta_kwargs(t) -> dict[str, Any]:
+    """get_scheduler_metadata's arguments as FLASH_ATTN's metadata builder passes them."""
     import torch
-    from vllm.vllm_flash_attn import flash_attn_varlen_func, get_scheduler_metadata
 
     p = t.point
-    splits = fa3_num_splits(p)
-    meta = get_scheduler_metadata(batch_size=p["batch"], max_seqlen_q=p["q_len"], max_seqlen_k=p["ctx"],
-                                  num_heads_q=p["hq"], num_heads_kv=p["hkv"], headdim=p["d"],
-                                  cache_seqlens=t.seq_lens, qkv_dtype=torch.bfloat16, cu_seqlens_q=t.cu_seqlens_q,
-                                  page_size=BLOCK, causal=True, window_size=(-1, -1), num_splits=splits)
+    return dict(batch_size=p["batch"], max_seqlen_q=p["q_len"], max_seqlen_k=p["ctx"], num_heads_q=p["hq"],
+                num_heads_kv=p["hkv"], headdim=p["d"], cache_seqlens=t.seq_lens, qkv_dtype=torch.bfloat16,
+                cu_seqlens_q=t.cu_seqlens_q, page_size=BLOCK, causal=True, window_size=(-1, -1),
+                num_splits=fa3_num_splits(p))
+
+
+def fa3_kwargs(t, meta) -> dict[str, Any]:
+    """flash_attn_varlen_func's arguments as FLASH_ATTN's forward passes them (FA3)."""
+    p = t.point
+    return dict(q=t.q, k=t.k_cache, v=t.v_cache, out=t.out, cu_seqlens_q=t.cu_seqlens_q, max_seqlen_q=p["q_len"],
+                seqused_k=t.seq_lens, max_seqlen_k=p["ctx"], softmax_scale=t.scale, causal=True,
+                block_table=t.block_table, scheduler_metadata=meta, fa_version=3, num_splits=fa3_num_splits(p))
+
+
+def _fa3(t) -> Callable[[], Any]:
+    from vllm.vllm_flash_attn import flash_attn_varlen_func, get_scheduler_metadata
+
+    kw = fa3_kwargs(t, get_scheduler_metadata(**fa3_meta_kwargs(t)))
 
     def call():
-        flash_attn_varlen_func(q=t.q, k=t.k_cache, v=t.v_cache, out=t.out, cu_seqlens_q=t.cu_seqlens_q,
-                               max_seqlen_q=p["q_len"], seqused_k=t.seq_lens, max_seqlen_k=p["ctx"],
-                               softmax_scale=t.scale, causal=True, block_table=t.block_table,
-                               scheduler_metadata=meta, fa_version=3, num_splits=splits)
+        flash_attn_varlen_func(**kw)
     return call
 
 

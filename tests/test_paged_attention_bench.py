@@ -233,3 +233,35 @@ def test_run_loop_on_cpu(monkeypatch):
     assert res["attention_geomeans_vs_fa3"]["wrong"] == {"decode": None, "prefill": None}
     assert {f["kernel"] for f in res["attention_numerics_failed"]} == {"wrong"}
     assert res["attention_ours"] == "good" and len(res["attention_worst5"]) == 2
+
+
+def _source_params(path: Path, fn: str) -> tuple[set[str], set[str]]:
+    """(parameters, required parameters) of ``fn`` read from the source (the module itself needs
+    the CUDA extension to import)."""
+    import ast
+
+    tree = ast.parse(path.read_text())
+    node = next(n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef) and n.name == fn)
+    pos = node.args.posonlyargs + node.args.args
+    required = {a.arg for a in pos[:len(pos) - len(node.args.defaults)]}
+    required |= {a.arg for a, d in zip(node.args.kwonlyargs, node.args.kw_defaults) if d is None}
+    return {a.arg for a in pos + node.args.kwonlyargs}, required
+
+
+def test_backend_calls_match_the_installed_vllm():
+    """The arguments we pass are ones vLLM's functions take (names drift between releases)."""
+    vllm = pytest.importorskip("vllm")
+    t = _paged_case(batch=2, q_len=1, ctx=40)
+    t.out = torch.zeros_like(t.q)
+    src = Path(vllm.__file__).parent
+    ua = src / "v1" / "attention" / "ops" / "triton_unified_attention.py"
+    fa = src / "vllm_flash_attn" / "flash_attn_interface.py"
+    for path, fn, kw in ((ua, "unified_attention", PA.vllm_triton_kwargs(t, None)),
+                         (fa, "flash_attn_varlen_func", PA.fa3_kwargs(t, None)),
+                         (fa, "get_scheduler_metadata", PA.fa3_meta_kwargs(t))):
+        params, required = _source_params(path, fn)
+        assert set(kw) <= params, (fn, set(kw) - params)
+        extra = {"seq_threshold_3D", "num_par_softmax_segments", "softmax_segm_output", "softmax_segm_max",
+                 "softmax_segm_expsum"} if fn == "unified_attention" else set()
+        assert required <= set(kw) | extra, (fn, required - set(kw))
+        assert extra <= params
