@@ -690,3 +690,21 @@ def test_e2e_default_engine_that_cannot_start(tmp_path):
     assert w["throughput_ratio"] > 1.0 and w["pass_vs_compile"] is True
     assert w["throughput_ratio_vs_default"] is None and w["pass"] is False and "profile" not in w
     assert d["fa3_check"]["fa3_available"] is None
+
+
+def test_worker_greedy_check_and_fa3_status_with_vllm_types():
+    pytest.importorskip("vllm")
+    from types import SimpleNamespace as NS
+
+    from vllm.logprobs import Logprob
+
+    class TopTwo:
+        def generate(self, inputs, sp, use_tqdm=False):
+            assert sp.temperature == 0.0 and sp.logprobs == 2 and sp.max_tokens == 4
+            lps = [{11: Logprob(-0.1, 1), 12: Logprob(-0.35, 2)}] * 4
+            return [NS(outputs=[NS(token_ids=[11] * 4, logprobs=lps)]) for _ in inputs]
+
+    r = e2e._handle_tokens(TopTwo(), {"n": 3, "tokens": 4}, 128256)
+    assert r["ok"] and r["tokens"] == [[11] * 4] * 3 and r["top2_gap"] == [[0.25] * 4] * 3
+    st = e2e._fa3_status()  # on a CPU machine the extension is absent: False, with vLLM's reason
+    assert isinstance(st["FA3_AVAILABLE"], bool) and (st["FA3_AVAILABLE"] or st.get("reason"))
