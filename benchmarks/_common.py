@@ -108,3 +108,21 @@ def write_json(name: str, data: dict[str, Any], out_dir: str | None = None) -> s
 def geomean(xs: Sequence[float]) -> float:
     xs = [x for x in xs if x and x > 0]
     return float(torch.tensor(xs, dtype=torch.float64).log().mean().exp()) if xs else float("nan")
+
+
+def bench_events(fns: Sequence[Callable[[], Any]], reps: int = 20) -> float:
+    """Median time (ms) of one call, eager launches timed with CUDA events: for kernels that
+    cannot be captured in a CUDA graph (then launch overhead is in the number; say so)."""
+    for f in fns:
+        f()
+    torch.cuda.synchronize()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    times = []
+    for _ in range(reps):
+        start.record()
+        for f in fns:
+            f()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) / len(fns))
+    return statistics.median(times)

@@ -303,3 +303,60 @@ def parse_startup_log(text: str) -> dict[str, float]:
         if found:
             out[key] = float(found[-1])
     return out
+
+
+# --------------------------------------------------------------------------- engine comparisons
+
+
+def side_ratios(ours: dict[str, Any], base: dict[str, Any], suffix: str = "") -> dict[str, Any]:
+    """Ours against one baseline engine (summaries of ``tokens_per_s``, ``itl_ms``, ``ttft_ms``,
+    ``spread``, ``steps``): throughput, ITL (median, p90) and TTFT ratios, the equal-batch step
+    ratio, the noise (the larger rep spread) and whether the throughput ratio is within it.
+    Keys carry ``suffix`` (``""`` for vLLM's compile path, ``"_vs_default"`` for its default)."""
+    out = {"throughput_ratio": safe_ratio(ours["tokens_per_s"], base["tokens_per_s"]),
+           "itl_ratio": safe_ratio(ours["itl_ms"]["median"], base["itl_ms"]["median"]),
+           "itl_p90_ratio": safe_ratio(ours["itl_ms"]["p90"], base["itl_ms"]["p90"]),
+           "ttft_ratio": safe_ratio(ours["ttft_ms"]["median"], base["ttft_ms"]["median"])}
+    if ours.get("steps") and base.get("steps"):  # a slower step, or a different schedule?
+        out["equal_batch_step_ratio"] = equal_batch_gap_ratio(ours["steps"], base["steps"])
+        out["mean_batch"] = [ours["steps"]["mean_batch"], base["steps"]["mean_batch"]]
+    noise = max([s for s in (ours.get("spread"), base.get("spread")) if s is not None], default=None)
+    tr = out["throughput_ratio"]
+    out["noise"] = noise
+    out["within_noise"] = bool(noise is not None and tr is not None and abs(tr - 1.0) <= noise)
+    return {k + suffix: v for k, v in out.items()}
+
+
+def greedy_agreement(a: Sequence[Sequence[int]], b: Sequence[Sequence[int]],
+                     b_gaps: Sequence[Sequence[float | None]] | None = None) -> dict[str, Any]:
+    """Greedy tokens of engine ``a`` against engine ``b`` on the same prompts: sequences equal,
+    positions equal before each sequence's first divergence (a flip changes every later token),
+    and at each divergence ``b``'s top-2 logprob gap (small: a bf16 near-tie, not a wrong kernel)."""
+    n = min(len(a), len(b))
+    total = agree = equal = 0
+    first = []
+    for i in range(n):
+        x, y = list(a[i]), list(b[i])
+        m = min(len(x), len(y))
+        k = next((j for j in range(m) if x[j] != y[j]), m)
+        total += max(len(x), len(y))
+        agree += k
+        if k == m and len(x) == len(y):
+            equal += 1
+        else:
+            gap = None
+            if b_gaps is not None and i < len(b_gaps) and k < len(b_gaps[i]):
+                gap = b_gaps[i][k]
+            first.append({"seq": i, "pos": k, "top2_gap": gap})
+    return {"sequences": n, "sequences_equal": equal, "positions": total,
+            "match_rate": round(agree / total, 4) if total else None, "first_divergence": first}
+
+
+def nvidia_smi_memory_gib() -> float | None:
+    """The first GPU's total memory in GiB without touching CUDA here (None if no nvidia-smi)."""
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=memory.total", "--format=csv,noheader,nounits"],
+                             capture_output=True, text=True, timeout=20).stdout.strip().splitlines()
+        return round(float(out[0]) / 1024, 2) if out and out[0].strip() else None
+    except Exception:  # noqa: BLE001
+        return None

@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""End to end on one GPU: vLLM with ``{"backend": "tri_inductor"}`` vs vLLM's own compile path.
+"""End to end on one GPU (or N with ``--tp N``): vLLM with ``{"backend": "tri_inductor"}`` vs
+vLLM's own compile path and vLLM as a user gets it (FlashAttention-3).
 
 Model: Llama-3-8B shape (hidden 4096, 32 layers, 32/8 heads, head_dim 128, intermediate 14336,
 vocab 128256, bf16), a ``config.json`` with ``load_format="dummy"`` (random weights), token-id
@@ -10,7 +11,26 @@ prompts (no tokenizer).  Two engines, everything equal but the compile path:
   recorded and compared, differences listed in the JSON under ``settings_differences``);
 * ``inductor`` (vLLM's compile path, the baseline): ``backend "inductor"``, custom_ops
   ``["none"]``, ``attention_backend="TRITON_ATTN"``, ``ir_op_priority`` native;
-* both: max_model_len 4096, max_num_seqs 64, max_num_batched_tokens 8192, prefix caching off,
+* ``default`` (vLLM as shipped on an H100/H200, ``--baseline default|both``): ``backend
+  "inductor"``, ``attention_backend="FLASH_ATTN"`` (FA3; ``GPU_ENV_FA3=1 source .gpu-env/setup.sh``
+  provides vLLM's real FA3 extension), everything else vLLM's defaults except what the environment
+  cannot provide: rms_norm ``native`` (vLLM's CUDA rms_norm is absent; native is also vLLM's own
+  default with backend inductor), ``VLLM_USE_FLASHINFER_SAMPLER=0`` (no FlashInfer), the FA
+  backend's CUDA KV-cache write served by vLLM's Triton kernel of the same signature (the
+  ``.gpu-env`` stub does that only in a process with ``GPU_ENV_FA3=1``: this engine's worker; the
+  others get the variable removed, so a CUDA KV write there would still raise).  Recorded under
+  ``settings.default_engine``.  At start-up each engine generates greedy tokens for 8 fixed
+  prompts: the JSON's ``fa3_check`` holds FA3's availability and the agreement of the FA3
+  engine's tokens with the TRITON_ATTN engines' (same dummy weights: same seed);
+* ``--baseline``: ``compile`` (tri_inductor vs inductor), ``default`` (vs default) or ``both``
+  (the default: three engines); ``--backends`` names the engines (and their order) directly;
+* ``--tp N``: ``tensor_parallel_size=N`` for every engine, with vLLM's custom all-reduce off
+  (``disable_custom_all_reduce=True``: a CUDA extension op); the file is
+  ``e2e_<card>_<model>[_L<n>]_tp<N>.json``.  Under TP>1 the GPU work runs in vLLM's worker
+  processes: the profiled runs and our audit (taken in the engine's front-end process) see none
+  of it and say so;
+* all: cascade attention off (``disable_cascade_attn=True``, vLLM 0.26's default, explicit:
+  its merge step may be the CUDA ``merge_attn_states`` the environment lacks), max_model_len 4096, max_num_seqs 64, max_num_batched_tokens 8192, prefix caching off,
   the same KV-cache size (``kv_cache_memory_bytes``, so that neither backend gets more KV blocks
   because its activations are smaller), CUDA graphs and async scheduling at vLLM's defaults.
 
@@ -18,6 +38,13 @@ Workloads (all requests submitted at once to ``LLM.generate``, greedy, ``ignore_
 decode1/16/64 (batch 1, 16, 64; 128 in / 512 out), prefill8 (batch 8; 2048 in / 16 out),
 mixed (64 requests, log-uniform 32..1536 in and 16..512 out, fixed lengths).  ``--quick``
 cuts decode outputs to 128 and mixed outputs to 16..128.
+
+**Three engines** (``--baseline both``): side by side when the estimated footprint of all of them
+fits the card (``memory_plan``: weights/TP + KV cache + 4 GiB each; ``gpu_memory_utilization`` is
+then chosen so that the last engine passes vLLM's start-up free-memory check), else sequentially.
+Repetition order generalises ABBA: rep r runs the engines rotated by r//2, reversed on odd r
+(ABC, CBA, BCA, ACB, CAB, BAC), so every pair of reps is a palindrome and linear drift cancels
+for each engine.
 
 **Alternation: both engines resident, side by side.**  Each backend runs in its own process
 (``--worker``), started once, kept alive for every workload, and serves requests sent over a
@@ -57,11 +84,15 @@ written after every workload.
 GPU command (the lead's; from the repo root, carrying ``.gpu-env``; the JSON and the engines'
 logs (``e2e_logs/``) come back through $OUT; copy the JSON to benchmarks/results/):
 
-    source .gpu-env/setup.sh && python3 -m pip install -q --no-deps --no-build-isolation --no-index -e . \\
-      && GIT_COMMIT=<commit> python3 benchmarks/e2e_vllm.py --out $OUT --starts --budget-s 500
+    GPU_ENV_FA3=1 source .gpu-env/setup.sh && python3 -m pip install -q --no-deps --no-build-isolation \\
+      --no-index -e . && GIT_COMMIT=<commit> python3 benchmarks/e2e_vllm.py --out $OUT --starts --budget-s 500
 
-Exit status: 0 every workload >= 1.0x throughput and <= 1.0x median ITL; 1 otherwise (results
-written); 2 our engine did not start (log tail in the JSON and on stdout).
+(``GPU_ENV_FA3=1`` unpacks vLLM's FA3 extension for the default engine; without it that engine
+fails to start, which is recorded, and the run goes on against the compile path.)
+
+Exit status: 0 every workload meets its targets (against the compile path: >= 1.0x throughput and
+<= 1.0x median ITL; against the default path: throughput >= 1.0x, >= 0.95x on prefill8); 1
+otherwise (results written); 2 our engine did not start (log tail in the JSON and on stdout).
 
 CPU check: ``python3 benchmarks/e2e_vllm.py --dry-run`` prints the plan and writes the config.
 """
@@ -87,8 +118,13 @@ import _vllm_common as C  # noqa: E402
 import models  # noqa: E402
 from _meta import package_hash, versions  # noqa: E402
 
-OURS, BASE = "tri_inductor", "inductor"
-LABEL = {OURS: "tri_inductor", BASE: "vLLM-compile"}
+OURS, BASE, DEFAULT = "tri_inductor", "inductor", "default"
+LABEL = {OURS: "tri_inductor", BASE: "vLLM-compile", DEFAULT: "vLLM-default"}
+BASELINES = {"compile": [BASE], "default": [DEFAULT], "both": [BASE, DEFAULT]}
+# Issue 26's acceptance against the default path, by workload group (throughput ratio).
+DEFAULT_TARGET = {"prefill-heavy": 0.95}
+ENGINE_OVERHEAD_GIB = 4.0  # activations, CUDA graphs, allocator slack per engine (seen: ~3 GiB)
+CHECK_PROMPTS, CHECK_TOKENS = 8, 32  # the start-up greedy check (FA3 vs TRITON_ATTN)
 DEFAULT_WORKLOADS = "decode1,decode16,decode64,prefill8,mixed"
 MAX_MODEL_LEN = 4096
 MAX_NUM_SEQS = 64
@@ -109,9 +145,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help=f"comma-separated subset of {DEFAULT_WORKLOADS}")
     p.add_argument("--quick", action="store_true", help="shorter outputs (decode 128, mixed 16..128) and 2 reps")
     p.add_argument("--reps", type=int, default=None, help="measured repetitions per backend (default 3; 2 with --quick)")
-    p.add_argument("--backends", default=f"{OURS},{BASE}", help="order = start order and A,B of ABBA")
+    p.add_argument("--baseline", choices=sorted(BASELINES), default="both",
+                   help="compile: vLLM's compile path (TRITON_ATTN); default: vLLM as shipped (FLASH_ATTN, "
+                        "FA3); both (three engines)")
+    p.add_argument("--backends", default=None,
+                   help=f"engines, comma-separated, among {OURS},{BASE},{DEFAULT} (default: {OURS} + the "
+                        "--baseline ones); order = start order and rep order")
+    p.add_argument("--tp", type=int, default=1, help="tensor_parallel_size of every engine (custom all-reduce off)")
     p.add_argument("--mode", choices=("side-by-side", "sequential"), default="side-by-side")
-    p.add_argument("--gpu-util", type=float, default=0.42, help="gpu_memory_utilization per engine, side by side")
+    p.add_argument("--gpu-util", type=float, default=None,
+                   help="gpu_memory_utilization per engine, side by side (default: from the memory plan, <= 0.42)")
+    p.add_argument("--gpu-mem-gib", type=float, default=None,
+                   help="memory per GPU for the memory plan (default: nvidia-smi; 140 if unknown)")
     p.add_argument("--solo-gpu-util", type=float, default=0.85, help="gpu_memory_utilization, sequential mode")
     p.add_argument("--kv-cache-gib", type=float, default=10.0, help="KV cache per engine (kv_cache_memory_bytes)")
     p.add_argument("--starts", action="store_true", help="also measure warm start (new process, warm caches)")
@@ -144,30 +189,89 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.layers = models.MODELS[args.model]["num_hidden_layers"]
     if args.layers < 1:
         p.error("--layers must be >= 1")
+    if args.tp < 1:
+        p.error("--tp must be >= 1")
+    if args.backends is None:
+        args.backends = ",".join([OURS] + BASELINES[args.baseline])
     backends = args.backends.split(",")
-    if not args.worker and (not set(backends) <= {OURS, BASE} or len(set(backends)) != len(backends)):
-        p.error(f"--backends: {OURS} and/or {BASE}, each once")
+    if not args.worker and (not set(backends) <= set(LABEL) or len(set(backends)) != len(backends)):
+        p.error(f"--backends: among {', '.join(LABEL)}, each once")
     for w in args.workloads.split(","):
         if w not in C.WORKLOADS:
             p.error(f"unknown workload {w!r}; known: {', '.join(C.WORKLOADS)}")
     return args
 
 
-def engine_kwargs(backend: str, model_dir: str, gpu_util: float, kv_cache_gib: float) -> dict[str, Any]:
+NATIVE_NORMS = {"rms_norm": ["native"], "fused_add_rms_norm": ["native"]}
+
+
+def engine_kwargs(backend: str, model_dir: str, gpu_util: float, kv_cache_gib: float, tp: int = 1
+                  ) -> dict[str, Any]:
     kw: dict[str, Any] = dict(
         model=str(model_dir), load_format="dummy", skip_tokenizer_init=True, dtype="bfloat16", seed=0,
         max_model_len=MAX_MODEL_LEN, max_num_seqs=MAX_NUM_SEQS, max_num_batched_tokens=MAX_BATCHED_TOKENS,
         enable_prefix_caching=False, gpu_memory_utilization=gpu_util,
-        kv_cache_memory_bytes=int(kv_cache_gib * 2**30))
+        kv_cache_memory_bytes=int(kv_cache_gib * 2**30), disable_cascade_attn=True)
+    if tp > 1:  # vLLM's custom all-reduce is a CUDA extension op: NCCL instead
+        kw.update(tensor_parallel_size=tp, disable_custom_all_reduce=True)
     if backend == OURS:
         kw["compilation_config"] = {"backend": "tri_inductor"}
     elif backend == BASE:  # vLLM's own compile path, runnable without vLLM's CUDA ops
         kw["compilation_config"] = {"backend": "inductor", "custom_ops": ["none"]}
         kw["attention_backend"] = "TRITON_ATTN"
-        kw["ir_op_priority"] = {"rms_norm": ["native"], "fused_add_rms_norm": ["native"]}
+        kw["ir_op_priority"] = dict(NATIVE_NORMS)
+    elif backend == DEFAULT:  # vLLM as shipped: custom_ops left to vLLM (it picks "none" with inductor)
+        kw["compilation_config"] = {"backend": "inductor"}
+        kw["attention_backend"] = "FLASH_ATTN"
+        kw["ir_op_priority"] = dict(NATIVE_NORMS)  # vLLM's default with inductor too; its CUDA one is absent
     else:
         raise ValueError(backend)
     return kw
+
+
+DEFAULT_ENGINE_NOTE = {
+    "attention": "FLASH_ATTN (FlashAttention-3, vLLM 0.26's own extension)",
+    "compile": "backend inductor, custom_ops left to vLLM (none with inductor), CUDA graphs at vLLM's defaults",
+    "deviations_from_stock": [
+        "rms_norm / fused_add_rms_norm: native (vLLM's CUDA rms_norm is not in this environment; native is "
+        "also vLLM's default priority with backend inductor)",
+        "sampler: VLLM_USE_FLASHINFER_SAMPLER=0 (FlashInfer is not installed)",
+        "KV-cache write: vLLM's Triton triton_reshape_and_cache_flash in place of the CUDA "
+        "reshape_and_cache_flash (.gpu-env stub with GPU_ENV_FA3=1, this engine's worker only)",
+        "VLLM_USE_V2_MODEL_RUNNER=0 (the v2 runner needs a CUDA op)"],
+    "benchmark_wide": "as every engine here: prefix caching off, fixed KV-cache size, disable_cascade_attn=True "
+                      "(vLLM 0.26's default), max_num_seqs / max_num_batched_tokens / max_model_len as settings"}
+
+
+def rep_orders(backends: list[str], reps: int) -> list[list[str]]:
+    """Engine order per repetition. Two engines: ABBA (AB, BA, AB, ...). More: rotated by r//2 and
+    reversed on odd r (ABC, CBA, BCA, ACB, CAB, BAC): each pair of reps is a palindrome, so a
+    linear drift adds the same to every engine, and over 2n reps each engine holds every slot."""
+    n = len(backends)
+    out = []
+    for r in range(reps):
+        if n <= 2:
+            seq = list(backends)
+        else:
+            k = (r // 2) % n
+            seq = backends[k:] + backends[:k]
+        out.append(seq if r % 2 == 0 else seq[::-1])
+    return out
+
+
+def memory_plan(cfg: dict[str, Any], n_engines: int, kv_cache_gib: float, tp: int, total_gib: float,
+                gpu_util: float | None = None) -> dict[str, Any]:
+    """Whether ``n_engines`` fit one card side by side, and the ``gpu_memory_utilization`` that
+    lets the last one pass vLLM's start-up check (free memory >= utilization x total; with
+    ``kv_cache_memory_bytes`` set that check is all the utilization does)."""
+    per = C.param_count(cfg) * 2 / 2**30 / tp + kv_cache_gib + ENGINE_OVERHEAD_GIB
+    free_last = total_gib - (n_engines - 1) * per  # free memory when the last engine starts
+    fits = free_last >= per + 1.0
+    util = gpu_util
+    if util is None:
+        util = max(0.05, min(0.42, int(100 * (free_last - 2.0) / total_gib) / 100))
+    return {"per_engine_gib": round(per, 2), "engines": n_engines, "total_gib": round(total_gib, 2),
+            "free_when_last_starts_gib": round(free_last, 2), "fits_side_by_side": fits, "gpu_util": util}
 
 
 def default_out_dir() -> Path:
@@ -175,12 +279,18 @@ def default_out_dir() -> Path:
     return Path(out) if out and os.path.isdir(out) else C.RESULTS_DIR
 
 
-def build_plan(args: argparse.Namespace) -> dict[str, Any]:
+def build_plan(args: argparse.Namespace, total_gib: float | None = None) -> dict[str, Any]:
     cfg = models.config(args.model, args.layers, args.vocab)
     specs = [C.workload_spec(w, args.quick) for w in args.workloads.split(",")]
     backends = args.backends.split(",")
     weights_gib = C.param_count(cfg) * 2 / 2**30
-    kv_tokens = int(args.kv_cache_gib * 2**30 // C.kv_bytes_per_token(cfg))
+    # kv_cache_memory_bytes is per worker; each holds its share of the KV heads
+    kv_tokens = int(args.kv_cache_gib * 2**30 // (C.kv_bytes_per_token(cfg) / args.tp))
+    mem = memory_plan(cfg, len(backends), args.kv_cache_gib, args.tp, total_gib or 140.0, args.gpu_util)
+    mem["total_gib_source"] = "given" if total_gib else "assumed (H200)"
+    mode = args.mode
+    if mode == "side-by-side" and len(backends) > 1 and not mem["fits_side_by_side"]:
+        mode = "sequential (planned: the engines do not fit side by side)"
     work = []
     for s in specs:
         p_tok, o_tok = C.workload_tokens(s)
@@ -188,14 +298,12 @@ def build_plan(args: argparse.Namespace) -> dict[str, Any]:
         work.append({"name": s["name"], "group": s["group"], "requests": s["n"], "prompt_len": s["prompt_len"],
                      "out_len": s["out_len"], "prompt_tokens": p_tok, "output_tokens": o_tok,
                      "kv_tokens_needed": peak_kv, "fits_kv": peak_kv <= kv_tokens})
-    order = []
-    for r in range(args.reps):
-        order.append(list(backends) if r % 2 == 0 else list(reversed(backends)))
-    util = args.gpu_util if args.mode == "side-by-side" else args.solo_gpu_util
+    util = mem["gpu_util"] if mode == "side-by-side" else args.solo_gpu_util
     return {"model": args.model, "model_config": cfg, "weights_gib": round(weights_gib, 2), "kv_cache_gib": args.kv_cache_gib,
-            "kv_cache_tokens": kv_tokens, "mode": args.mode, "backends": backends, "reps": args.reps,
-            "rep_order": order, "quick": args.quick, "workloads": work, "specs": specs,
-            "engine_kwargs": {b: engine_kwargs(b, "<model_dir>", util, args.kv_cache_gib) for b in backends},
+            "kv_cache_tokens": kv_tokens, "mode": mode, "backends": backends, "reps": args.reps,
+            "rep_order": rep_orders(backends, args.reps), "quick": args.quick, "workloads": work, "specs": specs,
+            "baseline": args.baseline, "tp": args.tp, "memory_plan": mem, "side_by_side_util": mem["gpu_util"],
+            "engine_kwargs": {b: engine_kwargs(b, "<model_dir>", util, args.kv_cache_gib, args.tp) for b in backends},
             "budget_s": args.budget_s, "starts": args.starts, "profile": args.profile,
             "estimate_s": estimate_seconds(cfg, specs, args)}
 
@@ -212,7 +320,8 @@ def estimate_seconds(cfg: dict[str, Any], specs: list[dict[str, Any]], args: arg
         t = steps * (wbytes / 2.5e12 + 1.5e-3) + 2 * params * sum(p for p, _ in lens) / 500e12
         per_backend += t * (args.reps + 0.2)  # + a short warm-up
     startup = 40 + 90 * args.layers / 32
-    total = 2 * startup + 2 * per_backend + (2 * 0.6 * startup if args.starts else 0)
+    n = len(args.backends.split(","))
+    total = n * startup + n * per_backend + (n * 0.6 * startup if args.starts else 0)
     return {"startup_per_engine": round(startup), "workloads_per_backend": round(per_backend),
             "total": round(total)}
 
@@ -225,7 +334,12 @@ def print_plan(plan: dict[str, Any], model_dir: str, out_path: Path) -> None:
           f"({plan['weights_gib']} GiB/engine)")
     print(f"model config: {model_dir}/config.json")
     print(f"mode {plan['mode']}; backends {plan['backends']}; reps {plan['reps']} "
-          f"(order {plan['rep_order']}); KV cache {plan['kv_cache_gib']} GiB = {plan['kv_cache_tokens']} tokens/engine")
+          f"(order {plan['rep_order']}); KV cache {plan['kv_cache_gib']} GiB = {plan['kv_cache_tokens']} tokens/engine"
+          + ("" if plan["tp"] == 1 else f"; tensor parallel {plan['tp']} (custom all-reduce off)"))
+    m = plan["memory_plan"]
+    print(f"memory plan: ~{m['per_engine_gib']} GiB/engine/GPU, {m['engines']} engines on {m['total_gib']} GiB "
+          f"({m['total_gib_source']}): {'fit' if m['fits_side_by_side'] else 'do NOT fit'} side by side; "
+          f"gpu_memory_utilization {m['gpu_util']}")
     for b, kw in plan["engine_kwargs"].items():
         print(f"  {LABEL[b]:13s} LLM({json.dumps(kw)})")
     print(f"{'workload':10s}{'group':15s}{'reqs':>5s}{'in':>12s}{'out':>12s}{'in tok':>8s}{'out tok':>8s}{'KV tok':>8s}")
@@ -271,6 +385,10 @@ class Engine:
         env.setdefault("VLLM_USE_FLASHINFER_SAMPLER", "0")
         env.setdefault("PYTHONUNBUFFERED", "1")
         env["TRI_E2E_START"] = str(self.start_index)
+        if self.backend != DEFAULT:
+            # Only the FA3 baseline may have the stub serve the CUDA KV-cache write (setup.sh's
+            # GPU_ENV_FA3=1); elsewhere a call to it must still raise.
+            env.pop("GPU_ENV_FA3", None)
         return env
 
     def start(self, exit_after_ready: bool = False) -> None:
@@ -417,23 +535,34 @@ class Runner:
         self.report: dict[str, Any] = {
             "benchmark": "e2e_vllm", "card": None, "versions": {}, "commit": git["commit"], "dirty": git["dirty"],
             "settings": {k: plan[k] for k in ("mode", "backends", "reps", "rep_order", "quick", "kv_cache_gib",
-                                               "kv_cache_tokens", "weights_gib", "budget_s", "profile", "starts")}
+                                               "kv_cache_tokens", "weights_gib", "budget_s", "profile", "starts",
+                                               "baseline", "tp", "memory_plan")}
             | {"model": args.model, "layers": args.layers, "model_config": plan["model_config"], "engine_kwargs": plan["engine_kwargs"],
                "max_model_len": MAX_MODEL_LEN, "max_num_seqs": MAX_NUM_SEQS,
                "max_num_batched_tokens": MAX_BATCHED_TOKENS, "sampling": "greedy, ignore_eos",
-               "alternation": "both engines resident; per workload: warm-up A, B; reps in ABBA order"},
+               "disable_cascade_attn": True,
+               "alternation": "engines resident side by side; per workload: a warm-up on each; reps in ABBA "
+                              "order (3 engines: ABC, CBA, BCA, ACB, CAB, BAC)"}
+            | ({"default_engine": DEFAULT_ENGINE_NOTE} if DEFAULT in plan["backends"] else {})
+            | ({"tp_note": "tensor_parallel_size > 1: GPU work runs in vLLM's worker processes; the profiles and "
+                           "our audit are taken in the front-end process and do not see it"}
+               if plan["tp"] > 1 else {}),
             "method": {"throughput": "output tokens / wall time of LLM.generate (all requests submitted at once)",
                        "ttft_itl": "per-token arrival times recorded in OutputProcessor.process_outputs "
                                    "(hook); TTFT from the generate() call; ITL = every gap between a request's "
                                    "consecutive tokens, pooled over requests and reps",
                        "ratios": "throughput_ratio = ours / vLLM-compile tokens/s (median over reps); "
-                                 "itl_ratio = ours / vLLM-compile median ITL; ttft_ratio likewise",
+                                 "itl_ratio = ours / vLLM-compile median ITL; ttft_ratio likewise; the same "
+                                 "with suffix _vs_default against vLLM's default engine (FLASH_ATTN, FA3)",
+                       "fa3_check": "each engine's greedy tokens on 8 fixed prompts x 32 tokens at start-up; "
+                                    "agreement = positions equal before each sequence's first divergence",
                        "steps": "engine steps recovered from the arrival times (one step's outputs arrive "
                                 "together): decode batch = requests that got a token; equal_batch_step_ratio "
                                 "= ours / vLLM-compile median step gap at equal batch sizes (geometric mean, "
                                 "weighted by step counts, last rep): separates slower steps from a schedule "
                                 "that decodes in larger batches"},
             "engines": {}, "workloads": {}, "skipped": [], "errors": [], "complete": False}
+        self.check_tokens: dict[str, dict[str, Any]] = {}  # backend -> start-up greedy tokens
 
     # ------------------------------------------------------------------ helpers
     def left(self) -> float:
@@ -466,7 +595,7 @@ class Runner:
     def engine(self, backend: str, util: float) -> Engine:
         n = self.n_starts.get(backend, 0)
         self.n_starts[backend] = n + 1
-        kw = engine_kwargs(backend, str(self.model_dir), util, self.args.kv_cache_gib)
+        kw = engine_kwargs(backend, str(self.model_dir), util, self.args.kv_cache_gib, self.args.tp)
         eng = Engine(backend, kw, self.cache_root / backend, self.log_dir / f"{backend}_{n}.log")
         eng.start_index = n
         return eng
@@ -489,6 +618,9 @@ class Runner:
             info[f"{what}_phases"] = {"import_s": r.get("import_s"), "llm_init_s": r.get("llm_init_s"), **startup}
             if what == "cold_start":
                 info["effective_config"] = r.get("effective_config")
+                for k in ("fa3", "attention_impl"):
+                    if r.get(k) is not None:
+                        info[k] = r[k]
                 if r.get("audit"):
                     info["audit"] = r["audit"]
                 info["memory"] = r.get("memory")
@@ -499,6 +631,8 @@ class Runner:
             print(f"[e2e] {LABEL[backend]} ready in {eng.start_s:.1f} s ({what}; {startup})", flush=True)
             if exit_after_ready:
                 eng.stop()
+            elif what == "cold_start" and backend not in self.check_tokens:
+                self.greedy_tokens(eng)
             return eng
         tail = eng.log_tail(6000)
         info[f"{what}_error"] = eng.error
@@ -506,6 +640,37 @@ class Runner:
         self.report["errors"].append(f"{backend} {what}: {eng.error}")
         print(f"[e2e] {LABEL[backend]} FAILED to start ({eng.error}); log tail:\n{tail[-3000:]}", flush=True)
         return None
+
+    def greedy_tokens(self, eng: Engine) -> None:
+        """The start-up check: greedy tokens for fixed prompts (FA3 vs TRITON_ATTN, same weights)."""
+        timeout = min(60.0, self.left() - self.reserve)
+        if timeout < 10:
+            self.note_skip(f"greedy check on {eng.backend}")
+            return
+        r = eng.request({"cmd": "tokens", "n": CHECK_PROMPTS, "tokens": CHECK_TOKENS}, timeout)
+        if r.get("ok"):
+            self.check_tokens[eng.backend] = r
+        else:
+            self.report["errors"].append(f"{eng.backend} greedy check: {r.get('error')}")
+        self.fa3_check()
+
+    def fa3_check(self) -> None:
+        """``report["fa3_check"]``: FA3's availability in the default engine and greedy agreement
+        of every pair of engines that both ran the start-up check."""
+        eng = self.report["engines"]
+        out: dict[str, Any] = {"fa3": (eng.get(DEFAULT) or {}).get("fa3"),
+                               "attention_impl": {b: e.get("attention_impl") for b, e in eng.items()
+                                                  if e.get("attention_impl") is not None}}
+        pairs = [(DEFAULT, BASE), (DEFAULT, OURS), (OURS, BASE)]
+        out["agreement"] = {f"{a}_vs_{b}": C.greedy_agreement(self.check_tokens[a]["tokens"],
+                                                             self.check_tokens[b]["tokens"],
+                                                             self.check_tokens[b].get("top2_gap"))
+                            for a, b in pairs if a in self.check_tokens and b in self.check_tokens}
+        fa3 = out["fa3"] or {}
+        ref = out["agreement"].get(f"{DEFAULT}_vs_{BASE}") or out["agreement"].get(f"{DEFAULT}_vs_{OURS}")
+        out["fa3_available"] = fa3.get("FA3_AVAILABLE")
+        out["fa3_tokens_equal_triton_attn"] = None if ref is None else ref["sequences_equal"] == ref["sequences"]
+        self.report["fa3_check"] = out
 
     def run_one(self, eng: Engine, spec: dict[str, Any], seed: int, tag: str, out_cap: int | None = None
                 ) -> dict[str, Any]:
@@ -538,7 +703,8 @@ class Runner:
                 self.note_skip(f"{name} reps {rep}..{reps - 1}")
                 break
             t = time.monotonic()
-            order = engines if rep % 2 == 0 else list(reversed(engines))
+            by_name = {e.backend: e for e in engines}
+            order = [by_name[b] for b in rep_orders([e.backend for e in engines], rep + 1)[rep]]
             for eng in order:
                 if not eng.alive():
                     continue
@@ -555,7 +721,7 @@ class Runner:
         p_tok, o_tok = C.workload_tokens(spec)
         entry["spec"].update(prompt_tokens=p_tok, output_tokens=o_tok)
         old = self.report["workloads"].get(name, {})
-        for k in ("profile", "reason", "drift_check"):
+        for k in ("profile", "reason", "reason_vs_default", "drift_check"):
             if k in old:
                 entry[k] = old[k]
         for b, reps in self.raw.get(name, {}).items():
@@ -567,23 +733,24 @@ class Runner:
                         "wall_s_reps": [r["wall_s"] for r in reps], "out_tokens": reps[0]["out_tokens"],
                         "method": sorted({r["method"] for r in reps}), "reps": len(reps),
                         "steps": reps[-1].get("steps")}  # the last rep's decode batches and step gaps
-        o, b = entry.get(OURS), entry.get(BASE)
+        o, b, d = entry.get(OURS), entry.get(BASE), entry.get(DEFAULT)
         if o and b:
-            entry["throughput_ratio"] = C.safe_ratio(o["tokens_per_s"], b["tokens_per_s"])
-            entry["itl_ratio"] = C.safe_ratio(o["itl_ms"]["median"], b["itl_ms"]["median"])
-            entry["itl_p90_ratio"] = C.safe_ratio(o["itl_ms"]["p90"], b["itl_ms"]["p90"])
-            entry["ttft_ratio"] = C.safe_ratio(o["ttft_ms"]["median"], b["ttft_ms"]["median"])
-            if o.get("steps") and b.get("steps"):  # a slower step, or a different schedule?
-                entry["equal_batch_step_ratio"] = C.equal_batch_gap_ratio(o["steps"], b["steps"])
-                entry["mean_batch"] = [o["steps"]["mean_batch"], b["steps"]["mean_batch"]]
-            noise = max([s for s in (o["spread"], b["spread"]) if s is not None], default=None)
-            entry["noise"] = noise
+            entry.update(C.side_ratios(o, b))
             tr, ir = entry["throughput_ratio"], entry["itl_ratio"]
-            entry["pass"] = bool(tr is not None and tr >= 1.0 and (ir is None or ir <= 1.0))
-            entry["within_noise"] = bool(noise is not None and tr is not None and abs(tr - 1.0) <= noise)
+            entry["pass_vs_compile"] = bool(tr is not None and tr >= 1.0 and (ir is None or ir <= 1.0))
         else:
             entry["throughput_ratio"] = entry["itl_ratio"] = None
-            entry["pass"] = False
+        if o and d:  # against vLLM as shipped (FA3): issue 26's throughput targets
+            entry.update(C.side_ratios(o, d, "_vs_default"))
+            target = DEFAULT_TARGET.get(spec["group"], 1.0)
+            tr = entry["throughput_ratio_vs_default"]
+            entry["target_vs_default"] = target
+            entry["pass_vs_default"] = bool(tr is not None and tr >= target)
+        elif DEFAULT in self.plan["backends"]:
+            entry["throughput_ratio_vs_default"] = entry["itl_ratio_vs_default"] = None
+        verdicts = [entry[k] for k in ("pass_vs_compile", "pass_vs_default") if k in entry]
+        entry["pass"] = bool(verdicts) and all(verdicts) and (BASE not in self.plan["backends"] or bool(b)) \
+            and (DEFAULT not in self.plan["backends"] or bool(d))
         return entry
 
     def profile_workload(self, name: str, spec: dict[str, Any], engines: list[Engine]) -> None:
@@ -600,8 +767,12 @@ class Runner:
             prof[eng.backend] = r if r.get("ok") else {"error": r.get("error"), "traceback": r.get("traceback")}
         w = self.report["workloads"].setdefault(name, {})
         w["profile"] = prof
-        w["reason"] = C.explain_gap(prof.get(OURS, {}), prof.get(BASE, {}))
-        print(f"[e2e] {name}: {w['reason']}", flush=True)
+        if BASE in prof:
+            w["reason"] = C.explain_gap(prof.get(OURS, {}), prof.get(BASE, {}))
+            print(f"[e2e] {name}: {w['reason']}", flush=True)
+        if DEFAULT in prof:
+            w["reason_vs_default"] = C.explain_gap(prof.get(OURS, {}), prof.get(DEFAULT, {}))
+            print(f"[e2e] {name} vs default: {w['reason_vs_default']}", flush=True)
 
     def refresh(self, specs: list[dict[str, Any]]) -> None:
         for s in specs:
@@ -616,22 +787,28 @@ class Runner:
         seeds = {s["name"]: 10_000 * (i + 1) for i, s in enumerate(specs)}
         mode = self.plan["mode"]
         self.report["mode"] = mode
-        first = self.start(backends[0], args.gpu_util if mode == "side-by-side" else args.solo_gpu_util,
-                           "cold_start")
+        util = self.plan["side_by_side_util"]
+        first = self.start(backends[0], util if mode == "side-by-side" else args.solo_gpu_util, "cold_start")
         if first is None and backends[0] == OURS and not args.keep_going:
             self.save()
             return 2
         engines = [first] if first else []
-        if mode == "side-by-side" and len(backends) > 1:
-            second = self.start(backends[1], args.gpu_util, "cold_start")
-            if second is not None:
-                engines.append(second)
-            elif first is not None and _memory_error(self.report["engines"].get(backends[1], {})):
-                print("[e2e] second engine did not fit beside the first: falling back to sequential", flush=True)
-                mode = self.report["mode"] = "sequential (fallback: second engine out of memory)"
+        if mode == "side-by-side":
+            for b in backends[1:]:
+                eng = self.start(b, util, "cold_start")
+                if eng is not None:
+                    engines.append(eng)
+                elif first is not None and _memory_error(self.report["engines"].get(b, {})):
+                    print(f"[e2e] {LABEL[b]} did not fit beside the others: falling back to sequential", flush=True)
+                    mode = self.report["mode"] = f"sequential (fallback: {b} engine out of memory)"
+                    for e in engines[1:]:  # the first one stays up: sequential() runs it first
+                        e.stop()
+                    engines = engines[:1]
+                    break
         if mode != "side-by-side":
-            self.report["settings"]["alternation"] = ("sequential: A alone for all workloads, then B alone, then A "
-                                                      "again (warm caches) on the first workload as a drift check")
+            self.report["settings"]["alternation"] = ("sequential: each engine alone for all workloads, in order, "
+                                                      "then the first again (warm caches) on the first workload "
+                                                      "as a drift check")
         self.compare_settings()
         if mode == "side-by-side" or len(backends) == 1:
             for s in specs:
@@ -659,19 +836,23 @@ class Runner:
         return 0
 
     IGNORED_SETTINGS = ("backend", "VLLM_USE_FLASHINFER_SAMPLER")
+    # Against the default engine the attention backend differs by design (FLASH_ATTN vs TRITON_ATTN).
+    EXPECTED_VS_DEFAULT = ("attention_backend",)
 
     def compare_settings(self) -> None:
-        """Effective engine settings that differ between the two backends (should be none but the
-        backend name)."""
-        eff = {b: (self.report["engines"].get(b) or {}).get("effective_config") for b in (OURS, BASE)}
-        if not all(eff.values()):
-            return
-        diff = {k: {OURS: eff[OURS].get(k), BASE: eff[BASE].get(k)}
-                for k in sorted(set(eff[OURS]) | set(eff[BASE]))
-                if k not in self.IGNORED_SETTINGS and eff[OURS].get(k) != eff[BASE].get(k)}
-        self.report["settings_differences"] = diff
-        for k, v in diff.items():
-            print(f"[e2e] WARNING: effective setting {k} differs: {v}", flush=True)
+        """Effective engine settings that differ between ours and each baseline (should be none
+        but the backend name, and the attention backend against the default engine)."""
+        for b, key in ((BASE, "settings_differences"), (DEFAULT, "settings_differences_vs_default")):
+            eff = {x: (self.report["engines"].get(x) or {}).get("effective_config") for x in (OURS, b)}
+            if not all(eff.values()):
+                continue
+            ignored = self.IGNORED_SETTINGS + (self.EXPECTED_VS_DEFAULT if b == DEFAULT else ())
+            diff = {k: {OURS: eff[OURS].get(k), b: eff[b].get(k)}
+                    for k in sorted(set(eff[OURS]) | set(eff[b]))
+                    if k not in ignored and eff[OURS].get(k) != eff[b].get(k)}
+            self.report[key] = diff
+            for k, v in diff.items():
+                print(f"[e2e] WARNING: effective setting {k} differs: {v}", flush=True)
 
     def sequential(self, specs, backends, seeds, first: Engine | None) -> None:
         a = backends[0]
@@ -716,7 +897,9 @@ class Runner:
             return
         for s in specs:
             w = self.report["workloads"].get(s["name"], {})
-            if self.args.profile == "all" or (w.get(OURS) and w.get(BASE) and not w.get("pass")):
+            # below a target that was measured (an engine that never started is no reason to profile)
+            below = any(k in w and not w[k] for k in ("pass_vs_compile", "pass_vs_default"))
+            if self.args.profile == "all" or (w.get(OURS) and below):
                 self.profile_workload(s["name"], s, engines)
                 self.save()
 
@@ -732,8 +915,9 @@ def print_table(report: dict[str, Any]) -> None:
           f"{report.get('versions', {}).get('triton')}  vllm {report.get('versions', {}).get('vllm')}  commit "
           f"{str(report.get('commit'))[:10]}  layers {report['settings']['layers']}  mode {report.get('mode')}  "
           f"wall {report.get('wall_s')} s")
+    with_default = any(DEFAULT in w for w in report.get("workloads", {}).values())
     hdr = ("workload", "ours tok/s", "vllm tok/s", "tput x", "TTFT ms o/v", "ITL med ms o/v", "ITL x",
-           "ITL p90 o/v", "noise", "status")
+           "ITL p90 o/v", "noise", "status") + (("default tok/s", "tput x dflt", "ITL x dflt") if with_default else ())
     rows = [hdr]
 
     def f(x, nd=1):
@@ -746,7 +930,9 @@ def print_table(report: dict[str, Any]) -> None:
                      f"{f((o.get('itl_ms') or {}).get('median'), 2)}/{f((b.get('itl_ms') or {}).get('median'), 2)}",
                      f(w.get("itl_ratio"), 3),
                      f"{f((o.get('itl_ms') or {}).get('p90'), 2)}/{f((b.get('itl_ms') or {}).get('p90'), 2)}",
-                     f(w.get("noise"), 3), "PASS" if w.get("pass") else "BELOW"))
+                     f(w.get("noise"), 3), "PASS" if w.get("pass") else "BELOW")
+                    + ((f((w.get(DEFAULT) or {}).get("tokens_per_s")), f(w.get("throughput_ratio_vs_default"), 3),
+                        f(w.get("itl_ratio_vs_default"), 3)) if with_default else ()))
     widths = [max(len(str(r[i])) for r in rows) for i in range(len(hdr))]
     for r in rows:
         print("  ".join(str(c).rjust(wd) if i else str(c).ljust(wd) for i, (c, wd) in enumerate(zip(r, widths))))
@@ -755,7 +941,14 @@ def print_table(report: dict[str, Any]) -> None:
               f"{info.get('warm_start_s', '-')} s; phases {info.get('cold_start_phases', {})}")
         if (info.get("audit") or {}).get("summary"):
             print(f"  {info['audit']['summary'][:400]}")
+    if report.get("fa3_check"):
+        fc = report["fa3_check"]
+        print(f"FA3 check: FA3_AVAILABLE {fc.get('fa3_available')}; attention {fc.get('attention_impl')}; greedy "
+              + "; ".join(f"{k} {v['sequences_equal']}/{v['sequences']} equal, match {v['match_rate']}"
+                          for k, v in (fc.get("agreement") or {}).items()))
     for name, w in report.get("workloads", {}).items():
+        if w.get("reason_vs_default"):
+            print(f"{name} vs default: {w['reason_vs_default']}")
         if w.get("reason"):
             print(f"{name}: {w['reason']}")
         if w.get("drift_check"):
@@ -778,22 +971,29 @@ def reclassify(path: str) -> int:
             continue
         for b in list(prof):
             prof[b] = C.reclassify_profile(prof[b])
-        w["reason"] = C.explain_gap(prof.get(OURS, {}), prof.get(BASE, {}))
-        print(f"{name}: {w['reason']}")
+        if BASE in prof:
+            w["reason"] = C.explain_gap(prof.get(OURS, {}), prof.get(BASE, {}))
+            print(f"{name}: {w['reason']}")
+        if DEFAULT in prof:
+            w["reason_vs_default"] = C.explain_gap(prof.get(OURS, {}), prof.get(DEFAULT, {}))
+            print(f"{name} vs default: {w['reason_vs_default']}")
     report["reclassified"] = "kernel classes recomputed offline (e2e_vllm.py --reclassify) from the measured top kernels"
     p.write_text(json.dumps(report, indent=1))
     return 0
 
 
 def result_suffix(args: argparse.Namespace) -> str:
-    """``_<model>`` (Llama-3-8B, the first record, keeps the bare name), ``_L<n>`` for cut layers."""
+    """``_<model>`` (Llama-3-8B at TP=1, the first record, keeps the bare name), ``_L<n>`` for cut
+    layers, ``_tp<N>`` for tensor parallel runs (always with the model's name)."""
     full = models.MODELS[args.model]["num_hidden_layers"]
-    return ("" if args.model == models.DEFAULT_MODEL else f"_{args.model}") + (
-        "" if args.layers == full else f"_L{args.layers}")
+    tp = getattr(args, "tp", 1)
+    return ("" if args.model == models.DEFAULT_MODEL and tp == 1 else f"_{args.model}") + (
+        "" if args.layers == full else f"_L{args.layers}") + ("" if tp == 1 else f"_tp{tp}")
 
 
 def main_parent(args: argparse.Namespace) -> int:
-    plan = build_plan(args)
+    total = args.gpu_mem_gib or (None if args.dry_run else C.nvidia_smi_memory_gib())
+    plan = build_plan(args, total)
     out_dir = Path(args.out) if args.out else default_out_dir()
     model_dir = Path(args.model_dir) if args.model_dir else Path(tempfile.mkdtemp(prefix="tri_e2e_model_"))
     C.write_model_config(model_dir, plan["model_config"])
@@ -803,7 +1003,7 @@ def main_parent(args: argparse.Namespace) -> int:
         print_plan(plan, str(model_dir), out_dir / name)
         for b in plan["backends"]:  # the exact worker command line, for copying into a shell
             kw = engine_kwargs(b, str(model_dir), plan["engine_kwargs"][b]["gpu_memory_utilization"],
-                               args.kv_cache_gib)
+                               args.kv_cache_gib, args.tp)
             print(f"worker[{b}]: {sys.executable} {os.path.abspath(__file__)} --worker --backend {b} "
                   f"--engine-kwargs '{json.dumps(kw)}' --cmd-fd N --res-fd M")
         return 0
@@ -829,7 +1029,8 @@ def main_parent(args: argparse.Namespace) -> int:
         for eng in STARTED:
             eng.kill()
         ws = runner.report["workloads"]
-        done = [w for w in ws.values() if w.get("throughput_ratio") is not None]
+        done = [w for w in ws.values() if w.get("throughput_ratio") is not None
+                or w.get("throughput_ratio_vs_default") is not None]
         runner.report["pass"] = bool(done) and len(done) == len(plan["specs"]) and all(w.get("pass") for w in done)
         runner.report["below"] = [n for n, w in ws.items() if not w.get("pass")]
         final = runner.save()
@@ -884,8 +1085,8 @@ class _FakeLLM:
     """A simulated engine (CPU tests): one step per output token, prefill first, sleeping
     ``step_s`` per decode step; reports tokens through ``TokenTimes.record`` as vLLM would."""
 
-    def __init__(self, backend: str, rec: TokenTimes, step_s: float):
-        self.backend, self.rec, self.step_s = backend, rec, step_s
+    def __init__(self, backend: str, rec: TokenTimes, step_s: float, token_shift: int = 0):
+        self.backend, self.rec, self.step_s, self.token_shift = backend, rec, step_s, token_shift
 
     def generate(self, inputs, sps, use_tqdm=False):
         from types import SimpleNamespace as NS
@@ -914,7 +1115,8 @@ def _sync() -> None:
 
 def _effective_config(llm) -> dict[str, Any]:
     if isinstance(llm, _FakeLLM):
-        return {"backend": llm.backend, "attention_backend": "TRITON_ATTN", "cudagraph_mode": "FAKE"}
+        return {"backend": llm.backend, "attention_backend": "FLASH_ATTN" if llm.backend == DEFAULT else "TRITON_ATTN",
+                "cudagraph_mode": "FAKE"}
     eng = llm.llm_engine
     cfg = getattr(eng, "vllm_config", None) or eng.get_vllm_config()
     out: dict[str, Any] = {}
@@ -945,8 +1147,87 @@ def _effective_config(llm) -> dict[str, Any]:
     put("max_model_len", lambda: cfg.model_config.max_model_len)
     put("dtype", lambda: cfg.model_config.dtype)
     put("enforce_eager", lambda: cfg.model_config.enforce_eager)
+    put("disable_cascade_attn", lambda: cfg.model_config.disable_cascade_attn)
+    put("tensor_parallel_size", lambda: cfg.parallel_config.tensor_parallel_size)
+    put("disable_custom_all_reduce", lambda: cfg.parallel_config.disable_custom_all_reduce)
     put("VLLM_USE_FLASHINFER_SAMPLER", lambda: os.environ.get("VLLM_USE_FLASHINFER_SAMPLER"))
     return out
+
+
+def _fa3_status() -> dict[str, Any]:
+    """Is vLLM's FA3 extension importable here, and which FA version would vLLM pick."""
+    out: dict[str, Any] = {"GPU_ENV_FA3": os.environ.get("GPU_ENV_FA3")}
+    try:
+        from vllm.vllm_flash_attn import flash_attn_interface as fi
+
+        out["FA3_AVAILABLE"] = bool(getattr(fi, "FA3_AVAILABLE", False))
+        if not out["FA3_AVAILABLE"]:
+            out["reason"] = str(getattr(fi, "FA3_UNAVAILABLE_REASON", "?"))[:300]
+    except Exception as e:  # noqa: BLE001
+        out.update(FA3_AVAILABLE=False, reason=repr(e)[:300])
+    try:
+        from vllm.v1.attention.backends.fa_utils import get_flash_attn_version
+
+        out["fa_version"] = get_flash_attn_version()
+    except Exception as e:  # noqa: BLE001
+        out["fa_version_error"] = repr(e)[:200]
+    return out
+
+
+def _attention_impl(llm) -> dict[str, Any] | None:
+    """{attention backend (FA version): layers} as built, from the forward context (TP=1: the
+    model lives in this process; under TP>1 it does not and this is None)."""
+    if isinstance(llm, _FakeLLM):
+        return {"FLASH_ATTN (FA3)" if llm.backend == DEFAULT else "TRITON_ATTN": 2}
+    def contexts():
+        eng = llm.llm_engine
+        cfg = getattr(eng, "vllm_config", None) or eng.get_vllm_config()
+        yield cfg.compilation_config.static_forward_context
+        # the worker's own config, where the front end holds a copy (in-process engine, TP=1)
+        runner = eng.engine_core.engine_core.model_executor.driver_worker.worker.model_runner
+        yield runner.vllm_config.compilation_config.static_forward_context
+
+    try:
+        ctx = next((c for c in contexts() if c), {})
+        impls: dict[str, Any] = {}
+        for layer in ctx.values():
+            b = getattr(layer, "attn_backend", None)
+            if b is None:
+                continue
+            name = b.get_name() if hasattr(b, "get_name") else getattr(b, "__name__", str(b))
+            v = getattr(getattr(layer, "impl", None), "vllm_flash_attn_version", None)
+            key = name + (f" (FA{v})" if v else "")
+            impls[key] = impls.get(key, 0) + 1
+        return impls or None
+    except Exception as e:  # noqa: BLE001
+        return {"error": repr(e)[:200]}
+
+
+def _handle_tokens(llm, msg, vocab) -> dict[str, Any]:
+    """Greedy tokens (and the top-2 logprob gap per position) for fixed prompts: the start-up
+    check that the FA3 engine and the TRITON_ATTN ones compute the same model."""
+    import random
+
+    rng = random.Random(4321)
+    prompts = [[rng.randrange(100, vocab - 1) for _ in range(64)] for _ in range(msg["n"])]
+    if isinstance(llm, _FakeLLM):
+        toks = [[(sum(p) + 7 * j + llm.token_shift * (j >= msg["tokens"] // 2)) % vocab for j in range(msg["tokens"])]
+                for p in prompts]
+        return {"ok": True, "error": None, "tokens": toks, "top2_gap": [[0.25] * len(t) for t in toks]}
+    from vllm import SamplingParams
+
+    sp = SamplingParams(temperature=0.0, max_tokens=msg["tokens"], logprobs=2, ignore_eos=True, detokenize=False)
+    outs = llm.generate([{"prompt_token_ids": p} for p in prompts], sp, use_tqdm=False)
+    tokens, gaps = [], []
+    for o in outs:
+        c = o.outputs[0]
+        tokens.append(list(c.token_ids))
+        g = []
+        for pos in c.logprobs or []:
+            ranked = sorted(pos.values(), key=lambda lp: lp.rank if lp.rank is not None else 99)
+            g.append(round(ranked[0].logprob - ranked[1].logprob, 5) if len(ranked) > 1 else None)
+        gaps.append(g)
+    return {"ok": True, "error": None, "tokens": tokens, "top2_gap": gaps}
 
 
 def _versions() -> dict[str, Any]:
@@ -1078,12 +1359,13 @@ def main_worker(args: argparse.Namespace) -> int:
         conf = conf if isinstance(conf, dict) else {"step": conf}
         step = conf.get("step", 0.001)
         if int(os.environ.get("TRI_E2E_START", "0")) in conf.get("fail_starts", []):
-            send({"event": "error", "error": "simulated start-up failure: CUDA out of memory"})
+            send({"event": "error", "error": conf.get("fail_error", "simulated start-up failure: CUDA out of memory")})
             return 1
-        llm = _FakeLLM(args.backend, rec, step)
+        llm = _FakeLLM(args.backend, rec, step, conf.get("token_shift", 0))
         send({"event": "ready", "backend": args.backend, "import_s": 0.0, "llm_init_s": 0.0, "card": "FAKE H100",
               "versions": {"torch": "fake", "triton": "fake", "vllm": "fake"}, "effective_config": _effective_config(llm),
-              "memory": {}})
+              "memory": {}, "attention_impl": _attention_impl(llm),
+              "fa3": {"FA3_AVAILABLE": True, "fake": True} if args.backend == DEFAULT else None})
         if args.exit_after_ready:
             return 0
     try:
@@ -1112,9 +1394,12 @@ def main_worker(args: argparse.Namespace) -> int:
                 audit = {"summary": run_audit().summary(), **run_audit().to_dict()}
             except Exception as e:  # noqa: BLE001
                 audit = {"error": repr(e)[:300]}
+            if kw.get("tensor_parallel_size", 1) > 1:
+                audit["note"] = "TP > 1: the ranks compile in vLLM's worker processes; this is the front end's view"
         send({"event": "ready", "audit": audit, "backend": args.backend, "import_s": round(t_import, 2), "llm_init_s": round(t_init, 2),
               "card": torch.cuda.get_device_name(0), "versions": _versions(),
-              "effective_config": _effective_config(llm),
+              "effective_config": _effective_config(llm), "attention_impl": _attention_impl(llm),
+              "fa3": _fa3_status() if args.backend == DEFAULT else None,
               "memory": {"device_free_gib": round(free / 2**30, 2), "device_total_gib": round(total / 2**30, 2),
                          "torch_reserved_gib": round(torch.cuda.memory_reserved() / 2**30, 2)}})
     except _AlreadyUp:
@@ -1140,6 +1425,8 @@ def main_worker(args: argparse.Namespace) -> int:
                 out = _handle_run(llm, rec, msg, vocab)
             elif msg["cmd"] == "profile":
                 out = _handle_profile(llm, msg, vocab)
+            elif msg["cmd"] == "tokens":
+                out = _handle_tokens(llm, msg, vocab)
             else:
                 out = {"ok": False, "error": f"unknown command {msg.get('cmd')!r}"}
         except BaseException as e:  # noqa: BLE001  report, keep serving

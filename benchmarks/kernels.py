@@ -2,6 +2,10 @@
 
     python benchmarks/kernels.py                 # everything, writes results/kernels_<card>.json
     python benchmarks/kernels.py --only gemm     # gemm | attn | elem | patterns | gate_up (comma separated)
+    python benchmarks/kernels.py --only attention   # paged attention (decode, prefill) vs FlashAttention-3:
+                                                 # benchmarks/paged_attention.py; alone it writes
+                                                 # attention_<card>.json (needs GPU_ENV_FA3=1 .gpu-env)
+    python benchmarks/kernels.py --only attention --dry-run   # the plan, on any machine
     python benchmarks/kernels.py --only gemm --gemm-models all   # every GEMM of every registry model
                                                  # (benchmarks/models.py) at MODEL_GEMM_M
     python benchmarks/kernels.py --tune          # sweep GEMM configs per (N, K, M bucket) and
@@ -584,7 +588,28 @@ def main():
     p.add_argument("--gemm-nk", default="", help="NxK shapes of the GEMM table, as --tune-nk")
     p.add_argument("--gemm-models", default="", help="comma-separated models of benchmarks/models.py (or "
                    "'all'): their q/k/v, o, gate_up, down and lm_head GEMMs at " + ",".join(map(str, MODEL_GEMM_M)))
+    p.add_argument("--attn-kernels", default="", help="paged attention columns (default vllm_triton,fa3 and "
+                   "tri_inductor when its module imports); module:function plugs any paged_attention-like callable")
+    p.add_argument("--attn-ours", default=None, help="the column the JSON's attention_*_vs_fa3 keys are about "
+                   "(default tri_inductor if present, else vllm_triton)")
+    p.add_argument("--attn-kinds", default="decode,prefill", help="paged attention points: decode, prefill or both")
+    p.add_argument("--attn-rounds", type=int, default=3)
+    p.add_argument("--dry-run", action="store_true", help="print what would run (paged attention's points, "
+                   "memory plan, kernels found); touches no GPU")
     args = p.parse_args()
+    if args.dry_run:
+        import paged_attention as PA
+
+        only = args.only.split(",")
+        print(f"sections: {', '.join(only)}")
+        if "attention" in only:
+            found, why = PA.resolve_kernels(args.attn_kernels.split(",") if args.attn_kernels else None)
+            pts = PA.points(args.attn_kinds.split(","))
+            mem_gib = torch.cuda.mem_get_info()[0] / 2**30 if torch.cuda.is_available() else 140.0
+            print(PA.describe(pts, PA.plan_memory(pts, mem_gib), list(found)))
+            for k, w in why.items():
+                print(f"  kernel {k} not available here: {w}")
+        return
 
     def nk_list(text, flag):
         try:
@@ -632,10 +657,18 @@ def main():
     only = args.only.split(",")
     # Off the acceptance grid the table is a sweep, not the record report.py reads
     out_name = f"{'gemm_models' if labels else 'gemm_sweep' if gemm_m or gemm_nk else 'kernels'}_{card_slug()}.json"
+    if only == ["attention"]:  # its own record: does not replace the kernels one
+        out_name = f"attention_{card_slug()}.json"
+
+    def paged():
+        import paged_attention as PA
+
+        return PA.run(args.attn_kernels.split(",") if args.attn_kernels else None, args.attn_ours,
+                      args.attn_kinds.split(","), args.attn_rounds, log)
     for name, fn in (("elem", bench_elementwise), ("attn", bench_attention),
                      ("patterns", check_attention_patterns),
                      ("gemm", lambda: bench_gemm(not args.no_inductor, gemm_m, gemm_nk, labels)),
-                     ("gate_up", lambda: bench_gate_up(gemm_m))):
+                     ("gate_up", lambda: bench_gate_up(gemm_m)), ("attention", paged)):
         if name in only:
             try:
                 res[name] = fn()
@@ -657,6 +690,8 @@ def main():
         res["gate_up_geomean_vs_unfused"] = geomean([r["vs_unfused"] for r in res["gate_up"]])
     if isinstance(res.get("attn"), list):
         res["attn_geomean_vs_flash"] = geomean([r["vs_flash"] for r in res["attn"]])
+    if isinstance(res.get("attention"), dict):  # the summary keys at the top, as the other sections'
+        res.update({k: v for k, v in res["attention"].items() if k.startswith("attention_")})
     path = write_json(out_name, res, args.out)
     log(f"\nwrote {path} in {time.time() - t0:.0f}s")
     # ---- the table
@@ -691,6 +726,10 @@ def main():
             f"vs our GEMM + SiLU apart {res['gate_up_geomean_vs_unfused']:.3f}")
     if "attn_geomean_vs_flash" in res:
         log(f"attention geomean vs SDPA flash {res['attn_geomean_vs_flash']:.3f}")
+    if "attention_ours" in res:
+        log(f"paged attention ({res['attention_ours']}) vs FA3: decode geomean {res['attention_decode_geomean_vs_fa3']}, "
+            f"prefill geomean {res['attention_prefill_geomean_vs_fa3']}, min {res['attention_min_vs_fa3']}; "
+            f"per kernel {res['attention_geomeans_vs_fa3']}; worst five {res['attention_worst5']}")
 
 
 if __name__ == "__main__":

@@ -32,14 +32,19 @@ MODELS: dict[str, dict[str, Any]] = {
                        num_hidden_layers=32, vocab_size=128256, rms_norm_eps=1e-5, rope_theta=500000.0,
                        tie_word_embeddings=False, attention_bias=False, mlp_bias=False,
                        bos_token_id=128000, eos_token_id=128001),
+    "llama-3-70b": dict(_COMMON, architectures=["LlamaForCausalLM"], model_type="llama", hidden_size=8192,
+                        intermediate_size=28672, num_attention_heads=64, num_key_value_heads=8, head_dim=128,
+                        num_hidden_layers=80, vocab_size=128256, rms_norm_eps=1e-5, rope_theta=500000.0,
+                        tie_word_embeddings=False, attention_bias=False, mlp_bias=False,
+                        bos_token_id=128000, eos_token_id=128001),
     "qwen3-32b": dict(_COMMON, architectures=["Qwen3ForCausalLM"], model_type="qwen3", hidden_size=5120,
                       intermediate_size=25600, num_attention_heads=64, num_key_value_heads=8, head_dim=128,
                       num_hidden_layers=64, vocab_size=151936, rms_norm_eps=1e-6, rope_theta=1000000.0,
                       tie_word_embeddings=False, attention_bias=False, bos_token_id=151643, eos_token_id=151645),
 }
 DEFAULT_MODEL = "llama-3-8b"
-# Where two engines side by side do not fit one card (weights alone > ~40% of it).
-SEQUENTIAL = {"qwen3-32b"}
+# Where two engines side by side do not fit one card (weights alone > ~40% of it) at TP=1.
+SEQUENTIAL = {"qwen3-32b", "llama-3-70b"}
 
 
 def config(name: str, layers: int | None = None, vocab: int | None = None) -> dict[str, Any]:

@@ -28,8 +28,8 @@ RESULTS = ROOT / "benchmarks" / "results"
 README = ROOT / "README.md"
 DOCS_PAGE = ROOT / "docs" / "performance.md"
 START, END = "<!-- perf-table:start -->", "<!-- perf-table:end -->"
-KINDS = ("e2e", "kernels", "gemm_models", "census", "cache")
-OURS, BASE = "tri_inductor", "inductor"
+KINDS = ("e2e", "kernels", "attention", "gemm_models", "census", "cache")
+OURS, BASE, DEFAULT = "tri_inductor", "inductor", "default"
 
 
 # ======================================================================= loading
@@ -116,6 +116,15 @@ def e2e_status(w: dict[str, Any]) -> str:
     return "**below**: " + ", ".join(bad) + note
 
 
+def e2e_status_vs_default(w: dict[str, Any]) -> str:
+    tr, target = w.get("throughput_ratio_vs_default"), w.get("target_vs_default", 1.0)
+    if tr is None:
+        return "no ratio"
+    if tr >= target:
+        return f"meets {target:.2f}x"
+    return f"**below** {target:.2f}x" + (" (within run-to-run noise)" if w.get("within_noise_vs_default") else "")
+
+
 def e2e_model(name: str, d: dict[str, Any]) -> str:
     """The registry model of an e2e record (benchmarks/models.py): its settings, else its file name
     (``e2e_<card>_<model>.json``; the first records, without a suffix, are Llama-3-8B)."""
@@ -124,8 +133,8 @@ def e2e_model(name: str, d: dict[str, Any]) -> str:
     named = d.get("settings", {}).get("model")
     if named:
         return named
-    return next((m for m in models.MODELS if name.endswith(f"_{m}.json") or f"_{m}_L" in name),
-                models.DEFAULT_MODEL)
+    return next((m for m in models.MODELS if name.endswith(f"_{m}.json") or f"_{m}_L" in name
+                 or f"_{m}_tp" in name), models.DEFAULT_MODEL)
 
 
 def e2e_section(name: str, d: dict[str, Any]) -> str:
@@ -140,7 +149,13 @@ def e2e_section(name: str, d: dict[str, Any]) -> str:
              f"{cfg.get('hidden_size', '?')}, {cfg.get('num_attention_heads', '?')}/{cfg.get('num_key_value_heads', '?')}"
              f" heads, vocab {cfg.get('vocab_size', '?')}, bf16 dummy weights)")
     mode = d.get("mode") or s.get("mode", "?")
-    out = [f"#### End to end, vLLM: tri_inductor / vLLM's own compile path (`{name}`)", "",
+    tp = s.get("tp", 1)
+    ws = d.get("workloads", {})
+    has_default = any(DEFAULT in w or "throughput_ratio_vs_default" in w for w in ws.values())
+    has_compile = any(BASE in w for w in ws.values()) or not has_default
+    title = " and ".join(t for t, on in (("vLLM's own compile path", has_compile),
+                                         ("vLLM's default (FlashAttention-3)", has_default)) if on)
+    out = [f"#### End to end, vLLM: tri_inductor / {title}{f', tensor parallel {tp}' if tp != 1 else ''} (`{name}`)", "",
            _meta_line(d.get("card"), d.get("versions"), d.get("commit"), f"run wall {_num(d.get('wall_s'), 0)} s"),
            "",
            f"{shape}; baseline `backend: \"inductor\"`, `custom_ops: [\"none\"]`, `TRITON_ATTN`; same engine "
@@ -150,30 +165,55 @@ def e2e_section(name: str, d: dict[str, Any]) -> str:
            f"{' in ABBA order' if str(mode).startswith('side') else ''}"
            f"{', --quick (shorter outputs)' if s.get('quick') else ''}. Ratios: throughput = ours / vLLM's "
            f"(>= 1.0x is better), ITL = ours / vLLM's median (<= 1.0x is better).", ""]
+    if has_default:
+        de = s.get("default_engine") or {}
+        out += ["vLLM-default engine: vLLM as a user gets it on this card: `backend: \"inductor\"`, "
+                f"{de.get('attention', 'FLASH_ATTN (FlashAttention-3)')}, otherwise vLLM's defaults except what the "
+                "environment cannot provide: " + "; ".join(de.get("deviations_from_stock") or
+                                                          ["rms_norm native (vLLM's CUDA rms_norm absent)"])
+                + ". Its acceptance: throughput >= 1.0x on decode and mixed, >= 0.95x on prefill.", ""]
+        fc = d.get("fa3_check") or {}
+        if fc:
+            agree = "; ".join(f"{k.replace('_vs_', ' vs ')}: {v.get('sequences_equal')}/{v.get('sequences')} sequences "
+                              f"equal, {_num((v.get('match_rate') or 0) * 100, 1)}% of positions before the first "
+                              "divergence" for k, v in (fc.get("agreement") or {}).items())
+            built = ", ".join(f"{b}: " + ", ".join(f"{k} x{n}" for k, n in (v or {}).items())
+                              for b, v in (fc.get("attention_impl") or {}).items()) or "?"
+            out += [f"Start-up check: FA3_AVAILABLE **{fc.get('fa3_available')}**; attention as built ({built}); "
+                    "greedy tokens (8 prompts x 32, same dummy weights): "
+                    f"{agree or 'not run'}.", ""]
     if not d.get("complete", True):
         out += ["*Incomplete run* (stopped early): " + "; ".join(map(str, d.get("errors", [])[:3])), ""]
     rows = []
-    for wname, w in d.get("workloads", {}).items():
-        o, b = w.get(OURS) or {}, w.get(BASE) or {}
+    for wname, w in ws.items():
+        o, b, df = w.get(OURS) or {}, w.get(BASE) or {}, w.get(DEFAULT) or {}
         sp = w.get("spec", {})
         rows.append([wname, w.get("group", ""), f"{sp.get('n', '?')} x {_lens(sp.get('prompt_len'))}/{_lens(sp.get('out_len'))}",
                      _num(o.get("tokens_per_s")), _num(b.get("tokens_per_s")), _ratio(w.get("throughput_ratio")),
                      f"{_num((o.get('ttft_ms') or {}).get('median'))} / {_num((b.get('ttft_ms') or {}).get('median'))}",
                      f"{_num((o.get('itl_ms') or {}).get('median'), 2)} / {_num((b.get('itl_ms') or {}).get('median'), 2)}",
                      f"{_num((o.get('itl_ms') or {}).get('p90'), 2)} / {_num((b.get('itl_ms') or {}).get('p90'), 2)}",
-                     _ratio(w.get("itl_ratio")),
-                     "-" if w.get("noise") is None else f"±{w['noise'] * 100:.1f}%",
-                     e2e_status(w)])
+                     _ratio(w.get("itl_ratio"))]
+                    + ([_num(df.get("tokens_per_s")), _ratio(w.get("throughput_ratio_vs_default")),
+                        f"{_num((o.get('itl_ms') or {}).get('median'), 2)} / {_num((df.get('itl_ms') or {}).get('median'), 2)}",
+                        _ratio(w.get("itl_ratio_vs_default")), e2e_status_vs_default(w)] if has_default else [])
+                    + ["-" if w.get("noise") is None else f"±{w['noise'] * 100:.1f}%",
+                       e2e_status(w) if has_compile else "-"])
     if rows:
         out.append(_table(["workload", "kind", "requests x in/out tokens", "tri_inductor tok/s", "vLLM-compile tok/s",
                            "throughput ratio", "TTFT median ms (ours / vLLM)", "ITL median ms (ours / vLLM)",
-                           "ITL p90 ms (ours / vLLM)", "ITL ratio", "noise (rep spread)", "status"], rows))
+                           "ITL p90 ms (ours / vLLM)", "ITL ratio"]
+                          + (["vLLM-default (FA3; rms_norm native) tok/s", "throughput vs default", "ITL median ms (ours / default)",
+                              "ITL vs default", "vs default"] if has_default else [])
+                          + ["noise (rep spread)", "status"], rows))
     else:
         out.append("No workload finished.")
     eng = d.get("engines", {})
     if eng:
         srows = []
-        for b, label in ((OURS, "tri_inductor"), (BASE, "vLLM-compile")):
+        for b, label in ((OURS, "tri_inductor"), (BASE, "vLLM-compile"), (DEFAULT, "vLLM-default (FA3)")):
+            if b == DEFAULT and b not in eng:
+                continue
             e = eng.get(b) or {}
             ph = e.get("cold_start_phases") or {}
             srows.append([label, _num(e.get("cold_start_s")), _num(e.get("warm_start_s")),
@@ -186,18 +226,27 @@ def e2e_section(name: str, d: dict[str, Any]) -> str:
         summary = ((eng.get(OURS) or {}).get("audit") or {}).get("summary")
         if summary:
             out += ["", f"Our compiler's audit in that run: {summary.replace('[tri_inductor] ', '')}"]
-    below = [(n, w) for n, w in d.get("workloads", {}).items() if w.get("throughput_ratio") is not None
+    below = [(n, w) for n, w in d.get("workloads", {}).items()
+             if (w.get("throughput_ratio") is not None or w.get("throughput_ratio_vs_default") is not None)
              and not w.get("pass")]
     if below:
-        out += ["", "Below 1.0x, with profile and reason:", ""]
+        out += ["", "Below target, with profile and reason:" if has_default else "Below 1.0x, with profile and reason:", ""]
         for n, w in below:
+            vs_default = ""
+            if w.get("throughput_ratio_vs_default") is not None:
+                vs_default = (f" Against vLLM-default: throughput {_ratio(w.get('throughput_ratio_vs_default'))}, ITL "
+                              f"{_ratio(w.get('itl_ratio_vs_default'))}"
+                              + (f"; {w['reason_vs_default']}" if w.get("reason_vs_default") else "") + ".")
             out.append(f"* **{n}**: throughput {_ratio(w.get('throughput_ratio'))}, ITL {_ratio(w.get('itl_ratio'))}"
                        + (" (within run-to-run noise)" if w.get("within_noise") else "") + ". "
                        + (f"Reason: {w['reason']}. " if w.get("reason") else "Reason: not profiled. ")
-                       + _profile_text(w.get("profile")) + _steps_text(w))
+                       + _profile_text(w.get("profile")) + _steps_text(w) + vs_default)
     if d.get("settings_differences"):
         out += ["", "Effective engine settings that differ (besides the backend): "
                 + ", ".join(f"`{k}`" for k in d["settings_differences"])]
+    if d.get("settings_differences_vs_default"):
+        out += ["", "Effective settings that differ from vLLM-default (besides backend and attention): "
+                + ", ".join(f"`{k}`" for k in d["settings_differences_vs_default"])]
     if d.get("skipped"):
         out += ["", "Skipped for time: " + "; ".join(map(str, d["skipped"]))]
     return "\n".join(out)
@@ -264,6 +313,48 @@ def kernels_section(name: str, d: dict[str, Any]) -> str:
                          f"ours launched with PDL; vs Inductor with its opt-in enable_pdl: {_ratio(r['vs_inductor_pdl'])}"])
     out.append(_table(["kernel", "ratio (baseline time / ours; geomean)", "min", "note"], rows) if rows
                else "No kernel rows.")
+    if d.get("attention_ours"):
+        out += ["", attention_section(name, d)]
+    return "\n".join(out)
+
+
+def attention_section(name: str, d: dict[str, Any]) -> str:
+    """``kernels.py --only attention`` (benchmarks/paged_attention.py): paged attention against
+    FlashAttention-3 on one paged KV cache; in a kernels_* file too, when it carries the keys."""
+    m = d.get("meta", {})
+    a = d.get("attention") if isinstance(d.get("attention"), dict) else {}
+    rows = a.get("rows") or []
+    ours = d.get("attention_ours", "?")
+    out = [f"#### Paged attention vs FlashAttention-3 (`{name}`)", "",
+           _meta_line(m.get("card"), m, m.get("commit")), "",
+           "Block size 16, bf16, the same paged KV cache for every kernel; ratio = FA3 time / kernel time "
+           f"(> 1.0x: faster than FA3); `{ours}` is the kernel the summary is about; `vllm_triton` is vLLM's "
+           "Triton `unified_attention` (what tri_inductor runs under vLLM today), called as TRITON_ATTN calls it, "
+           "`fa3` as FLASH_ATTN calls it. Targets (issue 26): decode geomean >= 1.0x, prefill >= 0.85x, no point "
+           "below 0.7x.", ""]
+    if a.get("error"):
+        out += [f"Not measured: {a['error']}" + ("; " + "; ".join(f"{k}: {v[:160]}" for k, v in
+                                                                (a.get("unavailable") or {}).items())
+                                                 if a.get("unavailable") else "")]
+        return "\n".join(out)
+    grows = []
+    for k, g in (d.get("attention_geomeans_vs_fa3") or {}).items():
+        grows.append([k, _ratio(g.get("decode")), _ratio(g.get("prefill")),
+                      _ratio(min((r["vs_fa3"][k] for r in rows if isinstance((r.get("vs_fa3") or {}).get(k), (int, float))),
+                                 default=None))])
+    if grows:
+        out.append(_table(["kernel", "decode geomean vs FA3", "prefill geomean vs FA3", "min"], grows))
+    out += ["", f"`{ours}`: decode **{_ratio(d.get('attention_decode_geomean_vs_fa3'))}**, prefill "
+            f"**{_ratio(d.get('attention_prefill_geomean_vs_fa3'))}**, min {_ratio(d.get('attention_min_vs_fa3'))} "
+            f"over {d.get('attention_points', '?')} points; worst five: "
+            + (", ".join(f"{w['id']} {_ratio(w['vs_fa3'])}" for w in d.get("attention_worst5") or []) or "-")]
+    if d.get("attention_numerics_failed"):
+        out += ["", "Left out of the geomeans (output off the float32 reference): "
+                + ", ".join(f"{f['id']} ({f['kernel']}, rel. err {f['rel_err']})" for f in d["attention_numerics_failed"])]
+    if a.get("unavailable"):
+        out += ["", "Not measured: " + "; ".join(f"{k}: {v[:120]}" for k, v in a["unavailable"].items())]
+    if a.get("skipped"):
+        out += ["", "Skipped (memory): " + "; ".join(f"{s_['id']}" for s_ in a["skipped"])]
     return "\n".join(out)
 
 
@@ -368,7 +459,8 @@ def build_markdown(folder: str | Path = RESULTS) -> str:
              "number was measured on the card named with it."]
     if not any(res[k] for k in KINDS):
         parts += ["", "No results yet."]
-    for kind, fn in (("e2e", e2e_section), ("kernels", kernels_section), ("gemm_models", gemm_models_section),
+    for kind, fn in (("e2e", e2e_section), ("kernels", kernels_section), ("attention", attention_section),
+                     ("gemm_models", gemm_models_section),
                      ("census", census_section), ("cache", cache_section)):
         for name, data in res[kind]:
             try:
@@ -390,22 +482,37 @@ def performance_page(folder: str | Path = RESULTS) -> str:
 
 
 def headline(folder: str | Path = RESULTS) -> str:
-    """README's one performance line: end-to-end throughput against vLLM's own compile path, per
-    card (full-size runs only), and the link to the tables."""
+    """README's one performance line: end-to-end throughput per card (full-size, single-GPU runs
+    only) against vLLM's default path (FlashAttention-3) where a record has it, else against vLLM's
+    own compile path; and the link to the tables."""
     res = load_results(folder)
-    cards = []
+    cards, default_cards = [], []
+
+    def span(d, key):
+        rs = [w[key] for w in d.get("workloads", {}).values() if isinstance(w.get(key), (int, float))]
+        return f"{_ratio(min(rs))}-{_ratio(max(rs))}" if rs else None
+
     for name, d in res["e2e"]:
-        if d.get("settings", {}).get("layers", 32) != 32 or e2e_model(name, d) != "llama-3-8b":
+        s = d.get("settings", {})
+        if s.get("layers", 32) != 32 or e2e_model(name, d) != "llama-3-8b" or s.get("tp", 1) != 1:
             continue  # the headline stays one model's full-size runs; the rest are in the docs
-        ratios = [w["throughput_ratio"] for w in d.get("workloads", {}).values()
-                  if isinstance(w.get("throughput_ratio"), (int, float))]
-        if ratios:
-            cards.append(f"{_ratio(min(ratios))}-{_ratio(max(ratios))} on {d.get('card', '?')}")
+        vs_compile, vs_default = span(d, "throughput_ratio"), span(d, "throughput_ratio_vs_default")
+        if vs_default:
+            default_cards.append(f"{vs_default} on {d.get('card', '?')}"
+                                 + (f" ({vs_compile} against its compile path)" if vs_compile else ""))
+        elif vs_compile:
+            cards.append(f"{vs_compile} on {d.get('card', '?')}")
     link = "every table (kernels, census, compile cache): [docs/performance.md](docs/performance.md)"
-    if not cards:
+    if not cards and not default_cards:
         return f"**Performance:** {link}.\n"
-    return ("**Performance:** Llama-3-8B shape under vLLM, throughput relative to vLLM's own compile path "
-            f"(>1 is faster): {'; '.join(cards)}. Every table ({link[len('every table ('):]}.\n")
+    parts = []
+    if default_cards:
+        parts.append("throughput relative to vLLM as shipped (FlashAttention-3 attention; >1 is faster): "
+                     + "; ".join(default_cards))
+    if cards:
+        parts.append("throughput relative to vLLM's own compile path (>1 is faster): " + "; ".join(cards))
+    return (f"**Performance:** Llama-3-8B shape under vLLM, {'; '.join(parts)}. "
+            f"Every table ({link[len('every table ('):]}.\n")
 
 
 def replace_block(text: str, block: str) -> str:

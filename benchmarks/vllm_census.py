@@ -29,6 +29,12 @@ Run on the GPU machine from the repo root (the lead's command; one call may hold
     source .gpu-env/setup.sh && python3 -m pip install -q --no-deps --no-build-isolation --no-index -e . \
       && python3 benchmarks/vllm_census.py --models llama,qwen2 --out $OUT/census_part1.json
 
+``--tp N``: every engine with ``tensor_parallel_size=N`` and vLLM's custom all-reduce off (a CUDA
+extension op); the greedy scores still hold, but the GPU work then runs in vLLM's worker processes,
+which this process's profiler does not see: the kernel census is not taken (``census_warning``;
+per-rank census: issue 25) and the file is ``census_<card>_tp<N>.json``.
+``--dry-run`` prints the engines' arguments and runs nothing.
+
 and merge parts (any machine):  python3 benchmarks/vllm_census.py --combine a.json b.json --out
 benchmarks/results/census_h100.json
 """
@@ -122,11 +128,38 @@ def write_model(name: str, folder: Path, layers: int, vocab: int, weights: str) 
         return "dummy"
 
 
+NATIVE_NORMS = {"rms_norm": ["native"], "fused_add_rms_norm": ["native"]}
+
+
+def engine_kwargs(backend: str, model_dir: str, load_format: str, tp: int = 1) -> dict[str, Any]:
+    kw: dict[str, Any] = dict(model=model_dir, load_format=load_format, skip_tokenizer_init=True,
+                              dtype="bfloat16", seed=0, max_model_len=512, max_num_seqs=64,
+                              gpu_memory_utilization=0.5)
+    if tp > 1:  # vLLM's custom all-reduce is a CUDA extension op: NCCL instead
+        kw.update(tensor_parallel_size=tp, disable_custom_all_reduce=True)
+    if backend == "tri_inductor":
+        kw["compilation_config"] = {"backend": "tri_inductor"}
+    elif backend == CONTROL:  # vLLM eager, PyTorch ops (cuBLAS GEMMs), no vLLM CUDA ops
+        kw["enforce_eager"] = True
+        kw["compilation_config"] = {"custom_ops": ["none"]}
+        kw["attention_backend"] = "TRITON_ATTN"
+        kw["ir_op_priority"] = dict(NATIVE_NORMS)
+    else:  # vLLM's own compile path, made runnable without vLLM's CUDA ops
+        kw["compilation_config"] = {"backend": "inductor", "custom_ops": ["none"]}
+        kw["attention_backend"] = "TRITON_ATTN"
+        kw["ir_op_priority"] = dict(NATIVE_NORMS)
+    return kw
+
+
+def out_name(card: str, tp: int = 1) -> str:
+    return f"census_{card_slug(card)}{'' if tp == 1 else f'_tp{tp}'}.json"
+
+
 def run_worker(args: argparse.Namespace, name: str, folder: Path, load_format: str, backend: str,
                out: Path, teacher: Path | None = None) -> dict[str, Any]:
     cmd = [sys.executable, __file__, "--worker", "--model-dir", str(folder), "--backend", backend,
            "--load-format", load_format, "--prompts", str(args.prompts), "--tokens", str(args.tokens),
-           "--worker-out", str(out)]
+           "--worker-out", str(out), "--tp", str(args.tp)]
     if teacher is not None and teacher.exists():
         cmd += ["--teacher", str(teacher)]
     env = dict(os.environ)
@@ -372,12 +405,19 @@ def main_parent(args: argparse.Namespace) -> int:
         print(f"\nwrote {out}")
         return 0 if report["pass"] else 1
 
+    if args.dry_run:
+        for name in args.models.split(","):
+            print(f"model {name}: {json.dumps(MODELS[name] | {'num_hidden_layers': args.layers, 'vocab_size': args.vocab})}")
+        for b in sorted(args.backends.split(","), key=lambda b: b != "inductor"):
+            print(f"  {b}: LLM({json.dumps(engine_kwargs(b, '<model_dir>', '<load_format>', args.tp))})")
+        print(f"results -> {args.out or ROOT / 'benchmarks/results' / out_name('CARD', args.tp).replace('card', '<card>')}")
+        return 0
     report = environment()
     report["settings"] = {"prompts": args.prompts, "tokens": args.tokens, "layers": args.layers,
                           "vocab": args.vocab, "weights": args.weights, "profile_tokens": PROFILE_TOKENS,
-                          "gap_tol": args.gap_tol}
+                          "gap_tol": args.gap_tol, "tp": args.tp}
     report["models"] = {}
-    out = Path(args.out or ROOT / "benchmarks/results" / f"census_{card_slug(report['card'])}.json")
+    out = Path(args.out or ROOT / "benchmarks/results" / out_name(report["card"], args.tp))
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="tri_census_") as tmp:
         for name in args.models.split(","):
@@ -586,20 +626,7 @@ def main_worker(args: argparse.Namespace) -> int:
         from vllm import LLM, SamplingParams
 
         vocab = json.loads((Path(args.model_dir) / "config.json").read_text())["vocab_size"]
-        kw: dict[str, Any] = dict(model=args.model_dir, load_format=args.load_format, skip_tokenizer_init=True,
-                                  dtype="bfloat16", seed=0, max_model_len=512, max_num_seqs=64,
-                                  gpu_memory_utilization=0.5)
-        if args.backend == "tri_inductor":
-            kw["compilation_config"] = {"backend": "tri_inductor"}
-        elif args.backend == CONTROL:  # vLLM eager, PyTorch ops (cuBLAS GEMMs), no vLLM CUDA ops
-            kw["enforce_eager"] = True
-            kw["compilation_config"] = {"custom_ops": ["none"]}
-            kw["attention_backend"] = "TRITON_ATTN"
-            kw["ir_op_priority"] = {"rms_norm": ["native"], "fused_add_rms_norm": ["native"]}
-        else:  # vLLM's own compile path, made runnable without vLLM's CUDA ops
-            kw["compilation_config"] = {"backend": "inductor", "custom_ops": ["none"]}
-            kw["attention_backend"] = "TRITON_ATTN"
-            kw["ir_op_priority"] = {"rms_norm": ["native"], "fused_add_rms_norm": ["native"]}
+        kw = engine_kwargs(args.backend, args.model_dir, args.load_format, args.tp)
         t0 = time.time()
         llm = LLM(**kw)
         result["init_s"] = round(time.time() - t0, 1)
@@ -610,6 +637,8 @@ def main_worker(args: argparse.Namespace) -> int:
             "cudagraph_mode": str(cfg.compilation_config.cudagraph_mode),
             "attention_backend": str(cfg.attention_config.backend),
             "ir_op_priority": str(cfg.kernel_config.ir_op_priority),
+            "tensor_parallel_size": cfg.parallel_config.tensor_parallel_size,
+            "disable_custom_all_reduce": cfg.parallel_config.disable_custom_all_reduce,
             "VLLM_USE_FLASHINFER_SAMPLER": os.environ.get("VLLM_USE_FLASHINFER_SAMPLER")}
         ps = [{"prompt_token_ids": p} for p in prompts(args.prompts, vocab)]
         sp = SamplingParams(temperature=0.0, max_tokens=args.tokens, logprobs=2, ignore_eos=True, detokenize=False)
@@ -633,6 +662,14 @@ def main_worker(args: argparse.Namespace) -> int:
             result["teacher_forced_self"] = teacher_forced(llm, ps, result["tokens"])
 
         if args.backend == CONTROL:  # a numerics control only: no kernel census
+            result["ok"] = True
+            out.write_text(json.dumps(result))
+            return 0
+        if args.tp > 1:  # the kernels run in vLLM's worker processes: nothing to see from here
+            result["census"] = {}
+            result["census_warning"] = (f"tensor_parallel_size {args.tp}: GPU work runs in vLLM's worker processes, "
+                                        "which this process's profiler does not see; no kernel census taken")
+            print(f"[census] WARNING: {result['census_warning']}", file=sys.stderr, flush=True)
             result["ok"] = True
             out.write_text(json.dumps(result))
             return 0
@@ -670,7 +707,7 @@ def main_worker(args: argparse.Namespace) -> int:
     return 0 if result["ok"] else 1
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", default=",".join(DEFAULT_MODELS))
     p.add_argument("--backends", default=",".join(BACKENDS),
@@ -685,13 +722,20 @@ def main() -> int:
     p.add_argument("--out", default=None)
     p.add_argument("--combine", nargs="*", default=None, help="merge census JSON parts into --out")
     p.add_argument("--reclassify", default=None, help="class the kernels of a census JSON again (no GPU needed)")
+    p.add_argument("--tp", type=int, default=1, help="tensor_parallel_size of every engine (custom all-reduce off)")
+    p.add_argument("--dry-run", action="store_true", help="print the engines' arguments; run nothing")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--model-dir", help=argparse.SUPPRESS)
     p.add_argument("--backend", help=argparse.SUPPRESS)
     p.add_argument("--load-format", help=argparse.SUPPRESS)
     p.add_argument("--worker-out", help=argparse.SUPPRESS)
     p.add_argument("--teacher", help=argparse.SUPPRESS)
-    args = p.parse_args()
+    args = p.parse_args(argv)
+    if args.tp < 1:
+        p.error("--tp must be >= 1")
+    unknown = [m for m in args.models.split(",") if m not in MODELS]
+    if unknown and not (args.combine or args.reclassify):
+        p.error(f"unknown model(s) {unknown}; known: {', '.join(MODELS)}")
     return main_worker(args) if args.worker else main_parent(args)
 
 

@@ -19,6 +19,7 @@ sys.path.insert(0, str(BENCH))
 report = importlib.import_module("report")
 e2e = importlib.import_module("e2e_vllm")
 C = importlib.import_module("_vllm_common")
+models = importlib.import_module("models")
 
 
 # ============================================================================ synthetic results
@@ -288,7 +289,7 @@ def test_e2e_args_and_plan():
         e2e.parse_args(["--workloads", "decode1,nope"])
     with pytest.raises(SystemExit):
         e2e.parse_args(["--backends", "tri_inductor,tri_inductor"])
-    plan = e2e.build_plan(e2e.parse_args([]))
+    plan = e2e.build_plan(e2e.parse_args(["--baseline", "compile"]))
     assert plan["rep_order"] == [["tri_inductor", "inductor"], ["inductor", "tri_inductor"],
                                  ["tri_inductor", "inductor"]]
     ours, base = plan["engine_kwargs"]["tri_inductor"], plan["engine_kwargs"]["inductor"]
@@ -306,8 +307,9 @@ def test_e2e_engine_kwargs_are_vllm_engine_args():
     pytest.importorskip("vllm")
     from vllm.engine.arg_utils import EngineArgs
 
-    for b in ("tri_inductor", "inductor"):
+    for b in ("tri_inductor", "inductor", "default"):
         EngineArgs(**e2e.engine_kwargs(b, "/nonexistent", 0.42, 10.0))
+        EngineArgs(**e2e.engine_kwargs(b, "/nonexistent", 0.42, 10.0, tp=2))
 
 
 def _run_e2e(tmp_path, args, fake, timeout=240):
@@ -328,7 +330,8 @@ def test_e2e_dry_run_writes_config(tmp_path):
 
 
 def test_e2e_side_by_side_fake(tmp_path):
-    p = _run_e2e(tmp_path, ["--layers", "2", "--quick", "--workloads", "decode1,decode16", "--starts"],
+    p = _run_e2e(tmp_path, ["--layers", "2", "--quick", "--workloads", "decode1,decode16", "--starts",
+                            "--baseline", "compile"],
                  {"tri_inductor": 0.0008, "inductor": 0.0004})
     assert p.returncode == 1, p.stdout + p.stderr  # ours is slower in this simulation: FAIL, but complete
     d = json.loads((tmp_path / "e2e_h100_L2.json").read_text())
@@ -359,7 +362,8 @@ def test_e2e_our_start_failure_stops_early(tmp_path):
 
 
 def test_e2e_out_of_memory_falls_back_to_sequential(tmp_path):
-    p = _run_e2e(tmp_path, ["--layers", "2", "--quick", "--workloads", "decode1,decode16", "--reps", "1"],
+    p = _run_e2e(tmp_path, ["--layers", "2", "--quick", "--workloads", "decode1,decode16", "--reps", "1",
+                            "--baseline", "compile"],
                  {"tri_inductor": 0.0004, "inductor": {"step": 0.0008, "fail_starts": [0]}})
     assert p.returncode == 0, p.stdout + p.stderr  # ours faster here: PASS
     d = json.loads((tmp_path / "e2e_h100_L2.json").read_text())
@@ -446,7 +450,8 @@ def test_worker_profile_path_runs_without_gpu(monkeypatch):
 
 
 def test_e2e_engine_crash_mid_run(tmp_path):
-    p = _run_e2e(tmp_path, ["--layers", "2", "--quick", "--workloads", "decode1,decode16,decode64", "--reps", "1"],
+    p = _run_e2e(tmp_path, ["--layers", "2", "--quick", "--workloads", "decode1,decode16,decode64", "--reps", "1",
+                            "--baseline", "compile"],
                  {"tri_inductor": {"step": 0.0004, "crash_on": ["decode16"]}, "inductor": 0.0004})
     assert p.returncode == 1
     (path,) = tmp_path.glob("e2e_*_L2.json")
@@ -470,3 +475,236 @@ def test_cache_summary_after_all_phases():
     report["checks"]["after_import"] = {"speedup": 4.0, "pass": True}
     cw.summarize(report)
     assert "missing_phases" not in report and report["pass"] is True and report["after_import_speedup"] == 4.0
+
+
+# ============================================================================ issue 26: the default (FA3) engine, --tp
+
+
+def test_e2e_baselines_backends_and_rep_order():
+    a = e2e.parse_args([])
+    assert a.baseline == "both" and a.backends.split(",") == ["tri_inductor", "inductor", "default"] and a.tp == 1
+    assert e2e.parse_args(["--baseline", "default"]).backends == "tri_inductor,default"
+    assert e2e.parse_args(["--baseline", "compile"]).backends == "tri_inductor,inductor"
+    assert e2e.parse_args(["--backends", "default,tri_inductor"]).backends == "default,tri_inductor"  # --backends wins
+    for bad in (["--backends", "tri_inductor,flash"], ["--backends", "default,default"], ["--tp", "0"]):
+        with pytest.raises(SystemExit):
+            e2e.parse_args(bad)
+    order = e2e.rep_orders(["A", "B", "C"], 6)
+    assert sorted(map(tuple, order)) == sorted(__import__("itertools").permutations("ABC"))  # every order once
+    for r in range(0, 6, 2):  # each pair of reps is a palindrome: a linear drift hits every engine alike
+        assert order[r] == order[r + 1][::-1]
+        for x in "ABC":
+            assert order[r].index(x) + order[r + 1].index(x) == 2
+    assert e2e.rep_orders(["A", "B"], 3) == [["A", "B"], ["B", "A"], ["A", "B"]]  # ABBA as before
+
+
+def test_e2e_default_engine_kwargs():
+    plan = e2e.build_plan(e2e.parse_args([]))
+    kw = plan["engine_kwargs"]
+    d, base, ours = kw["default"], kw["inductor"], kw["tri_inductor"]
+    assert d["attention_backend"] == "FLASH_ATTN" and d["compilation_config"] == {"backend": "inductor"}
+    assert d["ir_op_priority"] == {"rms_norm": ["native"], "fused_add_rms_norm": ["native"]}
+    assert base["attention_backend"] == "TRITON_ATTN" and "attention_backend" not in ours
+    path_keys = ("compilation_config", "attention_backend", "ir_op_priority")
+    common = [{k: v for k, v in x.items() if k not in path_keys} for x in (d, base, ours)]
+    assert common[0] == common[1] == common[2]  # one benchmark setting for all three engines
+    assert all(x["disable_cascade_attn"] is True and "tensor_parallel_size" not in x for x in (d, base, ours))
+    assert plan["rep_order"] == e2e.rep_orders(["tri_inductor", "inductor", "default"], 3)
+    assert plan["memory_plan"]["fits_side_by_side"] and plan["mode"] == "side-by-side"
+
+
+def test_e2e_tp_kwargs_names_and_kv_tokens():
+    one, two = (e2e.build_plan(e2e.parse_args(["--tp", str(t), "--baseline", "compile"])) for t in (1, 2))
+    for kw in two["engine_kwargs"].values():
+        assert kw["tensor_parallel_size"] == 2 and kw["disable_custom_all_reduce"] is True
+    assert two["kv_cache_tokens"] == 2 * one["kv_cache_tokens"]  # kv_cache_memory_bytes is per rank
+    suffix = e2e.result_suffix
+    assert suffix(e2e.parse_args([])) == ""
+    assert suffix(e2e.parse_args(["--tp", "2"])) == "_llama-3-8b_tp2"
+    assert suffix(e2e.parse_args(["--model", "llama-3-70b", "--layers", "8", "--tp", "4"])) == "_llama-3-70b_L8_tp4"
+    cfg = models.config("llama-3-70b")
+    assert (cfg["hidden_size"], cfg["num_hidden_layers"], cfg["num_attention_heads"], cfg["num_key_value_heads"],
+            cfg["intermediate_size"], cfg["vocab_size"]) == (8192, 80, 64, 8, 28672, 128256)
+    assert 70.0e9 < C.param_count(cfg) < 71.0e9
+
+
+def test_e2e_memory_plan():
+    cfg = models.config("llama-3-8b")
+    m = e2e.memory_plan(cfg, 3, 10.0, 1, 140.0)
+    assert m["fits_side_by_side"] and m["gpu_util"] <= 0.42
+    assert m["gpu_util"] * 140.0 <= m["free_when_last_starts_gib"]  # the last engine passes vLLM's check
+    assert not e2e.memory_plan(cfg, 3, 10.0, 1, 80.0)["fits_side_by_side"]  # an H100 holds two, not three
+    assert e2e.memory_plan(cfg, 2, 10.0, 1, 80.0)["gpu_util"] == 0.42  # two engines: as before
+    big = models.config("llama-3-70b")
+    assert not e2e.memory_plan(big, 2, 10.0, 2, 140.0)["fits_side_by_side"]
+    assert e2e.memory_plan(big, 2, 10.0, 4, 140.0)["fits_side_by_side"]
+    plan = e2e.build_plan(e2e.parse_args(["--model", "llama-3-70b", "--tp", "2"]), 140.0)
+    assert plan["mode"].startswith("sequential (planned")
+
+
+def test_fa3_env_only_for_the_default_engine(monkeypatch, tmp_path):
+    monkeypatch.setenv("GPU_ENV_FA3", "1")
+    envs = {b: e2e.Engine(b, {}, tmp_path, tmp_path / "x.log").env() for b in ("tri_inductor", "inductor", "default")}
+    assert envs["default"]["GPU_ENV_FA3"] == "1"
+    assert "GPU_ENV_FA3" not in envs["tri_inductor"] and "GPU_ENV_FA3" not in envs["inductor"]
+
+
+def test_greedy_agreement_and_side_ratios():
+    g = C.greedy_agreement([[1, 2, 3, 4], [5, 6, 7, 8]], [[1, 2, 9, 9], [5, 6, 7, 8]], [[0.5, 0.4, 0.01, 0.2], [1] * 4])
+    assert g["sequences_equal"] == 1 and g["match_rate"] == 0.75
+    assert g["first_divergence"] == [{"seq": 0, "pos": 2, "top2_gap": 0.01}]
+    o, b = _side(110.0, 10.0, 5.0, 6.0), _side(100.0, 12.0, 5.5, 6.6, spread=0.2)
+    r = C.side_ratios(o, b, "_vs_default")
+    assert r["throughput_ratio_vs_default"] == 1.1 and r["itl_ratio_vs_default"] == round(5.0 / 5.5, 4)
+    assert r["noise_vs_default"] == 0.2 and r["within_noise_vs_default"] is True
+    assert set(C.side_ratios(o, b)) == {k[:-len("_vs_default")] for k in r}
+
+
+def test_e2e_three_engines_fake(tmp_path):
+    p = _run_e2e(tmp_path, ["--layers", "2", "--quick", "--workloads", "decode1,prefill8", "--reps", "2"],
+                 {"tri_inductor": 0.0006, "inductor": 0.0009, "default": {"step": 0.0004, "token_shift": 3}})
+    assert p.returncode == 1, p.stdout + p.stderr  # faster than compile, slower than default: FAIL
+    d = json.loads((tmp_path / "e2e_h100_L2.json").read_text())
+    assert d["complete"] and not d["errors"] and d["settings"]["backends"] == ["tri_inductor", "inductor", "default"]
+    assert d["settings"]["default_engine"]["attention"].startswith("FLASH_ATTN")
+    for name in ("decode1", "prefill8"):
+        w = d["workloads"][name]
+        assert w["throughput_ratio"] > 1.0 and w["pass_vs_compile"]
+        assert w["throughput_ratio_vs_default"] < 1.0 and w["itl_ratio_vs_default"] > 1.0
+        assert w["pass_vs_default"] is False and w["pass"] is False
+        assert set(w["profile"]) == {"tri_inductor", "inductor", "default"} and w["reason_vs_default"]
+        for b in ("tri_inductor", "inductor", "default"):
+            assert w[b]["reps"] == 2
+    assert d["workloads"]["prefill8"]["target_vs_default"] == 0.95
+    fc = d["fa3_check"]
+    assert fc["fa3_available"] is True and fc["attention_impl"]["default"] == {"FLASH_ATTN (FA3)": 2}
+    assert fc["agreement"]["tri_inductor_vs_inductor"]["sequences_equal"] == 8
+    assert fc["agreement"]["default_vs_inductor"]["match_rate"] == 0.5  # the fake FA3 engine flips at half
+    assert fc["fa3_tokens_equal_triton_attn"] is False
+    assert d["settings_differences"] == {} and d["settings_differences_vs_default"] == {}
+    md = report.build_markdown(tmp_path)
+    r = _row(md, "decode1")
+    assert "vLLM-default (FA3; rms_norm native) tok/s" in md and "FA3_AVAILABLE **True**" in md
+    assert "default: FLASH_ATTN (FA3) x2" in md
+    assert r[11] == f"{d['workloads']['decode1']['throughput_ratio_vs_default']:.3f}x" and "below" in r[14]
+    assert "vLLM-default (FA3)" in _row(md, "vLLM-default (FA3)")[0]
+
+
+def test_e2e_default_baseline_only_and_planned_sequential(tmp_path):
+    p = _run_e2e(tmp_path, ["--layers", "2", "--quick", "--workloads", "decode1", "--reps", "1",
+                            "--baseline", "default", "--gpu-mem-gib", "30"],
+                 {"tri_inductor": 0.0004, "default": 0.0008})
+    assert p.returncode == 0, p.stdout + p.stderr
+    d = json.loads((tmp_path / "e2e_h100_L2.json").read_text())
+    assert d["mode"].startswith("sequential (planned") and d["settings"]["memory_plan"]["total_gib"] == 30.0
+    w = d["workloads"]["decode1"]
+    assert w["throughput_ratio"] is None and w["throughput_ratio_vs_default"] > 1.0 and w["pass"] is True
+    assert d["pass"] is True and "inductor" not in d["engines"]
+
+
+def test_headline_quotes_the_default_path(tmp_path):
+    rec = _e2e(card="NVIDIA H200")
+    rec["settings"]["default_engine"] = {"attention": "FLASH_ATTN (FlashAttention-3)"}
+    for name, w in rec["workloads"].items():
+        if w.get("throughput_ratio"):
+            w["throughput_ratio_vs_default"] = round(w["throughput_ratio"] - 0.05, 4)
+            w["default"] = _side(1000.0, 20.0, 7.0, 7.5)
+    (tmp_path / "e2e_h200.json").write_text(json.dumps(rec))
+    (tmp_path / "e2e_h100.json").write_text(json.dumps(_e2e()))  # an older record: compile path only
+    (tmp_path / "e2e_h200_llama-3-8b_tp2.json").write_text(json.dumps(dict(_e2e(), settings=dict(_e2e()["settings"], tp=2))))
+    line = report.headline(tmp_path)
+    assert "relative to vLLM as shipped (FlashAttention-3" in line
+    assert "0.883x-1.000x on NVIDIA H200 (0.933x-1.050x against its compile path)" in line
+    assert "vLLM's own compile path (>1 is faster): 0.933x-1.050x on NVIDIA H100 80GB HBM3" in line
+    assert line.count("on NVIDIA H200") == 1  # the TP=2 record is not in the headline
+    md = report.build_markdown(tmp_path)
+    assert "tensor parallel 2" in md and "throughput vs default" in md
+
+
+def _attention_record():
+    rows = [{"id": f"decode b{b} ctx512 32/8 d128", "kind": "decode", "vs_fa3": {"vllm_triton": v},
+             "numerics_ok": {"vllm_triton": True, "fa3": True}} for b, v in ((1, 0.5), (8, 2.0), (32, 1.0))]
+    rows.append({"id": "prefill 512 32/8 d128", "kind": "prefill", "vs_fa3": {"vllm_triton": 0.81},
+                 "numerics_ok": {"vllm_triton": True}})
+    rows.append({"id": "prefill 2048 32/8 d128", "kind": "prefill", "vs_fa3": {"vllm_triton": 9.0},
+                 "numerics_ok": {"vllm_triton": False}, "rel_err": {"vllm_triton": 0.5}})
+    pa = importlib.import_module("paged_attention")
+    att = {"rows": rows, "unavailable": {"tri_inductor": "ModuleNotFoundError"}, "skipped": []}
+    att.update(pa.summarize(rows, "vllm_triton"))
+    return {"meta": {"card": "NVIDIA H200", "torch": "2.11.0", "triton": "3.6.0", "commit": "a77"}, "attention": att,
+            **{k: v for k, v in att.items() if k.startswith("attention_")}}
+
+
+def test_attention_section(tmp_path):
+    d = _attention_record()
+    assert d["attention_decode_geomean_vs_fa3"] == 1.0 and d["attention_prefill_geomean_vs_fa3"] == 0.81
+    assert d["attention_min_vs_fa3"] == 0.5 and d["attention_worst5"][0]["vs_fa3"] == 0.5
+    (tmp_path / "attention_h200.json").write_text(json.dumps(d))
+    md = report.build_markdown(tmp_path)
+    assert "Paged attention vs FlashAttention-3 (`attention_h200.json`)" in md
+    assert _row(md, "vllm_triton")[1:4] == ["1.000x", "0.810x", "0.500x"]
+    assert "decode b1 ctx512 32/8 d128 0.500x" in md and "prefill 2048 32/8 d128 (vllm_triton, rel. err 0.5)" in md
+    assert "tri_inductor: ModuleNotFoundError" in md
+    (tmp_path / "attention_h100.json").write_text(json.dumps(
+        {"meta": {"card": "NVIDIA H100"}, "attention": {"error": "FA3 is needed as the reference column",
+                                                        "unavailable": {"fa3": "ImportError('no _vllm_fa3_C')"}}}))
+    md = report.build_markdown(tmp_path)
+    assert "Not measured: FA3 is needed as the reference column; fa3: ImportError" in md
+
+
+# ============================================================================ vllm_census.py --tp (no GPU)
+
+
+def test_census_tp_flags_and_dry_run():
+    vc = importlib.import_module("vllm_census")
+    for b in ("tri_inductor", "inductor", "eager"):
+        kw = vc.engine_kwargs(b, "/m", "dummy", 2)
+        assert kw["tensor_parallel_size"] == 2 and kw["disable_custom_all_reduce"] is True
+        assert "tensor_parallel_size" not in vc.engine_kwargs(b, "/m", "dummy")
+    assert vc.out_name("NVIDIA H200", 2) == "census_h200_tp2.json" and vc.out_name("NVIDIA H200") == "census_h200.json"
+    p = subprocess.run([sys.executable, str(BENCH / "vllm_census.py"), "--dry-run", "--tp", "2", "--models", "llama"],
+                       capture_output=True, text=True, timeout=120, cwd=str(ROOT))
+    assert p.returncode == 0, p.stderr
+    assert '"tensor_parallel_size": 2' in p.stdout and "census_<card>_tp2.json" in p.stdout
+
+
+def test_census_engine_kwargs_are_vllm_engine_args():
+    pytest.importorskip("vllm")
+    from vllm.engine.arg_utils import EngineArgs
+
+    vc = importlib.import_module("vllm_census")
+    for b in ("tri_inductor", "inductor", "eager"):
+        EngineArgs(**vc.engine_kwargs(b, "/nonexistent", "dummy", 2))
+
+
+def test_e2e_default_engine_that_cannot_start(tmp_path):
+    # e.g. setup.sh sourced without GPU_ENV_FA3=1: the compile comparison still runs; no verdict
+    # against the default path, and no profiles spent on it
+    p = _run_e2e(tmp_path, ["--layers", "2", "--quick", "--workloads", "decode1", "--reps", "1"],
+                 {"tri_inductor": 0.0004, "inductor": 0.0008,
+                  "default": {"fail_starts": [0], "fail_error": "RuntimeError('FA3 is unavailable')"}})
+    assert p.returncode == 1, p.stdout + p.stderr
+    d = json.loads((tmp_path / "e2e_h100_L2.json").read_text())
+    assert d["mode"] == "side-by-side" and any("default cold_start" in e for e in d["errors"])
+    w = d["workloads"]["decode1"]
+    assert w["throughput_ratio"] > 1.0 and w["pass_vs_compile"] is True
+    assert w["throughput_ratio_vs_default"] is None and w["pass"] is False and "profile" not in w
+    assert d["fa3_check"]["fa3_available"] is None
+
+
+def test_worker_greedy_check_and_fa3_status_with_vllm_types():
+    pytest.importorskip("vllm")
+    from types import SimpleNamespace as NS
+
+    from vllm.logprobs import Logprob
+
+    class TopTwo:
+        def generate(self, inputs, sp, use_tqdm=False):
+            assert sp.temperature == 0.0 and sp.logprobs == 2 and sp.max_tokens == 4
+            lps = [{11: Logprob(-0.1, 1), 12: Logprob(-0.35, 2)}] * 4
+            return [NS(outputs=[NS(token_ids=[11] * 4, logprobs=lps)]) for _ in inputs]
+
+    r = e2e._handle_tokens(TopTwo(), {"n": 3, "tokens": 4}, 128256)
+    assert r["ok"] and r["tokens"] == [[11] * 4] * 3 and r["top2_gap"] == [[0.25] * 4] * 3
+    st = e2e._fa3_status()  # on a CPU machine the extension is absent: False, with vLLM's reason
+    assert isinstance(st["FA3_AVAILABLE"], bool) and (st["FA3_AVAILABLE"] or st.get("reason"))
