@@ -27,7 +27,13 @@ PEAK_FLOPS_PER_SM = 990e12 / 132 * 0.8
 HBM_BYTES_PER_S = 3.3e12
 HBM_BYTES_IN_FLIGHT = 3.3e12 * 0.9e-6     # Little's law: bandwidth x ~0.9 us of latency
 LAUNCH_S = 2.5e-6                        # one more kernel in the step (split-K reduction)
-PROGRAM_FILL_S = 0.4e-6                  # pipeline fill + epilogue of one program
+PROGRAM_FILL_S = 0.8e-6                  # pipeline fill + epilogue of one program
+# Tensor-core efficiency factors (wgmma tiles): the pointer kernel's address arithmetic and
+# per-tile prologue, a pipeline too shallow to hide loads; the persistent TMA kernels' fixed
+# cost per launch (device-side descriptors, the persistent loop's setup), which short GEMMs feel.
+PTR_EFF = 0.85
+SHALLOW_EFF = 0.85
+TMA_SETUP_S = 3e-6
 
 
 def _cdiv(a: int, b: int) -> int:
@@ -56,9 +62,9 @@ def _mma_efficiency(cfg: Cfg, dev: Device) -> float:
     if dev.hopper and cfg.block_m >= 64:
         eff = 0.92 if area >= 128 * 256 else 0.85 if area >= 128 * 128 else 0.7 if area >= 64 * 128 else 0.5
         if cfg.kernel == Kind.PTR:
-            eff *= 0.85  # no TMA / persistence: address arithmetic and per-tile prologues
+            eff *= PTR_EFF
         if cfg.num_stages < 3:
-            eff *= 0.85  # too shallow a pipeline to hide the loads behind the MMAs
+            eff *= SHALLOW_EFF
         return eff
     return 0.3 if cfg.block_m >= 32 else 0.2  # mma.sync tiles
 
@@ -116,6 +122,8 @@ def estimate_s(cfg: Cfg, m: int, n: int, k: int, dev: Device, elem: int = 2, fus
     t_mma = padded / (PEAK_FLOPS_PER_SM * dev.sms * _mma_efficiency(cfg, dev) * max(wave_eff, 1e-3))
     # a program's pipeline fill overlaps other resident programs' loads after the first wave
     fixed = (LAUNCH_S if split > 1 else 0.0) + PROGRAM_FILL_S * min(waves, 2) + 0.02e-6 * k_steps
+    if cfg.kernel in (Kind.TMA, Kind.TMA_WS):
+        fixed += TMA_SETUP_S
     return max(t_mem, t_mma) + fixed
 
 
@@ -150,7 +158,7 @@ def candidates(m: int, n: int, k: int, dev: Device, elem: int = 2) -> list[Cfg]:
             out += [Cfg(64, bn, bk, 1, 1, 4, st, Kind.TMA) for bn, bk, st in
                     ((32, 128, 6), (64, 128, 5), (64, 64, 8), (128, 64, 6), (64, 256, 3))]
     else:
-        for bm in (64, 128) if m <= 256 else (128,):
+        for bm in (64, 128) if m <= 512 else (128,):
             for bn in (64, 128, 256):
                 for bk in (64, 128):
                     for st in (2, 3, 4, 5):
@@ -161,6 +169,11 @@ def candidates(m: int, n: int, k: int, dev: Device, elem: int = 2) -> list[Cfg]:
                             if dev.hopper:
                                 out.append(Cfg(bm, bn, bk, 8, 1, w, st, Kind.TMA))
                                 out.append(Cfg(bm, bn, bk, 8, 1, w, st, Kind.TMA_WS))
+        if m <= 256:
+            # narrow tiles with deep pipelines: a few hundred rows over narrow N need many
+            # programs (group 1: the weight panel of a 32/64-wide column streams once anyway)
+            out += [Cfg(64, bn, bk, g, s, 4, st) for bn in (32, 64) for bk in (128, 256) for g in (1, 8)
+                    for s in (0, 1) for st in (4, 5, 6)]
         if m <= 512:
             # split-K where the M x N tiles alone leave SMs idle (a few hundred rows, narrow N)
             out += [Cfg(bm, bn, bk, g, s, w, st) for bm, bn, bk, g, w, st in
