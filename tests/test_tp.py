@@ -78,13 +78,27 @@ def fake_tp(tp: int):
     cfg = VllmConfig(device_config=DeviceConfig(device="cpu"), compilation_config=CompilationConfig(custom_ops=["none"]))
     dist.init_process_group("fake", store=FakeStore(), rank=0, world_size=tp)
     dist.new_group = new_group
+    import vllm.ir
+
     try:
-        with set_current_vllm_config(cfg):
+        # enable_torch_wrap(False): what a worker of a tri_inductor engine runs with (vLLM wraps IR
+        # ops in custom ops only for its own "inductor" backend): the IR ops trace to their native form.
+        with set_current_vllm_config(cfg), vllm.ir.enable_torch_wrap(False):
             ps.init_distributed_environment(world_size=tp, rank=0, local_rank=0, backend="fake")
             ps._TP = ps.init_model_parallel_group([list(range(tp))], 0, "fake", use_message_queue_broadcaster=False,
                                                   group_name="tp")
             ps._PP = ps.init_model_parallel_group([[r] for r in range(tp)], 0, "fake", group_name="pp")
             ps._TP.use_custom_op_call = True  # as on CUDA: torch.ops.vllm.all_reduce in the graph
+            comm = ps._TP.device_communicator
+
+            def all_reduce(x: torch.Tensor) -> torch.Tensor:
+                # Out of place, as vLLM's NCCL all-reduce (pynccl) is; the base communicator reduces
+                # in place and returns its input, which the custom op's contract forbids.
+                out = x.clone()
+                dist.all_reduce(out, group=comm.device_group)
+                return out
+
+            comm.all_reduce = all_reduce
             yield cfg
     finally:
         dist.new_group = real_new_group
