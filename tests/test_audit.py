@@ -187,3 +187,32 @@ def test_runtime_census_classes_torch_native_cutedsl_kernels_as_non_triton():
     assert classify_kernel("_rms_norm_kernel", names) == (True, "triton")
     assert classify_kernel("triton_poi_fused_add_0", names) == (True, "triton")
     assert classify_kernel("nvjet_sm90_tst_64x48_64x15_2x4_h_bz_TNT", names) == (False, "cublas")
+
+
+def test_collectives_are_communication_not_violations():
+    """Tensor parallelism: vLLM's all-reduce op and torch's functional collectives in a wrapper
+    are listed as communication, apart from compute, and break nothing; an ATen op still does."""
+    from tri_inductor.audit.output_code import audit_output_code
+
+    code = '''
+def call(args):
+    buf1 = torch.ops.vllm.all_reduce.default(buf0, 'tp:0')
+    buf2 = torch.ops._c10d_functional.all_reduce.default(buf1, 'sum', '0')
+    buf3 = torch.ops._c10d_functional.wait_tensor.default(buf2)
+    buf4 = torch.ops.aten.topk.default(buf3, 2)
+'''
+    report = audit_output_code(code)
+    assert [k.kind for k in report.kernels] == ["communication"] * 3 + ["non_triton"]
+    assert [k.op for k in report.violations] == ["aten.topk"]
+    assert "communication 3" in report.summary_line()
+
+
+def test_nccl_kernels_are_communication_at_run_time():
+    from tri_inductor.audit.runtime import classify_kernel, counts_as_non_triton
+
+    for name in ("ncclDevKernel_AllReduce_Sum_bf16_RING_LL(ncclDevKernelArgsStorage<4096ul>)",
+                 "ncclKernel_AllGather_RING_LL_Sum_int8_t"):
+        ok, lib = classify_kernel(name, set())
+        assert (ok, lib) == (False, "communication") and not counts_as_non_triton(ok, lib), name
+    assert counts_as_non_triton(*classify_kernel("nvjet_sm90_tst_64x48_64x15_2x4_h_bz_TNT", set()))
+    assert not counts_as_non_triton(*classify_kernel("triton_poi_fused_add_0", set()))

@@ -99,6 +99,7 @@ def clean_env(monkeypatch):
     monkeypatch.delenv("VLLM_USE_MEGA_AOT_ARTIFACT", raising=False)
     monkeypatch.delenv("TORCH_DISABLE_NATIVE_JIT", raising=False)
     monkeypatch.delenv("TRI_INDUCTOR_ATTENTION", raising=False)
+    monkeypatch.delenv("VLLM_ALLREDUCE_USE_SYMM_MEM", raising=False)
 
 
 class _Records(logging.Handler):
@@ -820,3 +821,43 @@ def test_combo_kernels_not_benchmarked(plugin):
     ind = VllmConfig(compilation_config=CompilationConfig(
         backend="inductor", inductor_compile_config={"combo_kernels": True, "benchmark_combo_kernel": True}))
     assert ind.compilation_config.inductor_compile_config["benchmark_combo_kernel"] is True
+# ---------------------------------------------------------------- tensor parallelism
+
+
+def test_tensor_parallel_comms_on_nccl_for_our_backend_only(plugin, monkeypatch, tri_log):
+    """TP > 1: vLLM's custom all-reduce (a CUDA extension kernel), torch's symmetric-memory
+    all-reduce and FlashInfer's fused all-reduce + RMSNorm are turned off for our backend, so the
+    all-reduces go to NCCL; vLLM's own backend and TP = 1 are not touched."""
+    import os
+
+    from vllm.config import CompilationConfig, ParallelConfig, PassConfig, VllmConfig
+
+    from tri_inductor.vllm_config import TriInductorConfigError, adjust_vllm_config
+
+    def config(backend, tp, **pass_kwargs):
+        return VllmConfig(parallel_config=ParallelConfig(tensor_parallel_size=tp),
+                          compilation_config=CompilationConfig(backend=backend, pass_config=PassConfig(**pass_kwargs)))
+
+    config("inductor", 2)
+    config("tri_inductor", 1)
+    assert "VLLM_ALLREDUCE_USE_SYMM_MEM" not in os.environ  # neither vLLM's backend nor TP = 1
+    ours = config("tri_inductor", 2)
+    assert ours.parallel_config.disable_custom_all_reduce is True
+    assert os.environ["VLLM_ALLREDUCE_USE_SYMM_MEM"] == "0"
+    pc = ours.compilation_config.pass_config
+    assert pc.fuse_allreduce_rms is False and pc.fuse_gemm_comms is False
+    # On CPU vLLM turns its custom all-reduce off itself (no CUDA platform at its import); on CUDA
+    # it stays on: from there, our adjustment turns it off (pydantic's assignment would re-validate).
+    object.__setattr__(ours.parallel_config, "disable_custom_all_reduce", False)
+    adj = adjust_vllm_config(ours)
+    assert [c.setting for c in adj.changes] == ["parallel_config.disable_custom_all_reduce"]
+    assert ours.parallel_config.disable_custom_all_reduce is True
+    # an explicit fused all-reduce + norm is kept, with a conflict naming it (strict: an error).
+    # (Through VllmConfig vLLM would import its fusion pass, which needs its CUDA extension.)
+    object.__setattr__(pc, "fuse_allreduce_rms", True)
+    adj = adjust_vllm_config(ours)
+    assert pc.fuse_allreduce_rms is True and adj.changes == []
+    assert [c.setting for c in adj.conflicts] == ["compilation_config.pass_config.fuse_allreduce_rms"]
+    monkeypatch.setenv("TRI_INDUCTOR_STRICT", "1")
+    with pytest.raises(TriInductorConfigError, match="fuse_gemm_comms"):
+        config("tri_inductor", 2, fuse_gemm_comms=True)

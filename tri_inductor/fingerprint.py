@@ -23,6 +23,7 @@ NOT_CODEGEN: tuple[str, ...] = (
     "demo.py",  # the demo model
     "envs.py",  # parsing and docs of TRI_INDUCTOR_*; the parsed values that shape code are hashed
     "fingerprint.py",  # this file
+    "tp_shapes.py",  # per-rank GEMM shapes for benchmarks and tests; the compiler never reads it
     "testing/interpret.py",  # CPU interpreter harness: runs code, does not write it
     # vLLM's attention runs eagerly between compiled pieces: our paged attention and its backend
     # are never in a compiled graph (the chosen backend is in vLLM's own config hash)

@@ -66,8 +66,12 @@ class RunAudit:
     kernels: collections.Counter[str] = dataclasses.field(default_factory=collections.Counter)
     pattern_hits: collections.Counter[str] = dataclasses.field(default_factory=collections.Counter)
     non_triton: collections.Counter[str] = dataclasses.field(default_factory=collections.Counter)
+    rank: str | None = None
+    """This process's place under tensor/pipeline parallelism ("tp 1/2"); None on one GPU."""
 
     def add(self, reports: list[audit.GraphReport]) -> None:
+        if self.rank is None:
+            self.rank = rank_label()
         for r in reports:
             self.graphs[r.origin] += 1
             self.kernels.update(k.kind for k in r.kernels)
@@ -80,12 +84,29 @@ class RunAudit:
         hits = ", ".join(f"{k} {n}" for k, n in sorted(self.pattern_hits.items())) or "none"
         bad = ("; NON-TRITON: " + ", ".join(f"{k} x{n}" for k, n in self.non_triton.most_common())
                if self.non_triton else "; every kernel launch site is Triton")
-        return (f"[tri_inductor] audit summary: graphs {graphs}; kernel launch sites by class: {kernels}; "
+        rank = f" ({self.rank})" if self.rank else ""
+        return (f"[tri_inductor] audit summary{rank}: graphs {graphs}; kernel launch sites by class: {kernels}; "
                 f"pattern hits: {hits}{bad}")
 
     def to_dict(self) -> dict[str, Any]:
-        return {"graphs": dict(self.graphs), "kernels": dict(self.kernels),
+        return {"rank": self.rank, "graphs": dict(self.graphs), "kernels": dict(self.kernels),
                 "pattern_hits": dict(self.pattern_hits), "non_triton": dict(self.non_triton)}
+
+
+def rank_label() -> str | None:
+    """"tp R/N" (and "pp R/N") of this worker once vLLM's parallel groups exist and one of them
+    spans more than one GPU; None otherwise.  Each TP rank compiles and audits its own pieces (its
+    slices of the weights), so its summary names it."""
+    try:
+        from vllm.distributed import parallel_state as ps
+
+        if not ps.model_parallel_is_initialized():
+            return None
+        parts = [f"{name} {g.rank_in_group}/{g.world_size}"
+                 for name, g in (("tp", ps.get_tp_group()), ("pp", ps.get_pp_group())) if g.world_size > 1]
+    except Exception:  # noqa: BLE001  (another vLLM's layout: the audit goes on without a rank)
+        return None
+    return ", ".join(parts) or None
 
 
 _RUN = RunAudit()
@@ -148,12 +169,13 @@ def _audited(options: TriInductorOptions, what: str) -> Iterator[list[audit.Grap
     with audit.collect_reports() as reports:
         yield reports
     stats = take_last_stats() or {}
+    label = rank_label()
     for r in reports:
         hits: collections.Counter[str] = collections.Counter(
             k.family for k in r.kernels if k.kind == "our_triton" and k.family)
         r.pattern_hits = dict(hits)
         r.near_misses = list(stats.get("near_misses", []))
-        r.graph = f"{what}:{r.graph}"
+        r.graph = f"{label}: {what}:{r.graph}" if label else f"{what}:{r.graph}"
     with _RUN_LOCK:
         _RUN.add(reports)
     if options.audits:

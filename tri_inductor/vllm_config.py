@@ -42,6 +42,7 @@ TRITON_ATTENTION_BACKENDS = frozenset({"TRITON_ATTN", "TRITON_ATTN_DIFFKV", "TRI
 # "triton" = vLLM's own Triton kernel (vLLM >= 0.32's default for gelu_and_mul_sparse on CUDA).
 TRITON_IR_PROVIDERS = frozenset({"native", "triton"})
 NATIVE_JIT_ENV = "TORCH_DISABLE_NATIVE_JIT"
+SYMM_MEM_ALLREDUCE_ENV = "VLLM_ALLREDUCE_USE_SYMM_MEM"
 
 
 def is_triton_attention(backend: str | None) -> bool:
@@ -311,6 +312,8 @@ def adjust_vllm_config(vllm_config: "VllmConfig", environ: MutableMapping[str, s
         cf(Conflict(NATIVE_JIT_ENV, native, "torch >= 2.13 runs CuTeDSL kernels for eager topk, "
                     "_fused_rms_norm, scatter_add and sum", f"unset {NATIVE_JIT_ENV} or set it to 1"))
 
+    _tensor_parallel(vllm_config, environ, adj)
+
     if options.strict and adj.conflicts:
         raise TriInductorConfigError(
             "tri_inductor strict mode: vLLM settings that defeat Triton-only execution:\n  - "
@@ -320,6 +323,50 @@ def adjust_vllm_config(vllm_config: "VllmConfig", environ: MutableMapping[str, s
     for c in adj.changes:
         c.apply()
     return adj
+
+
+def tensor_parallel_size(vllm_config: "VllmConfig") -> int:
+    pc = getattr(vllm_config, "parallel_config", None)
+    return int(getattr(pc, "tensor_parallel_size", 1) or 1)
+
+
+def _tensor_parallel(vllm_config: "VllmConfig", environ: MutableMapping[str, str], adj: Adjustment) -> None:
+    """TP > 1: the all-reduces of row-parallel layers (and the vocab-parallel embedding) go to NCCL,
+    allowed as communication; vLLM's other all-reduce paths run kernels that are not NCCL.
+
+    * ``parallel_config.disable_custom_all_reduce``: vLLM's custom all-reduce is a CUDA extension
+      kernel (``_C_custom_ar``).  vLLM reads it in each worker (``set_custom_all_reduce``), from
+      the config pickled to it; it is not in vLLM's config hash.  False (its default) cannot be
+      told from "left unset", so it is always turned on.
+    * ``VLLM_ALLREDUCE_USE_SYMM_MEM``: torch's symmetric-memory all-reduce kernels, and the
+      NVLink-multicast set-up they need: NCCL instead unless the user chose.
+    * ``pass_config.fuse_allreduce_rms``: FlashInfer's fused all-reduce + RMSNorm, a CUDA kernel
+      (vLLM's default on sm_90/sm_100 with FlashInfer installed).  ``fuse_gemm_comms`` (async TP):
+      torch's fused matmul + collective ops, cuBLAS GEMMs.
+    """
+    if tensor_parallel_size(vllm_config) <= 1:
+        return
+    ch, cf = adj.changes.append, adj.conflicts.append
+    pc = vllm_config.parallel_config
+    if not pc.disable_custom_all_reduce:
+        ch(Change("parallel_config.disable_custom_all_reduce", False, True,
+                  "vLLM's custom all-reduce is a CUDA extension kernel; NCCL does the all-reduce",
+                  lambda: setattr(pc, "disable_custom_all_reduce", True)))
+    symm = environ.get(SYMM_MEM_ALLREDUCE_ENV)
+    if symm is None:
+        ch(Change(SYMM_MEM_ALLREDUCE_ENV, None, "0",
+                  "torch's symmetric-memory all-reduce kernels are not NCCL (and need NVLink multicast)",
+                  lambda: environ.__setitem__(SYMM_MEM_ALLREDUCE_ENV, "0")))
+    pass_config = vllm_config.compilation_config.pass_config
+    for field, what in (("fuse_allreduce_rms", "FlashInfer's fused all-reduce + RMSNorm CUDA kernel"),
+                        ("fuse_gemm_comms", "torch's fused matmul + collective ops (cuBLAS GEMMs)")):
+        value = getattr(pass_config, field, None)
+        if value is None:
+            ch(Change(f"compilation_config.pass_config.{field}", None, False,
+                      f"{what} replaces our Triton GEMM/norm", lambda field=field: setattr(pass_config, field, False)))
+        elif value:
+            cf(Conflict(f"compilation_config.pass_config.{field}", True, f"{what} replaces our Triton GEMM/norm",
+                        f"leave pass_config.{field} unset (tri_inductor turns it off)"))
 
 
 def trim_ir_priorities(vllm_config: "VllmConfig") -> None:
@@ -376,4 +423,9 @@ def check_final_config(vllm_config: "VllmConfig") -> list[Conflict]:
     if backend is not None and not is_triton_attention(backend):
         out.append(Conflict("attention_config.backend", backend, "attention runs non-Triton kernels",
                             f"choose one of {sorted(TRITON_ATTENTION_BACKENDS)}"))
+    pc = getattr(vllm_config, "parallel_config", None)
+    if tensor_parallel_size(vllm_config) > 1 and not getattr(pc, "disable_custom_all_reduce", True):
+        out.append(Conflict("parallel_config.disable_custom_all_reduce", False,
+                            "vLLM's custom all-reduce (a CUDA extension kernel) is on",
+                            "set disable_custom_all_reduce=True"))
     return out

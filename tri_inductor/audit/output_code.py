@@ -37,6 +37,18 @@ _NO_KERNEL_OPS = {
 # the kernels were compiled for (torch < 2.13 guarded on alignment and recompiled instead): an
 # input-layout fix-up, not a kernel of the graph.  Listed so no call-matching rule flags it.
 _WRAPPER_HELPERS = {"copy_if_misaligned"}
+# Collectives a compiled graph may call (tensor parallelism): vLLM's custom ops, which dispatch to
+# NCCL (pynccl) once our vLLM config turns its custom all-reduce off, and torch's functional
+# collectives (NCCL).  Communication, not compute: listed apart, never a violation.
+COMMUNICATION_OPS = frozenset({("vllm", "all_reduce"), ("vllm", "reduce_scatter"), ("vllm", "all_gather"),
+                               ("vllm", "all_reduce_symmetric_with_copy")})
+COMMUNICATION_NAMESPACES = frozenset({"_c10d_functional", "c10d_functional"})
+
+
+def is_communication_op(namespace: str, op: str) -> bool:
+    return namespace in COMMUNICATION_NAMESPACES or (namespace, op) in COMMUNICATION_OPS
+
+
 _USER_DECORATOR = "@triton_heuristics.user_autotune("
 _TEMPLATE_DECORATOR = "@triton_heuristics.template("
 
@@ -105,6 +117,9 @@ def audit_output_code(code: str, graph: str = "graph", origin: str = "compile",
             if ns in ("higher_order",) or op in _NO_KERNEL_OPS:
                 continue
             call = f"torch.ops.{ns}.{op}" + (f".{overload}" if overload else "")
+            if is_communication_op(ns, op):
+                entries.append(KernelEntry("communication", call, op=f"{ns}.{op}", fx_nodes=fx_nodes))
+                continue
             entries.append(KernelEntry("non_triton", call, op=f"{ns}.{op}", fx_nodes=fx_nodes, hint=hint_for(op, ns)))
         for m in _BARE_ATEN.finditer(code_part):
             op, overload = m.groups()

@@ -6,8 +6,12 @@ import json
 from collections import Counter
 from typing import Any, Literal
 
-KernelKind = Literal["inductor_triton", "triton_template", "our_triton", "user_triton", "non_triton"]
+KernelKind = Literal["inductor_triton", "triton_template", "our_triton", "user_triton", "communication",
+                     "non_triton"]
 TRITON_KINDS = ("inductor_triton", "triton_template", "our_triton", "user_triton")
+COMMUNICATION = "communication"
+"""A collective (NCCL all-reduce/all-gather/reduce-scatter under tensor parallelism): allowed, and
+listed apart from compute; it moves data between GPUs and computes nothing a Triton kernel would."""
 
 
 @dataclasses.dataclass
@@ -32,6 +36,11 @@ class KernelEntry:
     def is_triton(self) -> bool:
         return self.kind in TRITON_KINDS
 
+    @property
+    def allowed(self) -> bool:
+        """Triton compute, or communication (a collective, never compute)."""
+        return self.kind in TRITON_KINDS or self.kind == COMMUNICATION
+
 
 @dataclasses.dataclass
 class GraphReport:
@@ -48,7 +57,7 @@ class GraphReport:
 
     @property
     def violations(self) -> list[KernelEntry]:
-        return [k for k in self.kernels if not k.is_triton]
+        return [k for k in self.kernels if not k.allowed]
 
     @property
     def ok(self) -> bool:

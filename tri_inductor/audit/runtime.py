@@ -14,6 +14,17 @@ _FLASH = re.compile(r"(flash|fmha|cudnn|xformers)", re.I)
 # torch >= 2.13 with nvidia-cutlass-dsl: torch._native's CuTeDSL kernels for eager topk,
 # _fused_rms_norm, scatter_add, sum (CuTe DSL names its kernels "kernel_cutlass_<fn>...").
 _CUTEDSL = re.compile(r"(^kernel_cutlass_|cute_?dsl|^cute_|quack)", re.I)
+# Collectives under tensor parallelism: NCCL's kernels (ncclDevKernel_AllReduce_Sum_bf16_RING_LL,
+# ncclKernel_...) and torch's symmetric-memory all-reduce kernels. Communication, not compute.
+_COMMUNICATION = re.compile(r"(^nccl(Dev)?Kernel_|^ncclDevKernel|(one|two)_shot_all_reduce|multimem_all_reduce|"
+                            r"multimem_all_gather)", re.I)
+COMMUNICATION = "communication"
+
+
+def counts_as_non_triton(triton: bool, library: str) -> bool:
+    """Whether a profiled kernel breaks "Triton-only": compute that is not Triton. Communication
+    kernels (NCCL collectives) are allowed and listed apart."""
+    return not triton and library != COMMUNICATION
 
 
 @dataclasses.dataclass
@@ -24,7 +35,8 @@ class RuntimeKernel:
     triton: bool
     library: str
     """``triton`` (a kernel we compiled), ``cublas``, ``aten``, ``flash/cudnn``, ``cutedsl`` (torch's
-    native CuTeDSL kernels, torch >= 2.13), ``other``."""
+    native CuTeDSL kernels, torch >= 2.13), ``communication`` (NCCL collectives: allowed, not
+    compute), ``other``."""
 
 
 @functools.cache
@@ -56,6 +68,10 @@ def source_triton_kernel_names(packages: tuple[str, ...] = ("vllm", "tri_inducto
 
 
 def classify_kernel(name: str, triton_names: set[str]) -> tuple[bool, str]:
+    """(is Triton, library).  ``communication`` comes back with False: it is not Triton, and
+    :func:`counts_as_non_triton` is what tells whether a kernel breaks the guarantee."""
+    if _COMMUNICATION.search(name):
+        return False, COMMUNICATION
     if _CUTEDSL.search(name):  # before the Triton names: a CuTeDSL function may share a Python name
         return False, "cutedsl"
     if name in triton_names or name.startswith("triton_"):  # ours/vLLM's by name; Inductor's by prefix
@@ -102,7 +118,9 @@ def format_runtime(kernels: list[RuntimeKernel]) -> str:
     rows = [("kernel", "launches", "class")] + [(k.name[:70], str(k.count), k.library) for k in kernels]
     w = [max(len(r[i]) for r in rows) for i in range(3)]
     lines = ["  ".join(c.ljust(x) for c, x in zip(r, w)) for r in rows]
-    bad = [k for k in kernels if not k.triton]
+    bad = [k for k in kernels if counts_as_non_triton(k.triton, k.library)]
+    comm = sum(k.library == COMMUNICATION for k in kernels)
     lines.append(f"{len(kernels)} distinct CUDA kernels, {len(bad)} not Triton"
+                 + (f" ({comm} communication kernels, allowed)" if comm else "")
                  + (": " + ", ".join(k.name[:40] for k in bad) if bad else ""))
     return "\n".join(lines)
