@@ -632,8 +632,8 @@ def main():
         names = list(models.MODELS) if args.gemm_models == "all" else args.gemm_models.split(",")
         labels = {}
         for name in names:
-            for proj, nk in models.gemm_shapes(models.config(name)).items():
-                labels.setdefault(nk, f"{name}:{proj}")
+            for proj, nk in models.gemm_shapes(models.config(name), args.gemm_tp).items():
+                labels.setdefault(nk, f"{name}:{proj}" + (f"@tp{args.gemm_tp}" if args.gemm_tp > 1 else ""))
         gemm_nk = list(labels)
         gemm_m = gemm_m or MODEL_GEMM_M
     torch.manual_seed(0)

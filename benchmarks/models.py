@@ -62,10 +62,9 @@ def head_dim(cfg: dict[str, Any]) -> int:
     return cfg.get("head_dim") or cfg["hidden_size"] // cfg["num_attention_heads"]
 
 
-def gemm_shapes(cfg: dict[str, Any]) -> dict[str, tuple[int, int]]:
-    """{projection: (N, K)} of one decoder layer and the logits, as vLLM runs them (q/k/v fused,
-    gate/up fused)."""
-    h, i, d = cfg["hidden_size"], cfg["intermediate_size"], head_dim(cfg)
-    q, kv = cfg["num_attention_heads"] * d, cfg["num_key_value_heads"] * d
-    return {"qkv": (q + 2 * kv, h), "o": (h, q), "gate_up": (2 * i, h), "down": (h, i),
-            "lm_head": (cfg["vocab_size"], h)}
+def gemm_shapes(cfg: dict[str, Any], tp: int = 1) -> dict[str, tuple[int, int]]:
+    """{projection: (N, K)} of one decoder layer and the logits as one tensor-parallel rank runs
+    them (q/k/v fused, gate/up fused; vLLM's splitting rules: tri_inductor.tp_shapes)."""
+    from tri_inductor.tp_shapes import hf_gemm_shapes
+
+    return hf_gemm_shapes(cfg, tp)

@@ -104,6 +104,12 @@ MODELS.update(MOE_MODELS)
 # ======================================================================= parent: orchestration
 
 
+
+def counts_as_non_triton(triton: bool, library: str) -> bool:
+    from tri_inductor.audit.runtime import counts_as_non_triton as f
+
+    return f(triton, library)
+
 def write_model(name: str, folder: Path, layers: int, vocab: int, weights: str) -> str:
     """config.json (+ random bf16 safetensors unless weights == 'dummy'); returns the load_format."""
     cfg = dict(MODELS[name], num_hidden_layers=layers, vocab_size=vocab, max_position_embeddings=4096,
@@ -292,7 +298,7 @@ def summarize_model(ours: dict[str, Any]) -> dict[str, Any]:
                     c = classes.setdefault(k["library"], {"launches": 0, "gpu_us": 0.0})
                     c["launches"] += k["launches"]
                     c["gpu_us"] = round(c["gpu_us"] + k["gpu_us"], 1)
-                    if not k["triton"]:
+                    if counts_as_non_triton(k["triton"], k["library"]):  # NCCL: communication
                         e = non_triton.setdefault((k["name"], part), {"name": k["name"], "part": part,
                                                                      "library": k["library"], "launches": 0,
                                                                      "gpu_us": 0.0, "steps": []})
