@@ -596,6 +596,8 @@ def main():
     p.add_argument("--attn-rounds", type=int, default=3)
     p.add_argument("--dry-run", action="store_true", help="print what would run (paged attention's points, "
                    "memory plan, kernels found); touches no GPU")
+    p.add_argument("--gemm-tp", type=int, default=1, help="with --gemm-models: the per-rank shapes at this "
+                   "tensor-parallel size")
     args = p.parse_args()
     if args.dry_run:
         import paged_attention as PA
