@@ -289,10 +289,11 @@ def test_selection_on_this_vllm(monkeypatch):
     from tri_inductor.vllm_attention_select import selection, unavailable_reason
 
     assert unavailable_reason(signature_problem) is None
-    assert selection({}, False, signature_problem)[0] == "CUSTOM"
+    assert selection({"TRI_INDUCTOR_ATTENTION": "ours"}, False, signature_problem)[0] == "CUSTOM"
+    assert selection({}, False, signature_problem)[0] == "TRITON_ATTN"  # the default until the GPU engine test passes
     assert selection({"TRI_INDUCTOR_ATTENTION": "triton_attn"}, False, signature_problem)[0] == "TRITON_ATTN"
     # a vLLM whose TritonAttentionImpl changed: TRITON_ATTN, saying why
-    name, why = selection({}, False, lambda target: f"{target} takes (self, x)")
+    name, why = selection({"TRI_INDUCTOR_ATTENTION": "ours"}, False, lambda target: f"{target} takes (self, x)")
     assert name == "TRITON_ATTN" and "takes (self, x)" in why
 
 

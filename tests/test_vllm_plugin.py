@@ -192,9 +192,8 @@ def test_backend_flag_alone_gives_triton_config(plugin, tri_log):
     ops = ir_ops(cfg.kernel_config.ir_op_priority)  # read from vLLM (0.32+: gelu_and_mul_sparse too)
     assert {"rms_norm", "fused_add_rms_norm"} <= set(ops)
     assert all(getattr(cfg.kernel_config.ir_op_priority, op) == ["native"] for op in ops), ops
-    # our paged attention, in vLLM's CUSTOM slot (TRITON_ATTN's kernel for what it declines)
-    assert cfg.attention_config.backend.name == "CUSTOM"
-    assert cfg.attention_config.backend.get_path() == "tri_inductor.vllm_attention.TriPagedAttentionBackend"
+    # vLLM's Triton attention by default (ours is opted into: test_attention_opt_in_gives_ours)
+    assert cfg.attention_config.backend.name == "TRITON_ATTN"
     assert os.environ["VLLM_USE_FLASHINFER_SAMPLER"] == "0"
     # vLLM's default, kept (FULL_AND_PIECEWISE; vLLM 0.34 gives a config without a model NONE)
     assert cc.cudagraph_mode == _config(backend="inductor").compilation_config.cudagraph_mode
@@ -302,6 +301,15 @@ def test_explicit_mode_vllm_compile_accepted(plugin):
     assert int(cfg.compilation_config.mode) == 3
     with pytest.raises(Exception, match="Invalid backend"):
         _config(backend="not_a_backend", mode=3)  # vLLM's check still applies to others
+
+
+def test_attention_opt_in_gives_ours(plugin, monkeypatch):
+    """TRI_INDUCTOR_ATTENTION=ours: our paged attention in vLLM's CUSTOM slot (TRITON_ATTN's kernel
+    for what it declines)."""
+    monkeypatch.setenv("TRI_INDUCTOR_ATTENTION", "ours")
+    cfg = _config(backend="tri_inductor")
+    assert cfg.attention_config.backend.name == "CUSTOM"
+    assert cfg.attention_config.backend.get_path() == "tri_inductor.vllm_attention.TriPagedAttentionBackend"
 
 
 def test_attention_opt_out_gives_triton_attn(plugin, tri_log, monkeypatch):

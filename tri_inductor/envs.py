@@ -143,9 +143,11 @@ VARS: dict[str, Var] = {v.name: v for v in (
         "a path to an existing JSON tuning table",
         "GEMM tuning table to use instead of the shipped one (its content is in the compile "
         "cache key).", _file),
-    Var("TRI_INDUCTOR_ATTENTION", "choice", "ours", "ours", "ours, triton_attn",
-        "Attention under vLLM with backend tri_inductor: `ours` (our Triton paged attention; vLLM's "
-        "TRITON_ATTN kernel for what it declines) or `triton_attn` (vLLM's TRITON_ATTN throughout).",
+    Var("TRI_INDUCTOR_ATTENTION", "choice", "triton_attn", "triton_attn", "ours, triton_attn",
+        "Attention under vLLM with backend tri_inductor: `triton_attn` (vLLM's Triton TRITON_ATTN "
+        "kernel) or `ours` (our Triton paged attention; vLLM's kernel for what it declines). `ours` "
+        "becomes the default once its vLLM engine test passes on a GPU (its kernels match vLLM's and "
+        "float64 there; the engine test has not passed yet).",
         _choice),
     Var("TRI_INDUCTOR_CACHE_DIR", "dir", None, "$XDG_CACHE_HOME/tri_inductor or ~/.cache/tri_inductor",
         "a folder path (created when needed)",
