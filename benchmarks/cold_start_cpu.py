@@ -316,6 +316,14 @@ def compile_model(backend: str, layers: int, shapes: dict[str, Any], max_tokens:
     return out
 
 
+def _memo_stats() -> dict[str, int] | None:
+    try:
+        from tri_inductor import mutation_memo
+    except ImportError:  # an older checkout (before the memo)
+        return None
+    return dict(mutation_memo.stats)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--backend", choices=["tri_inductor", "inductor"], default="tri_inductor")
@@ -367,6 +375,7 @@ def main(argv: list[str] | None = None) -> int:
         "stages_s": {k: round(v, 2) for k, v in sorted(probes.t.items())},
         "stage_calls": dict(sorted(probes.n.items())),
         "kernels_compiled": dict(sorted(probes.kernels.items())),
+        "mutation_memo": _memo_stats(),
         "tri_counters": dict(getattr(cache, "counters", lambda: {})()) if hasattr(cache, "counters") else None,
         "versions": {"torch": torch.__version__, "triton": __import__("triton").__version__,
                      "vllm": __import__("vllm").__version__},

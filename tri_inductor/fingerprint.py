@@ -23,6 +23,7 @@ NOT_CODEGEN: tuple[str, ...] = (
     "demo.py",  # the demo model
     "envs.py",  # parsing and docs of TRI_INDUCTOR_*; the parsed values that shape code are hashed
     "fingerprint.py",  # this file
+    "mutation_memo.py",  # memoizes an analysis Inductor runs; a hit returns what it would compute
     "testing/interpret.py",  # CPU interpreter harness: runs code, does not write it
 )
 
