@@ -334,6 +334,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cache-dir", help="cache root (default: a fresh temporary folder: a cold start)")
     p.add_argument("--profile", help="write a cProfile of the compiles here")
     p.add_argument("--json", help="write the result here")
+    p.add_argument("--no-mutation-memo", action="store_true",
+                   help="A/B: every mutation analysis of our kernels runs Triton's frontend (as before the memo)")
     args = p.parse_args(argv)
 
     root = args.cache_dir or tempfile.mkdtemp(prefix="tri_cold_")
@@ -350,6 +352,10 @@ def main(argv: list[str] | None = None) -> int:
     import tri_inductor.vllm_compiler  # noqa: F401
     import_s = time.perf_counter() - t_import
 
+    if args.no_mutation_memo:
+        from tri_inductor import mutation_memo
+
+        mutation_memo._key = lambda *a, **k: None  # the hook then calls Inductor's analysis every time
     shapes = QWEN25_7B if args.shape == "qwen2.5-7b" else SMALL
     probes = Probes()
     prof = None
@@ -370,7 +376,7 @@ def main(argv: list[str] | None = None) -> int:
     from tri_inductor import cache
 
     res.update({
-        "backend": args.backend, "shape": args.shape, "layers": args.layers, "warm_caches": warm,
+        "backend": args.backend, "shape": args.shape, "mutation_memo_on": not args.no_mutation_memo, "layers": args.layers, "warm_caches": warm,
         "import_s": round(import_s, 2), "compile_total_s": round(total, 2),
         "stages_s": {k: round(v, 2) for k, v in sorted(probes.t.items())},
         "stage_calls": dict(sorted(probes.n.items())),
