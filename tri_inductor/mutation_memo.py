@@ -8,9 +8,10 @@ depends only on the kernel and on what ``generate_ttir`` reads from the argument
 their dtype (it builds ``torch.empty(2, dtype)`` stand-ins), symbolic sizes as the constant 2,
 constexprs and floats by value, a runtime int as Triton specialises it (its type, == 1, a
 multiple of 16: Triton's own ``native_specialize_impl``, so GEMMs of other N/K but the same tile
-config share an entry), plus the target. A vLLM cold start traces
-and lowers the same few launches (a GEMM config, the norm, RoPE) in every piece and compile
-range: the frontend ran 120 times for 3 layers of a Qwen2.5-7B shape (docs/design/cold_start.md).
+config share an entry), plus the target. A vLLM cold start traces and lowers the same launches
+(a GEMM config, the norm, RoPE) in every piece and compile range, and the pattern matcher traces
+each replacement more than once: the frontend ran 288 times for 3 layers of a Qwen2.5-7B shape,
+129 with the memo (docs/design/cold_start.md).
 
 :func:`memoized` keys on exactly those inputs, so a hit returns what the analysis would compute;
 anything it cannot key (a real tensor, TMA descriptor metadata, an unknown argument type) or a
@@ -98,16 +99,26 @@ def _key(kernel: Any, kwargs: dict[str, Any], tma_descriptor_metadata: Any) -> t
 def memoized(real: Callable[..., list[str]]) -> Callable[..., list[str]]:
     """``identify_mutated_tensors`` with the memo in front (installed by ``hooks.install_compile_hooks``)."""
 
-    def identify_mutated_tensors(kernel, kwargs, tma_descriptor_metadata):
-        key = _key(kernel, kwargs, tma_descriptor_metadata)
+    import inspect
+
+    sig = inspect.signature(real)
+
+    def identify_mutated_tensors(*args, **kw):
+        try:  # by name, as torch names them (hooks.TABLE records the signature)
+            bound = sig.bind(*args, **kw)
+            bound.apply_defaults()
+            kernel = bound.arguments["kernel"]
+            key = _key(kernel, bound.arguments["kwargs"], bound.arguments["tma_descriptor_metadata"])
+        except (TypeError, KeyError):  # another signature: no memo
+            key = None
         if key is None:
-            return real(kernel, kwargs, tma_descriptor_metadata)
+            return real(*args, **kw)
         with _LOCK:
             hit = _MEMO.get(key)
         if hit is not None:
             stats["hits"] += 1
             return list(hit)
-        out = real(kernel, kwargs, tma_descriptor_metadata)
+        out = real(*args, **kw)
         stats["misses"] += 1
         with _LOCK:
             if len(_MEMO) >= MAX_ENTRIES:
