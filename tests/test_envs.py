@@ -49,8 +49,8 @@ def test_one_boolean_rule(name, monkeypatch):
 
 
 def test_attention_choice(monkeypatch):
-    assert envs.attention({}) == "ours"
-    assert envs.attention({"TRI_INDUCTOR_ATTENTION": "Triton_Attn"}) == "triton_attn"
+    assert envs.attention({}) == "triton_attn"
+    assert envs.attention({"TRI_INDUCTOR_ATTENTION": "Ours"}) == "ours"
 
 
 def test_read_on_each_call_not_at_import(monkeypatch):

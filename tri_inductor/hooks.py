@@ -112,6 +112,11 @@ TABLE: tuple[Hook, ...] = (
          "audit output code loaded with no compile/load of ours around it (vLLM >= 0.27 warm starts "
          "from the mega AOT artifact skip the compiler's load())", "warm starts go unaudited",
          ("key, path, linemap, attrs", "key, path, linemap, attrs, *, set_sys_modules")),
+    Hook("torch._higher_order_ops.triton_kernel_wrap:identify_mutated_tensors", _T,
+         "remember the mutation analysis of our kernels per (kernel, argument dtypes, constexprs): Inductor "
+         "re-runs Triton's frontend for every launch it functionalizes or lowers (tri_inductor.mutation_memo)",
+         "every traced and lowered launch of our kernels re-runs Triton's frontend (cold-start compile time)",
+         ("kernel, kwargs, tma_descriptor_metadata",)),
     Hook("torch._inductor.runtime.triton_heuristics:TritonCompileResult.make_launcher", _T,
          "set the PDL launch attribute on launchers of our USE_PDL kernels",
          "our kernels run without programmatic dependent launch (correct, slower)", ("self",)),
@@ -333,6 +338,14 @@ def install_compile_hooks() -> None:
 
         wrap_once(GraphLowering, "codegen", collect.make_codegen_hook)
         chain_save_output_code()
+        try:
+            from torch._higher_order_ops import triton_kernel_wrap
+
+            from . import mutation_memo
+
+            wrap_once(triton_kernel_wrap, "identify_mutated_tensors", mutation_memo.memoized)
+        except (ImportError, AttributeError):  # another torch: the analysis runs uncached (slower cold start)
+            log.debug("tri_inductor: identify_mutated_tensors not found; mutation analysis not memoized")
         try:
             from torch._inductor.codecache import PyCodeCache
 
