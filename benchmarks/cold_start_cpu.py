@@ -200,32 +200,10 @@ def _platform():
     import vllm.compilation.backends  # noqa: F401  (before the fake platform: import-time CUDA branches)
     import vllm.compilation.compiler_interface  # noqa: F401
     import vllm.platforms
-    from vllm.platforms.interface import Platform, PlatformEnum
 
-    class CudaLike(Platform):
-        _enum = PlatformEnum.CUDA
-        device_name = "cuda"
-        device_type = "cuda"
-        dispatch_key = "CUDA"
-        ray_device_key = "GPU"
-        dist_backend = "nccl"
-        device_control_env_var = "CUDA_VISIBLE_DEVICES"
+    from tri_inductor.testing.vllm_platform import cuda_like_platform
 
-        @classmethod
-        def get_compile_backend(cls) -> str:
-            return "inductor"
-
-        @classmethod
-        def support_static_graph_mode(cls) -> bool:
-            return True
-
-        @classmethod
-        def get_default_ir_op_priority(cls, vllm_config):  # type: ignore[no-untyped-def]
-            from vllm.config.kernel import IrOpPriorityConfig
-
-            return IrOpPriorityConfig.with_default(["native"])
-
-    vllm.platforms._current_platform = CudaLike()
+    vllm.platforms._current_platform = cuda_like_platform()
 
 
 def vllm_config(backend: str, max_tokens: int, capture: int):

@@ -27,42 +27,14 @@ import vllm.compilation.backends  # noqa: E402,F401  (import before the fake pla
 import vllm.compilation.compiler_interface  # noqa: E402,F401
 import vllm.model_executor.layers.logits_processor  # noqa: E402,F401
 import vllm.platforms  # noqa: E402
-from vllm.platforms.interface import Platform, PlatformEnum  # noqa: E402
 
-
-class _CudaLikePlatform(Platform):
-    """Just enough of vLLM's CUDA platform for VllmConfig: device type and the CUDA rule for
-    the IR-op priority default (vllm/platforms/cuda.py:get_default_ir_op_priority)."""
-
-    _enum = PlatformEnum.CUDA
-    device_name = "cuda"
-    device_type = "cuda"
-    dispatch_key = "CUDA"
-    ray_device_key = "GPU"
-    dist_backend = "nccl"
-    device_control_env_var = "CUDA_VISIBLE_DEVICES"
-
-    @classmethod
-    def get_compile_backend(cls) -> str:
-        return "inductor"
-
-    @classmethod
-    def support_static_graph_mode(cls) -> bool:  # CUDA graphs
-        return True
-
-    @classmethod
-    def get_default_ir_op_priority(cls, vllm_config):  # type: ignore[no-untyped-def]
-        from vllm.config.kernel import IrOpPriorityConfig
-
-        cc = vllm_config.compilation_config
-        inductor = cc.backend == "inductor" and cc.mode != 0
-        return IrOpPriorityConfig.with_default(["native"] if inductor else ["vllm_c", "native"])
+from tri_inductor.testing.vllm_platform import cuda_like_platform as _cuda_like  # noqa: E402
 
 
 @pytest.fixture(scope="module", autouse=True)
 def cuda_like_platform():
     saved = vllm.platforms._current_platform
-    vllm.platforms._current_platform = _CudaLikePlatform()
+    vllm.platforms._current_platform = _cuda_like()
     yield
     vllm.platforms._current_platform = saved
 

@@ -26,6 +26,7 @@ NOT_CODEGEN: tuple[str, ...] = (
     "tp_shapes.py",  # per-rank GEMM shapes for benchmarks and tests; the compiler never reads it
     "mutation_memo.py",  # memoizes an analysis Inductor runs; a hit returns what it would compute
     "testing/interpret.py",  # CPU interpreter harness: runs code, does not write it
+    "testing/vllm_platform.py",  # a CUDA-like vLLM platform for CPU tests
     # vLLM's attention runs eagerly between compiled pieces: our paged attention and its backend
     # are never in a compiled graph (the chosen backend is in vLLM's own config hash)
     "patterns/paged_attention/",
