@@ -211,18 +211,26 @@ def e2e_section(name: str, d: dict[str, Any]) -> str:
     eng = d.get("engines", {})
     if eng:
         srows = []
+        # GEMM tuning per start (records from before it was kept have no such columns)
+        tuned = any(k.endswith("_tuning") for e in eng.values() if isinstance(e, dict) for k in e)
         for b, label in ((OURS, "tri_inductor"), (BASE, "vLLM-compile"), (DEFAULT, "vLLM-default (FA3)")):
             if b == DEFAULT and b not in eng:
                 continue
             e = eng.get(b) or {}
             ph = e.get("cold_start_phases") or {}
-            srows.append([label, _num(e.get("cold_start_s")), _num(e.get("warm_start_s")),
-                          _num(ph.get("torch_compile_total_s")), _num(ph.get("graph_capture_s"), 0),
-                          e.get("cold_start_error") and "failed" or ""])
+            row = [label, _num(e.get("cold_start_s")), _num(e.get("warm_start_s")),
+                   _num(ph.get("torch_compile_total_s")), _num(ph.get("graph_capture_s"), 0)]
+            if tuned:
+                cold, warm = e.get("cold_start_tuning") or {}, e.get("warm_start_tuning") or {}
+                row += [f"{_num(cold.get('tune_s'))} / {_num(warm.get('tune_s'))}",
+                        f"{_num(cold.get('benchmarks'), 0)} / {_num(warm.get('benchmarks'), 0)}"]
+            srows.append(row + [e.get("cold_start_error") and "failed" or ""])
         out += ["", "Start-up (process start to engine ready; cold = empty vLLM/Inductor/Triton caches, warm = a "
                 "new process with those caches filled):", "",
                 _table(["backend", "cold start s", "warm start s", "torch.compile s (cold, vLLM log)",
-                        "CUDA-graph capture s", "note"], srows)]
+                        "CUDA-graph capture s"]
+                       + (["GEMM tuning s (cold / warm)", "configs benchmarked (cold / warm)"] if tuned else [])
+                       + ["note"], srows)]
         summary = ((eng.get(OURS) or {}).get("audit") or {}).get("summary")
         if summary:
             out += ["", f"Our compiler's audit in that run: {summary.replace('[tri_inductor] ', '')}"]

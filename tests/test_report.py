@@ -708,3 +708,23 @@ def test_worker_greedy_check_and_fa3_status_with_vllm_types():
     assert r["ok"] and r["tokens"] == [[11] * 4] * 3 and r["top2_gap"] == [[0.25] * 4] * 3
     st = e2e._fa3_status()  # on a CPU machine the extension is absent: False, with vLLM's reason
     assert isinstance(st["FA3_AVAILABLE"], bool) and (st["FA3_AVAILABLE"] or st.get("reason"))
+
+
+def test_report_start_table_shows_tuning_when_recorded(tmp_path):
+    """Our engine's GEMM tuning per start (seconds, configs benchmarked: 0 on a warm start) gets
+    its columns; records without it keep the old table."""
+    d = tmp_path / "results"
+    d.mkdir()
+    rec = _e2e()
+    rec["engines"]["tri_inductor"]["cold_start_tuning"] = {"tune_s": 31.5, "benchmarks": 612}
+    rec["engines"]["tri_inductor"]["warm_start_tuning"] = {"tune_s": 0.0, "benchmarks": 0}
+    (d / "e2e_h100.json").write_text(json.dumps(rec))
+    md = report.build_markdown(d)
+    ours = _row(md, "tri_inductor")
+    assert ours[1:4] == ["120.5", "40.1", "55.0"] and ours[5:7] == ["31.5 / 0.0", "612 / 0"]
+    assert "configs benchmarked (cold / warm)" in md
+    assert _row(md, "vLLM-compile")[5:7] == ["- / -", "- / -"]
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    (plain / "e2e_h100.json").write_text(json.dumps(_e2e()))
+    assert "configs benchmarked" not in report.build_markdown(plain)
