@@ -354,7 +354,7 @@ def test_strict_mode_raises(plugin, monkeypatch, how):
     assert "attention_backend='FLASH_ATTN'" in msg and "Fix:" in msg and "TRITON_ATTN" in msg
     # strict and clean: fine
     cfg = _config(backend="tri_inductor", inductor_compile_config=dict(icc))
-    assert cfg.attention_config.backend.name == "CUSTOM"  # ours: a Triton backend, no conflict
+    assert cfg.attention_config.backend.name == "TRITON_ATTN"  # a Triton backend, no conflict
 
 
 def test_strict_sampler_env_conflict(plugin, monkeypatch):
