@@ -9,6 +9,7 @@ from typing import Any, Callable, Literal, Sequence
 import torch
 
 import _meta
+from tri_inductor.tuning import graph_time_ms
 
 RESULTS_DIR = os.path.join(os.path.dirname(__file__), "results")
 
@@ -32,34 +33,10 @@ def metadata() -> dict[str, Any]:
 
 
 def bench(fns: Sequence[Callable[[], Any]], reps: int = 20, inner: int = 1) -> float:
-    """Median time (ms) of one call, measured on CUDA-graph replays (no launch overhead in the
-    number, as under vLLM's graphs). ``fns`` are calls over *different* input sets: the graph
-    runs them in turn, so with enough sets (> L2 in total) every call reads from HBM."""
-    torch.cuda.synchronize()
-    s = torch.cuda.Stream()
-    s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s):
-        for f in fns:  # warm-up: compiles, allocator pools
-            f()
-    torch.cuda.current_stream().wait_stream(s)
-    torch.cuda.synchronize()
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        for _ in range(inner):
-            for f in fns:
-                f()
-    g.replay()
-    torch.cuda.synchronize()
-    times = []
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    for _ in range(reps):
-        start.record()
-        g.replay()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end) / (len(fns) * inner))
-    del g
-    return statistics.median(times)
+    """Median time (ms) of one call on CUDA-graph replays: the package's timer
+    (``tri_inductor.tuning.graph_time_ms``: ``fns`` over *different* input sets, so with enough
+    sets every call reads from HBM), with the benchmarks' default of 20 replays."""
+    return graph_time_ms(fns, reps=reps, inner=inner)
 
 
 def timed_rounds(fns: dict[str, Sequence[Callable[[], Any]]], rounds: int,

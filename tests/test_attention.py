@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from tri_inductor.patterns import attention as A
+from tri_inductor.patterns.attention_fx import rewrite_attention_in_dynamo_graph
 
 TOL = {torch.float32: 1e-5, torch.float16: 3e-3, torch.bfloat16: 1.5e-2}
 
@@ -168,7 +169,7 @@ def test_dynamo_rewrite_and_codegen():
         return a.transpose(1, 2).reshape(1, 32, -1), b, c, d
 
     gm, inputs = _capture(f, q, k, k.clone(), mask)
-    assert A.rewrite_sdpa_in_dynamo_graph(gm) == 3
+    assert rewrite_attention_in_dynamo_graph(gm) == 3
     calls = [n for n in gm.graph.nodes if n.target is torch.ops.tri_inductor.attention.default]
     assert [n.args[3:5] for n in calls] == [(True, 1 / 8), (False, 0.3), (False, 1 / 8)]
     assert calls[2].args[5].name == "l_mask_"
@@ -179,7 +180,7 @@ def test_dynamo_rewrite_and_codegen():
         return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True).transpose(1, 2).reshape(1, 32, -1)
 
     gm, inputs = _capture(g, q, k, k.clone())
-    assert A.rewrite_sdpa_in_dynamo_graph(gm) == 1
+    assert rewrite_attention_in_dynamo_graph(gm) == 1
     hits, code, body = _compile_codegen_only(gm, inputs)
     _assert_ours(code, body)
 
@@ -247,7 +248,7 @@ def test_dynamic_seq_len_codegen():
     torch._dynamo.reset()
     torch.compile(f, backend=backend, fullgraph=True)(q, k, v)
     gm = cap["gm"]
-    assert A.rewrite_sdpa_in_dynamo_graph(gm) == 1
+    assert rewrite_attention_in_dynamo_graph(gm) == 1
     vals = [n.meta["example_value"] for n in gm.graph.nodes if n.op == "placeholder"]
     fake_mode = torch._guards.detect_fake_mode(vals)
     codes = []
@@ -401,7 +402,7 @@ def test_hf_mask_read_back_as_flags(window):
         return F.scaled_dot_product_attention(q, k, v, attn_mask=_hf_style_mask(pad, Sq, Skv, window))
 
     gm, _ = _capture_cpu(f, q, k, v, pad)
-    assert A.rewrite_sdpa_in_dynamo_graph(gm) == 1
+    assert rewrite_attention_in_dynamo_graph(gm) == 1
     (call,) = _attention_calls(gm)
     is_causal, scale, mask, offset, win = call.args[3:8]
     assert (is_causal, offset, win) == (True, Skv - Sq, window)
@@ -446,7 +447,7 @@ def test_explicit_softmax_form_rewritten(form):
     q, k, v = (torch.randn(B, H, S, D, generator=g) for _ in range(3))
     mask = torch.zeros(B, 1, S, S).masked_fill(torch.rand(B, 1, S, S, generator=g) < 0.3, -1e9)
     gm, _ = _capture_cpu(form, q, k, v, mask)
-    assert A.rewrite_sdpa_in_dynamo_graph(gm) == 1
+    assert rewrite_attention_in_dynamo_graph(gm) == 1
     assert not [n for n in gm.graph.nodes if n.op in ("call_function", "call_method")
                 and ("softmax" in str(n.target) or "matmul" in str(n.target))]
     (call,) = _attention_calls(gm)
@@ -464,4 +465,4 @@ def test_explicit_form_left_alone_when_not_attention():
 
     q = torch.randn(1, 2, 8, 16)
     gm, _ = _capture_cpu(f, q, q.clone(), q.clone())
-    assert A.rewrite_sdpa_in_dynamo_graph(gm) == 0
+    assert rewrite_attention_in_dynamo_graph(gm) == 0

@@ -22,6 +22,8 @@ from pathlib import Path
 
 import pytest
 
+from tri_inductor import cache_archive
+
 ROOT = Path(__file__).resolve().parents[1]
 HERE = Path(__file__).resolve()
 
@@ -146,17 +148,17 @@ def test_export_clear_import_round_trip(cache_env, tmp_path):
     key = tmp_path / "key"
     key.write_bytes(b"k" * 32)
     archive = tmp_path / "out" / "cache.tar.gz"
-    manifest = cache.export(archive, key_file=key)
+    manifest = cache_archive.export(archive, key_file=key)
     assert set(manifest["files"]) == {f"tuning/{cache.key_id()}.json", "inductor/fxgraph/entry",
                                       "vllm/abc/rank_0_0/model"}
     removed = cache.clear(include_vllm=True)
     assert not (root / "tuning").exists() and not cache.vllm_compile_cache_dir().exists() and removed
     assert cache.lookup("probe", "s") is None
-    got = cache.import_(archive)
+    got = cache_archive.import_(archive)
     assert cache.lookup("probe", "s") == [1, 2]
     assert not (root / "inductor").exists() and not vdir.exists()
     assert got["skipped"] == ["inductor/fxgraph/entry", "vllm/abc/rank_0_0/model"]
-    cache.import_(archive, trust=True, key_file=key)
+    cache_archive.import_(archive, trust=True, key_file=key)
     assert cache.lookup("probe", "s") == [1, 2]
     assert (root / "inductor" / "fxgraph" / "entry").read_bytes() == b"artifact"
     assert (vdir / "model").read_bytes() == b"aot"
@@ -167,7 +169,7 @@ def test_import_refuses_other_card_or_version(cache_env, tmp_path, monkeypatch, 
     cache = cache_env
     cache.store("probe", "s", [1])
     archive = tmp_path / "c.tar.gz"
-    cache.export(archive)
+    cache_archive.export(archive)
     cache.clear()
     here = dict(cache.environment_key())
     theirs = dict(here, **{field: value})
@@ -175,7 +177,7 @@ def test_import_refuses_other_card_or_version(cache_env, tmp_path, monkeypatch, 
     # Rewrite the manifest as if the archive came from the other machine.
     _rewrite_manifest(archive, lambda m: m.update(key=theirs))
     with pytest.raises(cache.CacheError) as e:
-        cache.import_(archive)
+        cache_archive.import_(archive)
     msg = str(e.value)
     assert "refusing to import" in msg and str(value) in msg and str(here[field]) in msg and field in msg
     assert not (cache.cache_root() / "tuning").exists()  # nothing was written
@@ -201,7 +203,7 @@ def test_import_refuses_damaged_archive(cache_env, tmp_path, damage):
     cache = cache_env
     cache.store("probe", "s", [1])
     archive = tmp_path / "c.tar.gz"
-    cache.export(archive)
+    cache_archive.export(archive)
     cache.clear()
     if damage == "truncate":
         raw = archive.read_bytes()
@@ -211,7 +213,7 @@ def test_import_refuses_damaged_archive(cache_env, tmp_path, damage):
     else:
         archive.write_bytes(b"hello")
     with pytest.raises(cache.CacheError):
-        cache.import_(archive)
+        cache_archive.import_(archive)
     assert not (cache.cache_root() / "tuning").exists()
 
 

@@ -125,9 +125,8 @@ from torch._inductor.graph import GraphLowering
 from torch._inductor.runtime.triton_heuristics import TritonCompileResult
 assert not getattr(GraphLowering.codegen, "_tri_inductor", False), "hooked at import"
 assert not getattr(TritonCompileResult.make_launcher, "_tri_inductor", False), "hooked at import"
-from tri_inductor import hooks
-hooks.install_compile_hooks()
-hooks.install_compile_hooks()
+tri_inductor.audit.install_hooks()
+tri_inductor.audit.install_hooks()
 assert GraphLowering.codegen._tri_inductor and TritonCompileResult.make_launcher._tri_inductor
 assert GraphLowering.save_output_code._tri_inductor
 assert not getattr(GraphLowering.codegen.__wrapped__, "_tri_inductor", False)  # wrapped once
@@ -142,7 +141,7 @@ def test_output_code_hook_chains_again_after_replacement() -> None:
     from tri_inductor import audit
 
     seen = []
-    hooks.install_compile_hooks()
+    audit.install_hooks()
     saved = GraphLowering.save_output_code
     try:
         GraphLowering.save_output_code = seen.append  # someone else's hook replaces ours

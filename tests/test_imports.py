@@ -9,14 +9,6 @@ from pathlib import Path
 
 PKG = Path(__file__).resolve().parent.parent / "tri_inductor"
 
-# Known cycles from this round's merges, to be removed (issue 24 stays open until they are): the
-# cache's archive/heal helpers import cache and back; hooks.py and the modules it patches.
-ALLOWED_CYCLES: list[set[str]] = [
-    {"tri_inductor.cache_archive", "tri_inductor.cache", "tri_inductor.cache_heal"},
-    {"tri_inductor.vllm_logits", "tri_inductor.vllm_config", "tri_inductor.audit.collect", "tri_inductor.hooks",
-     "tri_inductor.testing.codegen_only", "tri_inductor.vllm_compiler", "tri_inductor.backend", "tri_inductor.audit"},
-    {"tri_inductor.patterns.attention", "tri_inductor.patterns.attention_fx"},
-]
 HARNESSES = ("tri_inductor.testing",)
 KERNEL_PACKAGES = ("tri_inductor.patterns",)
 
@@ -102,8 +94,7 @@ def test_the_graph_sees_known_edges():
 
 
 def test_no_import_cycle():
-    cycles = [c for c in _cycles(import_graph()) if c not in ALLOWED_CYCLES]
-    assert cycles == []
+    assert _cycles(import_graph()) == []
 
 
 def test_no_kernel_module_imports_a_test_harness():

@@ -201,10 +201,10 @@ def test_inductor_launcher_hook_sets_the_attribute() -> None:
 
     from torch._inductor.runtime.triton_heuristics import TritonCompileResult
 
-    from tri_inductor import hooks
+    from tri_inductor import audit, hooks
     from tri_inductor.patterns import _pdl
 
-    hooks.install_compile_hooks()  # what every compile does first
+    audit.install_hooks()  # what every compile does first
     assert getattr(TritonCompileResult.make_launcher, hooks.MARK, False)
 
     def result(constants):

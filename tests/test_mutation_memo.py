@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tri_inductor import hooks, mutation_memo
+from tri_inductor import audit, hooks, mutation_memo
 from tri_inductor.patterns.gemm.kernels import mm_kernel, splitk_reduce_kernel
 
 
@@ -24,9 +24,9 @@ def analysis():
 
     from tri_inductor.testing.codegen_only import fake_sm90
 
-    hooks.install_compile_hooks()
+    audit.install_hooks()
     memo = tkw.identify_mutated_tensors
-    assert getattr(memo, hooks.MARK, False), "install_compile_hooks did not install the memo"
+    assert getattr(memo, hooks.MARK, False), "audit.install_hooks did not install the memo"
     real = memo.__wrapped__
     mutation_memo.forget()
     with fake_sm90(), FakeTensorMode() as mode:

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import pytest
 
+from tri_inductor import cache_archive
 from tri_inductor.cli import EXIT_BAD_INPUT, EXIT_OK, graph_audit_main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -154,8 +155,6 @@ def _write_archive(archive: Path, manifest: dict | bytes | str, members: list[tu
 def _tamper(archive: Path, name: str, data: bytes, key: Path | None = None) -> None:
     """Swap one member and fix its sha256 in the manifest, as an attacker would (re-signing only
     if handed the key)."""
-    from tri_inductor import cache_archive
-
     members = _members(archive)
     manifest = json.loads(dict(members)["manifest.json"])
     manifest["files"][name] = hashlib.sha256(data).hexdigest()
@@ -168,11 +167,11 @@ def test_default_import_brings_tuning_data_only_and_runs_nothing(cache_env, tmp_
     cache = cache_env
     _populate(cache)
     archive = tmp_path / "c.tgz"
-    cache.export(archive)
+    cache_archive.export(archive)
     cache.clear()
     marker = tmp_path / "ran"
     _tamper(archive, "inductor/fxgraph/ab/entry", pickle.dumps(_Payload(str(marker))))
-    got = cache.import_(archive)
+    got = cache_archive.import_(archive)
     root = cache.cache_root()
     assert got["imported"] == [f"tuning/{cache.key_id()}.json"]
     assert "inductor/fxgraph/ab/entry" in got["skipped"] and "inductor/ab/cab.py" in got["skipped"]
@@ -184,26 +183,26 @@ def test_trusted_import_needs_a_key_that_verifies(cache_env, tmp_path, key):
     cache = cache_env
     _populate(cache)
     unsigned, signed = tmp_path / "u.tgz", tmp_path / "s.tgz"
-    cache.export(unsigned)
-    cache.export(signed, key_file=key)
+    cache_archive.export(unsigned)
+    cache_archive.export(signed, key_file=key)
     cache.clear()
     root = cache.cache_root()
     with pytest.raises(cache.CacheError, match="needs the key"):
-        cache.import_(signed, trust=True)
+        cache_archive.import_(signed, trust=True)
     with pytest.raises(cache.CacheError, match="not signed"):
-        cache.import_(unsigned, trust=True, key_file=key)
+        cache_archive.import_(unsigned, trust=True, key_file=key)
     other = tmp_path / "other.key"
     other.write_bytes(b"x" * 40)
     with pytest.raises(cache.CacheError, match="does not verify"):
-        cache.import_(signed, trust=True, key_file=other)
+        cache_archive.import_(signed, trust=True, key_file=other)
     # The wrapper edited (1e-06 -> 1.0) with its sha256 fixed, but not re-signed: refused.
     _tamper(signed, "inductor/ab/cab.py", b"eps = 1.0\n")
     with pytest.raises(cache.CacheError, match="does not verify"):
-        cache.import_(signed, trust=True, key_file=key)
+        cache_archive.import_(signed, trust=True, key_file=key)
     assert not (root / "tuning").exists() and not (root / "inductor").exists()  # nothing written
     # Re-signed by the key holder: accepted, as-is.
     _tamper(signed, "inductor/ab/cab.py", b"eps = 1e-06\n", key=key)
-    cache.import_(signed, trust=True, key_file=key)
+    cache_archive.import_(signed, trust=True, key_file=key)
     assert (root / "inductor" / "ab" / "cab.py").read_bytes() == b"eps = 1e-06\n"
     assert (root / "inductor" / "fxgraph" / "ab" / "entry").read_bytes() == b"artifact"
 
@@ -213,14 +212,14 @@ def test_key_from_environment_and_short_key_refused(cache_env, tmp_path, key, mo
     _populate(cache)
     monkeypatch.setenv("TRI_INDUCTOR_CACHE_KEY_FILE", str(key))
     archive = tmp_path / "c.tgz"
-    assert "hmac_sha256" in cache.export(archive)
+    assert "hmac_sha256" in cache_archive.export(archive)
     cache.clear()
-    cache.import_(archive, trust=True)
+    cache_archive.import_(archive, trust=True)
     assert (cache.cache_root() / "inductor" / "ab" / "cab.py").exists()
     short = tmp_path / "short.key"
     short.write_bytes(b"abc")
     with pytest.raises(cache.CacheError, match="at least 16"):
-        cache.export(archive, key_file=short)
+        cache_archive.export(archive, key_file=short)
 
 
 def _manifest_for(cache, files: dict) -> dict:
@@ -237,8 +236,6 @@ def _sha(data: bytes) -> str:
                                   "inductor//a", "inductor/./a", "inductor/../../etc/passwd",
                                   "/etc/passwd", "triton/a", "triton/a/b/c", "tuning/0123456789abcdef.py"])
 def test_member_names_that_could_replace_a_folder_are_refused(cache_env, tmp_path, key, name):
-    from tri_inductor import cache_archive
-
     cache = cache_env
     root = cache.cache_root()
     (root / "inductor").mkdir(parents=True)
@@ -248,7 +245,7 @@ def test_member_names_that_could_replace_a_folder_are_refused(cache_env, tmp_pat
     archive = tmp_path / "c.tgz"
     _write_archive(archive, m, [(name, b"x")])
     with pytest.raises(cache.CacheError, match="malformed manifest"):
-        cache.import_(archive, trust=True, key_file=key)
+        cache_archive.import_(archive, trust=True, key_file=key)
     assert (root / "inductor").is_dir() and cache.vllm_compile_cache_dir().is_dir()
 
 
@@ -268,7 +265,7 @@ def test_malformed_manifests_give_clear_errors(cache_env, tmp_path, manifest, me
     archive = tmp_path / "c.tgz"
     _write_archive(archive, manifest, [])
     with pytest.raises(cache.CacheError, match=message):
-        cache.import_(archive)
+        cache_archive.import_(archive)
     assert main(["cache", "import", str(archive)]) == EXIT_BAD_INPUT
     err = capsys.readouterr().err
     assert message.split("'")[0] in err and "Traceback" not in err
@@ -281,10 +278,10 @@ def test_links_and_unlisted_members_are_refused(cache_env, tmp_path):
     archive = tmp_path / "c.tgz"
     _write_archive(archive, _manifest_for(cache, {}), [], extra=[link])
     with pytest.raises(cache.CacheError, match="unexpected member 'inductor/evil'"):
-        cache.import_(archive)
+        cache_archive.import_(archive)
     _write_archive(archive, _manifest_for(cache, {}), [("inductor/extra", b"x")])
     with pytest.raises(cache.CacheError, match="not in the manifest"):
-        cache.import_(archive)
+        cache_archive.import_(archive)
 
 
 @pytest.mark.parametrize("limit, value", [("MAX_MEMBER_BYTES", 1000), ("MAX_TOTAL_BYTES", 1500),
@@ -292,8 +289,6 @@ def test_links_and_unlisted_members_are_refused(cache_env, tmp_path):
 def test_size_and_count_limits(cache_env, tmp_path, key, monkeypatch, limit, value):
     """A bomb (one huge member, many members, too many bytes) is refused while streaming, before
     anything is moved in place, and never held in memory whole."""
-    from tri_inductor import cache_archive
-
     cache = cache_env
     monkeypatch.setattr(cache_archive, limit, value)
     members = [(f"inductor/m{i}", bytes(800)) for i in range(3)] if limit != "MAX_MEMBER_BYTES" else \
@@ -305,7 +300,7 @@ def test_size_and_count_limits(cache_env, tmp_path, key, monkeypatch, limit, val
     archive = tmp_path / "c.tgz"
     _write_archive(archive, m, members)
     with pytest.raises(cache.CacheError, match="limit|more than"):
-        cache.import_(archive, trust=True, key_file=key)
+        cache_archive.import_(archive, trust=True, key_file=key)
     assert not (cache.cache_root() / "inductor").exists()
     root = cache.cache_root()
     assert not root.exists() or not [p for p in root.iterdir() if p.name.startswith(".import-")]  # staging gone
@@ -316,20 +311,20 @@ def test_half_done_import_is_impossible(cache_env, tmp_path, key):
     cache = cache_env
     _populate(cache)
     archive = tmp_path / "c.tgz"
-    cache.export(archive, key_file=key)
+    cache_archive.export(archive, key_file=key)
     root = cache.cache_root()
     (root / "inductor" / "ab" / "cab.py").unlink()
     (root / "inductor" / "ab" / "cab.py").mkdir()  # a folder now
     (root / "inductor" / "fxgraph" / "ab" / "entry").write_bytes(b"local")
     with pytest.raises(cache.CacheError, match="is a folder where the archive has a file"):
-        cache.import_(archive, trust=True, key_file=key)
+        cache_archive.import_(archive, trust=True, key_file=key)
     assert (root / "inductor" / "fxgraph" / "ab" / "entry").read_bytes() == b"local"  # untouched
 
 
 def test_non_regular_file_is_refused_quickly(cache_env):
     t0 = time.monotonic()
     with pytest.raises(cache_env.CacheError, match="not a regular file"):
-        cache_env.import_("/dev/zero")
+        cache_archive.import_("/dev/zero")
     assert time.monotonic() - t0 < 5
 
 
@@ -343,7 +338,7 @@ def test_tuning_import_is_validated_entry_by_entry_and_merged(cache_env, tmp_pat
     archive = tmp_path / "c.tgz"
     _write_archive(archive, _manifest_for(cache, {tfile: _sha(data)}), [(tfile, data)])
     with caplog.at_level(logging.WARNING, logger="tri_inductor.cache"):
-        cache.import_(archive)
+        cache_archive.import_(archive)
     assert "unusable entr" in caplog.text
     assert cache.lookup("probe", "local") == [1] and cache.lookup("probe", "shipped") == [2]
     assert cache.lookup("probe", "broken") is None
@@ -359,13 +354,12 @@ def test_export_does_not_follow_symlinks_out_of_the_cache(cache_env, tmp_path):
     (cache.cache_root() / "inductor" / "link_dir").symlink_to(secret)
     (cache.cache_root() / "inductor" / "link_file").symlink_to(secret / "id_rsa")
     archive = tmp_path / "c.tgz"
-    m = cache.export(archive)
+    m = cache_archive.export(archive)
     assert not [n for n in m["files"] if "link" in n]
     assert b"PRIVATE" not in b"".join(d for _, d in _members(archive))
 
 
 def test_export_errors_leave_no_temp_file(cache_env, tmp_path, monkeypatch, capsys):
-    from tri_inductor import cache_archive
     from tri_inductor.cli import main
 
     cache = cache_env
@@ -380,7 +374,7 @@ def test_export_errors_leave_no_temp_file(cache_env, tmp_path, monkeypatch, caps
 
     monkeypatch.setattr(cache_archive, "_prepend_manifest", boom)
     with pytest.raises(OSError):
-        cache.export(out / "c.tgz")
+        cache_archive.export(out / "c.tgz")
     assert list(out.iterdir()) == []
 
 

@@ -161,14 +161,14 @@ def _decompose_fast_path(gm: torch.fx.GraphModule, example_inputs: list[Any], at
 
 
 def _rewrite_attention(gm: torch.fx.GraphModule, example_inputs: list[Any]) -> int:
-    from .patterns import family_module
+    from .patterns.attention_fx import rewrite_attention_in_dynamo_graph
 
     if _needs_grad(example_inputs):
         # Our attention kernel is forward-only: a graph that needs gradients keeps SDPA (the
         # audit names it). Compile under torch.no_grad() / inference_mode for inference.
         log.warning("tri_inductor: graph needs gradients; scaled_dot_product_attention left to PyTorch")
         return 0
-    n = family_module("attention").rewrite_sdpa_in_dynamo_graph(gm)
+    n = rewrite_attention_in_dynamo_graph(gm)
     if n:
         gm.recompile()
     return n

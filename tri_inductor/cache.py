@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import dataclasses
 import hashlib
 import json
 import logging
@@ -47,6 +46,7 @@ from pathlib import Path
 from typing import Any
 
 from . import envs
+from .cache_counters import count, counters, reset_counters  # noqa: F401  (cache.counters() etc.)
 
 log = logging.getLogger("tri_inductor.cache")
 
@@ -219,38 +219,6 @@ def describe_key(key: Mapping[str, Any]) -> str:
 
 
 # ----------------------------------------------------------------------------- counters / progress
-
-
-@dataclasses.dataclass
-class Counters:
-    """Process-wide counts, for tests and the GPU benchmark."""
-
-    hits: int = 0  # tuning lookups answered from the DB
-    misses: int = 0  # tuning lookups with no (usable) entry
-    stores: int = 0  # entries written
-    benchmarks: int = 0  # candidate configs benchmarked on the GPU (0 on a warm start)
-    tuned: int = 0  # shapes tuned (one store each)
-    corrupt: int = 0  # damaged cache files met (ignored)
-    tune_s: float = 0.0  # seconds spent tuning (benchmarks + their kernel compiles)
-
-
-COUNTERS = Counters()
-_counter_lock = threading.Lock()
-
-
-def count(field: str, n: float = 1) -> None:
-    with _counter_lock:
-        setattr(COUNTERS, field, getattr(COUNTERS, field) + n)
-
-
-def counters() -> dict[str, float]:
-    return dataclasses.asdict(COUNTERS)
-
-
-def reset_counters() -> None:
-    global COUNTERS
-    with _counter_lock:
-        COUNTERS = Counters()
 
 
 def progress(message: str) -> None:
@@ -586,28 +554,3 @@ def clear(include_vllm: bool = False) -> list[str]:
             removed.append(f"{p} ({files} files, {size} bytes)")
     forget_loaded()
     return removed
-
-
-# ----------------------------------------------------------------------------- export / import
-
-
-def export(path: str | os.PathLike[str], include_vllm: bool = True,
-           key_file: str | os.PathLike[str] | None = None) -> dict[str, Any]:
-    """See :func:`tri_inductor.cache_archive.export`."""
-    from . import cache_archive
-
-    return cache_archive.export(path, include_vllm=include_vllm, key_file=key_file)
-
-
-def import_(path: str | os.PathLike[str], trust: bool = False,
-            key_file: str | os.PathLike[str] | None = None) -> dict[str, Any]:
-    """See :func:`tri_inductor.cache_archive.import_` (default: the tuning DB only)."""
-    from . import cache_archive
-
-    return cache_archive.import_(path, trust=trust, key_file=key_file)
-
-
-def read_manifest(path: str | os.PathLike[str]) -> dict[str, Any]:
-    from . import cache_archive
-
-    return cache_archive.read_manifest(path)

@@ -70,7 +70,7 @@ def cache_main(argv: list[str] | None = None) -> int:
     except SystemExit as e:  # argparse exits 2 on bad input, 0 on --help
         return EXIT_OK if e.code == 0 else EXIT_BAD_INPUT
 
-    from . import cache
+    from . import cache, cache_archive
 
     try:
         if args.cmd == "info":
@@ -83,11 +83,11 @@ def cache_main(argv: list[str] | None = None) -> int:
             print("removed:\n  " + "\n  ".join(removed) if removed else
                   f"nothing to remove (no tuning/inductor/triton under {cache.cache_root()})")
         elif args.cmd == "export":
-            m = cache.export(args.file, include_vllm=not args.no_vllm, key_file=args.key_file)
+            m = cache_archive.export(args.file, include_vllm=not args.no_vllm, key_file=args.key_file)
             signed = "signed" if "hmac_sha256" in m else "unsigned: another machine imports its tuning results only"
             print(f"wrote {args.file}: {len(m['files'])} files for {cache.describe_key(m['key'])} ({signed})")
         elif args.cmd == "import":
-            m = cache.import_(args.file, trust=args.trust, key_file=args.key_file)
+            m = cache_archive.import_(args.file, trust=args.trust, key_file=args.key_file)
             print(f"imported {len(m['imported'])} file(s) from {args.file} (made {m.get('created')}) "
                   f"into {cache.cache_root()}")
             if m["skipped"]:

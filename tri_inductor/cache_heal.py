@@ -17,6 +17,8 @@ import contextlib
 import logging
 import os
 
+from .cache_counters import count
+
 log = logging.getLogger("tri_inductor.cache")
 _installed = False
 
@@ -33,8 +35,6 @@ def _differs(path: str, content: str | bytes) -> bool:
 
 def _heal(path: str, content: str | bytes) -> None:
     if os.path.exists(path) and _differs(path, content):
-        from .cache import count
-
         count("corrupt")
         log.warning("tri_inductor cache: %s does not hold the code Inductor generated for it (damaged or "
                     "edited); removing it and writing it again", path)

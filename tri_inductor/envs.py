@@ -119,7 +119,7 @@ def _seconds(var: Var, raw: str) -> float:
 
 
 _BOOL = "1/true/yes/on or 0/false/no/off"
-_SHIPPED_TABLE = Path(__file__).resolve().parent / "patterns" / "gemm" / "tuned_sm90.json"
+SHIPPED_LINEAR_TUNED = Path(__file__).resolve().parent / "patterns" / "gemm" / "tuned_sm90.json"
 
 VARS: dict[str, Var] = {v.name: v for v in (
     Var("TRI_INDUCTOR_STRICT", "bool", False, "0", _BOOL,
@@ -139,7 +139,7 @@ VARS: dict[str, Var] = {v.name: v for v in (
         "a number of seconds >= 0 (0: tune nothing new)",
         "Seconds of tuning one process may spend; past it untuned shapes use the cost model's "
         "config and are tuned by a later start.", _seconds),
-    Var("TRI_INDUCTOR_LINEAR_TUNED", "file", _SHIPPED_TABLE, "the shipped patterns/gemm/tuned_sm90.json",
+    Var("TRI_INDUCTOR_LINEAR_TUNED", "file", SHIPPED_LINEAR_TUNED, "the shipped patterns/gemm/tuned_sm90.json",
         "a path to an existing JSON tuning table",
         "GEMM tuning table to use instead of the shipped one (its content is in the compile "
         "cache key).", _file),

@@ -19,6 +19,7 @@ NOT_CODEGEN: tuple[str, ...] = (
     "audit/",  # reads output code and FX provenance; never changes what is generated
     "cache.py",  # where caches live and how keys are formed (the key's fields are versioned there)
     "cache_cli.py",  # `tri-inductor cache` CLI
+    "cache_counters.py",  # counts of cache hits/misses/damage, for stats and tests
     "cli.py",  # `graph-audit` / `tri-inductor` CLI (help texts)
     "demo.py",  # the demo model
     "envs.py",  # parsing and docs of TRI_INDUCTOR_*; the parsed values that shape code are hashed

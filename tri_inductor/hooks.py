@@ -10,8 +10,10 @@ Rules every hook here follows:
   or, for the CPU test harnesses, with :func:`patched` (undone when the ``with`` block ends);
 * arguments are read with :func:`arguments` (bound by ``inspect.signature``, never by position);
 * installed late: torch/Triton hooks when a compile (or a vLLM model of ours) starts
-  (:func:`install_compile_hooks`), vLLM hooks when vLLM imports the module they patch
-  (:func:`when_imported`); nothing here runs at ``import tri_inductor``;
+  (``tri_inductor.audit.install_hooks``), vLLM hooks when vLLM imports the module they patch
+  (:func:`when_imported`, :func:`install_vllm_hooks`); nothing here runs at ``import tri_inductor``;
+* this module imports nothing of the package: the modules that hold the wrappers install them
+  (with the helpers here), so every module can use these helpers without an import cycle;
 * a vLLM wrapper passes every argument through untouched unless the config's backend is
   ``tri_inductor``: a plugin loaded into every vLLM process must never break vLLM's own backends.
 
@@ -29,15 +31,12 @@ import importlib.abc
 import importlib.machinery
 import importlib.metadata
 import inspect
-import logging
 import re
 import sys
-import threading
 from collections.abc import Callable, Iterator
 from types import ModuleType
 from typing import Any
 
-log = logging.getLogger("tri_inductor.hooks")
 
 MARK = "_tri_inductor"
 
@@ -311,64 +310,11 @@ def install_vllm_hooks(plugin: ModuleType) -> None:
         wrap_once(module, "make_compiler", plugin.make_compiler_hook)
         wrap_once(module.CompilerManager, "compile", plugin.compiler_manager_compile)
 
-    def logits(module: ModuleType) -> None:
-        from . import vllm_logits
-
-        wrap_once(module.LogitsProcessor, "__init__", vllm_logits.init_hook)
-        wrap_once(module.LogitsProcessor, "_apply_head", vllm_logits.apply_head_hook)
-
     when_imported("vllm.config.vllm", config)
     when_imported("vllm.v1.attention.backends.registry", plugin.attention_registry)
     when_imported("vllm.config.compilation", compilation)
     when_imported("vllm.compilation.backends", backends)
-    when_imported("vllm.model_executor.layers.logits_processor", logits)
-
-
-# ---------------------------------------------------------------- torch / Triton hooks
-
-_compile_lock = threading.Lock()
-
-
-def install_compile_hooks() -> None:
-    """The torch/Triton hooks a compile (or a vLLM model of ours) needs; idempotent, cheap."""
-    with _compile_lock:
-        from torch._inductor.graph import GraphLowering
-
-        from .audit import collect
-
-        wrap_once(GraphLowering, "codegen", collect.make_codegen_hook)
-        chain_save_output_code()
-        try:
-            from torch._higher_order_ops import triton_kernel_wrap
-
-            from . import mutation_memo
-
-            wrap_once(triton_kernel_wrap, "identify_mutated_tensors", mutation_memo.memoized)
-        except (ImportError, AttributeError):  # another torch: the analysis runs uncached (slower cold start)
-            log.debug("tri_inductor: identify_mutated_tensors not found; mutation analysis not memoized")
-        try:
-            from torch._inductor.codecache import PyCodeCache
-
-            wrap_once(PyCodeCache, "load_by_key_path", collect.make_code_load_hook)
-        except (ImportError, AttributeError):  # another torch: warm starts then go unaudited (logged)
-            log.debug("tri_inductor: PyCodeCache.load_by_key_path not found; warm-start audit off")
-        try:
-            from torch._inductor.runtime.triton_heuristics import TritonCompileResult
-        except ImportError:
-            return
-        from .patterns import _pdl
-
-        wrap_once(TritonCompileResult, "make_launcher", _pdl.make_launcher_hook)
-
-
-def chain_save_output_code() -> None:
-    """(Re)install the output-code hook: ``run_and_get_code`` and others replace the slot."""
-    from torch._inductor.graph import GraphLowering
-
-    from .audit import collect
-
-    wrap_once(GraphLowering, "save_output_code", collect.make_save_output_code_hook)
-
+    when_imported("vllm.model_executor.layers.logits_processor", plugin.logits_processor)
 
 
 # ---------------------------------------------------------------- version checks

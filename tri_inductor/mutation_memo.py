@@ -97,7 +97,7 @@ def _key(kernel: Any, kwargs: dict[str, Any], tma_descriptor_metadata: Any) -> t
 
 
 def memoized(real: Callable[..., list[str]]) -> Callable[..., list[str]]:
-    """``identify_mutated_tensors`` with the memo in front (installed by ``hooks.install_compile_hooks``)."""
+    """``identify_mutated_tensors`` with the memo in front (installed by ``audit.install_hooks``)."""
 
     import inspect
 

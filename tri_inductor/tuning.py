@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import os
+import statistics
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -89,6 +90,40 @@ def run_isolated(fn: Callable[[], Any]) -> Any:
     if "error" in box:
         raise box["error"]
     return box["value"]
+
+
+def graph_time_ms(fns: Sequence[Callable[[], Any]], reps: int = 5, inner: int = 1) -> float:
+    """Median ms of one call, measured on CUDA-graph replays (no launch overhead in the number, as
+    under vLLM's graphs). ``fns`` are calls over *different* inputs, captured once (``inner``
+    times over) and replayed ``reps`` times: with enough of them (> L2 in total) every call reads
+    from HBM. The tuner's measure and the benchmarks' (``benchmarks/_common.bench``) timer."""
+    import torch
+
+    torch.cuda.synchronize()
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        for f in fns:  # warm-up: compiles, allocator pools
+            f()
+    torch.cuda.current_stream().wait_stream(s)
+    torch.cuda.synchronize()
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        for _ in range(inner):
+            for f in fns:
+                f()
+    g.replay()
+    torch.cuda.synchronize()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    times = []
+    for _ in range(reps):
+        start.record()
+        g.replay()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) / (len(fns) * inner))
+    del g
+    return statistics.median(times)
 
 
 def tune(kernel: str, shape_key: str, default: C, candidates: Sequence[C],

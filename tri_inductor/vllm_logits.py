@@ -5,9 +5,10 @@ vLLM computes logits outside the compiled graph, eagerly: ``LogitsProcessor._app
 ``forward`` and ``get_top_tokens`` go through it) to call ``tri_inductor::mm`` (or ``addmm`` with
 a bias) from ``tri_inductor/patterns/linear.py``.
 
-The hooks (installed by :mod:`tri_inductor.hooks`) are process-wide but each ``LogitsProcessor``
-decides once, when it is built (vLLM builds models under ``set_current_vllm_config``), whether it
-belongs to a ``tri_inductor`` model; a process running vLLM's own backend keeps cuBLAS.
+The hooks (declared in :mod:`tri_inductor.hooks`, installed by ``vllm_plugin``) are process-wide
+but each ``LogitsProcessor`` decides once, when it is built (vLLM builds models under
+``set_current_vllm_config``), whether it belongs to a ``tri_inductor`` model; a process running
+vLLM's own backend keeps cuBLAS.
 """
 from __future__ import annotations
 
@@ -27,9 +28,9 @@ _warned: set[str] = set()
 
 
 def init_hook(real_init: Callable[..., None]) -> Callable[..., None]:
-    """Wrapper factory for ``LogitsProcessor.__init__`` (installed by ``tri_inductor.hooks``):
-    each processor decides once whether its model uses our backend.  A model of ours being built
-    is also where a worker process starts our torch hooks and the warm-start audit: vLLM >= 0.27
+    """Wrapper factory for ``LogitsProcessor.__init__`` (installed by
+    ``vllm_plugin.logits_processor``): each processor decides once whether its model uses our
+    backend.  A model of ours being built is also where a worker process starts our torch hooks and the warm-start audit: vLLM >= 0.27
     loads warm starts from its AOT artifact without calling our compiler."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -49,10 +50,10 @@ def init_hook(real_init: Callable[..., None]) -> Callable[..., None]:
         sched = getattr(cfg, "scheduler_config", None) if ours else None
         setattr(self, _MAX_ROWS, int(getattr(sched, "max_num_seqs", 0) or 0))
         if ours:
-            from . import hooks
+            from . import audit
             from .vllm_compiler import audit_warm_loads
 
-            hooks.install_compile_hooks()
+            audit.install_hooks()
             audit_warm_loads(options)
 
     return __init__

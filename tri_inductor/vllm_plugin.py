@@ -132,6 +132,18 @@ def _once(key: str) -> bool:
     return True
 
 
+# ---------------------------------------------------------------- logits processor
+
+
+def logits_processor(module: Any) -> None:
+    """When vLLM imports its logits processor: the lm_head hooks (``vllm_logits``: decide per
+    processor whether its model is ours, run its GEMM on our kernel)."""
+    from . import hooks, vllm_logits
+
+    hooks.wrap_once(module.LogitsProcessor, "__init__", vllm_logits.init_hook)
+    hooks.wrap_once(module.LogitsProcessor, "_apply_head", vllm_logits.apply_head_hook)
+
+
 # ---------------------------------------------------------------- attention backend registry
 
 

@@ -3,12 +3,16 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import logging
 import threading
 from collections.abc import Iterator
 
+from .. import hooks
 from .output_code import audit_output_code
 from .report import GraphReport
 from .scheduler import extern_sites
+
+log = logging.getLogger("tri_inductor.hooks")  # the logger these lines had in hooks.py
 
 _state = threading.local()
 _counter = itertools.count()
@@ -20,12 +24,48 @@ def _collectors() -> list[list[GraphReport]]:
     return _state.collectors
 
 
-def install_hooks() -> None:
-    """Install the compile-time hooks (``tri_inductor.hooks``: GraphLowering.codegen,
-    save_output_code, PyCodeCache.load_by_key_path, ...); idempotent."""
-    from .. import hooks
+_install_lock = threading.Lock()
 
-    hooks.install_compile_hooks()
+
+def install_hooks() -> None:
+    """The torch/Triton hooks a compile (or a vLLM model of ours) needs, declared in
+    ``tri_inductor.hooks.TABLE``: the auditor's (GraphLowering.codegen, save_output_code,
+    PyCodeCache.load_by_key_path), the mutation analysis memo (``mutation_memo``) and the PDL
+    launcher's (``patterns._pdl``); idempotent, cheap.
+    Every compile passes here (:func:`collect_reports`)."""
+    with _install_lock:
+        from torch._inductor.graph import GraphLowering
+
+        hooks.wrap_once(GraphLowering, "codegen", make_codegen_hook)
+        chain_save_output_code()
+        try:
+            from torch._higher_order_ops import triton_kernel_wrap
+
+            from .. import mutation_memo
+
+            hooks.wrap_once(triton_kernel_wrap, "identify_mutated_tensors", mutation_memo.memoized)
+        except (ImportError, AttributeError):  # another torch: the analysis runs uncached (slower cold start)
+            log.debug("tri_inductor: identify_mutated_tensors not found; mutation analysis not memoized")
+        try:
+            from torch._inductor.codecache import PyCodeCache
+
+            hooks.wrap_once(PyCodeCache, "load_by_key_path", make_code_load_hook)
+        except (ImportError, AttributeError):  # another torch: warm starts then go unaudited (logged)
+            log.debug("tri_inductor: PyCodeCache.load_by_key_path not found; warm-start audit off")
+        try:
+            from torch._inductor.runtime.triton_heuristics import TritonCompileResult
+        except ImportError:
+            return
+        from ..patterns import _pdl
+
+        hooks.wrap_once(TritonCompileResult, "make_launcher", _pdl.make_launcher_hook)
+
+
+def chain_save_output_code() -> None:
+    """(Re)install the output-code hook: ``run_and_get_code`` and others replace the slot."""
+    from torch._inductor.graph import GraphLowering
+
+    hooks.wrap_once(GraphLowering, "save_output_code", make_save_output_code_hook)
 
 
 def make_codegen_hook(real_codegen):
@@ -76,8 +116,6 @@ def make_code_load_hook(real_load):
         if sink is None or _collectors():
             return module  # inside a compile/load of ours save_output_code already reports it
         try:
-            from .. import hooks
-
             bound = hooks.arguments(real_load, *args, **kwargs)
             key, path = str(bound["key"]), bound["path"]
             if key in _loaded_keys:
@@ -130,9 +168,7 @@ def _attach_provenance(report: GraphReport, sites) -> None:
 @contextlib.contextmanager
 def collect_reports() -> Iterator[list[GraphReport]]:
     """Collect a report for each graph compiled or cache-loaded inside the block (this thread)."""
-    from .. import hooks
-
-    hooks.install_compile_hooks()  # also chains again if run_and_get_code replaced our hook
+    install_hooks()  # also chains again if run_and_get_code replaced our hook
     reports: list[GraphReport] = []
     _collectors().append(reports)
     try:

@@ -35,6 +35,22 @@ def act_mul(a, b, ACT: tl.constexpr):
 
 
 @triton.jit
+def _row_block(pid, d, BLOCK: tl.constexpr, D: tl.constexpr):
+    """(row, column indices, width) of program ``pid`` of a 1-D grid over (row, column block),
+    column blocks fastest. D: the width when static, else 0 and the runtime ``d`` (a constant
+    width turns the split into a shift or a multiply)."""
+    if D > 0:
+        n_blocks: tl.constexpr = (D + BLOCK - 1) // BLOCK
+        width = D
+    else:
+        n_blocks = (d + BLOCK - 1) // BLOCK
+        width = d
+    row = (pid // n_blocks).to(tl.int64)
+    cols = (pid % n_blocks) * BLOCK + tl.arange(0, BLOCK)
+    return row, cols, width
+
+
+@triton.jit
 def _gated_act_kernel(x_ptr, out_ptr, d, x_stride, out_stride,
                       ACT: tl.constexpr, BLOCK: tl.constexpr, D: tl.constexpr, USE_PDL: tl.constexpr):
     # 1-D grid over (row, column block), column blocks fastest: consecutive programs stream
@@ -53,14 +69,7 @@ def _gated_act_kernel(x_ptr, out_ptr, d, x_stride, out_stride,
     pid = tl.program_id(0)
     if USE_PDL:
         pid += pdl_wait()
-    if D > 0:
-        n_blocks: tl.constexpr = (D + BLOCK - 1) // BLOCK
-        width = D
-    else:
-        n_blocks = (d + BLOCK - 1) // BLOCK
-        width = d
-    row = (pid // n_blocks).to(tl.int64)
-    cols = (pid % n_blocks) * BLOCK + tl.arange(0, BLOCK)
+    row, cols, width = _row_block(pid, d, BLOCK, D)
     x_row = x_ptr + row * x_stride
     even = D > 0 and D % BLOCK == 0
     if even:
@@ -85,14 +94,7 @@ def _act_two_kernel(g_ptr, u_ptr, out_ptr, d, g_stride, u_stride, out_stride,
     # the activation alone (HAS_UP=False: GPT-2/BERT's ungated GELU). Same grid as
     # _gated_act_kernel: one program per (row, column block), column blocks fastest.
     pid = tl.program_id(0)
-    if D > 0:
-        n_blocks: tl.constexpr = (D + BLOCK - 1) // BLOCK
-        width = D
-    else:
-        n_blocks = (d + BLOCK - 1) // BLOCK
-        width = d
-    row = (pid // n_blocks).to(tl.int64)
-    cols = (pid % n_blocks) * BLOCK + tl.arange(0, BLOCK)
+    row, cols, width = _row_block(pid, d, BLOCK, D)
     ok = cols < width
     a = tl.load(g_ptr + row * g_stride + cols, mask=ok, other=0.0).to(tl.float32)
     if HAS_UP:

@@ -320,16 +320,12 @@ def reference_attention(q, k, v, is_causal: bool, scale: float, mask=None, causa
     return p @ v
 
 
-def rewrite_sdpa_in_dynamo_graph(gm: torch.fx.GraphModule) -> int:
-    """SDPA calls (masked or not) and explicit softmax attention of a Dynamo graph ->
-    ``tri_inductor.attention`` (see attention_fx); returns how many were rewritten."""
-    from .attention_fx import rewrite_attention_in_dynamo_graph
-
-    return rewrite_attention_in_dynamo_graph(gm)
-
-
 # --------------------------------------------------------------------------------------------
 # Post-grad patterns (aten level).
+
+# ``scaled_dot_product_attention``'s parameters in order (the Dynamo-level rewrite in attention_fx
+# binds calls by them too).
+SDPA_ARGS = ("query", "key", "value", "attn_mask", "dropout_p", "is_causal", "scale", "enable_gqa")
 
 ANCHOR_OPS = [
     aten._scaled_dot_product_flash_attention.default,
@@ -384,7 +380,7 @@ def _bind_sdpa(node):
         names = ("query", "key", "value", "attn_bias", "compute_log_sumexp", "dropout_p",
                  "is_causal", "return_debug_mask", "scale")
     elif op == aten.scaled_dot_product_attention.default:
-        from .attention_fx import _SDPA_ARGS as names
+        names = SDPA_ARGS
     else:
         return None
     a = dict(zip(names, node.args))

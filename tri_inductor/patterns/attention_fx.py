@@ -21,8 +21,9 @@ from typing import Any
 
 import torch
 
+from .attention import SDPA_ARGS  # importing attention also registers tri_inductor::attention
+
 Node = torch.fx.Node
-_SDPA_ARGS = ("query", "key", "value", "attn_mask", "dropout_p", "is_causal", "scale", "enable_gqa")
 
 
 def _sdpa_targets():
@@ -182,8 +183,6 @@ def analyse_mask(mask: Node, B: int, Sq: int, Skv: int):
 
 def _insert_attention(gm, before: Node, q, k, v, is_causal, scale, mask=None, offset=0, window=0,
                       softcap=0.0):
-    from . import attention  # noqa: F401  (registers the op)
-
     g = gm.graph
     with g.inserting_before(before):
         new = g.call_function(torch.ops.tri_inductor.attention.default,
@@ -254,7 +253,7 @@ def rewrite_sdpa(gm: torch.fx.GraphModule) -> int:
     for node in list(gm.graph.nodes):
         if node.op != "call_function" or node.target not in targets:
             continue
-        bound = dict(zip(_SDPA_ARGS, node.args))
+        bound = dict(zip(SDPA_ARGS, node.args))
         bound.update(node.kwargs)
         dropout = bound.get("dropout_p", 0.0)
         if not isinstance(dropout, (int, float)) or dropout != 0.0:

@@ -11,8 +11,9 @@ import functools
 import hashlib
 import json
 import logging
-import os
 from typing import NamedTuple
+
+from ... import envs
 
 log = logging.getLogger("tri_inductor.gemm")
 
@@ -172,13 +173,10 @@ def parse_cfg(raw) -> Cfg | None:
 
 # ---------------------------------------------------------------------- the shipped table
 
-TABLE_ENV = "TRI_INDUCTOR_LINEAR_TUNED"
-TABLE_PATH = os.path.join(os.path.dirname(__file__), "tuned_sm90.json")
+TABLE_ENV = "TRI_INDUCTOR_LINEAR_TUNED"  # default: envs.SHIPPED_LINEAR_TUNED (tuned_sm90.json here)
 
 
 def table_path() -> str:
-    from ... import envs
-
     return str(envs.linear_tuned())
 
 
@@ -190,7 +188,7 @@ def _load_table(path: str) -> tuple[dict[tuple[int, int, int], Cfg], str]:
         with open(path, "rb") as f:
             raw = f.read()
     except FileNotFoundError:
-        if path != TABLE_PATH:
+        if path != str(envs.SHIPPED_LINEAR_TUNED):
             log.warning("tri_inductor: %s=%s does not exist; using the cost model alone", TABLE_ENV, path)
         return {}, "none"
     digest = hashlib.sha256(raw).hexdigest()

@@ -7,7 +7,6 @@ L2 (a 3584 x 3584 bf16 weight is 26 MB: one copy would sit in an H200's 50 MB L2
 """
 from __future__ import annotations
 
-import statistics
 from collections.abc import Callable
 from typing import Any
 
@@ -81,35 +80,6 @@ def _warm(fns: list) -> None:
     torch.cuda.synchronize()
 
 
-def graph_time_ms(fns: list, reps: int = 5) -> float:
-    """Median ms of one call: the calls (over different inputs) captured once in a CUDA graph,
-    replayed ``reps`` times."""
-    torch.cuda.synchronize()
-    s = torch.cuda.Stream()
-    s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s):
-        for f in fns:  # compiles, allocator pools
-            f()
-    torch.cuda.current_stream().wait_stream(s)
-    torch.cuda.synchronize()
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        for f in fns:
-            f()
-    g.replay()
-    torch.cuda.synchronize()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    times = []
-    for _ in range(reps):
-        start.record()
-        g.replay()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end) / len(fns))
-    del g
-    return statistics.median(times)
-
-
 def _ends(out: torch.Tensor) -> torch.Tensor:
     """First and last rows of an output, in fp32: the check covers the first and the last M
     tile (ragged edges, group order) without a full fp32 copy of a big output."""
@@ -162,7 +132,7 @@ def config_for(n: int, k: int, bucket: int, dtype: torch.dtype, dev: Device, mm_
             err = ((out - ref).norm() / ref.norm().clamp_min(1e-6)).item()
             if not err < 2e-2:  # NaN fails too
                 raise ValueError(f"result differs from the reference kernel's (rel. err {err:.2e})")
-            return graph_time_ms([lambda w=w: mm_launch(a, w.t(), None, cfg) for w in ws])
+            return generic.graph_time_ms([lambda w=w: mm_launch(a, w.t(), None, cfg) for w in ws])
 
         return generic.run_isolated(work)
 
@@ -177,5 +147,5 @@ def config_for(n: int, k: int, bucket: int, dtype: torch.dtype, dev: Device, mm_
         state.clear()  # free the benchmark tensors before the compile goes on
 
 
-__all__ = ["CANDIDATES", "config_for", "default_config", "graph_time_ms", "shape_key",
+__all__ = ["CANDIDATES", "config_for", "default_config", "shape_key",
            "tuning_candidates"]
