@@ -32,8 +32,10 @@ def test_hooked_target_has_the_recorded_signature(hook: hooks.Hook) -> None:
         obj = hooks.resolve(hook.target)
     except (ImportError, AttributeError) as e:
         since_pkg, _, since = hook.since.partition(" ")
-        assert hook.since and hooks._minor(hooks.installed_version(since_pkg)) < hooks._minor(since), (
-            f"{hook.target} is missing on {package} {version}: {e}")
+        until_pkg, _, until = hook.until.partition(" ")
+        before = bool(hook.since) and hooks._minor(hooks.installed_version(since_pkg)) < hooks._minor(since)
+        after = bool(hook.until) and hooks._minor(hooks.installed_version(until_pkg)) >= hooks._minor(until)
+        assert before or after, f"{hook.target} is missing on {package} {version}: {e}"
         return
     if hook.signatures:
         got = hooks.signature_of(obj)

@@ -58,6 +58,8 @@ class Hook:
     """``process``: wrapped once, stays; ``harness``: a CPU test harness patch, undone on exit."""
     since: str = ""
     """``"torch 2.13"``: the target exists from that release on (absent before: nothing to hook)."""
+    until: str = ""
+    """``"torch 2.14"``: the target is gone from that release on (the hook is then not installed)."""
 
 
 _V = "torch 2.11-2.14 / triton 3.6-3.8 / vLLM 0.26-0.34"
@@ -96,6 +98,10 @@ TABLE: tuple[Hook, ...] = (
          "a changed signature: our backend is not selected (TRITON_ATTN, logged once)",
          ("self, num_heads, head_size, scale, num_kv_heads, alibi_slopes, sliding_window, kv_cache_dtype, "
           "logits_soft_cap, attn_type, kv_sharing_target_layer_name, sinks, use_alibi_sqrt, chunk_lookback",)),
+    Hook("vllm.v1.attention.backends.triton_attn:TritonAttentionBackend.get_kv_cache_shape", "vLLM 0.26 (read)",
+         "TriPagedAttentionBackend inherits TRITON_ATTN's KV-cache layout, which our kernels read",
+         "gone (vLLM 0.34 moved the KV-cache layout): our backend is not selected (TRITON_ATTN, logged once)",
+         ("num_blocks, block_size, num_kv_heads, head_size, cache_dtype_str",), until="vllm 0.34"),
     Hook("vllm.v1.attention.backends.triton_attn:TritonAttentionImpl.forward", "vLLM 0.26, 0.34 (read)",
          "TriPagedAttentionImpl.forward sends the attention call to our kernel (KV write, metadata: vLLM's)",
          "a changed signature: our backend is not selected (TRITON_ATTN, logged once)",
@@ -111,11 +117,11 @@ TABLE: tuple[Hook, ...] = (
          "audit output code loaded with no compile/load of ours around it (vLLM >= 0.27 warm starts "
          "from the mega AOT artifact skip the compiler's load())", "warm starts go unaudited",
          ("key, path, linemap, attrs", "key, path, linemap, attrs, *, set_sys_modules")),
-    Hook("torch._higher_order_ops.triton_kernel_wrap:identify_mutated_tensors", _T,
+    Hook("torch._higher_order_ops.triton_kernel_wrap:identify_mutated_tensors", "torch 2.11 / triton 3.6 (gone in 2.14)",
          "remember the mutation analysis of our kernels per (kernel, argument dtypes, constexprs): Inductor "
          "re-runs Triton's frontend for every launch it functionalizes or lowers (tri_inductor.mutation_memo)",
          "every traced and lowered launch of our kernels re-runs Triton's frontend (cold-start compile time)",
-         ("kernel, kwargs, tma_descriptor_metadata",)),
+         ("kernel, kwargs, tma_descriptor_metadata",), until="torch 2.14"),
     Hook("torch._inductor.runtime.triton_heuristics:TritonCompileResult.make_launcher", _T,
          "set the PDL launch attribute on launchers of our USE_PDL kernels",
          "our kernels run without programmatic dependent launch (correct, slower)", ("self",)),

@@ -21,7 +21,8 @@ SLOT = "CUSTOM"
 BACKEND_PATH = "tri_inductor.vllm_attention.TriPagedAttentionBackend"
 FALLBACK = "TRITON_ATTN"
 IMPL_TARGETS = ("vllm.v1.attention.backends.triton_attn:TritonAttentionImpl.__init__",
-                "vllm.v1.attention.backends.triton_attn:TritonAttentionImpl.forward")
+                "vllm.v1.attention.backends.triton_attn:TritonAttentionImpl.forward",
+                "vllm.v1.attention.backends.triton_attn:TritonAttentionBackend.get_kv_cache_shape")
 REGISTRY = "vllm.v1.attention.backends.registry"
 
 

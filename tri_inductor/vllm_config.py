@@ -360,6 +360,8 @@ def _tensor_parallel(vllm_config: "VllmConfig", environ: MutableMapping[str, str
     pass_config = vllm_config.compilation_config.pass_config
     for field, what in (("fuse_allreduce_rms", "FlashInfer's fused all-reduce + RMSNorm CUDA kernel"),
                         ("fuse_gemm_comms", "torch's fused matmul + collective ops (cuBLAS GEMMs)")):
+        if field not in {f.name for f in dataclasses.fields(pass_config)}:
+            continue  # this vLLM has no such pass (0.34: no fuse_gemm_comms)
         value = getattr(pass_config, field, None)
         if value is None:
             ch(Change(f"compilation_config.pass_config.{field}", None, False,

@@ -43,6 +43,8 @@ def install_hooks() -> None:
 
             from .. import mutation_memo
 
+            if not callable(getattr(triton_kernel_wrap, "identify_mutated_tensors", None)):
+                raise AttributeError("identify_mutated_tensors")  # torch 2.14 has none (hooks.TABLE)
             hooks.wrap_once(triton_kernel_wrap, "identify_mutated_tensors", mutation_memo.memoized)
         except (ImportError, AttributeError):  # another torch: the analysis runs uncached (slower cold start)
             log.debug("tri_inductor: identify_mutated_tensors not found; mutation analysis not memoized")
