@@ -25,9 +25,10 @@ from tri_inductor.patterns.paged_attention.reference import paged_attention_ref
 TOL = {torch.bfloat16: dict(atol=2e-2, rtol=2e-2), torch.float16: dict(atol=3e-3, rtol=3e-3)}
 
 
-def make_inputs(q_lens, seq_lens, hq, hk, d, block_size=16, dtype=torch.bfloat16, seed=0):
+def make_inputs(q_lens, seq_lens, hq, hk, d, block_size=16, dtype=torch.bfloat16, seed=0, device="cpu"):
     """vLLM's TRITON_ATTN layout: a packed cache (blocks, kv_heads, block_size, 2*d) stored
-    NHD, split into K and V views; blocks taken in a random order, table rows padded with -1."""
+    NHD, split into K and V views; blocks taken in a random order, table rows padded with -1.
+    Drawn on the CPU (the same values on any ``device``), then moved there."""
     g = torch.Generator().manual_seed(seed)
     nblk = [(s + block_size - 1) // block_size for s in seq_lens]
     total = sum(nblk) + 3  # blocks no sequence owns
@@ -38,11 +39,11 @@ def make_inputs(q_lens, seq_lens, hq, hk, d, block_size=16, dtype=torch.bfloat16
         table[s, :n] = perm[i:i + n].int()
         i += n
     phys = torch.randn(total, block_size, hk, 2 * d, generator=g).to(dtype)  # NHD storage
-    cache = phys.permute(0, 2, 1, 3)                                         # logical (B, H, N, 2d)
+    cache = phys.to(device).permute(0, 2, 1, 3)                              # logical (B, H, N, 2d)
     k_cache, v_cache = cache.transpose(1, 2).split(d, dim=-1)                # what the backend passes
-    q = torch.randn(sum(q_lens), hq, d, generator=g).to(dtype)
-    cu = torch.tensor([0, *torch.tensor(q_lens).cumsum(0).tolist()], dtype=torch.int32)
-    return q, k_cache, v_cache, cu, torch.tensor(seq_lens, dtype=torch.int32), table
+    q = torch.randn(sum(q_lens), hq, d, generator=g).to(dtype).to(device)
+    cu = torch.tensor([0, *torch.tensor(q_lens).cumsum(0).tolist()], dtype=torch.int32, device=device)
+    return q, k_cache, v_cache, cu, torch.tensor(seq_lens, dtype=torch.int32, device=device), table.to(device)
 
 
 def run_case(q_lens, seq_lens, hq, hk, d, block_size=16, dtype=torch.bfloat16, window=None, softcap=0.0,

@@ -22,28 +22,15 @@ import torch
 from tri_inductor.patterns.paged_attention import paged_attention
 from tri_inductor.patterns.paged_attention.reference import paged_attention_ref
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from test_paged_attention import make_inputs as _make_inputs  # noqa: E402  (the CPU tests' cache builder)
+
+
+def make_inputs(*args, **kwargs):
+    return _make_inputs(*args, **kwargs, device="cuda")
+
 pytestmark = pytest.mark.gpu
 TOL = dict(atol=2e-2, rtol=2e-2)
-
-
-def make_inputs(q_lens, seq_lens, hq, hk, d, block_size=16, dtype=torch.bfloat16, seed=0, device="cuda"):
-    """vLLM's TRITON_ATTN cache (packed K|V, NHD storage), blocks shuffled, table rows padded with
-    -1 (holes), as in tests/test_paged_attention.py, on the GPU."""
-    g = torch.Generator().manual_seed(seed)
-    nblk = [(s + block_size - 1) // block_size for s in seq_lens]
-    total = sum(nblk) + 3
-    perm = torch.randperm(total, generator=g)
-    table = torch.full((len(seq_lens), max(nblk) + 2), -1, dtype=torch.int32)
-    i = 0
-    for s, n in enumerate(nblk):
-        table[s, :n] = perm[i:i + n].int()
-        i += n
-    phys = torch.randn(total, block_size, hk, 2 * d, generator=g).to(dtype)
-    cache = phys.to(device).permute(0, 2, 1, 3)
-    kc, vc = cache.transpose(1, 2).split(d, dim=-1)
-    q = torch.randn(sum(q_lens), hq, d, generator=g).to(dtype).to(device)
-    cu = torch.tensor([0, *torch.tensor(q_lens).cumsum(0).tolist()], dtype=torch.int32, device=device)
-    return q, kc, vc, cu, torch.tensor(seq_lens, dtype=torch.int32, device=device), table.to(device)
 
 
 def vllm_unified(q, kc, vc, out, cu, sl, bt, max_q, max_k, scale, window, softcap, sinks):
