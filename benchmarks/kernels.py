@@ -226,6 +226,7 @@ def tune_gemm(out_dir, min_m=1, max_m=1 << 30, only_m=None, shapes=None, wide=Fa
     (``tuned_sm90.json``: the previous entries plus this sweep's bucket winners)."""
     from tri_inductor.patterns.gemm import configs as GC
     from tri_inductor.patterns.gemm import ops as O
+    from tri_inductor.patterns.gemm import tuning as GT
 
     if out_dir:
         os.makedirs(out_dir, exist_ok=True)
@@ -241,7 +242,6 @@ def tune_gemm(out_dir, min_m=1, max_m=1 << 30, only_m=None, shapes=None, wide=Fa
             results = []
             cands = _gemm_candidates(M, N, K, wide)
             # compile side by side first (one by one: minutes per shape)
-            from tri_inductor.patterns.gemm import tuning as GT
             GT._warm([lambda c=c: O.mm_launch(a0, w0.t(), None, c) for c in cands])
             for cfg in cands:
                 try:

@@ -358,9 +358,10 @@ def _tensor_parallel(vllm_config: "VllmConfig", environ: MutableMapping[str, str
                   "torch's symmetric-memory all-reduce kernels are not NCCL (and need NVLink multicast)",
                   lambda: environ.__setitem__(SYMM_MEM_ALLREDUCE_ENV, "0")))
     pass_config = vllm_config.compilation_config.pass_config
+    fields = {f.name for f in dataclasses.fields(pass_config)}
     for field, what in (("fuse_allreduce_rms", "FlashInfer's fused all-reduce + RMSNorm CUDA kernel"),
                         ("fuse_gemm_comms", "torch's fused matmul + collective ops (cuBLAS GEMMs)")):
-        if field not in {f.name for f in dataclasses.fields(pass_config)}:
+        if field not in fields:
             continue  # this vLLM has no such pass (0.34: no fuse_gemm_comms)
         value = getattr(pass_config, field, None)
         if value is None:
