@@ -70,6 +70,7 @@ def test_wave_quantisation_prefers_full_waves():
 
 
 @pytest.mark.parametrize("bad", [[128, 128, 64, 8, 1, 0, 3, 1], [96, 128, 64, 8, 1, 4, 3, 0],
+                                 [64, 256, 64, 8, 1, 4, 3, 2],  # Triton 3.6's compiler asserts on it
                                  [16, 64, 256, 1, 1000, 4, 4, 0], [1, 8, 1024, 1, 1, 4, 1, 7],
                                  [256, 256, 256, 8, 1, 8, 8, 1], "x", [1, 2], [True] * 7])
 def test_invalid_configs_are_refused(bad):
@@ -204,6 +205,46 @@ def test_stored_invalid_config_is_not_used(fake_gpu_tuning, caplog):
     with caplog.at_level(logging.WARNING, logger="tri_inductor.tuning"):
         got = config_for(1152, 896, 32, torch.bfloat16, C.DEFAULT_DEVICE)
     assert C.invalid_reason(got) is None and measured and "not valid" in caplog.text
+
+
+def test_device_fault_while_tuning_names_the_candidate(fake_gpu_tuning, monkeypatch):
+    """A candidate that faults on the device (the CUDA context is lost) is not 'rejected' like a
+    config the device refuses: the start fails at once, naming it."""
+    dev = C.DEFAULT_DEVICE
+    cands = T.tuning_candidates(2048, 2048, 128, dev)
+    bad = cands[1]
+
+    def measure(c):
+        if c == bad:
+            raise RuntimeError("CUDA error: an illegal memory access was encountered")
+        if c == cands[0]:
+            raise RuntimeError("out of resource: shared memory")  # refused: just rejected
+        return 1.0
+
+    with pytest.raises(RuntimeError, match="faulted on the device") as info:
+        generic.tune("mm", T.shape_key(2048, 2048, 128, torch.bfloat16), T.default_config(2048, 2048, 128, dev),
+                     cands, measure, C.parse_cfg, list)
+    assert str(bad) in str(info.value)
+    assert generic.device_fault(RuntimeError("CUDA error: misaligned address"))
+    assert not generic.device_fault(RuntimeError("out of resource: shared memory, Required: 300000"))
+
+
+def test_compile_failures_are_not_compiled_again(monkeypatch):
+    """Candidates whose side-by-side compile failed are rejected from that result (a compiler
+    crash recovered in-process is not repeated on the tuning thread)."""
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda *a, **k: None)
+    ok, bad = C.Cfg(64, 64, 64, 8, 1, 4, 3), C.Cfg(64, 256, 64, 8, 1, 4, 3, C.Kind.TMA_WS)
+    calls = []
+
+    def compile_fn(cfg):
+        def f():
+            calls.append(cfg)
+            if cfg == bad:
+                raise RuntimeError("PassManager::run failed")
+        return f
+
+    failed = T._warm({c: compile_fn(c) for c in (ok, bad)})
+    assert set(failed) == {bad} and isinstance(failed[bad], RuntimeError) and sorted(calls) == sorted([ok, bad])
 
 
 # ----------------------------------------------------------------- inside compiled graphs

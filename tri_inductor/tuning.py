@@ -79,8 +79,14 @@ def run_isolated(fn: Callable[[], Any]) -> Any:
     def target() -> None:
         try:
             torch.cuda.set_device(device)
+            # The device is idle on entry and on exit: the benchmark runs on this thread's
+            # streams, never overlapping work the caller (vLLM's profile run) has in flight,
+            # and leaves nothing running behind (docs/design/gemm.md: the Llama-3.2-1B fault
+            # did not occur with a device sync after every launch).
+            torch.cuda.synchronize()
             with torch.no_grad():
                 box["value"] = fn()
+            torch.cuda.synchronize()
         except BaseException as e:  # noqa: BLE001  (re-raised on the caller's thread)
             box["error"] = e
 
@@ -171,6 +177,17 @@ def tune(kernel: str, shape_key: str, default: C, candidates: Sequence[C],
             _spent_s += time.perf_counter() - t0
 
 
+# CUDA errors that leave the context unusable (sticky): never "a rejected candidate".
+_FAULTS = ("illegal memory access", "illegal address", "misaligned address", "unspecified launch failure",
+           "illegal instruction", "an illegal", "device-side assert")
+
+
+def device_fault(e: BaseException) -> bool:
+    """Whether ``e`` is a device fault (the CUDA context is lost), not a config the device refuses."""
+    text = str(e).lower()
+    return any(f in text for f in _FAULTS)
+
+
 def _tune_now(kernel, shape_key, label, default, uniq, measure, encode, nth, t0):
     log.debug("tuning %s: %d candidate configs (shape #%d this start)", label, len(uniq), nth)
     timings: list[tuple[float, C]] = []
@@ -179,6 +196,11 @@ def _tune_now(kernel, shape_key, label, default, uniq, measure, encode, nth, t0)
         try:
             ms = float(measure(c))
         except Exception as e:  # noqa: BLE001  (out of shared memory, wrong result, ...)
+            if device_fault(e):
+                # the CUDA context is lost: every later call fails, so say which config did it
+                log.error("tri_inductor: tuning %s: candidate %s faulted on the device (%s); the CUDA "
+                          "context is lost. TRI_INDUCTOR_TUNE=0 avoids tuning.", label, c, e)
+                raise RuntimeError(f"tuning {label}: candidate {c} faulted on the device: {e}") from e
             log.debug("tuning %s (%d/%d): %s rejected (%s: %s)", label, i, len(uniq), c, type(e).__name__, e)
             continue
         timings.append((ms, c))

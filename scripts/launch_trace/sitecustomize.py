@@ -4,7 +4,9 @@ first launch whose sync fails is named with its Python call site, then the proce
     PYTHONPATH=scripts/launch_trace:$PYTHONPATH TORCHINDUCTOR_USE_STATIC_CUDA_LAUNCHER=0 \\
         CUDA_LAUNCH_BLOCKING=1 python3 ...
 
-(Inductor's static launcher skips Triton's launch hooks: turn it off.) Prints the first 40
+(Inductor's static launcher skips Triton's launch hooks: turn it off.) No sync while a stream
+is capturing a CUDA graph (not allowed there); ``TRACE_NOSYNC=1`` keeps the hooks but syncs
+nothing (does the sync or the hooks' other effect matter?). Prints the first 40
 launches and every 500th to stderr as ``[TRACE] ok #n name | call site``. Debugging only: a
 sync per launch is slow, and the sitecustomize hook runs in every Python process of the tree.
 """
@@ -35,7 +37,11 @@ def _enter(metadata):
 def _exit(metadata):
     import torch
 
+    if os.environ.get("TRACE_NOSYNC") == "1":
+        return  # hooks set (our launch fast path is bypassed), no sync: which of the two matters?
     try:
+        if torch.cuda.is_current_stream_capturing():
+            return  # a sync is not allowed while capturing (the replay's sync reports a fault)
         torch.cuda.synchronize()
     except Exception as e:  # noqa: BLE001
         sys.stderr.write(f"\n[TRACE] FAULT in launch #{_count[0]} {_name(metadata)}: {e!r}\n"

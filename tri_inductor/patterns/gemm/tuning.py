@@ -59,25 +59,30 @@ def tuning_candidates(n: int, k: int, bucket: int, dev: Device, elem: int = 2) -
     return out
 
 
-def _warm(fns: list) -> None:
+def _warm(fns: dict) -> dict:
     """Compile the candidates' kernels side by side (Triton's compile is mostly ptxas, a
     subprocess): tuning time is then one compile's, not one per candidate. Compile only: the
     first launches happen one by one, in ``measure`` (concurrent first launches of one kernel
-    race in Triton's lazy handle loading; seen as an illegal address on the H200)."""
+    race in Triton's lazy handle loading; seen as an illegal address on the H200). Returns the
+    candidates whose compile failed, with the error: they are rejected without a second compile
+    (a compiler crash that Triton recovers from in-process should happen once, not twice)."""
     from concurrent.futures import ThreadPoolExecutor
 
     from .._launch import compile_only
 
-    def run(f):
+    def run(item):
+        cfg, f = item
         try:
             with compile_only():
                 f()
-        except Exception:  # noqa: BLE001  (measured again, and rejected, one by one)
-            pass
+        except Exception as e:  # noqa: BLE001
+            return cfg, e
+        return cfg, None
 
     with ThreadPoolExecutor(max_workers=8, thread_name_prefix="tri_inductor-compile") as pool:
-        list(pool.map(run, fns))
+        failed = {cfg: e for cfg, e in pool.map(run, fns.items()) if e is not None}
     torch.cuda.synchronize()
+    return failed
 
 
 def _ends(out: torch.Tensor) -> torch.Tensor:
@@ -120,9 +125,11 @@ def config_for(n: int, k: int, bucket: int, dtype: torch.dtype, dev: Device, mm_
                 w = torch.randn(n, k, device="cuda", dtype=dtype, generator=g) / 64
                 state["ws"] = [w] + [w.clone() for _ in range(copies() - 1)]
             a, ws = state["a"], state["ws"]
-            if "warm" not in state:
-                state["warm"] = True
-                _warm([lambda c=c: mm_launch(a, ws[0].t(), None, c) for c in state["cands"]])
+            if "failed" not in state:
+                state["failed"] = _warm({c: (lambda c=c: mm_launch(a, ws[0].t(), None, c)) for c in state["cands"]})
+            if cfg in state["failed"]:
+                err = state["failed"][cfg]
+                raise RuntimeError(f"did not compile: {type(err).__name__}: {err}"[:300])
             out = _ends(mm_launch(a, ws[0].t(), None, cfg))
             if "ref" not in state:
                 # the plain pointer kernel at its simplest tile: the same rows, no split, no TMA
