@@ -135,6 +135,46 @@ def test_gemv_split_k(split, act, poison):
     assert _rel(out, ref) < TOL[torch.float16]
 
 
+# Configs whose launches write into a buffer sized by the compile range's cap (m_cap): split-K
+# partials (pointer and GEMV kernels) and the fused gate_up's intermediate on TMA tiles.
+CAPPED = [(C.Cfg(32, 32, 64, 1, 3, 4, 2), None), (C.Cfg(1, 8, 128, 1, 2, 4, 1, C.Kind.GEMV), None),
+          (C.Cfg(64, 64, 64, 8, 1, 4, 3, C.Kind.TMA), "silu")]
+
+
+@pytest.mark.parametrize("cfg,act", CAPPED, ids=["ptr-split3", "gemv-split2", "tma-fused"])
+def test_launches_stay_inside_capped_buffers(cfg, act, monkeypatch):
+    """Inductor's compile-time autotuning runs a compile range's graph at M's size hint (vLLM:
+    8192) with the gates as at that M: a launch sized for the range's cap (here 200 rows) must
+    not write M (= 300) rows into it. Every kernel's M argument is checked against the rows of
+    the buffer it writes (the Llama-3.2-1B start's illegal address was split-K partials)."""
+    from tri_inductor.patterns.gemm import launch as GL
+
+    monkeypatch.setattr(GL, "device_info", lambda device=None: C.DEFAULT_DEVICE)  # Hopper: TMA path
+    monkeypatch.setattr(GL, "tma_ok", lambda a, b, n: True)
+    launches = []
+
+    def record(kernel, grid, *args, **kwargs):
+        launches.append((getattr(kernel, "__name__", str(kernel)), args, kwargs))
+
+    monkeypatch.setattr(GL, "launch", record)
+    import tri_inductor.patterns.activation as A
+    monkeypatch.setattr(A, "launch", record, raising=False)
+    m, n, k, cap = 300, 64, 256, 200  # cap > 128: the fused form runs on TMA tiles (FUSED_TMA_MIN_M)
+    a = torch.randn(m, k, dtype=torch.bfloat16)
+    w = torch.randn(2 * n if act else n, k, dtype=torch.bfloat16)
+    out = torch.empty(m, n, dtype=torch.bfloat16)
+    GL.launch_cfg(a, w.t(), None, out, cfg, gate=1, m_hint=cap, m_cap=cap,
+                  act=GL.ACTS[act] if act else GL.NO_ACT)
+    checked = 0
+    for name, args, _ in launches:
+        if name in ("mm_kernel", "mm_gemv_kernel", "mm_tma_kernel"):
+            dest, rows = args[2], args[4]
+            dest_rows = dest.shape[-2]
+            assert rows <= dest_rows, (name, rows, tuple(dest.shape))
+            checked += 1
+    assert checked, launches
+
+
 # ----------------------------------------------------------------------------- tuning
 
 

@@ -98,6 +98,16 @@ def gemv_ok(a, b) -> bool:
     return a.stride(1) == 1 and b.stride(0) == 1  # row of a and columns of b (rows of w) contiguous
 
 
+def _rows(M, m_cap: int | None):
+    """Rows a launch computes into a buffer sized by ``m_cap``: min(M, m_cap). The gate keeps M
+    <= m_cap whenever vLLM runs the graph, but Inductor's compile-time autotuning
+    (``triton.autotune_at_compile_time``, on under vLLM's standalone compile) runs a compile
+    range's kernels at M's size hint (8192, vLLM's dummy run) with every gate as at that M: the
+    kernels must then stay inside the buffer, not write M rows into an m_cap-row one (the
+    Llama-3.2-1B start's illegal address: split-K partials of the 1-128 token range)."""
+    return M if m_cap is None else torch.sym_min(M, m_cap)
+
+
 def split_for(cfg: Cfg, m_hint: int, n: int, k: int, device=None) -> int:
     return auto_split(cfg, m_hint, n, k, device_info(device))
 
@@ -126,9 +136,9 @@ def launch_cfg(a, b, bias, out, cfg: Cfg, gate=1, m_hint: int | None = None, m_c
         if split > 1:
             # fp32 partials of the plain GEMV over all of b's columns, then one reduction kernel
             # (sum + bias, or the gate_up activation, + cast)
-            rows = M if m_cap is None else torch.sym_min(M, m_cap)
+            rows = _rows(M, m_cap)
             ws = torch.empty((split, rows, N), dtype=torch.float32, device=a.device)
-            launch(mm_gemv_kernel, (triton.cdiv(n, cfg.block_n) * gate, split), a, b, ws, bias_arg, M, N, K,
+            launch(mm_gemv_kernel, (triton.cdiv(n, cfg.block_n) * gate, split), a, b, ws, bias_arg, rows, N, K,
                    a.stride(0), b.stride(1), ws.stride(0), ws.stride(1), HAS_BIAS=False,
                    EVEN_K=(k % cfg.block_k == 0), ACT=NO_ACT, SPLIT_K=split, BLOCK_N=cfg.block_n,
                    BLOCK_K=cfg.block_k, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
@@ -155,9 +165,9 @@ def launch_cfg(a, b, bias, out, cfg: Cfg, gate=1, m_hint: int | None = None, m_c
     if fused and tma_kernel:
         # Prefill tiles: the plain GEMM, then the activation kernel (fused, the persistent
         # kernels lost to the pair: docs/design/gemm.md).
-        rows = M if m_cap is None else torch.sym_min(M, m_cap)
+        rows = _rows(M, m_cap)
         h = torch.empty((rows, N), dtype=a.dtype, device=a.device)
-        launch_cfg(a, b, None, h, cfg, gate, m_hint, m_cap)
+        launch_cfg(a if m_cap is None else a.narrow(0, 0, rows), b, None, h, cfg, gate, m_hint, m_cap)
         launch_gated(h, out, act, *_act_launch_config(n_out, a.element_size()), gate=gate)
         return
     if tma_kernel and a.dtype != torch.float32 and dev.hopper and tma_ok(a, b, n):
@@ -183,10 +193,10 @@ def launch_cfg(a, b, bias, out, cfg: Cfg, gate=1, m_hint: int | None = None, m_c
         return
     # Split-K: fp32 partials [SPLIT_K, rows, N] of the plain GEMM (all of b's columns), then one
     # reduction kernel (sum + bias, or the gate_up activation, + cast).
-    rows = M if m_cap is None else torch.sym_min(M, m_cap)
+    rows = _rows(M, m_cap)
     ws = torch.empty((split, rows, N), dtype=torch.float32, device=a.device)
-    grid = (triton.cdiv(M, cfg.block_m) * triton.cdiv(n, cfg.block_n) * gate, split)
-    launch(mm_kernel, grid, a, b, ws, bias_arg, M, N, K,
+    grid = (triton.cdiv(rows, cfg.block_m) * triton.cdiv(n, cfg.block_n) * gate, split)
+    launch(mm_kernel, grid, a, b, ws, bias_arg, rows, N, K,
            a.stride(0), a.stride(1), b.stride(0), b.stride(1), ws.stride(0), ws.stride(1), ws.stride(2),
            ACT=NO_ACT, BLOCK_N=cfg.block_n, **common)
     _reduce(ws, out, bias, bias_arg, rows, N_out, split, act, gate)
