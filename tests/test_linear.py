@@ -117,6 +117,29 @@ def test_offsets_fit_int32_bounds():
     assert LA.offsets_fit_int32(a[:, :1024], w[:, :1024].t(), 8192, 1)  # strided views, M capped
 
 
+def test_int32_offsets_cover_the_size_hint_of_a_symbolic_m():
+    """A symbolic M runs at most m_cap rows under vLLM but its size hint (8192) when Inductor
+    autotunes at compile time: 32-bit offsets only when both fit."""
+    from torch._dynamo.source import ConstantSource
+    from torch.fx.experimental.symbolic_shapes import ShapeEnv
+
+    env = ShapeEnv()
+    M = env.create_symintnode(env.create_symbol(8192, ConstantSource("M")), hint=8192)
+
+    class Op:  # shape and strides only: what the check reads
+        def __init__(self, shape, strides):
+            self.shape, self._strides = shape, strides
+
+        def stride(self, i):
+            return self._strides[i]
+
+    k, n = 1024, 300_000  # 128 rows of output fit in int32 offsets, 8192 rows do not
+    a, b = Op((M, k), (k, 1)), Op((k, n), (1, k))
+    assert LA.offsets_fit_int32(Op((128, k), (k, 1)), b, None, 1)
+    assert not LA.offsets_fit_int32(a, b, 128, 1)
+    assert LA.offsets_fit_int32(a, Op((k, 4096), (1, k)), 128, 1)
+
+
 @pytest.mark.parametrize("transposed", [True, False])
 @pytest.mark.parametrize("kernel", [C.Kind.TMA, C.Kind.TMA_WS])
 def test_mm_tma_persistent(transposed, kernel):

@@ -83,8 +83,10 @@ def offsets_fit_int32(a, b, m_cap: int | None, split: int) -> bool:
     of the output (or of the [split, rows, N] partials). Symbolic strides answer no."""
     M, K = a.shape
     N = b.shape[1]
-    # isinstance, not int(): int() of a SymInt would install a guard (and specialise M)
-    rows = M if isinstance(M, int) else m_cap
+    # isinstance, not int(): int() of a SymInt would install a guard (and specialise M). A
+    # symbolic M is bounded by m_cap when vLLM runs the graph, but by its size hint when
+    # Inductor autotunes the graph at compile time (see _rows): the larger of the two.
+    rows = M if isinstance(M, int) else (None if m_cap is None else max(m_cap, hint(M)))
     vals = [v if isinstance(v, int) else None for v in (K, N, a.stride(0), a.stride(1), b.stride(0), b.stride(1))]
     if rows is None or any(v is None for v in vals):
         return False
