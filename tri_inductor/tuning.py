@@ -81,8 +81,7 @@ def run_isolated(fn: Callable[[], Any]) -> Any:
             torch.cuda.set_device(device)
             # The device is idle on entry and on exit: the benchmark runs on this thread's
             # streams, never overlapping work the caller (vLLM's profile run) has in flight,
-            # and leaves nothing running behind (docs/design/gemm.md: the Llama-3.2-1B fault
-            # did not occur with a device sync after every launch).
+            # and leaves nothing running behind.
             torch.cuda.synchronize()
             with torch.no_grad():
                 box["value"] = fn()

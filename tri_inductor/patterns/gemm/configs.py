@@ -158,8 +158,8 @@ def invalid_reason(cfg: Cfg, dev: Device = DEFAULT_DEVICE, elem: int = 2) -> str
         return "TMA kernels need sm_90+"
     if kind == Kind.TMA_WS and cfg.num_warps < 8 and cfg.block_n > 128:
         # Triton 3.6 splits the 256-wide tile between two consumer groups and its compiler then
-        # asserts (MMAHelpers.h "Instruction shape is too large for the layout"); the crash is
-        # recovered in-process, which left the process to fault later (Llama-3.2-1B start).
+        # asserts (MMAHelpers.h "Instruction shape is too large for the layout"), an abort it
+        # recovers from in-process: never hand it such a tile (tests/test_gemm_compile.py).
         return "warp-specialized tiles wider than 128 columns need 8 warps"
     if smem_bytes(cfg, elem) > dev.smem:
         return f"needs {smem_bytes(cfg, elem)} B of shared memory, the device has {dev.smem}"
