@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import ast
 import collections
+import dataclasses
 import logging
 import os
-import dataclasses
 import pprint
 import subprocess
 import sys

@@ -178,7 +178,7 @@ def tune(kernel: str, shape_key: str, default: C, candidates: Sequence[C],
 
 # CUDA errors that leave the context unusable (sticky): never "a rejected candidate".
 _FAULTS = ("illegal memory access", "illegal address", "misaligned address", "unspecified launch failure",
-           "illegal instruction", "an illegal", "device-side assert")
+           "illegal instruction", "device-side assert")
 
 
 def device_fault(e: BaseException) -> bool:
@@ -197,9 +197,8 @@ def _tune_now(kernel, shape_key, label, default, uniq, measure, encode, nth, t0)
         except Exception as e:  # noqa: BLE001  (out of shared memory, wrong result, ...)
             if device_fault(e):
                 # the CUDA context is lost: every later call fails, so say which config did it
-                log.error("tri_inductor: tuning %s: candidate %s faulted on the device (%s); the CUDA "
-                          "context is lost. TRI_INDUCTOR_TUNE=0 avoids tuning.", label, c, e)
-                raise RuntimeError(f"tuning {label}: candidate {c} faulted on the device: {e}") from e
+                raise RuntimeError(f"tri_inductor: tuning {label}: candidate {c} faulted on the device ({e}); "
+                                   "the CUDA context is lost. TRI_INDUCTOR_TUNE=0 starts without tuning.") from e
             log.debug("tuning %s (%d/%d): %s rejected (%s: %s)", label, i, len(uniq), c, type(e).__name__, e)
             continue
         timings.append((ms, c))
