@@ -8,7 +8,7 @@
     python3 benchmarks/report.py --plot perf.png      # bar chart of the ratios (matplotlib)
 
 Reads every ``*.json`` in the results folder, by name: ``e2e_*`` (benchmarks/e2e_vllm.py),
-``kernels_*`` (benchmarks/kernels.py), ``census_*`` (benchmarks/vllm_census.py), ``cache_*``
+``kernels_*`` (benchmarks/kernels.py), ``moe_kernels_*`` (benchmarks/moe_kernels.py), ``census_*`` (benchmarks/vllm_census.py), ``cache_*``
 (compile-cache timings; shown generically).  Any of them may be absent; files that do not parse
 are listed, not fatal.  README gets one line (:func:`headline`): it replaces only the text
 between ``<!-- perf-table:start -->`` and ``<!-- perf-table:end -->``; if README has no such
@@ -28,7 +28,7 @@ RESULTS = ROOT / "benchmarks" / "results"
 README = ROOT / "README.md"
 DOCS_PAGE = ROOT / "docs" / "performance.md"
 START, END = "<!-- perf-table:start -->", "<!-- perf-table:end -->"
-KINDS = ("e2e", "kernels", "attention", "gemm_models", "census", "cache")
+KINDS = ("e2e", "kernels", "attention", "gemm_models", "moe_kernels", "census", "cache")
 OURS, BASE, DEFAULT = "tri_inductor", "inductor", "default"
 
 
@@ -460,6 +460,23 @@ def gemm_models_section(name: str, d: dict[str, Any]) -> str:
     return "\n".join(out)
 
 
+def moe_kernels_section(name: str, d: dict[str, Any]) -> str:
+    """``moe_kernels.py``: our MoE layer vs vLLM's Triton fused_moe and torch._grouped_mm."""
+    meta, s = d.get("meta", {}), d.get("summary", {})
+    rows = d.get("rows") if isinstance(d.get("rows"), list) else []
+    out = [f"#### MoE layer: ours / vLLM's Triton fused_moe (`{name}`)", "",
+           _meta_line(meta.get("card"), {k: meta.get(k) for k in ("torch", "triton")}, meta.get("commit"), ""), "",
+           "Routed experts of one layer (same routing for every contender). Ratios > 1.0x: ours faster. "
+           + (f"Baseline: {d['baseline_note']}." if d.get("baseline_note") else ""), "",
+           f"geomean vs fused_moe **{_ratio(s.get('geomean_vs_vllm'))}** (min {_ratio(s.get('min_vs_vllm'))}); "
+           f"vs torch._grouped_mm {_ratio(s.get('geomean_vs_grouped_mm'))}", "",
+           _table(["shape", "M", "ours us", "fused_moe us", "_grouped_mm us", "ours / fused_moe", "ours / _grouped_mm"],
+                  [[r.get("shape", ""), r.get("M"), _num(r["ms"].get("ours", math.nan) * 1e3),
+                    _num(r["ms"].get("vllm", math.nan) * 1e3), _num(r["ms"].get("grouped_mm", math.nan) * 1e3),
+                    _ratio(r.get("vs_vllm")), _ratio(r.get("vs_grouped_mm"))] for r in rows])]
+    return "\n".join(out)
+
+
 def build_markdown(folder: str | Path = RESULTS) -> str:
     res = load_results(folder)
     parts = ["## Performance", "",
@@ -468,7 +485,7 @@ def build_markdown(folder: str | Path = RESULTS) -> str:
     if not any(res[k] for k in KINDS):
         parts += ["", "No results yet."]
     for kind, fn in (("e2e", e2e_section), ("kernels", kernels_section), ("attention", attention_section),
-                     ("gemm_models", gemm_models_section),
+                     ("gemm_models", gemm_models_section), ("moe_kernels", moe_kernels_section),
                      ("census", census_section), ("cache", cache_section)):
         for name, data in res[kind]:
             try:

@@ -728,3 +728,14 @@ def test_report_start_table_shows_tuning_when_recorded(tmp_path):
     plain.mkdir()
     (plain / "e2e_h100.json").write_text(json.dumps(_e2e()))
     assert "configs benchmarked" not in report.build_markdown(plain)
+
+
+def test_moe_kernels_record_gets_its_table(tmp_path):
+    rows = [{"shape": "mixtral_8x7b", "M": m, "ms": {"ours": 0.1 * m, "vllm": 0.2 * m, "grouped_mm": 0.3 * m},
+             "vs_vllm": 2.0, "vs_grouped_mm": 3.0} for m in (1, 16)]
+    (tmp_path / "moe_kernels_h200.json").write_text(json.dumps(
+        {"meta": {"card": "NVIDIA H200", "commit": "abc"}, "rows": rows,
+         "summary": {"geomean_vs_vllm": 2.0, "min_vs_vllm": 2.0, "geomean_vs_grouped_mm": 3.0}}))
+    md = report.build_markdown(tmp_path)
+    assert "MoE layer" in md and "geomean vs fused_moe **2.000x**" in md
+    assert md.count("| mixtral_8x7b |") == 2
