@@ -155,6 +155,7 @@ def dry_run() -> int:
     """CPU: every contender's numerics on tiny shapes (ours in Triton's interpreter). vLLM's own
     Triton kernel cannot run here (vLLM disables Triton without a GPU): its path is checked up to
     the baseline ops swapped in (the torch alignment against ours)."""
+    import tri_inductor.testing.interpret  # noqa: F401  (our kernels on CPU tensors: the interpreter)
     from tri_inductor.patterns.moe import ops
 
     ok = True
@@ -191,6 +192,8 @@ def dry_run() -> int:
 def gpu_run(rounds: int, out_dir: str | None) -> int:
     from _common import bench, card_slug, geomean, metadata, write_json
 
+    from tri_inductor.patterns.moe import tuning as moe_tuning
+
     rows = []
     for name, (H, I, E, k) in SHAPES.items():
         gate, w13, w2 = make_layer(H, I, E, "cuda")
@@ -211,6 +214,7 @@ def gpu_run(rounds: int, out_dir: str | None) -> int:
             t = {n: statistics.median(v) for n, v in times.items()}
             row = dict(shape=name, M=M, ms=t, vs_vllm=t["vllm"] / t["ours"], vs_grouped_mm=t["grouped_mm"] / t["ours"],
                        rel_err_vs_vllm=rel(outs["ours"], ref), rel_err_grouped_mm_vs_vllm=rel(outs["grouped_mm"], ref))
+            row["ours_config"] = moe_tuning.config_for(M, k, I, H, E, DT).short()  # the memo: what ours ran
             rows.append(row)
             print(f"{name:15s} M={M:5d}  ours {t['ours'] * 1e3:9.1f} us  vllm {t['vllm'] * 1e3:9.1f} us "
                   f"({row['vs_vllm']:.3f}x)  grouped_mm {t['grouped_mm'] * 1e3:9.1f} us ({row['vs_grouped_mm']:.3f}x)"

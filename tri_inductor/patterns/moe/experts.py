@@ -6,7 +6,8 @@
   GEMM, the row itself for the second) and written to row ``idx`` of the output.  ``GATED``:
   the weight holds [gate; up] (vLLM's w13, transformers' gate_up_proj, [E, 2N, K]) and the
   program accumulates both halves and writes act(gate) * up: the SiLU/GELU-and-mul between the
-  two GEMMs costs no extra pass.  ``MUL_W``: scale each row by its routing weight.
+  two GEMMs costs no extra pass.  ``MUL_W``: scale each row by its routing weight.  ``GROUP_M``:
+  row blocks taken GROUP_M at a time across the N tiles (L2 reuse of the expert's weights).
 * ``grouped_mm_kernel``: ``torch._grouped_mm(a [M, K], b [G, K, N], offs)`` (rows
   offs[g-1]..offs[g] times b[g]), the form transformers' grouped-mm experts write.
 * ``moe_sum_kernel``: out[t] = sum_j w[t, j] * y[t * k + j] in fp32 (w optional).
@@ -24,11 +25,22 @@ def moe_gemm_kernel(a_ptr, w_ptr, c_ptr, sorted_ptr, expert_ids_ptr, n_post_pad_
                     N, K, numel, a_div,
                     stride_am, stride_ak, stride_we, stride_wn, stride_wk, stride_cm, stride_cn,
                     GATED: tl.constexpr, ACT: tl.constexpr, MUL_W: tl.constexpr, EVEN_K: tl.constexpr,
-                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                    GROUP_M: tl.constexpr = 1):
     pid = tl.program_id(0)
     n_tiles = tl.cdiv(N, BLOCK_N)
-    pid_m = pid // n_tiles
-    pid_n = pid % n_tiles
+    if GROUP_M == 1:
+        pid_m = pid // n_tiles
+        pid_n = pid % n_tiles
+    else:
+        # GROUP_M row blocks (mostly one expert's) sweep the N tiles together: the weight tiles
+        # they share are read from HBM once per group, not once per row block.
+        m_tiles = tl.num_programs(0) // n_tiles
+        in_group = GROUP_M * n_tiles
+        first_m = (pid // in_group) * GROUP_M
+        size_m = tl.minimum(m_tiles - first_m, GROUP_M)
+        pid_m = first_m + (pid % in_group) % size_m
+        pid_n = (pid % in_group) // size_m
     if pid_m * BLOCK_M >= tl.load(n_post_pad_ptr):
         return
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)

@@ -11,6 +11,7 @@ from ..attention import _hint
 from .align import int_histc_kernel, moe_count_kernel, moe_fill_kernel, moe_offsets_kernel, moe_scatter_kernel
 from .experts import grouped_mm_kernel, moe_gemm_kernel, moe_sum_kernel
 from .routing import MAX_EXPERTS, SCORING, moe_route_kernel
+from .tuning import MoeCfg, config_for
 
 ACTIVATIONS = {"silu": 0, "gelu": 1, "gelu_tanh": 2}
 
@@ -140,8 +141,8 @@ def int_histc(x: torch.Tensor, bins: int, lo: int, hi: int, out_dtype: torch.dty
 # ---------------------------------------------------------------------------------------------
 # Expert GEMMs
 def gemm_config(tokens, top_k: int, num_experts: int, n: int, k: int, elem: int) -> dict[str, int]:
-    """Static tile choice by expected rows per expert (not measured on a GPU yet: vLLM's default
-    fused_moe config rules as the starting point)."""
+    """Static tile choice by expected rows per group, for ``grouped_mm`` (the HF ``_grouped_mm``
+    form; the fused-MoE experts take theirs from ``tuning.py``)."""
     per_expert = max(1, _hint(tokens) * top_k // max(1, num_experts))
     if per_expert <= 16:
         bm, bn, bk, warps, stages = 16, 64, 128, 4, 4
@@ -178,7 +179,9 @@ def moe_sum_into(y: torch.Tensor, w: torch.Tensor | None, out: torch.Tensor) -> 
 
 
 def experts(x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor, topk_weights: torch.Tensor,
-            topk_ids: torch.Tensor, activation: str = "silu", apply_weights: bool = True) -> torch.Tensor:
+            topk_ids: torch.Tensor, activation: str = "silu", apply_weights: bool = True,
+            cfg: MoeCfg | None = None) -> torch.Tensor:
+    """``cfg``: the tile config of both GEMMs (default: stored/tuned for this shape, ``tuning.py``)."""
     torch._check(activation in ACTIVATIONS, lambda: f"moe experts: activation={activation!r}; use one of {list(ACTIVATIONS)}")
     torch._check(x.dim() == 2 and w13.dim() == 3 and w2.dim() == 3,
                  lambda: "moe experts: x [T, H], w13 [E, 2I, H], w2 [E, H, I]")
@@ -188,9 +191,13 @@ def experts(x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor, topk_weights: 
     k = topk_ids.shape[1]
     if x.stride(-1) != 1:
         x = x.contiguous()
-    cfg1 = gemm_config(T, k, int(E), I, H, x.element_size())
-    cfg2 = dict(cfg1, **{key: v for key, v in gemm_config(T, k, int(E), H, I, x.element_size()).items()
-                         if key != "BLOCK_M"})  # one alignment for both GEMMs
+    if cfg is None:
+        def run(x, w13, w2, w, ids, c):
+            return experts(x, w13, w2, w, ids, activation, apply_weights, c)
+
+        cfg = config_for(_hint(T), int(k), int(I), int(H), int(E), x.dtype, run)
+    cfg1 = cfg.kwargs(I, H, True, x.element_size())
+    cfg2 = cfg.kwargs(H, I, False, x.element_size())  # one BLOCK_M: one alignment for both GEMMs
     sorted_ids, expert_ids, npp, _ = align(topk_ids, int(E), cfg1["BLOCK_M"])
     numel = T * k
     inter = torch.empty((numel, I), dtype=x.dtype, device=x.device)
