@@ -210,9 +210,12 @@ def spread(xs: Sequence[float]) -> float | None:
 # --------------------------------------------------------------------------- profiles
 
 KERNEL_CLASSES: list[tuple[str, re.Pattern[str]]] = [
-    ("attention", re.compile(r"unified_attention|reduce_segments|reshape_and_cache|attn|attention|flash", re.I)),
+    ("moe", re.compile(r"moe_|fused_moe|grouped_mm_kernel|int_histc", re.I)),
+    # MLA: ours (mla_*) and vLLM's Triton MLA decode (_fwd_grouped_kernel_stage1, _fwd_kernel_stage2)
+    ("attention", re.compile(r"unified_attention|reduce_segments|reshape_and_cache|attn|attention|flash|^mla_|"
+                             r"_fwd_(grouped_)?kernel_stage", re.I)),
     ("gemm", re.compile(r"nvjet|gemm|cutlass|xmma|cublas|splitKreduce|splitk_reduce|^mm_(gemv_|tma_)?kernel|_mm_kernel|"
-                        r"triton_tem_fused.*mm|matmul|_mm$", re.I)),
+                        r"bmm|triton_tem_fused.*mm|matmul|_mm$", re.I)),
     ("fused elementwise (norm/act/rope)", re.compile(r"^triton_(poi|red|per)_|rms|norm|silu|gelu|rope|rotary|"
                                                       r"and_mul|gated_act", re.I)),
     ("sampler", re.compile(r"argmax|softmax|top_?k|top_?p|sampl|gumbel|exponential|logit|Reduce", re.I)),

@@ -35,12 +35,21 @@ which this process's profiler does not see: the kernel census is not taken (``ce
 per-rank census: issue 25) and the file is ``census_<card>_tp<N>.json``.
 ``--dry-run`` prints the engines' arguments and runs nothing.
 
+``--reference hf``: the reference is Hugging Face transformers, eager, bf16, on the same weights
+(outside vLLM; its own greedy tokens).  Every vLLM engine (ours, the baseline, the control) is
+teacher-forced on those tokens and scored against them.  This is how the MoE and MLA shapes are
+checked in ``.gpu-env``, where vLLM's own MoE path cannot run (its CUDA ops are stubs); run a dense
+model in the same call to get the baseline's agreement with the same kind of reference:
+
+    python3 benchmarks/vllm_census.py --models llama,mixtral,qwen3_moe,deepseek_v2 --reference hf
+
 and merge parts (any machine):  python3 benchmarks/vllm_census.py --combine a.json b.json --out
 benchmarks/results/census_h100.json
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import subprocess
@@ -97,8 +106,23 @@ MOE_MODELS: dict[str, dict[str, Any]] = {
                       hidden_act="silu", tie_word_embeddings=False, attention_bias=False,
                       use_sliding_window=False, sliding_window=None),
 }
+# MLA (multi-head latent attention) + MoE: DeepSeek-V2-Lite's layer shape (its YaRN RoPE scaling
+# left out: plain RoPE keeps the comparison with the HF reference about the kernels); vLLM's
+# TRITON_MLA with tri_inductor/vllm_mla.py's hooks.  Run by name with --reference hf.
+MLA_MODELS: dict[str, dict[str, Any]] = {
+    "deepseek_v2": dict(architectures=["DeepseekV2ForCausalLM"], model_type="deepseek_v2", hidden_size=2048,
+                        intermediate_size=10944, moe_intermediate_size=1408, num_attention_heads=16,
+                        num_key_value_heads=16, q_lora_rank=None, kv_lora_rank=512, qk_nope_head_dim=128,
+                        qk_rope_head_dim=64, v_head_dim=128, n_routed_experts=64, n_shared_experts=2,
+                        num_experts_per_tok=6, first_k_dense_replace=1, moe_layer_freq=1, n_group=1,
+                        topk_group=1, topk_method="greedy", scoring_func="softmax", norm_topk_prob=False,
+                        routed_scaling_factor=1.0, rms_norm_eps=1e-6, rope_theta=10000.0, hidden_act="silu",
+                        tie_word_embeddings=False, attention_bias=False),
+}
 DEFAULT_MODELS = tuple(MODELS)
 MODELS.update(MOE_MODELS)
+MODELS.update(MLA_MODELS)
+REFERENCE_HF = "hf"
 
 
 # ======================================================================= parent: orchestration
@@ -116,11 +140,13 @@ def write_model(name: str, folder: Path, layers: int, vocab: int, weights: str) 
         # Random HF-initialised weights (std 0.02): logits with real spread, so greedy ties are
         # rare; vLLM's dummy weights (U(-1e-3, 1e-3)) give near-flat logits and tie-driven flips.
         import torch
-        from transformers import AutoConfig, AutoModelForCausalLM
 
-        torch.manual_seed(0)
-        hf = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(folder), torch_dtype=torch.bfloat16)
-        hf.save_pretrained(folder, safe_serialization=True)
+        with transformers_importable():
+            from transformers import AutoConfig, AutoModelForCausalLM
+
+            torch.manual_seed(0)
+            hf = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(folder), dtype=torch.bfloat16)
+            hf.save_pretrained(folder, safe_serialization=True)
         (folder / "config.json").write_text(json.dumps(cfg, indent=1))  # keep our exact config
         return "auto"
     except Exception as e:  # noqa: BLE001
@@ -327,8 +353,8 @@ def environment() -> dict[str, Any]:
 
 
 def print_table(report: dict[str, Any]) -> None:
-    rows = [("model", "tokens equal", "div/near-tie", "same mode", "eager same mode", "teacher-forced",
-             "baseline self", "eager control",
+    rows = [("model", "reference", "tokens equal", "div/near-tie", "same mode", "eager same mode", "teacher-forced",
+             "baseline self", "baseline vs ref", "eager control",
              "fwd triton launches", "fwd non-triton launches",
              "fwd triton us", "fwd non-triton us", "bookkeeping kernels", "pass")]
     for name, m in report["models"].items():
@@ -339,13 +365,14 @@ def print_table(report: dict[str, Any]) -> None:
         nl = sum(v["launches"] for k, v in cls.items() if k != "triton")
         nu = sum(v["gpu_us"] for k, v in cls.items() if k != "triton")
         ok = m.get("pass")
-        rows.append((name, f"{g.get('equal', '-')}/{g.get('positions', '-')}",
+        rows.append((name, m.get("reference", "inductor"), f"{g.get('equal', '-')}/{g.get('positions', '-')}",
                      f"{g.get('divergent_sequences', '-')}/"
                      f"{sum(d['near_tie'] for d in g.get('divergences', [])) if g else '-'}",
                      f"{(m.get('same_mode') or {}).get('match_rate', '-')}",
                      f"{(m.get('eager_control_same_mode') or {}).get('match_rate', '-')}",
                      f"{(m.get('teacher_forced') or {}).get('match_rate', '-')}",
                      f"{(m.get('baseline_self_teacher_forced') or {}).get('match_rate', '-')}",
+                     f"{(m.get('baseline_teacher_forced') or {}).get('match_rate', '-')}",
                      f"{(m.get('eager_control_teacher_forced') or {}).get('match_rate', '-')}",
                      str(tl), str(nl), f"{tu:.0f}", f"{nu:.0f}", str(len(m.get("bookkeeping", []))),
                      "PASS" if ok else "FAIL"))
@@ -410,6 +437,8 @@ def main_parent(args: argparse.Namespace) -> int:
     if args.dry_run:
         for name in args.models.split(","):
             print(f"model {name}: {json.dumps(MODELS[name] | {'num_hidden_layers': args.layers, 'vocab_size': args.vocab})}")
+        if args.reference == REFERENCE_HF:
+            print(f"  {REFERENCE_HF}: transformers AutoModelForCausalLM (bf16, eager) from <model_dir>: the reference")
         for b in sorted(args.backends.split(","), key=lambda b: b != "inductor"):
             print(f"  {b}: LLM({json.dumps(engine_kwargs(b, '<model_dir>', '<load_format>', args.tp))})")
         print(f"results -> {args.out or ROOT / 'benchmarks/results' / out_name('CARD', args.tp).replace('card', '<card>')}")
@@ -417,7 +446,7 @@ def main_parent(args: argparse.Namespace) -> int:
     report = environment()
     report["settings"] = {"prompts": args.prompts, "tokens": args.tokens, "layers": args.layers,
                           "vocab": args.vocab, "weights": args.weights, "profile_tokens": PROFILE_TOKENS,
-                          "gap_tol": args.gap_tol, "tp": args.tp}
+                          "gap_tol": args.gap_tol, "tp": args.tp, "reference": args.reference}
     report["models"] = {}
     out = Path(args.out or ROOT / "benchmarks/results" / out_name(report["card"], args.tp))
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -426,15 +455,22 @@ def main_parent(args: argparse.Namespace) -> int:
             t0 = time.time()
             folder = Path(tmp) / name
             load_format = write_model(name, folder, args.layers, args.vocab, args.weights)
-            # The baseline runs first so that ours (and the eager control) can also be scored
-            # teacher-forced on its tokens.
+            # The reference runs first so that the engines can be scored teacher-forced on its
+            # tokens: vLLM's compile path (the baseline), or Hugging Face eager (--reference hf).
             order = sorted(args.backends.split(","), key=lambda b: b != "inductor")
             runs = {}
+            if args.reference == REFERENCE_HF:
+                order = [REFERENCE_HF, *order]
+            ref = "inductor" if args.reference != REFERENCE_HF else REFERENCE_HF
             for b in order:
-                teacher = Path(tmp) / f"{name}_inductor.json" if b != "inductor" else None
+                teacher = Path(tmp) / f"{name}_{ref}.json" if b != ref else None
                 runs[b] = run_worker(args, name, folder, load_format, b, Path(tmp) / f"{name}_{b}.json", teacher)
             entry: dict[str, Any] = {"config": MODELS[name] | {"num_hidden_layers": args.layers},
-                                     "load_format": load_format, "backends": runs}
+                                     "load_format": load_format, "reference": ref, "backends": runs}
+            if ref == REFERENCE_HF and runs.get("inductor", {}).get("teacher_forced"):
+                # vLLM's own compile path against the same reference: the agreement ours must reach
+                entry["baseline_teacher_forced"] = score_teacher_forced(runs["inductor"]["teacher_forced"],
+                                                                        args.gap_tol)
             ours, base = runs.get("tri_inductor", {}), runs.get("inductor", {})
             if ours.get("ok"):
                 entry.update(summarize_model(ours))
@@ -709,6 +745,74 @@ def main_worker(args: argparse.Namespace) -> int:
     return 0 if result["ok"] else 1
 
 
+@contextlib.contextmanager
+def transformers_importable():
+    """Imports as transformers sees them: without this folder on ``sys.path`` (our ``kernels.py``
+    would stand in for the Hugging Face ``kernels`` package that transformers imports when it is
+    installed, and fail)."""
+    here = Path(__file__).resolve().parent
+    saved = list(sys.path)
+    sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != here]
+    shadow = sys.modules.get("kernels")
+    if shadow is not None and Path(getattr(shadow, "__file__", "") or "").resolve().parent == here:
+        del sys.modules["kernels"]
+    try:
+        yield
+    finally:
+        sys.path[:] = saved
+
+
+def hf_greedy(model, prompt: list[int], tokens: int, device: str) -> tuple[list[int], list[float]]:
+    """Greedy decoding with the HF model's KV cache, EOS ignored (as the vLLM engines run):
+    the tokens and each step's top-2 logprob gap."""
+    import torch
+
+    ids = torch.tensor([prompt], device=device)
+    out = model(input_ids=ids, use_cache=True)
+    seq, gaps = [], []
+    for _ in range(tokens):
+        lp = torch.log_softmax(out.logits[0, -1].float(), -1)
+        top = lp.topk(2)
+        tok = int(top.indices[0])
+        seq.append(tok)
+        gaps.append(round(float(top.values[0] - top.values[1]), 5))
+        out = model(input_ids=torch.tensor([[tok]], device=device), past_key_values=out.past_key_values,
+                    use_cache=True)
+    return seq, gaps
+
+
+def hf_worker(args: argparse.Namespace) -> int:
+    """The reference outside vLLM: transformers eager, bf16, the checkpoint the engines load."""
+    result: dict[str, Any] = {"ok": False, "backend": REFERENCE_HF}
+    out = Path(args.worker_out)
+    try:
+        import torch
+
+        with transformers_importable():
+            import transformers
+            from transformers import AutoModelForCausalLM
+
+            vocab = json.loads((Path(args.model_dir) / "config.json").read_text())["vocab_size"]
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+            t0 = time.time()
+            model = AutoModelForCausalLM.from_pretrained(args.model_dir, dtype=torch.bfloat16).to(device).eval()
+        result["init_s"] = round(time.time() - t0, 1)
+        result["transformers"] = transformers.__version__
+        t0 = time.time()
+        result["tokens"], result["top2_gap"] = [], []
+        with torch.no_grad():
+            for p in prompts(args.prompts, vocab):
+                seq, gaps = hf_greedy(model, p, args.tokens, device)
+                result["tokens"].append(seq)
+                result["top2_gap"].append(gaps)
+        result["generate_s"] = round(time.time() - t0, 2)
+        result["ok"] = True
+    except BaseException:  # noqa: BLE001  (report, then fail)
+        record_failure(result)
+    out.write_text(json.dumps(result))
+    return 0 if result["ok"] else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", default=",".join(DEFAULT_MODELS))
@@ -726,6 +830,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--reclassify", default=None, help="class the kernels of a census JSON again (no GPU needed)")
     p.add_argument("--tp", type=int, default=1, help="tensor_parallel_size of every engine (custom all-reduce off)")
     p.add_argument("--dry-run", action="store_true", help="print the engines' arguments; run nothing")
+    p.add_argument("--reference", choices=("inductor", REFERENCE_HF), default="inductor",
+                   help="whose greedy tokens the engines are teacher-forced on: vLLM's compile path, or "
+                        "Hugging Face transformers eager on the same weights (needs --weights random)")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--model-dir", help=argparse.SUPPRESS)
     p.add_argument("--backend", help=argparse.SUPPRESS)
@@ -735,10 +842,14 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.tp < 1:
         p.error("--tp must be >= 1")
+    if args.reference == REFERENCE_HF and args.weights != "random":
+        p.error("--reference hf needs --weights random (the reference loads the same checkpoint)")
     unknown = [m for m in args.models.split(",") if m not in MODELS]
     if unknown and not (args.combine or args.reclassify):
         p.error(f"unknown model(s) {unknown}; known: {', '.join(MODELS)}")
-    return main_worker(args) if args.worker else main_parent(args)
+    if args.worker:
+        return hf_worker(args) if args.backend == REFERENCE_HF else main_worker(args)
+    return main_parent(args)
 
 
 if __name__ == "__main__":

@@ -64,3 +64,56 @@ def test_pass_rests_on_same_mode_when_recorded():
     entry = {"same_mode": {"pass": True}, "teacher_forced": {"pass": False}}
     assert vllm_census.parity_verdict(entry)["pass"]
     assert not vllm_census.parity_verdict({"teacher_forced": {"pass": False}, "greedy": {"pass": True}})["pass"]
+
+
+# ----------------------------------------------------------------------------- --reference hf
+def test_hf_greedy_with_the_cache_is_greedy_on_the_whole_prefix():
+    """The reference's cached decode loop picks what a full forward of each prefix picks."""
+    torch = pytest.importorskip("torch")
+    with vllm_census.transformers_importable():
+        transformers = pytest.importorskip("transformers")
+        cfg = transformers.LlamaConfig(vocab_size=97, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
+        torch.manual_seed(0)
+        model = transformers.AutoModelForCausalLM.from_config(cfg).eval()
+    prompt = [5, 17, 3, 60, 2]
+    with torch.no_grad():
+        seq, gaps = vllm_census.hf_greedy(model, prompt, 6, "cpu")
+        ids = list(prompt)
+        for tok, gap in zip(seq, gaps):
+            lp = torch.log_softmax(model(input_ids=torch.tensor([ids])).logits[0, -1].float(), -1)
+            top = lp.topk(2)
+            assert tok == int(top.indices[0]) and gap == pytest.approx(float(top.values[0] - top.values[1]), abs=1e-4)
+            ids.append(tok)
+
+
+def test_reference_hf_teacher_forces_every_engine_on_the_reference(monkeypatch, tmp_path):
+    """--reference hf: the HF reference runs first, every vLLM engine is teacher-forced on its
+    tokens, and the baseline's agreement with it is recorded next to ours."""
+    calls = []
+
+    def fake_run_worker(args, name, folder, load_format, backend, out, teacher=None):
+        calls.append((backend, teacher.name if teacher is not None else None))
+        out.write_text("{}")
+        r = {"ok": True, "tokens": [[1, 2]], "top2_gap": [[1.0, 1.0]], "census": {}}
+        if teacher is not None:
+            r["teacher_forced"] = [[[True, 0.0], [backend == "inductor", 0.05]]]
+        return r
+
+    monkeypatch.setattr(vllm_census, "run_worker", fake_run_worker)
+    monkeypatch.setattr(vllm_census, "write_model", lambda *a: "auto")
+    monkeypatch.setattr(vllm_census, "environment", lambda: {"card": "NVIDIA H200", "versions": {}})
+    out = tmp_path / "c.json"
+    rc = vllm_census.main(["--models", "deepseek_v2", "--reference", "hf", "--out", str(out)])
+    assert calls == [("hf", None), ("inductor", "deepseek_v2_hf.json"), ("tri_inductor", "deepseek_v2_hf.json")]
+    import json
+
+    m = json.loads(out.read_text())["models"]["deepseek_v2"]
+    assert m["reference"] == "hf" and m["baseline_teacher_forced"]["match_rate"] == 1.0
+    assert m["teacher_forced"]["match_rate"] == 0.5 and "same_mode" not in m
+    assert rc == 1 and not m["pass"]  # ours disagrees with the reference: no pass
+
+
+def test_reference_hf_needs_the_random_weights():
+    with pytest.raises(SystemExit):
+        vllm_census.main(["--models", "llama", "--reference", "hf", "--weights", "dummy", "--dry-run"])

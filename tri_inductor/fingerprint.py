@@ -33,6 +33,10 @@ NOT_CODEGEN: tuple[str, ...] = (
     "patterns/paged_attention/",
     "vllm_attention.py",
     "vllm_attention_select.py",
+    # MLA layers run eagerly too (vLLM's opaque unified_mla_* ops): the same holds for our MLA code
+    "patterns/mla/",
+    "vllm_mla.py",
+    "vllm_mla_prefill.py",
 )
 
 

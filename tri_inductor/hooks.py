@@ -88,6 +88,43 @@ TABLE: tuple[Hook, ...] = (
     Hook("vllm.model_executor.layers.logits_processor:LogitsProcessor._apply_head", _V,
          "run the lm_head GEMM on our Triton kernel", "lm_head runs on cuBLAS (a non-Triton kernel each step)",
          ("self, lm_head, hidden_states, embedding_bias",)),
+    # vLLM MLA layers (vllm_mla, vllm_mla_prefill): wrappers, a registration and a subclass
+    Hook("vllm.model_executor.layers.attention.mla_attention:MLAAttention.forward_impl", "vLLM 0.26",
+         "an MLA layer's attention with every kernel Triton (bmm, KV-cache write, prefill, merges)",
+         "MLA layers run cuBLAS bmm, ATen copies/fills and FlashAttention prefill around the Triton decode",
+         ("self, q, k_c_normed, k_pe, kv_cache, attn_metadata, output, output_scale, output_block_scale, "
+          "quant_group_size, quant_scale_ue8m0, quant_col_major, quant_tma_aligned",
+          # vLLM 0.34 (passed through: vllm_mla.SERVED holds what we implement)
+          "self, q, k_c_normed, k_pe, kv_cache, attn_metadata, output, output_scale, output_block_scale, "
+          "quant_group_size, quant_scale_ue8m0, quant_col_major, quant_tma_aligned, q_dcp_replicated, "
+          "mqa_q_prepared")),
+    Hook("vllm._custom_ops:concat_and_cache_mla", "vLLM 0.26", "the MLA latent KV-cache write on our kernel",
+         "the KV-cache write calls vLLM's CUDA op (absent in a Triton-only build)",
+         ("kv_c, k_pe, kv_cache, slot_mapping, kv_cache_dtype, scale",
+          "kv_c, k_pe, kv_cache, slot_mapping, kv_cache_dtype, scale, skip_scale")),  # 0.34: passed through
+    Hook("vllm._custom_ops:gather_and_maybe_dequant_cache", "vLLM 0.26",
+         "the MLA context gather on our kernel when vLLM's own forward_mha runs",
+         "chunked-context prefill calls vLLM's CUDA op", (
+             "src_cache, dst, block_table, cu_seq_lens, token_to_seq, num_tokens, kv_cache_dtype, scale, "
+             "seq_starts",)),
+    Hook("vllm.v1.attention.backends.mla.prefill.registry:register_mla_prefill_backend", "vLLM 0.26 (read)",
+         "put our Triton MLA prefill in vLLM's MLAPrefillBackendEnum.CUSTOM slot (every process)",
+         "MLA prefill runs FlashAttention (CUDA); the config reports it as a conflict",
+         ("backend, class_path",)),
+    Hook("vllm.v1.attention.backends.mla.prefill.base:MLAPrefillBackend.run_prefill_new_tokens", "vLLM 0.26 (read)",
+         "TriMLAPrefillBackend overrides it: vLLM's forward_mha calls it with these arguments",
+         "a changed signature: our prefill backend fails when vLLM calls it",
+         ("self, q, k, v, return_softmax_lse, out, output_scale",)),
+    Hook("vllm.v1.attention.backends.mla.prefill.base:MLAPrefillBackend.run_prefill_context_chunk", "vLLM 0.26 (read)",
+         "TriMLAPrefillBackend overrides it", "a changed signature: our prefill backend fails when vLLM calls it",
+         ("self, chunk_idx, q, k, v", "self, chunk, q, k, v, out")),  # 0.34: not selected (vllm_mla.SERVED)
+    Hook("vllm.v1.attention.ops.triton_decode_attention:decode_attention_fwd", "vLLM 0.26 (read)",
+         "vllm_mla's decode calls vLLM's Triton MLA decode kernel with these arguments",
+         "a changed signature: MLA layers are left to vLLM (vllm_mla.SERVED)",
+         ("q, k_buffer, v_buffer, o, lse, req_to_token, b_seq_len, attn_logits, num_kv_splits, sm_scale, page_size, "
+          "logit_cap, k_scale, v_scale, is_mla",
+          "q, k_buffer, v_buffer, o, lse, req_to_token, b_seq_len, attn_logits, num_kv_splits, sm_scale, page_size, "
+          "logit_cap, k_scale, v_scale, is_mla, sliding_window")),
     # vLLM attention (vllm_attention_select / vllm_attention): no wrapper; a registration and a subclass
     Hook("vllm.v1.attention.backends.registry:register_backend", "vLLM 0.26, 0.34 (read)",
          "put our paged attention backend in vLLM's AttentionBackendEnum.CUSTOM slot (every process)",

@@ -150,6 +150,40 @@ def _uses_mla(vllm_config: "VllmConfig") -> bool:
         return False
 
 
+def _mla_prefill(ac: Any, ch: Callable[[Change], None], cf: Callable[[Conflict], None]) -> None:
+    """MLA models: prefill attention on our Triton kernel (vLLM's on Hopper is FlashAttention)."""
+    import importlib
+
+    from .vllm_mla import PREFILL_REGISTRY, register_prefill_slot, support_problem
+
+    current = _enum_name(ac.mla_prefill_backend)
+    problem = support_problem()
+    if problem is not None:  # another vLLM than the one our MLA code implements: all of it is vLLM's
+        cf(Conflict("attention_config.mla_prefill_backend", current,
+                    f"MLA layers run vLLM's own code (FlashAttention prefill, cuBLAS bmm): {problem}",
+                    "serve MLA models Triton-only on vLLM 0.26"))
+        return
+    try:
+        registry = importlib.import_module(PREFILL_REGISTRY)
+    except ImportError:
+        registry = None
+    ours = registry is not None and register_prefill_slot(registry)
+    if current is None and ours:
+        def _set(registry: Any = registry) -> None:
+            ac.mla_prefill_backend = registry.MLAPrefillBackendEnum.CUSTOM
+
+        ch(Change("attention_config.mla_prefill_backend", None, "CUSTOM",
+                  "tri_inductor's Triton MLA prefill (vLLM's default on CUDA is FlashAttention)", _set))
+    elif current is None or (current == "CUSTOM" and not ours):
+        cf(Conflict("attention_config.mla_prefill_backend", current,
+                    "MLA prefill runs vLLM's FlashAttention (CUDA)",
+                    "free vLLM's MLAPrefillBackendEnum.CUSTOM slot for tri_inductor" if registry is not None
+                    else "this vLLM has no MLA prefill registry"))
+    elif current != "CUSTOM":
+        cf(Conflict("attention_config.mla_prefill_backend", current,
+                    f"MLA prefill runs {current}, not Triton", "leave mla_prefill_backend unset"))
+
+
 def adjust_vllm_config(vllm_config: "VllmConfig", environ: MutableMapping[str, str] | None = None,
                        package_hash: str | None = None) -> Adjustment:
     """Before vLLM's own ``VllmConfig.__post_init__``: set our defaults, find conflicts.
@@ -282,6 +316,8 @@ def adjust_vllm_config(vllm_config: "VllmConfig", environ: MutableMapping[str, s
         cf(Conflict("attention_backend", backend,
                     "attention and its KV-cache write run non-Triton kernels",
                     f"use one of {sorted(TRITON_ATTENTION_BACKENDS)} or leave attention_backend unset"))
+    if _uses_mla(vllm_config) and hasattr(ac, "mla_prefill_backend"):
+        _mla_prefill(ac, ch, cf)
     for kind, b in dict(getattr(ac, "backend_per_kind", None) or {}).items():
         if not is_triton_attention(_enum_name(b)):
             cf(Conflict(f"attention_config.backend_per_kind[{kind!r}]", _enum_name(b),

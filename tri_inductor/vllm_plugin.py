@@ -62,10 +62,12 @@ def register() -> None:
         _route_logs_through_vllm()
         check_versions()
         hooks.install_vllm_hooks(sys.modules[__name__])
+        from .vllm_mla import HOOKS as MLA_HOOKS  # vLLM's MLA layer pieces -> our Triton kernels
         from .vllm_moe import HOOKS as MOE_HOOKS  # vLLM's MoE CUDA ops -> our Triton kernels
 
-        for name, hook in MOE_HOOKS.items():
-            hooks.when_imported(name, hook)
+        for table in (MOE_HOOKS, MLA_HOOKS):
+            for name, hook in table.items():
+                hooks.when_imported(name, hook)
         _registered = True
 
 
@@ -168,6 +170,7 @@ def vllm_config_post_init(real: Callable[..., Any]) -> Callable[..., Any]:
             return real(self, *args, **kwargs)
         from .cache import compile_hash
         from .envs import EnvError
+        from .vllm_mla import activate as activate_mla
         from .vllm_moe import activate
         from .vllm_config import (TriInductorConfigError, adjust_vllm_config, check_final_config,
                                   read_options, split_range_at_cudagraph_size, trim_ir_priorities)
@@ -190,6 +193,7 @@ def vllm_config_post_init(real: Callable[..., Any]) -> Callable[..., Any]:
                 log.warning("tri_inductor: %s", c.message())
         out = real(self, *args, **kwargs)
         activate()  # this process serves a tri_inductor model: MoE ops on our kernels (vllm_moe.py)
+        activate_mla()  # and MLA layers (vllm_mla.py)
         trim_ir_priorities(self)
         split = split_range_at_cudagraph_size(self)
         if split is not None:

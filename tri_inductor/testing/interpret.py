@@ -229,9 +229,10 @@ def _interpreted(kernel):
     from triton.runtime.interpreter import InterpretedFunction
     from triton.runtime.jit import JITFunction
 
-    while not isinstance(kernel, JITFunction):  # Autotuner / Heuristics wrap a JITFunction
+    while not isinstance(kernel, (JITFunction, InterpretedFunction)):  # Autotuner / Heuristics wrap one
         kernel = kernel.fn
-    return InterpretedFunction(kernel.fn)
+    # A module first imported with TRITON_INTERPRET=1 set already holds an InterpretedFunction.
+    return kernel if isinstance(kernel, InterpretedFunction) else InterpretedFunction(kernel.fn)
 
 
 def run_on_cpu(kernel, grid, args, kwargs) -> None:
