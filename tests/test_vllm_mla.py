@@ -29,19 +29,39 @@ from tri_inductor import vllm_mla  # noqa: E402
 TOL = {torch.float32: 1e-4, torch.bfloat16: 3e-2}
 
 
+class _Layer(torch.nn.Module):
+    """Stands in for vLLM's MLAAttention (the attributes our code and vLLM's weight processing
+    read); ``forward_impl`` records that vLLM's own code ran."""
+
+    def forward_impl(self, q, k_c_normed, k_pe, kv_cache, attn_metadata, output, output_scale=None,
+                     output_block_scale=None):
+        self.ran_vllm = True
+        return output
+
+
 def _mla_layer(N, P, R, L, V, dtype, seed=0):
+    """W_UK_T / W_UV made from kv_b_proj by vLLM's own ``process_weights_after_loading``."""
+    from vllm.model_executor.layers.attention.mla_attention import MLAAttention
     from vllm.model_executor.layers.linear import UnquantizedLinearMethod
 
     g = torch.Generator().manual_seed(seed)
-    w = (torch.randn(N * (P + V), L, generator=g) * L ** -0.5).to(dtype)  # kv_b_proj.weight
-    kv = w.t().reshape(L, N, P + V)  # vLLM's process_weights_after_loading
-    w_uk, w_uv = kv[..., :P], kv[..., P:]
-    proj = types.SimpleNamespace(weight=w, bias=None, quant_method=UnquantizedLinearMethod())
-    return types.SimpleNamespace(
-        num_heads=N, qk_nope_head_dim=P, qk_rope_head_dim=R, kv_lora_rank=L, v_head_dim=V, kv_b_proj=proj,
-        W_UK_T=w_uk.permute(1, 2, 0), W_UV=w_uv.transpose(0, 1),
-        impl=types.SimpleNamespace(scale=(P + R) ** -0.5, _sm_count=132), _k_scale=torch.tensor(1.0),
-        chunked_prefill_workspace_size=64)
+    layer = _Layer()
+    proj = torch.nn.Module()
+    proj.weight = torch.nn.Parameter((torch.randn(N * (P + V), L, generator=g) * L ** -0.5).to(dtype),
+                                     requires_grad=False)
+    proj.bias, proj.quant_method = None, UnquantizedLinearMethod()
+    layer.kv_b_proj = proj
+    layer.num_heads, layer.qk_nope_head_dim, layer.qk_rope_head_dim = N, P, R
+    layer.kv_lora_rank, layer.v_head_dim = L, V
+    layer.is_aiter_triton_fp4_bmm_enabled = layer.is_aiter_triton_fp8_bmm_enabled = False
+    layer.quant_config, layer.layer_name = None, "layers.0.attn"
+    for name in ("_k_scale", "_v_scale", "_q_scale", "_prob_scale"):
+        setattr(layer, name, torch.tensor(1.0))
+    MLAAttention.process_weights_after_loading(layer, dtype)
+    layer.impl = types.SimpleNamespace(scale=(P + R) ** -0.5, _sm_count=132)
+    layer.chunked_prefill_workspace_size = 64
+    layer.kv_cache_dtype = "auto"
+    return layer
 
 
 def _reference(layer, q, lat, seqs):
@@ -172,25 +192,13 @@ def test_profile_run_zero_fills_the_output(interpreter):
 
 
 # ----------------------------------------------------------------------------- the hooks
-class _Layer:
-    """Stands in for vLLM's MLAAttention: forward_impl records that vLLM's own code ran."""
-
-    def forward_impl(self, q, k_c_normed, k_pe, kv_cache, attn_metadata, output, output_scale=None,
-                     output_block_scale=None):
-        self.ran_vllm = True
-        return output
-
-
 def _hooked_layer(monkeypatch, impl):
     monkeypatch.setattr(_Layer, "forward_impl", _Layer.forward_impl)
     from tri_inductor import hooks
 
     hooks.wrap_once(_Layer, "forward_impl", vllm_mla.forward_impl_hook)
-    layer = _Layer()
-    base = _mla_layer(2, 16, 8, 32, 16, torch.float32)
-    layer.__dict__.update(vars(base))
+    layer = _mla_layer(2, 16, 8, 32, 16, torch.float32)
     layer.impl = impl
-    layer.kv_cache_dtype = "auto"
     return layer
 
 
