@@ -1,6 +1,6 @@
 """Issue 20 on CPU: Hugging Face MoE models under plain torch.compile(backend="tri_inductor").
 
-(A) codegen-only for a fake sm_90: HF Mixtral and Qwen3-MoE (tiny configs, transformers 5.x
+(A) codegen-only for a fake sm_90: HF Mixtral, Qwen3-MoE and DeepSeek-V2 (tiny configs, transformers 5.x
     grouped-mm experts) audit to 0 non-Triton kernels, the MoE kernels counted as family ``moe``;
     a top-k that is not a router's still fails strict mode with its source line.
 (B) interpreter: the compiled models' logits match eager within a stated tolerance.
@@ -16,7 +16,8 @@ from pattern_harness import rel
 pytest.importorskip("transformers", reason="the Hugging Face MoE models need transformers")
 from tri_inductor import moe_models  # noqa: E402
 
-BUILDERS = {"mixtral": moe_models.mixtral, "qwen3_moe": moe_models.qwen3_moe}
+BUILDERS = {"mixtral": moe_models.mixtral, "qwen3_moe": moe_models.qwen3_moe,
+            "deepseek_v2": moe_models.deepseek_v2}  # + MLA attention, complex-number RoPE
 
 
 @pytest.mark.parametrize("name", list(BUILDERS))

@@ -91,6 +91,7 @@ def compile_graph(gm: torch.fx.GraphModule, example_inputs: list[Any], opts: Tri
     if opts.codegen_only:
         gm = copy.deepcopy(gm)
     _decompose_fast_path(gm, example_inputs, "attention" in opts.families)
+    _rewrite_complex(gm)
     if "attention" in opts.families:
         _rewrite_attention(gm, example_inputs)
     if "moe" in opts.families:
@@ -158,6 +159,12 @@ def _decompose_fast_path(gm: torch.fx.GraphModule, example_inputs: list[Any], at
     from .fastpath import decompose_fast_path
 
     return decompose_fast_path(gm, use_our_attention=attention and not _needs_grad(example_inputs))
+
+
+def _rewrite_complex(gm: torch.fx.GraphModule) -> int:
+    from .complex_pairs import rewrite_complex_in_dynamo_graph
+
+    return rewrite_complex_in_dynamo_graph(gm)
 
 
 def _rewrite_attention(gm: torch.fx.GraphModule, example_inputs: list[Any]) -> int:

@@ -47,3 +47,18 @@ def qwen3_moe(seq: int = 13, batch: int = 1, layers: int = 2, experts: int = 8, 
                          num_experts=experts, num_experts_per_tok=top_k, norm_topk_prob=norm_topk_prob,
                          decoder_sparse_step=1, mlp_only_layers=[], max_position_embeddings=256)
     return _build(cfg, seq, batch)
+
+
+def deepseek_v2(seq: int = 13, batch: int = 1, layers: int = 2, experts: int = 8, top_k: int = 2):
+    """DeepSeek-V2(-Lite) in miniature: multi-head latent attention (q LoRA, split nope/rope head,
+    RoPE written with complex numbers), dense first layer when there are two or more, then routed
+    experts (greedy top-k of softmax scores, DeepSeek-V2-Lite's router) plus a shared expert."""
+    from transformers import DeepseekV2Config
+
+    cfg = DeepseekV2Config(vocab_size=128, hidden_size=64, intermediate_size=96, moe_intermediate_size=32,
+                           num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=4, q_lora_rank=48,
+                           kv_lora_rank=32, qk_nope_head_dim=16, qk_rope_head_dim=8, v_head_dim=16,
+                           n_routed_experts=experts, n_shared_experts=1, num_experts_per_tok=top_k,
+                           first_k_dense_replace=min(1, layers - 1), n_group=1, topk_group=1, topk_method="greedy",
+                           norm_topk_prob=False, routed_scaling_factor=1.0, max_position_embeddings=256)
+    return _build(cfg, seq, batch)

@@ -16,7 +16,10 @@ Backend = Literal["tri_inductor", "inductor"]
 def to_audit_device(module: torch.nn.Module, inputs: Sequence[Any], device: str,
                     dtype: torch.dtype) -> tuple[torch.nn.Module, list[Any]]:
     """Move a CPU float32 model and its inputs to ``device``, floating tensors cast to ``dtype``."""
-    module = module.to(device=device, dtype=dtype)
+    # Floating tensors only: Module.to(dtype=) would also cast complex buffers (RoPE's freqs_cis)
+    # to a real dtype, dropping their imaginary part.
+    module = module.to(device=device)
+    module._apply(lambda t: t.to(dtype) if t.is_floating_point() else t)
     out = []
     for x in inputs:
         if isinstance(x, torch.Tensor):

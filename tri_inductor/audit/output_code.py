@@ -31,6 +31,7 @@ _NO_KERNEL_OPS = {
     "sym_size", "sym_stride", "sym_numel", "sym_storage_offset", "resize_storage_bytes_",
     "record_stream", "set_", "detach", "_unsafe_view", "expand", "permute", "t", "transpose",
     "unsqueeze", "squeeze", "slice", "select", "split", "_foobar",
+    "view_as_real", "view_as_complex",  # a complex tensor's (re, im) pairs as a view, and back
 }
 # Wrapper helpers the audit allows.  ``copy_if_misaligned`` (torch >= 2.13 emits
 # ``arg = copy_if_misaligned(arg)`` in ``call``) clones an input only when it breaks the alignment
