@@ -9,8 +9,8 @@ treat the caches (every byte is touched once). This times
 * the same kernel without PDL (the form before PDL);
 * evict-first loads and store (the form shipped at 21babff), without and with PDL;
 next to Inductor's kernel for the same op, with its default settings (what the acceptance and
-kernels.py compare against) and with its opt-in ``triton.enable_pdl`` (for reference).
-Cases: kernels.py's 4096 x 4096 (SiLU and GELU-tanh) with the outputs rotating over the input
+kernel_bench.py compare against) and with its opt-in ``triton.enable_pdl`` (for reference).
+Cases: kernel_bench.py's 4096 x 4096 (SiLU and GELU-tanh) with the outputs rotating over the input
 sets (each call writes a buffer that is cold in L2) and with one output buffer written by every
 call (as an allocator hands the same block back), then Llama-3-8B's width (14336) from batch-1
 decode to 4096-token prefill. The evict-first hints went 0.97x or 1.00-1.02x Inductor at

@@ -3,7 +3,7 @@
     python3 benchmarks/fit_cost_model.py                       # the committed H200 sweep
     python3 benchmarks/fit_cost_model.py --sweep FILE --grid TMA_SETUP_S=0,2e-6,4e-6 ...
 
-The sweep (``kernels.py --tune --tune-wide``; ``results/gemm_space_<card>.json``) holds every
+The sweep (``kernel_bench.py --tune --tune-wide``; ``results/gemm_space_<card>.json``) holds every
 candidate's time at each point. For a setting of the constants in
 ``tri_inductor/patterns/gemm/heuristics.py`` this scores what the compile-time tuner would get:
 of the configs in the point's candidate space that were measured, the fastest among the

@@ -4,7 +4,7 @@ prefill 256..8192), next to Inductor's kernel for the same op, on one GPU.
     python benchmarks/launch_sweep.py [--out DIR]      # writes launch_sweep_<card>.json
 
 Why: inside vLLM our RMSNorm and SiLU-and-mul cost more than Inductor's fused kernels at decode
-sizes (benchmarks/results/e2e_*.json profiles), while kernels.py measures them at 4096 tokens
+sizes (benchmarks/results/e2e_*.json profiles), while kernel_bench.py measures them at 4096 tokens
 only.  A graph compiled for a symbolic token count keeps one launch config for every count, so
 the choice must hold across the whole range: this prints, per op and config, the time at each
 token count relative to Inductor (torch.compile of the same PyTorch code, compiled per count,
@@ -14,7 +14,7 @@ Ops, in the forms vLLM's Llama-3-8B graph uses them (hidden 4096, intermediate 1
 ``add_rms_fp32res`` (bf16 x + fp32 residual in, fp32 sum out: the second norm of a layer),
 ``add_rms`` (bf16 x + bf16 residual), ``silu_mul``, ``rope_vllm`` (positions + cos/sin cache,
 q/k [T, H*D], 32/8 heads of 128, NeoX) and ``rope_hf`` (Hugging Face's cos/sin [1, T, D] and
-head-major q/k [1, H, T, D]: kernels.py's RoPE row).  RoPE configs are (elements per program,
+head-major q/k [1, H, T, D]: kernel_bench.py's RoPE row).  RoPE configs are (elements per program,
 warps), laid along heads (vLLM) or positions (HF) as ``rope._blocks`` lays them.
 Timing: CUDA-graph replays (as under vLLM).
 """

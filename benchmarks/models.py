@@ -1,7 +1,7 @@
 """The model shapes the benchmarks run: Hugging Face ``config.json`` dicts, in one place.
 
 ``e2e_vllm.py --model NAME`` writes one of these (with ``load_format="dummy"``: random weights);
-``kernels.py --gemm-models`` sweeps the GEMMs each one runs (``gemm_shapes``).
+``kernel_bench.py --gemm-models`` sweeps the GEMMs each one runs (``gemm_shapes``).
 """
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Paged attention, kernel against kernel, on one paged KV cache (``kernels.py --only attention``).
+"""Paged attention, kernel against kernel, on one paged KV cache (``kernel_bench.py --only attention``).
 
 Columns (a registry: ``KERNELS``; ``--attn-kernels`` picks them, ``module:function`` plugs any
 callable with the ``paged_attention`` signature below):

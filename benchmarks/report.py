@@ -8,7 +8,7 @@
     python3 benchmarks/report.py --plot perf.png      # bar chart of the ratios (matplotlib)
 
 Reads every ``*.json`` in the results folder, by name: ``e2e_*`` (benchmarks/e2e_vllm.py),
-``kernels_*`` (benchmarks/kernels.py), ``moe_kernels_*`` (benchmarks/moe_kernels.py), ``census_*`` (benchmarks/vllm_census.py), ``cache_*``
+``kernels_*`` (benchmarks/kernel_bench.py), ``moe_kernels_*`` (benchmarks/moe_kernels.py), ``census_*`` (benchmarks/vllm_census.py), ``cache_*``
 (compile-cache timings; shown generically).  Any of them may be absent; files that do not parse
 are listed, not fatal.  README gets one line (:func:`headline`): it replaces only the text
 between ``<!-- perf-table:start -->`` and ``<!-- perf-table:end -->``; if README has no such
@@ -327,7 +327,7 @@ def kernels_section(name: str, d: dict[str, Any]) -> str:
 
 
 def attention_section(name: str, d: dict[str, Any]) -> str:
-    """``kernels.py --only attention`` (benchmarks/paged_attention.py): paged attention against
+    """``kernel_bench.py --only attention`` (benchmarks/paged_attention.py): paged attention against
     FlashAttention-3 on one paged KV cache; in a kernels_* file too, when it carries the keys."""
     m = d.get("meta", {})
     a = d.get("attention") if isinstance(d.get("attention"), dict) else {}
@@ -443,7 +443,7 @@ def cache_section(name: str, d: dict[str, Any]) -> str:
 
 
 def gemm_models_section(name: str, d: dict[str, Any]) -> str:
-    """``kernels.py --gemm-models``: every GEMM of the registry models against cuBLAS."""
+    """``kernel_bench.py --gemm-models``: every GEMM of the registry models against cuBLAS."""
     meta = d.get("meta", {})
     rows = d.get("gemm") if isinstance(d.get("gemm"), list) else []
     out = [f"#### GEMM over the registry models: ours / cuBLAS (`{name}`)", "",

@@ -49,7 +49,6 @@ benchmarks/results/census_h100.json
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import subprocess
@@ -141,12 +140,11 @@ def write_model(name: str, folder: Path, layers: int, vocab: int, weights: str) 
         # rare; vLLM's dummy weights (U(-1e-3, 1e-3)) give near-flat logits and tie-driven flips.
         import torch
 
-        with transformers_importable():
-            from transformers import AutoConfig, AutoModelForCausalLM
+        from transformers import AutoConfig, AutoModelForCausalLM
 
-            torch.manual_seed(0)
-            hf = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(folder), dtype=torch.bfloat16)
-            hf.save_pretrained(folder, safe_serialization=True)
+        torch.manual_seed(0)
+        hf = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(folder), dtype=torch.bfloat16)
+        hf.save_pretrained(folder, safe_serialization=True)
         (folder / "config.json").write_text(json.dumps(cfg, indent=1))  # keep our exact config
         return "auto"
     except Exception as e:  # noqa: BLE001
@@ -745,23 +743,6 @@ def main_worker(args: argparse.Namespace) -> int:
     return 0 if result["ok"] else 1
 
 
-@contextlib.contextmanager
-def transformers_importable():
-    """Imports as transformers sees them: without this folder on ``sys.path`` (our ``kernels.py``
-    would stand in for the Hugging Face ``kernels`` package that transformers imports when it is
-    installed, and fail)."""
-    here = Path(__file__).resolve().parent
-    saved = list(sys.path)
-    sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != here]
-    shadow = sys.modules.get("kernels")
-    if shadow is not None and Path(getattr(shadow, "__file__", "") or "").resolve().parent == here:
-        del sys.modules["kernels"]
-    try:
-        yield
-    finally:
-        sys.path[:] = saved
-
-
 def hf_greedy(model, prompt: list[int], tokens: int, device: str) -> tuple[list[int], list[float]]:
     """Greedy decoding with the HF model's KV cache, EOS ignored (as the vLLM engines run):
     the tokens and each step's top-2 logprob gap."""
@@ -788,14 +769,13 @@ def hf_worker(args: argparse.Namespace) -> int:
     try:
         import torch
 
-        with transformers_importable():
-            import transformers
-            from transformers import AutoModelForCausalLM
+        import transformers
+        from transformers import AutoModelForCausalLM
 
-            vocab = json.loads((Path(args.model_dir) / "config.json").read_text())["vocab_size"]
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-            t0 = time.time()
-            model = AutoModelForCausalLM.from_pretrained(args.model_dir, dtype=torch.bfloat16).to(device).eval()
+        vocab = json.loads((Path(args.model_dir) / "config.json").read_text())["vocab_size"]
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        t0 = time.time()
+        model = AutoModelForCausalLM.from_pretrained(args.model_dir, dtype=torch.bfloat16).to(device).eval()
         result["init_s"] = round(time.time() - t0, 1)
         result["transformers"] = transformers.__version__
         t0 = time.time()

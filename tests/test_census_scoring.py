@@ -70,12 +70,11 @@ def test_pass_rests_on_same_mode_when_recorded():
 def test_hf_greedy_with_the_cache_is_greedy_on_the_whole_prefix():
     """The reference's cached decode loop picks what a full forward of each prefix picks."""
     torch = pytest.importorskip("torch")
-    with vllm_census.transformers_importable():
-        transformers = pytest.importorskip("transformers")
-        cfg = transformers.LlamaConfig(vocab_size=97, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
-        torch.manual_seed(0)
-        model = transformers.AutoModelForCausalLM.from_config(cfg).eval()
+    transformers = pytest.importorskip("transformers")
+    cfg = transformers.LlamaConfig(vocab_size=97, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
+    torch.manual_seed(0)
+    model = transformers.AutoModelForCausalLM.from_config(cfg).eval()
     prompt = [5, 17, 3, 60, 2]
     with torch.no_grad():
         seq, gaps = vllm_census.hf_greedy(model, prompt, 6, "cpu")

@@ -53,9 +53,7 @@ MODELS = {
                "FalconModel", "sdpa", {"layer_norm", "rope", "activation", "attention"}),
 }
 # Known gaps, kept visible (strict xfail: a fix turns them into failures to update here).
-_XFAIL = {
-    "gptj": "no pattern yet for GPT-J's interleaved partial RoPE (rotate_every_two + repeat_interleave)",
-}
+_XFAIL: dict[str, str] = {}
 DEFAULT = ("llama", "gemma2", "gpt2")
 
 
@@ -91,7 +89,7 @@ def _build(name):
     return model, ids, mask
 
 
-@pytest.mark.parametrize("name", _params(MODELS, xfail=("gptj",)))
+@pytest.mark.parametrize("name", _params(MODELS, xfail=tuple(_XFAIL)))
 def test_audit_triton_only_with_our_patterns(codegen_only, name):
     model, ids, mask = _build(name)
     reports = codegen_only(model, [ids, mask])
@@ -102,7 +100,7 @@ def test_audit_triton_only_with_our_patterns(codegen_only, name):
     assert not [m for r in reports for m in r.near_misses], [r.near_misses for r in reports]
 
 
-@pytest.mark.parametrize("name", _params(MODELS, xfail=("gptj",)))
+@pytest.mark.parametrize("name", _params(MODELS, xfail=tuple(_XFAIL)))
 def test_interpreter_matches_eager(interpreter, name):
     import tri_inductor
 

@@ -1,4 +1,4 @@
-"""benchmarks/paged_attention.py (``kernels.py --only attention``) without a GPU: the points, the
+"""benchmarks/paged_attention.py (``kernel_bench.py --only attention``) without a GPU: the points, the
 memory plan, how vLLM's two backends would be called, the summary keys, the adapter that plugs a
 ``paged_attention``-like callable, and the float32 reference the benchmark checks kernels against
 (itself checked here against a float64 dense attention over a block table with scattered blocks)."""
@@ -147,11 +147,11 @@ def test_kernels_resolve_and_dry_run_on_cpu():
     _, why = PA.resolve_kernels(["no_such_module:fn"])
     assert "no_such_module" in why["no_such_module:fn"]
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    p = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "kernels.py"), "--only", "attention", "--dry-run"],
+    p = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "kernel_bench.py"), "--only", "attention", "--dry-run"],
                        capture_output=True, text=True, timeout=300, cwd=str(ROOT), env=env)
     assert p.returncode == 0, p.stderr
     assert "paged attention: 104 points" in p.stdout and "prefill 8192+8192 cached 28/4 d128" in p.stdout
-    h = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "kernels.py"), "--help"], capture_output=True,
+    h = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "kernel_bench.py"), "--help"], capture_output=True,
                        text=True, timeout=300, cwd=str(ROOT), env=env)
     assert h.returncode == 0 and "--attn-kernels" in h.stdout
 

@@ -1,4 +1,4 @@
-"""benchmarks/kernels.py --tune: how several M of one bucket pick the bucket's GEMM config."""
+"""benchmarks/kernel_bench.py --tune: how several M of one bucket pick the bucket's GEMM config."""
 from __future__ import annotations
 
 import os
@@ -6,7 +6,7 @@ import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
 
-import kernels  # noqa: E402
+import kernel_bench as kernels  # noqa: E402
 from tri_inductor.patterns.gemm import configs as L  # noqa: E402
 
 A, B, C = [64, 64, 128, 2, 1, 4, 6, 0], [128, 64, 64, 1, 1, 4, 6, 0], [64, 128, 128, 8, 1, 4, 4, 1]

@@ -96,6 +96,8 @@ def compile_graph(gm: torch.fx.GraphModule, example_inputs: list[Any], opts: Tri
         _rewrite_attention(gm, example_inputs)
     if "moe" in opts.families:
         _rewrite_moe(gm)
+    if "rope" in opts.families:
+        _rewrite_interleaved_rope(gm)
     cfg = inductor_config_for(opts, overrides)
     stack_traces = {n.name: n.meta.get("stack_trace") for n in gm.graph.nodes}
 
@@ -179,6 +181,12 @@ def _rewrite_attention(gm: torch.fx.GraphModule, example_inputs: list[Any]) -> i
     if n:
         gm.recompile()
     return n
+
+
+def _rewrite_interleaved_rope(gm: torch.fx.GraphModule) -> int:
+    from .patterns.rope_fx import rewrite_interleaved_rope_in_dynamo_graph
+
+    return rewrite_interleaved_rope_in_dynamo_graph(gm)
 
 
 def _rewrite_moe(gm: torch.fx.GraphModule) -> int:

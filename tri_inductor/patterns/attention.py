@@ -200,7 +200,7 @@ def attention_fwd_kernel(
 
 
 # (BLOCK_D, is 4-byte dtype) -> (BLOCK_M, BLOCK_N, num_warps, num_stages) for prefill.
-# From a sweep (benchmarks/kernels.py --tune, causal, 32/8 heads; docs/design/kernels.md): 64x64
+# From a sweep (benchmarks/kernel_bench.py --tune, causal, 32/8 heads; docs/design/kernels.md): 64x64
 # tiles with one warpgroup for D=64/128 (more programs in flight, cheaper diagonal blocks than
 # 128-row tiles); D=256 128x64 with two warpgroups (Q 64 KB + 2 x (K 32 KB + V 32 KB) of smem).
 PREFILL_CONFIGS: dict[tuple[int, bool], tuple[int, int, int, int]] = {

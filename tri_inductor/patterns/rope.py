@@ -589,11 +589,34 @@ def _register_c_forms(pm_pass) -> None:
 ANCHOR_OPS = (torch.ops.aten.neg.default, torch.ops.aten.index.Tensor)
 
 
+def _feeds_our_rope(node: torch.fx.Node, hops: int = 16) -> bool:
+    """Whether the value reaches one of our RoPE ops within a few steps (a cos/sin row lookup our
+    op reads, e.g. GPT-J's ``embed_positions[position_ids]``, is not a missed rotation)."""
+    from torch._higher_order_ops.triton_kernel_wrap import kernel_side_table
+
+    hop = torch.ops.higher_order.triton_kernel_wrapper_functional
+
+    def ours(n: torch.fx.Node) -> bool:  # after AOT our op is its kernel's launch
+        if n.target is not hop:
+            return False
+        fn = kernel_side_table.get_kernel(n.kwargs["kernel_idx"])
+        while isinstance(getattr(fn, "fn", None), object) and hasattr(fn, "fn"):  # JITFunction / Autotuner
+            fn = fn.fn
+        return fn is _rope_kernel.fn
+
+    frontier = {node}
+    for _ in range(hops):
+        frontier = {u for n in frontier for u in n.users}
+        if any(ours(u) for u in frontier):
+            return True
+    return False
+
+
 def is_near_miss(node: torch.fx.Node) -> bool:
     """A neg that builds a rotated half (``cat((-x2, x1))``, GPT-J's ``stack((-x2, x1))``), or an
     index into a cos/sin cache; silu's and softmax's negs are not RoPE."""
     aten = torch.ops.aten
     if node.target is aten.index.Tensor:  # a cos/sin table, not a boolean (padding) mask
         val = node.meta.get("val")
-        return isinstance(val, torch.Tensor) and val.is_floating_point()
+        return isinstance(val, torch.Tensor) and val.is_floating_point() and not _feeds_our_rope(node)
     return any(u.target in (aten.cat.default, aten.stack.default) for u in node.users)

@@ -1,14 +1,14 @@
 """Kernel benchmarks on one GPU: our Triton ops vs cuBLAS / SDPA flash / Inductor, side by side.
 
-    python benchmarks/kernels.py                 # everything, writes results/kernels_<card>.json
-    python benchmarks/kernels.py --only gemm     # gemm | attn | elem | patterns | gate_up (comma separated)
-    python benchmarks/kernels.py --only attention   # paged attention (decode, prefill) vs FlashAttention-3:
+    python benchmarks/kernel_bench.py                 # everything, writes results/kernels_<card>.json
+    python benchmarks/kernel_bench.py --only gemm     # gemm | attn | elem | patterns | gate_up (comma separated)
+    python benchmarks/kernel_bench.py --only attention   # paged attention (decode, prefill) vs FlashAttention-3:
                                                  # benchmarks/paged_attention.py; alone it writes
                                                  # attention_<card>.json (needs GPU_ENV_FA3=1 .gpu-env)
-    python benchmarks/kernels.py --only attention --dry-run   # the plan, on any machine
-    python benchmarks/kernels.py --only gemm --gemm-models all   # every GEMM of every registry model
+    python benchmarks/kernel_bench.py --only attention --dry-run   # the plan, on any machine
+    python benchmarks/kernel_bench.py --only gemm --gemm-models all   # every GEMM of every registry model
                                                  # (benchmarks/models.py) at MODEL_GEMM_M
-    python benchmarks/kernels.py --tune          # sweep GEMM configs per (N, K, M bucket) and
+    python benchmarks/kernel_bench.py --tune          # sweep GEMM configs per (N, K, M bucket) and
                                                  # attention configs; writes tuned_sm90.json
 
 Timing: CUDA-graph replays (no launch overhead, as under vLLM), median of replays, inputs rotated

@@ -1,0 +1,151 @@
+"""GPT-J style (interleaved) RoPE written with strided slices, rewritten on the Dynamo graph
+(tri_inductor/patterns/rope_fx.py): our RoPE kernel runs, numerics match float64, and forms it does
+not cover are left as they were."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import tri_inductor
+from pattern_harness import rel
+from tri_inductor.patterns.rope_fx import rewrite_interleaved_rope_in_dynamo_graph
+
+# fp32 against the float64 run of the same module: the kernel rotates in fp32 (a few ulps);
+# bf16 rounds q/k/cos/sin and the output (~4e-3 each; the interpreter truncates on store).
+TOL = {torch.float32: 1e-6, torch.bfloat16: 2e-2}
+
+
+def rotate_every_two(x):
+    x1 = x[:, :, :, ::2]
+    x2 = x[:, :, :, 1::2]
+    return torch.stack((-x2, x1), dim=-1).flatten(-2)
+
+
+def apply(t, sin, cos, heads_dim):
+    sin = torch.repeat_interleave(sin.unsqueeze(heads_dim), 2, 3)
+    cos = torch.repeat_interleave(cos.unsqueeze(heads_dim), 2, 3)
+    return (t * cos) + (rotate_every_two(t) * sin)
+
+
+class GPTJRope(torch.nn.Module):
+    """q/k [B, S, H, D] (GPT-J) or [B, H, S, D]; rotary dims first, the rest passed through."""
+
+    def __init__(self, rot=8, heads_dim=2, table=64):
+        super().__init__()
+        self.rot, self.heads_dim = rot, heads_dim
+        inv = 1.0 / (10000 ** (torch.arange(0, rot, 2).float() / rot))
+        ang = torch.outer(torch.arange(table).float(), inv)
+        self.register_buffer("embed_positions", torch.cat((ang.sin(), ang.cos()), dim=1))
+
+    def forward(self, q, k, pos):
+        sincos = self.embed_positions[pos].to(q.dtype)
+        sin, cos = torch.split(sincos, sincos.shape[-1] // 2, dim=-1)
+        r = self.rot
+        if r == q.shape[-1]:
+            return apply(q, sin, cos, self.heads_dim), apply(k, sin, cos, self.heads_dim)
+        qr = apply(q[:, :, :, :r], sin, cos, self.heads_dim)
+        kr = apply(k[:, :, :, :r], sin, cos, self.heads_dim)
+        return torch.cat([qr, q[:, :, :, r:]], dim=-1), torch.cat([kr, k[:, :, :, r:]], dim=-1)
+
+
+class KAfterQ(GPTJRope):
+    """k is computed only after q's rotation is used: the two cannot share one call."""
+
+    def forward(self, q, x, pos):
+        sincos = self.embed_positions[pos].to(q.dtype)
+        sin, cos = torch.split(sincos, sincos.shape[-1] // 2, dim=-1)
+        qr = apply(q, sin, cos, self.heads_dim)
+        k = x * qr.sum()  # depends on q's rotation
+        return qr, apply(k, sin, cos, self.heads_dim)
+
+
+def _inputs(heads_dim, D=16, B=2, S=7, Hq=4, Hk=2, dtype=torch.float32):
+    g = torch.Generator().manual_seed(0)
+    shape = (lambda h: (B, S, h, D)) if heads_dim == 2 else (lambda h: (B, h, S, D))
+    return (torch.randn(*shape(Hq), generator=g).to(dtype), torch.randn(*shape(Hk), generator=g).to(dtype),
+            torch.randint(0, 60, (B, S), generator=g))
+
+
+def _graph_of(module, *inputs):
+    seen = {}
+
+    def backend(gm, example_inputs):
+        seen["gm"] = gm
+        return gm.forward
+
+    torch._dynamo.reset()
+    torch.compile(module, backend=backend)(*inputs)
+    return seen["gm"]
+
+
+def _compiled(module, args):
+    torch._dynamo.reset()
+    before = {id(r) for r in tri_inductor.last_audit()}
+    out = torch.compile(module, backend="tri_inductor")(*args)
+    return out, [r for r in tri_inductor.last_audit() if id(r) not in before]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("heads_dim,rot", [(2, 8), (2, 16), (1, 8)], ids=["gptj-partial", "gptj-full", "bhsd-partial"])
+def test_interleaved_rope_runs_our_kernel_and_matches_float64(interpreter, heads_dim, rot, dtype):
+    module = GPTJRope(rot=rot, heads_dim=heads_dim)
+    args = _inputs(heads_dim, dtype=dtype)
+    gm = _graph_of(module, *args)
+    assert rewrite_interleaved_rope_in_dynamo_graph(gm) == 2
+    ref = module.double()(*[a.double() if a.is_floating_point() else a for a in args])
+    module.float()
+    out, reports = _compiled(module, args)
+    assert sum(r.pattern_hits.get("rope", 0) for r in reports) == 1  # q and k in one launch
+    for o, r in zip(out, ref):
+        assert o.dtype == dtype and o.shape == r.shape and rel(o, r) < TOL[dtype]
+    assert not [m for r in reports for m in r.near_misses], [r.near_misses for r in reports]
+
+
+def test_k_made_after_qs_rotation_gets_a_call_of_its_own(interpreter):
+    module = KAfterQ(rot=16, heads_dim=2)
+    q, k, pos = _inputs(2)
+    gm = _graph_of(module, q, k, pos)
+    assert rewrite_interleaved_rope_in_dynamo_graph(gm) == 2
+    gm.graph.lint()
+    ref = module.double()(q.double(), k.double(), pos)
+    module.float()
+    out, reports = _compiled(module, (q, k, pos))
+    assert sum(r.pattern_hits.get("rope", 0) for r in reports) == 2
+    for o, r in zip(out, ref):
+        assert rel(o, r) < 1e-5
+
+
+class OtherRotation(GPTJRope):
+    """stack((-even, odd)): a different rotation (the sign on the other element), not RoPE's."""
+
+    def forward(self, q, k, pos):
+        sincos = self.embed_positions[pos].to(q.dtype)
+        sin, cos = torch.split(sincos, sincos.shape[-1] // 2, dim=-1)
+        sin = torch.repeat_interleave(sin.unsqueeze(2), 2, 3)
+        cos = torch.repeat_interleave(cos.unsqueeze(2), 2, 3)
+        t = q[:, :, :, :8]
+        r = torch.stack((-t[:, :, :, ::2], t[:, :, :, 1::2]), dim=-1).flatten(-2)
+        return t * cos + r * sin
+
+
+class PerHeadCos(GPTJRope):
+    """cos/sin that differ per head: not a per-position rotation our op takes."""
+
+    def forward(self, q, k, pos):
+        sincos = self.embed_positions[pos].to(q.dtype)
+        sin, cos = torch.split(sincos, sincos.shape[-1] // 2, dim=-1)
+        sin = torch.repeat_interleave(sin.unsqueeze(2), 2, 3) * torch.ones(1, 1, q.shape[2], 1)
+        cos = torch.repeat_interleave(cos.unsqueeze(2), 2, 3) * torch.ones(1, 1, q.shape[2], 1)
+        t = q[:, :, :, :8]
+        return t * cos + rotate_every_two(t) * sin
+
+
+@pytest.mark.parametrize("module", [OtherRotation(), PerHeadCos()], ids=["other-rotation", "per-head-cos"])
+def test_forms_it_does_not_cover_are_left_alone(module):
+    args = _inputs(2)
+    gm = _graph_of(module, *args)
+    before = [(n.op, n.target) for n in gm.graph.nodes]
+    assert rewrite_interleaved_rope_in_dynamo_graph(gm) == 0
+    assert [(n.op, n.target) for n in gm.graph.nodes] == before
+    out, _ = _compiled(module, args)
+    torch.testing.assert_close(out, module(*args))

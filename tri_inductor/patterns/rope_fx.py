@@ -1,0 +1,195 @@
+"""Interleaved (GPT-J style) RoPE written with strided slices, rewritten on the Dynamo graph.
+
+GPT-J in transformers (and code written like it) rotates (even, odd) pairs of the first
+``rotary_dim`` dims of each head:
+
+    rotate_every_two(t) = stack((-t[..., 1::2], t[..., ::2]), -1).flatten(-2)
+    out = t * cos + rotate_every_two(t) * sin       # cos/sin repeat_interleave'd to full width
+    out = cat([out, x[..., rot:]], -1)              # partial rotary: t = x[..., :rot]
+
+After AOT the strided slices and the stack turn into index arithmetic that no traced search form
+of the post-grad ``rope`` patterns matched; here, before AOT (as the attention and MoE rewrites
+run), the torch-level ops are intact.  Each rotation becomes ``tri_inductor::rope_cos_sin`` (GPT-J
+mode, pass-through dims copied); a q and a k rotated by the same cos/sin are one call.
+
+Layouts: a head tensor ``[B, S, H, D]`` (GPT-J rotates before moving heads forward) or
+``[B, H, S, D]``; cos/sin broadcast over heads only (``[B|1, S, 1, rot]`` / ``[B|1, 1, S, rot]``).
+Anything else (other broadcasting, odd widths, a result of another dtype than the input's) is
+left as it was: declined, never an error.
+"""
+from __future__ import annotations
+
+import dataclasses
+import operator
+
+import torch
+import torch.fx
+
+Node = torch.fx.Node
+
+
+def _val(node):
+    return node.meta.get("example_value", node.meta.get("val")) if isinstance(node, Node) else None
+
+
+def _call(node, *fns, methods=()) -> bool:
+    return isinstance(node, Node) and ((node.op == "call_function" and node.target in fns)
+                                       or (node.op == "call_method" and node.target in methods))
+
+
+def _last_dim_slice(node) -> tuple[Node, slice] | None:
+    """``(t, s)`` when ``node`` is ``t[..., s]`` (every other index ``:`` or an Ellipsis)."""
+    if not _call(node, operator.getitem) or not isinstance(node.args[1], tuple):
+        return None
+    *lead, last = node.args[1]
+    if not isinstance(last, slice) or not all(i is Ellipsis or i == slice(None) for i in lead):
+        return None
+    return node.args[0], last
+
+
+def _arg(node: Node, i: int, name: str, default=None):
+    return node.args[i] if len(node.args) > i else node.kwargs.get(name, default)
+
+
+def _rotate_every_two(node) -> Node | None:
+    """``t`` when ``node`` is ``flatten(stack((-t[..., 1::2], t[..., ::2]), -1), -2)``."""
+    if not _call(node, torch.flatten, methods=("flatten",)) or _arg(node, 1, "start_dim") != -2:
+        return None
+    st = node.args[0]
+    if not _call(st, torch.stack) or _arg(st, 1, "dim") != -1 or len(st.args[0]) != 2:
+        return None
+    neg, even = st.args[0]
+    if not _call(neg, torch.neg, operator.neg, methods=("neg",)):
+        return None
+    odd, even = _last_dim_slice(neg.args[0]), _last_dim_slice(even)
+    if odd is None or even is None or odd[0] is not even[0]:
+        return None
+    return odd[0] if (odd[1], even[1]) == (slice(1, None, 2), slice(None, None, 2)) else None
+
+
+@dataclasses.dataclass
+class Rotation:
+    out: Node       # the node whose value is the rotated tensor (the cat, or the add)
+    x: Node         # the whole head tensor (rotary dims first)
+    cos: Node
+    sin: Node
+    heads_dim: int  # 1 ([B, H, S, D]) or 2 ([B, S, H, D])
+
+
+def _rotation(add: Node) -> Rotation | None:
+    if not _call(add, operator.add, torch.add) or len(add.args) != 2 or add.kwargs:
+        return None
+    for plain, rot in (add.args, add.args[::-1]):
+        if not (_call(plain, operator.mul, torch.mul) and _call(rot, operator.mul, torch.mul)):
+            continue
+        for r, sin in (rot.args[:2], rot.args[1::-1]):
+            t = _rotate_every_two(r)
+            if t is None or t not in plain.args[:2] or len(plain.args) != 2:
+                continue
+            cos = plain.args[1] if plain.args[0] is t else plain.args[0]
+            return _describe(add, t, cos, sin)
+    return None
+
+
+def _describe(add: Node, t: Node, cos, sin) -> Rotation | None:
+    vt, vc, vs, vo = _val(t), _val(cos), _val(sin), _val(add)
+    if not all(isinstance(v, torch.Tensor) for v in (vt, vc, vs, vo)) or vt.dim() != 4:
+        return None
+    rot = vt.shape[-1]
+    if rot % 2 or vc.shape != vs.shape or vc.dim() != 4 or vc.shape[-1] != rot or vo.dtype != vt.dtype:
+        return None
+    heads = [h for h in (1, 2) if vc.shape[h] == 1 and vc.shape[3 - h] == vt.shape[3 - h]]
+    if not heads or vc.shape[0] not in (1, vt.shape[0]):
+        return None
+    sliced = _last_dim_slice(t)
+    users = list(add.users)
+    if sliced is not None and sliced[1] == slice(None, rot) and len(users) == 1:
+        x = sliced[0]
+        cat = users[0]
+        if _call(cat, torch.cat, torch.concat) and _arg(cat, 1, "dim") in (-1, 3) and len(cat.args[0]) == 2 \
+                and cat.args[0][0] is add:
+            rest = _last_dim_slice(cat.args[0][1])
+            vx = _val(x)
+            if rest is not None and rest[0] is x and rest[1] == slice(rot, None) and vx is not None \
+                    and _val(cat) is not None and _val(cat).dtype == vx.dtype:
+                return Rotation(cat, x, cos, sin, heads[0])
+        return None
+    return Rotation(add, t, cos, sin, heads[0])
+
+
+def _root(node):
+    """The cos/sin source behind the broadcasting steps (repeat_interleave, indexing with None,
+    unsqueeze): rotations of q and k built from one source are paired."""
+    while isinstance(node, Node) and (_call(node, torch.repeat_interleave, operator.getitem,
+                                            methods=("repeat_interleave", "unsqueeze"))):
+        node = node.args[0]
+    return node
+
+
+def rewrite_interleaved_rope_in_dynamo_graph(gm: torch.fx.GraphModule) -> int:
+    """Replace each GPT-J style rotation by our RoPE op; returns how many rotations were replaced."""
+    from . import rope  # noqa: F401  (registers tri_inductor::rope_cos_sin)
+
+    found = [r for n in list(gm.graph.nodes) if (r := _rotation(n)) is not None]
+    groups: dict[tuple, list[Rotation]] = {}
+    for r in found:
+        vx = _val(r.x)
+        key = (_root(r.cos), _root(r.sin), r.heads_dim, vx.shape[0], vx.shape[3 - r.heads_dim], vx.dtype,
+               tuple(_val(r.cos).shape))
+        groups.setdefault(key, []).append(r)
+    g = gm.graph
+    order = {n: i for i, n in enumerate(g.nodes)}
+    batches = []
+    for rs in groups.values():
+        while rs:
+            pair, rs = rs[:2], rs[2:]
+            # the pair shares one cos/sin (same source, same broadcast): the earlier-made copies
+            cos = min((r.cos for r in pair), key=order.__getitem__)
+            sin = min((r.sin for r in pair), key=order.__getitem__)
+            for r in pair:
+                r.cos, r.sin = cos, sin
+            inputs = max(order[n] for n in (cos, sin, *(r.x for r in pair)))
+            if len(pair) == 2 and inputs > min(order[r.out] for r in pair):
+                batches += [[r] for r in pair]  # k made after q's rotation is used: one call each
+            else:
+                batches.append(pair)
+    for pair in batches:
+        _replace(g, pair, min((r.out for r in pair), key=order.__getitem__))
+    if found:
+        _erase_dead(g, [n for r in found for n in (r.out,)])
+        gm.recompile()
+    return len(found)
+
+
+def _replace(g: torch.fx.Graph, pair: list[Rotation], anchor: Node) -> None:
+    def emit(target, args):
+        with g.inserting_before(anchor):
+            return g.call_function(target, args)
+
+    def bhsd(r):  # the op's layout: [B, H, S, D] (views)
+        return emit(torch.transpose, (r.x, 1, 2)) if r.heads_dim == 2 else r.x
+
+    first = pair[0]
+    q = bhsd(first)
+    k = bhsd(pair[1]) if len(pair) == 2 else emit(operator.getitem, (q, (slice(None), slice(0, 0))))
+    cos = emit(torch.squeeze, (first.cos, first.heads_dim))
+    sin = emit(torch.squeeze, (first.sin, first.heads_dim))
+    res = emit(torch.ops.tri_inductor.rope_cos_sin.default, (q, k, cos, sin, False))
+    for i, r in enumerate(pair):
+        out = emit(operator.getitem, (res, i))
+        if r.heads_dim == 2:
+            out = emit(torch.transpose, (out, 1, 2))
+        out.meta.update(r.out.meta)
+        r.out.replace_all_uses_with(out)
+
+
+def _erase_dead(g: torch.fx.Graph, roots: list[Node]) -> None:
+    """Erase the replaced rotations and what only they used (nothing else in the graph)."""
+    todo = list(roots)
+    while todo:
+        n = todo.pop()
+        if getattr(n, "_erased", False) or n.users or n.op not in ("call_function", "call_method"):
+            continue
+        ins = list(n.all_input_nodes)
+        g.erase_node(n)
+        todo += ins
