@@ -105,3 +105,16 @@ def global_memory_ops(ptx: str, griddep: bool = False) -> list[str]:
     programmatic-dependent-launch instructions ``griddepcontrol.wait/launch_dependents``)."""
     extra = r"|griddepcontrol\.\w+" if griddep else ""
     return re.findall(rf"\b(ld\.global[\w:.]*|st\.global[\w:.]*|bar\.sync{extra})", ptx)
+
+
+def dynamo_graph(fn, *inputs, fullgraph: bool = False) -> torch.fx.GraphModule:
+    """The graph Dynamo hands a backend for ``fn(*inputs)`` (what our Dynamo-graph rewrites see)."""
+    seen = {}
+
+    def backend(gm, example_inputs):
+        seen["gm"] = gm
+        return gm.forward
+
+    torch._dynamo.reset()
+    torch.compile(fn, backend=backend, fullgraph=fullgraph)(*inputs)
+    return seen["gm"]

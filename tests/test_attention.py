@@ -11,6 +11,7 @@ import math
 import pytest
 import torch
 
+from pattern_harness import dynamo_graph
 from tri_inductor.patterns import attention as A
 from tri_inductor.patterns.attention_fx import rewrite_attention_in_dynamo_graph
 
@@ -371,18 +372,6 @@ def _hf_style_mask(pad, Sq, Skv, window=0):
     return (m & pad[b, ki]).expand(B, -1, Sq, Skv)
 
 
-def _capture_cpu(fn, *inputs):
-    cap = {}
-
-    def backend(gm, example_inputs):
-        cap["gm"] = gm
-        return gm.forward
-
-    torch._dynamo.reset()
-    torch.compile(fn, backend=backend, fullgraph=True)(*inputs)
-    return cap["gm"], None
-
-
 def _attention_calls(gm):
     return [n for n in gm.graph.nodes if n.target is torch.ops.tri_inductor.attention.default]
 
@@ -401,7 +390,7 @@ def test_hf_mask_read_back_as_flags(window):
     def f(q, k, v, pad):
         return F.scaled_dot_product_attention(q, k, v, attn_mask=_hf_style_mask(pad, Sq, Skv, window))
 
-    gm, _ = _capture_cpu(f, q, k, v, pad)
+    gm = dynamo_graph(f, q, k, v, pad, fullgraph=True)
     assert rewrite_attention_in_dynamo_graph(gm) == 1
     (call,) = _attention_calls(gm)
     is_causal, scale, mask, offset, win = call.args[3:8]
@@ -446,7 +435,7 @@ def test_explicit_softmax_form_rewritten(form):
     g = torch.Generator().manual_seed(5)
     q, k, v = (torch.randn(B, H, S, D, generator=g) for _ in range(3))
     mask = torch.zeros(B, 1, S, S).masked_fill(torch.rand(B, 1, S, S, generator=g) < 0.3, -1e9)
-    gm, _ = _capture_cpu(form, q, k, v, mask)
+    gm = dynamo_graph(form, q, k, v, mask, fullgraph=True)
     assert rewrite_attention_in_dynamo_graph(gm) == 1
     assert not [n for n in gm.graph.nodes if n.op in ("call_function", "call_method")
                 and ("softmax" in str(n.target) or "matmul" in str(n.target))]
@@ -464,5 +453,5 @@ def test_explicit_form_left_alone_when_not_attention():
         return torch.softmax(s, dim=2) @ v
 
     q = torch.randn(1, 2, 8, 16)
-    gm, _ = _capture_cpu(f, q, q.clone(), q.clone())
+    gm = dynamo_graph(f, q, q.clone(), q.clone(), fullgraph=True)
     assert rewrite_attention_in_dynamo_graph(gm) == 0

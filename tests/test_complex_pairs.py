@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import tri_inductor
+from pattern_harness import dynamo_graph
 from tri_inductor.complex_pairs import rewrite_complex_in_dynamo_graph
 
 # Compiled fp32 against eager fp32 on the same inputs: the same products and sums, in another
@@ -69,19 +70,6 @@ class HFDeepseekRope(torch.nn.Module):
         return self.apply(q, k, self.rot(q, pos))
 
 
-def _graph_of(module, *inputs):
-    """The Dynamo graph of ``module`` (and the rewrite's count on it)."""
-    seen = {}
-
-    def backend(gm, example_inputs):
-        seen["gm"] = gm
-        return gm.forward
-
-    torch._dynamo.reset()
-    torch.compile(module, backend=backend)(*inputs)
-    return seen["gm"]
-
-
 def _targets(gm):
     return {n.target for n in gm.graph.nodes if n.op == "call_function"}
 
@@ -93,7 +81,7 @@ def _targets(gm):
 ], ids=["meta-llama", "polar-in-graph", "hf-deepseek-v2"])
 def test_complex_rope_compiles_to_triton_and_matches_eager(interpreter, make, inputs):
     module, args = make(), inputs()
-    gm = _graph_of(module, *args)
+    gm = dynamo_graph(module, *args)
     assert rewrite_complex_in_dynamo_graph(gm) > 0
     assert not _targets(gm) & {torch.view_as_complex, torch.polar}
     # what is left of view_as_real: the (re, im) view of a complex input (no kernel)
@@ -126,7 +114,7 @@ class ComplexOutput(torch.nn.Module):
 @pytest.mark.parametrize("module", [ComplexAbs(), ComplexOutput()], ids=["abs", "complex-output"])
 def test_forms_it_does_not_cover_are_left_alone(module):
     x = torch.randn(4, 8)
-    gm = _graph_of(module, x)
+    gm = dynamo_graph(module, x)
     before = [(n.op, n.target) for n in gm.graph.nodes]
     assert rewrite_complex_in_dynamo_graph(gm) == 0
     assert [(n.op, n.target) for n in gm.graph.nodes] == before

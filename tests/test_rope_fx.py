@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import tri_inductor
-from pattern_harness import rel
+from pattern_harness import dynamo_graph, rel
 from tri_inductor.patterns.rope_fx import rewrite_interleaved_rope_in_dynamo_graph
 
 # fp32 against the float64 run of the same module: the kernel rotates in fp32 (a few ulps);
@@ -66,18 +66,6 @@ def _inputs(heads_dim, D=16, B=2, S=7, Hq=4, Hk=2, dtype=torch.float32):
             torch.randint(0, 60, (B, S), generator=g))
 
 
-def _graph_of(module, *inputs):
-    seen = {}
-
-    def backend(gm, example_inputs):
-        seen["gm"] = gm
-        return gm.forward
-
-    torch._dynamo.reset()
-    torch.compile(module, backend=backend)(*inputs)
-    return seen["gm"]
-
-
 def _compiled(module, args):
     torch._dynamo.reset()
     before = {id(r) for r in tri_inductor.last_audit()}
@@ -90,7 +78,7 @@ def _compiled(module, args):
 def test_interleaved_rope_runs_our_kernel_and_matches_float64(interpreter, heads_dim, rot, dtype):
     module = GPTJRope(rot=rot, heads_dim=heads_dim)
     args = _inputs(heads_dim, dtype=dtype)
-    gm = _graph_of(module, *args)
+    gm = dynamo_graph(module, *args)
     assert rewrite_interleaved_rope_in_dynamo_graph(gm) == 2
     ref = module.double()(*[a.double() if a.is_floating_point() else a for a in args])
     module.float()
@@ -104,7 +92,7 @@ def test_interleaved_rope_runs_our_kernel_and_matches_float64(interpreter, heads
 def test_k_made_after_qs_rotation_gets_a_call_of_its_own(interpreter):
     module = KAfterQ(rot=16, heads_dim=2)
     q, k, pos = _inputs(2)
-    gm = _graph_of(module, q, k, pos)
+    gm = dynamo_graph(module, q, k, pos)
     assert rewrite_interleaved_rope_in_dynamo_graph(gm) == 2
     gm.graph.lint()
     ref = module.double()(q.double(), k.double(), pos)
@@ -143,7 +131,7 @@ class PerHeadCos(GPTJRope):
 @pytest.mark.parametrize("module", [OtherRotation(), PerHeadCos()], ids=["other-rotation", "per-head-cos"])
 def test_forms_it_does_not_cover_are_left_alone(module):
     args = _inputs(2)
-    gm = _graph_of(module, *args)
+    gm = dynamo_graph(module, *args)
     before = [(n.op, n.target) for n in gm.graph.nodes]
     assert rewrite_interleaved_rope_in_dynamo_graph(gm) == 0
     assert [(n.op, n.target) for n in gm.graph.nodes] == before
