@@ -157,6 +157,7 @@ def dry_run() -> int:
     the baseline ops swapped in (the torch alignment against ours)."""
     import tri_inductor.testing.interpret  # noqa: F401  (our kernels on CPU tensors: the interpreter)
     from tri_inductor.patterns.moe import ops
+    from tri_inductor.patterns.moe import reference as R
 
     ok = True
     for name, (H, I, E, k) in DRY_SHAPES.items():
@@ -169,8 +170,6 @@ def dry_run() -> int:
             try:
                 # against float64 experts on the torch routing's own choices: its bf16 logits may
                 # break a near-tie the other way than the float64 router (a different expert)
-                from tri_inductor.patterns.moe import reference as R
-
                 ref_torch = R.reference_experts(x, w13, w2, *torch_route(x @ gate.T, k))
                 errs["grouped_mm"] = rel(grouped_mm_layer(x, gate, w13, w2, k), ref_torch)
             except (RuntimeError, NotImplementedError) as e:  # no CPU kernel in this torch

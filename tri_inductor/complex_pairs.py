@@ -30,12 +30,10 @@ from typing import Any
 import torch
 import torch.fx
 
+from .patterns.matcher_utils import example_value as _val
+
 _MUL = (operator.mul, torch.mul)
 _SHAPE_METHODS = ("reshape", "view")
-
-
-def _val(node: Any) -> Any:
-    return node.meta.get("example_value", node.meta.get("val")) if isinstance(node, torch.fx.Node) else None
 
 
 def _is_complex(node: Any) -> bool:
@@ -64,15 +62,19 @@ def _supported(node: torch.fx.Node) -> bool:
         if node.target == "unsqueeze":
             return len(node.args) == 2 and isinstance(node.args[1], int) and not node.kwargs
         if node.target in _SHAPE_METHODS:
-            shape = node.args[1:] if len(node.args) > 2 or not isinstance(node.args[1], (tuple, list)) \
-                else node.args[1]
-            return not node.kwargs and all(isinstance(d, int) for d in shape)
+            return not node.kwargs and all(isinstance(d, int) for d in _shape(node))
         if node.target == "contiguous":
             return len(node.args) == 1 and not node.kwargs
         if node.target == "to":
             args = list(node.args[1:]) + list(node.kwargs.values())
             return all(isinstance(a, (torch.device, str)) for a in args) and set(node.kwargs) <= {"device"}
     return False
+
+
+def _shape(node: torch.fx.Node) -> tuple:
+    """The target shape of ``x.reshape(*shape)`` / ``x.view(shape)``."""
+    return tuple(node.args[1]) if len(node.args) == 2 and isinstance(node.args[1], (tuple, list)) \
+        else tuple(node.args[1:])
 
 
 def _is_exit(node: torch.fx.Node) -> bool:
@@ -147,8 +149,7 @@ def rewrite_complex_in_dynamo_graph(gm: torch.fx.GraphModule) -> int:
             d = n.args[1]
             pair[n] = emit(n, "call_method", "unsqueeze", (pair[n.args[0]], d if d >= 0 else d - 1))
         elif n.target in _SHAPE_METHODS:
-            shape = n.args[1:] if len(n.args) > 2 or not isinstance(n.args[1], (tuple, list)) else n.args[1]
-            pair[n] = emit(n, "call_method", n.target, (pair[n.args[0]], *shape, 2))
+            pair[n] = emit(n, "call_method", n.target, (pair[n.args[0]], *_shape(n), 2))
         else:  # contiguous, to(device)
             pair[n] = emit(n, "call_method", n.target, (pair[n.args[0]], *n.args[1:]), dict(n.kwargs))
     for n in cplx:

@@ -38,31 +38,43 @@ def choose_attention(requested: str, uses_mla: bool, unavailable: str | None) ->
                   "CUDA graphs; its kernel for what ours declines)")
 
 
-def slot_owner(registry: ModuleType) -> str | None:
-    """Class path registered in the CUSTOM slot (None: free)."""
-    enum = getattr(registry, "AttentionBackendEnum", None)
+def custom_slot_holder(registry: ModuleType, enum_attr: str, overrides_attr: str) -> str | None:
+    """Class path registered in a vLLM registry's CUSTOM slot (None: free).  vLLM keeps one such
+    slot per registry: attention backends, MLA prefill backends."""
+    enum = getattr(registry, enum_attr, None)
     slot = getattr(enum, SLOT, None) if enum is not None else None
-    overrides = getattr(registry, "_ATTN_OVERRIDES", None)
+    overrides = getattr(registry, overrides_attr, None)
     if slot is None or not isinstance(overrides, dict):
         return None
     return overrides.get(slot)
 
 
-def register_slot(registry: ModuleType) -> bool:
-    """Put our backend in the CUSTOM slot unless another package holds it (True: it is ours)."""
-    enum = getattr(registry, "AttentionBackendEnum", None)
-    register = getattr(registry, "register_backend", None)
+def claim_custom_slot(registry: ModuleType, enum_attr: str, overrides_attr: str, register_attr: str,
+                      path: str) -> bool:
+    """Put ``path`` in the registry's CUSTOM slot unless another package holds it (True: it is ours)."""
+    enum = getattr(registry, enum_attr, None)
+    register = getattr(registry, register_attr, None)
     if enum is None or register is None or not hasattr(enum, SLOT):
         return False
-    owner = slot_owner(registry)
+    owner = custom_slot_holder(registry, enum_attr, overrides_attr)
     if owner is not None:
-        return owner == BACKEND_PATH
+        return owner == path
     try:
-        register(getattr(enum, SLOT), BACKEND_PATH)
-    except Exception as e:  # another registry API: TRITON_ATTN stays (unavailable_reason says why)
-        log.debug("tri_inductor: could not register our attention backend: %r", e)
+        register(getattr(enum, SLOT), path)
+    except Exception as e:  # noqa: BLE001 (another registry API: vLLM's backend stays, logged by the caller)
+        log.debug("tri_inductor: could not register %s: %r", path, e)
         return False
-    return slot_owner(registry) == BACKEND_PATH
+    return custom_slot_holder(registry, enum_attr, overrides_attr) == path
+
+
+def slot_owner(registry: ModuleType) -> str | None:
+    """Class path registered in the attention CUSTOM slot (None: free)."""
+    return custom_slot_holder(registry, "AttentionBackendEnum", "_ATTN_OVERRIDES")
+
+
+def register_slot(registry: ModuleType) -> bool:
+    """Put our backend in the CUSTOM slot unless another package holds it (True: it is ours)."""
+    return claim_custom_slot(registry, "AttentionBackendEnum", "_ATTN_OVERRIDES", "register_backend", BACKEND_PATH)
 
 
 def unavailable_reason(signature_problem: Callable[[str], str | None]) -> str | None:

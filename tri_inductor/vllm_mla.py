@@ -326,31 +326,13 @@ def gather_cache_hook(real):
 
 
 # ---------------------------------------------------------------- MLA prefill backend slot
-def prefill_slot_owner(registry: Any) -> str | None:
-    enum = getattr(registry, "MLAPrefillBackendEnum", None)
-    slot = getattr(enum, "CUSTOM", None) if enum is not None else None
-    overrides = getattr(registry, "_MLA_PREFILL_OVERRIDES", None)
-    if slot is None or not isinstance(overrides, dict):
-        return None
-    return overrides.get(slot)
-
-
 def register_prefill_slot(registry: Any) -> bool:
     """Our Triton MLA prefill into vLLM's ``MLAPrefillBackendEnum.CUSTOM`` slot unless another
     package holds it (True: the slot is ours).  Selected only by a tri_inductor config."""
-    enum = getattr(registry, "MLAPrefillBackendEnum", None)
-    register = getattr(registry, "register_mla_prefill_backend", None)
-    if enum is None or register is None or not hasattr(enum, "CUSTOM"):
-        return False
-    owner = prefill_slot_owner(registry)
-    if owner is not None:
-        return owner == PREFILL_BACKEND_PATH
-    try:
-        register(enum.CUSTOM, PREFILL_BACKEND_PATH)
-    except Exception as e:  # noqa: BLE001 (another registry API: vLLM's prefill stays, config says so)
-        log.debug("tri_inductor: could not register our MLA prefill backend: %r", e)
-        return False
-    return prefill_slot_owner(registry) == PREFILL_BACKEND_PATH
+    from .vllm_attention_select import claim_custom_slot
+
+    return claim_custom_slot(registry, "MLAPrefillBackendEnum", "_MLA_PREFILL_OVERRIDES",
+                             "register_mla_prefill_backend", PREFILL_BACKEND_PATH)
 
 
 def prefill_registry(module: Any) -> None:

@@ -22,6 +22,7 @@ from typing import Any
 import torch
 
 from .attention import SDPA_ARGS  # importing attention also registers tri_inductor::attention
+from .matcher_utils import example_value as _val, is_call as _is
 
 Node = torch.fx.Node
 
@@ -30,12 +31,6 @@ def _sdpa_targets():
     import torch.nn.functional as F
 
     return {torch._C._nn.scaled_dot_product_attention, F.scaled_dot_product_attention}
-
-
-def _val(node) -> Any:
-    if not isinstance(node, Node):
-        return None
-    return node.meta.get("example_value", node.meta.get("val"))
 
 
 def _int(x) -> int | None:
@@ -295,11 +290,6 @@ def _erase_dead(graph, node: Node) -> None:
 
 
 # ------------------------------------------------------------------------------- explicit form
-
-def _is(node, fns=(), methods=()):
-    return isinstance(node, Node) and (
-        node.op == "call_function" and node.target in fns or node.op == "call_method" and node.target in methods)
-
 
 def _softmax_fns():
     import torch.nn.functional as F

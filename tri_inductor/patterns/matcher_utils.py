@@ -111,3 +111,25 @@ def silu_chunk(x):
 def silu_chunk_gate_first(x):
     gate, up = x.chunk(2, dim=-1)
     return F.silu(gate) * up
+
+
+# ---------------------------------------------------------------------------------------------
+# Dynamo-graph node forms (the rewrites that run before AOT: attention_fx, moe/hf, rope_fx,
+# complex_pairs): torch-level calls, a function or a tensor method.
+# ---------------------------------------------------------------------------------------------
+def example_value(node: Any) -> Any:
+    """The value Dynamo traced for ``node`` (a FakeTensor), None for a non-node or no record."""
+    return node.meta.get("example_value", node.meta.get("val")) if isinstance(node, torch.fx.Node) else None
+
+
+def is_call(node: Any, fns: Sequence[Any] = (), methods: Sequence[str] = ()) -> bool:
+    """``node`` calls one of ``fns`` or one of the tensor ``methods``."""
+    return isinstance(node, torch.fx.Node) and (
+        (node.op == "call_function" and node.target in fns) or (node.op == "call_method" and node.target in methods))
+
+
+def call_arg(node: torch.fx.Node, i: int, name: str, default: Any = None) -> Any:
+    """Argument ``i`` / ``name`` of a call (for call_method, the tensor is args[0])."""
+    if name in node.kwargs:
+        return node.kwargs[name]
+    return node.args[i] if len(node.args) > i else default

@@ -600,7 +600,7 @@ def _feeds_our_rope(node: torch.fx.Node, hops: int = 16) -> bool:
         if n.target is not hop:
             return False
         fn = kernel_side_table.get_kernel(n.kwargs["kernel_idx"])
-        while isinstance(getattr(fn, "fn", None), object) and hasattr(fn, "fn"):  # JITFunction / Autotuner
+        while hasattr(fn, "fn"):  # Autotuner / Heuristics -> JITFunction -> the Python function
             fn = fn.fn
         return fn is _rope_kernel.fn
 

@@ -25,21 +25,14 @@ import operator
 import torch
 import torch.fx
 
+from .matcher_utils import call_arg as _arg, example_value as _val, is_call as _is
+
 Node = torch.fx.Node
-
-
-def _val(node):
-    return node.meta.get("example_value", node.meta.get("val")) if isinstance(node, Node) else None
-
-
-def _call(node, *fns, methods=()) -> bool:
-    return isinstance(node, Node) and ((node.op == "call_function" and node.target in fns)
-                                       or (node.op == "call_method" and node.target in methods))
 
 
 def _last_dim_slice(node) -> tuple[Node, slice] | None:
     """``(t, s)`` when ``node`` is ``t[..., s]`` (every other index ``:`` or an Ellipsis)."""
-    if not _call(node, operator.getitem) or not isinstance(node.args[1], tuple):
+    if not _is(node, (operator.getitem,)) or not isinstance(node.args[1], tuple):
         return None
     *lead, last = node.args[1]
     if not isinstance(last, slice) or not all(i is Ellipsis or i == slice(None) for i in lead):
@@ -47,19 +40,15 @@ def _last_dim_slice(node) -> tuple[Node, slice] | None:
     return node.args[0], last
 
 
-def _arg(node: Node, i: int, name: str, default=None):
-    return node.args[i] if len(node.args) > i else node.kwargs.get(name, default)
-
-
 def _rotate_every_two(node) -> Node | None:
     """``t`` when ``node`` is ``flatten(stack((-t[..., 1::2], t[..., ::2]), -1), -2)``."""
-    if not _call(node, torch.flatten, methods=("flatten",)) or _arg(node, 1, "start_dim") != -2:
+    if not _is(node, (torch.flatten,), methods=("flatten",)) or _arg(node, 1, "start_dim") != -2:
         return None
     st = node.args[0]
-    if not _call(st, torch.stack) or _arg(st, 1, "dim") != -1 or len(st.args[0]) != 2:
+    if not _is(st, (torch.stack,)) or _arg(st, 1, "dim") != -1 or len(st.args[0]) != 2:
         return None
     neg, even = st.args[0]
-    if not _call(neg, torch.neg, operator.neg, methods=("neg",)):
+    if not _is(neg, (torch.neg, operator.neg), methods=("neg",)):
         return None
     odd, even = _last_dim_slice(neg.args[0]), _last_dim_slice(even)
     if odd is None or even is None or odd[0] is not even[0]:
@@ -77,10 +66,10 @@ class Rotation:
 
 
 def _rotation(add: Node) -> Rotation | None:
-    if not _call(add, operator.add, torch.add) or len(add.args) != 2 or add.kwargs:
+    if not _is(add, (operator.add, torch.add)) or len(add.args) != 2 or add.kwargs:
         return None
     for plain, rot in (add.args, add.args[::-1]):
-        if not (_call(plain, operator.mul, torch.mul) and _call(rot, operator.mul, torch.mul)):
+        if not (_is(plain, (operator.mul, torch.mul)) and _is(rot, (operator.mul, torch.mul))):
             continue
         for r, sin in (rot.args[:2], rot.args[1::-1]):
             t = _rotate_every_two(r)
@@ -106,7 +95,7 @@ def _describe(add: Node, t: Node, cos, sin) -> Rotation | None:
     if sliced is not None and sliced[1] == slice(None, rot) and len(users) == 1:
         x = sliced[0]
         cat = users[0]
-        if _call(cat, torch.cat, torch.concat) and _arg(cat, 1, "dim") in (-1, 3) and len(cat.args[0]) == 2 \
+        if _is(cat, (torch.cat, torch.concat)) and _arg(cat, 1, "dim") in (-1, 3) and len(cat.args[0]) == 2 \
                 and cat.args[0][0] is add:
             rest = _last_dim_slice(cat.args[0][1])
             vx = _val(x)
@@ -120,8 +109,7 @@ def _describe(add: Node, t: Node, cos, sin) -> Rotation | None:
 def _root(node):
     """The cos/sin source behind the broadcasting steps (repeat_interleave, indexing with None,
     unsqueeze): rotations of q and k built from one source are paired."""
-    while isinstance(node, Node) and (_call(node, torch.repeat_interleave, operator.getitem,
-                                            methods=("repeat_interleave", "unsqueeze"))):
+    while _is(node, (torch.repeat_interleave, operator.getitem), methods=("repeat_interleave", "unsqueeze")):
         node = node.args[0]
     return node
 

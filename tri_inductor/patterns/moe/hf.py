@@ -25,23 +25,8 @@ import operator
 import torch
 import torch.nn.functional as F
 
+from ..matcher_utils import call_arg as _arg, example_value as _val, is_call as _is
 from .routing import MAX_EXPERTS
-
-
-def _val(node):
-    return node.meta.get("example_value", node.meta.get("val")) if isinstance(node, torch.fx.Node) else None
-
-
-def _is(node, fns=(), methods=()) -> bool:
-    return isinstance(node, torch.fx.Node) and (
-        (node.op == "call_function" and node.target in fns) or (node.op == "call_method" and node.target in methods))
-
-
-def _arg(node, i: int, name: str, default=None):
-    """Argument ``i`` / ``name`` of a call (for call_method, the tensor is args[0])."""
-    if name in node.kwargs:
-        return node.kwargs[name]
-    return node.args[i] if len(node.args) > i else default
 
 
 def _last_dim(dim, ndim: int) -> bool:

@@ -139,7 +139,7 @@ def config_for(tokens: int, top_k: int, n: int, h: int, experts: int, dtype: tor
     hit = _CHOICE.get(memo)
     if hit is not None:
         return hit
-    t = min(bucket, MAX_BUCKET * 2)
+    t = bucket  # tokens of the measured layer: the bucket's top
     default = default_config(t, top_k, experts)
     if run is None or not generic.can_tune():
         cfg = _stored(bucket, top_k, n, h, experts, dtype, elem) or default
