@@ -256,6 +256,47 @@ def reclassify_profile(prof: dict[str, Any]) -> dict[str, Any]:
     return dict(prof, classes_us={c: v for c, v in classes.items() if abs(v) >= 0.05}, top=top)
 
 
+HOST_TOP = 15  # host rows kept per profile
+
+
+def is_runtime_call(name: str) -> bool:
+    """A CUDA runtime/driver API call as the profiler names it (cudaLaunchKernel, cuLaunchKernelEx,
+    cudaGraphLaunch, cudaStreamSynchronize, cudaMemcpyAsync, ...)."""
+    return name.startswith(("cuda", "cu")) and len(name) > 4 and name[4 if name.startswith("cuda") else 2].isupper()
+
+
+def summarize_host(cpu_events: Iterable[tuple[str, float]]) -> dict[str, Any]:
+    """Host-side rows of a profiled run: CUDA runtime calls and CPU ops (aten ops, labelled
+    ranges; inclusive times, so nested rows overlap), each {name: [calls, total us]}, the largest
+    ``HOST_TOP`` of each. A host-bound gap shows up here: a sync per step, extra launches, a
+    Python-side op the baseline does not run."""
+    api: dict[str, list[float]] = {}
+    ops: dict[str, list[float]] = {}
+    for name, us in cpu_events:
+        row = (api if is_runtime_call(name) else ops).setdefault(name, [0, 0.0])
+        row[0] += 1
+        row[1] += us
+
+    def top(rows: dict[str, list[float]]) -> dict[str, list[float]]:
+        ranked = sorted(rows.items(), key=lambda kv: -kv[1][1])[:HOST_TOP]
+        return {k: [int(v[0]), round(v[1], 1)] for k, v in ranked}
+
+    return {"api": top(api), "ops": top(ops)}
+
+
+def host_differences(ours: dict[str, Any], base: dict[str, Any], n: int = 3) -> list[str]:
+    """The host rows where our run spends most more than the baseline's, as 'name +calls, +ms'."""
+    out = []
+    for part in ("api", "ops"):
+        o, b = (ours.get("host") or {}).get(part) or {}, (base.get("host") or {}).get(part) or {}
+        for name in set(o) | set(b):
+            co, uo = o.get(name, [0, 0.0])
+            cb, ub = b.get(name, [0, 0.0])
+            out.append(((uo - ub) / 1e3, f"{name} {co - cb:+d} calls {(uo - ub) / 1e3:+.1f} ms"))
+    out.sort(reverse=True)
+    return [t for d, t in out if d >= 0.5][:n]
+
+
 def explain_gap(ours: dict[str, Any], base: dict[str, Any]) -> str:
     """One line: where our profiled run spends more time than the baseline's.
 
@@ -272,8 +313,10 @@ def explain_gap(ours: dict[str, Any], base: dict[str, Any]) -> str:
     deltas.sort(reverse=True)
     wall_d = (ours.get("wall_ms") or 0) - (base.get("wall_ms") or 0)
     parts = [f"{c} {d:+.1f} ms" for d, c in deltas if abs(d) >= 0.05][:3]
+    host = host_differences(ours, base)
     return (f"profiled run {ours.get('wall_ms', 0):.1f} vs {base.get('wall_ms', 0):.1f} ms ({wall_d:+.1f} ms); "
-            f"largest differences: " + (", ".join(parts) if parts else "none"))
+            f"largest differences: " + (", ".join(parts) if parts else "none")
+            + (f"; host: {', '.join(host)}" if host else ""))
 
 
 # --------------------------------------------------------------------------- metadata

@@ -99,6 +99,7 @@ CPU check: ``python3 benchmarks/e2e_vllm.py --dry-run`` prints the plan and writ
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import select
@@ -107,6 +108,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import traceback
 from pathlib import Path
@@ -772,6 +774,11 @@ class Runner:
         if BASE in prof:
             w["reason"] = C.explain_gap(prof.get(OURS, {}), prof.get(BASE, {}))
             print(f"[e2e] {name}: {w['reason']}", flush=True)
+        for b, r in prof.items():
+            if r.get("host"):
+                print(f"[e2e] {name} {LABEL.get(b, b)} host: gc collections {r.get('gc_collections')}, "
+                      f"{r.get('os_threads')} threads; top runtime calls "
+                      f"{dict(list(r['host']['api'].items())[:4])}", flush=True)
         if DEFAULT in prof:
             w["reason_vs_default"] = C.explain_gap(prof.get(OURS, {}), prof.get(DEFAULT, {}))
             print(f"[e2e] {name} vs default: {w['reason_vs_default']}", flush=True)
@@ -1302,21 +1309,28 @@ def _handle_profile(llm, msg, vocab) -> dict[str, Any]:
         for r in top:
             r["class"] = C.kernel_class(r["name"])
         return {"ok": True, "error": None, "wall_ms": round(wall, 2), "gpu_busy_ms": round(wall * 0.8, 2),
-                "classes_us": C.classify_profile(top), "top": top, "kernel_names": 2}
+                "classes_us": C.classify_profile(top), "top": top, "kernel_names": 2,
+                "host": C.summarize_host([("cudaGraphLaunch", 12.0), ("aten::empty", 3.0)] * 10),
+                "gc_collections": [0, 0, 0], "threads": ["MainThread"], "os_threads": _os_threads()}
     import torch
     from torch.profiler import ProfilerActivity, profile
 
     prompts, inputs, sps = _generate(llm, msg["spec"], msg["seed"], msg.get("out_cap"), vocab)
     _sync()
+    gc_before = [g["collections"] for g in gc.get_stats()]
     with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:  # as the census (known to work)
         t0 = time.perf_counter()
         llm.generate(inputs, sps, use_tqdm=False)
         _sync()
         wall = time.perf_counter() - t0
+    gc_runs = [g["collections"] - b for g, b in zip(gc.get_stats(), gc_before)]
     rows: dict[str, dict[str, Any]] = {}
+    cpu_events: list[tuple[str, float]] = []
     try:
-        events = [(e.name(), (e.end_ns() - e.start_ns()) / 1e3) for e in prof.profiler.kineto_results.events()
-                  if str(e.device_type()).endswith("CUDA")]
+        events = []
+        for e in prof.profiler.kineto_results.events():
+            us = (e.end_ns() - e.start_ns()) / 1e3
+            (events if str(e.device_type()).endswith("CUDA") else cpu_events).append((e.name(), us))
     except Exception:  # noqa: BLE001  older/newer profiler API
         events = [(e.name, float(getattr(e, "device_time", None) or getattr(e, "cuda_time", 0.0)))
                   for e in prof.events() if str(getattr(e, "device_type", "")).endswith("CUDA")]
@@ -1334,7 +1348,17 @@ def _handle_profile(llm, msg, vocab) -> dict[str, Any]:
     return {"ok": bool(ranked), "error": None if ranked else "profiler saw no kernels",
             "wall_ms": round(wall * 1e3, 2), "gpu_busy_ms": round(busy_us / 1e3, 2),
             "classes_us": C.classify_profile(ranked), "top": ranked[:20], "kernel_names": len(ranked),
-            "requests": len(prompts), "out_tokens": sum(o for _, o in prompts)}
+            "requests": len(prompts), "out_tokens": sum(o for _, o in prompts),
+            # where host time goes (issue 19: small models lose on host gaps, not kernels)
+            "host": C.summarize_host(cpu_events), "gc_collections": gc_runs,
+            "threads": sorted(t.name for t in threading.enumerate()), "os_threads": _os_threads()}
+
+
+def _os_threads() -> int | None:
+    try:
+        return len(os.listdir("/proc/self/task"))
+    except OSError:
+        return None
 
 
 class _AlreadyUp(Exception):

@@ -1,6 +1,7 @@
 """The vLLM census's scoring, on synthetic data (the census itself runs on the GPU machine)."""
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -86,31 +87,63 @@ def test_hf_greedy_with_the_cache_is_greedy_on_the_whole_prefix():
             ids.append(tok)
 
 
-def test_reference_hf_teacher_forces_every_engine_on_the_reference(monkeypatch, tmp_path):
-    """--reference hf: the HF reference runs first, every vLLM engine is teacher-forced on its
-    tokens, and the baseline's agreement with it is recorded next to ours."""
+def _fake_census(monkeypatch, agree_of):
+    """run_worker faked: every engine teacher-forced on two positions, the second agreeing when
+    ``agree_of(model, backend)``; returns the list of (model, backend, teacher file) calls."""
     calls = []
 
     def fake_run_worker(args, name, folder, load_format, backend, out, teacher=None):
-        calls.append((backend, teacher.name if teacher is not None else None))
+        calls.append((name, backend, teacher.name if teacher is not None else None))
         out.write_text("{}")
         r = {"ok": True, "tokens": [[1, 2]], "top2_gap": [[1.0, 1.0]], "census": {}}
         if teacher is not None:
-            r["teacher_forced"] = [[[True, 0.0], [backend == "inductor", 0.05]]]
+            r["teacher_forced"] = [[[True, 0.0], [agree_of(name, backend), 0.05]]]
         return r
 
     monkeypatch.setattr(vllm_census, "run_worker", fake_run_worker)
     monkeypatch.setattr(vllm_census, "write_model", lambda *a: "auto")
     monkeypatch.setattr(vllm_census, "environment", lambda: {"card": "NVIDIA H200", "versions": {}})
-    out = tmp_path / "c.json"
-    rc = vllm_census.main(["--models", "deepseek_v2", "--reference", "hf", "--out", str(out)])
-    assert calls == [("hf", None), ("inductor", "deepseek_v2_hf.json"), ("tri_inductor", "deepseek_v2_hf.json")]
-    import json
+    return calls
 
+
+def test_reference_hf_teacher_forces_every_engine_on_the_reference(monkeypatch, tmp_path):
+    """--reference hf with --sparse-baseline: the HF reference runs first, every vLLM engine is
+    teacher-forced on its tokens, and the baseline's agreement with it is recorded next to ours."""
+    calls = _fake_census(monkeypatch, lambda name, backend: backend == "inductor")
+    out = tmp_path / "c.json"
+    rc = vllm_census.main(["--models", "deepseek_v2", "--reference", "hf", "--sparse-baseline", "--out", str(out)])
+    assert calls == [("deepseek_v2", "hf", None), ("deepseek_v2", "inductor", "deepseek_v2_hf.json"),
+                     ("deepseek_v2", "tri_inductor", "deepseek_v2_hf.json")]
     m = json.loads(out.read_text())["models"]["deepseek_v2"]
     assert m["reference"] == "hf" and m["baseline_teacher_forced"]["match_rate"] == 1.0
-    assert m["teacher_forced"]["match_rate"] == 0.5 and "same_mode" not in m
+    assert m["teacher_forced"]["match_rate"] == 0.5 and "same_mode" not in m and "vs_bar" not in m
     assert rc == 1 and not m["pass"]  # ours disagrees with the reference: no pass
+
+
+@pytest.mark.parametrize("bar_agrees, ours_agrees, passes", [(True, True, True), (True, False, False),
+                                                              (False, False, True)])
+def test_moe_and_mla_models_are_scored_against_the_dense_bar(monkeypatch, tmp_path, bar_agrees, ours_agrees, passes):
+    """--reference hf: vLLM's engine is not run on MoE/MLA models (its CUDA ops are stubs in a
+    Triton-only environment); the bar model runs first, and a MoE/MLA model passes when our
+    agreement with its reference is at least the bar's (vLLM's compile path on the dense model)."""
+    def agree(name, backend):
+        return bar_agrees if (name, backend) == ("llama", "inductor") else (ours_agrees or name == "llama")
+
+    calls = _fake_census(monkeypatch, agree)
+    out = tmp_path / "c.json"
+    rc = vllm_census.main(["--models", "mixtral,deepseek_v2", "--reference", "hf", "--out", str(out)])
+    assert calls == [("llama", "hf", None), ("llama", "inductor", "llama_hf.json"),
+                     ("llama", "tri_inductor", "llama_hf.json"),
+                     ("mixtral", "hf", None), ("mixtral", "tri_inductor", "mixtral_hf.json"),
+                     ("deepseek_v2", "hf", None), ("deepseek_v2", "tri_inductor", "deepseek_v2_hf.json")]
+    models = json.loads(out.read_text())["models"]
+    for name in ("mixtral", "deepseek_v2"):
+        vs = models[name]["vs_bar"]
+        assert vs["bar_model"] == "llama" and vs["bar_match_rate"] == (1.0 if bar_agrees else 0.5)
+        assert vs["match_rate"] == (1.0 if ours_agrees else 0.5)
+        assert vs["pass"] is passes and models[name]["pass"] is passes
+        assert "baseline_teacher_forced" not in models[name]
+    assert (rc == 0) is (passes and models["llama"]["pass"])
 
 
 def test_reference_hf_needs_the_random_weights():

@@ -44,3 +44,25 @@ def test_equal_batch_ratio_separates_schedule_from_step_time():
     slow = C.step_gap_stats(C.step_batches(_timeline({2: 5.5, 4: 6.6}, [2] * 20 + [4] * 6)))
     assert abs(C.equal_batch_gap_ratio(slow, base) - 1.1) < 1e-3
     assert C.equal_batch_gap_ratio(ours, {"by_batch": {}}) is None
+
+
+def test_host_rows_split_runtime_calls_from_cpu_ops():
+    h = C.summarize_host([("cudaLaunchKernel", 5.0), ("cuLaunchKernelEx", 4.0), ("cudaStreamSynchronize", 900.0),
+                          ("aten::empty", 2.0), ("aten::empty", 3.0), ("custom_range", 7.0)])
+    assert h["api"] == {"cudaStreamSynchronize": [1, 900.0], "cudaLaunchKernel": [1, 5.0],
+                        "cuLaunchKernelEx": [1, 4.0]}
+    assert h["ops"] == {"custom_range": [1, 7.0], "aten::empty": [2, 5.0]}
+    assert not C.is_runtime_call("cutlass_kernel") and not C.is_runtime_call("custom_range")
+
+
+def test_explain_gap_names_the_host_rows_that_grew():
+    """A host-bound gap (equal GPU time, longer wall) is explained by the runtime calls and ops
+    our run makes more of: here a sync per step."""
+    base = {"wall_ms": 100.0, "gpu_busy_ms": 50.0, "classes_us": {"gemm": 40e3},
+            "host": C.summarize_host([("cudaGraphLaunch", 20.0)] * 64)}
+    ours = {"wall_ms": 160.0, "gpu_busy_ms": 50.0, "classes_us": {"gemm": 40e3},
+            "host": C.summarize_host([("cudaGraphLaunch", 20.0)] * 64 + [("cudaStreamSynchronize", 900.0)] * 64)}
+    line = C.explain_gap(ours, base)
+    assert "host/launch gaps (wall - GPU busy) +60.0 ms" in line
+    assert line.endswith("host: cudaStreamSynchronize +64 calls +57.6 ms")
+    assert "host:" not in C.explain_gap(base, base)
