@@ -242,9 +242,11 @@ def tune_gemm(out_dir, min_m=1, max_m=1 << 30, only_m=None, shapes=None, wide=Fa
             results = []
             cands = _gemm_candidates(M, N, K, wide)
             # compile side by side first (one by one: minutes per shape)
-            failed = GT._warm({c: (lambda c=c: O.mm_launch(a0, w0.t(), None, c)) for c in cands})
+            from tri_inductor import tuning as generic
+
+            failed = generic.compile_side_by_side({c: (lambda c=c: O.mm_launch(a0, w0.t(), None, c)) for c in cands})
             for cfg in cands:
-                if cfg in failed:  # never compiled twice (see tuning._warm)
+                if cfg in failed:  # never compiled twice (see tuning.compile_side_by_side)
                     log(f"  skip {tuple(cfg)}: did not compile ({type(failed[cfg]).__name__})")
                     continue
                 try:

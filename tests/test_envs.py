@@ -49,7 +49,7 @@ def test_one_boolean_rule(name, monkeypatch):
 
 
 def test_attention_choice(monkeypatch):
-    assert envs.attention({}) == "triton_attn"
+    assert envs.attention({}) == "ours"
     assert envs.attention({"TRI_INDUCTOR_ATTENTION": "Ours"}) == "ours"
 
 

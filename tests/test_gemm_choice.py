@@ -283,7 +283,7 @@ def test_compile_failures_are_not_compiled_again(monkeypatch):
                 raise RuntimeError("PassManager::run failed")
         return f
 
-    failed = T._warm({c: compile_fn(c) for c in (ok, bad)})
+    failed = generic.compile_side_by_side({c: compile_fn(c) for c in (ok, bad)})
     assert set(failed) == {bad} and isinstance(failed[bad], RuntimeError) and sorted(calls) == sorted([ok, bad])
 
 

@@ -291,7 +291,7 @@ def test_selection_on_this_vllm(monkeypatch):
 
     assert unavailable_reason(signature_problem) is None
     assert selection({"TRI_INDUCTOR_ATTENTION": "ours"}, False, signature_problem)[0] == "CUSTOM"
-    assert selection({}, False, signature_problem)[0] == "TRITON_ATTN"  # the default until the GPU engine test passes
+    assert selection({}, False, signature_problem)[0] == "CUSTOM"  # the default
     assert selection({"TRI_INDUCTOR_ATTENTION": "triton_attn"}, False, signature_problem)[0] == "TRITON_ATTN"
     # a vLLM whose TritonAttentionImpl changed: TRITON_ATTN, saying why
     name, why = selection({"TRI_INDUCTOR_ATTENTION": "ours"}, False, lambda target: f"{target} takes (self, x)")

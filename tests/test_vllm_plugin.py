@@ -165,8 +165,12 @@ def test_backend_flag_alone_gives_triton_config(plugin, tri_log):
     ops = ir_ops(cfg.kernel_config.ir_op_priority)  # read from vLLM (0.32+: gelu_and_mul_sparse too)
     assert {"rms_norm", "fused_add_rms_norm"} <= set(ops)
     assert all(getattr(cfg.kernel_config.ir_op_priority, op) == ["native"] for op in ops), ops
-    # vLLM's Triton attention by default (ours is opted into: test_attention_opt_in_gives_ours)
-    assert cfg.attention_config.backend.name == "TRITON_ATTN"
+    # our paged attention by default, where this vLLM has the API it was built on
+    from tri_inductor import hooks
+    from tri_inductor.vllm_attention_select import unavailable_reason
+
+    ours = unavailable_reason(hooks.signature_problem) is None
+    assert cfg.attention_config.backend.name == ("CUSTOM" if ours else "TRITON_ATTN")
     assert os.environ["VLLM_USE_FLASHINFER_SAMPLER"] == "0"
     # vLLM's default, kept (FULL_AND_PIECEWISE; vLLM 0.34 gives a config without a model NONE)
     assert cc.cudagraph_mode == _config(backend="inductor").compilation_config.cudagraph_mode
@@ -276,13 +280,15 @@ def test_explicit_mode_vllm_compile_accepted(plugin):
         _config(backend="not_a_backend", mode=3)  # vLLM's check still applies to others
 
 
-def test_attention_opt_in_gives_ours(plugin, monkeypatch):
-    """TRI_INDUCTOR_ATTENTION=ours: our paged attention in vLLM's CUSTOM slot (TRITON_ATTN's kernel
-    for what it declines)."""
+@pytest.mark.parametrize("how", ["default", "env"])
+def test_attention_default_gives_ours(plugin, monkeypatch, how):
+    """By default (or TRI_INDUCTOR_ATTENTION=ours): our paged attention in vLLM's CUSTOM slot
+    (TRITON_ATTN's kernel for what it declines)."""
     from tri_inductor import hooks
     from tri_inductor.vllm_attention_select import unavailable_reason
 
-    monkeypatch.setenv("TRI_INDUCTOR_ATTENTION", "ours")
+    if how == "env":
+        monkeypatch.setenv("TRI_INDUCTOR_ATTENTION", "ours")
     cfg = _config(backend="tri_inductor")
     if unavailable_reason(hooks.signature_problem) is not None:  # (vLLM 0.34: see the next test)
         assert cfg.attention_config.backend.name == "TRITON_ATTN"
@@ -373,7 +379,7 @@ def test_strict_mode_raises(plugin, monkeypatch, how):
     assert "attention_backend='FLASH_ATTN'" in msg and "Fix:" in msg and "TRITON_ATTN" in msg
     # strict and clean: fine
     cfg = _config(backend="tri_inductor", inductor_compile_config=dict(icc))
-    assert cfg.attention_config.backend.name == "TRITON_ATTN"  # a Triton backend, no conflict
+    assert cfg.attention_config.backend.name in ("CUSTOM", "TRITON_ATTN")  # Triton backends, no conflict
 
 
 def test_strict_sampler_env_conflict(plugin, monkeypatch):

@@ -97,6 +97,34 @@ def run_isolated(fn: Callable[[], Any]) -> Any:
     return box["value"]
 
 
+def compile_side_by_side(fns: dict) -> dict:
+    """Compile the candidates' kernels side by side (Triton's compile is mostly ptxas, a
+    subprocess): tuning time is then one compile's, not one per candidate. Compile only: the
+    first launches happen one by one, in ``measure`` (concurrent first launches of one kernel
+    race in Triton's lazy handle loading; seen as an illegal address on the H200). Returns the
+    candidates whose compile failed, with the error: they are rejected without a second compile
+    (a compiler crash that Triton recovers from in-process should happen once, not twice)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import torch
+
+    from .patterns._launch import compile_only
+
+    def run(item):
+        cfg, f = item
+        try:
+            with compile_only():
+                f()
+        except Exception as e:  # noqa: BLE001
+            return cfg, e
+        return cfg, None
+
+    with ThreadPoolExecutor(max_workers=8, thread_name_prefix="tri_inductor-compile") as pool:
+        failed = {cfg: e for cfg, e in pool.map(run, fns.items()) if e is not None}
+    torch.cuda.synchronize()
+    return failed
+
+
 def graph_time_ms(fns: Sequence[Callable[[], Any]], reps: int = 5, inner: int = 1) -> float:
     """Median ms of one call, measured on CUDA-graph replays (no launch overhead in the number, as
     under vLLM's graphs). ``fns`` are calls over *different* inputs, captured once (``inner``

@@ -59,32 +59,6 @@ def tuning_candidates(n: int, k: int, bucket: int, dev: Device, elem: int = 2) -
     return out
 
 
-def _warm(fns: dict) -> dict:
-    """Compile the candidates' kernels side by side (Triton's compile is mostly ptxas, a
-    subprocess): tuning time is then one compile's, not one per candidate. Compile only: the
-    first launches happen one by one, in ``measure`` (concurrent first launches of one kernel
-    race in Triton's lazy handle loading; seen as an illegal address on the H200). Returns the
-    candidates whose compile failed, with the error: they are rejected without a second compile
-    (a compiler crash that Triton recovers from in-process should happen once, not twice)."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    from .._launch import compile_only
-
-    def run(item):
-        cfg, f = item
-        try:
-            with compile_only():
-                f()
-        except Exception as e:  # noqa: BLE001
-            return cfg, e
-        return cfg, None
-
-    with ThreadPoolExecutor(max_workers=8, thread_name_prefix="tri_inductor-compile") as pool:
-        failed = {cfg: e for cfg, e in pool.map(run, fns.items()) if e is not None}
-    torch.cuda.synchronize()
-    return failed
-
-
 def _ends(out: torch.Tensor) -> torch.Tensor:
     """First and last rows of an output, in fp32: the check covers the first and the last M
     tile (ragged edges, group order) without a full fp32 copy of a big output."""
@@ -126,7 +100,8 @@ def config_for(n: int, k: int, bucket: int, dtype: torch.dtype, dev: Device, mm_
                 state["ws"] = [w] + [w.clone() for _ in range(copies() - 1)]
             a, ws = state["a"], state["ws"]
             if "failed" not in state:
-                state["failed"] = _warm({c: (lambda c=c: mm_launch(a, ws[0].t(), None, c)) for c in state["cands"]})
+                state["failed"] = generic.compile_side_by_side(
+                    {c: (lambda c=c: mm_launch(a, ws[0].t(), None, c)) for c in state["cands"]})
             if cfg in state["failed"]:
                 err = state["failed"][cfg]
                 raise RuntimeError(f"did not compile: {type(err).__name__}: {err}"[:300])

@@ -9,8 +9,9 @@ import torch
 from .. import _pdl
 from .._launch import launch
 from .decode import paged_attn_decode_kernel, paged_attn_reduce_kernel
-from .launch import decode_cfg, head_pad, prefill_cfg
+from .launch import PrefillCfg, decode_cfg, head_pad
 from .prefill import paged_attn_prefill_kernel
+from .tuning import prefill_config
 
 DTYPES = (torch.bfloat16, torch.float16)
 MAX_HEAD = 256
@@ -64,7 +65,8 @@ def paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tenso
                     cu_seqlens_q: torch.Tensor, seq_lens: torch.Tensor, block_table: torch.Tensor,
                     max_seqlen_q: int, max_seqlen_k: int, scale: float, causal: bool = True,
                     window: Any = None, softcap: float = 0.0, sinks: torch.Tensor | None = None,
-                    *, num_splits: int | None = None, check: bool = True) -> torch.Tensor:
+                    *, num_splits: int | None = None, prefill: PrefillCfg | None = None,
+                    check: bool = True) -> torch.Tensor:
     """Paged attention over vLLM's KV cache, written into ``out`` (returned).
 
     q ``[num_tokens, num_q_heads, head]``; ``k_cache``/``v_cache`` ``[num_blocks, block_size,
@@ -75,7 +77,9 @@ def paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tenso
     ``max_seqlen_q``/``max_seqlen_k`` host ints (``max_seqlen_q == 1``: the split-KV decode
     path); ``window`` see :func:`window_keys`; ``softcap`` 0 = off; ``sinks`` ``[num_q_heads]``
     logits of a value-less extra key per head.  ``num_splits`` forces the decode split count
-    (tests, benchmarks); None sizes it from the device (``launch.decode_cfg``).  ``check=False``
+    (tests, benchmarks); None sizes it from the device (``launch.decode_cfg``).  ``prefill``
+    forces the prefill tiles (the tuner, tests); None: stored/tuned per shape
+    (``tuning.prefill_config``), else the heuristic (``launch.prefill_cfg``).  ``check=False``
     skips :func:`decline_reason` (a caller that has run it for these inputs' kind: vLLM's backend,
     every layer every step).
     """
@@ -122,7 +126,11 @@ def paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tenso
                    USE_SINKS=sinks is not None, USE_PDL=pdl, num_warps=4)
         return out
 
-    cfg = prefill_cfg(group, head, max_seqlen_q)
+    cfg = prefill
+    if cfg is None:
+        eager_gpu = q.is_cuda and type(q) is torch.Tensor  # not traced: the tuner may run it
+        cfg = prefill_config(group, head, block_size, q.dtype, bool(causal), max_seqlen_q,
+                             _tuning_run if eager_gpu else None)
     grid = (num_tokens // cfg.block_q + num_seqs, num_kv_heads)
     launch(paged_attn_prefill_kernel, grid,
            out, q, k_cache, v_cache, sinks_arg, block_table, seq_lens, cu_seqlens_q,
@@ -133,3 +141,10 @@ def paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tenso
            USE_SOFTCAP=use_softcap, USE_SINKS=sinks is not None, USE_PDL=pdl,
            num_warps=cfg.num_warps, num_stages=cfg.num_stages)
     return out
+
+
+def _tuning_run(q, k_cache, v_cache, out, cu_seqlens_q, seq_lens, block_table, max_seqlen_q, max_seqlen_k, causal,
+                cfg: PrefillCfg) -> torch.Tensor:
+    """One prefill with the given tiles (the tuner's measurement)."""
+    return paged_attention(q, k_cache, v_cache, out, cu_seqlens_q, seq_lens, block_table, max_seqlen_q, max_seqlen_k,
+                           q.shape[-1] ** -0.5, causal=causal, prefill=cfg, check=False)

@@ -1,0 +1,219 @@
+"""Prefill tiles of our paged attention, measured on the GPU once per shape and stored.
+
+The heuristic (``launch.prefill_cfg``) is the default; on a GPU the generic tuner
+(:func:`tri_inductor.tuning.tune`) measures a candidate space around it (rows per program, key
+tile, warps, pipeline depth) once per (GQA group, head dim, cache block size, dtype, causal,
+query bucket) and stores the fastest in our cache, as the GEMM and MoE configs are; a warm start
+measures nothing.  The first prefill of a model tunes every query bucket of its shape at once, so
+no bucket is first met (and measured) while serving.  The measured input is one sequence of the
+bucket's query count with as many cached keys (a chunked prefill) on a paged cache with scattered
+blocks, checked against the default config's output.
+"""
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import triton
+
+from ... import cache
+from ... import tuning as generic
+from ..gemm.configs import Device, device_info
+from .launch import PrefillCfg, head_pad, prefill_cfg
+
+KERNEL = "paged_attn_prefill"
+# Query buckets (max query tokens of a step): short chunks (speculative / mixed decode rows),
+# medium, long; the last is measured at MEASURE_MAX_Q tokens.
+Q_BUCKETS = (16, 256, 1 << 30)
+MEASURE_MAX_Q = 4096
+
+Run = Callable[..., Any]  # run(q, k_cache, v_cache, out, cu, seq_lens, table, max_q, max_k, causal, cfg)
+# in-process memo (every layer of every step asks); None: nothing stored, the heuristic per step
+_CHOICE: dict[tuple, PrefillCfg | None] = {}
+
+
+def q_bucket(max_seqlen_q: int) -> int:
+    return next(b for b in Q_BUCKETS if max_seqlen_q <= b)
+
+
+def bucket_label(bucket: int) -> str:
+    return f"Q>{Q_BUCKETS[-2]}" if bucket > Q_BUCKETS[-2] else f"Q<={bucket}"
+
+
+def measured_q(bucket: int) -> int:
+    return min(bucket, MEASURE_MAX_Q)
+
+
+def shape_key(group: int, head: int, block_size: int, dtype: torch.dtype, causal: bool, bucket: int) -> str:
+    return (f"G{group}_D{head}_B{block_size}_{'causal' if causal else 'full'}_{bucket_label(bucket)}_"
+            f"{str(dtype).replace('torch.', '')}")
+
+
+def smem_bytes(cfg: PrefillCfg, head: int, elem: int = 2) -> int:
+    """The query tile plus the pipelined K and V tiles."""
+    hp = head_pad(head)
+    return (cfg.block_m * hp + cfg.num_stages * 2 * cfg.tile_n * hp) * elem
+
+
+def invalid_reason(cfg: PrefillCfg, group: int, head: int, dev: Device, elem: int = 2) -> str | None:
+    if any(v < 1 or v & (v - 1) for v in (cfg.block_m, cfg.tile_n, cfg.num_warps)):
+        return "rows, key tile and warps must be powers of two"
+    if not (16 <= cfg.block_m <= 256 and 16 <= cfg.tile_n <= 256 and 1 <= cfg.num_stages <= 6
+            and cfg.num_warps <= 16):
+        return "tile, stages or warps out of range"
+    if cfg.block_m < group or cfg.block_q != max(1, cfg.block_m // group):
+        return f"{cfg.block_m} rows cannot hold the {group} heads of a KV group as block_q {cfg.block_q}"
+    if smem_bytes(cfg, head, elem) > dev.smem:
+        return f"needs {smem_bytes(cfg, head, elem)} B of shared memory, the device has {dev.smem}"
+    hp = head_pad(head)
+    # fp32 accumulator (rows x head) and scores (rows x key tile) per thread: past ~192 registers
+    # the tile spills
+    if cfg.block_m * (hp + cfg.tile_n) // (cfg.num_warps * 32) > 192:
+        return "accumulator and scores too large for the warps"
+    return None
+
+
+def _cfg(group: int, block_m: int, tile_n: int, warps: int, stages: int) -> PrefillCfg:
+    return PrefillCfg(block_m=block_m, block_q=max(1, block_m // group), tile_n=tile_n, num_warps=warps,
+                      num_stages=stages)
+
+
+def candidates(group: int, head: int, bucket: int, dev: Device, elem: int = 2) -> list[PrefillCfg]:
+    """The two largest row counts the bucket's queries fill (x group heads), key tiles of 32 to
+    128, 2 or 3 stages, warps by tile (8 from 128 rows, 4 up to 32, both between): the valid
+    combinations, ~8-16 per bucket (each is compiled: cold-start time)."""
+    rows = triton.next_power_of_2(max(1, measured_q(bucket)) * group)
+    block_ms = sorted({b for b in (16, 32, 64, 128, 256) if min_rows(group) <= b <= max(min_rows(group), rows)})[-2:]
+    out: list[PrefillCfg] = []
+    for bm in block_ms:
+        for tile_n in (32, 64, 128):
+            for warps in ((8,) if bm >= 128 else (4,) if bm <= 32 else (4, 8)):
+                for stages in (2, 3):
+                    c = _cfg(group, bm, tile_n, warps, stages)
+                    if invalid_reason(c, group, head, dev, elem) is None and c not in out:
+                        out.append(c)
+    return out
+
+
+def min_rows(group: int) -> int:
+    return max(16, triton.next_power_of_2(group))
+
+
+def fit(cfg: PrefillCfg, group: int, max_seqlen_q: int) -> PrefillCfg:
+    """A bucket's config for a step with fewer queries: no more rows than they fill (a chunk of
+    3 tokens on a 128-row tile would leave most rows idle); the key tile, warps and stages stay."""
+    rows = max(min_rows(group), triton.next_power_of_2(max(1, max_seqlen_q) * group))
+    if rows >= cfg.block_m:
+        return cfg
+    return _cfg(group, rows, cfg.tile_n, min(cfg.num_warps, 4), cfg.num_stages)
+
+
+def _decode(raw: Any, group: int, head: int, dev: Device, elem: int) -> PrefillCfg | None:
+    try:
+        cfg = PrefillCfg(*(int(v) for v in raw))
+    except (TypeError, ValueError):
+        return None
+    return cfg if invalid_reason(cfg, group, head, dev, elem) is None else None
+
+
+def _stored_config_problem(raw: Any) -> str | None:
+    """The tuning DB's check of a stored entry (also for imported DBs): five small positive ints."""
+    ok = isinstance(raw, (list, tuple)) and len(raw) == 5 and all(
+        isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= 256 for v in raw)
+    return None if ok else f"{raw!r} is not a valid prefill attention config"
+
+
+cache.register_validator(KERNEL, _stored_config_problem)
+
+
+def prefill_config(group: int, head: int, block_size: int, dtype: torch.dtype, causal: bool, max_seqlen_q: int,
+                   run: Run | None = None) -> PrefillCfg:
+    """The prefill tiles for a step whose longest query chunk is ``max_seqlen_q``: the bucket's
+    stored (or, on a GPU with tuning on and ``run`` given, just tuned) config fitted to the step,
+    else the heuristic's for this step."""
+    bucket = q_bucket(max_seqlen_q)
+    memo = (group, head, block_size, dtype, causal, bucket)
+    if memo not in _CHOICE:
+        elem = torch.empty((), dtype=dtype).element_size()
+        if run is not None and generic.can_tune():
+            for b in Q_BUCKETS:  # the whole shape now: no bucket is tuned mid-serving
+                _CHOICE[(group, head, block_size, dtype, causal, b)] = _tune(group, head, block_size, dtype,
+                                                                             causal, b, elem, run)
+        else:
+            raw = cache.lookup(KERNEL, shape_key(group, head, block_size, dtype, causal, bucket))
+            cfg = None if raw is None else _decode(raw, group, head, device_info(), elem)
+            if cfg is None and run is not None:  # a GPU that cannot tune now (capture, budget): ask next time
+                return prefill_cfg(group, head, max_seqlen_q)
+            _CHOICE[memo] = cfg
+    cfg = _CHOICE[memo]
+    return prefill_cfg(group, head, max_seqlen_q) if cfg is None else fit(cfg, group, max_seqlen_q)
+
+
+def _tune(group, head, block_size, dtype, causal, bucket, elem, run) -> PrefillCfg:
+    dev = device_info()
+    t = measured_q(bucket)
+    default = prefill_cfg(group, head, t)
+    cands = candidates(group, head, bucket, dev, elem)
+    state: dict[str, Any] = {"cands": [default, *cands]}
+    try:
+        return generic.tune(KERNEL, shape_key(group, head, block_size, dtype, causal, bucket), default, cands,
+                            _measure(group, head, block_size, dtype, causal, t, default, run, state),
+                            lambda raw: _decode(raw, group, head, dev, elem), dataclasses.astuple,
+                            label=f"paged attention prefill G={group} D={head} block {block_size} "
+                                  f"{'' if causal else 'non-causal '}{bucket_label(bucket)} "
+                                  f"{str(dtype).replace('torch.', '')}")
+    finally:
+        state.clear()
+
+
+def _measure(group, head, block_size, dtype, causal, t, default, run, state):
+    """``measure(cfg)`` -> ms of one prefill chunk of ``t`` queries after ``t`` cached keys (8 KV
+    heads, scattered blocks), on the tuner's thread; checked against the default config."""
+
+    def inputs() -> None:
+        g = torch.Generator(device="cuda").manual_seed(0)
+        hk, seq = 8, 2 * t
+        nblk = -(-seq // block_size)
+        table = torch.randperm(nblk + 7, device="cuda", generator=g)[:nblk].to(torch.int32)[None]
+        cache_ = torch.randn(nblk + 7, block_size, hk, 2 * head, device="cuda", dtype=dtype, generator=g)
+        k, v = cache_.split(head, dim=-1)
+        q = torch.randn(t, hk * group, head, device="cuda", dtype=dtype, generator=g)
+        cu = torch.tensor([0, t], dtype=torch.int32, device="cuda")
+        sl = torch.tensor([seq], dtype=torch.int32, device="cuda")
+        state.update(q=q, k=k, v=v, cu=cu, sl=sl, table=table, seq=seq)
+
+    def call(cfg: PrefillCfg, out: torch.Tensor) -> torch.Tensor:
+        s = state
+        return run(s["q"], s["k"], s["v"], out, s["cu"], s["sl"], s["table"], t, s["seq"], causal, cfg)
+
+    def measure(cfg: PrefillCfg) -> float:
+        def work() -> float:
+            if "q" not in state:
+                inputs()
+                state["failed"] = generic.compile_side_by_side(
+                    {c: (lambda c=c: call(c, torch.empty_like(state["q"]))) for c in state["cands"]})
+            if cfg in state["failed"]:
+                err = state["failed"][cfg]
+                raise RuntimeError(f"did not compile: {type(err).__name__}: {err}"[:300])
+            out = torch.empty_like(state["q"])
+            call(cfg, out)
+            if "ref" not in state:
+                state["ref"] = call(default, torch.empty_like(state["q"])).float()
+            ref = state["ref"]
+            err = ((out.float() - ref).norm() / ref.norm().clamp_min(1e-6)).item()
+            if not err < 2e-2:  # NaN fails too
+                raise ValueError(f"result differs from the default config's (rel. err {err:.2e})")
+            return generic.graph_time_ms([lambda: call(cfg, out)])
+
+        return generic.run_isolated(work)
+
+    return measure
+
+
+def forget_choices() -> None:
+    _CHOICE.clear()
+
+
+cache.on_forget(forget_choices)
