@@ -40,7 +40,13 @@ def param_count(cfg: dict[str, Any]) -> int:
     h, i, v, n = cfg["hidden_size"], cfg["intermediate_size"], cfg["vocab_size"], cfg["num_hidden_layers"]
     d = cfg.get("head_dim") or h // cfg["num_attention_heads"]
     q, kv = cfg["num_attention_heads"] * d, cfg["num_key_value_heads"] * d
-    per_layer = h * (q + 2 * kv) + q * h + 3 * h * i + 2 * h
+    experts = cfg.get("num_experts") or cfg.get("num_local_experts") or 0
+    if experts:  # every layer a MoE block (Qwen3-MoE, Mixtral): the experts and the router
+        i = cfg.get("moe_intermediate_size") or i
+        mlp = experts * 3 * h * i + h * experts
+    else:
+        mlp = 3 * h * i
+    per_layer = h * (q + 2 * kv) + q * h + mlp + 2 * h
     emb = v * h * (1 if cfg.get("tie_word_embeddings") else 2)
     return n * per_layer + emb + h
 

@@ -139,7 +139,7 @@ RESERVE_S = 35.0  # kept back from the budget for stopping engines and writing r
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default=models.DEFAULT_MODEL, choices=sorted(models.MODELS),
+    p.add_argument("--model", default=models.DEFAULT_MODEL, choices=sorted(models.E2E_MODELS),
                    help="model shape from benchmarks/models.py (dummy weights)")
     p.add_argument("--layers", type=int, default=None, help="decoder layers (default: the model's)")
     p.add_argument("--vocab", type=int, default=None, help="vocab size (default 128256)")
@@ -188,7 +188,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.reps < 1:
         p.error("--reps must be >= 1")
     if args.layers is None:
-        args.layers = models.MODELS[args.model]["num_hidden_layers"]
+        args.layers = models.E2E_MODELS[args.model]["num_hidden_layers"]
     if args.layers < 1:
         p.error("--layers must be >= 1")
     if args.tp < 1:
@@ -229,6 +229,12 @@ def engine_kwargs(backend: str, model_dir: str, gpu_util: float, kv_cache_gib: f
     else:
         raise ValueError(backend)
     return kw
+
+
+def _torch_moe_note() -> str:
+    from _torch_moe_ops import NOTE
+
+    return NOTE
 
 
 DEFAULT_ENGINE_NOTE = {
@@ -546,6 +552,7 @@ class Runner:
                "alternation": "engines resident side by side; per workload: a warm-up on each; reps in ABBA "
                               "order (3 engines: ABC, CBA, BCA, ACB, CAB, BAC)"}
             | ({"default_engine": DEFAULT_ENGINE_NOTE} if DEFAULT in plan["backends"] else {})
+            | ({"moe_baseline_note": _torch_moe_note()} if models.is_moe(plan["model_config"]) else {})
             | ({"tp_note": "tensor_parallel_size > 1: GPU work runs in vLLM's worker processes; the profiles and "
                            "our audit are taken in the front-end process and do not see it"}
                if plan["tp"] > 1 else {}),
@@ -622,7 +629,7 @@ class Runner:
                 info[f"{what}_tuning"] = r["tuning"]
             if what == "cold_start":
                 info["effective_config"] = r.get("effective_config")
-                for k in ("fa3", "attention_impl"):
+                for k in ("fa3", "attention_impl", "moe_torch_ops"):
                     if r.get(k) is not None:
                         info[k] = r[k]
                 if r.get("audit"):
@@ -994,7 +1001,7 @@ def reclassify(path: str) -> int:
 def result_suffix(args: argparse.Namespace) -> str:
     """``_<model>`` (Llama-3-8B at TP=1, the first record, keeps the bare name), ``_L<n>`` for cut
     layers, ``_tp<N>`` for tensor parallel runs (always with the model's name)."""
-    full = models.MODELS[args.model]["num_hidden_layers"]
+    full = models.E2E_MODELS[args.model]["num_hidden_layers"]
     tp = getattr(args, "tp", 1)
     return ("" if args.model == models.DEFAULT_MODEL and tp == 1 else f"_{args.model}") + (
         "" if args.layers == full else f"_L{args.layers}") + ("" if tp == 1 else f"_tp{tp}")
@@ -1407,7 +1414,14 @@ def main_worker(args: argparse.Namespace) -> int:
             print(f"[e2e worker] token hook not installed: {e!r}", flush=True)
         t_import = time.monotonic() - t_proc
         kw = json.loads(args.engine_kwargs)
-        vocab = json.loads((Path(kw["model"]) / "config.json").read_text())["vocab_size"]
+        model_cfg = json.loads((Path(kw["model"]) / "config.json").read_text())
+        vocab = model_cfg["vocab_size"]
+        moe_torch_ops = None
+        if args.backend != OURS and models.is_moe(model_cfg):
+            # vLLM's own MoE path in .gpu-env: torch glue for its CUDA ops (baseline engines only)
+            import _torch_moe_ops
+
+            moe_torch_ops = _torch_moe_ops.install()
         t = time.monotonic()
         llm = LLM(**kw)
         t_init = time.monotonic() - t
@@ -1431,7 +1445,8 @@ def main_worker(args: argparse.Namespace) -> int:
                 tuning = {k: (round(v, 2) if isinstance(v, float) else v) for k, v in c.items()}
             except Exception as e:  # noqa: BLE001
                 tuning = {"error": repr(e)[:300]}
-        send({"event": "ready", "audit": audit, "tuning": tuning, "backend": args.backend, "import_s": round(t_import, 2), "llm_init_s": round(t_init, 2),
+        send({"event": "ready", "audit": audit, "tuning": tuning, "moe_torch_ops": moe_torch_ops,
+              "backend": args.backend, "import_s": round(t_import, 2), "llm_init_s": round(t_init, 2),
               "card": torch.cuda.get_device_name(0), "versions": _versions(),
               "effective_config": _effective_config(llm), "attention_impl": _attention_impl(llm),
               "fa3": _fa3_status() if args.backend == DEFAULT else None,

@@ -42,20 +42,36 @@ MODELS: dict[str, dict[str, Any]] = {
                       num_hidden_layers=64, vocab_size=151936, rms_norm_eps=1e-6, rope_theta=1000000.0,
                       tie_word_embeddings=False, attention_bias=False, bos_token_id=151643, eos_token_id=151645),
 }
+# Mixture-of-experts shapes: end to end only (their dense GEMMs are the attention's and the
+# logits'; the experts are benchmarks/moe_kernels.py's). vLLM's own MoE path needs CUDA ops that
+# .gpu-env lacks: the baseline engine gets torch versions of them (benchmarks/_torch_moe_ops.py).
+MOE_MODELS: dict[str, dict[str, Any]] = {
+    "qwen3-30b-a3b": dict(_COMMON, architectures=["Qwen3MoeForCausalLM"], model_type="qwen3_moe", hidden_size=2048,
+                          intermediate_size=6144, moe_intermediate_size=768, num_experts=128, num_experts_per_tok=8,
+                          norm_topk_prob=True, decoder_sparse_step=1, mlp_only_layers=[], num_attention_heads=32,
+                          num_key_value_heads=4, head_dim=128, num_hidden_layers=48, vocab_size=151936,
+                          rms_norm_eps=1e-6, rope_theta=1000000.0, tie_word_embeddings=False, attention_bias=False,
+                          use_sliding_window=False, sliding_window=None, bos_token_id=151643, eos_token_id=151645),
+}
+E2E_MODELS: dict[str, dict[str, Any]] = {**MODELS, **MOE_MODELS}
 DEFAULT_MODEL = "llama-3-8b"
 # Where two engines side by side do not fit one card (weights alone > ~40% of it) at TP=1.
 SEQUENTIAL = {"qwen3-32b", "llama-3-70b"}
 
 
 def config(name: str, layers: int | None = None, vocab: int | None = None) -> dict[str, Any]:
-    if name not in MODELS:
-        raise KeyError(f"unknown model {name!r}; known: {', '.join(MODELS)}")
-    cfg = dict(MODELS[name])
+    if name not in E2E_MODELS:
+        raise KeyError(f"unknown model {name!r}; known: {', '.join(E2E_MODELS)}")
+    cfg = dict(E2E_MODELS[name])
     if layers:
         cfg["num_hidden_layers"] = int(layers)
     if vocab:
         cfg["vocab_size"] = int(vocab)
     return cfg
+
+
+def is_moe(cfg: dict[str, Any]) -> bool:
+    return any(cfg.get(k) for k in ("num_experts", "num_local_experts", "n_routed_experts"))
 
 
 def head_dim(cfg: dict[str, Any]) -> int:

@@ -30,13 +30,14 @@ import argparse
 import os
 import statistics
 import sys
-from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _torch_moe_ops import installed as vllm_baseline_ops  # noqa: E402  (benchmark-only torch glue)
+from _torch_moe_ops import torch_align  # noqa: E402
 
 SHAPES = {  # name: (hidden, intermediate, experts, top_k)
     "mixtral_8x7b": (4096, 14336, 8, 2),
@@ -52,52 +53,6 @@ DT = torch.bfloat16
 def torch_route(logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     w, ids = torch.topk(torch.softmax(logits.float(), dim=-1), k, dim=-1)
     return w / w.sum(-1, keepdim=True), ids.to(torch.int32)
-
-
-def torch_align(topk_ids, num_experts, block_size, sorted_token_ids, experts_ids, num_tokens_post_pad,
-                expert_map=None):
-    """vLLM's moe_align_block_size in plain torch, writing the caller's buffers (no host sync)."""
-    flat = topk_ids.reshape(-1).long()
-    numel = flat.numel()
-    counts = torch.zeros(num_experts, dtype=torch.long, device=flat.device).scatter_add_(0, flat, torch.ones_like(flat))
-    padded = (counts + block_size - 1) // block_size * block_size
-    ends = padded.cumsum(0)
-    order = torch.sort(flat, stable=True).indices
-    e_sorted = flat[order]
-    rank = torch.arange(numel, device=flat.device) - (counts.cumsum(0) - counts)[e_sorted]
-    sorted_token_ids.fill_(numel)
-    sorted_token_ids[(ends - padded)[e_sorted] + rank] = order.to(torch.int32)
-    starts = torch.arange(experts_ids.numel(), device=flat.device) * block_size
-    e_of = torch.searchsorted(ends, starts, right=True)
-    experts_ids.copy_(torch.where(starts < ends[-1], e_of, -1).to(torch.int32))
-    num_tokens_post_pad.copy_(ends[-1:].to(torch.int32))
-
-
-def torch_act(activation, output, input, **_):  # noqa: A002
-    d = output.shape[-1]
-    output.copy_(F.silu(input[:, :d]) * input[:, d:])
-    return output
-
-
-def torch_moe_sum(input, output, topk_ids=None, expert_map=None):  # noqa: A002
-    torch.sum(input, dim=1, out=output)
-
-
-@contextmanager
-def vllm_baseline_ops():
-    """vLLM's CUDA ops inside fused_experts -> the torch versions above (benchmark only)."""
-    import vllm._custom_ops as ops
-    import vllm.model_executor.layers.fused_moe.fused_moe as fm
-
-    saved = [(ops, "moe_align_block_size"), (ops, "moe_sum"), (fm, "apply_moe_activation")]
-    old = [getattr(m, n) for m, n in saved]
-    for (m, n), new in zip(saved, (torch_align, torch_moe_sum, torch_act)):
-        setattr(m, n, new)
-    try:
-        yield
-    finally:
-        for (m, n), o in zip(saved, old):
-            setattr(m, n, o)
 
 
 def grouped_mm_layer(x, gate, w13, w2, k):

@@ -133,7 +133,7 @@ def e2e_model(name: str, d: dict[str, Any]) -> str:
     named = d.get("settings", {}).get("model")
     if named:
         return named
-    return next((m for m in models.MODELS if name.endswith(f"_{m}.json") or f"_{m}_L" in name
+    return next((m for m in models.E2E_MODELS if name.endswith(f"_{m}.json") or f"_{m}_L" in name
                  or f"_{m}_tp" in name), models.DEFAULT_MODEL)
 
 
@@ -144,7 +144,7 @@ def e2e_section(name: str, d: dict[str, Any]) -> str:
     cfg = s.get("model_config", {})
     layers = s.get("layers", cfg.get("num_hidden_layers"))
     model = e2e_model(name, d)
-    full = models.MODELS[model]["num_hidden_layers"]
+    full = models.E2E_MODELS[model]["num_hidden_layers"]
     shape = (f"{model} shape ({layers} layers{'' if layers == full else f', NOT the full {full}'}, hidden "
              f"{cfg.get('hidden_size', '?')}, {cfg.get('num_attention_heads', '?')}/{cfg.get('num_key_value_heads', '?')}"
              f" heads, vocab {cfg.get('vocab_size', '?')}, bf16 dummy weights)")
