@@ -165,6 +165,8 @@ def e2e_section(name: str, d: dict[str, Any]) -> str:
            f"{' in ABBA order' if str(mode).startswith('side') else ''}"
            f"{', --quick (shorter outputs)' if s.get('quick') else ''}. Ratios: throughput = ours / vLLM's "
            f"(>= 1.0x is better), ITL = ours / vLLM's median (<= 1.0x is better).", ""]
+    if s.get("moe_baseline_note"):
+        out += [f"MoE baseline: {s['moe_baseline_note']}.", ""]
     if has_default:
         de = s.get("default_engine") or {}
         out += ["vLLM-default engine: vLLM as a user gets it on this card: `backend: \"inductor\"`, "
