@@ -46,6 +46,13 @@ bar's (``vs_bar``; ``--sparse-baseline`` runs vLLM's engine on them too, where i
 
     python3 benchmarks/vllm_census.py --models mixtral,qwen3_moe,deepseek_v2 --reference hf
 
+Split over GPU calls: the bar model in one part, the others with ``--bar-elsewhere``, then
+``--combine`` scores them against the bar:
+
+    python3 benchmarks/vllm_census.py --models llama,mixtral --reference hf --out $OUT/census_a.json
+    python3 benchmarks/vllm_census.py --models qwen3_moe,deepseek_v2 --reference hf --bar-elsewhere \
+      --out $OUT/census_b.json
+
 and merge parts (any machine):  python3 benchmarks/vllm_census.py --combine a.json b.json --out
 benchmarks/results/census_h100.json
 """
@@ -193,9 +200,20 @@ def uses_bar(args: argparse.Namespace, name: str) -> bool:
 def models_to_run(args: argparse.Namespace) -> list[str]:
     """``--models`` in order, with the bar model first when a MoE/MLA model needs it."""
     names = [n for n in args.models.split(",") if n]
-    if any(uses_bar(args, n) for n in names):
+    if any(uses_bar(args, n) for n in names) and not args.bar_elsewhere:
         names = [args.bar_model] + [n for n in names if n != args.bar_model]
     return names
+
+
+def rescore_vs_bar(report: dict[str, Any]) -> None:
+    """Score the MoE/MLA models of merged parts against the bar model's run, wherever it ran."""
+    for entry in report["models"].values():
+        vs = entry.get("vs_bar")
+        if not vs:
+            continue
+        bar = report["models"].get(vs["bar_model"], {}).get("baseline_teacher_forced")
+        entry["vs_bar"] = score_vs_bar(entry.get("teacher_forced"), bar, vs["bar_model"])
+        entry["pass"] = model_passes(entry, entry.get("backends", {}).get("tri_inductor", {}))
 
 
 def out_name(card: str, tp: int = 1) -> str:
@@ -463,6 +481,7 @@ def main_parent(args: argparse.Namespace) -> int:
                 m.setdefault("commit", part.get("commit"))
             report.update({k: v for k, v in part.items() if k != "models"})
             report["models"].update(models)
+        rescore_vs_bar(report)
         report["pass"] = bool(report["models"]) and all(m.get("pass") for m in report["models"].values())
         out = Path(args.out or ROOT / "benchmarks/results" / f"census_{card_slug(report.get('card', ''))}.json")
         out.write_text(json.dumps(report, indent=1))
@@ -867,6 +886,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--bar-model", default=BAR_MODEL, choices=sorted(set(MODELS) - SPARSE_MODELS),
                    help="with --reference hf: the dense model whose compile-path agreement with the reference "
                         "is the bar for MoE/MLA models (run first)")
+    p.add_argument("--bar-elsewhere", action="store_true",
+                   help="the bar model runs in another part (one GPU call each): do not run it here; "
+                        "--combine scores the MoE/MLA models against it")
     p.add_argument("--sparse-baseline", action="store_true",
                    help="run vLLM's own engine on MoE/MLA models too (needs vLLM's CUDA MoE/MLA ops)")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)

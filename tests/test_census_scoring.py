@@ -149,3 +149,18 @@ def test_moe_and_mla_models_are_scored_against_the_dense_bar(monkeypatch, tmp_pa
 def test_reference_hf_needs_the_random_weights():
     with pytest.raises(SystemExit):
         vllm_census.main(["--models", "llama", "--reference", "hf", "--weights", "dummy", "--dry-run"])
+
+
+def test_parts_are_scored_against_the_bar_when_combined(monkeypatch, tmp_path):
+    """One GPU call each: the bar model in one part, MoE/MLA models in another (--bar-elsewhere);
+    --combine scores them against the bar wherever it ran."""
+    calls = _fake_census(monkeypatch, lambda name, backend: True)
+    a, b, out = tmp_path / "a.json", tmp_path / "b.json", tmp_path / "all.json"
+    assert vllm_census.main(["--models", "llama", "--reference", "hf", "--out", str(a)]) == 0
+    rc = vllm_census.main(["--models", "qwen3_moe", "--reference", "hf", "--bar-elsewhere", "--out", str(b)])
+    assert [c[0] for c in calls] == ["llama"] * 3 + ["qwen3_moe"] * 2  # the bar model ran once
+    part = json.loads(b.read_text())["models"]["qwen3_moe"]
+    assert rc == 1 and not part["pass"] and "no baseline score" in part["vs_bar"]["error"]
+    assert vllm_census.main(["--combine", str(a), str(b), "--out", str(out)]) == 0
+    merged = json.loads(out.read_text())["models"]["qwen3_moe"]
+    assert merged["pass"] and merged["vs_bar"]["bar_match_rate"] == 1.0
