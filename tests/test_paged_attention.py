@@ -334,3 +334,41 @@ def test_census_and_profiles_count_our_kernels_as_triton_attention():
         assert k.fn.__name__ in names
         assert classify_kernel(k.fn.__name__, set(names)) == (True, "triton")
         assert kernel_class(k.fn.__name__) == "attention"
+
+
+@pytest.mark.parametrize("error,strict,falls_back", [
+    (RuntimeError("out of resource: shared memory, Required: 300000"), False, True),
+    (RuntimeError("out of resource: shared memory, Required: 300000"), True, False),
+    (RuntimeError("CUDA error: an illegal memory access was encountered"), False, False)],
+    ids=["compile-error", "strict", "device-fault"])
+def test_backend_falls_back_when_our_kernel_fails(monkeypatch, error, strict, falls_back):
+    """A kernel this device cannot build must not stop vLLM: vLLM's kernel runs instead (logged,
+    remembered for these inputs); strict mode raises; a device fault (context lost) raises."""
+    pytest.importorskip("vllm", reason="vLLM is not installed")
+    from vllm.v1.attention.backends.triton_attn import TritonAttentionImpl
+
+    from tri_inductor import vllm_attention as VA
+
+    calls = []
+
+    def failing(*a, **k):
+        calls.append("ours")
+        raise error
+
+    monkeypatch.setattr(VA, "paged_attention", failing)
+    monkeypatch.setattr(TritonAttentionImpl, "forward", lambda self, *a, **k: calls.append("vllm") or "vllm")
+    impl = object.__new__(VA.TriPagedAttentionImpl)
+    impl.__dict__.update(_tri_layer_decline=None, _tri_checked={}, _tri_strict=strict, head_size=64, scale=0.125,
+                         sliding_window=None, logits_soft_cap=0.0, sinks=None)
+    md = types.SimpleNamespace(use_cascade=False, mm_prefix_range_tensor=None, rswa_prefix_lens=None, causal=True,
+                               num_actual_tokens=3, query_start_loc=None, seq_lens=None, block_table=None,
+                               max_query_len=3, max_seq_len=3)
+    q = torch.zeros(3, 4, 64, dtype=torch.bfloat16)
+    kv = torch.zeros(2, 2, 16, 128, dtype=torch.bfloat16)
+    if not falls_back:
+        with pytest.raises(RuntimeError):
+            impl.forward(None, q, q, q, kv, md, torch.zeros_like(q))
+        return
+    assert impl.forward(None, q, q, q, kv, md, torch.zeros_like(q)) == "vllm"
+    assert impl.forward(None, q, q, q, kv, md, torch.zeros_like(q)) == "vllm"
+    assert calls == ["ours", "vllm", "vllm"]  # ours tried once for these inputs

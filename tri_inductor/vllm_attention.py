@@ -19,6 +19,7 @@ from vllm.v1.attention.backend import AttentionType
 from vllm.v1.attention.backends.triton_attn import TritonAttentionBackend, TritonAttentionImpl
 
 from .patterns.paged_attention import decline_reason, paged_attention
+from .tuning import device_fault
 
 log = logging.getLogger("tri_inductor.vllm")
 _logged: set[str] = set()
@@ -28,6 +29,20 @@ def _log_decline(why: str) -> None:
     if why not in _logged:
         _logged.add(why)
         log.info("tri_inductor: attention runs vLLM's TRITON_ATTN kernel here: %s", why)
+
+
+def _strict_mode() -> bool:
+    """Strict mode of the tri_inductor config being built (vLLM builds impls under it)."""
+    try:
+        from vllm.config import get_current_vllm_config_or_none
+
+        from .vllm_config import is_ours, read_options
+
+        cfg = get_current_vllm_config_or_none()
+        return bool(cfg is not None and is_ours(cfg)
+                    and read_options(cfg.compilation_config.inductor_compile_config).strict)
+    except Exception:  # noqa: BLE001  (another vLLM: default mode)
+        return False
 
 
 def layer_decline_reason(impl: Any) -> str | None:
@@ -69,6 +84,7 @@ class TriPagedAttentionImpl(TritonAttentionImpl):
         if self._tri_layer_decline is not None:
             _log_decline(self._tri_layer_decline)
         self._tri_checked: dict[tuple, str | None] = {}
+        self._tri_strict = _strict_mode()
 
     def forward(self, layer: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                 kv_cache: torch.Tensor, attn_metadata: Any, output: torch.Tensor,
@@ -92,9 +108,20 @@ class TriPagedAttentionImpl(TritonAttentionImpl):
             _log_decline(why)
             return super().forward(layer, query, key, value, kv_cache, md, output, output_scale, output_block_scale)
         n = md.num_actual_tokens
-        paged_attention(query[:n], key_cache, value_cache, output[:n], md.query_start_loc, md.seq_lens,
-                        md.block_table, md.max_query_len, md.max_seq_len, self.scale, causal=bool(md.causal),
-                        window=self.sliding_window, softcap=self.logits_soft_cap, sinks=self.sinks, check=False)
+        try:
+            paged_attention(query[:n], key_cache, value_cache, output[:n], md.query_start_loc, md.seq_lens,
+                            md.block_table, md.max_query_len, md.max_seq_len, self.scale, causal=bool(md.causal),
+                            window=self.sliding_window, softcap=self.logits_soft_cap, sinks=self.sinks, check=False)
+        except Exception as e:
+            # A kernel this device's Triton cannot build (shared memory, registers, an unsupported
+            # op) must not stop vLLM: its kernel from now on for these inputs, unless strict. A
+            # device fault has lost the CUDA context: nothing can run after it.
+            if self._tri_strict or device_fault(e):
+                raise
+            why = f"our kernel failed ({type(e).__name__}: {str(e)[:200]})"
+            self._tri_checked[sig] = why
+            log.warning("tri_inductor: attention runs vLLM's TRITON_ATTN kernel here: %s", why)
+            return super().forward(layer, query, key, value, kv_cache, md, output, output_scale, output_block_scale)
         return output
 
 
