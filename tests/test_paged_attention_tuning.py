@@ -173,3 +173,23 @@ def test_without_a_gpu_the_stored_config_or_the_heuristic(monkeypatch, tmp_path)
             assert PT.prefill_config(4, 64, 16, torch.bfloat16, True, q) == L.prefill_cfg(4, 64, q)
     finally:
         cache.forget_loaded()
+
+
+@pytest.mark.parametrize("capturing", [False, True], ids=["tuning-off", "in-capture"])
+def test_a_gpu_that_cannot_tune_looks_the_db_up_once(monkeypatch, tmp_path, capturing):
+    """Tuning off on a GPU: the stored-or-heuristic answer is remembered (it is asked every layer
+    of every step); only inside a CUDA-graph capture is it asked again later, when tuning may run."""
+    monkeypatch.setenv("TRI_INDUCTOR_CACHE_DIR", str(tmp_path))
+    cache.forget_loaded()
+    monkeypatch.setattr(generic, "can_tune", lambda: False)
+    monkeypatch.setattr(generic, "capturing", lambda: capturing)
+    lookups = []
+    real = PT.cache.lookup
+    monkeypatch.setattr(PT.cache, "lookup", lambda *a: lookups.append(a) or real(*a))
+    try:
+        for _ in range(3):
+            got = PT.prefill_config(4, 64, 16, torch.bfloat16, True, 300, run=lambda *a: None)
+            assert got == L.prefill_cfg(4, 64, 300)
+        assert len(lookups) == (3 if capturing else 1)
+    finally:
+        cache.forget_loaded()

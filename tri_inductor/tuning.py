@@ -51,11 +51,18 @@ def can_tune() -> bool:
 
         if not torch.cuda.is_available():
             return False
-        if torch.cuda.is_initialized() and torch.cuda.is_current_stream_capturing():
+        if capturing():
             return False  # inside a CUDA-graph capture nothing else may be launched
         return "(codegen-only)" not in cache.card()[0]  # fake_sm90 reports a fake H100
     except Exception:  # noqa: BLE001
         return False
+
+
+def capturing() -> bool:
+    """A CUDA-graph capture is under way on this thread's stream."""
+    import torch
+
+    return torch.cuda.is_initialized() and torch.cuda.is_current_stream_capturing()
 
 
 def budget_s() -> float:

@@ -144,7 +144,9 @@ def prefill_config(group: int, head: int, block_size: int, dtype: torch.dtype, c
         else:
             raw = cache.lookup(KERNEL, shape_key(group, head, block_size, dtype, causal, bucket))
             cfg = None if raw is None else _decode(raw, group, head, device_info(), elem)
-            if cfg is None and run is not None:  # a GPU that cannot tune now (capture, budget): ask next time
+            if cfg is None and run is not None and generic.capturing():
+                # inside a CUDA-graph capture nothing may be tuned: ask again after it. Otherwise
+                # (tuning off, no GPU) the answer is remembered: this runs every layer, every step.
                 return prefill_cfg(group, head, max_seqlen_q)
             _CHOICE[memo] = cfg
     cfg = _CHOICE[memo]
