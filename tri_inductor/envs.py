@@ -132,9 +132,9 @@ VARS: dict[str, Var] = {v.name: v for v in (
         "Launch our kernels that support it with programmatic dependent launch on sm_90+ "
         "(part of the compile cache key).", _bool),
     Var("TRI_INDUCTOR_TUNE", "bool", True, "1 (on a GPU)", _BOOL,
-        "Tune GEMM, MoE-expert and paged-attention prefill shapes missing from the tuning DB on the GPU (at compile time, "
-        "or at an eager call's first use; candidates measured once, stored); 0: the shipped table "
-        "and the default configs, nothing benchmarked. Never tunes without a GPU.", _bool),
+        "Tune GEMM, MoE-expert and paged-attention prefill shapes missing from the tuning DB on the "
+        "GPU (at compile time, or at an eager call's first use; candidates measured once, stored); 0: "
+        "the shipped table and the default configs, nothing benchmarked. Never tunes without a GPU.", _bool),
     Var("TRI_INDUCTOR_TUNE_BUDGET_S", "seconds", 120.0, "120",
         "a number of seconds >= 0 (0: tune nothing new)",
         "Seconds of tuning one process may spend; past it untuned shapes use the cost model's "

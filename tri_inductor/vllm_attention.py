@@ -33,16 +33,13 @@ def _log_decline(why: str) -> None:
 
 def _strict_mode() -> bool:
     """Strict mode of the tri_inductor config being built (vLLM builds impls under it)."""
+    from .vllm_config import options_being_built
+
     try:
-        from vllm.config import get_current_vllm_config_or_none
-
-        from .vllm_config import is_ours, read_options
-
-        cfg = get_current_vllm_config_or_none()
-        return bool(cfg is not None and is_ours(cfg)
-                    and read_options(cfg.compilation_config.inductor_compile_config).strict)
-    except Exception:  # noqa: BLE001  (another vLLM: default mode)
+        options = options_being_built()[1]
+    except Exception:  # noqa: BLE001  (options the config check already reported: default mode here)
         return False
+    return bool(options and options.strict)
 
 
 def layer_decline_reason(impl: Any) -> str | None:

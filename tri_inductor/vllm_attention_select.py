@@ -3,8 +3,9 @@
 Ours (``tri_inductor.vllm_attention.TriPagedAttentionBackend``: vLLM's TRITON_ATTN backend with
 the attention call on our kernel) sits in vLLM's ``AttentionBackendEnum.CUSTOM`` slot, registered
 in every vLLM process when vLLM imports its backend registry (config processes and workers
-resolve the slot by themselves).  It is chosen by default (``TRI_INDUCTOR_ATTENTION=triton_attn`` keeps vLLM's kernel) unless the model uses
-MLA (vLLM's TRITON_MLA) or this vLLM does not look like one we built it against
+resolve the slot by themselves).  It is chosen by default (``TRI_INDUCTOR_ATTENTION=triton_attn``
+keeps vLLM's kernel) unless the model uses MLA (vLLM's TRITON_MLA) or this vLLM does not look like
+one we built it against
 (:func:`unavailable_reason`): then TRITON_ATTN, with the reason logged once.  Nothing here
 imports vLLM at module import.
 """

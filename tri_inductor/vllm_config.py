@@ -121,6 +121,19 @@ def is_ours(vllm_config: "VllmConfig") -> bool:
     return cc is not None and getattr(cc, "backend", None) == BACKEND_NAME
 
 
+def options_being_built() -> tuple[Any, TriInductorOptions | None]:
+    """The VllmConfig current in this process (vLLM builds models and layer impls under it) and
+    our options when it is a tri_inductor config; ``(None, None)`` on a vLLM without the accessor."""
+    try:
+        from vllm.config import get_current_vllm_config_or_none
+    except ImportError:
+        return None, None
+    cfg = get_current_vllm_config_or_none()
+    if cfg is None or not is_ours(cfg):
+        return cfg, None
+    return cfg, read_options(cfg.compilation_config.inductor_compile_config)
+
+
 def read_options(inductor_compile_config: Mapping[str, Any] | None,
                  environ: Mapping[str, str] | None = None) -> TriInductorOptions:
     """Our options from ``inductor_compile_config["tri_inductor"]``, environment defaults for the

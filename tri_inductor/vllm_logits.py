@@ -35,17 +35,11 @@ def init_hook(real_init: Callable[..., None]) -> Callable[..., None]:
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         real_init(self, *args, **kwargs)
-        from .vllm_config import is_ours, read_options
+        from .vllm_config import options_being_built
 
-        try:
-            from vllm.config import get_current_vllm_config_or_none
-        except ImportError:  # another vLLM: keep its lm_head path rather than break model building
-            cfg = None
-        else:
-            cfg = get_current_vllm_config_or_none()
-        ours = cfg is not None and is_ours(cfg)
+        cfg, options = options_being_built()  # another vLLM: (None, None), its lm_head path kept
+        ours = options is not None
         setattr(self, _FLAG, ours)
-        options = read_options(cfg.compilation_config.inductor_compile_config) if ours else None
         setattr(self, _STRICT, bool(options and options.strict))
         sched = getattr(cfg, "scheduler_config", None) if ours else None
         setattr(self, _MAX_ROWS, int(getattr(sched, "max_num_seqs", 0) or 0))
