@@ -179,7 +179,7 @@ def test_split_count_fills_the_device():
 
 
 def test_prefill_tiles_for_hopper():
-    assert L.prefill_cfg(4, 128, 2048) == L.PrefillCfg(128, 32, 64, 8, 2)
+    assert L.prefill_cfg(4, 128, 2048) == L.PrefillCfg(128, 32, 64, 8, L.PIPELINE_STAGES)
     assert L.prefill_cfg(7, 128, 2048).block_q == 18            # 126 of 128 rows used
     assert L.prefill_cfg(8, 256, 2048).block_m == 64            # shared memory for head 256
     assert L.prefill_cfg(4, 64, 2).block_m == 16                # a short chunk: small tile
@@ -189,11 +189,14 @@ def test_prefill_tiles_for_hopper():
 
 def _sm90(kernel, consts, num_warps, num_stages, fp32=("part_o_ptr", "part_m_ptr", "part_l_ptr", "sinks_ptr"),
           i32ptr=("block_table_ptr", "seq_lens_ptr", "cu_q_ptr")):
+    """Compile for sm_90 as a real launch specializes: unit head-dim strides (``sk3``/``sv3``) are
+    constants, pointers and other strides divisible by 16."""
     import triton
     from triton.backends.compiler import GPUTarget
 
-    sig = {}
-    for n in kernel.arg_names:
+    consts = {**consts, **{n: 1 for n in ("sk3", "sv3") if n in kernel.arg_names}}
+    sig, attrs = {}, {}
+    for i, n in enumerate(kernel.arg_names):
         if n in consts:
             sig[n] = "constexpr"
         elif n in fp32:
@@ -206,11 +209,29 @@ def _sm90(kernel, consts, num_warps, num_stages, fp32=("part_o_ptr", "part_m_ptr
             sig[n] = "fp32"
         else:
             sig[n] = "i32"
-    src = triton.compiler.ASTSource(kernel, sig, consts)
+        if n not in consts and (n.endswith("_ptr") or n.startswith(("stride", "sk", "sv"))):
+            attrs[(i,)] = [["tt.divisibility", 16]]
+    src = triton.compiler.ASTSource(kernel, sig, consts, attrs)
     out = triton.compile(src, target=GPUTarget("cuda", 90, 32), options=dict(num_warps=num_warps, num_stages=num_stages))
     assert out.asm.get("cubin")
     assert out.metadata.shared <= 232448, out.metadata.shared  # H100/H200 opt-in shared memory
     return out
+
+
+def synchronous_loads_in_loops(ttgir: str) -> list[str]:
+    """``tt.load`` ops left inside an ``scf.for`` body after software pipelining: each one stalls
+    every iteration (the pipelined ones became ``async_copy_global_to_local``)."""
+    stack, found = [], []
+    for line in ttgir.splitlines():
+        s = line.strip()
+        if " tt.load " in f" {s} " and "for" in stack:
+            found.append(s[:120])
+        for ch in s:
+            if ch == "{":
+                stack.append("for" if "scf.for" in s else "other")
+            elif ch == "}" and stack:
+                stack.pop()
+    return found
 
 
 @pytest.mark.parametrize("group,head,split,feat", [
@@ -223,7 +244,9 @@ def test_decode_kernels_compile_for_sm90(group, head, split, feat):
     consts = dict(NUM_Q_HEADS=8 * group, GROUP=group, BLOCK_G=cfg.block_g, HEAD=head, HEAD_PAD=L.head_pad(head),
                   BLOCK_SIZE=16, TILE_N=cfg.tile_n, WINDOW=4096 if feat else 0, USE_SOFTCAP=feat, USE_SINKS=feat,
                   SPLIT=split, SPLITS_PAD=cfg.splits_pad, USE_PDL=True)
-    _sm90(paged_attn_decode_kernel, consts, cfg.num_warps, cfg.num_stages)
+    out = _sm90(paged_attn_decode_kernel, consts, cfg.num_warps, cfg.num_stages)
+    # the block-table lookups and the K/V tiles they address are all asynchronous (pipelined)
+    assert synchronous_loads_in_loops(out.asm["ttgir"]) == []
     if split:
         _sm90(paged_attn_reduce_kernel, dict(NUM_Q_HEADS=8 * group, HEAD=head, HEAD_PAD=L.head_pad(head),
                                              SPLITS_PAD=cfg.splits_pad, USE_SINKS=feat, USE_PDL=True), 4, 1)
@@ -239,7 +262,8 @@ def test_prefill_kernel_compiles_for_sm90(group, head, max_q, feat):
     consts = dict(GROUP=group, BLOCK_M=cfg.block_m, BLOCK_Q=cfg.block_q, HEAD=head, HEAD_PAD=L.head_pad(head),
                   BLOCK_SIZE=16, TILE_N=cfg.tile_n, WINDOW=1024 if feat else 0, CAUSAL=True, USE_SOFTCAP=feat,
                   USE_SINKS=feat, USE_PDL=True)
-    _sm90(paged_attn_prefill_kernel, consts, cfg.num_warps, cfg.num_stages)
+    out = _sm90(paged_attn_prefill_kernel, consts, cfg.num_warps, cfg.num_stages)
+    assert synchronous_loads_in_loops(out.asm["ttgir"]) == []
 
 
 # ----------------------------------------------------------------------------- backend selection

@@ -19,6 +19,10 @@ CTAS_PER_SM = 2          # decode programs resident per SM we aim for (registers
 MAX_SPLITS = 64          # partial buffers and the reduce's tile grow with it
 MIN_TILES_PER_SPLIT = 2  # a split shorter than this costs more in the reduce than it saves
 CPU_SMS = 132            # the interpreter has no device: size splits as for an H100 SXM
+# K/V addresses come from a block-table load in the same loop iteration: Triton's pipeliner
+# needs 3 stages to make both the table load and the K/V loads asynchronous; with 2 the table
+# load stays synchronous and every tile waits for it (sm_90 TTGIR: tests/test_paged_attention.py)
+PIPELINE_STAGES = 3
 
 
 @functools.cache
@@ -81,7 +85,7 @@ def decode_cfg(num_seqs: int, num_q_heads: int, num_kv_heads: int, head: int, ma
         seqlen = None if _capturing(device) else max_seqlen_k
         num_splits = num_splits_for(num_seqs, num_kv_heads, seqlen, sm_count(device), tile_n)
     return DecodeCfg(block_g=max(16, triton.next_power_of_2(group)), tile_n=tile_n, num_splits=num_splits,
-                     splits_pad=max(2, triton.next_power_of_2(num_splits)), num_warps=4, num_stages=2)
+                     splits_pad=max(2, triton.next_power_of_2(num_splits)), num_warps=4, num_stages=PIPELINE_STAGES)
 
 
 def prefill_cfg(group: int, head: int, max_seqlen_q: int) -> PrefillCfg:
@@ -93,4 +97,4 @@ def prefill_cfg(group: int, head: int, max_seqlen_q: int) -> PrefillCfg:
     tile_n = 64 if head_pad(head) <= 128 else 32
     warps = 8 if block_m >= 128 else 4
     return PrefillCfg(block_m=block_m, block_q=max(1, block_m // group), tile_n=tile_n,
-                      num_warps=warps, num_stages=3 if head_pad(head) <= 64 else 2)
+                      num_warps=warps, num_stages=PIPELINE_STAGES)

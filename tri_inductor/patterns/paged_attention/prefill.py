@@ -67,7 +67,9 @@ def paged_attn_prefill_kernel(
         HEAD: tl.constexpr, HEAD_PAD: tl.constexpr, BLOCK_SIZE: tl.constexpr, TILE_N: tl.constexpr,
         WINDOW: tl.constexpr, CAUSAL: tl.constexpr, USE_SOFTCAP: tl.constexpr, USE_SINKS: tl.constexpr,
         USE_PDL: tl.constexpr):
-    q_block = tl.program_id(0)
+    # causal: the last q-blocks see the most keys; run them first (programs start in id order),
+    # so the grid's tail is short programs, not long ones
+    q_block = tl.num_programs(0) - 1 - tl.program_id(0) if CAUSAL else tl.program_id(0)
     kvh = tl.program_id(1)
     if USE_PDL:
         q_block += pdl_wait()

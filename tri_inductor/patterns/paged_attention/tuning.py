@@ -21,7 +21,7 @@ import triton
 from ... import cache
 from ... import tuning as generic
 from ..gemm.configs import Device, device_info
-from .launch import PrefillCfg, head_pad, prefill_cfg
+from .launch import PIPELINE_STAGES, PrefillCfg, head_pad, prefill_cfg
 
 KERNEL = "paged_attn_prefill"
 # Query buckets (max query tokens of a step): short chunks (speculative / mixed decode rows),
@@ -82,15 +82,16 @@ def _cfg(group: int, block_m: int, tile_n: int, warps: int, stages: int) -> Pref
 
 def candidates(group: int, head: int, bucket: int, dev: Device, elem: int = 2) -> list[PrefillCfg]:
     """The two largest row counts the bucket's queries fill (x group heads), key tiles of 32 to
-    128, 2 or 3 stages, warps by tile (8 from 128 rows, 4 up to 32, both between): the valid
-    combinations, ~8-16 per bucket (each is compiled: cold-start time)."""
+    128, 3 or 4 stages (2 leaves the block-table load synchronous: ``launch.PIPELINE_STAGES``),
+    warps by tile (8 from 128 rows, 4 up to 32, both between): the valid combinations, ~8-16 per
+    bucket (each is compiled: cold-start time)."""
     rows = triton.next_power_of_2(max(1, measured_q(bucket)) * group)
     block_ms = sorted({b for b in (16, 32, 64, 128, 256) if min_rows(group) <= b <= max(min_rows(group), rows)})[-2:]
     out: list[PrefillCfg] = []
     for bm in block_ms:
         for tile_n in (32, 64, 128):
             for warps in ((8,) if bm >= 128 else (4,) if bm <= 32 else (4, 8)):
-                for stages in (2, 3):
+                for stages in (PIPELINE_STAGES, PIPELINE_STAGES + 1):
                     c = _cfg(group, bm, tile_n, warps, stages)
                     if invalid_reason(c, group, head, dev, elem) is None and c not in out:
                         out.append(c)
