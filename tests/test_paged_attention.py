@@ -179,10 +179,15 @@ def test_split_count_fills_the_device():
 
 
 def test_prefill_tiles_for_hopper():
-    assert L.prefill_cfg(4, 128, 2048) == L.PrefillCfg(128, 32, 64, 8, L.PIPELINE_STAGES)
-    assert L.prefill_cfg(7, 128, 2048).block_q == 18            # 126 of 128 rows used
+    assert L.prefill_cfg(4, 128, 512) == L.PrefillCfg(128, 32, 64, 8, L.PIPELINE_STAGES)
+    assert L.prefill_cfg(7, 128, 512).block_q == 18             # 126 of 128 rows used
+    assert L.prefill_cfg(7, 128, 2048).block_q == 36            # 252 of 256
     assert L.prefill_cfg(8, 256, 2048).block_m == 64            # shared memory for head 256
     assert L.prefill_cfg(4, 64, 2).block_m == 16                # a short chunk: small tile
+    # a long prefill: 256-row programs on 16 warps once they fill FILL_TILES per KV head
+    assert L.prefill_cfg(4, 128, 4096) == L.PrefillCfg(256, 64, 64, 16, L.PIPELINE_STAGES)
+    assert L.prefill_cfg(4, 128, 1000).block_m == 128
+    assert L.prefill_cfg(8, 256, 8192).block_m == 64
 
 
 # ----------------------------------------------------------------------------- sm_90 codegen
@@ -396,3 +401,55 @@ def test_backend_falls_back_when_our_kernel_fails(monkeypatch, error, strict, fa
     assert impl.forward(None, q, q, q, kv, md, torch.zeros_like(q)) == "vllm"
     assert impl.forward(None, q, q, q, kv, md, torch.zeros_like(q)) == "vllm"
     assert calls == ["ours", "vllm", "vllm"]  # ours tried once for these inputs
+
+
+# ----------------------------------------------------------------------------- start-time tuning
+
+def _builder(monkeypatch, kv_dtype, calls, fail=None, strict=False):
+    """Our metadata builder with vLLM's __init__ replaced by the attributes it sets (no GPU here)."""
+    import types
+
+    import tri_inductor.vllm_attention as VA
+
+    def fake_init(self, kv_cache_spec, layer_names, vllm_config, device):
+        self.kv_cache_spec, self.vllm_config, self.device = kv_cache_spec, vllm_config, device
+        self.num_heads_q, self.num_heads_kv, self.headdim, self.block_size = 32, 8, 128, 16
+
+    def prepare(*args):
+        calls.append(args)
+        if fail is not None:
+            raise fail
+
+    monkeypatch.setattr(VA.TritonAttentionMetadataBuilder, "__init__", fake_init)
+    monkeypatch.setattr(VA, "prepare_prefill", prepare)
+    monkeypatch.setattr(VA, "_strict_mode", lambda: strict)
+    cfg = types.SimpleNamespace(model_config=types.SimpleNamespace(dtype=torch.bfloat16))
+    return VA.TriPagedAttentionMetadataBuilder(types.SimpleNamespace(dtype=kv_dtype), ["l0"], cfg,
+                                               torch.device("cuda", 0))
+
+
+def test_builder_tunes_prefill_tiles_at_engine_start(monkeypatch, caplog):
+    """vLLM builds the metadata builder before CUDA-graph capture: the shape's prefill tiles are
+    tuned there (not at the first request); a quantized cache is not tuned; a tuning failure
+    warns and keeps the heuristic, unless strict."""
+    calls = []
+    _builder(monkeypatch, torch.bfloat16, calls)
+    assert calls == [(4, 128, 16, torch.bfloat16)]
+    calls.clear()
+    _builder(monkeypatch, torch.float8_e4m3fn, calls)
+    assert calls == []
+    with caplog.at_level("WARNING", logger="tri_inductor.vllm"):
+        _builder(monkeypatch, torch.bfloat16, calls, fail=RuntimeError("no shared memory"))
+    assert "not tuned at start" in caplog.text and "no shared memory" in caplog.text
+    with pytest.raises(RuntimeError, match="no shared memory"):
+        _builder(monkeypatch, torch.bfloat16, calls, fail=RuntimeError("no shared memory"), strict=True)
+
+
+def test_prepare_prefill_without_gpu_uses_stored_or_heuristic_tiles():
+    from tri_inductor.patterns.paged_attention import prepare_prefill
+    from tri_inductor.patterns.paged_attention import tuning as PT
+
+    PT.forget_choices()
+    # nothing stored, no GPU: the heuristic's tiles
+    assert prepare_prefill(4, 128, 16, torch.bfloat16) == L.prefill_cfg(4, 128, PT.Q_BUCKETS[-1])
+    assert prepare_prefill(4, 128, 16, torch.float32) is None     # a dtype ours declines: nothing to do

@@ -101,6 +101,9 @@ def test_fit_keeps_the_tuned_tile_with_fewer_rows():
     assert PT.fit(tuned, 4, 4096) == tuned
     assert PT.fit(tuned, 4, 3) == L.PrefillCfg(16, 4, 128, 4, 3)  # 3 tokens x 4 heads -> 16 rows
     assert PT.fit(tuned, 7, 1) == L.PrefillCfg(16, 2, 128, 4, 3)
+    big = L.PrefillCfg(256, 64, 64, 16, 3)
+    assert PT.fit(big, 4, 4096) == big                              # 16 programs of 256 rows per KV head
+    assert PT.fit(big, 4, 300) == L.PrefillCfg(128, 32, 64, 8, 3)   # 1200 rows: 256-row programs too few
 
 
 def _fake_time(cfg: L.PrefillCfg) -> float:

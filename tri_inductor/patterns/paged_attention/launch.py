@@ -88,13 +88,34 @@ def decode_cfg(num_seqs: int, num_q_heads: int, num_kv_heads: int, head: int, ma
                      splits_pad=max(2, triton.next_power_of_2(num_splits)), num_warps=4, num_stages=PIPELINE_STAGES)
 
 
+# A long prefill runs 256-row programs (16 warps): each K/V tile, gathered through the block
+# table, then feeds twice the rows. Measured on an H200 (paged, causal, GQA 32/8, d128): 1.39x
+# over 128 rows at 8k tokens, 1.17x at 2k+2k cached; at d64 ~1.04x. Only once the rows fill
+# FILL_TILES such programs per KV head: fewer, larger programs would leave SMs idle.
+BIG_ROWS = 256
+FILL_TILES = 16
+
+
+def prefill_rows(group: int, head: int, max_seqlen_q: int, cap: int | None = None) -> int:
+    """Rows per program: 128 (64 for head dims past 128, shared memory) once the queries fill
+    them, 256 once they fill ``FILL_TILES`` of those, fewer for short chunks (speculative /
+    mixed decode steps); never more than ``cap``."""
+    need = max(1, max_seqlen_q) * group
+    top = 128 if head_pad(head) <= 128 else 64
+    if head_pad(head) <= 128 and need >= FILL_TILES * BIG_ROWS:
+        top = BIG_ROWS
+    if cap is not None:
+        top = min(top, cap)
+    return max(16, min(top, triton.next_power_of_2(need)), triton.next_power_of_2(group))
+
+
+def warps_for(block_m: int) -> int:
+    return 16 if block_m >= BIG_ROWS else 8 if block_m >= 128 else 4
+
+
 def prefill_cfg(group: int, head: int, max_seqlen_q: int) -> PrefillCfg:
-    """Rows = query tokens x group heads: 128 rows (64 for head dims past 128, shared memory)
-    once the queries fill them, fewer for short chunks (speculative / mixed decode steps)."""
-    cap = 128 if head_pad(head) <= 128 else 64
-    rows = triton.next_power_of_2(max(1, max_seqlen_q) * group)
-    block_m = max(16, min(cap, rows), triton.next_power_of_2(group))
+    """The heuristic's tiles (:func:`prefill_rows`; the tuner refines them per shape)."""
+    block_m = prefill_rows(group, head, max_seqlen_q)
     tile_n = 64 if head_pad(head) <= 128 else 32
-    warps = 8 if block_m >= 128 else 4
     return PrefillCfg(block_m=block_m, block_q=max(1, block_m // group), tile_n=tile_n,
-                      num_warps=warps, num_stages=PIPELINE_STAGES)
+                      num_warps=warps_for(block_m), num_stages=PIPELINE_STAGES)

@@ -143,6 +143,19 @@ def paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tenso
     return out
 
 
+def prepare_prefill(group: int, head: int, block_size: int, dtype: torch.dtype) -> PrefillCfg | None:
+    """Tune (on a GPU with tuning on; else look up) the causal prefill tiles of one attention
+    shape for every query bucket now, at engine start (vLLM's metadata builder), so no request
+    waits for it. Returns the tiles a long prefill of this shape will use (stored, just tuned or
+    the heuristic's); None for inputs ours declines."""
+    from .tuning import Q_BUCKETS
+
+    if dtype not in DTYPES or head > MAX_HEAD:
+        return None
+    return prefill_config(group, head, block_size, dtype, True, Q_BUCKETS[-1],
+                          _tuning_run if torch.cuda.is_available() else None)
+
+
 def _tuning_run(q, k_cache, v_cache, out, cu_seqlens_q, seq_lens, block_table, max_seqlen_q, max_seqlen_k, causal,
                 cfg: PrefillCfg) -> torch.Tensor:
     """One prefill with the given tiles (the tuner's measurement)."""

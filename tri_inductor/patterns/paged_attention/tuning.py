@@ -21,7 +21,7 @@ import triton
 from ... import cache
 from ... import tuning as generic
 from ..gemm.configs import Device, device_info
-from .launch import PIPELINE_STAGES, PrefillCfg, head_pad, prefill_cfg
+from .launch import BIG_ROWS, FILL_TILES, PIPELINE_STAGES, PrefillCfg, head_pad, prefill_cfg, prefill_rows, warps_for
 
 KERNEL = "paged_attn_prefill"
 # Query buckets (max query tokens of a step): short chunks (speculative / mixed decode rows),
@@ -81,20 +81,20 @@ def _cfg(group: int, block_m: int, tile_n: int, warps: int, stages: int) -> Pref
 
 
 def candidates(group: int, head: int, bucket: int, dev: Device, elem: int = 2) -> list[PrefillCfg]:
-    """The two largest row counts the bucket's queries fill (x group heads), key tiles of 32 to
-    128, 3 or 4 stages (2 leaves the block-table load synchronous: ``launch.PIPELINE_STAGES``),
-    warps by tile (8 from 128 rows, 4 up to 32, both between): the valid combinations, ~8-16 per
-    bucket (each is compiled: cold-start time)."""
-    rows = triton.next_power_of_2(max(1, measured_q(bucket)) * group)
-    block_ms = sorted({b for b in (16, 32, 64, 128, 256) if min_rows(group) <= b <= max(min_rows(group), rows)})[-2:]
+    """The two largest row counts the bucket's queries fill (x group heads; 256 only where the
+    heuristic would take it), key tiles of 32 to 128, two warp counts per row count (16 or 8 from
+    256 rows, 8 or 4 from 64, 4 below), ``launch.PIPELINE_STAGES`` stages (one more measured
+    within 1% on an H200; 2 leaves the block-table load synchronous): the valid combinations,
+    ~6-12 per bucket (each is compiled: cold-start time)."""
+    top = prefill_rows(group, head, measured_q(bucket))
+    block_ms = sorted({b for b in (16, 32, 64, 128, 256) if min_rows(group) <= b <= top})[-2:]
     out: list[PrefillCfg] = []
     for bm in block_ms:
         for tile_n in (32, 64, 128):
-            for warps in ((8,) if bm >= 128 else (4,) if bm <= 32 else (4, 8)):
-                for stages in (PIPELINE_STAGES, PIPELINE_STAGES + 1):
-                    c = _cfg(group, bm, tile_n, warps, stages)
-                    if invalid_reason(c, group, head, dev, elem) is None and c not in out:
-                        out.append(c)
+            for warps in ((16, 8) if bm >= 256 else (8, 4) if bm >= 64 else (4,)):
+                c = _cfg(group, bm, tile_n, warps, PIPELINE_STAGES)
+                if invalid_reason(c, group, head, dev, elem) is None and c not in out:
+                    out.append(c)
     return out
 
 
@@ -103,12 +103,18 @@ def min_rows(group: int) -> int:
 
 
 def fit(cfg: PrefillCfg, group: int, max_seqlen_q: int) -> PrefillCfg:
-    """A bucket's config for a step with fewer queries: no more rows than they fill (a chunk of
-    3 tokens on a 128-row tile would leave most rows idle); the key tile, warps and stages stay."""
-    rows = max(min_rows(group), triton.next_power_of_2(max(1, max_seqlen_q) * group))
+    """A bucket's config for a step with fewer queries: no more rows than the step fills (a chunk
+    of 3 tokens on a 128-row tile would leave most rows idle), and no 256-row programs unless
+    the step fills ``FILL_TILES`` of them (300 tokens would leave SMs idle); the key tile and
+    stages stay, warps shrink with the rows."""
+    need = max(1, max_seqlen_q) * group
+    rows = triton.next_power_of_2(need)
+    if rows > 128 and need < FILL_TILES * BIG_ROWS:
+        rows = 128
+    rows = max(min_rows(group), rows)
     if rows >= cfg.block_m:
         return cfg
-    return _cfg(group, rows, cfg.tile_n, min(cfg.num_warps, 4), cfg.num_stages)
+    return _cfg(group, rows, cfg.tile_n, min(cfg.num_warps, warps_for(rows)), cfg.num_stages)
 
 
 def _decode(raw: Any, group: int, head: int, dev: Device, elem: int) -> PrefillCfg | None:
