@@ -3,7 +3,7 @@
 Columns (a registry: ``KERNELS``; ``--attn-kernels`` picks them, ``module:function`` plugs any
 callable with the ``paged_attention`` signature below):
 
-* ``vllm_triton``: what tri_inductor runs under vLLM today, vLLM's Triton
+* ``vllm_triton``: what TRITON_ATTN runs (and tri_inductor where ours declines), vLLM's Triton
   ``kernel_unified_attention`` (``vllm.v1.attention.ops.triton_unified_attention.unified_attention``),
   called as the TRITON_ATTN backend calls it: split-KV 3D kernel + ``reduce_segments`` for decode
   batches up to ``seq_threshold_3D`` (the capture size nearest 128 / KV heads), 16 segments;

@@ -339,7 +339,7 @@ def attention_section(name: str, d: dict[str, Any]) -> str:
            _meta_line(m.get("card"), m, m.get("commit")), "",
            "Block size 16, bf16, the same paged KV cache for every kernel; ratio = FA3 time / kernel time "
            f"(> 1.0x: faster than FA3); `{ours}` is the kernel the summary is about; `vllm_triton` is vLLM's "
-           "Triton `unified_attention` (what tri_inductor runs under vLLM today), called as TRITON_ATTN calls it, "
+           "Triton `unified_attention` (what TRITON_ATTN runs; tri_inductor falls back to it where ours declines), called as TRITON_ATTN calls it, "
            "`fa3` as FLASH_ATTN calls it. Targets (issue 26): decode geomean >= 1.0x, prefill >= 0.85x, no point "
            "below 0.7x.", ""]
     if a.get("error"):
