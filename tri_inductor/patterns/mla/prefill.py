@@ -97,13 +97,12 @@ def _tile(q_n, q_r, m_i, l_i, acc, start_n, k_len, q_lim, kn_base, kr_base, v_ba
     v = _load(v_base + rows[:, None] * s_vt + offs_dv[None, :], valid, dv_ok, not MASKED, DV_FULL)
     s = tl.dot(q_n, kn_t, input_precision="ieee" if IEEE else "tf32")
     s = tl.dot(q_r, kr_t, s, input_precision="ieee" if IEEE else "tf32")
-    s = s * qk_scale  # log2 units: the softmax runs on exp2
     if MASKED:
         keep = valid[None, :]
         if CAUSAL:
             keep = keep & (pos[None, :] <= q_lim[:, None])
         s = tl.where(keep, s, float("-inf"))
-    m_i, l_i, acc, p = softmax_update(s, m_i, l_i, acc)
+    m_i, l_i, acc, p = softmax_update(s, qk_scale, m_i, l_i, acc)  # log2 units: the softmax runs on exp2
     # P rounded to V's dtype before the product, as FlashAttention does (tensor-core operands)
     acc = tl.dot(p.to(v.dtype), v, acc, input_precision="ieee" if IEEE else "tf32")
     return m_i, l_i, acc

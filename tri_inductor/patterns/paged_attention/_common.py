@@ -30,28 +30,29 @@ def load_kv_tile(k_ptr, v_ptr, bt_row_ptr, pos, valid, kvh, offs_d, d_mask,
 
 
 @triton.jit
-def scores_log2(q, kt, scale, softcap, USE_SOFTCAP: tl.constexpr):
-    """``q @ kt`` scaled (and soft-capped: ``softcap * tanh(s * scale / softcap)``), in log2 units."""
+def scores(q, kt, scale, softcap, USE_SOFTCAP: tl.constexpr):
+    """``(s, c)``: scores in log2 units are ``s * c``.  Without soft-capping ``s`` is the raw
+    ``q @ kt`` and ``c = scale * log2(e)``, so :func:`softmax_update` applies the scale inside
+    the exponent's FMA (one op per score, not two); soft-capped scores
+    (``softcap * tanh(s * scale / softcap)``) come scaled, ``c = 1``."""
     s = tl.dot(q, kt)
     if USE_SOFTCAP:
         x = s * (scale / softcap)
         # tanh(x) = 1 - 2 / (exp(2x) + 1): saturates to +-1 without overflow trouble
         t = 1.0 - 2.0 / (tl.exp2(x * (2.0 * LOG2E)) + 1.0)
-        s = t * (softcap * LOG2E)
-    else:
-        s = s * (scale * LOG2E)
-    return s
+        return t * (softcap * LOG2E), 1.0
+    return s, scale * LOG2E
 
 
 @triton.jit
-def softmax_update(s, m_i, l_i, acc):
-    """One online-softmax step over a tile of (masked, -inf) scores: new max, sum, rescaled
-    accumulator and the tile's probabilities.  A row with no key seen yet keeps max -inf and
-    contributes nothing (no inf - inf)."""
-    m_new = tl.maximum(m_i, tl.max(s, 1))
+def softmax_update(s, c, m_i, l_i, acc):
+    """One online-softmax step over a tile of (masked: -inf) scores ``s`` in units of ``1/c``
+    log2 (``c > 0``): new max, sum, rescaled accumulator and the tile's probabilities.  A row
+    with no key seen yet keeps max -inf and contributes nothing (no inf - inf)."""
+    m_new = tl.maximum(m_i, tl.max(s, 1) * c)
     m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
     alpha = tl.exp2(m_i - m_safe)
-    p = tl.exp2(s - m_safe[:, None])
+    p = tl.exp2(s * c - m_safe[:, None])
     l_i = l_i * alpha + tl.sum(p, 1)
     acc = acc * alpha[:, None]
     return m_new, l_i, acc, p

@@ -14,7 +14,7 @@ import triton
 import triton.language as tl
 
 from .._pdl import pdl_wait
-from ._common import LOG2E, add_sink, load_kv_tile, scores_log2, softmax_update
+from ._common import LOG2E, add_sink, load_kv_tile, scores, softmax_update
 
 
 @triton.jit
@@ -64,10 +64,10 @@ def paged_attn_decode_kernel(
             valid = pos < seq_len
             kt, v = load_kv_tile(k_ptr, v_ptr, bt_row, pos, valid, kvh, offs_d, d_mask,
                                  sk0, sk1, sk2, sk3, sv0, sv1, sv2, sv3, BLOCK_SIZE)
-            s = scores_log2(q, kt, scale, softcap, USE_SOFTCAP)
+            s, c = scores(q, kt, scale, softcap, USE_SOFTCAP)
             s = tl.where(valid[None, :], s, float("-inf"))
-            m_i, l_i, acc, p = softmax_update(s, m_i, l_i, acc)
-            acc += tl.dot(p.to(v.dtype), v)
+            m_i, l_i, acc, p = softmax_update(s, c, m_i, l_i, acc)
+            acc = tl.dot(p.to(v.dtype), v, acc)
 
         if SPLIT:
             # partials of every split, empty ones too (max -inf, sum 0): the reduce reads them all

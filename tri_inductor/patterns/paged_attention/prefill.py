@@ -13,7 +13,7 @@ import triton
 import triton.language as tl
 
 from .._pdl import pdl_wait
-from ._common import LOG2E, add_sink, load_kv_tile, scores_log2, softmax_update
+from ._common import LOG2E, add_sink, load_kv_tile, scores, softmax_update
 
 
 @triton.jit
@@ -44,7 +44,7 @@ def _tile(q, m_i, l_i, acc, t, lo, q_abs, seq_len, k_ptr, v_ptr, bt_row, kvh, of
         valid = offs_n < TILE_N  # all true: the caller proved the tile in range for every row
     kt, v = load_kv_tile(k_ptr, v_ptr, bt_row, pos, valid, kvh, offs_d, d_mask,
                          sk0, sk1, sk2, sk3, sv0, sv1, sv2, sv3, BLOCK_SIZE)
-    s = scores_log2(q, kt, scale, softcap, USE_SOFTCAP)
+    s, c = scores(q, kt, scale, softcap, USE_SOFTCAP)
     if MASKED:
         keep = valid[None, :]
         if CAUSAL:
@@ -52,8 +52,8 @@ def _tile(q, m_i, l_i, acc, t, lo, q_abs, seq_len, k_ptr, v_ptr, bt_row, kvh, of
         if WINDOW > 0:
             keep = keep & (q_abs[:, None] - pos[None, :] < WINDOW)
         s = tl.where(keep, s, float("-inf"))
-    m_i, l_i, acc, p = softmax_update(s, m_i, l_i, acc)
-    acc += tl.dot(p.to(v.dtype), v)
+    m_i, l_i, acc, p = softmax_update(s, c, m_i, l_i, acc)
+    acc = tl.dot(p.to(v.dtype), v, acc)
     return m_i, l_i, acc
 
 
