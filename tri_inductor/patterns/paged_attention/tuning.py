@@ -4,7 +4,8 @@ The heuristic (``launch.prefill_cfg``) is the default; on a GPU the generic tune
 (:func:`tri_inductor.tuning.tune`) measures a candidate space around it (rows per program, key
 tile, warps, pipeline depth) once per (GQA group, head dim, cache block size, dtype, causal,
 query bucket) and stores the fastest in our cache, as the GEMM and MoE configs are; a warm start
-measures nothing.  The first prefill of a model tunes every query bucket of its shape at once, so
+measures nothing.  Every query bucket of a shape is tuned at once, under vLLM when it builds our
+metadata builder (``ops.prepare_prefill``: engine start), else at the shape's first prefill, so
 no bucket is first met (and measured) while serving.  The measured input is one sequence of the
 bucket's query count with as many cached keys (a chunked prefill) on a paged cache with scattered
 blocks, checked against the default config's output.
