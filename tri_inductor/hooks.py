@@ -88,6 +88,17 @@ TABLE: tuple[Hook, ...] = (
     Hook("vllm.model_executor.layers.logits_processor:LogitsProcessor._apply_head", _V,
          "run the lm_head GEMM on our Triton kernel", "lm_head runs on cuBLAS (a non-Triton kernel each step)",
          ("self, lm_head, hidden_states, embedding_bias",)),
+    # vLLM layers run eagerly inside opaque ops (vllm_eager_ops): MoE router gates, shared experts
+    Hook("vllm.model_executor.layers.linear:UnquantizedLinearMethod.apply", "vLLM 0.26",
+         "eager unquantized linears (a FusedMoE runner's router gate and shared experts, inside the opaque "
+         "vllm.moe_forward op) on our GEMM", "those linears run on cuBLAS (nvjet_* in every MoE step)",
+         ("self, layer, x, bias",)),
+    Hook("vllm.model_executor.layers.fused_moe.router.gate_linear:GateLinear.forward", "vLLM 0.26",
+         "DeepSeek-V2/V3 router logits (fp32 out_dtype too) on our GEMM, run eagerly in the MoE runner",
+         "router logits on vLLM's cuteDSL/dsv3 CUDA kernels or cuBLAS", ("self, x",)),
+    Hook("vllm.model_executor.layers.activation:SiluAndMul.forward_native", "vLLM 0.26",
+         "an eager SiluAndMul (custom ops off, not compiled) on our gated-activation kernel",
+         "eager ATen silu and mul kernels", ("x",)),
     # vLLM MLA layers (vllm_mla, vllm_mla_prefill): wrappers, a registration and a subclass
     Hook("vllm.model_executor.layers.attention.mla_attention:MLAAttention.forward_impl", "vLLM 0.26",
          "an MLA layer's attention with every kernel Triton (bmm, KV-cache write, prefill, merges)",

@@ -19,7 +19,9 @@ op would.  Tested on vLLM 0.26.0 (the only version read).
 | ``..._prepare_expert_assignment`` (fused_moe, triton_moe)    | ``torch.full`` (ATen fill) when decode   | ``moe_fill_kernel``           |
 |                                                              | has <= E/4 (token, expert) pairs         |                               |
 
-The expert GEMMs stay vLLM's Triton ``fused_moe`` kernel.  Each hook is installed when vLLM
+The expert GEMMs stay vLLM's Triton ``fused_moe`` kernel.  The router gate linear and the shared
+experts the runner applies in the same op (cuBLAS ``F.linear``, GateLinear's CUDA tiers, an eager
+SiluAndMul) are hooked in ``vllm_eager_ops.py``, behind the same ``activate()``.  Each hook is installed when vLLM
 imports its module (``install_hooks``, from the plugin) and routes to us only after
 ``activate()`` (the plugin calls it when a ``tri_inductor`` VllmConfig is built in this process)
 and only for the argument forms it covers; anything else (expert parallel ``expert_map``,

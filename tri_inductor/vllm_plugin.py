@@ -24,6 +24,9 @@ this module holds what they do:
 * ``LogitsProcessor`` (``vllm_logits``) -- lm_head on our Triton GEMM; a model of ours being built
   also starts our torch hooks and the warm-start audit (vLLM >= 0.27 loads warm starts from its
   AOT artifact without calling our ``load()``).
+* ``UnquantizedLinearMethod.apply``, ``GateLinear.forward``, ``SiluAndMul.forward_native``
+  (``vllm_eager_ops``) -- the linears and SiLU-and-mul vLLM runs eagerly inside opaque ops (the
+  MoE router gate, shared experts) on our GEMM and activation kernels.
 
 At registration the torch/triton/vLLM versions are checked against ``hooks.TESTED``: an
 untested one gets one warning naming the tested range (strict mode: our backend refuses to run;
@@ -63,9 +66,10 @@ def register() -> None:
         check_versions()
         hooks.install_vllm_hooks(sys.modules[__name__])
         from .vllm_mla import HOOKS as MLA_HOOKS  # vLLM's MLA layer pieces -> our Triton kernels
+        from .vllm_eager_ops import HOOKS as EAGER_HOOKS  # eager linears / SiluAndMul -> our kernels
         from .vllm_moe import HOOKS as MOE_HOOKS  # vLLM's MoE CUDA ops -> our Triton kernels
 
-        for table in (MOE_HOOKS, MLA_HOOKS):
+        for table in (MOE_HOOKS, MLA_HOOKS, EAGER_HOOKS):
             for name, hook in table.items():
                 hooks.when_imported(name, hook)
         _registered = True

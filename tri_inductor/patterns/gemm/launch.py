@@ -172,7 +172,9 @@ def launch_cfg(a, b, bias, out, cfg: Cfg, gate=1, m_hint: int | None = None, m_c
         launch_cfg(a if m_cap is None else a.narrow(0, 0, rows), b, None, h, cfg, gate, m_hint, m_cap)
         launch_gated(h, out, act, *_act_launch_config(n_out, a.element_size()), gate=gate)
         return
-    if tma_kernel and a.dtype != torch.float32 and dev.hopper and tma_ok(a, b, n):
+    # An output wider than a (fp32 router logits) takes the pointer kernel: the TMA epilogue stages
+    # a BLOCK_M x BLOCK_N tile of C in shared memory, and the TMA tiles were sized for a 2-byte C.
+    if tma_kernel and a.dtype != torch.float32 and out.dtype == a.dtype and dev.hopper and tma_ok(a, b, n):
         if type(a) is torch.Tensor and a.is_cuda:
             _ensure_allocator()
         launch(mm_tma_kernel, (torch.sym_min(dev.sms, tiles) * gate,), a, b, out, bias_arg, M, N, K,

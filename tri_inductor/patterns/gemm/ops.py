@@ -129,8 +129,11 @@ def dispatch_plan(n: int, k: int, dtype: torch.dtype, device=None) -> list[tuple
     return plan
 
 
-def mm_launch(a, b, bias, cfg: Cfg | None = None, dispatch: bool | None = None, act: int = NO_ACT):
+def mm_launch(a, b, bias, cfg: Cfg | None = None, dispatch: bool | None = None, act: int = NO_ACT,
+              out_dtype: torch.dtype | None = None):
     """C = a @ b (+ bias), or with ``act`` the fused gate_up form act(a @ b_gate) * (a @ b_up).
+    ``out_dtype``: C's dtype (default a's; fp32: router logits), the fp32 accumulator cast once
+    by the kernel's store.
     A concrete M gets its bucket's config; a symbolic M (vLLM's one graph
     for 1..max_num_batched_tokens tokens) gets every bucket's kernel, each gated to its M range
     at run time (a size hint would freeze one bucket's tiles for every M: decode on prefill tiles
@@ -139,7 +142,7 @@ def mm_launch(a, b, bias, cfg: Cfg | None = None, dispatch: bool | None = None, 
     M, K = a.shape
     N = b.shape[1]
     n, k = int(N), int(K)  # weight dims: static in LLM graphs
-    out = torch.empty((M, N // 2 if act != NO_ACT else N), dtype=a.dtype, device=a.device)
+    out = torch.empty((M, N // 2 if act != NO_ACT else N), dtype=out_dtype or a.dtype, device=a.device)
     if dispatch is None:
         dispatch = not isinstance(M, int)
     if cfg is not None or not dispatch:
