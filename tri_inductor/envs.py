@@ -133,7 +133,8 @@ VARS: dict[str, Var] = {v.name: v for v in (
         "(part of the compile cache key).", _bool),
     Var("TRI_INDUCTOR_TUNE", "bool", True, "1 (on a GPU)", _BOOL,
         "Tune GEMM, MoE-expert and paged-attention prefill shapes missing from the tuning DB on the "
-        "GPU (at compile time, or at an eager call's first use; candidates measured once, stored); 0: "
+        "GPU (at compile time, at vLLM engine start for attention, or at an eager call's first use; "
+        "candidates measured once, stored); 0: "
         "the shipped table and the default configs, nothing benchmarked. Never tunes without a GPU.", _bool),
     Var("TRI_INDUCTOR_TUNE_BUDGET_S", "seconds", 120.0, "120",
         "a number of seconds >= 0 (0: tune nothing new)",
