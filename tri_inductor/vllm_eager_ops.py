@@ -37,6 +37,7 @@ from typing import Any
 import torch
 
 from . import hooks
+from .vllm_logits import warm_up  # the lm_head's: one launch per M bucket
 from .vllm_moe import is_active
 
 TESTED_VLLM = "0.26.0"
@@ -74,14 +75,6 @@ def _max_tokens() -> int:
     except ImportError:
         tokens = 0
     return min(tokens, cap) if tokens > 0 else cap
-
-
-def warm_up(gemm: Callable[[torch.Tensor], torch.Tensor], a: torch.Tensor, max_rows: int) -> None:
-    """Launch ``gemm`` once per M bucket up to ``max_rows`` (rows of zeros like ``a``)."""
-    from .patterns.gemm.ops import eager_warm_sizes
-
-    for m in eager_warm_sizes(max(max_rows, 1)):
-        gemm(torch.zeros((m, a.shape[1]), dtype=a.dtype, device=a.device))
 
 
 def _can_warm(a: Any) -> bool:

@@ -96,17 +96,24 @@ BIG_ROWS = 256
 FILL_TILES = 16
 
 
-def prefill_rows(group: int, head: int, max_seqlen_q: int, cap: int | None = None) -> int:
-    """Rows per program: 128 (64 for head dims past 128, shared memory) once the queries fill
-    them, 256 once they fill ``FILL_TILES`` of those, fewer for short chunks (speculative /
-    mixed decode steps); never more than ``cap``."""
+def min_rows(group: int) -> int:
+    """The fewest rows a program has: one token's group of query heads, at least 16 (tl.dot)."""
+    return max(16, triton.next_power_of_2(group))
+
+
+def step_rows(group: int, max_seqlen_q: int, cap: int) -> int:
+    """Rows per program for a step whose longest chunk has ``max_seqlen_q`` queries, at most
+    ``cap``: 128 once the queries fill them, more (up to ``cap``) only once they fill
+    ``FILL_TILES`` such programs per KV head, fewer for short chunks (speculative / mixed
+    decode steps)."""
     need = max(1, max_seqlen_q) * group
-    top = 128 if head_pad(head) <= 128 else 64
-    if head_pad(head) <= 128 and need >= FILL_TILES * BIG_ROWS:
-        top = BIG_ROWS
-    if cap is not None:
-        top = min(top, cap)
-    return max(16, min(top, triton.next_power_of_2(need)), triton.next_power_of_2(group))
+    top = cap if need >= FILL_TILES * BIG_ROWS else min(cap, 128)
+    return max(min_rows(group), min(top, triton.next_power_of_2(need)))
+
+
+def prefill_rows(group: int, head: int, max_seqlen_q: int) -> int:
+    """:func:`step_rows` capped at 256 (64 for head dims past 128: shared memory)."""
+    return step_rows(group, max_seqlen_q, BIG_ROWS if head_pad(head) <= 128 else 64)
 
 
 def warps_for(block_m: int) -> int:

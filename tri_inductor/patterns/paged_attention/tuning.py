@@ -17,12 +17,12 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-import triton
 
 from ... import cache
 from ... import tuning as generic
 from ..gemm.configs import Device, device_info
-from .launch import BIG_ROWS, FILL_TILES, PIPELINE_STAGES, PrefillCfg, head_pad, prefill_cfg, prefill_rows, warps_for
+from .launch import (PIPELINE_STAGES, PrefillCfg, head_pad, min_rows, prefill_cfg, prefill_rows, step_rows,
+                     warps_for)
 
 KERNEL = "paged_attn_prefill"
 # Query buckets (max query tokens of a step): short chunks (speculative / mixed decode rows),
@@ -99,20 +99,12 @@ def candidates(group: int, head: int, bucket: int, dev: Device, elem: int = 2) -
     return out
 
 
-def min_rows(group: int) -> int:
-    return max(16, triton.next_power_of_2(group))
-
-
 def fit(cfg: PrefillCfg, group: int, max_seqlen_q: int) -> PrefillCfg:
     """A bucket's config for a step with fewer queries: no more rows than the step fills (a chunk
     of 3 tokens on a 128-row tile would leave most rows idle), and no 256-row programs unless
-    the step fills ``FILL_TILES`` of them (300 tokens would leave SMs idle); the key tile and
-    stages stay, warps shrink with the rows."""
-    need = max(1, max_seqlen_q) * group
-    rows = triton.next_power_of_2(need)
-    if rows > 128 and need < FILL_TILES * BIG_ROWS:
-        rows = 128
-    rows = max(min_rows(group), rows)
+    the step fills ``FILL_TILES`` of them (300 tokens would leave SMs idle): ``launch.step_rows``
+    with the tuned rows as the cap; the key tile and stages stay, warps shrink with the rows."""
+    rows = step_rows(group, max_seqlen_q, cfg.block_m)
     if rows >= cfg.block_m:
         return cfg
     return _cfg(group, rows, cfg.tile_n, min(cfg.num_warps, warps_for(rows)), cfg.num_stages)
