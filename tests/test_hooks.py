@@ -191,3 +191,32 @@ def test_torch_version_helpers_agree_with_torch() -> None:
     assert hooks.installed_version("torch") == torch.__version__
     assert hooks.installed_version("surely_not_a_package_name_x") is None
     importlib.import_module("tri_inductor.hooks")
+
+
+def test_a_hook_whose_target_is_gone_never_fails_the_import(tmp_path, monkeypatch, caplog) -> None:
+    """A vLLM release that renamed a class we hook must still import (vLLM's own backends keep
+    working): that hook is left out, with a warning naming it; the other hooks of the module
+    are installed."""
+    (tmp_path / "tri_hook_target_mod.py").write_text("class Kept:\n    def f(self):\n        return 1\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    installed = []
+
+    def gone(module):
+        hooks.wrap_once(module.RenamedAway, "f", lambda real: real)
+
+    def kept(module):
+        installed.append(hooks.wrap_once(module.Kept, "f", lambda real: (lambda self: real(self) + 1)))
+
+    hooks.when_imported("tri_hook_target_mod", gone)
+    hooks.when_imported("tri_hook_target_mod", kept)
+    try:
+        with caplog.at_level(logging.WARNING, logger="tri_inductor"):
+            mod = importlib.import_module("tri_hook_target_mod")
+        assert installed == [True] and mod.Kept().f() == 2
+        assert "hook gone on tri_hook_target_mod not installed" in caplog.text and "RenamedAway" in caplog.text
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="tri_inductor"):
+            hooks.when_imported("tri_hook_target_mod", gone)  # already imported: installed now, same rule
+        assert "not installed" in caplog.text
+    finally:
+        sys.modules.pop("tri_hook_target_mod", None)

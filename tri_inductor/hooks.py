@@ -16,6 +16,8 @@ Rules every hook here follows:
   (with the helpers here), so every module can use these helpers without an import cycle;
 * a vLLM wrapper passes every argument through untouched unless the config's backend is
   ``tri_inductor``: a plugin loaded into every vLLM process must never break vLLM's own backends.
+  An installer that fails (a target this version renamed) leaves its hook out with a warning
+  (:func:`when_imported`): the import of vLLM's module never fails because of us.
 
 Version checks (:data:`TESTED`, :func:`untested_versions`) and the version shims (what differs
 between torch/vLLM releases: :func:`torch_at_least`, :func:`accepts_keyword`,
@@ -31,6 +33,7 @@ import importlib.abc
 import importlib.machinery
 import importlib.metadata
 import inspect
+import logging
 import re
 import sys
 from collections.abc import Callable, Iterator
@@ -330,7 +333,7 @@ class _PostImportHook(importlib.abc.MetaPathFinder):
             real_exec(module)
             # Popped here, not in find_spec: importlib.util.find_spec() probes without importing.
             for cb in pending.pop(fullname, []):
-                cb(module)
+                _install(fullname, cb, module)
 
         loader.exec_module = exec_module  # type: ignore[method-assign]  (per-module loader object)
         return spec
@@ -339,11 +342,23 @@ class _PostImportHook(importlib.abc.MetaPathFinder):
 _post_import = _PostImportHook()
 
 
+def _install(name: str, callback: Callable[[ModuleType], None], module: ModuleType) -> None:
+    """Run one hook's installer; a target this version lacks (renamed class, moved function)
+    leaves that hook out with a warning instead of failing the import of ``name`` -- which would
+    break every user of that module, vLLM's own backends included."""
+    try:
+        callback(module)
+    except Exception as e:  # noqa: BLE001
+        logging.getLogger("tri_inductor").warning(
+            "tri_inductor: hook %s on %s not installed (%s: %s); that module runs unchanged. Tested "
+            "versions: %s", getattr(callback, "__name__", callback), name, type(e).__name__, e, TESTED)
+
+
 def when_imported(name: str, callback: Callable[[ModuleType], None]) -> None:
     """``callback(module)`` now if ``name`` is imported, else right after its first import."""
     module = sys.modules.get(name)
     if module is not None:
-        callback(module)
+        _install(name, callback, module)
         return
     _post_import.pending.setdefault(name, []).append(callback)
     if _post_import not in sys.meta_path:
