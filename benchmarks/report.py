@@ -190,24 +190,29 @@ def e2e_section(name: str, d: dict[str, Any]) -> str:
     for wname, w in ws.items():
         o, b, df = w.get(OURS) or {}, w.get(BASE) or {}, w.get(DEFAULT) or {}
         sp = w.get("spec", {})
-        rows.append([wname, w.get("group", ""), f"{sp.get('n', '?')} x {_lens(sp.get('prompt_len'))}/{_lens(sp.get('out_len'))}",
-                     _num(o.get("tokens_per_s")), _num(b.get("tokens_per_s")), _ratio(w.get("throughput_ratio")),
-                     f"{_num((o.get('ttft_ms') or {}).get('median'))} / {_num((b.get('ttft_ms') or {}).get('median'))}",
-                     f"{_num((o.get('itl_ms') or {}).get('median'), 2)} / {_num((b.get('itl_ms') or {}).get('median'), 2)}",
-                     f"{_num((o.get('itl_ms') or {}).get('p90'), 2)} / {_num((b.get('itl_ms') or {}).get('p90'), 2)}",
-                     _ratio(w.get("itl_ratio"))]
-                    + ([_num(df.get("tokens_per_s")), _ratio(w.get("throughput_ratio_vs_default")),
-                        f"{_num((o.get('itl_ms') or {}).get('median'), 2)} / {_num((df.get('itl_ms') or {}).get('median'), 2)}",
-                        _ratio(w.get("itl_ratio_vs_default")), e2e_status_vs_default(w)] if has_default else [])
-                    + ["-" if w.get("noise") is None else f"±{w['noise'] * 100:.1f}%",
-                       e2e_status(w) if has_compile else "-"])
+        row = [wname, w.get("group", ""), f"{sp.get('n', '?')} x {_lens(sp.get('prompt_len'))}/{_lens(sp.get('out_len'))}",
+               _num(o.get("tokens_per_s"))]
+        if has_compile:
+            row += [_num(b.get("tokens_per_s")), _ratio(w.get("throughput_ratio")),
+                    f"{_num((o.get('ttft_ms') or {}).get('median'))} / {_num((b.get('ttft_ms') or {}).get('median'))}",
+                    f"{_num((o.get('itl_ms') or {}).get('median'), 2)} / {_num((b.get('itl_ms') or {}).get('median'), 2)}",
+                    f"{_num((o.get('itl_ms') or {}).get('p90'), 2)} / {_num((b.get('itl_ms') or {}).get('p90'), 2)}",
+                    _ratio(w.get("itl_ratio"))]
+        if has_default:
+            row += [_num(df.get("tokens_per_s")), _ratio(w.get("throughput_ratio_vs_default")),
+                    f"{_num((o.get('itl_ms') or {}).get('median'), 2)} / {_num((df.get('itl_ms') or {}).get('median'), 2)}",
+                    _ratio(w.get("itl_ratio_vs_default")), e2e_status_vs_default(w)]
+        noise = w.get("noise") if has_compile else w.get("noise_vs_default", w.get("noise"))
+        row += ["-" if noise is None else f"±{noise * 100:.1f}%"]
+        rows.append(row + ([e2e_status(w)] if has_compile else []))
     if rows:
-        out.append(_table(["workload", "kind", "requests x in/out tokens", "tri_inductor tok/s", "vLLM-compile tok/s",
-                           "throughput ratio", "TTFT median ms (ours / vLLM)", "ITL median ms (ours / vLLM)",
-                           "ITL p90 ms (ours / vLLM)", "ITL ratio"]
+        out.append(_table(["workload", "kind", "requests x in/out tokens", "tri_inductor tok/s"]
+                          + (["vLLM-compile tok/s", "throughput ratio", "TTFT median ms (ours / vLLM)",
+                              "ITL median ms (ours / vLLM)", "ITL p90 ms (ours / vLLM)", "ITL ratio"]
+                             if has_compile else [])
                           + (["vLLM-default (FA3; rms_norm native) tok/s", "throughput vs default", "ITL median ms (ours / default)",
                               "ITL vs default", "vs default"] if has_default else [])
-                          + ["noise (rep spread)", "status"], rows))
+                          + ["noise (rep spread)"] + (["status"] if has_compile else []), rows))
     else:
         out.append("No workload finished.")
     eng = d.get("engines", {})
@@ -216,7 +221,7 @@ def e2e_section(name: str, d: dict[str, Any]) -> str:
         # GEMM tuning per start (records from before it was kept have no such columns)
         tuned = any(k.endswith("_tuning") for e in eng.values() if isinstance(e, dict) for k in e)
         for b, label in ((OURS, "tri_inductor"), (BASE, "vLLM-compile"), (DEFAULT, "vLLM-default (FA3)")):
-            if b == DEFAULT and b not in eng:
+            if b != OURS and b not in eng:
                 continue
             e = eng.get(b) or {}
             ph = e.get("cold_start_phases") or {}
@@ -247,6 +252,9 @@ def e2e_section(name: str, d: dict[str, Any]) -> str:
                 vs_default = (f" Against vLLM-default: throughput {_ratio(w.get('throughput_ratio_vs_default'))}, ITL "
                               f"{_ratio(w.get('itl_ratio_vs_default'))}"
                               + (f"; {w['reason_vs_default']}" if w.get("reason_vs_default") else "") + ".")
+            if not has_compile:
+                out.append(f"* **{n}**:" + vs_default + " " + _profile_text(w.get("profile"), DEFAULT))
+                continue
             out.append(f"* **{n}**: throughput {_ratio(w.get('throughput_ratio'))}, ITL {_ratio(w.get('itl_ratio'))}"
                        + (" (within run-to-run noise)" if w.get("within_noise") else "") + ". "
                        + (f"Reason: {w['reason']}. " if w.get("reason") else "Reason: not profiled. ")
@@ -262,10 +270,10 @@ def e2e_section(name: str, d: dict[str, Any]) -> str:
     return "\n".join(out)
 
 
-def _profile_text(prof: Any) -> str:
+def _profile_text(prof: Any, base: str = BASE) -> str:
     if not isinstance(prof, dict) or not prof:
         return ""
-    o, b = prof.get(OURS) or {}, prof.get(BASE) or {}
+    o, b = prof.get(OURS) or {}, prof.get(base) or {}
     co, cb = o.get("classes_us") or {}, b.get("classes_us") or {}
     if not co and not cb:
         return ""
@@ -276,7 +284,8 @@ def _profile_text(prof: Any) -> str:
     host_b = (b.get("wall_ms") or 0) - (b.get("gpu_busy_ms") or 0)
     parts.append(f"host gaps {host_o:.1f}/{host_b:.1f}")
     top = (o.get("top") or [{}])[0].get("name")
-    return ("Profile (short run, GPU ms ours/vLLM): " + ", ".join(parts)
+    label = "vLLM-default" if base == DEFAULT else "vLLM"
+    return (f"Profile (short run, GPU ms ours/{label}): " + ", ".join(parts)
             + (f"; our top kernel `{str(top)[:60]}`" if top else "") + ".")
 
 
@@ -385,7 +394,8 @@ def census_section(name: str, d: dict[str, Any]) -> str:
         tf = m.get("teacher_forced") or {}
         sm = m.get("same_mode") or {}
         gap = (sm or tf).get("max_disagreement_gap")
-        rows.append([model, "PASS" if m.get("pass") else "FAIL", _pct(sm), _pct(m.get("eager_control_same_mode")),
+        rows.append([model, "PASS" if m.get("pass") else "FAIL", _pct(sm), _pct(m.get("fa3_control_same_mode")),
+                     _pct(m.get("eager_control_same_mode")),
                      "-" if g.get("match_rate") is None else f"{g['match_rate'] * 100:.2f}%",
                      _pct(tf), _pct(m.get("baseline_self_teacher_forced")), _pct(m.get("eager_control_teacher_forced")),
                      "-" if gap is None else f"{gap:.4f}",
@@ -393,6 +403,7 @@ def census_section(name: str, d: dict[str, Any]) -> str:
                      str(m.get("commit") or d.get("commit") or "?")[:10]])
     out.append(_table(["model", "status",
                        "top-1 agreement, same mode: ours vs vLLM compile (both prefill the same sequences)",
+                       "control, same mode: vLLM with FA3 vs vLLM compile (TRITON_ATTN)",
                        "control, same mode: vLLM eager vs vLLM compile",
                        "greedy tokens equal (free-running)",
                        "top-1 agreement on vLLM compile's generated tokens: ours",

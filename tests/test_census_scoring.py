@@ -1,6 +1,7 @@
 """The vLLM census's scoring, on synthetic data (the census itself runs on the GPU machine)."""
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 from pathlib import Path
@@ -66,6 +67,53 @@ def test_pass_rests_on_same_mode_when_recorded():
     assert vllm_census.parity_verdict(entry)["pass"]
     assert not vllm_census.parity_verdict({"teacher_forced": {"pass": False}, "greedy": {"pass": True}})["pass"]
 
+
+
+def _same_mode(agree: int, total: int, beyond: int = 0) -> dict:
+    """A same-mode score as score_same_mode writes it (rate, beyond-noise list, own pass)."""
+    rate = round(agree / total, 5)
+    return {"positions": total, "agree": agree, "match_rate": rate, "beyond_noise": [{"gap": 0.5}] * beyond,
+            "pass": rate >= 0.99 and not beyond}
+
+
+@pytest.mark.parametrize("ours, fa3, passes", [
+    (_same_mode(1978, 2000), _same_mode(1970, 2000), True),    # 98.9% >= FA3's 98.5%: two attention kernels
+    (_same_mode(1960, 2000), _same_mode(1978, 2000), False),   # below FA3's agreement
+    (_same_mode(1990, 2000, beyond=1), _same_mode(1900, 2000), False),  # a confident flip is never noise
+    (_same_mode(1995, 2000), _same_mode(2000, 2000), True),    # >= 99% on its own
+])
+def test_fa3_control_is_the_bar_for_our_attention(ours, fa3, passes):
+    """Issue 26: with our paged attention selected, same-mode agreement with the TRITON_ATTN engine
+    passes when at least what vLLM with FA3 reaches against it, and nothing beyond bf16 noise."""
+    entry = {"same_mode": ours, "fa3_control_same_mode": fa3,
+             "vs_attention_control": vllm_census.score_vs_attention_control(ours, fa3)}
+    v = vllm_census.parity_verdict(entry)
+    assert v["pass"] is passes
+    assert v["control_match_rate"] == fa3["match_rate"] and v["match_rate"] == ours["match_rate"]
+
+
+def test_fa3_control_engine_differs_from_the_baseline_in_attention_only():
+    base = vllm_census.engine_kwargs("inductor", "/m", "auto")
+    fa3 = vllm_census.engine_kwargs(vllm_census.ATTN_CONTROL, "/m", "auto")
+    assert fa3.pop("attention_backend") == "FLASH_ATTN" and base.pop("attention_backend") == "TRITON_ATTN"
+    assert fa3 == base
+
+
+def test_only_the_fa3_control_gets_the_stub_kv_write(monkeypatch, tmp_path):
+    """GPU_ENV_FA3=1 lets the .gpu-env stub serve the CUDA KV-cache write: any engine but the FA3
+    control must run without it, so that a CUDA op call of ours still raises."""
+    seen = {}
+
+    def fake_run(cmd, env, **kw):
+        seen[cmd[cmd.index("--backend") + 1]] = env.get("GPU_ENV_FA3")
+        raise vllm_census.subprocess.TimeoutExpired(cmd, 1)
+
+    monkeypatch.setenv("GPU_ENV_FA3", "1")
+    monkeypatch.setattr(vllm_census.subprocess, "run", fake_run)
+    args = argparse.Namespace(prompts=1, tokens=1, tp=1, timeout=1)
+    for b in ("tri_inductor", "inductor", vllm_census.ATTN_CONTROL):
+        vllm_census.run_worker(args, "m", tmp_path, "auto", b, tmp_path / f"{b}.json")
+    assert seen == {"tri_inductor": None, "inductor": None, vllm_census.ATTN_CONTROL: "1"}
 
 # ----------------------------------------------------------------------------- --reference hf
 def test_hf_greedy_with_the_cache_is_greedy_on_the_whole_prefix():

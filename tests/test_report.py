@@ -144,9 +144,10 @@ def test_report_rows(results):
     fused = _row(md, "gate_up GEMM + SiLU-and-mul fused (2x14336x4096) vs cuBLAS + Inductor's SiLU-and-mul")
     assert fused[1:4] == ["1.000x", "0.970x", "M=1,4096"]
     assert "rms_norm" in md
-    assert _row(md, "llama")[1:9] == ["PASS", "99.50%", "99.00%", "100.00%", "98.00%", "97.90%", "97.00%", "0.0156"]
+    assert _row(md, "llama")[1:10] == ["PASS", "99.50%", "-", "99.00%", "100.00%", "98.00%", "97.90%", "97.00%",
+                                     "0.0156"]  # "-": no FA3 control in that census
     g = _row(md, "gemma")
-    assert g[1] == "FAIL" and g[2] == g[3] == g[5] == g[6] == g[7] == "-" and g[10] == "4" and "nvjet" in g[11]  # no scores in that file
+    assert g[1] == "FAIL" and g[2] == g[3] == g[4] == g[6] == g[7] == g[8] == "-" and g[11] == "4" and "nvjet" in g[12]  # no scores in that file
     assert _row(md, "cold") == ["cold", "40.00", "100.5", "3", "12", "0 / 0"]
     assert _row(md, "warm") == ["warm", "6.40", "30.0", "0", "0", "1 / 3"]
     assert _row(md, "after_import")[1] == "not run" and "**6.2x**" in md
@@ -600,6 +601,11 @@ def test_e2e_default_baseline_only_and_planned_sequential(tmp_path):
     w = d["workloads"]["decode1"]
     assert w["throughput_ratio"] is None and w["throughput_ratio_vs_default"] > 1.0 and w["pass"] is True
     assert d["pass"] is True and "inductor" not in d["engines"]
+    # its table has no compile-path columns and no compile-path start-up row
+    md = report.e2e_section("e2e_h100_L2.json", d)
+    assert "vLLM-compile tok/s" not in md and "| vLLM-compile |" not in md
+    r = _row(md, "decode1")
+    assert r[5] == f"{w['throughput_ratio_vs_default']:.3f}x" and "meets" in r[8]
 
 
 def test_headline_quotes_the_default_path(tmp_path):
