@@ -597,7 +597,7 @@ def main():
                    "tri_inductor when its module imports); module:function plugs any paged_attention-like callable")
     p.add_argument("--attn-ours", default=None, help="the column the JSON's attention_*_vs_fa3 keys are about "
                    "(default tri_inductor if present, else vllm_triton)")
-    p.add_argument("--attn-kinds", default="decode,prefill", help="paged attention points: decode, prefill or both")
+    p.add_argument("--attn-kinds", default="decode,prefill", help="paged attention points: any of decode, decode_mixed (mixed context lengths), prefill")
     p.add_argument("--attn-rounds", type=int, default=3)
     p.add_argument("--dry-run", action="store_true", help="print what would run (paged attention's points, "
                    "memory plan, kernels found); touches no GPU")

@@ -31,6 +31,7 @@ No torch/vLLM work at import: the plan, the summary and the dry run work on a CP
 """
 from __future__ import annotations
 
+import functools
 import importlib
 import inspect
 import json
@@ -42,6 +43,10 @@ BLOCK = 16
 DECODE_BATCH = (1, 8, 32, 128, 256)
 DECODE_CTX = (512, 2048, 8192, 32768)
 PREFILL_LEN = (512, 2048, 8192)
+# decode at mixed context lengths, as a serving batch has them (the e2e "mixed" workload's
+# decode steps): batch x longest context; the others spread over 32 .. longest
+MIXED_BATCH = (16, 64, 128)
+MIXED_CTX = (2048, 8192)
 HEADS = ((32, 8), (28, 4))
 HEAD_DIMS = (64, 128)
 # vLLM 0.26 defaults the two backends are called with
@@ -49,10 +54,17 @@ CAPTURE_SIZES = (1, 2, 4, *range(8, 513, 8))  # cudagraph_capture_sizes, max 512
 FA3_CG_SPLITS = 32  # attention_config.flash_attn_max_num_splits_for_cuda_graph
 NUM_PAR_SOFTMAX_SEGMENTS, MIN_LAUNCH_GRID_SIZE_2D = 16, 128  # triton_attn.py
 REL_TOL = 2e-2
+KINDS = ("decode", "decode_mixed", "prefill")
 OURS_MODULE = "tri_inductor.patterns.paged_attention"
 
 
 # ======================================================================= plan (CPU)
+
+
+def mixed_lens(batch: int, longest: int) -> list[int]:
+    """Deterministic context lengths spread over 32 .. ``longest``; the first is the longest
+    (the numerics check reads sequence 0)."""
+    return [longest] + [32 + (i * 997) % (longest - 32) for i in range(1, batch)]
 
 
 def points(kinds: Sequence[str] = ("decode", "prefill")) -> list[dict[str, Any]]:
@@ -63,6 +75,11 @@ def points(kinds: Sequence[str] = ("decode", "prefill")) -> list[dict[str, Any]]
                 for b in DECODE_BATCH:
                     for c in DECODE_CTX:
                         out.append(dict(kind="decode", batch=b, q_len=1, ctx=c, prefix=c - 1, hq=hq, hkv=hkv, d=d))
+            if "decode_mixed" in kinds:
+                for b in MIXED_BATCH:
+                    for c in MIXED_CTX:
+                        out.append(dict(kind="decode_mixed", batch=b, q_len=1, ctx=c, prefix=c - 1, hq=hq, hkv=hkv,
+                                        d=d, lens=mixed_lens(b, c)))
             if "prefill" in kinds:
                 for n in PREFILL_LEN:
                     for prefix in (0, n):
@@ -75,6 +92,7 @@ def points(kinds: Sequence[str] = ("decode", "prefill")) -> list[dict[str, Any]]
 
 def point_id(p: dict[str, Any]) -> str:
     what = (f"decode b{p['batch']} ctx{p['ctx']}" if p["kind"] == "decode"
+            else f"decode mixed b{p['batch']} ctx32..{p['ctx']}" if p["kind"] == "decode_mixed"
             else f"prefill {p['q_len']}" + (f"+{p['prefix']} cached" if p["prefix"] else ""))
     return f"{what} {p['hq']}/{p['hkv']} d{p['d']}"
 
@@ -130,16 +148,17 @@ def summarize(rows: list[dict[str, Any]], ours: str) -> dict[str, Any]:
     minimum and the worst five of ``ours``."""
     good = [r for r in rows if isinstance((r.get("vs_fa3") or {}).get(ours), (int, float))
             and (r.get("numerics_ok") or {}).get(ours, True)]
-    by_kind = {k: [r["vs_fa3"][ours] for r in good if r["kind"] == k] for k in ("decode", "prefill")}
+    by_kind = {k: [r["vs_fa3"][ours] for r in good if r["kind"] == k] for k in KINDS}
     kernels = sorted({k for r in rows for k in (r.get("vs_fa3") or {})})
     per_kernel = {k: {kind: _geomean([r["vs_fa3"][k] for r in rows if r["kind"] == kind
                                       and isinstance(r["vs_fa3"].get(k), (int, float))
                                       and (r.get("numerics_ok") or {}).get(k, True)])
-                      for kind in ("decode", "prefill")} for k in kernels}
+                      for kind in KINDS if any(r["kind"] == kind for r in rows)} for k in kernels}
     worst = sorted(good, key=lambda r: r["vs_fa3"][ours])[:5]
     return {"attention_ours": ours,
             "attention_decode_geomean_vs_fa3": _geomean(by_kind["decode"]),
             "attention_prefill_geomean_vs_fa3": _geomean(by_kind["prefill"]),
+            "attention_decode_mixed_geomean_vs_fa3": _geomean(by_kind["decode_mixed"]),
             "attention_min_vs_fa3": round(min(r["vs_fa3"][ours] for r in good), 4) if good else None,
             "attention_points": len(good),
             "attention_geomeans_vs_fa3": per_kernel,
@@ -155,7 +174,7 @@ def describe(pts: list[dict[str, Any]], mem: dict[str, Any], kernels: list[str])
     for p in pts:
         skip = next((s["reason"] for s in mem["skipped"] if s["id"] == p["id"]), None)
         lines.append(f"  {p['id']:36s} KV {kv_gib(p):7.2f} GiB  fa3 num_splits {fa3_num_splits(p):2d}  "
-                     f"triton {'3d' if p['kind'] == 'decode' and p['batch'] <= seq_threshold_3d(p['hkv']) else '2d'}"
+                     f"triton {'3d' if p['kind'].startswith('decode') and p['batch'] <= seq_threshold_3d(p['hkv']) else '2d'}"
                      + (f"  SKIP: {skip}" if skip else ""))
     return "\n".join(lines)
 
@@ -274,6 +293,8 @@ def _load_callable(spec: str) -> Callable[..., Any]:
 
 
 KERNELS: dict[str, Callable[[Any], Callable[[], Any]]] = {"vllm_triton": _vllm_triton, "fa3": _fa3}
+# our paged attention with the balanced decode kernel (TRI_INDUCTOR_PAGED_DECODE=balanced)
+OURS_BALANCED = "tri_inductor_balanced"
 
 
 def resolve_kernels(names: Sequence[str] | None) -> tuple[dict[str, Callable], dict[str, str]]:
@@ -294,6 +315,8 @@ def resolve_kernels(names: Sequence[str] | None) -> tuple[dict[str, Callable], d
                 ok[name] = KERNELS[name]
             elif name == "tri_inductor":
                 ok[name] = signature_call(_load_callable(OURS_MODULE))
+            elif name == OURS_BALANCED:
+                ok[name] = signature_call(functools.partial(_load_callable(OURS_MODULE), decode="balanced"))
             else:
                 ok[name] = signature_call(_load_callable(name))
         except Exception as e:  # noqa: BLE001  recorded, not fatal
@@ -364,7 +387,7 @@ def run(kernel_names: Sequence[str] | None = None, ours: str | None = None, kind
         v_cache = torch.randn(cap_blocks, BLOCK, hkv, d, device=dev, dtype=torch.bfloat16, generator=gen)
         for p in group:
             row = dict(p, kv_gib=round(kv_gib(p), 3), fa3_num_splits=fa3_num_splits(p),
-                       triton_path="3d" if p["kind"] == "decode" and p["batch"] <= seq_threshold_3d(hkv) else "2d",
+                       triton_path="3d" if p["kind"].startswith("decode") and p["batch"] <= seq_threshold_3d(hkv) else "2d",
                        ms={}, vs_fa3={}, rel_err={}, numerics_ok={}, timing={}, errors={})
             need = p["batch"] * blocks_per_seq(p)
             nsets = max(1, min(n_sets(int(kv_gib(p) * 2**30)), cap_blocks // need))
@@ -376,7 +399,8 @@ def run(kernel_names: Sequence[str] | None = None, ours: str | None = None, kind
                     block_table=perm.view(p["batch"], -1).to(torch.int32),
                     q=torch.randn(p["batch"] * p["q_len"], hq, d, device=dev, dtype=torch.bfloat16, generator=gen),
                     cu_seqlens_q=torch.arange(p["batch"] + 1, device=dev, dtype=torch.int32) * p["q_len"],
-                    seq_lens=torch.full((p["batch"],), p["ctx"], device=dev, dtype=torch.int32))
+                    seq_lens=(torch.tensor(p["lens"], device=dev, dtype=torch.int32) if "lens" in p
+                              else torch.full((p["batch"],), p["ctx"], device=dev, dtype=torch.int32)))
                 sets.append(tt)
             ref, rsl = _reference(sets[0])
             fns = {}

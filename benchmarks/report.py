@@ -357,12 +357,17 @@ def attention_section(name: str, d: dict[str, Any]) -> str:
                                                  if a.get("unavailable") else "")]
         return "\n".join(out)
     grows = []
-    for k, g in (d.get("attention_geomeans_vs_fa3") or {}).items():
-        grows.append([k, _ratio(g.get("decode")), _ratio(g.get("prefill")),
-                      _ratio(min((r["vs_fa3"][k] for r in rows if isinstance((r.get("vs_fa3") or {}).get(k), (int, float))),
-                                 default=None))])
+    gms = d.get("attention_geomeans_vs_fa3") or {}
+    mixed = any("decode_mixed" in g for g in gms.values())  # decode at mixed context lengths, where measured
+    for k, g in gms.items():
+        grows.append([k, _ratio(g.get("decode"))] + ([_ratio(g.get("decode_mixed"))] if mixed else [])
+                     + [_ratio(g.get("prefill")),
+                        _ratio(min((r["vs_fa3"][k] for r in rows if isinstance((r.get("vs_fa3") or {}).get(k), (int, float))),
+                                   default=None))])
     if grows:
-        out.append(_table(["kernel", "decode geomean vs FA3", "prefill geomean vs FA3", "min"], grows))
+        out.append(_table(["kernel", "decode geomean vs FA3"]
+                          + (["decode, mixed context lengths, geomean vs FA3"] if mixed else [])
+                          + ["prefill geomean vs FA3", "min"], grows))
     out += ["", f"`{ours}`: decode **{_ratio(d.get('attention_decode_geomean_vs_fa3'))}**, prefill "
             f"**{_ratio(d.get('attention_prefill_geomean_vs_fa3'))}**, min {_ratio(d.get('attention_min_vs_fa3'))} "
             f"over {d.get('attention_points', '?')} points; worst five: "

@@ -47,13 +47,13 @@ def make_inputs(q_lens, seq_lens, hq, hk, d, block_size=16, dtype=torch.bfloat16
 
 
 def run_case(q_lens, seq_lens, hq, hk, d, block_size=16, dtype=torch.bfloat16, window=None, softcap=0.0,
-             with_sinks=False, num_splits=None, seed=0):
+             with_sinks=False, num_splits=None, seed=0, decode=None):
     q, kc, vc, cu, sl, bt = make_inputs(q_lens, seq_lens, hq, hk, d, block_size, dtype, seed)
     sinks = torch.randn(hq, generator=torch.Generator().manual_seed(seed + 1)) if with_sinks else None
     out = torch.full_like(q, float("nan"))
     scale = d ** -0.5
     paged_attention(q, kc, vc, out, cu, sl, bt, max(q_lens), max(seq_lens), scale, window=window,
-                    softcap=softcap, sinks=sinks, num_splits=num_splits)
+                    softcap=softcap, sinks=sinks, num_splits=num_splits, decode=decode)
     ref = paged_attention_ref(q, kc, vc, cu, sl, bt, scale, window=window, softcap=softcap, sinks=sinks)
     assert not out.isnan().any()
     torch.testing.assert_close(out.double(), ref, **TOL[dtype])
@@ -111,6 +111,51 @@ def test_decode_skips_empty_query_rows(interpreter):
     paged_attention(q, kc, vc, out, cu3, sl3, bt3, 1, 40, 0.125, num_splits=2)
     ref = paged_attention_ref(q, kc, vc, cu3, sl3, bt3, 0.125)
     torch.testing.assert_close(out.double(), ref, **TOL[torch.bfloat16])
+
+
+# ----------------------------------------------------------------------------- balanced decode
+
+@pytest.mark.parametrize("hq,hk,d,lens", [
+    (8, 2, 128, [1, 37, 130]),                 # the 130-key sequence cut in several items
+    (4, 4, 64, [700, 3, 64, 65, 1]),            # MHA, lengths on and off tile edges
+    (7, 1, 80, [300, 9]),                       # GQA 7 (padded group), head dim 80
+    (14, 2, 64, [17, 1000, 250, 33, 5, 64]),    # GQA 7 over two KV heads, a long tail
+], ids=["gqa4-d128", "mha-edges", "gqa7-d80", "gqa7x2-mixed"])
+def test_balanced_decode(interpreter, hq, hk, d, lens):
+    run_case([1] * len(lens), lens, hq, hk, d, decode="balanced")
+
+
+def test_balanced_decode_window_softcap_sinks_fp16(interpreter):
+    run_case([1, 1, 1], [9, 100, 400], 8, 2, 64, window=40, softcap=5.0, with_sinks=True, decode="balanced")
+    run_case([1, 1], [33, 290], 8, 2, 64, dtype=torch.float16, block_size=32, decode="balanced")
+
+
+def test_balanced_launch_shape():
+    """From the batch and the device only (the same in and out of a CUDA graph): at most one
+    program per resident slot, a power-of-two cut cap."""
+    cfg = L.balanced_cfg(3, 8, 2, 128, torch.device("cpu"))
+    assert cfg.splits_cap >= 2 and cfg.splits_cap & (cfg.splits_cap - 1) == 0
+    assert cfg.programs <= L.CPU_SMS * L.CTAS_PER_SM and cfg.seqs_pad == 4
+    # a batch too large to cut finer than one item per sequence still gets a valid launch
+    big = L.balanced_cfg(4096, 32, 8, 128, torch.device("cpu"))
+    assert big.splits_cap == 2 and big.programs == L.CPU_SMS * L.CTAS_PER_SM
+
+
+def test_balanced_decode_twice_and_graph_padding(interpreter):
+    """Graph padding (a sequence with no query) takes no work; the counters the cut sequences used
+    are back at zero after a launch, so a second launch (a graph replay) is right too."""
+    from tri_inductor.patterns.paged_attention import ops
+
+    q, kc, vc, cu, sl, bt = make_inputs([1, 1], [20, 600], 8, 2, 64)
+    cu3 = torch.tensor([0, 1, 1, 2], dtype=torch.int32)  # middle sequence: graph padding, no queries
+    sl3 = torch.tensor([20, 900, 600], dtype=torch.int32)
+    bt3 = torch.stack([bt[0], bt[0], bt[1]])
+    ref = paged_attention_ref(q, kc, vc, cu3, sl3, bt3, 0.125)
+    for _ in range(2):
+        out = torch.full_like(q, float("nan"))
+        paged_attention(q, kc, vc, out, cu3, sl3, bt3, 1, 900, 0.125, decode="balanced")
+        torch.testing.assert_close(out.double(), ref, **TOL[torch.bfloat16])
+        assert int(ops.decode_counters(6, q.device).abs().sum()) == 0
 
 
 # ----------------------------------------------------------------------------- prefill
@@ -255,6 +300,25 @@ def test_decode_kernels_compile_for_sm90(group, head, split, feat):
     if split:
         _sm90(paged_attn_reduce_kernel, dict(NUM_Q_HEADS=8 * group, HEAD=head, HEAD_PAD=L.head_pad(head),
                                              SPLITS_PAD=cfg.splits_pad, USE_SINKS=feat, USE_PDL=True), 4, 1)
+
+
+@pytest.mark.parametrize("group,head,batch,feat", [
+    (4, 128, 64, False), (7, 64, 3, True), (1, 256, 16, False), (8, 128, 512, True)],
+    ids=["gqa4-d128-b64", "gqa7-d64-b3-win-cap-sinks", "mha-d256-b16", "gqa8-d128-b512-all"])
+def test_balanced_decode_compiles_for_sm90(group, head, batch, feat):
+    from tri_inductor.patterns.paged_attention.balanced import paged_attn_decode_balanced_kernel
+
+    cfg = L.balanced_cfg(batch, 8 * group, 8, head, torch.device("cpu"))
+    consts = dict(NUM_KV_HEADS=8, GROUP=group, BLOCK_G=cfg.block_g, HEAD=head, HEAD_PAD=L.head_pad(head),
+                  BLOCK_SIZE=16, TILE_N=cfg.tile_n, WINDOW=4096 if feat else 0, USE_SOFTCAP=feat, USE_SINKS=feat,
+                  SPLITS_CAP=cfg.splits_cap, SEQS_PAD=cfg.seqs_pad, USE_PDL=True)
+    out = _sm90(paged_attn_decode_balanced_kernel, consts, cfg.num_warps, cfg.num_stages,
+                i32ptr=("block_table_ptr", "seq_lens_ptr", "cu_q_ptr", "count_ptr"))
+    ttgir = out.asm["ttgir"]
+    # the K/V tiles of the inner loop are pipelined (asynchronous copies), the counter is an
+    # acquire-release atomic, the partials are read past L1
+    assert "async_copy_global_to_local" in ttgir
+    assert "acq_rel" in ttgir and ".cg" in out.asm["ptx"]
 
 
 @pytest.mark.parametrize("group,head,max_q,feat", [
@@ -443,6 +507,21 @@ def test_builder_tunes_prefill_tiles_at_engine_start(monkeypatch, caplog):
     assert "not tuned at start" in caplog.text and "no shared memory" in caplog.text
     with pytest.raises(RuntimeError, match="no shared memory"):
         _builder(monkeypatch, torch.bfloat16, calls, fail=RuntimeError("no shared memory"), strict=True)
+
+
+def test_builder_reserves_balanced_decode_counters_before_capture(monkeypatch):
+    """With TRI_INDUCTOR_PAGED_DECODE=balanced the builder (before CUDA-graph capture) reserves the
+    counters of vLLM's largest batch; with the default split decode it reserves nothing."""
+    import tri_inductor.vllm_attention as VA
+
+    reserved = []
+    monkeypatch.setattr(VA, "decode_counters", lambda n, device: reserved.append((n, device)))
+    monkeypatch.delenv("TRI_INDUCTOR_PAGED_DECODE", raising=False)
+    _builder(monkeypatch, torch.bfloat16, [])
+    assert reserved == []
+    monkeypatch.setenv("TRI_INDUCTOR_PAGED_DECODE", "balanced")
+    _builder(monkeypatch, torch.bfloat16, [])
+    assert reserved == [(1024 * 8, torch.device("cuda", 0))]  # no scheduler config here: vLLM's largest default
 
 
 def test_prepare_prefill_without_gpu_uses_stored_or_heuristic_tiles():

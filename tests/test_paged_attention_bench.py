@@ -34,6 +34,24 @@ def test_points_cover_the_grid():
     assert [p["kind"] for p in PA.points(["prefill"])] == ["prefill"] * 24
 
 
+def test_mixed_length_decode_points_and_the_balanced_column():
+    """decode_mixed: serving-like batches, lengths 32 .. longest, the first the longest (the
+    numerics check reads sequence 0); summarized on their own; the balanced decode is a column."""
+    pts = PA.points(["decode_mixed"])
+    assert len(pts) == len(PA.MIXED_BATCH) * len(PA.MIXED_CTX) * 2 * 2 and len({p["id"] for p in pts}) == len(pts)
+    for p in pts:
+        assert len(p["lens"]) == p["batch"] and max(p["lens"]) == p["lens"][0] == p["ctx"]
+        assert min(p["lens"]) >= 32 and len(set(p["lens"])) > p["batch"] // 2
+    assert pts[0]["id"].startswith("decode mixed b16 ctx32..2048")
+    rows = [{"id": "m", "kind": "decode_mixed", "vs_fa3": {"k": 0.5}, "numerics_ok": {"k": True}},
+            {"id": "d", "kind": "decode", "vs_fa3": {"k": 2.0}, "numerics_ok": {"k": True}}]
+    s = PA.summarize(rows, "k")
+    assert s["attention_decode_mixed_geomean_vs_fa3"] == 0.5 and s["attention_decode_geomean_vs_fa3"] == 2.0
+    assert s["attention_geomeans_vs_fa3"]["k"] == {"decode": 2.0, "decode_mixed": 0.5}
+    ok, why = PA.resolve_kernels([PA.OURS_BALANCED])
+    assert PA.OURS_BALANCED in ok, why
+
+
 def test_memory_plan_skips_what_does_not_fit():
     pts = PA.points(["decode"])
     big = next(p for p in pts if p["batch"] == 256 and p["ctx"] == 32768 and p["hkv"] == 8 and p["d"] == 128)

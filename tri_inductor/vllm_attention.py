@@ -19,7 +19,9 @@ from vllm.v1.attention.backend import AttentionType
 from vllm.v1.attention.backends.triton_attn import (TritonAttentionBackend, TritonAttentionImpl,
                                                     TritonAttentionMetadataBuilder)
 
+from . import envs
 from .patterns.paged_attention import decline_reason, paged_attention, prepare_prefill
+from .patterns.paged_attention.ops import decode_counters
 from .tuning import device_fault
 
 log = logging.getLogger("tri_inductor.vllm")
@@ -135,6 +137,10 @@ class TriPagedAttentionMetadataBuilder(TritonAttentionMetadataBuilder):
         if (torch.device(self.device).type != "cuda" or self.kv_cache_spec.dtype != model_dtype
                 or self.num_heads_q % self.num_heads_kv):
             return  # a quantized cache (our kernel declines it) or no GPU: nothing to tune
+        if envs.paged_decode() == "balanced":
+            # the balanced decode's counters, before CUDA-graph capture (none allocated inside it)
+            max_seqs = getattr(getattr(self.vllm_config, "scheduler_config", None), "max_num_seqs", None) or 1024
+            decode_counters(max_seqs * self.num_heads_kv, torch.device(self.device))
         try:
             prepare_prefill(self.num_heads_q // self.num_heads_kv, self.headdim, self.block_size, model_dtype)
         except Exception as e:

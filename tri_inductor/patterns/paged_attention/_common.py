@@ -59,6 +59,24 @@ def softmax_update(s, c, m_i, l_i, acc):
 
 
 @triton.jit
+def attend_keys(q, m_i, l_i, acc, t0, t1, lo, seq_len, k_ptr, v_ptr, bt_row_ptr, kvh, offs_n, offs_d, d_mask,
+                scale, softcap, sk0, sk1, sk2, sk3, sv0, sv1, sv2, sv3,
+                BLOCK_SIZE: tl.constexpr, TILE_N: tl.constexpr, USE_SOFTCAP: tl.constexpr):
+    """The decode kernels' loop: KV tiles ``t0 .. t1 - 1`` (keys from ``lo``) folded into one
+    group's softmax state, keys at or past ``seq_len`` masked."""
+    for t in range(t0, t1):
+        pos = lo + t * TILE_N + offs_n
+        valid = pos < seq_len
+        kt, v = load_kv_tile(k_ptr, v_ptr, bt_row_ptr, pos, valid, kvh, offs_d, d_mask,
+                             sk0, sk1, sk2, sk3, sv0, sv1, sv2, sv3, BLOCK_SIZE)
+        s, c = scores(q, kt, scale, softcap, USE_SOFTCAP)
+        s = tl.where(valid[None, :], s, float("-inf"))
+        m_i, l_i, acc, p = softmax_update(s, c, m_i, l_i, acc)
+        acc = tl.dot(p.to(v.dtype), v, acc)
+    return m_i, l_i, acc
+
+
+@triton.jit
 def add_sink(m_i, l_i, acc, sink_log2):
     """Fold a per-head sink logit (an extra key with no value) into the softmax state."""
     m_new = tl.maximum(m_i, sink_log2)

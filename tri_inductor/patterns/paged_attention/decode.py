@@ -14,7 +14,7 @@ import triton
 import triton.language as tl
 
 from .._pdl import pdl_wait
-from ._common import LOG2E, add_sink, load_kv_tile, scores, softmax_update
+from ._common import LOG2E, add_sink, attend_keys
 
 
 @triton.jit
@@ -59,15 +59,9 @@ def paged_attn_decode_kernel(
         m_i = tl.full([BLOCK_G], float("-inf"), tl.float32)
         l_i = tl.zeros([BLOCK_G], tl.float32)
         acc = tl.zeros([BLOCK_G, HEAD_PAD], tl.float32)
-        for t in range(t0, t1):
-            pos = lo + t * TILE_N + offs_n
-            valid = pos < seq_len
-            kt, v = load_kv_tile(k_ptr, v_ptr, bt_row, pos, valid, kvh, offs_d, d_mask,
-                                 sk0, sk1, sk2, sk3, sv0, sv1, sv2, sv3, BLOCK_SIZE)
-            s, c = scores(q, kt, scale, softcap, USE_SOFTCAP)
-            s = tl.where(valid[None, :], s, float("-inf"))
-            m_i, l_i, acc, p = softmax_update(s, c, m_i, l_i, acc)
-            acc = tl.dot(p.to(v.dtype), v, acc)
+        m_i, l_i, acc = attend_keys(q, m_i, l_i, acc, t0, t1, lo, seq_len, k_ptr, v_ptr, bt_row, kvh, offs_n,
+                                    offs_d, d_mask, scale, softcap, sk0, sk1, sk2, sk3, sv0, sv1, sv2, sv3,
+                                    BLOCK_SIZE, TILE_N, USE_SOFTCAP)
 
         if SPLIT:
             # partials of every split, empty ones too (max -inf, sum 0): the reduce reads them all
