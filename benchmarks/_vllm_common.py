@@ -412,3 +412,28 @@ def nvidia_smi_memory_gib() -> float | None:
         return round(float(out[0]) / 1024, 2) if out and out[0].strip() else None
     except Exception:  # noqa: BLE001
         return None
+
+
+# --------------------------------------------------------------------------- .gpu-env
+
+
+def fa3_env_problem(environ: dict[str, str] | None = None) -> str | None:
+    """Why a FLASH_ATTN (FA3) engine cannot run here, or None. In ``.gpu-env`` (vLLM's CUDA
+    extension replaced by a stub) its KV-cache write is served only in processes that see
+    ``GPU_ENV_FA3=1``; ``GPU_ENV_FA3=1 source .gpu-env/setup.sh`` unpacks FA3 but does not export
+    the variable to the engines' processes, which then fail after a minute of start-up."""
+    import importlib.util
+
+    environ = os.environ if environ is None else environ
+    spec = importlib.util.find_spec("vllm")
+    if spec is None or not spec.origin:
+        return None
+    try:
+        stubbed = "extension is absent" in (Path(spec.origin).parent / "_C_stable_libtorch.py").read_text()
+    except OSError:
+        return None  # a vLLM with its own CUDA extension: nothing to serve
+    if stubbed and environ.get("GPU_ENV_FA3") != "1":
+        return ("vLLM's CUDA extension is the .gpu-env stub and GPU_ENV_FA3=1 is not in this process's environment: "
+                "the FLASH_ATTN engine's KV-cache write would raise; run `export GPU_ENV_FA3=1; source "
+                ".gpu-env/setup.sh` first (a `GPU_ENV_FA3=1 source ...` prefix does not reach the engines)")
+    return None

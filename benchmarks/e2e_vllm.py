@@ -12,7 +12,7 @@ prompts (no tokenizer).  Two engines, everything equal but the compile path:
 * ``inductor`` (vLLM's compile path, the baseline): ``backend "inductor"``, custom_ops
   ``["none"]``, ``attention_backend="TRITON_ATTN"``, ``ir_op_priority`` native;
 * ``default`` (vLLM as shipped on an H100/H200, ``--baseline default|both``): ``backend
-  "inductor"``, ``attention_backend="FLASH_ATTN"`` (FA3; ``GPU_ENV_FA3=1 source .gpu-env/setup.sh``
+  "inductor"``, ``attention_backend="FLASH_ATTN"`` (FA3; ``export GPU_ENV_FA3=1; source .gpu-env/setup.sh``
   provides vLLM's real FA3 extension), everything else vLLM's defaults except what the environment
   cannot provide: rms_norm ``native`` (vLLM's CUDA rms_norm is absent; native is also vLLM's own
   default with backend inductor), ``VLLM_USE_FLASHINFER_SAMPLER=0`` (no FlashInfer), the FA
@@ -84,11 +84,12 @@ written after every workload.
 GPU command (the lead's; from the repo root, carrying ``.gpu-env``; the JSON and the engines'
 logs (``e2e_logs/``) come back through $OUT; copy the JSON to benchmarks/results/):
 
-    GPU_ENV_FA3=1 source .gpu-env/setup.sh && python3 -m pip install -q --no-deps --no-build-isolation \\
+    export GPU_ENV_FA3=1 && source .gpu-env/setup.sh && python3 -m pip install -q --no-deps --no-build-isolation \\
       --no-index -e . && GIT_COMMIT=<commit> python3 benchmarks/e2e_vllm.py --out $OUT --starts --budget-s 500
 
-(``GPU_ENV_FA3=1`` unpacks vLLM's FA3 extension for the default engine; without it that engine
-fails to start, which is recorded, and the run goes on against the compile path.)
+(``GPU_ENV_FA3=1`` unpacks vLLM's FA3 extension for the default engine and, exported, lets its
+worker write its KV cache; without it, in ``.gpu-env``, the default engine is not started (the
+record says why) and the run goes on against the compile path; ``--baseline default`` stops.)
 
 Exit status: 0 every workload meets its targets (against the compile path: >= 1.0x throughput and
 <= 1.0x median ITL; against the default path: throughput >= 1.0x, >= 0.95x on prefill8); 1
@@ -201,6 +202,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     for w in args.workloads.split(","):
         if w not in C.WORKLOADS:
             p.error(f"unknown workload {w!r}; known: {', '.join(C.WORKLOADS)}")
+    args.default_skipped = None
+    if not args.worker and not args.dry_run and DEFAULT in backends and not os.environ.get(FAKE_ENV):
+        why = C.fa3_env_problem()
+        if why and len(backends) == 2:
+            p.error(f"the vLLM-default engine cannot run: {why}")
+        if why:  # the other baseline still runs; the record says why this one did not
+            args.default_skipped = why
+            args.backends = ",".join(b for b in backends if b != DEFAULT)
+            print(f"[e2e] vLLM-default not run: {why}", flush=True)
     return args
 
 
@@ -1028,6 +1038,8 @@ def main_parent(args: argparse.Namespace) -> int:
     cache_root = Path(tempfile.mkdtemp(prefix="tri_e2e_cache_"))
     runner = Runner(args, plan, model_dir, out_dir, log_dir, cache_root)
     runner.report["card"] = C.nvidia_smi_card()  # replaced by the first engine's torch.cuda name
+    if args.default_skipped:
+        runner.report["errors"].append(f"{DEFAULT} not started: {args.default_skipped}")
     print(f"[e2e] logs in {log_dir}; caches in {cache_root}; budget {args.budget_s:.0f} s", flush=True)
 
     def on_term(signum, frame):  # the caller's timeout: stop the engines, keep what was measured

@@ -80,7 +80,7 @@ BACKENDS = ("tri_inductor", "inductor")
 # teacher-forced on the compile path's tokens: how often two correct implementations of the
 # same bf16 model agree, i.e. the floor any other kernel set is measured against.
 CONTROL = "eager"
-# Optional attention control (issue 26; needs ``GPU_ENV_FA3=1 source .gpu-env/setup.sh``): vLLM's
+# Optional attention control (issue 26; needs ``export GPU_ENV_FA3=1`` before ``source .gpu-env/setup.sh``): vLLM's
 # compile path with FLASH_ATTN (FA3), scored same-mode against the TRITON_ATTN baseline: how often
 # another correct attention kernel agrees with vLLM's Triton one. With our own paged attention
 # selected, ours differs from the baseline in attention too; a same-mode score below 99% then
@@ -530,6 +530,12 @@ def main_parent(args: argparse.Namespace) -> int:
                 print(f"  {b}: LLM({json.dumps(engine_kwargs(b, '<model_dir>', '<load_format>', args.tp))})")
         print(f"results -> {args.out or ROOT / 'benchmarks/results' / out_name('CARD', args.tp).replace('card', '<card>')}")
         return 0
+    if ATTN_CONTROL in args.backends.split(","):
+        from _vllm_common import fa3_env_problem
+
+        if why := fa3_env_problem():
+            args.backends = ",".join(b for b in args.backends.split(",") if b != ATTN_CONTROL)
+            print(f"[census] the {ATTN_CONTROL} control is not run: {why}", flush=True)
     report = environment()
     report["settings"] = {"prompts": args.prompts, "tokens": args.tokens, "layers": args.layers,
                           "vocab": args.vocab, "weights": args.weights, "profile_tokens": PROFILE_TOKENS,

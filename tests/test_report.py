@@ -550,6 +550,25 @@ def test_fa3_env_only_for_the_default_engine(monkeypatch, tmp_path):
     assert "GPU_ENV_FA3" not in envs["tri_inductor"] and "GPU_ENV_FA3" not in envs["inductor"]
 
 
+def test_fa3_env_problem_only_in_the_stubbed_environment(monkeypatch, tmp_path):
+    """In .gpu-env the FA3 engine needs GPU_ENV_FA3=1 exported (a `VAR=1 source` prefix does not
+    reach its worker); with vLLM's own CUDA extension nothing is needed."""
+    import importlib.util
+    import types
+
+    C = importlib.import_module("_vllm_common")
+    pkg = tmp_path / "vllm"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    spec = types.SimpleNamespace(origin=str(pkg / "__init__.py"))
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: spec if name == "vllm" else None)
+    assert C.fa3_env_problem({}) is None  # no stub: a real vLLM build
+    (pkg / "_C_stable_libtorch.py").write_text('raise RuntimeError("... but the CUDA extension is absent")')
+    why = C.fa3_env_problem({})
+    assert "export GPU_ENV_FA3=1" in why
+    assert C.fa3_env_problem({"GPU_ENV_FA3": "1"}) is None
+
+
 def test_greedy_agreement_and_side_ratios():
     g = C.greedy_agreement([[1, 2, 3, 4], [5, 6, 7, 8]], [[1, 2, 9, 9], [5, 6, 7, 8]], [[0.5, 0.4, 0.01, 0.2], [1] * 4])
     assert g["sequences_equal"] == 1 and g["match_rate"] == 0.75
