@@ -85,3 +85,16 @@ def add_sink(m_i, l_i, acc, sink_log2):
     l_i = l_i * alpha + tl.exp2(sink_log2 - m_safe)
     acc = acc * alpha[:, None]
     return m_new, l_i, acc
+
+
+@triton.jit
+def finish_rows(out_ptr, token, heads, offs_d, g_mask, d_mask, m_i, l_i, acc, sinks_ptr, stride_ot, stride_oh,
+                USE_SINKS: tl.constexpr):
+    """Normalise one group's softmax state (a sink folded in first) and store its rows of
+    ``token``."""
+    if USE_SINKS:
+        sink = tl.load(sinks_ptr + heads, mask=g_mask, other=float("-inf")).to(tl.float32) * LOG2E
+        m_i, l_i, acc = add_sink(m_i, l_i, acc, sink)
+    l_safe = tl.where(l_i == 0.0, 1.0, l_i)
+    tl.store(out_ptr + token.to(tl.int64) * stride_ot + heads[:, None] * stride_oh + offs_d[None, :],
+             (acc / l_safe[:, None]).to(out_ptr.dtype.element_ty), mask=g_mask[:, None] & d_mask[None, :])

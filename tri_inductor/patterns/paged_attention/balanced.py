@@ -22,18 +22,7 @@ import triton
 import triton.language as tl
 
 from .._pdl import pdl_wait
-from ._common import LOG2E, add_sink, attend_keys
-
-
-@triton.jit
-def _finish(out_ptr, token, heads, offs_d, g_mask, d_mask, m_i, l_i, acc, sinks_ptr, stride_ot, stride_oh,
-            USE_SINKS: tl.constexpr):
-    if USE_SINKS:
-        sink = tl.load(sinks_ptr + heads, mask=g_mask, other=float("-inf")).to(tl.float32) * LOG2E
-        m_i, l_i, acc = add_sink(m_i, l_i, acc, sink)
-    l_safe = tl.where(l_i == 0.0, 1.0, l_i)
-    tl.store(out_ptr + token.to(tl.int64) * stride_ot + heads[:, None] * stride_oh + offs_d[None, :],
-             (acc / l_safe[:, None]).to(out_ptr.dtype.element_ty), mask=g_mask[:, None] & d_mask[None, :])
+from ._common import attend_keys, finish_rows
 
 
 @triton.jit
@@ -98,7 +87,7 @@ def paged_attn_decode_balanced_kernel(
                                     scale, softcap, sk0, sk1, sk2, sk3, sv0, sv1, sv2, sv3,
                                     BLOCK_SIZE, TILE_N, USE_SOFTCAP)
         if n_split == 1:
-            _finish(out_ptr, token, heads, offs_d, g_mask, d_mask, m_i, l_i, acc, sinks_ptr, stride_ot, stride_oh,
+            finish_rows(out_ptr, token, heads, offs_d, g_mask, d_mask, m_i, l_i, acc, sinks_ptr, stride_ot, stride_oh,
                     USE_SINKS)
         else:
             rows = (seq.to(tl.int64) * NUM_KV_HEADS * GROUP + heads) * SPLITS_CAP
@@ -126,5 +115,5 @@ def paged_attn_decode_balanced_kernel(
                     oj = tl.load(part_o_ptr + (rows + j)[:, None] * HEAD_PAD + offs_d[None, :],
                                  mask=g_mask[:, None], other=0.0, cache_modifier=".cg")
                     o += oj * wj[:, None]
-                _finish(out_ptr, token, heads, offs_d, g_mask, d_mask, m_all, tl.sum(pl * w, 1), o, sinks_ptr,
+                finish_rows(out_ptr, token, heads, offs_d, g_mask, d_mask, m_all, tl.sum(pl * w, 1), o, sinks_ptr,
                         stride_ot, stride_oh, USE_SINKS)

@@ -14,7 +14,7 @@ import triton
 import triton.language as tl
 
 from .._pdl import pdl_wait
-from ._common import LOG2E, add_sink, attend_keys
+from ._common import LOG2E, attend_keys, finish_rows
 
 
 @triton.jit
@@ -71,13 +71,8 @@ def paged_attn_decode_kernel(
             tl.store(part_l_ptr + row, l_i, mask=g_mask)
             tl.store(part_o_ptr + row[:, None] * HEAD_PAD + offs_d[None, :], acc, mask=g_mask[:, None])
         else:
-            if USE_SINKS:
-                sink = tl.load(sinks_ptr + heads, mask=g_mask, other=float("-inf")).to(tl.float32) * LOG2E
-                m_i, l_i, acc = add_sink(m_i, l_i, acc, sink)
-            l_safe = tl.where(l_i == 0.0, 1.0, l_i)
-            o = acc / l_safe[:, None]
-            tl.store(out_ptr + token.to(tl.int64) * stride_ot + heads[:, None] * stride_oh + offs_d[None, :],
-                     o.to(out_ptr.dtype.element_ty), mask=g_mask[:, None] & d_mask[None, :])
+            finish_rows(out_ptr, token, heads, offs_d, g_mask, d_mask, m_i, l_i, acc, sinks_ptr, stride_ot, stride_oh,
+                        USE_SINKS)
 
 
 @triton.jit
