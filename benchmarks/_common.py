@@ -29,6 +29,7 @@ def metadata() -> dict[str, Any]:
         "triton": triton.__version__,
         "cuda": torch.version.cuda,
         "commit": _meta.git_info()["commit"],
+        **({"tri_inductor_env": env} if (env := _meta.tri_inductor_env()) else {}),
     }
 
 

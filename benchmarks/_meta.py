@@ -57,7 +57,16 @@ def versions() -> dict[str, Any]:
         v["tri_inductor"] = md.version("tri_inductor")
     except Exception:  # noqa: BLE001
         pass
+    env = tri_inductor_env()
+    if env:
+        v["tri_inductor_env"] = env
     return v
+
+
+def tri_inductor_env(environ: dict[str, str] | None = None) -> dict[str, str]:
+    """The ``TRI_INDUCTOR_*`` variables a run was made with (a record says which variant it measured)."""
+    environ = os.environ if environ is None else environ
+    return {k: environ[k] for k in sorted(environ) if k.startswith("TRI_INDUCTOR_")}
 
 
 def package_hash() -> str | None:

@@ -91,6 +91,9 @@ def _meta_line(card: Any, versions: dict[str, Any] | None, commit: Any, extra: s
         if versions.get(k):
             parts.append(f"{k} {versions[k]}")
     parts.append(f"commit `{str(commit or '?')[:10]}`")
+    env = versions.get("tri_inductor_env") or {}
+    if env:
+        parts.append("with " + " ".join(f"`{k}={v}`" for k, v in env.items()))
     if extra:
         parts.append(extra)
     return ", ".join(parts)

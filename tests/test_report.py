@@ -569,6 +569,16 @@ def test_fa3_env_problem_only_in_the_stubbed_environment(monkeypatch, tmp_path):
     assert C.fa3_env_problem({"GPU_ENV_FA3": "1"}) is None
 
 
+def test_records_name_the_tri_inductor_variables_they_ran_with(monkeypatch):
+    meta = importlib.import_module("_meta")
+    monkeypatch.setenv("TRI_INDUCTOR_PAGED_DECODE", "balanced")
+    monkeypatch.setenv("OTHER_VAR", "x")
+    assert meta.tri_inductor_env()["TRI_INDUCTOR_PAGED_DECODE"] == "balanced" and "OTHER_VAR" not in meta.tri_inductor_env()
+    line = report._meta_line("NVIDIA H200", {"torch": "2.11", "tri_inductor_env": meta.tri_inductor_env()}, "abc")
+    assert "`TRI_INDUCTOR_PAGED_DECODE=balanced`" in line
+    assert "TRI_INDUCTOR" not in report._meta_line("NVIDIA H200", {"torch": "2.11"}, "abc")
+
+
 def test_greedy_agreement_and_side_ratios():
     g = C.greedy_agreement([[1, 2, 3, 4], [5, 6, 7, 8]], [[1, 2, 9, 9], [5, 6, 7, 8]], [[0.5, 0.4, 0.01, 0.2], [1] * 4])
     assert g["sequences_equal"] == 1 and g["match_rate"] == 0.75
