@@ -120,7 +120,8 @@ def test_decode_skips_empty_query_rows(interpreter):
     (4, 4, 64, [700, 3, 64, 65, 1]),            # MHA, lengths on and off tile edges
     (7, 1, 80, [300, 9]),                       # GQA 7 (padded group), head dim 80
     (14, 2, 64, [17, 1000, 250, 33, 5, 64]),    # GQA 7 over two KV heads, a long tail
-], ids=["gqa4-d128", "mha-edges", "gqa7-d80", "gqa7x2-mixed"])
+    (8, 4, 64, [300 - i % 3 for i in range(40)]),  # 160 pairs: the ideal cut (4 tiles) needs two rounds, 5 fits one
+], ids=["gqa4-d128", "mha-edges", "gqa7-d80", "gqa7x2-mixed", "b40-search"])
 def test_balanced_decode(interpreter, hq, hk, d, lens):
     run_case([1] * len(lens), lens, hq, hk, d, decode="balanced")
 
