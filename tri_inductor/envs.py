@@ -155,7 +155,8 @@ VARS: dict[str, Var] = {v.name: v for v in (
         "splits, fixed per batch size; a second launch combines them) or `balanced` (one persistent "
         "launch that cuts the step's keys into equal items whatever the context lengths, and combines "
         "in place). `balanced` is for batches of mixed lengths; not yet measured on a GPU, so not the "
-        "default (docs/design/paged_attention.md).", _choice),
+        "default; not with vLLM's dual-batch overlap (two streams share its counters; "
+        "docs/design/paged_attention.md).", _choice),
     Var("TRI_INDUCTOR_CACHE_DIR", "dir", None, "$XDG_CACHE_HOME/tri_inductor or ~/.cache/tri_inductor",
         "a folder path (created when needed)",
         "Root of our tuning DB and, unless set by you, Inductor's and Triton's caches.", _dir),

@@ -62,6 +62,28 @@ def layer_decline_reason(impl: Any) -> str | None:
     return None
 
 
+def decode_kernel() -> str | None:
+    """The decode kernel for the engine being built: None (TRI_INDUCTOR_PAGED_DECODE decides per
+    call), or "split" where the balanced one must not run: vLLM's dual-batch overlap runs two
+    micro-batches' attention on two streams, and the balanced decode's counters are one buffer."""
+    if envs.paged_decode() != "balanced":
+        return None
+    try:
+        from vllm.config import get_current_vllm_config
+
+        dbo = bool(getattr(get_current_vllm_config().parallel_config, "enable_dbo", False))
+    except Exception:  # noqa: BLE001  (no config being built: nothing to rule out)
+        dbo = False
+    if dbo:
+        msg = ("tri_inductor: TRI_INDUCTOR_PAGED_DECODE=balanced is not used with vLLM's dual-batch overlap "
+               "(two streams would share its counters): split decode")
+        if msg not in _logged:
+            _logged.add(msg)
+            log.warning(msg)
+        return "split"
+    return None
+
+
 def step_decline_reason(md: Any, output_scale: Any, output_block_scale: Any) -> str | None:
     """What rules ours out for one step's metadata."""
     if output_scale is not None or output_block_scale is not None:
@@ -85,6 +107,7 @@ class TriPagedAttentionImpl(TritonAttentionImpl):
             _log_decline(self._tri_layer_decline)
         self._tri_checked: dict[tuple, str | None] = {}
         self._tri_strict = _strict_mode()
+        self._tri_decode = decode_kernel()
 
     def forward(self, layer: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                 kv_cache: torch.Tensor, attn_metadata: Any, output: torch.Tensor,
@@ -111,7 +134,8 @@ class TriPagedAttentionImpl(TritonAttentionImpl):
         try:
             paged_attention(query[:n], key_cache, value_cache, output[:n], md.query_start_loc, md.seq_lens,
                             md.block_table, md.max_query_len, md.max_seq_len, self.scale, causal=bool(md.causal),
-                            window=self.sliding_window, softcap=self.logits_soft_cap, sinks=self.sinks, check=False)
+                            window=self.sliding_window, softcap=self.logits_soft_cap, sinks=self.sinks,
+                            decode=self._tri_decode, check=False)
         except Exception as e:
             # A kernel this device's Triton cannot build (shared memory, registers, an unsupported
             # op) must not stop vLLM: its kernel from now on for these inputs, unless strict. A
