@@ -54,7 +54,8 @@ def paged_attn_decode_balanced_kernel(
     keys = lens
     if WINDOW > 0:
         keys = tl.minimum(lens, WINDOW)
-    tiles = tl.where(q_lens > 0, (keys + TILE_N - 1) // TILE_N, 0)  # no query (graph padding): no work
+    # no query (graph padding): no work; a query with no key still gets its (zero) row written
+    tiles = tl.where(q_lens > 0, tl.maximum((keys + TILE_N - 1) // TILE_N, 1), 0)
     longest = tl.max(tiles, 0)
     chunk = tl.maximum(tl.maximum((longest + SPLITS_CAP - 1) // SPLITS_CAP,
                                   (tl.sum(tiles, 0) * NUM_KV_HEADS + nprog - 1) // nprog), 1)
