@@ -105,7 +105,7 @@ def paged_attn_decode_balanced_kernel(
                                     BLOCK_SIZE, TILE_N, USE_SOFTCAP)
         if n_split == 1:
             finish_rows(out_ptr, token, heads, offs_d, g_mask, d_mask, m_i, l_i, acc, sinks_ptr, stride_ot, stride_oh,
-                    USE_SINKS)
+                        USE_SINKS)
         else:
             rows = (seq.to(tl.int64) * NUM_KV_HEADS * GROUP + heads) * SPLITS_CAP
             tl.store(part_m_ptr + rows + split, m_i, mask=g_mask)
@@ -133,4 +133,4 @@ def paged_attn_decode_balanced_kernel(
                                  mask=g_mask[:, None], other=0.0, cache_modifier=".cg")
                     o += oj * wj[:, None]
                 finish_rows(out_ptr, token, heads, offs_d, g_mask, d_mask, m_all, tl.sum(pl * w, 1), o, sinks_ptr,
-                        stride_ot, stride_oh, USE_SINKS)
+                            stride_ot, stride_oh, USE_SINKS)
