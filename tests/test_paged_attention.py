@@ -459,7 +459,7 @@ def test_backend_falls_back_when_our_kernel_fails(monkeypatch, error, strict, fa
     monkeypatch.setattr(VA, "paged_attention", failing)
     monkeypatch.setattr(TritonAttentionImpl, "forward", lambda self, *a, **k: calls.append("vllm") or "vllm")
     impl = object.__new__(VA.TriPagedAttentionImpl)
-    impl.__dict__.update(_tri_layer_decline=None, _tri_checked={}, _tri_strict=strict, _tri_decode=None, head_size=64,
+    impl.__dict__.update(_tri_layer_decline=None, _tri_checked={}, _tri_strict=strict, _tri_decode="split", head_size=64,
                          scale=0.125, sliding_window=None, logits_soft_cap=0.0, sinks=None)
     md = types.SimpleNamespace(use_cascade=False, mm_prefix_range_tensor=None, rswa_prefix_lens=None, causal=True,
                                num_actual_tokens=3, query_start_loc=None, seq_lens=None, block_table=None,
@@ -547,11 +547,11 @@ def test_balanced_decode_not_with_dual_batch_overlap(monkeypatch):
 
     monkeypatch.delenv("TRI_INDUCTOR_PAGED_DECODE", raising=False)
     monkeypatch.setattr(vllm.config, "get_current_vllm_config", lambda: config(True))
-    assert VA.decode_kernel() is None  # split by default anyway
+    assert VA.decode_kernel() == "split"  # the default
     monkeypatch.setenv("TRI_INDUCTOR_PAGED_DECODE", "balanced")
     assert VA.decode_kernel() == "split"
     monkeypatch.setattr(vllm.config, "get_current_vllm_config", lambda: config(False))
-    assert VA.decode_kernel() is None  # the variable decides, per call
+    assert VA.decode_kernel() == "balanced"  # the variable decides, once per engine
 
 
 def test_prepare_prefill_without_gpu_uses_stored_or_heuristic_tiles():

@@ -62,12 +62,14 @@ def layer_decline_reason(impl: Any) -> str | None:
     return None
 
 
-def decode_kernel() -> str | None:
-    """The decode kernel for the engine being built: None (TRI_INDUCTOR_PAGED_DECODE decides per
-    call), or "split" where the balanced one must not run: vLLM's dual-batch overlap runs two
-    micro-batches' attention on two streams, and the balanced decode's counters are one buffer."""
-    if envs.paged_decode() != "balanced":
-        return None
+def decode_kernel() -> str:
+    """The decode kernel for the engine being built, decided once (not per layer and step):
+    TRI_INDUCTOR_PAGED_DECODE's, except "split" where the balanced one must not run: vLLM's
+    dual-batch overlap runs two micro-batches' attention on two streams, and the balanced
+    decode's counters are one buffer."""
+    kernel = envs.paged_decode()
+    if kernel != "balanced":
+        return kernel
     try:
         from vllm.config import get_current_vllm_config
 
@@ -81,7 +83,7 @@ def decode_kernel() -> str | None:
             _logged.add(msg)
             log.warning(msg)
         return "split"
-    return None
+    return kernel
 
 
 def step_decline_reason(md: Any, output_scale: Any, output_block_scale: Any) -> str | None:
