@@ -439,8 +439,8 @@ def bench_elementwise():
         # >= 4 input sets (only 2 would fit the rotation in HBM-cold terms for 80 MB ops, and
         # then placement decides how much stays in L2), and ours / Inductor measured in
         # alternating rounds, medians taken: single back-to-back passes moved ratios by +-10%.
-        # pdl_reference: our kernel launches with PDL (patterns/_pdl.py); Inductor's default does
-        # not, so Inductor with its opt-in ``triton.enable_pdl`` is timed too, for the record.
+        # pdl_reference: our kernel launches with PDL (TRI_INDUCTOR_PDL=1, patterns/_pdl.py);
+        # Inductor's default does not, so Inductor with its opt-in ``triton.enable_pdl`` is timed too.
         sets = [make_inputs() for _ in range(max(4, n_sets(moved_bytes)))]
         ind = torch.compile(eager, backend="inductor", dynamic=False)
         fns = {"ours": [lambda s=s: ours(*s) for s in sets], "inductor": [lambda s=s: ind(*s) for s in sets]}
@@ -520,8 +520,9 @@ def bench_elementwise():
             return F.gelu(x[..., :d], approximate="tanh") * x[..., d:]
 
         mk = lambda: (torch.randn(T, 2 * d, device="cuda", dtype=DT),)  # noqa: E731
-        add_row("silu_mul", lambda x: AC.silu_and_mul(x), silu_eager, mk, 3 * nbytes, pdl_reference=True)
-        add_row("gelu_mul", lambda x: AC.gelu_and_mul(x, "tanh"), gelu_eager, mk, 3 * nbytes, pdl_reference=True)
+        pdl = AC.pdl_enabled(torch.device("cuda"))
+        add_row("silu_mul", lambda x: AC.silu_and_mul(x), silu_eager, mk, 3 * nbytes, pdl_reference=pdl)
+        add_row("gelu_mul", lambda x: AC.gelu_and_mul(x, "tanh"), gelu_eager, mk, 3 * nbytes, pdl_reference=pdl)
     except Exception as e:  # noqa: BLE001
         log(f"NOTE: activation rows skipped: {e!r:.200}")
     return rows

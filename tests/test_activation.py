@@ -164,9 +164,9 @@ def test_tri_inductor_backend_uses_our_kernel() -> None:
     assert_our_kernel(backend_output_code(FN_, torch.randn(4, 64, dtype=torch.bfloat16)), "_gated_act_kernel")
 
 
-def test_traced_kernel_asks_for_pdl_and_keeps_its_input() -> None:
-    """On the (fake) sm_90 the traced kernel is compiled with USE_PDL=True, the constant the
-    Inductor launcher hook (_pdl.py) keys on, and Inductor's mutation analysis still reads it
+def test_traced_kernel_asks_for_pdl_and_keeps_its_input(monkeypatch) -> None:
+    """With TRI_INDUCTOR_PDL=1, on the (fake) sm_90 the traced kernel is compiled with
+    USE_PDL=True, the constant the Inductor launcher hook (_pdl.py) keys on, and Inductor's mutation analysis still reads it
     (its PDL instructions are pure asm): no "assuming every input is mutated" fallback, which
     would copy the input first. Caches off: a cached graph skips the analysis."""
     import logging
@@ -175,6 +175,7 @@ def test_traced_kernel_asks_for_pdl_and_keeps_its_input() -> None:
         d = x.shape[-1] // 2
         return torch.nn.functional.silu(x[..., :d]) * x[..., d:] + 1
 
+    monkeypatch.setenv("TRI_INDUCTOR_PDL", "1")
     records: list[logging.LogRecord] = []
     handler = logging.Handler()
     handler.emit = records.append  # torch's loggers do not propagate to pytest's caplog
@@ -212,7 +213,7 @@ def _chain_reference(x):
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("how", ["eager", "tri_inductor"])
-def test_gpu_pdl_chain_in_cuda_graph_reads_fresh_data(how) -> None:
+def test_gpu_pdl_chain_in_cuda_graph_reads_fresh_data(how, monkeypatch) -> None:
     """Three dependent SiLU-and-mul kernels launched with PDL, replayed in a CUDA graph on new
     inputs: every replay matches the float64 reference (so each kernel waited for the one
     before it); under torch.compile the Inductor launcher of our kernel has the PDL attribute."""
@@ -220,6 +221,7 @@ def test_gpu_pdl_chain_in_cuda_graph_reads_fresh_data(how) -> None:
 
     from torch._inductor.runtime.triton_heuristics import TritonCompileResult
 
+    monkeypatch.setenv("TRI_INDUCTOR_PDL", "1")
     assert A.pdl_enabled(torch.device("cuda")), "needs an sm_90+ GPU"
     torch._dynamo.reset()
     fn = _chain if how == "eager" else torch.compile(_chain, backend="tri_inductor")

@@ -169,6 +169,10 @@ def test_pdl_enabled_on_cuda_sm90_only(monkeypatch) -> None:
     from tri_inductor.patterns import _pdl
 
     cuda = torch.device("cuda", 0)
+    monkeypatch.delenv(_pdl.ENV, raising=False)
+    with fake_sm90():
+        assert not _pdl.pdl_enabled(cuda)  # opt-in: off unless asked for
+    monkeypatch.setenv(_pdl.ENV, "1")
     assert not _pdl.pdl_enabled(torch.device("cpu"))  # the interpreter: no PDL instructions
     with fake_sm90():
         assert _pdl.pdl_enabled(cuda)
@@ -189,9 +193,12 @@ def test_pdl_setting_is_part_of_the_compile_key(monkeypatch) -> None:
     from tri_inductor import cache
     from tri_inductor.patterns import _pdl
 
-    on = cache.compile_hash("x", avoid_cuda_init=True)
+    monkeypatch.delenv(_pdl.ENV, raising=False)
+    default = cache.compile_hash("x", avoid_cuda_init=True)
     monkeypatch.setenv(_pdl.ENV, "0")
-    assert cache.compile_hash("x", avoid_cuda_init=True) != on
+    assert cache.compile_hash("x", avoid_cuda_init=True) == default  # off is the default
+    monkeypatch.setenv(_pdl.ENV, "1")
+    assert cache.compile_hash("x", avoid_cuda_init=True) != default
 
 
 def test_inductor_launcher_hook_sets_the_attribute() -> None:

@@ -571,11 +571,11 @@ def test_fa3_env_problem_only_in_the_stubbed_environment(monkeypatch, tmp_path):
 
 def test_records_name_the_tri_inductor_variables_they_ran_with(monkeypatch):
     meta = importlib.import_module("_meta")
-    monkeypatch.setenv("TRI_INDUCTOR_PAGED_DECODE", "balanced")
+    monkeypatch.setenv("TRI_INDUCTOR_PDL", "1")
     monkeypatch.setenv("OTHER_VAR", "x")
-    assert meta.tri_inductor_env()["TRI_INDUCTOR_PAGED_DECODE"] == "balanced" and "OTHER_VAR" not in meta.tri_inductor_env()
+    assert meta.tri_inductor_env()["TRI_INDUCTOR_PDL"] == "1" and "OTHER_VAR" not in meta.tri_inductor_env()
     line = report._meta_line("NVIDIA H200", {"torch": "2.11", "tri_inductor_env": meta.tri_inductor_env()}, "abc")
-    assert "`TRI_INDUCTOR_PAGED_DECODE=balanced`" in line
+    assert "`TRI_INDUCTOR_PDL=1`" in line
     assert "TRI_INDUCTOR" not in report._meta_line("NVIDIA H200", {"torch": "2.11"}, "abc")
 
 

@@ -6,7 +6,8 @@ front end. It must wait (``griddepcontrol.wait``: returns once the previous grid
 and its writes are visible) before it touches global memory. In CUDA graphs (vLLM's, and the
 benchmarks') the launch attribute becomes a programmatic edge. The gain is the launch gap, so it
 is largest for kernels a few microseconds long (measurements: docs/design/kernels.md, from
-benchmarks/activation_variants.py).
+benchmarks/activation_variants.py). Opt-in (``TRI_INDUCTOR_PDL=1``): in vLLM's CUDA graphs on an
+H200 the small-model decode steps were slower with it, for a cause not found yet (same file).
 
 A kernel opts in with a ``USE_PDL`` constexpr, set by its host code to :func:`pdl_enabled`;
 inside, ``if USE_PDL:`` guards :func:`pdl_wait` (before the first load) and
@@ -27,14 +28,14 @@ ENV = "TRI_INDUCTOR_PDL"
 
 
 def pdl_requested() -> bool:
-    """``TRI_INDUCTOR_PDL`` (``envs``: on unless 0/false/no/off). Part of the compile cache key
+    """``TRI_INDUCTOR_PDL`` (``envs``: off unless 1/true/yes/on). Part of the compile cache key
     (``cache.compile_hash``): the kernels' ``USE_PDL`` is baked into compiled graphs."""
     return envs.pdl()
 
 
 def pdl_enabled(device: torch.device) -> bool:
     """Whether a kernel on ``device`` gets ``USE_PDL=True``: CUDA sm_90+ (not ROCm, not the
-    interpreter's CPU tensors), unless ``TRI_INDUCTOR_PDL=0``."""
+    interpreter's CPU tensors), when ``TRI_INDUCTOR_PDL=1``."""
     if device.type != "cuda" or torch.version.hip or not pdl_requested():
         return False
     return torch.cuda.get_device_capability(device)[0] >= 9
