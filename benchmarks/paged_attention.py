@@ -31,7 +31,6 @@ No torch/vLLM work at import: the plan, the summary and the dry run work on a CP
 """
 from __future__ import annotations
 
-import functools
 import importlib
 import inspect
 import json
@@ -293,8 +292,6 @@ def _load_callable(spec: str) -> Callable[..., Any]:
 
 
 KERNELS: dict[str, Callable[[Any], Callable[[], Any]]] = {"vllm_triton": _vllm_triton, "fa3": _fa3}
-# our paged attention with the balanced decode kernel (TRI_INDUCTOR_PAGED_DECODE=balanced)
-OURS_BALANCED = "tri_inductor_balanced"
 
 
 def resolve_kernels(names: Sequence[str] | None) -> tuple[dict[str, Callable], dict[str, str]]:
@@ -315,8 +312,6 @@ def resolve_kernels(names: Sequence[str] | None) -> tuple[dict[str, Callable], d
                 ok[name] = KERNELS[name]
             elif name == "tri_inductor":
                 ok[name] = signature_call(_load_callable(OURS_MODULE))
-            elif name == OURS_BALANCED:
-                ok[name] = signature_call(functools.partial(_load_callable(OURS_MODULE), decode="balanced"))
             else:
                 ok[name] = signature_call(_load_callable(name))
         except Exception as e:  # noqa: BLE001  recorded, not fatal

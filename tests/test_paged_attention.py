@@ -47,13 +47,13 @@ def make_inputs(q_lens, seq_lens, hq, hk, d, block_size=16, dtype=torch.bfloat16
 
 
 def run_case(q_lens, seq_lens, hq, hk, d, block_size=16, dtype=torch.bfloat16, window=None, softcap=0.0,
-             with_sinks=False, num_splits=None, seed=0, decode=None):
+             with_sinks=False, num_splits=None, seed=0):
     q, kc, vc, cu, sl, bt = make_inputs(q_lens, seq_lens, hq, hk, d, block_size, dtype, seed)
     sinks = torch.randn(hq, generator=torch.Generator().manual_seed(seed + 1)) if with_sinks else None
     out = torch.full_like(q, float("nan"))
     scale = d ** -0.5
     paged_attention(q, kc, vc, out, cu, sl, bt, max(q_lens), max(seq_lens), scale, window=window,
-                    softcap=softcap, sinks=sinks, num_splits=num_splits, decode=decode)
+                    softcap=softcap, sinks=sinks, num_splits=num_splits)
     ref = paged_attention_ref(q, kc, vc, cu, sl, bt, scale, window=window, softcap=softcap, sinks=sinks)
     assert not out.isnan().any()
     torch.testing.assert_close(out.double(), ref, **TOL[dtype])
@@ -111,52 +111,6 @@ def test_decode_skips_empty_query_rows(interpreter):
     paged_attention(q, kc, vc, out, cu3, sl3, bt3, 1, 40, 0.125, num_splits=2)
     ref = paged_attention_ref(q, kc, vc, cu3, sl3, bt3, 0.125)
     torch.testing.assert_close(out.double(), ref, **TOL[torch.bfloat16])
-
-
-# ----------------------------------------------------------------------------- balanced decode
-
-@pytest.mark.parametrize("hq,hk,d,lens", [
-    (8, 2, 128, [1, 37, 130]),                 # the 130-key sequence cut in several items
-    (4, 4, 64, [700, 3, 64, 65, 1]),            # MHA, lengths on and off tile edges
-    (7, 1, 80, [300, 9]),                       # GQA 7 (padded group), head dim 80
-    (14, 2, 64, [17, 1000, 250, 33, 5, 64]),    # GQA 7 over two KV heads, a long tail
-    (8, 4, 64, [300 - i % 3 for i in range(40)]),  # 160 pairs: the ideal cut (4 tiles) needs two rounds, 5 fits one
-], ids=["gqa4-d128", "mha-edges", "gqa7-d80", "gqa7x2-mixed", "b40-search"])
-def test_balanced_decode(interpreter, hq, hk, d, lens):
-    run_case([1] * len(lens), lens, hq, hk, d, decode="balanced")
-
-
-def test_balanced_decode_window_softcap_sinks_fp16(interpreter):
-    run_case([1, 1, 1], [9, 100, 400], 8, 2, 64, window=40, softcap=5.0, with_sinks=True, decode="balanced")
-    run_case([1, 1], [33, 290], 8, 2, 64, dtype=torch.float16, block_size=32, decode="balanced")
-
-
-def test_balanced_launch_shape():
-    """From the batch and the device only (the same in and out of a CUDA graph): at most one
-    program per resident slot, a power-of-two cut cap."""
-    cfg = L.balanced_cfg(3, 8, 2, 128, torch.device("cpu"))
-    assert cfg.splits_cap >= 2 and cfg.splits_cap & (cfg.splits_cap - 1) == 0
-    assert cfg.programs <= L.CPU_SMS * L.CTAS_PER_SM and cfg.seqs_pad == 4
-    # a batch too large to cut finer than one item per sequence still gets a valid launch
-    big = L.balanced_cfg(4096, 32, 8, 128, torch.device("cpu"))
-    assert big.splits_cap == 2 and big.programs == L.CPU_SMS * L.CTAS_PER_SM
-
-
-def test_balanced_decode_twice_and_graph_padding(interpreter):
-    """Graph padding (a sequence with no query) takes no work; the counters the cut sequences used
-    are back at zero after a launch, so a second launch (a graph replay) is right too."""
-    from tri_inductor.patterns.paged_attention import ops
-
-    q, kc, vc, cu, sl, bt = make_inputs([1, 1], [20, 600], 8, 2, 64)
-    cu3 = torch.tensor([0, 1, 1, 2], dtype=torch.int32)  # middle sequence: graph padding, no queries
-    sl3 = torch.tensor([20, 900, 600], dtype=torch.int32)
-    bt3 = torch.stack([bt[0], bt[0], bt[1]])
-    ref = paged_attention_ref(q, kc, vc, cu3, sl3, bt3, 0.125)
-    for _ in range(2):
-        out = torch.full_like(q, float("nan"))
-        paged_attention(q, kc, vc, out, cu3, sl3, bt3, 1, 900, 0.125, decode="balanced")
-        torch.testing.assert_close(out.double(), ref, **TOL[torch.bfloat16])
-        assert int(ops.decode_counters(6, q.device).abs().sum()) == 0
 
 
 # ----------------------------------------------------------------------------- prefill
@@ -303,32 +257,6 @@ def test_decode_kernels_compile_for_sm90(group, head, split, feat):
                                              SPLITS_PAD=cfg.splits_pad, USE_SINKS=feat, USE_PDL=True), 4, 1)
 
 
-@pytest.mark.parametrize("group,head,batch,feat", [
-    (4, 128, 64, False), (7, 64, 3, True), (1, 256, 16, False), (8, 128, 512, True)],
-    ids=["gqa4-d128-b64", "gqa7-d64-b3-win-cap-sinks", "mha-d256-b16", "gqa8-d128-b512-all"])
-def test_balanced_decode_compiles_for_sm90(group, head, batch, feat):
-    from tri_inductor.patterns.paged_attention.balanced import paged_attn_decode_balanced_kernel
-
-    cfg = L.balanced_cfg(batch, 8 * group, 8, head, torch.device("cpu"))
-    consts = dict(NUM_KV_HEADS=8, GROUP=group, BLOCK_G=cfg.block_g, HEAD=head, HEAD_PAD=L.head_pad(head),
-                  BLOCK_SIZE=16, TILE_N=cfg.tile_n, WINDOW=4096 if feat else 0, USE_SOFTCAP=feat, USE_SINKS=feat,
-                  SPLITS_CAP=cfg.splits_cap, SEQS_PAD=cfg.seqs_pad, USE_PDL=True)
-    out = _sm90(paged_attn_decode_balanced_kernel, consts, cfg.num_warps, cfg.num_stages,
-                i32ptr=("block_table_ptr", "seq_lens_ptr", "cu_q_ptr", "count_ptr"))
-    ttgir = out.asm["ttgir"]
-    # the counter is an acquire-release atomic, the partials are read past L1
-    assert "acq_rel" in ttgir and ".cg" in out.asm["ptx"]
-    # the K/V tiles of the inner loop are pipelined (asynchronous copies): Triton 3.6 (what the GPU
-    # machine runs) does it; 3.7+ leaves the K/V loads of a loop nested in the persistent loop
-    # synchronous (docs/design/paged_attention.md): a known gap, reported as such there
-    import triton
-
-    pipelined = "async_copy_global_to_local" in ttgir
-    if not pipelined and tuple(int(x) for x in triton.__version__.split(".")[:2]) >= (3, 7):
-        pytest.xfail(f"Triton {triton.__version__}: the nested tile loop's K/V loads are not pipelined")
-    assert pipelined
-
-
 @pytest.mark.parametrize("group,head,max_q,feat", [
     (4, 128, 4096, False), (7, 128, 4096, True), (8, 64, 512, False), (4, 256, 4096, True), (4, 80, 3, False)],
     ids=["gqa4-d128", "gqa7-d128-win-cap-sinks", "gqa8-d64", "gqa4-d256-all", "gqa4-d80-short"])
@@ -459,7 +387,7 @@ def test_backend_falls_back_when_our_kernel_fails(monkeypatch, error, strict, fa
     monkeypatch.setattr(VA, "paged_attention", failing)
     monkeypatch.setattr(TritonAttentionImpl, "forward", lambda self, *a, **k: calls.append("vllm") or "vllm")
     impl = object.__new__(VA.TriPagedAttentionImpl)
-    impl.__dict__.update(_tri_layer_decline=None, _tri_checked={}, _tri_strict=strict, _tri_decode="split", head_size=64,
+    impl.__dict__.update(_tri_layer_decline=None, _tri_checked={}, _tri_strict=strict, head_size=64,
                          scale=0.125, sliding_window=None, logits_soft_cap=0.0, sinks=None)
     md = types.SimpleNamespace(use_cascade=False, mm_prefix_range_tensor=None, rswa_prefix_lens=None, causal=True,
                                num_actual_tokens=3, query_start_loc=None, seq_lens=None, block_table=None,
@@ -515,43 +443,6 @@ def test_builder_tunes_prefill_tiles_at_engine_start(monkeypatch, caplog):
     assert "not tuned at start" in caplog.text and "no shared memory" in caplog.text
     with pytest.raises(RuntimeError, match="no shared memory"):
         _builder(monkeypatch, torch.bfloat16, calls, fail=RuntimeError("no shared memory"), strict=True)
-
-
-def test_builder_reserves_balanced_decode_counters_before_capture(monkeypatch):
-    """With TRI_INDUCTOR_PAGED_DECODE=balanced the builder (before CUDA-graph capture) reserves the
-    counters of vLLM's largest batch; with the default split decode it reserves nothing."""
-    import tri_inductor.vllm_attention as VA
-
-    reserved = []
-    monkeypatch.setattr(VA, "decode_counters", lambda n, device: reserved.append((n, device)))
-    monkeypatch.delenv("TRI_INDUCTOR_PAGED_DECODE", raising=False)
-    _builder(monkeypatch, torch.bfloat16, [])
-    assert reserved == []
-    monkeypatch.setenv("TRI_INDUCTOR_PAGED_DECODE", "balanced")
-    _builder(monkeypatch, torch.bfloat16, [])
-    assert reserved == [(1024 * 8, torch.device("cuda", 0))]  # no scheduler config here: vLLM's largest default
-
-
-def test_balanced_decode_not_with_dual_batch_overlap(monkeypatch):
-    """Two micro-batches' attention on two streams would share the balanced decode's counters:
-    with vLLM's dual-batch overlap our impl keeps the split decode."""
-    pytest.importorskip("vllm", reason="vLLM is not installed")
-    import types
-
-    import vllm.config
-
-    import tri_inductor.vllm_attention as VA
-
-    def config(dbo):
-        return types.SimpleNamespace(parallel_config=types.SimpleNamespace(enable_dbo=dbo))
-
-    monkeypatch.delenv("TRI_INDUCTOR_PAGED_DECODE", raising=False)
-    monkeypatch.setattr(vllm.config, "get_current_vllm_config", lambda: config(True))
-    assert VA.decode_kernel() == "split"  # the default
-    monkeypatch.setenv("TRI_INDUCTOR_PAGED_DECODE", "balanced")
-    assert VA.decode_kernel() == "split"
-    monkeypatch.setattr(vllm.config, "get_current_vllm_config", lambda: config(False))
-    assert VA.decode_kernel() == "balanced"  # the variable decides, once per engine
 
 
 def test_prepare_prefill_without_gpu_uses_stored_or_heuristic_tiles():

@@ -106,51 +106,6 @@ def test_cuda_graph_replay_with_longer_contexts():
     torch.testing.assert_close(out.double(), ref, **TOL)
 
 
-BALANCED = {
-    # name: (seq_lens, hq, hk, d): mixed lengths as a serving batch has them
-    "b64-mixed-gqa32/8-d128": ([32 + (i * 997) % 3000 for i in range(64)], 32, 8, 128),
-    "b5-one-long-gqa28/4-d128": ([16000, 40, 7, 300, 1], 28, 4, 128),
-    "b200-mixed-gqa32/8-d64": ([1 + (i * 613) % 2500 for i in range(200)], 32, 8, 64),
-}
-
-
-@pytest.mark.parametrize("name", list(BALANCED))
-def test_balanced_decode_matches_reference_on_repeated_launches(name):
-    """Many programs finishing the items of one sequence concurrently: the last one combines
-    (atomic counter, partials read past L1); ten launches in a row each reset the counters."""
-    from tri_inductor.patterns.paged_attention import ops
-
-    seq_lens, hq, hk, d = BALANCED[name]
-    q, kc, vc, cu, sl, bt = make_inputs([1] * len(seq_lens), seq_lens, hq, hk, d)
-    scale = d ** -0.5
-    ref = paged_attention_ref(q, kc, vc, cu, sl, bt, scale)
-    for _ in range(10):
-        out = paged_attention(q, kc, vc, torch.full_like(q, float("nan")), cu, sl, bt, 1, max(seq_lens), scale,
-                              decode="balanced")
-        torch.testing.assert_close(out.double(), ref, **TOL)
-    assert int(ops.decode_counters(len(seq_lens) * hk, q.device).abs().sum()) == 0
-
-
-def test_balanced_decode_cuda_graph_replay_with_other_lengths():
-    """Captured at one set of lengths, replayed at mixed ones: the cut is made on the device."""
-    seq_lens = [5000, 12, 700, 3000, 64, 1, 2200, 90]
-    q, kc, vc, cu, sl, bt = make_inputs([1] * len(seq_lens), seq_lens, 32, 8, 128)
-    scale = 128 ** -0.5
-    out = torch.empty_like(q)
-    sl_live = torch.full_like(sl, 16)
-    paged_attention(q, kc, vc, out, cu, sl_live, bt, 1, 16, scale, decode="balanced")  # warm-up (compiles)
-    torch.cuda.synchronize()
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        paged_attention(q, kc, vc, out, cu, sl_live, bt, 1, 16, scale, decode="balanced")
-    # (at most each sequence's own length: its block-table row holds no more blocks)
-    for lens in (sl, torch.minimum(sl.flip(0), sl), (sl // 3).clamp(min=1)):
-        sl_live.copy_(lens)
-        graph.replay()
-        torch.cuda.synchronize()
-        torch.testing.assert_close(out.double(), paged_attention_ref(q, kc, vc, cu, sl_live, bt, scale), **TOL)
-
-
 def test_launches_only_our_triton_kernels():
     from tri_inductor.audit.runtime import profile_kernels, source_triton_kernel_names
 

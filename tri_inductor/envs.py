@@ -151,13 +151,6 @@ VARS: dict[str, Var] = {v.name: v for v in (
         "ours was faster than vLLM's Triton kernel at all 104 points of `kernel_bench.py --only "
         "attention` (decode 1.01-6.4x, prefill up to 5.8x) and matched float64 there.",
         _choice),
-    Var("TRI_INDUCTOR_PAGED_DECODE", "choice", "split", "split", "split, balanced",
-        "Our paged attention's decode kernel: `split` (every sequence cut in the same number of "
-        "splits, fixed per batch size; a second launch combines them) or `balanced` (one persistent "
-        "launch that cuts the step's keys into equal items whatever the context lengths, and combines "
-        "in place). `balanced` is for batches of mixed lengths; not yet measured on a GPU, so not the "
-        "default; not with vLLM's dual-batch overlap (two streams share its counters; "
-        "docs/design/paged_attention.md).", _choice),
     Var("TRI_INDUCTOR_CACHE_DIR", "dir", None, "$XDG_CACHE_HOME/tri_inductor or ~/.cache/tri_inductor",
         "a folder path (created when needed)",
         "Root of our tuning DB and, unless set by you, Inductor's and Triton's caches.", _dir),
@@ -205,10 +198,6 @@ def linear_tuned(environ: Mapping[str, str] | None = None) -> Path:
 
 def attention(environ: Mapping[str, str] | None = None) -> str:
     return get("TRI_INDUCTOR_ATTENTION", environ)
-
-
-def paged_decode(environ: Mapping[str, str] | None = None) -> str:
-    return get("TRI_INDUCTOR_PAGED_DECODE", environ)
 
 
 def cache_dir(environ: Mapping[str, str] | None = None) -> Path | None:

@@ -19,9 +19,7 @@ from vllm.v1.attention.backend import AttentionType
 from vllm.v1.attention.backends.triton_attn import (TritonAttentionBackend, TritonAttentionImpl,
                                                     TritonAttentionMetadataBuilder)
 
-from . import envs
 from .patterns.paged_attention import decline_reason, paged_attention, prepare_prefill
-from .patterns.paged_attention.ops import decode_counters
 from .tuning import device_fault
 
 log = logging.getLogger("tri_inductor.vllm")
@@ -62,30 +60,6 @@ def layer_decline_reason(impl: Any) -> str | None:
     return None
 
 
-def decode_kernel() -> str:
-    """The decode kernel for the engine being built, decided once (not per layer and step):
-    TRI_INDUCTOR_PAGED_DECODE's, except "split" where the balanced one must not run: vLLM's
-    dual-batch overlap runs two micro-batches' attention on two streams, and the balanced
-    decode's counters are one buffer."""
-    kernel = envs.paged_decode()
-    if kernel != "balanced":
-        return kernel
-    try:
-        from vllm.config import get_current_vllm_config
-
-        dbo = bool(getattr(get_current_vllm_config().parallel_config, "enable_dbo", False))
-    except Exception:  # noqa: BLE001  (no config being built: nothing to rule out)
-        dbo = False
-    if dbo:
-        msg = ("tri_inductor: TRI_INDUCTOR_PAGED_DECODE=balanced is not used with vLLM's dual-batch overlap "
-               "(two streams would share its counters): split decode")
-        if msg not in _logged:
-            _logged.add(msg)
-            log.warning(msg)
-        return "split"
-    return kernel
-
-
 def step_decline_reason(md: Any, output_scale: Any, output_block_scale: Any) -> str | None:
     """What rules ours out for one step's metadata."""
     if output_scale is not None or output_block_scale is not None:
@@ -109,7 +83,6 @@ class TriPagedAttentionImpl(TritonAttentionImpl):
             _log_decline(self._tri_layer_decline)
         self._tri_checked: dict[tuple, str | None] = {}
         self._tri_strict = _strict_mode()
-        self._tri_decode = decode_kernel()
 
     def forward(self, layer: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                 kv_cache: torch.Tensor, attn_metadata: Any, output: torch.Tensor,
@@ -137,7 +110,7 @@ class TriPagedAttentionImpl(TritonAttentionImpl):
             paged_attention(query[:n], key_cache, value_cache, output[:n], md.query_start_loc, md.seq_lens,
                             md.block_table, md.max_query_len, md.max_seq_len, self.scale, causal=bool(md.causal),
                             window=self.sliding_window, softcap=self.logits_soft_cap, sinks=self.sinks,
-                            decode=self._tri_decode, check=False)
+                            check=False)
         except Exception as e:
             # A kernel this device's Triton cannot build (shared memory, registers, an unsupported
             # op) must not stop vLLM: its kernel from now on for these inputs, unless strict. A
@@ -163,10 +136,6 @@ class TriPagedAttentionMetadataBuilder(TritonAttentionMetadataBuilder):
         if (torch.device(self.device).type != "cuda" or self.kv_cache_spec.dtype != model_dtype
                 or self.num_heads_q % self.num_heads_kv):
             return  # a quantized cache (our kernel declines it) or no GPU: nothing to tune
-        if envs.paged_decode() == "balanced":
-            # the balanced decode's counters, before CUDA-graph capture (none allocated inside it)
-            max_seqs = getattr(getattr(self.vllm_config, "scheduler_config", None), "max_num_seqs", None) or 1024
-            decode_counters(max_seqs * self.num_heads_kv, torch.device(self.device))
         try:
             prepare_prefill(self.num_heads_q // self.num_heads_kv, self.headdim, self.block_size, model_dtype)
         except Exception as e:

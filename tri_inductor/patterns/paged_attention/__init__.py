@@ -3,7 +3,6 @@
 ``paged_attention(q, k_cache, v_cache, out, cu_seqlens_q, seq_lens, block_table, max_seqlen_q,
 max_seqlen_k, scale, causal=True, window=None, softcap=0.0, sinks=None)`` -> ``out``: see
 :func:`.ops.paged_attention`.  Modules: ``decode`` (split-KV decode + log-sum-exp reduce),
-``balanced`` (decode cut by keys, one persistent launch; ``TRI_INDUCTOR_PAGED_DECODE=balanced``),
 ``prefill`` (prefill / chunked prefill, GQA rows packed per KV head), ``_common`` (device
 helpers), ``launch`` (tiles, split count from the SM count), ``tuning`` (prefill tiles measured per
 shape), ``ops`` (entry point, declines, start-time tuning),
@@ -11,12 +10,10 @@ shape), ``ops`` (entry point, declines, start-time tuning),
 """
 from __future__ import annotations
 
-from .balanced import paged_attn_decode_balanced_kernel
 from .decode import paged_attn_decode_kernel, paged_attn_reduce_kernel
 from .ops import decline_reason, paged_attention, prepare_prefill, window_keys
 from .prefill import paged_attn_prefill_kernel
 
-KERNELS = (paged_attn_decode_kernel, paged_attn_reduce_kernel, paged_attn_decode_balanced_kernel,
-           paged_attn_prefill_kernel)
+KERNELS = (paged_attn_decode_kernel, paged_attn_reduce_kernel, paged_attn_prefill_kernel)
 
 __all__ = ["KERNELS", "decline_reason", "paged_attention", "prepare_prefill", "window_keys"]

@@ -88,35 +88,6 @@ def decode_cfg(num_seqs: int, num_q_heads: int, num_kv_heads: int, head: int, ma
                      splits_pad=max(2, triton.next_power_of_2(num_splits)), num_warps=4, num_stages=PIPELINE_STAGES)
 
 
-# Balanced decode (balanced.py): programs = the resident slots (SMs x CTAS_PER_SM) or fewer; a
-# sequence may take up to SPLITS_SKEW times the uniform share of splits (the uniform share is
-# what decode_cfg gives every sequence), so the longest contexts of a mixed batch are cut finer.
-SPLITS_SKEW = 4
-
-
-@dataclasses.dataclass(frozen=True)
-class BalancedCfg:
-    programs: int
-    splits_cap: int  # most items one sequence is cut in (a power of two >= 2: a tile dimension)
-    seqs_pad: int
-    block_g: int
-    tile_n: int
-    num_warps: int
-    num_stages: int
-
-
-def balanced_cfg(num_seqs: int, num_q_heads: int, num_kv_heads: int, head: int, device: torch.device) -> BalancedCfg:
-    """Launch shape of the balanced decode: from the batch and the device only (the cut itself
-    is made on the device from the step's lengths), so it is the same in and out of a graph."""
-    slots = sm_count(device) * CTAS_PER_SM
-    base = max(1, num_seqs * num_kv_heads)
-    cap = min(MAX_SPLITS, max(2, triton.next_power_of_2(-(-slots * SPLITS_SKEW // base))))
-    return BalancedCfg(programs=max(1, min(slots, base * cap)), splits_cap=cap,
-                       seqs_pad=max(2, triton.next_power_of_2(num_seqs)),
-                       block_g=max(16, triton.next_power_of_2(num_q_heads // num_kv_heads)),
-                       tile_n=decode_tile_n(head), num_warps=4, num_stages=PIPELINE_STAGES)
-
-
 # A long prefill runs 256-row programs (16 warps): each K/V tile, gathered through the block
 # table, then feeds twice the rows. Measured on an H200 (paged, causal, GQA 32/8, d128): 1.39x
 # over 128 rows at 8k tokens, 1.17x at 2k+2k cached; at d64 ~1.04x. Only once the rows fill

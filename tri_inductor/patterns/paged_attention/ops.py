@@ -6,12 +6,10 @@ from typing import Any
 
 import torch
 
-from ... import envs
 from .. import _pdl
 from .._launch import launch
-from .balanced import paged_attn_decode_balanced_kernel
 from .decode import paged_attn_decode_kernel, paged_attn_reduce_kernel
-from .launch import PrefillCfg, _capturing, balanced_cfg, decode_cfg, head_pad
+from .launch import PrefillCfg, decode_cfg, head_pad
 from .prefill import paged_attn_prefill_kernel
 from .tuning import prefill_config
 
@@ -68,7 +66,7 @@ def paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tenso
                     max_seqlen_q: int, max_seqlen_k: int, scale: float, causal: bool = True,
                     window: Any = None, softcap: float = 0.0, sinks: torch.Tensor | None = None,
                     *, num_splits: int | None = None, prefill: PrefillCfg | None = None,
-                    decode: str | None = None, check: bool = True) -> torch.Tensor:
+                    check: bool = True) -> torch.Tensor:
     """Paged attention over vLLM's KV cache, written into ``out`` (returned).
 
     q ``[num_tokens, num_q_heads, head]``; ``k_cache``/``v_cache`` ``[num_blocks, block_size,
@@ -79,9 +77,7 @@ def paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tenso
     ``max_seqlen_q``/``max_seqlen_k`` host ints (``max_seqlen_q == 1``: the split-KV decode
     path); ``window`` see :func:`window_keys`; ``softcap`` 0 = off; ``sinks`` ``[num_q_heads]``
     logits of a value-less extra key per head.  ``num_splits`` forces the decode split count
-    (tests, benchmarks); None sizes it from the device (``launch.decode_cfg``).  ``decode``:
-    the decode kernel, ``"split"`` or ``"balanced"`` (``balanced.py``; None:
-    ``TRI_INDUCTOR_PAGED_DECODE``; ``num_splits`` implies ``"split"``).  ``prefill``
+    (tests, benchmarks); None sizes it from the device (``launch.decode_cfg``).  ``prefill``
     forces the prefill tiles (the tuner, tests); None: stored/tuned per shape
     (``tuning.prefill_config``), else the heuristic (``launch.prefill_cfg``).  ``check=False``
     skips :func:`decline_reason` (a caller that has run it for these inputs' kind: vLLM's backend,
@@ -103,22 +99,6 @@ def paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tenso
     kv_strides = (*k_cache.stride(), *v_cache.stride())
     common = (float(scale), float(softcap) if use_softcap else 1.0)
     sinks_arg = sinks if sinks is not None else q  # never read without USE_SINKS
-
-    if max_seqlen_q <= 1 and causal and num_splits is None and (decode or envs.paged_decode()) == "balanced":
-        bc = balanced_cfg(num_seqs, num_q_heads, num_kv_heads, head, q.device)
-        hp = head_pad(head)
-        part_o = torch.empty((num_seqs, num_q_heads, bc.splits_cap, hp), dtype=torch.float32, device=q.device)
-        part_m = torch.empty((num_seqs, num_q_heads, bc.splits_cap), dtype=torch.float32, device=q.device)
-        part_l = torch.empty_like(part_m)
-        launch(paged_attn_decode_balanced_kernel, (bc.programs,),
-               out, part_o, part_m, part_l, decode_counters(num_seqs * num_kv_heads, q.device),
-               q, k_cache, v_cache, sinks_arg, block_table, seq_lens, cu_seqlens_q, *common, num_seqs,
-               q.stride(0), q.stride(1), out.stride(0), out.stride(1), block_table.stride(0), *kv_strides,
-               NUM_KV_HEADS=num_kv_heads, GROUP=group, BLOCK_G=bc.block_g, HEAD=head, HEAD_PAD=hp,
-               BLOCK_SIZE=block_size, TILE_N=bc.tile_n, WINDOW=wkeys, USE_SOFTCAP=use_softcap,
-               USE_SINKS=sinks is not None, SPLITS_CAP=bc.splits_cap, SEQS_PAD=bc.seqs_pad, USE_PDL=pdl,
-               num_warps=bc.num_warps, num_stages=bc.num_stages)
-        return out
 
     if max_seqlen_q <= 1 and causal:
         cfg = decode_cfg(num_seqs, num_q_heads, num_kv_heads, head, max_seqlen_k, q.device, num_splits)
@@ -161,25 +141,6 @@ def paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tenso
            USE_SOFTCAP=use_softcap, USE_SINKS=sinks is not None, USE_PDL=pdl,
            num_warps=cfg.num_warps, num_stages=cfg.num_stages)
     return out
-
-
-# Zeroed counters of the balanced decode, per device; every buffer ever handed out stays alive
-# (a captured CUDA graph keeps using the one it was captured with).
-_COUNTERS: dict[torch.device, list[torch.Tensor]] = {}
-
-
-def decode_counters(n: int, device: torch.device) -> torch.Tensor:
-    """int32 zeros for ``n`` (sequence, KV head) pairs, which the balanced decode leaves zero.
-    vLLM's metadata builder reserves its largest batch's before CUDA-graph capture; a capture
-    that needs more gets a buffer of its own, zeroed by the graph at every replay."""
-    device = torch.device(device)
-    bufs = _COUNTERS.setdefault(device, [])
-    if bufs and bufs[-1].numel() >= n:
-        return bufs[-1]
-    if _capturing(device):
-        return torch.zeros(n, dtype=torch.int32, device=device)
-    bufs.append(torch.zeros(max(n, 256), dtype=torch.int32, device=device))
-    return bufs[-1]
 
 
 def prepare_prefill(group: int, head: int, block_size: int, dtype: torch.dtype) -> PrefillCfg | None:
