@@ -97,8 +97,33 @@ def test_decode_fp16(interpreter):
 
 def test_decode_auto_splits(interpreter):
     """num_splits from the (CPU stand-in) SM count: several for a batch of 2."""
-    assert L.decode_cfg(2, 8, 2, 64, 200, torch.device("cpu")).num_splits > 1
-    run_case([1, 1], [17, 200], 8, 2, 64)
+    assert L.decode_cfg(2, 8, 2, 64, 700, torch.device("cpu")).num_splits > 1
+    run_case([1, 1], [17, 700], 8, 2, 64)
+
+
+def test_decode_tile_keeps_its_bytes_across_head_dims():
+    """Keys a decode iteration loads: the same K/V tile bytes for d64, d128 and d256."""
+    assert [L.decode_tile_n(d) * L.head_pad(d) for d in (64, 128, 256)] == [L.DECODE_TILE_ELEMS] * 3
+
+
+@pytest.mark.parametrize("hq,hk,d", [(8, 2, 64), (8, 2, 128)], ids=["d64", "d128"])
+def test_decode_mixed_lengths_use_their_own_split_counts(interpreter, monkeypatch, hq, hk, d):
+    """A batch of mixed lengths under a split count sized for the longest: each sequence uses
+    the splits its length fills (the shortest one, in one split, is written by the decode kernel;
+    a sequence with no key gets its zero row) and the reduce reads only the used partials: the
+    partial buffers start as NaN, so reading an unused one would show."""
+    real_empty, real_empty_like = torch.empty, torch.empty_like
+
+    def nan_filled(t):
+        return t.fill_(float("nan")) if t.is_floating_point() else t
+
+    monkeypatch.setattr(torch, "empty", lambda *a, **k: nan_filled(real_empty(*a, **k)))
+    monkeypatch.setattr(torch, "empty_like", lambda *a, **k: nan_filled(real_empty_like(*a, **k)))
+    lens = [3, 40, 300, 1100, 0]
+    tiles = [-(-n // L.decode_tile_n(d)) for n in lens]
+    used = [min(8, max(1, -(-t // L.MIN_TILES_PER_SPLIT))) for t in tiles]
+    assert used[0] == 1 and used[-1] == 1 and 1 < used[2] < used[3] <= 8  # what the case covers
+    run_case([1] * len(lens), lens, hq, hk, d, num_splits=8)
 
 
 def test_decode_skips_empty_query_rows(interpreter):
@@ -170,8 +195,12 @@ def test_declines_name_the_reason():
 # ----------------------------------------------------------------------------- launch config
 
 def test_split_count_fills_the_device():
-    # batch 1 x 8 KV heads on 132 SMs: enough splits for 2 programs per SM, capped by context
-    assert L.num_splits_for(1, 8, None, 132, 64) == 33
+    # batch 1 x 8 KV heads on 132 SMs: the fewest splits for CTAS_PER_SM programs per SM, capped
+    n = L.num_splits_for(1, 8, None, 132, 64)
+    assert n == L.MAX_SPLITS or (n * 8 >= 132 * L.CTAS_PER_SM > (n - 1) * 8)
+    assert L.num_splits_for(3, 8, None, 132, 64) * 3 * 8 >= 132 * L.CTAS_PER_SM
+    assert L.num_splits_for(33, 8, None, 132, 64) == 1  # 264 programs: 2 a SM, no split (no reduce)
+    assert L.num_splits_for(32, 8, None, 132, 64) > 1
     assert L.num_splits_for(1, 8, 512, 132, 64) == 4            # 512 keys: 2 tiles of 64 a split at least
     assert L.num_splits_for(256, 8, 32768, 132, 64) == 1        # the grid alone fills the device
     assert L.num_splits_for(1, 1, None, 132, 64) == L.MAX_SPLITS
@@ -248,13 +277,14 @@ def test_decode_kernels_compile_for_sm90(group, head, split, feat):
     cfg = L.decode_cfg(2, 8 * group, 8, head, 4096, torch.device("cpu"), num_splits=8 if split else 1)
     consts = dict(NUM_Q_HEADS=8 * group, GROUP=group, BLOCK_G=cfg.block_g, HEAD=head, HEAD_PAD=L.head_pad(head),
                   BLOCK_SIZE=16, TILE_N=cfg.tile_n, WINDOW=4096 if feat else 0, USE_SOFTCAP=feat, USE_SINKS=feat,
-                  SPLIT=split, SPLITS_PAD=cfg.splits_pad, USE_PDL=True)
+                  SPLIT=split, SPLITS_PAD=cfg.splits_pad, MIN_TILES=L.MIN_TILES_PER_SPLIT, USE_PDL=True)
     out = _sm90(paged_attn_decode_kernel, consts, cfg.num_warps, cfg.num_stages)
     # the block-table lookups and the K/V tiles they address are all asynchronous (pipelined)
     assert synchronous_loads_in_loops(out.asm["ttgir"]) == []
     if split:
         _sm90(paged_attn_reduce_kernel, dict(NUM_Q_HEADS=8 * group, HEAD=head, HEAD_PAD=L.head_pad(head),
-                                             SPLITS_PAD=cfg.splits_pad, USE_SINKS=feat, USE_PDL=True), 4, 1)
+                                             SPLITS_PAD=cfg.splits_pad, WINDOW=4096 if feat else 0, TILE_N=cfg.tile_n,
+                                             MIN_TILES=L.MIN_TILES_PER_SPLIT, USE_SINKS=feat, USE_PDL=True), 4, 1)
 
 
 @pytest.mark.parametrize("group,head,max_q,feat", [

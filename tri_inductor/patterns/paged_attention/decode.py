@@ -2,11 +2,14 @@
 
 ``paged_attn_decode_kernel``: grid (num_seqs, num_kv_heads, num_splits).  One program takes one
 KV head of one sequence and every query head of its group (rows of a ``BLOCK_G`` tile), so each
-K/V tile is loaded once per group; its split is a contiguous run of KV tiles.  With one split it
-writes the output; with several it writes an unnormalised partial (accumulator, running max and
-sum, log2 units) and ``paged_attn_reduce_kernel`` combines them with log-sum-exp weights.  The
-split count is a launch parameter only (each program derives its range from the sequence's
-length), so a CUDA graph captured with one split count is correct for any context length.
+K/V tile is loaded once per group; its split is a contiguous run of KV tiles.  ``num_splits`` is
+the most a sequence may use: each sequence uses ``used_splits`` of them, from its own length on
+the device (at least ``MIN_TILES`` tiles a split), and the programs past that exit at once.  A
+sequence in one split gets its output written directly; in several, each writes an unnormalised
+partial (accumulator, running max and sum, log2 units) and ``paged_attn_reduce_kernel`` combines
+the used ones with log-sum-exp weights.  The split count is a launch parameter only, so a CUDA
+graph captured with one split count is correct for any context length, and in a batch of mixed
+lengths the short sequences take one program while the long ones are cut.
 """
 from __future__ import annotations
 
@@ -15,6 +18,18 @@ import triton.language as tl
 
 from .._pdl import pdl_wait
 from ._common import LOG2E, attend_keys, finish_rows
+
+
+@triton.jit
+def used_splits(seq_len, num_splits, WINDOW: tl.constexpr, TILE_N: tl.constexpr, MIN_TILES: tl.constexpr):
+    """``(splits, lo, n_tiles)`` of one sequence: its key range starts at ``lo`` (a window's first
+    key) and spans ``n_tiles`` tiles, cut in at most ``num_splits`` runs of at least ``MIN_TILES``
+    tiles (one for a sequence with no key: its zero row is still written)."""
+    lo = 0
+    if WINDOW > 0:
+        lo = tl.maximum(seq_len - WINDOW, 0)
+    n_tiles = tl.cdiv(seq_len - lo, TILE_N)
+    return tl.minimum(num_splits, tl.maximum(tl.cdiv(n_tiles, MIN_TILES), 1)), lo, n_tiles
 
 
 @triton.jit
@@ -27,7 +42,7 @@ def paged_attn_decode_kernel(
         NUM_Q_HEADS: tl.constexpr, GROUP: tl.constexpr, BLOCK_G: tl.constexpr,
         HEAD: tl.constexpr, HEAD_PAD: tl.constexpr, BLOCK_SIZE: tl.constexpr, TILE_N: tl.constexpr,
         WINDOW: tl.constexpr, USE_SOFTCAP: tl.constexpr, USE_SINKS: tl.constexpr,
-        SPLIT: tl.constexpr, SPLITS_PAD: tl.constexpr, USE_PDL: tl.constexpr):
+        SPLIT: tl.constexpr, SPLITS_PAD: tl.constexpr, MIN_TILES: tl.constexpr, USE_PDL: tl.constexpr):
     seq = tl.program_id(0)
     kvh = tl.program_id(1)
     split = tl.program_id(2)
@@ -35,14 +50,11 @@ def paged_attn_decode_kernel(
         seq += pdl_wait()
     q_start = tl.load(cu_q_ptr + seq)
     q_len = tl.load(cu_q_ptr + seq + 1) - q_start
-    if q_len > 0:
+    seq_len = tl.load(seq_lens_ptr + seq)
+    splits, lo, n_tiles = used_splits(seq_len, num_splits, WINDOW, TILE_N, MIN_TILES)
+    if q_len > 0 and split < splits:
         token = q_start + q_len - 1  # the sequence's last query token (its only one in decode)
-        seq_len = tl.load(seq_lens_ptr + seq)
-        lo = 0
-        if WINDOW > 0:
-            lo = tl.maximum(seq_len - WINDOW, 0)
-        n_tiles = tl.cdiv(seq_len - lo, TILE_N)
-        per_split = tl.cdiv(n_tiles, num_splits)
+        per_split = tl.cdiv(n_tiles, splits)
         t0 = split * per_split
         t1 = tl.minimum(t0 + per_split, n_tiles)
 
@@ -63,9 +75,9 @@ def paged_attn_decode_kernel(
                                     offs_d, d_mask, scale, softcap, sk0, sk1, sk2, sk3, sv0, sv1, sv2, sv3,
                                     BLOCK_SIZE, TILE_N, USE_SOFTCAP)
 
-        if SPLIT:
-            # partials of every split, empty ones too (max -inf, sum 0): the reduce reads them all
-            # rows by sequence (decode: one token each), so the buffer's size needs no device value
+        if SPLIT and splits > 1:
+            # partials of the used splits, an empty one too (max -inf, sum 0); rows by sequence
+            # (decode: one token each), so the buffer's size needs no device value
             row = (seq.to(tl.int64) * NUM_Q_HEADS + heads) * SPLITS_PAD + split
             tl.store(part_m_ptr + row, m_i, mask=g_mask)
             tl.store(part_l_ptr + row, l_i, mask=g_mask)
@@ -77,22 +89,25 @@ def paged_attn_decode_kernel(
 
 @triton.jit
 def paged_attn_reduce_kernel(
-        out_ptr, part_o_ptr, part_m_ptr, part_l_ptr, sinks_ptr, cu_q_ptr,
+        out_ptr, part_o_ptr, part_m_ptr, part_l_ptr, sinks_ptr, seq_lens_ptr, cu_q_ptr,
         num_splits, stride_ot, stride_oh,
         NUM_Q_HEADS: tl.constexpr, HEAD: tl.constexpr, HEAD_PAD: tl.constexpr,
-        SPLITS_PAD: tl.constexpr, USE_SINKS: tl.constexpr, USE_PDL: tl.constexpr):
-    """grid (num_seqs, NUM_Q_HEADS): combine one head's split partials (log-sum-exp weights)."""
+        SPLITS_PAD: tl.constexpr, WINDOW: tl.constexpr, TILE_N: tl.constexpr, MIN_TILES: tl.constexpr,
+        USE_SINKS: tl.constexpr, USE_PDL: tl.constexpr):
+    """grid (num_seqs, NUM_Q_HEADS): combine one head's used split partials (log-sum-exp
+    weights); a sequence in one split was written by the decode kernel."""
     seq = tl.program_id(0)
     head = tl.program_id(1)
     if USE_PDL:
         seq += pdl_wait()
     q_start = tl.load(cu_q_ptr + seq)
     q_len = tl.load(cu_q_ptr + seq + 1) - q_start
-    if q_len > 0:
+    splits, lo, n_tiles = used_splits(tl.load(seq_lens_ptr + seq), num_splits, WINDOW, TILE_N, MIN_TILES)
+    if q_len > 0 and splits > 1:
         token = q_start + q_len - 1
         offs_s = tl.arange(0, SPLITS_PAD)
         offs_d = tl.arange(0, HEAD_PAD)
-        s_mask = offs_s < num_splits
+        s_mask = offs_s < splits
         row = (seq.to(tl.int64) * NUM_Q_HEADS + head) * SPLITS_PAD + offs_s
         m = tl.load(part_m_ptr + row, mask=s_mask, other=float("-inf"))
         l = tl.load(part_l_ptr + row, mask=s_mask, other=0.0)

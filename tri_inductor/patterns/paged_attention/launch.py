@@ -4,8 +4,9 @@ Decode is memory-bound: the grid (sequences x KV heads) is often far smaller tha
 (batch 1, 8 KV heads: 8 programs on 132 SMs).  Each sequence's keys are then split so that
 sequences x KV heads x splits fills ``CTAS_PER_SM`` programs on every SM; a second kernel
 combines the splits.  The split count depends on the batch (known when a CUDA graph is captured)
-and, outside capture, on the longest context (no split shorter than ``MIN_TILES_PER_SPLIT``
-tiles); inside capture it must not depend on the captured context length.
+and, outside capture, on the longest context; inside capture it must not depend on the captured
+context length.  It is an upper bound: on the device each sequence uses as many as its own
+length fills with ``MIN_TILES_PER_SPLIT`` tiles each (``decode.used_splits``).
 """
 from __future__ import annotations
 
@@ -15,7 +16,13 @@ import functools
 import torch
 import triton
 
-CTAS_PER_SM = 2          # decode programs resident per SM we aim for (registers allow 2-4)
+# Decode programs per SM the split count aims for. H200 (attention_h200_decode.json, d128, long
+# contexts): ~320 programs reached 0.83-0.85x FA3's bandwidth, >= 512 reached 0.96-0.97x; 4 a SM
+# gives a batch of 8 (8 KV heads) 528 programs. Unused splits of short sequences exit at once.
+CTAS_PER_SM = 4
+# A batch whose own grid has this many programs a SM is not split: 1024 unsplit programs ran at
+# 0.955x FA3 there, and a split would add the reduce launch to every step of it.
+UNSPLIT_CTAS_PER_SM = 2
 MAX_SPLITS = 64          # partial buffers and the reduce's tile grow with it
 MIN_TILES_PER_SPLIT = 2  # a split shorter than this costs more in the reduce than it saves
 CPU_SMS = 132            # the interpreter has no device: size splits as for an H100 SXM
@@ -63,14 +70,23 @@ def head_pad(head: int) -> int:
     return max(16, triton.next_power_of_2(head))
 
 
+# Keys a decode program loads per iteration: the same bytes per K (and V) tile whatever the
+# head dim, 16 KB in bf16 (d128: 64 keys, d64: 128, d256: 32). H200: d128 at 64 keys streamed
+# 4.4 TB/s at long contexts while d64 at 64 keys (half the bytes an iteration) stalled at 3.3.
+DECODE_TILE_ELEMS = 8192
+
+
 def decode_tile_n(head: int) -> int:
-    return 64 if head_pad(head) <= 128 else 32
+    return max(16, min(128, DECODE_TILE_ELEMS // head_pad(head)))
 
 
 def num_splits_for(num_seqs: int, num_kv_heads: int, max_seqlen_k: int | None, sms: int, tile_n: int) -> int:
-    """Splits per sequence so that num_seqs x num_kv_heads x splits ~ sms x CTAS_PER_SM;
-    ``max_seqlen_k`` None (CUDA-graph capture): sized on the batch alone."""
+    """Splits per sequence so that num_seqs x num_kv_heads x splits ~ sms x CTAS_PER_SM (none
+    when the batch alone has ``UNSPLIT_CTAS_PER_SM`` programs a SM); ``max_seqlen_k`` None
+    (CUDA-graph capture): sized on the batch alone."""
     base = max(1, num_seqs * num_kv_heads)
+    if base >= sms * UNSPLIT_CTAS_PER_SM:
+        return 1
     splits = -(-sms * CTAS_PER_SM // base)
     if max_seqlen_k is not None:
         splits = min(splits, max(1, -(-max_seqlen_k // (tile_n * MIN_TILES_PER_SPLIT))))

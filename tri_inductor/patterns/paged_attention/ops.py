@@ -9,7 +9,7 @@ import torch
 from .. import _pdl
 from .._launch import launch
 from .decode import paged_attn_decode_kernel, paged_attn_reduce_kernel
-from .launch import PrefillCfg, decode_cfg, head_pad
+from .launch import MIN_TILES_PER_SPLIT, PrefillCfg, decode_cfg, head_pad
 from .prefill import paged_attn_prefill_kernel
 from .tuning import prefill_config
 
@@ -116,14 +116,15 @@ def paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tenso
                block_table.stride(0), *kv_strides,
                NUM_Q_HEADS=num_q_heads, GROUP=group, BLOCK_G=cfg.block_g, HEAD=head, HEAD_PAD=hp,
                BLOCK_SIZE=block_size, TILE_N=cfg.tile_n, WINDOW=wkeys, USE_SOFTCAP=use_softcap,
-               USE_SINKS=sinks is not None, SPLIT=split, SPLITS_PAD=cfg.splits_pad, USE_PDL=pdl,
-               num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+               USE_SINKS=sinks is not None, SPLIT=split, SPLITS_PAD=cfg.splits_pad,
+               MIN_TILES=MIN_TILES_PER_SPLIT, USE_PDL=pdl, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
         if split:
             launch(paged_attn_reduce_kernel, (num_seqs, num_q_heads),
-                   out, part_o, part_m, part_l, sinks_arg, cu_seqlens_q, cfg.num_splits,
+                   out, part_o, part_m, part_l, sinks_arg, seq_lens, cu_seqlens_q, cfg.num_splits,
                    out.stride(0), out.stride(1),
-                   NUM_Q_HEADS=num_q_heads, HEAD=head, HEAD_PAD=hp, SPLITS_PAD=cfg.splits_pad,
-                   USE_SINKS=sinks is not None, USE_PDL=pdl, num_warps=4)
+                   NUM_Q_HEADS=num_q_heads, HEAD=head, HEAD_PAD=hp, SPLITS_PAD=cfg.splits_pad, WINDOW=wkeys,
+                   TILE_N=cfg.tile_n, MIN_TILES=MIN_TILES_PER_SPLIT, USE_SINKS=sinks is not None, USE_PDL=pdl,
+                   num_warps=4)
         return out
 
     cfg = prefill
