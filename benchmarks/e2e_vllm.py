@@ -337,11 +337,34 @@ def estimate_seconds(cfg: dict[str, Any], specs: list[dict[str, Any]], args: arg
         steps = max(o for _, o in lens)
         t = steps * (wbytes / 2.5e12 + 1.5e-3) + 2 * params * sum(p for p, _ in lens) / 500e12
         per_backend += t * (args.reps + 0.2)  # + a short warm-up
-    startup = 40 + 90 * args.layers / 32
-    n = len(args.backends.split(","))
-    total = n * startup + n * per_backend + (n * 0.6 * startup if args.starts else 0)
-    return {"startup_per_engine": round(startup), "workloads_per_backend": round(per_backend),
-            "total": round(total)}
+    backends = args.backends.split(",")
+    starts = {b: startup_seconds(b, args.layers) for b in backends}
+    n = len(backends)
+    total = sum(starts.values()) + n * per_backend + (0.6 * sum(starts.values()) if args.starts else 0)
+    return {"startup_per_engine": round(max(starts.values())), "startups": {b: round(t) for b, t in starts.items()},
+            "workloads_per_backend": round(per_backend), "total": round(total)}
+
+
+def startup_seconds(backend: str, layers: int) -> float:
+    """Cold start of one engine, near the top of what an H200 showed (aa99ef8, machines differ by
+    ~1.5x): vLLM 73-88 s at 16-32 layers; ours 104-178 s (our patterns' compile and the GEMM
+    tuning, ~60 s at Llama-3-8B)."""
+    base = 50 + 35 * layers / 32
+    return base + (60 + 45 * layers / 32 if backend == OURS else 0)
+
+
+def budget_problem(plan: dict[str, Any], budget_s: float) -> str | None:
+    """Why ``budget_s`` cannot hold even the engines' cold starts (a run that would only start
+    them and skip every workload), or None."""
+    starts = plan["estimate_s"]["startups"]
+    usable = budget_s - min(RESERVE_S, 0.1 * budget_s)
+    need = sum(starts.values())
+    if need <= usable:
+        return None
+    each = ", ".join(f"{b} ~{t} s" for b, t in starts.items())
+    return (f"--budget-s {budget_s:.0f} leaves ~{usable:.0f} s, and the engines' cold starts alone take ~{need:.0f} s "
+            f"({each}): every workload would be skipped. Raise --budget-s (to ~{need / 0.8:.0f} s or more), "
+            f"or run fewer backends (--baseline compile) or layers (--layers)")
 
 
 def print_plan(plan: dict[str, Any], model_dir: str, out_path: Path) -> None:
@@ -366,7 +389,8 @@ def print_plan(plan: dict[str, Any], model_dir: str, out_path: Path) -> None:
               f"{w['prompt_tokens']:8d}{w['output_tokens']:8d}{w['kv_tokens_needed']:8d}"
               f"{'' if w['fits_kv'] else '  (exceeds KV: preemption)'}")
     e = plan["estimate_s"]
-    print(f"rough estimate: start-up ~{e['startup_per_engine']} s/engine, workloads ~{e['workloads_per_backend']} "
+    print(f"rough estimate: start-up {', '.join(f'{b} ~{t} s' for b, t in e['startups'].items())}, "
+          f"workloads ~{e['workloads_per_backend']} "
           f"s/backend, total ~{e['total']} s (budget {plan['budget_s']:.0f} s); warm starts: {plan['starts']}; "
           f"profiles: {plan['profile']}")
     print(f"results -> {out_path}")
@@ -1033,6 +1057,10 @@ def main_parent(args: argparse.Namespace) -> int:
             print(f"worker[{b}]: {sys.executable} {os.path.abspath(__file__)} --worker --backend {b} "
                   f"--engine-kwargs '{json.dumps(kw)}' --cmd-fd N --res-fd M")
         return 0
+    why = budget_problem(plan, args.budget_s)
+    if why is not None:
+        print(f"[e2e] not started: {why}", file=sys.stderr, flush=True)
+        return 2
     log_dir = (out_dir / "e2e_logs") if os.environ.get("OUT") and out_dir == Path(os.environ["OUT"]) \
         else Path(tempfile.mkdtemp(prefix="tri_e2e_logs_"))
     cache_root = Path(tempfile.mkdtemp(prefix="tri_e2e_cache_"))

@@ -66,3 +66,22 @@ def test_explain_gap_names_the_host_rows_that_grew():
     assert "host/launch gaps (wall - GPU busy) +60.0 ms" in line
     assert line.endswith("host: cudaStreamSynchronize +64 calls +57.6 ms")
     assert "host:" not in C.explain_gap(base, base)
+
+
+def test_a_budget_too_small_for_the_cold_starts_is_refused_before_any_engine_starts(tmp_path, capsys):
+    """The e2e refuses at once (exit 2, the reason and the way out) when its budget cannot hold the
+    engines' cold starts: on an H200 such a run started both engines for ~4 minutes of device time
+    and skipped every workload."""
+    import e2e_vllm as E
+
+    args = E.parse_args(["--model", "qwen2.5-7b", "--quick", "--baseline", "compile", "--budget-s", "262",
+                         "--gpu-mem-gib", "140", "--out", str(tmp_path)])
+    plan = E.build_plan(args, 140.0)
+    starts = plan["estimate_s"]["startups"]
+    assert starts["tri_inductor"] > starts["inductor"]  # ours compiles and tunes more
+    why = E.budget_problem(plan, 262)
+    assert why and "Raise --budget-s" in why and "tri_inductor" in why
+    assert E.budget_problem(plan, 540) is None
+    assert E.main_parent(args) == 2
+    assert "not started" in capsys.readouterr().err
+    assert not list(tmp_path.glob("*.json"))  # nothing measured, nothing written
