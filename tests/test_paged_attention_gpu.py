@@ -55,6 +55,9 @@ CASES = {
     "decode-b8-2k-gqa28/4-d128": ([1] * 8, [2048 + 37 * i for i in range(8)], 28, 4, 128, None, 0.0, False),
     "decode-b64-512-gqa32/8-d64": ([1] * 64, [512 - i for i in range(64)], 32, 8, 64, None, 0.0, False),
     "decode-b4-window-softcap-sinks": ([1] * 4, [3000, 4097, 100, 5000], 32, 8, 128, 1024, 30.0, True),
+    # mixed lengths: one-split sequences written by the decode kernel next to cut ones
+    "decode-b16-mixed-gqa28/4-d64": ([1] * 16, [1 + (i * 997) % 6000 for i in range(16)], 28, 4, 64, None, 0.0,
+                                     False),
     "prefill-2k-gqa32/8-d128": ([2048], [2048], 32, 8, 128, None, 0.0, False),
     "prefill-512x3-gqa28/4-d64": ([512, 300, 77], [512, 300, 77], 28, 4, 64, None, 0.0, False),
     "chunked-prefix-mixed": ([1, 512, 1, 256], [4000, 2560, 900, 8192], 32, 8, 128, None, 0.0, False),
