@@ -130,8 +130,8 @@ VARS: dict[str, Var] = {v.name: v for v in (
         "Pattern families to apply (the `patterns` option's default).", _families),
     Var("TRI_INDUCTOR_PDL", "bool", False, "0", _BOOL,
         "1: launch our kernels that support it with programmatic dependent launch on sm_90+ "
-        "(part of the compile cache key). Off by default: on an H200 it made Llama-3.2-1B "
-        "decode steps ~1.5x slower in vLLM's CUDA graphs (docs/design/kernels.md).", _bool),
+        "(part of the compile cache key). Off by default: with it, small-model decode steps in vLLM's "
+        "CUDA graphs were slower on an H200 (docs/design/kernels.md).", _bool),
     Var("TRI_INDUCTOR_TUNE", "bool", True, "1 (on a GPU)", _BOOL,
         "Tune GEMM, MoE-expert and paged-attention prefill shapes missing from the tuning DB on the "
         "GPU (at compile time, at vLLM engine start for attention, or at an eager call's first use; "

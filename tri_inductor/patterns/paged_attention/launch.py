@@ -16,12 +16,11 @@ import functools
 import torch
 import triton
 
-# Decode programs per SM the split count aims for. H200 (attention_h200_decode.json, d128, long
-# contexts): ~320 programs reached 0.83-0.85x FA3's bandwidth, >= 512 reached 0.96-0.97x; 4 a SM
-# gives a batch of 8 (8 KV heads) 528 programs. Unused splits of short sequences exit at once.
+# Decode programs per SM the split count aims for: fewer left K/V bandwidth unused on an H200
+# (docs/design/paged_attention.md, "Decode"). Unused splits of short sequences exit at once.
 CTAS_PER_SM = 4
-# A batch whose own grid has this many programs a SM is not split: 1024 unsplit programs ran at
-# 0.955x FA3 there, and a split would add the reduce launch to every step of it.
+# A batch whose own grid has this many programs a SM is not split: a split would add the reduce
+# launch to each of its steps for little bandwidth (same section).
 UNSPLIT_CTAS_PER_SM = 2
 MAX_SPLITS = 64          # partial buffers and the reduce's tile grow with it
 MIN_TILES_PER_SPLIT = 2  # a split shorter than this costs more in the reduce than it saves
@@ -71,8 +70,8 @@ def head_pad(head: int) -> int:
 
 
 # Keys a decode program loads per iteration: the same bytes per K (and V) tile whatever the
-# head dim, 16 KB in bf16 (d128: 64 keys, d64: 128, d256: 32). H200: d128 at 64 keys streamed
-# 4.4 TB/s at long contexts while d64 at 64 keys (half the bytes an iteration) stalled at 3.3.
+# head dim, 16 KB in bf16 (d128: 64 keys, d64: 128, d256: 32); half that per iteration left d64
+# short of d128's bandwidth (docs/design/paged_attention.md, "Decode").
 DECODE_TILE_ELEMS = 8192
 
 
