@@ -419,8 +419,10 @@ class Engine:
 
     def env(self) -> dict[str, str]:
         env = dict(os.environ)
+        # every cache an engine fills, ours (the tuning DB) too: a cold start is cold even on a
+        # machine an earlier run left its caches on
         for var, sub in (("VLLM_CACHE_ROOT", "vllm"), ("TORCHINDUCTOR_CACHE_DIR", "inductor"),
-                         ("TRITON_CACHE_DIR", "triton")):
+                         ("TRITON_CACHE_DIR", "triton"), ("TRI_INDUCTOR_CACHE_DIR", "tri_inductor")):
             env[var] = str(self.cache_dir / sub)
         env["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"  # engine in the worker: our hook and profiler see it
         env.setdefault("VLLM_USE_V2_MODEL_RUNNER", "0")

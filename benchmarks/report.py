@@ -234,7 +234,12 @@ def e2e_section(name: str, d: dict[str, Any]) -> str:
                 cold, warm = e.get("cold_start_tuning") or {}, e.get("warm_start_tuning") or {}
                 row += [f"{_num(cold.get('tune_s'))} / {_num(warm.get('tune_s'))}",
                         f"{_num(cold.get('benchmarks'), 0)} / {_num(warm.get('benchmarks'), 0)}"]
-            srows.append(row + [e.get("cold_start_error") and "failed" or ""])
+            note = e.get("cold_start_error") and "failed" or ""
+            cold = e.get("cold_start_tuning") or {}
+            if not note and cold.get("hits") and not cold.get("benchmarks"):
+                # the engine read a tuning DB an earlier run had filled: not a cold start for ours
+                note = f"tuning DB already filled ({cold['hits']} hits): not cold"
+            srows.append(row + [note])
         out += ["", "Start-up (process start to engine ready; cold = empty vLLM/Inductor/Triton caches, warm = a "
                 "new process with those caches filled):", "",
                 _table(["backend", "cold start s", "warm start s", "torch.compile s (cold, vLLM log)",

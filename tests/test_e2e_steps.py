@@ -85,3 +85,14 @@ def test_a_budget_too_small_for_the_cold_starts_is_refused_before_any_engine_sta
     assert E.main_parent(args) == 2
     assert "not started" in capsys.readouterr().err
     assert not list(tmp_path.glob("*.json"))  # nothing measured, nothing written
+
+
+def test_each_engine_gets_fresh_caches_of_every_kind(tmp_path, monkeypatch):
+    """A cold start is cold: vLLM's, Inductor's, Triton's caches and our tuning DB all live under
+    the engine's own folder, whatever an earlier run left in the user's cache folders."""
+    import e2e_vllm as E
+
+    monkeypatch.setenv("TRI_INDUCTOR_CACHE_DIR", "/somewhere/warm")
+    env = E.Engine("tri_inductor", {}, tmp_path / "eng", tmp_path / "log").env()
+    for var in ("VLLM_CACHE_ROOT", "TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR", "TRI_INDUCTOR_CACHE_DIR"):
+        assert env[var].startswith(str(tmp_path / "eng")), var

@@ -763,6 +763,10 @@ def test_report_start_table_shows_tuning_when_recorded(tmp_path):
     plain.mkdir()
     (plain / "e2e_h100.json").write_text(json.dumps(_e2e()))
     assert "configs benchmarked" not in report.build_markdown(plain)
+    # a "cold" start that found our tuning DB filled by an earlier run says so
+    rec["engines"]["tri_inductor"]["cold_start_tuning"] = {"tune_s": 0.0, "benchmarks": 0, "hits": 87}
+    (d / "e2e_h100.json").write_text(json.dumps(rec))
+    assert _row(report.build_markdown(d), "tri_inductor")[-1] == "tuning DB already filled (87 hits): not cold"
 
 
 def test_moe_kernels_record_gets_its_table(tmp_path):
