@@ -60,6 +60,23 @@ def test_repeat_call_uses_the_compiled_launcher(rec) -> None:
     assert compiled.runs == [(4, 2, 1, 77, "function", "packed_metadata", None, None, None, y, 10, 2e-5, 64, 3)]
 
 
+@triton.jit(do_not_specialize=["n"])
+def _count_kernel(x_ptr, n, BLOCK: tl.constexpr):
+    pass
+
+
+def test_an_int_triton_does_not_specialise_on_is_keyed_by_width(rec) -> None:
+    # a per-step count (do_not_specialize: one compiled kernel whatever its value) reuses the
+    # launcher for every value of the same width; a value past 32 bits is a new kernel for Triton
+    compiled, slow, _ = rec
+    x = torch.zeros(64, dtype=torch.bfloat16)
+    for n in (1, 16, 17, 1000):
+        L._launch_gpu(_count_kernel, (4,), (x, n), {"BLOCK": 64})
+    assert len(slow) == 1 and [r[-2] for r in compiled.runs] == [16, 17, 1000]
+    L._launch_gpu(_count_kernel, (4,), (x, 2**33), {"BLOCK": 64})
+    assert len(slow) == 2
+
+
 @pytest.mark.parametrize("change", ["int", "dtype", "alignment", "constexpr", "option", "device"])
 def test_a_different_specialisation_goes_back_to_triton(rec, change) -> None:
     compiled, slow, device = rec
@@ -222,3 +239,15 @@ def test_inductor_launcher_hook_sets_the_attribute() -> None:
     for r in (on, off, other):
         _pdl._launch_with_pdl(r)
     assert on.kernel.run.launch_pdl and not off.kernel.run.launch_pdl and not other.kernel.run.launch_pdl
+
+
+def test_compile_only_compiles_what_the_launch_will_run(monkeypatch) -> None:
+    # compiled ahead (the tuner, the attention warm-up) with the options of the real launch,
+    # launch_pdl included: otherwise the first real launch would compile the kernel again
+    seen = []
+    monkeypatch.setattr(JITFunction, "warmup", lambda self, *a, **k: seen.append(k))
+    x = torch.zeros(64, dtype=torch.bfloat16)
+    with L.compile_only():
+        L._launch_gpu(_pdl_kernel, (4,), (x, 10), {"BLOCK": 64, "USE_PDL": True})
+        L._launch_gpu(_pdl_kernel, (4,), (x, 10), {"BLOCK": 64, "USE_PDL": False})
+    assert seen[0].get("launch_pdl") is True and "launch_pdl" not in seen[1]

@@ -417,7 +417,8 @@ def test_backend_falls_back_when_our_kernel_fails(monkeypatch, error, strict, fa
     monkeypatch.setattr(VA, "paged_attention", failing)
     monkeypatch.setattr(TritonAttentionImpl, "forward", lambda self, *a, **k: calls.append("vllm") or "vllm")
     impl = object.__new__(VA.TriPagedAttentionImpl)
-    impl.__dict__.update(_tri_layer_decline=None, _tri_checked={}, _tri_strict=strict, head_size=64,
+    impl.__dict__.update(_tri_layer_decline=None, _tri_checked={}, _tri_strict=strict, _tri_warmed=set(),
+                         _tri_max_tokens=8192, head_size=64,
                          scale=0.125, sliding_window=None, logits_soft_cap=0.0, sinks=None)
     md = types.SimpleNamespace(use_cascade=False, mm_prefix_range_tensor=None, rswa_prefix_lens=None, causal=True,
                                num_actual_tokens=3, query_start_loc=None, seq_lens=None, block_table=None,
@@ -483,3 +484,80 @@ def test_prepare_prefill_without_gpu_uses_stored_or_heuristic_tiles():
     # nothing stored, no GPU: the heuristic's tiles
     assert prepare_prefill(4, 128, 16, torch.bfloat16) == L.prefill_cfg(4, 128, PT.Q_BUCKETS[-1])
     assert prepare_prefill(4, 128, 16, torch.float32) is None     # a dtype ours declines: nothing to do
+
+
+# ----------------------------------------------------------------------------- compiled ahead
+
+def test_warm_up_compiles_every_prefill_config_a_step_can_pick(monkeypatch):
+    """warm_prefill compiles (here: records) the prefill kernel for every tile config; then steps
+    of any query count up to the limit (short chunks, decode rows mixed in, long prefills) launch
+    only configs it compiled: no JIT compile while serving."""
+    from tri_inductor import tuning as generic
+    from tri_inductor.patterns.paged_attention import ops
+
+    seen: list[tuple] = []
+
+    def record(kernel, grid, *args, **kwargs):
+        if kernel is ops.paged_attn_prefill_kernel:
+            seen.append(tuple(sorted((k, v) for k, v in kwargs.items())))
+
+    def sequential(fns):
+        for f in fns.values():
+            f()
+        return {}
+
+    monkeypatch.setattr(ops, "launch", record)
+    monkeypatch.setattr(generic, "compile_side_by_side", sequential)
+    q, kc, vc, cu, sl, bt = make_inputs([3, 1], [40, 9], 28, 4, 64)
+    out = torch.empty_like(q)
+    done, failed = ops.warm_prefill(q, kc, vc, out, cu, sl, bt, 0.125, True, None, 0.0, None, 4096)
+    warmed = set(seen)
+    assert done == len(warmed) >= 3 and not failed
+    for n in (2, 3, 5, 9, 17, 100, 255, 256, 257, 1000, 4096):
+        seen.clear()
+        qn, kn, vn, cun, sln, btn = make_inputs([n, 1], [n + 5, 30], 28, 4, 64)
+        paged_attention(qn, kn, vn, torch.empty_like(qn), cun, sln, btn, n, n + 5, 0.125)
+        assert seen and set(seen) <= warmed, n
+
+
+def test_impl_compiles_ahead_once_per_signature_and_never_fails_a_step(monkeypatch, caplog):
+    """vLLM's impl warms at the first step it can (GPU, not capturing), once per kernel signature
+    for all layers; a warm-up error is a warning and the step still runs (strict: raises)."""
+    pytest.importorskip("vllm", reason="vLLM is not installed")
+    from tri_inductor import vllm_attention as VA
+
+    warms, runs = [], []
+    monkeypatch.setattr(VA, "_WARMED", set())
+    monkeypatch.setattr(VA, "can_compile_ahead", lambda q: True)
+    monkeypatch.setattr(VA, "warm_prefill", lambda *a: warms.append(a[-1]) or (5, {}))
+    monkeypatch.setattr(VA, "paged_attention", lambda *a, **k: runs.append(1))
+
+    def impl(strict=False):
+        i = object.__new__(VA.TriPagedAttentionImpl)
+        i.__dict__.update(_tri_layer_decline=None, _tri_checked={}, _tri_strict=strict, _tri_warmed=set(),
+                          _tri_max_tokens=2048, head_size=64, scale=0.125, sliding_window=None,
+                          logits_soft_cap=0.0, sinks=None)
+        return i
+
+    md = types.SimpleNamespace(use_cascade=False, mm_prefix_range_tensor=None, rswa_prefix_lens=None, causal=True,
+                               num_actual_tokens=3, query_start_loc=None, seq_lens=None, block_table=None,
+                               max_query_len=3, max_seq_len=3)
+    q = torch.zeros(3, 4, 64, dtype=torch.bfloat16)
+    kv = torch.zeros(2, 2, 16, 128, dtype=torch.bfloat16)
+    layers = [impl(), impl()]
+    for _ in range(3):
+        for layer in layers:
+            layer.forward(None, q, q, q, kv, md, torch.zeros_like(q))
+    assert warms == [2048] and len(runs) == 6  # once for both layers, every step ran
+
+    def broken(*a):
+        raise RuntimeError("out of resources")
+
+    monkeypatch.setattr(VA, "_WARMED", set())
+    monkeypatch.setattr(VA, "warm_prefill", broken)
+    with caplog.at_level("WARNING", logger="tri_inductor.vllm"):
+        impl().forward(None, q, q, q, kv, md, torch.zeros_like(q))
+    assert "not compiled ahead" in caplog.text and len(runs) == 7
+    monkeypatch.setattr(VA, "_WARMED", set())
+    with pytest.raises(RuntimeError, match="out of resources"):
+        impl(strict=True).forward(None, q, q, q, kv, md, torch.zeros_like(q))

@@ -109,6 +109,35 @@ def test_cuda_graph_replay_with_longer_contexts():
     torch.testing.assert_close(out.double(), ref, **TOL)
 
 
+def test_no_compile_while_serving_after_the_warm_up():
+    """After warm_prefill on one step's tensors, steps of other query counts (and sequence
+    counts) compile nothing new: Triton's kernel cache of the prefill kernel keeps its size."""
+    from tri_inductor.patterns.paged_attention import ops
+
+    def compiled() -> int:
+        return sum(len(c[0]) for c in ops.paged_attn_prefill_kernel.device_caches.values())
+
+    def inputs(q_lens, seq_lens):
+        # vLLM's block table has one width for the engine's life: so has this one (320 blocks)
+        q, kc, vc, cu, sl, bt = make_inputs(q_lens, seq_lens, 32, 8, 128)
+        wide = torch.full((bt.shape[0], 320), -1, dtype=bt.dtype, device=bt.device)
+        wide[:, :bt.shape[1]] = bt
+        return q, kc, vc, cu, sl, wide
+
+    q, kc, vc, cu, sl, bt = inputs([7, 1], [300, 40])
+    done, failed = ops.warm_prefill(q, kc, vc, torch.empty_like(q), cu, sl, bt, 128 ** -0.5, True, None, 0.0,
+                                    None, 4096)
+    assert done >= 3 and not failed
+    before = compiled()
+    for lens in ([2, 1], [33, 1, 1], [300], [1000, 5, 1, 1], [4096], [16] * 17):
+        qn, kn, vn, cun, sln, btn = inputs(lens, [n + 64 for n in lens])
+        out = paged_attention(qn, kn, vn, torch.empty_like(qn), cun, sln, btn, max(lens), max(lens) + 64,
+                              128 ** -0.5)
+        torch.testing.assert_close(out.double(), paged_attention_ref(qn, kn, vn, cun, sln, btn, 128 ** -0.5),
+                                   **TOL)
+    assert compiled() == before
+
+
 def test_launches_only_our_triton_kernels():
     from tri_inductor.audit.runtime import profile_kernels, source_triton_kernel_names
 

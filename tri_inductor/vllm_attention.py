@@ -20,10 +20,13 @@ from vllm.v1.attention.backends.triton_attn import (TritonAttentionBackend, Trit
                                                     TritonAttentionMetadataBuilder)
 
 from .patterns.paged_attention import decline_reason, paged_attention, prepare_prefill
+from .patterns.paged_attention.ops import warm_prefill
 from .tuning import device_fault
 
 log = logging.getLogger("tri_inductor.vllm")
 _logged: set[str] = set()
+# Kernel signatures whose prefill tile variants are compiled in this process (warm_prefill).
+_WARMED: set[tuple] = set()
 
 
 def _log_decline(why: str) -> None:
@@ -60,6 +63,22 @@ def layer_decline_reason(impl: Any) -> str | None:
     return None
 
 
+def max_step_tokens() -> int:
+    """The most query tokens one step can have (vLLM's max_num_batched_tokens; 8192 unknown)."""
+    try:
+        from vllm.config import get_current_vllm_config
+
+        n = get_current_vllm_config().scheduler_config.max_num_batched_tokens
+        return int(n) if n else 8192
+    except Exception:  # noqa: BLE001  (no config being built)
+        return 8192
+
+
+def can_compile_ahead(query: torch.Tensor) -> bool:
+    """A step whose tensors can compile our kernels ahead: on a GPU, outside a CUDA-graph capture."""
+    return query.is_cuda and not torch.cuda.is_current_stream_capturing()
+
+
 def step_decline_reason(md: Any, output_scale: Any, output_block_scale: Any) -> str | None:
     """What rules ours out for one step's metadata."""
     if output_scale is not None or output_block_scale is not None:
@@ -83,6 +102,8 @@ class TriPagedAttentionImpl(TritonAttentionImpl):
             _log_decline(self._tri_layer_decline)
         self._tri_checked: dict[tuple, str | None] = {}
         self._tri_strict = _strict_mode()
+        self._tri_max_tokens = max_step_tokens()
+        self._tri_warmed: set[tuple] = set()  # this layer's signatures past the warm-up check
 
     def forward(self, layer: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                 kv_cache: torch.Tensor, attn_metadata: Any, output: torch.Tensor,
@@ -106,6 +127,12 @@ class TriPagedAttentionImpl(TritonAttentionImpl):
             _log_decline(why)
             return super().forward(layer, query, key, value, kv_cache, md, output, output_scale, output_block_scale)
         n = md.num_actual_tokens
+        if sig not in self._tri_warmed and can_compile_ahead(query):
+            self._tri_warmed.add(sig)
+            key = (sig, tuple(key_cache.shape[1:]), self.sliding_window, bool(self.logits_soft_cap),
+                   self.sinks is not None)
+            if key not in _WARMED:
+                self._warm(key, query[:n], key_cache, value_cache, output[:n], md)
         try:
             paged_attention(query[:n], key_cache, value_cache, output[:n], md.query_start_loc, md.seq_lens,
                             md.block_table, md.max_query_len, md.max_seq_len, self.scale, causal=bool(md.causal),
@@ -122,6 +149,31 @@ class TriPagedAttentionImpl(TritonAttentionImpl):
             log.warning("tri_inductor: attention runs vLLM's TRITON_ATTN kernel here: %s", why)
             return super().forward(layer, query, key, value, kv_cache, md, output, output_scale, output_block_scale)
         return output
+
+    def _warm(self, key: tuple, q: torch.Tensor, key_cache: torch.Tensor, value_cache: torch.Tensor,
+              out: torch.Tensor, md: Any) -> None:
+        """At the first step a kernel signature meets (vLLM's warm-up, before serving), compile
+        its prefill kernel for every tile config a step can pick. A failure here only costs the
+        compile at first use (a config that cannot compile is declined there)."""
+        import time
+
+        from . import cache
+
+        _WARMED.add(key)
+        t0 = time.perf_counter()
+        try:
+            done, failed = warm_prefill(q, key_cache, value_cache, out, md.query_start_loc, md.seq_lens,
+                                        md.block_table, self.scale, bool(md.causal), self.sliding_window,
+                                        self.logits_soft_cap, self.sinks, self._tri_max_tokens)
+        except Exception as e:
+            if self._tri_strict or device_fault(e):
+                raise
+            log.warning("tri_inductor: attention prefill kernels not compiled ahead (%s: %s); each compiles "
+                        "at its first use", type(e).__name__, str(e)[:200])
+            return
+        cache.progress(f"compiled {done} prefill tile configs of our paged attention (head {q.shape[-1]}, "
+                       f"{q.shape[1]}/{key_cache.shape[2]} heads) in {time.perf_counter() - t0:.1f} s"
+                       + (f"; {len(failed)} did not compile" if failed else ""))
 
 
 class TriPagedAttentionMetadataBuilder(TritonAttentionMetadataBuilder):

@@ -58,14 +58,28 @@ _COMPILED: dict[tuple, tuple[Any, tuple]] = {}
 _COMPILED_MAX = 4096  # distinct (kernel, specialisation) entries kept; cleared when full
 
 
-def _spec(a: Any) -> Any:
+def _spec(a: Any, fixed: bool = False) -> Any:
     # Finer than Triton's own specialisation (which keys tensors on dtype and 16-byte
     # alignment, ints on == 1 and % 16): a hit can never reuse a kernel Triton would recompile.
+    # An int the kernel does not specialise on (``do_not_specialize``: a count that changes every
+    # step) is keyed by its width only, as Triton keys it.
     if type(a) is torch.Tensor:
         return (a.dtype, a.data_ptr() % 16 == 0)
+    if fixed and type(a) is int:
+        return "i32" if -2**31 <= a < 2**31 else "i64"
     if a is None or isinstance(a, (bool, int, str)):
         return a
     return type(a)  # float (not specialised by Triton unless constexpr, and then it is a kwarg)
+
+
+_UNSPECIALISED: dict[Any, tuple[bool, ...]] = {}
+
+
+def _arg_keys(kernel, args: tuple) -> tuple:
+    flags = _UNSPECIALISED.get(kernel)
+    if flags is None:
+        flags = _UNSPECIALISED[kernel] = tuple(bool(getattr(p, "do_not_specialize", False)) for p in kernel.params)
+    return tuple(_spec(a, f) for a, f in zip(args, flags + (False,) * (len(args) - len(flags))))
 
 
 def _tail(kernel, n_args: int, kwargs: dict[str, Any]) -> tuple | None:
@@ -111,19 +125,20 @@ def compile_only() -> Iterator[None]:
 
 
 def _launch_gpu(kernel, grid, args: tuple, kwargs: dict[str, Any]) -> None:
+    if kwargs.get("USE_PDL"):
+        kwargs = {**kwargs, "launch_pdl": True}  # Triton's compile option for the launch attribute
     if _COMPILE_ONLY.get():
+        # compiled with the options the real launch will ask for (launch_pdl included): the same kernel
         if not callable(grid) and isinstance(kernel, JITFunction):
             kernel.warmup(*args, grid=grid, **kwargs)
         return
-    if kwargs.get("USE_PDL"):
-        kwargs = {**kwargs, "launch_pdl": True}  # Triton's compile option for the launch attribute
     hooks = _hook_set(knobs.runtime.launch_enter_hook) or _hook_set(knobs.runtime.launch_exit_hook)
     # Profilers see Triton's own launch path; a callable grid needs Triton's bound arguments.
     if hooks or callable(grid) or not isinstance(kernel, JITFunction):
         kernel[grid](*args, **kwargs)
         return
     device = _current_device()  # Triton keeps one kernel cache per device: so do we
-    key = (kernel, device, *map(_spec, args), *kwargs.items())
+    key = (kernel, device, *_arg_keys(kernel, args), *kwargs.items())
     hit = _COMPILED.get(key)
     if hit is None:
         compiled = kernel[grid](*args, **kwargs)

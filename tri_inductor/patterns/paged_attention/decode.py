@@ -32,7 +32,7 @@ def used_splits(seq_len, num_splits, WINDOW: tl.constexpr, TILE_N: tl.constexpr,
     return tl.minimum(num_splits, tl.maximum(tl.cdiv(n_tiles, MIN_TILES), 1)), lo, n_tiles
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["num_splits"])  # per batch size: one compile for all
 def paged_attn_decode_kernel(
         out_ptr, part_o_ptr, part_m_ptr, part_l_ptr,
         q_ptr, k_ptr, v_ptr, sinks_ptr, block_table_ptr, seq_lens_ptr, cu_q_ptr,
@@ -87,7 +87,7 @@ def paged_attn_decode_kernel(
                         USE_SINKS)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["num_splits"])  # per batch size: one compile for all
 def paged_attn_reduce_kernel(
         out_ptr, part_o_ptr, part_m_ptr, part_l_ptr, sinks_ptr, seq_lens_ptr, cu_q_ptr,
         num_splits, stride_ot, stride_oh,

@@ -144,6 +144,38 @@ def paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tenso
     return out
 
 
+def prefill_variants(group: int, head: int, block_size: int, dtype: torch.dtype, causal: bool, max_tokens: int,
+                     run: Any = None) -> list[PrefillCfg]:
+    """Every prefill tile config a step of up to ``max_tokens`` queries can pick (each bucket's
+    stored or tuned config fitted to the step, or the heuristic's): what :func:`warm_prefill`
+    compiles.  A causal step of one query is a decode step."""
+    out: list[PrefillCfg] = []
+    for n in range(2 if causal else 1, max(2, max_tokens) + 1):
+        cfg = prefill_config(group, head, block_size, dtype, causal, n, run)
+        if cfg not in out:
+            out.append(cfg)
+    return out
+
+
+def warm_prefill(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, out: torch.Tensor,
+                 cu_seqlens_q: torch.Tensor, seq_lens: torch.Tensor, block_table: torch.Tensor, scale: float,
+                 causal: bool, window: Any, softcap: float, sinks: torch.Tensor | None,
+                 max_tokens: int) -> tuple[int, dict]:
+    """Compile, without launching, the prefill kernel for every tile config a step of up to
+    ``max_tokens`` queries can pick, on a real call's tensors (the same argument specialisation
+    as the steps to come), side by side: no request of a new length then waits for a Triton
+    JIT compile (~1 s; vLLM's JIT monitor reports it).  Returns (configs compiled, failures)."""
+    from ... import tuning as generic
+
+    group, head = q.shape[1] // k_cache.shape[2], q.shape[2]
+    cfgs = prefill_variants(group, head, k_cache.shape[1], q.dtype, bool(causal), max_tokens, _tuning_run)
+    failed = generic.compile_side_by_side(
+        {c: (lambda c=c: paged_attention(q, k_cache, v_cache, out, cu_seqlens_q, seq_lens, block_table, 2, 2,
+                                         scale, causal, window, softcap, sinks, prefill=c, check=False))
+         for c in cfgs})
+    return len(cfgs) - len(failed), failed
+
+
 def prepare_prefill(group: int, head: int, block_size: int, dtype: torch.dtype) -> PrefillCfg | None:
     """Tune (on a GPU with tuning on; else look up) the causal prefill tiles of one attention
     shape for every query bucket now, at engine start (vLLM's metadata builder), so no request

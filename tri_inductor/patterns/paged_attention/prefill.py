@@ -57,7 +57,7 @@ def _tile(q, m_i, l_i, acc, t, lo, q_abs, seq_len, k_ptr, v_ptr, bt_row, kvh, of
     return m_i, l_i, acc
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["num_seqs"])  # a count that changes every step: one compile
 def paged_attn_prefill_kernel(
         out_ptr, q_ptr, k_ptr, v_ptr, sinks_ptr, block_table_ptr, seq_lens_ptr, cu_q_ptr,
         scale, softcap, num_seqs,
