@@ -341,8 +341,8 @@ def estimate_seconds(cfg: dict[str, Any], specs: list[dict[str, Any]], args: arg
     starts = {b: startup_seconds(b, args.layers) for b in backends}
     n = len(backends)
     total = sum(starts.values()) + n * per_backend + (0.6 * sum(starts.values()) if args.starts else 0)
-    return {"startup_per_engine": round(max(starts.values())), "startups": {b: round(t) for b, t in starts.items()},
-            "workloads_per_backend": round(per_backend), "total": round(total)}
+    return {"startups": {b: round(t) for b, t in starts.items()}, "workloads_per_backend": round(per_backend),
+            "total": round(total)}
 
 
 def startup_seconds(backend: str, layers: int) -> float:
@@ -353,11 +353,16 @@ def startup_seconds(backend: str, layers: int) -> float:
     return base + (60 + 45 * layers / 32 if backend == OURS else 0)
 
 
+def reserve_s(budget_s: float) -> float:
+    """Seconds of the budget kept back for stopping engines and writing results."""
+    return min(RESERVE_S, 0.1 * budget_s)
+
+
 def budget_problem(plan: dict[str, Any], budget_s: float) -> str | None:
     """Why ``budget_s`` cannot hold even the engines' cold starts (a run that would only start
     them and skip every workload), or None."""
     starts = plan["estimate_s"]["startups"]
-    usable = budget_s - min(RESERVE_S, 0.1 * budget_s)
+    usable = budget_s - reserve_s(budget_s)
     need = sum(starts.values())
     if need <= usable:
         return None
@@ -572,7 +577,7 @@ class Runner:
         self.log_dir, self.cache_root = log_dir, cache_root
         self.t0 = time.monotonic()
         self.deadline = self.t0 + args.budget_s
-        self.reserve = min(RESERVE_S, 0.1 * args.budget_s)
+        self.reserve = reserve_s(args.budget_s)
         self.n_starts: dict[str, int] = {}
         self.raw: dict[str, dict[str, list[dict[str, Any]]]] = {}  # workload -> backend -> rep results
         git = C.git_info()

@@ -230,12 +230,11 @@ def e2e_section(name: str, d: dict[str, Any]) -> str:
             ph = e.get("cold_start_phases") or {}
             row = [label, _num(e.get("cold_start_s")), _num(e.get("warm_start_s")),
                    _num(ph.get("torch_compile_total_s")), _num(ph.get("graph_capture_s"), 0)]
+            cold, warm = e.get("cold_start_tuning") or {}, e.get("warm_start_tuning") or {}
             if tuned:
-                cold, warm = e.get("cold_start_tuning") or {}, e.get("warm_start_tuning") or {}
                 row += [f"{_num(cold.get('tune_s'))} / {_num(warm.get('tune_s'))}",
                         f"{_num(cold.get('benchmarks'), 0)} / {_num(warm.get('benchmarks'), 0)}"]
             note = e.get("cold_start_error") and "failed" or ""
-            cold = e.get("cold_start_tuning") or {}
             if not note and cold.get("hits") and not cold.get("benchmarks"):
                 # the engine read a tuning DB an earlier run had filled: not a cold start for ours
                 note = f"tuning DB already filled ({cold['hits']} hits): not cold"

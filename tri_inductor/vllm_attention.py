@@ -64,14 +64,16 @@ def layer_decline_reason(impl: Any) -> str | None:
 
 
 def max_step_tokens() -> int:
-    """The most query tokens one step can have (vLLM's max_num_batched_tokens; 8192 unknown)."""
-    try:
-        from vllm.config import get_current_vllm_config
+    """The most query tokens one step can have in the config being built (vLLM's
+    max_num_batched_tokens; 8192 when unknown)."""
+    from .vllm_config import options_being_built
 
-        n = get_current_vllm_config().scheduler_config.max_num_batched_tokens
-        return int(n) if n else 8192
-    except Exception:  # noqa: BLE001  (no config being built)
-        return 8192
+    try:
+        cfg = options_being_built()[0]
+    except Exception:  # noqa: BLE001  (options the config check already reported)
+        cfg = None
+    n = getattr(getattr(cfg, "scheduler_config", None), "max_num_batched_tokens", None)
+    return int(n) if n else 8192
 
 
 def can_compile_ahead(query: torch.Tensor) -> bool:
