@@ -194,17 +194,48 @@ def test_declines_name_the_reason():
 
 # ----------------------------------------------------------------------------- launch config
 
-def test_split_count_fills_the_device():
-    # batch 1 x 8 KV heads on 132 SMs: the fewest splits for CTAS_PER_SM programs per SM, capped
+def test_split_count_fills_one_wave():
+    # batch 1 x 8 KV heads on 132 SMs holding 4 programs each: the most splits within 528 programs
+    slots = 132 * L.DEFAULT_PROGRAMS_PER_SM
     n = L.num_splits_for(1, 8, None, 132, 64)
-    assert n == L.MAX_SPLITS or (n * 8 >= 132 * L.CTAS_PER_SM > (n - 1) * 8)
-    assert L.num_splits_for(3, 8, None, 132, 64) * 3 * 8 >= 132 * L.CTAS_PER_SM
-    assert L.num_splits_for(33, 8, None, 132, 64) == 1  # 264 programs: 2 a SM, no split (no reduce)
-    assert L.num_splits_for(32, 8, None, 132, 64) > 1
-    assert L.num_splits_for(1, 8, 512, 132, 64) == 4            # 512 keys: 2 tiles of 64 a split at least
-    assert L.num_splits_for(256, 8, 32768, 132, 64) == 1        # the grid alone fills the device
+    assert n == L.MAX_SPLITS or (n * 8 <= slots < (n + 1) * 8)
+    assert L.num_splits_for(32, 8, None, 132, 64) == 2           # 512 programs: 2 x 256 fit, 3 x 256 do not
+    assert L.num_splits_for(32, 4, None, 132, 64) == 4           # 512 of 528, not 640
+    assert L.num_splits_for(3, 8, None, 132, 64) * 3 * 8 <= slots
+    assert L.num_splits_for(67, 8, None, 132, 64) == 1           # 536 programs: the batch fills the wave
+    assert L.num_splits_for(1, 8, 512, 132, 64) == 4             # 512 keys: 2 tiles of 64 a split at least
+    assert L.num_splits_for(256, 8, 32768, 132, 64) == 1         # the grid alone fills the device
     assert L.num_splits_for(1, 1, None, 132, 64) == L.MAX_SPLITS
     assert L.num_splits_for(4, 8, None, 78, 64) < L.num_splits_for(4, 8, None, 132, 64)  # from the SM count
+    assert L.num_splits_for(4, 8, None, 132, 64, per_sm=7) > L.num_splits_for(4, 8, None, 132, 64, per_sm=3)
+    for b in range(1, 80):                                        # never past one wave unless unsplit
+        for per_sm in (2, 3, 4, 7):
+            s = L.num_splits_for(b, 8, None, 132, 64, per_sm)
+            assert s == 1 or b * 8 * s <= 132 * per_sm
+
+
+def test_programs_per_sm_follows_cuda_occupancy_rules():
+    """CUDA's rule: registers in 256-register warp units of a 64K file, threads, shared memory
+    plus 1 KB a block. The decode kernel on sm_90 (ptxas: 122 registers, 39,424 bytes shared,
+    4 warps) is register-bound at 4; its d64 64-key variant (70, 20,992) at 7."""
+    from tri_inductor.patterns.occupancy import programs_per_sm
+
+    assert programs_per_sm(122, 39424, 4) == 4
+    assert programs_per_sm(70, 20992, 4) == 7
+    assert programs_per_sm(32, 100 * 1024, 4) == 2                # shared-memory bound
+    assert programs_per_sm(32, 0, 16) == 4                        # thread bound: 2048 / 512
+    assert programs_per_sm(255, 0, 8) == 1
+
+
+def test_decode_asks_no_compiled_kernel_off_the_gpu(interpreter):
+    """CPU (interpreter) and traced calls size splits with the default programs per SM."""
+    from tri_inductor.patterns._launch import compiled_kernel
+    from tri_inductor.patterns.paged_attention import ops
+
+    t = torch.zeros(4)
+    assert compiled_kernel(None, (1,), t) is None
+    assert ops._decode_programs_per_sm(torch.zeros(1, 1, 8), (1,), (), {}) == L.DEFAULT_PROGRAMS_PER_SM
+    run_case([1, 1], [17, 700], 8, 2, 64)
 
 
 def test_prefill_tiles_for_hopper():

@@ -109,6 +109,29 @@ def test_cuda_graph_replay_with_longer_contexts():
     torch.testing.assert_close(out.double(), ref, **TOL)
 
 
+@pytest.mark.parametrize("hq,hk,d", [(32, 8, 128), (28, 4, 64), (16, 16, 256)])
+def test_programs_per_sm_matches_the_driver(hq, hk, d):
+    """The resident programs a decode split count is sized on (occupancy.py, from the compiled
+    kernel's registers and shared memory) equal the CUDA driver's own occupancy answer."""
+    import ctypes
+
+    from tri_inductor.patterns.paged_attention import ops
+
+    q, kc, vc, cu, sl, bt = make_inputs([1] * 2, [3000, 100], hq, hk, d)
+    ops._PER_SM.clear()
+    paged_attention(q, kc, vc, torch.empty_like(q), cu, sl, bt, 1, 3000, d ** -0.5)
+    assert len(ops._PER_SM) == 1
+    ours = next(iter(ops._PER_SM.values()))
+    compiled = [k for k in ops.paged_attn_decode_kernel.device_caches[torch.cuda.current_device()][0].values()
+                if k.metadata.num_warps == 4]
+    assert compiled
+    cuda = ctypes.CDLL("libcuda.so.1")
+    blocks = ctypes.c_int()
+    assert cuda.cuOccupancyMaxActiveBlocksPerMultiprocessor(
+        ctypes.byref(blocks), ctypes.c_void_p(compiled[0].function), 128, ctypes.c_size_t(compiled[0].metadata.shared)) == 0
+    assert ours == blocks.value, (ours, blocks.value, compiled[0].n_regs, compiled[0].metadata.shared)
+
+
 def test_no_compile_while_serving_after_the_warm_up():
     """After warm_prefill on one step's tensors, steps of other query counts (and sequence
     counts) compile nothing new: Triton's kernel cache of the prefill kernel keeps its size."""

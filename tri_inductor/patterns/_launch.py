@@ -124,6 +124,16 @@ def compile_only() -> Iterator[None]:
         _COMPILE_ONLY.reset(tok)
 
 
+def compiled_kernel(kernel, grid, *args: Any, **kwargs: Any) -> Any:
+    """The Triton ``CompiledKernel`` a plain GPU :func:`launch` with these arguments runs
+    (compiled now if need be, nothing launched); None for traced or CPU calls (no such kernel)."""
+    if not (_plain_gpu_call(args) and any(isinstance(a, torch.Tensor) for a in args)) or callable(grid):
+        return None
+    if kwargs.get("USE_PDL"):
+        kwargs = {**kwargs, "launch_pdl": True}
+    return kernel.warmup(*args, grid=grid, **kwargs)
+
+
 def _launch_gpu(kernel, grid, args: tuple, kwargs: dict[str, Any]) -> None:
     if kwargs.get("USE_PDL"):
         kwargs = {**kwargs, "launch_pdl": True}  # Triton's compile option for the launch attribute

@@ -2,8 +2,9 @@
 
 Decode is memory-bound: the grid (sequences x KV heads) is often far smaller than the GPU
 (batch 1, 8 KV heads: 8 programs on 132 SMs).  Each sequence's keys are then split so that
-sequences x KV heads x splits fills ``CTAS_PER_SM`` programs on every SM; a second kernel
-combines the splits.  The split count depends on the batch (known when a CUDA graph is captured)
+sequences x KV heads x splits fills one wave of resident programs (the SM count times the
+programs an SM holds at once, read from the compiled kernel: ``occupancy.py``) and no more: a
+program past the wave waits for a whole program's time.  A second kernel combines the splits.  The split count depends on the batch (known when a CUDA graph is captured)
 and, outside capture, on the longest context; inside capture it must not depend on the captured
 context length.  It is an upper bound: on the device each sequence uses as many as its own
 length fills with ``MIN_TILES_PER_SPLIT`` tiles each (``decode.used_splits``).
@@ -16,12 +17,10 @@ import functools
 import torch
 import triton
 
-# Decode programs per SM the split count aims for: fewer left K/V bandwidth unused on an H200
-# (docs/design/paged_attention.md, "Decode"). Unused splits of short sequences exit at once.
-CTAS_PER_SM = 4
-# A batch whose own grid has this many programs a SM is not split: a split would add the reduce
-# launch to each of its steps for little bandwidth (same section).
-UNSPLIT_CTAS_PER_SM = 2
+# Resident decode programs per SM where the compiled kernel cannot be asked (traced or CPU
+# calls): the decode kernel's count on sm_90 at 4 warps (register-bound, 122-128 a thread; see
+# docs/design/paged_attention.md, "Decode"). Unused splits of short sequences exit at once.
+DEFAULT_PROGRAMS_PER_SM = 4
 MAX_SPLITS = 64          # partial buffers and the reduce's tile grow with it
 MIN_TILES_PER_SPLIT = 2  # a split shorter than this costs more in the reduce than it saves
 CPU_SMS = 132            # the interpreter has no device: size splits as for an H100 SXM
@@ -79,26 +78,28 @@ def decode_tile_n(head: int) -> int:
     return max(16, min(128, DECODE_TILE_ELEMS // head_pad(head)))
 
 
-def num_splits_for(num_seqs: int, num_kv_heads: int, max_seqlen_k: int | None, sms: int, tile_n: int) -> int:
-    """Splits per sequence so that num_seqs x num_kv_heads x splits ~ sms x CTAS_PER_SM (none
-    when the batch alone has ``UNSPLIT_CTAS_PER_SM`` programs a SM); ``max_seqlen_k`` None
-    (CUDA-graph capture): sized on the batch alone."""
+def num_splits_for(num_seqs: int, num_kv_heads: int, max_seqlen_k: int | None, sms: int, tile_n: int,
+                   per_sm: int = DEFAULT_PROGRAMS_PER_SM) -> int:
+    """The most splits per sequence whose grid (num_seqs x num_kv_heads x splits) still fits one
+    wave of ``sms x per_sm`` resident programs: each split shortens every program's walk over
+    the keys, one program past the wave adds a whole program's time (docs/design/paged_attention.md,
+    "Decode"). A batch that fills the wave alone is not split (no
+    reduce launch). ``max_seqlen_k`` None (CUDA-graph capture): sized on the batch alone."""
     base = max(1, num_seqs * num_kv_heads)
-    if base >= sms * UNSPLIT_CTAS_PER_SM:
-        return 1
-    splits = -(-sms * CTAS_PER_SM // base)
+    splits = max(1, sms * max(1, per_sm) // base)
     if max_seqlen_k is not None:
         splits = min(splits, max(1, -(-max_seqlen_k // (tile_n * MIN_TILES_PER_SPLIT))))
     return max(1, min(splits, MAX_SPLITS))
 
 
 def decode_cfg(num_seqs: int, num_q_heads: int, num_kv_heads: int, head: int, max_seqlen_k: int,
-               device: torch.device, num_splits: int | None = None) -> DecodeCfg:
+               device: torch.device, num_splits: int | None = None,
+               per_sm: int = DEFAULT_PROGRAMS_PER_SM) -> DecodeCfg:
     group = num_q_heads // num_kv_heads
     tile_n = decode_tile_n(head)
     if num_splits is None:
         seqlen = None if _capturing(device) else max_seqlen_k
-        num_splits = num_splits_for(num_seqs, num_kv_heads, seqlen, sm_count(device), tile_n)
+        num_splits = num_splits_for(num_seqs, num_kv_heads, seqlen, sm_count(device), tile_n, per_sm)
     return DecodeCfg(block_g=max(16, triton.next_power_of_2(group)), tile_n=tile_n, num_splits=num_splits,
                      splits_pad=max(2, triton.next_power_of_2(num_splits)), num_warps=4, num_stages=PIPELINE_STAGES)
 

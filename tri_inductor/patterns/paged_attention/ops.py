@@ -7,9 +7,10 @@ from typing import Any
 import torch
 
 from .. import _pdl
-from .._launch import launch
+from .._launch import compiled_kernel, launch
+from ..occupancy import compiled_programs_per_sm
 from .decode import paged_attn_decode_kernel, paged_attn_reduce_kernel
-from .launch import MIN_TILES_PER_SPLIT, PrefillCfg, decode_cfg, head_pad
+from .launch import DEFAULT_PROGRAMS_PER_SM, MIN_TILES_PER_SPLIT, PrefillCfg, decode_cfg, head_pad
 from .prefill import paged_attn_prefill_kernel
 from .tuning import prefill_config
 
@@ -61,6 +62,28 @@ def decline_reason(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor
     return None
 
 
+# Resident decode programs per SM, per (device, kernel specialisation other than the split count):
+# read once from the compiled kernel (occupancy.py), so the split count fills one wave on any GPU.
+_PER_SM: dict[tuple, int] = {}
+
+
+def _decode_programs_per_sm(q: torch.Tensor, grid: tuple, args: tuple, kwargs: dict) -> int:
+    if not q.is_cuda or type(q) is not torch.Tensor or torch._C._len_torch_dispatch_stack():
+        return DEFAULT_PROGRAMS_PER_SM  # traced or CPU: no compiled kernel to ask
+    index = q.device.index if q.device.index is not None else torch.cuda.current_device()
+    key = (index, q.dtype, *((k, v) for k, v in sorted(kwargs.items()) if k not in ("SPLIT", "SPLITS_PAD")))
+    hit = _PER_SM.get(key)
+    if hit is None:
+        per_sm = None
+        try:
+            compiled = compiled_kernel(paged_attn_decode_kernel, grid, *args, **kwargs)
+            per_sm = compiled_programs_per_sm(compiled, index) if compiled is not None else None
+        except Exception:  # noqa: BLE001  (the real launch reports a kernel that cannot compile)
+            per_sm = None
+        hit = _PER_SM[key] = per_sm or DEFAULT_PROGRAMS_PER_SM
+    return hit
+
+
 def paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, out: torch.Tensor,
                     cu_seqlens_q: torch.Tensor, seq_lens: torch.Tensor, block_table: torch.Tensor,
                     max_seqlen_q: int, max_seqlen_k: int, scale: float, causal: bool = True,
@@ -101,26 +124,37 @@ def paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tenso
     sinks_arg = sinks if sinks is not None else q  # never read without USE_SINKS
 
     if max_seqlen_q <= 1 and causal:
-        cfg = decode_cfg(num_seqs, num_q_heads, num_kv_heads, head, max_seqlen_k, q.device, num_splits)
-        split = cfg.num_splits > 1
         hp = head_pad(head)
-        if split:
-            part_o = torch.empty((num_seqs, num_q_heads, cfg.splits_pad, hp), dtype=torch.float32, device=q.device)
-            part_m = torch.empty((num_seqs, num_q_heads, cfg.splits_pad), dtype=torch.float32, device=q.device)
-            part_l = torch.empty_like(part_m)
-        else:
-            part_o = part_m = part_l = out  # never touched without SPLIT
-        launch(paged_attn_decode_kernel, (num_seqs, num_kv_heads, cfg.num_splits),
-               out, part_o, part_m, part_l, q, k_cache, v_cache, sinks_arg, block_table, seq_lens, cu_seqlens_q,
-               *common, cfg.num_splits, q.stride(0), q.stride(1), out.stride(0), out.stride(1),
-               block_table.stride(0), *kv_strides,
-               NUM_Q_HEADS=num_q_heads, GROUP=group, BLOCK_G=cfg.block_g, HEAD=head, HEAD_PAD=hp,
-               BLOCK_SIZE=block_size, TILE_N=cfg.tile_n, WINDOW=wkeys, USE_SOFTCAP=use_softcap,
-               USE_SINKS=sinks is not None, SPLIT=split, SPLITS_PAD=cfg.splits_pad,
-               MIN_TILES=MIN_TILES_PER_SPLIT, USE_PDL=pdl, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
-        if split:
+        consts = dict(NUM_Q_HEADS=num_q_heads, GROUP=group, HEAD=head, HEAD_PAD=hp, BLOCK_SIZE=block_size,
+                      WINDOW=wkeys, USE_SOFTCAP=use_softcap, USE_SINKS=sinks is not None,
+                      MIN_TILES=MIN_TILES_PER_SPLIT, USE_PDL=pdl)
+
+        def decode_launch(cfg):
+            split = cfg.num_splits > 1
+            if split:
+                part_o = torch.empty((num_seqs, num_q_heads, cfg.splits_pad, hp), dtype=torch.float32, device=q.device)
+                part_m = torch.empty((num_seqs, num_q_heads, cfg.splits_pad), dtype=torch.float32, device=q.device)
+                part_l = torch.empty_like(part_m)
+            else:
+                part_o = part_m = part_l = out  # never touched without SPLIT
+            args = (out, part_o, part_m, part_l, q, k_cache, v_cache, sinks_arg, block_table, seq_lens, cu_seqlens_q,
+                    *common, cfg.num_splits, q.stride(0), q.stride(1), out.stride(0), out.stride(1),
+                    block_table.stride(0), *kv_strides)
+            kwargs = dict(consts, BLOCK_G=cfg.block_g, TILE_N=cfg.tile_n, SPLIT=split, SPLITS_PAD=cfg.splits_pad,
+                          num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+            return (num_seqs, num_kv_heads, cfg.num_splits), args, kwargs, (part_o, part_m, part_l)
+
+        cfg = decode_cfg(num_seqs, num_q_heads, num_kv_heads, head, max_seqlen_k, q.device, num_splits)
+        grid, args, kwargs, parts = decode_launch(cfg)
+        if num_splits is None:
+            per_sm = _decode_programs_per_sm(q, grid, args, kwargs)
+            if per_sm != DEFAULT_PROGRAMS_PER_SM:
+                cfg = decode_cfg(num_seqs, num_q_heads, num_kv_heads, head, max_seqlen_k, q.device, None, per_sm)
+                grid, args, kwargs, parts = decode_launch(cfg)
+        launch(paged_attn_decode_kernel, grid, *args, **kwargs)
+        if cfg.num_splits > 1:
             launch(paged_attn_reduce_kernel, (num_seqs, num_q_heads),
-                   out, part_o, part_m, part_l, sinks_arg, seq_lens, cu_seqlens_q, cfg.num_splits,
+                   out, *parts, sinks_arg, seq_lens, cu_seqlens_q, cfg.num_splits,
                    out.stride(0), out.stride(1),
                    NUM_Q_HEADS=num_q_heads, HEAD=head, HEAD_PAD=hp, SPLITS_PAD=cfg.splits_pad, WINDOW=wkeys,
                    TILE_N=cfg.tile_n, MIN_TILES=MIN_TILES_PER_SPLIT, USE_SINKS=sinks is not None, USE_PDL=pdl,
