@@ -57,6 +57,16 @@ def _fresh_dynamo():
     torch._dynamo.reset()
 
 
+@pytest.fixture(autouse=True)
+def _our_logs_reach_caplog(monkeypatch):
+    """A test that loads our vLLM plugin in-process routes the "tri_inductor" logger into vLLM's
+    log and stops its propagation (vllm_plugin._route_logs_through_vllm); pytest's caplog listens
+    at the root, so later tests would see none of our lines."""
+    import logging
+
+    monkeypatch.setattr(logging.getLogger("tri_inductor"), "propagate", True)
+
+
 @pytest.fixture
 def codegen_only():
     """Harness (A): ``compile(module, inputs, backend=..., dtype=..., options=...) -> reports``."""

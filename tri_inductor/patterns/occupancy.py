@@ -35,7 +35,7 @@ def compiled_programs_per_sm(compiled: Any, device_index: int) -> int | None:
     if getattr(torch.version, "hip", None):
         return None  # AMD's VGPR/LDS rule differs: callers keep their default
     try:
-        compiled._init_handles()  # loads the module; sets n_regs (Triton 3.x)
+        compiled._init_handles()  # loads the module and sets n_regs (Triton 3.6-3.8; lazy until then)
         n_regs = int(compiled.n_regs)
         shared = int(compiled.metadata.shared)
         warps = int(compiled.metadata.num_warps)
