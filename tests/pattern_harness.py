@@ -25,7 +25,9 @@ class _Pass(CustomGraphPass):
 
     def __call__(self, graph: torch.fx.Graph) -> None:
         from tri_inductor.passes import realize_triton_kernel_inputs
+        from tri_inductor.patterns.normalise import normalise
 
+        normalise(graph)  # as TriInductorPatternPass does before every family
         self.hits += self.pm.apply(graph)
         realize_triton_kernel_inputs(graph)  # as TriInductorPatternPass does
 

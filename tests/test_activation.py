@@ -257,6 +257,8 @@ def _gelu_new(x):  # transformers NewGELUActivation (GPT-2, GPT-J "gelu_new")
 TWO_FORMS = {  # act_fn(gate_proj(x)) * up_proj(x): two tensors, either product order
     "silu": (lambda a, b: torch.nn.functional.silu(a) * b, "silu"),
     "silu_up_first": (lambda a, b: b * torch.nn.functional.silu(a), "silu"),
+    "silu_as_sigmoid": (lambda a, b: a * torch.sigmoid(a) * b, "silu"),
+    "silu_as_sigmoid_up_first": (lambda a, b: b * (a * a.sigmoid()), "silu"),
     "gelu_tanh": (lambda a, b: torch.nn.functional.gelu(a, approximate="tanh") * b, "tanh"),
     "gelu": (lambda a, b: torch.nn.functional.gelu(a) * b, "none"),
 }

@@ -44,3 +44,40 @@ def test_nn_layer_norm_matches(pm, bias) -> None:
     assert hits == 1
     assert_our_kernel(code, "_layer_norm_kernel")
     assert "1e-06" in code  # the model's eps, not the tracing sentinel
+
+
+HAND_WRITTEN = {form.__name__: form for form in L.HAND_WRITTEN}
+
+
+class _Affine(torch.nn.Module):
+    def __init__(self, form, dtype) -> None:
+        super().__init__()
+        g = torch.Generator().manual_seed(6)
+        self.form = form
+        self.w = torch.nn.Parameter(torch.randn(96, generator=g).to(dtype))
+        self.b = torch.nn.Parameter(torch.randn(96, generator=g).to(dtype))
+
+    def forward(self, x):
+        return self.form(x, self.w, self.b, 1e-5)
+
+
+@pytest.mark.parametrize("name", list(HAND_WRITTEN))
+def test_hand_written_layer_norm_is_ours_with_every_family_on(codegen_only, name) -> None:
+    """A LayerNorm written out by hand compiles, with all families on (RMSNorm's forms run first
+    and must not take its centred half), to our LayerNorm kernel alone."""
+    x = torch.randn(2, 5, 96, dtype=torch.bfloat16)
+    reports = codegen_only(_Affine(HAND_WRITTEN[name], torch.bfloat16), [x])
+    hits = {f: n for r in reports for f, n in r.pattern_hits.items()}
+    assert hits == {"layer_norm": 1}, hits
+    assert {k.kind for r in reports for k in r.kernels} == {"our_triton"}
+
+
+@pytest.mark.parametrize("name", list(HAND_WRITTEN))
+def test_hand_written_layer_norm_numerics_in_interpreter(interpreter, name) -> None:
+    m = _Affine(HAND_WRITTEN[name], torch.bfloat16)
+    x = torch.randn(3, 96, generator=torch.Generator().manual_seed(7)).to(torch.bfloat16)
+    torch._dynamo.reset()
+    with torch.no_grad():
+        out = torch.compile(m, backend="tri_inductor")(x)
+    ref = L.reference_layer_norm(x.double(), m.w.detach().double(), m.b.detach().double(), 1e-5)
+    assert out.dtype == torch.bfloat16 and rel(out, ref) < TOL[torch.bfloat16]

@@ -230,6 +230,45 @@ def test_hf_gemma_rmsnorm_matches(pm) -> None:
     assert rel(R.rms_norm(x, m.weight, 1e-6, 1.0), m(x).double()) < TOL[torch.bfloat16]
 
 
+SPELLINGS = {
+    # name: forward(x, w) written as users do (patterns/normalise.py and rms_norm.OTHER_SPELLINGS)
+    "bf16 math, no upcast": lambda x, w: x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6) * w,
+    "x*x, mean(dim=last index)": lambda x, w: x * torch.rsqrt(torch.mean(x * x, x.dim() - 1, True) + 1e-6) * w,
+    "weight first": lambda x, w: w * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6)),
+    "F.rms_norm": lambda x, w: torch.nn.functional.rms_norm(x, (x.shape[-1],), w, 1e-6),
+    "divide by sqrt": lambda x, w: w * (x / torch.sqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6)),
+    "divide by sqrt, fp32": lambda x, w: w * (x.float() / torch.sqrt(x.float().pow(2).mean(-1, keepdim=True)
+                                                                       + 1e-6)).to(x.dtype),
+    "upcast twice, weight last": lambda x, w: (x.float() * torch.rsqrt(x.to(torch.float32).pow(2).mean(
+        -1, keepdim=True) + 1e-6)).to(x.dtype) * w,
+}
+
+
+@pytest.mark.parametrize("name", list(SPELLINGS))
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_other_spellings_match(pm, name, dtype) -> None:
+    """RMSNorm as people write it: every spelling becomes our kernel, with the eps it was given,
+    and nothing else is launched."""
+    g = torch.Generator().manual_seed(1)
+    x, w = torch.randn(2, 5, 64, generator=g).to(dtype), torch.randn(64, generator=g).to(dtype)
+    hits, code = compile_codegen(SPELLINGS[name], [x, w], pm, dynamic=[(0, 1)])
+    assert hits == 1, name
+    assert_our_kernel(code, "_rms_norm_kernel")
+    assert "1e-06" in _kernel_args(code)
+    assert "triton_" not in code.split("def call(")[1], "a kernel of Inductor's left next to ours"
+
+
+@pytest.mark.parametrize("name", list(SPELLINGS))
+def test_other_spellings_numerics_in_interpreter(interpreter, name) -> None:
+    """Compiled by the backend and run in the interpreter: within bf16 tolerance of float64."""
+    g = torch.Generator().manual_seed(2)
+    x, w = torch.randn(3, 96, generator=g).to(torch.bfloat16), torch.randn(96, generator=g).to(torch.bfloat16)
+    torch._dynamo.reset()
+    out = torch.compile(SPELLINGS[name], backend="tri_inductor")(x, w)
+    assert out.dtype == torch.bfloat16
+    assert rel(out, R.reference_rms_norm(x.double(), w.double(), 1e-6)) < TOL[torch.bfloat16]
+
+
 def test_hf_residual_add_then_norm_fuses(pm) -> None:
     m = _llama(torch.bfloat16)
 

@@ -393,6 +393,73 @@ def test_rotate_half_with_chunk_matches(pm) -> None:
     assert_our_kernel(code, "_rope_kernel")
 
 
+def _launched(code: str) -> list[str]:
+    """The kernels the output code's call() launches, by name without the numbering."""
+    return sorted(re.sub(r"_\d+$", "", m) for m in re.findall(r"(\w+)\.run\(", code.split("def call(")[1]))
+
+
+def _rot(x):
+    return torch.cat((-x[..., x.shape[-1] // 2:], x[..., :x.shape[-1] // 2]), dim=-1)
+
+
+def _rotated_first(q, k, c, s):
+    return _rot(q) * s + q * c, _rot(k) * s + k * c
+
+
+def _upcast(q, k, c, s):
+    qf, kf = q.float(), k.float()
+    return (qf * c + _rot(qf) * s).to(q.dtype), (kf * c + _rot(kf) * s).to(k.dtype)
+
+
+OTHER_SPELLINGS = {
+    # rotated half first in the sum
+    "rotated first": lambda q, k, c, s: _rotated_first(q, k, c.unsqueeze(1), s.unsqueeze(1)),
+    # q/k rotated in fp32, cos/sin in the input dtype, cast back
+    "fp32 upcast": lambda q, k, c, s: _upcast(q, k, c.unsqueeze(1), s.unsqueeze(1)),
+}
+
+
+def _spelling_inputs(B, S, H, D, seed):
+    """bf16 q/k projections [B, S, H*D] and HF-style full-width cos/sin [1, S, D]."""
+    g = torch.Generator().manual_seed(seed)
+    qf, kf = (torch.randn(B, S, H * D, generator=g).to(torch.bfloat16) for _ in range(2))
+    ang = torch.randn(1, S, D // 2, generator=g)
+    return qf, kf, torch.cat((ang, ang), -1).cos().bfloat16(), torch.cat((ang, ang), -1).sin().bfloat16()
+
+
+@pytest.mark.parametrize("name", list(OTHER_SPELLINGS))
+def test_other_spellings_match(pm, name) -> None:
+    """RoPE as people write it: our kernel, once for q and k, and no Inductor kernel that computes
+    (a spelling whose eager result has another memory layout than q's, as ``rot(q) * sin + ...``
+    does, gets Inductor's copy into that layout), and a result within bf16 tolerance of the
+    spelling run in float64."""
+    B, S, H, D = 2, 5, 2, 64
+    fn = _prologue(OTHER_SPELLINGS[name], B, H, D)
+    qf, kf, cos, sin = _spelling_inputs(B, S, H, D, seed=4)
+    hits, code = compile_codegen(fn, [qf, kf, cos, sin], pm, dynamic=[(i, 1) for i in range(4)])
+    assert hits == 1
+    assert_our_kernel(code, "_rope_kernel")
+    launched = _launched(code)
+    assert launched.count("_rope_kernel") == 1
+    assert all(k == "_rope_kernel" or re.fullmatch(r"triton_poi_fused_[a-z_]*(transpose|view)[a-z_]*", k)
+               for k in launched), launched
+    oq, ok = P.rope_cos_sin(qf.view(B, S, H, D).transpose(1, 2), kf.view(B, S, H, D).transpose(1, 2), cos, sin, True)
+    rq, rk = _prologue(OTHER_SPELLINGS[name], B, H, D)(qf.double(), kf.double(), cos.double(), sin.double())
+    assert rel(oq, rq) < TOL[torch.bfloat16] and rel(ok, rk) < TOL[torch.bfloat16]
+
+
+@pytest.mark.parametrize("name", list(OTHER_SPELLINGS))
+def test_other_spellings_numerics_in_interpreter(interpreter, name) -> None:
+    """Compiled by the backend and run in the interpreter: within bf16 tolerance of float64."""
+    B, S, H, D = 2, 5, 2, 64
+    fn = _prologue(OTHER_SPELLINGS[name], B, H, D)
+    qf, kf, cos, sin = _spelling_inputs(B, S, H, D, seed=5)
+    torch._dynamo.reset()
+    oq, ok = torch.compile(fn, backend="tri_inductor")(qf, kf, cos, sin)
+    rq, rk = fn(qf.double(), kf.double(), cos.double(), sin.double())
+    assert rel(oq, rq) < TOL[torch.bfloat16] and rel(ok, rk) < TOL[torch.bfloat16]
+
+
 def test_olmo2_fp32_cos_sin_form_matches(pm) -> None:
     from transformers.models.olmo2.modeling_olmo2 import apply_rotary_pos_emb
 

@@ -134,8 +134,11 @@ class TriInductorPatternPass(CustomGraphPass):
     def __call__(self, graph: torch.fx.Graph) -> None:
         from .patterns import load_all
 
+        from .patterns.normalise import normalise
+
         modules = load_all()
         before = _our_hop_families(graph)
+        normalise(graph)  # one spelling per op, as every pattern was traced (patterns/normalise.py)
         for family, pm in self._pattern_passes():
             prepare = getattr(modules.get(family), "prepare_graph", None)
             if prepare is not None:  # a family's graph rewrite that its patterns then match

@@ -17,6 +17,8 @@ from torch._subclasses.functional_tensor import dispatch_functionalize
 from torch._dispatch.python import enable_python_dispatcher
 from torch.fx.traceback import preserve_node_meta
 
+from .normalise import normalise
+
 
 def trace_replacement(fn: Callable[..., Any], args: Sequence[Any], **_: Any) -> torch.fx.GraphModule:
     """``trace_fn`` for ``register_replacement``: a functional graph with our kernels as HOPs."""
@@ -27,6 +29,7 @@ def trace_replacement(fn: Callable[..., Any], args: Sequence[Any], **_: Any) -> 
     from torch._inductor.fx_passes.post_grad import remove_noop_ops
 
     remove_noop_ops(gm.graph)  # as fwd_only does, so search graphs look like post-grad graphs
+    normalise(gm.graph)  # the spelling the compiled graph is rewritten to (passes.py)
     gm.graph.eliminate_dead_code()  # safe: everything is functional now
     gm.recompile()
     return gm

@@ -215,6 +215,16 @@ def _silu_two_up_first(a, b):
     return b * F.silu(a)
 
 
+# SiLU written out with sigmoid (stays ``sigmoid`` in the post-grad graph, where ``F.silu``
+# decomposes to neg/exp/div in fp32): the same function, a rounding apart in 16-bit math.
+def _silu_sigmoid_two(a, b):
+    return a * torch.sigmoid(a) * b
+
+
+def _silu_sigmoid_two_up_first(a, b):
+    return b * (a * torch.sigmoid(a))
+
+
 def _gelu_two(a, b):
     return F.gelu(a) * b
 
@@ -299,7 +309,8 @@ def register_patterns(pm_pass) -> None:
             register_replacement(search, repl, [x], trace_replacement, pm_pass,
                                  extra_check=_check, skip_duplicates=True)
         a, b = torch.empty(8, 64, dtype=dt), torch.empty(8, 64, dtype=dt)
-        for search, act in ((_silu_two, "silu"), (_silu_two_up_first, "silu"), (_gelu_two, "none"),
+        for search, act in ((_silu_two, "silu"), (_silu_two_up_first, "silu"), (_silu_sigmoid_two, "silu"),
+                            (_silu_sigmoid_two_up_first, "silu"), (_gelu_two, "none"),
                             (_gelu_tanh_two, "tanh"), (_gelu_tanh_two_up_first, "tanh")):
             register_replacement(search, _repl_two(act), [a, b], trace_replacement, pm_pass,
                                  extra_check=_check_two, skip_duplicates=True)

@@ -66,6 +66,41 @@ def _ln_no_bias(x, w, eps):
     return F.layer_norm(x, (x.shape[-1],), w, None, eps)
 
 
+# LayerNorm written out by hand (no F.layer_norm): the spellings tutorials and model code use.
+def _ln_mean_sq_div(x, w, b, eps):
+    mu = x.mean(-1, keepdim=True)
+    var = ((x - mu) ** 2).mean(-1, keepdim=True)
+    return (x - mu) / torch.sqrt(var + eps) * w + b
+
+
+def _ln_mean_sq_rsqrt(x, w, b, eps):
+    mu = x.mean(-1, keepdim=True)
+    var = (x - mu).pow(2).mean(-1, keepdim=True)
+    return (x - mu) * torch.rsqrt(var + eps) * w + b
+
+
+def _ln_var_div(x, w, b, eps):
+    mu = x.mean(-1, keepdim=True)
+    var = x.var(-1, keepdim=True, unbiased=False)
+    return w * ((x - mu) / torch.sqrt(var + eps)) + b
+
+
+def _ln_var_rsqrt(x, w, b, eps):
+    mu = x.mean(-1, keepdim=True)
+    var = x.var(-1, keepdim=True, unbiased=False)
+    return w * (x - mu) * torch.rsqrt(var + eps) + b
+
+
+def _ln_upcast(x, w, b, eps):
+    h = x.float()
+    mu = h.mean(-1, keepdim=True)
+    var = (h - mu).pow(2).mean(-1, keepdim=True)
+    return ((h - mu) * torch.rsqrt(var + eps)).to(x.dtype) * w + b
+
+
+HAND_WRITTEN = (_ln_mean_sq_div, _ln_mean_sq_rsqrt, _ln_var_div, _ln_var_rsqrt, _ln_upcast)
+
+
 def _repl(x, w, b, eps):
     return layer_norm(x, w, b, eps)
 
@@ -96,6 +131,9 @@ def register_patterns(pm_pass) -> None:
                              scalar_workaround={"eps": _EPS}, skip_duplicates=True)
         register_replacement(_ln_no_bias, _repl_no_bias, [x, w], trace_replacement, pm_pass,
                              extra_check=_check, scalar_workaround={"eps": _EPS}, skip_duplicates=True)
+        for form in HAND_WRITTEN:
+            register_replacement(form, _repl, [x, w, b], trace_replacement, pm_pass, extra_check=_check,
+                                 scalar_workaround={"eps": _EPS}, skip_duplicates=True)
 
 
 # A LayerNorm left to Inductor keeps var_mean -> add(eps) -> rsqrt.

@@ -327,6 +327,43 @@ def prepare_graph(graph: torch.fx.Graph) -> None:
             u.replace_input_with(s, s2)
 
 
+# Other spellings of the same norm (patterns/normalise.py already makes x * x, mean(dim=ndim-1),
+# add.Scalar and a repeated x.float() one form):
+# * no fp32 upcast, all math in x's dtype (Inductor's fused kernel computes in fp32, as ours does);
+def _plain_rms(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * weight
+
+
+def _plain_rms_weight_first(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    return weight * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps))
+
+
+# * torch's own ``F.rms_norm`` / ``nn.RMSNorm`` (its decomposition): the weight applied in fp32,
+#   one cast at the end;
+def _torch_rms(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    h = x.to(torch.float32)
+    h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)
+    return (h * weight).to(x.dtype)
+
+
+# * a division by the root instead of a multiply by rsqrt (not the same rounding, so not a
+#   normalise.py rewrite), with or without the fp32 upcast.
+def _div_rms(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    return x / torch.sqrt(x.pow(2).mean(-1, keepdim=True) + eps) * weight
+
+
+def _div_rms_weight_first(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    return weight * (x / torch.sqrt(x.pow(2).mean(-1, keepdim=True) + eps))
+
+
+def _div_rms_upcast(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    h = x.to(torch.float32)
+    return weight * (h / torch.sqrt(h.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype)
+
+
+OTHER_SPELLINGS = (_plain_rms, _plain_rms_weight_first, _torch_rms, _div_rms, _div_rms_weight_first, _div_rms_upcast)
+
+
 # Hugging Face decoder layer: ``hidden = residual + hidden`` (input dtype) then the Llama norm.
 def _hf_add_rms(x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, eps: float):
     s = residual + x
@@ -511,11 +548,20 @@ def register_patterns(pm_pass) -> None:
         reg(_vllm_add_rms_no_res, _repl_add_rms_no_res, [xb, rb, wb], _check_add)
         reg(_vllm_gemma_add_rms, _repl_gemma_add, [xb, rf, wb], _check_add_fp32_residual)
         reg(_vllm_add_rms, _repl_add_rms, [xb, rf, wb], _check_add_fp32_residual)
+    # Gemma's (1 + w) first: any form below would take it with (1 + w) as its weight. Then the
+    # other spellings: traced in fp32, the plain form is the same graph as vLLM's and HF's forms
+    # (their casts vanish) and keeps that slot, so that a match re-traced with 16-bit inputs (the
+    # matcher's check) is the plain form, not one with casts the graph does not have.
+    for dt in (torch.bfloat16, torch.float32):
+        reg(_gemma_rms, _repl_gemma, [torch.empty(8, 64, dtype=dt), torch.empty(64, dtype=dt)], _check_rms)
+    wb = torch.empty(64, dtype=torch.bfloat16)
+    for form in OTHER_SPELLINGS:
+        for inputs in ([xb, wb], [torch.empty(8, 64), torch.empty(64)], [xb, wf]):
+            reg(form, _repl_rms, inputs, _check_rms)
     for dt in (torch.bfloat16, torch.float32):
         x, w = torch.empty(8, 64, dtype=dt), torch.empty(64, dtype=dt)
         reg(M.vllm_rms, _repl_rms, [x, w], _check_rms)
         reg(_hf_rms, _repl_rms, [x, w], _check_rms)
-        reg(_gemma_rms, _repl_gemma, [x, w], _check_rms)
     # fp32 weight, 16-bit activations; after the Gemma form, which it would otherwise cut short.
     reg(M.vllm_rms, _repl_rms, [xb, wf], _check_rms)
     _register_c_forms(pm_pass)

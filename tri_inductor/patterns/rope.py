@@ -393,6 +393,19 @@ def _hf_rope_chunk(q, k, cos, sin):
     return (q * cos) + (_rotate_half_chunk(q) * sin), (k * cos) + (_rotate_half_chunk(k) * sin)
 
 
+# The same op with the sum written the other way round (rotated half first).
+def _hf_rope_rotated_first(q, k, cos, sin):
+    cos = cos.unsqueeze(1)
+    sin = sin.unsqueeze(1)
+    return (_rotate_half(q) * sin) + (q * cos), (_rotate_half(k) * sin) + (k * cos)
+
+
+# q and k rotated in fp32 and cast back, cos/sin in their dtype (hand-written models that upcast).
+def _hf_rope_upcast(q, k, cos, sin):
+    qe, ke = _hf_rope(q.float(), k.float(), cos, sin)
+    return qe.to(q.dtype), ke.to(k.dtype)
+
+
 # OLMo 2: fp32 cos/sin with bf16/fp16 q and k, rotated in fp32 and cast back (``.to(q_type)``).
 def _hf_rope_cast(q, k, cos, sin):
     qe, ke = _hf_rope(q, k, cos, sin)
@@ -558,6 +571,11 @@ def register_patterns(pm_pass) -> None:
                              extra_check=_check_hf, skip_duplicates=True)
         register_replacement(_hf_rope_chunk, _repl_hf, [q, k, cos, sin], trace_replacement, pm_pass,
                              extra_check=_check_hf, skip_duplicates=True)
+        register_replacement(_hf_rope_rotated_first, _repl_hf, [q, k, cos, sin], trace_replacement, pm_pass,
+                             extra_check=_check_hf, skip_duplicates=True)
+        if dt is not torch.float32:  # in fp32 the upcast is no cast: the plain form
+            register_replacement(_hf_rope_upcast, _repl_hf, [q, k, cos, sin], trace_replacement, pm_pass,
+                                 extra_check=_check_hf, skip_duplicates=True)
     q = torch.empty(2, 8, 4, 64, dtype=torch.bfloat16).transpose(1, 2)
     k = torch.empty(2, 8, 2, 64, dtype=torch.bfloat16).transpose(1, 2)
     for width, form in ((64, _hf_rope_cast), (32, _hf_rope_partial_cast)):
