@@ -428,8 +428,25 @@ def _explicit_softcap(q, k, v, mask):
     return torch.softmax(s + mask, dim=-1, dtype=torch.float32).to(q.dtype) @ v
 
 
+def _explicit_where_keep(q, k, v, mask):  # torch.where(keep, s, finfo.min)
+    s = torch.matmul(q, k.transpose(2, 3)) * q.shape[-1] ** -0.5
+    return torch.matmul(torch.where(mask > -1, s, torch.finfo(s.dtype).min).softmax(-1), v)
+
+
+def _explicit_where_drop(q, k, v, mask):  # torch.where(drop, -inf, s)
+    s = (q @ k.transpose(-2, -1)) / 8.0
+    return torch.softmax(torch.where(mask < -1, float("-inf"), s), dim=-1) @ v
+
+
+def _explicit_masked_fill_not_keep(q, k, v, mask):  # masked_fill(~keep, -inf)
+    s = (q @ k.transpose(-2, -1)) * 0.125
+    return torch.softmax(s.masked_fill(~(mask > -1), float("-inf")), dim=-1) @ v
+
+
 @pytest.mark.parametrize("form", [_explicit_mul, _explicit_div_fp32_softmax, _explicit_no_mask,
-                                  _explicit_masked_fill, _explicit_softcap], ids=lambda f: f.__name__)
+                                  _explicit_masked_fill, _explicit_softcap, _explicit_where_keep,
+                                  _explicit_where_drop, _explicit_masked_fill_not_keep],
+                         ids=lambda f: f.__name__)
 def test_explicit_softmax_form_rewritten(form):
     B, H, S, D = 2, 4, 13, 64
     g = torch.Generator().manual_seed(5)
@@ -444,6 +461,42 @@ def test_explicit_softmax_form_rewritten(form):
     by_name = {"L_q_": q, "L_k_": k, "L_v_": v, "L_mask_": mask}  # Dynamo orders placeholders by first use
     out = gm(*[by_name[n.target] for n in gm.graph.find_nodes(op="placeholder")])
     out = out[0] if isinstance(out, (tuple, list)) else out
+    assert ((out.double() - ref).norm() / ref.norm()).item() < TOL[torch.float32]
+
+
+REPEAT_KV = {  # GQA's K/V repeated to the query heads, as model code writes it (2 KV heads, 4 q heads)
+    "hf repeat_kv": lambda x: x[:, :, None, :, :].expand(2, 2, 2, 13, 64).reshape(2, 4, 13, 64),
+    "short index": lambda x: x[:, :, None].expand(2, 2, 2, 13, 64).reshape(2, 4, 13, 64),
+    "unsqueeze, flatten": lambda x: x.unsqueeze(2).expand(-1, -1, 2, -1, -1).flatten(1, 2),
+    "repeat_interleave": lambda x: x.repeat_interleave(2, dim=1),
+}
+
+
+@pytest.mark.parametrize("name", list(REPEAT_KV))
+@pytest.mark.parametrize("explicit", [True, False], ids=["explicit", "sdpa"])
+def test_repeated_kv_read_unrepeated(name, explicit):
+    """The attention call gets the KV heads themselves (the kernel maps query-head groups), and
+    computes what the repeated form does (float64 reference)."""
+    rep = REPEAT_KV[name]
+
+    def f(q, k, v):
+        kr, vr = rep(k), rep(v)
+        if explicit:
+            return torch.softmax(q @ kr.transpose(-2, -1) * 0.125, dim=-1) @ vr
+        return torch.nn.functional.scaled_dot_product_attention(q, kr, vr, is_causal=True)
+
+    g = torch.Generator().manual_seed(8)
+    q = torch.randn(2, 4, 13, 64, generator=g)
+    k, v = (torch.randn(2, 2, 13, 64, generator=g) for _ in range(2))
+    gm = dynamo_graph(f, q, k, v, fullgraph=True)
+    assert rewrite_attention_in_dynamo_graph(gm) == 1
+    (call,) = _attention_calls(gm)
+    assert [a.target for a in call.args[1:3]] == ["L_k_", "L_v_"], call.args[1:3]
+    assert not [n for n in gm.graph.nodes if "expand" in str(n.target) or "repeat" in str(n.target)]
+    by_name = {"L_q_": q, "L_k_": k, "L_v_": v}
+    out = gm(*[by_name[n.target] for n in gm.graph.find_nodes(op="placeholder")])
+    out = out[0] if isinstance(out, (tuple, list)) else out
+    ref = f(q.double(), k.double(), v.double())
     assert ((out.double() - ref).norm() / ref.norm()).item() < TOL[torch.float32]
 
 

@@ -5,7 +5,8 @@ Two forms are taken:
 * ``scaled_dot_product_attention`` calls, with or without ``attn_mask`` (transformers passes a
   boolean causal & padding mask with ``is_causal=False``);
 * the explicit ``softmax(q @ k^T * scale [+ mask]) @ v`` (scale a multiply or a divide, the mask
-  added or applied with ``masked_fill``, the softmax in fp32 then cast back or not).
+  added or applied with ``masked_fill`` or ``torch.where``, the softmax in fp32 then cast back or
+  not), K/V repeated for GQA (``repeat_kv`` in any of its spellings) read unrepeated.
 
 A mask that transformers' ``masking_utils`` built from index comparisons (causal, sliding window,
 ``padding_mask[batch, kv]``) is read back into kernel flags (``is_causal``, ``causal_offset``,
@@ -193,25 +194,53 @@ def _padding_4d(gm, before: Node, pad: Node) -> Node:
     return n
 
 
-def _unrepeat_kv(node):
-    """transformers' ``repeat_kv``: x[:, :, None].expand(B, Hkv, n, S, D).reshape(B, Hkv * n, S, D)
-    -> x (our kernel reads each KV head once for its query-head group)."""
-    if not (isinstance(node, Node) and node.op == "call_method" and node.target == "reshape"):
-        return node
-    ex = node.args[0]
-    if not (isinstance(ex, Node) and ex.op == "call_method" and ex.target == "expand"):
-        return node
-    gi = ex.args[0]
-    if not (isinstance(gi, Node) and gi.op == "call_function" and gi.target is operator.getitem
-            and gi.args[1] == (slice(None), slice(None), None, slice(None), slice(None))):
-        return node
-    x = gi.args[0]
+def _repeat_factor(x, node) -> bool:
+    """Whether ``node`` [B, Hkv * n, S, D] repeats each of ``x``'s [B, Hkv, S, D] heads n times in a row."""
     xv, nv = _val(x), _val(node)
     if xv is None or nv is None or xv.dim() != 4 or nv.dim() != 4:
+        return False
+    return (_int(xv.shape[0]) == _int(nv.shape[0]) and _int(xv.shape[2]) == _int(nv.shape[2])
+            and _int(xv.shape[3]) == _int(nv.shape[3]) and _int(nv.shape[1]) is not None
+            and _int(nv.shape[1]) % max(_int(xv.shape[1]) or 1, 1) == 0)
+
+
+def _new_axis_at_2(node):
+    """x when ``node`` is ``x[:, :, None]`` (any trailing ``:`` or ``...``) or ``x.unsqueeze(2)``."""
+    if not isinstance(node, Node):
+        return None
+    if node.op == "call_function" and node.target is operator.getitem and isinstance(node.args[1], tuple):
+        idx = node.args[1]
+        full = slice(None)
+        if len(idx) >= 3 and idx[:3] == (full, full, None) and all(i == full or i is Ellipsis for i in idx[3:]):
+            return node.args[0]
+        return None
+    if _is(node, (torch.unsqueeze,), ("unsqueeze",)) and len(node.args) == 2 and node.args[1] == 2:
+        return node.args[0]
+    return None
+
+
+def _unrepeat_kv(node):
+    """transformers' ``repeat_kv`` and the ways it is written again (``x[:, :, None]`` or
+    ``unsqueeze(2)``, ``expand``, then ``reshape``/``flatten(1, 2)``; ``repeat_interleave(n,
+    dim=1)``) -> x: our kernel reads each KV head once for its query-head group."""
+    if not isinstance(node, Node):
         return node
-    ok = (_int(xv.shape[0]) == _int(nv.shape[0]) and _int(xv.shape[2]) == _int(nv.shape[2])
-          and _int(xv.shape[3]) == _int(nv.shape[3]) and _int(nv.shape[1]) % max(_int(xv.shape[1]) or 1, 1) == 0)
-    return x if ok else node
+    if _is(node, (torch.repeat_interleave,), ("repeat_interleave",)):
+        reps = node.args[1] if len(node.args) > 1 else node.kwargs.get("repeats")
+        dim = node.args[2] if len(node.args) > 2 else node.kwargs.get("dim")
+        x = node.args[0]
+        if isinstance(reps, int) and dim == 1 and _repeat_factor(x, node):
+            return x
+        return node
+    if not (_is(node, (torch.reshape, torch.flatten), ("reshape", "view", "flatten"))):
+        return node
+    if _is(node, (torch.flatten,), ("flatten",)) and tuple(node.args[1:3]) != (1, 2):
+        return node
+    ex = node.args[0]
+    if not _is(ex, (), ("expand",)):
+        return node
+    x = _new_axis_at_2(ex.args[0])
+    return x if x is not None and _repeat_factor(x, node) else node
 
 
 def _bool_of_additive(mask):
@@ -361,6 +390,16 @@ def _masked_scores(node):
                 and _val(drop) is not None and _val(drop).dtype == torch.bool:
             return s, drop, True
         return None
+    if _is(node, (torch.where,)) and len(node.args) == 3 and not node.kwargs:
+        # torch.where(keep, s, finfo.min) or torch.where(drop, finfo.min, s)
+        cond, a, b = node.args
+        if not (isinstance(cond, Node) and _val(cond) is not None and _val(cond).dtype == torch.bool):
+            return None
+        if isinstance(b, (int, float)) and b <= -1e30 and isinstance(a, Node) and _scores(_softcap(a)[0]) is not None:
+            return a, cond, False
+        if isinstance(a, (int, float)) and a <= -1e30 and isinstance(b, Node) and _scores(_softcap(b)[0]) is not None:
+            return b, cond, True
+        return None
     return node, None, False
 
 
@@ -416,7 +455,9 @@ def rewrite_explicit(gm: torch.fx.GraphModule) -> int:
             continue
         if _val(mm) is None or _val(mm).dtype != _val(q).dtype:
             continue
-        if drop:
+        if drop and _is(mask, (operator.invert, torch.logical_not, torch.bitwise_not), ("logical_not", "bitwise_not")):
+            mask = mask.args[0]  # masked_fill(~keep, -inf): keep itself, not ~~keep
+        elif drop:
             with gm.graph.inserting_before(mm):
                 keep = gm.graph.call_function(operator.invert, (mask,))
             keep.meta["example_value"] = ~_val(mask)
