@@ -89,6 +89,55 @@ def test_interleaved_rope_runs_our_kernel_and_matches_float64(interpreter, heads
     assert not [m for r in reports for m in r.near_misses], [r.near_misses for r in reports]
 
 
+class PairRope(torch.nn.Module):
+    """RoPE on (re, im) pairs: torchtune's form, or Meta Llama's complex form (complex_pairs.py
+    turns it into the same pair arithmetic). q/k [B, S, H, D]."""
+
+    def __init__(self, form, D=16, table=64):
+        super().__init__()
+        self.form = form
+        inv = 1.0 / (10000 ** (torch.arange(0, D, 2).float() / D))
+        self.register_buffer("ang", torch.outer(torch.arange(table).float(), inv))  # [table, D/2]
+
+    def forward(self, q, k, pos):
+        ang = self.ang[pos[0]]  # [S, D/2], positions of the first sequence
+        if self.form == "torchtune":
+            cache = torch.stack([ang.cos(), ang.sin()], -1)
+
+            def one(x):
+                xs = x.float().reshape(*x.shape[:-1], -1, 2)
+                rc = cache.view(-1, xs.size(1), 1, xs.size(3), 2)
+                out = torch.stack([xs[..., 0] * rc[..., 0] - xs[..., 1] * rc[..., 1],
+                                   xs[..., 1] * rc[..., 0] + xs[..., 0] * rc[..., 1]], -1)
+                return out.flatten(3).type_as(x)
+            return one(q), one(k)
+        freqs_cis = torch.polar(torch.ones_like(ang), ang).view(1, ang.shape[0], 1, ang.shape[1])
+        q_ = torch.view_as_complex(q.float().reshape(*q.shape[:-1], -1, 2))
+        k_ = torch.view_as_complex(k.float().reshape(*k.shape[:-1], -1, 2))
+        return (torch.view_as_real(q_ * freqs_cis).flatten(3).type_as(q),
+                torch.view_as_real(k_ * freqs_cis).flatten(3).type_as(k))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("form", ["torchtune", "meta-complex"])
+def test_pair_rope_runs_our_kernel_and_matches_float64(interpreter, form, dtype):
+    module = PairRope(form)
+    args = _inputs(2, dtype=dtype)
+    ang = module.ang.double()[args[2][0]]  # float64 reference: each (even, odd) pair rotated by ang
+    c, s = ang.cos()[None, :, None], ang.sin()[None, :, None]
+
+    def pair_ref(x):
+        x0, x1 = x.double()[..., ::2], x.double()[..., 1::2]
+        return torch.stack([x0 * c - x1 * s, x1 * c + x0 * s], -1).flatten(3)
+
+    ref = (pair_ref(args[0]), pair_ref(args[1]))
+    out, reports = _compiled(module, args)
+    assert sum(r.pattern_hits.get("rope", 0) for r in reports) >= 1
+    for o, r in zip(out, ref):
+        assert o.dtype == dtype and o.shape == r.shape and rel(o, r) < TOL[dtype]
+    assert not [m for r in reports for m in r.near_misses], [r.near_misses for r in reports]
+
+
 def test_k_made_after_qs_rotation_gets_a_call_of_its_own(interpreter):
     module = KAfterQ(rot=16, heads_dim=2)
     q, k, pos = _inputs(2)

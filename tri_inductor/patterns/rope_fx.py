@@ -1,4 +1,5 @@
-"""Interleaved (GPT-J style) RoPE written with strided slices, rewritten on the Dynamo graph.
+"""Interleaved (GPT-J style) RoPE written with strided slices or on (re, im) pairs, rewritten on
+the Dynamo graph.
 
 GPT-J in transformers (and code written like it) rotates (even, odd) pairs of the first
 ``rotary_dim`` dims of each head:
@@ -106,6 +107,96 @@ def _describe(add: Node, t: Node, cos, sin) -> Rotation | None:
     return Rotation(add, t, cos, sin, heads[0])
 
 
+# ---------------------------------------------------------------- the same rotation on (re, im) pairs
+# torchtune and Meta's Llama code (the latter after complex_pairs.py) rotate each (even, odd) pair:
+#   p = x.float().reshape(..., D // 2, 2)
+#   out = stack([p0 * c - p1 * s, p1 * c + p0 * s], -1).flatten(3)  [.type_as(x)]
+# with c, s [B|1, S, 1, D/2] (one value per pair): GPT-J's rotation with cos/sin repeated per pair.
+
+def _parts(node) -> tuple[Node, int] | None:
+    """``(p, i)`` when ``node`` is ``p[..., i]`` (i 0 or 1)."""
+    if not _is(node, (operator.getitem,)) or not isinstance(node.args[1], tuple):
+        return None
+    idx = node.args[1]
+    if len(idx) == 2 and idx[0] is Ellipsis and idx[1] in (0, 1):
+        return node.args[0], idx[1]
+    return None
+
+
+def _same(node):
+    """A key equal for nodes that compute the same ``t[..., i]``."""
+    part = _parts(node)
+    return ("part", *part) if part is not None else node
+
+
+def _mul_pairs(node) -> list[tuple[Node, Node]]:
+    if not (_is(node, (operator.mul, torch.mul)) and len(node.args) == 2 and not node.kwargs):
+        return []
+    a, b = node.args
+    return [(a, b), (b, a)]
+
+
+def _pair_source(p) -> Node | None:
+    """x when ``p`` is ``x[.float()].reshape/view(..., -1 or D/2, 2)``."""
+    if not (_is(p, (torch.reshape,), ("reshape", "view")) and p.args and p.args[-1] == 2):
+        return None
+    x = p.args[0]
+    if _is(x, (), ("float",)) or (_is(x, (), ("to",)) and len(x.args) == 2 and x.args[1] is torch.float32):
+        x = x.args[0]
+    return x
+
+
+def _pair_rotation(stack: Node) -> Rotation | None:
+    if not (_is(stack, (torch.stack,)) and len(stack.args) >= 1 and _arg(stack, 1, "dim") == -1
+            and isinstance(stack.args[0], (list, tuple)) and len(stack.args[0]) == 2 and len(stack.users) == 1):
+        return None
+    re, im = stack.args[0]
+    if not (_is(re, (operator.sub, torch.sub)) and _is(im, (operator.add, torch.add))
+            and len(re.args) == 2 and len(im.args) == 2 and not re.kwargs and not im.kwargs):
+        return None
+    flat = next(iter(stack.users))
+    if not (_is(flat, (torch.flatten,), ("flatten",)) and len(flat.args) >= 2 and flat.args[1] in (3, -2)):
+        return None
+    out = flat
+    if len(flat.users) == 1 and _is(next(iter(flat.users)), (), ("type_as", "to")):
+        out = next(iter(flat.users))
+    ims = {frozenset(map(_same, m.args)) for m in im.args if _is(m, (operator.mul, torch.mul))}
+    # x's pairs and the cos/sin pairs play symmetric parts in the formula: the x is the one a
+    # reshape of a [B, S, H, D] tensor shaped like the result
+    for a0, c in _mul_pairs(re.args[0]):
+        for a1, s_ in _mul_pairs(re.args[1]):
+            pa, pb = _parts(a0), _parts(a1)
+            if pa is None or pb is None or pa[0] is not pb[0] or (pa[1], pb[1]) != (0, 1):
+                continue
+            # the same p[..., i] may be a separate node in each product (Dynamo keeps every indexing)
+            if ims != {frozenset((_same(a0), _same(s_))), frozenset((_same(a1), _same(c)))}:
+                continue
+            rotation = _checked_pair_rotation(stack, out, _pair_source(pa[0]), c, s_)
+            if rotation is not None:
+                return rotation
+    return None
+
+
+def _checked_pair_rotation(stack: Node, out: Node, x, c, s_) -> Rotation | None:
+    vx, vc, vs, vo = _val(x), _val(c), _val(s_), _val(out)
+    if not all(isinstance(v, torch.Tensor) for v in (vx, vc, vs, vo)) or vx.dim() != 4 or vo.dtype != vx.dtype:
+        return None
+    if vc.shape != vs.shape or vc.dim() != 4 or 2 * vc.shape[-1] != vx.shape[-1] or tuple(vo.shape) != tuple(vx.shape):
+        return None
+    heads = [h for h in (1, 2) if vc.shape[h] == 1 and vc.shape[3 - h] == vx.shape[3 - h]]
+    if not heads or vc.shape[0] not in (1, vx.shape[0]):
+        return None
+    g = stack.graph
+    full = []
+    for t in (c, s_):  # one value per pair -> per element (GPT-J's cos/sin layout)
+        with g.inserting_before(stack):
+            r = g.call_method("repeat_interleave", (t, 2, -1))
+        with _val(t).fake_mode:
+            r.meta["example_value"] = _val(t).repeat_interleave(2, -1)
+        full.append(r)
+    return Rotation(out, x, full[0], full[1], heads[0])
+
+
 def _root(node):
     """The cos/sin source behind the broadcasting steps (repeat_interleave, indexing with None,
     unsqueeze): rotations of q and k built from one source are paired."""
@@ -118,7 +209,7 @@ def rewrite_interleaved_rope_in_dynamo_graph(gm: torch.fx.GraphModule) -> int:
     """Replace each GPT-J style rotation by our RoPE op; returns how many rotations were replaced."""
     from . import rope  # noqa: F401  (registers tri_inductor::rope_cos_sin)
 
-    found = [r for n in list(gm.graph.nodes) if (r := _rotation(n)) is not None]
+    found = [r for n in list(gm.graph.nodes) if (r := _rotation(n) or _pair_rotation(n)) is not None]
     groups: dict[tuple, list[Rotation]] = {}
     for r in found:
         vx = _val(r.x)
