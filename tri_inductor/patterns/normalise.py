@@ -8,9 +8,9 @@ families) and on every search and replacement graph we trace (``_trace.trace_rep
 a pattern traced from one spelling matches all of them.
 
 Every rewrite is exact (bit for bit the same values): a graph no pattern then matches computes
-what it did before. (Merging twins is exact because the graph is functional when our pass runs:
-Inductor re-inplaces ops only after the post-grad custom passes.) Rewrites that change rounding (``x / sqrt(v)`` as ``x * rsqrt(v)``) are not
-made here; such spellings are registered as patterns of their own.
+what it did before (merging twins is exact because the graph is functional when our pass runs:
+Inductor re-inplaces ops only after the post-grad custom passes). Rewrites that change rounding
+(``x / sqrt(v)`` as ``x * rsqrt(v)``) are not made here; such spellings are patterns of their own.
 """
 from __future__ import annotations
 
@@ -112,6 +112,6 @@ def _duplicates(graph: torch.fx.Graph) -> int:
 def normalise(graph: torch.fx.Graph) -> int:
     """Apply every rewrite; the number of nodes changed."""
     changed = _squares(graph) + _scalar_overloads(graph) + _last_dim(graph)
-    while (merged := _duplicates(graph)):  # a merge can make their readers twins (a view of a cast)
+    while (merged := _duplicates(graph)):  # a merge can make its readers twins (a cast of a cast)
         changed += merged
     return changed
