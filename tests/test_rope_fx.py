@@ -105,7 +105,7 @@ class PairRope(torch.nn.Module):
             cache = torch.stack([ang.cos(), ang.sin()], -1)
 
             def one(x):
-                xs = x.float().reshape(*x.shape[:-1], -1, 2)
+                xs = torch.reshape(x.float(), (*x.shape[:-1], -1, 2))
                 rc = cache.view(-1, xs.size(1), 1, xs.size(3), 2)
                 out = torch.stack([xs[..., 0] * rc[..., 0] - xs[..., 1] * rc[..., 1],
                                    xs[..., 1] * rc[..., 0] + xs[..., 0] * rc[..., 1]], -1)

@@ -138,7 +138,10 @@ def _mul_pairs(node) -> list[tuple[Node, Node]]:
 
 def _pair_source(p) -> Node | None:
     """x when ``p`` is ``x[.float()].reshape/view(..., -1 or D/2, 2)``."""
-    if not (_is(p, (torch.reshape,), ("reshape", "view")) and p.args and p.args[-1] == 2):
+    if not (_is(p, (torch.reshape,), ("reshape", "view")) and len(p.args) >= 2):
+        return None
+    shape = p.args[1] if len(p.args) == 2 and isinstance(p.args[1], (tuple, list)) else p.args[1:]
+    if not shape or shape[-1] != 2:  # x.reshape(..., 2) or torch.reshape(x, (..., 2))
         return None
     x = p.args[0]
     if _is(x, (), ("float",)) or (_is(x, (), ("to",)) and len(x.args) == 2 and x.args[1] is torch.float32):
