@@ -230,6 +230,24 @@ def test_hf_gemma_rmsnorm_matches(pm) -> None:
     assert rel(R.rms_norm(x, m.weight, 1e-6, 1.0), m(x).double()) < TOL[torch.bfloat16]
 
 
+def test_gemma_rmsnorm_weight_first_matches(pm) -> None:
+    """Gemma's norm with the (1 + w) factor written first: the offset is folded the same way."""
+    w = torch.randn(64).to(torch.bfloat16)
+
+    def norm(x):
+        h = x.float()
+        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + 1e-6)
+        return ((1.0 + w.float()) * h).type_as(x)
+
+    x = torch.randn(2, 3, 64, dtype=torch.bfloat16)
+    hits, code = compile_codegen(norm, [x], pm)
+    assert hits == 1
+    assert_our_kernel(code, "_rms_norm_kernel")
+    assert "1.0" in _kernel_args(code)
+    assert "triton_" not in code.split("def call(")[1], "a kernel of Inductor's left next to ours"
+    assert rel(R.rms_norm(x, w, 1e-6, 1.0), norm(x.double())) < TOL[torch.bfloat16]
+
+
 SPELLINGS = {
     # name: forward(x, w) written as users do (patterns/normalise.py and rms_norm.OTHER_SPELLINGS)
     "bf16 math, no upcast": lambda x, w: x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6) * w,

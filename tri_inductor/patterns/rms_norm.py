@@ -245,6 +245,13 @@ def _gemma_rms(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tenso
     return (h * (1.0 + weight.float())).type_as(x)
 
 
+# The same with the (1 + w) factor first.
+def _gemma_rms_weight_first(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    h = x.float()
+    h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)
+    return ((1.0 + weight.float()) * h).type_as(x)
+
+
 # vLLM fused_add_rms_norm native (torch wrap off): the norm reads the fp32 sum.
 def _vllm_add_rms(x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, eps: float):
     s = x.to(torch.float32) + residual.to(torch.float32)
@@ -553,7 +560,8 @@ def register_patterns(pm_pass) -> None:
     # (their casts vanish) and keeps that slot, so that a match re-traced with 16-bit inputs (the
     # matcher's check) is the plain form, not one with casts the graph does not have.
     for dt in (torch.bfloat16, torch.float32):
-        reg(_gemma_rms, _repl_gemma, [torch.empty(8, 64, dtype=dt), torch.empty(64, dtype=dt)], _check_rms)
+        for gemma in (_gemma_rms, _gemma_rms_weight_first):
+            reg(gemma, _repl_gemma, [torch.empty(8, 64, dtype=dt), torch.empty(64, dtype=dt)], _check_rms)
     wb = torch.empty(64, dtype=torch.bfloat16)
     for form in OTHER_SPELLINGS:
         for inputs in ([xb, wb], [torch.empty(8, 64), torch.empty(64)], [xb, wf]):
