@@ -234,7 +234,8 @@ def test_decode_asks_no_compiled_kernel_off_the_gpu(interpreter):
 
     t = torch.zeros(4)
     assert compiled_kernel(None, (1,), t) is None
-    assert ops._decode_programs_per_sm(torch.zeros(1, 1, 8), (1,), (), {}) == L.DEFAULT_PROGRAMS_PER_SM
+    cfg = L.decode_cfg(1, 1, 1, 8, 8, torch.device("cpu"))
+    assert ops._decode_programs_per_sm(torch.zeros(1, 1, 8), cfg, {}, None) == L.DEFAULT_PROGRAMS_PER_SM
     run_case([1, 1], [17, 700], 8, 2, 64)
 
 

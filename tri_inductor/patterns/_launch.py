@@ -44,7 +44,7 @@ def _runs_in_interpreter(args) -> bool:
     return any(type(a) is torch.Tensor and a.device.type == "cpu" for a in args)
 
 
-def _plain_gpu_call(args) -> bool:
+def plain_gpu_call(args) -> bool:
     # Real GPU tensors only, and nothing tracing (no dispatch mode such as make_fx's proxy mode).
     return (torch._C._len_torch_dispatch_stack() == 0
             and all(type(a) is torch.Tensor and a.device.type != "cpu" for a in args if isinstance(a, torch.Tensor)))
@@ -124,19 +124,21 @@ def compile_only() -> Iterator[None]:
         _COMPILE_ONLY.reset(tok)
 
 
+def _with_pdl(kwargs: dict[str, Any]) -> dict[str, Any]:
+    # A USE_PDL kernel is compiled with Triton's launch_pdl option (the launch attribute).
+    return {**kwargs, "launch_pdl": True} if kwargs.get("USE_PDL") else kwargs
+
+
 def compiled_kernel(kernel, grid, *args: Any, **kwargs: Any) -> Any:
     """The Triton ``CompiledKernel`` a plain GPU :func:`launch` with these arguments runs
     (compiled now if need be, nothing launched); None for traced or CPU calls (no such kernel)."""
-    if not (_plain_gpu_call(args) and any(isinstance(a, torch.Tensor) for a in args)) or callable(grid):
+    if not (plain_gpu_call(args) and any(isinstance(a, torch.Tensor) for a in args)) or callable(grid):
         return None
-    if kwargs.get("USE_PDL"):
-        kwargs = {**kwargs, "launch_pdl": True}
-    return kernel.warmup(*args, grid=grid, **kwargs)
+    return kernel.warmup(*args, grid=grid, **_with_pdl(kwargs))
 
 
 def _launch_gpu(kernel, grid, args: tuple, kwargs: dict[str, Any]) -> None:
-    if kwargs.get("USE_PDL"):
-        kwargs = {**kwargs, "launch_pdl": True}  # Triton's compile option for the launch attribute
+    kwargs = _with_pdl(kwargs)
     if _COMPILE_ONLY.get():
         # compiled with the options the real launch will ask for (launch_pdl included): the same kernel
         if not callable(grid) and isinstance(kernel, JITFunction):
@@ -167,7 +169,7 @@ def _launch_gpu(kernel, grid, args: tuple, kwargs: dict[str, Any]) -> None:
 def launch(kernel, grid, *args: Any, **kwargs: Any) -> None:
     """``kernel[grid](*args, **kwargs)``, traceable, and interpreted for real CPU tensors.
     ``USE_PDL=True`` among ``kwargs`` also launches it with PDL (see ``_pdl.pdl_enabled``)."""
-    if _plain_gpu_call(args):  # eager on a GPU (vLLM's lm_head, every step): no tracing wrapper
+    if plain_gpu_call(args):  # eager on a GPU (vLLM's lm_head, every step): no tracing wrapper
         _launch_gpu(kernel, grid, args, kwargs)
     elif _runs_in_interpreter(args):
         if _cpu_runner is None:

@@ -194,7 +194,7 @@ def _padding_4d(gm, before: Node, pad: Node) -> Node:
     return n
 
 
-def _repeat_factor(x, node) -> bool:
+def _repeats_heads(x, node) -> bool:
     """Whether ``node`` [B, Hkv * n, S, D] repeats each of ``x``'s [B, Hkv, S, D] heads n times in a row."""
     xv, nv = _val(x), _val(node)
     if xv is None or nv is None or xv.dim() != 4 or nv.dim() != 4:
@@ -229,7 +229,7 @@ def _unrepeat_kv(node):
         reps = node.args[1] if len(node.args) > 1 else node.kwargs.get("repeats")
         dim = node.args[2] if len(node.args) > 2 else node.kwargs.get("dim")
         x = node.args[0]
-        if isinstance(reps, int) and dim == 1 and _repeat_factor(x, node):
+        if isinstance(reps, int) and dim == 1 and _repeats_heads(x, node):
             return x
         return node
     if not (_is(node, (torch.reshape, torch.flatten), ("reshape", "view", "flatten"))):
@@ -240,7 +240,7 @@ def _unrepeat_kv(node):
     if not _is(ex, (), ("expand",)):
         return node
     x = _new_axis_at_2(ex.args[0])
-    return x if x is not None and _repeat_factor(x, node) else node
+    return x if x is not None and _repeats_heads(x, node) else node
 
 
 def _bool_of_additive(mask):
@@ -373,15 +373,20 @@ def _scores(node):
     return None if k is None else (q, k, float(scale))
 
 
+def _are_scores(node) -> bool:
+    """``node`` is the scaled q @ k^T (soft-capped or not)."""
+    return isinstance(node, Node) and _scores(_softcap(node)[0]) is not None
+
+
 def _masked_scores(node):
     """(scores node, mask node or None, mask is 'keep'-boolean) of the softmax input."""
     while _is(node, (), ("to", "float")) and len(node.users) == 1:
         node = node.args[0]
     if _is(node, (operator.add, torch.add)) and len(node.args) == 2 and not node.kwargs:
         a, b = node.args
-        if _scores(_softcap(a)[0]) is not None and isinstance(b, Node):
+        if _are_scores(a) and isinstance(b, Node):
             return a, b, False
-        if _scores(_softcap(b)[0]) is not None and isinstance(a, Node):
+        if _are_scores(b) and isinstance(a, Node):
             return b, a, False
         return None
     if _is(node, (torch.masked_fill,), ("masked_fill",)) and len(node.args) == 3:
@@ -395,9 +400,9 @@ def _masked_scores(node):
         cond, a, b = node.args
         if not (isinstance(cond, Node) and _val(cond) is not None and _val(cond).dtype == torch.bool):
             return None
-        if isinstance(b, (int, float)) and b <= -1e30 and isinstance(a, Node) and _scores(_softcap(a)[0]) is not None:
+        if isinstance(b, (int, float)) and b <= -1e30 and _are_scores(a):
             return a, cond, False
-        if isinstance(a, (int, float)) and a <= -1e30 and isinstance(b, Node) and _scores(_softcap(b)[0]) is not None:
+        if isinstance(a, (int, float)) and a <= -1e30 and _are_scores(b):
             return b, cond, True
         return None
     return node, None, False

@@ -81,6 +81,13 @@ def _rotation(add: Node) -> Rotation | None:
     return None
 
 
+def _heads_dim(vx: torch.Tensor, vc: torch.Tensor) -> int | None:
+    """The head axis of a 4-d x that the 4-d cos/sin broadcast over (1: [B, H, S, D], 2:
+    [B, S, H, D]); None for any other broadcast."""
+    heads = [h for h in (1, 2) if vc.shape[h] == 1 and vc.shape[3 - h] == vx.shape[3 - h]]
+    return heads[0] if heads and vc.shape[0] in (1, vx.shape[0]) else None
+
+
 def _describe(add: Node, t: Node, cos, sin) -> Rotation | None:
     vt, vc, vs, vo = _val(t), _val(cos), _val(sin), _val(add)
     if not all(isinstance(v, torch.Tensor) for v in (vt, vc, vs, vo)) or vt.dim() != 4:
@@ -88,8 +95,8 @@ def _describe(add: Node, t: Node, cos, sin) -> Rotation | None:
     rot = vt.shape[-1]
     if rot % 2 or vc.shape != vs.shape or vc.dim() != 4 or vc.shape[-1] != rot or vo.dtype != vt.dtype:
         return None
-    heads = [h for h in (1, 2) if vc.shape[h] == 1 and vc.shape[3 - h] == vt.shape[3 - h]]
-    if not heads or vc.shape[0] not in (1, vt.shape[0]):
+    heads = _heads_dim(vt, vc)
+    if heads is None:
         return None
     sliced = _last_dim_slice(t)
     users = list(add.users)
@@ -102,9 +109,9 @@ def _describe(add: Node, t: Node, cos, sin) -> Rotation | None:
             vx = _val(x)
             if rest is not None and rest[0] is x and rest[1] == slice(rot, None) and vx is not None \
                     and _val(cat) is not None and _val(cat).dtype == vx.dtype:
-                return Rotation(cat, x, cos, sin, heads[0])
+                return Rotation(cat, x, cos, sin, heads)
         return None
-    return Rotation(add, t, cos, sin, heads[0])
+    return Rotation(add, t, cos, sin, heads)
 
 
 # ---------------------------------------------------------------- the same rotation on (re, im) pairs
@@ -186,8 +193,8 @@ def _checked_pair_rotation(stack: Node, out: Node, x, c, s_) -> Rotation | None:
         return None
     if vc.shape != vs.shape or vc.dim() != 4 or 2 * vc.shape[-1] != vx.shape[-1] or tuple(vo.shape) != tuple(vx.shape):
         return None
-    heads = [h for h in (1, 2) if vc.shape[h] == 1 and vc.shape[3 - h] == vx.shape[3 - h]]
-    if not heads or vc.shape[0] not in (1, vx.shape[0]):
+    heads = _heads_dim(vx, vc)
+    if heads is None:
         return None
     g = stack.graph
     full = []
@@ -197,7 +204,7 @@ def _checked_pair_rotation(stack: Node, out: Node, x, c, s_) -> Rotation | None:
         with _val(t).fake_mode:
             r.meta["example_value"] = _val(t).repeat_interleave(2, -1)
         full.append(r)
-    return Rotation(out, x, full[0], full[1], heads[0])
+    return Rotation(out, x, full[0], full[1], heads)
 
 
 def _root(node):

@@ -7,10 +7,10 @@ from typing import Any
 import torch
 
 from .. import _pdl
-from .._launch import compiled_kernel, launch
+from .._launch import compiled_kernel, launch, plain_gpu_call
 from ..occupancy import compiled_programs_per_sm
 from .decode import paged_attn_decode_kernel, paged_attn_reduce_kernel
-from .launch import DEFAULT_PROGRAMS_PER_SM, MIN_TILES_PER_SPLIT, PrefillCfg, decode_cfg, head_pad
+from .launch import DEFAULT_PROGRAMS_PER_SM, MIN_TILES_PER_SPLIT, DecodeCfg, PrefillCfg, decode_cfg, head_pad
 from .prefill import paged_attn_prefill_kernel
 from .tuning import prefill_config
 
@@ -67,15 +67,18 @@ def decline_reason(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor
 _PER_SM: dict[tuple, int] = {}
 
 
-def _decode_programs_per_sm(q: torch.Tensor, grid: tuple, args: tuple, kwargs: dict) -> int:
-    if not q.is_cuda or type(q) is not torch.Tensor or torch._C._len_torch_dispatch_stack():
+def _decode_programs_per_sm(q: torch.Tensor, cfg: DecodeCfg, consts: dict, build: Any) -> int:
+    """``build(cfg) -> (grid, args, kwargs, parts)``: called (and the kernel compiled) only the
+    first time a specialisation is met; every later call is a dict lookup."""
+    if not q.is_cuda or not plain_gpu_call((q,)):
         return DEFAULT_PROGRAMS_PER_SM  # traced or CPU: no compiled kernel to ask
     index = q.device.index if q.device.index is not None else torch.cuda.current_device()
-    key = (index, q.dtype, *((k, v) for k, v in sorted(kwargs.items()) if k not in ("SPLIT", "SPLITS_PAD")))
+    key = (index, q.dtype, *sorted(consts.items()), cfg.block_g, cfg.tile_n, cfg.num_warps, cfg.num_stages)
     hit = _PER_SM.get(key)
     if hit is None:
         per_sm = None
         try:
+            grid, args, kwargs, _ = build(cfg)
             compiled = compiled_kernel(paged_attn_decode_kernel, grid, *args, **kwargs)
             per_sm = compiled_programs_per_sm(compiled, index) if compiled is not None else None
         except Exception:  # noqa: BLE001  (the real launch reports a kernel that cannot compile)
@@ -145,12 +148,11 @@ def paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tenso
             return (num_seqs, num_kv_heads, cfg.num_splits), args, kwargs, (part_o, part_m, part_l)
 
         cfg = decode_cfg(num_seqs, num_q_heads, num_kv_heads, head, max_seqlen_k, q.device, num_splits)
-        grid, args, kwargs, parts = decode_launch(cfg)
         if num_splits is None:
-            per_sm = _decode_programs_per_sm(q, grid, args, kwargs)
+            per_sm = _decode_programs_per_sm(q, cfg, consts, decode_launch)
             if per_sm != DEFAULT_PROGRAMS_PER_SM:
                 cfg = decode_cfg(num_seqs, num_q_heads, num_kv_heads, head, max_seqlen_k, q.device, None, per_sm)
-                grid, args, kwargs, parts = decode_launch(cfg)
+        grid, args, kwargs, parts = decode_launch(cfg)
         launch(paged_attn_decode_kernel, grid, *args, **kwargs)
         if cfg.num_splits > 1:
             launch(paged_attn_reduce_kernel, (num_seqs, num_q_heads),
