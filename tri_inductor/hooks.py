@@ -99,6 +99,11 @@ TABLE: tuple[Hook, ...] = (
     Hook("vllm.model_executor.layers.fused_moe.router.gate_linear:GateLinear.forward", "vLLM 0.26",
          "DeepSeek-V2/V3 router logits (fp32 out_dtype too) on our GEMM, run eagerly in the MoE runner",
          "router logits on vLLM's cuteDSL/dsv3 CUDA kernels or cuBLAS", ("self, x",)),
+    Hook("vllm.v1.engine.input_processor:InputProcessor._validate_model_input", _V,
+         "refuse prompt token ids outside the vocabulary when vLLM has no tokenizer to check them "
+         "(vllm_input_check; vLLM 0.34 checks them itself)",
+         "with --skip-tokenizer-init one request holding id 10^9 kills the engine (device-side assert "
+         "in the embedding kernel)", ("self, prompt_input, prompt_type",)),
     Hook("vllm.model_executor.layers.activation:SiluAndMul.forward_native", "vLLM 0.26",
          "an eager SiluAndMul (custom ops off, not compiled) on our gated-activation kernel",
          "eager ATen silu and mul kernels", ("x",)),

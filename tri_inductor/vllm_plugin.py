@@ -27,6 +27,8 @@ this module holds what they do:
 * ``UnquantizedLinearMethod.apply``, ``GateLinear.forward``, ``SiluAndMul.forward_native``
   (``vllm_eager_ops``) -- the linears and SiLU-and-mul vLLM runs eagerly inside opaque ops (the
   MoE router gate, shared experts) on our GEMM and activation kernels.
+* ``InputProcessor._validate_model_input`` (``vllm_input_check``) -- prompt token ids outside the
+  vocabulary are refused (HTTP 400) before they reach the embedding kernel, tokenizer or not.
 
 At registration the torch/triton/vLLM versions are checked against ``hooks.TESTED``: an
 untested one gets one warning naming the tested range (strict mode: our backend refuses to run;
@@ -68,8 +70,9 @@ def register() -> None:
         from .vllm_mla import HOOKS as MLA_HOOKS  # vLLM's MLA layer pieces -> our Triton kernels
         from .vllm_eager_ops import HOOKS as EAGER_HOOKS  # eager linears / SiluAndMul -> our kernels
         from .vllm_moe import HOOKS as MOE_HOOKS  # vLLM's MoE CUDA ops -> our Triton kernels
+        from .vllm_input_check import HOOKS as INPUT_HOOKS  # prompt ids outside the vocabulary: a 400
 
-        for table in (MOE_HOOKS, MLA_HOOKS, EAGER_HOOKS):
+        for table in (MOE_HOOKS, MLA_HOOKS, EAGER_HOOKS, INPUT_HOOKS):
             for name, hook in table.items():
                 hooks.when_imported(name, hook)
         _registered = True
