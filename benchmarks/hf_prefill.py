@@ -1,11 +1,12 @@
 """Prefill of Hugging Face model shapes with a padding mask: tri_inductor vs Inductor vs eager SDPA,
 and our masked attention kernel alone vs SDPA's flash/efficient backends on the same masks.
 
-UNTESTED ON A GPU (written on a CPU-only machine): the issue 23 GPU acceptance.
+The issue 23 GPU acceptance.
     python3 benchmarks/hf_prefill.py --models llama3-8b qwen2.5-7b gemma2-9b --batch 4 --seq 2048 --layers 4
 Pass: tri_inductor >= 1.0x torch.compile's default Inductor and >= eager (SDPA) for every model;
 the attention kernel >= 0.9x SDPA's flash/efficient backend. Dummy weights (tiny configs with the
-real shapes, randomly initialised), bf16, each batch row left-padded by a different amount.
+real shapes, randomly initialised), bf16, each batch row left-padded by a different amount. Gemma 2
+runs transformers' eager attention (its logit soft-capping is not SDPA's), so its "eager" is that.
 Writes benchmarks/results/hf_prefill_<card>.json (after every step, so a run cut off keeps what it
 measured); a model that fails is recorded with its error and the run goes on; ``--budget-s``
 skips the models that would start too late to finish.

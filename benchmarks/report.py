@@ -9,7 +9,8 @@
 
 Reads every ``*.json`` in the results folder, by name: ``e2e_*`` (benchmarks/e2e_vllm.py),
 ``kernels_*`` (benchmarks/kernel_bench.py), ``moe_kernels_*`` (benchmarks/moe_kernels.py), ``census_*`` (benchmarks/vllm_census.py), ``cache_*``
-(compile-cache timings; shown generically).  Any of them may be absent; files that do not parse
+(compile-cache timings; shown generically), ``serve_load_*`` (benchmarks/serve_load.py), ``hf_prefill_*``
+(benchmarks/hf_prefill.py).  Any of them may be absent; files that do not parse
 are listed, not fatal.  README gets one line (:func:`headline`): it replaces only the text
 between ``<!-- perf-table:start -->`` and ``<!-- perf-table:end -->``; if README has no such
 block, the block (markers included) is appended at the end.
@@ -28,7 +29,8 @@ RESULTS = ROOT / "benchmarks" / "results"
 README = ROOT / "README.md"
 DOCS_PAGE = ROOT / "docs" / "performance.md"
 START, END = "<!-- perf-table:start -->", "<!-- perf-table:end -->"
-KINDS = ("e2e", "kernels", "attention", "gemm_models", "moe_kernels", "census", "cache")
+KINDS = ("e2e", "kernels", "attention", "gemm_models", "moe_kernels", "census", "cache", "serve_load",
+         "hf_prefill")
 OURS, BASE, DEFAULT = "tri_inductor", "inductor", "default"
 
 
@@ -502,6 +504,45 @@ def moe_kernels_section(name: str, d: dict[str, Any]) -> str:
     return "\n".join(out)
 
 
+def serve_load_section(name: str, d: dict[str, Any]) -> str:
+    """``serve_load.py``: ``vllm serve`` under concurrent load and bad requests, ours vs vLLM's compile path."""
+    a = d.get("args", {})
+    out = [f"#### `vllm serve` under load (`{name}`)", "",
+           _meta_line(d.get("card"), d.get("versions"), (d.get("git") or {}).get("commit"),
+                      f"{a.get('clients')} clients, {a.get('requests')} good requests, one bad in {a.get('bad_every')}"),
+           "", f"**{'PASS' if d.get('pass') else 'FAIL'}**; ours / baseline: "
+           + ", ".join(f"{k} {_ratio(v)}" for k, v in (d.get("ratios_ours_over_baseline") or {}).items()), ""]
+    rows = []
+    for r in (d.get("ours") or {}, d.get("baseline") or {}):
+        probes = r.get("probes") or []
+        rows.append([r.get("backend", "?"), _num(r.get("startup_s")), _num(r.get("p50_ms")), _num(r.get("p99_ms")),
+                     _num(r.get("out_tok_per_s")), str(r.get("n_wrong_length")), str(len(r.get("bad_not_4xx") or [])),
+                     ", ".join(f"{p['name']} {p['status']}" for p in probes) or "not sent",
+                     str(r.get("healthy_after")), r.get("error") or ""])
+    out.append(_table(["server", "start-up s", "p50 ms", "p99 ms", "output tok/s", "wrong length", "bad not 4xx",
+                       "out-of-range ids", "healthy after", "error"], rows))
+    return "\n".join(out)
+
+
+def hf_prefill_section(name: str, d: dict[str, Any]) -> str:
+    """``hf_prefill.py``: HF models' padded prefill, ours vs Inductor and eager; masked attention vs SDPA."""
+    m = d.get("meta", {})
+    out = [f"#### Hugging Face prefill with a padding mask (`{name}`)", "",
+           _meta_line(m.get("card"), {k: m.get(k) for k in ("torch", "triton")}, m.get("commit"),
+                      f"batch {d.get('batch')} x {d.get('seq')} tokens, {d.get('layers')} layers, bf16"),
+           "", f"**{'PASS' if d.get('pass') else 'FAIL'}**", "",
+           _table(["model", "tri_inductor ms", "Inductor ms", "eager ms", "vs Inductor", "vs eager", "eager timer",
+                   "all Triton"],
+                  [[k, _num(v.get("tri_inductor_ms"), 2), _num(v.get("inductor_ms"), 2), _num(v.get("eager_ms"), 2),
+                    _ratio(v.get("vs_inductor")), _ratio(v.get("vs_eager")), (v.get("timer") or {}).get("eager", ""),
+                    str(v.get("all_triton"))] for k, v in (d.get("models") or {}).items()]), "",
+           _table(["heads (q/kv)", "head dim", "ours ms", "best SDPA", "vs best SDPA"],
+                  [[f"{r['heads'][0]}/{r['heads'][1]}", r.get("head_dim"), _num(r.get("ours_ms"), 3),
+                    ", ".join(f"{b} {v if isinstance(v, str) else _num(v, 3)}" for b, v in (r.get("sdpa") or {}).items()),
+                    _ratio(r.get("vs_best_sdpa"))] for r in d.get("attention", [])])]
+    return "\n".join(out)
+
+
 def build_markdown(folder: str | Path = RESULTS) -> str:
     res = load_results(folder)
     parts = ["## Performance", "",
@@ -511,7 +552,8 @@ def build_markdown(folder: str | Path = RESULTS) -> str:
         parts += ["", "No results yet."]
     for kind, fn in (("e2e", e2e_section), ("kernels", kernels_section), ("attention", attention_section),
                      ("gemm_models", gemm_models_section), ("moe_kernels", moe_kernels_section),
-                     ("census", census_section), ("cache", cache_section)):
+                     ("census", census_section), ("cache", cache_section), ("serve_load", serve_load_section),
+                     ("hf_prefill", hf_prefill_section)):
         for name, data in res[kind]:
             try:
                 parts += ["", fn(name, data)]

@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
 """``vllm serve`` under concurrent load and bad requests: ours vs vLLM's compile path (issue 22).
 
-NOT YET RUN: written on a CPU-only machine and never executed on a GPU; expect to fix details on
-its first run.  See docs/design/trust.md and shared notes/serving.md (a token id of 10^9 killed
-the engine at 1ed87f1: this script sends one on purpose).
+See docs/design/trust.md and shared notes/serving.md (a token id of 10^9 killed the engine at
+1ed87f1: this script sends one on purpose; under tri_inductor it now gets a 400,
+``tri_inductor/vllm_input_check.py``).
 
 For each backend (``tri_inductor``, then vLLM's default Inductor compile path) it starts the
 OpenAI server for a Llama-shaped model with dummy weights and no tokenizer, then sends

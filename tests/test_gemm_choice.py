@@ -225,6 +225,36 @@ def test_tuning_measures_stores_and_warm_start_measures_nothing(fake_gpu_tuning)
     assert len(measured) == n  # warm start: no benchmark
 
 
+def test_fused_gate_up_is_tuned_as_it_runs(monkeypatch, interpreter):
+    """The gate_up form (mm_act_mul) gets its own tuning entry, measured with the fused kernel:
+    its programs cover half their tile's columns in gate and half in up, so plain-GEMM timings
+    rank its tiles wrongly (docs/design/gemm.md). The launcher handed to the tuner computes
+    act(a @ gate) * (a @ up), checked here against float64 in the interpreter."""
+    from tri_inductor.patterns.gemm.launch import ACTS, NO_ACT
+
+    seen = []
+
+    def spy(n, k, bucket, dtype, dev, launcher, variant=""):
+        seen.append((n, k, bucket, variant, launcher))
+        return C.Cfg(16, 64, 64, 1, 1, 4, 2)
+
+    monkeypatch.setattr(O, "config_for", spy)
+    O.choose_config(16, 384, 96, torch.bfloat16)
+    O.choose_config(16, 384, 96, torch.bfloat16, act=ACTS["silu"])
+    assert [s[3] for s in seen] == ["", "silu"]
+    assert T.shape_key(384, 96, 16, torch.bfloat16, "silu") != T.shape_key(384, 96, 16, torch.bfloat16)
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(16, 96, generator=g).to(torch.bfloat16)
+    w = (torch.randn(96, 384, generator=g) / 8).to(torch.bfloat16)
+    cfg = C.Cfg(16, 64, 32, 1, 1, 4, 2)
+    fused, plain = seen[1][4](a, w, None, cfg), seen[0][4](a, w, None, cfg)
+    assert fused.shape == (16, 192) and plain.shape == (16, 384)
+    assert _rel(fused, O.reference_mm_act_mul(a, w, "silu")) < TOL[torch.bfloat16]
+    assert _rel(plain, O.reference_mm(a, w)) < TOL[torch.bfloat16]
+    assert O.eager_config(16, 384, 96, torch.bfloat16, act=ACTS["silu"]) is not None and seen[-1][3] == "silu"
+    assert NO_ACT not in O._ACT_NAMES
+
+
 def test_tuning_budget_bounds_the_start(fake_gpu_tuning, monkeypatch, capsys):
     config_for, measured = fake_gpu_tuning
     monkeypatch.setenv(generic.BUDGET_ENV, "0")

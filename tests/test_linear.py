@@ -291,7 +291,7 @@ GATE_PLAN = [(0, 1, C.Cfg(1, 16, 64, 1, 1, 4, 1, C.Kind.GEMV)), (1, 16, C.Cfg(16
 def test_gated_dispatch_numerics(M, poison, monkeypatch):
     """Eager run of the gated form (concrete gates): exactly one plan entry writes every element
     (outputs start NaN), and the result matches float64."""
-    monkeypatch.setattr(O, "dispatch_plan", lambda n, k, dtype, device=None: GATE_PLAN)
+    monkeypatch.setattr(O, "dispatch_plan", lambda n, k, dtype, device=None, act=-1: GATE_PLAN)
     g = torch.Generator().manual_seed(M)
     a = torch.randn(M, 128, generator=g).to(torch.bfloat16)
     b = torch.randn(96, 128, generator=g).to(torch.bfloat16).t()

@@ -26,12 +26,19 @@ from .launch import ACTS, NO_ACT, hint, launch_cfg, split_for
 from .tuning import config_for
 
 
-def choose_config(m, n: int, k: int, dtype: torch.dtype, device=None) -> Cfg:
-    """The config of an M (a SymInt's size hint) x N x K GEMM on ``device`` (default: current)."""
+_ACT_NAMES = {code: name for name, code in ACTS.items()}
+
+
+def choose_config(m, n: int, k: int, dtype: torch.dtype, device=None, act: int = NO_ACT) -> Cfg:
+    """The config of an M (a SymInt's size hint) x N x K GEMM on ``device`` (default: current);
+    ``act``: of the fused gate_up form with that activation (tuned as it runs)."""
     b = bucket_of(hint(m))
     if dtype == torch.float32:
         return fp32_config(b)
-    return config_for(n, k, b, dtype, device_info(device), mm_launch)
+    if act == NO_ACT:
+        return config_for(n, k, b, dtype, device_info(device), mm_launch)
+    return config_for(n, k, b, dtype, device_info(device),
+                      lambda a, w, bias, cfg: mm_launch(a, w, bias, cfg, act=act), _ACT_NAMES[act])
 
 
 def eager_warm_sizes(max_m: int) -> list[int]:
@@ -52,11 +59,11 @@ def forget_eager_choices() -> None:
 cache.on_forget(forget_eager_choices)
 
 
-def eager_config(m: int, n: int, k: int, dtype: torch.dtype, device=None) -> Cfg:
-    key = (bucket_of(m), n, k, dtype, getattr(device, "index", None))
+def eager_config(m: int, n: int, k: int, dtype: torch.dtype, device=None, act: int = NO_ACT) -> Cfg:
+    key = (bucket_of(m), n, k, dtype, getattr(device, "index", None), act)
     cfg = _EAGER_CHOICE.get(key)
     if cfg is None:
-        cfg = _EAGER_CHOICE[key] = choose_config(m, n, k, dtype, device)
+        cfg = _EAGER_CHOICE[key] = choose_config(m, n, k, dtype, device, act)
     return cfg
 
 
@@ -104,7 +111,8 @@ def _same_kernel_as_before(plan, cfg: Cfg, m: int, n: int, k: int, device) -> Cf
     return cfg
 
 
-def dispatch_plan(n: int, k: int, dtype: torch.dtype, device=None) -> list[tuple[int, int | None, Cfg]]:
+def dispatch_plan(n: int, k: int, dtype: torch.dtype, device=None,
+                  act: int = NO_ACT) -> list[tuple[int, int | None, Cfg]]:
     """``[(lo, hi, cfg)]`` (M in (lo, hi], hi None: no upper bound): the config of every M bucket
     that meets the current token range, consecutive equal configs merged; the first entry's lo
     and the last's hi are dropped where the range already implies them (no gate to evaluate)."""
@@ -115,7 +123,7 @@ def dispatch_plan(n: int, k: int, dtype: torch.dtype, device=None) -> list[tuple
         if rng is not None and ((hi is not None and hi < rng[0]) or lo >= rng[1]):
             lo = hi if hi is not None else lo
             continue  # the bucket (lo, hi] holds no M of the range
-        cfg = _same_kernel_as_before(plan, choose_config(representative_m(hi), n, k, dtype, device),
+        cfg = _same_kernel_as_before(plan, choose_config(representative_m(hi), n, k, dtype, device, act),
                                      representative_m(hi), n, k, device)
         if plan and plan[-1][2] == cfg:
             plan[-1] = (plan[-1][0], hi, cfg)
@@ -148,11 +156,12 @@ def mm_launch(a, b, bias, cfg: Cfg | None = None, dispatch: bool | None = None, 
     if cfg is not None or not dispatch:
         if cfg is None:
             eager = type(a) is torch.Tensor and a.is_cuda and isinstance(M, int)
-            cfg = eager_config(M, n, k, a.dtype, a.device) if eager else choose_config(M, n, k, a.dtype, a.device)
+            cfg = (eager_config(M, n, k, a.dtype, a.device, act) if eager
+                   else choose_config(M, n, k, a.dtype, a.device, act))
         launch_cfg(a, b, bias, out, cfg, act=act)
         return out
     rng = _TOKEN_RANGE.get()
-    for lo, hi, c in dispatch_plan(n, k, a.dtype, a.device):
+    for lo, hi, c in dispatch_plan(n, k, a.dtype, a.device, act):
         cap = hi if rng is None else min(hi or rng[1], rng[1])
         m_hint = representative_m(hi) if hi is not None or rng is None else min(representative_m(None), rng[1])
         launch_cfg(a, b, bias, out, c, gate=gate(M, lo, hi), m_hint=m_hint, m_cap=cap, act=act)

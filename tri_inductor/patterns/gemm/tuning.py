@@ -37,8 +37,11 @@ def bucket_label(bucket: int) -> str:
     return f">{BUCKETS[-1]}" if bucket > BUCKETS[-1] else f"<={bucket}"
 
 
-def shape_key(n: int, k: int, bucket: int, dtype: Any) -> str:
-    return f"N={n},K={k},M{bucket_label(bucket)},{str(dtype).replace('torch.', '')}"
+def shape_key(n: int, k: int, bucket: int, dtype: Any, variant: str = "") -> str:
+    """``variant``: the fused gate_up form's activation ("silu", ...), tuned apart (its programs
+    cover half their tile's columns in gate and half in up: another kernel, another ranking)."""
+    base = f"N={n},K={k},M{bucket_label(bucket)},{str(dtype).replace('torch.', '')}"
+    return f"{base},{variant}_and_mul" if variant else base
 
 
 def default_config(n: int, k: int, bucket: int, dev: Device, elem: int = 2) -> Cfg:
@@ -65,10 +68,14 @@ def _ends(out: torch.Tensor) -> torch.Tensor:
     return torch.cat([out[:32], out[-32:]]).float()
 
 
-def config_for(n: int, k: int, bucket: int, dtype: torch.dtype, dev: Device, mm_launch: Callable) -> Cfg:
+def config_for(n: int, k: int, bucket: int, dtype: torch.dtype, dev: Device, mm_launch: Callable,
+               variant: str = "") -> Cfg:
     """The tile config for a (N, K, M bucket) GEMM: stored result, else tuned now, else the
     default (shipped table or cost model). ``mm_launch(a, b, bias, cfg)`` runs one config
-    (``ops.mm_launch``, passed in: ops builds on this module)."""
+    (``ops.mm_launch``, passed in: ops builds on this module). ``variant``: ``mm_launch`` runs the
+    fused gate_up form with that activation; it is measured as it runs in the graph (timing the
+    plain GEMM instead picked decode tiles that ran 12% of a Llama-3-8B decode step slower:
+    docs/design/gemm.md)."""
     elem = torch.empty((), dtype=dtype).element_size()
     default = default_config(n, k, bucket, dev, elem)
     m = representative_m(None if bucket > BUCKETS[-1] else bucket)
@@ -121,10 +128,11 @@ def config_for(n: int, k: int, bucket: int, dtype: torch.dtype, dev: Device, mm_
     cands = tuning_candidates(n, k, bucket, dev, elem)
     state["cands"] = [default, *cands]
     try:
-        return generic.tune("mm", shape_key(n, k, bucket, dtype), default,
+        op = f"mm+{variant}_and_mul" if variant else "mm"
+        return generic.tune("mm", shape_key(n, k, bucket, dtype, variant), default,
                             cands, measure, decode, lambda c: list(c),
                             skip_reason=too_big,
-                            label=f"mm N={n} K={k} M{bucket_label(bucket)} {str(dtype).replace('torch.', '')}")
+                            label=f"{op} N={n} K={k} M{bucket_label(bucket)} {str(dtype).replace('torch.', '')}")
     finally:
         state.clear()  # free the benchmark tensors before the compile goes on
 
