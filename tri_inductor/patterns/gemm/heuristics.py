@@ -191,9 +191,28 @@ def candidates(m: int, n: int, k: int, dev: Device, elem: int = 2) -> list[Cfg]:
     return uniq
 
 
+# The fused gate_up form on the pointer kernel: each program's tile is half gate, half up, and
+# halves under 32 columns ran 11-26% slower fused than the same tile plain (H200 decode,
+# docs/design/gemm.md), while 32+32 matched it. GEMV and TMA configs are not split that way.
+FUSED_MIN_BLOCK_N = 64
+
+
+def fused_ok(c: Cfg) -> bool:
+    """A config worth running the fused gate_up form with."""
+    return c.kernel != Kind.PTR or c.block_n >= FUSED_MIN_BLOCK_N
+
+
+def for_fused(cands: list[Cfg]) -> list[Cfg]:
+    """``cands`` the fused form runs well (all of them where none would)."""
+    return [c for c in cands if fused_ok(c)] or cands
+
+
 def ranked(m: int, n: int, k: int, dev: Device, elem: int = 2, fused: bool = False) -> list[Cfg]:
-    """The candidate space, best modelled first (ties: fewer programs, then the listing order)."""
+    """The candidate space, best modelled first (ties: fewer programs, then the listing order);
+    ``fused``: the gate_up form's space and output."""
     cands = candidates(m, n, k, dev, elem)
+    if fused:
+        cands = for_fused(cands)
     return sorted(cands, key=lambda c: estimate_s(c, m, n, k, dev, elem, fused))
 
 
@@ -214,10 +233,10 @@ def diverse(cands: list[Cfg], m: int, n: int, k: int, dev: Device, count: int, e
     return picked
 
 
-def model_config(bucket: int, n: int, k: int, dev: Device, elem: int = 2) -> Cfg:
-    """The cost model's choice for an M bucket (its representative M)."""
+def model_config(bucket: int, n: int, k: int, dev: Device, elem: int = 2, fused: bool = False) -> Cfg:
+    """The cost model's choice for an M bucket (its representative M); ``fused``: the gate_up form."""
     m = representative_m(None if bucket > BUCKETS[-1] else bucket)
-    return ranked(m, n, k, dev, elem)[0]
+    return ranked(m, n, k, dev, elem, fused)[0]
 
 
 FP32_CONFIGS: dict[int, Cfg] = {  # fp32 (tf32) inputs: half the operand bytes fit per stage
@@ -232,4 +251,5 @@ def fp32_config(bucket: int) -> Cfg:
     return next(c for b, c in sorted(FP32_CONFIGS.items()) if bucket <= b)
 
 
-__all__ = ["auto_split", "candidates", "diverse", "estimate_s", "fp32_config", "model_config", "ranked"]
+__all__ = ["FUSED_MIN_BLOCK_N", "auto_split", "candidates", "diverse", "estimate_s", "for_fused", "fp32_config",
+           "fused_ok", "model_config", "ranked"]

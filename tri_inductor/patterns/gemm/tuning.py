@@ -16,7 +16,7 @@ from ... import cache
 from ... import tuning as generic
 from .configs import (BUCKETS, Cfg, Device, invalid_reason, parse_cfg, representative_m, shipped,
                       table_entries)
-from .heuristics import candidates, diverse, model_config
+from .heuristics import candidates, diverse, for_fused, fused_ok, model_config
 
 # How many of the model's best candidates are measured per (N, K, M bucket); the default and
 # the shipped entry are measured as well.
@@ -44,19 +44,27 @@ def shape_key(n: int, k: int, bucket: int, dtype: Any, variant: str = "") -> str
     return f"{base},{variant}_and_mul" if variant else base
 
 
-def default_config(n: int, k: int, bucket: int, dev: Device, elem: int = 2) -> Cfg:
-    """Without measurement: the shipped table's entry where it has one, else the cost model's."""
-    return shipped(n, k, bucket, dev) or model_config(bucket, n, k, dev, elem)
+def default_config(n: int, k: int, bucket: int, dev: Device, elem: int = 2, fused: bool = False) -> Cfg:
+    """Without measurement: the shipped table's entry where it has one, else the cost model's.
+    ``fused``: for the gate_up form (a shipped entry only if that form runs it well)."""
+    table = shipped(n, k, bucket, dev)
+    if table is not None and (not fused or fused_ok(table)):
+        return table
+    return model_config(bucket, n, k, dev, elem, fused)
 
 
-def tuning_candidates(n: int, k: int, bucket: int, dev: Device, elem: int = 2) -> list[Cfg]:
+def tuning_candidates(n: int, k: int, bucket: int, dev: Device, elem: int = 2, fused: bool = False) -> list[Cfg]:
     """What the tuner measures: the shipped table's configs of this bucket (known good on this
-    chip family for other shapes) and the cost model's best of each tile family."""
+    chip family for other shapes) and the cost model's best of each tile family; ``fused``: of
+    those, the ones the gate_up form runs well."""
     m = representative_m(None if bucket > BUCKETS[-1] else bucket)
     priors = [c for (_, _, b), c in table_entries().items() if b == bucket and dev.capability == (9, 0)
               and dev.vendor == "nvidia" and invalid_reason(c, dev, elem) is None]
+    space = candidates(m, n, k, dev, elem)
+    if fused:
+        priors, space = [c for c in priors if fused_ok(c)], for_fused(space)
     out: list[Cfg] = []
-    for c in priors + diverse(candidates(m, n, k, dev, elem), m, n, k, dev, CANDIDATES, elem):
+    for c in priors + diverse(space, m, n, k, dev, CANDIDATES, elem):
         if c not in out:
             out.append(c)
     return out
@@ -77,7 +85,8 @@ def config_for(n: int, k: int, bucket: int, dtype: torch.dtype, dev: Device, mm_
     plain GEMM instead picked decode tiles that ran 12% of a Llama-3-8B decode step slower:
     docs/design/gemm.md)."""
     elem = torch.empty((), dtype=dtype).element_size()
-    default = default_config(n, k, bucket, dev, elem)
+    fused = bool(variant)
+    default = default_config(n, k, bucket, dev, elem, fused)
     m = representative_m(None if bucket > BUCKETS[-1] else bucket)
     state: dict[str, Any] = {}
 
@@ -125,7 +134,7 @@ def config_for(n: int, k: int, bucket: int, dtype: torch.dtype, dev: Device, mm_
 
         return generic.run_isolated(work)
 
-    cands = tuning_candidates(n, k, bucket, dev, elem)
+    cands = tuning_candidates(n, k, bucket, dev, elem, fused)
     state["cands"] = [default, *cands]
     try:
         op = f"mm+{variant}_and_mul" if variant else "mm"
