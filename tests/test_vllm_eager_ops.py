@@ -34,6 +34,11 @@ def hooked(monkeypatch, vllm_ctx):
 
     monkeypatch.setattr(parallel_state, "get_tp_group", lambda: types.SimpleNamespace(rank_in_group=0, world_size=1))
     monkeypatch.setattr(linear, "dispatch_unquantized_gemm", lambda: layer_utils.default_unquantized_gemm)
+    # linear.py binds current_platform at its import: if that ran under test_vllm_plugin's fake
+    # CUDA platform, vLLM's apply would take its CUDA-only batch-invariant path here
+    import vllm.platforms
+
+    monkeypatch.setattr(linear, "current_platform", vllm.platforms.current_platform)
     monkeypatch.setattr(E, "DEVICE", "cpu")
     monkeypatch.setattr(E, "_warmed", set())
     calls = {"apply": 0, "gate": 0, "silu": 0}
