@@ -68,7 +68,9 @@ import os
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -182,10 +184,21 @@ def write_model(name: str, folder: Path, layers: int, vocab: int, weights: str) 
 NATIVE_NORMS = {"rms_norm": ["native"], "fused_add_rms_norm": ["native"]}
 
 
-def engine_kwargs(backend: str, model_dir: str, load_format: str, tp: int = 1) -> dict[str, Any]:
+# --jobs > 1: engines of several models share the GPU. Each then gets a fixed KV cache (vLLM's
+# memory profiling would count the other engines' allocations as its own) and a small share of
+# the memory (vLLM checks at start that that much is free). A 2-layer census model's KV cache for
+# 64 x 512 tokens is ~0.3 GiB.
+SHARED_GPU_UTIL = 0.1
+SHARED_KV_CACHE_BYTES = 1 << 30
+
+
+def engine_kwargs(backend: str, model_dir: str, load_format: str, tp: int = 1,
+                  shared_gpu: bool = False) -> dict[str, Any]:
     kw: dict[str, Any] = dict(model=model_dir, load_format=load_format, skip_tokenizer_init=True,
                               dtype="bfloat16", seed=0, max_model_len=512, max_num_seqs=64,
                               gpu_memory_utilization=0.5)
+    if shared_gpu:
+        kw.update(gpu_memory_utilization=SHARED_GPU_UTIL, kv_cache_memory_bytes=SHARED_KV_CACHE_BYTES)
     if tp > 1:  # vLLM's custom all-reduce is a CUDA extension op: NCCL instead
         kw.update(tensor_parallel_size=tp, disable_custom_all_reduce=True)
     if backend == "tri_inductor":
@@ -236,6 +249,8 @@ def run_worker(args: argparse.Namespace, name: str, folder: Path, load_format: s
     cmd = [sys.executable, __file__, "--worker", "--model-dir", str(folder), "--backend", backend,
            "--load-format", load_format, "--prompts", str(args.prompts), "--tokens", str(args.tokens),
            "--worker-out", str(out), "--tp", str(args.tp)]
+    if args.jobs > 1:
+        cmd.append("--shared-gpu")
     if teacher is not None and teacher.exists():
         cmd += ["--teacher", str(teacher)]
     env = dict(os.environ)
@@ -493,6 +508,72 @@ def reclassify(report: dict[str, Any]) -> dict[str, Any]:
     return report
 
 
+def census_model(args: argparse.Namespace, name: str, tmp: str, models: dict[str, Any],
+                 load_format: str) -> dict[str, Any]:
+    """One model (written to ``tmp/name`` already): its reference, then each engine (in its own
+    process), scored. ``models``: the entries done so far (the bar model's, for a MoE/MLA model;
+    with --jobs rescored at the end)."""
+    t0 = time.time()
+    folder = Path(tmp) / name
+    # The reference runs first so that the engines can be scored teacher-forced on its
+    # tokens: vLLM's compile path (the baseline), or Hugging Face eager (--reference hf).
+    order = sorted(args.backends.split(","), key=lambda b: b != "inductor")
+    runs = {}
+    bar = uses_bar(args, name)
+    if bar:
+        order = [b for b in order if b not in ("inductor", *NUMERICS_CONTROLS)]
+        print(f"[census] {name}: vLLM's own engine not run (its MoE/MLA path needs CUDA ops); the bar is "
+              f"vLLM's compile path on {args.bar_model} against its reference", flush=True)
+    if args.reference == REFERENCE_HF:
+        order = [REFERENCE_HF, *order]
+    ref = "inductor" if args.reference != REFERENCE_HF else REFERENCE_HF
+    for b in order:
+        teacher = Path(tmp) / f"{name}_{ref}.json" if b != ref else None
+        runs[b] = run_worker(args, name, folder, load_format, b, Path(tmp) / f"{name}_{b}.json", teacher)
+    entry: dict[str, Any] = {"config": MODELS[name] | {"num_hidden_layers": args.layers},
+                             "load_format": load_format, "reference": ref, "backends": runs}
+    if ref == REFERENCE_HF and runs.get("inductor", {}).get("teacher_forced"):
+        # vLLM's own compile path against the same reference: the agreement ours must reach
+        entry["baseline_teacher_forced"] = score_teacher_forced(runs["inductor"]["teacher_forced"],
+                                                                args.gap_tol)
+    ours, base = runs.get("tri_inductor", {}), runs.get("inductor", {})
+    if ours.get("ok"):
+        entry.update(summarize_model(ours))
+    if ours.get("ok") and base.get("ok"):
+        entry["greedy"] = compare_greedy(ours, base, args.gap_tol)
+    if ours.get("teacher_forced"):
+        entry["teacher_forced"] = score_teacher_forced(ours["teacher_forced"], args.gap_tol)
+    if base.get("teacher_forced_self"):
+        entry["baseline_self_teacher_forced"] = score_teacher_forced(base["teacher_forced_self"], args.gap_tol)
+    if runs.get(CONTROL, {}).get("teacher_forced"):
+        entry["eager_control_teacher_forced"] = score_teacher_forced(runs[CONTROL]["teacher_forced"],
+                                                                     args.gap_tol)
+    # Same mode: ours and the baseline each prefill the baseline's sequences.
+    if ours.get("teacher_forced") and base.get("teacher_forced_self"):
+        entry["same_mode"] = score_same_mode(ours["teacher_forced"], base["teacher_forced_self"], args.gap_tol)
+    if bar:
+        entry["vs_bar"] = score_vs_bar(entry.get("teacher_forced"),
+                                       models.get(args.bar_model, {}).get("baseline_teacher_forced"),
+                                       args.bar_model)
+    if runs.get(CONTROL, {}).get("teacher_forced") and base.get("teacher_forced_self"):
+        entry["eager_control_same_mode"] = score_same_mode(runs[CONTROL]["teacher_forced"],
+                                                           base["teacher_forced_self"], args.gap_tol)
+    if runs.get(ATTN_CONTROL, {}).get("teacher_forced") and base.get("teacher_forced_self"):
+        entry["fa3_control_same_mode"] = score_same_mode(runs[ATTN_CONTROL]["teacher_forced"],
+                                                         base["teacher_forced_self"], args.gap_tol)
+        if entry.get("same_mode"):
+            entry["vs_attention_control"] = score_vs_attention_control(entry["same_mode"],
+                                                                       entry["fa3_control_same_mode"])
+    for r in runs.values():  # keep the per-sequence data out of the summary file
+        r.pop("tokens", None)
+        r.pop("top2_gap", None)
+        r.pop("teacher_forced", None)
+        r.pop("teacher_forced_self", None)
+    entry["pass"] = model_passes(entry, ours)
+    entry["wall_s"] = round(time.time() - t0, 1)
+    return entry
+
+
 def main_parent(args: argparse.Namespace) -> int:
     if args.reclassify:
         report = reclassify(json.loads(Path(args.reclassify).read_text()))
@@ -527,7 +608,7 @@ def main_parent(args: argparse.Namespace) -> int:
                 if uses_bar(args, name) and b in ("inductor", *NUMERICS_CONTROLS):
                     print(f"  {b}: not run; the bar is vLLM's compile path on {args.bar_model}")
                     continue
-                print(f"  {b}: LLM({json.dumps(engine_kwargs(b, '<model_dir>', '<load_format>', args.tp))})")
+                print(f"  {b}: LLM({json.dumps(engine_kwargs(b, '<model_dir>', '<load_format>', args.tp, args.jobs > 1))})")
         print(f"results -> {args.out or ROOT / 'benchmarks/results' / out_name('CARD', args.tp).replace('card', '<card>')}")
         return 0
     if ATTN_CONTROL in args.backends.split(","):
@@ -544,70 +625,28 @@ def main_parent(args: argparse.Namespace) -> int:
     out = Path(args.out or ROOT / "benchmarks/results" / out_name(report["card"], args.tp))
     out.parent.mkdir(parents=True, exist_ok=True)
     names = models_to_run(args)
-    with tempfile.TemporaryDirectory(prefix="tri_census_") as tmp:
-        for name in names:
-            t0 = time.time()
-            folder = Path(tmp) / name
-            load_format = write_model(name, folder, args.layers, args.vocab, args.weights)
-            # The reference runs first so that the engines can be scored teacher-forced on its
-            # tokens: vLLM's compile path (the baseline), or Hugging Face eager (--reference hf).
-            order = sorted(args.backends.split(","), key=lambda b: b != "inductor")
-            runs = {}
-            bar = uses_bar(args, name)
-            if bar:
-                order = [b for b in order if b not in ("inductor", *NUMERICS_CONTROLS)]
-                print(f"[census] {name}: vLLM's own engine not run (its MoE/MLA path needs CUDA ops); the bar is "
-                      f"vLLM's compile path on {args.bar_model} against its reference", flush=True)
-            if args.reference == REFERENCE_HF:
-                order = [REFERENCE_HF, *order]
-            ref = "inductor" if args.reference != REFERENCE_HF else REFERENCE_HF
-            for b in order:
-                teacher = Path(tmp) / f"{name}_{ref}.json" if b != ref else None
-                runs[b] = run_worker(args, name, folder, load_format, b, Path(tmp) / f"{name}_{b}.json", teacher)
-            entry: dict[str, Any] = {"config": MODELS[name] | {"num_hidden_layers": args.layers},
-                                     "load_format": load_format, "reference": ref, "backends": runs}
-            if ref == REFERENCE_HF and runs.get("inductor", {}).get("teacher_forced"):
-                # vLLM's own compile path against the same reference: the agreement ours must reach
-                entry["baseline_teacher_forced"] = score_teacher_forced(runs["inductor"]["teacher_forced"],
-                                                                        args.gap_tol)
-            ours, base = runs.get("tri_inductor", {}), runs.get("inductor", {})
-            if ours.get("ok"):
-                entry.update(summarize_model(ours))
-            if ours.get("ok") and base.get("ok"):
-                entry["greedy"] = compare_greedy(ours, base, args.gap_tol)
-            if ours.get("teacher_forced"):
-                entry["teacher_forced"] = score_teacher_forced(ours["teacher_forced"], args.gap_tol)
-            if base.get("teacher_forced_self"):
-                entry["baseline_self_teacher_forced"] = score_teacher_forced(base["teacher_forced_self"], args.gap_tol)
-            if runs.get(CONTROL, {}).get("teacher_forced"):
-                entry["eager_control_teacher_forced"] = score_teacher_forced(runs[CONTROL]["teacher_forced"],
-                                                                             args.gap_tol)
-            # Same mode: ours and the baseline each prefill the baseline's sequences.
-            if ours.get("teacher_forced") and base.get("teacher_forced_self"):
-                entry["same_mode"] = score_same_mode(ours["teacher_forced"], base["teacher_forced_self"], args.gap_tol)
-            if bar:
-                entry["vs_bar"] = score_vs_bar(entry.get("teacher_forced"),
-                                               report["models"].get(args.bar_model, {}).get("baseline_teacher_forced"),
-                                               args.bar_model)
-            if runs.get(CONTROL, {}).get("teacher_forced") and base.get("teacher_forced_self"):
-                entry["eager_control_same_mode"] = score_same_mode(runs[CONTROL]["teacher_forced"],
-                                                                   base["teacher_forced_self"], args.gap_tol)
-            if runs.get(ATTN_CONTROL, {}).get("teacher_forced") and base.get("teacher_forced_self"):
-                entry["fa3_control_same_mode"] = score_same_mode(runs[ATTN_CONTROL]["teacher_forced"],
-                                                                 base["teacher_forced_self"], args.gap_tol)
-                if entry.get("same_mode"):
-                    entry["vs_attention_control"] = score_vs_attention_control(entry["same_mode"],
-                                                                               entry["fa3_control_same_mode"])
-            for r in runs.values():  # keep the per-sequence data out of the summary file
-                r.pop("tokens", None)
-                r.pop("top2_gap", None)
-                r.pop("teacher_forced", None)
-                r.pop("teacher_forced_self", None)
-            entry["pass"] = model_passes(entry, ours)
-            entry["wall_s"] = round(time.time() - t0, 1)
+    lock = threading.Lock()
+
+    def run(name: str) -> None:
+        try:
+            entry = census_model(args, name, tmp, report["models"], formats[name])
+        except Exception as e:  # noqa: BLE001  (recorded: the other models still run)
+            entry = {"pass": False, "error": repr(e)[:2000]}
+        with lock:
             report["models"][name] = entry
             out.write_text(json.dumps(report, indent=1))  # partial results survive a timeout
-            print(f"[census] {name}: {'PASS' if entry['pass'] else 'FAIL'} in {entry['wall_s']} s", flush=True)
+        print(f"[census] {name}: {'PASS' if entry['pass'] else 'FAIL'} in {entry.get('wall_s')} s", flush=True)
+
+    with tempfile.TemporaryDirectory(prefix="tri_census_") as tmp:
+        # weights written one model at a time (seeded; the global RNG is not shared across threads)
+        formats = {name: write_model(name, Path(tmp) / name, args.layers, args.vocab, args.weights) for name in names}
+        if args.jobs > 1:  # models side by side (each model's engines one after another)
+            with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+                list(pool.map(run, names))
+            rescore_vs_bar(report)  # a MoE/MLA model may have finished before its bar model
+        else:
+            for name in names:
+                run(name)
     report["pass"] = bool(report["models"]) and all(m["pass"] for m in report["models"].values())
     out.write_text(json.dumps(report, indent=1))
     print_table(report)
@@ -773,7 +812,7 @@ def main_worker(args: argparse.Namespace) -> int:
         from vllm import LLM, SamplingParams
 
         vocab = json.loads((Path(args.model_dir) / "config.json").read_text())["vocab_size"]
-        kw = engine_kwargs(args.backend, args.model_dir, args.load_format, args.tp)
+        kw = engine_kwargs(args.backend, args.model_dir, args.load_format, args.tp, args.shared_gpu)
         t0 = time.time()
         llm = LLM(**kw)
         result["init_s"] = round(time.time() - t0, 1)
@@ -922,6 +961,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--combine", nargs="*", default=None, help="merge census JSON parts into --out")
     p.add_argument("--reclassify", default=None, help="class the kernels of a census JSON again (no GPU needed)")
     p.add_argument("--tp", type=int, default=1, help="tensor_parallel_size of every engine (custom all-reduce off)")
+    p.add_argument("--jobs", type=int, default=1,
+                   help="models run side by side on the GPU (each engine then gets a fixed 1 GiB KV cache and "
+                        f"gpu_memory_utilization {SHARED_GPU_UTIL}); the kernel classes and scores are unchanged, "
+                        "GPU times are not comparable")
     p.add_argument("--dry-run", action="store_true", help="print the engines' arguments; run nothing")
     p.add_argument("--reference", choices=("inductor", REFERENCE_HF), default="inductor",
                    help="whose greedy tokens the engines are teacher-forced on: vLLM's compile path, or "
@@ -935,6 +978,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sparse-baseline", action="store_true",
                    help="run vLLM's own engine on MoE/MLA models too (needs vLLM's CUDA MoE/MLA ops)")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--shared-gpu", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--model-dir", help=argparse.SUPPRESS)
     p.add_argument("--backend", help=argparse.SUPPRESS)
     p.add_argument("--load-format", help=argparse.SUPPRESS)

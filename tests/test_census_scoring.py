@@ -110,7 +110,7 @@ def test_only_the_fa3_control_gets_the_stub_kv_write(monkeypatch, tmp_path):
 
     monkeypatch.setenv("GPU_ENV_FA3", "1")
     monkeypatch.setattr(vllm_census.subprocess, "run", fake_run)
-    args = argparse.Namespace(prompts=1, tokens=1, tp=1, timeout=1)
+    args = argparse.Namespace(prompts=1, tokens=1, tp=1, timeout=1, jobs=1)
     for b in ("tri_inductor", "inductor", vllm_census.ATTN_CONTROL):
         vllm_census.run_worker(args, "m", tmp_path, "auto", b, tmp_path / f"{b}.json")
     assert seen == {"tri_inductor": None, "inductor": None, vllm_census.ATTN_CONTROL: "1"}
@@ -212,3 +212,37 @@ def test_parts_are_scored_against_the_bar_when_combined(monkeypatch, tmp_path):
     assert vllm_census.main(["--combine", str(a), str(b), "--out", str(out)]) == 0
     merged = json.loads(out.read_text())["models"]["qwen3_moe"]
     assert merged["pass"] and merged["vs_bar"]["bar_match_rate"] == 1.0
+
+
+@pytest.mark.parametrize("bar_agrees, passes", [(True, True), (False, True)])
+def test_jobs_run_models_side_by_side_with_the_same_scores(monkeypatch, tmp_path, bar_agrees, passes):
+    """--jobs: models in parallel (each model's engines still one after another, the reference
+    first); a MoE model that finishes before its bar model is scored against it at the end; the
+    result equals the sequential run's."""
+    def agree(name, backend):
+        return bar_agrees if (name, backend) == ("llama", "inductor") else True
+
+    results = {}
+    for jobs in (1, 3):
+        calls = _fake_census(monkeypatch, agree)
+        out = tmp_path / f"c{jobs}.json"
+        rc = vllm_census.main(["--models", "qwen3,mixtral", "--reference", "hf", "--jobs", str(jobs),
+                               "--out", str(out)])
+        for model in ("llama", "qwen3", "mixtral"):  # per model: the reference, then its engines
+            mine = [c for c in calls if c[0] == model]
+            assert mine[0][1] == "hf" and all(c[2] == f"{model}_hf.json" for c in mine[1:])
+        models = json.loads(out.read_text())["models"]
+        results[jobs] = {k: (v["pass"], v.get("vs_bar", {}).get("bar_match_rate")) for k, v in models.items()}
+        assert (rc == 0) is all(p for p, _ in results[jobs].values())
+    assert results[1] == results[3] and results[3]["mixtral"] == (passes, 1.0 if bar_agrees else 0.5)
+
+
+def test_shared_gpu_engines_get_a_fixed_kv_cache():
+    """--jobs > 1: vLLM's memory profiling would count the other engines' memory as its own."""
+    EngineArgs = pytest.importorskip("vllm.engine.arg_utils").EngineArgs
+    for b in ("tri_inductor", "inductor", vllm_census.ATTN_CONTROL):
+        kw = vllm_census.engine_kwargs(b, "/m", "auto", shared_gpu=True)
+        assert kw["kv_cache_memory_bytes"] == vllm_census.SHARED_KV_CACHE_BYTES
+        assert kw["gpu_memory_utilization"] * 8 < 1  # eight engines' shares fit at once
+        EngineArgs(**kw)  # vLLM takes every key
+    assert "kv_cache_memory_bytes" not in vllm_census.engine_kwargs("inductor", "/m", "auto")
