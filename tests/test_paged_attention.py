@@ -126,6 +126,19 @@ def test_decode_mixed_lengths_use_their_own_split_counts(interpreter, monkeypatc
     run_case([1] * len(lens), lens, hq, hk, d, num_splits=8)
 
 
+def test_split_partials_are_disjoint_aligned_views_of_one_buffer():
+    """One allocation for the three fp32 partials: contiguous, each 16-byte aligned (the kernel's
+    specialisation), none overlapping another."""
+    from tri_inductor.patterns.paged_attention.ops import _partials
+
+    o, m, l = _partials(3, 7, 4, 80, torch.device("cpu"))
+    assert o.shape == (3, 7, 4, 80) and m.shape == l.shape == (3, 7, 4)
+    assert all(t.is_contiguous() and t.dtype == torch.float32 and t.data_ptr() % 16 == 0 for t in (o, m, l))
+    assert o.untyped_storage().data_ptr() == m.untyped_storage().data_ptr() == l.untyped_storage().data_ptr()
+    spans = sorted((t.data_ptr(), t.data_ptr() + 4 * t.numel()) for t in (o, m, l))
+    assert all(end <= start for (_, end), (start, _) in zip(spans, spans[1:]))
+
+
 def test_decode_skips_empty_query_rows(interpreter):
     """CUDA-graph padding: sequences with no query token write nothing."""
     q, kc, vc, cu, sl, bt = make_inputs([1, 1], [20, 40], 4, 2, 64)
