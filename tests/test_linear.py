@@ -259,8 +259,8 @@ def test_pattern_dynamic_m_split_k():
     w = torch.randn(64, 2048, dtype=torch.bfloat16)
     real = T.default_config
 
-    def split4(n, k, bucket, dev, elem=2):
-        return C.Cfg(16, 64, 256, 1, 4, 4, 4) if bucket == 16 else real(n, k, bucket, dev, elem)
+    def split4(n, k, bucket, dev, elem=2, fused=False):
+        return C.Cfg(16, 64, 256, 1, 4, 4, 4) if bucket == 16 else real(n, k, bucket, dev, elem, fused)
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(T, "default_config", split4)
@@ -274,8 +274,8 @@ def test_pattern_dynamic_m_gemv(monkeypatch):
     x = torch.randn(300, 256, dtype=torch.bfloat16)
     w = torch.randn(512, 256, dtype=torch.bfloat16)
     real = T.default_config
-    monkeypatch.setattr(T, "default_config", lambda n, k, bucket, dev, elem=2: (
-        C.Cfg(1, 16, 256, 1, 1, 4, 1, C.Kind.GEMV) if bucket == 1 else real(n, k, bucket, dev, elem)))
+    monkeypatch.setattr(T, "default_config", lambda n, k, bucket, dev, elem=2, fused=False: (
+        C.Cfg(1, 16, 256, 1, 1, 4, 1, C.Kind.GEMV) if bucket == 1 else real(n, k, bucket, dev, elem, fused)))
     hits, code, calls = _compile(lambda x, w: torch.nn.functional.linear(x, w), [x, w], dynamic=[(0, 0)])
     assert hits == 1 and "mm_gemv_kernel_0.run(" in calls
     _assert_ours(code, calls, len(O.dispatch_plan(512, 256, torch.bfloat16)))
@@ -408,8 +408,8 @@ def test_config_compiles_for_sm90(cfg, act):
 def test_pattern_prefill_uses_tma_kernel(monkeypatch):
     # A prefill bucket whose config is a TMA one launches the persistent kernel from the graph.
     real = T.default_config
-    monkeypatch.setattr(T, "default_config", lambda n, k, bucket, dev, elem=2: (
-        C.Cfg(128, 128, 64, 8, 1, 8, 3, C.Kind.TMA) if bucket >= 512 else real(n, k, bucket, dev, elem)))
+    monkeypatch.setattr(T, "default_config", lambda n, k, bucket, dev, elem=2, fused=False: (
+        C.Cfg(128, 128, 64, 8, 1, 8, 3, C.Kind.TMA) if bucket >= 512 else real(n, k, bucket, dev, elem, fused)))
     x = torch.randn(300, 256, dtype=torch.bfloat16)
     w = torch.randn(512, 256, dtype=torch.bfloat16)
     b = torch.randn(512, dtype=torch.bfloat16)
