@@ -258,7 +258,7 @@ def test_fused_gate_up_is_tuned_as_it_runs(monkeypatch, interpreter):
 @pytest.mark.parametrize("n,k", [(28672, 4096), (37888, 3584), (18944, 896), (9728, 2560)])
 def test_fused_gate_up_space_has_no_narrow_halves(n, k):
     """The fused form's default and tuning candidates: no pointer tile whose gate/up halves are
-    under 32 columns (measured 11-26% slower fused than plain on an H200), on every bucket; the
+    under 32 columns (slower fused than plain: docs/design/gemm.md), on every bucket; the
     plain GEMM's space keeps them."""
     dev = C.DEFAULT_DEVICE
     for b in ALL_BUCKETS:

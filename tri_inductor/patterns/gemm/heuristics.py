@@ -192,8 +192,8 @@ def candidates(m: int, n: int, k: int, dev: Device, elem: int = 2) -> list[Cfg]:
 
 
 # The fused gate_up form on the pointer kernel: each program's tile is half gate, half up, and
-# halves under 32 columns ran 11-26% slower fused than the same tile plain (H200 decode,
-# docs/design/gemm.md), while 32+32 matched it. GEMV and TMA configs are not split that way.
+# halves under 32 columns run slower fused than the same tile plain, while 32+32 match it
+# (measured: docs/design/gemm.md). GEMV and TMA configs are not split that way.
 FUSED_MIN_BLOCK_N = 64
 
 

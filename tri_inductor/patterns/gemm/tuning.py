@@ -81,9 +81,8 @@ def config_for(n: int, k: int, bucket: int, dtype: torch.dtype, dev: Device, mm_
     """The tile config for a (N, K, M bucket) GEMM: stored result, else tuned now, else the
     default (shipped table or cost model). ``mm_launch(a, b, bias, cfg)`` runs one config
     (``ops.mm_launch``, passed in: ops builds on this module). ``variant``: ``mm_launch`` runs the
-    fused gate_up form with that activation; it is measured as it runs in the graph (timing the
-    plain GEMM instead picked decode tiles that ran 12% of a Llama-3-8B decode step slower:
-    docs/design/gemm.md)."""
+    fused gate_up form with that activation; it is measured as it runs in the graph (the plain
+    GEMM's timings rank the fused form's tiles wrongly: docs/design/gemm.md)."""
     elem = torch.empty((), dtype=dtype).element_size()
     fused = bool(variant)
     default = default_config(n, k, bucket, dev, elem, fused)
