@@ -113,6 +113,21 @@ def test_model_choice_numerics_on_odd_shapes(m, n, k):
     assert _rel(out, O.reference_addmm(bias, a, w.t())) < TOL[torch.bfloat16], cfg
 
 
+@pytest.mark.parametrize("m,n,k", [(1, 1520, 1000), (5, 9728, 896), (17, 2304, 760), (70, 1040, 896)])
+def test_fused_model_choice_numerics_on_odd_shapes(m, n, k):
+    """The fused gate_up form at its untuned pick (interpreter, float64 reference): odd halves
+    (760, 4864, 1152, 520 columns) and K not a multiple of the K step."""
+    from tri_inductor.patterns.gemm.launch import ACTS
+
+    g = torch.Generator().manual_seed(m * 5 + n)
+    a = torch.randn(m, k, generator=g).to(torch.bfloat16)
+    w = (torch.randn(n, k, generator=g) / 4).to(torch.bfloat16)
+    cfg = T.default_config(n, k, C.bucket_of(m), C.DEFAULT_DEVICE, fused=True)
+    assert H.fused_ok(cfg)
+    out = O.mm_launch(a, w.t(), None, cfg, act=ACTS["silu"])
+    assert _rel(out, O.reference_mm_act_mul(a, w.t(), "silu")) < TOL[torch.bfloat16], cfg
+
+
 @pytest.mark.parametrize("split", [2, 3, 8])
 @pytest.mark.parametrize("act", [None, "silu", "gelu_tanh"])
 def test_gemv_split_k(split, act, poison):

@@ -390,12 +390,18 @@ _KIND_EXAMPLES = [C.Cfg(1, 16, 512, 1, 1, 4, 1, C.Kind.GEMV), C.Cfg(1, 8, 2048, 
 
 
 _CFGS = sorted(set(_table_configs()) | set(_KIND_EXAMPLES))
+# The fused gate_up form's untuned choices for popular models' odd gate_up widths (Qwen2.5-0.5B/7B,
+# Qwen3-4B, Llama-3.2-1B, Phi-3-mini; 2 x intermediate) at the buckets that run it fused.
+_FUSED_ODD = sorted({T.default_config(n, k, b, C.DEFAULT_DEVICE, fused=True)
+                     for n, k in ((9728, 896), (37888, 3584), (19456, 2560), (16384, 2048), (16384, 3072))
+                     for b in (1, 16, 32, 64, 128)} - set(_CFGS))
 
 
 # Every config plain, and with the fused gate_up epilogue where its bucket runs it fused (the
 # prefill TMA buckets run the plain GEMM, then the activation).
 @pytest.mark.parametrize("cfg, act", [(c, LA.NO_ACT) for c in _CFGS]
-                         + [(c, LA.ACTS["silu"]) for c in _CFGS if c.kernel not in (C.Kind.TMA, C.Kind.TMA_WS)],
+                         + [(c, LA.ACTS["silu"]) for c in _CFGS + _FUSED_ODD
+                            if c.kernel not in (C.Kind.TMA, C.Kind.TMA_WS)],
                          ids=lambda v: "x".join(map(str, v)) if isinstance(v, tuple) else ("plain", "gate_up_silu")[v >= 0])
 def test_config_compiles_for_sm90(cfg, act):
     out = _sm90_compile(cfg, act)
