@@ -282,6 +282,27 @@ def test_fused_gate_up_space_has_no_narrow_halves(n, k):
     assert any(not H.fused_ok(c) for c in T.tuning_candidates(n, k, 16, dev))
 
 
+def test_candidates_are_built_only_when_tuning_runs(fake_gpu_tuning, monkeypatch):
+    """The tuning space (hundreds of modelled configs) is built for a miss that is tuned now, not
+    for a stored hit nor where tuning cannot run (every trace of a projection asks per bucket)."""
+    built = []
+
+    def space():
+        built.append(1)
+        return [C.Cfg(16, 64, 64, 1, 1, 4, 3)]
+
+    key, default = T.shape_key(2048, 2048, 16, torch.bfloat16), C.Cfg(16, 64, 128, 1, 1, 4, 3)
+    monkeypatch.setattr(generic, "can_tune", lambda: False)
+    assert generic.tune("mm", key, default, space, lambda c: 1.0, C.parse_cfg, list) == default and not built
+    cache.store("mm", key, list(default))
+    monkeypatch.setattr(generic, "can_tune", lambda: True)
+    assert generic.tune("mm", key, C.Cfg(32, 64, 64, 1, 1, 4, 3), space, lambda c: 1.0, C.parse_cfg, list) == default
+    assert not built
+    got = generic.tune("mm", T.shape_key(2048, 2048, 32, torch.bfloat16), default, space,
+                       lambda c: 0.5 if c == C.Cfg(16, 64, 64, 1, 1, 4, 3) else 1.0, C.parse_cfg, list)
+    assert built == [1] and got == C.Cfg(16, 64, 64, 1, 1, 4, 3)
+
+
 def test_tuning_budget_bounds_the_start(fake_gpu_tuning, monkeypatch, capsys, caplog):
     config_for, measured = fake_gpu_tuning
     monkeypatch.setenv(generic.BUDGET_ENV, "0")

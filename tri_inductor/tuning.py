@@ -166,12 +166,14 @@ def graph_time_ms(fns: Sequence[Callable[[], Any]], reps: int = 5, inner: int = 
     return statistics.median(times)
 
 
-def tune(kernel: str, shape_key: str, default: C, candidates: Sequence[C],
+def tune(kernel: str, shape_key: str, default: C, candidates: Sequence[C] | Callable[[], Sequence[C]],
          measure: Callable[[C], float], decode: Callable[[Any], C | None],
          encode: Callable[[C], Any], label: str | None = None,
          skip_reason: Callable[[], str | None] | None = None) -> C:
     """The stored config for (kernel, shape_key), else benchmark ``candidates`` (``measure(c)`` ->
     milliseconds, raising if ``c`` is invalid or wrong), store the fastest and return it.
+    ``candidates`` may be a function returning them: called only when tuning runs (a cache hit or
+    a machine that cannot tune does not pay for building the space).
     ``skip_reason()`` (on a miss only): a reason not to tune now (e.g. not enough free memory).
 
     Generic so attention (or any kernel with a config table) can use it the way GEMM does."""
@@ -196,6 +198,8 @@ def tune(kernel: str, shape_key: str, default: C, candidates: Sequence[C],
         _failed.add((kernel, shape_key))
         cache.progress(f"not tuning {label}: {why}; using the table's config")
         return default
+    if callable(candidates):
+        candidates = candidates()
     uniq: list[C] = []
     for c in [default, *candidates]:
         if c is not None and c not in uniq:

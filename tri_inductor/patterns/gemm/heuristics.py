@@ -19,6 +19,8 @@ choice is used as it is.
 """
 from __future__ import annotations
 
+import functools
+
 from .configs import BUCKETS, TOP_BUCKET, Cfg, Device, Kind, invalid_reason, representative_m
 
 # Rates of an H100/H200-class part (bf16); other chips are scaled by SM count only: the ranking
@@ -233,8 +235,11 @@ def diverse(cands: list[Cfg], m: int, n: int, k: int, dev: Device, count: int, e
     return picked
 
 
+@functools.lru_cache(maxsize=4096)
 def model_config(bucket: int, n: int, k: int, dev: Device, elem: int = 2, fused: bool = False) -> Cfg:
-    """The cost model's choice for an M bucket (its representative M); ``fused``: the gate_up form."""
+    """The cost model's choice for an M bucket (its representative M); ``fused``: the gate_up form.
+    Memoized: compiles ask it for every bucket of every projection each time they trace one
+    (``model_config.cache_clear()`` after changing the model's constants)."""
     m = representative_m(None if bucket > BUCKETS[-1] else bucket)
     return ranked(m, n, k, dev, elem, fused)[0]
 

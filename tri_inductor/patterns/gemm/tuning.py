@@ -133,8 +133,11 @@ def config_for(n: int, k: int, bucket: int, dtype: torch.dtype, dev: Device, mm_
 
         return generic.run_isolated(work)
 
-    cands = tuning_candidates(n, k, bucket, dev, elem, fused)
-    state["cands"] = [default, *cands]
+    def cands() -> list[Cfg]:  # built only when this shape is tuned now
+        out = tuning_candidates(n, k, bucket, dev, elem, fused)
+        state["cands"] = [default, *out]
+        return out
+
     try:
         op = f"mm+{variant}_and_mul" if variant else "mm"
         return generic.tune("mm", shape_key(n, k, bucket, dtype, variant), default,
