@@ -271,6 +271,15 @@ def is_runtime_call(name: str) -> bool:
     return name.startswith(("cuda", "cu")) and len(name) > 4 and name[4 if name.startswith("cuda") else 2].isupper()
 
 
+def host_row_name(name: str) -> str:
+    """A host row's name with what differs between engines for the same work taken out: Inductor
+    labels each compiled graph's call with its FX-graph cache key (``## Call CompiledFxGraph <key>
+    ##``; ours has ``None`` there), so the same calls would otherwise count as ours extra."""
+    if name.startswith("## Call CompiledFxGraph ") and name.endswith(" ##"):
+        return "## Call CompiledFxGraph ##"
+    return name
+
+
 def summarize_host(cpu_events: Iterable[tuple[str, float]]) -> dict[str, Any]:
     """Host-side rows of a profiled run: CUDA runtime calls and CPU ops (aten ops, labelled
     ranges; inclusive times, so nested rows overlap), each {name: [calls, total us]}, the largest
@@ -279,6 +288,7 @@ def summarize_host(cpu_events: Iterable[tuple[str, float]]) -> dict[str, Any]:
     api: dict[str, list[float]] = {}
     ops: dict[str, list[float]] = {}
     for name, us in cpu_events:
+        name = host_row_name(name)
         row = (api if is_runtime_call(name) else ops).setdefault(name, [0, 0.0])
         row[0] += 1
         row[1] += us
@@ -292,9 +302,17 @@ def summarize_host(cpu_events: Iterable[tuple[str, float]]) -> dict[str, Any]:
 
 def host_differences(ours: dict[str, Any], base: dict[str, Any], n: int = 3) -> list[str]:
     """The host rows where our run spends most more than the baseline's, as 'name +calls, +ms'."""
+    def rows(prof: dict[str, Any], part: str) -> dict[str, list[float]]:
+        merged: dict[str, list[float]] = {}  # records written before host_row_name: merged here
+        for name, (calls, us) in ((prof.get("host") or {}).get(part) or {}).items():
+            row = merged.setdefault(host_row_name(name), [0, 0.0])
+            row[0] += calls
+            row[1] += us
+        return merged
+
     out = []
     for part in ("api", "ops"):
-        o, b = (ours.get("host") or {}).get(part) or {}, (base.get("host") or {}).get(part) or {}
+        o, b = rows(ours, part), rows(base, part)
         for name in set(o) | set(b):
             co, uo = o.get(name, [0, 0.0])
             cb, ub = b.get(name, [0, 0.0])

@@ -260,13 +260,13 @@ def e2e_section(name: str, d: dict[str, Any]) -> str:
             if w.get("throughput_ratio_vs_default") is not None:
                 vs_default = (f" Against vLLM-default: throughput {_ratio(w.get('throughput_ratio_vs_default'))}, ITL "
                               f"{_ratio(w.get('itl_ratio_vs_default'))}"
-                              + (f"; {w['reason_vs_default']}" if w.get("reason_vs_default") else "") + ".")
+                              + (f"; {_reason(w, DEFAULT)}" if w.get("reason_vs_default") else "") + ".")
             if not has_compile:
                 out.append(f"* **{n}**:" + vs_default + " " + _profile_text(w.get("profile"), DEFAULT))
                 continue
             out.append(f"* **{n}**: throughput {_ratio(w.get('throughput_ratio'))}, ITL {_ratio(w.get('itl_ratio'))}"
                        + (" (within run-to-run noise)" if w.get("within_noise") else "") + ". "
-                       + (f"Reason: {w['reason']}. " if w.get("reason") else "Reason: not profiled. ")
+                       + (f"Reason: {_reason(w)}. " if w.get("reason") else "Reason: not profiled. ")
                        + _profile_text(w.get("profile")) + _steps_text(w) + vs_default)
     if d.get("settings_differences"):
         out += ["", "Effective engine settings that differ (besides the backend): "
@@ -277,6 +277,19 @@ def e2e_section(name: str, d: dict[str, Any]) -> str:
     if d.get("skipped"):
         out += ["", "Skipped for time: " + "; ".join(map(str, d["skipped"]))]
     return "\n".join(out)
+
+
+def _reason(w: dict[str, Any], base: str = BASE) -> str:
+    """A workload's gap explained from its stored profile with today's rules (host rows compared
+    by what they do, not by their labels: ``_vllm_common.host_row_name``), else the stored line."""
+    stored = w.get("reason" if base == BASE else "reason_vs_default") or ""
+    prof = w.get("profile") or {}
+    if not (isinstance(prof.get(OURS), dict) and isinstance(prof.get(base), dict)):
+        return stored
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from _vllm_common import explain_gap
+
+    return explain_gap(prof[OURS], prof[base])
 
 
 def _profile_text(prof: Any, base: str = BASE) -> str:

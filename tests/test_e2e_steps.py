@@ -68,6 +68,16 @@ def test_explain_gap_names_the_host_rows_that_grew():
     assert "host:" not in C.explain_gap(base, base)
 
 
+def test_compiled_graph_calls_compare_across_engines():
+    """Inductor labels each compiled graph's call with its cache key (ours: None): the same calls
+    must not count as ours extra, in new records and in stored ones."""
+    ours = {"host": C.summarize_host([("## Call CompiledFxGraph None ##", 1500.0)] * 33)}
+    base = {"host": {"ops": {"## Call CompiledFxGraph fi5v6y ##": [20, 10000.0],
+                             "## Call CompiledFxGraph ab12cd ##": [11, 7000.0]}}}
+    assert ours["host"]["ops"] == {"## Call CompiledFxGraph ##": [33, 49500.0]}
+    assert C.host_differences(ours, base) == ["## Call CompiledFxGraph ## +2 calls +32.5 ms"]
+
+
 def test_a_budget_too_small_for_the_cold_starts_is_refused_before_any_engine_starts(tmp_path, capsys):
     """The e2e refuses at once (exit 2, the reason and the way out) when its budget cannot hold the
     engines' cold starts: on an H200 such a run started both engines for ~4 minutes of device time
