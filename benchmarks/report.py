@@ -286,8 +286,7 @@ def _reason(w: dict[str, Any], base: str = BASE) -> str:
     prof = w.get("profile") or {}
     if not (isinstance(prof.get(OURS), dict) and isinstance(prof.get(base), dict)):
         return stored
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from _vllm_common import explain_gap
+    from _vllm_common import explain_gap  # beside this script, as ``models`` above
 
     return explain_gap(prof[OURS], prof[base])
 

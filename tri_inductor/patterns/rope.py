@@ -563,18 +563,12 @@ def register_patterns(pm_pass) -> None:
     for dt in (torch.bfloat16, torch.float32):
         q = torch.empty(2, 8, 4, 64, dtype=dt).transpose(1, 2)  # HF layout: [B, H, S, D] view of [B, S, H, D]
         k = torch.empty(2, 8, 2, 64, dtype=dt).transpose(1, 2)
-        cos, sin = torch.empty(2, 8, 64, dtype=dt), torch.empty(2, 8, 64, dtype=dt)
-        register_replacement(_hf_rope, _repl_hf, [q, k, cos, sin], trace_replacement, pm_pass,
-                             extra_check=_check_hf, skip_duplicates=True)
-        cos_p, sin_p = torch.empty(2, 8, 32, dtype=dt), torch.empty(2, 8, 32, dtype=dt)
-        register_replacement(_hf_rope_partial, _repl_hf, [q, k, cos_p, sin_p], trace_replacement, pm_pass,
-                             extra_check=_check_hf, skip_duplicates=True)
-        register_replacement(_hf_rope_chunk, _repl_hf, [q, k, cos, sin], trace_replacement, pm_pass,
-                             extra_check=_check_hf, skip_duplicates=True)
-        register_replacement(_hf_rope_rotated_first, _repl_hf, [q, k, cos, sin], trace_replacement, pm_pass,
-                             extra_check=_check_hf, skip_duplicates=True)
+        forms = [(_hf_rope, 64), (_hf_rope_partial, 32), (_hf_rope_chunk, 64), (_hf_rope_rotated_first, 64)]
         if dt is not torch.float32:  # in fp32 the upcast is no cast: the plain form
-            register_replacement(_hf_rope_upcast, _repl_hf, [q, k, cos, sin], trace_replacement, pm_pass,
+            forms.append((_hf_rope_upcast, 64))
+        for form, width in forms:  # width: of cos/sin (32: partial rotary)
+            cos, sin = torch.empty(2, 8, width, dtype=dt), torch.empty(2, 8, width, dtype=dt)
+            register_replacement(form, _repl_hf, [q, k, cos, sin], trace_replacement, pm_pass,
                                  extra_check=_check_hf, skip_duplicates=True)
     q = torch.empty(2, 8, 4, 64, dtype=torch.bfloat16).transpose(1, 2)
     k = torch.empty(2, 8, 2, 64, dtype=torch.bfloat16).transpose(1, 2)
