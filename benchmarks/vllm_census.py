@@ -404,8 +404,11 @@ def summarize_model(ours: dict[str, Any]) -> dict[str, Any]:
     and the bookkeeping kernels listed separately."""
     from tri_inductor.audit.runtime import counts_as_non_triton  # NCCL: communication, allowed
 
+    from tri_inductor.audit.runtime import kernel_family
+
     census = ours.get("census") or {}
     classes: dict[str, dict[str, float]] = {}
+    families: dict[str, dict[str, float]] = {}  # Triton forward kernels by family (moe, attention, ...)
     non_triton: dict[tuple[str, str], dict[str, Any]] = {}
     bookkeeping: dict[str, dict[str, Any]] = {}
     for step, parts in census.items():
@@ -415,6 +418,10 @@ def summarize_model(ours: dict[str, Any]) -> dict[str, Any]:
                     c = classes.setdefault(k["library"], {"launches": 0, "gpu_us": 0.0})
                     c["launches"] += k["launches"]
                     c["gpu_us"] = round(c["gpu_us"] + k["gpu_us"], 1)
+                    if k["triton"]:
+                        f = families.setdefault(kernel_family(k["name"]) or "other", {"launches": 0, "gpu_us": 0.0})
+                        f["launches"] += k["launches"]
+                        f["gpu_us"] = round(f["gpu_us"] + k["gpu_us"], 1)
                     if counts_as_non_triton(k["triton"], k["library"]):  # NCCL: communication
                         e = non_triton.setdefault((k["name"], part), {"name": k["name"], "part": part,
                                                                      "library": k["library"], "launches": 0,
@@ -429,7 +436,7 @@ def summarize_model(ours: dict[str, Any]) -> dict[str, Any]:
                     e["launches"] += k["launches"]
                     e["gpu_us"] = round(e["gpu_us"] + k["gpu_us"], 1)
                     e["parts"] = sorted(set(e["parts"]) | {f"{step}:{part}"})
-    return {"forward_classes": classes, "non_triton_forward": list(non_triton.values()),
+    return {"forward_classes": classes, "forward_families": families, "non_triton_forward": list(non_triton.values()),
             "bookkeeping": sorted(bookkeeping.values(), key=lambda e: -e["launches"])}
 
 
@@ -451,7 +458,7 @@ def print_table(report: dict[str, Any]) -> None:
     rows = [("model", "reference", "tokens equal", "div/near-tie", "same mode", "eager same mode", "teacher-forced",
              "baseline self", "baseline vs ref", "bar (model)", "eager control", "fa3 same mode",
              "fwd triton launches", "fwd non-triton launches",
-             "fwd triton us", "fwd non-triton us", "bookkeeping kernels", "pass")]
+             "fwd triton us", "fwd non-triton us", "fwd moe launches", "bookkeeping kernels", "pass")]
     for name, m in report["models"].items():
         g = m.get("greedy") or {}
         cls = m.get("forward_classes") or {}
@@ -472,7 +479,9 @@ def print_table(report: dict[str, Any]) -> None:
                       else "-"),
                      f"{(m.get('eager_control_teacher_forced') or {}).get('match_rate', '-')}",
                      f"{(m.get('fa3_control_same_mode') or {}).get('match_rate', '-')}",
-                     str(tl), str(nl), f"{tu:.0f}", f"{nu:.0f}", str(len(m.get("bookkeeping", []))),
+                     str(tl), str(nl), f"{tu:.0f}", f"{nu:.0f}",
+                     str((m.get("forward_families") or {}).get("moe", {}).get("launches", "-")),
+                     str(len(m.get("bookkeeping", []))),
                      "PASS" if ok else "FAIL"))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     print(f"\ncard {report.get('card')}  vllm {report.get('versions', {}).get('vllm')}  "

@@ -35,12 +35,16 @@ def test_reclassify_drops_range_annotations_and_names_cublas():
     row = lambda name: {"name": name, "launches": 2, "gpu_us": 3.0, "triton": False, "library": "other"}  # noqa: E731
     census = {"decode": {"forward": [row("tri_census:part:forward"), row("kernel_unified_attention"),
                                      row("_rms_norm_kernel"), row("triton_poi_fused_add_0"),
+                                     row("fused_moe_kernel"), row("moe_route_kernel"),
                                      row("nvjet_sm90_tst_64x48_64x15_2x4_h_bz_TNT")]}}
     report = {"models": {"m": {"backends": {"tri_inductor": {"ok": True, "census": census}},
                                "teacher_forced": {"pass": True}}}}
     out = vllm_census.reclassify(report)["models"]["m"]
     assert [e["name"] for e in out["non_triton_forward"]] == ["nvjet_sm90_tst_64x48_64x15_2x4_h_bz_TNT"]
-    assert out["forward_classes"]["triton"]["launches"] == 6  # vLLM's, ours and Inductor's kernels
+    assert out["forward_classes"]["triton"]["launches"] == 10  # vLLM's, ours and Inductor's kernels
+    # by family: vLLM's fused_moe experts and our router are one MoE family, apart from attention
+    assert {f: v["launches"] for f, v in out["forward_families"].items()} == {
+        "attention": 2, "rms_norm": 2, "inductor": 2, "moe": 4}
     assert out["non_triton_forward"][0]["library"] == "cublas" and not out["pass"]
 
 

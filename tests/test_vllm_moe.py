@@ -158,8 +158,35 @@ def test_audit_names_vllms_moe_layer_op():
     from tri_inductor.audit.output_code import audit_output_code
 
     code = "def call(args):\n    buf3 = torch.ops.vllm.moe_forward.default(buf1, buf2, None, None, 'l0', 0)\n"
+    vllm_moe.activate(False)  # a process where our hooks do not route (vLLM's own backend)
     [entry] = audit_output_code(code).violations
     assert entry.op == "vllm.moe_forward" and "vllm_moe.py" in entry.hint and "census" in entry.hint
+    vllm_moe.activate()  # a tri_inductor model: the layer's ops run on our hooks, counted as the moe family
+    try:
+        report = audit_output_code(code)
+    finally:
+        vllm_moe.activate(False)
+    [entry] = report.kernels
+    assert report.ok and entry.kind == "hooked_op" and entry.family == "moe" and report.pattern_hits == {"moe": 1}
+
+
+def test_uncovered_form_is_said_once_while_active(monkeypatch, caplog):
+    import types
+
+    calls = []
+    mod = types.SimpleNamespace(__name__="fake_ops", moe_sum=lambda *a: calls.append(a))
+    vllm_moe.hook_custom_ops(mod)
+    monkeypatch.setattr(vllm_moe, "_TOLD", set())
+    vllm_moe.activate()
+    try:
+        with caplog.at_level("WARNING", logger="tri_inductor.vllm"):
+            for _ in range(2):
+                mod.moe_sum(torch.zeros(2, 2, 4), torch.zeros(2, 4), None, torch.arange(4))  # expert_map
+    finally:
+        vllm_moe.activate(False)
+    mod.moe_sum(torch.zeros(2, 2, 4), torch.zeros(2, 4))  # inactive: vLLM's backend, nothing said
+    said = [r.getMessage() for r in caplog.records if "fake_ops.moe_sum" in r.getMessage()]
+    assert len(calls) == 3 and len(said) == 1 and "not our Triton kernel" in said[0]
 
 
 def test_census_knows_the_moe_shapes_but_does_not_run_them_by_default():

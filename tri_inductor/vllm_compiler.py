@@ -82,8 +82,11 @@ class RunAudit:
         graphs = ", ".join(f"{n} {o}" for o, n in sorted(self.graphs.items())) or "none"
         kernels = ", ".join(f"{k} {n}" for k, n in sorted(self.kernels.items())) or "none"
         hits = ", ".join(f"{k} {n}" for k, n in sorted(self.pattern_hits.items())) or "none"
+        hooked = self.kernels.get("hooked_op", 0)
         bad = ("; NON-TRITON: " + ", ".join(f"{k} x{n}" for k, n in self.non_triton.most_common())
-               if self.non_triton else "; every kernel launch site is Triton")
+               if self.non_triton else "; every kernel launch site is Triton" + (
+                   f" ({hooked} hooked_op: opaque ops run eagerly on our Triton kernels, checked at run time "
+                   "by the census)" if hooked else ""))
         rank = f" ({self.rank})" if self.rank else ""
         return (f"[tri_inductor] audit summary{rank}: graphs {graphs}; kernel launch sites by class: {kernels}; "
                 f"pattern hits: {hits}{bad}")

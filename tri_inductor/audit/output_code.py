@@ -50,6 +50,15 @@ def is_communication_op(namespace: str, op: str) -> bool:
     return namespace in COMMUNICATION_NAMESPACES or (namespace, op) in COMMUNICATION_OPS
 
 
+def hooked_op_family(namespace: str, op: str) -> str | None:
+    """The family of an opaque op whose kernels run on our hooks in this process, else None."""
+    if namespace == "vllm" and op in ("moe_forward", "moe_forward_shared"):
+        from .. import vllm_moe  # torch only at import: no vLLM needed to ask
+
+        return "moe" if vllm_moe.is_active() else None
+    return None
+
+
 _USER_DECORATOR = "@triton_heuristics.user_autotune("
 _TEMPLATE_DECORATOR = "@triton_heuristics.template("
 
@@ -120,6 +129,10 @@ def audit_output_code(code: str, graph: str = "graph", origin: str = "compile",
             call = f"torch.ops.{ns}.{op}" + (f".{overload}" if overload else "")
             if is_communication_op(ns, op):
                 entries.append(KernelEntry("communication", call, op=f"{ns}.{op}", fx_nodes=fx_nodes))
+                continue
+            family = hooked_op_family(ns, op)
+            if family:
+                entries.append(KernelEntry("hooked_op", call, op=f"{ns}.{op}", fx_nodes=fx_nodes, family=family))
                 continue
             entries.append(KernelEntry("non_triton", call, op=f"{ns}.{op}", fx_nodes=fx_nodes, hint=hint_for(op, ns)))
         for m in _BARE_ATEN.finditer(code_part):

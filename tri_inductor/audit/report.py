@@ -7,11 +7,16 @@ from collections import Counter
 from typing import Any, Literal
 
 KernelKind = Literal["inductor_triton", "triton_template", "our_triton", "user_triton", "communication",
-                     "non_triton"]
+                     "hooked_op", "non_triton"]
 TRITON_KINDS = ("inductor_triton", "triton_template", "our_triton", "user_triton")
 COMMUNICATION = "communication"
 """A collective (NCCL all-reduce/all-gather/reduce-scatter under tensor parallelism): allowed, and
 listed apart from compute; it moves data between GPUs and computes nothing a Triton kernel would."""
+HOOKED_OP = "hooked_op"
+"""An opaque op the graph calls and runs eagerly, whose kernel calls we route to our Triton kernels
+(vLLM's ``vllm.moe_forward`` while ``vllm_moe`` is active): allowed, with its family. Its
+kernels are not in the graph's code; the runtime census (``benchmarks/vllm_census.py``) is what
+checks them, and a form our hooks do not cover is logged where it falls back."""
 
 
 @dataclasses.dataclass
@@ -30,7 +35,7 @@ class KernelEntry:
     hint: str | None = None
     """How to make it Triton (non-Triton entries only)."""
     family: str | None = None
-    """Our pattern family (our_triton entries only)."""
+    """Our pattern family (our_triton and hooked_op entries)."""
 
     @property
     def is_triton(self) -> bool:
@@ -38,8 +43,8 @@ class KernelEntry:
 
     @property
     def allowed(self) -> bool:
-        """Triton compute, or communication (a collective, never compute)."""
-        return self.kind in TRITON_KINDS or self.kind == COMMUNICATION
+        """Triton compute, communication (a collective, never compute) or an op on our hooks."""
+        return self.kind in TRITON_KINDS or self.kind in (COMMUNICATION, HOOKED_OP)
 
 
 @dataclasses.dataclass

@@ -67,6 +67,41 @@ def source_triton_kernel_names(packages: tuple[str, ...] = ("vllm", "tri_inducto
     return frozenset(names)
 
 
+# vLLM's own Triton kernels by the folder that defines them (its MoE experts, its attention).
+_VLLM_FAMILY_DIRS = (("fused_moe", "moe"), ("attention", "attention"))
+
+
+@functools.cache
+def _kernel_families() -> dict[str, str]:
+    import importlib.util
+    from pathlib import Path
+
+    from ..patterns import our_kernel_names
+
+    fams: dict[str, str] = {}
+    spec = importlib.util.find_spec("vllm")
+    jit = re.compile(r"@(?:triton\.)?jit\b[^\n]*\n(?:\s*@[^\n]*\n)*\s*def\s+(\w+)\s*\(")
+    for root in (spec.submodule_search_locations or []) if spec else []:
+        for path in Path(root).rglob("*.py"):
+            family = next((f for d, f in _VLLM_FAMILY_DIRS if d in path.parts or d in path.stem), None)
+            if family:
+                try:
+                    fams.update(dict.fromkeys(jit.findall(path.read_text(errors="ignore")), family))
+                except OSError:
+                    continue
+    fams.update(our_kernel_names())  # ours win a shared name
+    return fams
+
+
+def kernel_family(name: str) -> str | None:
+    """The family of a Triton kernel by its profiler name: ours by pattern family (``moe``,
+    ``linear``, ``attention`` ...), vLLM's by the folder that defines it (its fused_moe experts
+    count as ``moe``), Inductor's generated ones ``inductor``; None for anything else."""
+    if name.startswith("triton_"):
+        return "inductor"
+    return _kernel_families().get(name)
+
+
 def classify_kernel(name: str, triton_names: set[str]) -> tuple[bool, str]:
     """(is Triton, library).  ``communication`` comes back with False: it is not Triton, and
     :func:`counts_as_non_triton` is what tells whether a kernel breaks the guarantee."""
