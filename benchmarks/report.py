@@ -229,14 +229,20 @@ def e2e_section(name: str, d: dict[str, Any]) -> str:
             if b != OURS and b not in eng:
                 continue
             e = eng.get(b) or {}
-            ph = e.get("cold_start_phases") or {}
+            ph = e.get("cold_start_phases") or e.get("concurrent_start_phases") or {}
             row = [label, _num(e.get("cold_start_s")), _num(e.get("warm_start_s")),
                    _num(ph.get("torch_compile_total_s")), _num(ph.get("graph_capture_s"), 0)]
             cold, warm = e.get("cold_start_tuning") or {}, e.get("warm_start_tuning") or {}
             if tuned:
                 row += [f"{_num(cold.get('tune_s'))} / {_num(warm.get('tune_s'))}",
                         f"{_num(cold.get('benchmarks'), 0)} / {_num(warm.get('benchmarks'), 0)}"]
-            note = e.get("cold_start_error") and "failed" or ""
+            note = (e.get("cold_start_error") or e.get("concurrent_start_error")) and "failed" or ""
+            if not note and e.get("concurrent_start_s") is not None:
+                note = f"started beside the others in {e['concurrent_start_s']} s (contended: not a cold start)"
+                cold = e.get("concurrent_start_tuning") or {}
+                if tuned:
+                    row[-2] = f"{_num(cold.get('tune_s'))} / {_num(warm.get('tune_s'))}"
+                    row[-1] = f"{_num(cold.get('benchmarks'), 0)} / {_num(warm.get('benchmarks'), 0)}"
             if not note and cold.get("hits") and not cold.get("benchmarks"):
                 # the engine read a tuning DB an earlier run had filled: not a cold start for ours
                 note = f"tuning DB already filled ({cold['hits']} hits): not cold"

@@ -106,3 +106,50 @@ def test_each_engine_gets_fresh_caches_of_every_kind(tmp_path, monkeypatch):
     env = E.Engine("tri_inductor", {}, tmp_path / "eng", tmp_path / "log").env()
     for var in ("VLLM_CACHE_ROOT", "TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR", "TRI_INDUCTOR_CACHE_DIR"):
         assert env[var].startswith(str(tmp_path / "eng")), var
+
+
+def test_concurrent_starts_launch_every_engine_before_waiting(tmp_path, monkeypatch):
+    """``--concurrent-starts``: every engine process is started before the first wait (the run's
+    start-up wall is the slowest start, not the sum), and the contended start times are kept
+    apart from cold starts."""
+    import e2e_vllm as E
+
+    events = []
+
+    class FakeEngine:
+        def __init__(self, backend, kwargs, cache_dir, log_path):
+            self.backend, self.error, self.ready, self.start_s, self.start_index = backend, None, None, None, 0
+            self.log_path = log_path
+
+        def start(self, exit_after_ready=False):
+            events.append(("start", self.backend))
+
+        def wait_ready(self, timeout):
+            events.append(("wait", self.backend))
+            self.ready, self.start_s = {"import_s": 1.0, "llm_init_s": 2.0}, 3.0
+            return True
+
+        def log_text(self):
+            return ""
+
+        def alive(self):
+            return True
+
+        def stop(self):
+            events.append(("stop", self.backend))
+
+    monkeypatch.setattr(E, "Engine", FakeEngine)
+    args = E.parse_args(["--model", "llama-3.2-1b", "--quick", "--baseline", "both", "--concurrent-starts",
+                         "--gpu-mem-gib", "140", "--out", str(tmp_path)])
+    plan = E.build_plan(args, 140.0)
+    runner = E.Runner(args, plan, tmp_path / "model", tmp_path, tmp_path / "logs", tmp_path / "cache")
+    for name in ("greedy_tokens", "run_workload", "profiles", "refresh", "compare_settings"):
+        monkeypatch.setattr(runner, name, lambda *a, **k: None)
+    assert runner.run() == 0
+    kinds = [k for k, _ in events]
+    n = len(plan["backends"])
+    assert n == 3 and kinds[:n] == ["start"] * n and kinds[n:2 * n] == ["wait"] * n
+    assert runner.report["settings"]["start_order"] == "concurrent"
+    for b in plan["backends"]:
+        info = runner.report["engines"][b]
+        assert info["concurrent_start_s"] == 3.0 and "cold_start_s" not in info
