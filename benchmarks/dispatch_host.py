@@ -1,0 +1,133 @@
+"""Host time of one compiled piece's call: our GEMM dispatch over a symbolic token count vs the
+same graph compiled for one token count vs Inductor's own (cuBLAS), at a small model's layer.
+
+    python benchmarks/dispatch_host.py [--out DIR]     # writes dispatch_host_<card>.json
+
+Why: vLLM runs steps of more than its largest CUDA-graph size (128 tokens) eagerly, piece by
+piece, and compiles those pieces for a symbolic token count M in 129..8192. Our GEMM then
+launches one kernel per distinct bucket config of that range, each gated to its M range
+(``patterns/gemm/ops.py``): the skipped ones cost no GPU time but still run their Python grid
+and launcher code. On a small model that host time is the step's time (Llama-3.2-1B mixed:
+docs/design/gemm.md, "Host time of the gated dispatch"). This measures it directly: host
+microseconds per call (CPU time to enqueue, no sync) and GPU microseconds per call, for
+
+* ``ours_gated``: ``backend="tri_inductor"``, M symbolic, traced in the 129..8192 range (vLLM's);
+* ``ours_static``: ``backend="tri_inductor"``, compiled for this M (one launch per GEMM);
+* ``inductor``: ``backend="inductor"``, M symbolic (cuBLAS for the GEMMs).
+
+The layer: q/k/v (one GEMM), o, gate_up, SiLU-and-mul, down, at Llama-3.2-1B's widths by default.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from _common import card_slug, metadata, write_json  # noqa: E402
+
+RANGE = (129, 8192)  # vLLM's eager compile range with tri_inductor (compile_ranges_endpoints [128, 8192])
+
+
+def layer(x, w_qkv, w_o, w_gu, w_d):
+    F = torch.nn.functional
+    h = F.linear(x, w_qkv)
+    h = F.linear(h[:, : x.shape[1]], w_o) + x
+    gu = F.linear(h, w_gu)
+    n = gu.shape[1] // 2
+    return F.linear(F.silu(gu[:, :n]) * gu[:, n:], w_d) + h
+
+
+def host_and_gpu_us(fn, x, calls: int) -> tuple[float, float]:
+    """(median host us to enqueue one call, GPU-bound us per call over ``calls`` back to back)."""
+    for _ in range(3):
+        fn(x)
+    torch.cuda.synchronize()
+    host = []
+    for _ in range(calls):
+        t = time.perf_counter()
+        fn(x)
+        host.append((time.perf_counter() - t) * 1e6)
+        if len(host) % 20 == 0:
+            torch.cuda.synchronize()  # keep the launch queue short: enqueue time, not back-pressure
+    torch.cuda.synchronize()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(calls):
+        fn(x)
+    end.record()
+    end.synchronize()
+    return statistics.median(host), start.elapsed_time(end) * 1e3 / calls
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--hidden", type=int, default=2048)
+    p.add_argument("--qkv", type=int, default=3072, help="q/k/v output width (32/8 heads of 64: 3072)")
+    p.add_argument("--inter", type=int, default=8192)
+    p.add_argument("--tokens", default="160,300,700,1500,4000", help="token counts in the 129..8192 range")
+    p.add_argument("--calls", type=int, default=200)
+    p.add_argument("--out", default=None)
+    args = p.parse_args(argv)
+    if not torch.cuda.is_available():
+        print("dispatch_host.py needs a CUDA GPU", file=sys.stderr)
+        return 2
+    import tri_inductor  # noqa: F401  (registers the backend)
+    from tri_inductor.patterns.gemm import ops as O
+
+    torch.manual_seed(0)
+    dt, dev = torch.bfloat16, "cuda"
+    w = [torch.randn(n, k, dtype=dt, device=dev) / k ** 0.5
+         for n, k in ((args.qkv, args.hidden), (args.hidden, args.hidden), (2 * args.inter, args.hidden),
+                      (args.hidden, args.inter))]
+    with O.token_range(*RANGE):
+        plans = {f"{n}x{k}": [f"{lo}..{hi}" for lo, hi, _ in O.dispatch_plan(n, k, dt, torch.device(dev))]
+                 for n, k in ((t.shape[0], t.shape[1]) for t in w)}
+    tokens = [int(t) for t in args.tokens.split(",")]
+    x0 = torch.randn(tokens[0], args.hidden, dtype=dt, device=dev)
+    variants = {}
+    torch._dynamo.reset()
+    gated = torch.compile(lambda x: layer(x, *w), backend="tri_inductor", dynamic=True)
+    torch._dynamo.mark_dynamic(x0, 0, min=RANGE[0], max=RANGE[1])
+    with O.token_range(*RANGE):
+        gated(x0)  # traced for the range, as vLLM compiles its eager piece
+    variants["ours_gated"] = gated
+    variants["inductor"] = torch.compile(lambda x: layer(x, *w), backend="inductor", dynamic=True)
+    rows = []
+    for m in tokens:
+        x = torch.randn(m, args.hidden, dtype=dt, device=dev)
+        ref = layer(x.double(), *(t.double() for t in w))
+        static = torch.compile(lambda x: layer(x, *w), backend="tri_inductor", dynamic=False)
+        row = {"tokens": m}
+        for name, fn in (*variants.items(), ("ours_static", static)):
+            out = fn(x)
+            err = ((out.double() - ref).norm() / ref.norm()).item()
+            host, gpu = host_and_gpu_us(fn, x, args.calls)
+            row[name] = {"host_us": round(host, 1), "gpu_us": round(gpu, 1), "rel_err": float(f"{err:.2e}")}
+            print(f"[dispatch_host] M={m:5d} {name:12s} host {host:7.1f} us  gpu-bound {gpu:7.1f} us  "
+                  f"rel err {err:.1e}", flush=True)
+        row["gated_extra_host_us"] = round(row["ours_gated"]["host_us"] - row["ours_static"]["host_us"], 1)
+        rows.append(row)
+    report = {"benchmark": "dispatch_host", **metadata(), "shapes": {"hidden": args.hidden, "qkv": args.qkv,
+              "inter": args.inter}, "range": list(RANGE), "plans": plans, "rows": rows,
+              "method": "host_us: median CPU time of one call (enqueue, no sync; synchronised every 20 calls); "
+                        "gpu_us: CUDA-event time of back-to-back calls / calls (host-bound when close to host_us)"}
+    print("\nM      " + "  ".join(f"{n:>24s}" for n in ("ours_gated host/gpu", "ours_static host/gpu",
+                                                         "inductor host/gpu")) + "  gated extra host us")
+    for r in rows:
+        print(f"{r['tokens']:<6d} " + "  ".join(f"{r[n]['host_us']:>11.1f} /{r[n]['gpu_us']:>11.1f}"
+                                                for n in ("ours_gated", "ours_static", "inductor"))
+              + f"  {r['gated_extra_host_us']:>10.1f}")
+    print(f"plans (129..8192): {plans}")
+    print("wrote", write_json(f"dispatch_host_{card_slug()}", report, args.out))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
