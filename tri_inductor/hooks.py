@@ -164,8 +164,10 @@ TABLE: tuple[Hook, ...] = (
          ("self, layer, query, key, value, kv_cache, attn_metadata, output, output_scale, output_block_scale",)),
     # ---------------------------------------------------------------- torch / Triton (compile time)
     Hook("torch._inductor.graph:GraphLowering.codegen", _T,
-         "collect the provenance (FX nodes, source line) of each extern kernel for the audit",
-         "audit violations name no source line", ("self",)),
+         "guard each launch of ours with a symbolic grid by that grid in the wrapper it returns "
+         "(patterns/gated_calls.py); collect the provenance (FX nodes, source line) of each extern kernel "
+         "for the audit", "gated launches of other M buckets run the launcher's Python with an empty grid "
+         "(host time per eager step); audit violations name no source line", ("self",)),
     Hook("torch._inductor.graph:GraphLowering.save_output_code", _T,
          "hand every output module (fresh compile and FX/AOTAutograd cache hit) to the auditor",
          "no audit at all", ()),

@@ -71,10 +71,15 @@ def chain_save_output_code() -> None:
 
 
 def make_codegen_hook(real_codegen):
-    """``GraphLowering.codegen``: remember the extern kernels' provenance for the next report."""
+    """``GraphLowering.codegen``: launches of ours with a symbolic grid skipped while it is empty
+    (``patterns/gated_calls.py``); the extern kernels' provenance kept for the next report."""
 
     def codegen(self, *args, **kwargs):
         out = real_codegen(self, *args, **kwargs)
+        try:
+            _skip_empty_grids(out[0])
+        except Exception as e:  # noqa: BLE001  (the code as Inductor wrote it runs the same launches)
+            log.debug("tri_inductor: wrapper left as generated (%r)", e)
         if _collectors():
             try:
                 _state.pending_sites = extern_sites(self.scheduler)
@@ -84,6 +89,18 @@ def make_codegen_hook(real_codegen):
         return out
 
     return codegen
+
+
+def _skip_empty_grids(wrapper) -> None:
+    code = getattr(wrapper, "value", None)
+    if not isinstance(code, str) or "async_compile.triton(" not in code:
+        return
+    from ..patterns import our_kernel_names
+    from ..patterns.gated_calls import our_kernel_vars, skip_empty_grids
+
+    new, n = skip_empty_grids(code, our_kernel_vars(code, frozenset(our_kernel_names())))
+    if n:
+        wrapper.value = new
 
 
 def make_save_output_code_hook(previous):

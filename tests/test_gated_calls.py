@@ -1,0 +1,70 @@
+"""Launches of ours with a symbolic grid are skipped in the wrapper while their grid is empty
+(tri_inductor/patterns/gated_calls.py): the rewrite on its own, and inside a graph compiled
+for a symbolic token count, run in the interpreter against float64."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from pattern_harness import rel
+from tri_inductor.patterns.gated_calls import skip_empty_grids
+
+CALL = ("mm_kernel_0.run(arg1_1, reinterpret_tensor(arg2_1, (64, 96), (1, 64), 0), buf0, s77, 96, 64, "
+        "{g0}, {g1}, 1, stream=stream0)")
+
+
+def test_only_symbolic_grids_of_our_kernels_are_guarded():
+    code = "\n".join([
+        "def call(args):",
+        "    " + CALL.format(g0="3*((15 + s77) // 16)*min(1, ((-1) + s77) // 16)", g1="1"),
+        "    " + CALL.format(g0="7", g1="2"),  # constant grid: left alone
+        "    " + CALL.format(g0="s77", g1="2").replace("mm_kernel_0", "triton_poi_fused_0"),  # not ours
+        "    x = 1"])
+    new, n = skip_empty_grids(code, {"mm_kernel_0"})
+    lines = new.split("\n")
+    assert n == 1 and len(lines) == len(code.split("\n"))  # same line count: Inductor's line map holds
+    assert lines[1].startswith("    if (3 * ((15 + s77) // 16) * min(1, (-1 + s77) // 16)): mm_kernel_0.run(")
+    assert lines[2:] == code.split("\n")[2:]
+    for s77 in (1, 16, 17, 40):  # the guard is the grid: true exactly when the launch has programs
+        guard = lines[1].split(": mm_kernel_0", 1)[0].strip()[3:]
+        grid0 = 3 * ((15 + s77) // 16) * min(1, (s77 - 1) // 16)
+        assert bool(eval(guard, {"s77": s77})) == (grid0 > 0)
+
+
+def test_unparseable_or_gridless_calls_are_left_alone():
+    code = "    mm_kernel_0.run(a, b, stream=stream0)\n    mm_kernel_0.run(a, b, c, s77 +, 1, 1, stream=stream0)"
+    assert skip_empty_grids(code, {"mm_kernel_0"}) == (code, 0)
+
+
+def test_symbolic_token_count_graph_launches_no_empty_grid(interpreter, monkeypatch):
+    """torch.compile(backend="tri_inductor", dynamic=True) on CPU tensors in the interpreter: the
+    GEMM's launches are gated per M bucket, every token count matches float64, and no launch
+    with an empty grid reaches Inductor's launcher (the wrapper skipped it)."""
+    from torch._inductor.runtime.triton_heuristics import CachingAutotuner
+
+    from tri_inductor import last_audit
+
+    launched = []
+    real_run = CachingAutotuner.run
+
+    def run(self, *args, stream, **kwargs):
+        launched.append(math.prod(int(g) for g in args[-3:]))
+        return real_run(self, *args, stream=stream, **kwargs)
+
+    monkeypatch.setattr(CachingAutotuner, "run", run)
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(96, 80, bias=False).to(torch.bfloat16)
+    torch._dynamo.reset()
+    f = torch.compile(lambda x: lin(x), backend="tri_inductor", dynamic=True)
+    for m in (3, 40, 300):
+        x = torch.randn(m, 96).to(torch.bfloat16)
+        launched.clear()
+        with torch.no_grad():
+            out = f(x)
+        assert rel(out, x.double() @ lin.weight.double().t()) < 2e-2
+        assert launched and all(g > 0 for g in launched), launched
+    code = last_audit()[-1].code
+    runs = [line.strip() for line in code.splitlines() if ".run(" in line and "mm" in line]
+    assert len(runs) >= 2 and all(r.startswith("if (") for r in runs), runs  # one gated launch per bucket config
