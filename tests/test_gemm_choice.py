@@ -249,7 +249,7 @@ def test_fused_gate_up_is_tuned_as_it_runs(monkeypatch, interpreter):
 
     seen = []
 
-    def spy(n, k, bucket, dtype, dev, launcher, variant=""):
+    def spy(n, k, bucket, dtype, dev, launcher, variant="", siblings=()):
         seen.append((n, k, bucket, variant, launcher))
         return C.Cfg(16, 64, 64, 1, 1, 4, 2)
 
@@ -347,6 +347,28 @@ def test_device_fault_while_tuning_names_the_candidate(fake_gpu_tuning, monkeypa
     assert str(bad) in str(info.value) and "TRI_INDUCTOR_TUNE=0" in str(info.value)
     assert generic.device_fault(RuntimeError("CUDA error: misaligned address"))
     assert not generic.device_fault(RuntimeError("out of resource: shared memory, Required: 300000"))
+
+
+def test_first_compile_batch_takes_the_sibling_buckets_once(fake_gpu_tuning, monkeypatch):
+    """The first bucket tuned in a dispatch plan compiles the untuned sibling buckets' candidates
+    in the same side-by-side batch (each at its bucket's M); a sibling tuned later compiles only
+    its own (already built), and a stored sibling is not compiled at all."""
+    monkeypatch.setattr(T, "_COMPILED_AHEAD", set())
+    dev, n, k, dt = C.DEFAULT_DEVICE, 4096, 14336, torch.bfloat16
+    siblings = (256, 512, 1024, 2048, C.TOP_BUCKET)
+    config_for, _ = fake_gpu_tuning
+    config_for(n, k, 2048, dt, dev)  # stored: nothing of it is compiled ahead
+    own = [T.default_config(n, k, 256, dev), *T.tuning_candidates(n, k, 256, dev)]
+    jobs = T.compile_jobs(n, k, 256, siblings, dt, dev, "", own)
+    assert {b for b, _ in jobs} == {256, 512, 1024, C.TOP_BUCKET}
+    for (b, c), m in jobs.items():
+        assert m == C.representative_m(None if b > C.BUCKETS[-1] else b)
+        assert b != 256 or c in own
+    assert {c for b, c in jobs if b == 512} == {T.default_config(n, k, 512, dev), *T.tuning_candidates(n, k, 512, dev)}
+    again = T.compile_jobs(n, k, 512, siblings, dt, dev, "", ["own"])
+    assert list(again) == [(512, "own")]  # its space was compiled with the first batch
+    fused = T.compile_jobs(n, k, 256, siblings, dt, dev, "silu", [])
+    assert {b for b, _ in fused} == {512, 1024, 2048, C.TOP_BUCKET}  # the fused form is another kernel
 
 
 def test_compile_failures_are_not_compiled_again(monkeypatch):

@@ -154,6 +154,25 @@ def test_tuning_measures_every_bucket_once_and_a_warm_start_nothing(fake_gpu):
     assert len(measured) == n
 
 
+def test_first_bucket_compiles_every_buckets_candidates(fake_gpu, monkeypatch):
+    """The kernel does not depend on the query count: the first bucket's side-by-side compile
+    batch holds every bucket's candidates (one batch, not one per bucket)."""
+    compile_lists = []
+    fake = PT._measure
+
+    def spy(group, head, block_size, dtype, causal, t, default, run, state):
+        compile_lists.append(list(state["cands"]))
+        return fake(group, head, block_size, dtype, causal, t, default, run, state)
+
+    monkeypatch.setattr(PT, "_measure", spy)
+    PT.prefill_config(4, 128, 16, torch.bfloat16, True, 2048, lambda *a: None)
+    first, *later = compile_lists
+    every = {c for b in PT.Q_BUCKETS for c in (L.prefill_cfg(4, 128, PT.measured_q(b)),
+                                                *PT.candidates(4, 128, b, DEFAULT_DEVICE))}
+    assert set(first) == every and len(first) == len(every)
+    assert len(later) == len(PT.Q_BUCKETS) - 1 and all(set(c) <= every for c in later)
+
+
 def test_stored_config_that_is_not_valid_is_retuned(fake_gpu):
     measured = fake_gpu
     cache.store(PT.KERNEL, PT.shape_key(4, 64, 16, torch.bfloat16, True, PT.Q_BUCKETS[-1]), [96, 24, 64, 8, 2])

@@ -126,7 +126,9 @@ def compile_side_by_side(fns: dict) -> dict:
             return cfg, e
         return cfg, None
 
-    with ThreadPoolExecutor(max_workers=8, thread_name_prefix="tri_inductor-compile") as pool:
+    # Threads, not processes: Triton's compile runs mostly outside the GIL (MLIR passes, ptxas).
+    workers = max(8, min(32, os.cpu_count() or 8))
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="tri_inductor-compile") as pool:
         failed = {cfg: e for cfg, e in pool.map(run, fns.items()) if e is not None}
     torch.cuda.synchronize()
     return failed

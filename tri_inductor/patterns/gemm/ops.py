@@ -29,16 +29,18 @@ from .tuning import config_for
 _ACT_NAMES = {code: name for name, code in ACTS.items()}
 
 
-def choose_config(m, n: int, k: int, dtype: torch.dtype, device=None, act: int = NO_ACT) -> Cfg:
+def choose_config(m, n: int, k: int, dtype: torch.dtype, device=None, act: int = NO_ACT,
+                  siblings: tuple[int, ...] = ()) -> Cfg:
     """The config of an M (a SymInt's size hint) x N x K GEMM on ``device`` (default: current);
-    ``act``: of the fused gate_up form with that activation (tuned as it runs)."""
+    ``act``: of the fused gate_up form with that activation (tuned as it runs); ``siblings``: the
+    other buckets of the dispatch plan (their candidates are compiled along if tuning runs)."""
     b = bucket_of(hint(m))
     if dtype == torch.float32:
         return fp32_config(b)
     if act == NO_ACT:
-        return config_for(n, k, b, dtype, device_info(device), mm_launch)
+        return config_for(n, k, b, dtype, device_info(device), mm_launch, siblings=siblings)
     return config_for(n, k, b, dtype, device_info(device),
-                      lambda a, w, bias, cfg: mm_launch(a, w, bias, cfg, act=act), _ACT_NAMES[act])
+                      lambda a, w, bias, cfg: mm_launch(a, w, bias, cfg, act=act), _ACT_NAMES[act], siblings)
 
 
 def eager_warm_sizes(max_m: int) -> list[int]:
@@ -117,13 +119,16 @@ def dispatch_plan(n: int, k: int, dtype: torch.dtype, device=None,
     that meets the current token range, consecutive equal configs merged; the first entry's lo
     and the last's hi are dropped where the range already implies them (no gate to evaluate)."""
     rng = _TOKEN_RANGE.get()
+    met, lo = [], 0
+    for hi in (*BUCKETS, None):
+        if rng is None or not ((hi is not None and hi < rng[0]) or lo >= rng[1]):
+            met.append(hi)  # else the bucket (lo, hi] holds no M of the range
+        lo = hi if hi is not None else lo
+    siblings = tuple(bucket_of(representative_m(hi)) for hi in met)
     plan: list[tuple[int, int | None, Cfg]] = []
     lo = 0
-    for hi in (*BUCKETS, None):
-        if rng is not None and ((hi is not None and hi < rng[0]) or lo >= rng[1]):
-            lo = hi if hi is not None else lo
-            continue  # the bucket (lo, hi] holds no M of the range
-        cfg = _same_kernel_as_before(plan, choose_config(representative_m(hi), n, k, dtype, device, act),
+    for hi in met:  # consecutive buckets: each one's lo is the previous one's hi
+        cfg = _same_kernel_as_before(plan, choose_config(representative_m(hi), n, k, dtype, device, act, siblings),
                                      representative_m(hi), n, k, device)
         if plan and plan[-1][2] == cfg:
             plan[-1] = (plan[-1][0], hi, cfg)

@@ -70,6 +70,35 @@ def tuning_candidates(n: int, k: int, bucket: int, dev: Device, elem: int = 2, f
     return out
 
 
+# Sibling buckets whose candidates were compiled ahead in this process: (N, K, dtype, variant, bucket).
+_COMPILED_AHEAD: set[tuple] = set()
+
+
+def compile_jobs(n: int, k: int, bucket: int, siblings: tuple[int, ...], dtype: torch.dtype, dev: Device,
+                 variant: str, own: list[Cfg]) -> dict[tuple[int, Cfg], int]:
+    """What the first compile batch of a shape's tuning compiles: ``(bucket, cfg) -> M`` for this
+    bucket's candidates ``own`` and, once per process, those of the sibling buckets (the other M
+    buckets of the same dispatch plan) that are not tuned yet. One batch side by side instead of
+    one per bucket: each batch waits for its slowest compile, and the buckets' spaces overlap
+    little (other M, other tiles), so per-bucket batches leave most threads idle."""
+    elem = torch.empty((), dtype=dtype).element_size()
+    fused = bool(variant)
+
+    def m_of(b: int) -> int:
+        return representative_m(None if b > BUCKETS[-1] else b)
+
+    jobs = {(bucket, c): m_of(bucket) for c in own}
+    _COMPILED_AHEAD.add((n, k, dtype, variant, bucket))
+    for b in siblings:
+        key = (n, k, dtype, variant, b)
+        if b == bucket or key in _COMPILED_AHEAD or cache.lookup("mm", shape_key(n, k, b, dtype, variant)) is not None:
+            continue
+        _COMPILED_AHEAD.add(key)
+        for c in [default_config(n, k, b, dev, elem, fused), *tuning_candidates(n, k, b, dev, elem, fused)]:
+            jobs.setdefault((b, c), m_of(b))
+    return jobs
+
+
 def _ends(out: torch.Tensor) -> torch.Tensor:
     """First and last rows of an output, in fp32: the check covers the first and the last M
     tile (ragged edges, group order) without a full fp32 copy of a big output."""
@@ -77,12 +106,14 @@ def _ends(out: torch.Tensor) -> torch.Tensor:
 
 
 def config_for(n: int, k: int, bucket: int, dtype: torch.dtype, dev: Device, mm_launch: Callable,
-               variant: str = "") -> Cfg:
+               variant: str = "", siblings: tuple[int, ...] = ()) -> Cfg:
     """The tile config for a (N, K, M bucket) GEMM: stored result, else tuned now, else the
     default (shipped table or cost model). ``mm_launch(a, b, bias, cfg)`` runs one config
     (``ops.mm_launch``, passed in: ops builds on this module). ``variant``: ``mm_launch`` runs the
     fused gate_up form with that activation; it is measured as it runs in the graph (the plain
-    GEMM's timings rank the fused form's tiles wrongly: docs/design/gemm.md)."""
+    GEMM's timings rank the fused form's tiles wrongly: docs/design/gemm.md). ``siblings``: the
+    other M buckets of the same dispatch plan, whose candidates are compiled with this bucket's
+    if tuning runs (:func:`compile_jobs`)."""
     elem = torch.empty((), dtype=dtype).element_size()
     fused = bool(variant)
     default = default_config(n, k, bucket, dev, elem, fused)
@@ -115,8 +146,13 @@ def config_for(n: int, k: int, bucket: int, dtype: torch.dtype, dev: Device, mm_
                 state["ws"] = [w] + [w.clone() for _ in range(copies() - 1)]
             a, ws = state["a"], state["ws"]
             if "failed" not in state:
-                state["failed"] = generic.compile_side_by_side(
-                    {c: (lambda c=c: mm_launch(a, ws[0].t(), None, c)) for c in state["cands"]})
+                jobs = compile_jobs(n, k, bucket, siblings, dtype, dev, variant, state["cands"])
+                rows = max(jobs.values())
+                big = a if rows <= m else torch.zeros(rows, k, device="cuda", dtype=dtype)
+                failed = generic.compile_side_by_side(
+                    {key: (lambda c=key[1], r=r: mm_launch(big[:r], ws[0].t(), None, c)) for key, r in jobs.items()})
+                state["failed"] = {c: e for (b, c), e in failed.items() if b == bucket}
+                del big
             if cfg in state["failed"]:
                 err = state["failed"][cfg]
                 raise RuntimeError(f"did not compile: {type(err).__name__}: {err}"[:300])

@@ -138,9 +138,15 @@ def prefill_config(group: int, head: int, block_size: int, dtype: torch.dtype, c
     if memo not in _CHOICE:
         elem = torch.empty((), dtype=dtype).element_size()
         if run is not None and generic.can_tune():
-            for b in Q_BUCKETS:  # the whole shape now: no bucket is tuned mid-serving
-                _CHOICE[(group, head, block_size, dtype, causal, b)] = _tune(group, head, block_size, dtype,
-                                                                             causal, b, elem, run)
+            # The whole shape now (no bucket is tuned mid-serving). The kernel does not depend on
+            # the query count, so the first bucket's compile batch takes every bucket's
+            # candidates: one batch side by side, not one per bucket (each waits for its slowest).
+            dev = device_info()
+            ahead = [c for b in Q_BUCKETS
+                     for c in (prefill_cfg(group, head, measured_q(b)), *candidates(group, head, b, dev, elem))]
+            for i, b in enumerate(Q_BUCKETS):
+                _CHOICE[(group, head, block_size, dtype, causal, b)] = _tune(
+                    group, head, block_size, dtype, causal, b, elem, run, ahead if i == 0 else ())
         else:
             raw = cache.lookup(KERNEL, shape_key(group, head, block_size, dtype, causal, bucket))
             cfg = None if raw is None else _decode(raw, group, head, device_info(), elem)
@@ -153,12 +159,13 @@ def prefill_config(group: int, head: int, block_size: int, dtype: torch.dtype, c
     return prefill_cfg(group, head, max_seqlen_q) if cfg is None else fit(cfg, group, max_seqlen_q)
 
 
-def _tune(group, head, block_size, dtype, causal, bucket, elem, run) -> PrefillCfg:
+def _tune(group, head, block_size, dtype, causal, bucket, elem, run, ahead=()) -> PrefillCfg:
+    """``ahead``: configs to compile with this bucket's candidates (other buckets')."""
     dev = device_info()
     t = measured_q(bucket)
     default = prefill_cfg(group, head, t)
     cands = candidates(group, head, bucket, dev, elem)
-    state: dict[str, Any] = {"cands": [default, *cands]}
+    state: dict[str, Any] = {"cands": list(dict.fromkeys([default, *cands, *ahead]))}
     try:
         return generic.tune(KERNEL, shape_key(group, head, block_size, dtype, causal, bucket), default, cands,
                             _measure(group, head, block_size, dtype, causal, t, default, run, state),
