@@ -139,9 +139,14 @@ def test_concurrent_starts_launch_every_engine_before_waiting(tmp_path, monkeypa
             events.append(("stop", self.backend))
 
     monkeypatch.setattr(E, "Engine", FakeEngine)
-    args = E.parse_args(["--model", "llama-3.2-1b", "--quick", "--baseline", "both", "--concurrent-starts",
-                         "--gpu-mem-gib", "140", "--out", str(tmp_path)])
+    args_list = ["--model", "llama-3.2-1b", "--quick", "--baseline", "both", "--concurrent-starts",
+                 "--gpu-mem-gib", "140", "--out", str(tmp_path)]
+    args = E.parse_args(args_list)
     plan = E.build_plan(args, 140.0)
+    starts = plan["estimate_s"]["startups"]  # the budget holds the slowest start, not their sum
+    assert E.budget_problem(plan, max(starts.values()) / 0.8) is None
+    assert E.budget_problem(E.build_plan(E.parse_args([a for a in args_list if a != "--concurrent-starts"]), 140.0),
+                            max(starts.values()) / 0.8)
     runner = E.Runner(args, plan, tmp_path / "model", tmp_path, tmp_path / "logs", tmp_path / "cache")
     for name in ("greedy_tokens", "run_workload", "profiles", "refresh", "compare_settings"):
         monkeypatch.setattr(runner, name, lambda *a, **k: None)
