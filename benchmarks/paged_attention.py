@@ -31,6 +31,7 @@ No torch/vLLM work at import: the plan, the summary and the dry run work on a CP
 """
 from __future__ import annotations
 
+import functools
 import importlib
 import inspect
 import json
@@ -312,6 +313,8 @@ def resolve_kernels(names: Sequence[str] | None) -> tuple[dict[str, Callable], d
                 ok[name] = KERNELS[name]
             elif name == "tri_inductor":
                 ok[name] = signature_call(_load_callable(OURS_MODULE))
+            elif name == "tri_inductor_balanced":  # ours with the decode split policy under evaluation
+                ok[name] = signature_call(functools.partial(_load_callable(OURS_MODULE), split_policy="balanced"))
             else:
                 ok[name] = signature_call(_load_callable(name))
         except Exception as e:  # noqa: BLE001  recorded, not fatal

@@ -47,13 +47,13 @@ def make_inputs(q_lens, seq_lens, hq, hk, d, block_size=16, dtype=torch.bfloat16
 
 
 def run_case(q_lens, seq_lens, hq, hk, d, block_size=16, dtype=torch.bfloat16, window=None, softcap=0.0,
-             with_sinks=False, num_splits=None, seed=0):
+             with_sinks=False, num_splits=None, seed=0, split_policy=L.DEFAULT_SPLIT_POLICY):
     q, kc, vc, cu, sl, bt = make_inputs(q_lens, seq_lens, hq, hk, d, block_size, dtype, seed)
     sinks = torch.randn(hq, generator=torch.Generator().manual_seed(seed + 1)) if with_sinks else None
     out = torch.full_like(q, float("nan"))
     scale = d ** -0.5
     paged_attention(q, kc, vc, out, cu, sl, bt, max(q_lens), max(seq_lens), scale, window=window,
-                    softcap=softcap, sinks=sinks, num_splits=num_splits)
+                    softcap=softcap, sinks=sinks, num_splits=num_splits, split_policy=split_policy)
     ref = paged_attention_ref(q, kc, vc, cu, sl, bt, scale, window=window, softcap=softcap, sinks=sinks)
     assert not out.isnan().any()
     torch.testing.assert_close(out.double(), ref, **TOL[dtype])
@@ -124,6 +124,42 @@ def test_decode_mixed_lengths_use_their_own_split_counts(interpreter, monkeypatc
     used = [min(8, max(1, -(-t // L.MIN_TILES_PER_SPLIT))) for t in tiles]
     assert used[0] == 1 and used[-1] == 1 and 1 < used[2] < used[3] <= 8  # what the case covers
     run_case([1] * len(lens), lens, hq, hk, d, num_splits=8)
+
+
+@pytest.mark.parametrize("feat", [False, True], ids=["plain", "window-softcap-sinks"])
+def test_balanced_split_policy_cuts_by_the_batchs_share(interpreter, monkeypatch, feat):
+    """Split policy ``balanced``: each sequence's split count comes from its share of the batch's
+    tiles over the device's working programs (here a 1-SM device: 4 programs), computed alike by
+    the decode programs and the reduce on the device. Partials start as NaN, so a reduce reading
+    a partial the decode kernel did not write would show; the output matches float64."""
+    from tri_inductor.patterns.paged_attention import ops
+
+    real_empty = torch.empty
+    monkeypatch.setattr(torch, "empty", lambda *a, **k: (lambda t: t.fill_(float("nan")) if t.is_floating_point()
+                                                         else t)(real_empty(*a, **k)))
+    monkeypatch.setattr(ops, "sm_count", lambda device: 1)
+    lens, hq, hk, d = [3, 40, 300, 1100, 0], 8, 2, 64
+    tile = L.decode_tile_n(d)
+    tiles = [-(-n // tile) for n in lens]
+    used = [min(8, max(1, -(-t // L.MIN_TILES_PER_SPLIT))) for t in tiles]
+    target = max(-(-sum(tiles) * hk // (1 * L.DEFAULT_PROGRAMS_PER_SM)), L.MIN_TILES_PER_SPLIT)
+    balanced = [min(u, max(1, -(-t // target))) for u, t in zip(used, tiles)]
+    assert balanced != used and balanced[3] > 1  # the case cuts differently, and still splits the longest
+    run_case([1] * len(lens), lens, hq, hk, d, num_splits=8, split_policy="balanced",
+             window=500 if feat else None, softcap=5.0 if feat else 0.0, with_sinks=feat)
+
+
+def test_balanced_policy_raises_the_split_bound():
+    """The captured bound holds a replay's longest sequence (a fixed bound); outside capture it
+    is what the step's longest sequence can use; a small batch keeps the wave's larger count."""
+    cpu = torch.device("cpu")
+    wave = L.decode_cfg(64, 32, 8, 128, 4096, cpu).num_splits
+    assert wave == 1 and L.decode_cfg(64, 32, 8, 128, 4096, cpu, balanced=True).num_splits == L.BALANCED_SPLITS
+    assert L.decode_cfg(64, 32, 8, 128, 200, cpu, balanced=True).num_splits == 2  # 200 keys: 2 splits at most
+    assert L.decode_cfg(1, 32, 8, 128, 4096, cpu, balanced=True).num_splits == L.decode_cfg(1, 32, 8, 128, 4096,
+                                                                                             cpu).num_splits
+    with pytest.raises(ValueError, match="split_policy"):
+        run_case([1], [10], 8, 2, 64, split_policy="fast")
 
 
 def test_split_partials_are_disjoint_aligned_views_of_one_buffer():
@@ -319,17 +355,22 @@ def synchronous_loads_in_loops(ttgir: str) -> list[str]:
 def test_decode_kernels_compile_for_sm90(group, head, split, feat):
     from tri_inductor.patterns.paged_attention.decode import paged_attn_decode_kernel, paged_attn_reduce_kernel
 
+    balanced = split and group > 1  # the balanced split policy's variant of the split kernels
     cfg = L.decode_cfg(2, 8 * group, 8, head, 4096, torch.device("cpu"), num_splits=8 if split else 1)
     consts = dict(NUM_Q_HEADS=8 * group, GROUP=group, BLOCK_G=cfg.block_g, HEAD=head, HEAD_PAD=L.head_pad(head),
                   BLOCK_SIZE=16, TILE_N=cfg.tile_n, WINDOW=4096 if feat else 0, USE_SOFTCAP=feat, USE_SINKS=feat,
-                  SPLIT=split, SPLITS_PAD=cfg.splits_pad, MIN_TILES=L.MIN_TILES_PER_SPLIT, USE_PDL=True)
+                  SPLIT=split, SPLITS_PAD=cfg.splits_pad, MIN_TILES=L.MIN_TILES_PER_SPLIT, BALANCED=balanced,
+                  USE_PDL=True)
     out = _sm90(paged_attn_decode_kernel, consts, cfg.num_warps, cfg.num_stages)
-    # the block-table lookups and the K/V tiles they address are all asynchronous (pipelined)
-    assert synchronous_loads_in_loops(out.asm["ttgir"]) == []
+    # the block-table lookups and the K/V tiles they address are all asynchronous (pipelined); the
+    # balanced policy adds one read of the batch's lengths before the KV loop (once for <= 256 sequences)
+    assert len(synchronous_loads_in_loops(out.asm["ttgir"])) == (1 if balanced else 0)
     if split:
-        _sm90(paged_attn_reduce_kernel, dict(NUM_Q_HEADS=8 * group, HEAD=head, HEAD_PAD=L.head_pad(head),
-                                             SPLITS_PAD=cfg.splits_pad, WINDOW=4096 if feat else 0, TILE_N=cfg.tile_n,
-                                             MIN_TILES=L.MIN_TILES_PER_SPLIT, USE_SINKS=feat, USE_PDL=True), 4, 1)
+        _sm90(paged_attn_reduce_kernel, dict(NUM_Q_HEADS=8 * group, NUM_KV_HEADS=8, HEAD=head,
+                                             HEAD_PAD=L.head_pad(head), SPLITS_PAD=cfg.splits_pad,
+                                             WINDOW=4096 if feat else 0, TILE_N=cfg.tile_n,
+                                             MIN_TILES=L.MIN_TILES_PER_SPLIT, BALANCED=balanced, USE_SINKS=feat,
+                                             USE_PDL=True), 4, 1)
 
 
 @pytest.mark.parametrize("group,head,max_q,feat", [

@@ -162,6 +162,8 @@ def test_kernels_resolve_and_dry_run_on_cpu():
         assert "fa3" in why  # no FA3 extension on a CPU machine: said, not silently dropped
     _, why = PA.resolve_kernels(["no_such_module:fn"])
     assert "no_such_module" in why["no_such_module:fn"]
+    found, _ = PA.resolve_kernels(["tri_inductor_balanced"])  # ours under the decode split policy being evaluated
+    assert "tri_inductor_balanced" in found
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     p = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "kernel_bench.py"), "--only", "attention", "--dry-run"],
                        capture_output=True, text=True, timeout=300, cwd=str(ROOT), env=env)

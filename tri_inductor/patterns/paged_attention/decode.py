@@ -9,7 +9,9 @@ sequence in one split gets its output written directly; in several, each writes 
 partial (accumulator, running max and sum, log2 units) and ``paged_attn_reduce_kernel`` combines
 the used ones with log-sum-exp weights.  The split count is a launch parameter only, so a CUDA
 graph captured with one split count is correct for any context length, and in a batch of mixed
-lengths the short sequences take one program while the long ones are cut.
+lengths the short sequences take one program while the long ones are cut. ``BALANCED`` (split
+policy ``balanced``) also spreads the step's work evenly: each sequence's count follows its share
+of the batch's tiles (``balanced_splits``), under a split bound raised past what fills the device.
 """
 from __future__ import annotations
 
@@ -32,17 +34,37 @@ def used_splits(seq_len, num_splits, WINDOW: tl.constexpr, TILE_N: tl.constexpr,
     return tl.minimum(num_splits, tl.maximum(tl.cdiv(n_tiles, MIN_TILES), 1)), lo, n_tiles
 
 
-@triton.jit(do_not_specialize=["num_splits"])  # per batch size: one compile for all
+@triton.jit
+def balanced_splits(splits, n_tiles, seq_lens_ptr, num_seqs, wave, NUM_KV_HEADS: tl.constexpr,
+                    WINDOW: tl.constexpr, TILE_N: tl.constexpr, MIN_TILES: tl.constexpr):
+    """``splits`` (:func:`used_splits`) cut down to what the step's load balance asks: the
+    batch's tiles x KV heads spread over ``wave`` working programs give each program about
+    ``target`` tiles, so a sequence gets ``ceil(n_tiles / target)`` splits. Short sequences keep
+    one program, long ones of a batch of mixed lengths get several; every program (and the
+    reduce) reads the same ``seq_lens``, so they agree without a host value (graph-safe)."""
+    total = 0
+    for i in range(0, num_seqs, 256):
+        offs = i + tl.arange(0, 256)
+        lens = tl.load(seq_lens_ptr + offs, mask=offs < num_seqs, other=0)
+        if WINDOW > 0:
+            lens = tl.minimum(lens, WINDOW)
+        total += tl.sum(tl.cdiv(lens, TILE_N))
+    target = tl.maximum(tl.cdiv(total * NUM_KV_HEADS, wave), MIN_TILES)
+    return tl.minimum(splits, tl.maximum(tl.cdiv(n_tiles, target), 1))
+
+
+@triton.jit(do_not_specialize=["num_splits", "wave"])  # per batch size: one compile for all
 def paged_attn_decode_kernel(
         out_ptr, part_o_ptr, part_m_ptr, part_l_ptr,
         q_ptr, k_ptr, v_ptr, sinks_ptr, block_table_ptr, seq_lens_ptr, cu_q_ptr,
-        scale, softcap, num_splits,
+        scale, softcap, num_splits, wave,
         stride_qt, stride_qh, stride_ot, stride_oh, stride_bt,
         sk0, sk1, sk2, sk3, sv0, sv1, sv2, sv3,
         NUM_Q_HEADS: tl.constexpr, GROUP: tl.constexpr, BLOCK_G: tl.constexpr,
         HEAD: tl.constexpr, HEAD_PAD: tl.constexpr, BLOCK_SIZE: tl.constexpr, TILE_N: tl.constexpr,
         WINDOW: tl.constexpr, USE_SOFTCAP: tl.constexpr, USE_SINKS: tl.constexpr,
-        SPLIT: tl.constexpr, SPLITS_PAD: tl.constexpr, MIN_TILES: tl.constexpr, USE_PDL: tl.constexpr):
+        SPLIT: tl.constexpr, SPLITS_PAD: tl.constexpr, MIN_TILES: tl.constexpr, BALANCED: tl.constexpr,
+        USE_PDL: tl.constexpr):
     seq = tl.program_id(0)
     kvh = tl.program_id(1)
     split = tl.program_id(2)
@@ -52,6 +74,9 @@ def paged_attn_decode_kernel(
     q_len = tl.load(cu_q_ptr + seq + 1) - q_start
     seq_len = tl.load(seq_lens_ptr + seq)
     splits, lo, n_tiles = used_splits(seq_len, num_splits, WINDOW, TILE_N, MIN_TILES)
+    if BALANCED and split < splits and splits > 1:  # a program that exits or runs alone needs no total
+        splits = balanced_splits(splits, n_tiles, seq_lens_ptr, tl.num_programs(0), wave, NUM_Q_HEADS // GROUP,
+                                 WINDOW, TILE_N, MIN_TILES)
     if q_len > 0 and split < splits:
         token = q_start + q_len - 1  # the sequence's last query token (its only one in decode)
         per_split = tl.cdiv(n_tiles, splits)
@@ -87,13 +112,13 @@ def paged_attn_decode_kernel(
                         USE_SINKS)
 
 
-@triton.jit(do_not_specialize=["num_splits"])  # per batch size: one compile for all
+@triton.jit(do_not_specialize=["num_splits", "wave"])  # per batch size: one compile for all
 def paged_attn_reduce_kernel(
         out_ptr, part_o_ptr, part_m_ptr, part_l_ptr, sinks_ptr, seq_lens_ptr, cu_q_ptr,
-        num_splits, stride_ot, stride_oh,
-        NUM_Q_HEADS: tl.constexpr, HEAD: tl.constexpr, HEAD_PAD: tl.constexpr,
+        num_splits, wave, stride_ot, stride_oh,
+        NUM_Q_HEADS: tl.constexpr, NUM_KV_HEADS: tl.constexpr, HEAD: tl.constexpr, HEAD_PAD: tl.constexpr,
         SPLITS_PAD: tl.constexpr, WINDOW: tl.constexpr, TILE_N: tl.constexpr, MIN_TILES: tl.constexpr,
-        USE_SINKS: tl.constexpr, USE_PDL: tl.constexpr):
+        BALANCED: tl.constexpr, USE_SINKS: tl.constexpr, USE_PDL: tl.constexpr):
     """grid (num_seqs, NUM_Q_HEADS): combine one head's used split partials (log-sum-exp
     weights); a sequence in one split was written by the decode kernel."""
     seq = tl.program_id(0)
@@ -103,6 +128,9 @@ def paged_attn_reduce_kernel(
     q_start = tl.load(cu_q_ptr + seq)
     q_len = tl.load(cu_q_ptr + seq + 1) - q_start
     splits, lo, n_tiles = used_splits(tl.load(seq_lens_ptr + seq), num_splits, WINDOW, TILE_N, MIN_TILES)
+    if BALANCED and splits > 1:  # the decode programs' count, from the same seq_lens
+        splits = balanced_splits(splits, n_tiles, seq_lens_ptr, tl.num_programs(0), wave, NUM_KV_HEADS,
+                                 WINDOW, TILE_N, MIN_TILES)
     if q_len > 0 and splits > 1:
         token = q_start + q_len - 1
         offs_s = tl.arange(0, SPLITS_PAD)

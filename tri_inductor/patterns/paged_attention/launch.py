@@ -92,14 +92,27 @@ def num_splits_for(num_seqs: int, num_kv_heads: int, max_seqlen_k: int | None, s
     return max(1, min(splits, MAX_SPLITS))
 
 
+# Split policies of the decode kernel: ``wave`` (the split count fills one wave for the batch;
+# each sequence uses what its length fills) and ``balanced`` (the bound raised to
+# BALANCED_SPLITS, each sequence's count from its share of the step's tiles on the device:
+# ``decode.balanced_splits``; for batches of mixed lengths, where the longest sequences' programs
+# set the step's time). Opt-in until measured on a GPU (docs/design/paged_attention.md).
+SPLIT_POLICIES = ("wave", "balanced")
+DEFAULT_SPLIT_POLICY = "wave"
+BALANCED_SPLITS = 8
+
+
 def decode_cfg(num_seqs: int, num_q_heads: int, num_kv_heads: int, head: int, max_seqlen_k: int,
                device: torch.device, num_splits: int | None = None,
-               per_sm: int = DEFAULT_PROGRAMS_PER_SM) -> DecodeCfg:
+               per_sm: int = DEFAULT_PROGRAMS_PER_SM, balanced: bool = False) -> DecodeCfg:
     group = num_q_heads // num_kv_heads
     tile_n = decode_tile_n(head)
     if num_splits is None:
         seqlen = None if _capturing(device) else max_seqlen_k
         num_splits = num_splits_for(num_seqs, num_kv_heads, seqlen, sm_count(device), tile_n, per_sm)
+        if balanced:  # the captured bound must hold any replay's longest sequence: a fixed one then
+            cap = BALANCED_SPLITS if seqlen is None else -(-seqlen // (tile_n * MIN_TILES_PER_SPLIT))
+            num_splits = min(MAX_SPLITS, max(num_splits, min(BALANCED_SPLITS, cap)))
     return DecodeCfg(block_g=max(16, triton.next_power_of_2(group)), tile_n=tile_n, num_splits=num_splits,
                      splits_pad=max(2, triton.next_power_of_2(num_splits)), num_warps=4, num_stages=PIPELINE_STAGES)
 

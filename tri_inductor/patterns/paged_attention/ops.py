@@ -10,7 +10,8 @@ from .. import _pdl
 from .._launch import compiled_kernel, launch, plain_gpu_call
 from ..occupancy import compiled_programs_per_sm
 from .decode import paged_attn_decode_kernel, paged_attn_reduce_kernel
-from .launch import DEFAULT_PROGRAMS_PER_SM, MIN_TILES_PER_SPLIT, DecodeCfg, PrefillCfg, decode_cfg, head_pad
+from .launch import (DEFAULT_PROGRAMS_PER_SM, DEFAULT_SPLIT_POLICY, MIN_TILES_PER_SPLIT, SPLIT_POLICIES, DecodeCfg,
+                     PrefillCfg, decode_cfg, head_pad, sm_count)
 from .prefill import paged_attn_prefill_kernel
 from .tuning import prefill_config
 
@@ -112,7 +113,7 @@ def paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tenso
                     max_seqlen_q: int, max_seqlen_k: int, scale: float, causal: bool = True,
                     window: Any = None, softcap: float = 0.0, sinks: torch.Tensor | None = None,
                     *, num_splits: int | None = None, prefill: PrefillCfg | None = None,
-                    check: bool = True) -> torch.Tensor:
+                    check: bool = True, split_policy: str = DEFAULT_SPLIT_POLICY) -> torch.Tensor:
     """Paged attention over vLLM's KV cache, written into ``out`` (returned).
 
     q ``[num_tokens, num_q_heads, head]``; ``k_cache``/``v_cache`` ``[num_blocks, block_size,
@@ -127,7 +128,7 @@ def paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tenso
     forces the prefill tiles (the tuner, tests); None: stored/tuned per shape
     (``tuning.prefill_config``), else the heuristic (``launch.prefill_cfg``).  ``check=False``
     skips :func:`decline_reason` (a caller that has run it for these inputs' kind: vLLM's backend,
-    every layer every step).
+    every layer every step).  ``split_policy``: the decode split policy (``launch.SPLIT_POLICIES``).
     """
     if check:
         why = decline_reason(q, k_cache, v_cache, out, causal, window, sinks)
@@ -147,10 +148,14 @@ def paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tenso
     sinks_arg = sinks if sinks is not None else q  # never read without USE_SINKS
 
     if max_seqlen_q <= 1 and causal:
+        if split_policy not in SPLIT_POLICIES:
+            raise ValueError(f"split_policy {split_policy!r}; use one of {SPLIT_POLICIES}")
+        balanced = split_policy == "balanced"
         hp = head_pad(head)
         consts = dict(NUM_Q_HEADS=num_q_heads, GROUP=group, HEAD=head, HEAD_PAD=hp, BLOCK_SIZE=block_size,
                       WINDOW=wkeys, USE_SOFTCAP=use_softcap, USE_SINKS=sinks is not None,
-                      MIN_TILES=MIN_TILES_PER_SPLIT, USE_PDL=pdl)
+                      MIN_TILES=MIN_TILES_PER_SPLIT, BALANCED=balanced, USE_PDL=pdl)
+        wave = [sm_count(q.device) * DEFAULT_PROGRAMS_PER_SM]  # working programs a step aims at
 
         def decode_launch(cfg):
             split = cfg.num_splits > 1
@@ -159,26 +164,29 @@ def paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tenso
             else:
                 part_o = part_m = part_l = out  # never touched without SPLIT
             args = (out, part_o, part_m, part_l, q, k_cache, v_cache, sinks_arg, block_table, seq_lens, cu_seqlens_q,
-                    *common, cfg.num_splits, q.stride(0), q.stride(1), out.stride(0), out.stride(1),
+                    *common, cfg.num_splits, wave[0], q.stride(0), q.stride(1), out.stride(0), out.stride(1),
                     block_table.stride(0), *kv_strides)
             kwargs = dict(consts, BLOCK_G=cfg.block_g, TILE_N=cfg.tile_n, SPLIT=split, SPLITS_PAD=cfg.splits_pad,
                           num_warps=cfg.num_warps, num_stages=cfg.num_stages)
             return (num_seqs, num_kv_heads, cfg.num_splits), args, kwargs, (part_o, part_m, part_l)
 
-        cfg = decode_cfg(num_seqs, num_q_heads, num_kv_heads, head, max_seqlen_k, q.device, num_splits)
+        cfg = decode_cfg(num_seqs, num_q_heads, num_kv_heads, head, max_seqlen_k, q.device, num_splits,
+                         balanced=balanced)
         if num_splits is None:
             per_sm = _decode_programs_per_sm(q, cfg, consts, decode_launch)
             if per_sm != DEFAULT_PROGRAMS_PER_SM:
-                cfg = decode_cfg(num_seqs, num_q_heads, num_kv_heads, head, max_seqlen_k, q.device, None, per_sm)
+                cfg = decode_cfg(num_seqs, num_q_heads, num_kv_heads, head, max_seqlen_k, q.device, None, per_sm,
+                                 balanced)
+                wave[0] = sm_count(q.device) * per_sm
         grid, args, kwargs, parts = decode_launch(cfg)
         launch(paged_attn_decode_kernel, grid, *args, **kwargs)
         if cfg.num_splits > 1:
             launch(paged_attn_reduce_kernel, (num_seqs, num_q_heads),
-                   out, *parts, sinks_arg, seq_lens, cu_seqlens_q, cfg.num_splits,
+                   out, *parts, sinks_arg, seq_lens, cu_seqlens_q, cfg.num_splits, wave[0],
                    out.stride(0), out.stride(1),
-                   NUM_Q_HEADS=num_q_heads, HEAD=head, HEAD_PAD=hp, SPLITS_PAD=cfg.splits_pad, WINDOW=wkeys,
-                   TILE_N=cfg.tile_n, MIN_TILES=MIN_TILES_PER_SPLIT, USE_SINKS=sinks is not None, USE_PDL=pdl,
-                   num_warps=4)
+                   NUM_Q_HEADS=num_q_heads, NUM_KV_HEADS=num_kv_heads, HEAD=head, HEAD_PAD=hp,
+                   SPLITS_PAD=cfg.splits_pad, WINDOW=wkeys, TILE_N=cfg.tile_n, MIN_TILES=MIN_TILES_PER_SPLIT,
+                   BALANCED=balanced, USE_SINKS=sinks is not None, USE_PDL=pdl, num_warps=4)
         return out
 
     cfg = prefill
