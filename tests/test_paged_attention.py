@@ -47,7 +47,7 @@ def make_inputs(q_lens, seq_lens, hq, hk, d, block_size=16, dtype=torch.bfloat16
 
 
 def run_case(q_lens, seq_lens, hq, hk, d, block_size=16, dtype=torch.bfloat16, window=None, softcap=0.0,
-             with_sinks=False, num_splits=None, seed=0, split_policy=L.DEFAULT_SPLIT_POLICY):
+             with_sinks=False, num_splits=None, seed=0, split_policy=None):
     q, kc, vc, cu, sl, bt = make_inputs(q_lens, seq_lens, hq, hk, d, block_size, dtype, seed)
     sinks = torch.randn(hq, generator=torch.Generator().manual_seed(seed + 1)) if with_sinks else None
     out = torch.full_like(q, float("nan"))
@@ -160,6 +160,17 @@ def test_balanced_policy_raises_the_split_bound():
                                                                                              cpu).num_splits
     with pytest.raises(ValueError, match="split_policy"):
         run_case([1], [10], 8, 2, 64, split_policy="fast")
+
+
+def test_decode_split_policy_from_the_environment(interpreter, monkeypatch):
+    from tri_inductor import envs
+
+    monkeypatch.setenv("TRI_INDUCTOR_DECODE_SPLITS", "Balanced")
+    assert envs.decode_splits() == "balanced"
+    run_case([1, 1], [30, 700], 8, 2, 64)  # the policy the variable names, correct either way
+    monkeypatch.setenv("TRI_INDUCTOR_DECODE_SPLITS", "fastest")
+    with pytest.raises(envs.EnvError, match="wave, balanced"):
+        run_case([1, 1], [30, 700], 8, 2, 64)
 
 
 def test_split_partials_are_disjoint_aligned_views_of_one_buffer():

@@ -151,6 +151,11 @@ VARS: dict[str, Var] = {v.name: v for v in (
         "ours was faster than vLLM's Triton kernel at all 104 points of `kernel_bench.py --only "
         "attention` (decode 1.01-6.4x, prefill up to 5.8x) and matched float64 there.",
         _choice),
+    Var("TRI_INDUCTOR_DECODE_SPLITS", "choice", "wave", "wave", "wave, balanced",
+        "Split policy of our paged decode kernel: `wave` (split count sized so the batch fills one "
+        "wave of the GPU; each sequence uses what its length fills) or `balanced` (each sequence's "
+        "count from its share of the step's keys, for batches of mixed lengths; being measured, "
+        "docs/design/paged_attention.md).", _choice),
     Var("TRI_INDUCTOR_CACHE_DIR", "dir", None, "$XDG_CACHE_HOME/tri_inductor or ~/.cache/tri_inductor",
         "a folder path (created when needed)",
         "Root of our tuning DB and, unless set by you, Inductor's and Triton's caches.", _dir),
@@ -198,6 +203,10 @@ def linear_tuned(environ: Mapping[str, str] | None = None) -> Path:
 
 def attention(environ: Mapping[str, str] | None = None) -> str:
     return get("TRI_INDUCTOR_ATTENTION", environ)
+
+
+def decode_splits(environ: Mapping[str, str] | None = None) -> str:
+    return get("TRI_INDUCTOR_DECODE_SPLITS", environ)
 
 
 def cache_dir(environ: Mapping[str, str] | None = None) -> Path | None:

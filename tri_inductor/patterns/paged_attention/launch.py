@@ -96,9 +96,9 @@ def num_splits_for(num_seqs: int, num_kv_heads: int, max_seqlen_k: int | None, s
 # each sequence uses what its length fills) and ``balanced`` (the bound raised to
 # BALANCED_SPLITS, each sequence's count from its share of the step's tiles on the device:
 # ``decode.balanced_splits``; for batches of mixed lengths, where the longest sequences' programs
-# set the step's time). Opt-in until measured on a GPU (docs/design/paged_attention.md).
+# set the step's time). Opt-in (TRI_INDUCTOR_DECODE_SPLITS) until measured on a GPU
+# (docs/design/paged_attention.md).
 SPLIT_POLICIES = ("wave", "balanced")
-DEFAULT_SPLIT_POLICY = "wave"
 BALANCED_SPLITS = 8
 
 

@@ -10,8 +10,8 @@ from .. import _pdl
 from .._launch import compiled_kernel, launch, plain_gpu_call
 from ..occupancy import compiled_programs_per_sm
 from .decode import paged_attn_decode_kernel, paged_attn_reduce_kernel
-from .launch import (DEFAULT_PROGRAMS_PER_SM, DEFAULT_SPLIT_POLICY, MIN_TILES_PER_SPLIT, SPLIT_POLICIES, DecodeCfg,
-                     PrefillCfg, decode_cfg, head_pad, sm_count)
+from .launch import (DEFAULT_PROGRAMS_PER_SM, MIN_TILES_PER_SPLIT, SPLIT_POLICIES, DecodeCfg, PrefillCfg,
+                     decode_cfg, head_pad, sm_count)
 from .prefill import paged_attn_prefill_kernel
 from .tuning import prefill_config
 
@@ -113,7 +113,7 @@ def paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tenso
                     max_seqlen_q: int, max_seqlen_k: int, scale: float, causal: bool = True,
                     window: Any = None, softcap: float = 0.0, sinks: torch.Tensor | None = None,
                     *, num_splits: int | None = None, prefill: PrefillCfg | None = None,
-                    check: bool = True, split_policy: str = DEFAULT_SPLIT_POLICY) -> torch.Tensor:
+                    check: bool = True, split_policy: str | None = None) -> torch.Tensor:
     """Paged attention over vLLM's KV cache, written into ``out`` (returned).
 
     q ``[num_tokens, num_q_heads, head]``; ``k_cache``/``v_cache`` ``[num_blocks, block_size,
@@ -128,7 +128,8 @@ def paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tenso
     forces the prefill tiles (the tuner, tests); None: stored/tuned per shape
     (``tuning.prefill_config``), else the heuristic (``launch.prefill_cfg``).  ``check=False``
     skips :func:`decline_reason` (a caller that has run it for these inputs' kind: vLLM's backend,
-    every layer every step).  ``split_policy``: the decode split policy (``launch.SPLIT_POLICIES``).
+    every layer every step).  ``split_policy``: the decode split policy (``launch.SPLIT_POLICIES``;
+    None: ``TRI_INDUCTOR_DECODE_SPLITS``, default ``wave``).
     """
     if check:
         why = decline_reason(q, k_cache, v_cache, out, causal, window, sinks)
@@ -148,6 +149,10 @@ def paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tenso
     sinks_arg = sinks if sinks is not None else q  # never read without USE_SINKS
 
     if max_seqlen_q <= 1 and causal:
+        if split_policy is None:
+            from ... import envs
+
+            split_policy = envs.decode_splits()
         if split_policy not in SPLIT_POLICIES:
             raise ValueError(f"split_policy {split_policy!r}; use one of {SPLIT_POLICIES}")
         balanced = split_policy == "balanced"
