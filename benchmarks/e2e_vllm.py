@@ -577,6 +577,11 @@ class Engine:
 # ======================================================================= parent: the run
 
 
+def _our_env() -> dict[str, str]:
+    """TRI_INDUCTOR_* settings our engine inherits (the cache folder is per engine, not a setting)."""
+    return {k: v for k, v in os.environ.items() if k.startswith("TRI_INDUCTOR_") and k != "TRI_INDUCTOR_CACHE_DIR"}
+
+
 class Runner:
     def __init__(self, args: argparse.Namespace, plan: dict[str, Any], model_dir: Path, out_dir: Path,
                  log_dir: Path, cache_root: Path):
@@ -602,6 +607,7 @@ class Runner:
                               "order (3 engines: ABC, CBA, BCA, ACB, CAB, BAC)"}
             | ({"default_engine": DEFAULT_ENGINE_NOTE} if DEFAULT in plan["backends"] else {})
             | ({"moe_baseline_note": _torch_moe_note()} if models.is_moe(plan["model_config"]) else {})
+            | ({"tri_inductor_env": env} if (env := _our_env()) else {})
             | ({"tp_note": "tensor_parallel_size > 1: GPU work runs in vLLM's worker processes; the profiles and "
                            "our audit are taken in the front-end process and do not see it"}
                if plan["tp"] > 1 else {}),

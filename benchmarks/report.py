@@ -172,6 +172,9 @@ def e2e_section(name: str, d: dict[str, Any]) -> str:
            f"(>= 1.0x is better), ITL = ours / vLLM's median (<= 1.0x is better).", ""]
     if s.get("moe_baseline_note"):
         out += [f"MoE baseline: {s['moe_baseline_note']}.", ""]
+    if s.get("tri_inductor_env"):
+        out += ["tri_inductor settings from the environment: "
+                + ", ".join(f"`{k}={v}`" for k, v in sorted(s["tri_inductor_env"].items())) + ".", ""]
     if has_default:
         de = s.get("default_engine") or {}
         out += ["vLLM-default engine: vLLM as a user gets it on this card: `backend: \"inductor\"`, "

@@ -139,6 +139,7 @@ def test_concurrent_starts_launch_every_engine_before_waiting(tmp_path, monkeypa
             events.append(("stop", self.backend))
 
     monkeypatch.setattr(E, "Engine", FakeEngine)
+    monkeypatch.setenv("TRI_INDUCTOR_DECODE_SPLITS", "balanced")  # recorded with the run, shown by report.py
     args_list = ["--model", "llama-3.2-1b", "--quick", "--baseline", "both", "--concurrent-starts",
                  "--gpu-mem-gib", "140", "--out", str(tmp_path)]
     args = E.parse_args(args_list)
@@ -158,3 +159,8 @@ def test_concurrent_starts_launch_every_engine_before_waiting(tmp_path, monkeypa
     for b in plan["backends"]:
         info = runner.report["engines"][b]
         assert info["concurrent_start_s"] == 3.0 and "cold_start_s" not in info
+    assert runner.report["settings"]["tri_inductor_env"] == {"TRI_INDUCTOR_DECODE_SPLITS": "balanced"}
+    import report as R
+
+    text = R.e2e_section("e2e_test.json", runner.report)
+    assert "`TRI_INDUCTOR_DECODE_SPLITS=balanced`" in text and "not a cold start" in text
