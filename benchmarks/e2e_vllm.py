@@ -578,8 +578,11 @@ class Engine:
 
 
 def _our_env() -> dict[str, str]:
-    """TRI_INDUCTOR_* settings our engine inherits (the cache folder is per engine, not a setting)."""
-    return {k: v for k, v in os.environ.items() if k.startswith("TRI_INDUCTOR_") and k != "TRI_INDUCTOR_CACHE_DIR"}
+    """Our settings (``tri_inductor.envs``) the engine inherits from this environment (the cache
+    folder is per engine, not a setting)."""
+    from tri_inductor import envs
+
+    return {k: os.environ[k] for k in envs.VARS if k in os.environ and k != "TRI_INDUCTOR_CACHE_DIR"}
 
 
 class Runner:
