@@ -206,7 +206,7 @@ def fake_gpu_tuning(monkeypatch, tmp_path):
     measured = []
 
     def fake_config_for(n, k, bucket, dtype, dev):
-        m = C.representative_m(None if bucket > C.BUCKETS[-1] else bucket)
+        m = C.bucket_m(bucket)
         cands = T.tuning_candidates(n, k, bucket, dev)
 
         def measure(c):
@@ -362,7 +362,7 @@ def test_first_compile_batch_takes_the_sibling_buckets_once(fake_gpu_tuning, mon
     jobs = T.compile_jobs(n, k, 256, siblings, dt, dev, "", own)
     assert {b for b, _ in jobs} == {256, 512, 1024, C.TOP_BUCKET}
     for (b, c), m in jobs.items():
-        assert m == C.representative_m(None if b > C.BUCKETS[-1] else b)
+        assert m == C.bucket_m(b)
         assert b != 256 or c in own
     assert {c for b, c in jobs if b == 512} == {T.default_config(n, k, 512, dev), *T.tuning_candidates(n, k, 512, dev)}
     again = T.compile_jobs(n, k, 512, siblings, dt, dev, "", ["own"])

@@ -132,12 +132,10 @@ def test_balanced_split_policy_cuts_by_the_batchs_share(interpreter, monkeypatch
     tiles over the device's working programs (here a 1-SM device: 4 programs), computed alike by
     the decode programs and the reduce on the device. Partials start as NaN, so a reduce reading
     a partial the decode kernel did not write would show; the output matches float64."""
-    from tri_inductor.patterns.paged_attention import ops
-
     real_empty = torch.empty
     monkeypatch.setattr(torch, "empty", lambda *a, **k: (lambda t: t.fill_(float("nan")) if t.is_floating_point()
                                                          else t)(real_empty(*a, **k)))
-    monkeypatch.setattr(ops, "sm_count", lambda device: 1)
+    monkeypatch.setattr(L, "sm_count", lambda device: 1)
     lens, hq, hk, d = [3, 40, 300, 1100, 0], 8, 2, 64
     tile = L.decode_tile_n(d)
     tiles = [-(-n // tile) for n in lens]

@@ -39,6 +39,8 @@ import torch
 log = logging.getLogger("tri_inductor.vllm")
 
 TESTED_VLLM = "0.26.0"
+# The opaque op(s) vLLM runs a FusedMoE layer as, inside a compiled piece ("vllm" namespace).
+LAYER_OPS = ("moe_forward", "moe_forward_shared")
 _ACTIVE = False
 _HOOKED = "_tri_inductor_moe"
 

@@ -37,7 +37,9 @@ HINTS: dict[str, str] = {
 
 
 def hint_for(op: str | None, namespace: str | None = None) -> str:
-    if namespace == "vllm" and op in ("moe_forward", "moe_forward_shared"):
+    from ..vllm_moe import LAYER_OPS  # torch only at import
+
+    if namespace == "vllm" and op in LAYER_OPS:
         return ("vLLM's FusedMoE layer, an opaque op run eagerly inside the compiled piece: its kernels are "
                 "not in this graph's code. Under tri_inductor its routing/alignment/activation/sum ops run on "
                 "our Triton kernels (tri_inductor/vllm_moe.py) and its expert GEMMs on vLLM's Triton fused_moe; "

@@ -52,11 +52,11 @@ def is_communication_op(namespace: str, op: str) -> bool:
 
 def hooked_op_family(namespace: str, op: str) -> str | None:
     """The family of an opaque op whose kernels run on our hooks in this process, else None."""
-    if namespace == "vllm" and op in ("moe_forward", "moe_forward_shared"):
-        from .. import vllm_moe  # torch only at import: no vLLM needed to ask
+    if namespace != "vllm":
+        return None
+    from .. import vllm_moe  # torch only at import: no vLLM needed to ask
 
-        return "moe" if vllm_moe.is_active() else None
-    return None
+    return "moe" if op in vllm_moe.LAYER_OPS and vllm_moe.is_active() else None
 
 
 _USER_DECORATOR = "@triton_heuristics.user_autotune("

@@ -39,6 +39,31 @@ class RuntimeKernel:
     compute), ``other``."""
 
 
+_JIT_DEF = re.compile(r"@(?:triton\.)?jit\b[^\n]*\n(?:\s*@[^\n]*\n)*\s*def\s+(\w+)\s*\(")
+
+
+@functools.cache
+def _source_jit_functions(pkg: str) -> tuple[tuple[str, tuple[str, ...]], ...]:
+    """``(name, path parts)`` of every ``@triton.jit`` function defined in the installed sources
+    of ``pkg`` (read once per process: the names and the families below share the scan)."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.find_spec(pkg)
+    if spec is None or not spec.submodule_search_locations:
+        return ()
+    out: list[tuple[str, tuple[str, ...]]] = []
+    for root in spec.submodule_search_locations:
+        for path in Path(root).rglob("*.py"):
+            try:
+                text = path.read_text(errors="ignore")
+            except OSError:
+                continue
+            if "jit" in text:
+                out.extend((name, path.parts) for name in _JIT_DEF.findall(text))
+    return tuple(out)
+
+
 @functools.cache
 def source_triton_kernel_names(packages: tuple[str, ...] = ("vllm", "tri_inductor")) -> frozenset[str]:
     """Names of the ``@triton.jit`` functions defined in the installed sources of ``packages``.
@@ -47,48 +72,22 @@ def source_triton_kernel_names(packages: tuple[str, ...] = ("vllm", "tri_inducto
     sources (rather than from live objects) also covers kernels defined in modules loaded by
     another process, e.g. vLLM's engine core.
     """
-    import importlib.util
-    from pathlib import Path
-
-    jit = re.compile(r"@(?:triton\.)?jit\b[^\n]*\n(?:\s*@[^\n]*\n)*\s*def\s+(\w+)\s*\(")
-    names: set[str] = set()
-    for pkg in packages:
-        spec = importlib.util.find_spec(pkg)
-        if spec is None or not spec.submodule_search_locations:
-            continue
-        for root in spec.submodule_search_locations:
-            for path in Path(root).rglob("*.py"):
-                try:
-                    text = path.read_text(errors="ignore")
-                except OSError:
-                    continue
-                if "jit" in text:
-                    names.update(jit.findall(text))
-    return frozenset(names)
+    return frozenset(name for pkg in packages for name, _ in _source_jit_functions(pkg))
 
 
-# vLLM's own Triton kernels by the folder that defines them (its MoE experts, its attention).
+# vLLM's own Triton kernels by the folder (or file) that defines them (its MoE experts, its attention).
 _VLLM_FAMILY_DIRS = (("fused_moe", "moe"), ("attention", "attention"))
 
 
 @functools.cache
 def _kernel_families() -> dict[str, str]:
-    import importlib.util
-    from pathlib import Path
-
     from ..patterns import our_kernel_names
 
     fams: dict[str, str] = {}
-    spec = importlib.util.find_spec("vllm")
-    jit = re.compile(r"@(?:triton\.)?jit\b[^\n]*\n(?:\s*@[^\n]*\n)*\s*def\s+(\w+)\s*\(")
-    for root in (spec.submodule_search_locations or []) if spec else []:
-        for path in Path(root).rglob("*.py"):
-            family = next((f for d, f in _VLLM_FAMILY_DIRS if d in path.parts or d in path.stem), None)
-            if family:
-                try:
-                    fams.update(dict.fromkeys(jit.findall(path.read_text(errors="ignore")), family))
-                except OSError:
-                    continue
+    for name, parts in _source_jit_functions("vllm"):
+        family = next((f for d, f in _VLLM_FAMILY_DIRS if d in parts or d in parts[-1]), None)
+        if family:
+            fams[name] = family
     fams.update(our_kernel_names())  # ours win a shared name
     return fams
 

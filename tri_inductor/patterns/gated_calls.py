@@ -16,7 +16,6 @@ import ast
 import re
 
 _RUN_LINE = re.compile(r"^(?P<indent>[ \t]*)(?P<var>\w+)\.run\(.*\)[ \t]*$")
-_DEF = re.compile(r"^(\w+) = async_compile\.triton\(", re.M)
 
 
 def _grid_condition(call_src: str) -> str | None:
@@ -57,7 +56,5 @@ def our_kernel_vars(code: str, our_jit_names: set[str] | frozenset[str]) -> set[
     """Wrapper variables (``mm_kernel_0 = async_compile.triton(...)``) bound to a kernel of ours."""
     from ..audit.output_code import kernel_definitions
 
-    if not _DEF.search(code):
-        return set()
     return {var for var, d in kernel_definitions(code).items()
             if d["kind"] == "user_triton" and d["jit_name"] in our_jit_names}

@@ -59,6 +59,11 @@ def representative_m(hi: int | None) -> int:
     return hi if hi is not None else 2 * BUCKETS[-1]
 
 
+def bucket_m(bucket: int) -> int:
+    """The representative M of a bucket key (:func:`bucket_of`'s value; ``TOP_BUCKET``: M > BUCKETS[-1])."""
+    return representative_m(None if bucket > BUCKETS[-1] else bucket)
+
+
 # ----------------------------------------------------------------------------------- device
 
 

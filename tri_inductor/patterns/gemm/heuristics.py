@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import functools
 
-from .configs import BUCKETS, TOP_BUCKET, Cfg, Device, Kind, invalid_reason, representative_m
+from .configs import TOP_BUCKET, Cfg, Device, Kind, bucket_m, invalid_reason
 
 # Rates of an H100/H200-class part (bf16); other chips are scaled by SM count only: the ranking
 # of one shape's candidates depends on ratios, not on these absolute values.
@@ -240,7 +240,7 @@ def model_config(bucket: int, n: int, k: int, dev: Device, elem: int = 2, fused:
     """The cost model's choice for an M bucket (its representative M); ``fused``: the gate_up form.
     Memoized: compiles ask it for every bucket of every projection each time they trace one
     (``model_config.cache_clear()`` after changing the model's constants)."""
-    m = representative_m(None if bucket > BUCKETS[-1] else bucket)
+    m = bucket_m(bucket)
     return ranked(m, n, k, dev, elem, fused)[0]
 
 

@@ -14,7 +14,7 @@ import torch
 
 from ... import cache
 from ... import tuning as generic
-from .configs import (BUCKETS, Cfg, Device, invalid_reason, parse_cfg, representative_m, shipped,
+from .configs import (BUCKETS, Cfg, Device, bucket_m, invalid_reason, parse_cfg, shipped,
                       table_entries)
 from .heuristics import candidates, diverse, for_fused, fused_ok, model_config
 
@@ -57,7 +57,7 @@ def tuning_candidates(n: int, k: int, bucket: int, dev: Device, elem: int = 2, f
     """What the tuner measures: the shipped table's configs of this bucket (known good on this
     chip family for other shapes) and the cost model's best of each tile family; ``fused``: of
     those, the ones the gate_up form runs well."""
-    m = representative_m(None if bucket > BUCKETS[-1] else bucket)
+    m = bucket_m(bucket)
     priors = [c for (_, _, b), c in table_entries().items() if b == bucket and dev.capability == (9, 0)
               and dev.vendor == "nvidia" and invalid_reason(c, dev, elem) is None]
     space = candidates(m, n, k, dev, elem)
@@ -84,10 +84,7 @@ def compile_jobs(n: int, k: int, bucket: int, siblings: tuple[int, ...], dtype: 
     elem = torch.empty((), dtype=dtype).element_size()
     fused = bool(variant)
 
-    def m_of(b: int) -> int:
-        return representative_m(None if b > BUCKETS[-1] else b)
-
-    jobs = {(bucket, c): m_of(bucket) for c in own}
+    jobs = {(bucket, c): bucket_m(bucket) for c in own}
     _COMPILED_AHEAD.add((n, k, dtype, variant, bucket))
     for b in siblings:
         key = (n, k, dtype, variant, b)
@@ -95,7 +92,7 @@ def compile_jobs(n: int, k: int, bucket: int, siblings: tuple[int, ...], dtype: 
             continue
         _COMPILED_AHEAD.add(key)
         for c in [default_config(n, k, b, dev, elem, fused), *tuning_candidates(n, k, b, dev, elem, fused)]:
-            jobs.setdefault((b, c), m_of(b))
+            jobs.setdefault((b, c), bucket_m(b))
     return jobs
 
 
@@ -117,7 +114,7 @@ def config_for(n: int, k: int, bucket: int, dtype: torch.dtype, dev: Device, mm_
     elem = torch.empty((), dtype=dtype).element_size()
     fused = bool(variant)
     default = default_config(n, k, bucket, dev, elem, fused)
-    m = representative_m(None if bucket > BUCKETS[-1] else bucket)
+    m = bucket_m(bucket)
     state: dict[str, Any] = {}
 
     def decode(raw: Any) -> Cfg | None:

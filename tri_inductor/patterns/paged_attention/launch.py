@@ -53,6 +53,9 @@ class DecodeCfg:
     splits_pad: int
     num_warps: int
     num_stages: int
+    wave: int
+    """Programs the device runs at once (SMs x programs per SM): what the balanced policy spreads
+    a step's work over."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -114,7 +117,8 @@ def decode_cfg(num_seqs: int, num_q_heads: int, num_kv_heads: int, head: int, ma
             cap = BALANCED_SPLITS if seqlen is None else -(-seqlen // (tile_n * MIN_TILES_PER_SPLIT))
             num_splits = min(MAX_SPLITS, max(num_splits, min(BALANCED_SPLITS, cap)))
     return DecodeCfg(block_g=max(16, triton.next_power_of_2(group)), tile_n=tile_n, num_splits=num_splits,
-                     splits_pad=max(2, triton.next_power_of_2(num_splits)), num_warps=4, num_stages=PIPELINE_STAGES)
+                     splits_pad=max(2, triton.next_power_of_2(num_splits)), num_warps=4, num_stages=PIPELINE_STAGES,
+                     wave=sm_count(device) * max(1, per_sm))
 
 
 # A long prefill runs 256-row programs (16 warps): each K/V tile, gathered through the block

@@ -11,7 +11,7 @@ from .._launch import compiled_kernel, launch, plain_gpu_call
 from ..occupancy import compiled_programs_per_sm
 from .decode import paged_attn_decode_kernel, paged_attn_reduce_kernel
 from .launch import (DEFAULT_PROGRAMS_PER_SM, MIN_TILES_PER_SPLIT, SPLIT_POLICIES, DecodeCfg, PrefillCfg,
-                     decode_cfg, head_pad, sm_count)
+                     decode_cfg, head_pad)
 from .prefill import paged_attn_prefill_kernel
 from .tuning import prefill_config
 
@@ -160,7 +160,6 @@ def paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tenso
         consts = dict(NUM_Q_HEADS=num_q_heads, GROUP=group, HEAD=head, HEAD_PAD=hp, BLOCK_SIZE=block_size,
                       WINDOW=wkeys, USE_SOFTCAP=use_softcap, USE_SINKS=sinks is not None,
                       MIN_TILES=MIN_TILES_PER_SPLIT, BALANCED=balanced, USE_PDL=pdl)
-        wave = [sm_count(q.device) * DEFAULT_PROGRAMS_PER_SM]  # working programs a step aims at
 
         def decode_launch(cfg):
             split = cfg.num_splits > 1
@@ -169,7 +168,7 @@ def paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tenso
             else:
                 part_o = part_m = part_l = out  # never touched without SPLIT
             args = (out, part_o, part_m, part_l, q, k_cache, v_cache, sinks_arg, block_table, seq_lens, cu_seqlens_q,
-                    *common, cfg.num_splits, wave[0], q.stride(0), q.stride(1), out.stride(0), out.stride(1),
+                    *common, cfg.num_splits, cfg.wave, q.stride(0), q.stride(1), out.stride(0), out.stride(1),
                     block_table.stride(0), *kv_strides)
             kwargs = dict(consts, BLOCK_G=cfg.block_g, TILE_N=cfg.tile_n, SPLIT=split, SPLITS_PAD=cfg.splits_pad,
                           num_warps=cfg.num_warps, num_stages=cfg.num_stages)
@@ -182,12 +181,11 @@ def paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tenso
             if per_sm != DEFAULT_PROGRAMS_PER_SM:
                 cfg = decode_cfg(num_seqs, num_q_heads, num_kv_heads, head, max_seqlen_k, q.device, None, per_sm,
                                  balanced)
-                wave[0] = sm_count(q.device) * per_sm
         grid, args, kwargs, parts = decode_launch(cfg)
         launch(paged_attn_decode_kernel, grid, *args, **kwargs)
         if cfg.num_splits > 1:
             launch(paged_attn_reduce_kernel, (num_seqs, num_q_heads),
-                   out, *parts, sinks_arg, seq_lens, cu_seqlens_q, cfg.num_splits, wave[0],
+                   out, *parts, sinks_arg, seq_lens, cu_seqlens_q, cfg.num_splits, cfg.wave,
                    out.stride(0), out.stride(1),
                    NUM_Q_HEADS=num_q_heads, NUM_KV_HEADS=num_kv_heads, HEAD=head, HEAD_PAD=hp,
                    SPLITS_PAD=cfg.splits_pad, WINDOW=wkeys, TILE_N=cfg.tile_n, MIN_TILES=MIN_TILES_PER_SPLIT,
