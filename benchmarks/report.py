@@ -64,6 +64,19 @@ def load_results(folder: str | Path) -> dict[str, list[tuple[str, Any]]]:
 # ======================================================================= formatting
 
 
+def _cold_start_breakdown(c: dict) -> str | None:
+    """Where our cold start's extra time went (the engine's cache counters; records from before
+    they were kept have none of these fields)."""
+    if "pass_s" not in c:
+        return None
+    per = ", ".join(f"{name} {_num(c[f])}" for name, f in (("GEMM", "tune_gemm_s"), ("paged attention", "tune_attention_s"),
+                                                            ("MoE", "tune_moe_s")) if c.get(f))
+    return (f"Our cold start beyond Inductor's own work (s): tuning {_num(c.get('tune_s'))}"
+            + (f" ({per}; compiling candidates {_num(c.get('tune_compile_s'))})" if per else "")
+            + f", pattern registration {_num(c.get('register_s'))}, pattern pass {_num(c.get('pass_s'))}, "
+            f"mutation analysis of our kernels {_num(c.get('mutation_s'))} ({_num(c.get('mutation_runs'), 0)} runs).")
+
+
 def _num(x: Any, nd: int = 1, suffix: str = "") -> str:
     if x is None or (isinstance(x, float) and (math.isnan(x) or math.isinf(x))):
         return "-"
@@ -256,6 +269,9 @@ def e2e_section(name: str, d: dict[str, Any]) -> str:
                         "CUDA-graph capture s"]
                        + (["GEMM tuning s (cold / warm)", "configs benchmarked (cold / warm)"] if tuned else [])
                        + ["note"], srows)]
+        where = _cold_start_breakdown((eng.get(OURS) or {}).get("cold_start_tuning") or {})
+        if where:
+            out += ["", where]
         summary = ((eng.get(OURS) or {}).get("audit") or {}).get("summary")
         if summary:
             out += ["", f"Our compiler's audit in that run: {summary.replace('[tri_inductor] ', '')}"]

@@ -270,6 +270,13 @@ def test_tuner_benchmarks_once_then_hits(cache_env, monkeypatch, capsys):
     assert cache.counters()["benchmarks"] == n == len(measured)
     err = capsys.readouterr().err
     assert "tuned mm test" in err and f"{n}/{n} candidates" in err  # one progress line per shape
+    # the record keeps the fastest few with their times (the cost model's calibration data) and
+    # the tuning's seconds count under its kernel family
+    rec = cache.db().entries()["mm"][key]
+    assert rec["ranking"][0] == [list(fastest), 1.0] and all(us == 2.0 for _, us in rec["ranking"][1:])
+    assert len(rec["ranking"]) == min(n, tuning.RANKING_KEPT) and rec["compile_s"] == 0.0
+    c = cache.counters()
+    assert c["tune_gemm_s"] == c["tune_s"] > 0 and c["tune_attention_s"] == c["tune_moe_s"] == 0.0
     cache.forget_loaded()  # a warm start: new process, same files
     measured.clear()
     again = tuning.tune("mm", key, default, cands, measure, C.parse_cfg, list)

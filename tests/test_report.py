@@ -763,6 +763,15 @@ def test_report_start_table_shows_tuning_when_recorded(tmp_path):
     plain.mkdir()
     (plain / "e2e_h100.json").write_text(json.dumps(_e2e()))
     assert "configs benchmarked" not in report.build_markdown(plain)
+    assert "Our cold start beyond" not in md  # a record from before the breakdown was kept
+    # where our cold start's extra time went, from the engine's counters
+    rec["engines"]["tri_inductor"]["cold_start_tuning"].update(
+        tune_gemm_s=20.0, tune_attention_s=11.5, tune_compile_s=25.0, register_s=3.0, pass_s=8.25,
+        mutation_s=2.5, mutation_runs=127)
+    (d / "e2e_h100.json").write_text(json.dumps(rec))
+    assert ("Our cold start beyond Inductor's own work (s): tuning 31.5 (GEMM 20.0, paged attention 11.5; "
+            "compiling candidates 25.0), pattern registration 3.0, pattern pass 8.2, mutation analysis of our "
+            "kernels 2.5 (127 runs).") in report.build_markdown(d)
     # a "cold" start that found our tuning DB filled by an earlier run says so
     rec["engines"]["tri_inductor"]["cold_start_tuning"] = {"tune_s": 0.0, "benchmarks": 0, "hits": 87}
     (d / "e2e_h100.json").write_text(json.dumps(rec))

@@ -18,6 +18,18 @@ class Counters:
     tuned: int = 0  # shapes tuned (one store each)
     corrupt: int = 0  # damaged cache files met (ignored)
     tune_s: float = 0.0  # seconds spent tuning (benchmarks + their kernel compiles)
+    # Where a cold start's time goes beyond Inductor's own work (seconds of wall time on the
+    # compiling thread; docs/design/cold_start.md): tune_s per kernel family and the candidates'
+    # compiles within it, pattern registration, our pattern pass (registration and tuning
+    # excluded), and Inductor's mutation analysis of our kernels (the runs the memo did not answer).
+    tune_gemm_s: float = 0.0
+    tune_attention_s: float = 0.0
+    tune_moe_s: float = 0.0
+    tune_compile_s: float = 0.0
+    register_s: float = 0.0
+    pass_s: float = 0.0
+    mutation_s: float = 0.0
+    mutation_runs: int = 0
 
 
 COUNTERS = Counters()

@@ -20,8 +20,11 @@ kernel that is not ours goes to Inductor's analysis unchanged.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
+
+from .cache_counters import count
 
 _MEMO: dict[tuple, list[str]] = {}
 _KEEP: dict[int, Any] = {}  # id(kernel) -> kernel: ids in keys never get reused while remembered
@@ -96,6 +99,16 @@ def _key(kernel: Any, kwargs: dict[str, Any], tma_descriptor_metadata: Any) -> t
         return None
 
 
+def _timed(real: Callable[..., list[str]], args: tuple, kw: dict) -> list[str]:
+    """One run of Triton's frontend for the analysis, counted (cache_counters: mutation_s/_runs)."""
+    t0 = time.perf_counter()
+    try:
+        return real(*args, **kw)
+    finally:
+        count("mutation_s", time.perf_counter() - t0)
+        count("mutation_runs")
+
+
 def memoized(real: Callable[..., list[str]]) -> Callable[..., list[str]]:
     """``identify_mutated_tensors`` with the memo in front (installed by ``audit.install_hooks``)."""
 
@@ -112,13 +125,13 @@ def memoized(real: Callable[..., list[str]]) -> Callable[..., list[str]]:
         except (TypeError, KeyError):  # another signature: no memo
             key = None
         if key is None:
-            return real(*args, **kw)
+            return _timed(real, args, kw)
         with _LOCK:
             hit = _MEMO.get(key)
         if hit is not None:
             stats["hits"] += 1
             return list(hit)
-        out = real(*args, **kw)
+        out = _timed(real, args, kw)
         stats["misses"] += 1
         with _LOCK:
             if len(_MEMO) >= MAX_ENTRIES:

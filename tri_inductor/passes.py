@@ -4,6 +4,7 @@ from __future__ import annotations
 import functools
 import logging
 import threading
+import time
 from collections import Counter
 from typing import Any
 
@@ -93,8 +94,10 @@ def _registered_patterns(families: tuple[str, ...], strict: bool) -> tuple[tuple
     from torch._inductor.pattern_matcher import PatternMatcherPass
     from torch._subclasses.fake_tensor import FakeTensorMode, unset_fake_temporarily
 
+    from .cache_counters import count
     from .patterns import load_all
 
+    t0 = time.perf_counter()
     modules = load_all()
     out = []
     for family in (f for f in FAMILIES if f in families):  # FAMILIES order, however they were listed
@@ -112,6 +115,7 @@ def _registered_patterns(families: tuple[str, ...], strict: bool) -> tuple[tuple
                       "(the audit shows what that leaves to Inductor)", family, e)
             continue
         out.append((family, pm))
+    count("register_s", time.perf_counter() - t0)
     return tuple(out)
 
 
@@ -132,6 +136,18 @@ class TriInductorPatternPass(CustomGraphPass):
         return _registered_patterns(self.families, self.strict)
 
     def __call__(self, graph: torch.fx.Graph) -> None:
+        from .cache_counters import count, counters
+
+        passes = self._pattern_passes()  # registered on first use: timed apart (register_s)
+        # tuning runs inside the pass (a GEMM's config is chosen as its replacement is traced):
+        # counted in tune_s, not here
+        t0, tuned0 = time.perf_counter(), counters()["tune_s"]
+        try:
+            self._apply(graph, passes)
+        finally:
+            count("pass_s", time.perf_counter() - t0 - (counters()["tune_s"] - tuned0))
+
+    def _apply(self, graph: torch.fx.Graph, passes) -> None:
         from .patterns import load_all
 
         from .patterns.normalise import normalise
@@ -139,7 +155,7 @@ class TriInductorPatternPass(CustomGraphPass):
         modules = load_all()
         before = _our_hop_families(graph)
         normalise(graph)  # one spelling per op, as every pattern was traced (patterns/normalise.py)
-        for family, pm in self._pattern_passes():
+        for family, pm in passes:
             prepare = getattr(modules.get(family), "prepare_graph", None)
             if prepare is not None:  # a family's graph rewrite that its patterns then match
                 prepare(graph)

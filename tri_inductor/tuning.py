@@ -128,9 +128,11 @@ def compile_side_by_side(fns: dict) -> dict:
 
     # Threads, not processes: Triton's compile runs mostly outside the GIL (MLIR passes, ptxas).
     workers = max(8, min(32, os.cpu_count() or 8))
+    t0 = time.perf_counter()
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="tri_inductor-compile") as pool:
         failed = {cfg: e for cfg, e in pool.map(run, fns.items()) if e is not None}
     torch.cuda.synchronize()
+    cache.count("tune_compile_s", time.perf_counter() - t0)
     return failed
 
 
@@ -228,8 +230,26 @@ def device_fault(e: BaseException) -> bool:
     return any(f in text for f in _FAULTS)
 
 
+# Fastest candidates kept with a tuning result (config, us): what the cost model is calibrated
+# against, and what a smaller candidate space would have lost.
+RANKING_KEPT = 5
+# Each tuned kernel's share of tune_s (cache_counters).
+TUNE_FIELDS = {"mm": "tune_gemm_s", "paged_attn_prefill": "tune_attention_s", "moe": "tune_moe_s"}
+
+
 def _tune_now(kernel, shape_key, label, default, uniq, measure, encode, nth, t0):
     log.debug("tuning %s: %d candidate configs (shape #%d this start)", label, len(uniq), nth)
+    compile_s0 = cache.counters()["tune_compile_s"]
+    try:
+        return _measure_all(kernel, shape_key, label, default, uniq, measure, encode, nth, t0, compile_s0)
+    finally:
+        spent = time.perf_counter() - t0
+        cache.count("tune_s", spent)
+        if kernel in TUNE_FIELDS:
+            cache.count(TUNE_FIELDS[kernel], spent)
+
+
+def _measure_all(kernel, shape_key, label, default, uniq, measure, encode, nth, t0, compile_s0):
     timings: list[tuple[float, C]] = []
     for i, c in enumerate(uniq, 1):
         cache.count("benchmarks")
@@ -245,20 +265,23 @@ def _tune_now(kernel, shape_key, label, default, uniq, measure, encode, nth, t0)
         timings.append((ms, c))
         log.debug("tuning %s (%d/%d): %s %.1f us", label, i, len(uniq), c, ms * 1e3)
     if not timings:
-        cache.count("tune_s", time.perf_counter() - t0)
         _failed.add((kernel, shape_key))
         log.warning("tri_inductor: no candidate config of %s could be benchmarked; using the table default", label)
         return default
-    best_ms, best = min(timings, key=lambda t: t[0])
+    ranked = sorted(timings, key=lambda t: t[0])
+    best_ms, best = ranked[0]
     default_ms = next((ms for ms, c in timings if c == default), None)
-    cache.count("tune_s", time.perf_counter() - t0)
+    compile_s = cache.counters()["tune_compile_s"] - compile_s0
     cache.store(kernel, shape_key, encode(best), us=round(best_ms * 1e3, 2),
                 default_us=None if default_ms is None else round(default_ms * 1e3, 2),
-                candidates=len(uniq), tune_s=round(time.perf_counter() - t0, 2))
+                candidates=len(uniq), tune_s=round(time.perf_counter() - t0, 2),
+                compile_s=round(compile_s, 2),
+                ranking=[[encode(c), round(ms * 1e3, 2)] for ms, c in ranked[:RANKING_KEPT]])
     cache.count("tuned")
     gain = f", x{default_ms / best_ms:.2f} vs the default" if default_ms else ""
     shown = best.short() if hasattr(best, "short") else best
     cache.progress(f"tuned {label} (#{nth}): {shown} {best_ms * 1e3:.1f} us{gain}; "
                    f"{len(timings)}/{len(uniq)} candidates in {time.perf_counter() - t0:.1f} s "
-                   f"(tuning so far {_spent_s + time.perf_counter() - t0:.0f} s; a warm start skips this)")
+                   f"(compiling {compile_s:.1f} s; tuning so far {_spent_s + time.perf_counter() - t0:.0f} s; "
+                   "a warm start skips this)")
     return best
