@@ -213,6 +213,18 @@ def test_compile_range_split_at_cudagraph_size(plugin, tri_log):
     assert split_range_at_cudagraph_size(cfg) is None
 
 
+def test_one_compile_range_on_request(plugin, monkeypatch):
+    """TRI_INDUCTOR_COMPILE_RANGES=one keeps vLLM's single range (being measured against the split)."""
+    from tri_inductor.vllm_config import split_range_at_cudagraph_size
+
+    cfg = _config(backend="tri_inductor")
+    cfg.compilation_config.max_cudagraph_capture_size = 512
+    monkeypatch.setenv("TRI_INDUCTOR_COMPILE_RANGES", "one")
+    assert split_range_at_cudagraph_size(cfg) is None
+    monkeypatch.setenv("TRI_INDUCTOR_COMPILE_RANGES", "split")
+    assert split_range_at_cudagraph_size(cfg).new == [512, cfg.scheduler_config.max_num_batched_tokens]
+
+
 def test_compile_range_reaches_gemm_dispatch(plugin, monkeypatch):
     """Our compiler traces a piece inside the compile range vLLM passes: the GEMM dispatch plan
     sees it (and nothing leaks out after the compile)."""

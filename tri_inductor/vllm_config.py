@@ -438,7 +438,13 @@ def split_range_at_cudagraph_size(vllm_config: "VllmConfig") -> Change | None:
     the compile-range endpoints.  Our GEMM picks its tiles per M bucket; one graph for every token
     count launches each bucket's kernel gated on M (free inside a CUDA graph, a host launch each
     outside one).  With the split, the graph for the eager range (big prefill steps) holds only
-    the prefill buckets' kernels; the cost is one more compile per piece (cold start only)."""
+    the prefill buckets' kernels; the cost is one more compile per piece (cold start only).
+    ``TRI_INDUCTOR_COMPILE_RANGES=one`` keeps vLLM's ranges (the gated-off launches are skipped
+    on the host now: patterns/gated_calls.py)."""
+    from . import envs
+
+    if envs.compile_ranges() == "one":
+        return None
     cc = vllm_config.compilation_config
     cap = cc.max_cudagraph_capture_size or 0
     end = getattr(getattr(vllm_config, "scheduler_config", None), "max_num_batched_tokens", None)
