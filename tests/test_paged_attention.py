@@ -47,13 +47,14 @@ def make_inputs(q_lens, seq_lens, hq, hk, d, block_size=16, dtype=torch.bfloat16
 
 
 def run_case(q_lens, seq_lens, hq, hk, d, block_size=16, dtype=torch.bfloat16, window=None, softcap=0.0,
-             with_sinks=False, num_splits=None, seed=0, split_policy=None):
+             with_sinks=False, num_splits=None, seed=0, split_policy=None, prefill=None):
     q, kc, vc, cu, sl, bt = make_inputs(q_lens, seq_lens, hq, hk, d, block_size, dtype, seed)
     sinks = torch.randn(hq, generator=torch.Generator().manual_seed(seed + 1)) if with_sinks else None
     out = torch.full_like(q, float("nan"))
     scale = d ** -0.5
     paged_attention(q, kc, vc, out, cu, sl, bt, max(q_lens), max(seq_lens), scale, window=window,
-                    softcap=softcap, sinks=sinks, num_splits=num_splits, split_policy=split_policy)
+                    softcap=softcap, sinks=sinks, num_splits=num_splits, split_policy=split_policy,
+                    prefill=prefill)
     ref = paged_attention_ref(q, kc, vc, cu, sl, bt, scale, window=window, softcap=softcap, sinks=sinks)
     assert not out.isnan().any()
     torch.testing.assert_close(out.double(), ref, **TOL[dtype])
@@ -220,6 +221,13 @@ def test_prefill_window_softcap_sinks(interpreter):
     run_case([30, 3], [45, 20], 8, 2, 64, window=12, softcap=10.0, with_sinks=True)
 
 
+def test_prefill_register_capped_twin(interpreter):
+    """A tuning candidate with a register cap (two programs an SM) is the same kernel with one
+    more compile option: same results, whatever the tile."""
+    cfg = L.PrefillCfg(block_m=128, block_q=32, tile_n=64, num_warps=8, num_stages=3, max_regs=128)
+    run_case([40, 3], [100, 30], 8, 2, 128, prefill=cfg)
+
+
 def test_prefill_block_size_32_fp16(interpreter):
     run_case([20, 7], [50, 7], 8, 2, 64, block_size=32, dtype=torch.float16)
 
@@ -312,7 +320,7 @@ def test_prefill_tiles_for_hopper():
 # ----------------------------------------------------------------------------- sm_90 codegen
 
 def _sm90(kernel, consts, num_warps, num_stages, fp32=("part_o_ptr", "part_m_ptr", "part_l_ptr", "sinks_ptr"),
-          i32ptr=("block_table_ptr", "seq_lens_ptr", "cu_q_ptr")):
+          i32ptr=("block_table_ptr", "seq_lens_ptr", "cu_q_ptr"), **options):
     """Compile for sm_90 as a real launch specializes: unit head-dim strides (``sk3``/``sv3``) are
     constants, pointers and other strides divisible by 16."""
     import triton
@@ -336,7 +344,7 @@ def _sm90(kernel, consts, num_warps, num_stages, fp32=("part_o_ptr", "part_m_ptr
         if n not in consts and (n.endswith("_ptr") or n.startswith(("stride", "sk", "sv"))):
             attrs[(i,)] = [["tt.divisibility", 16]]
     src = triton.compiler.ASTSource(kernel, sig, consts, attrs)
-    out = triton.compile(src, target=GPUTarget("cuda", 90, 32), options=dict(num_warps=num_warps, num_stages=num_stages))
+    out = triton.compile(src, target=GPUTarget("cuda", 90, 32), options=dict(num_warps=num_warps, num_stages=num_stages, **options))
     assert out.asm.get("cubin")
     assert out.metadata.shared <= 232448, out.metadata.shared  # H100/H200 opt-in shared memory
     return out
@@ -394,6 +402,50 @@ def test_prefill_kernel_compiles_for_sm90(group, head, max_q, feat):
                   USE_SINKS=feat, USE_PDL=True)
     out = _sm90(paged_attn_prefill_kernel, consts, cfg.num_warps, cfg.num_stages)
     assert synchronous_loads_in_loops(out.asm["ttgir"]) == []
+
+
+def _ptxas_usage(ptx: str) -> tuple[int, int]:
+    """(registers a thread, bytes of spill stores) of an sm_90 PTX, from triton's bundled ptxas."""
+    import os
+    import re
+    import subprocess
+    import tempfile
+
+    import triton
+
+    ptxas = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")
+    with tempfile.TemporaryDirectory() as d:
+        src = os.path.join(d, "k.ptx")
+        with open(src, "w") as f:
+            f.write(ptx)
+        log = subprocess.run([ptxas, "-arch=sm_90a", "-v", src, "-o", os.path.join(d, "k.cubin")],
+                             capture_output=True, text=True, check=True).stderr
+    return int(re.search(r"Used (\d+) registers", log).group(1)), int(re.search(r"(\d+) bytes spill stores", log).group(1))
+
+
+def test_register_capped_twin_fits_two_programs_an_sm():
+    """The tuner's two-programs-an-SM candidate: capped at 128 registers on 8 warps (two programs
+    fill the 64K register file) with at most a few spills, where the uncapped kernel takes more
+    than 128 (one program an SM); twice its shared memory fits an H100's."""
+    from tri_inductor.patterns.gemm.configs import DEFAULT_DEVICE
+    from tri_inductor.patterns.paged_attention import tuning as PT
+    from tri_inductor.patterns.paged_attention.prefill import paged_attn_prefill_kernel
+
+    group, head = 4, 128
+    twin = next(c for c in PT.candidates(group, head, PT.Q_BUCKETS[-1], DEFAULT_DEVICE) if c.max_regs)
+    assert twin.num_warps == 8 and twin.max_regs == PT.SHARED_SM_REGS
+    consts = dict(GROUP=group, BLOCK_M=twin.block_m, BLOCK_Q=twin.block_q, HEAD=head, HEAD_PAD=L.head_pad(head),
+                  BLOCK_SIZE=16, TILE_N=twin.tile_n, WINDOW=0, CAUSAL=True, USE_SOFTCAP=False, USE_SINKS=False,
+                  USE_PDL=True)
+    capped = _sm90(paged_attn_prefill_kernel, consts, twin.num_warps, twin.num_stages, maxnreg=twin.max_regs)
+    free = _sm90(paged_attn_prefill_kernel, consts, twin.num_warps, twin.num_stages)
+    regs, spills = _ptxas_usage(capped.asm["ptx"])
+    assert regs <= twin.max_regs and spills <= 128, (regs, spills)
+    assert _ptxas_usage(free.asm["ptx"])[0] > twin.max_regs
+    shared = capped.metadata.shared
+    assert PT.allocated_smem_bytes(twin, head) <= shared <= PT.allocated_smem_bytes(twin, head) + 1024
+    assert 2 * (shared + 1024) <= DEFAULT_DEVICE.smem  # two programs' shared memory (+1 KB each, CUDA's)
+    assert synchronous_loads_in_loops(capped.asm["ttgir"]) == []
 
 
 # ----------------------------------------------------------------------------- backend selection

@@ -64,7 +64,7 @@ COMPILED = sorted({(g, d, c) for g, d in ((4, 128), (8, 256)) for c in _all_conf
 
 @pytest.mark.parametrize("group,head,cfg", COMPILED,
                          ids=[f"g{g}-d{d}-m{c.block_m}-n{c.tile_n}-w{c.num_warps}-s{c.num_stages}"
-                              for g, d, c in COMPILED])
+                              + (f"-r{c.max_regs}" if c.max_regs else "") for g, d, c in COMPILED])
 def test_every_candidate_compiles_for_sm90(group, head, cfg):
     """What the tuner would compile on an H100/H200, within its shared memory (a config the
     compiler rejects is found here, not at a user's first prefill)."""
@@ -73,7 +73,8 @@ def test_every_candidate_compiles_for_sm90(group, head, cfg):
     consts = dict(GROUP=group, BLOCK_M=cfg.block_m, BLOCK_Q=cfg.block_q, HEAD=head, HEAD_PAD=L.head_pad(head),
                   BLOCK_SIZE=16, TILE_N=cfg.tile_n, WINDOW=0, CAUSAL=True, USE_SOFTCAP=False, USE_SINKS=False,
                   USE_PDL=True)
-    _sm90(paged_attn_prefill_kernel, consts, cfg.num_warps, cfg.num_stages)
+    opts = cfg.launch_options()
+    _sm90(paged_attn_prefill_kernel, consts, opts.pop("num_warps"), opts.pop("num_stages"), **opts)
 
 
 @pytest.mark.parametrize("group,head", SHAPES)
@@ -83,6 +84,25 @@ def test_candidates_are_valid_and_include_the_heuristic(group, head):
         assert cands and all(PT.invalid_reason(c, group, head, DEFAULT_DEVICE) is None for c in cands)
         assert all(c.block_m >= group and c.block_q == c.block_m // group for c in cands)
         assert PT.invalid_reason(L.prefill_cfg(group, head, PT.measured_q(b)), group, head, DEFAULT_DEVICE) is None
+
+
+def test_register_cap_twins_only_where_they_change_the_occupancy():
+    """A two-programs-an-SM twin (8 warps, capped registers) for tiles that take more than the
+    cap uncapped and still fit under it, never for 4 or 16 warps; a stored entry from before the
+    cap existed (five numbers) still reads."""
+    for group, head in SHAPES:
+        for b in PT.Q_BUCKETS:
+            for c in PT.candidates(group, head, b, DEFAULT_DEVICE):
+                if c.max_regs:
+                    assert c.num_warps == 8 and c.max_regs == PT.SHARED_SM_REGS
+                    assert dataclasses.replace(c, max_regs=0) in PT.candidates(group, head, b, DEFAULT_DEVICE)
+    cands = PT.candidates(4, 128, PT.Q_BUCKETS[-1], DEFAULT_DEVICE)
+    assert {(c.block_m, c.tile_n) for c in cands if c.max_regs} == {(128, 32), (128, 64)}
+    assert "do not fit" in PT.invalid_reason(L.PrefillCfg(128, 32, 128, 8, 3, 128), 4, 128, DEFAULT_DEVICE)
+    assert PT._stored_config_problem([128, 32, 64, 8, 3]) is None
+    assert PT._stored_config_problem([128, 32, 64, 8, 3, 128]) is None
+    assert PT._stored_config_problem([128, 32, 64, 8, 3, -1]) is not None
+    assert PT._decode([128, 32, 64, 8, 3], 4, 128, DEFAULT_DEVICE, 2) == L.PrefillCfg(128, 32, 64, 8, 3)
 
 
 def test_invalid_configs_are_refused():

@@ -65,6 +65,15 @@ class PrefillCfg:
     tile_n: int
     num_warps: int
     num_stages: int
+    max_regs: int = 0
+    """Registers a thread may use (Triton's ``maxnreg``; 0: the compiler's choice). 128 on 8
+    warps lets two programs share an SM, each one's MMAs running while the other's softmax does:
+    the overlap FA3 gets from its ping-pong warp groups, which Triton 3.6 cannot express on
+    sm_90 (docs/design/paged_attention.md)."""
+
+    def launch_options(self) -> dict[str, int]:
+        return {"num_warps": self.num_warps, "num_stages": self.num_stages,
+                **({"maxnreg": self.max_regs} if self.max_regs else {})}
 
 
 def head_pad(head: int) -> int:

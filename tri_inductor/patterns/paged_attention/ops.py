@@ -204,8 +204,7 @@ def paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tenso
            block_table.stride(0), *kv_strides,
            GROUP=group, BLOCK_M=cfg.block_m, BLOCK_Q=cfg.block_q, HEAD=head, HEAD_PAD=head_pad(head),
            BLOCK_SIZE=block_size, TILE_N=cfg.tile_n, WINDOW=wkeys, CAUSAL=bool(causal),
-           USE_SOFTCAP=use_softcap, USE_SINKS=sinks is not None, USE_PDL=pdl,
-           num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+           USE_SOFTCAP=use_softcap, USE_SINKS=sinks is not None, USE_PDL=pdl, **cfg.launch_options())
     return out
 
 

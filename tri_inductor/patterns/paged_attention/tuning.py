@@ -52,10 +52,28 @@ def shape_key(group: int, head: int, block_size: int, dtype: torch.dtype, causal
             f"{str(dtype).replace('torch.', '')}")
 
 
+# Registers a thread for the two-programs-an-SM twins of 8-warp candidates (2 x 256 threads x 128:
+# the whole register file), and what the fp32 accumulator and scores may take of them (the rest:
+# Q's fragments, addresses, softmax state; more spills measured on sm_90 codegen). Uncapped, the
+# kernel takes 60-88 registers beyond accumulator and scores (sm_90 codegen: d64 128 x 64 keys
+# 124, d128 128 x 32 140, d128 128 x 64 184): a tile under the cap without one gets no twin.
+SHARED_SM_REGS = 128
+SHARED_SM_STATE_REGS = 96
+UNCAPPED_EXTRA_REGS = 60
+
+
 def smem_bytes(cfg: PrefillCfg, head: int, elem: int = 2) -> int:
-    """The query tile plus the pipelined K and V tiles."""
+    """The query tile plus the pipelined K and V tiles (an upper bound: the validity check)."""
     hp = head_pad(head)
     return (cfg.block_m * hp + cfg.num_stages * 2 * cfg.tile_n * hp) * elem
+
+
+def allocated_smem_bytes(cfg: PrefillCfg, head: int, elem: int = 2) -> int:
+    """What Triton 3.6 allocates on sm_90: the query tile and ``num_stages - 1`` buffers each of
+    K and V (128 rows x 64 keys, d128, 3 stages: 98,304 of the 98,816 bytes the compile reports;
+    the rest barriers)."""
+    hp = head_pad(head)
+    return (cfg.block_m * hp + (cfg.num_stages - 1) * 2 * cfg.tile_n * hp) * elem
 
 
 def invalid_reason(cfg: PrefillCfg, group: int, head: int, dev: Device, elem: int = 2) -> str | None:
@@ -68,25 +86,37 @@ def invalid_reason(cfg: PrefillCfg, group: int, head: int, dev: Device, elem: in
         return f"{cfg.block_m} rows cannot hold the {group} heads of a KV group as block_q {cfg.block_q}"
     if smem_bytes(cfg, head, elem) > dev.smem:
         return f"needs {smem_bytes(cfg, head, elem)} B of shared memory, the device has {dev.smem}"
-    hp = head_pad(head)
     # fp32 accumulator (rows x head) and scores (rows x key tile) per thread: past ~192 registers
     # the tile spills
-    if cfg.block_m * (hp + cfg.tile_n) // (cfg.num_warps * 32) > 192:
+    state = _state_regs(cfg, head)
+    if state > 192:
         return "accumulator and scores too large for the warps"
+    if cfg.max_regs:
+        if not 64 <= cfg.max_regs <= 255 or cfg.max_regs % 8:
+            return "a register cap must be a multiple of 8 in 64..255"
+        if state > cfg.max_regs - (SHARED_SM_REGS - SHARED_SM_STATE_REGS):
+            return f"accumulator and scores do not fit {cfg.max_regs} registers a thread"
     return None
 
 
-def _cfg(group: int, block_m: int, tile_n: int, warps: int, stages: int) -> PrefillCfg:
+def _state_regs(cfg: PrefillCfg, head: int) -> int:
+    """Registers a thread holds for the fp32 accumulator (rows x head) and scores (rows x key tile)."""
+    return cfg.block_m * (head_pad(head) + cfg.tile_n) // (cfg.num_warps * 32)
+
+
+def _cfg(group: int, block_m: int, tile_n: int, warps: int, stages: int, max_regs: int = 0) -> PrefillCfg:
     return PrefillCfg(block_m=block_m, block_q=max(1, block_m // group), tile_n=tile_n, num_warps=warps,
-                      num_stages=stages)
+                      num_stages=stages, max_regs=max_regs)
 
 
 def candidates(group: int, head: int, bucket: int, dev: Device, elem: int = 2) -> list[PrefillCfg]:
     """The two largest row counts the bucket's queries fill (x group heads; 256 only where the
     heuristic would take it), key tiles of 32 to 128, two warp counts per row count (16 or 8 from
     256 rows, 8 or 4 from 64, 4 below), ``launch.PIPELINE_STAGES`` stages (one more measured
-    within 1% on an H200; 2 leaves the block-table load synchronous): the valid combinations,
-    ~6-12 per bucket (each is compiled: cold-start time)."""
+    within 1% on an H200; 2 leaves the block-table load synchronous), and for each 8-warp one
+    that takes more than ``SHARED_SM_REGS`` registers uncapped but fits them, and whose shared
+    memory fits twice on an SM, a twin capped there (two programs an SM): the valid
+    combinations, ~6-14 per bucket (each is compiled: cold-start time)."""
     top = prefill_rows(group, head, measured_q(bucket))
     block_ms = sorted({b for b in (16, 32, 64, 128, 256) if min_rows(group) <= b <= top})[-2:]
     out: list[PrefillCfg] = []
@@ -94,8 +124,13 @@ def candidates(group: int, head: int, bucket: int, dev: Device, elem: int = 2) -
         for tile_n in (32, 64, 128):
             for warps in ((16, 8) if bm >= 256 else (8, 4) if bm >= 64 else (4,)):
                 c = _cfg(group, bm, tile_n, warps, PIPELINE_STAGES)
-                if invalid_reason(c, group, head, dev, elem) is None and c not in out:
-                    out.append(c)
+                twin = None
+                if (warps == 8 and _state_regs(c, head) + UNCAPPED_EXTRA_REGS > SHARED_SM_REGS
+                        and 2 * allocated_smem_bytes(c, head, elem) <= dev.smem):
+                    twin = _cfg(group, bm, tile_n, warps, PIPELINE_STAGES, SHARED_SM_REGS)
+                for cand in (c, twin):
+                    if cand is not None and invalid_reason(cand, group, head, dev, elem) is None and cand not in out:
+                        out.append(cand)
     return out
 
 
@@ -119,9 +154,11 @@ def _decode(raw: Any, group: int, head: int, dev: Device, elem: int) -> PrefillC
 
 
 def _stored_config_problem(raw: Any) -> str | None:
-    """The tuning DB's check of a stored entry (also for imported DBs): five small positive ints."""
-    ok = isinstance(raw, (list, tuple)) and len(raw) == 5 and all(
-        isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= 256 for v in raw)
+    """The tuning DB's check of a stored entry (also for imported DBs): five small positive ints
+    and, from when it was added, a register cap (0: none)."""
+    ints = isinstance(raw, (list, tuple)) and len(raw) in (5, 6) and all(
+        isinstance(v, int) and not isinstance(v, bool) for v in raw)
+    ok = ints and all(1 <= v <= 256 for v in raw[:5]) and (len(raw) == 5 or 0 <= raw[5] <= 255)
     return None if ok else f"{raw!r} is not a valid prefill attention config"
 
 
