@@ -74,7 +74,10 @@ def _cold_start_breakdown(c: dict) -> str | None:
     return (f"Our cold start beyond Inductor's own work (s): tuning {_num(c.get('tune_s'))}"
             + (f" ({per}; compiling candidates {_num(c.get('tune_compile_s'))})" if per else "")
             + f", pattern registration {_num(c.get('register_s'))}, pattern pass {_num(c.get('pass_s'))}, "
-            f"mutation analysis of our kernels {_num(c.get('mutation_s'))} ({_num(c.get('mutation_runs'), 0)} runs).")
+            f"mutation analysis of our kernels {_num(c.get('mutation_s'))} ({_num(c.get('mutation_runs'), 0)} runs)"
+            + (f"; compiled ahead in the background: {_num(c.get('ahead_kernels'), 0)} kernels in "
+               f"{_num(c.get('ahead_compile_s'))} s, tuning waited {_num(c.get('ahead_wait_s'))} s for them"
+               if c.get("ahead_kernels") else "") + ".")
 
 
 def _num(x: Any, nd: int = 1, suffix: str = "") -> str:

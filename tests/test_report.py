@@ -772,6 +772,10 @@ def test_report_start_table_shows_tuning_when_recorded(tmp_path):
     assert ("Our cold start beyond Inductor's own work (s): tuning 31.5 (GEMM 20.0, paged attention 11.5; "
             "compiling candidates 25.0), pattern registration 3.0, pattern pass 8.2, mutation analysis of our "
             "kernels 2.5 (127 runs).") in report.build_markdown(d)
+    rec["engines"]["tri_inductor"]["cold_start_tuning"].update(ahead_kernels=212, ahead_compile_s=18.0, ahead_wait_s=1.25)
+    (d / "e2e_h100.json").write_text(json.dumps(rec))
+    assert ("(127 runs); compiled ahead in the background: 212 kernels in 18.0 s, tuning waited 1.2 s for them."
+            in report.build_markdown(d))
     # a "cold" start that found our tuning DB filled by an earlier run says so
     rec["engines"]["tri_inductor"]["cold_start_tuning"] = {"tune_s": 0.0, "benchmarks": 0, "hits": 87}
     (d / "e2e_h100.json").write_text(json.dumps(rec))

@@ -26,6 +26,11 @@ class Counters:
     tune_attention_s: float = 0.0
     tune_moe_s: float = 0.0
     tune_compile_s: float = 0.0
+    # compile_ahead: seconds its background thread compiled (off the critical path), kernels it
+    # compiled, and seconds a tuning waited for it
+    ahead_compile_s: float = 0.0
+    ahead_kernels: int = 0
+    ahead_wait_s: float = 0.0
     register_s: float = 0.0
     pass_s: float = 0.0
     mutation_s: float = 0.0

@@ -156,6 +156,10 @@ VARS: dict[str, Var] = {v.name: v for v in (
         "wave of the GPU; each sequence uses what its length fills) or `balanced` (each sequence's "
         "count from its share of the step's keys, for batches of mixed lengths; being measured, "
         "docs/design/paged_attention.md).", _choice),
+    Var("TRI_INDUCTOR_COMPILE_AHEAD", "bool", True, "1 (where tuning runs)", _BOOL,
+        "Compile the tuning candidates of a shape on a background thread as soon as vLLM creates "
+        "the layer (linear weights, attention), so a cold start's tuning only measures "
+        "(docs/design/cold_start.md); 0: compile them when each shape is tuned.", _bool),
     Var("TRI_INDUCTOR_COMPILE_RANGES", "choice", "split", "split", "split, one",
         "Under vLLM: `split` adds a compile range ending at the largest CUDA-graph size (each piece "
         "is compiled for decode sizes and for prefill sizes: eager prefill steps carry only the "
@@ -213,6 +217,10 @@ def attention(environ: Mapping[str, str] | None = None) -> str:
 
 def decode_splits(environ: Mapping[str, str] | None = None) -> str:
     return get("TRI_INDUCTOR_DECODE_SPLITS", environ)
+
+
+def compile_ahead(environ: Mapping[str, str] | None = None) -> bool:
+    return get("TRI_INDUCTOR_COMPILE_AHEAD", environ)
 
 
 def compile_ranges(environ: Mapping[str, str] | None = None) -> str:

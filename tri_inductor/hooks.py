@@ -96,6 +96,12 @@ TABLE: tuple[Hook, ...] = (
          "eager unquantized linears (a FusedMoE runner's router gate and shared experts, inside the opaque "
          "vllm.moe_forward op) on our GEMM", "those linears run on cuBLAS (nvjet_* in every MoE step)",
          ("self, layer, x, bias",)),
+    Hook("vllm.model_executor.layers.linear:UnquantizedLinearMethod.create_weights", "vLLM 0.26, 0.34",
+         "queue each new weight shape's GEMM tuning candidates on the compile-ahead thread "
+         "(vllm_compile_ahead) as vLLM creates the layer",
+         "a cold start's GEMM tuning compiles its candidates when each shape is tuned (on the compile's path)",
+         ("self, layer, input_size_per_partition, output_partition_sizes, input_size, output_size, params_dtype, "
+          "**extra_weight_attrs",)),
     Hook("vllm.model_executor.layers.fused_moe.router.gate_linear:GateLinear.forward", "vLLM 0.26",
          "DeepSeek-V2/V3 router logits (fp32 out_dtype too) on our GEMM, run eagerly in the MoE runner",
          "router logits on vLLM's cuteDSL/dsv3 CUDA kernels or cuBLAS", ("self, x",)),

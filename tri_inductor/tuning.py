@@ -111,9 +111,20 @@ def compile_side_by_side(fns: dict) -> dict:
     race in Triton's lazy handle loading; seen as an illegal address on the H200). Returns the
     candidates whose compile failed, with the error: they are rejected without a second compile
     (a compiler crash that Triton recovers from in-process should happen once, not twice)."""
-    from concurrent.futures import ThreadPoolExecutor
-
     import torch
+
+    t0 = time.perf_counter()
+    failed = compile_batch(fns, workers=max(8, min(32, os.cpu_count() or 8)))
+    torch.cuda.synchronize()
+    cache.count("tune_compile_s", time.perf_counter() - t0)
+    return failed
+
+
+def compile_batch(fns: dict, workers: int) -> dict:
+    """``{candidate: error}`` of compiling each of ``fns``' calls under ``compile_only`` on
+    ``workers`` threads (Triton's compile runs mostly outside the GIL: MLIR passes, ptxas).
+    Launches nothing and synchronizes nothing: also the compile-ahead thread's batch."""
+    from concurrent.futures import ThreadPoolExecutor
 
     from .patterns._launch import compile_only
 
@@ -126,14 +137,8 @@ def compile_side_by_side(fns: dict) -> dict:
             return cfg, e
         return cfg, None
 
-    # Threads, not processes: Triton's compile runs mostly outside the GIL (MLIR passes, ptxas).
-    workers = max(8, min(32, os.cpu_count() or 8))
-    t0 = time.perf_counter()
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="tri_inductor-compile") as pool:
-        failed = {cfg: e for cfg, e in pool.map(run, fns.items()) if e is not None}
-    torch.cuda.synchronize()
-    cache.count("tune_compile_s", time.perf_counter() - t0)
-    return failed
+        return {cfg: e for cfg, e in pool.map(run, fns.items()) if e is not None}
 
 
 def graph_time_ms(fns: Sequence[Callable[[], Any]], reps: int = 5, inner: int = 1) -> float:

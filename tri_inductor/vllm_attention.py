@@ -20,6 +20,7 @@ from vllm.v1.attention.backends.triton_attn import (TritonAttentionBackend, Trit
                                                     TritonAttentionMetadataBuilder)
 
 from .patterns.paged_attention import decline_reason, paged_attention, prepare_prefill
+from .vllm_compile_ahead import queue_attention
 from .patterns.paged_attention.ops import warm_prefill
 from .tuning import device_fault
 
@@ -106,6 +107,8 @@ class TriPagedAttentionImpl(TritonAttentionImpl):
         self._tri_strict = _strict_mode()
         self._tri_max_tokens = max_step_tokens()
         self._tri_warmed: set[tuple] = set()  # this layer's signatures past the warm-up check
+        if self._tri_layer_decline is None:  # its prefill tuning's compiles start now, off the critical path
+            queue_attention(self.num_heads, self.num_kv_heads, self.head_size)
 
     def forward(self, layer: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                 kv_cache: torch.Tensor, attn_metadata: Any, output: torch.Tensor,

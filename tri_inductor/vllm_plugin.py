@@ -71,8 +71,9 @@ def register() -> None:
         from .vllm_eager_ops import HOOKS as EAGER_HOOKS  # eager linears / SiluAndMul -> our kernels
         from .vllm_moe import HOOKS as MOE_HOOKS  # vLLM's MoE CUDA ops -> our Triton kernels
         from .vllm_input_check import HOOKS as INPUT_HOOKS  # prompt ids outside the vocabulary: a 400
+        from .vllm_compile_ahead import HOOKS as AHEAD_HOOKS  # linear layers' tuning compiled ahead
 
-        for table in (MOE_HOOKS, MLA_HOOKS, EAGER_HOOKS, INPUT_HOOKS):
+        for table in (MOE_HOOKS, MLA_HOOKS, EAGER_HOOKS, INPUT_HOOKS, AHEAD_HOOKS):
             for name, hook in table.items():
                 hooks.when_imported(name, hook)
         _registered = True

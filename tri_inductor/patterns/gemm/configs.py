@@ -99,12 +99,15 @@ def _device_at(index: int) -> Device:
 
 
 def device_info(device=None) -> Device:
-    """The CUDA device's SM count, shared memory and capability (the current device by default);
+    """The CUDA device's SM count, shared memory and capability (the current device by default,
+    and for ``meta`` tensors: compile_ahead's stand-ins for the current device's);
     ``DEFAULT_DEVICE`` where there is none (CPU tensors, no CUDA)."""
     import torch
 
-    if device is not None and getattr(device, "type", "cuda") != "cuda":
+    if device is not None and getattr(device, "type", "cuda") not in ("cuda", "meta"):
         return DEFAULT_DEVICE
+    if getattr(device, "type", None) == "meta":
+        device = None
     try:
         if not torch.cuda.is_available():
             return DEFAULT_DEVICE

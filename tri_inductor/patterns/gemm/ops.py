@@ -43,6 +43,23 @@ def choose_config(m, n: int, k: int, dtype: torch.dtype, device=None, act: int =
                       lambda a, w, bias, cfg: mm_launch(a, w, bias, cfg, act=act), _ACT_NAMES[act], siblings)
 
 
+def compile_ahead(n: int, k: int, dtype: torch.dtype, max_tokens: int, act: str = "") -> bool:
+    """Queue the tuning candidates of an N x K weight's GEMM (``act``: its fused gate_up form)
+    for every M bucket up to ``max_tokens`` on the compile-ahead thread (``tri_inductor.compile_ahead``);
+    False where that is off or the dtype is not tuned."""
+    from ... import compile_ahead as ahead
+    from .tuning import ahead_jobs, ahead_key
+
+    if dtype not in (torch.bfloat16, torch.float16) or (act and act not in ACTS):
+        return False
+    code = ACTS[act] if act else NO_ACT
+
+    def run(a, w, bias, cfg):
+        return mm_launch(a, w, bias, cfg, act=code)
+
+    return ahead.submit(ahead_key(n, k, dtype, act), lambda: ahead_jobs(n, k, dtype, act, max_tokens, run))
+
+
 def eager_warm_sizes(max_m: int) -> list[int]:
     """One M per bucket up to ``max_m``: launching each once compiles every kernel an eager
     caller with M <= max_m can need (M itself is not specialised)."""

@@ -12,10 +12,10 @@ from typing import Any
 
 import torch
 
-from ... import cache
+from ... import cache, compile_ahead
 from ... import tuning as generic
-from .configs import (BUCKETS, Cfg, Device, bucket_m, invalid_reason, parse_cfg, shipped,
-                      table_entries)
+from .configs import (BUCKETS, Cfg, Device, bucket_m, bucket_of, device_info, invalid_reason, parse_cfg,
+                      representative_m, shipped, table_entries)
 from .heuristics import candidates, diverse, for_fused, fused_ok, model_config
 
 # How many of the model's best candidates are measured per (N, K, M bucket); the default and
@@ -96,6 +96,39 @@ def compile_jobs(n: int, k: int, bucket: int, siblings: tuple[int, ...], dtype: 
     return jobs
 
 
+def ahead_key(n: int, k: int, dtype: torch.dtype, variant: str) -> tuple:
+    return ("mm", n, k, dtype, variant)
+
+
+def ahead_jobs(n: int, k: int, dtype: torch.dtype, variant: str, max_tokens: int,
+               mm_launch: Callable) -> dict[tuple[int, Cfg], Callable[[], Any]]:
+    """For ``compile_ahead``: the compile-only calls of every candidate of every M bucket up to
+    ``max_tokens`` tokens not stored yet, on meta tensors of the shapes the tuner's batch uses
+    (:func:`compile_jobs`: each bucket's candidates at its representative M). The buckets taken
+    are marked compiled ahead, so the tuner's batches then hold only their own bucket's
+    candidates (found compiled)."""
+    dev = device_info()
+    elem = torch.empty((), dtype=dtype).element_size()
+    fused = bool(variant)
+    jobs: dict[tuple[int, Cfg], int] = {}
+    lo = 0
+    for hi in (*BUCKETS, None):
+        if lo >= max_tokens:
+            break
+        b = bucket_of(representative_m(hi))
+        key = (n, k, dtype, variant, b)
+        if key not in _COMPILED_AHEAD and cache.lookup("mm", shape_key(n, k, b, dtype, variant)) is None:
+            _COMPILED_AHEAD.add(key)
+            for c in [default_config(n, k, b, dev, elem, fused), *tuning_candidates(n, k, b, dev, elem, fused)]:
+                jobs.setdefault((b, c), bucket_m(b))
+        lo = hi if hi is not None else lo
+    if not jobs:
+        return {}
+    big = torch.empty(max(jobs.values()), k, dtype=dtype, device="meta")
+    w = torch.empty(n, k, dtype=dtype, device="meta")
+    return {key: (lambda c=key[1], r=r: mm_launch(big[:r], w.t(), None, c)) for key, r in jobs.items()}
+
+
 def _ends(out: torch.Tensor) -> torch.Tensor:
     """First and last rows of an output, in fp32: the check covers the first and the last M
     tile (ragged edges, group order) without a full fp32 copy of a big output."""
@@ -143,6 +176,7 @@ def config_for(n: int, k: int, bucket: int, dtype: torch.dtype, dev: Device, mm_
                 state["ws"] = [w] + [w.clone() for _ in range(copies() - 1)]
             a, ws = state["a"], state["ws"]
             if "failed" not in state:
+                compile_ahead.wait(ahead_key(n, k, dtype, variant))
                 jobs = compile_jobs(n, k, bucket, siblings, dtype, dev, variant, state["cands"])
                 rows = max(jobs.values())
                 big = a if rows <= m else torch.zeros(rows, k, device="cuda", dtype=dtype)

@@ -11,9 +11,9 @@ shape), ``ops`` (entry point, declines, start-time tuning),
 from __future__ import annotations
 
 from .decode import paged_attn_decode_kernel, paged_attn_reduce_kernel
-from .ops import decline_reason, paged_attention, prepare_prefill, window_keys
+from .ops import compile_prefill_ahead, decline_reason, paged_attention, prepare_prefill, window_keys
 from .prefill import paged_attn_prefill_kernel
 
 KERNELS = (paged_attn_decode_kernel, paged_attn_reduce_kernel, paged_attn_prefill_kernel)
 
-__all__ = ["KERNELS", "decline_reason", "paged_attention", "prepare_prefill", "window_keys"]
+__all__ = ["KERNELS", "compile_prefill_ahead", "decline_reason", "paged_attention", "prepare_prefill", "window_keys"]

@@ -253,6 +253,18 @@ def prepare_prefill(group: int, head: int, block_size: int, dtype: torch.dtype) 
                           _tuning_run if torch.cuda.is_available() else None)
 
 
+def compile_prefill_ahead(group: int, head: int, block_size: int, dtype: torch.dtype) -> bool:
+    """Queue the causal prefill tuning candidates of one attention shape on the compile-ahead
+    thread (``tri_inductor.compile_ahead``); False where that is off or ours declines the shape."""
+    from ... import compile_ahead
+    from .tuning import ahead_jobs, ahead_key
+
+    if dtype not in DTYPES or head > MAX_HEAD:
+        return False
+    return compile_ahead.submit(ahead_key(group, head, block_size, dtype),
+                                lambda: ahead_jobs(group, head, block_size, dtype, _tuning_run))
+
+
 def _tuning_run(q, k_cache, v_cache, out, cu_seqlens_q, seq_lens, block_table, max_seqlen_q, max_seqlen_k, causal,
                 cfg: PrefillCfg) -> torch.Tensor:
     """One prefill with the given tiles (the tuner's measurement)."""

@@ -178,9 +178,10 @@ def prefill_config(group: int, head: int, block_size: int, dtype: torch.dtype, c
             # The whole shape now (no bucket is tuned mid-serving). The kernel does not depend on
             # the query count, so the first bucket's compile batch takes every bucket's
             # candidates: one batch side by side, not one per bucket (each waits for its slowest).
-            dev = device_info()
-            ahead = [c for b in Q_BUCKETS
-                     for c in (prefill_cfg(group, head, measured_q(b)), *candidates(group, head, b, dev, elem))]
+            from ... import compile_ahead
+
+            ahead = _all_buckets_configs(group, head, device_info(), elem)
+            compile_ahead.wait(ahead_key(group, head, block_size, dtype))
             for i, b in enumerate(Q_BUCKETS):
                 _CHOICE[(group, head, block_size, dtype, causal, b)] = _tune(
                     group, head, block_size, dtype, causal, b, elem, run, ahead if i == 0 else ())
@@ -214,21 +215,58 @@ def _tune(group, head, block_size, dtype, causal, bucket, elem, run, ahead=()) -
         state.clear()
 
 
+def _inputs(group: int, head: int, block_size: int, dtype: torch.dtype, t: int, device: str) -> dict[str, Any]:
+    """One sequence of ``t`` queries after ``t`` cached keys, 8 KV heads, scattered blocks: the
+    tuner's input; on ``meta`` the same shapes and strides with nothing allocated (compile ahead)."""
+    hk, seq = 8, 2 * t
+    nblk = -(-seq // block_size)
+    if device == "meta":
+        table = torch.empty(1, nblk, dtype=torch.int32, device=device)
+        cache_ = torch.empty(nblk + 7, block_size, hk, 2 * head, device=device, dtype=dtype)
+        cu = torch.empty(2, dtype=torch.int32, device=device)
+        sl = torch.empty(1, dtype=torch.int32, device=device)
+        q = torch.empty(t, hk * group, head, device=device, dtype=dtype)
+    else:
+        g = torch.Generator(device=device).manual_seed(0)
+        table = torch.randperm(nblk + 7, device=device, generator=g)[:nblk].to(torch.int32)[None]
+        cache_ = torch.randn(nblk + 7, block_size, hk, 2 * head, device=device, dtype=dtype, generator=g)
+        q = torch.randn(t, hk * group, head, device=device, dtype=dtype, generator=g)
+        cu = torch.tensor([0, t], dtype=torch.int32, device=device)
+        sl = torch.tensor([seq], dtype=torch.int32, device=device)
+    k, v = cache_.split(head, dim=-1)
+    return dict(q=q, k=k, v=v, cu=cu, sl=sl, table=table, seq=seq)
+
+
+def _all_buckets_configs(group: int, head: int, dev: Device, elem: int) -> list[PrefillCfg]:
+    """Every bucket's default and candidates: what the first bucket's tuning compiles."""
+    return list(dict.fromkeys(c for b in Q_BUCKETS
+                              for c in (prefill_cfg(group, head, measured_q(b)), *candidates(group, head, b, dev, elem))))
+
+
+def ahead_key(group: int, head: int, block_size: int, dtype: torch.dtype) -> tuple:
+    return (KERNEL, group, head, block_size, dtype)
+
+
+def ahead_jobs(group: int, head: int, block_size: int, dtype: torch.dtype, run: Run) -> dict[PrefillCfg, Any]:
+    """For ``compile_ahead``: the compile-only calls of the causal prefill candidates a shape's
+    tuning compiles (every bucket's, on the first bucket's input), on meta tensors; none when
+    every bucket is stored."""
+    if all(cache.lookup(KERNEL, shape_key(group, head, block_size, dtype, True, b)) is not None for b in Q_BUCKETS):
+        return {}
+    elem = torch.empty((), dtype=dtype).element_size()
+    t = measured_q(Q_BUCKETS[0])
+    s = _inputs(group, head, block_size, dtype, t, "meta")
+    return {c: (lambda c=c: run(s["q"], s["k"], s["v"], torch.empty_like(s["q"]), s["cu"], s["sl"], s["table"], t,
+                                s["seq"], True, c))
+            for c in _all_buckets_configs(group, head, device_info(), elem)}
+
+
 def _measure(group, head, block_size, dtype, causal, t, default, run, state):
     """``measure(cfg)`` -> ms of one prefill chunk of ``t`` queries after ``t`` cached keys (8 KV
     heads, scattered blocks), on the tuner's thread; checked against the default config."""
 
     def inputs() -> None:
-        g = torch.Generator(device="cuda").manual_seed(0)
-        hk, seq = 8, 2 * t
-        nblk = -(-seq // block_size)
-        table = torch.randperm(nblk + 7, device="cuda", generator=g)[:nblk].to(torch.int32)[None]
-        cache_ = torch.randn(nblk + 7, block_size, hk, 2 * head, device="cuda", dtype=dtype, generator=g)
-        k, v = cache_.split(head, dim=-1)
-        q = torch.randn(t, hk * group, head, device="cuda", dtype=dtype, generator=g)
-        cu = torch.tensor([0, t], dtype=torch.int32, device="cuda")
-        sl = torch.tensor([seq], dtype=torch.int32, device="cuda")
-        state.update(q=q, k=k, v=v, cu=cu, sl=sl, table=table, seq=seq)
+        state.update(_inputs(group, head, block_size, dtype, t, "cuda"))
 
     def call(cfg: PrefillCfg, out: torch.Tensor) -> torch.Tensor:
         s = state

@@ -1,0 +1,219 @@
+"""tri_inductor.compile_ahead: tuning candidates compiled on a background thread before they are
+tuned (docs/design/cold_start.md).
+
+What must hold for it to help and never hurt: the meta tensors it compiles with specialise every
+kernel exactly as the tuner's real tensors do (else the tuner compiles again); a shape whose
+compile has not started is taken back by the tuner (no waiting behind other shapes); vLLM's
+linear layers queue the GEMM shapes (and a gate_up its fused form), attention layers the prefill.
+Runs in codegen-only mode (fake sm_90): real Triton compiles, nothing launched.
+"""
+from __future__ import annotations
+
+import threading
+
+import pytest
+import torch
+
+from tri_inductor import compile_ahead
+
+
+@pytest.fixture
+def sm90(monkeypatch):
+    if torch.cuda.is_available():
+        pytest.skip("codegen-only mode is for machines without a GPU")
+    from tri_inductor.testing.codegen_only import fake_sm90
+
+    compile_ahead.forget()
+    with fake_sm90():
+        yield
+    compile_ahead.forget()
+
+
+def _recorded_warmups(monkeypatch):
+    """Every compile-only launch as (kernel, args, kwargs), nothing compiled."""
+    from triton.runtime.jit import JITFunction
+
+    seen = []
+    monkeypatch.setattr(JITFunction, "warmup", lambda self, *a, grid, **kw: seen.append((self, a, kw)))
+    return seen
+
+
+def _specialisation(kernel, args, kwargs):
+    from triton.runtime import driver
+
+    binder = kernel.device_caches[driver.active.get_current_device()][4]
+    _, spec, options = binder(*args, **kwargs)
+    return spec, options
+
+
+def _as_real(a):
+    # an allocated tensor of the same shape, strides and dtype (CPU memory: 16-byte aligned as
+    # CUDA allocations are); Triton's binder reads only those and the address
+    if isinstance(a, torch.Tensor) and a.device.type == "meta":
+        return torch.empty_strided(a.shape, a.stride(), dtype=a.dtype)
+    return a
+
+
+def _check_same_specialisation(jobs, monkeypatch):
+    from tri_inductor.patterns._launch import compile_only
+
+    seen = _recorded_warmups(monkeypatch)
+    with compile_only():
+        for call in jobs.values():
+            call()
+    assert seen, "no compile-only launch recorded"
+    for kernel, args, kwargs in seen:
+        assert any(isinstance(a, torch.Tensor) and a.device.type == "meta" for a in args)
+        assert _specialisation(kernel, args, kwargs) == _specialisation(kernel, tuple(map(_as_real, args)), kwargs)
+    return seen
+
+
+def test_gemm_jobs_specialise_as_real_tensors_do(sm90, monkeypatch):
+    """Every bucket's candidates (plain and fused gate_up, split-K and TMA kernels among them) on
+    meta tensors bind to the specialisation of allocated tensors of the same shapes."""
+    from tri_inductor.patterns.gemm import tuning as T
+    from tri_inductor.patterns.gemm.ops import ACTS, mm_launch
+
+    monkeypatch.setattr(T, "_COMPILED_AHEAD", set())
+    jobs = T.ahead_jobs(3584, 4608 // 2, torch.bfloat16, "", 8192, mm_launch)
+    assert {b for b, _ in jobs} == {1, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096}  # every bucket, once
+    assert T.ahead_jobs(3584, 2304, torch.bfloat16, "", 8192, mm_launch) == {}  # already taken
+    kernels = {k.fn.__name__ for k, _, _ in _check_same_specialisation(jobs, monkeypatch)}
+    assert {"mm_kernel", "mm_gemv_kernel", "mm_tma_kernel"} <= kernels
+
+    def fused(a, w, bias, cfg):
+        return mm_launch(a, w, bias, cfg, act=ACTS["silu"])
+
+    jobs = T.ahead_jobs(2 * 1536, 1024, torch.bfloat16, "silu", 64, fused)
+    assert {b for b, _ in jobs} == {1, 16, 32, 64}  # the buckets up to max_num_batched_tokens
+    _check_same_specialisation(jobs, monkeypatch)
+
+
+def test_attention_jobs_specialise_as_the_tuners_inputs(sm90, monkeypatch):
+    from tri_inductor.patterns.paged_attention import ops
+    from tri_inductor.patterns.paged_attention import tuning as PT
+
+    jobs = PT.ahead_jobs(7, 128, 16, torch.bfloat16, ops._tuning_run)
+    assert set(jobs) == set(PT._all_buckets_configs(7, 128, PT.device_info(), 2))
+    seen = _check_same_specialisation(jobs, monkeypatch)
+    # the tuner's input, allocated, has the meta input's shapes and strides
+    real, meta = PT._inputs(7, 128, 16, torch.bfloat16, 16, "cpu"), PT._inputs(7, 128, 16, torch.bfloat16, 16, "meta")
+    for name in ("q", "k", "v", "cu", "sl", "table"):
+        assert (real[name].shape, real[name].stride(), real[name].dtype) == \
+               (meta[name].shape, meta[name].stride(), meta[name].dtype)
+    assert {k.fn.__name__ for k, _, _ in seen} == {"paged_attn_prefill_kernel"}
+
+
+def test_a_compiled_shape_compiles_nothing_again(sm90, monkeypatch):
+    """The background thread's compiles land in Triton's kernel cache: the same calls again (the
+    tuner's batch) compile nothing."""
+    from triton.runtime.jit import JITFunction
+
+    from tri_inductor.patterns.gemm import tuning as T
+    from tri_inductor.patterns.gemm.ops import mm_launch
+    from tri_inductor.tuning import compile_batch
+
+    monkeypatch.setattr(T, "_COMPILED_AHEAD", set())
+    jobs = T.ahead_jobs(256, 128, torch.bfloat16, "", 1, mm_launch)  # bucket M=1 only: a dozen kernels
+    compiles = []
+    real = JITFunction._do_compile
+
+    def counted(self, *a, **kw):
+        compiles.append(self.fn.__name__)
+        return real(self, *a, **kw)
+
+    monkeypatch.setattr(JITFunction, "_do_compile", counted)
+    assert compile_batch(jobs, workers=2) == {}
+    first = len(compiles)
+    assert first >= 1
+    assert compile_batch(jobs, workers=2) == {} and len(compiles) == first
+
+
+def test_queue_order_and_the_tuner_takes_back_what_has_not_started(monkeypatch):
+    monkeypatch.setattr(compile_ahead, "enabled", lambda: True)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda d: None)
+    compile_ahead.forget()
+    gate, ran = threading.Event(), []
+
+    def blocking():
+        gate.wait(10)
+        ran.append("a")
+        return {}
+
+    def second():
+        ran.append("b")
+        return {}
+
+    assert compile_ahead.submit("a", blocking) and compile_ahead.submit("b", second)
+    assert compile_ahead.submit("a", second)  # a key is queued once per process
+    while "a" not in compile_ahead._running:  # "a" running, "b" queued behind it
+        threading.Event().wait(0.01)
+    assert compile_ahead.pending() == 2
+    compile_ahead.wait("b")  # not started: taken back, the tuner compiles it itself
+    gate.set()
+    compile_ahead.wait("a")  # running: waited for
+    assert ran == ["a"] and compile_ahead.pending() == 0
+    compile_ahead.forget()
+
+
+def test_off_without_tuning_or_when_asked(monkeypatch):
+    from tri_inductor import tuning
+
+    monkeypatch.setattr(tuning, "can_tune", lambda: True)
+    monkeypatch.setenv("TRI_INDUCTOR_COMPILE_AHEAD", "0")
+    assert not compile_ahead.enabled()
+    monkeypatch.delenv("TRI_INDUCTOR_COMPILE_AHEAD")
+    assert compile_ahead.enabled()
+    monkeypatch.setattr(tuning, "can_tune", lambda: False)
+    assert not compile_ahead.enabled() and not compile_ahead.submit("x", dict)
+
+
+def test_vllm_linear_layers_queue_their_gemm_forms(monkeypatch):
+    """A merged column linear of two equal halves is queued as the fused gate_up GEMM with the
+    model's activation; other linears as the plain GEMM; vLLM's weight is created as before."""
+    import vllm.model_executor.layers.linear as vllm_linear
+    from vllm.model_executor.layers.linear import UnquantizedLinearMethod
+
+    from tri_inductor import vllm_compile_ahead as V
+    from tri_inductor import vllm_moe
+    from tri_inductor.patterns.gemm import ops
+
+    queued = []
+    monkeypatch.setattr(ops, "compile_ahead", lambda n, k, dtype, tokens, act="": queued.append((n, k, dtype, tokens, act)))
+    monkeypatch.setattr(V, "_config", lambda: (8192, "silu"))
+    # (vLLM's parameter class reads the tensor-parallel group, which needs a distributed setup)
+    monkeypatch.setattr(vllm_linear, "ModelWeightParameter",
+                        lambda data, **kw: torch.nn.Parameter(data, requires_grad=False))
+    create = V.create_weights(UnquantizedLinearMethod.create_weights)
+    method = UnquantizedLinearMethod()
+    monkeypatch.setattr(vllm_moe, "_ACTIVE", False)
+    layer = torch.nn.Module()
+    create(method, layer, 128, [256, 256], 128, 512, torch.bfloat16, weight_loader=None)
+    assert queued == [] and layer.weight.shape == (512, 128)  # not a tri_inductor process: nothing queued
+    monkeypatch.setattr(vllm_moe, "_ACTIVE", True)
+    for sizes in ([256, 256], [384, 64, 64]):
+        layer = torch.nn.Module()
+        create(method, layer, 128, sizes, 128, sum(sizes), torch.bfloat16, weight_loader=None)
+        assert layer.weight.shape == (sum(sizes), 128)
+    assert queued == [(512, 128, torch.bfloat16, 8192, "silu"), (512, 128, torch.bfloat16, 8192, "")]
+    assert V.gemm_form([256, 256], "gelu_pytorch_tanh") == "gelu_tanh"
+    assert V.gemm_form([256, 256], "relu2") == "" and V.gemm_form([256, 128], "silu") == ""
+
+
+def test_vllm_attention_layers_queue_their_prefill(monkeypatch):
+    import types
+
+    import vllm.config
+
+    from tri_inductor import vllm_compile_ahead as V
+    from tri_inductor.patterns import paged_attention
+
+    queued = []
+    monkeypatch.setattr(paged_attention, "compile_prefill_ahead", lambda *a: queued.append(a) or True)
+    cfg = types.SimpleNamespace(cache_config=types.SimpleNamespace(block_size=16),
+                                model_config=types.SimpleNamespace(dtype=torch.bfloat16))
+    monkeypatch.setattr(vllm.config, "get_current_vllm_config", lambda: cfg)
+    assert V.queue_attention(28, 4, 128)
+    assert queued == [(7, 128, 16, torch.bfloat16)]
+    assert not V.queue_attention(28, 3, 128)  # not a GQA grouping ours runs

@@ -1,0 +1,124 @@
+"""Tuning candidates compiled before they are tuned (cold start: docs/design/cold_start.md).
+
+A shape's tuning takes most of its time compiling its candidates (on an H200 a bucket whose
+kernels existed measured 12-15 candidates in 0.1 s), and the shapes are known long before they
+are tuned: vLLM creates a linear layer's weight, and builds an attention layer, before it loads
+weights, traces the model and compiles it. :func:`submit` queues a shape's candidates then; one
+background thread compiles them (side by side, on a few threads), and the tuner calls
+:func:`wait` before its own compile batch, which then finds every kernel in Triton's cache.
+
+Compile only, on ``meta`` tensors of the real shapes: no memory, no stream, nothing launched,
+so it is safe beside anything the process does (weight loading, CUDA-graph capture). Triton keys
+a tensor argument on its dtype and 16-byte alignment, and a meta tensor's address (0) is aligned
+as every fresh allocation is: the kernels are the ones the tuner's real tensors ask for
+(``tests/test_compile_ahead.py`` compares the two specialisations). Nothing here decides
+anything: a shape whose compile is not done when its tuning starts is compiled by the tuner as
+before (:func:`wait` takes a queued one back). On only where tuning runs (a GPU, tuning on) and
+``TRI_INDUCTOR_COMPILE_AHEAD`` is not 0.
+"""
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+import time
+from collections.abc import Callable, Hashable
+from typing import Any
+
+from . import cache
+
+log = logging.getLogger("tri_inductor.compile_ahead")
+
+Jobs = Callable[[], dict[Any, Callable[[], Any]]]
+"""Builds ``{candidate: compile-only call}`` when the worker takes the shape (not at submit: the
+submitting thread is vLLM's model construction)."""
+
+_lock = threading.Lock()
+_queue: collections.OrderedDict[Hashable, tuple[Jobs, int]] = collections.OrderedDict()
+_running: dict[Hashable, threading.Event] = {}
+_seen: set[Hashable] = set()  # submitted in this process (queued, running or done)
+_worker: threading.Thread | None = None
+
+
+def enabled() -> bool:
+    from . import envs
+    from . import tuning
+
+    return envs.compile_ahead() and tuning.can_tune()
+
+
+def submit(key: Hashable, jobs: Jobs) -> bool:
+    """Queue ``jobs`` under ``key`` (once per process); False when compiling ahead is off."""
+    global _worker
+    if not enabled():
+        return False
+    import torch
+
+    with _lock:
+        if key in _seen:
+            return True
+        _seen.add(key)
+        _queue[key] = (jobs, torch.cuda.current_device())
+        if _worker is None or not _worker.is_alive():
+            _worker = threading.Thread(target=_work, name="tri_inductor-ahead", daemon=True)
+            _worker.start()
+    return True
+
+
+def wait(key: Hashable) -> None:
+    """Before ``key``'s tuning compiles: wait for its compile if it is under way; a queued one is
+    taken back (the tuner compiles it now, as without this module)."""
+    with _lock:
+        if _queue.pop(key, None) is not None:
+            return
+        done = _running.get(key)
+    if done is not None:
+        t0 = time.perf_counter()
+        done.wait()
+        cache.count("ahead_wait_s", time.perf_counter() - t0)
+
+
+def _work() -> None:
+    import torch
+
+    from .tuning import compile_batch
+
+    while True:
+        with _lock:
+            if not _queue:
+                return
+            key, (jobs, device) = _queue.popitem(last=False)
+            done = _running[key] = threading.Event()
+        t0 = time.perf_counter()
+        try:
+            torch.cuda.set_device(device)
+            fns = jobs()
+            failed = compile_batch(fns, workers=_threads())
+            cache.count("ahead_kernels", len(fns) - len(failed))
+        except Exception as e:  # noqa: BLE001  (the tuner compiles what this did not)
+            log.debug("tri_inductor: compiling %s ahead failed: %r", key, e)
+        finally:
+            cache.count("ahead_compile_s", time.perf_counter() - t0)
+            with _lock:
+                _running.pop(key, None)
+            done.set()
+
+
+def _threads() -> int:
+    # Fewer than the tuner's batch: the main thread and Inductor's compile workers run meanwhile.
+    import os
+
+    return max(2, min(8, (os.cpu_count() or 4) // 2))
+
+
+def pending() -> int:
+    """Shapes queued or compiling (tests, progress)."""
+    with _lock:
+        return len(_queue) + len(_running)
+
+
+def forget() -> None:
+    """Tests: drop what was queued and seen (a running compile finishes)."""
+    with _lock:
+        _queue.clear()
+        _seen.clear()
