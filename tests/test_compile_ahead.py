@@ -136,24 +136,27 @@ def test_queue_order_and_the_tuner_takes_back_what_has_not_started(monkeypatch):
     compile_ahead.forget()
     gate, ran = threading.Event(), []
 
-    def blocking():
-        gate.wait(10)
-        ran.append("a")
-        return {}
+    def job(name, block=False):
+        def jobs():
+            if block:
+                gate.wait(10)
+            ran.append(name)
+            return {}
+        return jobs
 
-    def second():
-        ran.append("b")
-        return {}
-
-    assert compile_ahead.submit("a", blocking) and compile_ahead.submit("b", second)
-    assert compile_ahead.submit("a", second)  # a key is queued once per process
-    while "a" not in compile_ahead._running:  # "a" running, "b" queued behind it
+    assert compile_ahead.submit("a", job("a", block=True))
+    while "a" not in compile_ahead._running:
         threading.Event().wait(0.01)
-    assert compile_ahead.pending() == 2
+    assert compile_ahead.submit("head", job("head"), later=True)  # behind what comes without `later`
+    assert compile_ahead.submit("b", job("b")) and compile_ahead.submit("c", job("c"))
+    assert compile_ahead.submit("b", job("again"))  # a key is queued once per process
+    assert compile_ahead.pending() == 4
     compile_ahead.wait("b")  # not started: taken back, the tuner compiles it itself
     gate.set()
     compile_ahead.wait("a")  # running: waited for
-    assert ran == ["a"] and compile_ahead.pending() == 0
+    while compile_ahead.pending():
+        threading.Event().wait(0.01)
+    assert ran == ["a", "c", "head"]
     compile_ahead.forget()
 
 
@@ -180,8 +183,9 @@ def test_vllm_linear_layers_queue_their_gemm_forms(monkeypatch):
     from tri_inductor.patterns.gemm import ops
 
     queued = []
-    monkeypatch.setattr(ops, "compile_ahead", lambda n, k, dtype, tokens, act="": queued.append((n, k, dtype, tokens, act)))
-    monkeypatch.setattr(V, "_config", lambda: (8192, "silu"))
+    monkeypatch.setattr(ops, "compile_ahead", lambda n, k, dtype, tokens, act="", later=False:
+                        queued.append((n, k, dtype, tokens, act) + (("later",) if later else ())))
+    monkeypatch.setattr(V, "_config", lambda: (8192, 256, "silu"))
     # (vLLM's parameter class reads the tensor-parallel group, which needs a distributed setup)
     monkeypatch.setattr(vllm_linear, "ModelWeightParameter",
                         lambda data, **kw: torch.nn.Parameter(data, requires_grad=False))
@@ -197,6 +201,13 @@ def test_vllm_linear_layers_queue_their_gemm_forms(monkeypatch):
         create(method, layer, 128, sizes, 128, sum(sizes), torch.bfloat16, weight_loader=None)
         assert layer.weight.shape == (sum(sizes), 128)
     assert queued == [(512, 128, torch.bfloat16, 8192, "silu"), (512, 128, torch.bfloat16, 8192, "")]
+    # the vocabulary embedding's weight: the lm_head GEMM, one row per sequence
+    from vllm.model_executor.layers.vocab_parallel_embedding import UnquantizedEmbeddingMethod
+
+    embed = V.create_weights(UnquantizedEmbeddingMethod.create_weights, head=True)
+    layer = torch.nn.Module()
+    embed(UnquantizedEmbeddingMethod(), layer, 128, [1024], 128, 1024, torch.bfloat16)
+    assert layer.weight.shape == (1024, 128) and queued[-1] == (1024, 128, torch.bfloat16, 256, "", "later")
     assert V.gemm_form([256, 256], "gelu_pytorch_tanh") == "gelu_tanh"
     assert V.gemm_form([256, 256], "relu2") == "" and V.gemm_form([256, 128], "silu") == ""
 

@@ -35,6 +35,7 @@ submitting thread is vLLM's model construction)."""
 
 _lock = threading.Lock()
 _queue: collections.OrderedDict[Hashable, tuple[Jobs, int]] = collections.OrderedDict()
+_later: collections.OrderedDict[Hashable, tuple[Jobs, int]] = collections.OrderedDict()  # after _queue
 _running: dict[Hashable, threading.Event] = {}
 _seen: set[Hashable] = set()  # submitted in this process (queued, running or done)
 _worker: threading.Thread | None = None
@@ -47,8 +48,9 @@ def enabled() -> bool:
     return envs.compile_ahead() and tuning.can_tune()
 
 
-def submit(key: Hashable, jobs: Jobs) -> bool:
-    """Queue ``jobs`` under ``key`` (once per process); False when compiling ahead is off."""
+def submit(key: Hashable, jobs: Jobs, later: bool = False) -> bool:
+    """Queue ``jobs`` under ``key`` (once per process); ``later``: after everything queued without
+    it (a shape tuned after the compile, e.g. the lm_head's). False when compiling ahead is off."""
     global _worker
     if not enabled():
         return False
@@ -58,7 +60,7 @@ def submit(key: Hashable, jobs: Jobs) -> bool:
         if key in _seen:
             return True
         _seen.add(key)
-        _queue[key] = (jobs, torch.cuda.current_device())
+        (_later if later else _queue)[key] = (jobs, torch.cuda.current_device())
         if _worker is None or not _worker.is_alive():
             _worker = threading.Thread(target=_work, name="tri_inductor-ahead", daemon=True)
             _worker.start()
@@ -69,7 +71,7 @@ def wait(key: Hashable) -> None:
     """Before ``key``'s tuning compiles: wait for its compile if it is under way; a queued one is
     taken back (the tuner compiles it now, as without this module)."""
     with _lock:
-        if _queue.pop(key, None) is not None:
+        if _queue.pop(key, None) is not None or _later.pop(key, None) is not None:
             return
         done = _running.get(key)
     if done is not None:
@@ -85,9 +87,9 @@ def _work() -> None:
 
     while True:
         with _lock:
-            if not _queue:
+            if not (_queue or _later):
                 return
-            key, (jobs, device) = _queue.popitem(last=False)
+            key, (jobs, device) = (_queue or _later).popitem(last=False)
             done = _running[key] = threading.Event()
         t0 = time.perf_counter()
         try:
@@ -114,11 +116,12 @@ def _threads() -> int:
 def pending() -> int:
     """Shapes queued or compiling (tests, progress)."""
     with _lock:
-        return len(_queue) + len(_running)
+        return len(_queue) + len(_later) + len(_running)
 
 
 def forget() -> None:
     """Tests: drop what was queued and seen (a running compile finishes)."""
     with _lock:
         _queue.clear()
+        _later.clear()
         _seen.clear()

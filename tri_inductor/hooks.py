@@ -102,6 +102,11 @@ TABLE: tuple[Hook, ...] = (
          "a cold start's GEMM tuning compiles its candidates when each shape is tuned (on the compile's path)",
          ("self, layer, input_size_per_partition, output_partition_sizes, input_size, output_size, params_dtype, "
           "**extra_weight_attrs",)),
+    Hook("vllm.model_executor.layers.vocab_parallel_embedding:UnquantizedEmbeddingMethod.create_weights",
+         "vLLM 0.26, 0.34", "queue the lm_head GEMM's tuning candidates (vocabulary x hidden) on the compile-ahead "
+         "thread (vllm_compile_ahead)", "the lm_head's tuning compiles its candidates after the compile",
+         ("self, layer, input_size_per_partition, output_partition_sizes, input_size, output_size, params_dtype, "
+          "**extra_weight_attrs",)),
     Hook("vllm.model_executor.layers.fused_moe.router.gate_linear:GateLinear.forward", "vLLM 0.26",
          "DeepSeek-V2/V3 router logits (fp32 out_dtype too) on our GEMM, run eagerly in the MoE runner",
          "router logits on vLLM's cuteDSL/dsv3 CUDA kernels or cuBLAS", ("self, x",)),

@@ -1,9 +1,10 @@
 """vLLM's layer creation starts our tuning's compiles (``tri_inductor.compile_ahead``).
 
 When vLLM builds a model for backend ``tri_inductor`` the GEMM and attention shapes are known
-long before they are tuned (at compile, and at engine start for attention): each unquantized
-linear layer's weight is created (``UnquantizedLinearMethod.create_weights``), then the weights
-are loaded, the model traced and compiled. The wrapper below queues each new weight shape's
+long before they are tuned (at compile, and at engine start for attention and the lm_head): each
+unquantized linear layer's weight is created (``UnquantizedLinearMethod.create_weights``), and
+the vocabulary embedding's (``UnquantizedEmbeddingMethod.create_weights``: the lm_head's GEMM
+shape, tied or not), then the weights are loaded, the model traced and compiled. The wrapper below queues each new weight shape's
 tuning candidates, every M bucket up to ``max_num_batched_tokens``, on the compile-ahead thread
 as the weight is created; ``TriPagedAttentionImpl`` does the same for its prefill tiles
 (``vllm_attention``). A merged column linear of two equal halves (an MLP's gate_up) is queued
@@ -39,28 +40,32 @@ def gemm_form(output_partition_sizes: list[int], hidden_act: str | None) -> str:
     return ""
 
 
-def _config() -> tuple[int, str | None] | None:
-    """(max_num_batched_tokens, hidden_act) of the model vLLM is building, or None."""
+def _config() -> tuple[int, int, str | None] | None:
+    """(max_num_batched_tokens, max_num_seqs, hidden_act) of the model vLLM is building, or None."""
     try:
         from vllm.config import get_current_vllm_config
 
         cfg = get_current_vllm_config()
-        tokens = int(cfg.scheduler_config.max_num_batched_tokens)
+        sched = cfg.scheduler_config
         hf = getattr(cfg.model_config, "hf_text_config", None) or getattr(cfg.model_config, "hf_config", None)
-        return tokens, getattr(hf, "hidden_act", None) or getattr(hf, "hidden_activation", None)
+        return (int(sched.max_num_batched_tokens), int(sched.max_num_seqs),
+                getattr(hf, "hidden_act", None) or getattr(hf, "hidden_activation", None))
     except Exception:  # noqa: BLE001  (no current config: not a model build we can read)
         return None
 
 
-def create_weights(real: Callable[..., Any]) -> Callable[..., Any]:
-    """Wrapper factory for ``UnquantizedLinearMethod.create_weights``."""
+def create_weights(real: Callable[..., Any], head: bool = False) -> Callable[..., Any]:
+    """Wrapper factory for ``UnquantizedLinearMethod.create_weights`` and (``head``) for
+    ``UnquantizedEmbeddingMethod.create_weights``: a vocabulary x hidden weight, the lm_head's
+    GEMM (eager, one row per sequence: buckets up to ``max_num_seqs``)."""
 
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         out = real(*args, **kwargs)
         if is_active():
             try:
                 a = hooks.arguments(real, *args, **kwargs)
-                queue_gemm(int(a["input_size_per_partition"]), list(a["output_partition_sizes"]), a["params_dtype"])
+                queue_gemm(int(a["input_size_per_partition"]), list(a["output_partition_sizes"]), a["params_dtype"],
+                           head)
             except Exception as e:  # noqa: BLE001  (compiling ahead is an optimisation only)
                 log.debug("tri_inductor: no compile ahead for a linear layer: %r", e)
         return out
@@ -68,13 +73,15 @@ def create_weights(real: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
-def queue_gemm(k: int, output_partition_sizes: list[int], dtype: Any) -> bool:
+def queue_gemm(k: int, output_partition_sizes: list[int], dtype: Any, head: bool = False) -> bool:
     from .patterns.gemm.ops import compile_ahead
 
     cfg = _config()
     if cfg is None:
         return False
-    tokens, act = cfg
+    tokens, seqs, act = cfg
+    if head:  # tuned after the compile: behind the shapes the compile needs first
+        return compile_ahead(sum(output_partition_sizes), k, dtype, seqs, later=True)
     return compile_ahead(sum(output_partition_sizes), k, dtype, tokens, gemm_form(output_partition_sizes, act))
 
 
@@ -99,4 +106,9 @@ def hook_linear(module: Any) -> None:
     hooks.wrap_once(module.UnquantizedLinearMethod, "create_weights", create_weights)
 
 
-HOOKS: dict[str, Callable[[Any], None]] = {"vllm.model_executor.layers.linear": hook_linear}
+def hook_embedding(module: Any) -> None:
+    hooks.wrap_once(module.UnquantizedEmbeddingMethod, "create_weights", lambda real: create_weights(real, head=True))
+
+
+HOOKS: dict[str, Callable[[Any], None]] = {"vllm.model_executor.layers.linear": hook_linear,
+                                           "vllm.model_executor.layers.vocab_parallel_embedding": hook_embedding}

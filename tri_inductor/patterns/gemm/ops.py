@@ -43,10 +43,10 @@ def choose_config(m, n: int, k: int, dtype: torch.dtype, device=None, act: int =
                       lambda a, w, bias, cfg: mm_launch(a, w, bias, cfg, act=act), _ACT_NAMES[act], siblings)
 
 
-def compile_ahead(n: int, k: int, dtype: torch.dtype, max_tokens: int, act: str = "") -> bool:
+def compile_ahead(n: int, k: int, dtype: torch.dtype, max_tokens: int, act: str = "", later: bool = False) -> bool:
     """Queue the tuning candidates of an N x K weight's GEMM (``act``: its fused gate_up form)
-    for every M bucket up to ``max_tokens`` on the compile-ahead thread (``tri_inductor.compile_ahead``);
-    False where that is off or the dtype is not tuned."""
+    for every M bucket up to ``max_tokens`` on the compile-ahead thread (``tri_inductor.compile_ahead``;
+    ``later``: behind the shapes the compile tunes); False where that is off or the dtype is not tuned."""
     from ... import compile_ahead as ahead
     from .tuning import ahead_jobs, ahead_key
 
@@ -57,7 +57,7 @@ def compile_ahead(n: int, k: int, dtype: torch.dtype, max_tokens: int, act: str 
     def run(a, w, bias, cfg):
         return mm_launch(a, w, bias, cfg, act=code)
 
-    return ahead.submit(ahead_key(n, k, dtype, act), lambda: ahead_jobs(n, k, dtype, act, max_tokens, run))
+    return ahead.submit(ahead_key(n, k, dtype, act), lambda: ahead_jobs(n, k, dtype, act, max_tokens, run), later)
 
 
 def eager_warm_sizes(max_m: int) -> list[int]:
