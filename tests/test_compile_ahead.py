@@ -89,6 +89,21 @@ def test_gemm_jobs_specialise_as_real_tensors_do(sm90, monkeypatch):
     _check_same_specialisation(jobs, monkeypatch)
 
 
+def test_the_tuners_batch_then_holds_only_its_own_bucket(monkeypatch):
+    """After a shape's candidates were compiled ahead, its tuning's first batch does not compile
+    the sibling buckets' again (they are marked), only its own candidates (found compiled)."""
+    from tri_inductor.patterns.gemm import configs as C
+    from tri_inductor.patterns.gemm import tuning as T
+    from tri_inductor.patterns.gemm.ops import mm_launch
+
+    monkeypatch.setattr(T, "_COMPILED_AHEAD", set())
+    n, k, dt, dev = 4096, 14336, torch.bfloat16, C.DEFAULT_DEVICE
+    assert T.ahead_jobs(n, k, dt, "", 8192, mm_launch)
+    own = [T.default_config(n, k, 256, dev)]
+    jobs = T.compile_jobs(n, k, 256, (256, 512, 1024, 2048, C.TOP_BUCKET), dt, dev, "", own)
+    assert list(jobs) == [(256, own[0])]
+
+
 def test_attention_jobs_specialise_as_the_tuners_inputs(sm90, monkeypatch):
     from tri_inductor.patterns.paged_attention import ops
     from tri_inductor.patterns.paged_attention import tuning as PT
