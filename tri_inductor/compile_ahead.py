@@ -62,6 +62,10 @@ def submit(key: Hashable, jobs: Jobs, later: bool = False) -> bool:
         _seen.add(key)
         (_later if later else _queue)[key] = (jobs, torch.cuda.current_device())
         if _worker is None or not _worker.is_alive():
+            if _worker is None:
+                import atexit
+
+                atexit.register(_drop_queued)  # an exiting process waits for no more batches
             _worker = threading.Thread(target=_work, name="tri_inductor-ahead", daemon=True)
             _worker.start()
     return True
@@ -117,6 +121,12 @@ def pending() -> int:
     """Shapes queued or compiling (tests, progress)."""
     with _lock:
         return len(_queue) + len(_later) + len(_running)
+
+
+def _drop_queued() -> None:
+    with _lock:
+        _queue.clear()
+        _later.clear()
 
 
 def forget() -> None:
