@@ -9,6 +9,7 @@ Runs in codegen-only mode (fake sm_90): real Triton compiles, nothing launched.
 """
 from __future__ import annotations
 
+import inspect
 import threading
 
 import pytest
@@ -204,7 +205,8 @@ def test_vllm_linear_layers_queue_their_gemm_forms(monkeypatch):
     # (vLLM's parameter class reads the tensor-parallel group, which needs a distributed setup)
     monkeypatch.setattr(vllm_linear, "ModelWeightParameter",
                         lambda data, **kw: torch.nn.Parameter(data, requires_grad=False))
-    create = V.create_weights(UnquantizedLinearMethod.create_weights)
+    # vLLM's own method (an earlier test may have let the plugin wrap it already)
+    create = V.create_weights(inspect.unwrap(UnquantizedLinearMethod.create_weights))
     method = UnquantizedLinearMethod()
     monkeypatch.setattr(vllm_moe, "_ACTIVE", False)
     layer = torch.nn.Module()
@@ -219,7 +221,7 @@ def test_vllm_linear_layers_queue_their_gemm_forms(monkeypatch):
     # the vocabulary embedding's weight: the lm_head GEMM, one row per sequence
     from vllm.model_executor.layers.vocab_parallel_embedding import UnquantizedEmbeddingMethod
 
-    embed = V.create_weights(UnquantizedEmbeddingMethod.create_weights, head=True)
+    embed = V.create_weights(inspect.unwrap(UnquantizedEmbeddingMethod.create_weights), head=True)
     layer = torch.nn.Module()
     embed(UnquantizedEmbeddingMethod(), layer, 128, [1024], 128, 1024, torch.bfloat16)
     assert layer.weight.shape == (1024, 128) and queued[-1] == (1024, 128, torch.bfloat16, 256, "", "later")
