@@ -524,6 +524,18 @@ def test_backend_declines_per_layer_and_per_step():
     assert "per-sequence" in step_decline_reason(types.SimpleNamespace(**{**vars(md), "causal": torch.ones(2)}), None, None)
 
 
+def test_backend_declines_a_kv_cache_layout_it_does_not_read():
+    """The logical (blocks, KV heads, block size, K|V) cache vLLM 0.26 declares and 0.34 builds
+    for every layer; another arrangement goes to vLLM's kernel (where shapes can tell)."""
+    pytest.importorskip("vllm", reason="vLLM is not installed")
+    from tri_inductor.vllm_attention import kv_layout_decline_reason
+
+    assert kv_layout_decline_reason(torch.empty(10, 8, 16, 256), 8, 128) is None
+    assert "not (blocks, 8, block size, 256)" in kv_layout_decline_reason(torch.empty(10, 16, 8, 256), 8, 128)
+    assert kv_layout_decline_reason(torch.empty(10, 8, 16, 128), 8, 128) is not None  # K only
+    assert kv_layout_decline_reason(torch.empty(2, 10, 16, 8, 128), 8, 128) is not None  # K and V apart
+
+
 def test_census_and_profiles_count_our_kernels_as_triton_attention():
     """vllm_census / profile_kernels class kernels by the @triton.jit names in our sources; the
     e2e profiles put them in the attention class."""
@@ -568,7 +580,7 @@ def test_backend_falls_back_when_our_kernel_fails(monkeypatch, error, strict, fa
     monkeypatch.setattr(TritonAttentionImpl, "forward", lambda self, *a, **k: calls.append("vllm") or "vllm")
     impl = object.__new__(VA.TriPagedAttentionImpl)
     impl.__dict__.update(_tri_layer_decline=None, _tri_checked={}, _tri_strict=strict, _tri_warmed=set(),
-                         _tri_max_tokens=8192, head_size=64,
+                         _tri_max_tokens=8192, head_size=64, num_kv_heads=2,
                          scale=0.125, sliding_window=None, logits_soft_cap=0.0, sinks=None)
     md = types.SimpleNamespace(use_cascade=False, mm_prefix_range_tensor=None, rswa_prefix_lens=None, causal=True,
                                num_actual_tokens=3, query_start_loc=None, seq_lens=None, block_table=None,
@@ -685,7 +697,7 @@ def test_impl_compiles_ahead_once_per_signature_and_never_fails_a_step(monkeypat
     def impl(strict=False):
         i = object.__new__(VA.TriPagedAttentionImpl)
         i.__dict__.update(_tri_layer_decline=None, _tri_checked={}, _tri_strict=strict, _tri_warmed=set(),
-                          _tri_max_tokens=2048, head_size=64, scale=0.125, sliding_window=None,
+                          _tri_max_tokens=2048, head_size=64, num_kv_heads=2, scale=0.125, sliding_window=None,
                           logits_soft_cap=0.0, sinks=None)
         return i
 

@@ -167,8 +167,13 @@ TABLE: tuple[Hook, ...] = (
           "logits_soft_cap, attn_type, kv_sharing_target_layer_name, sinks, use_alibi_sqrt, chunk_lookback",)),
     Hook("vllm.v1.attention.backends.triton_attn:TritonAttentionBackend.get_kv_cache_shape", "vLLM 0.26 (read)",
          "TriPagedAttentionBackend inherits TRITON_ATTN's KV-cache layout, which our kernels read",
-         "gone (vLLM 0.34 moved the KV-cache layout): our backend is not selected (TRITON_ATTN, logged once)",
-         ("num_blocks, block_size, num_kv_heads, head_size, cache_dtype_str",), until="vllm 0.34"),
+         "gone from vLLM 0.34 (its layout is the one below); neither: our backend is not selected (TRITON_ATTN, "
+         "logged once)", ("num_blocks, block_size, num_kv_heads, head_size, cache_dtype_str",), until="vllm 0.34"),
+    Hook("vllm.v1.kv_cache_interface:compute_layer_kv_cache_shape_bytes", "vLLM 0.34 (read)",
+         "vLLM 0.34 views every attention layer's cache as logical (blocks, KV heads, block size, content); "
+         "TRITON_ATTN's K|V packing in the content is the layout our kernels read",
+         "neither this nor get_kv_cache_shape: our backend is not selected (TRITON_ATTN, logged once)",
+         ("spec, num_blocks, kernel_block_size",), since="vllm 0.34"),
     Hook("vllm.v1.attention.backends.triton_attn:TritonAttentionImpl.forward", "vLLM 0.26, 0.34 (read)",
          "TriPagedAttentionImpl.forward sends the attention call to our kernel (KV write, metadata: vLLM's)",
          "a changed signature: our backend is not selected (TRITON_ATTN, logged once)",

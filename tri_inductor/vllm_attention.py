@@ -64,6 +64,14 @@ def layer_decline_reason(impl: Any) -> str | None:
     return None
 
 
+def kv_layout_decline_reason(kv_cache: torch.Tensor, num_kv_heads: int, head_size: int) -> str | None:
+    """The cache is not the logical (blocks, KV heads, block size, K|V) our kernels read (the
+    version check in vllm_attention_select is what selects us; this catches what it cannot)."""
+    if kv_cache.dim() != 4 or kv_cache.shape[1] != num_kv_heads or kv_cache.shape[3] != 2 * head_size:
+        return f"KV cache of shape {tuple(kv_cache.shape)}, not (blocks, {num_kv_heads}, block size, {2 * head_size})"
+    return None
+
+
 def max_step_tokens() -> int:
     """The most query tokens one step can have in the config being built (vLLM's
     max_num_batched_tokens; 8192 when unknown)."""
@@ -125,8 +133,8 @@ class TriPagedAttentionImpl(TritonAttentionImpl):
             why = self._tri_checked.get(sig, "?")
             if why == "?":
                 n = md.num_actual_tokens
-                why = decline_reason(query[:n], key_cache, value_cache, output[:n], md.causal,
-                                     self.sliding_window, self.sinks)
+                why = kv_layout_decline_reason(kv_cache, self.num_kv_heads, self.head_size) or decline_reason(
+                    query[:n], key_cache, value_cache, output[:n], md.causal, self.sliding_window, self.sinks)
                 self._tri_checked[sig] = why
         if why is not None:
             _log_decline(why)

@@ -21,8 +21,12 @@ SLOT = "CUSTOM"
 BACKEND_PATH = "tri_inductor.vllm_attention.TriPagedAttentionBackend"
 FALLBACK = "TRITON_ATTN"
 IMPL_TARGETS = ("vllm.v1.attention.backends.triton_attn:TritonAttentionImpl.__init__",
-                "vllm.v1.attention.backends.triton_attn:TritonAttentionImpl.forward",
-                "vllm.v1.attention.backends.triton_attn:TritonAttentionBackend.get_kv_cache_shape")
+                "vllm.v1.attention.backends.triton_attn:TritonAttentionImpl.forward")
+# The KV-cache layout our kernels read, logical (blocks, KV heads, block size, K|V packed): vLLM up
+# to 0.33 declares it per backend (TRITON_ATTN's get_kv_cache_shape); 0.34 gives every attention
+# backend that logical (B, H, N, C) view (kv_cache_interface). One of them must be as recorded.
+LAYOUT_TARGETS = ("vllm.v1.attention.backends.triton_attn:TritonAttentionBackend.get_kv_cache_shape",
+                  "vllm.v1.kv_cache_interface:compute_layer_kv_cache_shape_bytes")
 REGISTRY = "vllm.v1.attention.backends.registry"
 
 
@@ -94,6 +98,9 @@ def unavailable_reason(signature_problem: Callable[[str], str | None]) -> str | 
         problem = signature_problem(target)
         if problem is not None:
             return problem
+    layout = [signature_problem(t) for t in LAYOUT_TARGETS]
+    if all(p is not None for p in layout):
+        return "no KV-cache layout we read: " + "; ".join(layout)
     return None
 
 
