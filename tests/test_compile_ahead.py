@@ -173,6 +173,10 @@ def test_queue_order_and_the_tuner_takes_back_what_has_not_started(monkeypatch):
     while compile_ahead.pending():
         threading.Event().wait(0.01)
     assert ran == ["a", "c", "head"]
+    assert compile_ahead.submit("d", job("d"))  # after the worker left: a new one takes it
+    while compile_ahead.pending():
+        threading.Event().wait(0.01)
+    assert ran[-1] == "d"
     compile_ahead.forget()
 
 

@@ -38,7 +38,8 @@ _queue: collections.OrderedDict[Hashable, tuple[Jobs, int]] = collections.Ordere
 _later: collections.OrderedDict[Hashable, tuple[Jobs, int]] = collections.OrderedDict()  # after _queue
 _running: dict[Hashable, threading.Event] = {}
 _seen: set[Hashable] = set()  # submitted in this process (queued, running or done)
-_worker: threading.Thread | None = None
+_worker: threading.Thread | None = None  # None while no worker runs (set under _lock)
+_exit_hook = False
 
 
 def enabled() -> bool:
@@ -51,7 +52,7 @@ def enabled() -> bool:
 def submit(key: Hashable, jobs: Jobs, later: bool = False) -> bool:
     """Queue ``jobs`` under ``key`` (once per process); ``later``: after everything queued without
     it (a shape tuned after the compile, e.g. the lm_head's). False when compiling ahead is off."""
-    global _worker
+    global _worker, _exit_hook
     if not enabled():
         return False
     import torch
@@ -61,11 +62,12 @@ def submit(key: Hashable, jobs: Jobs, later: bool = False) -> bool:
             return True
         _seen.add(key)
         (_later if later else _queue)[key] = (jobs, torch.cuda.current_device())
-        if _worker is None or not _worker.is_alive():
-            if _worker is None:
-                import atexit
+        if not _exit_hook:
+            import atexit
 
-                atexit.register(_drop_queued)  # an exiting process waits for no more batches
+            atexit.register(_drop_queued)  # an exiting process waits for no more batches
+            _exit_hook = True
+        if _worker is None:  # the worker leaves (and says so) under the lock: no item is stranded
             _worker = threading.Thread(target=_work, name="tri_inductor-ahead", daemon=True)
             _worker.start()
     return True
@@ -85,6 +87,7 @@ def wait(key: Hashable) -> None:
 
 
 def _work() -> None:
+    global _worker
     import torch
 
     from .tuning import compile_batch
@@ -92,6 +95,7 @@ def _work() -> None:
     while True:
         with _lock:
             if not (_queue or _later):
+                _worker = None
                 return
             key, (jobs, device) = (_queue or _later).popitem(last=False)
             done = _running[key] = threading.Event()
