@@ -180,6 +180,27 @@ def test_queue_order_and_the_tuner_takes_back_what_has_not_started(monkeypatch):
     compile_ahead.forget()
 
 
+def test_a_compiled_batch_says_so(monkeypatch, capsys, caplog):
+    """One progress line per shape compiled ahead (nothing for a shape whose buckets are all
+    stored: a warm start); its kernels and seconds are counted."""
+    from tri_inductor import cache
+
+    monkeypatch.setattr(compile_ahead, "enabled", lambda: True)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda d: None)
+    compile_ahead.forget()
+    caplog.set_level("INFO", logger="tri_inductor")
+    before = cache.counters()
+    compile_ahead.submit("warm", dict, label="stored shape")
+    compile_ahead.submit("k", lambda: {"a": lambda: None, "b": lambda: None}, label="mm N=8 K=8 bfloat16")
+    while compile_ahead.pending():
+        threading.Event().wait(0.01)
+    said = capsys.readouterr().err + caplog.text  # stderr, or the log where vLLM routes ours
+    assert "compiled mm N=8 K=8 bfloat16 ahead: 2 tuning candidates" in said and "stored shape" not in said
+    assert cache.counters()["ahead_kernels"] - before["ahead_kernels"] == 2
+    compile_ahead.forget()
+
+
 def test_off_without_tuning_or_when_asked(monkeypatch):
     from tri_inductor import tuning
 

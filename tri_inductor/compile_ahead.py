@@ -34,8 +34,8 @@ Jobs = Callable[[], dict[Any, Callable[[], Any]]]
 submitting thread is vLLM's model construction)."""
 
 _lock = threading.Lock()
-_queue: collections.OrderedDict[Hashable, tuple[Jobs, int]] = collections.OrderedDict()
-_later: collections.OrderedDict[Hashable, tuple[Jobs, int]] = collections.OrderedDict()  # after _queue
+_queue: collections.OrderedDict[Hashable, tuple[Jobs, int, str]] = collections.OrderedDict()
+_later: collections.OrderedDict[Hashable, tuple[Jobs, int, str]] = collections.OrderedDict()  # after _queue
 _running: dict[Hashable, threading.Event] = {}
 _seen: set[Hashable] = set()  # submitted in this process (queued, running or done)
 _worker: threading.Thread | None = None  # None while no worker runs (set under _lock)
@@ -49,9 +49,10 @@ def enabled() -> bool:
     return envs.compile_ahead() and tuning.can_tune()
 
 
-def submit(key: Hashable, jobs: Jobs, later: bool = False) -> bool:
+def submit(key: Hashable, jobs: Jobs, later: bool = False, label: str | None = None) -> bool:
     """Queue ``jobs`` under ``key`` (once per process); ``later``: after everything queued without
-    it (a shape tuned after the compile, e.g. the lm_head's). False when compiling ahead is off."""
+    it (a shape tuned after the compile, e.g. the lm_head's); ``label``: the shape in the progress
+    line. False when compiling ahead is off."""
     global _worker, _exit_hook
     if not enabled():
         return False
@@ -61,7 +62,7 @@ def submit(key: Hashable, jobs: Jobs, later: bool = False) -> bool:
         if key in _seen:
             return True
         _seen.add(key)
-        (_later if later else _queue)[key] = (jobs, torch.cuda.current_device())
+        (_later if later else _queue)[key] = (jobs, torch.cuda.current_device(), label or str(key))
         if not _exit_hook:
             import atexit
 
@@ -97,14 +98,17 @@ def _work() -> None:
             if not (_queue or _later):
                 _worker = None
                 return
-            key, (jobs, device) = (_queue or _later).popitem(last=False)
+            key, (jobs, device, label) = (_queue or _later).popitem(last=False)
             done = _running[key] = threading.Event()
         t0 = time.perf_counter()
         try:
             torch.cuda.set_device(device)
             fns = jobs()
-            failed = compile_batch(fns, workers=_threads())
-            cache.count("ahead_kernels", len(fns) - len(failed))
+            if fns:  # nothing when every bucket is stored (a warm start)
+                failed = compile_batch(fns, workers=_threads())
+                cache.count("ahead_kernels", len(fns) - len(failed))
+                cache.progress(f"compiled {label} ahead: {len(fns) - len(failed)} tuning candidates in "
+                               f"{time.perf_counter() - t0:.1f} s, in the background (its tuning then measures)")
         except Exception as e:  # noqa: BLE001  (the tuner compiles what this did not)
             log.debug("tri_inductor: compiling %s ahead failed: %r", key, e)
         finally:

@@ -57,7 +57,9 @@ def compile_ahead(n: int, k: int, dtype: torch.dtype, max_tokens: int, act: str 
     def run(a, w, bias, cfg):
         return mm_launch(a, w, bias, cfg, act=code)
 
-    return ahead.submit(ahead_key(n, k, dtype, act), lambda: ahead_jobs(n, k, dtype, act, max_tokens, run), later)
+    label = f"mm{f'+{act}_and_mul' if act else ''} N={n} K={k} {str(dtype).replace('torch.', '')}"
+    return ahead.submit(ahead_key(n, k, dtype, act), lambda: ahead_jobs(n, k, dtype, act, max_tokens, run), later,
+                        label)
 
 
 def eager_warm_sizes(max_m: int) -> list[int]:

@@ -262,7 +262,9 @@ def compile_prefill_ahead(group: int, head: int, block_size: int, dtype: torch.d
     if dtype not in DTYPES or head > MAX_HEAD:
         return False
     return compile_ahead.submit(ahead_key(group, head, block_size, dtype),
-                                lambda: ahead_jobs(group, head, block_size, dtype, _tuning_run))
+                                lambda: ahead_jobs(group, head, block_size, dtype, _tuning_run),
+                                label=f"paged attention prefill G={group} D={head} block {block_size} "
+                                      f"{str(dtype).replace('torch.', '')}")
 
 
 def _tuning_run(q, k_cache, v_cache, out, cu_seqlens_q, seq_lens, block_table, max_seqlen_q, max_seqlen_k, causal,
