@@ -220,15 +220,20 @@ def _inputs(group: int, head: int, block_size: int, dtype: torch.dtype, t: int, 
     tuner's input; on ``meta`` the same shapes and strides with nothing allocated (compile ahead)."""
     hk, seq = 8, 2 * t
     nblk = -(-seq // block_size)
+    # the table's row is as wide as a multiple of 16, as vLLM's (max blocks per request) usually is:
+    # its stride is an argument Triton specialises on (% 16), so every bucket's input, and serving,
+    # then ask for the same kernels (a 2-block row for 16 queries compiled a variant nothing used)
+    width = -(-nblk // 16) * 16
     if device == "meta":
-        table = torch.empty(1, nblk, dtype=torch.int32, device=device)
+        table = torch.empty(1, width, dtype=torch.int32, device=device)
         cache_ = torch.empty(nblk + 7, block_size, hk, 2 * head, device=device, dtype=dtype)
         cu = torch.empty(2, dtype=torch.int32, device=device)
         sl = torch.empty(1, dtype=torch.int32, device=device)
         q = torch.empty(t, hk * group, head, device=device, dtype=dtype)
     else:
         g = torch.Generator(device=device).manual_seed(0)
-        table = torch.randperm(nblk + 7, device=device, generator=g)[:nblk].to(torch.int32)[None]
+        table = torch.zeros(1, width, dtype=torch.int32, device=device)
+        table[0, :nblk] = torch.randperm(nblk + 7, device=device, generator=g)[:nblk].to(torch.int32)
         cache_ = torch.randn(nblk + 7, block_size, hk, 2 * head, device=device, dtype=dtype, generator=g)
         q = torch.randn(t, hk * group, head, device=device, dtype=dtype, generator=g)
         cu = torch.tensor([0, t], dtype=torch.int32, device=device)
