@@ -257,16 +257,17 @@ def test_vllm_linear_layers_queue_their_gemm_forms(monkeypatch):
 def test_vllm_attention_layers_queue_their_prefill(monkeypatch):
     import types
 
-    import vllm.config
-
     from tri_inductor import vllm_compile_ahead as V
+    from tri_inductor import vllm_config
     from tri_inductor.patterns import paged_attention
 
     queued = []
     monkeypatch.setattr(paged_attention, "compile_prefill_ahead", lambda *a: queued.append(a) or True)
     cfg = types.SimpleNamespace(cache_config=types.SimpleNamespace(block_size=16),
                                 model_config=types.SimpleNamespace(dtype=torch.bfloat16))
-    monkeypatch.setattr(vllm.config, "get_current_vllm_config", lambda: cfg)
+    monkeypatch.setattr(vllm_config, "options_being_built", lambda: (cfg, None))
+    assert not V.queue_attention(28, 4, 128) and queued == []  # a config that is not ours: nothing
+    monkeypatch.setattr(vllm_config, "options_being_built", lambda: (cfg, object()))
     assert V.queue_attention(28, 4, 128)
     assert queued == [(7, 128, 16, torch.bfloat16)]
     assert not V.queue_attention(28, 3, 128)  # not a GQA grouping ours runs

@@ -40,12 +40,20 @@ def gemm_form(output_partition_sizes: list[int], hidden_act: str | None) -> str:
     return ""
 
 
+def _ours_being_built() -> Any | None:
+    """The tri_inductor VllmConfig vLLM builds layers under in this process, else None."""
+    from .vllm_config import options_being_built
+
+    cfg, options = options_being_built()
+    return cfg if options is not None else None
+
+
 def _config() -> tuple[int, int, str | None] | None:
     """(max_num_batched_tokens, max_num_seqs, hidden_act) of the model vLLM is building, or None."""
     try:
-        from vllm.config import get_current_vllm_config
-
-        cfg = get_current_vllm_config()
+        cfg = _ours_being_built()
+        if cfg is None:
+            return None
         sched = cfg.scheduler_config
         hf = getattr(cfg.model_config, "hf_text_config", None) or getattr(cfg.model_config, "hf_config", None)
         return (int(sched.max_num_batched_tokens), int(sched.max_num_seqs),
@@ -88,11 +96,11 @@ def queue_gemm(k: int, output_partition_sizes: list[int], dtype: Any, head: bool
 def queue_attention(num_heads: int, num_kv_heads: int, head_size: int) -> bool:
     """An attention layer of ours was built: its prefill candidates (model dtype, cache block size)."""
     try:
-        from vllm.config import get_current_vllm_config
-
         from .patterns.paged_attention import compile_prefill_ahead
 
-        cfg = get_current_vllm_config()
+        cfg = _ours_being_built()
+        if cfg is None:
+            return False
         block_size, dtype = cfg.cache_config.block_size, cfg.model_config.dtype
         if not block_size or num_heads % num_kv_heads:
             return False

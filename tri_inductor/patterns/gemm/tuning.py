@@ -14,8 +14,8 @@ import torch
 
 from ... import cache, compile_ahead
 from ... import tuning as generic
-from .configs import (BUCKETS, Cfg, Device, bucket_m, bucket_of, device_info, invalid_reason, parse_cfg,
-                      representative_m, shipped, table_entries)
+from .configs import (BUCKETS, Cfg, Device, bucket_m, bucket_of, device_info, invalid_reason, parse_cfg, shipped,
+                      table_entries)
 from .heuristics import candidates, diverse, for_fused, fused_ok, model_config
 
 # How many of the model's best candidates are measured per (N, K, M bucket); the default and
@@ -81,19 +81,25 @@ def compile_jobs(n: int, k: int, bucket: int, siblings: tuple[int, ...], dtype: 
     buckets of the same dispatch plan) that are not tuned yet. One batch side by side instead of
     one per bucket: each batch waits for its slowest compile, and the buckets' spaces overlap
     little (other M, other tiles), so per-bucket batches leave most threads idle."""
-    elem = torch.empty((), dtype=dtype).element_size()
-    fused = bool(variant)
-
     jobs = {(bucket, c): bucket_m(bucket) for c in own}
     _COMPILED_AHEAD.add((n, k, dtype, variant, bucket))
-    for b in siblings:
+    _take_bucket_spaces(n, k, siblings, dtype, dev, variant, jobs)
+    return jobs
+
+
+def _take_bucket_spaces(n: int, k: int, buckets, dtype: torch.dtype, dev: Device, variant: str,
+                        jobs: dict[tuple[int, Cfg], int]) -> None:
+    """Add to ``jobs`` the default and candidates of each of ``buckets`` not compiled ahead in
+    this process nor stored (each at its bucket's representative M), and mark them compiled."""
+    elem = torch.empty((), dtype=dtype).element_size()
+    fused = bool(variant)
+    for b in buckets:
         key = (n, k, dtype, variant, b)
-        if b == bucket or key in _COMPILED_AHEAD or cache.lookup("mm", shape_key(n, k, b, dtype, variant)) is not None:
+        if key in _COMPILED_AHEAD or cache.lookup("mm", shape_key(n, k, b, dtype, variant)) is not None:
             continue
         _COMPILED_AHEAD.add(key)
         for c in [default_config(n, k, b, dev, elem, fused), *tuning_candidates(n, k, b, dev, elem, fused)]:
             jobs.setdefault((b, c), bucket_m(b))
-    return jobs
 
 
 def ahead_key(n: int, k: int, dtype: torch.dtype, variant: str) -> tuple:
@@ -107,21 +113,9 @@ def ahead_jobs(n: int, k: int, dtype: torch.dtype, variant: str, max_tokens: int
     (:func:`compile_jobs`: each bucket's candidates at its representative M). The buckets taken
     are marked compiled ahead, so the tuner's batches then hold only their own bucket's
     candidates (found compiled)."""
-    dev = device_info()
-    elem = torch.empty((), dtype=dtype).element_size()
-    fused = bool(variant)
     jobs: dict[tuple[int, Cfg], int] = {}
-    lo = 0
-    for hi in (*BUCKETS, None):
-        if lo >= max_tokens:
-            break
-        b = bucket_of(representative_m(hi))
-        key = (n, k, dtype, variant, b)
-        if key not in _COMPILED_AHEAD and cache.lookup("mm", shape_key(n, k, b, dtype, variant)) is None:
-            _COMPILED_AHEAD.add(key)
-            for c in [default_config(n, k, b, dev, elem, fused), *tuning_candidates(n, k, b, dev, elem, fused)]:
-                jobs.setdefault((b, c), bucket_m(b))
-        lo = hi if hi is not None else lo
+    buckets = sorted({bucket_of(min(b, max_tokens)) for b in BUCKETS} | {bucket_of(max_tokens)})
+    _take_bucket_spaces(n, k, buckets, dtype, device_info(), variant, jobs)
     if not jobs:
         return {}
     big = torch.empty(max(jobs.values()), k, dtype=dtype, device="meta")
