@@ -429,6 +429,8 @@ def summarize_model(ours: dict[str, Any]) -> dict[str, Any]:
                         e["launches"] += k["launches"]
                         e["gpu_us"] = round(e["gpu_us"] + k["gpu_us"], 1)
                         e["steps"] = sorted(set(e["steps"]) | {step})
+                        if k.get("source") and "source" not in e:
+                            e["source"] = k["source"]
                 else:
                     e = bookkeeping.setdefault(k["name"], {"name": k["name"], "library": k["library"],
                                                            "triton": k["triton"], "launches": 0, "gpu_us": 0.0,
@@ -492,6 +494,9 @@ def print_table(report: dict[str, Any]) -> None:
         for e in m.get("non_triton_forward", []):
             print(f"  {name}: NON-TRITON forward kernel {e['name'][:90]} ({e['library']}, {e['part']}, "
                   f"{e['launches']} launches, {e['gpu_us']} us)")
+            src = e.get("source") or {}
+            if src:
+                print(f"    launched by {src.get('op')} from " + " <- ".join(src.get("stack", [])[:4]))
 
 
 def reclassify(report: dict[str, Any]) -> dict[str, Any]:
@@ -731,6 +736,8 @@ class Census:
         events = prof.profiler.kineto_results.events()
         ranges: list[tuple[int, int, str]] = []  # cpu start, cpu end, label
         launch_ts: dict[int, int] = {}  # CUPTI correlation id -> cpu start of the launch call
+        launch_thread: dict[int, int] = {}
+        ops: list[tuple[int, int, int, str, list[str]]] = []  # the CPU ops: where a launch came from
         kernels = []
         for e in events:
             dev = str(e.device_type())
@@ -741,6 +748,9 @@ class Census:
                 elif e.correlation_id() and ("aunch" in name or "Graph" in name):
                     # cudaLaunchKernel, cuLaunchKernel(Ex) (Triton), cudaGraphLaunch (CUDA graphs)
                     launch_ts[e.correlation_id()] = e.start_ns()
+                    launch_thread[e.correlation_id()] = e.start_thread_id()
+                elif name.startswith("aten::"):
+                    ops.append((e.start_ns(), e.end_ns(), e.start_thread_id(), name, list(e.stack() or ())))
             elif dev.endswith("CUDA") and not name.startswith(("Memcpy", "Memset", "tri_census:")):
                 kernels.append(e)  # (our record_function ranges also appear on the GPU timeline)
         from tri_inductor.audit.runtime import source_triton_kernel_names
@@ -770,11 +780,26 @@ class Census:
                 triton, lib = True, "triton"  # Inductor's kernel naming, if its module was collected
             row = table.setdefault(step, {}).setdefault(part, {}).setdefault(
                 k.name(), {"name": k.name(), "launches": 0, "gpu_us": 0.0, "triton": triton, "library": lib})
+            if not triton and "source" not in row and k.correlation_id() in launch_ts:
+                row["source"] = launch_source(ops, launch_ts[k.correlation_id()],
+                                              launch_thread.get(k.correlation_id()))
             row["launches"] += 1
             row["gpu_us"] += (k.end_ns() - k.start_ns()) / 1000.0
         return {s: {p: sorted(({**r, "gpu_us": round(r["gpu_us"], 1)} for r in rows.values()),
                               key=lambda r: -r["launches"]) for p, rows in parts.items()}
                 for s, parts in table.items()}
+
+
+def launch_source(ops: list[tuple[int, int, int, str, list[str]]], t: int, thread: int | None) -> dict[str, Any]:
+    """Where a non-Triton launch at CPU time ``t`` came from: the outermost ATen op around it on
+    the launching thread (what the Python code called) and that op's Python frames outside torch
+    (the profile records stacks); empty when no op encloses it (a direct driver call)."""
+    around = [o for o in ops if o[0] <= t <= o[1] and (thread is None or o[2] == thread)]
+    if not around:
+        return {}
+    start, _end, _thread, name, stack = min(around, key=lambda o: o[0])
+    frames = [f for f in stack if "/torch/" not in f and "<built-in" not in f]
+    return {"op": name, "stack": frames[:8]}
 
 
 def prompts(n: int, vocab: int) -> list[list[int]]:
@@ -874,7 +899,7 @@ def main_worker(args: argparse.Namespace) -> int:
         from torch.profiler import ProfilerActivity, profile
 
         torch.cuda.synchronize()
-        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA], with_stack=True) as prof:
             llm.generate(ps, sp2, use_tqdm=False)
             torch.cuda.synchronize()
         try:

@@ -253,3 +253,14 @@ def test_shared_gpu_engines_get_a_fixed_kv_cache():
         assert kw["gpu_memory_utilization"] * 8 < 1  # eight engines' shares fit at once
         assert set(kw) <= fields, set(kw) - fields  # vLLM takes every key
     assert "kv_cache_memory_bytes" not in vllm_census.engine_kwargs("inductor", "/m", "auto")
+
+
+def test_a_non_triton_launch_is_traced_to_the_outermost_aten_op_and_its_python_frames():
+    ops = [(0, 100, 1, "aten::zeros", ["/site/torch/_ops.py(9): call", "/vllm/runner.py(10): prepare",
+                                        "<built-in method zeros of type object>"]),
+           (10, 20, 1, "aten::fill_", ["/vllm/runner.py(10): prepare"]),
+           (0, 100, 2, "aten::mm", ["/other.py(1): f"])]
+    src = vllm_census.launch_source(ops, 15, 1)
+    assert src == {"op": "aten::zeros", "stack": ["/vllm/runner.py(10): prepare"]}  # torch frames dropped
+    assert vllm_census.launch_source(ops, 150, 1) == {}  # no op around it: a direct driver call
+    assert vllm_census.launch_source(ops, 15, 2)["op"] == "aten::mm"  # only the launching thread's ops
