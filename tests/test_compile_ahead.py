@@ -271,3 +271,68 @@ def test_vllm_attention_layers_queue_their_prefill(monkeypatch):
     assert V.queue_attention(28, 4, 128)
     assert queued == [(7, 128, 16, torch.bfloat16)]
     assert not V.queue_attention(28, 3, 128)  # not a GQA grouping ours runs
+
+
+def _forget_compiled_gemm_kernels(monkeypatch):
+    import collections
+    import sys
+
+    from triton.runtime.jit import JITFunction
+
+    for name, mod in list(sys.modules.items()):
+        if name.startswith("tri_inductor.patterns.gemm"):
+            for k in vars(mod).values():
+                if isinstance(k, JITFunction):
+                    monkeypatch.setattr(k, "device_caches", collections.defaultdict(k.create_binder))
+
+
+def test_worker_processes_compile_into_the_cache_this_process_then_hits(sm90, monkeypatch, tmp_path):
+    """The compile-ahead batch off this process's GIL: each call's compile is caught here (no
+    frontend run), compiled by a worker process into Triton's cache, and the same calls here then
+    load from it (no frontend run either): the keys agree."""
+    from triton import knobs
+    from triton.compiler.compiler import ASTSource
+
+    from tri_inductor import compile_workers as W
+    from tri_inductor.patterns.gemm import tuning as T
+    from tri_inductor.patterns.gemm.ops import mm_launch
+    from tri_inductor.tuning import compile_batch
+
+    monkeypatch.setattr(knobs.cache, "dir", str(tmp_path / "triton"))
+    monkeypatch.setattr(T, "_COMPILED_AHEAD", set())
+    monkeypatch.setattr(W, "_pool", W.Pool(2))
+    _forget_compiled_gemm_kernels(monkeypatch)  # other tests' in-memory compiles of the same specialisation
+    jobs = dict(list(T.ahead_jobs(384, 160, torch.bfloat16, "", 1, mm_launch).items())[:4])
+    frontends = []
+    real = ASTSource.make_ir
+    monkeypatch.setattr(ASTSource, "make_ir", lambda self, *a, **kw: frontends.append(self.fn) or real(self, *a, **kw))
+    try:
+        assert W.compile_calls(jobs, lambda fns: compile_batch(fns, workers=2)) == {}
+        assert frontends == []  # nothing compiled here
+        assert len(list((tmp_path / "triton").iterdir())) >= 1  # the workers' cubins
+        assert compile_batch(jobs, workers=2) == {}
+        assert frontends == []  # every kernel a cache hit
+    finally:
+        W._pool.close()
+
+
+def test_a_kernel_not_importable_by_name_is_compiled_here(sm90, monkeypatch, tmp_path):
+    import triton
+    import triton.language as tl
+    from triton import knobs
+
+    from tri_inductor import compile_workers as W
+    from tri_inductor.patterns._launch import launch
+    from tri_inductor.tuning import compile_batch
+
+    @triton.jit
+    def local_kernel(x_ptr, n, BLOCK: tl.constexpr):
+        i = tl.arange(0, BLOCK)
+        tl.store(x_ptr + i, tl.load(x_ptr + i, mask=i < n), mask=i < n)
+
+    monkeypatch.setattr(knobs.cache, "dir", str(tmp_path / "triton"))
+    x = torch.empty(64, device="meta", dtype=torch.float32)
+    jobs = {"local": lambda: launch(local_kernel, (1,), x, 64, BLOCK=64)}
+    here = []
+    assert W.compile_calls(jobs, lambda fns: here.extend(fns) or compile_batch(fns, workers=1)) == {}
+    assert here == ["local"]  # not sent to a worker (which could not import it)

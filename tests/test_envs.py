@@ -21,6 +21,7 @@ def _garbage(var: envs.Var, tmp_path: Path) -> list[str]:
         "dir": [str(tmp_path / "a_file")],
         "new_file": [str(tmp_path)],
         "seconds": ["soon", "-5", "nan"],
+        "count": ["many", "-1", "1.5"],
         "choice": ["bogus", "ours,triton_attn", "TRITON"],
     }[var.kind]
     (tmp_path / "a_file").write_text("x")

@@ -4,7 +4,8 @@ A shape's tuning takes most of its time compiling its candidates (on an H200 a b
 kernels existed measured 12-15 candidates in 0.1 s), and the shapes are known long before they
 are tuned: vLLM creates a linear layer's weight, and builds an attention layer, before it loads
 weights, traces the model and compiles it. :func:`submit` queues a shape's candidates then; one
-background thread compiles them (side by side, on a few threads), and the tuner calls
+background thread has them compiled (by worker processes, ``compile_workers``: Triton's frontend
+holds the GIL, threads here would slow vLLM's main thread; else on a few threads), and the tuner calls
 :func:`wait` before its own compile batch, which then finds every kernel in Triton's cache.
 
 Compile only, on ``meta`` tensors of the real shapes: no memory, no stream, nothing launched,
@@ -91,12 +92,14 @@ def _work() -> None:
     global _worker
     import torch
 
+    from . import compile_workers
     from .tuning import compile_batch
 
     while True:
         with _lock:
             if not (_queue or _later):
                 _worker = None
+                compile_workers.close_pool()  # their memory back; a later batch starts new ones
                 return
             key, (jobs, device, label) = (_queue or _later).popitem(last=False)
             done = _running[key] = threading.Event()
@@ -105,7 +108,10 @@ def _work() -> None:
             torch.cuda.set_device(device)
             fns = jobs()
             if fns:  # nothing when every bucket is stored (a warm start)
-                failed = compile_batch(fns, workers=_threads())
+                def threads(calls: dict) -> dict:
+                    return compile_batch(calls, workers=_threads())
+
+                failed = compile_workers.compile_calls(fns, threads) if compile_workers.usable() else threads(fns)
                 cache.count("ahead_kernels", len(fns) - len(failed))
                 cache.progress(f"compiled {label} ahead: {len(fns) - len(failed)} tuning candidates in "
                                f"{time.perf_counter() - t0:.1f} s, in the background (its tuning then measures)")

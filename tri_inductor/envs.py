@@ -35,7 +35,7 @@ class EnvError(ValueError):
 @dataclasses.dataclass(frozen=True)
 class Var:
     name: str
-    kind: str  # "bool", "families", "dir", "file", "new_file", "seconds", "choice"
+    kind: str  # "bool", "families", "dir", "file", "new_file", "seconds", "choice", "count"
     default: Any
     default_doc: str
     accepted: str
@@ -118,6 +118,16 @@ def _seconds(var: Var, raw: str) -> float:
     return value
 
 
+def _count(var: Var, raw: str) -> int:
+    try:
+        value = int(raw)
+    except ValueError:
+        raise var.error(raw, "is not a whole number") from None
+    if value < 0:
+        raise var.error(raw, "is negative")
+    return value
+
+
 _BOOL = "1/true/yes/on or 0/false/no/off"
 SHIPPED_LINEAR_TUNED = Path(__file__).resolve().parent / "patterns" / "gemm" / "tuned_sm90.json"
 
@@ -160,6 +170,10 @@ VARS: dict[str, Var] = {v.name: v for v in (
         "Compile the tuning candidates of a shape on a background thread as soon as vLLM creates "
         "the layer (linear weights, attention), so a cold start's tuning only measures "
         "(docs/design/cold_start.md); 0: compile them when each shape is tuned.", _bool),
+    Var("TRI_INDUCTOR_COMPILE_PROCS", "count", None, "half the CPUs, 1 to 8",
+        "a whole number >= 0 (0: compile threads in the process)",
+        "Worker processes that compile the tuning candidates ahead into Triton's cache (Triton's "
+        "frontend holds the GIL: compile threads in vLLM's process slow its main thread).", _count),
     Var("TRI_INDUCTOR_COMPILE_RANGES", "choice", "split", "split", "split, one",
         "Under vLLM: `split` adds a compile range ending at the largest CUDA-graph size (each piece "
         "is compiled for decode sizes and for prefill sizes: eager prefill steps carry only the "
@@ -221,6 +235,10 @@ def decode_splits(environ: Mapping[str, str] | None = None) -> str:
 
 def compile_ahead(environ: Mapping[str, str] | None = None) -> bool:
     return get("TRI_INDUCTOR_COMPILE_AHEAD", environ)
+
+
+def compile_procs(environ: Mapping[str, str] | None = None) -> int | None:
+    return get("TRI_INDUCTOR_COMPILE_PROCS", environ)
 
 
 def compile_ranges(environ: Mapping[str, str] | None = None) -> str:

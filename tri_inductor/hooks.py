@@ -199,6 +199,15 @@ TABLE: tuple[Hook, ...] = (
     Hook("torch._inductor.runtime.triton_heuristics:TritonCompileResult.make_launcher", _T,
          "set the PDL launch attribute on launchers of our USE_PDL kernels",
          "our kernels run without programmatic dependent launch (correct, slower)", ("self",)),
+    Hook("triton.runtime.jit:JITFunction._call_hook", _T + " (read)",
+         "knobs.runtime.jit_cache_hook (chained, set on the first compile-ahead batch) gets the kernel's "
+         "module, name and specialization record; returning True skips the compile (compile_workers)",
+         "the compile-ahead batch compiles in threads of vLLM's process (slower main thread)",
+         ("self, hook, key, signature, device, constants, options, configs, is_warmup",
+          "self, hook, key, signature, target, device, constants, options, configs, is_warmup")),
+    Hook("triton.runtime.jit:JITFunction.preload", _T + " (read)",
+         "a compile worker compiles a kernel from that specialization record (compile_workers)",
+         "as above", ("self, specialization_data",)),
     # ---------------------------------------------------------------- CPU test harnesses (scoped)
     Hook("triton.runtime.jit:JITFunction.__call__", _T, "interpreter: nested @triton.jit helpers",
          "interpreter harness cannot run Inductor's helpers", ("self, *args, **kwargs",), "harness"),
