@@ -438,6 +438,8 @@ def summarize_model(ours: dict[str, Any]) -> dict[str, Any]:
                     e["launches"] += k["launches"]
                     e["gpu_us"] = round(e["gpu_us"] + k["gpu_us"], 1)
                     e["parts"] = sorted(set(e["parts"]) | {f"{step}:{part}"})
+                    if k.get("source") and "source" not in e:
+                        e["source"] = k["source"]
     return {"forward_classes": classes, "forward_families": families, "non_triton_forward": list(non_triton.values()),
             "bookkeeping": sorted(bookkeeping.values(), key=lambda e: -e["launches"])}
 
@@ -734,7 +736,7 @@ class Census:
         from tri_inductor.audit.runtime import classify_kernel
 
         events = prof.profiler.kineto_results.events()
-        ranges: list[tuple[int, int, str]] = []  # cpu start, cpu end, label
+        ranges: list[tuple[int, int, str, int]] = []  # cpu start, cpu end, label, thread
         launch_ts: dict[int, int] = {}  # CUPTI correlation id -> cpu start of the launch call
         launch_thread: dict[int, int] = {}
         ops: list[tuple[int, int, int, str, list[str]]] = []  # the CPU ops: where a launch came from
@@ -744,7 +746,7 @@ class Census:
             name = e.name()
             if dev.endswith("CPU"):
                 if name.startswith("tri_census:"):
-                    ranges.append((e.start_ns(), e.end_ns(), name))
+                    ranges.append((e.start_ns(), e.end_ns(), name, e.start_thread_id()))
                 elif e.correlation_id() and ("aunch" in name or "Graph" in name):
                     # cudaLaunchKernel, cuLaunchKernel(Ex) (Triton), cudaGraphLaunch (CUDA graphs)
                     launch_ts[e.correlation_id()] = e.start_ns()
@@ -768,13 +770,16 @@ class Census:
                 t = k.start_ns()
                 self.stats["by_kernel_time"] += 1
             step, part = "unattributed", "other"
-            for start, end, label in ranges:  # nested ranges: step outside, part inside
+            thread = launch_thread.get(k.correlation_id())
+            for start, end, label, range_thread in ranges:  # nested ranges: step outside, part inside
                 if start <= t <= end:
                     kind, value = label.split(":")[1:3]
                     if kind == "step":
                         step = value
                     elif kind == "part":
-                        part = value
+                        # launched while the part ran, but by another thread (vLLM's bookkeeping
+                        # beside a slow eager forward): not the part's kernel
+                        part = value if thread is None or thread == range_thread else "other_thread"
             triton, lib = classify_kernel(k.name(), names)
             if not triton and k.name().startswith("triton_"):
                 triton, lib = True, "triton"  # Inductor's kernel naming, if its module was collected
@@ -899,7 +904,14 @@ def main_worker(args: argparse.Namespace) -> int:
         from torch.profiler import ProfilerActivity, profile
 
         torch.cuda.synchronize()
-        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA], with_stack=True) as prof:
+        try:  # every thread's ops, so a launch from another thread can be named too
+            from torch._C._profiler import _ExperimentalConfig
+
+            experimental = {"experimental_config": _ExperimentalConfig(profile_all_threads=True)}
+        except (ImportError, TypeError):
+            experimental = {}
+        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA], with_stack=True,
+                     **experimental) as prof:
             llm.generate(ps, sp2, use_tqdm=False)
             torch.cuda.synchronize()
         try:
