@@ -844,6 +844,29 @@ def test_combo_kernels_not_benchmarked(plugin):
     ind = VllmConfig(compilation_config=CompilationConfig(
         backend="inductor", inductor_compile_config={"combo_kernels": True, "benchmark_combo_kernel": True}))
     assert ind.compilation_config.inductor_compile_config["benchmark_combo_kernel"] is True
+
+
+def test_compile_time_autotuning_off_with_a_warm_up_before_each_capture(plugin):
+    """Inductor's compile-time autotuning (on under standalone_compile) compiles every kernel of a
+    piece serially on vLLM's main thread: off for our backend, with one eager warm-up before each
+    CUDA-graph capture (Inductor's multi-config kernels pick at their first run); a user's value
+    of either is kept, and vLLM's own backend is not touched."""
+    from vllm.config import CompilationConfig, VllmConfig
+
+    from tri_inductor.vllm_config import adjust_vllm_config
+
+    cfg = _config(backend="tri_inductor")
+    icc, cc = cfg.compilation_config.inductor_compile_config, cfg.compilation_config
+    icc.pop("triton.autotune_at_compile_time", None)
+    cc.cudagraph_num_of_warmups = 0
+    adjust_vllm_config(cfg)
+    assert icc["triton.autotune_at_compile_time"] is False and cc.cudagraph_num_of_warmups == 1
+    icc["triton.autotune_at_compile_time"] = True  # a user's choice
+    cc.cudagraph_num_of_warmups = 0
+    adjust_vllm_config(cfg)
+    assert icc["triton.autotune_at_compile_time"] is True and cc.cudagraph_num_of_warmups == 0
+    ind = VllmConfig(compilation_config=CompilationConfig(backend="inductor"))
+    assert "triton.autotune_at_compile_time" not in ind.compilation_config.inductor_compile_config
 # ---------------------------------------------------------------- tensor parallelism
 
 

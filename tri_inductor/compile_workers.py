@@ -204,9 +204,12 @@ def context() -> dict[str, Any]:
     with contextlib.suppress(Exception):
         ptxas = knobs.nvidia.ptxas.path
     from triton._C.libtriton import get_cache_invalidating_env_vars
+    from triton.compiler.compiler import make_backend
 
+    # The backend's part of the key as this process computes it: Triton caches the ptxas version
+    # it read first (an lru_cache), which a later knob or TRITON_PTXAS_PATH change does not update.
     return {"target": [t.backend, t.arch, t.warp_size], "cache_dir": knobs.cache.dir, "ptxas": ptxas,
-            "env": dict(get_cache_invalidating_env_vars())}
+            "env": dict(get_cache_invalidating_env_vars()), "backend_hash": make_backend(t).hash()}
 
 
 def compile_calls(fns: dict[Any, Callable[[], Any]], threads: Callable[[dict], dict]) -> dict[Any, Exception]:
@@ -299,6 +302,15 @@ def _sync_env(env: dict[str, str]) -> None:
     os.environ.update(env)
 
 
+def _pin_backend_hash(value: str) -> None:
+    """The parent's backend hash for every backend of this worker's target (same key)."""
+    from triton.compiler.compiler import make_backend
+    from triton.runtime import driver
+
+    cls = type(make_backend(driver.active.get_current_target()))
+    cls.hash = lambda self, _v=value: _v
+
+
 def serve(stdin=None, stdout=None) -> None:
     """The worker's loop: one JSON request per line in, one reply per line out."""
     from triton import knobs
@@ -315,6 +327,8 @@ def serve(stdin=None, stdout=None) -> None:
             if target != active:
                 driver.set_active(_TargetDriver(*target))
                 active = target
+            if req.get("backend_hash"):
+                _pin_backend_hash(req["backend_hash"])
             _sync_env(req.get("env") or {})
             if req.get("cache_dir"):
                 knobs.cache.dir = req["cache_dir"]

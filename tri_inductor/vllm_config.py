@@ -239,6 +239,24 @@ def adjust_vllm_config(vllm_config: "VllmConfig", environ: MutableMapping[str, s
                   "Llama-3.2-1B (combo kernels stay on)",
                   lambda: icc.__setitem__("benchmark_combo_kernel", False)))
 
+    # Compile-time autotuning (torch's standalone_compile, vLLM's path, turns it on): Inductor's
+    # wrapper then compiles every kernel of a piece, ours included, one after another on vLLM's
+    # main thread, and runs them on synthetic inputs (a Llama-3.2-1B cold start on the H200 spent
+    # 15 s there, sampled stacks; vLLM's own pieces 2.6 s). Off, the kernels compile in Inductor's
+    # worker processes when a piece loads, and Inductor's few multi-config kernels pick theirs at
+    # their first run; one eager warm-up run before each CUDA-graph capture keeps that first run
+    # out of a capture. A user's value of either is kept.
+    if "triton.autotune_at_compile_time" not in icc:
+        ch(Change("inductor_compile_config['triton.autotune_at_compile_time']", None, False,
+                  "compile-time autotuning compiles every kernel of a piece serially on the main thread "
+                  "and runs it on synthetic inputs; Inductor's worker processes compile them instead",
+                  lambda: icc.__setitem__("triton.autotune_at_compile_time", False)))
+        if getattr(cc, "cudagraph_num_of_warmups", 1) < 1:
+            ch(Change("compilation_config.cudagraph_num_of_warmups", cc.cudagraph_num_of_warmups, 1,
+                      "Inductor's multi-config kernels pick their config at their first run: an eager "
+                      "warm-up before each capture keeps it out of the CUDA graph",
+                      lambda: setattr(cc, "cudagraph_num_of_warmups", 1)))
+
     # Warm starts: without vLLM's "mega" AOT artifact a warm start still sends every piece through
     # compile() so vLLM can re-key its deduplicated artifacts (~0.2 s a piece, most of a warm
     # start); with it the pieces load straight from the artifact.  vLLM turns it on by default
