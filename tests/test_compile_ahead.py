@@ -336,3 +336,27 @@ def test_a_kernel_not_importable_by_name_is_compiled_here(sm90, monkeypatch, tmp
     here = []
     assert W.compile_calls(jobs, lambda fns: here.extend(fns) or compile_batch(fns, workers=1)) == {}
     assert here == ["local"]  # not sent to a worker (which could not import it)
+
+
+def test_a_worker_failure_is_reported_for_its_candidate(sm90, monkeypatch, tmp_path):
+    """A worker that cannot compile (here: it cannot import the kernel's module) fails that
+    candidate in the batch's result (the tuner then compiles it itself); nothing hangs."""
+    from triton import knobs
+
+    from tri_inductor import compile_workers as W
+    from tri_inductor.patterns.gemm import tuning as T
+    from tri_inductor.patterns.gemm.ops import mm_launch
+
+    monkeypatch.setattr(knobs.cache, "dir", str(tmp_path / "triton"))
+    monkeypatch.setattr(T, "_COMPILED_AHEAD", set())
+    monkeypatch.setattr(W, "_pool", W.Pool(1))
+    _forget_compiled_gemm_kernels(monkeypatch)
+    real = W.Pool.compile
+    monkeypatch.setattr(W.Pool, "compile", lambda self, specs, ctx: real(
+        self, [("no_such_module_here", name, data) for _, name, data in specs], ctx))
+    jobs = dict(list(T.ahead_jobs(400, 176, torch.bfloat16, "", 1, mm_launch).items())[:2])
+    try:
+        failed = W.compile_calls(jobs, lambda fns: {})
+        assert set(failed) == set(jobs) and "No module named" in str(next(iter(failed.values())))
+    finally:
+        W._pool.close()

@@ -216,13 +216,12 @@ def compile_calls(fns: dict[Any, Callable[[], Any]], threads: Callable[[dict], d
     """Compile the kernels of ``fns``' compile-only calls: each call is run here with its compile
     caught, the caught specs go to the workers; a call whose kernel was not caught (not
     importable by name, or it failed before compiling) is compiled by ``threads`` (the in-process
-    batch). Returns ``{candidate: error}`` as ``threads`` does; a worker's failure is not an
-    error here (the kernel is compiled, and judged, at its first use)."""
+    batch). Returns ``{candidate: error}`` as ``threads`` does, a worker's failure included (the
+    candidate's kernel is then compiled, and judged, here at its first use)."""
     from .patterns._launch import compile_only
 
-    specs: list[Spec] = []
+    caught_by: dict[Any, list[Spec]] = {}
     rest: dict[Any, Callable[[], Any]] = {}
-    failed: dict[Any, Exception] = {}
     for cand, f in fns.items():
         try:
             with capturing() as caught, compile_only():
@@ -233,12 +232,18 @@ def compile_calls(fns: dict[Any, Callable[[], Any]], threads: Callable[[dict], d
         if None in caught:
             rest[cand] = f
         else:
-            specs.extend(caught)
+            caught_by[cand] = caught
+    failed: dict[Any, Exception] = {}
+    specs = list(dict.fromkeys(sp for caught in caught_by.values() for sp in caught))
     if specs:
-        errors = pool().compile(list(dict.fromkeys(specs)), context())
-        bad = [e for e in errors if e]
-        if bad:
-            log.debug("tri_inductor: %d of %d worker compiles failed (first: %s)", len(bad), len(errors), bad[0])
+        error_of = dict(zip(specs, pool().compile(specs, context())))
+        for cand, caught in caught_by.items():
+            errors = [error_of[sp] for sp in caught if error_of[sp]]
+            if errors:
+                failed[cand] = RuntimeError(f"compile worker: {errors[0]}")
+        if failed:
+            log.debug("tri_inductor: %d of %d candidates failed in compile workers (first: %s)", len(failed),
+                      len(caught_by), next(iter(failed.values())))
     if rest:
         failed.update(threads(rest))
     return failed
