@@ -124,6 +124,7 @@ import _vllm_common as C  # noqa: E402
 import models  # noqa: E402
 from _meta import package_hash, versions  # noqa: E402
 
+STACK_SAMPLER = Path(__file__).resolve().parent / "stack_sampler"  # --sample-stacks: its sitecustomize
 OURS, BASE, DEFAULT = "tri_inductor", "inductor", "default"
 LABEL = {OURS: "tri_inductor", BASE: "vLLM-compile", DEFAULT: "vLLM-default"}
 BASELINES = {"compile": [BASE], "default": [DEFAULT], "both": [BASE, DEFAULT]}
@@ -172,6 +173,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--profile", choices=("below", "all", "none"), default="below",
                    help="profiled run for workloads below 1.0x (or all, or none)")
     p.add_argument("--profile-out-cap", type=int, default=64, help="output tokens per request in profiled runs")
+    p.add_argument("--sample-stacks", type=Path, default=None, metavar="DIR",
+                   help="sample every engine process's main-thread stack every 0.2 s into DIR/<backend>_<start>/ "
+                        "(benchmarks/stack_sampler; summarise with benchmarks/stack_report.py)")
     p.add_argument("--budget-s", type=float, default=520.0, help="wall-time budget of the whole run")
     p.add_argument("--startup-timeout", type=float, default=330.0, help="seconds for one engine to be ready")
     p.add_argument("--run-timeout", type=float, default=180.0, help="seconds for one generate() call")
@@ -422,6 +426,7 @@ class Engine:
         self.backend, self.kwargs, self.cache_dir, self.log_path = backend, kwargs, cache_dir, log_path
         self.proc: subprocess.Popen | None = None
         self.start_index = 0
+        self.sample_stacks: Path | None = None  # --sample-stacks: this engine's folder of samples
         self.ready: dict[str, Any] | None = None
         self.error: str | None = None
         self.start_s: float | None = None
@@ -442,6 +447,9 @@ class Engine:
         env.setdefault("VLLM_USE_FLASHINFER_SAMPLER", "0")
         env.setdefault("PYTHONUNBUFFERED", "1")
         env["TRI_E2E_START"] = str(self.start_index)
+        if self.sample_stacks is not None:
+            env["TRI_STACK_SAMPLE_DIR"] = str(self.sample_stacks)
+            env["PYTHONPATH"] = os.pathsep.join(p for p in (str(STACK_SAMPLER), env.get("PYTHONPATH")) if p)
         if self.backend != DEFAULT:
             # Only the FA3 baseline may have the stub serve the CUDA KV-cache write (setup.sh's
             # GPU_ENV_FA3=1); elsewhere a call to it must still raise.
@@ -665,6 +673,8 @@ class Runner:
         kw = engine_kwargs(backend, str(self.model_dir), util, self.args.kv_cache_gib, self.args.tp)
         eng = Engine(backend, kw, self.cache_root / backend, self.log_dir / f"{backend}_{n}.log")
         eng.start_index = n
+        if self.args.sample_stacks is not None:
+            eng.sample_stacks = self.args.sample_stacks / f"{backend}_{n}"
         return eng
 
     def launch(self, backend: str, util: float, what: str, exit_after_ready: bool = False) -> Engine | None:

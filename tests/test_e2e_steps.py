@@ -164,3 +164,32 @@ def test_concurrent_starts_launch_every_engine_before_waiting(tmp_path, monkeypa
 
     text = R.e2e_section("e2e_test.json", runner.report)
     assert "`TRI_INDUCTOR_DECODE_SPLITS=balanced`" in text and "not a cold start" in text
+
+
+def test_sample_stacks_puts_the_sampler_first_on_each_engines_path(tmp_path, monkeypatch):
+    """``--sample-stacks DIR``: each engine process loads benchmarks/stack_sampler's
+    sitecustomize (first on PYTHONPATH) and writes its samples under DIR/<backend>_<start>/;
+    without the option nothing changes. The sampler itself writes a file of main-thread stacks
+    that stack_report.py reads."""
+    import subprocess
+    import sys
+
+    import e2e_vllm as E
+    import stack_report
+
+    monkeypatch.setenv("PYTHONPATH", "/already/there")
+    eng = E.Engine("tri_inductor", {}, tmp_path / "eng", tmp_path / "log")
+    assert "TRI_STACK_SAMPLE_DIR" not in eng.env()
+    eng.sample_stacks = tmp_path / "stacks" / "tri_inductor_0"
+    env = eng.env()
+    assert env["TRI_STACK_SAMPLE_DIR"] == str(tmp_path / "stacks" / "tri_inductor_0")
+    assert env["PYTHONPATH"].split(os.pathsep) == [str(E.STACK_SAMPLER), "/already/there"]
+    env["PYTHONPATH"] = str(E.STACK_SAMPLER)
+    code = "import time\ndef busy_in_benchmarks():\n    time.sleep(0.7)\nbusy_in_benchmarks()\n"
+    script = tmp_path / "benchmarks" / "probe.py"
+    script.parent.mkdir()
+    script.write_text(code)
+    subprocess.run([sys.executable, str(script)], env=env, check=True, timeout=60)
+    (samples,) = (tmp_path / "stacks" / "tri_inductor_0").glob("*.txt")
+    argv, rows = stack_report.read(samples)
+    assert "probe.py" in argv and rows and any("busy_in_benchmarks" in fr for _, st in rows for fr in st)

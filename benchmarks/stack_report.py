@@ -1,0 +1,79 @@
+"""Where a process's main thread spent its time, from ``benchmarks/stack_sampler`` samples.
+
+    python3 benchmarks/stack_report.py SAMPLES.txt [OTHER.txt ...] [--top 8]
+
+One column per file (seconds = samples x 0.2 s); a row counts the samples whose stack contains
+that frame (rows overlap: the compile contains our pass). Then, per file, the most frequent
+innermost frames. ``e2e_vllm.py --sample-stacks DIR`` writes one file per process.
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+from pathlib import Path
+
+PERIOD_S = 0.2
+# (row, a substring of a frame "path:line:function"); the first rows contain the later ones
+ROWS = (
+    ("Dynamo and all under it (the compile)", "torch/_dynamo/"),
+    ("Inductor fx_codegen_and_compile", ":fx_codegen_and_compile"),
+    ("Inductor compile-time autotune block", ":generate_and_run_autotune_block"),
+    ("Triton compile on this thread", "triton/compiler/compiler.py"),
+    ("our pass", "tri_inductor/passes.py"),
+    ("our pattern registration", ":_registered_patterns"),
+    ("Inductor's mutation analysis of user kernels", ":identify_mutated_tensors"),
+    ("our tuning (measuring)", "tri_inductor/tuning.py"),
+    ("our paged attention warm-up", "tri_inductor/vllm_attention.py"),
+    ("vLLM model inspection subprocess", ":_run_in_subprocess"),
+    ("vLLM profile run", ":profile_run"),
+    ("vLLM CUDA-graph capture", ":capture_model"),
+    ("vLLM sampler Triton compile", ":apply_top_k_top_p_triton"),
+    ("vLLM load_model", ":load_model"),
+)
+
+
+def read(path: Path) -> tuple[str, list[tuple[float, list[str]]]]:
+    lines = path.read_text().splitlines()
+    samples = []
+    for line in lines[1:]:
+        head, _, stack = line.partition(" | ")
+        try:
+            t = float(head.split()[0])
+        except (IndexError, ValueError):
+            continue
+        samples.append((t, [f for f in stack.split(" < ") if f]))
+    return (lines[0] if lines else ""), samples
+
+
+def table(files: list[Path]) -> str:
+    data = [read(f) for f in files]
+    out = ["| | " + " | ".join(f.stem for f in files) + " |", "|---|" + "---|" * len(files)]
+    out.append("| sampled (s) | " + " | ".join(f"{len(s) * PERIOD_S:.1f}" for _, s in data) + " |")
+    for label, key in ROWS:
+        secs = [sum(1 for _, st in s if any(key in fr for fr in st)) * PERIOD_S for _, s in data]
+        out.append(f"| {label} | " + " | ".join(f"{v:.1f}" for v in secs) + " |")
+    return "\n".join(out)
+
+
+def top_frames(path: Path, n: int) -> str:
+    argv, samples = read(path)
+    counts = collections.Counter(" < ".join(st[:4]) for _, st in samples if st)
+    lines = [f"{path.name}: {argv[:120]}"]
+    lines += [f"  {c * PERIOD_S:6.1f} s  {stack[:300]}" for stack, c in counts.most_common(n)]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("files", nargs="+", type=Path)
+    p.add_argument("--top", type=int, default=8, help="innermost stacks listed per file")
+    args = p.parse_args(argv)
+    print(table(args.files))
+    for f in args.files:
+        print()
+        print(top_frames(f, args.top))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
