@@ -674,7 +674,7 @@ def test_warm_up_compiles_every_prefill_config_a_step_can_pick(monkeypatch):
     out = torch.empty_like(q)
     done, failed = ops.warm_prefill(q, kc, vc, out, cu, sl, bt, 0.125, True, None, 0.0, None, 4096)
     warmed = set(seen)
-    assert done == len(warmed) >= 3 and not failed
+    assert done == len(warmed) + len(ops.decode_split_variants()) and len(warmed) >= 3 and not failed
     for n in (2, 3, 5, 9, 17, 100, 255, 256, 257, 1000, 4096):
         seen.clear()
         qn, kn, vn, cun, sln, btn = make_inputs([n, 1], [n + 5, 30], 28, 4, 64)
@@ -723,3 +723,47 @@ def test_impl_compiles_ahead_once_per_signature_and_never_fails_a_step(monkeypat
     monkeypatch.setattr(VA, "_WARMED", set())
     with pytest.raises(RuntimeError, match="out of resources"):
         impl(strict=True).forward(None, q, q, q, kv, md, torch.zeros_like(q))
+
+
+def test_warm_up_compiles_every_decode_split_variant_a_step_can_launch(monkeypatch):
+    """warm_prefill also compiles (here: records) the decode and reduce kernels for every split
+    pad on the call's own tensors; decode steps of any batch size and context length then launch
+    only specialisations it compiled (no JIT compile in a CUDA-graph capture or while serving)."""
+    from tri_inductor import tuning as generic
+    from tri_inductor.patterns.paged_attention import ops
+
+    seen: list[tuple] = []
+
+    def specialisation(kernel, args):  # what Triton keys a launch on (its binder needs a driver)
+        out = []
+        for p, a in zip(kernel.params, args):
+            if p.do_not_specialize:
+                out.append("any")
+            elif isinstance(a, torch.Tensor):
+                out.append((a.dtype, a.data_ptr() % 16 == 0))
+            elif isinstance(a, int) and not isinstance(a, bool):
+                out.append((a == 1, a % 16 == 0))
+            else:
+                out.append(type(a).__name__)
+        return tuple(out)
+
+    def record(kernel, grid, *args, **kwargs):
+        if kernel in (ops.paged_attn_decode_kernel, ops.paged_attn_reduce_kernel):
+            seen.append((kernel.fn.__name__, specialisation(kernel, args), tuple(sorted(kwargs.items()))))
+
+    def sequential(fns):
+        for f in fns.values():
+            f()
+        return {}
+
+    monkeypatch.setattr(ops, "launch", record)
+    monkeypatch.setattr(generic, "compile_side_by_side", sequential)
+    q, kc, vc, cu, sl, bt = make_inputs([3, 1], [40, 9], 28, 4, 64)
+    ops.warm_prefill(q, kc, vc, torch.empty_like(q), cu, sl, bt, 0.125, True, None, 0.0, None, 4096)
+    warmed = set(seen)
+    assert {name for name, _, _ in warmed} == {"paged_attn_decode_kernel", "paged_attn_reduce_kernel"}
+    for seqs, ctx in ((1, 7), (1, 3000), (5, 100), (33, 900), (64, 4000), (200, 50)):
+        seen.clear()
+        qn, kn, vn, cun, sln, btn = make_inputs([1] * seqs, [ctx] * seqs, 28, 4, 64)
+        paged_attention(qn, kn, vn, torch.empty_like(qn), cun, sln, btn, 1, ctx, 0.125)
+        assert seen and set(seen) <= warmed, (seqs, ctx)

@@ -26,7 +26,7 @@ from .tuning import device_fault
 
 log = logging.getLogger("tri_inductor.vllm")
 _logged: set[str] = set()
-# Kernel signatures whose prefill tile variants are compiled in this process (warm_prefill).
+# Kernel signatures whose prefill tile and decode split variants are compiled in this process (warm_prefill).
 _WARMED: set[tuple] = set()
 
 
@@ -166,7 +166,8 @@ class TriPagedAttentionImpl(TritonAttentionImpl):
     def _warm(self, key: tuple, q: torch.Tensor, key_cache: torch.Tensor, value_cache: torch.Tensor,
               out: torch.Tensor, md: Any) -> None:
         """At the first step a kernel signature meets (vLLM's warm-up, before serving), compile
-        its prefill kernel for every tile config a step can pick. A failure here only costs the
+        its prefill kernel for every tile config a step can pick and its decode kernels for
+        every split pad. A failure here only costs the
         compile at first use (a config that cannot compile is declined there)."""
         import time
 
@@ -184,7 +185,8 @@ class TriPagedAttentionImpl(TritonAttentionImpl):
             log.warning("tri_inductor: attention prefill kernels not compiled ahead (%s: %s); each compiles "
                         "at its first use", type(e).__name__, str(e)[:200])
             return
-        cache.progress(f"compiled {done} prefill tile configs of our paged attention (head {q.shape[-1]}, "
+        cache.progress(f"compiled {done} kernel variants of our paged attention (prefill tiles, decode split "
+                       f"pads; head {q.shape[-1]}, "
                        f"{q.shape[1]}/{key_cache.shape[2]} heads) in {time.perf_counter() - t0:.1f} s"
                        + (f"; {len(failed)} did not compile" if failed else ""))
 

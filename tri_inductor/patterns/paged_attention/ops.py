@@ -10,8 +10,8 @@ from .. import _pdl
 from .._launch import compiled_kernel, launch, plain_gpu_call
 from ..occupancy import compiled_programs_per_sm
 from .decode import paged_attn_decode_kernel, paged_attn_reduce_kernel
-from .launch import (DEFAULT_PROGRAMS_PER_SM, MIN_TILES_PER_SPLIT, SPLIT_POLICIES, DecodeCfg, PrefillCfg,
-                     decode_cfg, head_pad)
+from .launch import (DEFAULT_PROGRAMS_PER_SM, MAX_SPLITS, MIN_TILES_PER_SPLIT, SPLIT_POLICIES, DecodeCfg,
+                     PrefillCfg, decode_cfg, head_pad)
 from .prefill import paged_attn_prefill_kernel
 from .tuning import prefill_config
 
@@ -221,23 +221,42 @@ def prefill_variants(group: int, head: int, block_size: int, dtype: torch.dtype,
     return out
 
 
+def decode_split_variants() -> tuple[int, ...]:
+    """A split count for each decode kernel specialisation a step can launch: 1 (no split) and
+    each power-of-two pad up to ``MAX_SPLITS`` (the count itself is not specialised, its pad is)."""
+    out, pad = [1], 2
+    while pad <= MAX_SPLITS:
+        out.append(pad)
+        pad *= 2
+    return tuple(out)
+
+
 def warm_prefill(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, out: torch.Tensor,
                  cu_seqlens_q: torch.Tensor, seq_lens: torch.Tensor, block_table: torch.Tensor, scale: float,
                  causal: bool, window: Any, softcap: float, sinks: torch.Tensor | None,
                  max_tokens: int) -> tuple[int, dict]:
     """Compile, without launching, the prefill kernel for every tile config a step of up to
-    ``max_tokens`` queries can pick, on a real call's tensors (the same argument specialisation
-    as the steps to come), side by side: no request of a new length then waits for a Triton
-    JIT compile (~1 s; vLLM's JIT monitor reports it).  Returns (configs compiled, failures)."""
+    ``max_tokens`` queries can pick and (causal) the decode and reduce kernels for every split
+    pad, on a real call's tensors (the same argument specialisation as the steps to come), side
+    by side: no request of a new length, and no CUDA-graph capture of a new batch size, then
+    waits for a Triton JIT compile (~1 s each; on the H200 the decode variants compiled one by
+    one in the capture, ~4-5 s).  Returns (variants compiled, failures)."""
     from ... import tuning as generic
 
     group, head = q.shape[1] // k_cache.shape[2], q.shape[2]
     cfgs = prefill_variants(group, head, k_cache.shape[1], q.dtype, bool(causal), max_tokens, _tuning_run)
-    failed = generic.compile_side_by_side(
-        {c: (lambda c=c: paged_attention(q, k_cache, v_cache, out, cu_seqlens_q, seq_lens, block_table, 2, 2,
-                                         scale, causal, window, softcap, sinks, prefill=c, check=False))
-         for c in cfgs})
-    return len(cfgs) - len(failed), failed
+    calls: dict[Any, Any] = {
+        c: (lambda c=c: paged_attention(q, k_cache, v_cache, out, cu_seqlens_q, seq_lens, block_table, 2, 2,
+                                        scale, causal, window, softcap, sinks, prefill=c, check=False))
+        for c in cfgs}
+    if causal:  # one sequence's row: the decode kernel's tensors as a decode step has them
+        for splits in decode_split_variants():
+            calls[("decode", splits)] = (
+                lambda splits=splits: paged_attention(q[:1], k_cache, v_cache, out[:1], cu_seqlens_q[:2],
+                                                      seq_lens[:1], block_table[:1], 1, 2, scale, True, window,
+                                                      softcap, sinks, num_splits=splits, check=False))
+    failed = generic.compile_side_by_side(calls)
+    return len(calls) - len(failed), failed
 
 
 def prepare_prefill(group: int, head: int, block_size: int, dtype: torch.dtype) -> PrefillCfg | None:
