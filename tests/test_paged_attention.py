@@ -650,18 +650,11 @@ def test_prepare_prefill_without_gpu_uses_stored_or_heuristic_tiles():
 
 # ----------------------------------------------------------------------------- compiled ahead
 
-def test_warm_up_compiles_every_prefill_config_a_step_can_pick(monkeypatch):
-    """warm_prefill compiles (here: records) the prefill kernel for every tile config; then steps
-    of any query count up to the limit (short chunks, decode rows mixed in, long prefills) launch
-    only configs it compiled: no JIT compile while serving."""
+def _warm_recording(monkeypatch, record):
+    """warm_prefill on one step's tensors (GQA 28/4, d64), its compiles run one by one and every
+    launch given to ``record`` instead: (variants, failures)."""
     from tri_inductor import tuning as generic
     from tri_inductor.patterns.paged_attention import ops
-
-    seen: list[tuple] = []
-
-    def record(kernel, grid, *args, **kwargs):
-        if kernel is ops.paged_attn_prefill_kernel:
-            seen.append(tuple(sorted((k, v) for k, v in kwargs.items())))
 
     def sequential(fns):
         for f in fns.values():
@@ -671,8 +664,22 @@ def test_warm_up_compiles_every_prefill_config_a_step_can_pick(monkeypatch):
     monkeypatch.setattr(ops, "launch", record)
     monkeypatch.setattr(generic, "compile_side_by_side", sequential)
     q, kc, vc, cu, sl, bt = make_inputs([3, 1], [40, 9], 28, 4, 64)
-    out = torch.empty_like(q)
-    done, failed = ops.warm_prefill(q, kc, vc, out, cu, sl, bt, 0.125, True, None, 0.0, None, 4096)
+    return ops.warm_prefill(q, kc, vc, torch.empty_like(q), cu, sl, bt, 0.125, True, None, 0.0, None, 4096)
+
+
+def test_warm_up_compiles_every_prefill_config_a_step_can_pick(monkeypatch):
+    """warm_prefill compiles (here: records) the prefill kernel for every tile config; then steps
+    of any query count up to the limit (short chunks, decode rows mixed in, long prefills) launch
+    only configs it compiled: no JIT compile while serving."""
+    from tri_inductor.patterns.paged_attention import ops
+
+    seen: list[tuple] = []
+
+    def record(kernel, grid, *args, **kwargs):
+        if kernel is ops.paged_attn_prefill_kernel:
+            seen.append(tuple(sorted((k, v) for k, v in kwargs.items())))
+
+    done, failed = _warm_recording(monkeypatch, record)
     warmed = set(seen)
     assert done == len(warmed) + len(ops.decode_split_variants()) and len(warmed) >= 3 and not failed
     for n in (2, 3, 5, 9, 17, 100, 255, 256, 257, 1000, 4096):
@@ -729,7 +736,6 @@ def test_warm_up_compiles_every_decode_split_variant_a_step_can_launch(monkeypat
     """warm_prefill also compiles (here: records) the decode and reduce kernels for every split
     pad on the call's own tensors; decode steps of any batch size and context length then launch
     only specialisations it compiled (no JIT compile in a CUDA-graph capture or while serving)."""
-    from tri_inductor import tuning as generic
     from tri_inductor.patterns.paged_attention import ops
 
     seen: list[tuple] = []
@@ -751,15 +757,7 @@ def test_warm_up_compiles_every_decode_split_variant_a_step_can_launch(monkeypat
         if kernel in (ops.paged_attn_decode_kernel, ops.paged_attn_reduce_kernel):
             seen.append((kernel.fn.__name__, specialisation(kernel, args), tuple(sorted(kwargs.items()))))
 
-    def sequential(fns):
-        for f in fns.values():
-            f()
-        return {}
-
-    monkeypatch.setattr(ops, "launch", record)
-    monkeypatch.setattr(generic, "compile_side_by_side", sequential)
-    q, kc, vc, cu, sl, bt = make_inputs([3, 1], [40, 9], 28, 4, 64)
-    ops.warm_prefill(q, kc, vc, torch.empty_like(q), cu, sl, bt, 0.125, True, None, 0.0, None, 4096)
+    _warm_recording(monkeypatch, record)
     warmed = set(seen)
     assert {name for name, _, _ in warmed} == {"paged_attn_decode_kernel", "paged_attn_reduce_kernel"}
     for seqs, ctx in ((1, 7), (1, 3000), (5, 100), (33, 900), (64, 4000), (200, 50)):
