@@ -4,7 +4,7 @@
 
 One column per file (seconds = samples x 0.2 s); a row counts the samples whose stack contains
 that frame (rows overlap: the compile contains our pass). Then, per file, the most frequent
-innermost frames. ``e2e_vllm.py --sample-stacks DIR`` writes one file per process.
+innermost frames. ``--thread tri_inductor-tune``: our tuning thread's samples instead. ``e2e_vllm.py --sample-stacks DIR`` writes one file per process.
 """
 from __future__ import annotations
 
@@ -32,21 +32,27 @@ ROWS = (
 )
 
 
-def read(path: Path) -> tuple[str, list[tuple[float, list[str]]]]:
+def read(path: Path, thread: str | None = None) -> tuple[str, list[tuple[float, list[str]]]]:
+    """(command line, [(seconds, frames innermost first)]) of the main thread, or of the threads
+    whose name starts with ``thread``."""
     lines = path.read_text().splitlines()
     samples = []
     for line in lines[1:]:
         head, _, stack = line.partition(" | ")
+        fields = head.split()
+        name = fields[2][1:] if len(fields) > 2 and fields[2].startswith("@") else None
+        if (name is None) != (thread is None) or (thread is not None and not name.startswith(thread)):
+            continue
         try:
-            t = float(head.split()[0])
+            t = float(fields[0])
         except (IndexError, ValueError):
             continue
         samples.append((t, [f for f in stack.split(" < ") if f]))
     return (lines[0] if lines else ""), samples
 
 
-def table(files: list[Path]) -> str:
-    data = [read(f) for f in files]
+def table(files: list[Path], thread: str | None = None) -> str:
+    data = [read(f, thread) for f in files]
     out = ["| | " + " | ".join(f.stem for f in files) + " |", "|---|" + "---|" * len(files)]
     out.append("| sampled (s) | " + " | ".join(f"{len(s) * PERIOD_S:.1f}" for _, s in data) + " |")
     for label, key in ROWS:
@@ -55,8 +61,8 @@ def table(files: list[Path]) -> str:
     return "\n".join(out)
 
 
-def top_frames(path: Path, n: int) -> str:
-    argv, samples = read(path)
+def top_frames(path: Path, n: int, thread: str | None = None) -> str:
+    argv, samples = read(path, thread)
     counts = collections.Counter(" < ".join(st[:4]) for _, st in samples if st)
     lines = [f"{path.name}: {argv[:120]}"]
     lines += [f"  {c * PERIOD_S:6.1f} s  {stack[:300]}" for stack, c in counts.most_common(n)]
@@ -67,11 +73,13 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("files", nargs="+", type=Path)
     p.add_argument("--top", type=int, default=8, help="innermost stacks listed per file")
+    p.add_argument("--thread", default=None,
+                   help="our threads whose name starts with this (e.g. tri_inductor-tune) instead of the main thread")
     args = p.parse_args(argv)
-    print(table(args.files))
+    print(table(args.files, args.thread))
     for f in args.files:
         print()
-        print(top_frames(f, args.top))
+        print(top_frames(f, args.top, args.thread))
     return 0
 
 

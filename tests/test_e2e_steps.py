@@ -185,7 +185,11 @@ def test_sample_stacks_puts_the_sampler_first_on_each_engines_path(tmp_path, mon
     assert env["TRI_STACK_SAMPLE_DIR"] == str(tmp_path / "stacks" / "tri_inductor_0")
     assert env["PYTHONPATH"].split(os.pathsep) == [str(E.STACK_SAMPLER), "/already/there"]
     env["PYTHONPATH"] = str(E.STACK_SAMPLER)
-    code = "import time\ndef busy_in_benchmarks():\n    time.sleep(0.7)\nbusy_in_benchmarks()\n"
+    code = ("import threading, time\n"
+            "def tuning_in_benchmarks():\n    time.sleep(0.7)\n"
+            "def busy_in_benchmarks():\n    time.sleep(0.7)\n"
+            "t = threading.Thread(target=tuning_in_benchmarks, name='tri_inductor-tune')\n"
+            "t.start()\nbusy_in_benchmarks()\nt.join()\n")
     script = tmp_path / "benchmarks" / "probe.py"
     script.parent.mkdir()
     script.write_text(code)
@@ -193,3 +197,6 @@ def test_sample_stacks_puts_the_sampler_first_on_each_engines_path(tmp_path, mon
     (samples,) = (tmp_path / "stacks" / "tri_inductor_0").glob("*.txt")
     argv, rows = stack_report.read(samples)
     assert "probe.py" in argv and rows and any("busy_in_benchmarks" in fr for _, st in rows for fr in st)
+    assert not any("tuning_in_benchmarks" in fr for _, st in rows for fr in st)  # the main thread's only
+    _, tuning = stack_report.read(samples, thread="tri_inductor-tune")
+    assert tuning and any("tuning_in_benchmarks" in fr for _, st in tuning for fr in st)

@@ -3,7 +3,9 @@
 Not part of the package. A process started with this folder first on ``PYTHONPATH`` and
 ``TRI_STACK_SAMPLE_DIR`` set writes its main thread's Python stack every 0.2 s (frames from
 vllm, tri_inductor, torch, triton and the benchmarks) to ``<dir>/<pid>.txt``: its command line,
-then one line per sample, ``<seconds since start> <epoch> | <innermost frame> < ... < <outer>``.
+then one line per sample, ``<seconds since start> <epoch> | <innermost frame> < ... < <outer>``;
+a busy thread of ours (named ``tri_inductor-*``: tuning, compile-ahead) gets its own line,
+``<seconds> <epoch> @<thread name> | ...``.
 ``benchmarks/stack_report.py`` sums them by what the thread was doing. Without the variable
 this file does nothing.
 """
@@ -38,7 +40,11 @@ def _loop() -> None:
         while True:
             time.sleep(PERIOD_S)
             now = time.time()
-            f.write(f"{now - t0:.1f} {now:.1f} | {_frames(sys._current_frames().get(main))}\n")
+            frames = sys._current_frames()
+            f.write(f"{now - t0:.1f} {now:.1f} | {_frames(frames.get(main))}\n")
+            for t in threading.enumerate():
+                if t.name.startswith("tri_inductor") and t.ident in frames:
+                    f.write(f"{now - t0:.1f} {now:.1f} @{t.name} | {_frames(frames[t.ident])}\n")
 
 
 if _dir:
