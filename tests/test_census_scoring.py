@@ -266,30 +266,12 @@ def test_a_non_triton_launch_is_traced_to_the_outermost_aten_op_and_its_python_f
     assert vllm_census.launch_source(ops, 15, 2)["op"] == "aten::mm"  # only the launching thread's ops
 
 
-class _Event:
-    def __init__(self, name, dev, start, end, corr=0, thread=1, stack=()):
-        self._v = (name, dev, start, end, corr, thread, list(stack))
+def _event(name, dev, start, end, corr=0, thread=1, stack=()):
+    """A Kineto event as Census.attribute reads it (its accessor methods)."""
+    from types import SimpleNamespace
 
-    def name(self):
-        return self._v[0]
-
-    def device_type(self):
-        return self._v[1]
-
-    def start_ns(self):
-        return self._v[2]
-
-    def end_ns(self):
-        return self._v[3]
-
-    def correlation_id(self):
-        return self._v[4]
-
-    def start_thread_id(self):
-        return self._v[5]
-
-    def stack(self):
-        return self._v[6]
+    return SimpleNamespace(name=lambda: name, device_type=lambda: dev, start_ns=lambda: start, end_ns=lambda: end,
+                           correlation_id=lambda: corr, start_thread_id=lambda: thread, stack=lambda: list(stack))
 
 
 def test_a_launch_from_another_thread_during_the_forward_is_not_the_forwards(monkeypatch):
@@ -302,14 +284,14 @@ def test_a_launch_from_another_thread_during_the_forward_is_not_the_forwards(mon
     C, G = "DeviceType.CPU", "DeviceType.CUDA"
     fill = "void at::native::vectorized_elementwise_kernel<4, at::native::FillFunctor<int>>"
     events = [
-        _Event("tri_census:step:mixed", C, 0, 100, thread=1),
-        _Event("tri_census:part:forward", C, 10, 90, thread=1),
-        _Event("aten::fill_", C, 19, 22, thread=2, stack=["/vllm/runner.py(5): prep"]),
-        _Event("cudaLaunchKernel", C, 20, 21, corr=7, thread=2),  # the other thread's fill
-        _Event("aten::mm", C, 29, 32, thread=1),
-        _Event("cudaLaunchKernel", C, 30, 31, corr=8, thread=1),  # the forward's own launch
-        _Event(fill, G, 40, 41, corr=7),
-        _Event("nvjet_sm90_gemm", G, 42, 45, corr=8),
+        _event("tri_census:step:mixed", C, 0, 100, thread=1),
+        _event("tri_census:part:forward", C, 10, 90, thread=1),
+        _event("aten::fill_", C, 19, 22, thread=2, stack=["/vllm/runner.py(5): prep"]),
+        _event("cudaLaunchKernel", C, 20, 21, corr=7, thread=2),  # the other thread's fill
+        _event("aten::mm", C, 29, 32, thread=1),
+        _event("cudaLaunchKernel", C, 30, 31, corr=8, thread=1),  # the forward's own launch
+        _event(fill, G, 40, 41, corr=7),
+        _event("nvjet_sm90_gemm", G, 42, 45, corr=8),
     ]
     prof = SimpleNamespace(profiler=SimpleNamespace(kineto_results=SimpleNamespace(events=lambda: events)))
     table = census.attribute(prof)

@@ -651,7 +651,7 @@ def test_prepare_prefill_without_gpu_uses_stored_or_heuristic_tiles():
 # ----------------------------------------------------------------------------- compiled ahead
 
 def _warm_recording(monkeypatch, record):
-    """warm_prefill on one step's tensors (GQA 28/4, d64), its compiles run one by one and every
+    """warm_variants on one step's tensors (GQA 28/4, d64), its compiles run one by one and every
     launch given to ``record`` instead: (variants, failures)."""
     from tri_inductor import tuning as generic
     from tri_inductor.patterns.paged_attention import ops
@@ -664,11 +664,11 @@ def _warm_recording(monkeypatch, record):
     monkeypatch.setattr(ops, "launch", record)
     monkeypatch.setattr(generic, "compile_side_by_side", sequential)
     q, kc, vc, cu, sl, bt = make_inputs([3, 1], [40, 9], 28, 4, 64)
-    return ops.warm_prefill(q, kc, vc, torch.empty_like(q), cu, sl, bt, 0.125, True, None, 0.0, None, 4096)
+    return ops.warm_variants(q, kc, vc, torch.empty_like(q), cu, sl, bt, 0.125, True, None, 0.0, None, 4096)
 
 
 def test_warm_up_compiles_every_prefill_config_a_step_can_pick(monkeypatch):
-    """warm_prefill compiles (here: records) the prefill kernel for every tile config; then steps
+    """warm_variants compiles (here: records) the prefill kernel for every tile config; then steps
     of any query count up to the limit (short chunks, decode rows mixed in, long prefills) launch
     only configs it compiled: no JIT compile while serving."""
     from tri_inductor.patterns.paged_attention import ops
@@ -698,7 +698,7 @@ def test_impl_compiles_ahead_once_per_signature_and_never_fails_a_step(monkeypat
     warms, runs = [], []
     monkeypatch.setattr(VA, "_WARMED", set())
     monkeypatch.setattr(VA, "can_compile_ahead", lambda q: True)
-    monkeypatch.setattr(VA, "warm_prefill", lambda *a: warms.append(a[-1]) or (5, {}))
+    monkeypatch.setattr(VA, "warm_variants", lambda *a: warms.append(a[-1]) or (5, {}))
     monkeypatch.setattr(VA, "paged_attention", lambda *a, **k: runs.append(1))
 
     def impl(strict=False):
@@ -723,7 +723,7 @@ def test_impl_compiles_ahead_once_per_signature_and_never_fails_a_step(monkeypat
         raise RuntimeError("out of resources")
 
     monkeypatch.setattr(VA, "_WARMED", set())
-    monkeypatch.setattr(VA, "warm_prefill", broken)
+    monkeypatch.setattr(VA, "warm_variants", broken)
     with caplog.at_level("WARNING", logger="tri_inductor.vllm"):
         impl().forward(None, q, q, q, kv, md, torch.zeros_like(q))
     assert "not compiled ahead" in caplog.text and len(runs) == 7
@@ -733,7 +733,7 @@ def test_impl_compiles_ahead_once_per_signature_and_never_fails_a_step(monkeypat
 
 
 def test_warm_up_compiles_every_decode_split_variant_a_step_can_launch(monkeypatch):
-    """warm_prefill also compiles (here: records) the decode and reduce kernels for every split
+    """warm_variants also compiles (here: records) the decode and reduce kernels for every split
     pad on the call's own tensors; decode steps of any batch size and context length then launch
     only specialisations it compiled (no JIT compile in a CUDA-graph capture or while serving)."""
     from tri_inductor.patterns.paged_attention import ops

@@ -133,7 +133,7 @@ def test_programs_per_sm_matches_the_driver(hq, hk, d):
 
 
 def test_no_compile_while_serving_after_the_warm_up():
-    """After warm_prefill on one step's tensors, steps of other query counts (and sequence
+    """After warm_variants on one step's tensors, steps of other query counts (and sequence
     counts) compile nothing new: Triton's kernel cache of the prefill kernel keeps its size."""
     from tri_inductor.patterns.paged_attention import ops
 
@@ -148,8 +148,8 @@ def test_no_compile_while_serving_after_the_warm_up():
         return q, kc, vc, cu, sl, wide
 
     q, kc, vc, cu, sl, bt = inputs([7, 1], [300, 40])
-    done, failed = ops.warm_prefill(q, kc, vc, torch.empty_like(q), cu, sl, bt, 128 ** -0.5, True, None, 0.0,
-                                    None, 4096)
+    done, failed = ops.warm_variants(q, kc, vc, torch.empty_like(q), cu, sl, bt, 128 ** -0.5, True, None, 0.0,
+                                     None, 4096)
     assert done >= 3 and not failed
     before = compiled()
     for lens in ([2, 1], [33, 1, 1], [300], [1000, 5, 1, 1], [4096], [16] * 17):

@@ -93,7 +93,6 @@ def _work() -> None:
     import torch
 
     from . import compile_workers
-    from .tuning import compile_batch
 
     while True:
         with _lock:
@@ -108,10 +107,8 @@ def _work() -> None:
             torch.cuda.set_device(device)
             fns = jobs()
             if fns:  # nothing when every bucket is stored (a warm start)
-                def threads(calls: dict) -> dict:
-                    return compile_batch(calls, workers=_threads())
-
-                failed = compile_workers.compile_calls(fns, threads) if compile_workers.usable() else threads(fns)
+                failed = (compile_workers.compile_calls(fns, _in_threads) if compile_workers.usable()
+                          else _in_threads(fns))
                 cache.count("ahead_kernels", len(fns) - len(failed))
                 cache.progress(f"compiled {label} ahead: {len(fns) - len(failed)} tuning candidates in "
                                f"{time.perf_counter() - t0:.1f} s, in the background (its tuning then measures)")
@@ -122,6 +119,13 @@ def _work() -> None:
             with _lock:
                 _running.pop(key, None)
             done.set()
+
+
+def _in_threads(calls: dict) -> dict:
+    """The batch compiled on threads of this process (kernels the workers cannot take)."""
+    from .tuning import compile_batch
+
+    return compile_batch(calls, workers=_threads())
 
 
 def _threads() -> int:

@@ -37,7 +37,6 @@ _REPLY = "tri_inductor-compiled "  # a reply line's prefix (whatever else a work
 _CAPTURE: contextvars.ContextVar[list[Spec] | None] = contextvars.ContextVar("tri_inductor_capture",
                                                                                default=None)
 _hook_lock = threading.Lock()
-_hook_installed = False
 
 
 def _capture_hook(previous: Callable[..., Any] | None) -> Callable[..., Any]:
@@ -68,7 +67,6 @@ def _importable(module: str, name: str, jit_function: Any) -> bool:
 
 
 def _install_hook() -> None:
-    global _hook_installed
     from triton import knobs
 
     with _hook_lock:
@@ -76,7 +74,6 @@ def _install_hook() -> None:
         if getattr(current, "tri_inductor_capture", False):
             return
         knobs.runtime.jit_cache_hook = _capture_hook(current)
-        _hook_installed = True
 
 
 @contextlib.contextmanager
@@ -188,7 +185,6 @@ def pool() -> Pool:
 
 
 def close_pool() -> None:
-    global _pool
     with _pool_lock:
         if _pool is not None:
             _pool.close()

@@ -21,12 +21,12 @@ from vllm.v1.attention.backends.triton_attn import (TritonAttentionBackend, Trit
 
 from .patterns.paged_attention import decline_reason, paged_attention, prepare_prefill
 from .vllm_compile_ahead import queue_attention
-from .patterns.paged_attention.ops import warm_prefill
+from .patterns.paged_attention.ops import warm_variants
 from .tuning import device_fault
 
 log = logging.getLogger("tri_inductor.vllm")
 _logged: set[str] = set()
-# Kernel signatures whose prefill tile and decode split variants are compiled in this process (warm_prefill).
+# Kernel signatures whose prefill tile and decode split variants are compiled in this process (warm_variants).
 _WARMED: set[tuple] = set()
 
 
@@ -176,13 +176,13 @@ class TriPagedAttentionImpl(TritonAttentionImpl):
         _WARMED.add(key)
         t0 = time.perf_counter()
         try:
-            done, failed = warm_prefill(q, key_cache, value_cache, out, md.query_start_loc, md.seq_lens,
+            done, failed = warm_variants(q, key_cache, value_cache, out, md.query_start_loc, md.seq_lens,
                                         md.block_table, self.scale, bool(md.causal), self.sliding_window,
                                         self.logits_soft_cap, self.sinks, self._tri_max_tokens)
         except Exception as e:
             if self._tri_strict or device_fault(e):
                 raise
-            log.warning("tri_inductor: attention prefill kernels not compiled ahead (%s: %s); each compiles "
+            log.warning("tri_inductor: attention kernel variants not compiled ahead (%s: %s); each compiles "
                         "at its first use", type(e).__name__, str(e)[:200])
             return
         cache.progress(f"compiled {done} kernel variants of our paged attention (prefill tiles, decode split "

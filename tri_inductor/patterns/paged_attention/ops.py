@@ -211,7 +211,7 @@ def paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tenso
 def prefill_variants(group: int, head: int, block_size: int, dtype: torch.dtype, causal: bool, max_tokens: int,
                      run: Any = None) -> list[PrefillCfg]:
     """Every prefill tile config a step of up to ``max_tokens`` queries can pick (each bucket's
-    stored or tuned config fitted to the step, or the heuristic's): what :func:`warm_prefill`
+    stored or tuned config fitted to the step, or the heuristic's): what :func:`warm_variants`
     compiles.  A causal step of one query is a decode step."""
     out: list[PrefillCfg] = []
     for n in range(2 if causal else 1, max(2, max_tokens) + 1):
@@ -231,7 +231,7 @@ def decode_split_variants() -> tuple[int, ...]:
     return tuple(out)
 
 
-def warm_prefill(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, out: torch.Tensor,
+def warm_variants(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, out: torch.Tensor,
                  cu_seqlens_q: torch.Tensor, seq_lens: torch.Tensor, block_table: torch.Tensor, scale: float,
                  causal: bool, window: Any, softcap: float, sinks: torch.Tensor | None,
                  max_tokens: int) -> tuple[int, dict]:
