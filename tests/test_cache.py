@@ -372,11 +372,19 @@ def test_fx_cache_cold_misses(cold):
     assert cold["base"]["fxgraph_cache_miss"] >= 1 and cold["base"]["fxgraph_cache_hit"] == 0, cold["base"]
 
 
+def _triton_entries(tri_dir: Path) -> set[str]:
+    return {p.name for p in (tri_dir / "triton").iterdir()} if (tri_dir / "triton").is_dir() else set()
+
+
 def test_fx_cache_warm_hit_in_new_process(cold, fx_dirs):
+    before = _triton_entries(fx_dirs[1])
     w = _child(["base"], *fx_dirs)[0]
     assert w["fxgraph_cache_miss"] == 0 and w["fxgraph_cache_bypass"] == 0, w
     assert w["fxgraph_cache_hit"] >= 1 and w["autograd_cache_miss"] == 0, w
     assert w["tri"]["benchmarks"] == 0 and w["tri"]["stores"] == 0
+    # every kernel the warm start loads is under the cold start's Triton key (same ptxas in both:
+    # hooks.same_ptxas_as_inductor), so it compiles nothing
+    assert before and _triton_entries(fx_dirs[1]) == before, sorted(_triton_entries(fx_dirs[1]) - before)
 
 
 def test_fx_cache_misses_on_changed_settings(cold):

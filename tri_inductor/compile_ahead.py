@@ -59,6 +59,9 @@ def submit(key: Hashable, jobs: Jobs, later: bool = False, label: str | None = N
         return False
     import torch
 
+    from . import hooks
+
+    hooks.same_ptxas_as_inductor()  # before the first compile: the warm start's cache keys
     with _lock:
         if key in _seen:
             return True

@@ -208,6 +208,14 @@ TABLE: tuple[Hook, ...] = (
     Hook("triton.runtime.jit:JITFunction.preload", _T + " (read)",
          "a compile worker compiles a kernel from that specialization record (compile_workers)",
          "as above", ("self, specialization_data",)),
+    Hook("torch._inductor.runtime.compile_tasks:_set_triton_ptxas_path", _T + " (called)",
+         "pick the ptxas Inductor's compiles use (torch's own, TRITON_PTXAS_PATH) before any Triton compile "
+         "of ours (same_ptxas_as_inductor)", "the cold start keys our kernels on Triton's bundled ptxas and "
+         "the warm start, which Inductor reaches first, on torch's: every kernel of ours recompiles on the "
+         "first warm start", ("",)),
+    Hook("triton.backends.nvidia.compiler:get_ptxas_version", _T + " (cache cleared)",
+         "Triton caches the ptxas version it read first and keys every compile on it", "as above",
+         ("arch",)),
     # ---------------------------------------------------------------- CPU test harnesses (scoped)
     Hook("triton.runtime.jit:JITFunction.__call__", _T, "interpreter: nested @triton.jit helpers",
          "interpreter harness cannot run Inductor's helpers", ("self, *args, **kwargs",), "harness"),
@@ -476,6 +484,39 @@ def accepts_keyword(fn: Callable[..., Any], name: str) -> bool:
     except (TypeError, ValueError):
         return False
     return name in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
+
+
+_ptxas_aligned = False
+
+
+def same_ptxas_as_inductor() -> None:
+    """Point Triton at the ptxas Inductor's own compiles will use (torch's bundled one, through
+    ``TRITON_PTXAS_PATH``, as Inductor sets it before its first compile), before any Triton compile
+    of ours in this process. Triton keys its cache on the ptxas version it read first: a cold start
+    that compiled our kernels before Inductor's first compile keyed them on Triton's own ptxas,
+    while a warm start (Inductor first) keyed them on torch's, so every kernel of ours compiled again
+    on the first warm start. Idempotent; a user's ``TRITON_PTXAS_PATH`` is kept."""
+    global _ptxas_aligned
+    if _ptxas_aligned:
+        return
+    _ptxas_aligned = True
+    import os
+
+    before = os.environ.get("TRITON_PTXAS_PATH")
+    try:
+        from torch._inductor.runtime.compile_tasks import _set_triton_ptxas_path
+
+        _set_triton_ptxas_path()
+    except (ImportError, AttributeError):  # another torch: Triton's own choice stands (logged)
+        logging.getLogger("tri_inductor").debug("tri_inductor: torch has no _set_triton_ptxas_path")
+        return
+    if os.environ.get("TRITON_PTXAS_PATH") != before:
+        try:
+            from triton.backends.nvidia.compiler import get_ptxas_version
+
+            get_ptxas_version.cache_clear()  # a version read from the other ptxas: forget it
+        except (ImportError, AttributeError):
+            pass
 
 
 def inductor_folds_narrowing_round_trip() -> bool:

@@ -36,6 +36,8 @@ def install_hooks() -> None:
     with _install_lock:
         from torch._inductor.graph import GraphLowering
 
+        hooks.same_ptxas_as_inductor()  # before any compile of ours: cold and warm starts share keys
+
         hooks.wrap_once(GraphLowering, "codegen", make_codegen_hook)
         chain_save_output_code()
         try:
