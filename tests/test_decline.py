@@ -130,3 +130,30 @@ def test_near_miss_runs_and_matches_eager(case, interpreter):
         assert o.dtype == torch.float32 and o.shape == r.shape
         err = ((o.double() - r).norm() / r.norm()).item()
         assert err <= TOL, f"{case}: rel. error {err:.2e} > {TOL}"
+
+
+class TableLookup(torch.nn.Module):
+    """A row lookup in a cos/sin-like buffer (``table[positions]``) that no RoPE consumes: what a
+    rotation our patterns missed leaves behind."""
+
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("table", torch.randn(64, 32))
+
+    def forward(self, x, pos):
+        return x * self.table[pos]
+
+
+class ActivationGather(torch.nn.Module):
+    """A gather of computed rows (a MoE block's ``hidden_states[token_ids]``): not a table."""
+
+    def forward(self, x, pos):
+        return x.relu()[pos] * 2
+
+
+def test_rope_near_miss_is_a_table_lookup_not_an_activation_gather(codegen_only):
+    x, pos = torch.randn(9, 32), torch.randint(0, 9, (9,))
+    misses = [m for r in codegen_only(TableLookup(), [x, pos], dtype=torch.float32) for m in r.near_misses]
+    assert any(m.startswith("rope: aten.index") for m in misses), misses
+    misses = [m for r in codegen_only(ActivationGather(), [x, pos], dtype=torch.float32) for m in r.near_misses]
+    assert not any(m.startswith("rope:") for m in misses), misses

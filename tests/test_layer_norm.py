@@ -15,10 +15,11 @@ TOL = {torch.float32: 1e-5, torch.bfloat16: 1e-2}
 @pytest.mark.parametrize("dtype", list(TOL))
 @pytest.mark.parametrize("shape", [(1, 8), (7, 100), (2, 3, 768)])
 @pytest.mark.parametrize("bias", [True, False])
-def test_kernel_matches_reference(dtype, shape, bias, poison) -> None:
+@pytest.mark.parametrize("weight", [True, False])
+def test_kernel_matches_reference(dtype, shape, bias, weight, poison) -> None:
     g = torch.Generator().manual_seed(sum(shape))
     x = (torch.randn(*shape, generator=g) * 3 + 1).to(dtype)
-    w = torch.randn(shape[-1], generator=g).to(dtype)
+    w = torch.randn(shape[-1], generator=g).to(dtype) if weight else None
     b = torch.randn(shape[-1], generator=g).to(dtype) if bias else None
     out = L.layer_norm(x, w, b, 1e-5)
     assert out.shape == x.shape and out.dtype == dtype
@@ -80,4 +81,48 @@ def test_hand_written_layer_norm_numerics_in_interpreter(interpreter, name) -> N
     with torch.no_grad():
         out = torch.compile(m, backend="tri_inductor")(x)
     ref = L.reference_layer_norm(x.double(), m.w.detach().double(), m.b.detach().double(), 1e-5)
+    assert out.dtype == torch.bfloat16 and rel(out, ref) < TOL[torch.bfloat16]
+
+
+class _Unit(torch.nn.Module):
+    def __init__(self, form):
+        super().__init__()
+        self.form = form
+
+    def forward(self, x):
+        return self.form(x, 1e-5)
+
+
+class _Cohere(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.randn(96, generator=torch.Generator().manual_seed(8)).to(torch.bfloat16))
+
+    def forward(self, x):
+        return L._ln_upcast_weight_fp32(x, self.w, 1e-5)
+
+
+# weightless (OLMo, elementwise_affine=False) and Cohere's fp32-weight form: our kernel alone,
+# with every family on (RMSNorm's weightless forms must not take the centred half)
+OTHER = {"unit": lambda: _Unit(L._ln_unit), "unit upcast (OLMo)": lambda: _Unit(L._ln_unit_upcast),
+         "cohere": _Cohere}
+
+
+@pytest.mark.parametrize("name", list(OTHER))
+def test_other_layer_norms_are_ours_with_every_family_on(codegen_only, name) -> None:
+    reports = codegen_only(OTHER[name](), [torch.randn(2, 5, 96, dtype=torch.bfloat16)])
+    hits = {f: n for r in reports for f, n in r.pattern_hits.items()}
+    assert hits == {"layer_norm": 1}, hits
+    assert {k.kind for r in reports for k in r.kernels} == {"our_triton"}
+
+
+@pytest.mark.parametrize("name", list(OTHER))
+def test_other_layer_norms_numerics_in_interpreter(interpreter, name) -> None:
+    m = OTHER[name]()
+    x = torch.randn(3, 96, generator=torch.Generator().manual_seed(9)).to(torch.bfloat16)
+    torch._dynamo.reset()
+    with torch.no_grad():
+        out = torch.compile(m, backend="tri_inductor")(x)
+    w = m.w.detach().double() if name == "cohere" else None
+    ref = L.reference_layer_norm(x.double(), w, None, 1e-5)
     assert out.dtype == torch.bfloat16 and rel(out, ref) < TOL[torch.bfloat16]

@@ -72,6 +72,46 @@ def test_planted_topk_fails_strict_mode_with_its_source_line(codegen_only):
     assert "aten.topk" in str(err) and "planted" in str(err)
 
 
+class TopKFirstRouter(torch.nn.Module):
+    """Routers that take the top-k of the gate's logits and score the k picks afterwards:
+    Granite-MoE / JetMoE (``linear(x).float().topk(k)`` then softmax of the k values) and Llama 4
+    (``topk(linear(x), k, dim=1)`` then sigmoid)."""
+
+    def __init__(self, sigmoid: bool):
+        super().__init__()
+        self.gate = torch.nn.Linear(32, 8, bias=False)
+        self.sigmoid = sigmoid
+
+    def forward(self, x):
+        if self.sigmoid:
+            vals, ids = torch.topk(self.gate(x), 2, dim=1)
+            w = torch.sigmoid(vals.float())
+        else:
+            vals, ids = self.gate(x).float().topk(2, dim=-1)
+            w = torch.softmax(vals, dim=-1)
+        return w * (ids + 1)
+
+
+@pytest.mark.parametrize("sigmoid", [False, True], ids=["granite", "llama4"])
+def test_topk_of_gate_logits_is_a_router(codegen_only, sigmoid):
+    reports = codegen_only(TopKFirstRouter(sigmoid), [torch.randn(9, 32)])
+    assert all(r.ok for r in reports), "\n".join(r.format_table() for r in reports)
+    assert any(k.name == "moe_route_kernel" for r in reports for k in r.kernels)
+
+
+@pytest.mark.parametrize("sigmoid", [False, True], ids=["granite", "llama4"])
+def test_topk_of_gate_logits_matches_eager(interpreter, sigmoid):
+    # values and ids as torch.topk's (ties: distinct random logits have none), fp32 throughout
+    torch.manual_seed(0)
+    model, x = TopKFirstRouter(sigmoid), torch.randn(9, 32)
+    with torch.no_grad():
+        ref = model(x)
+        torch._dynamo.reset()
+        out = torch.compile(model, backend="tri_inductor")(x)
+    assert sum(r.pattern_hits.get("moe", 0) for r in tri_inductor.last_audit()) >= 1
+    assert rel(out, ref.double()) < 1e-6
+
+
 # Logits of the compiled model against eager, both fp32 (same routing decisions on these seeds):
 # ||out - ref|| / ||ref||; the GEMMs sum in another order, far under 1e-4.
 HF_TOL = 1e-4

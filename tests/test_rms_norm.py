@@ -287,6 +287,43 @@ def test_other_spellings_numerics_in_interpreter(interpreter, name) -> None:
     assert rel(out, R.reference_rms_norm(x.double(), w.double(), 1e-6)) < TOL[torch.bfloat16]
 
 
+UNIT_SPELLINGS = {
+    # RMSNorm without a weight (rms_norm.UNIT_SPELLINGS): Llama 4's q/k L2 norm, nn.RMSNorm(elementwise_affine=False)
+    "no weight": lambda x: x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6),
+    "no weight, fp32 (Llama 4)": lambda x: (x.float() * torch.rsqrt(x.float().pow(2).mean(-1, keepdim=True)
+                                                                     + 1e-6)).type_as(x),
+    "F.rms_norm, no weight": lambda x: torch.nn.functional.rms_norm(x, (x.shape[-1],), None, 1e-6),
+}
+
+
+@pytest.mark.parametrize("name", list(UNIT_SPELLINGS))
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_weightless_spellings_match(pm, name, dtype) -> None:
+    x = torch.randn(2, 5, 64, generator=torch.Generator().manual_seed(3)).to(dtype)
+    hits, code = compile_codegen(UNIT_SPELLINGS[name], [x], pm, dynamic=[(0, 1)])
+    assert hits == 1, name
+    assert_our_kernel(code, "_rms_norm_kernel")
+    assert "1e-06" in _kernel_args(code)
+    assert "triton_" not in code.split("def call(")[1], "a kernel of Inductor's left next to ours"
+
+
+@pytest.mark.parametrize("name", list(UNIT_SPELLINGS))
+def test_weightless_spellings_numerics_in_interpreter(interpreter, name) -> None:
+    x = torch.randn(3, 96, generator=torch.Generator().manual_seed(4)).to(torch.bfloat16)
+    torch._dynamo.reset()
+    out = torch.compile(UNIT_SPELLINGS[name], backend="tri_inductor")(x)
+    assert out.dtype == torch.bfloat16
+    assert rel(out, R.reference_rms_norm(x.double(), None, 1e-6)) < TOL[torch.bfloat16]
+
+
+@pytest.mark.parametrize("rows,H", [(5, 100), (2, 20000)])  # one tile; two passes (H > MAX_FUSED_BLOCK)
+def test_kernel_without_weight(poison, rows, H) -> None:
+    x = torch.randn(rows, H, generator=torch.Generator().manual_seed(H))
+    for offset in (0.0, 1.0):
+        ref = R.reference_rms_norm(x, None, 1e-6, offset)
+        assert rel(R.rms_norm(x, None, 1e-6, offset), ref) < TOL[torch.float32]
+
+
 def test_hf_residual_add_then_norm_fuses(pm) -> None:
     m = _llama(torch.bfloat16)
 
@@ -422,7 +459,7 @@ def test_no_fp64_math_when_inductor_types_eps_fp64(single_tile):
     import re
 
     const = dict(HAS_RESIDUAL=True, BLOCK=4096 if single_tile else 1024, SINGLE_TILE=single_tile,
-                 STRIDED_HEADS=False, HAS_RESIDUAL2=False, STORE_RESIDUAL=True)
+                 STRIDED_HEADS=False, HAS_RESIDUAL2=False, STORE_RESIDUAL=True, HAS_W=True)
     ptx = sm90_ptx(R._rms_norm_kernel, {"x_ptr": "*bf16", "res_ptr": "*fp32", "res2_ptr": "*bf16", "w_ptr": "*bf16",
                                         "out_ptr": "*bf16", "res_out_ptr": "*fp32", "eps": "fp64",
                                         "w_offset": "fp64"}, const, num_warps=8)
@@ -435,7 +472,7 @@ def test_weight_load_before_the_row_reduction():
     not loaded after the cross-warp sum (a second memory round trip per launch; in vLLM decode
     steps our norm took ~0.5 us longer per launch than Inductor's with that order)."""
     const = dict(HAS_RESIDUAL=True, BLOCK=4096, SINGLE_TILE=True, STRIDED_HEADS=False, x_heads=1,
-                 HAS_RESIDUAL2=False, STORE_RESIDUAL=True)
+                 HAS_RESIDUAL2=False, STORE_RESIDUAL=True, HAS_W=True)
     ptx = sm90_ptx(R._rms_norm_kernel, {"x_ptr": "*bf16", "res_ptr": "*bf16", "res2_ptr": "*bf16", "w_ptr": "*bf16",
                                         "out_ptr": "*bf16", "res_out_ptr": "*bf16", "eps": "fp32",
                                         "w_offset": "fp32"}, const, num_warps=8)

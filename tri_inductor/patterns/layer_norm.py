@@ -1,7 +1,7 @@
 """LayerNorm over the last dim: ``(x - mean) * rstd * w + b`` in one pass over each row.
 
-For the LayerNorm models (GPT-2, GPT-J, GPT-NeoX, Falcon, BERT): ``F.layer_norm`` with a weight
-and a bias, or a weight only (``bias=False``). Statistics in fp32, output in x's dtype.
+For the LayerNorm models (GPT-2, GPT-J, GPT-NeoX, Falcon, BERT, Cohere, OLMo): ``F.layer_norm`` with
+a weight and a bias, a weight only (``bias=False``) or neither (``elementwise_affine=False``). Statistics in fp32, output in x's dtype.
 Interpreter note: builtins only (``tl.reduce`` with ``_sum_combine``, see rms_norm.py).
 """
 from __future__ import annotations
@@ -21,7 +21,7 @@ from ._trace import trace_replacement
 
 @triton.jit
 def _layer_norm_kernel(x_ptr, w_ptr, b_ptr, out_ptr, x_stride, out_stride, H, eps,
-                       HAS_B: tl.constexpr, BLOCK: tl.constexpr):
+                       HAS_W: tl.constexpr, HAS_B: tl.constexpr, BLOCK: tl.constexpr):
     row = tl.program_id(0).to(tl.int64)
     cols = tl.arange(0, BLOCK)
     ok = cols < H
@@ -29,29 +29,33 @@ def _layer_norm_kernel(x_ptr, w_ptr, b_ptr, out_ptr, x_stride, out_stride, H, ep
     mean = tl.reduce(x, 0, tl.standard._sum_combine) / H
     d = tl.where(ok, x - mean, 0.0)
     rstd = tl.rsqrt(tl.reduce(d * d, 0, tl.standard._sum_combine) / H + tl.cast(eps, tl.float32))
-    y = d * rstd * tl.load(w_ptr + cols, mask=ok, other=0.0).to(tl.float32)
+    y = d * rstd
+    if HAS_W:
+        y = y * tl.load(w_ptr + cols, mask=ok, other=0.0).to(tl.float32)
     if HAS_B:
         y += tl.load(b_ptr + cols, mask=ok, other=0.0).to(tl.float32)
     tl.store(out_ptr + row * out_stride + cols, y.to(out_ptr.dtype.element_ty), mask=ok)
 
 
 @triton_op("tri_inductor::layer_norm", mutates_args={})
-def layer_norm(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], eps: float) -> torch.Tensor:
+def layer_norm(x: torch.Tensor, weight: Optional[torch.Tensor], bias: Optional[torch.Tensor], eps: float) -> torch.Tensor:
     H = x.shape[-1]
-    torch._check(weight.dim() == 1 and weight.shape[0] == H,
-                 lambda: f"layer_norm: weight {tuple(weight.shape)} does not match hidden size {H}")
+    for name, t in (("weight", weight), ("bias", bias)):
+        torch._check(t is None or (t.dim() == 1 and t.shape[0] == H),
+                     lambda: f"layer_norm: {name} {tuple(t.shape)} does not match hidden size {H}")
     xk = x if x.stride(-1) == 1 else x.contiguous()
     x2 = xk.reshape(-1, H)
     out = torch.empty((x2.shape[0], H), dtype=x.dtype, device=x.device)
     block = triton.next_power_of_2(int(H))
-    launch(_layer_norm_kernel, (x2.shape[0],), x2, weight, bias if bias is not None else weight, out,
-           x2.stride(0), out.stride(0), H, float(eps), HAS_B=bias is not None, BLOCK=block,
+    launch(_layer_norm_kernel, (x2.shape[0],), x2, weight if weight is not None else x2,
+           bias if bias is not None else x2, out, x2.stride(0), out.stride(0), H, float(eps),
+           HAS_W=weight is not None, HAS_B=bias is not None, BLOCK=block,
            num_warps=max(1, min(16, block // 256)))
     return out.view(x.shape)
 
 
 def reference_layer_norm(x, weight, bias, eps: float) -> torch.Tensor:
-    return F.layer_norm(x.double(), (x.shape[-1],), weight.double(),
+    return F.layer_norm(x.double(), (x.shape[-1],), weight.double() if weight is not None else None,
                         bias.double() if bias is not None else None, eps)
 
 
@@ -101,12 +105,36 @@ def _ln_upcast(x, w, b, eps):
 HAND_WRITTEN = (_ln_mean_sq_div, _ln_mean_sq_rsqrt, _ln_var_div, _ln_var_rsqrt, _ln_upcast)
 
 
+# Cohere's LayerNorm: no bias, statistics and the weight product in fp32, one cast at the end.
+def _ln_upcast_weight_fp32(x, w, eps):
+    h = x.float()
+    mu = h.mean(-1, keepdim=True)
+    var = (h - mu).pow(2).mean(-1, keepdim=True)
+    return (w.float() * ((h - mu) * torch.rsqrt(var + eps))).to(x.dtype)
+
+
+# Without weight or bias (OLMo's LayerNorm, ``nn.LayerNorm(elementwise_affine=False)``).
+def _ln_unit(x, eps):
+    return F.layer_norm(x, (x.shape[-1],), None, None, eps)
+
+
+def _ln_unit_upcast(x, eps):
+    return F.layer_norm(x.float(), (x.shape[-1],), None, None, eps).to(x.dtype)
+
+
+UNIT = (_ln_unit, _ln_unit_upcast)
+
+
 def _repl(x, w, b, eps):
     return layer_norm(x, w, b, eps)
 
 
 def _repl_no_bias(x, w, eps):
     return layer_norm(x, w, None, eps)
+
+
+def _repl_unit(x, eps):
+    return layer_norm(x, None, None, eps)
 
 
 def _check(match) -> bool:
@@ -118,8 +146,11 @@ def _check(match) -> bool:
         H = int(x.shape[-1])
     except Exception:
         return False
-    return H <= 16384 and all(isinstance(w, torch.Tensor) and w.dim() == 1 and w.shape[0] == H
-                              and w.is_floating_point() for w in ws)
+    if not (H <= 16384 and all(isinstance(w, torch.Tensor) and w.dim() == 1 and w.shape[0] == H
+                               and w.is_floating_point() for w in ws)):
+        return False
+    out = match.output_nodes()[0].meta.get("val")  # our op returns x's dtype
+    return isinstance(out, torch.Tensor) and out.dtype == x.dtype
 
 
 def register_patterns(pm_pass) -> None:
@@ -133,6 +164,11 @@ def register_patterns(pm_pass) -> None:
                              extra_check=_check, scalar_workaround={"eps": _EPS}, skip_duplicates=True)
         for form in HAND_WRITTEN:
             register_replacement(form, _repl, [x, w, b], trace_replacement, pm_pass, extra_check=_check,
+                                 scalar_workaround={"eps": _EPS}, skip_duplicates=True)
+        register_replacement(_ln_upcast_weight_fp32, _repl_no_bias, [x, w], trace_replacement, pm_pass,
+                             extra_check=_check, scalar_workaround={"eps": _EPS}, skip_duplicates=True)
+        for form in UNIT:
+            register_replacement(form, _repl_unit, [x], trace_replacement, pm_pass, extra_check=_check,
                                  scalar_workaround={"eps": _EPS}, skip_duplicates=True)
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Any, Callable, Optional
 
 import torch
+import torch.nn.functional as F
 import triton
 import triton.language as tl
 from torch.library import triton_op
@@ -46,6 +47,7 @@ def _rms_norm_kernel(
     H, eps, w_offset, x_heads, x_head_stride,
     HAS_RESIDUAL: tl.constexpr, BLOCK: tl.constexpr, SINGLE_TILE: tl.constexpr,
     STRIDED_HEADS: tl.constexpr, HAS_RESIDUAL2: tl.constexpr, STORE_RESIDUAL: tl.constexpr,
+    HAS_W: tl.constexpr,
 ):
     # One program per row. BLOCK is a power of two >= H (SINGLE_TILE) or the chunk width.
     # With residuals: s = x + (residual + residual2) in fp32 (residual2 optional), the norm of s
@@ -70,7 +72,10 @@ def _rms_norm_kernel(
         mask = cols < H
         # The weight is loaded before the reduction, not after it: at decode (a handful of rows,
         # latency-bound) a load issued after the cross-warp sum adds a second memory round trip.
-        w = tl.load(w_ptr + cols, mask=mask, other=0.0, eviction_policy="evict_last").to(tl.float32) + w_offset
+        if HAS_W:
+            w = tl.load(w_ptr + cols, mask=mask, other=0.0, eviction_policy="evict_last").to(tl.float32) + w_offset
+        else:  # a norm without a weight (1 + w_offset: exact)
+            w = tl.full([BLOCK], 1.0, tl.float32) + w_offset
         # x and the residuals are read once, with default caching: marking them evict_first
         # (to keep the weight row in L2) made add + RMSNorm slower (docs/design/kernels.md).
         x = tl.load(x_row + cols, mask=mask, other=0.0).to(tl.float32)
@@ -109,7 +114,10 @@ def _rms_norm_kernel(
                 x = tl.load(x_row + c, mask=mask, other=0.0).to(tl.float32)
                 if HAS_RESIDUAL:  # the sum again, in the same order (res_out may be rounded)
                     x += _residual_sum(res_ptr, res_stride, res2_ptr, res2_stride, row, c, mask, HAS_RESIDUAL2)
-            w = tl.load(w_ptr + c, mask=mask, other=0.0).to(tl.float32) + w_offset
+            if HAS_W:
+                w = tl.load(w_ptr + c, mask=mask, other=0.0).to(tl.float32) + w_offset
+            else:
+                w = tl.full([BLOCK], 1.0, tl.float32) + w_offset
             tl.store(out_row + c, (x * rstd * w).to(out_ptr.dtype.element_ty), mask=mask)
 
 
@@ -144,24 +152,27 @@ def _strided_heads(t: torch.Tensor) -> tuple[torch.Tensor, int, int, int, int]:
     return t2, t2.shape[0], t2.stride(0), 1, 0
 
 
-def _check(x: torch.Tensor, weight: torch.Tensor) -> None:
+def _check(x: torch.Tensor, weight: torch.Tensor | None) -> None:
+    if weight is None:
+        return
     torch._check(weight.dim() == 1 and weight.shape[0] == x.shape[-1],
                  lambda: f"weight {tuple(weight.shape)} does not match hidden size {x.shape[-1]}")
 
 
 @triton_op("tri_inductor::rms_norm", mutates_args={})
-def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, weight_offset: float = 0.0) -> torch.Tensor:
+def rms_norm(x: torch.Tensor, weight: Optional[torch.Tensor], eps: float, weight_offset: float = 0.0) -> torch.Tensor:
+    """``weight`` None: a norm without a weight (times ``1 + weight_offset``)."""
     _check(x, weight)
     xk, rows, x_stride, heads, head_stride = _strided_heads(x)
     H = x.shape[-1]
     out = torch.empty((rows, H), dtype=x.dtype, device=x.device)
     block, num_warps, single = _launch_config(H, x.element_size())
     launch(_rms_norm_kernel, (rows,),
-           xk, xk, weight, out, out, xk,
+           xk, xk, weight if weight is not None else xk, out, out, xk,
            x_stride, 0, out.stride(0), out.stride(0), 0,
            H, eps, weight_offset, heads, head_stride,
            HAS_RESIDUAL=False, BLOCK=block, SINGLE_TILE=single, STRIDED_HEADS=heads > 1,
-           HAS_RESIDUAL2=False, STORE_RESIDUAL=False, num_warps=num_warps)
+           HAS_RESIDUAL2=False, STORE_RESIDUAL=False, HAS_W=weight is not None, num_warps=num_warps)
     return out.view(x.shape)
 
 
@@ -201,14 +212,17 @@ def _add_rms(x, residual, weight, eps, weight_offset, residual2, res_dtype):
            x2.stride(0), r2.stride(0), out.stride(0), new_res.stride(0), r3.stride(0),
            H, eps, weight_offset, 1, 0,
            HAS_RESIDUAL=True, BLOCK=block, SINGLE_TILE=single, STRIDED_HEADS=False,
-           HAS_RESIDUAL2=residual2 is not None, STORE_RESIDUAL=res_dtype is not None, num_warps=num_warps)
+           HAS_RESIDUAL2=residual2 is not None, STORE_RESIDUAL=res_dtype is not None, HAS_W=True,
+           num_warps=num_warps)
     return out.view(x.shape), new_res.view(x.shape)
 
 
-def reference_rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, weight_offset: float = 0.0) -> torch.Tensor:
-    """float64 ground truth (returned in float64)."""
+def reference_rms_norm(x: torch.Tensor, weight: torch.Tensor | None, eps: float,
+                       weight_offset: float = 0.0) -> torch.Tensor:
+    """float64 ground truth (returned in float64); ``weight`` None: no weight."""
     x64 = x.double()
-    return x64 * torch.rsqrt(x64.pow(2).mean(-1, keepdim=True) + eps) * (weight.double() + weight_offset)
+    w = weight.double() if weight is not None else 1.0
+    return x64 * torch.rsqrt(x64.pow(2).mean(-1, keepdim=True) + eps) * (w + weight_offset)
 
 
 def reference_fused_add_rms_norm(
@@ -371,6 +385,24 @@ def _div_rms_upcast(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.
 OTHER_SPELLINGS = (_plain_rms, _plain_rms_weight_first, _torch_rms, _div_rms, _div_rms_weight_first, _div_rms_upcast)
 
 
+# Without a weight (Llama 4's q/k L2 norm, ``nn.RMSNorm(elementwise_affine=False)``): our kernel
+# with ``HAS_W`` off.
+def _unit_rms(x: torch.Tensor, eps: float) -> torch.Tensor:
+    return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)
+
+
+def _unit_rms_upcast(x: torch.Tensor, eps: float) -> torch.Tensor:
+    h = x.to(torch.float32)
+    return (h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype)
+
+
+def _unit_torch_rms(x: torch.Tensor, eps: float) -> torch.Tensor:
+    return F.rms_norm(x, (x.shape[-1],), None, eps)
+
+
+UNIT_SPELLINGS = (_unit_rms, _unit_rms_upcast, _unit_torch_rms)
+
+
 # Hugging Face decoder layer: ``hidden = residual + hidden`` (input dtype) then the Llama norm.
 def _hf_add_rms(x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, eps: float):
     s = residual + x
@@ -387,6 +419,10 @@ def _vllm_gemma_add_rms(x, residual, weight, eps):
 
 def _repl_rms(x, weight, eps):
     return rms_norm(x, weight, eps)
+
+
+def _repl_unit_rms(x, eps):
+    return rms_norm(x, None, eps)
 
 
 def _repl_gemma(x, weight, eps):
@@ -484,6 +520,18 @@ def _check_rms(match) -> bool:
     return _same_dtypes(match) and _weight_ok(match)
 
 
+def _centred(node) -> bool:
+    """``x - mean(x)``: the centred half of a LayerNorm, which layer_norm.py takes whole."""
+    aten = torch.ops.aten
+    return (isinstance(node, torch.fx.Node) and node.target is aten.sub.Tensor and len(node.args) == 2
+            and isinstance(node.args[1], torch.fx.Node) and node.args[1].target is aten.mean.dim)
+
+
+def _check_unit_rms(match) -> bool:
+    x = match.kwargs["x"]
+    return _same_dtypes(match) and not _centred(x) and int(x.meta["val"].shape[-1]) <= 65536
+
+
 def _check_add(match) -> bool:
     return _same_dtypes(match, ("x", "residual")) and _same_shapes(match, ("residual",)) and _weight_ok(match)
 
@@ -572,6 +620,10 @@ def register_patterns(pm_pass) -> None:
         reg(_hf_rms, _repl_rms, [x, w], _check_rms)
     # fp32 weight, 16-bit activations; after the Gemma form, which it would otherwise cut short.
     reg(M.vllm_rms, _repl_rms, [xb, wf], _check_rms)
+    # Weightless norms last: each is the inside of a weighted form above.
+    for form in UNIT_SPELLINGS:
+        for dt in (torch.bfloat16, torch.float32):
+            reg(form, _repl_unit_rms, [torch.empty(8, 64, dtype=dt)], _check_unit_rms)
     _register_c_forms(pm_pass)
     if M.vllm_ir_available():
         # vLLM IR nodes (torch wrap on, the default with Inductor-like backends). The weight may be

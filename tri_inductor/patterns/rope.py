@@ -624,11 +624,30 @@ def _feeds_our_rope(node: torch.fx.Node, hops: int = 16) -> bool:
     return False
 
 
+def _is_table(node, hops: int = 4) -> bool:
+    """Whether ``node`` is a graph input (a buffer such as a cos/sin cache), seen through views and
+    dtype casts: a row lookup in it is a table lookup, not a gather of computed activations (a MoE
+    block's ``hidden_states[token_ids]``)."""
+    aten, prims = torch.ops.aten, torch.ops.prims
+    through = (aten.view.default, aten.reshape.default, aten.unsqueeze.default, aten.squeeze.dim,
+               aten.slice.Tensor, prims.convert_element_type.default, aten._to_copy.default)
+    for _ in range(hops):
+        if not isinstance(node, torch.fx.Node):
+            return False
+        if node.op in ("placeholder", "get_attr"):
+            return True
+        if node.op != "call_function" or node.target not in through or not node.args:
+            return False
+        node = node.args[0]
+    return False
+
+
 def is_near_miss(node: torch.fx.Node) -> bool:
     """A neg that builds a rotated half (``cat((-x2, x1))``, GPT-J's ``stack((-x2, x1))``), or an
     index into a cos/sin cache; silu's and softmax's negs are not RoPE."""
     aten = torch.ops.aten
     if node.target is aten.index.Tensor:  # a cos/sin table, not a boolean (padding) mask
         val = node.meta.get("val")
-        return isinstance(val, torch.Tensor) and val.is_floating_point() and not _feeds_our_rope(node)
+        return (isinstance(val, torch.Tensor) and val.is_floating_point() and bool(node.args)
+                and _is_table(node.args[0]) and not _feeds_our_rope(node))
     return any(u.target in (aten.cat.default, aten.stack.default) for u in node.users)

@@ -7,9 +7,11 @@ block as: router ``softmax(logits.float())`` -> ``torch.topk`` (Mixtral, Qwen2/3
 histc or _grouped_mm; here each becomes our op, one node for one node, so the rest of the block
 (sort, gathers, gating, weighting, the reshape+sum) stays Inductor's Triton:
 
-* ``topk(softmax(x, -1) or sigmoid(x), k, dim=-1)`` of float32 scores [T, E] ->
-  ``tri_inductor::topk_of_scores`` (the router top-k kernel, ids int64, values fp32).
-  A top-k of anything else is left alone (not a router: the audit still names it);
+* a router's top-k over the experts (last dim) -> ``tri_inductor::topk_of_scores`` (the router
+  top-k kernel, ids int64): of ``softmax(x, -1)`` or ``sigmoid(x)`` in float32 (Mixtral,
+  Qwen2/3-MoE, OLMoE), or of a gate projection's logits themselves, through casts and views
+  (``linear(x, w_gate)[.float()]``: Granite-MoE, JetMoE, Llama 4, which score the k picks
+  afterwards). A top-k of anything else is left alone (not a router: the audit still names it);
 * ``sort`` (ascending) of the router's expert ids, reshaped -> ``tri_inductor::sort_expert_ids`` (a
   counting sort: Inductor's sort is ATen above 512 elements or at a dynamic size);
 * ``histc(ids.float() or ids.int(), bins, min, max)`` of integer ids -> ``tri_inductor::int_histc``;
@@ -28,6 +30,8 @@ import torch.nn.functional as F
 from ..matcher_utils import call_arg as _arg, example_value as _val, is_call as _is
 from .routing import MAX_EXPERTS
 
+MAX_ROUTER_K = 32  # picks unrolled in the kernel; routers take 1-16
+
 
 def _last_dim(dim, ndim: int) -> bool:
     return isinstance(dim, int) and dim in (-1, ndim - 1)
@@ -45,17 +49,49 @@ def _scoring(node) -> tuple[str, torch.fx.Node] | None:
     return None
 
 
+# What may sit between a gate projection and the router's top-k: dtype casts and views.
+_PASS_THROUGH = ("float", "to", "type_as", "reshape", "view", "contiguous")
+_LINEAR = (torch._C._nn.linear, F.linear, torch.matmul, operator.matmul, torch.mm)
+
+
+def _gate_logits(node) -> bool:
+    """Whether ``node`` is a gate projection's output (``linear``/``matmul`` against a weight of
+    E rows), possibly cast or viewed: the logits of a router that takes its top-k first."""
+    for _ in range(4):
+        if not isinstance(node, torch.fx.Node):
+            return False
+        if node.op == "call_function" and node.target in _LINEAR:
+            return True
+        if node.op == "call_method" and node.target in _PASS_THROUGH:
+            node = node.args[0]
+            continue
+        return False
+    return False
+
+
+def _router_scores(node) -> tuple[str, torch.fx.Node] | None:
+    """(scoring, logits) if ``node``, a top-k's input, is a router's scores: ``softmax`` or
+    ``sigmoid`` of logits (float32), or a gate projection's logits as they are ("none")."""
+    val = _val(node)
+    if val is None or val.dim() != 2 or not val.dtype.is_floating_point:
+        return None
+    if val.dtype == torch.float32:
+        found = _scoring(node)
+        if found is not None:
+            return found
+    return ("none", node) if _gate_logits(node) else None
+
+
 def _rewrite_topk(gm, node) -> bool:
-    scores = _val(node.args[0]) if node.args else None
     k = _arg(node, 1, "k")
-    if scores is None or scores.dim() != 2 or scores.dtype != torch.float32 or not isinstance(k, int):
+    if not node.args or not isinstance(k, int) or not 0 < k <= MAX_ROUTER_K:
         return False
     if not _last_dim(_arg(node, 2, "dim", -1), 2) or _arg(node, 3, "largest", True) is not True \
             or _arg(node, 4, "sorted", True) not in (True, False):  # sorted=False: any order will do
         return False
     if not all(u.op == "call_function" and u.target is operator.getitem for u in node.users):
         return False
-    found = _scoring(node.args[0])
+    found = _router_scores(node.args[0])
     if found is None:
         return False
     scoring, logits = found
