@@ -157,3 +157,21 @@ def test_rope_near_miss_is_a_table_lookup_not_an_activation_gather(codegen_only)
     assert any(m.startswith("rope: aten.index") for m in misses), misses
     misses = [m for r in codegen_only(ActivationGather(), [x, pos], dtype=torch.float32) for m in r.near_misses]
     assert not any(m.startswith("rope:") for m in misses), misses
+
+
+class InterleavedRopeFullCos(torch.nn.Module):
+    """GLM's interleaved rotation with cos/sin as large as q (no broadcast over heads, which our
+    kernel needs): left to Inductor, and reported as a RoPE near miss (post-grad, the stack of the
+    halves is a cat of unsqueezed halves)."""
+
+    def forward(self, q, cos, sin):
+        x1, x2 = q[..., 0::2], q[..., 1::2]
+        return q * cos + torch.stack((-x2, x1), dim=-1).flatten(-2) * sin
+
+
+def test_rope_near_miss_through_a_stack(codegen_only):
+    q, cos, sin = (torch.randn(2, 4, 9, 16) for _ in range(3))
+    reports = codegen_only(InterleavedRopeFullCos(), [q, cos, sin], dtype=torch.float32)
+    assert not any(r.pattern_hits.get("rope") for r in reports)
+    misses = [m for r in reports for m in r.near_misses]
+    assert any(m.startswith("rope: aten.neg") for m in misses), misses

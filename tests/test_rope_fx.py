@@ -186,3 +186,45 @@ def test_forms_it_does_not_cover_are_left_alone(module):
     assert [(n.op, n.target) for n in gm.graph.nodes] == before
     out, _ = _compiled(module, args)
     torch.testing.assert_close(out, module(*args))
+
+
+class GlmRope(torch.nn.Module):
+    """GLM / Helium / ERNIE 4.5 (transformers): ``x[..., 0::2]`` slices, a full-width cos/sin cut
+    to half and ``repeat_interleave``d, q/k [B, H, S, D]; ``upcast``: ERNIE's rotation in fp32 of
+    16-bit q/k, cast back at the end."""
+
+    def __init__(self, upcast=False, D=16, table=64):
+        super().__init__()
+        self.upcast = upcast
+        inv = 1.0 / (10000 ** (torch.arange(0, D, 2).float() / D))
+        ang = torch.outer(torch.arange(table).float(), inv)
+        self.register_buffer("emb", torch.cat((ang, ang), dim=-1))
+
+    @staticmethod
+    def rotate_half(x):
+        x1 = x[..., 0::2]
+        x2 = x[..., 1::2]
+        return torch.stack((-x2, x1), dim=-1).flatten(-2)
+
+    def forward(self, q, k, pos):
+        emb = self.emb[pos]
+        cos, sin = emb.cos().to(q.dtype).unsqueeze(1), emb.sin().to(q.dtype).unsqueeze(1)
+        cos = cos[..., : cos.shape[-1] // 2].repeat_interleave(2, dim=-1)
+        sin = sin[..., : sin.shape[-1] // 2].repeat_interleave(2, dim=-1)
+        if self.upcast:
+            return ((q.float() * cos) + (self.rotate_half(q).float() * sin)).to(q.dtype), \
+                ((k.float() * cos) + (self.rotate_half(k).float() * sin)).to(k.dtype)
+        return q * cos + self.rotate_half(q) * sin, k * cos + self.rotate_half(k) * sin
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("upcast", [False, True], ids=["glm", "ernie-upcast"])
+def test_glm_interleaved_rope_runs_our_kernel_and_matches_float64(interpreter, upcast, dtype):
+    module = GlmRope(upcast)
+    args = _inputs(1, dtype=dtype)
+    ref = module.double()(*[a.double() if a.is_floating_point() else a for a in args])
+    module.float()
+    out, reports = _compiled(module, args)
+    assert sum(r.pattern_hits.get("rope", 0) for r in reports) == 1  # q and k in one launch
+    for o, r in zip(out, ref):
+        assert o.dtype == dtype and o.shape == r.shape and rel(o, r) < TOL[dtype]

@@ -650,4 +650,8 @@ def is_near_miss(node: torch.fx.Node) -> bool:
         val = node.meta.get("val")
         return (isinstance(val, torch.Tensor) and val.is_floating_point() and bool(node.args)
                 and _is_table(node.args[0]) and not _feeds_our_rope(node))
-    return any(u.target in (aten.cat.default, aten.stack.default) for u in node.users)
+    # the rotated half joins the other through a cat or stack, directly or through a view
+    # (post-grad, ``stack`` is ``cat`` of ``unsqueeze``d halves)
+    views = (aten.unsqueeze.default, aten.view.default, aten.reshape.default)
+    users = set(node.users) | {v for u in node.users if u.target in views for v in u.users}
+    return any(u.target in (aten.cat.default, aten.stack.default) for u in users)

@@ -32,13 +32,24 @@ Node = torch.fx.Node
 
 
 def _last_dim_slice(node) -> tuple[Node, slice] | None:
-    """``(t, s)`` when ``node`` is ``t[..., s]`` (every other index ``:`` or an Ellipsis)."""
+    """``(t, s)`` when ``node`` is ``t[..., s]`` (every other index ``:`` or an Ellipsis); ``s`` in
+    one spelling (``0::2`` as ``::2``, a step of 1 as none)."""
     if not _is(node, (operator.getitem,)) or not isinstance(node.args[1], tuple):
         return None
     *lead, last = node.args[1]
     if not isinstance(last, slice) or not all(i is Ellipsis or i == slice(None) for i in lead):
         return None
-    return node.args[0], last
+    return node.args[0], slice(None if last.start == 0 else last.start, last.stop,
+                               None if last.step == 1 else last.step)
+
+
+def _uncast(node):
+    """The tensor behind an fp32 upcast (``t.float()``, ``t.to(torch.float32)``), else ``node``."""
+    if _is(node, (), ("float",)) and len(node.args) == 1:
+        return node.args[0]
+    if _is(node, (), ("to",)) and len(node.args) == 2 and node.args[1] is torch.float32:
+        return node.args[0]
+    return node
 
 
 def _rotate_every_two(node) -> Node | None:
@@ -73,11 +84,14 @@ def _rotation(add: Node) -> Rotation | None:
         if not (_is(plain, (operator.mul, torch.mul)) and _is(rot, (operator.mul, torch.mul))):
             continue
         for r, sin in (rot.args[:2], rot.args[1::-1]):
-            t = _rotate_every_two(r)
-            if t is None or t not in plain.args[:2] or len(plain.args) != 2:
+            # the rotation in fp32 of 16-bit q/k (ERNIE 4.5: ``q.float() * cos + rot(q).float() * sin``)
+            t = _rotate_every_two(_uncast(r))
+            factors = [_uncast(a) for a in plain.args[:2]]
+            if t is None or t not in factors or len(plain.args) != 2:
                 continue
-            cos = plain.args[1] if plain.args[0] is t else plain.args[0]
-            return _describe(add, t, cos, sin)
+            cos = plain.args[1] if factors[0] is t else plain.args[0]
+            upcast = _uncast(r) is not r or t not in plain.args[:2]
+            return _describe(add, t, cos, sin, upcast)
     return None
 
 
@@ -88,7 +102,17 @@ def _heads_dim(vx: torch.Tensor, vc: torch.Tensor) -> int | None:
     return heads[0] if heads and vc.shape[0] in (1, vx.shape[0]) else None
 
 
-def _describe(add: Node, t: Node, cos, sin) -> Rotation | None:
+def _describe(add: Node, t: Node, cos, sin, upcast: bool = False) -> Rotation | None:
+    if upcast:
+        # computed in fp32 and cast back to q's dtype (our kernel rounds once, as this does):
+        # the cast is the rotation's output; a partial rotary written so is left alone
+        back = list(add.users)
+        if len(back) != 1 or not _is(back[0], (), ("to", "type_as")) or _last_dim_slice(t) is not None:
+            return None
+        vb = _val(back[0])
+        if not isinstance(vb, torch.Tensor) or vb.dtype != getattr(_val(t), "dtype", None):
+            return None
+        add = back[0]
     vt, vc, vs, vo = _val(t), _val(cos), _val(sin), _val(add)
     if not all(isinstance(v, torch.Tensor) for v in (vt, vc, vs, vo)) or vt.dim() != 4:
         return None
