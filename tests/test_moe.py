@@ -71,6 +71,19 @@ def test_topk_of_scores_is_torch_topk():
     torch.testing.assert_close(v, rv, rtol=1e-6, atol=1e-7)
 
 
+@pytest.mark.parametrize("N,H,n", [(8, 16, 5), (7, 100, 33), (3, 1500, 9), (5, 1, 12)])
+@pytest.mark.parametrize("alpha", [1.0, -0.5])
+def test_index_add_rows_matches_float64(N, H, n, alpha):
+    # repeated indices (several expert outputs into one token row), H past one block (1500)
+    g = torch.Generator().manual_seed(N * H + n)
+    x = torch.randn(N, H, generator=g).to(torch.bfloat16)
+    idx = torch.randint(0, N, (n,), generator=g)
+    src = torch.randn(n, H, generator=g).to(torch.bfloat16)
+    out = ops.index_add_rows(x, idx, src, alpha)
+    ref = x.double().index_add(0, idx, src.double(), alpha=alpha)
+    assert out.dtype == torch.bfloat16 and out.shape == x.shape and rel(out, ref) < TOL[torch.bfloat16]
+
+
 def _check_align(topk_ids, E, block_m):
     sorted_ids, expert_ids, npp, counts = ops.moe_align(topk_ids, E, block_m)
     numel = topk_ids.numel()

@@ -112,6 +112,25 @@ def test_topk_of_gate_logits_matches_eager(interpreter, sigmoid):
     assert rel(out, ref.double()) < 1e-6
 
 
+class ExpertCombine(torch.nn.Module):
+    """The combine of a per-expert loop (Mixtral's eager experts, JetMoE): ``index_add_`` of each
+    expert's rows into the output, in bf16."""
+
+    def forward(self, x, idx, y):
+        out = torch.zeros_like(x)
+        out.index_add_(0, idx, y)
+        return out
+
+
+def test_bf16_index_add_is_ours(codegen_only):
+    inputs = [torch.randn(8, 16), torch.randint(0, 8, (5,)), torch.randn(5, 16)]  # bf16 in the harness
+    stock = codegen_only(ExpertCombine(), inputs, backend="inductor")
+    assert {v.op for r in stock for v in r.violations} == {"aten.index_add"}
+    reports = codegen_only(ExpertCombine(), inputs)
+    assert all(r.ok for r in reports), "\n".join(r.format_table() for r in reports)
+    assert any(k.name == "index_add_rows_kernel" and k.family == "moe" for r in reports for k in r.kernels)
+
+
 # Logits of the compiled model against eager, both fp32 (same routing decisions on these seeds):
 # ||out - ref|| / ||ref||; the GEMMs sum in another order, far under 1e-4.
 HF_TOL = 1e-4

@@ -193,9 +193,9 @@ class GlmRope(torch.nn.Module):
     to half and ``repeat_interleave``d, q/k [B, H, S, D]; ``upcast``: ERNIE's rotation in fp32 of
     16-bit q/k, cast back at the end."""
 
-    def __init__(self, upcast=False, D=16, table=64):
+    def __init__(self, upcast=False, D=16, table=64, float_first=False):
         super().__init__()
-        self.upcast = upcast
+        self.upcast, self.float_first = upcast, float_first
         inv = 1.0 / (10000 ** (torch.arange(0, D, 2).float() / D))
         ang = torch.outer(torch.arange(table).float(), inv)
         self.register_buffer("emb", torch.cat((ang, ang), dim=-1))
@@ -211,6 +211,9 @@ class GlmRope(torch.nn.Module):
         cos, sin = emb.cos().to(q.dtype).unsqueeze(1), emb.sin().to(q.dtype).unsqueeze(1)
         cos = cos[..., : cos.shape[-1] // 2].repeat_interleave(2, dim=-1)
         sin = sin[..., : sin.shape[-1] // 2].repeat_interleave(2, dim=-1)
+        if self.float_first:  # Cohere: q/k to fp32 first, the rotation on those, cast back
+            qf, kf = q.float(), k.float()
+            return (qf * cos + self.rotate_half(qf) * sin).to(q.dtype), (kf * cos + self.rotate_half(kf) * sin).to(k.dtype)
         if self.upcast:
             return ((q.float() * cos) + (self.rotate_half(q).float() * sin)).to(q.dtype), \
                 ((k.float() * cos) + (self.rotate_half(k).float() * sin)).to(k.dtype)
@@ -218,9 +221,9 @@ class GlmRope(torch.nn.Module):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("upcast", [False, True], ids=["glm", "ernie-upcast"])
-def test_glm_interleaved_rope_runs_our_kernel_and_matches_float64(interpreter, upcast, dtype):
-    module = GlmRope(upcast)
+@pytest.mark.parametrize("form", [{}, {"upcast": True}, {"float_first": True}], ids=["glm", "ernie-upcast", "cohere"])
+def test_glm_interleaved_rope_runs_our_kernel_and_matches_float64(interpreter, form, dtype):
+    module = GlmRope(**form)
     args = _inputs(1, dtype=dtype)
     ref = module.double()(*[a.double() if a.is_floating_point() else a for a in args])
     module.float()

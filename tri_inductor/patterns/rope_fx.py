@@ -86,8 +86,10 @@ def _rotation(add: Node) -> Rotation | None:
         for r, sin in (rot.args[:2], rot.args[1::-1]):
             # the rotation in fp32 of 16-bit q/k (ERNIE 4.5: ``q.float() * cos + rot(q).float() * sin``)
             t = _rotate_every_two(_uncast(r))
-            factors = [_uncast(a) for a in plain.args[:2]]
-            if t is None or t not in factors or len(plain.args) != 2:
+            if t is None or len(plain.args) != 2:
+                continue
+            factors = list(plain.args[:2]) if t in plain.args[:2] else [_uncast(a) for a in plain.args[:2]]
+            if t not in factors:
                 continue
             cos = plain.args[1] if factors[0] is t else plain.args[0]
             upcast = _uncast(r) is not r or t not in plain.args[:2]

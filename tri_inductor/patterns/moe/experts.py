@@ -140,3 +140,18 @@ def moe_sum_kernel(y_ptr, w_ptr, out_ptr, H, stride_yt, stride_yk, stride_ot,
             y = y * tl.load(w_ptr + t * TOPK + j).to(tl.float32)
         acc += y
     tl.store(out_ptr + t * stride_ot + offs, acc.to(out_ptr.dtype.element_ty), mask=ok)
+
+
+@triton.jit
+def index_add_rows_kernel(acc_ptr, idx_ptr, src_ptr, n_rows, H, stride_acc, stride_src, alpha,
+                          BLOCK_H: tl.constexpr):
+    # acc[idx[i]] += alpha * src[i] (fp32 atomics): the combine of a per-expert loop written
+    # with index_add_ (tokens routed to several experts land on one row). An index outside
+    # [0, n_rows) is dropped, never written out of bounds.
+    i = tl.program_id(0).to(tl.int64)
+    cols = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
+    ok = cols < H
+    row = tl.load(idx_ptr + i).to(tl.int64)
+    ok = ok & (row >= 0) & (row < n_rows)
+    v = tl.load(src_ptr + i * stride_src + cols, mask=ok, other=0.0).to(tl.float32) * alpha
+    tl.atomic_add(acc_ptr + row * stride_acc + cols, v, mask=ok, sem="relaxed")

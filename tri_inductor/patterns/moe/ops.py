@@ -9,7 +9,7 @@ from torch.library import triton_op
 from .._launch import launch
 from ..attention import _hint
 from .align import int_histc_kernel, moe_count_kernel, moe_fill_kernel, moe_offsets_kernel, moe_scatter_kernel
-from .experts import grouped_mm_kernel, moe_gemm_kernel, moe_sum_kernel
+from .experts import grouped_mm_kernel, index_add_rows_kernel, moe_gemm_kernel, moe_sum_kernel
 from .routing import MAX_EXPERTS, SCORING, moe_route_kernel
 from .tuning import MoeCfg, config_for
 
@@ -225,6 +225,24 @@ def moe_sum(y: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tenso
     out = torch.empty((y.shape[0], y.shape[2]), dtype=y.dtype, device=y.device)
     moe_sum_into(y, weights, out)
     return out
+
+
+@triton_op("tri_inductor::index_add_rows", mutates_args={})
+def index_add_rows(x: torch.Tensor, index: torch.Tensor, src: torch.Tensor, alpha: float = 1.0) -> torch.Tensor:
+    """``x.index_add(0, index, src, alpha=alpha)`` with the sums in fp32 and one rounding at the
+    end (Inductor leaves a bf16 ``index_add`` to ATen, whose bf16 atomics round at every add)."""
+    torch._check(index.dim() == 1 and src.shape[0] == index.shape[0] and src.shape[1:] == x.shape[1:],
+                 lambda: f"index_add_rows: x {tuple(x.shape)}, index {tuple(index.shape)}, src {tuple(src.shape)}")
+    N = x.shape[0]
+    acc = x.reshape(N, -1).to(torch.float32, copy=True)
+    src2 = src.reshape(src.shape[0], -1)
+    if src2.stride(-1) != 1:
+        src2 = src2.contiguous()
+    H = acc.shape[1]
+    block = min(1024, max(16, triton.next_power_of_2(H)))
+    launch(index_add_rows_kernel, (index.shape[0], triton.cdiv(H, block)), acc, index, src2, N, H,
+           acc.stride(0), src2.stride(0), float(alpha), BLOCK_H=block, num_warps=4)
+    return acc.to(x.dtype).view(x.shape)
 
 
 @triton_op("tri_inductor::grouped_mm", mutates_args={})
