@@ -20,13 +20,18 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # this checkout's package
 
-# Dense and mixture-of-experts decoder families of transformers 5.x not in tests/test_hf_models.py
-# (those are the tested set; these are the survey). Each must build from the tiny config below.
+# Dense, mixture-of-experts and hybrid decoders and encoders of transformers 5.x not in
+# tests/test_hf_models.py (those are the tested set; these are the survey). Each builds from the
+# tiny config below.
 ARCHS = ("cohere", "cohere2", "stablelm", "phi", "starcoder2", "granite", "olmo", "olmo3", "persimmon",
          "nemotron", "smollm3", "glm", "glm4", "helium", "arcee", "apertus", "ernie4_5", "seed_oss", "opt",
          "bloom", "mpt", "gpt_bigcode", "exaone4", "ministral", "hunyuan_v1_dense",
          "qwen2_moe", "olmoe", "granitemoe", "phimoe", "qwen3_moe", "mixtral", "llama4_text", "glm4_moe",
-         "jetmoe")
+         "jetmoe",
+         # encoders
+         "roberta", "electra", "distilbert", "modernbert", "xlm-roberta", "albert", "ernie",
+         # hybrids: attention beside Mamba / linear-attention layers
+         "qwen3_next", "falcon_h1", "granitemoehybrid", "bamba", "nemotron_h", "jamba")
 # Architectures with no SDPA path in transformers: eager attention.
 EAGER = {"bloom", "mpt", "codegen"}
 TINY = dict(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=1, num_attention_heads=4,

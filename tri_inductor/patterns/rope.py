@@ -625,9 +625,13 @@ def _feeds_our_rope(node: torch.fx.Node, hops: int = 16) -> bool:
 
 
 def _is_table(node, hops: int = 4) -> bool:
-    """Whether ``node`` is a graph input (a buffer such as a cos/sin cache), seen through views and
-    dtype casts: a row lookup in it is a table lookup, not a gather of computed activations (a MoE
-    block's ``hidden_states[token_ids]``)."""
+    """Whether ``node`` is a 2-d graph input (a buffer such as a [positions, rotary dims] cos/sin
+    cache), seen through views and dtype casts: a row lookup in it is a table lookup, not a gather
+    of computed activations (a MoE block's ``hidden_states[token_ids]``) nor of a 3-d expert
+    weight (JetMoE's per-expert parameters)."""
+    val = node.meta.get("val") if isinstance(node, torch.fx.Node) else None
+    if not isinstance(val, torch.Tensor) or val.dim() != 2:
+        return False
     aten, prims = torch.ops.aten, torch.ops.prims
     through = (aten.view.default, aten.reshape.default, aten.unsqueeze.default, aten.squeeze.dim,
                aten.slice.Tensor, prims.convert_element_type.default, aten._to_copy.default)
