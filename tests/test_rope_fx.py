@@ -80,13 +80,20 @@ def test_interleaved_rope_runs_our_kernel_and_matches_float64(interpreter, heads
     args = _inputs(heads_dim, dtype=dtype)
     gm = dynamo_graph(module, *args)
     assert rewrite_interleaved_rope_in_dynamo_graph(gm) == 2
+    reports = _one_launch_matching_float64(module, args, dtype)
+    assert not [m for r in reports for m in r.near_misses], [r.near_misses for r in reports]
+
+
+def _one_launch_matching_float64(module, args, dtype):
+    """Compile ``module``: q and k rotated by one launch of ours, each within TOL of the module's
+    float64 run; returns the audit reports."""
     ref = module.double()(*[a.double() if a.is_floating_point() else a for a in args])
     module.float()
     out, reports = _compiled(module, args)
     assert sum(r.pattern_hits.get("rope", 0) for r in reports) == 1  # q and k in one launch
     for o, r in zip(out, ref):
         assert o.dtype == dtype and o.shape == r.shape and rel(o, r) < TOL[dtype]
-    assert not [m for r in reports for m in r.near_misses], [r.near_misses for r in reports]
+    return reports
 
 
 class PairRope(torch.nn.Module):
@@ -223,11 +230,4 @@ class GlmRope(torch.nn.Module):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("form", [{}, {"upcast": True}, {"float_first": True}], ids=["glm", "ernie-upcast", "cohere"])
 def test_glm_interleaved_rope_runs_our_kernel_and_matches_float64(interpreter, form, dtype):
-    module = GlmRope(**form)
-    args = _inputs(1, dtype=dtype)
-    ref = module.double()(*[a.double() if a.is_floating_point() else a for a in args])
-    module.float()
-    out, reports = _compiled(module, args)
-    assert sum(r.pattern_hits.get("rope", 0) for r in reports) == 1  # q and k in one launch
-    for o, r in zip(out, ref):
-        assert o.dtype == dtype and o.shape == r.shape and rel(o, r) < TOL[dtype]
+    _one_launch_matching_float64(GlmRope(**form), _inputs(1, dtype=dtype), dtype)
