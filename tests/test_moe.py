@@ -71,7 +71,7 @@ def test_topk_of_scores_is_torch_topk():
     torch.testing.assert_close(v, rv, rtol=1e-6, atol=1e-7)
 
 
-@pytest.mark.parametrize("N,H,n", [(8, 16, 5), (7, 100, 33), (3, 1500, 9), (5, 1, 12)])
+@pytest.mark.parametrize("N,H,n", [(8, 16, 5), (7, 100, 33), (3, 1500, 9), (5, 1, 12), (4, 8, 0)])
 @pytest.mark.parametrize("alpha", [1.0, -0.5])
 def test_index_add_rows_matches_float64(N, H, n, alpha):
     # repeated indices (several expert outputs into one token row), H past one block (1500)

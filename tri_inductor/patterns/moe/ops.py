@@ -235,10 +235,10 @@ def index_add_rows(x: torch.Tensor, index: torch.Tensor, src: torch.Tensor, alph
                  lambda: f"index_add_rows: x {tuple(x.shape)}, index {tuple(index.shape)}, src {tuple(src.shape)}")
     N = x.shape[0]
     acc = x.reshape(N, -1).to(torch.float32, copy=True)
-    src2 = src.reshape(src.shape[0], -1)
+    H = acc.shape[1]
+    src2 = src.reshape(src.shape[0], H)  # (no -1: an empty index leaves nothing to infer it from)
     if src2.stride(-1) != 1:
         src2 = src2.contiguous()
-    H = acc.shape[1]
     block = min(1024, max(16, triton.next_power_of_2(H)))
     launch(index_add_rows_kernel, (index.shape[0], triton.cdiv(H, block)), acc, index, src2, N, H,
            acc.stride(0), src2.stride(0), float(alpha), BLOCK_H=block, num_warps=4)
