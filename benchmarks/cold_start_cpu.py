@@ -35,6 +35,7 @@ import time
 from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # this checkout's package
+import _meta  # noqa: E402  (benchmarks/, the script's own folder)
 
 QWEN25_7B = dict(hidden=3584, inter=18944, heads=28, kv_heads=4, head_dim=128, eps=1e-6, vocab=152064,
                  qkv_bias=True)
@@ -368,7 +369,7 @@ def main(argv: list[str] | None = None) -> int:
         "tri_counters": ours,
         "versions": {"torch": torch.__version__, "triton": __import__("triton").__version__,
                      "vllm": __import__("vllm").__version__},
-        "commit": os.popen("git rev-parse --short HEAD 2>/dev/null").read().strip() or None,
+        "commit": _meta.git_info()["commit"],
         "cpus": os.cpu_count(),
     })
     text = json.dumps(res, indent=1)

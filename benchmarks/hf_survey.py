@@ -105,8 +105,10 @@ def main(argv: list[str] | None = None) -> int:
                "not_surveyed": sorted(a for a, r in results.items() if "error" in r)}
     print(json.dumps(summary))
     if args.json:
-        out = {"meta": {"mode": "codegen-only (fake sm_90, CPU)", "torch": torch.__version__,
-                        "transformers": transformers.__version__, "commit": os.popen("git rev-parse HEAD").read().strip()},
+        import _meta
+
+        out = {"meta": {"mode": "codegen-only (fake sm_90, CPU)", **_meta.versions(),
+                        "transformers": transformers.__version__, **_meta.git_info()},
                "summary": summary, "archs": results}
         with open(args.json, "w") as f:
             json.dump(out, f, indent=1)

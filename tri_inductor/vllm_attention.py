@@ -167,8 +167,8 @@ class TriPagedAttentionImpl(TritonAttentionImpl):
               out: torch.Tensor, md: Any) -> None:
         """At the first step a kernel signature meets (vLLM's warm-up, before serving), compile
         its prefill kernel for every tile config a step can pick and its decode kernels for
-        every split pad. A failure here only costs the
-        compile at first use (a config that cannot compile is declined there)."""
+        every split pad. A failure here only costs the compile at first use (a config that
+        cannot compile is declined there)."""
         import time
 
         from . import cache
@@ -177,8 +177,8 @@ class TriPagedAttentionImpl(TritonAttentionImpl):
         t0 = time.perf_counter()
         try:
             done, failed = warm_variants(q, key_cache, value_cache, out, md.query_start_loc, md.seq_lens,
-                                        md.block_table, self.scale, bool(md.causal), self.sliding_window,
-                                        self.logits_soft_cap, self.sinks, self._tri_max_tokens)
+                                         md.block_table, self.scale, bool(md.causal), self.sliding_window,
+                                         self.logits_soft_cap, self.sinks, self._tri_max_tokens)
         except Exception as e:
             if self._tri_strict or device_fault(e):
                 raise
@@ -186,8 +186,8 @@ class TriPagedAttentionImpl(TritonAttentionImpl):
                         "at its first use", type(e).__name__, str(e)[:200])
             return
         cache.progress(f"compiled {done} kernel variants of our paged attention (prefill tiles, decode split "
-                       f"pads; head {q.shape[-1]}, "
-                       f"{q.shape[1]}/{key_cache.shape[2]} heads) in {time.perf_counter() - t0:.1f} s"
+                       f"pads; head {q.shape[-1]}, {q.shape[1]}/{key_cache.shape[2]} heads) in "
+                       f"{time.perf_counter() - t0:.1f} s"
                        + (f"; {len(failed)} did not compile" if failed else ""))
 
 

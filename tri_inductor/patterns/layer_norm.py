@@ -1,7 +1,8 @@
 """LayerNorm over the last dim: ``(x - mean) * rstd * w + b`` in one pass over each row.
 
 For the LayerNorm models (GPT-2, GPT-J, GPT-NeoX, Falcon, BERT, Cohere, OLMo): ``F.layer_norm`` with
-a weight and a bias, a weight only (``bias=False``) or neither (``elementwise_affine=False``). Statistics in fp32, output in x's dtype.
+a weight and a bias, a weight only (``bias=False``) or neither (``elementwise_affine=False``).
+Statistics in fp32, output in x's dtype.
 Interpreter note: builtins only (``tl.reduce`` with ``_sum_combine``, see rms_norm.py).
 """
 from __future__ import annotations

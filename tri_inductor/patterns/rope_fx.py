@@ -176,10 +176,7 @@ def _pair_source(p) -> Node | None:
     shape = p.args[1] if len(p.args) == 2 and isinstance(p.args[1], (tuple, list)) else p.args[1:]
     if not shape or shape[-1] != 2:  # x.reshape(..., 2) or torch.reshape(x, (..., 2))
         return None
-    x = p.args[0]
-    if _is(x, (), ("float",)) or (_is(x, (), ("to",)) and len(x.args) == 2 and x.args[1] is torch.float32):
-        x = x.args[0]
-    return x
+    return _uncast(p.args[0])
 
 
 def _pair_rotation(stack: Node) -> Rotation | None:

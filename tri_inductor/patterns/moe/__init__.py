@@ -4,9 +4,9 @@
 |---------------|---------------------------------------------------------------------------|
 | routing.py    | router top-k: softmax/sigmoid scores, bias, grouped top-k, renormalise    |
 | align.py      | token -> expert alignment (vLLM's moe_align_block_size)                   |
-| experts.py    | fused-MoE grouped GEMM (gated act epilogue), torch._grouped_mm, reductions (moe_sum, index_add) |
+| experts.py    | fused-MoE grouped GEMM (gated act epilogue), torch._grouped_mm, reductions |
 | tuning.py     | expert GEMM tile configs: default by rows per expert, tuned on a GPU      |
-| ops.py        | tri_inductor::moe_*, grouped_mm, topk_of_scores, sort_expert_ids, int_histc |
+| ops.py        | tri_inductor::moe_*, grouped_mm, topk_of_scores, sort_expert_ids, int_histc, index_add_rows |
 | hf.py         | Dynamo-graph rewrite of the HF MoE forms (topk, sort, histc, _grouped_mm) |
 | reference.py  | float64 references                                                        |
 """

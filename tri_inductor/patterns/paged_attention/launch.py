@@ -114,6 +114,11 @@ SPLIT_POLICIES = ("wave", "balanced")
 BALANCED_SPLITS = 8
 
 
+def splits_pad(num_splits: int) -> int:
+    """The partials' split width the decode and reduce kernels are specialised on (not the count)."""
+    return max(2, triton.next_power_of_2(num_splits))
+
+
 def decode_cfg(num_seqs: int, num_q_heads: int, num_kv_heads: int, head: int, max_seqlen_k: int,
                device: torch.device, num_splits: int | None = None,
                per_sm: int = DEFAULT_PROGRAMS_PER_SM, balanced: bool = False) -> DecodeCfg:
@@ -126,7 +131,7 @@ def decode_cfg(num_seqs: int, num_q_heads: int, num_kv_heads: int, head: int, ma
             cap = BALANCED_SPLITS if seqlen is None else -(-seqlen // (tile_n * MIN_TILES_PER_SPLIT))
             num_splits = min(MAX_SPLITS, max(num_splits, min(BALANCED_SPLITS, cap)))
     return DecodeCfg(block_g=max(16, triton.next_power_of_2(group)), tile_n=tile_n, num_splits=num_splits,
-                     splits_pad=max(2, triton.next_power_of_2(num_splits)), num_warps=4, num_stages=PIPELINE_STAGES,
+                     splits_pad=splits_pad(num_splits), num_warps=4, num_stages=PIPELINE_STAGES,
                      wave=sm_count(device) * max(1, per_sm))
 
 

@@ -11,7 +11,7 @@ from .._launch import compiled_kernel, launch, plain_gpu_call
 from ..occupancy import compiled_programs_per_sm
 from .decode import paged_attn_decode_kernel, paged_attn_reduce_kernel
 from .launch import (DEFAULT_PROGRAMS_PER_SM, MAX_SPLITS, MIN_TILES_PER_SPLIT, SPLIT_POLICIES, DecodeCfg,
-                     PrefillCfg, decode_cfg, head_pad)
+                     PrefillCfg, decode_cfg, head_pad, splits_pad)
 from .prefill import paged_attn_prefill_kernel
 from .tuning import prefill_config
 
@@ -223,18 +223,14 @@ def prefill_variants(group: int, head: int, block_size: int, dtype: torch.dtype,
 
 def decode_split_variants() -> tuple[int, ...]:
     """A split count for each decode kernel specialisation a step can launch: 1 (no split) and
-    each power-of-two pad up to ``MAX_SPLITS`` (the count itself is not specialised, its pad is)."""
-    out, pad = [1], 2
-    while pad <= MAX_SPLITS:
-        out.append(pad)
-        pad *= 2
-    return tuple(out)
+    one count per split pad up to ``MAX_SPLITS`` (the count itself is not specialised, its pad is)."""
+    return (1, *sorted({splits_pad(n) for n in range(2, MAX_SPLITS + 1)}))
 
 
 def warm_variants(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, out: torch.Tensor,
-                 cu_seqlens_q: torch.Tensor, seq_lens: torch.Tensor, block_table: torch.Tensor, scale: float,
-                 causal: bool, window: Any, softcap: float, sinks: torch.Tensor | None,
-                 max_tokens: int) -> tuple[int, dict]:
+                  cu_seqlens_q: torch.Tensor, seq_lens: torch.Tensor, block_table: torch.Tensor, scale: float,
+                  causal: bool, window: Any, softcap: float, sinks: torch.Tensor | None,
+                  max_tokens: int) -> tuple[int, dict]:
     """Compile, without launching, the prefill kernel for every tile config a step of up to
     ``max_tokens`` queries can pick and (causal) the decode and reduce kernels for every split
     pad, on a real call's tensors (the same argument specialisation as the steps to come), side
