@@ -1,6 +1,6 @@
 """Issue 20 on CPU: Hugging Face MoE models under plain torch.compile(backend="tri_inductor").
 
-(A) codegen-only for a fake sm_90: HF Mixtral, Qwen3-MoE and DeepSeek-V2 (tiny configs, transformers 5.x
+(A) codegen-only for a fake sm_90: HF Mixtral, Qwen3-MoE, DeepSeek-V2 and -V3 (tiny configs, transformers 5.x
     grouped-mm experts) audit to 0 non-Triton kernels, the MoE kernels counted as family ``moe``;
     a top-k that is not a router's still fails strict mode with its source line.
 (B) interpreter: the compiled models' logits match eager within a stated tolerance.
@@ -17,7 +17,8 @@ pytest.importorskip("transformers", reason="the Hugging Face MoE models need tra
 from tri_inductor import moe_models  # noqa: E402
 
 BUILDERS = {"mixtral": moe_models.mixtral, "qwen3_moe": moe_models.qwen3_moe,
-            "deepseek_v2": moe_models.deepseek_v2}  # + MLA attention, complex-number RoPE
+            "deepseek_v2": moe_models.deepseek_v2,  # + MLA attention, complex-number RoPE
+            "deepseek_v3": moe_models.deepseek_v3}  # + the grouped router with a correction bias
 
 
 @pytest.mark.parametrize("name", list(BUILDERS))
@@ -110,6 +111,50 @@ def test_topk_of_gate_logits_matches_eager(interpreter, sigmoid):
         out = torch.compile(model, backend="tri_inductor")(x)
     assert sum(r.pattern_hits.get("moe", 0) for r in tri_inductor.last_audit()) >= 1
     assert rel(out, ref.double()) < 1e-6
+
+
+class GroupedRouter(torch.nn.Module):
+    """DeepSeek-V3's / Nemotron-H's router as transformers writes it: sigmoid scores plus a
+    correction bias, the best ``topk_group`` groups by the sum of their top two, a top-k of the
+    rest (masked with ``fill``), weights gathered from the unbiased scores."""
+
+    def __init__(self, E=16, groups=4, topk_group=2, k=4, fill=float("-inf")):
+        super().__init__()
+        self.gate = torch.nn.Linear(32, E, bias=False)
+        self.bias = torch.nn.Parameter(torch.randn(E) * 0.1)
+        self.E, self.G, self.topk_group, self.k, self.fill = E, groups, topk_group, k, fill
+
+    def forward(self, x):
+        scores = self.gate(x).float().sigmoid()
+        choice = scores + self.bias
+        group_scores = choice.view(-1, self.G, self.E // self.G).topk(2, dim=-1)[0].sum(dim=-1)
+        group_idx = torch.topk(group_scores, k=self.topk_group, dim=-1, sorted=False)[1]
+        group_mask = torch.zeros_like(group_scores)
+        group_mask.scatter_(1, group_idx, 1)
+        score_mask = group_mask.unsqueeze(-1).expand(-1, self.G, self.E // self.G).reshape(-1, self.E)
+        choice = choice.masked_fill(~score_mask.bool(), self.fill)
+        ids = torch.topk(choice, k=self.k, dim=-1, sorted=False)[1]
+        return ids, scores.gather(1, ids)
+
+
+@pytest.mark.parametrize("fill", [float("-inf"), 0.0], ids=["deepseek_v3", "masked_with_zero"])
+def test_grouped_router_is_ours_and_picks_what_eager_picks(interpreter, fill):
+    # every top-k of the router (group scores, groups, experts) is our route kernel; the picks are
+    # eager's (as sets: sorted=False), the weights its scores at those picks
+    torch.manual_seed(0)
+    router, x = GroupedRouter(fill=fill), torch.randn(37, 32)
+    with torch.no_grad():
+        ref_ids, ref_w = router(x)
+        torch._dynamo.reset()
+        before = {id(r) for r in tri_inductor.last_audit()}
+        ids, w = torch.compile(router, backend="tri_inductor")(x)
+    reports = [r for r in tri_inductor.last_audit() if id(r) not in before]
+    assert not [v for r in reports for v in r.violations]
+    assert sum(r.pattern_hits.get("moe", 0) for r in reports) == 3
+    order, ref_order = ids.argsort(-1), ref_ids.argsort(-1)
+    assert torch.equal(ids.gather(1, order), ref_ids.gather(1, ref_order))
+    # the gate GEMM sums in another order: the fp32 scores differ by an ulp or two
+    assert rel(w.gather(1, order), ref_w.gather(1, ref_order).double()) < 1e-6
 
 
 class ExpertCombine(torch.nn.Module):

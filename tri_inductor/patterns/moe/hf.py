@@ -11,7 +11,10 @@ histc or _grouped_mm; here each becomes our op, one node for one node, so the re
   top-k kernel, ids int64): of ``softmax(x, -1)`` or ``sigmoid(x)`` in float32 (Mixtral,
   Qwen2/3-MoE, OLMoE), or of a gate projection's logits themselves, through casts and views
   (``linear(x, w_gate)[.float()]``: Granite-MoE, JetMoE, Llama 4, which score the k picks
-  afterwards). A top-k of anything else is left alone (not a router: the audit still names it);
+  afterwards), or of anything a router computes from those logits before its top-k (DeepSeek-V3,
+  Nemotron-H, GLM-4.5: a correction bias, groups of experts, the group top-k and its mask; every
+  top-k of such a router is ours, the rest of it Inductor's). A top-k of anything else is left
+  alone (not a router: the audit still names it);
 * ``sort`` (ascending) of the router's expert ids, reshaped -> ``tri_inductor::sort_expert_ids`` (a
   counting sort: Inductor's sort is ATen above 512 elements or at a dynamic size);
 * ``histc(ids.float() or ids.int(), bins, min, max)`` of integer ids -> ``tri_inductor::int_histc``;
@@ -69,24 +72,52 @@ def _gate_logits(node) -> bool:
     return False
 
 
+# What a router may compute from its scores before a top-k (DeepSeek-V3's grouped router: a
+# correction bias added, a view into groups, the sum of each group's top-2, a group mask).
+_SCORE_METHODS = _PASS_THROUGH + ("expand", "unsqueeze", "squeeze", "masked_fill", "clone", "sigmoid", "softmax",
+                                  "add", "sub", "mul", "sum", "amax")
+_SCORE_FNS = (operator.add, operator.sub, operator.mul, torch.add, torch.sub, torch.mul, torch.sigmoid,
+              torch.softmax, F.softmax, torch.sum, torch.amax, torch.masked_fill)
+
+
+def _router_derived(node, depth: int = 12) -> bool:
+    """Whether ``node`` is computed from a gate projection's logits (through scoring, biases,
+    views, masks, group sums and the values of an earlier router top-k): a router's top-k input."""
+    if depth == 0 or not isinstance(node, torch.fx.Node):
+        return False
+    if _gate_logits(node):
+        return True
+    if node.op == "call_function" and node.target is operator.getitem and node.args[1] == 0:
+        src = node.args[0]  # the values of a top-k: of a router's if its input is one
+        if isinstance(src, torch.fx.Node) and src.target is torch.ops.tri_inductor.topk_of_scores.default:
+            return True
+        return _is(src, (torch.topk,), ("topk",)) and _router_derived(src.args[0], depth - 1)
+    if _is(node, _SCORE_FNS, _SCORE_METHODS):
+        operands = [a for a in node.args[:2] if isinstance(a, torch.fx.Node)]
+        return any(_router_derived(a, depth - 1) for a in operands)
+    return False
+
+
 def _router_scores(node) -> tuple[str, torch.fx.Node] | None:
     """(scoring, logits) if ``node``, a top-k's input, is a router's scores: ``softmax`` or
-    ``sigmoid`` of logits (float32), or a gate projection's logits as they are ("none")."""
+    ``sigmoid`` of logits (float32), or anything computed from a gate projection's logits
+    (``"none"``: the top-k of those values as they are)."""
     val = _val(node)
-    if val is None or val.dim() != 2 or not val.dtype.is_floating_point:
+    if val is None or val.dim() < 1 or not val.dtype.is_floating_point:
         return None
-    if val.dtype == torch.float32:
+    if val.dtype == torch.float32 and val.dim() == 2:
         found = _scoring(node)
         if found is not None:
             return found
-    return ("none", node) if _gate_logits(node) else None
+    return ("none", node) if _router_derived(node) else None
 
 
 def _rewrite_topk(gm, node) -> bool:
     k = _arg(node, 1, "k")
     if not node.args or not isinstance(k, int) or not 0 < k <= MAX_ROUTER_K:
         return False
-    if not _last_dim(_arg(node, 2, "dim", -1), 2) or _arg(node, 3, "largest", True) is not True \
+    val = _val(node.args[0])
+    if val is None or not _last_dim(_arg(node, 2, "dim", -1), val.dim()) or _arg(node, 3, "largest", True) is not True \
             or _arg(node, 4, "sorted", True) not in (True, False):  # sorted=False: any order will do
         return False
     if not all(u.op == "call_function" and u.target is operator.getitem for u in node.users):
@@ -100,7 +131,7 @@ def _rewrite_topk(gm, node) -> bool:
         E = int(lv.shape[-1])
     except (TypeError, AttributeError):
         return False
-    if lv.dim() != 2 or not (0 < k <= E <= MAX_EXPERTS) or not lv.dtype.is_floating_point:
+    if not (0 < k <= E <= MAX_EXPERTS) or not lv.dtype.is_floating_point:
         return False
     _replace(gm, node, torch.ops.tri_inductor.topk_of_scores.default, (logits, k, scoring))
     return True

@@ -61,9 +61,12 @@ def moe_topk(logits: torch.Tensor, k: int, scoring: str = "softmax", renormalize
 @triton_op("tri_inductor::topk_of_scores", mutates_args={})
 def topk_of_scores(logits: torch.Tensor, k: int, scoring: str) -> tuple[torch.Tensor, torch.Tensor]:
     """``torch.topk(score(logits), k)`` exactly (values in fp32 when the scores are, int64
-    indices, descending): what the Hugging Face routers write, for the graph rewrite."""
-    return _route(logits, k, scoring, False, 1, 1, None, 1.0, torch.int64,
-                  torch.float32 if scoring != "none" else logits.dtype)
+    indices, descending) over the last dim: what the Hugging Face routers write, for the graph
+    rewrite (a grouped router's top-k is of a [tokens, groups, experts per group] view)."""
+    lead = logits.shape[:-1]
+    w, ids = _route(logits.reshape(-1, logits.shape[-1]), k, scoring, False, 1, 1, None, 1.0, torch.int64,
+                    torch.float32 if scoring != "none" else logits.dtype)
+    return w.view(*lead, k), ids.view(*lead, k)
 
 
 # ---------------------------------------------------------------------------------------------
