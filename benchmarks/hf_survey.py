@@ -22,50 +22,36 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 
 # Dense, mixture-of-experts and hybrid decoders and encoders of transformers 5.x not in
 # tests/test_hf_models.py (those are the tested set; these are the survey). Each builds from the
-# tiny config below.
+# tiny config of tri_inductor/hf_tiny.py.
 ARCHS = ("cohere", "cohere2", "stablelm", "phi", "starcoder2", "granite", "olmo", "olmo3", "persimmon",
          "nemotron", "smollm3", "glm", "glm4", "helium", "arcee", "apertus", "ernie4_5", "seed_oss", "opt",
          "bloom", "mpt", "gpt_bigcode", "exaone4", "ministral", "hunyuan_v1_dense",
          "qwen2_moe", "olmoe", "granitemoe", "phimoe", "qwen3_moe", "mixtral", "llama4_text", "glm4_moe",
          "jetmoe",
+         "deepseek_v3", "dots1", "ernie4_5_moe", "hunyuan_v1_moe", "minimax", "gpt_oss", "exaone_moe",
+         "glm4_moe_lite", "afmoe", "cohere2_moe", "granitemoeshared", "sarvam_moe", "minicpm5_moe",
+         "longcat_flash", "lfm2_moe",
          # encoders
          "roberta", "electra", "distilbert", "modernbert", "xlm-roberta", "albert", "ernie",
-         # hybrids: attention beside Mamba / linear-attention layers
-         "qwen3_next", "falcon_h1", "granitemoehybrid", "bamba", "nemotron_h", "jamba")
-# Architectures with no SDPA path in transformers: eager attention.
-EAGER = {"bloom", "mpt", "codegen"}
-TINY = dict(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=1, num_attention_heads=4,
-            num_key_value_heads=2, head_dim=16, max_position_embeddings=64, pad_token_id=0)
+         # hybrids and state-space models: attention beside (or instead of) Mamba, short-convolution
+         # or linear-attention layers
+         "qwen3_next", "qwen3_5_moe_text", "kimi_linear", "falcon_h1", "granitemoehybrid", "bamba", "nemotron_h",
+         "jamba", "lfm2", "zamba2", "mamba", "mamba2", "falcon_mamba")
 
 
 def survey(arch: str) -> dict:
     import torch
-    import transformers as T
 
+    from tri_inductor import hf_tiny
     from tri_inductor.audit.model import audit_model
 
     t0 = time.perf_counter()
     try:
-        cfg = T.AutoConfig.for_model(arch, **TINY)
-        cfg._attn_implementation = "eager" if arch in EAGER else "sdpa"
-        torch.manual_seed(0)
-        model = T.AutoModel.from_config(cfg).eval()
+        model, (ids, mask) = hf_tiny.build(arch)
     except Exception as e:  # noqa: BLE001  (the config or model cannot be built: not ours)
         return {"built": False, "error": f"{type(e).__name__}: {str(e)[:300]}"}
-
-    class LastHidden(torch.nn.Module):
-        def __init__(self, m):
-            super().__init__()
-            self.m = m
-
-        def forward(self, ids, mask):
-            return self.m(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
-
-    ids = torch.randint(1, 128, (2, 9))
-    mask = torch.ones(2, 9, dtype=torch.long)
-    mask[1, :3] = 0  # left padding, as a batched prefill
     try:
-        reports, _ = audit_model(LastHidden(model), [ids, mask], backend="tri_inductor", dtype=torch.bfloat16,
+        reports, _ = audit_model(model, [ids, mask], backend="tri_inductor", dtype=torch.bfloat16,
                                  device="cpu")
     except Exception as e:  # noqa: BLE001
         return {"built": True, "error": f"{type(e).__name__}: {str(e)[:300]}", "s": round(time.perf_counter() - t0, 1)}

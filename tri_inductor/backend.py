@@ -92,6 +92,7 @@ def compile_graph(gm: torch.fx.GraphModule, example_inputs: list[Any], opts: Tri
         gm = copy.deepcopy(gm)
     _decompose_fast_path(gm, example_inputs, "attention" in opts.families)
     _rewrite_complex(gm)
+    _rewrite_depthwise_conv1d(gm)
     if "attention" in opts.families:
         _rewrite_attention(gm, example_inputs)
     if "moe" in opts.families:
@@ -167,6 +168,12 @@ def _rewrite_complex(gm: torch.fx.GraphModule) -> int:
     from .complex_pairs import rewrite_complex_in_dynamo_graph
 
     return rewrite_complex_in_dynamo_graph(gm)
+
+
+def _rewrite_depthwise_conv1d(gm: torch.fx.GraphModule) -> int:
+    from .depthwise_conv import rewrite_depthwise_conv1d_in_dynamo_graph
+
+    return rewrite_depthwise_conv1d_in_dynamo_graph(gm)
 
 
 def _rewrite_attention(gm: torch.fx.GraphModule, example_inputs: list[Any]) -> int:

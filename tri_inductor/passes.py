@@ -13,6 +13,8 @@ from torch._inductor.custom_graph_pass import CustomGraphPass
 
 from .options import FAMILIES
 
+aten = torch.ops.aten
+
 _last = threading.local()
 log = logging.getLogger("tri_inductor")
 
@@ -53,6 +55,21 @@ def realize_triton_kernel_inputs(graph: torch.fx.Graph) -> None:
             if (isinstance(arg, torch.fx.Node) and arg.op == "call_function"
                     and isinstance(arg.meta.get("val"), torch.Tensor)):
                 arg.meta["inductor_realize_to_strides"] = True
+
+
+def realize_native_matmul_operands(graph: torch.fx.Graph) -> None:
+    """Have Inductor write each computed operand of a matmul left to it before the dot reads it.
+
+    Inductor's native matmul (``triton.native_matmul``: ``tl.dot`` in its own kernels) inlines the
+    pointwise producer of an operand into the dot's loads, and its codegen asserts on some of
+    those (``right tl.dot operand cannot depend on y``: Mamba-2's chunked scan, an ``einsum`` of
+    a decayed ``exp`` product). A realized operand is a plain load, which it always handles."""
+    for target in (aten.bmm.default, aten.mm.default):
+        for node in graph.find_nodes(op="call_function", target=target):
+            for arg in node.args[:2]:
+                if (isinstance(arg, torch.fx.Node) and arg.op == "call_function"
+                        and isinstance(arg.meta.get("val"), torch.Tensor)):
+                    arg.meta["inductor_realize_to_strides"] = True
 
 
 def user_source_line(stack_trace: str | None) -> str | None:
@@ -161,6 +178,7 @@ class TriInductorPatternPass(CustomGraphPass):
                 prepare(graph)
             pm.apply(graph)
         realize_triton_kernel_inputs(graph)
+        realize_native_matmul_operands(graph)
         after = _our_hop_families(graph)
         hits = {f: after[f] - before[f] for f in self.families if after[f] - before[f]}
         _last.stats = {"hits": hits, "near_misses": self.near_misses(graph)}

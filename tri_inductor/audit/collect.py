@@ -39,6 +39,9 @@ def install_hooks() -> None:
         hooks.same_ptxas_as_inductor()  # before any compile of ours: cold and warm starts share keys
 
         hooks.wrap_once(GraphLowering, "codegen", make_codegen_hook)
+        from .. import scan_lowering
+
+        scan_lowering.install(lambda: bool(_collectors()))  # no zero-filled scan workspace in ours
         chain_save_output_code()
         try:
             from torch._higher_order_ops import triton_kernel_wrap

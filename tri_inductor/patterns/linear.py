@@ -72,3 +72,42 @@ def register_patterns(pm_pass) -> None:
     def addmm_handler(match, bias, a, b):
         match.replace_by_example(lambda bias, a, b: torch.ops.tri_inductor.addmm(bias, a, b),
                                  [bias, a, b], trace_fn=trace_replacement)
+
+    # A matmul with a dim of 1 left to Inductor (a batched GEMV, an outer product, or an mm our
+    # GEMM does not take): Inductor's native matmul declines any dim of 1 and calls ATen's bmm/mm.
+    # Written as the products and their sum over K (accumulated in fp32, rounded once), it is an
+    # Inductor Triton reduction (K == 1: a plain product).
+    def unit_check(match):
+        a, b = match.kwargs["a"], match.kwargs["b"]
+        av, bv = _val(a), _val(b)
+        if av is not None and av.dim() == 2 and mm_operands_ok(a, b):
+            return False  # our GEMM's (its GEMV at M == 1)
+        return (av is not None and bv is not None and av.dim() == bv.dim() and av.dim() in (2, 3)
+                and av.dtype in _DTYPES and av.dtype == bv.dtype and unit_dim(av, bv) is not None)
+
+    for target in (aten.bmm.default, aten.mm.default):
+        @register_graph_pattern(CallFunction(target, KeywordArg("a"), KeywordArg("b")),
+                                extra_check=unit_check, pass_dict=pm_pass)
+        def unit_handler(match, a, b):
+            match.replace_by_example(matmul_by_products, [a, b], trace_fn=trace_replacement)
+
+
+def unit_dim(av, bv) -> str | None:
+    """Which of M, N, K of ``av @ bv`` is statically 1 (K first), else None."""
+    from torch.fx.experimental.symbolic_shapes import statically_known_true
+
+    m, k, n = av.shape[-2], av.shape[-1], bv.shape[-1]
+    for name, size in (("K", k), ("N", n), ("M", m)):
+        if statically_known_true(size == 1):
+            return name
+    return None
+
+
+def matmul_by_products(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``a @ b`` (2-d or batched 3-d, a dim of 1) as products and an fp32 sum over K."""
+    which = unit_dim(a, b)
+    if which == "K":
+        return a * b  # [.., M, 1] * [.., 1, N]: one product per output, rounded once as the dot's
+    if which == "N":  # [.., M, K] * [.., 1, K] summed over K
+        return (a.float() * b.transpose(-2, -1).float()).sum(-1, keepdim=True).to(a.dtype)
+    return (a.transpose(-2, -1).float() * b.float()).sum(-2, keepdim=True).to(a.dtype)  # M == 1
