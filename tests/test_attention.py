@@ -49,6 +49,30 @@ def test_attention_numerics(case):
     assert err < TOL[dt], err
 
 
+# (B, Hq, Hkv, Sq, Skv, D, DV, causal, dtype): V's head dim other than q/k's (MLA under SDPA:
+# DeepSeek-V2/V3 q/k 192 = 128 + 64 rope, v 128), narrower and wider, odd.
+DV_CASES = [
+    (1, 4, 4, 37, 37, 192, 128, True, torch.bfloat16),
+    (1, 8, 2, 1, 50, 24, 16, False, torch.float32),      # decode, packed heads
+    (2, 2, 2, 20, 20, 64, 128, True, torch.float16),     # V wider than q/k
+    (1, 2, 1, 33, 45, 40, 24, False, torch.float32),
+]
+
+
+@pytest.mark.parametrize("case", DV_CASES, ids=lambda c: "-".join(map(str, c)).replace("torch.", ""))
+def test_attention_v_head_dim_of_its_own(case):
+    B, Hq, Hkv, Sq, Skv, D, DV, causal, dt = case
+    g = torch.Generator().manual_seed(hash(case) % 2**31)
+    q = torch.randn(B, Hq, Sq, D, generator=g).to(dt)
+    k = torch.randn(B, Hkv, Skv, D, generator=g).to(dt)
+    v = torch.randn(B, Hkv, Skv, DV, generator=g).to(dt)
+    out = A.attention(q, k, v, causal, 1.0 / math.sqrt(D))
+    ref = A.reference_attention(q, k, v, causal, 1.0 / math.sqrt(D))
+    assert out.shape == ref.shape == (B, Hq, Sq, DV) and out.dtype == dt
+    err = ((out.double() - ref).norm() / ref.norm()).item()
+    assert err < TOL[dt], err
+
+
 def test_attention_non_contiguous_inputs():
     # HF layout: q/k/v are transposes of [B, S, H, D] projections.
     B, S, Hq, Hkv, D = 1, 45, 4, 2, 64
@@ -211,7 +235,7 @@ def test_config_compiles_for_sm90(cfg, masked):
     sig = {n: (ptr if n in "QKVOM" else "i32") for n in kern.arg_names}
     sig["qk_scale"] = sig["softcap"] = "fp32"
     const = dict(IS_CAUSAL=True, WINDOW=masked, HAS_MASK=masked, MASK_BOOL=False, SOFTCAP=masked,
-                 PACKED=packed, EVEN_D=True, BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=block_d,
+                 PACKED=packed, EVEN_D=True, BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=block_d, BLOCK_DV=block_d,
                  stride_qd=1, stride_kd=1, stride_vd=1, stride_od=1, stride_mk=1)
     for c in const:
         sig[c] = "constexpr"

@@ -31,6 +31,8 @@ def test_hf_moe_model_is_triton_only(codegen_only, name):
     # per MoE layer: the router top-k, the counting sort and histc of expert ids, two grouped GEMMs
     assert {k.name for k in moe} >= {"moe_route_kernel", "moe_scatter_kernel", "int_histc_kernel",
                                       "grouped_mm_kernel"}, moe
+    # MLA under SDPA (q/k head dim 24, v 16) is our attention kernel too
+    assert any(k.name == "attention_fwd_kernel" for r in reports for k in r.kernels)
 
 
 def test_stock_inductor_leaves_the_moe_ops_non_triton(codegen_only):

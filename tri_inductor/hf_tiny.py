@@ -30,7 +30,8 @@ OVERRIDES = {
     "afmoe": {**_MOE, "num_dense_layers": 0, "num_experts": 8, "layer_types": ["full_attention"]},
     "sarvam_moe": {**_MOE, "first_k_dense_replace": 0, "n_routed_experts": 8},
     "minicpm5_moe": {**_MOE, "mlp_layer_types": ["sparse"], "n_routed_experts": 8},
-    "longcat_flash": {**_MLA, "num_layers": 1, "n_routed_experts": 8, "zero_expert_num": 2, "moe_topk": 2,
+    "longcat_flash": {**_MLA, "num_hidden_layers": 2,  # 2 x num_layers: one layer
+                      "n_routed_experts": 8, "zero_expert_num": 2, "moe_topk": 2,
                       "expert_ffn_hidden_size": 32, "qk_head_dim": 24},
     "gpt_oss": {"num_local_experts": 8, "num_experts_per_tok": 2, "layer_types": ["full_attention"]},
     "lfm2_moe": {**_MOE, "layer_types": ["conv", "full_attention"], "num_hidden_layers": 2, "num_experts": 8,

@@ -7,7 +7,8 @@ _GEMM = ("GEMM left to cuBLAS: keep the `linear` pattern on (tri_inductor::mm) o
 _SDPA = ("attention fell back to a CUDA SDPA kernel: keep the `attention` pattern on (tri_inductor::attention "
          "replaces scaled_dot_product_attention with or without attn_mask, dropout off, head dim <= 256, "
          "under torch.no_grad()/inference_mode)")
-# In a transformer a batched GEMM is attention's q @ k^T or p @ v (a Linear on [B, S, H] is an mm).
+# In a transformer a batched GEMM is attention's q @ k^T or p @ v (a Linear on [B, S, H] is an mm);
+# one with a dim of 1 is written as products and a sum by the `linear` family.
 _BMM = ("batched GEMM left to cuBLAS, most likely attention's q @ k^T or p @ v: the `attention` pattern "
         "(tri_inductor::attention) takes scaled_dot_product_attention and softmax(q @ k^T * scale [+ mask]) @ v; "
         "written another way, use F.scaled_dot_product_attention. Not attention: " + _GEMM[len("GEMM left to cuBLAS: "):])
@@ -21,7 +22,8 @@ HINTS: dict[str, str] = {
     "scaled_dot_product_attention": _SDPA,
     "topk": "torch 2.11 Inductor always falls back for topk/sort/kthvalue/median: keep it out of the "
             "compiled region (e.g. in the sampler) or replace it with a Triton kernel (a MoE router's "
-            "topk(softmax(x)) / topk(sigmoid(x)) over fp32 scores is taken by the `moe` family)",
+            "top-k, of softmax/sigmoid scores or of anything computed from a gate projection's logits, "
+            "is taken by the `moe` family)",
     "histc": "histc has no Triton lowering: the `moe` family takes histc of integer expert ids "
              "(tokens per expert) with integer bounds; others stay ATen",
     "_grouped_mm": "torch._grouped_mm runs CUTLASS: the `moe` family replaces a 2-D x 3-D grouped_mm "
@@ -30,7 +32,9 @@ HINTS: dict[str, str] = {
             "of the compiled region or make the size static and small",
     "multinomial": "sampling has no Triton lowering: keep it out of the compiled region",
     "nonzero": "data-dependent output size: no Triton lowering; keep it out of the compiled region",
-    "convolution": "convolutions go to cuDNN: not a transformer op tri_inductor replaces",
+    "convolution": "convolutions go to cuDNN: a depthwise conv1d (weight [C, 1, K], groups=C, integer padding, "
+                   "K <= 64: Mamba's and short-conv layers') is rewritten to Triton (depthwise_conv.py); a dense "
+                   "or 2-d convolution is not a transformer op tri_inductor replaces",
     "randint": "random ops seed through an ATen call: set Inductor fallback_random=False and keep RNG "
                "out of the compiled region",
 }

@@ -33,7 +33,7 @@ _LOG2E = 1.4426950408889634
 
 @triton.jit
 def _attn_inner(acc, l_i, m_i, q, k_base, v_base, stride_kn, stride_kd, stride_vn, stride_vd,
-                m_row, stride_mk, row_ok, qpos, offs_d, lo, hi, Skv, qk_scale, D,
+                m_row, stride_mk, row_ok, qpos, offs_d, offs_dv, lo, hi, Skv, qk_scale, D, DV,
                 causal_offset, window, softcap,
                 MASKED: tl.constexpr, IS_CAUSAL: tl.constexpr, WINDOW: tl.constexpr,
                 HAS_MASK: tl.constexpr, MASK_BOOL: tl.constexpr, SOFTCAP: tl.constexpr,
@@ -44,20 +44,21 @@ def _attn_inner(acc, l_i, m_i, q, k_base, v_base, stride_kn, stride_kd, stride_v
     # HAS_MASK: the user's mask is read on every block (it may hide any key).
     offs_n = tl.arange(0, BLOCK_N)
     dmask = offs_d < D
+    dvmask = offs_dv < DV  # V's head dim: q/k's, or its own (MLA: 128 beside q/k's 192)
     for start_n in range(lo, hi, BLOCK_N):
         cols = start_n + offs_n
         kt_ptrs = k_base + cols[None, :] * stride_kn + offs_d[:, None] * stride_kd  # [D, N]
-        v_ptrs = v_base + cols[:, None] * stride_vn + offs_d[None, :] * stride_vd    # [N, D]
+        v_ptrs = v_base + cols[:, None] * stride_vn + offs_dv[None, :] * stride_vd   # [N, DV]
         if MASKED:
             kv_ok = cols < Skv
             kt = tl.load(kt_ptrs, mask=kv_ok[None, :] & dmask[:, None], other=0.0)
-            v = tl.load(v_ptrs, mask=kv_ok[:, None] & dmask[None, :], other=0.0)
+            v = tl.load(v_ptrs, mask=kv_ok[:, None] & dvmask[None, :], other=0.0)
         elif EVEN_D:
             kt = tl.load(kt_ptrs)
             v = tl.load(v_ptrs)
         else:
             kt = tl.load(kt_ptrs, mask=dmask[:, None], other=0.0)
-            v = tl.load(v_ptrs, mask=dmask[None, :], other=0.0)
+            v = tl.load(v_ptrs, mask=dvmask[None, :], other=0.0)
         qk = tl.dot(q, kt)
         if SOFTCAP or HAS_MASK:
             # Natural units first (soft-capping and an additive mask are defined there).
@@ -110,10 +111,10 @@ def attention_fwd_kernel(
     stride_vb, stride_vh, stride_vs, stride_vd,
     stride_ob, stride_oh, stride_os, stride_od,
     stride_mb, stride_mh, stride_mq, stride_mk,
-    Hq, Hkv, Sq, Skv, D, qk_scale, causal_offset, window, softcap,
+    Hq, Hkv, Sq, Skv, D, DV, qk_scale, causal_offset, window, softcap,
     IS_CAUSAL: tl.constexpr, WINDOW: tl.constexpr, HAS_MASK: tl.constexpr,
     MASK_BOOL: tl.constexpr, SOFTCAP: tl.constexpr, PACKED: tl.constexpr, EVEN_D: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
 ):
     # Inductor types a Python float argument as fp64: keep the softmax math in fp32.
     qk_scale = tl.cast(qk_scale, tl.float32)
@@ -123,6 +124,7 @@ def attention_fwd_kernel(
     group = Hq // Hkv
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
+    offs_dv = tl.arange(0, BLOCK_DV)
     if PACKED:
         # grid axis 1 = batch * kv head; rows of the tile = (query head in group, position).
         b = pid_bh // Hkv
@@ -149,7 +151,7 @@ def attention_fwd_kernel(
 
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
-    acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_M, BLOCK_DV], dtype=tl.float32)
 
     # Key blocks [lo, hi) are visible to some row of the tile; [lo, lo_full) holds the window's
     # edge, [mid, hi) the causal diagonal and the Skv tail: both checked per element. Blocks in
@@ -177,26 +179,26 @@ def attention_fwd_kernel(
         lo_full = tl.minimum(lo_full, hi)
         mid = tl.maximum(mid, lo_full)
         acc, l_i, m_i = _attn_inner(acc, l_i, m_i, q, k_base, v_base, stride_ks, stride_kd,
-                                    stride_vs, stride_vd, m_row, stride_mk, row_ok, qpos, offs_d,
-                                    lo, lo_full, Skv, qk_scale, D, causal_offset, window, softcap,
+                                    stride_vs, stride_vd, m_row, stride_mk, row_ok, qpos, offs_d, offs_dv,
+                                    lo, lo_full, Skv, qk_scale, D, DV, causal_offset, window, softcap,
                                     True, IS_CAUSAL, WINDOW, HAS_MASK, MASK_BOOL, SOFTCAP, EVEN_D,
                                     BLOCK_N)
     else:
         lo_full = 0
     acc, l_i, m_i = _attn_inner(acc, l_i, m_i, q, k_base, v_base, stride_ks, stride_kd,
-                                stride_vs, stride_vd, m_row, stride_mk, row_ok, qpos, offs_d,
-                                lo_full, mid, Skv, qk_scale, D, causal_offset, window, softcap,
+                                stride_vs, stride_vd, m_row, stride_mk, row_ok, qpos, offs_d, offs_dv,
+                                lo_full, mid, Skv, qk_scale, D, DV, causal_offset, window, softcap,
                                 False, IS_CAUSAL, WINDOW, HAS_MASK, MASK_BOOL, SOFTCAP, EVEN_D,
                                 BLOCK_N)
     acc, l_i, m_i = _attn_inner(acc, l_i, m_i, q, k_base, v_base, stride_ks, stride_kd,
-                                stride_vs, stride_vd, m_row, stride_mk, row_ok, qpos, offs_d,
-                                tl.maximum(mid, lo_full), hi, Skv, qk_scale, D, causal_offset,
+                                stride_vs, stride_vd, m_row, stride_mk, row_ok, qpos, offs_d, offs_dv,
+                                tl.maximum(mid, lo_full), hi, Skv, qk_scale, D, DV, causal_offset,
                                 window, softcap, True, IS_CAUSAL, WINDOW, HAS_MASK, MASK_BOOL,
                                 SOFTCAP, EVEN_D, BLOCK_N)
     l_i = tl.where(l_i == 0.0, 1.0, l_i)
     out = acc / l_i[:, None]
-    tl.store(O + o_row[:, None] + offs_d[None, :] * stride_od, out.to(O.dtype.element_ty),
-             mask=row_ok[:, None] & dmask[None, :])
+    tl.store(O + o_row[:, None] + offs_dv[None, :] * stride_od, out.to(O.dtype.element_ty),
+             mask=row_ok[:, None] & (offs_dv < DV)[None, :])
 
 
 # (BLOCK_D, is 4-byte dtype) -> (BLOCK_M, BLOCK_N, num_warps, num_stages) for prefill.
@@ -266,14 +268,15 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, is_causal: bool
     ``softcap`` > 0: logits become softcap * tanh(logits / softcap) before the mask (Gemma 2).
     """
     B, Hq, Sq, D = q.shape
-    Hkv, Skv = k.shape[1], k.shape[2]
-    # Output stored [B, Sq, Hq, D] (flash layout), returned as the [B, Hq, Sq, D] view.
-    out = torch.empty((B, Sq, Hq, D), dtype=q.dtype, device=q.device).transpose(1, 2)
+    Hkv, Skv, DV = k.shape[1], k.shape[2], v.shape[-1]  # DV: V's head dim (MLA: other than D)
+    # Output stored [B, Sq, Hq, DV] (flash layout), returned as the [B, Hq, Sq, DV] view.
+    out = torch.empty((B, Sq, Hq, DV), dtype=q.dtype, device=q.device).transpose(1, 2)
     block_d = max(16, triton.next_power_of_2(int(D)))
+    block_dv = max(16, triton.next_power_of_2(int(DV)))
     group = int(Hq) // int(Hkv)
     # Config from Sq's size hint when Sq is symbolic: no guard (no recompiles); every config is
     # correct for every Sq, only speed differs (as linear.py does for M).
-    packed, bm, bn, warps, stages = _config(_hint(Sq), group, block_d, q.element_size() >= 4)
+    packed, bm, bn, warps, stages = _config(_hint(Sq), group, max(block_d, block_dv), q.element_size() >= 4)
     if packed:
         grid = (triton.cdiv(group * Sq, bm), B * Hkv)
     else:
@@ -284,11 +287,11 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, is_causal: bool
         m, m_strides = mask, _mask_strides(mask, B, Hq, Sq, Skv)
     launch(attention_fwd_kernel, grid, q, k, v, out, m,
            *q.stride(), *k.stride(), *v.stride(), *out.stride(), *m_strides,
-           Hq, Hkv, Sq, Skv, D, scale * _LOG2E, causal_offset, window, float(softcap),
+           Hq, Hkv, Sq, Skv, D, DV, scale * _LOG2E, causal_offset, window, float(softcap),
            IS_CAUSAL=is_causal, WINDOW=window > 0, HAS_MASK=mask is not None,
            MASK_BOOL=mask is not None and mask.dtype == torch.bool, SOFTCAP=softcap > 0,
-           PACKED=packed, EVEN_D=(D == block_d),
-           BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=block_d, num_warps=warps, num_stages=stages)
+           PACKED=packed, EVEN_D=(D == block_d and DV == block_dv),
+           BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=block_d, BLOCK_DV=block_dv, num_warps=warps, num_stages=stages)
     return out
 
 

@@ -48,7 +48,8 @@ def _shapes_ok(q, k, v) -> bool:
     hq, hkv, d = _int(qv.shape[1]), _int(kv.shape[1]), _int(qv.shape[-1])
     if None in (hq, hkv, d) or hkv == 0 or hq % hkv or d > 256:
         return False
-    return _int(kv.shape[-1]) == d and _int(vv.shape[-1]) == d and qv.dtype == kv.dtype == vv.dtype
+    dv = _int(vv.shape[-1])  # V's head dim may differ (MLA: q/k 192, v 128)
+    return _int(kv.shape[-1]) == d and dv is not None and 0 < dv <= 256 and qv.dtype == kv.dtype == vv.dtype
 
 
 def _mask_ok(mask, q, k) -> bool:
