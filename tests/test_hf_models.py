@@ -70,25 +70,15 @@ def _params(names, xfail=()):
     return out
 
 
-class _LastHidden(torch.nn.Module):
-    def __init__(self, model):
-        super().__init__()
-        self.model = model
-
-    def forward(self, ids, mask):
-        kw = {} if isinstance(self.model, T.BertModel) else {"use_cache": False}
-        return self.model(input_ids=ids, attention_mask=mask, **kw).last_hidden_state
-
-
 def _build(name):
+    from tri_inductor.hf_tiny import LastHidden, prefill_batch
+
     make, cls, impl, _ = MODELS[name]
     cfg = make()
     cfg._attn_implementation = impl
     torch.manual_seed(0)
-    model = _LastHidden(getattr(T, cls)(cfg).eval())
-    ids = torch.randint(1, 128, (2, 9))
-    mask = torch.ones(2, 9, dtype=torch.long)
-    mask[1, :3] = 0  # left padding
+    model = LastHidden(getattr(T, cls)(cfg).eval())
+    ids, mask = prefill_batch()
     return model, ids, mask
 
 

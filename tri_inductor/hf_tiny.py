@@ -7,6 +7,8 @@ exercise what the architecture adds (its MoE layer, its Mamba or short-convoluti
 """
 from __future__ import annotations
 
+import inspect
+
 import torch
 
 # Architectures with no SDPA path in transformers: eager attention.
@@ -57,18 +59,25 @@ class LastHidden(torch.nn.Module):
     def __init__(self, model):
         super().__init__()
         self.m = model
+        self.no_cache = {"use_cache": False} if "use_cache" in inspect.signature(model.forward).parameters else {}
 
     def forward(self, ids, mask):
-        return self.m(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
+        return self.m(input_ids=ids, attention_mask=mask, **self.no_cache).last_hidden_state
+
+
+def prefill_batch(seq: int = 9, vocab: int = TINY["vocab_size"]) -> list[torch.Tensor]:
+    """[ids, mask]: 2 sequences of ``seq`` tokens, the second left-padded by 3 (what a batched
+    prefill hands attention: causal and padding)."""
+    ids = torch.randint(1, vocab, (2, seq))
+    mask = torch.ones(2, seq, dtype=torch.long)
+    mask[1, :3] = 0
+    return [ids, mask]
 
 
 def build(arch: str, seq: int = 9) -> tuple[torch.nn.Module, list[torch.Tensor]]:
-    """(model, [ids, mask]): 2 sequences of ``seq`` tokens, the second left-padded by 3."""
+    """(model, [ids, mask]) of ``arch`` from its tiny config (:func:`prefill_batch`)."""
     import transformers as T
 
     torch.manual_seed(0)
     model = T.AutoModel.from_config(config(arch)).eval()
-    ids = torch.randint(1, TINY["vocab_size"], (2, seq))
-    mask = torch.ones(2, seq, dtype=torch.long)
-    mask[1, :3] = 0
-    return LastHidden(model), [ids, mask]
+    return LastHidden(model), prefill_batch(seq)
