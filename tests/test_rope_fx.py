@@ -145,6 +145,41 @@ def test_pair_rope_runs_our_kernel_and_matches_float64(interpreter, form, dtype)
     assert not [m for r in reports for m in r.near_misses], [r.near_misses for r in reports]
 
 
+class HalvesRope(torch.nn.Module):
+    """GPT-OSS's rotation: the two halves of each head rotated by half-width cos/sin and joined
+    with ``cat`` (no ``rotate_half``, no negation): ``chunk`` or slices, [B, S, H, D] or
+    [B, H, S, D]."""
+
+    def __init__(self, spelling, heads_dim, D=16, table=64):
+        super().__init__()
+        self.spelling, self.heads_dim = spelling, heads_dim
+        inv = 1.0 / (10000 ** (torch.arange(0, D, 2).float() / D))
+        self.register_buffer("ang", torch.outer(torch.arange(table).float(), inv))  # [table, D/2]
+
+    def forward(self, q, k, pos):
+        ang = self.ang[pos]  # [B, S, D/2]
+        c, s = ang.cos().unsqueeze(self.heads_dim), ang.sin().unsqueeze(self.heads_dim)
+
+        def one(x):
+            if self.spelling == "chunk":
+                x1, x2 = torch.chunk(x, 2, dim=-1)
+            else:
+                x1, x2 = x[..., : x.shape[-1] // 2], x[..., x.shape[-1] // 2:]
+            return torch.cat((x1 * c.to(x.dtype) - x2 * s.to(x.dtype), x2 * c.to(x.dtype) + x1 * s.to(x.dtype)), -1)
+        return one(q), one(k)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("spelling,heads_dim", [("chunk", 1), ("slices", 2)], ids=["gpt-oss-chunk", "slices-bshd"])
+def test_rotation_of_halves_runs_our_kernel_and_matches_float64(interpreter, spelling, heads_dim, dtype):
+    module = HalvesRope(spelling, heads_dim)
+    args = _inputs(heads_dim, dtype=dtype)
+    gm = dynamo_graph(module, *args)
+    assert rewrite_interleaved_rope_in_dynamo_graph(gm) == 2
+    reports = _one_launch_matching_float64(module, args, dtype)
+    assert not [m for r in reports for m in r.near_misses], [r.near_misses for r in reports]
+
+
 def test_k_made_after_qs_rotation_gets_a_call_of_its_own(interpreter):
     module = KAfterQ(rot=16, heads_dim=2)
     q, k, pos = _inputs(2)

@@ -646,6 +646,27 @@ def _is_table(node, hops: int = 4) -> bool:
     return False
 
 
+def _by_expert_ids(index_node: torch.fx.Node, hops: int = 6) -> bool:
+    """Whether an ``index`` reads rows by ids a sort or top-k made (a MoE block's per-expert
+    bias, ``bias[expert_ids]``): an expert lookup, not a cos/sin lookup by position."""
+    aten = torch.ops.aten
+    idx = index_node.args[1] if len(index_node.args) > 1 else None
+    frontier = [i for i in (idx or ()) if isinstance(i, torch.fx.Node)]
+    for _ in range(hops):
+        nxt = []
+        for n in frontier:
+            if n.op != "call_function":
+                continue
+            target = n.target
+            if target in (aten.sort.default, aten.topk.default, aten.argsort.default,
+                          torch.ops.higher_order.triton_kernel_wrapper_functional) or \
+                    getattr(target, "namespace", None) == "tri_inductor":  # our sort / route kernels
+                return True
+            nxt += [a for a in n.args if isinstance(a, torch.fx.Node)]
+        frontier = nxt
+    return False
+
+
 def is_near_miss(node: torch.fx.Node) -> bool:
     """A neg that builds a rotated half (``cat((-x2, x1))``, GPT-J's ``stack((-x2, x1))``), or an
     index into a cos/sin cache; silu's and softmax's negs are not RoPE."""
@@ -653,7 +674,7 @@ def is_near_miss(node: torch.fx.Node) -> bool:
     if node.target is aten.index.Tensor:  # a cos/sin table, not a boolean (padding) mask
         val = node.meta.get("val")
         return (isinstance(val, torch.Tensor) and val.is_floating_point() and bool(node.args)
-                and _is_table(node.args[0]) and not _feeds_our_rope(node))
+                and _is_table(node.args[0]) and not _by_expert_ids(node) and not _feeds_our_rope(node))
     # the rotated half joins the other through a cat or stack, directly or through a view
     # (post-grad, ``stack`` is ``cat`` of ``unsqueeze``d halves)
     views = (aten.unsqueeze.default, aten.view.default, aten.reshape.default)

@@ -1,5 +1,5 @@
-"""Interleaved (GPT-J style) RoPE written with strided slices or on (re, im) pairs, rewritten on
-the Dynamo graph.
+"""Interleaved (GPT-J style) RoPE written with strided slices or on (re, im) pairs, and NeoX's
+rotation written on the two halves with half-width cos/sin (GPT-OSS), rewritten on the Dynamo graph.
 
 GPT-J in transformers (and code written like it) rotates (even, odd) pairs of the first
 ``rotary_dim`` dims of each head:
@@ -75,6 +75,7 @@ class Rotation:
     cos: Node
     sin: Node
     heads_dim: int  # 1 ([B, H, S, D]) or 2 ([B, S, H, D])
+    neox: bool = False  # halves rotated (NeoX), not (even, odd) pairs (GPT-J)
 
 
 def _rotation(add: Node) -> Rotation | None:
@@ -157,9 +158,15 @@ def _parts(node) -> tuple[Node, int] | None:
 
 
 def _same(node):
-    """A key equal for nodes that compute the same ``t[..., i]``."""
+    """A key equal for nodes that compute the same ``t[..., i]`` or the same cast of one value
+    (``c.to(x.dtype)`` written at each use is a node per use)."""
     part = _parts(node)
-    return ("part", *part) if part is not None else node
+    if part is not None:
+        return ("part", *part)
+    if _is(node, (), ("to", "float", "type_as")) and not node.kwargs and all(
+            not isinstance(a, torch.fx.Node) for a in node.args[1:]):
+        return ("cast", node.target, _same(node.args[0]), *node.args[1:])
+    return node
 
 
 def _mul_pairs(node) -> list[tuple[Node, Node]]:
@@ -183,31 +190,94 @@ def _pair_rotation(stack: Node) -> Rotation | None:
     if not (_is(stack, (torch.stack,)) and len(stack.args) >= 1 and _arg(stack, 1, "dim") == -1
             and isinstance(stack.args[0], (list, tuple)) and len(stack.args[0]) == 2 and len(stack.users) == 1):
         return None
-    re, im = stack.args[0]
-    if not (_is(re, (operator.sub, torch.sub)) and _is(im, (operator.add, torch.add))
-            and len(re.args) == 2 and len(im.args) == 2 and not re.kwargs and not im.kwargs):
-        return None
     flat = next(iter(stack.users))
     if not (_is(flat, (torch.flatten,), ("flatten",)) and len(flat.args) >= 2 and flat.args[1] in (3, -2)):
         return None
     out = flat
     if len(flat.users) == 1 and _is(next(iter(flat.users)), (), ("type_as", "to")):
         out = next(iter(flat.users))
+
+    def pairs(a0, a1):
+        pa, pb = _parts(a0), _parts(a1)
+        return pa is not None and pb is not None and pa[0] is pb[0] and (pa[1], pb[1]) == (0, 1)
+
+    found = _rotated_parts(*stack.args[0], pairs)
+    if found is None:
+        return None
+    a0, c, s_ = found
+    return _checked_pair_rotation(stack, out, _pair_source(_parts(a0)[0]), c, s_)
+
+
+def _rotated_parts(re: Node, im: Node, parts) -> tuple[Node, Node, Node] | None:
+    """(a0, c, s) when ``re = a0 * c - a1 * s`` and ``im = a1 * c + a0 * s`` (factors in any
+    order) with ``parts(a0, a1)`` true: the two parts of x rotated by (c, s)."""
+    if not (_is(re, (operator.sub, torch.sub)) and _is(im, (operator.add, torch.add))
+            and len(re.args) == 2 and len(im.args) == 2 and not re.kwargs and not im.kwargs):
+        return None
     ims = {frozenset(map(_same, m.args)) for m in im.args if _is(m, (operator.mul, torch.mul))}
-    # x's pairs and the cos/sin pairs play symmetric parts in the formula: the x is the one a
-    # reshape of a [B, S, H, D] tensor shaped like the result
+    # x's parts and the cos/sin play symmetric parts in the formula: x is the one ``parts`` names
     for a0, c in _mul_pairs(re.args[0]):
         for a1, s_ in _mul_pairs(re.args[1]):
-            pa, pb = _parts(a0), _parts(a1)
-            if pa is None or pb is None or pa[0] is not pb[0] or (pa[1], pb[1]) != (0, 1):
-                continue
-            # the same p[..., i] may be a separate node in each product (Dynamo keeps every indexing)
-            if ims != {frozenset((_same(a0), _same(s_))), frozenset((_same(a1), _same(c)))}:
-                continue
-            rotation = _checked_pair_rotation(stack, out, _pair_source(pa[0]), c, s_)
-            if rotation is not None:
-                return rotation
+            # the same part may be a separate node in each product (Dynamo keeps every indexing)
+            if parts(a0, a1) and ims == {frozenset((_same(a0), _same(s_))), frozenset((_same(a1), _same(c)))}:
+                return a0, c, s_
     return None
+
+
+# ---------------------------------------------------------------- the rotation on halves, cos/sin per pair
+# GPT-OSS (and code written like OpenAI's reference) rotates the two halves with half-width cos/sin:
+#   x1, x2 = torch.chunk(x, 2, dim=-1)            (or x[..., :D/2], x[..., D/2:])
+#   out = cat((x1 * c - x2 * s, x2 * c + x1 * s), -1)
+# NeoX's rotation (rotate_half) with cos = cat((c, c), -1), sin = cat((s, s), -1).
+
+def _half(node) -> tuple[Node, int] | None:
+    """``(x, i)`` when ``node`` is half ``i`` of x's last dim (``chunk(x, 2, -1)[i]`` or a slice)."""
+    if _is(node, (operator.getitem,)) and node.args[1] in (0, 1):
+        ch = node.args[0]
+        if _is(ch, (torch.chunk,), ("chunk",)) and _arg(ch, 1, "chunks") == 2 and _arg(ch, 2, "dim", 0) in (-1, 3):
+            return ch.args[0], node.args[1]
+        return None
+    sliced = _last_dim_slice(node)
+    vx = _val(sliced[0]) if sliced is not None else None
+    if vx is None or sliced[1].step is not None:
+        return None
+    half = vx.shape[-1] // 2
+    if sliced[1] == slice(None, half):
+        return sliced[0], 0
+    return (sliced[0], 1) if sliced[1] in (slice(half, None), slice(half, vx.shape[-1])) else None
+
+
+def _half_rotation(cat: Node) -> Rotation | None:
+    if not (_is(cat, (torch.cat, torch.concat)) and cat.args and _arg(cat, 1, "dim") in (-1, 3)
+            and isinstance(cat.args[0], (list, tuple)) and len(cat.args[0]) == 2):
+        return None
+
+    def halves(a0, a1):
+        h0, h1 = _half(a0), _half(a1)
+        return h0 is not None and h1 is not None and h0[0] is h1[0] and (h0[1], h1[1]) == (0, 1)
+
+    found = _rotated_parts(*cat.args[0], halves)
+    if found is None:
+        return None
+    a0, c, s_ = found
+    x = _half(a0)[0]
+    vx, vc, vs, vo = _val(x), _val(c), _val(s_), _val(cat)
+    if not all(isinstance(v, torch.Tensor) for v in (vx, vc, vs, vo)) or vx.dim() != 4 or vo.dtype != vx.dtype:
+        return None
+    if vc.shape != vs.shape or vc.dim() != 4 or 2 * vc.shape[-1] != vx.shape[-1] or tuple(vo.shape) != tuple(vx.shape):
+        return None
+    heads = _heads_dim(vx, vc)
+    if heads is None:
+        return None
+    g = cat.graph
+    full = []
+    for t in (c, s_):  # one value per pair of halves -> NeoX's full-width cos/sin
+        with g.inserting_before(cat):
+            r = g.call_function(torch.cat, ([t, t], -1))
+        with _val(t).fake_mode:
+            r.meta["example_value"] = torch.cat([_val(t), _val(t)], -1)
+        full.append(r)
+    return Rotation(cat, x, full[0], full[1], heads, neox=True)
 
 
 def _checked_pair_rotation(stack: Node, out: Node, x, c, s_) -> Rotation | None:
@@ -232,21 +302,27 @@ def _checked_pair_rotation(stack: Node, out: Node, x, c, s_) -> Rotation | None:
 
 def _root(node):
     """The cos/sin source behind the broadcasting steps (repeat_interleave, indexing with None,
-    unsqueeze): rotations of q and k built from one source are paired."""
-    while _is(node, (torch.repeat_interleave, operator.getitem), methods=("repeat_interleave", "unsqueeze")):
-        node = node.args[0]
-    return node
+    unsqueeze, casts, the halves' widening): rotations of q and k built from one source are paired."""
+    while True:
+        if _is(node, (torch.repeat_interleave, operator.getitem), methods=("repeat_interleave", "unsqueeze")) \
+                or _same(node) != node:  # a cast written at each use
+            node = node.args[0]
+        elif _is(node, (torch.cat,)) and len(node.args[0]) == 2 and node.args[0][0] is node.args[0][1]:
+            node = node.args[0][0]  # the halves' cos/sin made full width (_half_rotation)
+        else:
+            return node
 
 
 def rewrite_interleaved_rope_in_dynamo_graph(gm: torch.fx.GraphModule) -> int:
     """Replace each GPT-J style rotation by our RoPE op; returns how many rotations were replaced."""
     from . import rope  # noqa: F401  (registers tri_inductor::rope_cos_sin)
 
-    found = [r for n in list(gm.graph.nodes) if (r := _rotation(n) or _pair_rotation(n)) is not None]
+    found = [r for n in list(gm.graph.nodes)
+             if (r := _rotation(n) or _pair_rotation(n) or _half_rotation(n)) is not None]
     groups: dict[tuple, list[Rotation]] = {}
     for r in found:
         vx = _val(r.x)
-        key = (_root(r.cos), _root(r.sin), r.heads_dim, vx.shape[0], vx.shape[3 - r.heads_dim], vx.dtype,
+        key = (_root(r.cos), _root(r.sin), r.heads_dim, r.neox, vx.shape[0], vx.shape[3 - r.heads_dim], vx.dtype,
                tuple(_val(r.cos).shape))
         groups.setdefault(key, []).append(r)
     g = gm.graph
@@ -286,7 +362,7 @@ def _replace(g: torch.fx.Graph, pair: list[Rotation], anchor: Node) -> None:
     k = bhsd(pair[1]) if len(pair) == 2 else emit(operator.getitem, (q, (slice(None), slice(0, 0))))
     cos = emit(torch.squeeze, (first.cos, first.heads_dim))
     sin = emit(torch.squeeze, (first.sin, first.heads_dim))
-    res = emit(torch.ops.tri_inductor.rope_cos_sin.default, (q, k, cos, sin, False))
+    res = emit(torch.ops.tri_inductor.rope_cos_sin.default, (q, k, cos, sin, first.neox))
     for i, r in enumerate(pair):
         out = emit(operator.getitem, (res, i))
         if r.heads_dim == 2:
