@@ -151,12 +151,21 @@ class ActivationGather(torch.nn.Module):
         return x.relu()[pos] * 2
 
 
+class ExpertBiasLookup(TableLookup):
+    """A per-expert bias read by the sorted expert ids (GPT-OSS's grouped-mm experts,
+    ``bias[expert_ids_sorted]``): a 2-d buffer indexed, but by ids a sort made, not positions."""
+
+    def forward(self, x, ids):
+        return x * self.table[torch.sort(ids)[0]]
+
+
 def test_rope_near_miss_is_a_table_lookup_not_an_activation_gather(codegen_only):
     x, pos = torch.randn(9, 32), torch.randint(0, 9, (9,))
     misses = [m for r in codegen_only(TableLookup(), [x, pos], dtype=torch.float32) for m in r.near_misses]
     assert any(m.startswith("rope: aten.index") for m in misses), misses
-    misses = [m for r in codegen_only(ActivationGather(), [x, pos], dtype=torch.float32) for m in r.near_misses]
-    assert not any(m.startswith("rope:") for m in misses), misses
+    for other in (ActivationGather(), ExpertBiasLookup()):
+        misses = [m for r in codegen_only(other, [x, pos], dtype=torch.float32) for m in r.near_misses]
+        assert not any(m.startswith("rope:") for m in misses), (other, misses)
 
 
 class InterleavedRopeFullCos(torch.nn.Module):
