@@ -152,6 +152,39 @@ assert LogitsProcessor._apply_head._tri_inductor
 # ---------------------------------------------------------------- config
 
 
+@pytest.mark.parametrize("hybrid", [True, False], ids=["hybrid", "dense"])
+def test_gated_delta_net_layers_get_vllms_triton_kernels(hybrid):
+    # Qwen3-Next / Qwen3.5: vLLM picks the gated delta-net kernels outside custom_ops
+    from types import SimpleNamespace
+
+    from tri_inductor import vllm_config as V
+
+    def run(extra, env):
+        mc = SimpleNamespace(is_hybrid=hybrid, has_inner_state=hybrid, is_attention_free=False)
+        cfg = SimpleNamespace(model_config=mc, additional_config=extra)
+        changes, conflicts = [], []
+        V._gated_delta_net(cfg, env, changes.append, conflicts.append)
+        for c in changes:
+            c.apply()
+        return conflicts
+
+    extra, env = {}, {}
+    assert run(extra, env) == []
+    decode_env = V._gdn_decode_env_known()  # vLLM 0.34 has a CUDA decode kernel; 0.26 none
+    if hybrid:
+        assert extra == {"gdn_prefill_backend": "triton"}
+        assert env == ({"VLLM_GDN_DECODE_KERNEL": "triton"} if decode_env else {})
+    else:  # a dense model's config is left as it was
+        assert extra == {} and env == {}
+        return
+    # the user's explicit choice of a non-Triton kernel is kept and named
+    extra, env = {"gdn_prefill_backend": "flashinfer"}, {"VLLM_GDN_DECODE_KERNEL": "cuda"}
+    conflicts = run(extra, env)
+    assert extra == {"gdn_prefill_backend": "flashinfer"} and env == {"VLLM_GDN_DECODE_KERNEL": "cuda"}
+    assert [c.setting for c in conflicts] == ["additional_config['gdn_prefill_backend']"] + (
+        ["environment VLLM_GDN_DECODE_KERNEL"] if decode_env else [])
+
+
 def test_backend_flag_alone_gives_triton_config(plugin, tri_log):
     cfg = _config(backend="tri_inductor")
     cc = cfg.compilation_config

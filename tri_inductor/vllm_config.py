@@ -42,6 +42,8 @@ TRITON_ATTENTION_BACKENDS = frozenset({"TRITON_ATTN", "TRITON_ATTN_DIFFKV", "TRI
 # "triton" = vLLM's own Triton kernel (vLLM >= 0.32's default for gelu_and_mul_sparse on CUDA).
 TRITON_IR_PROVIDERS = frozenset({"native", "triton"})
 NATIVE_JIT_ENV = "TORCH_DISABLE_NATIVE_JIT"
+GDN_PREFILL_KEY = "gdn_prefill_backend"  # additional_config key (--gdn-prefill-backend)
+GDN_DECODE_ENV = "VLLM_GDN_DECODE_KERNEL"  # vLLM >= 0.3x: "cuda" (default) or "triton"
 SYMM_MEM_ALLREDUCE_ENV = "VLLM_ALLREDUCE_USE_SYMM_MEM"
 
 
@@ -380,6 +382,7 @@ def adjust_vllm_config(vllm_config: "VllmConfig", environ: MutableMapping[str, s
                     "_fused_rms_norm, scatter_add and sum", f"unset {NATIVE_JIT_ENV} or set it to 1"))
 
     _tensor_parallel(vllm_config, environ, adj)
+    _gated_delta_net(vllm_config, environ, ch, cf)
 
     if options.strict and adj.conflicts:
         raise TriInductorConfigError(
@@ -390,6 +393,57 @@ def adjust_vllm_config(vllm_config: "VllmConfig", environ: MutableMapping[str, s
     for c in adj.changes:
         c.apply()
     return adj
+
+
+def _has_state_layers(vllm_config: "VllmConfig") -> bool:
+    """Whether the model has Mamba / linear-attention layers (vLLM's hybrid or attention-free
+    models); False when there is no model config or it cannot say."""
+    mc = getattr(vllm_config, "model_config", None)
+    try:
+        return bool(mc is not None and (mc.is_hybrid or mc.has_inner_state or mc.is_attention_free))
+    except Exception:  # noqa: BLE001  (a config without model info: nothing to adjust)
+        return False
+
+
+def _gdn_decode_env_known() -> bool:
+    try:
+        import vllm.envs as envs
+
+        return GDN_DECODE_ENV in getattr(envs, "environment_variables", {})
+    except ImportError:
+        return False
+
+
+def _gated_delta_net(vllm_config: "VllmConfig", environ: MutableMapping[str, str],
+                     ch: Callable[[Change], None], cf: Callable[[Conflict], None]) -> None:
+    """Gated delta-net layers (Qwen3-Next, Qwen3.5, Kimi-Linear) run eagerly inside vLLM's opaque
+    op, on kernels vLLM picks outside custom_ops: prefill by ``additional_config
+    ['gdn_prefill_backend']`` ('auto' is FlashInfer's CUDA kernel on Hopper, CuTeDSL on some
+    Blackwell shapes), decode by ``VLLM_GDN_DECODE_KERNEL`` (vLLM 0.34: 'cuda' by default). 'triton'
+    is vLLM's FLA Triton kernels for both. Only for models with such layers."""
+    if not _has_state_layers(vllm_config):
+        return
+    extra = getattr(vllm_config, "additional_config", None)
+    if isinstance(extra, dict):
+        requested = str(extra.get(GDN_PREFILL_KEY, "auto")).strip().lower()
+        if requested == "auto":
+            ch(Change(f"additional_config[{GDN_PREFILL_KEY!r}]", extra.get(GDN_PREFILL_KEY), "triton",
+                      "gated delta-net prefill: 'auto' picks FlashInfer's CUDA kernel on Hopper; 'triton' "
+                      "is vLLM's FLA Triton kernels", lambda: extra.__setitem__(GDN_PREFILL_KEY, "triton")))
+        elif requested != "triton":
+            cf(Conflict(f"additional_config[{GDN_PREFILL_KEY!r}]", requested,
+                        "the gated delta-net prefill runs a non-Triton kernel",
+                        "leave it unset or 'triton' (--gdn-prefill-backend triton)"))
+    if not _gdn_decode_env_known():
+        return  # this vLLM has one (Triton) decode path
+    decode = environ.get(GDN_DECODE_ENV)
+    if decode is None:
+        ch(Change(f"environment {GDN_DECODE_ENV}", None, "triton",
+                  "gated delta-net decode: vLLM's default 'cuda' kernel is not Triton",
+                  lambda: environ.__setitem__(GDN_DECODE_ENV, "triton")))
+    elif decode.strip().lower() != "triton":
+        cf(Conflict(f"environment {GDN_DECODE_ENV}", decode, "the gated delta-net decode runs a CUDA kernel",
+                    f"unset {GDN_DECODE_ENV} or set it to triton"))
 
 
 def tensor_parallel_size(vllm_config: "VllmConfig") -> int:
