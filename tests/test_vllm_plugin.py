@@ -153,17 +153,19 @@ assert LogitsProcessor._apply_head._tri_inductor
 
 
 @pytest.mark.parametrize("hybrid", [True, False], ids=["hybrid", "dense"])
-def test_gated_delta_net_layers_get_vllms_triton_kernels(hybrid):
-    # Qwen3-Next / Qwen3.5: vLLM picks the gated delta-net kernels outside custom_ops
+def test_state_layers_get_vllms_triton_kernels(hybrid):
+    # Qwen3-Next / Qwen3.5: vLLM picks the gated delta-net kernels outside custom_ops; Mamba's
+    # selective state update has a FlashInfer choice
     from types import SimpleNamespace
 
     from tri_inductor import vllm_config as V
 
-    def run(extra, env):
+    def run(extra, env, ssu="TRITON"):
         mc = SimpleNamespace(is_hybrid=hybrid, has_inner_state=hybrid, is_attention_free=False)
-        cfg = SimpleNamespace(model_config=mc, additional_config=extra)
+        cfg = SimpleNamespace(model_config=mc, additional_config=extra,
+                              mamba_config=SimpleNamespace(backend=SimpleNamespace(name=ssu)))
         changes, conflicts = [], []
-        V._gated_delta_net(cfg, env, changes.append, conflicts.append)
+        V._state_layers(cfg, env, changes.append, conflicts.append)
         for c in changes:
             c.apply()
         return conflicts
@@ -179,9 +181,9 @@ def test_gated_delta_net_layers_get_vllms_triton_kernels(hybrid):
         return
     # the user's explicit choice of a non-Triton kernel is kept and named
     extra, env = {"gdn_prefill_backend": "flashinfer"}, {"VLLM_GDN_DECODE_KERNEL": "cuda"}
-    conflicts = run(extra, env)
+    conflicts = run(extra, env, ssu="FLASHINFER")
     assert extra == {"gdn_prefill_backend": "flashinfer"} and env == {"VLLM_GDN_DECODE_KERNEL": "cuda"}
-    assert [c.setting for c in conflicts] == ["additional_config['gdn_prefill_backend']"] + (
+    assert [c.setting for c in conflicts] == ["mamba_config.backend", "additional_config['gdn_prefill_backend']"] + (
         ["environment VLLM_GDN_DECODE_KERNEL"] if decode_env else [])
 
 

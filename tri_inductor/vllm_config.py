@@ -382,7 +382,7 @@ def adjust_vllm_config(vllm_config: "VllmConfig", environ: MutableMapping[str, s
                     "_fused_rms_norm, scatter_add and sum", f"unset {NATIVE_JIT_ENV} or set it to 1"))
 
     _tensor_parallel(vllm_config, environ, adj)
-    _gated_delta_net(vllm_config, environ, ch, cf)
+    _state_layers(vllm_config, environ, ch, cf)
 
     if options.strict and adj.conflicts:
         raise TriInductorConfigError(
@@ -414,15 +414,20 @@ def _gdn_decode_env_known() -> bool:
         return False
 
 
-def _gated_delta_net(vllm_config: "VllmConfig", environ: MutableMapping[str, str],
-                     ch: Callable[[Change], None], cf: Callable[[Conflict], None]) -> None:
-    """Gated delta-net layers (Qwen3-Next, Qwen3.5, Kimi-Linear) run eagerly inside vLLM's opaque
+def _state_layers(vllm_config: "VllmConfig", environ: MutableMapping[str, str],
+                  ch: Callable[[Change], None], cf: Callable[[Conflict], None]) -> None:
+    """Mamba's selective state update must stay on vLLM's Triton kernel (its default). Gated
+    delta-net layers (Qwen3-Next, Qwen3.5, Kimi-Linear) run eagerly inside vLLM's opaque
     op, on kernels vLLM picks outside custom_ops: prefill by ``additional_config
     ['gdn_prefill_backend']`` ('auto' is FlashInfer's CUDA kernel on Hopper, CuTeDSL on some
     Blackwell shapes), decode by ``VLLM_GDN_DECODE_KERNEL`` (vLLM 0.34: 'cuda' by default). 'triton'
     is vLLM's FLA Triton kernels for both. Only for models with such layers."""
     if not _has_state_layers(vllm_config):
         return
+    ssu = _enum_name(getattr(getattr(vllm_config, "mamba_config", None), "backend", None))
+    if ssu is not None and ssu != "TRITON":  # vLLM's default is its Triton selective state update
+        cf(Conflict("mamba_config.backend", ssu, "Mamba's selective state update runs a non-Triton kernel",
+                    "leave it unset (triton)"))
     extra = getattr(vllm_config, "additional_config", None)
     if isinstance(extra, dict):
         requested = str(extra.get(GDN_PREFILL_KEY, "auto")).strip().lower()
