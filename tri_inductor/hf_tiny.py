@@ -23,6 +23,7 @@ _MLA = dict(num_key_value_heads=4, q_lora_rank=48, kv_lora_rank=32, qk_nope_head
 # hybrid, and config fields a tiny model needs (MLA head sizes, a head count that divides).
 OVERRIDES = {
     "deepseek_v3": {**_MOE, **_MLA, "n_routed_experts": 16, "n_group": 4, "topk_group": 2, "first_k_dense_replace": 0},
+    "glm4_moe": {**_MOE, "n_routed_experts": 8, "first_k_dense_replace": 0},
     "glm4_moe_lite": {**_MOE, "num_key_value_heads": 4, "mlp_layer_types": ["sparse"], "n_routed_experts": 8},
     "dots1": {**_MOE, "n_routed_experts": 8, "first_k_dense_replace": 0, "n_shared_experts": 1},
     "ernie4_5_moe": {"moe_layer_start_index": 0, "moe_num_experts": 8, "moe_k": 2, "moe_intermediate_size": 32},
