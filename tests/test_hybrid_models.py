@@ -4,7 +4,8 @@ What Mamba, Mamba-2, the hybrids built on them, short convolutions and linear at
 transformer is Triton too: depthwise causal ``conv1d`` (``depthwise_conv.py``), the chunked scan's
 ``cumsum`` of few rows (``scan_lowering.py``: no zero-filled workspace), matmuls with a dim of 1
 (``linear``: products and a sum) and ``einsum`` operands Inductor's native matmul could not fuse
-(``passes.realize_native_matmul_operands``).
+(``passes.realize_native_matmul_operands``) and small triangular solves (``linear``:
+``tri_inductor::solve_triangular``).
 
 (A) codegen-only (fake sm_90): tiny Hugging Face models (``tri_inductor.hf_tiny``) audit to 0
     non-Triton kernels (stock Inductor leaves the convolution to cuDNN); each rewrite on its own
@@ -167,3 +168,38 @@ def test_unit_dim_matmuls_match_float64(interpreter):
     refs = UnitMatmuls()(*[t.double() for t in inputs])
     for out, ref in zip(outs, refs):
         assert rel(out, ref) < 1e-6
+
+
+# ---------------------------------------------------------------------------------------------
+# Triangular solves (gated delta-net's UT transform: a unit lower system per 64-token chunk)
+class TriangularSolves(torch.nn.Module):
+    def forward(self, a, b, c):
+        eye = torch.eye(a.shape[-1], dtype=a.dtype, device=a.device)
+        lower = torch.linalg.solve_triangular(a.tril(-1) + eye, b, upper=False, unitriangular=True)
+        upper = torch.linalg.solve_triangular(a.triu() + 3 * eye, b, upper=True)
+        right = torch.linalg.solve_triangular(a.tril() + 3 * eye, c, upper=False, left=False)
+        return lower, upper, right
+
+
+def _solve_inputs():
+    torch.manual_seed(0)
+    return [torch.randn(2, 3, 37, 37) * 0.2, torch.randn(2, 3, 37, 20), torch.randn(1, 3, 5, 37)]
+
+
+def test_triangular_solves_are_ours(codegen_only):
+    # fp32 (the harness's bf16 default: ATen has no CPU bf16 triangular solve to trace with)
+    stock = codegen_only(TriangularSolves(), _solve_inputs(), backend="inductor", dtype=torch.float32)
+    assert {v.op for r in stock for v in r.violations} == {"aten.linalg_solve_triangular"}
+    reports = codegen_only(TriangularSolves(), _solve_inputs(), dtype=torch.float32)
+    assert all(r.ok for r in reports), "\n".join(r.format_table() for r in reports)
+    assert sum(k.name == "solve_triangular_kernel" for r in reports for k in r.kernels) == 3
+
+
+def test_triangular_solves_match_float64(interpreter):
+    inputs = _solve_inputs()
+    with torch.no_grad():
+        torch._dynamo.reset()
+        outs = torch.compile(TriangularSolves(), backend="tri_inductor")(*inputs)
+    refs = TriangularSolves()(*[t.double() for t in inputs])
+    for out, ref in zip(outs, refs):
+        assert out.shape == ref.shape and rel(out, ref) < 1e-5  # fp32 substitution, 37 rows deep

@@ -39,8 +39,11 @@ def triton_only_inductor_config(options: TriInductorOptions) -> dict[str, Any]:
     else:
         cfg["max_autotune_gemm"] = True
     if options.codegen_only:
-        # Nothing can be benchmarked without a GPU: take the first valid template choice.
+        # Nothing can be benchmarked without a GPU: take the first valid template choice, and no
+        # padded-vs-unpadded GEMM benchmark (pad_mm; torch 2.14 runs it in deterministic mode too,
+        # under its autoheuristic).
         cfg["deterministic"] = True
+        cfg["shape_padding"] = False
     return cfg
 
 

@@ -75,7 +75,8 @@ def _codegen_only_backend(backend: Backend, options: dict[str, Any]):
         with fake_sm90():
             retarget_to_cuda(target)
             fake, _ = fake_cuda_inputs(example_inputs)
-            compile_fx(target, fake, config_patches={"deterministic": True, **options})
+            # nothing is benchmarked without a GPU (settings.triton_only_inductor_config's codegen-only pair)
+            compile_fx(target, fake, config_patches={"deterministic": True, "shape_padding": False, **options})
         return gm.forward
 
     return compile_codegen_only

@@ -1,4 +1,5 @@
-"""The ``linear`` pattern family: post-grad ``mm`` / ``addmm`` -> our Triton GEMM.
+"""The ``linear`` pattern family: post-grad ``mm`` / ``addmm`` -> our Triton GEMM; matmuls with a
+dim of 1 -> products and a sum; small ``linalg_solve_triangular`` -> our substitution kernel.
 
 The GEMM itself (kernels, configs, cost model, tuning, dispatch over M) is the ``gemm``
 package beside this module; this module only matches the graph.
@@ -10,17 +11,20 @@ import os
 import torch
 
 from .gemm import kernels as _kernels
+from .gemm import triangular as _triangular
+from .gemm.triangular import solve_triangular  # noqa: F401  (registers tri_inductor::solve_triangular)
 from .gemm.ops import addmm, mm  # noqa: F401  (registers tri_inductor::mm / addmm)
 
 aten = torch.ops.aten
 
 # The Triton kernels the audit attributes to this family (gate_up's fused GEMM runs them too).
-KERNELS = (_kernels.mm_kernel, _kernels.mm_tma_kernel, _kernels.mm_gemv_kernel, _kernels.splitk_reduce_kernel)
+KERNELS = (_kernels.mm_kernel, _kernels.mm_tma_kernel, _kernels.mm_gemv_kernel, _kernels.splitk_reduce_kernel,
+           _triangular.solve_triangular_kernel)
 
-# Near misses: an mm/addmm our GEMM declined. A bmm (attention's, a state-space einsum's, Llama 4's
+# Near misses: an mm/addmm (or triangular solve) our kernels declined. A bmm (attention's, a state-space einsum's, Llama 4's
 # experts) is Inductor's Triton matmul by design, not a miss (attention's is reported by its
 # family's softmax anchor); one that is not Triton is a violation of its own.
-ANCHOR_OPS = [aten.mm.default, aten.addmm.default]
+ANCHOR_OPS = [aten.mm.default, aten.addmm.default, aten.linalg_solve_triangular.default]
 
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
@@ -93,6 +97,45 @@ def register_patterns(pm_pass) -> None:
                                 extra_check=unit_check, pass_dict=pm_pass)
         def unit_handler(match, a, b):
             match.replace_by_example(matmul_by_products, [a, b], trace_fn=trace_replacement)
+
+    register_solve_patterns(pm_pass)
+
+
+def _solve_flags(node) -> tuple[bool, bool, bool] | None:
+    """(upper, left, unitriangular) of an ``aten.linalg_solve_triangular`` call, if plain bools."""
+    args = dict(zip(("A", "B", "upper", "left", "unitriangular"), node.args))
+    flags = (args.get("upper", node.kwargs.get("upper")), args.get("left", node.kwargs.get("left", True)),
+             args.get("unitriangular", node.kwargs.get("unitriangular", False)))
+    return flags if all(isinstance(f, bool) for f in flags) else None
+
+
+def register_solve_patterns(pm_pass) -> None:
+    """``linalg_solve_triangular`` of a small system (gated delta-net's UT transform): ATen's
+    (cuBLAS trsm) in Inductor, our substitution kernel here."""
+    from torch._inductor.pattern_matcher import CallFunctionVarArgs, register_graph_pattern
+
+    from tri_inductor.patterns._trace import trace_replacement
+
+    target = aten.linalg_solve_triangular.default
+
+    def check(match):
+        node = match.output_node()
+        av, bv = _val(node.args[0]), _val(node.args[1]) if len(node.args) > 1 else None
+        if av is None or bv is None or _solve_flags(node) is None or av.dim() < 2 or bv.dim() < 2:
+            return False
+        if av.dtype not in _DTYPES or av.dtype != bv.dtype or not _device_ok(av.device):
+            return False
+        n = av.shape[-1]
+        return isinstance(n, int) and n <= _triangular.MAX_N
+
+    def handler(match, *args, **kwargs):
+        node = match.output_node()
+        upper, left, unit = _solve_flags(node)
+        match.replace_by_example(
+            lambda a, b: torch.ops.tri_inductor.solve_triangular(a, b, upper, left, unit),
+            list(node.args[:2]), trace_fn=trace_replacement)
+
+    register_graph_pattern(CallFunctionVarArgs(target), extra_check=check, pass_dict=pm_pass)(handler)
 
 
 def unit_dim(av, bv) -> str | None:

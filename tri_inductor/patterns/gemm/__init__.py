@@ -9,6 +9,7 @@
 | ``launch``      | launching one config (grid, split-K workspace, TMA, fused epilogue)   |
 | ``tuning``      | measured choice at compile time (on by default on a GPU), cached      |
 | ``ops``         | ``tri_inductor::mm / addmm / mm_act_mul``, dispatch over M buckets    |
+| ``triangular``  | ``tri_inductor::solve_triangular`` (small systems, by substitution)   |
 
 Config choice for one (N, K, M bucket): a stored tuning result, else (on a real GPU) the cost
 model's best candidates measured once and the fastest stored, else the shipped table's entry or
