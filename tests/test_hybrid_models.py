@@ -160,14 +160,18 @@ def test_unit_dim_matmuls_are_triton(codegen_only):
     assert all(r.ok for r in reports), "\n".join(r.format_table() for r in reports)
 
 
-def test_unit_dim_matmuls_match_float64(interpreter):
-    inputs = _unit_inputs()
+def _compiled_within(module, inputs, tol):
+    """Each output of the compiled module (fp32 inputs) within ``tol`` of its float64 run."""
     with torch.no_grad():
         torch._dynamo.reset()
-        outs = torch.compile(UnitMatmuls(), backend="tri_inductor")(*inputs)
-    refs = UnitMatmuls()(*[t.double() for t in inputs])
+        outs = torch.compile(module, backend="tri_inductor")(*inputs)
+    refs = module(*[t.double() for t in inputs])
     for out, ref in zip(outs, refs):
-        assert rel(out, ref) < 1e-6
+        assert out.shape == ref.shape and rel(out, ref) < tol
+
+
+def test_unit_dim_matmuls_match_float64(interpreter):
+    _compiled_within(UnitMatmuls(), _unit_inputs(), 1e-6)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -196,10 +200,4 @@ def test_triangular_solves_are_ours(codegen_only):
 
 
 def test_triangular_solves_match_float64(interpreter):
-    inputs = _solve_inputs()
-    with torch.no_grad():
-        torch._dynamo.reset()
-        outs = torch.compile(TriangularSolves(), backend="tri_inductor")(*inputs)
-    refs = TriangularSolves()(*[t.double() for t in inputs])
-    for out, ref in zip(outs, refs):
-        assert out.shape == ref.shape and rel(out, ref) < 1e-5  # fp32 substitution, 37 rows deep
+    _compiled_within(TriangularSolves(), _solve_inputs(), 1e-5)  # fp32 substitution, 37 rows deep

@@ -196,21 +196,22 @@ def _pair_rotation(stack: Node) -> Rotation | None:
     out = flat
     if len(flat.users) == 1 and _is(next(iter(flat.users)), (), ("type_as", "to")):
         out = next(iter(flat.users))
-
-    def pairs(a0, a1):
-        pa, pb = _parts(a0), _parts(a1)
-        return pa is not None and pb is not None and pa[0] is pb[0] and (pa[1], pb[1]) == (0, 1)
-
-    found = _rotated_parts(*stack.args[0], pairs)
+    found = _rotated_parts(*stack.args[0], _parts)
     if found is None:
         return None
-    a0, c, s_ = found
-    return _checked_pair_rotation(stack, out, _pair_source(_parts(a0)[0]), c, s_)
+    p, c, s_ = found
+    return _checked_pair_rotation(stack, out, _pair_source(p), c, s_)
 
 
-def _rotated_parts(re: Node, im: Node, parts) -> tuple[Node, Node, Node] | None:
-    """(a0, c, s) when ``re = a0 * c - a1 * s`` and ``im = a1 * c + a0 * s`` (factors in any
-    order) with ``parts(a0, a1)`` true: the two parts of x rotated by (c, s)."""
+def _rotated_parts(re: Node, im: Node, part_of) -> tuple[Node, Node, Node] | None:
+    """(x, c, s) when ``re = a0 * c - a1 * s`` and ``im = a1 * c + a0 * s`` (factors in any
+    order) with a0, a1 parts 0 and 1 of one x (``part_of(node) -> (x, i) | None``): the two parts
+    of x rotated by (c, s)."""
+
+    def parts(a0, a1):
+        p0, p1 = part_of(a0), part_of(a1)
+        return p0 is not None and p1 is not None and p0[0] is p1[0] and (p0[1], p1[1]) == (0, 1)
+
     if not (_is(re, (operator.sub, torch.sub)) and _is(im, (operator.add, torch.add))
             and len(re.args) == 2 and len(im.args) == 2 and not re.kwargs and not im.kwargs):
         return None
@@ -220,7 +221,7 @@ def _rotated_parts(re: Node, im: Node, parts) -> tuple[Node, Node, Node] | None:
         for a1, s_ in _mul_pairs(re.args[1]):
             # the same part may be a separate node in each product (Dynamo keeps every indexing)
             if parts(a0, a1) and ims == {frozenset((_same(a0), _same(s_))), frozenset((_same(a1), _same(c)))}:
-                return a0, c, s_
+                return part_of(a0)[0], c, s_
     return None
 
 
@@ -251,36 +252,13 @@ def _half_rotation(cat: Node) -> Rotation | None:
     if not (_is(cat, (torch.cat, torch.concat)) and cat.args and _arg(cat, 1, "dim") in (-1, 3)
             and isinstance(cat.args[0], (list, tuple)) and len(cat.args[0]) == 2):
         return None
-
-    def halves(a0, a1):
-        h0, h1 = _half(a0), _half(a1)
-        return h0 is not None and h1 is not None and h0[0] is h1[0] and (h0[1], h1[1]) == (0, 1)
-
-    found = _rotated_parts(*cat.args[0], halves)
-    if found is None:
-        return None
-    a0, c, s_ = found
-    x = _half(a0)[0]
-    vx, vc, vs, vo = _val(x), _val(c), _val(s_), _val(cat)
-    if not all(isinstance(v, torch.Tensor) for v in (vx, vc, vs, vo)) or vx.dim() != 4 or vo.dtype != vx.dtype:
-        return None
-    if vc.shape != vs.shape or vc.dim() != 4 or 2 * vc.shape[-1] != vx.shape[-1] or tuple(vo.shape) != tuple(vx.shape):
-        return None
-    heads = _heads_dim(vx, vc)
-    if heads is None:
-        return None
-    g = cat.graph
-    full = []
-    for t in (c, s_):  # one value per pair of halves -> NeoX's full-width cos/sin
-        with g.inserting_before(cat):
-            r = g.call_function(torch.cat, ([t, t], -1))
-        with _val(t).fake_mode:
-            r.meta["example_value"] = torch.cat([_val(t), _val(t)], -1)
-        full.append(r)
-    return Rotation(cat, x, full[0], full[1], heads, neox=True)
+    found = _rotated_parts(*cat.args[0], _half)
+    return None if found is None else _checked_pair_rotation(cat, cat, *found, neox=True)
 
 
-def _checked_pair_rotation(stack: Node, out: Node, x, c, s_) -> Rotation | None:
+def _checked_pair_rotation(anchor: Node, out: Node, x, c, s_, neox: bool = False) -> Rotation | None:
+    """The rotation of x [4-d] by half-width c, s (one value per pair: of (even, odd) elements,
+    GPT-J, or of the two halves, ``neox``), widened to our op's full-width cos/sin."""
     vx, vc, vs, vo = _val(x), _val(c), _val(s_), _val(out)
     if not all(isinstance(v, torch.Tensor) for v in (vx, vc, vs, vo)) or vx.dim() != 4 or vo.dtype != vx.dtype:
         return None
@@ -289,15 +267,15 @@ def _checked_pair_rotation(stack: Node, out: Node, x, c, s_) -> Rotation | None:
     heads = _heads_dim(vx, vc)
     if heads is None:
         return None
-    g = stack.graph
+    g = anchor.graph
     full = []
-    for t in (c, s_):  # one value per pair -> per element (GPT-J's cos/sin layout)
-        with g.inserting_before(stack):
-            r = g.call_method("repeat_interleave", (t, 2, -1))
+    for t in (c, s_):  # per element: GPT-J's layout repeats each value, NeoX's repeats the halves
+        with g.inserting_before(anchor):
+            r = g.call_function(torch.cat, ([t, t], -1)) if neox else g.call_method("repeat_interleave", (t, 2, -1))
         with _val(t).fake_mode:
-            r.meta["example_value"] = _val(t).repeat_interleave(2, -1)
+            r.meta["example_value"] = torch.cat([_val(t)] * 2, -1) if neox else _val(t).repeat_interleave(2, -1)
         full.append(r)
-    return Rotation(out, x, full[0], full[1], heads)
+    return Rotation(out, x, full[0], full[1], heads, neox=neox)
 
 
 def _root(node):
