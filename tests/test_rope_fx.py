@@ -108,14 +108,18 @@ class PairRope(torch.nn.Module):
 
     def forward(self, q, k, pos):
         ang = self.ang[pos[0]]  # [S, D/2], positions of the first sequence
-        if self.form == "torchtune":
+        if self.form in ("torchtune", "cache-first"):
             cache = torch.stack([ang.cos(), ang.sin()], -1)
 
             def one(x):
                 xs = torch.reshape(x.float(), (*x.shape[:-1], -1, 2))
                 rc = cache.view(-1, xs.size(1), 1, xs.size(3), 2)
-                out = torch.stack([xs[..., 0] * rc[..., 0] - xs[..., 1] * rc[..., 1],
-                                   xs[..., 1] * rc[..., 0] + xs[..., 0] * rc[..., 1]], -1)
+                if self.form == "cache-first":  # the cos/sin pairs first: both factors are "parts"
+                    out = torch.stack([rc[..., 0] * xs[..., 0] - rc[..., 1] * xs[..., 1],
+                                       rc[..., 0] * xs[..., 1] + rc[..., 1] * xs[..., 0]], -1)
+                else:
+                    out = torch.stack([xs[..., 0] * rc[..., 0] - xs[..., 1] * rc[..., 1],
+                                       xs[..., 1] * rc[..., 0] + xs[..., 0] * rc[..., 1]], -1)
                 return out.flatten(3).type_as(x)
             return one(q), one(k)
         freqs_cis = torch.polar(torch.ones_like(ang), ang).view(1, ang.shape[0], 1, ang.shape[1])
@@ -126,7 +130,7 @@ class PairRope(torch.nn.Module):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("form", ["torchtune", "meta-complex"])
+@pytest.mark.parametrize("form", ["torchtune", "cache-first", "meta-complex"])
 def test_pair_rope_runs_our_kernel_and_matches_float64(interpreter, form, dtype):
     module = PairRope(form)
     args = _inputs(2, dtype=dtype)

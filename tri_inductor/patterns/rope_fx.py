@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import operator
+from collections.abc import Iterator
 
 import torch
 import torch.fx
@@ -196,17 +197,15 @@ def _pair_rotation(stack: Node) -> Rotation | None:
     out = flat
     if len(flat.users) == 1 and _is(next(iter(flat.users)), (), ("type_as", "to")):
         out = next(iter(flat.users))
-    found = _rotated_parts(*stack.args[0], _parts)
-    if found is None:
-        return None
-    p, c, s_ = found
-    return _checked_pair_rotation(stack, out, _pair_source(p), c, s_)
+    return next((r for p, c, s_ in _rotated_parts(*stack.args[0], _parts)
+                 if (r := _checked_pair_rotation(stack, out, _pair_source(p), c, s_)) is not None), None)
 
 
-def _rotated_parts(re: Node, im: Node, part_of) -> tuple[Node, Node, Node] | None:
-    """(x, c, s) when ``re = a0 * c - a1 * s`` and ``im = a1 * c + a0 * s`` (factors in any
-    order) with a0, a1 parts 0 and 1 of one x (``part_of(node) -> (x, i) | None``): the two parts
-    of x rotated by (c, s)."""
+def _rotated_parts(re: Node, im: Node, part_of) -> Iterator[tuple[Node, Node, Node]]:
+    """Each (x, c, s) with ``re = a0 * c - a1 * s`` and ``im = a1 * c + a0 * s`` (factors in any
+    order) and a0, a1 parts 0 and 1 of one x (``part_of(node) -> (x, i) | None``): the two parts
+    of x rotated by (c, s). The cos/sin may be parts too (torchtune's cache pairs): the caller
+    takes the first candidate its shape checks accept."""
 
     def parts(a0, a1):
         p0, p1 = part_of(a0), part_of(a1)
@@ -214,15 +213,14 @@ def _rotated_parts(re: Node, im: Node, part_of) -> tuple[Node, Node, Node] | Non
 
     if not (_is(re, (operator.sub, torch.sub)) and _is(im, (operator.add, torch.add))
             and len(re.args) == 2 and len(im.args) == 2 and not re.kwargs and not im.kwargs):
-        return None
+        return
     ims = {frozenset(map(_same, m.args)) for m in im.args if _is(m, (operator.mul, torch.mul))}
     # x's parts and the cos/sin play symmetric parts in the formula: x is the one ``parts`` names
     for a0, c in _mul_pairs(re.args[0]):
         for a1, s_ in _mul_pairs(re.args[1]):
             # the same part may be a separate node in each product (Dynamo keeps every indexing)
             if parts(a0, a1) and ims == {frozenset((_same(a0), _same(s_))), frozenset((_same(a1), _same(c)))}:
-                return part_of(a0)[0], c, s_
-    return None
+                yield part_of(a0)[0], c, s_
 
 
 # ---------------------------------------------------------------- the rotation on halves, cos/sin per pair
@@ -252,8 +250,8 @@ def _half_rotation(cat: Node) -> Rotation | None:
     if not (_is(cat, (torch.cat, torch.concat)) and cat.args and _arg(cat, 1, "dim") in (-1, 3)
             and isinstance(cat.args[0], (list, tuple)) and len(cat.args[0]) == 2):
         return None
-    found = _rotated_parts(*cat.args[0], _half)
-    return None if found is None else _checked_pair_rotation(cat, cat, *found, neox=True)
+    return next((r for x, c, s_ in _rotated_parts(*cat.args[0], _half)
+                 if (r := _checked_pair_rotation(cat, cat, x, c, s_, neox=True)) is not None), None)
 
 
 def _checked_pair_rotation(anchor: Node, out: Node, x, c, s_, neox: bool = False) -> Rotation | None:
