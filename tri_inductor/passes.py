@@ -51,10 +51,15 @@ def realize_triton_kernel_inputs(graph: torch.fx.Graph) -> None:
     realize the producer itself (graph.py run_node), which every launch then reads."""
     hop = torch.ops.higher_order.triton_kernel_wrapper_functional
     for node in graph.find_nodes(op="call_function", target=hop):
-        for arg in node.kwargs["kwargs"].values():
-            if (isinstance(arg, torch.fx.Node) and arg.op == "call_function"
-                    and isinstance(arg.meta.get("val"), torch.Tensor)):
-                arg.meta["inductor_realize_to_strides"] = True
+        _realize(node.kwargs["kwargs"].values())
+
+
+def _realize(args) -> None:
+    """Mark each computed tensor among ``args`` for Inductor to realize (graph.py run_node)."""
+    for arg in args:
+        if (isinstance(arg, torch.fx.Node) and arg.op == "call_function"
+                and isinstance(arg.meta.get("val"), torch.Tensor)):
+            arg.meta["inductor_realize_to_strides"] = True
 
 
 def realize_native_matmul_operands(graph: torch.fx.Graph) -> None:
@@ -66,10 +71,7 @@ def realize_native_matmul_operands(graph: torch.fx.Graph) -> None:
     a decayed ``exp`` product). A realized operand is a plain load, which it always handles."""
     for target in (aten.bmm.default, aten.mm.default):
         for node in graph.find_nodes(op="call_function", target=target):
-            for arg in node.args[:2]:
-                if (isinstance(arg, torch.fx.Node) and arg.op == "call_function"
-                        and isinstance(arg.meta.get("val"), torch.Tensor)):
-                    arg.meta["inductor_realize_to_strides"] = True
+            _realize(node.args[:2])
 
 
 def user_source_line(stack_trace: str | None) -> str | None:

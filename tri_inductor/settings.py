@@ -39,12 +39,14 @@ def triton_only_inductor_config(options: TriInductorOptions) -> dict[str, Any]:
     else:
         cfg["max_autotune_gemm"] = True
     if options.codegen_only:
-        # Nothing can be benchmarked without a GPU: take the first valid template choice, and no
-        # padded-vs-unpadded GEMM benchmark (pad_mm; torch 2.14 runs it in deterministic mode too,
-        # under its autoheuristic).
-        cfg["deterministic"] = True
-        cfg["shape_padding"] = False
+        cfg.update(CODEGEN_ONLY_INDUCTOR_CONFIG)
     return cfg
+
+
+# Nothing can be benchmarked without a GPU: take the first valid template choice, and no
+# padded-vs-unpadded GEMM benchmark (pad_mm; torch 2.14 runs it in deterministic mode too, under
+# its autoheuristic). Any backend compiled in codegen-only mode (audit.model's stock one too).
+CODEGEN_ONLY_INDUCTOR_CONFIG: dict[str, Any] = {"deterministic": True, "shape_padding": False}
 
 
 def apply_overrides(cfg: dict[str, Any], overrides: Mapping[str, Any], strict: bool,

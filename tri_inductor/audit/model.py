@@ -69,14 +69,14 @@ def _codegen_only_backend(backend: Backend, options: dict[str, Any]):
 
         from torch._inductor.compile_fx import compile_fx
 
+        from ..settings import CODEGEN_ONLY_INDUCTOR_CONFIG
         from ..testing.codegen_only import fake_cuda_inputs, fake_sm90, retarget_to_cuda
 
         target = copy.deepcopy(gm)
         with fake_sm90():
             retarget_to_cuda(target)
             fake, _ = fake_cuda_inputs(example_inputs)
-            # nothing is benchmarked without a GPU (settings.triton_only_inductor_config's codegen-only pair)
-            compile_fx(target, fake, config_patches={"deterministic": True, "shape_padding": False, **options})
+            compile_fx(target, fake, config_patches={**CODEGEN_ONLY_INDUCTOR_CONFIG, **options})
         return gm.forward
 
     return compile_codegen_only

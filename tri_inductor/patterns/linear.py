@@ -21,9 +21,9 @@ aten = torch.ops.aten
 KERNELS = (_kernels.mm_kernel, _kernels.mm_tma_kernel, _kernels.mm_gemv_kernel, _kernels.splitk_reduce_kernel,
            _triangular.solve_triangular_kernel)
 
-# Near misses: an mm/addmm (or triangular solve) our kernels declined. A bmm (attention's, a state-space einsum's, Llama 4's
-# experts) is Inductor's Triton matmul by design, not a miss (attention's is reported by its
-# family's softmax anchor); one that is not Triton is a violation of its own.
+# Near misses: an mm/addmm (or triangular solve) our kernels declined. A bmm (attention's, a
+# state-space einsum's, Llama 4's experts) is Inductor's Triton matmul by design, not a miss
+# (attention's is reported by its family's softmax anchor); one that is not Triton is a violation.
 ANCHOR_OPS = [aten.mm.default, aten.addmm.default, aten.linalg_solve_triangular.default]
 
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32)
