@@ -40,14 +40,18 @@ def _last_dim(dim, ndim: int) -> bool:
     return isinstance(dim, int) and dim in (-1, ndim - 1)
 
 
+_SOFTMAX = (F.softmax, torch.softmax)  # torch.nn.functional.softmax is F.softmax
+_SIGMOID = (torch.sigmoid, F.sigmoid)
+
+
 def _scoring(node) -> tuple[str, torch.fx.Node] | None:
     """('softmax' | 'sigmoid', logits node) if ``node`` is a router's score of the last dim."""
-    if _is(node, (F.softmax, torch.softmax, torch.nn.functional.softmax), ("softmax",)):
+    if _is(node, _SOFTMAX, ("softmax",)):
         x = node.args[0] if node.args else node.kwargs.get("input")
         val = _val(x)
         if val is not None and _last_dim(_arg(node, 1, "dim"), val.dim()):
             return "softmax", x
-    if _is(node, (torch.sigmoid, F.sigmoid), ("sigmoid",)):
+    if _is(node, _SIGMOID, ("sigmoid",)):
         return "sigmoid", node.args[0]
     return None
 
@@ -76,8 +80,8 @@ def _gate_logits(node) -> bool:
 # correction bias added, a view into groups, the sum of each group's top-2, a group mask).
 _SCORE_METHODS = _PASS_THROUGH + ("expand", "unsqueeze", "squeeze", "masked_fill", "clone", "sigmoid", "softmax",
                                   "add", "sub", "mul", "sum", "amax")
-_SCORE_FNS = (operator.add, operator.sub, operator.mul, torch.add, torch.sub, torch.mul, torch.sigmoid,
-              torch.softmax, F.softmax, torch.sum, torch.amax, torch.masked_fill)
+_SCORE_FNS = (operator.add, operator.sub, operator.mul, torch.add, torch.sub, torch.mul, *_SIGMOID, *_SOFTMAX,
+              torch.sum, torch.amax, torch.masked_fill)
 
 
 def _router_derived(node, depth: int = 12) -> bool:
