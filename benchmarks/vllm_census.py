@@ -739,6 +739,8 @@ class Census:
         ranges: list[tuple[int, int, str, int]] = []  # cpu start, cpu end, label, thread
         launch_ts: dict[int, int] = {}  # CUPTI correlation id -> cpu start of the launch call
         launch_thread: dict[int, int] = {}
+        launch_names: dict[int, str] = {}
+        opless: list[tuple[dict[str, Any], int, str | None]] = []  # non-Triton launches no ATen op encloses
         ops: list[tuple[int, int, int, str, list[str]]] = []  # the CPU ops: where a launch came from
         kernels = []
         for e in events:
@@ -751,6 +753,7 @@ class Census:
                     # cudaLaunchKernel, cuLaunchKernel(Ex) (Triton), cudaGraphLaunch (CUDA graphs)
                     launch_ts[e.correlation_id()] = e.start_ns()
                     launch_thread[e.correlation_id()] = e.start_thread_id()
+                    launch_names[e.correlation_id()] = name
                 elif name.startswith("aten::"):
                     ops.append((e.start_ns(), e.end_ns(), e.start_thread_id(), name, list(e.stack() or ())))
             elif dev.endswith("CUDA") and not name.startswith(("Memcpy", "Memset", "tri_census:")):
@@ -788,8 +791,14 @@ class Census:
             if not triton and "source" not in row and k.correlation_id() in launch_ts:
                 row["source"] = launch_source(ops, launch_ts[k.correlation_id()],
                                               launch_thread.get(k.correlation_id()))
+                if not row["source"]:
+                    opless.append((row, launch_ts[k.correlation_id()], launch_names.get(k.correlation_id())))
             row["launches"] += 1
             row["gpu_us"] += (k.end_ns() - k.start_ns()) / 1000.0
+        if opless:  # a direct C++/driver launch: name the Python frames it ran under instead
+            frames = python_frames(prof)
+            for row, t, api in opless:
+                row["source"] = {"op": None, "launch_api": api, "python": python_frames_at(frames, t)}
         return {s: {p: sorted(({**r, "gpu_us": round(r["gpu_us"], 1)} for r in rows.values()),
                               key=lambda r: -r["launches"]) for p, rows in parts.items()}
                 for s, parts in table.items()}
@@ -805,6 +814,32 @@ def launch_source(ops: list[tuple[int, int, int, str, list[str]]], t: int, threa
     start, _end, _thread, name, stack = min(around, key=lambda o: o[0])
     frames = [f for f in stack if "/torch/" not in f and "<built-in" not in f]
     return {"op": name, "stack": frames[:8]}
+
+
+def python_frames(prof) -> list[tuple[int, int, int, int, str]]:
+    """(start, end, thread, depth, frame) of every Python call the profile recorded (``with_stack``)."""
+    out: list[tuple[int, int, int, int, str]] = []
+    try:
+        stack = [(n, 0) for n in prof.profiler.kineto_results.experimental_event_tree()]
+    except Exception:  # noqa: BLE001  (an older or newer profiler without the tree: no frames)
+        return out
+    while stack:
+        node, depth = stack.pop()
+        if "PyCall" in str(node.tag) or "PyCCall" in str(node.tag):
+            out.append((node.start_time_ns, node.end_time_ns, node.start_tid, depth, node.name))
+        stack.extend((c, depth + 1) for c in node.children)
+    return out
+
+
+def python_frames_at(frames: list[tuple[int, int, int, int, str]], t: int, keep: int = 10) -> list[str]:
+    """The innermost Python frames running at CPU time ``t`` (the launching thread holds the GIL:
+    the deepest chain that encloses ``t``), innermost last; the profiler's own frames dropped."""
+    around = [f for f in frames if f[0] <= t <= f[1]]
+    if not around:
+        return []
+    deepest = max(around, key=lambda f: f[3])
+    chain = sorted((f for f in around if f[2] == deepest[2]), key=lambda f: f[3])
+    return [f[4] for f in chain if "torch/profiler/" not in f[4]][-keep:]
 
 
 def prompts(n: int, vocab: int) -> list[list[int]]:
