@@ -1030,7 +1030,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--backends", default=",".join(BACKENDS),
                    help=f"add '{CONTROL}' for the numerics control (vLLM eager vs its compile path), '{ATTN_CONTROL}' for "
                         "the attention control (vLLM compile with FLASH_ATTN; needs GPU_ENV_FA3=1): with it, a "
-                        "same-mode score under 99% passes when at least FA3's and within bf16 noise")
+                        "same-mode score under 99%% passes when at least FA3's and within bf16 noise")
     p.add_argument("--prompts", type=int, default=32)
     p.add_argument("--tokens", type=int, default=64)
     p.add_argument("--layers", type=int, default=2)
