@@ -30,13 +30,13 @@ ARCHS = ("cohere", "cohere2", "stablelm", "phi", "starcoder2", "granite", "olmo"
          "jetmoe",
          "deepseek_v3", "dots1", "ernie4_5_moe", "hunyuan_v1_moe", "minimax", "gpt_oss", "exaone_moe",
          "glm4_moe_lite", "afmoe", "cohere2_moe", "granitemoeshared", "sarvam_moe", "minicpm5_moe",
-         "longcat_flash", "lfm2_moe",
+         "longcat_flash", "lfm2_moe", "minimax_m2",
          # encoders
          "roberta", "electra", "distilbert", "modernbert", "xlm-roberta", "albert", "ernie",
          # hybrids and state-space models: attention beside (or instead of) Mamba, short-convolution
          # or linear-attention layers
          "qwen3_next", "qwen3_5_moe_text", "kimi_linear", "falcon_h1", "granitemoehybrid", "bamba", "nemotron_h",
-         "jamba", "lfm2", "zamba2", "mamba", "mamba2", "falcon_mamba")
+         "jamba", "lfm2", "zamba2", "mamba", "mamba2", "falcon_mamba", "bailing_hybrid")
 
 
 def survey(arch: str) -> dict:

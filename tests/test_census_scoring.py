@@ -299,3 +299,37 @@ def test_a_launch_from_another_thread_during_the_forward_is_not_the_forwards(mon
     assert forward == {"nvjet_sm90_gemm"}  # the main thread's non-Triton launch stays in the forward
     (row,) = table["mixed"]["other_thread"]
     assert row["name"] == fill and row["source"] == {"op": "aten::fill_", "stack": ["/vllm/runner.py(5): prep"]}
+
+
+def test_a_launch_no_aten_op_encloses_is_named_by_its_python_frames(monkeypatch):
+    """A kernel whose launch no ATen op encloses (a CUDA-graph replay, a direct C++ launch) is
+    named by the launch API and the deepest Python call chain running at that moment."""
+    from types import SimpleNamespace
+
+    census = vllm_census.Census()
+    monkeypatch.setattr(census, "triton_names", lambda: set())
+    C, G = "DeviceType.CPU", "DeviceType.CUDA"
+    fill = "void at::native::vectorized_elementwise_kernel<4, at::native::FillFunctor<int>>"
+    events = [
+        _event("tri_census:step:mixed", C, 0, 100, thread=1),
+        _event("tri_census:part:forward", C, 10, 90, thread=1),
+        _event("cudaGraphLaunch", C, 50, 52, corr=9, thread=1),
+        _event(fill, G, 60, 61, corr=9),
+    ]
+
+    def node(name, start, end, tid, children=(), tag="_EventType.PyCall"):
+        return SimpleNamespace(name=name, start_time_ns=start, end_time_ns=end, start_tid=tid, tag=tag,
+                               children=list(children))
+
+    tree = [node("vllm/runner.py(1): execute_model", 0, 100, 1, [
+        node("torch/profiler/profiler.py(3): step", 0, 5, 1),
+        node("vllm/compilation/cuda_graph.py(7): __call__", 45, 55, 1, [
+            node("<built-in method replay of CUDAGraph>", 49, 53, 1, tag="_EventType.PyCCall")])]),
+        node("threading.py(2): run", 0, 100, 2)]
+    prof = SimpleNamespace(profiler=SimpleNamespace(kineto_results=SimpleNamespace(
+        events=lambda: events, experimental_event_tree=lambda: tree)))
+    (row,) = census.attribute(prof)["mixed"]["forward"]
+    assert row["source"] == {"op": None, "launch_api": "cudaGraphLaunch",
+                             "python": ["vllm/runner.py(1): execute_model",
+                                        "vllm/compilation/cuda_graph.py(7): __call__",
+                                        "<built-in method replay of CUDAGraph>"]}
