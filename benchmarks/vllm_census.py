@@ -740,7 +740,8 @@ class Census:
         launch_ts: dict[int, int] = {}  # CUPTI correlation id -> cpu start of the launch call
         launch_thread: dict[int, int] = {}
         launch_names: dict[int, str] = {}
-        opless: list[tuple[dict[str, Any], int, str | None]] = []  # non-Triton launches no ATen op encloses
+        opless: list[tuple[dict[str, Any], Any, int, str | None]] = []  # non-Triton launches no ATen op encloses
+        unnamed: list[tuple[dict[str, Any], Any]] = []  # non-Triton kernels with no launch event at all
         ops: list[tuple[int, int, int, str, list[str]]] = []  # the CPU ops: where a launch came from
         kernels = []
         for e in events:
@@ -749,8 +750,9 @@ class Census:
             if dev.endswith("CPU"):
                 if name.startswith("tri_census:"):
                     ranges.append((e.start_ns(), e.end_ns(), name, e.start_thread_id()))
-                elif e.correlation_id() and ("aunch" in name or "Graph" in name):
-                    # cudaLaunchKernel, cuLaunchKernel(Ex) (Triton), cudaGraphLaunch (CUDA graphs)
+                elif e.correlation_id() and name.startswith("cu") and "aunch" in name:
+                    # cudaLaunchKernel(ExC), cuLaunchKernel(Ex) (Triton), cudaGraphLaunch (CUDA graphs);
+                    # not a record_function range ("## Call CompiledFxGraph ##" has a correlation id too)
                     launch_ts[e.correlation_id()] = e.start_ns()
                     launch_thread[e.correlation_id()] = e.start_thread_id()
                     launch_names[e.correlation_id()] = name
@@ -792,13 +794,18 @@ class Census:
                 row["source"] = launch_source(ops, launch_ts[k.correlation_id()],
                                               launch_thread.get(k.correlation_id()))
                 if not row["source"]:
-                    opless.append((row, launch_ts[k.correlation_id()], launch_names.get(k.correlation_id())))
+                    opless.append((row, k, launch_ts[k.correlation_id()], launch_names.get(k.correlation_id())))
+            elif not triton and "source" not in row:
+                unnamed.append((row, k))
             row["launches"] += 1
             row["gpu_us"] += (k.end_ns() - k.start_ns()) / 1000.0
         if opless:  # a direct C++/driver launch: name the Python frames it ran under instead
             frames = python_frames(prof)
-            for row, t, api in opless:
-                row["source"] = {"op": None, "launch_api": api, "python": python_frames_at(frames, t)}
+            for row, k, t, api in opless:
+                row["source"] = {"op": None, "launch_api": api, "python": python_frames_at(frames, t),
+                                 "gpu_neighbours": gpu_neighbours(kernels, k)}
+        for row, k in unnamed:  # no launch event: where it ran among the other kernels
+            row["source"] = {"op": None, "launch_api": None, "gpu_neighbours": gpu_neighbours(kernels, k)}
         return {s: {p: sorted(({**r, "gpu_us": round(r["gpu_us"], 1)} for r in rows.values()),
                               key=lambda r: -r["launches"]) for p, rows in parts.items()}
                 for s, parts in table.items()}
@@ -814,6 +821,16 @@ def launch_source(ops: list[tuple[int, int, int, str, list[str]]], t: int, threa
     start, _end, _thread, name, stack = min(around, key=lambda o: o[0])
     frames = [f for f in stack if "/torch/" not in f and "<built-in" not in f]
     return {"op": name, "stack": frames[:8]}
+
+
+def gpu_neighbours(kernels: list, k: Any, around: int = 2) -> list[str]:
+    """The kernels that ran just before and after ``k`` on the GPU (``k`` itself marked ``>>``):
+    which compiled piece or op a kernel without a launch event belongs to."""
+    order = sorted(kernels, key=lambda e: e.start_ns())
+    i = next((j for j, e in enumerate(order) if e is k), None)
+    if i is None:
+        return []
+    return [(">> " if e is k else "") + e.name()[:80] for e in order[max(0, i - around):i + around + 1]]
 
 
 def python_frames(prof) -> list[tuple[int, int, int, int, str]]:

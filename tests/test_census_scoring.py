@@ -332,4 +332,5 @@ def test_a_launch_no_aten_op_encloses_is_named_by_its_python_frames(monkeypatch)
     assert row["source"] == {"op": None, "launch_api": "cudaGraphLaunch",
                              "python": ["vllm/runner.py(1): execute_model",
                                         "vllm/compilation/cuda_graph.py(7): __call__",
-                                        "<built-in method replay of CUDAGraph>"]}
+                                        "<built-in method replay of CUDAGraph>"],
+                             "gpu_neighbours": [">> " + fill]}
