@@ -1436,8 +1436,10 @@ def _handle_profile(llm, msg, vocab) -> dict[str, Any]:
     except Exception:  # noqa: BLE001  older/newer profiler API
         events = [(e.name, float(getattr(e, "device_time", None) or getattr(e, "cuda_time", 0.0)))
                   for e in prof.events() if str(getattr(e, "device_type", "")).endswith("CUDA")]
+    from tri_inductor.audit.runtime import is_memory_op
+
     for name, us in events:
-        if name.startswith(("Memcpy", "Memset")):
+        if is_memory_op(name):
             continue
         r = rows.setdefault(name, {"name": name, "launches": 0, "gpu_us": 0.0})
         r["launches"] += 1

@@ -215,6 +215,17 @@ def engine_kwargs(backend: str, model_dir: str, load_format: str, tp: int = 1,
     return kw
 
 
+def is_moe(cfg: dict[str, Any]) -> bool:
+    return any(cfg.get(k) for k in ("num_experts", "num_local_experts", "n_routed_experts"))
+
+
+def runs_own_moe(args: argparse.Namespace, name: str) -> bool:
+    """A MoE model (no MLA) scored against the bar also runs vLLM's own engine on itself, its MoE
+    CUDA ops replaced by torch glue (``_torch_moe_ops``): the same model's vLLM compile path
+    against the same reference, stated beside the bar."""
+    return uses_bar(args, name) and name in MOE_MODELS and name not in MLA_MODELS
+
+
 def uses_bar(args: argparse.Namespace, name: str) -> bool:
     """A MoE/MLA model scored against the dense bar model rather than vLLM's engine on itself."""
     return (args.reference == REFERENCE_HF and name in SPARSE_MODELS and not args.sparse_baseline
@@ -505,14 +516,15 @@ def reclassify(report: dict[str, Any]) -> dict[str, Any]:
     """Class each recorded kernel again with the current classifier (names from the installed vLLM
     and tri_inductor sources), dropping profiler range annotations recorded as GPU events; the
     measured names, launch counts and GPU times are kept as they are."""
-    from tri_inductor.audit.runtime import classify_kernel, source_triton_kernel_names
+    from tri_inductor.audit.runtime import classify_kernel, is_memory_op, source_triton_kernel_names
 
     names = source_triton_kernel_names()
     for entry in report["models"].values():
         for run in entry.get("backends", {}).values():
             for step, parts in (run.get("census") or {}).items():
                 for part, rows in parts.items():
-                    rows[:] = [r for r in rows if not r["name"].startswith("tri_census:")]
+                    # range annotations on the GPU timeline; the driver's copies (is_memory_op)
+                    rows[:] = [r for r in rows if not r["name"].startswith("tri_census:") and not is_memory_op(r["name"])]
                     for r in rows:
                         r["triton"], r["library"] = classify_kernel(r["name"], names)
         ours = entry.get("backends", {}).get("tri_inductor", {})
@@ -536,7 +548,11 @@ def census_model(args: argparse.Namespace, name: str, tmp: str, models: dict[str
     order = sorted(args.backends.split(","), key=lambda b: b != "inductor")
     runs = {}
     bar = uses_bar(args, name)
-    if bar:
+    if bar and runs_own_moe(args, name):
+        order = [b for b in order if b not in NUMERICS_CONTROLS]
+        print(f"[census] {name}: the bar is vLLM's compile path on {args.bar_model} against its reference; "
+              f"vLLM's own engine runs too, its MoE CUDA ops replaced by torch glue", flush=True)
+    elif bar:
         order = [b for b in order if b not in ("inductor", *NUMERICS_CONTROLS)]
         print(f"[census] {name}: vLLM's own engine not run (its MoE/MLA path needs CUDA ops); the bar is "
               f"vLLM's compile path on {args.bar_model} against its reference", flush=True)
@@ -571,6 +587,10 @@ def census_model(args: argparse.Namespace, name: str, tmp: str, models: dict[str
         entry["vs_bar"] = score_vs_bar(entry.get("teacher_forced"),
                                        models.get(args.bar_model, {}).get("baseline_teacher_forced"),
                                        args.bar_model)
+        if entry.get("baseline_teacher_forced"):
+            entry["own_moe_baseline"] = {"note": base.get("moe_baseline_note"),
+                                         **score_vs_bar(entry.get("teacher_forced"), entry["baseline_teacher_forced"],
+                                                        name)}
     if runs.get(CONTROL, {}).get("teacher_forced") and base.get("teacher_forced_self"):
         entry["eager_control_same_mode"] = score_same_mode(runs[CONTROL]["teacher_forced"],
                                                            base["teacher_forced_self"], args.gap_tol)
@@ -733,7 +753,7 @@ class Census:
 
     def attribute(self, prof) -> dict[str, dict[str, list[dict[str, Any]]]]:
         """{step: {part: [kernel rows]}} from the raw Kineto events of ``prof``."""
-        from tri_inductor.audit.runtime import classify_kernel
+        from tri_inductor.audit.runtime import classify_kernel, is_memory_op
 
         events = prof.profiler.kineto_results.events()
         ranges: list[tuple[int, int, str, int]] = []  # cpu start, cpu end, label, thread
@@ -758,7 +778,7 @@ class Census:
                     launch_names[e.correlation_id()] = name
                 elif name.startswith("aten::"):
                     ops.append((e.start_ns(), e.end_ns(), e.start_thread_id(), name, list(e.stack() or ())))
-            elif dev.endswith("CUDA") and not name.startswith(("Memcpy", "Memset", "tri_census:")):
+            elif dev.endswith("CUDA") and not name.startswith("tri_census:") and not is_memory_op(name):
                 kernels.append(e)  # (our record_function ranges also appear on the GPU timeline)
         from tri_inductor.audit.runtime import source_triton_kernel_names
 
@@ -902,8 +922,17 @@ def main_worker(args: argparse.Namespace) -> int:
     try:
         from vllm import LLM, SamplingParams
 
-        vocab = json.loads((Path(args.model_dir) / "config.json").read_text())["vocab_size"]
+        model_cfg = json.loads((Path(args.model_dir) / "config.json").read_text())
+        vocab = model_cfg["vocab_size"]
         kw = engine_kwargs(args.backend, args.model_dir, args.load_format, args.tp, args.shared_gpu)
+        if args.backend != "tri_inductor" and args.backend != REFERENCE_HF and is_moe(model_cfg):
+            # vLLM's own MoE layer in .gpu-env: torch glue for its CUDA routing/alignment/reduction
+            # ops, its Triton fused_moe for the experts (baseline engines only, never ours)
+            sys.path.insert(0, str(Path(__file__).resolve().parent))
+            import _torch_moe_ops
+
+            _torch_moe_ops.install()
+            result["moe_baseline_note"] = _torch_moe_ops.NOTE
         t0 = time.time()
         llm = LLM(**kw)
         result["init_s"] = round(time.time() - t0, 1)

@@ -175,9 +175,10 @@ def test_reference_hf_teacher_forces_every_engine_on_the_reference(monkeypatch, 
 @pytest.mark.parametrize("bar_agrees, ours_agrees, passes", [(True, True, True), (True, False, False),
                                                               (False, False, True)])
 def test_moe_and_mla_models_are_scored_against_the_dense_bar(monkeypatch, tmp_path, bar_agrees, ours_agrees, passes):
-    """--reference hf: vLLM's engine is not run on MoE/MLA models (its CUDA ops are stubs in a
-    Triton-only environment); the bar model runs first, and a MoE/MLA model passes when our
-    agreement with its reference is at least the bar's (vLLM's compile path on the dense model)."""
+    """--reference hf: the bar model runs first, and a MoE/MLA model passes when our agreement
+    with its reference is at least the bar's (vLLM's compile path on the dense model). vLLM's own
+    engine is not run on an MLA model (its CUDA MLA ops are stubs in a Triton-only environment);
+    on a MoE model it runs with torch glue for its MoE CUDA ops, scored beside the bar."""
     def agree(name, backend):
         return bar_agrees if (name, backend) == ("llama", "inductor") else (ours_agrees or name == "llama")
 
@@ -186,7 +187,8 @@ def test_moe_and_mla_models_are_scored_against_the_dense_bar(monkeypatch, tmp_pa
     rc = vllm_census.main(["--models", "mixtral,deepseek_v2", "--reference", "hf", "--out", str(out)])
     assert calls == [("llama", "hf", None), ("llama", "inductor", "llama_hf.json"),
                      ("llama", "tri_inductor", "llama_hf.json"),
-                     ("mixtral", "hf", None), ("mixtral", "tri_inductor", "mixtral_hf.json"),
+                     ("mixtral", "hf", None), ("mixtral", "inductor", "mixtral_hf.json"),
+                     ("mixtral", "tri_inductor", "mixtral_hf.json"),
                      ("deepseek_v2", "hf", None), ("deepseek_v2", "tri_inductor", "deepseek_v2_hf.json")]
     models = json.loads(out.read_text())["models"]
     for name in ("mixtral", "deepseek_v2"):
@@ -194,7 +196,10 @@ def test_moe_and_mla_models_are_scored_against_the_dense_bar(monkeypatch, tmp_pa
         assert vs["bar_model"] == "llama" and vs["bar_match_rate"] == (1.0 if bar_agrees else 0.5)
         assert vs["match_rate"] == (1.0 if ours_agrees else 0.5)
         assert vs["pass"] is passes and models[name]["pass"] is passes
-        assert "baseline_teacher_forced" not in models[name]
+    assert "baseline_teacher_forced" not in models["deepseek_v2"] and "own_moe_baseline" not in models["deepseek_v2"]
+    own = models["mixtral"]["own_moe_baseline"]  # vLLM's MoE path (torch glue) on the model itself
+    assert own["bar_model"] == "mixtral" and own["match_rate"] == (1.0 if ours_agrees else 0.5)
+    assert own["bar_match_rate"] == (1.0 if ours_agrees else 0.5)  # agree() of mixtral's inductor run
     assert (rc == 0) is (passes and models["llama"]["pass"])
 
 
@@ -210,7 +215,7 @@ def test_parts_are_scored_against_the_bar_when_combined(monkeypatch, tmp_path):
     a, b, out = tmp_path / "a.json", tmp_path / "b.json", tmp_path / "all.json"
     assert vllm_census.main(["--models", "llama", "--reference", "hf", "--out", str(a)]) == 0
     rc = vllm_census.main(["--models", "qwen3_moe", "--reference", "hf", "--bar-elsewhere", "--out", str(b)])
-    assert [c[0] for c in calls] == ["llama"] * 3 + ["qwen3_moe"] * 2  # the bar model ran once
+    assert [c[0] for c in calls] == ["llama"] * 3 + ["qwen3_moe"] * 3  # the bar model ran once
     part = json.loads(b.read_text())["models"]["qwen3_moe"]
     assert rc == 1 and not part["pass"] and "no baseline score" in part["vs_bar"]["error"]
     assert vllm_census.main(["--combine", str(a), str(b), "--out", str(out)]) == 0

@@ -101,6 +101,17 @@ def kernel_family(name: str) -> str | None:
     return _kernel_families().get(name)
 
 
+# Memory copies and fills the driver does, not kernels a library launched: eager ones appear as
+# "Memcpy DtoD" / "Memset" activities; inside a CUDA graph a memcpy node runs as the driver's
+# own kernel ("memcpy32_post", seen for a D2D copy_ in vLLM's FusedMoE decode graph, H200).
+_MEMORY_OP = re.compile(r"^(Memcpy|Memset)|^mem(cpy|set)\d+_\w+$")
+
+
+def is_memory_op(name: str) -> bool:
+    """A copy or fill the driver performs (eager copy engine or CUDA-graph memcpy/memset node)."""
+    return bool(_MEMORY_OP.search(name))
+
+
 def classify_kernel(name: str, triton_names: set[str]) -> tuple[bool, str]:
     """(is Triton, library).  ``communication`` comes back with False: it is not Triton, and
     :func:`counts_as_non_triton` is what tells whether a kernel breaks the guarantee."""
@@ -136,7 +147,7 @@ def profile_kernels(fn: Callable[[], Any], triton_names: Iterable[str], warmup: 
     for ev in prof.events():
         if getattr(ev, "device_type", None) is None or str(ev.device_type) != "DeviceType.CUDA":
             continue
-        if ev.name.startswith(("Memcpy", "Memset")):
+        if is_memory_op(ev.name):
             continue
         counts[ev.name] += 1
         t = getattr(ev, "device_time", None)
