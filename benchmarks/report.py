@@ -436,7 +436,44 @@ def _pct(score: dict[str, Any] | None) -> str:
     return "-" if rate is None else f"{rate * 100:.2f}%"
 
 
+def _launches(m: dict[str, Any]) -> tuple[int, int]:
+    cls = m.get("forward_classes") or {}
+    return (sum(v.get("launches", 0) for k, v in cls.items() if k == "triton"),
+            sum(v.get("launches", 0) for k, v in cls.items() if k != "triton"))
+
+
+def hf_census_section(name: str, d: dict[str, Any]) -> str:
+    """A census against Hugging Face eager (``--reference hf``: the MoE/MLA models): each engine's
+    top-1 agreement with the reference, the dense bar model's, and vLLM's own MoE path's."""
+    out = [f"#### vLLM kernel census, top-1 agreement with Hugging Face eager (`{name}`)", "",
+           _meta_line(d.get("card"), d.get("versions"), d.get("commit")), "",
+           "Every engine teacher-forced on the reference's greedy tokens (transformers eager, bf16, the same "
+           "random weights). Bar: vLLM's compile path on the dense bar model against its own reference; "
+           "vLLM's own MoE path: its compile path on the model itself with its MoE CUDA ops replaced by torch "
+           "glue (baseline only; not runnable here for MLA). Beyond noise: disagreements with a top-2 gap over "
+           f"{(d.get('settings') or {}).get('gap_tol', 0.1)} nat.", ""]
+    rows = []
+    for model, m in (d.get("models") or {}).items():
+        tri, non = _launches(m)
+        tf, bar, own = m.get("teacher_forced") or {}, m.get("vs_bar") or {}, m.get("own_moe_baseline") or {}
+        vllm_self = m.get("baseline_teacher_forced") if not bar else None
+        rows.append([model, "PASS" if m.get("pass") else "FAIL", _pct(tf), str(len(tf.get("beyond_noise", []))),
+                     _pct(vllm_self) if vllm_self else "-",
+                     f"{bar['bar_match_rate'] * 100:.2f}% ({bar.get('bar_model')})" if "bar_match_rate" in bar else "-",
+                     (f"{own['bar_match_rate'] * 100:.2f}% ({own.get('bar_beyond_noise')})"
+                      if "bar_match_rate" in own else "-"),
+                     str(tri), str(non), ", ".join(e.get("name", "?")[:40] for e in m.get("non_triton_forward", [])[:3]),
+                     str(m.get("commit") or d.get("commit") or "?")[:10]])
+    out.append(_table(["model", "status", "ours vs reference", "ours beyond noise",
+                       "vLLM compile vs reference (a dense model)", "bar: vLLM compile on the bar model",
+                       "vLLM's own MoE path vs reference (beyond noise)", "forward Triton launches",
+                       "forward non-Triton launches", "non-Triton kernels", "commit"], rows) if rows else "No models.")
+    return "\n".join(out)
+
+
 def census_section(name: str, d: dict[str, Any]) -> str:
+    if (d.get("settings") or {}).get("reference") == "hf":
+        return hf_census_section(name, d)
     out = [f"#### vLLM kernel census and greedy tokens vs vLLM's compile path (`{name}`)", "",
            _meta_line(d.get("card"), d.get("versions"), d.get("commit")), ""]
     rows = []

@@ -374,9 +374,11 @@ def score_same_mode(ours: list[list[list[Any]]], base: list[list[list[Any]]], ga
 
 def parity_verdict(entry: dict[str, Any]) -> dict[str, Any]:
     """The score the model's pass rests on: against a dense bar model where one was set (MoE/MLA
-    models against the HF reference), else same-mode parity (against the FA3 control's where that
+    models against the HF reference), else against vLLM's compile path on the same model and the
+    same HF reference (``--reference hf``), else same-mode parity (against the FA3 control's where that
     ran), else teacher-forced on the baseline's generated tokens, else free-running greedy."""
-    return (entry.get("vs_bar") or entry.get("vs_attention_control") or entry.get("same_mode")
+    return (entry.get("vs_bar") or entry.get("vs_reference_baseline") or entry.get("vs_attention_control")
+            or entry.get("same_mode")
             or entry.get("teacher_forced") or entry.get("greedy") or {})
 
 
@@ -391,6 +393,14 @@ def score_vs_attention_control(ours: dict[str, Any], control: dict[str, Any]) ->
     return {"pass": ok, "match_rate": ours.get("match_rate"), "control": ATTN_CONTROL,
             "control_match_rate": control.get("match_rate"), "beyond_noise": beyond,
             "control_beyond_noise": len(control.get("beyond_noise", []))}
+
+
+def score_vs_reference_baseline(entry: dict[str, Any]) -> None:
+    """``--reference hf`` on a model vLLM's own engine ran on (a dense model, the bar model among
+    them): ours passes when its agreement with the reference is at least vLLM's compile path's."""
+    if entry.get("reference") == REFERENCE_HF and entry.get("baseline_teacher_forced") and not entry.get("vs_bar"):
+        entry["vs_reference_baseline"] = score_vs_bar(entry.get("teacher_forced"), entry["baseline_teacher_forced"],
+                                                      "(itself)")
 
 
 def score_vs_bar(ours: dict[str, Any] | None, bar: dict[str, Any] | None, bar_model: str) -> dict[str, Any]:
@@ -530,6 +540,7 @@ def reclassify(report: dict[str, Any]) -> dict[str, Any]:
         ours = entry.get("backends", {}).get("tri_inductor", {})
         if ours.get("ok"):
             entry.update(summarize_model(ours))
+        score_vs_reference_baseline(entry)
         entry["pass"] = model_passes(entry, ours)
     report["reclassified"] = True
     report["pass"] = bool(report["models"]) and all(m.get("pass") for m in report["models"].values())
@@ -591,6 +602,7 @@ def census_model(args: argparse.Namespace, name: str, tmp: str, models: dict[str
             entry["own_moe_baseline"] = {"note": base.get("moe_baseline_note"),
                                          **score_vs_bar(entry.get("teacher_forced"), entry["baseline_teacher_forced"],
                                                         name)}
+    score_vs_reference_baseline(entry)
     if runs.get(CONTROL, {}).get("teacher_forced") and base.get("teacher_forced_self"):
         entry["eager_control_same_mode"] = score_same_mode(runs[CONTROL]["teacher_forced"],
                                                            base["teacher_forced_self"], args.gap_tol)

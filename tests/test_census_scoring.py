@@ -339,3 +339,18 @@ def test_a_launch_no_aten_op_encloses_is_named_by_its_python_frames(monkeypatch)
                                         "vllm/compilation/cuda_graph.py(7): __call__",
                                         "<built-in method replay of CUDAGraph>"],
                              "gpu_neighbours": [">> " + fill]}
+
+
+@pytest.mark.parametrize("base_agrees, ours_agrees, passes", [(False, False, True), (True, False, False)])
+def test_reference_hf_passes_a_model_that_agrees_as_well_as_vllms_compile_path(monkeypatch, tmp_path, base_agrees,
+                                                                               ours_agrees, passes):
+    """--reference hf on a dense model: neither engine reproduces bf16 HF eager exactly; ours
+    passes when its agreement with the reference is at least vLLM's compile path's."""
+    calls = _fake_census(monkeypatch, lambda name, backend: base_agrees if backend == "inductor" else ours_agrees)
+    out = tmp_path / "c.json"
+    rc = vllm_census.main(["--models", "llama", "--reference", "hf", "--out", str(out)])
+    assert [c[1] for c in calls] == ["hf", "inductor", "tri_inductor"]
+    m = json.loads(out.read_text())["models"]["llama"]
+    vs = m["vs_reference_baseline"]
+    assert vs["match_rate"] == 0.5 and vs["bar_match_rate"] == (1.0 if base_agrees else 0.5)
+    assert m["pass"] is passes and (rc == 0) is passes
