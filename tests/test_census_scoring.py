@@ -279,18 +279,26 @@ def _event(name, dev, start, end, corr=0, thread=1, stack=()):
                            correlation_id=lambda: corr, start_thread_id=lambda: thread, stack=lambda: list(stack))
 
 
+C, G = "DeviceType.CPU", "DeviceType.CUDA"
+fill = "void at::native::vectorized_elementwise_kernel<4, at::native::FillFunctor<int>>"
+MIXED_STEP_FORWARD = [_event("tri_census:step:mixed", C, 0, 100, thread=1),
+                      _event("tri_census:part:forward", C, 10, 90, thread=1)]
+
+
+def _census_without_triton_names(monkeypatch):
+    census = vllm_census.Census()
+    monkeypatch.setattr(census, "triton_names", lambda: set())
+    return census
+
+
 def test_a_launch_from_another_thread_during_the_forward_is_not_the_forwards(monkeypatch):
     """Attribution by CPU launch time alone put vLLM's bookkeeping fill (another thread) into an
     eager forward's window; a launch counts for a part only from the thread that ran it."""
     from types import SimpleNamespace
 
-    census = vllm_census.Census()
-    monkeypatch.setattr(census, "triton_names", lambda: set())
-    C, G = "DeviceType.CPU", "DeviceType.CUDA"
-    fill = "void at::native::vectorized_elementwise_kernel<4, at::native::FillFunctor<int>>"
+    census = _census_without_triton_names(monkeypatch)
     events = [
-        _event("tri_census:step:mixed", C, 0, 100, thread=1),
-        _event("tri_census:part:forward", C, 10, 90, thread=1),
+        *MIXED_STEP_FORWARD,
         _event("aten::fill_", C, 19, 22, thread=2, stack=["/vllm/runner.py(5): prep"]),
         _event("cudaLaunchKernel", C, 20, 21, corr=7, thread=2),  # the other thread's fill
         _event("aten::mm", C, 29, 32, thread=1),
@@ -311,13 +319,9 @@ def test_a_launch_no_aten_op_encloses_is_named_by_its_python_frames(monkeypatch)
     named by the launch API and the deepest Python call chain running at that moment."""
     from types import SimpleNamespace
 
-    census = vllm_census.Census()
-    monkeypatch.setattr(census, "triton_names", lambda: set())
-    C, G = "DeviceType.CPU", "DeviceType.CUDA"
-    fill = "void at::native::vectorized_elementwise_kernel<4, at::native::FillFunctor<int>>"
+    census = _census_without_triton_names(monkeypatch)
     events = [
-        _event("tri_census:step:mixed", C, 0, 100, thread=1),
-        _event("tri_census:part:forward", C, 10, 90, thread=1),
+        *MIXED_STEP_FORWARD,
         _event("cudaGraphLaunch", C, 50, 52, corr=9, thread=1),
         _event(fill, G, 60, 61, corr=9),
     ]
