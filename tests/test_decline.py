@@ -8,6 +8,8 @@ interpreter (the compiled graph runs; compared with eager in float64, rel. error
 fp32 inputs)."""
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -46,6 +48,15 @@ class BiasAddRMSNorm(torch.nn.Module):
         return _rms(x + self.b, self.w)
 
 
+class FloatScaledRMSNorm(torch.nn.Module):
+    """A weightless RMSNorm times a Python float (DiffLlama's ``(1 - lambda_init) * norm(x)``): the
+    float looks like an RMSNorm weight to the weighted forms. Declined there (the weightless norm
+    is ours); binding it failed the compile."""
+
+    def forward(self, x):
+        return (1 - 0.8 * math.exp(-0.3)) * F.rms_norm(x, (x.shape[-1],), eps=1e-6)
+
+
 class SiluMulBroadcast(torch.nn.Module):
     """SiLU(gate) times an ``up`` that broadcasts (a per-channel scale), not a tensor of the gate's
     shape: not a gated activation our kernels compute. (A split along the tokens, the earlier case
@@ -59,18 +70,6 @@ class SiluMulBroadcast(torch.nn.Module):
         return F.silu(x) * self.scale
 
 
-class RopeHeadsLast(torch.nn.Module):
-    """HF rotary with ``unsqueeze_dim=2``: q/k laid out (batch, seq, heads, dim), cos/sin broadcast
-    over dim 2, where the rewritten form has the heads in dim 1."""
-
-    def forward(self, q, k, cos, sin):
-        def rot(x):
-            return torch.cat((-x[..., x.shape[-1] // 2:], x[..., : x.shape[-1] // 2]), dim=-1)
-
-        cos, sin = cos.unsqueeze(2), sin.unsqueeze(2)
-        return q * cos + rot(q) * sin, k * cos + rot(k) * sin
-
-
 class MaskedAttention(torch.nn.Module):
     """SDPA with a head dim our kernel does not take (320 > 256); masks it takes now."""
 
@@ -80,16 +79,13 @@ class MaskedAttention(torch.nn.Module):
 
 def _cases():
     torch.manual_seed(0)
-    S, D = 16, 64
-    pos = torch.arange(S, dtype=torch.float32)[None, :, None]
-    freqs = pos * (1.0 / 10000 ** (torch.arange(0, D, 2) / D)).repeat(2)[None, None, :]
+    S = 16
     mask = torch.randn(1, 1, S, S)
     return {
         "rms_norm-linear-bias": (LinearBiasRMSNorm(), (torch.randn(8, 128),)),
         "rms_norm-broadcast-add": (BiasAddRMSNorm(), (torch.randn(8, 128),)),
+        "rms_norm-scaled-by-a-float": (FloatScaledRMSNorm(), (torch.randn(8, 128),)),
         "activation-broadcast-up": (SiluMulBroadcast(), (torch.randn(2, 16, 64),)),
-        "rope-heads-last": (RopeHeadsLast(), (torch.randn(2, S, 4, D), torch.randn(2, S, 2, D),
-                                              freqs.cos().expand(2, S, D), freqs.sin().expand(2, S, D))),
         "attention-head-dim-320": (MaskedAttention(), (torch.randn(1, 4, S, 320), torch.randn(1, 4, S, 320),
                                                        torch.randn(1, 4, S, 320), mask)),
     }
@@ -184,3 +180,11 @@ def test_rope_near_miss_through_a_stack(codegen_only):
     assert not any(r.pattern_hits.get("rope") for r in reports)
     misses = [m for r in reports for m in r.near_misses]
     assert any(m.startswith("rope: aten.neg") for m in misses), misses
+
+
+def test_float_scaled_norm_in_bf16_compiles_with_our_norm(codegen_only):
+    """bf16: Inductor re-traces the weighted form with the float in the weight's place, and the
+    form's ``h.to(weight.dtype)`` raised an AttributeError, which Inductor did not take as a
+    decline (only a RuntimeError): the compile failed. Now declined; the weightless norm is ours."""
+    reports = codegen_only(FloatScaledRMSNorm(), (torch.randn(8, 128),), dtype=torch.bfloat16)
+    assert all(r.ok for r in reports) and sum(r.pattern_hits.get("rms_norm", 0) for r in reports) == 1

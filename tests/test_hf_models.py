@@ -54,6 +54,16 @@ MODELS = {
     "falcon": (lambda: T.FalconConfig(vocab_size=128, hidden_size=64, num_hidden_layers=1, num_attention_heads=4,
                                       new_decoder_architecture=True, num_kv_heads=2),
                "FalconModel", "sdpa", {"layer_norm", "rope", "activation", "attention"}),
+    # held out once (docs/design/spellings.md): Gemma 4's pow(-0.5) RMSNorm, its RoPE on [B, S, H, D]
+    # and on q alone in a layer that reuses another layer's k (kv sharing); NanoChat's rotation the
+    # other way (weightless norms); DiffLlama's float-scaled norm (the compile failed)
+    "gemma4": (lambda: T.Gemma4TextConfig(num_key_value_heads=2, head_dim=16, global_head_dim=32, sliding_window=4,
+                                          layer_types=["sliding_attention", "full_attention", "sliding_attention"],
+                                          num_kv_shared_layers=1, **{**_COMMON, "num_hidden_layers": 3}),
+               "Gemma4TextModel", "sdpa", _RMS),
+    "nanochat": (lambda: T.NanoChatConfig(num_key_value_heads=2, **_COMMON), "NanoChatModel", "sdpa",
+                 {"rms_norm", "rope", "attention"}),
+    "diffllama": (lambda: T.DiffLlamaConfig(num_key_value_heads=2, **_COMMON), "DiffLlamaModel", "sdpa", _RMS),
 }
 # Known gaps, kept visible (strict xfail: a fix turns them into failures to update here).
 _XFAIL: dict[str, str] = {}

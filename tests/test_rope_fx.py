@@ -270,3 +270,51 @@ class GlmRope(torch.nn.Module):
 @pytest.mark.parametrize("form", [{}, {"upcast": True}, {"float_first": True}], ids=["glm", "ernie-upcast", "cohere"])
 def test_glm_interleaved_rope_runs_our_kernel_and_matches_float64(interpreter, form, dtype):
     _one_launch_matching_float64(GlmRope(**form), _inputs(1, dtype=dtype), dtype)
+
+
+class RotateHalfRope(torch.nn.Module):
+    """NeoX's ``x * cos + rotate_half(x) * sin`` with full-width cos/sin, in the forms the post-grad
+    pair patterns (rope.py) do not take: ``heads-last`` (HF ``unsqueeze_dim=2``, Gemma 4: q/k
+    [B, S, H, D]), ``single`` (only q rotated: Gemma 4's layers that reuse another layer's k),
+    ``flipped`` (NanoChat's ``rotate_half`` = ``cat((x2, -x1))``, the rotation the other way)."""
+
+    def __init__(self, form, D=16, table=64):
+        super().__init__()
+        self.form = form
+        inv = 1.0 / (10000 ** (torch.arange(0, D, 2).float() / D))
+        ang = torch.outer(torch.arange(table).float(), inv)
+        self.register_buffer("emb", torch.cat((ang, ang), dim=-1))
+
+    def rotate_half(self, x):
+        x1, x2 = x[..., : x.shape[-1] // 2], x[..., x.shape[-1] // 2:]
+        return torch.cat((x2, -x1), dim=-1) if self.form == "flipped" else torch.cat((-x2, x1), dim=-1)
+
+    def forward(self, q, k, pos):
+        emb = self.emb[pos]
+        heads_dim = 2 if self.form == "heads-last" else 1
+        cos, sin = emb.cos().to(q.dtype).unsqueeze(heads_dim), emb.sin().to(q.dtype).unsqueeze(heads_dim)
+        qr = q * cos + self.rotate_half(q) * sin
+        if self.form == "single":
+            return qr, k * 2
+        return qr, k * cos + self.rotate_half(k) * sin
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("form", ["heads-last", "single", "flipped"])
+def test_rotate_half_forms_the_pair_patterns_miss_run_our_kernel_and_match_float64(interpreter, form, dtype):
+    module = RotateHalfRope(form)
+    args = _inputs(2 if form == "heads-last" else 1, dtype=dtype)
+    gm = dynamo_graph(module, *args)
+    assert rewrite_interleaved_rope_in_dynamo_graph(gm) == (1 if form == "single" else 2)
+    reports = _one_launch_matching_float64(module, args, dtype)
+    assert not [m for r in reports for m in r.near_misses], [r.near_misses for r in reports]
+
+
+def test_rotate_half_pairs_in_bhsd_stay_with_the_post_grad_patterns():
+    """The common HF form (q/k pair, [B, H, S, D]) is rope.py's: rope_fx leaves it as it was."""
+    module = RotateHalfRope("plain")
+    args = _inputs(1)
+    gm = dynamo_graph(module, *args)
+    before = [(n.op, n.target) for n in gm.graph.nodes]
+    assert rewrite_interleaved_rope_in_dynamo_graph(gm) == 0
+    assert [(n.op, n.target) for n in gm.graph.nodes] == before

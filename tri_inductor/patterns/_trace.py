@@ -24,8 +24,14 @@ def trace_replacement(fn: Callable[..., Any], args: Sequence[Any], **_: Any) -> 
     """``trace_fn`` for ``register_replacement``: a functional graph with our kernels as HOPs."""
     from torch._inductor.decomposition import select_decomp_table
 
-    with enable_python_dispatcher(), preserve_node_meta():
-        gm = make_fx(dispatch_functionalize(fn), select_decomp_table(), tracing_mode="real")(*args)
+    try:
+        with enable_python_dispatcher(), preserve_node_meta():
+            gm = make_fx(dispatch_functionalize(fn), select_decomp_table(), tracing_mode="real")(*args)
+    except (AttributeError, TypeError) as e:
+        # Inductor re-traces a search form with the values a match bound (a Python float where the
+        # form takes a weight tensor: DiffLlama's scaled norm) and declines the match only on a
+        # RuntimeError: say it that way, so the pattern declines instead of failing the compile.
+        raise RuntimeError(f"cannot trace {getattr(fn, '__name__', fn)} with the matched values: {e}") from e
     from torch._inductor.fx_passes.post_grad import remove_noop_ops
 
     remove_noop_ops(gm.graph)  # as fwd_only does, so search graphs look like post-grad graphs

@@ -299,7 +299,7 @@ def _check(match) -> bool:
 
 
 def register_patterns(pm_pass) -> None:
-    from torch._inductor.pattern_matcher import register_replacement
+    from .matcher_utils import register_replacement
 
     for dt in (torch.bfloat16, torch.float32):
         x = torch.empty(8, 128, dtype=dt)

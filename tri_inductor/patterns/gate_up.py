@@ -43,7 +43,7 @@ def _check(match) -> bool:
 
 
 def register_patterns(pm_pass) -> None:
-    from torch._inductor.pattern_matcher import register_replacement
+    from .matcher_utils import register_replacement
 
     from ._trace import trace_replacement
 

@@ -155,7 +155,7 @@ def _check(match) -> bool:
 
 
 def register_patterns(pm_pass) -> None:
-    from torch._inductor.pattern_matcher import register_replacement
+    from .matcher_utils import register_replacement
 
     for dt in (torch.bfloat16, torch.float32):
         x, w, b = torch.empty(8, 64, dtype=dt), torch.empty(64, dtype=dt), torch.empty(64, dtype=dt)

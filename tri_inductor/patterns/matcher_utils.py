@@ -44,6 +44,33 @@ def register_auto_functionalized_form(
     register_graph_pattern(pattern, extra_check=check, pass_dict=pm_pass)(handler)
 
 
+def register_replacement(search_fn: Callable[..., Any], replace_fn: Callable[..., Any], example_inputs: Sequence[Any],
+                         trace_fn: Callable[..., Any], pass_dicts: Any, extra_check: Callable[[Any], bool] | None = None,
+                         **kwargs: Any) -> Any:
+    """Inductor's ``register_replacement``, declining a match that binds an argument the forms
+    take as a tensor to anything but a tensor-valued node. Its keyword arguments match any value:
+    DiffLlama's ``(1 - lambda_init) * norm(x)`` bound a Python float as an RMSNorm's weight, and
+    tracing the replacement then failed the compile (a pattern declines, never fails)."""
+    import inspect
+
+    from torch._inductor import pattern_matcher as pm
+
+    names = list(inspect.signature(search_fn).parameters)
+    tensor_args = [n for n, x in zip(names, example_inputs) if isinstance(x, torch.Tensor)]
+
+    def check(match) -> bool:
+        # (absent: Inductor re-traced the form with the matched values and a constant took the
+        # argument's place in the graph, so no node is bound to it)
+        for name in tensor_args:
+            v = match.kwargs.get(name)
+            if not (isinstance(v, torch.fx.Node) and isinstance(v.meta.get("val"), torch.Tensor)):
+                return False
+        return extra_check is None or extra_check(match)
+
+    return pm.register_replacement(search_fn, replace_fn, example_inputs, trace_fn, pass_dicts, extra_check=check,
+                                   **kwargs)
+
+
 def c_op(name: str) -> torch._ops.OpOverload | None:
     """``torch.ops._C.<name>.default`` if vLLM's CUDA ops (or a test's stand-in schema) are loaded."""
     try:

@@ -382,7 +382,19 @@ def _div_rms_upcast(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.
     return weight * (h / torch.sqrt(h.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype)
 
 
-OTHER_SPELLINGS = (_plain_rms, _plain_rms_weight_first, _torch_rms, _div_rms, _div_rms_weight_first, _div_rms_upcast)
+# * the inverse root as ``pow(v, -0.5)`` (Gemma 4, "to address compiler differences between Torch
+#   and JAX"; Inductor computes it as a pow, ours as rsqrt: not the same rounding, so a form here).
+def _pow_rms(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    return x * torch.pow(x.pow(2).mean(-1, keepdim=True) + eps, -0.5) * weight
+
+
+def _pow_rms_upcast(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    h = x.to(torch.float32)
+    return (h * torch.pow(h.pow(2).mean(-1, keepdim=True) + eps, -0.5) * weight).to(x.dtype)
+
+
+OTHER_SPELLINGS = (_plain_rms, _plain_rms_weight_first, _torch_rms, _div_rms, _div_rms_weight_first, _div_rms_upcast,
+                   _pow_rms, _pow_rms_upcast)
 
 
 # Without a weight (Llama 4's q/k L2 norm, ``nn.RMSNorm(elementwise_affine=False)``): our kernel
@@ -400,7 +412,12 @@ def _unit_torch_rms(x: torch.Tensor, eps: float) -> torch.Tensor:
     return F.rms_norm(x, (x.shape[-1],), None, eps)
 
 
-UNIT_SPELLINGS = (_unit_rms, _unit_rms_upcast, _unit_torch_rms)
+def _unit_pow_rms_upcast(x: torch.Tensor, eps: float) -> torch.Tensor:
+    h = x.to(torch.float32)
+    return (h * torch.pow(h.pow(2).mean(-1, keepdim=True) + eps, -0.5)).to(x.dtype)
+
+
+UNIT_SPELLINGS = (_unit_rms, _unit_rms_upcast, _unit_torch_rms, _unit_pow_rms_upcast)
 
 
 # Hugging Face decoder layer: ``hidden = residual + hidden`` (input dtype) then the Llama norm.
@@ -572,7 +589,7 @@ def chain_forms_occur() -> bool:
 
 
 def register_patterns(pm_pass) -> None:
-    from torch._inductor.pattern_matcher import register_replacement
+    from .matcher_utils import register_replacement
 
     def reg(search: Callable[..., Any], repl: Callable[..., Any], inputs: list[torch.Tensor],
             check: Callable[[Any], bool]) -> None:

@@ -527,7 +527,7 @@ def _trace_post_grad(fn, args, **kwargs) -> torch.fx.GraphModule:
 
 
 def register_vllm_rope_forms(pm_pass) -> None:
-    from torch._inductor.pattern_matcher import register_replacement
+    from .matcher_utils import register_replacement
 
     # (search, replacement, q/k example shapes given a head count, sentinel scalars besides half,
     # extra check, dtypes, whether q/k norm weights are inputs). For one output node the first
@@ -558,7 +558,7 @@ def register_vllm_rope_forms(pm_pass) -> None:
 
 
 def register_patterns(pm_pass) -> None:
-    from torch._inductor.pattern_matcher import register_replacement
+    from .matcher_utils import register_replacement
 
     for dt in (torch.bfloat16, torch.float32):
         q = torch.empty(2, 8, 4, 64, dtype=dt).transpose(1, 2)  # HF layout: [B, H, S, D] view of [B, S, H, D]

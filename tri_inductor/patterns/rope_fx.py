@@ -13,6 +13,11 @@ of the post-grad ``rope`` patterns matched; here, before AOT (as the attention a
 run), the torch-level ops are intact.  Each rotation becomes ``tri_inductor::rope_cos_sin`` (GPT-J
 mode, pass-through dims copied); a q and a k rotated by the same cos/sin are one call.
 
+NeoX's ``x * cos + rotate_half(x) * sin`` (full-width cos/sin) is taken here only where the
+post-grad pair patterns (``rope.py``) cannot take it: heads in dim 2 (HF ``unsqueeze_dim=2``,
+Gemma 4), a rotation without a q/k partner (Gemma 4's layers that reuse another layer's k), and
+the rotation the other way (NanoChat's ``rotate_half`` is ``cat((x2, -x1))``: ours with -sin).
+
 Layouts: a head tensor ``[B, S, H, D]`` (GPT-J rotates before moving heads forward) or
 ``[B, H, S, D]``; cos/sin broadcast over heads only (``[B|1, S, 1, rot]`` / ``[B|1, 1, S, rot]``).
 Anything else (other broadcasting, odd widths, a result of another dtype than the input's) is
@@ -69,6 +74,26 @@ def _rotate_every_two(node) -> Node | None:
     return odd[0] if (odd[1], even[1]) == (slice(1, None, 2), slice(None, None, 2)) else None
 
 
+def _neg_of(node) -> Node | None:
+    return node.args[0] if _is(node, (torch.neg, operator.neg), methods=("neg",)) and len(node.args) == 1 else None
+
+
+def _rotate_half(node) -> tuple[Node, bool] | None:
+    """``(t, flipped)`` when ``node`` is NeoX's ``rotate_half(t)``, ``cat((-t2, t1), -1)`` with t1, t2
+    the halves of t (slices or chunk), or its negation ``cat((t2, -t1), -1)`` (``flipped``:
+    NanoChat's, a rotation the other way, which is NeoX's with -sin)."""
+    if not (_is(node, (torch.cat, torch.concat)) and node.args and _arg(node, 1, "dim") in (-1, 3)
+            and isinstance(node.args[0], (list, tuple)) and len(node.args[0]) == 2):
+        return None
+    a, b = node.args[0]
+    flipped = _neg_of(a) is None
+    hi, lo = (a, _neg_of(b)) if flipped else (_neg_of(a), b)  # t's second half first, its first half second
+    h_hi, h_lo = (_half(n) if n is not None else None for n in (hi, lo))
+    if h_hi is None or h_lo is None or h_hi[0] is not h_lo[0] or (h_hi[1], h_lo[1]) != (1, 0):
+        return None
+    return h_lo[0], flipped
+
+
 @dataclasses.dataclass
 class Rotation:
     out: Node       # the node whose value is the rotated tensor (the cat, or the add)
@@ -77,6 +102,8 @@ class Rotation:
     sin: Node
     heads_dim: int  # 1 ([B, H, S, D]) or 2 ([B, S, H, D])
     neox: bool = False  # halves rotated (NeoX), not (even, odd) pairs (GPT-J)
+    flipped: bool = False  # rotated the other way (the op gets -sin)
+    rotate_half: bool = False  # written as x * cos + rotate_half(x) * sin (full-width cos/sin)
 
 
 def _rotation(add: Node) -> Rotation | None:
@@ -87,15 +114,20 @@ def _rotation(add: Node) -> Rotation | None:
             continue
         for r, sin in (rot.args[:2], rot.args[1::-1]):
             # the rotation in fp32 of 16-bit q/k (ERNIE 4.5: ``q.float() * cos + rot(q).float() * sin``)
-            t = _rotate_every_two(_uncast(r))
+            t, neox, flipped = _rotate_every_two(_uncast(r)), False, False
+            if t is None and (half := _rotate_half(r)) is not None:
+                (t, flipped), neox = half, True
             if t is None or len(plain.args) != 2:
                 continue
             factors = list(plain.args[:2]) if t in plain.args[:2] else [_uncast(a) for a in plain.args[:2]]
-            if t not in factors:
+            if t not in factors or (neox and t not in plain.args[:2]):
                 continue
             cos = plain.args[1] if factors[0] is t else plain.args[0]
             upcast = _uncast(r) is not r or t not in plain.args[:2]
-            return _describe(add, t, cos, sin, upcast)
+            found = _describe(add, t, cos, sin, upcast)
+            if found is not None and neox:
+                found.neox, found.flipped, found.rotate_half = True, flipped, True
+            return found
     return None
 
 
@@ -298,9 +330,15 @@ def rewrite_interleaved_rope_in_dynamo_graph(gm: torch.fx.GraphModule) -> int:
     groups: dict[tuple, list[Rotation]] = {}
     for r in found:
         vx = _val(r.x)
-        key = (_root(r.cos), _root(r.sin), r.heads_dim, r.neox, vx.shape[0], vx.shape[3 - r.heads_dim], vx.dtype,
-               tuple(_val(r.cos).shape))
+        key = (_root(r.cos), _root(r.sin), r.heads_dim, r.neox, r.flipped, vx.shape[0], vx.shape[3 - r.heads_dim],
+               vx.dtype, tuple(_val(r.cos).shape))
         groups.setdefault(key, []).append(r)
+    for key, rs in list(groups.items()):
+        # q/k pairs of NeoX's rotate_half in [B, H, S, D] are the post-grad patterns' (rope.py); here
+        # only what those do not take: heads in dim 2, the flipped rotation, a rotation without a pair
+        if all(r.rotate_half and not r.flipped and r.heads_dim == 1 for r in rs) and len(rs) % 2 == 0:
+            del groups[key]
+            found = [r for r in found if r not in rs]
     g = gm.graph
     order = {n: i for i, n in enumerate(g.nodes)}
     batches = []
@@ -338,6 +376,8 @@ def _replace(g: torch.fx.Graph, pair: list[Rotation], anchor: Node) -> None:
     k = bhsd(pair[1]) if len(pair) == 2 else emit(operator.getitem, (q, (slice(None), slice(0, 0))))
     cos = emit(torch.squeeze, (first.cos, first.heads_dim))
     sin = emit(torch.squeeze, (first.sin, first.heads_dim))
+    if first.flipped:
+        sin = emit(torch.neg, (sin,))
     res = emit(torch.ops.tri_inductor.rope_cos_sin.default, (q, k, cos, sin, first.neox))
     for i, r in enumerate(pair):
         out = emit(operator.getitem, (res, i))

@@ -42,7 +42,7 @@ def register_patterns(pm_pass) -> None:
     topk/histc/_grouped_mm still have their torch-level shape; see backend.py. Post-grad: a bf16
     ``index_add`` along dim 0 (the combine of a per-expert loop: Mixtral's eager experts, JetMoE),
     which Inductor leaves to ATen, becomes our fp32-accumulating op."""
-    from torch._inductor.pattern_matcher import register_replacement
+    from ..matcher_utils import register_replacement
 
     from .._trace import trace_replacement
 
