@@ -478,9 +478,7 @@ def census_section(name: str, d: dict[str, Any]) -> str:
            _meta_line(d.get("card"), d.get("versions"), d.get("commit")), ""]
     rows = []
     for model, m in (d.get("models") or {}).items():
-        cls = m.get("forward_classes") or {}
-        tri = sum(v.get("launches", 0) for k, v in cls.items() if k == "triton")
-        non = sum(v.get("launches", 0) for k, v in cls.items() if k != "triton")
+        tri, non = _launches(m)
         g = m.get("greedy") or {}
         tf = m.get("teacher_forced") or {}
         sm = m.get("same_mode") or {}

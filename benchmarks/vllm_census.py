@@ -215,15 +215,11 @@ def engine_kwargs(backend: str, model_dir: str, load_format: str, tp: int = 1,
     return kw
 
 
-def is_moe(cfg: dict[str, Any]) -> bool:
-    return any(cfg.get(k) for k in ("num_experts", "num_local_experts", "n_routed_experts"))
-
-
 def runs_own_moe(args: argparse.Namespace, name: str) -> bool:
-    """A MoE model (no MLA) scored against the bar also runs vLLM's own engine on itself, its MoE
-    CUDA ops replaced by torch glue (``_torch_moe_ops``): the same model's vLLM compile path
-    against the same reference, stated beside the bar."""
-    return uses_bar(args, name) and name in MOE_MODELS and name not in MLA_MODELS
+    """A MoE model without MLA (``MOE_MODELS``) scored against the bar also runs vLLM's own engine
+    on itself, its MoE CUDA ops replaced by torch glue (``_torch_moe_ops``): the same model's vLLM
+    compile path against the same reference, stated beside the bar."""
+    return uses_bar(args, name) and name in MOE_MODELS
 
 
 def uses_bar(args: argparse.Namespace, name: str) -> bool:
@@ -559,7 +555,7 @@ def census_model(args: argparse.Namespace, name: str, tmp: str, models: dict[str
     order = sorted(args.backends.split(","), key=lambda b: b != "inductor")
     runs = {}
     bar = uses_bar(args, name)
-    if bar and runs_own_moe(args, name):
+    if runs_own_moe(args, name):
         order = [b for b in order if b not in NUMERICS_CONTROLS]
         print(f"[census] {name}: the bar is vLLM's compile path on {args.bar_model} against its reference; "
               f"vLLM's own engine runs too, its MoE CUDA ops replaced by torch glue", flush=True)
@@ -653,9 +649,11 @@ def main_parent(args: argparse.Namespace) -> int:
             if args.reference == REFERENCE_HF:
                 print(f"  {REFERENCE_HF}: transformers AutoModelForCausalLM (bf16, eager) from <model_dir>: the reference")
             for b in sorted(args.backends.split(","), key=lambda b: b != "inductor"):
-                if uses_bar(args, name) and b in ("inductor", *NUMERICS_CONTROLS):
+                if uses_bar(args, name) and (b in NUMERICS_CONTROLS or (b == "inductor" and not runs_own_moe(args, name))):
                     print(f"  {b}: not run; the bar is vLLM's compile path on {args.bar_model}")
                     continue
+                if b == "inductor" and runs_own_moe(args, name):
+                    print("  inductor: its MoE CUDA ops replaced by torch glue (_torch_moe_ops); scored beside the bar")
                 print(f"  {b}: LLM({json.dumps(engine_kwargs(b, '<model_dir>', '<load_format>', args.tp, args.jobs > 1))})")
         print(f"results -> {args.out or ROOT / 'benchmarks/results' / out_name('CARD', args.tp).replace('card', '<card>')}")
         return 0
@@ -831,13 +829,14 @@ class Census:
                 unnamed.append((row, k))
             row["launches"] += 1
             row["gpu_us"] += (k.end_ns() - k.start_ns()) / 1000.0
+        gpu_order = sorted(kernels, key=lambda e: e.start_ns()) if opless or unnamed else []
         if opless:  # a direct C++/driver launch: name the Python frames it ran under instead
             frames = python_frames(prof)
             for row, k, t, api in opless:
                 row["source"] = {"op": None, "launch_api": api, "python": python_frames_at(frames, t),
-                                 "gpu_neighbours": gpu_neighbours(kernels, k)}
+                                 "gpu_neighbours": gpu_neighbours(gpu_order, k)}
         for row, k in unnamed:  # no launch event: where it ran among the other kernels
-            row["source"] = {"op": None, "launch_api": None, "gpu_neighbours": gpu_neighbours(kernels, k)}
+            row["source"] = {"op": None, "launch_api": None, "gpu_neighbours": gpu_neighbours(gpu_order, k)}
         return {s: {p: sorted(({**r, "gpu_us": round(r["gpu_us"], 1)} for r in rows.values()),
                               key=lambda r: -r["launches"]) for p, rows in parts.items()}
                 for s, parts in table.items()}
@@ -855,10 +854,10 @@ def launch_source(ops: list[tuple[int, int, int, str, list[str]]], t: int, threa
     return {"op": name, "stack": frames[:8]}
 
 
-def gpu_neighbours(kernels: list, k: Any, around: int = 2) -> list[str]:
-    """The kernels that ran just before and after ``k`` on the GPU (``k`` itself marked ``>>``):
-    which compiled piece or op a kernel without a launch event belongs to."""
-    order = sorted(kernels, key=lambda e: e.start_ns())
+def gpu_neighbours(order: list, k: Any, around: int = 2) -> list[str]:
+    """The kernels that ran just before and after ``k`` on the GPU (``order``: every kernel by GPU
+    start; ``k`` itself marked ``>>``): which compiled piece or op a kernel without a launch event
+    belongs to."""
     i = next((j for j, e in enumerate(order) if e is k), None)
     if i is None:
         return []
@@ -937,10 +936,11 @@ def main_worker(args: argparse.Namespace) -> int:
         model_cfg = json.loads((Path(args.model_dir) / "config.json").read_text())
         vocab = model_cfg["vocab_size"]
         kw = engine_kwargs(args.backend, args.model_dir, args.load_format, args.tp, args.shared_gpu)
+        from models import is_moe
+
         if args.backend != "tri_inductor" and args.backend != REFERENCE_HF and is_moe(model_cfg):
             # vLLM's own MoE layer in .gpu-env: torch glue for its CUDA routing/alignment/reduction
             # ops, its Triton fused_moe for the experts (baseline engines only, never ours)
-            sys.path.insert(0, str(Path(__file__).resolve().parent))
             import _torch_moe_ops
 
             _torch_moe_ops.install()
