@@ -9,6 +9,7 @@ Runs in codegen-only mode (fake sm_90): real Triton compiles, nothing launched.
 """
 from __future__ import annotations
 
+import collections
 import inspect
 import threading
 
@@ -360,3 +361,31 @@ def test_a_worker_failure_is_reported_for_its_candidate(sm90, monkeypatch, tmp_p
         assert set(failed) == set(jobs) and "No module named" in str(next(iter(failed.values())))
     finally:
         W._pool.close()
+
+
+def test_a_spurious_systemerror_is_compiled_again_alone():
+    """CPython < 3.11.8 can raise SystemError('AST constructor recursion depth mismatch') when two
+    threads parse at once (Triton parses kernel sources): such a candidate is compiled again on the
+    calling thread; any other error, or a SystemError that comes back, stays its failure."""
+    from tri_inductor.tuning import compile_batch
+
+    calls, threads = collections.Counter(), {}
+
+    def flaky(name, fails):
+        def f():
+            calls[name] += 1
+            threads.setdefault(name, []).append(threading.current_thread())
+            if calls[name] <= fails:
+                raise SystemError("AST constructor recursion depth mismatch (before=60, after=187)")
+        return f
+
+    def broken():
+        calls["broken"] += 1
+        raise ValueError("no such config")
+
+    failed = compile_batch({"once": flaky("once", 1), "always": flaky("always", 9), "ok": flaky("ok", 0),
+                            "broken": broken}, workers=2)
+    assert set(failed) == {"always", "broken"}
+    assert isinstance(failed["always"], SystemError) and isinstance(failed["broken"], ValueError)
+    assert calls == {"once": 2, "always": 2, "ok": 1, "broken": 1}
+    assert threads["once"][1] is threading.current_thread()

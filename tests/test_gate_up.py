@@ -64,7 +64,7 @@ def test_each_kernel_path(path, act, poison):
     cfg, transposed = PATHS[path]
     M = 1 if cfg.kernel == C.Kind.GEMV else 37
     a, b = _operands(M, 72, 520, torch.bfloat16, transposed, seed=len(path))
-    if cfg.kernel in (C.Kind.TMA, C.Kind.TMA_WS):
+    if cfg.kernel in C.TMA_KINDS:
         assert LA.tma_ok(a, b, 72)
     out = O.mm_launch(a, b, None, cfg, act=LA.ACTS[act])
     assert out.shape == (M, 72) and not out.isnan().any()
@@ -158,11 +158,11 @@ def test_vllm_mlp_fused(vllm_ctx, form, rng):
     with O.token_range(*rng) if rng else contextlib.nullcontext():
         hits, code = compile_codegen(mlp, [x, w_gate_up, w_down], _pm(G, A, linear), dynamic=[(0, 0)],
                                      benchmark_harness=False, shape_padding=False)
-        plan = O.dispatch_plan(2 * I, H, torch.bfloat16)
+        plan = O.dispatch_plan(2 * I, H, torch.bfloat16, act=LA.ACTS[_FUSED_ACT[form]])  # the fused form's
     calls = _calls(code)
     assert hits == 2 and "torch.ops." not in calls and "extern_kernels." not in calls
     assert f"'ACT': {LA.ACTS[_FUSED_ACT[form]]}" in code  # the layer's
-    prefill = sum(c.kernel in (C.Kind.TMA, C.Kind.TMA_WS) and lo >= LA.FUSED_TMA_MIN_M for lo, _, c in plan)
+    prefill = sum(c.kernel in C.TMA_KINDS and lo >= LA.FUSED_TMA_MIN_M for lo, _, c in plan)
     assert calls.count("_gated_act_kernel") == prefill, (prefill, calls)
     if rng:
         assert prefill == 0 and f"{2 * I}), ({2 * I}, 1)" not in calls  # no [T, 2I] buffer

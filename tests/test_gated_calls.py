@@ -33,6 +33,37 @@ def test_only_symbolic_grids_of_our_kernels_are_guarded():
         assert bool(eval(guard, {"s77": s77})) == (grid0 > 0)
 
 
+def test_a_tma_launch_builds_its_descriptors_only_with_programs():
+    """Inductor builds a TMA launch's host-side descriptors on the lines before it: they are
+    None while the grid is empty, and the later ``del`` still finds them."""
+    desc = "triton.tools.tensor_descriptor.TensorDescriptor.from_tensor"
+    code = "\n".join([
+        "def call(s77, buf1, w, out):",
+        f"    other = {desc}(buf1, [64, 64])",  # not an argument of the launch: left alone
+        f"    buf8 = {desc}(buf1, [64, 128])",
+        f"    buf9 = {desc}(w, [64, 128])",
+        f"    buf10 = {desc}(out, [64, 64])",
+        "    stream0 = get_raw_stream(0)",
+        "    mm_tma_kernel_5.run(buf8, buf9, buf10, w, s77, 384, 256, 6*min(1, ((-1) + s77) // 256), 1, 1, "
+        "stream=stream0)",
+        "    del buf8",
+        "    del buf9",
+        "    del buf10",
+        "    return other"])
+    new, n = skip_empty_grids(code, {"mm_tma_kernel_5"})
+    assert n == 1 and len(new.split("\n")) == len(code.split("\n"))
+    made = []
+    env = {"get_raw_stream": lambda i: 0,
+           "triton": type("T", (), {"tools": type("T", (), {"tensor_descriptor": type("T", (), {
+               "TensorDescriptor": type("D", (), {"from_tensor": staticmethod(lambda t, b: made.append(b) or b)})})})}),
+           "mm_tma_kernel_5": type("K", (), {"run": staticmethod(lambda *a, **k: made.append("run"))})}
+    exec(new, env)
+    for s77, launched in ((8, False), (300, True)):
+        made.clear()
+        assert env["call"](s77, "b", "w", "o") == [64, 64]
+        assert made == ([[64, 64], [64, 128], [64, 128], [64, 64], "run"] if launched else [[64, 64]])
+
+
 def test_unparseable_or_gridless_calls_are_left_alone():
     code = "    mm_kernel_0.run(a, b, stream=stream0)\n    mm_kernel_0.run(a, b, c, s77 +, 1, 1, stream=stream0)"
     assert skip_empty_grids(code, {"mm_kernel_0"}) == (code, 0)

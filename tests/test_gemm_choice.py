@@ -39,7 +39,7 @@ def test_model_choice_valid_for_every_shape_and_bucket(dev):
             cfg = H.model_config(b, n, k, dev)
             assert C.invalid_reason(cfg, dev) is None, (n, k, b, cfg)
             if not dev.hopper:
-                assert cfg.kernel not in (C.Kind.TMA, C.Kind.TMA_WS), (dev, cfg)
+                assert cfg.kernel not in C.TMA_KINDS, (dev, cfg)
             # every candidate the tuner would measure is valid there too
             assert all(C.invalid_reason(c, dev) is None for c in T.tuning_candidates(n, k, b, dev))
 

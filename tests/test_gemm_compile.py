@@ -23,7 +23,7 @@ def _tma_tiles() -> list[C.Cfg]:
     cfgs = [c for m in MS for n, k in NK for c in H.candidates(m, n, k, C.DEFAULT_DEVICE)]
     cfgs += list(C.table_entries().values())
     for c in cfgs:
-        if c.kernel in (C.Kind.TMA, C.Kind.TMA_WS):
+        if c.kernel in C.TMA_KINDS:
             key = (c.kernel, c.block_m, c.block_n, c.block_k, c.num_warps)
             # the deepest pipeline of the tile: the most shared memory, the longest schedule
             if key not in seen or c.num_stages > seen[key].num_stages:
@@ -35,16 +35,15 @@ def _compile_sm90(cfg: C.Cfg) -> None:
     import triton
     from triton.backends.compiler import GPUTarget
 
+    from tri_inductor.patterns.gemm import launch as LA
+
     k = mm_tma_kernel
-    consts = dict(HAS_BIAS=False, B_KMAJOR=True, NUM_SMS=C.DEFAULT_DEVICE.sms,
-                  WARP_SPECIALIZE=cfg.kernel == C.Kind.TMA_WS, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
-                  BLOCK_K=cfg.block_k, GROUP_M=cfg.group_m, stride_bk=1)
+    consts = LA.tma_constexprs(cfg, True, False, C.DEFAULT_DEVICE.sms)
     sig = {n: "i32" for n in k.arg_names}
-    sig.update({"A": "*bf16", "B": "*bf16", "C": "*bf16", "bias": "*bf16"})
+    sig.update({n: f"tensordesc<bf16{shape}>" for n, shape in LA.tma_blocks(cfg, True).items()}, bias="*bf16")
     sig.update({c: "constexpr" for c in consts})
-    # pointers, N, K and the other strides 16-divisible as in a model; M (a token count) is not
-    attrs = {(i,): [["tt.divisibility", 16]] for i, n in enumerate(k.arg_names)
-             if n != "M" and (sig[n].startswith("*") or sig[n] == "i32")}
+    # N and K 16-divisible as in a model; M (a token count) is not
+    attrs = {(i,): [["tt.divisibility", 16]] for i, n in enumerate(k.arg_names) if n in ("bias", "N", "K")}
     src = triton.compiler.ASTSource(k, sig, consts, attrs)
     triton.compile(src, target=GPUTarget("cuda", 90, 32),
                    options=dict(num_warps=cfg.num_warps, num_stages=cfg.num_stages))
@@ -52,7 +51,7 @@ def _compile_sm90(cfg: C.Cfg) -> None:
 
 def test_space_has_tma_tiles():
     tiles = _tma_tiles()
-    assert any(c.kernel == C.Kind.TMA_WS for c in tiles) and any(c.kernel == C.Kind.TMA for c in tiles)
+    assert {c.kernel for c in tiles} == set(C.TMA_KINDS)
 
 
 @pytest.mark.parametrize("cfg", _tma_tiles(), ids=lambda c: c.short().replace(" ", "-"))
@@ -63,7 +62,7 @@ def test_tma_tile_compiles_for_sm90(cfg):
 def test_refused_tile_is_the_one_the_compiler_rejects():
     # the rule in invalid_reason stands for a real compiler failure (if Triton fixes it, the
     # rule can go: this test then fails and says so)
-    bad = C.Cfg(64, 256, 64, 8, 1, 4, 3, C.Kind.TMA_WS)
-    assert C.invalid_reason(bad) is not None
-    with pytest.raises(Exception, match="PassManager"):
-        _compile_sm90(bad)
+    for bad in (C.Cfg(64, 256, 64, 8, 1, 4, 3, C.Kind.TMA_WS), C.Cfg(128, 128, 64, 8, 1, 4, 3, C.Kind.TMA_WS)):
+        assert C.invalid_reason(bad) is not None
+        with pytest.raises(Exception, match="PassManager"):
+            _compile_sm90(bad)

@@ -141,8 +141,8 @@ def test_int32_offsets_cover_the_size_hint_of_a_symbolic_m():
 
 
 @pytest.mark.parametrize("transposed", [True, False])
-@pytest.mark.parametrize("kernel", [C.Kind.TMA, C.Kind.TMA_WS])
-def test_mm_tma_persistent(transposed, kernel):
+@pytest.mark.parametrize("kernel", C.TMA_KINDS)
+def test_mm_tma(transposed, kernel):
     # TMA path: ragged M/N/K (zero-filled by the descriptors), 16-byte aligned strides.
     M, N, K = 37, 136, 520
     g = torch.Generator().manual_seed(2)
@@ -370,15 +370,14 @@ def _sm90_compile(cfg, act=LA.NO_ACT):
     if cfg.kernel == C.Kind.GEMV:
         kern, const = KK.mm_gemv_kernel, dict(EVEN_K=True, SPLIT_K=cfg.split_k, **common)
     elif cfg.kernel:
-        common.pop("ACT")
-        kern, const = KK.mm_tma_kernel, dict(B_KMAJOR=True, NUM_SMS=C.DEFAULT_DEVICE.sms,
-                                            WARP_SPECIALIZE=cfg.kernel == C.Kind.TMA_WS, BLOCK_M=cfg.block_m,
-                                            GROUP_M=cfg.group_m, **common)
+        kern, const = KK.mm_tma_kernel, LA.tma_constexprs(cfg, True, not fused, C.DEFAULT_DEVICE.sms)
     else:
         kern, const = KK.mm_kernel, dict(SPLIT_K=1, EVEN_K=True, PRECISION="tf32", IDX32=cfg.block_k <= LA.IDX32_MAX_BLOCK_K,
                                         stride_ak=1, stride_bk=1, stride_cn=1, BLOCK_M=cfg.block_m,
                                         GROUP_M=cfg.group_m, **common)
     sig = {n: ("*bf16" if n in ("A", "B", "C", "bias") else "i32") for n in kern.arg_names}
+    if kern is KK.mm_tma_kernel:
+        sig.update({n: f"tensordesc<bf16{shape}>" for n, shape in LA.tma_blocks(cfg, True).items()}, bias="*bf16")
     sig.update({c: "constexpr" for c in const})
     src = triton.compiler.ASTSource(kern, sig, const)
     return triton.compile(src, target=GPUTarget("cuda", 90, 32),
@@ -401,13 +400,13 @@ _FUSED_ODD = sorted({T.default_config(n, k, b, C.DEFAULT_DEVICE, fused=True)
 # prefill TMA buckets run the plain GEMM, then the activation).
 @pytest.mark.parametrize("cfg, act", [(c, LA.NO_ACT) for c in _CFGS]
                          + [(c, LA.ACTS["silu"]) for c in _CFGS + _FUSED_ODD
-                            if c.kernel not in (C.Kind.TMA, C.Kind.TMA_WS)],
+                            if c.kernel not in C.TMA_KINDS],
                          ids=lambda v: "x".join(map(str, v)) if isinstance(v, tuple) else ("plain", "gate_up_silu")[v >= 0])
 def test_config_compiles_for_sm90(cfg, act):
     out = _sm90_compile(cfg, act)
     assert out.asm.get("cubin")
     assert out.metadata.shared <= 232448, out.metadata.shared
-    if cfg.kernel in (C.Kind.TMA, C.Kind.TMA_WS):
+    if cfg.kernel in C.TMA_KINDS:
         assert "wgmma" in out.asm["ptx"] and "cp.async.bulk.tensor" in out.asm["ptx"]
 
 
@@ -447,8 +446,10 @@ def test_computed_input_written_once(dynamic):
     assert hits == 1
     producer = re.search(r"def (triton_\w+)\(([^)]*)\)", code)
     assert producer.group(2).count("out_ptr") == 1, producer.group(0)
-    inputs = {re.search(r"\.run\((\w+),", line).group(1) for line in calls.splitlines()
-              if re.search(r"mm_(tma_)?kernel_\d+\.run\(", line)}
+    # a TMA launch reads it through a host-side descriptor built from it just before
+    bases = dict(re.findall(r"(\w+) = [\w.]*TensorDescriptor\.from_tensor\((\w+),", calls))
+    inputs = {bases.get(v, v) for v in (re.search(r"\.run\((\w+),", line).group(1) for line in calls.splitlines()
+                                        if re.search(r"mm_(tma_)?kernel_\d+\.run\(", line))}
     assert len(inputs) == 1, inputs
 
 

@@ -14,7 +14,7 @@ each replacement more than once: the frontend ran 288 times for 3 layers of a Qw
 129 with the memo (docs/design/cold_start.md).
 
 :func:`memoized` keys on exactly those inputs, so a hit returns what the analysis would compute;
-anything it cannot key (a real tensor, TMA descriptor metadata, an unknown argument type) or a
+anything it cannot key (a real tensor, an unknown argument type) or a
 kernel that is not ours goes to Inductor's analysis unchanged.
 """
 from __future__ import annotations
@@ -84,7 +84,7 @@ def _arg_key(value: Any, constexpr: bool) -> Any:
 
 
 def _key(kernel: Any, kwargs: dict[str, Any], tma_descriptor_metadata: Any) -> tuple | None:
-    if tma_descriptor_metadata or not _is_ours(kernel):
+    if not _is_ours(kernel):
         return None
     try:
         constexprs = {p.name for p in _jit(kernel).params if p.is_constexpr}
@@ -94,7 +94,10 @@ def _key(kernel: Any, kwargs: dict[str, Any], tma_descriptor_metadata: Any) -> t
         import triton
 
         target = triton.runtime.driver.active.get_current_target()
-        return (id(kernel), repr(target), args)
+        # a host descriptor reaches the analysis as its base tensor and its block shape (all
+        # Triton's frontend sees of it: generate_ttir builds a stand-in of that dtype and shape)
+        tma = tuple(sorted((name, repr(meta)) for name, meta in (tma_descriptor_metadata or {}).items()))
+        return (id(kernel), repr(target), args, tma)
     except Exception:  # noqa: BLE001  (unkeyable argument, no active driver: no memo)
         return None
 

@@ -138,7 +138,15 @@ def compile_batch(fns: dict, workers: int) -> dict:
         return cfg, None
 
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="tri_inductor-compile") as pool:
-        return {cfg: e for cfg, e in pool.map(run, fns.items()) if e is not None}
+        failed = {cfg: e for cfg, e in pool.map(run, fns.items()) if e is not None}
+    # CPython < 3.11.8 / 3.12.1 keeps the AST constructor's recursion depth per interpreter, not
+    # per thread: Triton parsing kernel sources on two threads at once can raise a spurious
+    # SystemError (python/cpython#106905). Not the kernel's fault: such a candidate is compiled
+    # again, alone, on this thread.
+    for cfg in [c for c, e in failed.items() if isinstance(e, SystemError)]:
+        if run((cfg, fns[cfg]))[1] is None:
+            del failed[cfg]
+    return failed
 
 
 def graph_time_ms(fns: Sequence[Callable[[], Any]], reps: int = 5, inner: int = 1) -> float:

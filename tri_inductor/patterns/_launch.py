@@ -39,6 +39,10 @@ def register_cpu_runner(runner: CpuRunner | None) -> None:
     _cpu_runner = runner
 
 
+def _is_descriptor(a: Any) -> bool:
+    return type(a).__name__ == "TensorDescriptor" and hasattr(a, "block_shape")
+
+
 def _runs_in_interpreter(args) -> bool:
     # Exactly torch.Tensor (no FakeTensor/FunctionalTensor subclass) on the CPU: a real eager call.
     return any(type(a) is torch.Tensor and a.device.type == "cpu" for a in args)
@@ -145,8 +149,9 @@ def _launch_gpu(kernel, grid, args: tuple, kwargs: dict[str, Any]) -> None:
             kernel.warmup(*args, grid=grid, **kwargs)
         return
     hooks = _hook_set(knobs.runtime.launch_enter_hook) or _hook_set(knobs.runtime.launch_exit_hook)
-    # Profilers see Triton's own launch path; a callable grid needs Triton's bound arguments.
-    if hooks or callable(grid) or not isinstance(kernel, JITFunction):
+    # Profilers see Triton's own launch path; a callable grid needs Triton's bound arguments; a
+    # tensor descriptor is specialised by Triton in ways _spec does not key (block shape, dtype).
+    if hooks or callable(grid) or not isinstance(kernel, JITFunction) or any(map(_is_descriptor, args)):
         kernel[grid](*args, **kwargs)
         return
     device = _current_device()  # Triton keeps one kernel cache per device: so do we

@@ -8,7 +8,8 @@ host time in every eager step of vLLM's piecewise range, the whole step on a sma
 (docs/design/gemm.md, "Host time of the gated dispatch"). :func:`skip_empty_grids` rewrites the
 wrapper Inductor generated (``GraphLowering.codegen``'s output, before it is written, loaded and
 cached) so each such call reads ``if <grid>: kernel.run(...)``, on the same line: line numbers,
-and with them Inductor's line map, do not change. The launches that run are the same.
+and with them Inductor's line map, do not change. A TMA launch's host-side descriptors, built on
+the lines before it, are built only under the same condition. The launches that run are the same.
 """
 from __future__ import annotations
 
@@ -16,6 +17,10 @@ import ast
 import re
 
 _RUN_LINE = re.compile(r"^(?P<indent>[ \t]*)(?P<var>\w+)\.run\(.*\)[ \t]*$")
+# A host-side TMA descriptor Inductor builds for a launch (patterns/_host_tma.py), on the lines
+# just before it; with the stream lookup in between.
+_DESCRIPTOR_LINE = re.compile(r"^(?P<indent>[ \t]*)(?P<var>\w+) = (?P<rhs>[\w.]*TensorDescriptor\.from_tensor\(.*\))[ \t]*$")
+_STREAM_LINE = re.compile(r"^[ \t]*\w+ = get_raw_stream\(.*\)[ \t]*$")
 
 
 def _grid_condition(call_src: str) -> str | None:
@@ -49,7 +54,22 @@ def skip_empty_grids(code: str, kernel_vars: set[str]) -> tuple[str, int]:
         if cond is not None:
             lines[i] = f"{m.group('indent')}if {cond}: {line.strip()}"
             n += 1
+            _skip_descriptors(lines, i, cond)
     return "\n".join(lines), n
+
+
+def _skip_descriptors(lines: list[str], run: int, cond: str) -> None:
+    """The launch at ``run``'s descriptors, built just before it, become None while its grid is
+    empty (``del`` of them later still finds the name; the launch reads none of them then)."""
+    args = set(re.findall(r"\w+", lines[run][lines[run].index(".run("):]))
+    j = run - 1
+    while j >= 0:
+        d = _DESCRIPTOR_LINE.match(lines[j])
+        if d is not None and d.group("var") in args:
+            lines[j] = f"{d.group('indent')}{d.group('var')} = {d.group('rhs')} if {cond} else None"
+        elif d is None and not _STREAM_LINE.match(lines[j]):
+            return
+        j -= 1
 
 
 def our_kernel_vars(code: str, our_jit_names: set[str] | frozenset[str]) -> set[str]:

@@ -227,6 +227,7 @@ def fake_sm90() -> Iterator[None]:
 
         triton_utils.has_triton.cache_clear()
         stack.callback(triton_utils.has_triton.cache_clear)
+        stack.enter_context(host_tensor_descriptors())
         _init_joint_patterns_for_cuda()
         try:
             yield
@@ -234,6 +235,26 @@ def fake_sm90() -> Iterator[None]:
             di.device_interfaces.clear()
             di.device_interfaces.update(saved_iface)
             driver._active = saved_active
+
+
+@contextlib.contextmanager
+def host_tensor_descriptors() -> Iterator[None]:
+    """Torch's answer to "does this device take host-side TMA descriptors" is yes inside (a
+    CPU harness standing in for an sm_90 card): its mutation analysis of our TMA kernels then
+    types their descriptor arguments as a real card's compile does. Cached answers are redone
+    on entry and exit."""
+    from torch.utils import _triton as triton_utils
+
+    cached = [f for f in (getattr(triton_utils, n, None) for n in ("has_triton_tensor_descriptor_host_tma",
+                                                                   "has_triton_tma")) if hasattr(f, "cache_clear")]
+    with hooks.patched(triton_utils, "_device_supports_tma", lambda: True):
+        for f in cached:
+            f.cache_clear()
+        try:
+            yield
+        finally:
+            for f in cached:
+                f.cache_clear()
 
 
 def _init_joint_patterns_for_cuda() -> None:

@@ -155,8 +155,11 @@ def triton_interpreter() -> Iterator[None]:
             stack.enter_context(patch)
         from torch.utils import _triton as triton_utils
 
+        from .codegen_only import host_tensor_descriptors
+
         triton_utils.has_triton.cache_clear()
         stack.callback(triton_utils.has_triton.cache_clear)
+        stack.enter_context(host_tensor_descriptors())
         try:
             yield
         finally:

@@ -5,7 +5,7 @@
 | ``configs``     | ``Cfg``, ``Kind``, M buckets, the device (SM count, shared memory),   |
 |                 | validation, the shipped per-shape table (``tuned_sm90.json``)         |
 | ``heuristics``  | the cost model: a config for any shape, the tuner's candidate space   |
-| ``kernels``     | the Triton kernels (pointer, persistent TMA, GEMV, split-K reduction) |
+| ``kernels``     | the Triton kernels (pointer, TMA, GEMV, split-K reduction)            |
 | ``launch``      | launching one config (grid, split-K workspace, TMA, fused epilogue)   |
 | ``tuning``      | measured choice at compile time (on by default on a GPU), cached      |
 | ``ops``         | ``tri_inductor::mm / addmm / mm_act_mul``, dispatch over M buckets    |

@@ -24,7 +24,12 @@ class Kind(enum.IntEnum):
     TMA = 1      # mm_tma_kernel: persistent, TMA descriptors (Hopper+)
     TMA_WS = 2   # the same, warp-specialized
     GEMV = 4     # mm_gemv_kernel: no tensor cores, narrow weight panels (batch-1 decode)
+    TMA_TILE = 5  # mm_tma_kernel: one program per tile (mid M: several resident per SM)
     # (3 was a stream-K kernel, removed: docs/design/gemm.md)
+
+
+TMA_KINDS = (Kind.TMA, Kind.TMA_WS, Kind.TMA_TILE)
+PERSISTENT_KINDS = (Kind.TMA, Kind.TMA_WS)
 
 
 class Cfg(NamedTuple):
@@ -133,7 +138,7 @@ def smem_bytes(cfg: Cfg, elem: int = 2) -> int:
     if cfg.kernel == Kind.GEMV:
         return 0
     operands = (cfg.block_m * cfg.block_k + cfg.block_k * cfg.block_n) * elem * cfg.num_stages
-    epilogue = cfg.block_m * cfg.block_n * elem if cfg.kernel in (Kind.TMA, Kind.TMA_WS) else 0
+    epilogue = cfg.block_m * cfg.block_n * elem if cfg.kernel in TMA_KINDS else 0
     return operands + epilogue
 
 
@@ -162,13 +167,17 @@ def invalid_reason(cfg: Cfg, dev: Device = DEFAULT_DEVICE, elem: int = 2) -> str
         return f"split_k={cfg.split_k} not in 0..16"
     if not 1 <= cfg.group_m <= 64:
         return f"group_m={cfg.group_m} not in 1..64"
-    if kind in (Kind.TMA, Kind.TMA_WS) and not dev.hopper:
+    if kind in TMA_KINDS and not dev.hopper:
         return "TMA kernels need sm_90+"
     if kind == Kind.TMA_WS and cfg.num_warps < 8 and cfg.block_n > 128:
         # Triton 3.6 splits the 256-wide tile between two consumer groups and its compiler then
         # asserts (MMAHelpers.h "Instruction shape is too large for the layout"), an abort it
         # recovers from in-process: never hand it such a tile (tests/test_gemm_compile.py).
         return "warp-specialized tiles wider than 128 columns need 8 warps"
+    if kind == Kind.TMA_WS and cfg.num_warps < 8 and cfg.block_m > 64:
+        # Triton 3.6's warp specialization fails on these with host descriptors ("tensor
+        # descriptor block and tensor types must match" on the C store): compile error.
+        return "warp-specialized tiles taller than 64 rows need 8 warps"
     if smem_bytes(cfg, elem) > dev.smem:
         return f"needs {smem_bytes(cfg, elem)} B of shared memory, the device has {dev.smem}"
     return None

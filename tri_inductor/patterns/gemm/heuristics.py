@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import functools
 
-from .configs import TOP_BUCKET, Cfg, Device, Kind, bucket_m, invalid_reason
+from .configs import PERSISTENT_KINDS, TMA_KINDS, TOP_BUCKET, Cfg, Device, Kind, bucket_m, invalid_reason, smem_bytes
 
 # Rates of an H100/H200-class part (bf16); other chips are scaled by SM count only: the ranking
 # of one shape's candidates depends on ratios, not on these absolute values.
@@ -32,7 +32,8 @@ LAUNCH_S = 2.5e-6                        # one more kernel in the step (split-K 
 PROGRAM_FILL_S = 0.8e-6                  # pipeline fill + epilogue of one program
 # Tensor-core efficiency factors (wgmma tiles): the pointer kernel's address arithmetic and
 # per-tile prologue, a pipeline too shallow to hide loads; the persistent TMA kernels' fixed
-# cost per launch (device-side descriptors, the persistent loop's setup), which short GEMMs feel.
+# cost per launch, which short GEMMs feel (fitted when they built device-side descriptors; the
+# persistent loop's setup is what is left with host ones: to be refitted).
 PTR_EFF = 0.85
 SHALLOW_EFF = 0.85
 TMA_SETUP_S = 3e-6
@@ -73,20 +74,19 @@ def _mma_efficiency(cfg: Cfg, dev: Device) -> float:
 
 def _resident(cfg: Cfg, dev: Device, elem: int) -> int:
     """Programs one SM holds at once (shared memory and warp slots)."""
-    if cfg.kernel in (Kind.TMA, Kind.TMA_WS):
+    if cfg.kernel in PERSISTENT_KINDS:
         return 1
     per_warps = max(1, 64 // cfg.num_warps)
     if cfg.kernel == Kind.GEMV:
         regs = cfg.block_n * cfg.block_k * 2 // (32 * cfg.num_warps)  # fp32 accumulators a thread
         return max(1, min(per_warps, 16, 65536 // max(1, (regs + 40) * 32 * cfg.num_warps)))
-    smem = (cfg.block_m * cfg.block_k + cfg.block_k * cfg.block_n) * elem * cfg.num_stages
-    return max(1, min(per_warps, dev.smem // max(1, smem)))
+    return max(1, min(per_warps, dev.smem // max(1, smem_bytes(cfg, elem))))
 
 
 def estimate_s(cfg: Cfg, m: int, n: int, k: int, dev: Device, elem: int = 2, fused: bool = False) -> float:
     """Modelled seconds of one launch of ``cfg`` on an (m x k) @ (k x n) GEMM. ``fused``: the
     gate_up form (n = both halves; the output is half as wide)."""
-    split = 1 if cfg.kernel in (Kind.TMA, Kind.TMA_WS) else auto_split(cfg, m, n, k, dev)
+    split = 1 if cfg.kernel in TMA_KINDS else auto_split(cfg, m, n, k, dev)
     bm = 1 if cfg.kernel == Kind.GEMV else cfg.block_m
     m_tiles = _cdiv(m, bm) if cfg.kernel != Kind.GEMV else 1
     n_tiles = _cdiv(n, cfg.block_n)
@@ -118,13 +118,13 @@ def estimate_s(cfg: Cfg, m: int, n: int, k: int, dev: Device, elem: int = 2, fus
     padded = 2 * m_tiles * bm * n_tiles * cfg.block_n * k_steps * cfg.block_k * split
     if cfg.kernel == Kind.GEMV:
         padded = 2 * m * n_tiles * cfg.block_n * k_steps * cfg.block_k * split
-    slots = dev.sms * (1 if cfg.kernel in (Kind.TMA, Kind.TMA_WS) else min(_resident(cfg, dev, elem), 2))
+    slots = dev.sms * (1 if cfg.kernel in PERSISTENT_KINDS else min(_resident(cfg, dev, elem), 2))
     waves = _cdiv(programs, slots)
     wave_eff = programs / (waves * slots) if programs >= slots else programs / slots
     t_mma = padded / (PEAK_FLOPS_PER_SM * dev.sms * _mma_efficiency(cfg, dev) * max(wave_eff, 1e-3))
     # a program's pipeline fill overlaps other resident programs' loads after the first wave
     fixed = (LAUNCH_S if split > 1 else 0.0) + PROGRAM_FILL_S * min(waves, 2) + 0.02e-6 * k_steps
-    if cfg.kernel in (Kind.TMA, Kind.TMA_WS):
+    if cfg.kernel in PERSISTENT_KINDS:
         fixed += TMA_SETUP_S
     return max(t_mem, t_mma) + fixed
 
@@ -157,8 +157,9 @@ def candidates(m: int, n: int, k: int, dev: Device, elem: int = 2) -> list[Cfg]:
                     for s in (0, 1, 2, 3, 4):
                         out.append(Cfg(bm, bn, bk, 1, s, 4, st))
         if m > 16 and dev.hopper:
-            out += [Cfg(64, bn, bk, 1, 1, 4, st, Kind.TMA) for bn, bk, st in
-                    ((32, 128, 6), (64, 128, 5), (64, 64, 8), (128, 64, 6), (64, 256, 3))]
+            out += [Cfg(64, bn, bk, 1, 1, 4, st, kind) for bn, bk, st in
+                    ((32, 128, 6), (64, 128, 5), (64, 64, 8), (128, 64, 6), (64, 256, 3))
+                    for kind in (Kind.TMA, Kind.TMA_TILE)]
     else:
         for bm in (64, 128) if m <= 512 else (128,):
             for bn in (64, 128, 256):
@@ -169,8 +170,7 @@ def candidates(m: int, n: int, k: int, dev: Device, elem: int = 2) -> list[Cfg]:
                                 continue
                             out.append(Cfg(bm, bn, bk, 8, 1, w, st))
                             if dev.hopper:
-                                out.append(Cfg(bm, bn, bk, 8, 1, w, st, Kind.TMA))
-                                out.append(Cfg(bm, bn, bk, 8, 1, w, st, Kind.TMA_WS))
+                                out += [Cfg(bm, bn, bk, 8, 1, w, st, kind) for kind in TMA_KINDS]
         if m <= 256:
             # narrow tiles with deep pipelines: a few hundred rows over narrow N need many
             # programs (group 1: the weight panel of a 32/64-wide column streams once anyway)

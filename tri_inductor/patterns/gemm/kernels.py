@@ -5,8 +5,8 @@
   async copies + wgmma), GROUP_M-grouped program order so a wave's operands stay in L2. Rows and
   columns past M/N are clamped (``% M``) rather than masked on load, stores are masked; K is
   masked only when ragged. Grid axis 1 splits K (fp32 partials, ``splitk_reduce_kernel``).
-* ``mm_tma_kernel``: persistent (one program per SM), TMA device-side descriptors, optionally
-  warp-specialized: prefill.
+* ``mm_tma_kernel``: TMA host-side descriptors (``patterns/_host_tma.py``), one program per tile
+  or persistent (one program per SM, optionally warp-specialized): mid and large M.
 * ``mm_gemv_kernel``: batch-1 decode, no tensor cores.
 * ``splitk_reduce_kernel``: sums split-K partials, adds the bias, applies the fused activation.
 
@@ -137,49 +137,47 @@ def _tile_coords(tile_id, num_pid_m, num_pid_n, GROUP_M: tl.constexpr):
     return pid_m, pid_n
 
 
+@triton.jit
+def _tma_tile(a_desc, b_desc, c_desc, bias, N, K, pid_m, pid_n, HAS_BIAS: tl.constexpr, B_KMAJOR: tl.constexpr,
+              BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    off_m = pid_m * BLOCK_M
+    off_n = pid_n * BLOCK_N
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for ki in range(tl.cdiv(K, BLOCK_K)):
+        off_k = ki * BLOCK_K
+        a = a_desc.load([off_m, off_k])
+        if B_KMAJOR:  # w [N, K] tiles; .T is a view of the shared-memory tile
+            acc = tl.dot(a, b_desc.load([off_n, off_k]).T, acc)
+        else:
+            acc = tl.dot(a, b_desc.load([off_k, off_n]), acc)
+    if HAS_BIAS:
+        offs_n = off_n + tl.arange(0, BLOCK_N)
+        acc += tl.load(bias + offs_n, mask=offs_n < N, other=0.0).to(tl.float32)[None, :]
+    c_desc.store([off_m, off_n], acc.to(c_desc.dtype))
+
+
 @triton.jit(do_not_specialize=["M"])
 def mm_tma_kernel(
-    A, B, C, bias,
+    a_desc, b_desc, c_desc, bias,
     M, N, K,
-    stride_am, stride_bk, stride_bn, stride_cm,
-    HAS_BIAS: tl.constexpr, B_KMAJOR: tl.constexpr, NUM_SMS: tl.constexpr,
+    HAS_BIAS: tl.constexpr, B_KMAJOR: tl.constexpr, PERSISTENT: tl.constexpr, NUM_SMS: tl.constexpr,
     WARP_SPECIALIZE: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
 ):
-    # Prefill GEMM for Hopper: persistent (one program per SM walks tiles NUM_SMS apart, in the
-    # same grouped order), operands streamed by the TMA engine through device-side tensor
-    # descriptors (bounds handled by TMA: no masks, ragged M/N/K zero-filled), C written by TMA.
-    a_desc = tl.make_tensor_descriptor(A, shape=[M, K], strides=[stride_am, 1],
-                                       block_shape=[BLOCK_M, BLOCK_K])
-    if B_KMAJOR:  # b = w.t(): read w [N, K] tiles; .T is a view of the smem tile
-        b_desc = tl.make_tensor_descriptor(B, shape=[N, K], strides=[stride_bn, 1],
-                                           block_shape=[BLOCK_N, BLOCK_K])
-    else:
-        b_desc = tl.make_tensor_descriptor(B, shape=[K, N], strides=[stride_bk, 1],
-                                           block_shape=[BLOCK_K, BLOCK_N])
-    c_desc = tl.make_tensor_descriptor(C, shape=[M, N], strides=[stride_cm, 1],
-                                       block_shape=[BLOCK_M, BLOCK_N])
+    # Hopper GEMM on the TMA engine: operands and C through host-side tensor descriptors (built by
+    # the launcher: bounds handled by TMA, ragged M/N/K zero-filled, no masks). PERSISTENT: one
+    # program per SM walks the tiles NUM_SMS apart in grouped order (optionally warp-specialized);
+    # else one program per tile.
     num_pid_m = tl.cdiv(M, BLOCK_M)
     num_pid_n = tl.cdiv(N, BLOCK_N)
-    k_tiles = tl.cdiv(K, BLOCK_K)
-    num_tiles = num_pid_m * num_pid_n
-    for tile_id in tl.range(tl.program_id(0), num_tiles, NUM_SMS, flatten=not WARP_SPECIALIZE,
-                            warp_specialize=WARP_SPECIALIZE):
-        pid_m, pid_n = _tile_coords(tile_id, num_pid_m, num_pid_n, GROUP_M)
-        off_m = pid_m * BLOCK_M
-        off_n = pid_n * BLOCK_N
-        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-        for ki in range(k_tiles):
-            off_k = ki * BLOCK_K
-            a = a_desc.load([off_m, off_k])
-            if B_KMAJOR:
-                acc = tl.dot(a, b_desc.load([off_n, off_k]).T, acc)
-            else:
-                acc = tl.dot(a, b_desc.load([off_k, off_n]), acc)
-        if HAS_BIAS:
-            offs_n = off_n + tl.arange(0, BLOCK_N)
-            acc += tl.load(bias + offs_n, mask=offs_n < N, other=0.0).to(tl.float32)[None, :]
-        c_desc.store([off_m, off_n], acc.to(C.dtype.element_ty))
+    if PERSISTENT:
+        for tile_id in tl.range(tl.program_id(0), num_pid_m * num_pid_n, NUM_SMS, flatten=not WARP_SPECIALIZE,
+                                warp_specialize=WARP_SPECIALIZE):
+            pid_m, pid_n = _tile_coords(tile_id, num_pid_m, num_pid_n, GROUP_M)
+            _tma_tile(a_desc, b_desc, c_desc, bias, N, K, pid_m, pid_n, HAS_BIAS, B_KMAJOR, BLOCK_M, BLOCK_N, BLOCK_K)
+    else:
+        pid_m, pid_n = _tile_coords(tl.program_id(0), num_pid_m, num_pid_n, GROUP_M)
+        _tma_tile(a_desc, b_desc, c_desc, bias, N, K, pid_m, pid_n, HAS_BIAS, B_KMAJOR, BLOCK_M, BLOCK_N, BLOCK_K)
 
 
 @triton.jit(do_not_specialize=["M"])

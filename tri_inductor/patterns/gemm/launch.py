@@ -5,11 +5,12 @@ from __future__ import annotations
 import torch
 import triton
 
+from .. import _host_tma
 from .._launch import launch
 from ..activation import _ACTS as _ACT_CODES
 from ..activation import _launch_config as _act_launch_config
 from ..activation import launch_gated
-from .configs import Cfg, Kind, device_info
+from .configs import PERSISTENT_KINDS, TMA_KINDS, Cfg, Kind, device_info
 from .heuristics import auto_split
 from .kernels import mm_gemv_kernel, mm_kernel, mm_tma_kernel, splitk_reduce_kernel
 
@@ -66,17 +67,6 @@ def tma_ok(a, b, N: int) -> bool:
     return True  # traced: Inductor's buffers and graph inputs are 16-byte aligned
 
 
-def _ensure_allocator():
-    # Device-side tensor descriptors need a scratch buffer per launch. Inductor's launcher sets
-    # this allocator itself before each kernel; eager GPU calls set it here. Triton keeps it in a
-    # ContextVar (per thread): set on every eager launch, not once per process.
-    triton.set_allocator(_scratch)
-
-
-def _scratch(size: int, align: int, stream):
-    return torch.empty(size, dtype=torch.int8, device="cuda")
-
-
 def offsets_fit_int32(a, b, m_cap: int | None, split: int) -> bool:
     """Whether every element offset mm_kernel forms fits in int32: the last row of a (M, or
     ``m_cap`` when M is symbolic; unknown: no) and of b, each times its strides, and the end
@@ -96,6 +86,15 @@ def offsets_fit_int32(a, b, m_cap: int | None, split: int) -> bool:
     return worst < 2**31
 
 
+def _host_descriptors_ok(a) -> bool:
+    """Host-side descriptors can be passed here: an eager call needs Triton's ``TensorDescriptor``
+    and a non-empty a (a descriptor's dimensions are positive); a traced one also our tracing hook
+    (``patterns/_host_tma.py``). Else the config's tiles run on the pointer kernel."""
+    if type(a) is torch.Tensor:
+        return _host_tma.available() and a.shape[0] > 0
+    return _host_tma.traceable()
+
+
 def gemv_ok(a, b) -> bool:
     return a.stride(1) == 1 and b.stride(0) == 1  # row of a and columns of b (rows of w) contiguous
 
@@ -108,6 +107,19 @@ def _rows(M, m_cap: int | None):
     kernels must then stay inside the buffer, not write M rows into an m_cap-row one (the
     Llama-3.2-1B start's illegal address: split-K partials of the 1-128 token range)."""
     return M if m_cap is None else torch.sym_min(M, m_cap)
+
+
+def tma_blocks(cfg: Cfg, kmajor: bool) -> dict[str, list[int]]:
+    """``mm_tma_kernel``'s descriptors' block shapes: a [M, K], b as w [N, K] (``kmajor``) or
+    [K, N], C [M, N]."""
+    bm, bn, bk = cfg.block_m, cfg.block_n, cfg.block_k
+    return {"a_desc": [bm, bk], "b_desc": [bn, bk] if kmajor else [bk, bn], "c_desc": [bm, bn]}
+
+
+def tma_constexprs(cfg: Cfg, kmajor: bool, has_bias: bool, sms: int) -> dict:
+    return dict(HAS_BIAS=has_bias, B_KMAJOR=kmajor, PERSISTENT=cfg.kernel in PERSISTENT_KINDS, NUM_SMS=sms,
+                WARP_SPECIALIZE=cfg.kernel == Kind.TMA_WS, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
+                BLOCK_K=cfg.block_k, GROUP_M=cfg.group_m)
 
 
 def split_for(cfg: Cfg, m_hint: int, n: int, k: int, device=None) -> int:
@@ -157,7 +169,7 @@ def launch_cfg(a, b, bias, out, cfg: Cfg, gate=1, m_hint: int | None = None, m_c
     # tl.dot needs N >= 16: a fused tile of 16 + 16 columns at least
     block_n = max(16, cfg.block_n // 2) if fused else cfg.block_n
     tiles = triton.cdiv(M, cfg.block_m) * triton.cdiv(n_out, block_n)
-    tma_kernel = cfg.kernel in (Kind.TMA, Kind.TMA_WS)
+    tma_kernel = cfg.kernel in TMA_KINDS
     if fused and tma_kernel and m_hint <= FUSED_TMA_MIN_M:
         # decode sizes keep the fused epilogue: the same tiles on the pointer kernel (the TMA form
         # would write [M, 2N] and launch the activation kernel after it)
@@ -174,15 +186,17 @@ def launch_cfg(a, b, bias, out, cfg: Cfg, gate=1, m_hint: int | None = None, m_c
         return
     # An output wider than a (fp32 router logits) takes the pointer kernel: the TMA epilogue stages
     # a BLOCK_M x BLOCK_N tile of C in shared memory, and the TMA tiles were sized for a 2-byte C.
-    if tma_kernel and a.dtype != torch.float32 and out.dtype == a.dtype and dev.hopper and tma_ok(a, b, n):
-        if type(a) is torch.Tensor and a.is_cuda:
-            _ensure_allocator()
-        launch(mm_tma_kernel, (torch.sym_min(dev.sms, tiles) * gate,), a, b, out, bias_arg, M, N, K,
-               a.stride(0), b.stride(0), b.stride(1), out.stride(0),
-               HAS_BIAS=bias is not None, B_KMAJOR=b.stride(0) == 1, NUM_SMS=dev.sms,
-               WARP_SPECIALIZE=cfg.kernel == Kind.TMA_WS, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
-               BLOCK_K=cfg.block_k, GROUP_M=cfg.group_m, num_warps=cfg.num_warps,
-               num_stages=cfg.num_stages)
+    if (tma_kernel and a.dtype != torch.float32 and out.dtype == a.dtype and dev.hopper and tma_ok(a, b, n)
+            and _host_descriptors_ok(a)):
+        kmajor = b.stride(0) == 1
+        blocks = tma_blocks(cfg, kmajor)
+        persistent = cfg.kernel in PERSISTENT_KINDS
+        grid = torch.sym_min(dev.sms, tiles) if persistent else tiles
+        launch(mm_tma_kernel, (grid * gate,), _host_tma.descriptor(a, blocks["a_desc"]),
+               _host_tma.descriptor(b.t() if kmajor else b, blocks["b_desc"]),
+               _host_tma.descriptor(out, blocks["c_desc"]), bias_arg, M, N, K,
+               **tma_constexprs(cfg, kmajor, bias is not None, dev.sms),
+               num_warps=cfg.num_warps, num_stages=cfg.num_stages)
         return
     split = auto_split(cfg, m_hint, n, k, dev)
     common = dict(HAS_BIAS=bias is not None, SPLIT_K=split, EVEN_K=(k % cfg.block_k == 0),
