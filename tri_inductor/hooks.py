@@ -249,7 +249,7 @@ TABLE: tuple[Hook, ...] = (
          "interpreter (torch >= 2.13): parses launch kwargs against the 'cpu' backend's options",
          "'triton not built with the cpu backend'", ("target, options, kernel_arg_names",), "harness",
          since="torch 2.13"),
-    Hook("torch.utils._triton:_device_supports_tma", _T,
+    Hook("torch.utils._triton:has_triton_tensor_descriptor_host_tma", _T,
          "both harnesses: the CPU stands in for an sm_90 card that takes host-side TMA descriptors",
          "the mutation analysis of our TMA kernels fails on CPU and Inductor copies their inputs", ("",),
          scope="harness"),

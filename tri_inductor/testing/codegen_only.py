@@ -241,20 +241,23 @@ def fake_sm90() -> Iterator[None]:
 def host_tensor_descriptors() -> Iterator[None]:
     """Torch's answer to "does this device take host-side TMA descriptors" is yes inside (a
     CPU harness standing in for an sm_90 card): its mutation analysis of our TMA kernels then
-    types their descriptor arguments as a real card's compile does. Cached answers are redone
-    on entry and exit."""
+    types their descriptor arguments as a real card's compile does (torch reads the answer from
+    the module at each call; the cached ``has_triton_tma`` that builds on it is redone)."""
     from torch.utils import _triton as triton_utils
 
-    cached = [f for f in (getattr(triton_utils, n, None) for n in ("has_triton_tensor_descriptor_host_tma",
-                                                                   "has_triton_tma")) if hasattr(f, "cache_clear")]
-    with hooks.patched(triton_utils, "_device_supports_tma", lambda: True):
-        for f in cached:
-            f.cache_clear()
+    def yes() -> bool:
+        return True
+
+    yes.cache_clear = lambda: None  # type: ignore[attr-defined]  (callers may clear it as torch's)
+    cached = getattr(triton_utils, "has_triton_tma", None)
+    with hooks.patched(triton_utils, "has_triton_tensor_descriptor_host_tma", yes):
+        if hasattr(cached, "cache_clear"):
+            cached.cache_clear()
         try:
             yield
         finally:
-            for f in cached:
-                f.cache_clear()
+            if hasattr(cached, "cache_clear"):
+                cached.cache_clear()
 
 
 def _init_joint_patterns_for_cuda() -> None:
