@@ -8,16 +8,14 @@ program, then fenced). This script measures, side by side on one card and one ti
 
 * cuBLAS (``torch.mm``), and the kernel names it runs (tile, cluster, split/stream-K);
 * ours: the config a compile gets (``ops.choose_config``: stored, tuned now, or modelled);
-* a non-persistent TMA kernel and a persistent one (optionally warp-specialized) whose
-  descriptors are built on the host (``TensorDescriptor``: a by-value kernel parameter, no
-  global-memory descriptor, no fence), over a small tile space; the best of them.
+* ``mm_tma_kernel`` with host-side descriptors (``TensorDescriptor``: a by-value kernel
+  parameter, no global-memory descriptor, no fence), one program per tile and persistent
+  (optionally warp-specialized), over a small tile space; the best of them.
 
     python benchmarks/gemm_tma_probe.py [--points M:N:K,...] [--out DIR]
 
-Writes ``gemm_tma_probe_<card>.json``. A probe, not a shipped path: Inductor's ``wrap_triton``
-(torch 2.11, non-Dynamo tracing) does not take descriptor arguments, so using such a kernel
-would mean launching it outside Inductor's generated code. ``--interpret-check`` runs the probe
-kernels in Triton's interpreter on CPU against float64 (no GPU needed).
+Writes ``gemm_tma_probe_<card>.json``. ``results/gemm_tma_probe_h100.json`` was taken at 4f7d2e9,
+with the host-descriptor kernels then in this file (now the package's: docs/design/gemm.md).
 """
 from __future__ import annotations
 
@@ -28,11 +26,6 @@ import sys
 import time
 
 import torch
-
-if "--interpret-check" in sys.argv:  # before the kernels below are decorated
-    os.environ["TRITON_INTERPRET"] = "1"
-import triton  # noqa: E402
-import triton.language as tl  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -54,61 +47,17 @@ P_TILES = [(128, 128, 64, 4, 3), (128, 128, 64, 4, 4), (128, 256, 64, 8, 3), (64
            (128, 64, 64, 4, 4), (128, 128, 128, 8, 3)]
 
 
-@triton.jit
-def _coords(tile, num_pid_m, num_pid_n, GROUP_M: tl.constexpr):
-    in_group = GROUP_M * num_pid_n
-    first_m = (tile // in_group) * GROUP_M
-    size_m = min(num_pid_m - first_m, GROUP_M)
-    return first_m + (tile % in_group) % size_m, (tile % in_group) // size_m
-
-
-@triton.jit(do_not_specialize=["M"])
-def tma_host_kernel(a_desc, b_desc, c_desc, M, N, K, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                    BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr):
-    # One program per C tile; A [M, K], B = w [N, K] (K-major), C [M, N], all by TMA.
-    pid_m, pid_n = _coords(tl.program_id(0), tl.cdiv(M, BLOCK_M), tl.cdiv(N, BLOCK_N), GROUP_M)
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    for ki in range(tl.cdiv(K, BLOCK_K)):
-        a = a_desc.load([pid_m * BLOCK_M, ki * BLOCK_K])
-        b = b_desc.load([pid_n * BLOCK_N, ki * BLOCK_K])
-        acc = tl.dot(a, b.T, acc)
-    c_desc.store([pid_m * BLOCK_M, pid_n * BLOCK_N], acc.to(c_desc.dtype))
-
-
-@triton.jit(do_not_specialize=["M"])
-def tma_host_persistent_kernel(a_desc, b_desc, c_desc, M, N, K, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                               BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr, NUM_SMS: tl.constexpr,
-                               WARP_SPECIALIZE: tl.constexpr):
-    num_pid_m = tl.cdiv(M, BLOCK_M)
-    num_pid_n = tl.cdiv(N, BLOCK_N)
-    for tile in tl.range(tl.program_id(0), num_pid_m * num_pid_n, NUM_SMS, flatten=not WARP_SPECIALIZE,
-                         warp_specialize=WARP_SPECIALIZE):
-        pid_m, pid_n = _coords(tile, num_pid_m, num_pid_n, GROUP_M)
-        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-        for ki in range(tl.cdiv(K, BLOCK_K)):
-            a = a_desc.load([pid_m * BLOCK_M, ki * BLOCK_K])
-            b = b_desc.load([pid_n * BLOCK_N, ki * BLOCK_K])
-            acc = tl.dot(a, b.T, acc)
-        c_desc.store([pid_m * BLOCK_M, pid_n * BLOCK_N], acc.to(c_desc.dtype))
+KINDS = {"np": "TMA_TILE", "p": "TMA", "pws": "TMA_WS"}
 
 
 def launch(a, w, c, tile, kind: str, sms: int):
-    """c = a @ w.T with a host-descriptor kernel; kind: "np" | "p" | "pws"."""
-    from triton.tools.tensor_descriptor import TensorDescriptor
+    """c = a @ w.T on the package's ``mm_tma_kernel`` (host-side descriptors); kind: "np" (one
+    program per tile) | "p" (persistent) | "pws" (persistent, warp-specialized)."""
+    from tri_inductor.patterns.gemm import configs as C
+    from tri_inductor.patterns.gemm import launch as LA
 
     bm, bn, bk, warps, stages = tile
-    M, K = a.shape
-    N = w.shape[0]
-    ad = TensorDescriptor.from_tensor(a, [bm, bk])
-    bd = TensorDescriptor.from_tensor(w, [bn, bk])
-    cd = TensorDescriptor.from_tensor(c, [bm, bn])
-    tiles = triton.cdiv(M, bm) * triton.cdiv(N, bn)
-    if kind == "np":
-        tma_host_kernel[(tiles,)](ad, bd, cd, M, N, K, bm, bn, bk, 8, num_warps=warps, num_stages=stages)
-    else:
-        grid = min(tiles, sms)
-        tma_host_persistent_kernel[(grid,)](ad, bd, cd, M, N, K, bm, bn, bk, 8, grid, kind == "pws",
-                                            num_warps=warps, num_stages=stages)
+    LA.launch_cfg(a, w.t(), None, c, C.Cfg(bm, bn, bk, 8, 1, warps, stages, C.Kind[KINDS[kind]]))
     return c
 
 
@@ -118,29 +67,6 @@ def _variants():
 
 def _name(kind, tile):
     return f"{kind} {tile[0]}x{tile[1]}x{tile[2]} w{tile[3]} st{tile[4]}"
-
-
-def interpret_check() -> int:
-    """The probe kernels in Triton's interpreter vs float64 (ragged M, N and K tails). fp16: Triton
-    3.6's interpreter reads bf16 through a tensor descriptor as garbage (its loads by pointer are
-    right); the kernels are dtype-generic."""
-    from tri_inductor.testing.codegen_only import StubDriver
-
-    triton.runtime.driver.set_active(StubDriver("cpu"))
-    torch.manual_seed(0)
-    bad = 0
-    for M, N, K in [(70, 96, 80), (33, 64, 200)]:
-        a = torch.randn(M, K, dtype=torch.float16)
-        w = torch.randn(N, K, dtype=torch.float16)
-        ref = a.double() @ w.double().T
-        for kind in ("np", "p"):
-            c = torch.full((M, N), float("nan"), dtype=torch.float16)
-            launch(a, w, c, (32, 32, 32, 4, 2), kind, sms=3)
-            err = ((c.double() - ref).norm() / ref.norm()).item()
-            ok = err < 2e-3  # fp16 output rounding (2^-11 relative) over fp32 accumulation
-            bad += not ok
-            print(f"interpret {kind} {M}x{N}x{K}: rel err {err:.2e} {'ok' if ok else 'FAIL'}")
-    return 1 if bad else 0
 
 
 def cublas_kernels(a, w) -> list[str]:
@@ -159,16 +85,12 @@ def main() -> int:
     ap.add_argument("--points", help="M:N:K,... (default: the weakest registry points and two controls)")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--out", default=os.environ.get("OUT"))
-    ap.add_argument("--interpret-check", action="store_true")
     args = ap.parse_args()
-    if args.interpret_check:
-        return interpret_check()
 
     from _common import bench, metadata, n_sets, timed_rounds, write_json
 
     from tri_inductor.patterns.gemm import ops as O
 
-    triton.set_allocator(lambda size, align, stream: torch.empty(size, dtype=torch.int8, device="cuda"))
     points = ([tuple(int(x) for x in p.split(":")) for p in args.points.split(",")] if args.points else POINTS)
     sms = torch.cuda.get_device_properties(0).multi_processor_count
     dt = torch.bfloat16

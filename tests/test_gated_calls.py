@@ -34,34 +34,50 @@ def test_only_symbolic_grids_of_our_kernels_are_guarded():
 
 
 def test_a_tma_launch_builds_its_descriptors_only_with_programs():
-    """Inductor builds a TMA launch's host-side descriptors on the lines before it: they are
-    None while the grid is empty, and the later ``del`` still finds them."""
+    """Inductor builds host-side TMA descriptors for the launches after them, one per (tensor,
+    block shape), shared by launches up to its ``del``: each is None while no launch that reads
+    it has programs, and the later ``del`` still finds it."""
     desc = "triton.tools.tensor_descriptor.TensorDescriptor.from_tensor"
+    run = ("    # Topologically Sorted Source Nodes: [h], Original ATen: [aten.t, aten.mm]\n"
+           "    stream0 = get_raw_stream(0)\n"
+           "    mm_tma_kernel_{k}.run({a}, {b}, {c}, w, s77, 384, 256, {grid}, 1, 1, stream=stream0)")
     code = "\n".join([
         "def call(s77, buf1, w, out):",
-        f"    other = {desc}(buf1, [64, 64])",  # not an argument of the launch: left alone
-        f"    buf8 = {desc}(buf1, [64, 128])",
+        f"    other = {desc}(buf1, [64, 64])",  # read by no launch of ours: left alone
+        f"    buf8 = {desc}(buf1, [64, 128])",  # read by both launches below
         f"    buf9 = {desc}(w, [64, 128])",
         f"    buf10 = {desc}(out, [64, 64])",
-        "    stream0 = get_raw_stream(0)",
-        "    mm_tma_kernel_5.run(buf8, buf9, buf10, w, s77, 384, 256, 6*min(1, ((-1) + s77) // 256), 1, 1, "
-        "stream=stream0)",
-        "    del buf8",
+        run.format(k=5, a="buf8", b="buf9", c="buf10", grid="6*min(1, ((-1) + s77) // 256)*(1 - min(1, ((-1) + s77) // 512))"),
         "    del buf9",
+        f"    buf12 = {desc}(w, [128, 128])",
+        run.format(k=6, a="buf8", b="buf12", c="buf10", grid="3*min(1, ((-1) + s77) // 512)"),
+        "    del buf8",
         "    del buf10",
+        "    del buf12",
         "    return other"])
-    new, n = skip_empty_grids(code, {"mm_tma_kernel_5"})
-    assert n == 1 and len(new.split("\n")) == len(code.split("\n"))
-    made = []
-    env = {"get_raw_stream": lambda i: 0,
-           "triton": type("T", (), {"tools": type("T", (), {"tensor_descriptor": type("T", (), {
-               "TensorDescriptor": type("D", (), {"from_tensor": staticmethod(lambda t, b: made.append(b) or b)})})})}),
-           "mm_tma_kernel_5": type("K", (), {"run": staticmethod(lambda *a, **k: made.append("run"))})}
+    new, n = skip_empty_grids(code, {"mm_tma_kernel_5", "mm_tma_kernel_6"})
+    assert n == 2 and len(new.split("\n")) == len(code.split("\n"))
+    made, ran = [], []
+
+    def kernel(k):
+        return type("K", (), {"run": staticmethod(lambda *a, **kw: ran.append((k, a[:3])))})
+
+    tools = type("T", (), {"tensor_descriptor": type("T", (), {
+        "TensorDescriptor": type("D", (), {"from_tensor": staticmethod(lambda t, b: made.append((t, b)) or (t, *b))})})})
+    env = {"get_raw_stream": lambda i: 0, "triton": type("T", (), {"tools": tools}),
+           "mm_tma_kernel_5": kernel(5), "mm_tma_kernel_6": kernel(6)}
     exec(new, env)
-    for s77, launched in ((8, False), (300, True)):
+    for s77, launches in ((100, []), (300, [5]), (1000, [6])):
         made.clear()
-        assert env["call"](s77, "b", "w", "o") == [64, 64]
-        assert made == ([[64, 64], [64, 128], [64, 128], [64, 64], "run"] if launched else [[64, 64]])
+        ran.clear()
+        assert env["call"](s77, "b", "w", "o") == ("b", 64, 64)
+        assert [k for k, _ in ran] == launches
+        for _, args in ran:
+            assert None not in args  # every descriptor a launch reads was built
+        wanted = {("b", (64, 64))} | ({("b", (64, 128)), ("o", (64, 64))} if launches else set())
+        wanted |= {("w", (64, 128))} if 5 in launches else set()
+        wanted |= {("w", (128, 128))} if 6 in launches else set()
+        assert {(t, tuple(b)) for t, b in made} == wanted
 
 
 def test_unparseable_or_gridless_calls_are_left_alone():

@@ -474,3 +474,30 @@ def test_eager_config_choice_is_memoised(monkeypatch):
     cache.forget_loaded()
     O.eager_config(1, 4096, 4096, torch.bfloat16)
     assert len(calls) == 4
+
+
+@pytest.mark.parametrize("form", ["residual", "row", "scaled"])
+def test_addmm_with_any_input_runs_our_gemm(interpreter, form):
+    """``x + fc(h)`` (post-grad: addmm with an [M, N] input), a [1, N] input, alpha/beta: our
+    GEMM then Inductor's pointwise sum, not Inductor's native matmul; against float64."""
+    from tri_inductor import last_audit
+
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(37, 64, generator=g).to(torch.bfloat16)
+    w = (torch.randn(64, 64, generator=g) / 8).to(torch.bfloat16)
+    r = torch.randn(1 if form == "row" else 37, 64, generator=g).to(torch.bfloat16)
+
+    def f(x, w, r):
+        if form == "scaled":
+            return torch.addmm(r, x, w.t(), beta=0.5, alpha=2.0)
+        return torch.nn.functional.linear(x, w) + r
+
+    torch._dynamo.reset()
+    out = torch.compile(f, backend="tri_inductor")(x, w, r)
+    ref = (torch.addmm(r.double(), x.double(), w.double().t(), beta=0.5, alpha=2.0) if form == "scaled"
+           else x.double() @ w.double().t() + r.double())
+    assert _rel(out, ref) < TOL[torch.bfloat16]
+    code = last_audit()[-1].code
+    assert re.search(r"mm_(gemv_|tma_)?kernel_\d+\.run\(", code), "our GEMM did not run"
+    # the sum is a pointwise kernel (named after the addmm it came from); no matmul of Inductor's
+    assert not re.search(r"triton_(red|tem|per)_fused\w*addmm", code) and "extern_kernels.addmm" not in code

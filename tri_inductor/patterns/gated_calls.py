@@ -8,8 +8,8 @@ host time in every eager step of vLLM's piecewise range, the whole step on a sma
 (docs/design/gemm.md, "Host time of the gated dispatch"). :func:`skip_empty_grids` rewrites the
 wrapper Inductor generated (``GraphLowering.codegen``'s output, before it is written, loaded and
 cached) so each such call reads ``if <grid>: kernel.run(...)``, on the same line: line numbers,
-and with them Inductor's line map, do not change. A TMA launch's host-side descriptors, built on
-the lines before it, are built only under the same condition. The launches that run are the same.
+and with them Inductor's line map, do not change. A TMA launch's host-side descriptors are built
+only when a launch that reads them has programs. The launches that run are the same.
 """
 from __future__ import annotations
 
@@ -17,10 +17,8 @@ import ast
 import re
 
 _RUN_LINE = re.compile(r"^(?P<indent>[ \t]*)(?P<var>\w+)\.run\(.*\)[ \t]*$")
-# A host-side TMA descriptor Inductor builds for a launch (patterns/_host_tma.py), on the lines
-# just before it; with the stream lookup in between.
+# A host-side TMA descriptor Inductor builds for launches (patterns/_host_tma.py).
 _DESCRIPTOR_LINE = re.compile(r"^(?P<indent>[ \t]*)(?P<var>\w+) = (?P<rhs>[\w.]*TensorDescriptor\.from_tensor\(.*\))[ \t]*$")
-_STREAM_LINE = re.compile(r"^[ \t]*\w+ = get_raw_stream\(.*\)[ \t]*$")
 
 
 def _grid_condition(call_src: str) -> str | None:
@@ -45,31 +43,38 @@ def skip_empty_grids(code: str, kernel_vars: set[str]) -> tuple[str, int]:
     if not kernel_vars:
         return code, 0
     lines = code.split("\n")
-    n = 0
+    conds: dict[int, str | None] = {}  # every .run line: its guard (None: it always runs)
     for i, line in enumerate(lines):
         m = _RUN_LINE.match(line)
-        if m is None or m.group("var") not in kernel_vars:
-            continue
-        cond = _grid_condition(line.strip())
+        if m is not None:
+            conds[i] = _grid_condition(line.strip()) if m.group("var") in kernel_vars else None
+    _skip_descriptors(lines, conds)
+    n = 0
+    for i, cond in conds.items():
         if cond is not None:
-            lines[i] = f"{m.group('indent')}if {cond}: {line.strip()}"
+            line = lines[i]
+            lines[i] = f"{line[:len(line) - len(line.lstrip())]}if {cond}: {line.strip()}"
             n += 1
-            _skip_descriptors(lines, i, cond)
     return "\n".join(lines), n
 
 
-def _skip_descriptors(lines: list[str], run: int, cond: str) -> None:
-    """The launch at ``run``'s descriptors, built just before it, become None while its grid is
-    empty (``del`` of them later still finds the name; the launch reads none of them then)."""
-    args = set(re.findall(r"\w+", lines[run][lines[run].index(".run("):]))
-    j = run - 1
-    while j >= 0:
-        d = _DESCRIPTOR_LINE.match(lines[j])
-        if d is not None and d.group("var") in args:
-            lines[j] = f"{d.group('indent')}{d.group('var')} = {d.group('rhs')} if {cond} else None"
-        elif d is None and not _STREAM_LINE.match(lines[j]):
-            return
-        j -= 1
+def _skip_descriptors(lines: list[str], conds: dict[int, str | None]) -> None:
+    """A host-side TMA descriptor is built only when a launch that reads it has programs: its
+    line becomes ``buf = TensorDescriptor.from_tensor(...) if <any reader's grid> else None``
+    (Inductor builds one descriptor per (tensor, block shape) and may hand it to several
+    launches, up to its ``del``; a reader that always runs keeps it unconditional)."""
+    for j, line in enumerate(lines):
+        d = _DESCRIPTOR_LINE.match(line)
+        if d is None:
+            continue
+        var = d.group("var")
+        dropped = next((i for i in range(j + 1, len(lines)) if lines[i].strip() == f"del {var}"), len(lines))
+        name = re.compile(rf"\b{re.escape(var)}\b")
+        readers = [conds[i] for i in sorted(conds) if j < i < dropped and name.search(lines[i].split(".run(", 1)[1])]
+        if not readers or any(c is None for c in readers):
+            continue
+        guard = " or ".join(f"({c})" for c in dict.fromkeys(readers))
+        lines[j] = f"{d.group('indent')}{var} = {d.group('rhs')} if {guard} else None"
 
 
 def our_kernel_vars(code: str, our_jit_names: set[str] | frozenset[str]) -> set[str]:

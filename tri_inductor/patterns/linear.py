@@ -80,6 +80,36 @@ def register_patterns(pm_pass) -> None:
         match.replace_by_example(lambda bias, a, b: torch.ops.tri_inductor.addmm(bias, a, b),
                                  [bias, a, b], trace_fn=trace_replacement)
 
+    # Any other addmm: a linear plus a residual (``x + fc(h)``: the input is [M, N]), a scaled
+    # one (alpha, beta). Our GEMM, then the sum as Inductor's pointwise kernel (fused with its
+    # consumers), as Inductor itself unfuses a bias add it can fuse better (rounded once more).
+    def addmm_any_check(match):
+        bias, a, b = match.kwargs["bias"], match.kwargs["a"], match.kwargs["b"]
+        if addmm_check(match) or not mm_operands_ok(a, b):
+            return False
+        node = match.output_node()
+        alpha, beta = node.kwargs.get("alpha", 1), node.kwargs.get("beta", 1)
+        bv, av, wv = _val(bias), _val(a), _val(b)
+        if bv is None or bv.dtype != av.dtype or not all(isinstance(v, (int, float)) for v in (alpha, beta)):
+            return False
+        try:
+            return tuple(torch.broadcast_shapes(bv.shape, (av.shape[0], wv.shape[1]))) == (av.shape[0], wv.shape[1])
+        except RuntimeError:
+            return False
+
+    @register_graph_pattern(CallFunction(aten.addmm.default, KeywordArg("bias"), KeywordArg("a"),
+                                         KeywordArg("b")),
+                            extra_check=addmm_any_check, pass_dict=pm_pass)
+    def addmm_any_handler(match, bias, a, b):
+        node = match.output_node()
+        alpha, beta = node.kwargs.get("alpha", 1), node.kwargs.get("beta", 1)
+
+        def repl(bias, a, b):
+            out = torch.ops.tri_inductor.mm(a, b)
+            return (out if alpha == 1 else out * alpha) + (bias if beta == 1 else bias * beta)
+
+        match.replace_by_example(repl, [bias, a, b], trace_fn=trace_replacement)
+
     # A matmul with a dim of 1 left to Inductor (a batched GEMV, an outer product, or an mm our
     # GEMM does not take): Inductor's native matmul declines any dim of 1 and calls ATen's bmm/mm.
     # Written as the products and their sum over K (accumulated in fp32, rounded once), it is an
