@@ -36,6 +36,8 @@ ARCHS = ("cohere", "cohere2", "stablelm", "phi", "starcoder2", "granite", "olmo"
          "deepseek_v3", "dots1", "ernie4_5_moe", "hunyuan_v1_moe", "minimax", "gpt_oss", "exaone_moe",
          "glm4_moe_lite", "afmoe", "cohere2_moe", "granitemoeshared", "sarvam_moe", "minicpm5_moe",
          "longcat_flash", "lfm2_moe", "minimax_m2",
+         # multi-head latent attention beside DeepSeek-V3 (MLA head sizes from hf_tiny)
+         "deepseek_v32", "glm_moe_dsa", "minicpm3", "sarvam_mla", "youtu",
          # encoders
          "roberta", "electra", "distilbert", "modernbert", "xlm-roberta", "albert", "ernie",
          # hybrids and state-space models: attention beside (or instead of) Mamba, short-convolution

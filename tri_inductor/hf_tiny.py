@@ -21,8 +21,14 @@ _MLA = dict(num_key_value_heads=4, q_lora_rank=48, kv_lora_rank=32, qk_nope_head
 # Per architecture, what its layer must be for the model to exercise what it adds: a sparse MoE layer
 # (not the dense first layers most MoE configs start with), the Mamba / short-conv layer of a
 # hybrid, and config fields a tiny model needs (MLA head sizes, a head count that divides).
+_DEEPSEEK = {**_MOE, **_MLA, "n_routed_experts": 16, "n_group": 4, "topk_group": 2, "first_k_dense_replace": 0}
 OVERRIDES = {
-    "deepseek_v3": {**_MOE, **_MLA, "n_routed_experts": 16, "n_group": 4, "topk_group": 2, "first_k_dense_replace": 0},
+    "deepseek_v3": _DEEPSEEK,
+    "deepseek_v32": _DEEPSEEK,
+    "glm_moe_dsa": _DEEPSEEK,
+    "minicpm3": _MLA,
+    "sarvam_mla": _MLA,
+    "youtu": _MLA,
     "glm4_moe": {**_MOE, "n_routed_experts": 8, "first_k_dense_replace": 0},
     "glm4_moe_lite": {**_MOE, "num_key_value_heads": 4, "mlp_layer_types": ["sparse"], "n_routed_experts": 8},
     "dots1": {**_MOE, "n_routed_experts": 8, "first_k_dense_replace": 0, "n_shared_experts": 1},
