@@ -204,3 +204,35 @@ def test_gpu_llama_gate_up_matches_float64(M) -> None:
     out = O.mm_act_mul(a, w.t(), "silu")
     assert rel(out, O.reference_mm_act_mul(a, w.t(), "silu")) < TOL[torch.bfloat16]
     assert rel(out, A.silu_and_mul(O.mm(a, w.t())).double()) < TOL[torch.bfloat16]
+
+
+def test_fused_prefill_over_a_bounded_token_count_adds_no_guard(interpreter, monkeypatch):
+    """A token count marked dynamic in 129..8192 (a user's ``mark_dynamic(min, max)``; vLLM's
+    eager range): the prefill buckets' fused gate_up runs the plain GEMM into a buffer of
+    min(M, cap) rows, then the activation. Narrowing a symbolic M put a guard on it that Dynamo
+    then rejected ("Constraints violated"); every M of the range compiles once and matches float64."""
+    from tri_inductor.patterns.gemm import tuning as T
+
+    real = T.default_config
+    monkeypatch.setattr(T, "default_config", lambda n, k, bucket, dev, elem=2, fused=False: (
+        C.Cfg(64, 64, 32, 8, 1, 4, 2, C.Kind.TMA_TILE) if bucket >= 256 else real(n, k, bucket, dev, elem, fused)))
+    g = torch.Generator().manual_seed(0)
+    H, I = 64, 48
+    w = (torch.randn(2 * I, H, generator=g) * 0.2).to(torch.bfloat16)
+    F = torch.nn.functional
+
+    def mlp(x):
+        gu = F.linear(x, w)
+        return F.silu(gu[:, :I]) * gu[:, I:]
+
+    torch._dynamo.reset()
+    f = torch.compile(mlp, backend="tri_inductor")
+    x0 = torch.randn(200, H, generator=g).to(torch.bfloat16)
+    torch._dynamo.mark_dynamic(x0, 0, min=129, max=8192)
+    with O.token_range(129, 8192):
+        f(x0)
+    for m in (200, 300, 1100):
+        x = torch.randn(m, H, generator=g).to(torch.bfloat16)
+        gu = x.double() @ w.double().t()
+        ref = F.silu(gu[:, :I]) * gu[:, I:]
+        assert rel(f(x), ref) < 2e-2

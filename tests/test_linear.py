@@ -501,3 +501,22 @@ def test_addmm_with_any_input_runs_our_gemm(interpreter, form):
     assert re.search(r"mm_(gemv_|tma_)?kernel_\d+\.run\(", code), "our GEMM did not run"
     # the sum is a pointwise kernel (named after the addmm it came from); no matmul of Inductor's
     assert not re.search(r"triton_(red|tem|per)_fused\w*addmm", code) and "extern_kernels.addmm" not in code
+
+
+def test_tma_off_runs_the_tiles_on_the_pointer_kernel(monkeypatch):
+    """TRI_INDUCTOR_TMA=0: a prefill bucket whose config is a TMA one launches the pointer kernel
+    (no host-side descriptor in the wrapper), and the compile cache key says so."""
+    from tri_inductor import fingerprint
+
+    real = T.default_config
+    monkeypatch.setattr(T, "default_config", lambda n, k, bucket, dev, elem=2, fused=False: (
+        C.Cfg(128, 128, 64, 8, 1, 4, 3, C.Kind.TMA_TILE) if bucket >= 512 else real(n, k, bucket, dev, elem, fused)))
+    x = torch.randn(600, 256, dtype=torch.bfloat16)
+    w = torch.randn(512, 256, dtype=torch.bfloat16)
+    on = fingerprint.codegen_inputs()
+    _, code_on, _ = _compile(lambda x, w: torch.nn.functional.linear(x, w), [x, w])
+    monkeypatch.setenv("TRI_INDUCTOR_TMA", "0")
+    _, code_off, calls_off = _compile(lambda x, w: torch.nn.functional.linear(x, w), [x, w])
+    assert "TensorDescriptor.from_tensor" in code_on and "mm_tma_kernel_0.run(" in code_on
+    assert "TensorDescriptor" not in calls_off and "mm_tma_kernel" not in calls_off and "mm_kernel_0.run(" in calls_off
+    assert fingerprint.codegen_inputs() != on

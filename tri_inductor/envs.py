@@ -142,6 +142,10 @@ VARS: dict[str, Var] = {v.name: v for v in (
         "1: launch our kernels that support it with programmatic dependent launch on sm_90+ "
         "(part of the compile cache key). Off by default: with it, small-model decode steps in vLLM's "
         "CUDA graphs were slower on an H200 (docs/design/kernels.md).", _bool),
+    Var("TRI_INDUCTOR_TMA", "bool", True, "1", _BOOL,
+        "0: GEMM configs of the TMA kernels run their tiles on the pointer kernel instead (no host-side "
+        "tensor descriptors: a TMA launch builds three on the host; part of the compile cache key). For "
+        "comparing host time on small models (docs/design/gemm.md).", _bool),
     Var("TRI_INDUCTOR_TUNE", "bool", True, "1 (on a GPU)", _BOOL,
         "Tune GEMM, MoE-expert and paged-attention prefill shapes missing from the tuning DB on the "
         "GPU (at compile time, at vLLM engine start for attention, or at an eager call's first use; "
@@ -210,6 +214,10 @@ def patterns(environ: Mapping[str, str] | None = None) -> tuple[str, ...] | None
 
 def pdl(environ: Mapping[str, str] | None = None) -> bool:
     return get("TRI_INDUCTOR_PDL", environ)
+
+
+def tma(environ: Mapping[str, str] | None = None) -> bool:
+    return get("TRI_INDUCTOR_TMA", environ)
 
 
 def tune(environ: Mapping[str, str] | None = None) -> bool:

@@ -78,6 +78,7 @@ def codegen_inputs() -> dict[str, str]:
     ``cache.compile_hash``. Add an entry here for any new input a kernel's code depends on.
 
     * ``pdl``: ``TRI_INDUCTOR_PDL`` (the kernels' ``USE_PDL`` is baked into compiled graphs);
+    * ``tma``: ``TRI_INDUCTOR_TMA`` (0: compiled graphs launch no TMA kernel);
     * ``linear_tuned``: sha256 of the GEMM tuning table in use (``TRI_INDUCTOR_LINEAR_TUNED`` or
       the shipped one): a changed table must miss the compile cache, not serve graphs compiled
       with the old tile configs.
@@ -89,4 +90,4 @@ def codegen_inputs() -> dict[str, str]:
         table_hash = hashlib.sha256(table.read_bytes()).hexdigest()
     except OSError:  # no shipped table in this install: nothing to key on
         table_hash = "none"
-    return {"pdl": str(envs.pdl()), "linear_tuned": table_hash}
+    return {"pdl": str(envs.pdl()), "tma": str(envs.tma()), "linear_tuned": table_hash}

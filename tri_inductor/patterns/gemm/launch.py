@@ -87,9 +87,14 @@ def offsets_fit_int32(a, b, m_cap: int | None, split: int) -> bool:
 
 
 def _host_descriptors_ok(a) -> bool:
-    """Host-side descriptors can be passed here: an eager call needs Triton's ``TensorDescriptor``
-    and a non-empty a (a descriptor's dimensions are positive); a traced one also our tracing hook
-    (``patterns/_host_tma.py``). Else the config's tiles run on the pointer kernel."""
+    """Host-side descriptors can be passed here: ``TRI_INDUCTOR_TMA`` is not 0, an eager call needs
+    Triton's ``TensorDescriptor`` and a non-empty a (a descriptor's dimensions are positive); a
+    traced one also our tracing hook (``patterns/_host_tma.py``). Else the config's tiles run on the
+    pointer kernel."""
+    from ... import envs
+
+    if not envs.tma():
+        return False
     if type(a) is torch.Tensor:
         return _host_tma.available() and a.shape[0] > 0
     return _host_tma.traceable()
@@ -127,14 +132,17 @@ def split_for(cfg: Cfg, m_hint: int, n: int, k: int, device=None) -> int:
 
 
 def launch_cfg(a, b, bias, out, cfg: Cfg, gate=1, m_hint: int | None = None, m_cap: int | None = None,
-               act: int = NO_ACT):
+               act: int = NO_ACT, rows=None):
     """Launch one config into ``out``; ``gate`` (0/1, maybe symbolic) multiplies the grid, so a
     gated-off launch is a zero-size grid: Triton's launcher skips it and a CUDA graph captures
     nothing for it.  ``m_cap``: M never exceeds it while the gate is on (sizes the split-K
     workspace).  ``act`` >= 0: the fused gate_up form (``mm_act_mul``); ``cfg`` is the config of
     the plain GEMM over all of b's columns, each program then covers half its columns in gate and
-    half in up (the same tile area, operand bytes and shared memory)."""
+    half in up (the same tile area, operand bytes and shared memory).  ``rows``: only a's first
+    rows (a ``narrow`` of a symbolic M would put a guard on it)."""
     M, K = a.shape
+    if rows is not None:
+        M = rows
     N = b.shape[1]
     n, k = int(N), int(K)
     fused = act != NO_ACT
@@ -181,7 +189,7 @@ def launch_cfg(a, b, bias, out, cfg: Cfg, gate=1, m_hint: int | None = None, m_c
         # kernels lost to the pair: docs/design/gemm.md).
         rows = _rows(M, m_cap)
         h = torch.empty((rows, N), dtype=a.dtype, device=a.device)
-        launch_cfg(a if m_cap is None else a.narrow(0, 0, rows), b, None, h, cfg, gate, m_hint, m_cap)
+        launch_cfg(a, b, None, h, cfg, gate, m_hint, m_cap, rows=None if m_cap is None else rows)
         launch_gated(h, out, act, *_act_launch_config(n_out, a.element_size()), gate=gate)
         return
     # An output wider than a (fp32 router logits) takes the pointer kernel: the TMA epilogue stages
