@@ -45,11 +45,14 @@ def descriptor(t, block_shape: list[int]):
 
 
 def _is_descriptor(v: Any) -> bool:
-    try:
-        from triton.tools.tensor_descriptor import TensorDescriptor
-    except ImportError:
-        return False
-    return isinstance(v, TensorDescriptor)
+    return _has_tensor_descriptor() and isinstance(v, _descriptor_class())
+
+
+@functools.cache
+def _descriptor_class() -> type:
+    from triton.tools.tensor_descriptor import TensorDescriptor
+
+    return TensorDescriptor
 
 
 def _from_tensor(d) -> bool:
@@ -62,19 +65,15 @@ def _from_tensor(d) -> bool:
 def _call_hop_hook(real):
     def call_HOP(self, variable, grids, combined_args, *rest, **kw):
         descs = {k: v for k, v in combined_args.items() if _is_descriptor(v)}
-        if not descs:
+        bound = hooks.arguments(real, self, variable, grids, combined_args, *rest, **kw) if descs else {}
+        # Anything but descriptors built by from_tensor (all the metadata can rebuild) goes to
+        # torch's own code unchanged, as does a call with a Dynamo tx (never on this path).
+        if not descs or bound.get("tx") is not None or not all(map(_from_tensor, descs.values())):
             return real(self, variable, grids, combined_args, *rest, **kw)
-        bad = [k for k, d in descs.items() if not _from_tensor(d)]
-        if bad:
-            raise RuntimeError(f"tri_inductor: descriptor arguments {bad} were not built with "
-                               "TensorDescriptor.from_tensor; Inductor can only rebuild those")
         # What the original does (store the non-graphable arguments in the side table, call the
         # mutation HOP), with each descriptor as its base tensor and its block shape recorded as
         # Dynamo records it. Options of ours are constexprs: nothing for torch 2.14's check of
         # dynamic backend options to find.
-        bound = hooks.arguments(real, self, variable, grids, combined_args, *rest, **kw)
-        if bound.get("tx") is not None:
-            raise RuntimeError("tri_inductor: the tracing HOPifier was given a Dynamo tx")
         args = {**combined_args, **{k: d.base for k, d in descs.items()}}
         graphable, constant_args_idx = self.store_non_graphable_args(args)
         from torch._higher_order_ops import triton_kernel_wrap as twk
