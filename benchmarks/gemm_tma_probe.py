@@ -50,7 +50,7 @@ P_TILES = [(128, 128, 64, 4, 3), (128, 128, 64, 4, 4), (128, 256, 64, 8, 3), (64
 KINDS = {"np": "TMA_TILE", "p": "TMA", "pws": "TMA_WS"}
 
 
-def launch(a, w, c, tile, kind: str, sms: int):
+def launch(a, w, c, tile, kind: str):
     """c = a @ w.T on the package's ``mm_tma_kernel`` (host-side descriptors); kind: "np" (one
     program per tile) | "p" (persistent) | "pws" (persistent, warp-specialized)."""
     from tri_inductor.patterns.gemm import configs as C
@@ -92,7 +92,6 @@ def main() -> int:
     from tri_inductor.patterns.gemm import ops as O
 
     points = ([tuple(int(x) for x in p.split(":")) for p in args.points.split(",")] if args.points else POINTS)
-    sms = torch.cuda.get_device_properties(0).multi_processor_count
     dt = torch.bfloat16
     rows = []
     t_start = time.time()
@@ -107,13 +106,13 @@ def main() -> int:
         for kind, tile in _variants():
             name = _name(kind, tile)
             try:
-                got = launch(a0, w0, outs[0], tile, kind, sms)
+                got = launch(a0, w0, outs[0], tile, kind)
                 torch.cuda.synchronize()
                 err = ((got.float() - ref).norm() / ref.norm()).item()
                 if not err < 1e-2:
                     print(f"  {name}: wrong (rel err {err:.2e})", flush=True)
                     continue
-                sweep[name] = bench([lambda a=a, w=w, c=c: launch(a, w, c, tile, kind, sms)
+                sweep[name] = bench([lambda a=a, w=w, c=c: launch(a, w, c, tile, kind)
                                      for (a, w), c in zip(sets, outs)], reps=10)
             except Exception as e:  # noqa: BLE001  (a tile the compiler or the card refuses)
                 print(f"  {name}: {type(e).__name__}: {str(e)[:120]}", flush=True)
@@ -121,7 +120,7 @@ def main() -> int:
         kind, tile = next((k, t) for k, t in _variants() if _name(k, t) == best)
         fns = {"cublas": [lambda a=a, w=w: torch.mm(a, w.t()) for a, w in sets],
                "ours": [lambda a=a, w=w: O.mm_launch(a, w.t(), None, cfg) for a, w in sets],
-               "host_tma": [lambda a=a, w=w, c=c: launch(a, w, c, tile, kind, sms) for (a, w), c in zip(sets, outs)]}
+               "host_tma": [lambda a=a, w=w, c=c: launch(a, w, c, tile, kind) for (a, w), c in zip(sets, outs)]}
         times = {k: statistics.median(v) for k, v in timed_rounds(fns, args.rounds).items()}
         row = dict(M=M, N=N, K=K, cublas_us=times["cublas"] * 1e3, ours_us=times["ours"] * 1e3,
                    host_tma_us=times["host_tma"] * 1e3, ours_vs_cublas=times["cublas"] / times["ours"],

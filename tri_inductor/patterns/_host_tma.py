@@ -44,7 +44,7 @@ def descriptor(t, block_shape: list[int]):
     return TensorDescriptor.from_tensor(t, list(block_shape))
 
 
-def _is_descriptor(v: Any) -> bool:
+def is_descriptor(v: Any) -> bool:
     return _has_tensor_descriptor() and isinstance(v, _descriptor_class())
 
 
@@ -64,7 +64,7 @@ def _from_tensor(d) -> bool:
 
 def _call_hop_hook(real):
     def call_HOP(self, variable, grids, combined_args, *rest, **kw):
-        descs = {k: v for k, v in combined_args.items() if _is_descriptor(v)}
+        descs = {k: v for k, v in combined_args.items() if is_descriptor(v)}
         bound = hooks.arguments(real, self, variable, grids, combined_args, *rest, **kw) if descs else {}
         # Anything but descriptors built by from_tensor (all the metadata can rebuild) goes to
         # torch's own code unchanged, as does a call with a Dynamo tx (never on this path).

@@ -26,6 +26,8 @@ from torch.library import wrap_triton
 from triton import knobs
 from triton.runtime.jit import JITFunction
 
+from ._host_tma import is_descriptor
+
 
 
 CpuRunner = Callable[[Any, Any, tuple, dict], None]
@@ -37,10 +39,6 @@ def register_cpu_runner(runner: CpuRunner | None) -> None:
     Triton's interpreter (with its fixes) when imported; kernels never import a test harness."""
     global _cpu_runner
     _cpu_runner = runner
-
-
-def _is_descriptor(a: Any) -> bool:
-    return type(a).__name__ == "TensorDescriptor" and hasattr(a, "block_shape")
 
 
 def _runs_in_interpreter(args) -> bool:
@@ -149,9 +147,8 @@ def _launch_gpu(kernel, grid, args: tuple, kwargs: dict[str, Any]) -> None:
             kernel.warmup(*args, grid=grid, **kwargs)
         return
     hooks = _hook_set(knobs.runtime.launch_enter_hook) or _hook_set(knobs.runtime.launch_exit_hook)
-    # Profilers see Triton's own launch path; a callable grid needs Triton's bound arguments; a
-    # tensor descriptor is specialised by Triton in ways _spec does not key (block shape, dtype).
-    if hooks or callable(grid) or not isinstance(kernel, JITFunction) or any(map(_is_descriptor, args)):
+    # Profilers see Triton's own launch path; a callable grid needs Triton's bound arguments.
+    if hooks or callable(grid) or not isinstance(kernel, JITFunction):
         kernel[grid](*args, **kwargs)
         return
     device = _current_device()  # Triton keeps one kernel cache per device: so do we
@@ -160,7 +157,10 @@ def _launch_gpu(kernel, grid, args: tuple, kwargs: dict[str, Any]) -> None:
     if hit is None:
         compiled = kernel[grid](*args, **kwargs)
         tail = _tail(kernel, len(args), kwargs)
-        if tail is not None and all(hasattr(compiled, a) for a in ("run", "function", "packed_metadata")):
+        # (a tensor descriptor is specialised by Triton in ways _spec does not key: never kept,
+        # so such a launch always takes Triton's own path; checked here, off the hit path)
+        if (tail is not None and all(hasattr(compiled, a) for a in ("run", "function", "packed_metadata"))
+                and not any(map(is_descriptor, args))):
             if len(_COMPILED) >= _COMPILED_MAX:
                 _COMPILED.clear()
             _COMPILED[key] = (compiled, tail)

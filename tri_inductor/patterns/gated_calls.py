@@ -14,6 +14,7 @@ only when a launch that reads them has programs. The launches that run are the s
 from __future__ import annotations
 
 import ast
+import bisect
 import re
 
 _RUN_LINE = re.compile(r"^(?P<indent>[ \t]*)(?P<var>\w+)\.run\(.*\)[ \t]*$")
@@ -63,14 +64,20 @@ def _skip_descriptors(lines: list[str], conds: dict[int, str | None]) -> None:
     line becomes ``buf = TensorDescriptor.from_tensor(...) if <any reader's grid> else None``
     (Inductor builds one descriptor per (tensor, block shape) and may hand it to several
     launches, up to its ``del``; a reader that always runs keeps it unconditional)."""
+    runs = sorted(conds)
+    dels: dict[str, list[int]] = {}  # the lines that drop each name, in order
+    for i, line in enumerate(lines):
+        if line.lstrip().startswith("del "):
+            dels.setdefault(line.strip()[4:], []).append(i)
     for j, line in enumerate(lines):
         d = _DESCRIPTOR_LINE.match(line)
         if d is None:
             continue
         var = d.group("var")
-        dropped = next((i for i in range(j + 1, len(lines)) if lines[i].strip() == f"del {var}"), len(lines))
+        dropped = next((i for i in dels.get(var, ()) if i > j), len(lines))
         name = re.compile(rf"\b{re.escape(var)}\b")
-        readers = [conds[i] for i in sorted(conds) if j < i < dropped and name.search(lines[i].split(".run(", 1)[1])]
+        window = runs[bisect.bisect_right(runs, j):bisect.bisect_left(runs, dropped)]
+        readers = [conds[i] for i in window if name.search(lines[i].split(".run(", 1)[1])]
         if not readers or any(c is None for c in readers):
             continue
         guard = " or ".join(f"({c})" for c in dict.fromkeys(readers))

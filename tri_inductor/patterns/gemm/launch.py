@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 import triton
 
+from ... import envs
 from .. import _host_tma
 from .._launch import launch
 from ..activation import _ACTS as _ACT_CODES
@@ -91,8 +92,6 @@ def _host_descriptors_ok(a) -> bool:
     Triton's ``TensorDescriptor`` and a non-empty a (a descriptor's dimensions are positive); a
     traced one also our tracing hook (``patterns/_host_tma.py``). Else the config's tiles run on the
     pointer kernel."""
-    from ... import envs
-
     if not envs.tma():
         return False
     if type(a) is torch.Tensor:
