@@ -66,6 +66,31 @@ def host_and_gpu_us(fn, x, calls: int) -> tuple[float, float]:
     return statistics.median(host), start.elapsed_time(end) * 1e3 / calls
 
 
+def host_profile(fn, x, calls: int, top: int = 20) -> list[dict]:
+    """Own (tottime) host microseconds per call of the ``top`` costliest functions, under cProfile.
+
+    cProfile inflates every Python call alike, so compare entries with each other, not with host_us."""
+    import cProfile
+    import pstats
+
+    prof = cProfile.Profile()
+    prof.enable()
+    for i in range(calls):
+        fn(x)
+        if i % 20 == 19:
+            torch.cuda.synchronize()
+    prof.disable()
+    torch.cuda.synchronize()
+    stats = pstats.Stats(prof).stats
+    rows = sorted(((tt, nc, f"{os.path.basename(fname)}:{line}:{name}")
+                   for (fname, line, name), (_cc, nc, tt, _ct, _callers) in stats.items()), reverse=True)[:top]
+    out = [{"fn": where, "calls_per_call": round(nc / calls, 1), "own_us_per_call": round(tt * 1e6 / calls, 1)}
+           for tt, nc, where in rows]
+    for r in out:
+        print(f"[dispatch_host]   {r['own_us_per_call']:8.1f} us  x{r['calls_per_call']:<6} {r['fn']}", flush=True)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--hidden", type=int, default=2048)
@@ -73,6 +98,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--inter", type=int, default=8192)
     p.add_argument("--tokens", default="160,300,700,1500,4000", help="token counts in the 129..8192 range")
     p.add_argument("--calls", type=int, default=200)
+    p.add_argument("--profile", action="store_true",
+                   help="also print where the host time of one gated call goes (cProfile, top functions by own time)")
     p.add_argument("--out", default=None)
     args = p.parse_args(argv)
     if not torch.cuda.is_available():
@@ -117,6 +144,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"[dispatch_host] M={m:5d} {name:12s} host {host:7.1f} us  gpu-bound {gpu:7.1f} us  "
                   f"rel err {err:.1e}", flush=True)
         row["gated_extra_host_us"] = round(row["ours_gated"]["host_us"] - row["ours_static"]["host_us"], 1)
+        if args.profile:
+            row["ours_gated"]["host_profile"] = host_profile(gated, x, args.calls)
         rows.append(row)
     report = {"benchmark": "dispatch_host", **metadata(), "shapes": {"hidden": args.hidden, "qkv": args.qkv,
               "inter": args.inter}, "range": list(RANGE), "plans": plans, "rows": rows,

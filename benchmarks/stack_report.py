@@ -32,9 +32,10 @@ ROWS = (
 )
 
 
-def read(path: Path, thread: str | None = None) -> tuple[str, list[tuple[float, list[str]]]]:
+def read(path: Path, thread: str | None = None, within: str | None = None
+         ) -> tuple[str, list[tuple[float, list[str]]]]:
     """(command line, [(seconds, frames innermost first)]) of the main thread, or of the threads
-    whose name starts with ``thread``."""
+    whose name starts with ``thread``; ``within``: only samples with a frame containing it."""
     lines = path.read_text().splitlines()
     samples = []
     for line in lines[1:]:
@@ -47,12 +48,14 @@ def read(path: Path, thread: str | None = None) -> tuple[str, list[tuple[float, 
             t = float(fields[0])
         except (IndexError, ValueError):
             continue
-        samples.append((t, [f for f in stack.split(" < ") if f]))
+        frames = [f for f in stack.split(" < ") if f]
+        if within is None or any(within in f for f in frames):
+            samples.append((t, frames))
     return (lines[0] if lines else ""), samples
 
 
-def table(files: list[Path], thread: str | None = None) -> str:
-    data = [read(f, thread) for f in files]
+def table(files: list[Path], thread: str | None = None, within: str | None = None) -> str:
+    data = [read(f, thread, within) for f in files]
     out = ["| | " + " | ".join(f.stem for f in files) + " |", "|---|" + "---|" * len(files)]
     out.append("| sampled (s) | " + " | ".join(f"{len(s) * PERIOD_S:.1f}" for _, s in data) + " |")
     for label, key in ROWS:
@@ -61,25 +64,32 @@ def table(files: list[Path], thread: str | None = None) -> str:
     return "\n".join(out)
 
 
-def top_frames(path: Path, n: int, thread: str | None = None) -> str:
-    argv, samples = read(path, thread)
-    counts = collections.Counter(" < ".join(st[:4]) for _, st in samples if st)
+def top_frames(path: Path, n: int, thread: str | None = None, within: str | None = None, depth: int = 4) -> str:
+    argv, samples = read(path, thread, within)
+    counts = collections.Counter(" < ".join(st[:depth]) for _, st in samples if st)
     lines = [f"{path.name}: {argv[:120]}"]
     lines += [f"  {c * PERIOD_S:6.1f} s  {stack[:300]}" for stack, c in counts.most_common(n)]
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
+    global PERIOD_S
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("files", nargs="+", type=Path)
     p.add_argument("--top", type=int, default=8, help="innermost stacks listed per file")
     p.add_argument("--thread", default=None,
                    help="our threads whose name starts with this (e.g. tri_inductor-tune) instead of the main thread")
+    p.add_argument("--within", default=None,
+                   help="only samples with a frame containing this (e.g. execute_model: the serving steps)")
+    p.add_argument("--depth", type=int, default=4, help="innermost frames that name a stack in the top list")
+    p.add_argument("--period", type=float, default=PERIOD_S,
+                   help="the sampler's period (TRI_STACK_SAMPLE_PERIOD_S of the run), seconds")
     args = p.parse_args(argv)
-    print(table(args.files, args.thread))
+    PERIOD_S = args.period
+    print(table(args.files, args.thread, args.within))
     for f in args.files:
         print()
-        print(top_frames(f, args.top, args.thread))
+        print(top_frames(f, args.top, args.thread, args.within, args.depth))
     return 0
 
 

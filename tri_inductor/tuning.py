@@ -165,7 +165,10 @@ def graph_time_ms(fns: Sequence[Callable[[], Any]], reps: int = 5, inner: int = 
     torch.cuda.current_stream().wait_stream(s)
     torch.cuda.synchronize()
     g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
+    # thread_local: a CUDA call another thread makes meanwhile (compile-ahead workers, vLLM's)
+    # must not invalidate this capture ("operation failed due to a previous error during
+    # capture", seen at vLLM start-up with the compile-ahead pool busy)
+    with torch.cuda.graph(g, capture_error_mode="thread_local"):
         for _ in range(inner):
             for f in fns:
                 f()

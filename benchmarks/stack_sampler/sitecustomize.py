@@ -1,7 +1,7 @@
 """Main-thread stack sampler for diagnosis runs (cold start: docs/design/cold_start.md).
 
 Not part of the package. A process started with this folder first on ``PYTHONPATH`` and
-``TRI_STACK_SAMPLE_DIR`` set writes its main thread's Python stack every 0.2 s (frames from
+``TRI_STACK_SAMPLE_DIR`` set writes its main thread's Python stack every 0.2 s (``TRI_STACK_SAMPLE_PERIOD_S``) (frames from
 vllm, tri_inductor, torch, triton and the benchmarks) to ``<dir>/<pid>.txt``: its command line,
 then one line per sample, ``<seconds since start> <epoch> | <innermost frame> < ... < <outer>``;
 a busy thread of ours (named ``tri_inductor-*``: tuning, compile-ahead) gets its own line,
@@ -15,8 +15,8 @@ import threading
 import time
 
 _dir = os.environ.get("TRI_STACK_SAMPLE_DIR")
-_KEEP = ("/vllm/", "/tri_inductor/", "/torch/", "/triton/", "/benchmarks/")
-PERIOD_S = 0.2
+_KEEP = ("/vllm/", "/tri_inductor/", "/torch/", "/triton/", "/benchmarks/", "/inductor/")  # last: output code
+PERIOD_S = float(os.environ.get("TRI_STACK_SAMPLE_PERIOD_S") or 0.2)  # finer for steady-state runs
 
 
 def _frames(frame, limit: int = 25) -> str:
@@ -41,10 +41,10 @@ def _loop() -> None:
             time.sleep(PERIOD_S)
             now = time.time()
             frames = sys._current_frames()
-            f.write(f"{now - t0:.1f} {now:.1f} | {_frames(frames.get(main))}\n")
+            f.write(f"{now - t0:.3f} {now:.3f} | {_frames(frames.get(main))}\n")
             for t in threading.enumerate():
                 if t.name.startswith("tri_inductor") and t.ident in frames:
-                    f.write(f"{now - t0:.1f} {now:.1f} @{t.name} | {_frames(frames[t.ident])}\n")
+                    f.write(f"{now - t0:.3f} {now:.3f} @{t.name} | {_frames(frames[t.ident])}\n")
 
 
 if _dir:
