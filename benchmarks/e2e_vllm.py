@@ -800,9 +800,13 @@ class Runner:
                 r = self.run_one(eng, spec, seed_base + rep, f"rep{rep}")
                 if r["ok"]:
                     per.setdefault(eng.backend, []).append(r)
+                    host = r.get("host") or {}
                     print(f"[e2e] {name:9s} rep{rep} {LABEL[eng.backend]:13s} {r['tokens_per_s']:9.1f} tok/s  "
                           f"wall {r['wall_s']:.2f} s  TTFT med {C.summarize_ms(r['ttft_s'])['median']} ms  "
-                          f"ITL med {C.summarize_ms(r['itl_s'])['median']} ms  ({r['method']})", flush=True)
+                          f"ITL med {C.summarize_ms(r['itl_s'])['median']} ms  ({r['method']})  "
+                          f"cpu {host.get('cpu_s', float('nan')):.2f} s, main thread "
+                          f"{host.get('main_thread_cpu_s', float('nan')):.2f} s, "
+                          f"{host.get('involuntary_switches', float('nan')):.0f} preemptions", flush=True)
             rep_time = time.monotonic() - t
 
     def summarize(self, name: str, spec: dict[str, Any]) -> dict[str, Any]:
@@ -820,6 +824,7 @@ class Runner:
             entry[b] = {"tokens_per_s": round(C.median(tps), 2), "tokens_per_s_reps": [round(x, 2) for x in tps],
                         "spread": C.spread(tps), "ttft_ms": C.summarize_ms(ttft), "itl_ms": C.summarize_ms(itl),
                         "wall_s_reps": [r["wall_s"] for r in reps], "out_tokens": reps[0]["out_tokens"],
+                        "host_reps": [r.get("host") for r in reps],
                         "method": sorted({r["method"] for r in reps}), "reps": len(reps),
                         "steps": reps[-1].get("steps")}  # the last rep's decode batches and step gaps
         o, b, d = entry.get(OURS), entry.get(BASE), entry.get(DEFAULT)
@@ -1368,9 +1373,11 @@ def _handle_run(llm, rec: TokenTimes, msg, vocab) -> dict[str, Any]:
     rec.timeline = {}
     _sync()
     rec.active = True
+    cpu0 = _host_cpu()
     t0 = time.perf_counter()
     outs = llm.generate(inputs, sps, use_tqdm=False)
     t1 = time.perf_counter()
+    cpu1 = _host_cpu()
     rec.active = False
     wall = t1 - t0
     out_tokens = sum(len(o.outputs[0].token_ids) for o in outs)
@@ -1397,7 +1404,19 @@ def _handle_run(llm, rec: TokenTimes, msg, vocab) -> dict[str, Any]:
             "in_tokens": sum(len(ids) for ids, _ in prompts), "tokens_per_s": out_tokens / wall,
             "ttft_s": [round(x, 6) for x in ttft], "itl_s": [round(x, 6) for x in itl], "method": method,
             "hook_requests": len(rec.timeline),
+            "host": {k: round(cpu1[k] - cpu0[k], 4) for k in cpu0},
             "steps": C.step_gap_stats(C.step_batches(rec.timeline)) if method == "hook" else None}
+
+
+def _host_cpu() -> dict[str, float]:
+    """This process's CPU seconds (all threads), its main thread's, and its involuntary context
+    switches: a rep slower in wall time but not in CPU time waited (for the GPU, or for a CPU
+    another process held: many involuntary switches), one slower in both did more work."""
+    import resource
+
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    return {"cpu_s": time.process_time(), "main_thread_cpu_s": time.thread_time(),
+            "involuntary_switches": float(ru.ru_nivcsw)}
 
 
 def _handle_profile(llm, msg, vocab) -> dict[str, Any]:

@@ -405,6 +405,10 @@ def test_worker_run_hook_and_fallback_with_vllm_sampling_params(monkeypatch):
     expected = sum(o for _, o in C.request_lengths(spec))
     assert r["ok"] and r["method"] == "hook" and r["out_tokens"] == expected
     assert len(r["ttft_s"]) == 64 and len(r["itl_s"]) == expected - 64
+    # the rep's host accounting: CPU seconds of the process and of its main thread, preemptions
+    assert set(r["host"]) == {"cpu_s", "main_thread_cpu_s", "involuntary_switches"}
+    assert 0 <= r["host"]["main_thread_cpu_s"] <= r["host"]["cpu_s"] + 1e-3
+    assert r["host"]["involuntary_switches"] >= 0
     # a vLLM whose output processor we could not hook: 1-token run for TTFT, (total - TTFT)/(n - 1)
     stub = _StubLLM(None)
     r = e2e._handle_run(stub, e2e.TokenTimes(), msg, 128256)
