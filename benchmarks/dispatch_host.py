@@ -67,28 +67,15 @@ def host_and_gpu_us(fn, x, calls: int) -> tuple[float, float]:
 
 
 def host_profile(fn, x, calls: int, top: int = 20) -> list[dict]:
-    """Own (tottime) host microseconds per call of the ``top`` costliest functions, under cProfile.
+    """The ``top`` functions by own host time per call of ``fn(x)``, under cProfile
+    (``_host_profile.py``: compare entries with each other, not with host_us)."""
+    from _host_profile import python_profile
 
-    cProfile inflates every Python call alike, so compare entries with each other, not with host_us."""
-    import cProfile
-    import pstats
-
-    prof = cProfile.Profile()
-    prof.enable()
-    for i in range(calls):
-        fn(x)
-        if i % 20 == 19:
-            torch.cuda.synchronize()
-    prof.disable()
+    prof = python_profile(lambda: fn(x), calls, top, every=lambda i: i % 20 == 19 and torch.cuda.synchronize())
     torch.cuda.synchronize()
-    stats = pstats.Stats(prof).stats
-    rows = sorted(((tt, nc, f"{os.path.basename(fname)}:{line}:{name}")
-                   for (fname, line, name), (_cc, nc, tt, _ct, _callers) in stats.items()), reverse=True)[:top]
-    out = [{"fn": where, "calls_per_call": round(nc / calls, 1), "own_us_per_call": round(tt * 1e6 / calls, 1)}
-           for tt, nc, where in rows]
-    for r in out:
-        print(f"[dispatch_host]   {r['own_us_per_call']:8.1f} us  x{r['calls_per_call']:<6} {r['fn']}", flush=True)
-    return out
+    for r in prof["top"]:
+        print(f"[dispatch_host]   {r['own_ms'] * 1e3:8.1f} us  x{r['ncalls']:<6} {r['fn']}", flush=True)
+    return prof["top"]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -122,6 +122,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import _vllm_common as C  # noqa: E402
 import models  # noqa: E402
+from _host_profile import diff as python_diff, python_profile  # noqa: E402
 from _meta import package_hash, versions  # noqa: E402
 
 STACK_SAMPLER = Path(__file__).resolve().parent / "stack_sampler"  # --sample-stacks: its sitecustomize
@@ -814,7 +815,7 @@ class Runner:
         p_tok, o_tok = C.workload_tokens(spec)
         entry["spec"].update(prompt_tokens=p_tok, output_tokens=o_tok)
         old = self.report["workloads"].get(name, {})
-        for k in ("profile", "reason", "reason_vs_default", "drift_check"):
+        for k in ("profile", "reason", "reason_vs_default", "python_host_diff", "drift_check"):
             if k in old:
                 entry[k] = old[k]
         for b, reps in self.raw.get(name, {}).items():
@@ -864,6 +865,12 @@ class Runner:
         if BASE in prof:
             w["reason"] = C.explain_gap(prof.get(OURS, {}), prof.get(BASE, {}))
             print(f"[e2e] {name}: {w['reason']}", flush=True)
+            if prof.get(OURS, {}).get("python") and prof[BASE].get("python"):
+                # the Python functions whose own time grew most in our engine (cProfile, one run each)
+                w["python_host_diff"] = python_diff(prof[OURS]["python"], prof[BASE]["python"])
+                print(f"[e2e] {name} Python host time, ours - vLLM's (cProfile, ms a run): "
+                      + ", ".join(f"{r['fn']} {r['own_ms']:+.1f} ({r['ncalls']:+.0f} calls)"
+                                  for r in w["python_host_diff"][:5]), flush=True)
         for b, r in prof.items():
             if r.get("host"):
                 print(f"[e2e] {name} {LABEL.get(b, b)} host: gc collections {r.get('gc_collections')}, "
@@ -1084,6 +1091,8 @@ def reclassify(path: str) -> int:
         if BASE in prof:
             w["reason"] = C.explain_gap(prof.get(OURS, {}), prof.get(BASE, {}))
             print(f"{name}: {w['reason']}")
+            if prof.get(OURS, {}).get("python") and prof[BASE].get("python"):
+                w["python_host_diff"] = python_diff(prof[OURS]["python"], prof[BASE]["python"])
         if DEFAULT in prof:
             w["reason_vs_default"] = C.explain_gap(prof.get(OURS, {}), prof.get(DEFAULT, {}))
             print(f"{name} vs default: {w['reason_vs_default']}")
@@ -1432,6 +1441,7 @@ def _handle_profile(llm, msg, vocab) -> dict[str, Any]:
         return {"ok": True, "error": None, "wall_ms": round(wall, 2), "gpu_busy_ms": round(wall * 0.8, 2),
                 "classes_us": C.classify_profile(top), "top": top, "kernel_names": 2,
                 "host": C.summarize_host([("cudaGraphLaunch", 12.0), ("aten::empty", 3.0)] * 10),
+                "python": python_profile(lambda: llm.generate(inputs, sps)),
                 "gc_collections": [0, 0, 0], "threads": ["MainThread"], "os_threads": _os_threads()}
     import torch
     from torch.profiler import ProfilerActivity, profile
@@ -1445,6 +1455,8 @@ def _handle_profile(llm, msg, vocab) -> dict[str, Any]:
         _sync()
         wall = time.perf_counter() - t0
     gc_runs = [g["collections"] - b for g, b in zip(gc.get_stats(), gc_before)]
+    # the same requests again under cProfile: which Python functions the host time goes to
+    python = python_profile(lambda: (llm.generate(inputs, sps, use_tqdm=False), _sync()))
     rows: dict[str, dict[str, Any]] = {}
     cpu_events: list[tuple[str, float]] = []
     try:
@@ -1473,7 +1485,7 @@ def _handle_profile(llm, msg, vocab) -> dict[str, Any]:
             "classes_us": C.classify_profile(ranked), "top": ranked[:20], "kernel_names": len(ranked),
             "requests": len(prompts), "out_tokens": sum(o for _, o in prompts),
             # where host time goes (issue 19: small models lose on host gaps, not kernels)
-            "host": C.summarize_host(cpu_events), "gc_collections": gc_runs,
+            "host": C.summarize_host(cpu_events), "python": python, "gc_collections": gc_runs,
             "threads": sorted(t.name for t in threading.enumerate()), "os_threads": _os_threads()}
 
 

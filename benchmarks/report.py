@@ -295,7 +295,7 @@ def e2e_section(name: str, d: dict[str, Any]) -> str:
             out.append(f"* **{n}**: throughput {_ratio(w.get('throughput_ratio'))}, ITL {_ratio(w.get('itl_ratio'))}"
                        + (" (within run-to-run noise)" if w.get("within_noise") else "") + ". "
                        + (f"Reason: {_reason(w)}. " if w.get("reason") else "Reason: not profiled. ")
-                       + _profile_text(w.get("profile")) + _steps_text(w) + vs_default)
+                       + _profile_text(w.get("profile")) + _steps_text(w) + _python_text(w) + vs_default)
     if d.get("settings_differences"):
         out += ["", "Effective engine settings that differ (besides the backend): "
                 + ", ".join(f"`{k}`" for k in d["settings_differences"])]
@@ -305,6 +305,15 @@ def e2e_section(name: str, d: dict[str, Any]) -> str:
     if d.get("skipped"):
         out += ["", "Skipped for time: " + "; ".join(map(str, d["skipped"]))]
     return "\n".join(out)
+
+
+def _python_text(w: dict[str, Any]) -> str:
+    """The Python functions whose host time grew most in our engine (cProfile, one run each)."""
+    rows = [r for r in w.get("python_host_diff") or [] if r.get("own_ms", 0) > 0][:3]
+    if not rows:
+        return ""
+    return (" Python host time, ours - vLLM's (cProfile): "
+            + ", ".join(f"`{r['fn']}` {r['own_ms']:+.1f} ms ({r['ncalls']:+.0f} calls)" for r in rows) + ".")
 
 
 def _reason(w: dict[str, Any], base: str = BASE) -> str:

@@ -344,6 +344,10 @@ def test_e2e_side_by_side_fake(tmp_path):
         assert w[b]["itl_ms"]["n"] == 2 * 16 * 127 and w[b]["ttft_ms"]["n"] == 2 * 16
     assert 0.2 < w["throughput_ratio"] < 1.0 and w["itl_ratio"] > 1.0 and w["pass"] is False
     assert w["reason"].startswith("profiled run") and set(w["profile"]) == {"tri_inductor", "inductor"}
+    # each engine's Python host profile of the same run, and the functions that grew in ours
+    for b in ("tri_inductor", "inductor"):
+        assert w["profile"][b]["python"]["top"] and w["profile"][b]["python"]["wall_ms"] > 0
+    assert w["python_host_diff"] and all({"fn", "own_ms", "ncalls"} <= set(r) for r in w["python_host_diff"])
     assert d["below"] == ["decode1", "decode16"] and d["pass"] is False
     for b in ("tri_inductor", "inductor"):
         assert d["engines"][b]["cold_start_s"] > 0 and d["engines"][b]["warm_start_s"] > 0
@@ -452,6 +456,8 @@ def test_worker_profile_path_runs_without_gpu(monkeypatch):
     r = e2e._handle_profile(CpuLLM(), {"spec": C.workload_spec("decode1", quick=True), "seed": 1, "out_cap": 4},
                             128256)
     assert "wall_ms" in r and "classes_us" in r and (r["ok"] or r["error"] == "profiler saw no kernels")
+    # the Python profile of a second, identical run: the stub's generate is among its functions
+    assert any(":generate" in row["fn"] for row in r["python"]["top"]) and r["python"]["calls"] == 1
 
 
 def test_e2e_engine_crash_mid_run(tmp_path):
@@ -795,3 +801,20 @@ def test_moe_kernels_record_gets_its_table(tmp_path):
     md = report.build_markdown(tmp_path)
     assert "MoE layer" in md and "geomean vs fused_moe **2.000x**" in md
     assert md.count("| mixtral_8x7b |") == 2
+
+
+def test_python_host_diff_and_its_line():
+    """cProfile tops of two engines: the functions that grew in ours, largest first (a function
+    in one top list only counts 0 on the other side); the report lists those that grew."""
+    from _host_profile import diff
+
+    ours = {"top": [{"fn": "a.py:1:launch", "ncalls": 30.0, "own_ms": 5.0, "cum_ms": 9.0},
+                    {"fn": "b.py:2:step", "ncalls": 10.0, "own_ms": 2.0, "cum_ms": 20.0}]}
+    base = {"top": [{"fn": "b.py:2:step", "ncalls": 10.0, "own_ms": 3.5, "cum_ms": 15.0},
+                    {"fn": "c.py:3:mm", "ncalls": 10.0, "own_ms": 1.0, "cum_ms": 1.0}]}
+    d = diff(ours, base)
+    assert [r["fn"] for r in d] == ["a.py:1:launch", "c.py:3:mm", "b.py:2:step"]
+    assert d[0] == {"fn": "a.py:1:launch", "own_ms": 5.0, "ncalls": 30.0} and d[2]["own_ms"] == -1.5
+    line = report._python_text({"python_host_diff": d})
+    assert "`a.py:1:launch` +5.0 ms (+30 calls)" in line and "b.py" not in line and "c.py" not in line
+    assert report._python_text({}) == ""
