@@ -53,7 +53,10 @@ activations/graphs each; ``gpu_memory_utilization`` 0.42 only passes vLLM's star
 check).  They start one after the other (vLLM profiles memory at start-up and assumes no other
 process changes its usage meanwhile), then each workload runs as warm-up A, warm-up B, then
 repetitions (3 by default) in ABBA order (rep 0: A,B; rep 1: B,A; ...), so slow drift (clocks, temperature)
-cancels and both see the same machine state.  Why not A-then-B-then-A: that needs three
+cancels and both see the same machine state.  A workload whose reps are short (a small model's
+run lasts a fraction of a second, and its host-bound steps move 20-50% between reps) gets more
+reps, a palindromic pair at a time, until each engine has measured ``--min-measured-s`` (6 s) of
+it, at most 4x ``--reps``, within the budget.  Why not A-then-B-then-A: that needs three
 engine start-ups (~2 min each with compile and CUDA-graph capture), which the 9-minute budget
 cannot hold, and still compares numbers minutes apart.  Fallback (automatic when the second
 engine fails to start for lack of memory, or ``--mode sequential``): A alone for all workloads,
@@ -137,6 +140,8 @@ DEFAULT_WORKLOADS = "decode1,decode16,decode64,prefill8,mixed"
 MAX_MODEL_LEN = 4096
 MAX_NUM_SEQS = 64
 MAX_BATCHED_TOKENS = 8192
+MIN_MEASURED_S = 6.0  # --min-measured-s: seconds of a workload each engine measures at least
+MAX_REPS_FACTOR = 4   # ... with at most this many times --reps
 RESERVE_S = 35.0  # kept back from the budget for stopping engines and writing results (at most 10%)
 
 
@@ -153,6 +158,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help=f"comma-separated subset of {DEFAULT_WORKLOADS}")
     p.add_argument("--quick", action="store_true", help="shorter outputs (decode 128, mixed 16..128) and 2 reps")
     p.add_argument("--reps", type=int, default=None, help="measured repetitions per backend (default 3; 2 with --quick)")
+    p.add_argument("--min-measured-s", type=float, default=MIN_MEASURED_S,
+                   help="after --reps, more reps (in pairs, the same palindromic order) while an engine has "
+                        f"measured less than this many seconds of a workload, up to {MAX_REPS_FACTOR}x --reps "
+                        "and within the budget: a small model's reps last a fraction of a second and its "
+                        "median of 2-4 is noise (0: exactly --reps)")
     p.add_argument("--baseline", choices=sorted(BASELINES), default="both",
                    help="compile: vLLM's compile path (TRITON_ATTN); default: vLLM as shipped (FLASH_ATTN, "
                         "FA3); both (three engines)")
@@ -330,6 +340,7 @@ def build_plan(args: argparse.Namespace, total_gib: float | None = None) -> dict
     util = mem["gpu_util"] if mode == "side-by-side" else args.solo_gpu_util
     return {"model": args.model, "model_config": cfg, "weights_gib": round(weights_gib, 2), "kv_cache_gib": args.kv_cache_gib,
             "kv_cache_tokens": kv_tokens, "mode": mode, "backends": backends, "reps": args.reps,
+            "min_measured_s": args.min_measured_s,
             "rep_order": rep_orders(backends, args.reps), "quick": args.quick, "workloads": work, "specs": specs,
             "baseline": args.baseline, "tp": args.tp, "memory_plan": mem, "side_by_side_util": mem["gpu_util"],
             "engine_kwargs": {b: engine_kwargs(b, "<model_dir>", util, args.kv_cache_gib, args.tp) for b in backends},
@@ -608,7 +619,7 @@ class Runner:
         git = C.git_info()
         self.report: dict[str, Any] = {
             "benchmark": "e2e_vllm", "card": None, "versions": {}, "commit": git["commit"], "dirty": git["dirty"],
-            "settings": {k: plan[k] for k in ("mode", "backends", "reps", "rep_order", "quick", "kv_cache_gib",
+            "settings": {k: plan[k] for k in ("mode", "backends", "reps", "min_measured_s", "rep_order", "quick", "kv_cache_gib",
                                                "kv_cache_tokens", "weights_gib", "budget_s", "profile", "starts",
                                                "baseline", "tp", "memory_plan")}
             | {"model": args.model, "layers": args.layers, "model_config": plan["model_config"], "engine_kwargs": plan["engine_kwargs"],
@@ -788,8 +799,9 @@ class Runner:
                 cap = min(32, max(o for _, o in C.request_lengths(spec)))
                 self.run_one(eng, spec, seed_base + 999, "warmup", out_cap=cap)
         rep_time: float | None = None
-        for rep in range(reps):
-            if rep_time is not None and self.left() - self.reserve < 1.3 * rep_time:
+        rep = 0
+        while rep < reps or self._more_reps(name, rep, reps, rep_time):
+            if rep < reps and rep_time is not None and self.left() - self.reserve < 1.3 * rep_time:
                 self.note_skip(f"{name} reps {rep}..{reps - 1}")
                 break
             t = time.monotonic()
@@ -809,7 +821,23 @@ class Runner:
                           f"{host.get('main_thread_cpu_s', float('nan')):.2f} s, "
                           f"{host.get('involuntary_switches', float('nan')):.0f} preemptions", flush=True)
             rep_time = time.monotonic() - t
+            rep += 1
 
+    def _more_reps(self, name: str, rep: int, reps: int, rep_time: float | None) -> bool:
+        """After the requested reps: more, a palindromic pair at a time, while an engine has
+        measured less than ``--min-measured-s`` of this workload, up to ``MAX_REPS_FACTOR`` x reps,
+        if the budget holds them and what is still to come."""
+        if rep_time is None or rep >= MAX_REPS_FACTOR * reps:
+            return False
+        if rep % 2 and rep > reps:
+            return True  # the second half of a pair started here
+        measured = [sum(r["wall_s"] for r in runs) for runs in self.raw.get(name, {}).values()]
+        if not measured or min(measured) >= self.args.min_measured_s:
+            return False
+        need = (1 if rep % 2 else 2) * rep_time  # complete the requested reps' last pair, or a new pair
+        # what is still to come (the later workloads' reps and the profiles), guessed at this rep time
+        pending = (getattr(self, "workloads_after", 0) * (reps + 2) + 2) * rep_time
+        return self.left() - self.reserve > 1.3 * need + pending
     def summarize(self, name: str, spec: dict[str, Any]) -> dict[str, Any]:
         entry: dict[str, Any] = {"group": spec["group"], "spec": {k: spec[k] for k in ("n", "prompt_len", "out_len")}}
         p_tok, o_tok = C.workload_tokens(spec)
@@ -928,7 +956,8 @@ class Runner:
                                                       "as a drift check")
         self.compare_settings()
         if mode == "side-by-side" or len(backends) == 1:
-            for s in specs:
+            for i, s in enumerate(specs):
+                self.workloads_after = len(specs) - i - 1
                 if self.left() - self.reserve < 20:
                     self.note_skip(f"workload {s['name']}")
                     continue

@@ -184,6 +184,7 @@ def e2e_section(name: str, d: dict[str, Any]) -> str:
            f"{s.get('max_num_batched_tokens', '?')}, KV cache {s.get('kv_cache_gib', '?')} GiB, prefix caching off, "
            f"greedy); mode **{mode}**, {s.get('reps', '?')} reps per backend"
            f"{' in ABBA order' if str(mode).startswith('side') else ''}"
+           f"{_more_reps_text(s)}"
            f"{', --quick (shorter outputs)' if s.get('quick') else ''}. Ratios: throughput = ours / vLLM's "
            f"(>= 1.0x is better), ITL = ours / vLLM's median (<= 1.0x is better).", ""]
     if s.get("moe_baseline_note"):
@@ -227,7 +228,9 @@ def e2e_section(name: str, d: dict[str, Any]) -> str:
                     f"{_num((o.get('itl_ms') or {}).get('median'), 2)} / {_num((df.get('itl_ms') or {}).get('median'), 2)}",
                     _ratio(w.get("itl_ratio_vs_default")), e2e_status_vs_default(w)]
         noise = w.get("noise") if has_compile else w.get("noise_vs_default", w.get("noise"))
-        row += ["-" if noise is None else f"±{noise * 100:.1f}%"]
+        n_reps = o.get("reps")
+        row += [("-" if noise is None else f"±{noise * 100:.1f}%")
+                + (f" ({n_reps} reps)" if n_reps and n_reps != s.get("reps") else "")]
         rows.append(row + ([e2e_status(w)] if has_compile else []))
     if rows:
         out.append(_table(["workload", "kind", "requests x in/out tokens", "tri_inductor tok/s"]
@@ -305,6 +308,14 @@ def e2e_section(name: str, d: dict[str, Any]) -> str:
     if d.get("skipped"):
         out += ["", "Skipped for time: " + "; ".join(map(str, d["skipped"]))]
     return "\n".join(out)
+
+
+def _more_reps_text(s: dict[str, Any]) -> str:
+    """How a run's short workloads got more reps (``e2e_vllm.py --min-measured-s``), if they did."""
+    if not s.get("min_measured_s"):
+        return ""
+    return (f", more (in pairs, at most 4x) where an engine had measured less than {s['min_measured_s']:g} s of "
+            "a workload: the count is in the noise column")
 
 
 def _python_text(w: dict[str, Any]) -> str:

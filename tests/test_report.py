@@ -314,6 +314,8 @@ def test_e2e_engine_kwargs_are_vllm_engine_args():
 
 
 def _run_e2e(tmp_path, args, fake, timeout=240):
+    if "--min-measured-s" not in args:  # the fake engines' reps are short: exactly --reps unless a test asks
+        args = [*args, "--min-measured-s", "0"]
     env = dict(os.environ, TRI_E2E_FAKE=json.dumps(fake), GIT_COMMIT="feedface")
     env.pop("OUT", None)
     return subprocess.run([sys.executable, str(BENCH / "e2e_vllm.py"), "--out", str(tmp_path), *args], env=env,
@@ -328,6 +330,28 @@ def test_e2e_dry_run_writes_config(tmp_path):
     assert cfg["num_hidden_layers"] == 4 and cfg["hidden_size"] == 4096 and cfg["vocab_size"] == 128256
     assert "decode64" in p.stdout and "TRITON_ATTN" in p.stdout and "e2e_<card>_L4.json" in p.stdout
     assert not list(tmp_path.glob("e2e_*.json"))
+
+
+def test_e2e_short_workloads_get_more_reps(tmp_path):
+    """Reps shorter than --min-measured-s: more of them, in palindromic pairs, up to 4x --reps."""
+    p = _run_e2e(tmp_path, ["--layers", "2", "--quick", "--workloads", "decode1", "--reps", "2",
+                            "--baseline", "compile", "--min-measured-s", "1000", "--profile", "none"],
+                 {"tri_inductor": 0.0004, "inductor": 0.0004})
+    d = json.loads(next(tmp_path.glob("e2e_*.json")).read_text())
+    w = d["workloads"]["decode1"]
+    assert w["tri_inductor"]["reps"] == w["inductor"]["reps"] == 8, p.stdout[-3000:]  # the cap: 4 x 2
+    md = report.e2e_section("e2e_h100_L2.json", d)
+    assert "more (in pairs, at most 4x) where an engine had measured less than 1000 s" in md and "(8 reps)" in md
+    # a short enough threshold stops after the first extra pair that reaches it
+    tmp2 = tmp_path / "b"
+    tmp2.mkdir()
+    wall = sum(w["tri_inductor"]["wall_s_reps"][:2])
+    p = _run_e2e(tmp2, ["--layers", "2", "--quick", "--workloads", "decode1", "--reps", "2",
+                        "--baseline", "compile", "--min-measured-s", f"{wall * 1.5:.4f}", "--profile", "none"],
+                 {"tri_inductor": 0.0004, "inductor": 0.0004})
+    w = json.loads(next(tmp2.glob("e2e_*.json")).read_text())["workloads"]["decode1"]
+    for b in ("tri_inductor", "inductor"):
+        assert w[b]["reps"] % 2 == 0 and 2 <= w[b]["reps"] < 8, p.stdout[-3000:]
 
 
 def test_e2e_side_by_side_fake(tmp_path):
