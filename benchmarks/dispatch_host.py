@@ -15,7 +15,11 @@ microseconds per call (CPU time to enqueue, no sync) and GPU microseconds per ca
 * ``ours_static``: ``backend="tri_inductor"``, compiled for this M (one launch per GEMM);
 * ``inductor``: ``backend="inductor"``, M symbolic (cuBLAS for the GEMMs).
 
-The layer: q/k/v (one GEMM), o, gate_up, SiLU-and-mul, down, at Llama-3.2-1B's widths by default.
+The piece (``--piece``): ``layer`` (default), q/k/v (one GEMM), o, gate_up, SiLU-and-mul, down, at
+Llama-3.2-1B's widths by default; ``vllm``, the middle piece vLLM 0.26 compiles, in its native FX forms
+(o_proj, add + RMSNorm, gate_up, SiLU-and-mul, down, add + RMSNorm, q/k/v with bias, RoPE: the
+same function ``cold_start_cpu.py`` compiles), so a host-time gap seen under vLLM can be checked
+outside it. ``--profile`` adds where the gated call's host time goes (cProfile).
 """
 from __future__ import annotations
 
@@ -45,14 +49,14 @@ def layer(x, w_qkv, w_o, w_gu, w_d):
 
 
 def host_and_gpu_us(fn, x, calls: int) -> tuple[float, float]:
-    """(median host us to enqueue one call, GPU-bound us per call over ``calls`` back to back)."""
+    """(median host us to enqueue one call ``fn(*x)``, GPU-bound us per call over ``calls`` back to back)."""
     for _ in range(3):
-        fn(x)
+        fn(*x)
     torch.cuda.synchronize()
     host = []
     for _ in range(calls):
         t = time.perf_counter()
-        fn(x)
+        fn(*x)
         host.append((time.perf_counter() - t) * 1e6)
         if len(host) % 20 == 0:
             torch.cuda.synchronize()  # keep the launch queue short: enqueue time, not back-pressure
@@ -60,22 +64,56 @@ def host_and_gpu_us(fn, x, calls: int) -> tuple[float, float]:
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
     start.record()
     for _ in range(calls):
-        fn(x)
+        fn(*x)
     end.record()
     end.synchronize()
     return statistics.median(host), start.elapsed_time(end) * 1e3 / calls
 
 
 def host_profile(fn, x, calls: int, top: int = 20) -> list[dict]:
-    """The ``top`` functions by own host time per call of ``fn(x)``, under cProfile
+    """The ``top`` functions by own host time per call of ``fn(*x)``, under cProfile
     (``_host_profile.py``: compare entries with each other, not with host_us)."""
     from _host_profile import python_profile
 
-    prof = python_profile(lambda: fn(x), calls, top, every=lambda i: i % 20 == 19 and torch.cuda.synchronize())
+    prof = python_profile(lambda: fn(*x), calls, top, every=lambda i: i % 20 == 19 and torch.cuda.synchronize())
     torch.cuda.synchronize()
     for r in prof["top"]:
         print(f"[dispatch_host]   {r['own_ms'] * 1e3:8.1f} us  x{r['ncalls']:<6} {r['fn']}", flush=True)
     return prof["top"]
+
+
+def _flat(out) -> torch.Tensor:
+    return torch.cat([t.reshape(-1) for t in out]) if isinstance(out, (tuple, list)) else out
+
+
+def build_piece(args, dt, dev):
+    """(fn, inputs(M) -> list of the piece's token-dimension inputs, weight matrices [N, K], indices of
+    the inputs whose dim 0 is the token count)."""
+    if args.piece == "layer":
+        w = [torch.randn(n, k, dtype=dt, device=dev) / k ** 0.5
+             for n, k in ((args.qkv, args.hidden), (args.hidden, args.hidden), (2 * args.inter, args.hidden),
+                          (args.hidden, args.inter))]
+        return (lambda x: layer(x, *w)), (lambda m: [torch.randn(m, args.hidden, dtype=dt, device=dev)]), w, (0,)
+    import cold_start_cpu
+
+    m = dict(hidden=args.hidden, inter=args.inter, heads=args.heads, kv_heads=args.kv_heads,
+             head_dim=args.head_dim, eps=1e-6, vocab=1024, qkv_bias=True)
+    _, middle, example, dyn = cold_start_cpu.make_pieces(m)[1]
+    n_tok = len(dyn)  # attn, residual, positions; then w_o, n1, w_gu, w_down, n2, w_qkv, b_qkv, cos_sin
+    *layer_params, table = example[n_tok:]
+    params = [torch.randn(t.shape, dtype=dt, device=dev) / (t.shape[-1] ** 0.5 if t.dim() == 2 else 8.0)
+              + (1.0 if t.dim() == 1 and t.shape[0] == args.hidden else 0.0)  # norm weights near 1
+              for t in layer_params]
+    weights = [t for t in params if t.dim() == 2]
+    params.append(torch.randn(table.shape, dtype=dt, device=dev))  # the RoPE cos/sin table
+    d = args.head_dim
+
+    def inputs(tokens: int) -> list[torch.Tensor]:
+        return [torch.randn(tokens, args.heads, d, dtype=dt, device=dev),
+                torch.randn(tokens, args.hidden, dtype=dt, device=dev),
+                torch.randint(0, 4096, (tokens,), device=dev)]
+
+    return (lambda *x: middle(*x, *params)), inputs, weights, tuple(range(n_tok))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -83,6 +121,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--hidden", type=int, default=2048)
     p.add_argument("--qkv", type=int, default=3072, help="q/k/v output width (32/8 heads of 64: 3072)")
     p.add_argument("--inter", type=int, default=8192)
+    p.add_argument("--piece", choices=("layer", "vllm"), default="layer",
+                   help="layer: the GEMMs and SiLU-and-mul; vllm: vLLM's middle piece in its native forms")
+    p.add_argument("--heads", type=int, default=32, help="--piece vllm: query heads (q/k/v width from heads)")
+    p.add_argument("--kv-heads", type=int, default=8)
+    p.add_argument("--head-dim", type=int, default=64)
     p.add_argument("--tokens", default="160,300,700,1500,4000", help="token counts in the 129..8192 range")
     p.add_argument("--calls", type=int, default=200)
     p.add_argument("--profile", action="store_true",
@@ -97,45 +140,46 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.manual_seed(0)
     dt, dev = torch.bfloat16, "cuda"
-    w = [torch.randn(n, k, dtype=dt, device=dev) / k ** 0.5
-         for n, k in ((args.qkv, args.hidden), (args.hidden, args.hidden), (2 * args.inter, args.hidden),
-                      (args.hidden, args.inter))]
+    fn, inputs, weights, dyn = build_piece(args, dt, dev)
     with O.token_range(*RANGE):
         plans = {f"{n}x{k}": [f"{lo}..{hi}" for lo, hi, _ in O.dispatch_plan(n, k, dt, torch.device(dev))]
-                 for n, k in ((t.shape[0], t.shape[1]) for t in w)}
+                 for n, k in ((t.shape[0], t.shape[1]) for t in weights)}
     tokens = [int(t) for t in args.tokens.split(",")]
-    x0 = torch.randn(tokens[0], args.hidden, dtype=dt, device=dev)
+    x0 = inputs(tokens[0])
     variants = {}
     torch._dynamo.reset()
     # Only the token count is symbolic (``dynamic=True`` would make the weights' dims symbolic too:
     # no GEMM pattern takes a symbolic N or K, and the matmuls fall to Inductor's own kernels).
-    gated = torch.compile(lambda x: layer(x, *w), backend="tri_inductor")
-    torch._dynamo.mark_dynamic(x0, 0, min=RANGE[0], max=RANGE[1])
+    gated = torch.compile(fn, backend="tri_inductor")
+    for i in dyn:
+        torch._dynamo.mark_dynamic(x0[i], 0, min=RANGE[0], max=RANGE[1])
     with O.token_range(*RANGE):
-        gated(x0)  # traced for the range, as vLLM compiles its eager piece
+        gated(*x0)  # traced for the range, as vLLM compiles its eager piece
     variants["ours_gated"] = gated
-    inductor = torch.compile(lambda x: layer(x, *w), backend="inductor")
-    inductor(x0)
+    inductor = torch.compile(fn, backend="inductor")
+    inductor(*x0)
     variants["inductor"] = inductor
     rows = []
     for m in tokens:
-        x = torch.randn(m, args.hidden, dtype=dt, device=dev)
-        ref = layer(x.double(), *(t.double() for t in w))
-        static = torch.compile(lambda x: layer(x, *w), backend="tri_inductor", dynamic=False)
+        x = inputs(m)
+        ref = _flat(fn(*x)).double()  # eager (the piece's own bf16 roundings): an error check, not a bar
+        static = torch.compile(fn, backend="tri_inductor", dynamic=False)
         row = {"tokens": m}
-        for name, fn in (*variants.items(), ("ours_static", static)):
-            out = fn(x)
+        for name, f in (*variants.items(), ("ours_static", static)):
+            out = _flat(f(*x))
             err = ((out.double() - ref).norm() / ref.norm()).item()
-            host, gpu = host_and_gpu_us(fn, x, args.calls)
-            row[name] = {"host_us": round(host, 1), "gpu_us": round(gpu, 1), "rel_err": float(f"{err:.2e}")}
+            host, gpu = host_and_gpu_us(f, x, args.calls)
+            row[name] = {"host_us": round(host, 1), "gpu_us": round(gpu, 1), "rel_err_vs_eager": float(f"{err:.2e}")}
             print(f"[dispatch_host] M={m:5d} {name:12s} host {host:7.1f} us  gpu-bound {gpu:7.1f} us  "
-                  f"rel err {err:.1e}", flush=True)
+                  f"rel err vs eager {err:.1e}", flush=True)
         row["gated_extra_host_us"] = round(row["ours_gated"]["host_us"] - row["ours_static"]["host_us"], 1)
         if args.profile:
             row["ours_gated"]["host_profile"] = host_profile(gated, x, args.calls)
         rows.append(row)
-    report = {"benchmark": "dispatch_host", **metadata(), "shapes": {"hidden": args.hidden, "qkv": args.qkv,
-              "inter": args.inter}, "range": list(RANGE), "plans": plans, "rows": rows,
+    report = {"benchmark": "dispatch_host", **metadata(), "piece": args.piece,
+              "shapes": {"hidden": args.hidden, "qkv": args.qkv, "inter": args.inter}
+              | ({"heads": args.heads, "kv_heads": args.kv_heads, "head_dim": args.head_dim}
+                 if args.piece == "vllm" else {}), "range": list(RANGE), "plans": plans, "rows": rows,
               "method": "host_us: median CPU time of one call (enqueue, no sync; synchronised every 20 calls); "
                         "gpu_us: CUDA-event time of back-to-back calls / calls (host-bound when close to host_us)"}
     print("\nM      " + "  ".join(f"{n:>24s}" for n in ("ours_gated host/gpu", "ours_static host/gpu",
