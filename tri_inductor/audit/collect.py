@@ -77,7 +77,8 @@ def chain_save_output_code() -> None:
 
 def make_codegen_hook(real_codegen):
     """``GraphLowering.codegen``: launches of ours with a symbolic grid skipped while it is empty
-    (``patterns/gated_calls.py``); the extern kernels' provenance kept for the next report."""
+    (``patterns/gated_calls.py``), host TMA descriptors built without per-call validation
+    (``patterns/_host_tma.py``); the extern kernels' provenance kept for the next report."""
 
     def codegen(self, *args, **kwargs):
         out = real_codegen(self, *args, **kwargs)
@@ -101,10 +102,12 @@ def _skip_empty_grids(wrapper) -> None:
     if not isinstance(code, str) or "async_compile.triton(" not in code:
         return
     from ..patterns import our_kernel_names
+    from ..patterns._host_tma import fast_descriptors
     from ..patterns.gated_calls import our_kernel_vars, skip_empty_grids
 
     new, n = skip_empty_grids(code, our_kernel_vars(code, frozenset(our_kernel_names())))
-    if n:
+    new, m = fast_descriptors(new)
+    if n or m:
         wrapper.value = new
 
 

@@ -44,6 +44,43 @@ def descriptor(t, block_shape: list[int]):
     return TensorDescriptor.from_tensor(t, list(block_shape))
 
 
+# --------------------------------------------- descriptors the compiled wrapper builds every call
+
+_FROM_TENSOR = "triton.tools.tensor_descriptor.TensorDescriptor.from_tensor("
+FAST_NAME = "_tri_tma_descriptor"
+_IMPORT = f"from tri_inductor.patterns._host_tma import fast_descriptor as {FAST_NAME}"
+
+
+def fast_descriptor(t, block_shape: list[int]):
+    """The descriptor ``TensorDescriptor.from_tensor(t, block_shape)`` builds, without its Python
+    validation (a dataclass ``__post_init__`` of ~8 calls, ~1.5-5 us a descriptor, paid at every
+    eager call of a compiled piece: three per TMA launch). Nothing is left unchecked that matters:
+    the block shape was validated when the launch was traced (``descriptor``), a misaligned base
+    keeps Triton's own check (the one a view's offset can break), and Triton's launcher encodes the
+    descriptor with the driver, which refuses any other bad shape or stride with an error."""
+    if t.data_ptr() % 16:
+        return descriptor(t, block_shape)  # Triton's check and its message
+    d = object.__new__(_descriptor_class())
+    d.__dict__.update(base=t, shape=t.shape, strides=t.stride(), block_shape=block_shape, padding="zero")
+    return d
+
+
+def fast_descriptors(code: str) -> tuple[str, int]:
+    """Inductor's wrapper ``code`` building its TMA descriptors with :func:`fast_descriptor`, and how
+    many; the import joins the wrapper's ``import torch`` line, so no line moves (Inductor maps
+    lines back to source). Code without that line is returned as it is."""
+    n = code.count(_FROM_TENSOR)
+    if not n:
+        return code, 0
+    lines = code.split("\n")
+    try:
+        i = lines.index("import torch")
+    except ValueError:
+        return code, 0
+    lines[i] = f"import torch; {_IMPORT}"
+    return "\n".join(lines).replace(_FROM_TENSOR, FAST_NAME + "("), n
+
+
 def is_descriptor(v: Any) -> bool:
     return _has_tensor_descriptor() and isinstance(v, _descriptor_class())
 
