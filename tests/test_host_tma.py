@@ -4,6 +4,8 @@ wrapper rebuilds each descriptor from its base tensor). Here: what it leaves to 
 and the wrapper's descriptors built without per-call validation (``fast_descriptor``)."""
 from __future__ import annotations
 
+import inspect
+
 import torch
 from triton.tools.tensor_descriptor import TensorDescriptor
 
@@ -54,9 +56,10 @@ def _launcher_args(desc, metadata, monkeypatch):
     def fill_tma_descriptor(ptr, swizzle, elem, dtype, block, shape, strides, padding):
         return ("map", ptr, swizzle, elem, dtype, tuple(block), tuple(shape), tuple(strides), padding)
 
-    utils = NS(fill_tma_descriptor=fill_tma_descriptor)
+    utils = NS(fill_tma_descriptor=fill_tma_descriptor, fill_tma_descriptor_tiled=fill_tma_descriptor)  # 3.6, 3.8
     monkeypatch.setattr(nv, "triton", NS(runtime=NS(driver=NS(active=NS(utils=utils)))))
-    return nv.make_tensordesc_arg(desc, metadata)
+    extra = [None] * (len(inspect.signature(nv.make_tensordesc_arg).parameters) - 2)  # Triton 3.8: one more
+    return nv.make_tensordesc_arg(desc, metadata, *extra)
 
 
 def test_fast_descriptor_is_what_from_tensor_builds(monkeypatch):

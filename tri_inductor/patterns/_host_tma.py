@@ -58,11 +58,31 @@ def fast_descriptor(t, block_shape: list[int]):
     the block shape was validated when the launch was traced (``descriptor``), a misaligned base
     keeps Triton's own check (the one a view's offset can break), and Triton's launcher encodes the
     descriptor with the driver, which refuses any other bad shape or stride with an error."""
-    if t.data_ptr() % 16:
-        return descriptor(t, block_shape)  # Triton's check and its message
+    defaults = _fast_fields()
+    if defaults is None or t.data_ptr() % 16:
+        return descriptor(t, block_shape)  # Triton's own check and message; or a Triton we cannot mirror
     d = object.__new__(_descriptor_class())
-    d.__dict__.update(base=t, shape=t.shape, strides=t.stride(), block_shape=block_shape, padding="zero")
+    d.__dict__.update(defaults, base=t, shape=t.shape, strides=t.stride(), block_shape=block_shape)
     return d
+
+
+@functools.cache
+def _fast_fields() -> dict[str, Any] | None:
+    """The descriptor's defaulted fields (Triton 3.6: padding; 3.8: and round_f32_to_tf32), or None
+    where ``fast_descriptor`` could not build what ``from_tensor`` does: a field without a default
+    beyond the four it sets, or an attribute ``__post_init__`` adds (checked on a small tensor)."""
+    import dataclasses
+
+    import torch
+
+    cls = _descriptor_class()
+    fields = dataclasses.fields(cls)
+    given = {"base", "shape", "strides", "block_shape"}
+    defaults = {f.name: f.default for f in fields if f.default is not dataclasses.MISSING}
+    if {f.name for f in fields} - given - set(defaults):
+        return None
+    made = descriptor(torch.empty(16, 16, dtype=torch.bfloat16), [16, 16])
+    return defaults if set(vars(made)) == given | set(defaults) else None
 
 
 def fast_descriptors(code: str) -> tuple[str, int]:
