@@ -1,7 +1,7 @@
 """Host time of one compiled piece's call: our GEMM dispatch over a symbolic token count vs the
 same graph compiled for one token count vs Inductor's own (cuBLAS), at a small model's layer.
 
-    python benchmarks/dispatch_host.py [--out DIR]     # writes dispatch_host_<card>.json
+    python benchmarks/dispatch_host.py [--piece vllm] [--out DIR]   # dispatch_host_<card>[_vllm][_tma0].json
 
 Why: vLLM runs steps of more than its largest CUDA-graph size (128 tokens) eagerly, piece by
 piece, and compiles those pieces for a symbolic token count M in 129..8192. Our GEMM then
@@ -189,7 +189,8 @@ def main(argv: list[str] | None = None) -> int:
                                                 for n in ("ours_gated", "ours_static", "inductor"))
               + f"  {r['gated_extra_host_us']:>10.1f}")
     print(f"plans (129..8192): {plans}")
-    print("wrote", write_json(f"dispatch_host_{card_slug()}", report, args.out))
+    suffix = ("_vllm" if args.piece == "vllm" else "") + ("_tma0" if os.environ.get("TRI_INDUCTOR_TMA") == "0" else "")
+    print("wrote", write_json(f"dispatch_host_{card_slug()}{suffix}.json", report, args.out))
     return 0
 
 
