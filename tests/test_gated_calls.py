@@ -25,12 +25,37 @@ def test_only_symbolic_grids_of_our_kernels_are_guarded():
     new, n = skip_empty_grids(code, {"mm_kernel_0"})
     lines = new.split("\n")
     assert n == 1 and len(lines) == len(code.split("\n"))  # same line count: Inductor's line map holds
-    assert lines[1].startswith("    if (3 * ((15 + s77) // 16) * min(1, (-1 + s77) // 16)): mm_kernel_0.run(")
+    assert lines[1].startswith("    if (_tri_g1 := (3 * ((15 + s77) // 16) * min(1, (-1 + s77) // 16))): mm_kernel_0.run(")
     assert lines[2:] == code.split("\n")[2:]
     for s77 in (1, 16, 17, 40):  # the guard is the grid: true exactly when the launch has programs
         guard = lines[1].split(": mm_kernel_0", 1)[0].strip()[3:]
         grid0 = 3 * ((15 + s77) // 16) * min(1, (s77 - 1) // 16)
         assert bool(eval(guard, {"s77": s77})) == (grid0 > 0)
+
+
+def test_a_grid_expression_is_evaluated_once_per_block():
+    """Launches (and descriptors) with the same grid expression share one evaluation: bound where
+    it is sure to run, read after; never read where the binding's block may not have run."""
+    grid = "2*min(1, ((-1) + s77) // 16)"
+    run = "    " + CALL.format(g0=grid, g1="1")
+    code = "\n".join(["def call(s77):", "    if s77 > 100:", "    " + run, "    else:", "    " + run,
+                      run, run, "", "    # a comment", run, "def other(s77):", run])
+    new, n = skip_empty_grids(code, {"mm_kernel_0"})
+    lines = new.split("\n")
+    assert n == 6 and len(lines) == len(code.split("\n"))
+    assert ":= (2 * min(1, (-1 + s77) // 16))" in lines[2]  # inside the if: bound there
+    assert ":=" in lines[4]  # the else branch cannot read the if branch's local: binds its own
+    assert ":=" in lines[5] and lines[6].startswith("    if _tri_g5: ") and lines[9].startswith("    if _tri_g5: ")
+    assert ":=" in lines[11]  # another function: its own local
+    calls = []
+    env = {"mm_kernel_0": type("K", (), {"run": staticmethod(lambda *a, **k: calls.append(a[-3]))}),
+           "reinterpret_tensor": lambda *a: None, "arg1_1": 0, "arg2_1": 0, "buf0": 0, "stream0": 0}
+    exec(new, env)
+    for s77, want in ((8, 0), (40, 5), (200, 5)):  # every launch with programs runs, none without
+        calls.clear()
+        env["call"](s77)
+        env["other"](s77)
+        assert len(calls) == want and all(g > 0 for g in calls)
 
 
 def test_a_tma_launch_builds_its_descriptors_only_with_programs():

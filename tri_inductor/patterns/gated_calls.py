@@ -9,7 +9,8 @@ host time in every eager step of vLLM's piecewise range, the whole step on a sma
 wrapper Inductor generated (``GraphLowering.codegen``'s output, before it is written, loaded and
 cached) so each such call reads ``if <grid>: kernel.run(...)``, on the same line: line numbers,
 and with them Inductor's line map, do not change. A TMA launch's host-side descriptors are built
-only when a launch that reads them has programs. The launches that run are the same.
+only when a launch that reads them has programs. Each distinct grid expression is evaluated once
+in a block (its descriptors and its launch share it: ``:=``). The launches that run are the same.
 """
 from __future__ import annotations
 
@@ -49,21 +50,19 @@ def skip_empty_grids(code: str, kernel_vars: set[str]) -> tuple[str, int]:
         m = _RUN_LINE.match(line)
         if m is not None:
             conds[i] = _grid_condition(line.strip()) if m.group("var") in kernel_vars else None
-    _skip_descriptors(lines, conds)
-    n = 0
-    for i, cond in conds.items():
-        if cond is not None:
-            line = lines[i]
-            lines[i] = f"{line[:len(line) - len(line.lstrip())]}if {cond}: {line.strip()}"
-            n += 1
-    return "\n".join(lines), n
+    guards = {i: [c] for i, c in conds.items() if c is not None}
+    guards.update(_descriptor_guards(lines, conds))
+    _write_guards(lines, guards)
+    return "\n".join(lines), sum(1 for c in conds.values() if c is not None)
 
 
-def _skip_descriptors(lines: list[str], conds: dict[int, str | None]) -> None:
+def _descriptor_guards(lines: list[str], conds: dict[int, str | None]) -> dict[int, list[str]]:
     """A host-side TMA descriptor is built only when a launch that reads it has programs: its
     line becomes ``buf = TensorDescriptor.from_tensor(...) if <any reader's grid> else None``
     (Inductor builds one descriptor per (tensor, block shape) and may hand it to several
-    launches, up to its ``del``; a reader that always runs keeps it unconditional)."""
+    launches, up to its ``del``; a reader that always runs keeps it unconditional). Returns each
+    such line's readers' grid conditions."""
+    out: dict[int, list[str]] = {}
     runs = sorted(conds)
     dels: dict[str, list[int]] = {}  # the lines that drop each name, in order
     for i, line in enumerate(lines):
@@ -78,10 +77,44 @@ def _skip_descriptors(lines: list[str], conds: dict[int, str | None]) -> None:
         name = re.compile(rf"\b{re.escape(var)}\b")
         window = runs[bisect.bisect_right(runs, j):bisect.bisect_left(runs, dropped)]
         readers = [conds[i] for i in window if name.search(lines[i].split(".run(", 1)[1])]
-        if not readers or any(c is None for c in readers):
+        if readers and all(c is not None for c in readers):
+            out[j] = list(dict.fromkeys(readers))
+    return out
+
+
+def _write_guards(lines: list[str], guards: dict[int, list[str]]) -> None:
+    """Put each line's guard on it (a launch: ``if <grid>: k.run(...)``; a descriptor: ``... if
+    <any reader's grid> else None``), each distinct grid expression evaluated once: where it is
+    sure to be evaluated (a guard's first term) it is bound to a local (``:=``), and later guards
+    in the same block read the local. A block's bindings are forgotten when a line of lesser
+    indentation shows the block may have ended (an ``else``, another function, a kernel source
+    string): a guard never reads a name its path may not have bound."""
+    bound: dict[str, tuple[str, int]] = {}  # expression -> (local, indentation it was bound at)
+    for i, line in enumerate(lines):
+        stripped = line.lstrip()
+        if not stripped or stripped.startswith("#"):
             continue
-        guard = " or ".join(f"({c})" for c in dict.fromkeys(readers))
-        lines[j] = f"{d.group('indent')}{var} = {d.group('rhs')} if {guard} else None"
+        indent = len(line) - len(stripped)
+        bound = {e: b for e, b in bound.items() if b[1] <= indent}
+        terms = guards.get(i)
+        if terms is None:
+            continue
+        parts = []
+        for k, expr in enumerate(terms):
+            if expr in bound:
+                parts.append(bound[expr][0])
+            elif k == 0:
+                local = f"_tri_g{i}"
+                bound[expr] = (local, indent)
+                parts.append(f"({local} := {expr})")
+            else:
+                parts.append(f"({expr})")
+        guard = " or ".join(parts)
+        d = _DESCRIPTOR_LINE.match(line)
+        if d is not None:
+            lines[i] = f"{d.group('indent')}{d.group('var')} = {d.group('rhs')} if {guard} else None"
+        else:
+            lines[i] = f"{line[:indent]}if {guard}: {stripped}"
 
 
 def our_kernel_vars(code: str, our_jit_names: set[str] | frozenset[str]) -> set[str]:
