@@ -340,7 +340,7 @@ def build_plan(args: argparse.Namespace, total_gib: float | None = None) -> dict
     util = mem["gpu_util"] if mode == "side-by-side" else args.solo_gpu_util
     return {"model": args.model, "model_config": cfg, "weights_gib": round(weights_gib, 2), "kv_cache_gib": args.kv_cache_gib,
             "kv_cache_tokens": kv_tokens, "mode": mode, "backends": backends, "reps": args.reps,
-            "min_measured_s": args.min_measured_s,
+            "min_measured_s": args.min_measured_s, "max_reps_factor": MAX_REPS_FACTOR,
             "rep_order": rep_orders(backends, args.reps), "quick": args.quick, "workloads": work, "specs": specs,
             "baseline": args.baseline, "tp": args.tp, "memory_plan": mem, "side_by_side_util": mem["gpu_util"],
             "engine_kwargs": {b: engine_kwargs(b, "<model_dir>", util, args.kv_cache_gib, args.tp) for b in backends},
@@ -619,9 +619,9 @@ class Runner:
         git = C.git_info()
         self.report: dict[str, Any] = {
             "benchmark": "e2e_vllm", "card": None, "versions": {}, "commit": git["commit"], "dirty": git["dirty"],
-            "settings": {k: plan[k] for k in ("mode", "backends", "reps", "min_measured_s", "rep_order", "quick", "kv_cache_gib",
-                                               "kv_cache_tokens", "weights_gib", "budget_s", "profile", "starts",
-                                               "baseline", "tp", "memory_plan")}
+            "settings": {k: plan[k] for k in ("mode", "backends", "reps", "min_measured_s", "max_reps_factor",
+                                               "rep_order", "quick", "kv_cache_gib", "kv_cache_tokens", "weights_gib",
+                                               "budget_s", "profile", "starts", "baseline", "tp", "memory_plan")}
             | {"model": args.model, "layers": args.layers, "model_config": plan["model_config"], "engine_kwargs": plan["engine_kwargs"],
                "max_model_len": MAX_MODEL_LEN, "max_num_seqs": MAX_NUM_SEQS,
                "max_num_batched_tokens": MAX_BATCHED_TOKENS, "sampling": "greedy, ignore_eos",
@@ -791,7 +791,10 @@ class Runner:
         return r
 
     # ------------------------------------------------------------------ workloads
-    def run_workload(self, spec: dict[str, Any], engines: list[Engine], reps: int, seed_base: int) -> None:
+    def run_workload(self, spec: dict[str, Any], engines: list[Engine], reps: int, seed_base: int,
+                     later: int = 0) -> None:
+        """``reps`` reps of ``spec`` on ``engines`` (more where they are short: ``_more_reps``);
+        ``later``: how many workloads follow this one (budget kept for them)."""
         name = spec["name"]
         per = self.raw.setdefault(name, {})
         for eng in engines:  # warm-up: same shapes, fewer output tokens
@@ -800,7 +803,7 @@ class Runner:
                 self.run_one(eng, spec, seed_base + 999, "warmup", out_cap=cap)
         rep_time: float | None = None
         rep = 0
-        while rep < reps or self._more_reps(name, rep, reps, rep_time):
+        while rep < reps or self._more_reps(name, rep, reps, rep_time, later):
             if rep < reps and rep_time is not None and self.left() - self.reserve < 1.3 * rep_time:
                 self.note_skip(f"{name} reps {rep}..{reps - 1}")
                 break
@@ -823,7 +826,7 @@ class Runner:
             rep_time = time.monotonic() - t
             rep += 1
 
-    def _more_reps(self, name: str, rep: int, reps: int, rep_time: float | None) -> bool:
+    def _more_reps(self, name: str, rep: int, reps: int, rep_time: float | None, later: int) -> bool:
         """After the requested reps: more, a palindromic pair at a time, while an engine has
         measured less than ``--min-measured-s`` of this workload, up to ``MAX_REPS_FACTOR`` x reps,
         if the budget holds them and what is still to come."""
@@ -836,8 +839,9 @@ class Runner:
             return False
         need = (1 if rep % 2 else 2) * rep_time  # complete the requested reps' last pair, or a new pair
         # what is still to come (the later workloads' reps and the profiles), guessed at this rep time
-        pending = (getattr(self, "workloads_after", 0) * (reps + 2) + 2) * rep_time
+        pending = (later * (reps + 2) + 2) * rep_time
         return self.left() - self.reserve > 1.3 * need + pending
+
     def summarize(self, name: str, spec: dict[str, Any]) -> dict[str, Any]:
         entry: dict[str, Any] = {"group": spec["group"], "spec": {k: spec[k] for k in ("n", "prompt_len", "out_len")}}
         p_tok, o_tok = C.workload_tokens(spec)
@@ -957,7 +961,6 @@ class Runner:
         self.compare_settings()
         if mode == "side-by-side" or len(backends) == 1:
             for i, s in enumerate(specs):
-                self.workloads_after = len(specs) - i - 1
                 if self.left() - self.reserve < 20:
                     self.note_skip(f"workload {s['name']}")
                     continue
@@ -965,7 +968,8 @@ class Runner:
                 if dead and not args.keep_going:  # no ratio possible: save the device time
                     self.note_skip(f"workload {s['name']} ({', '.join(dead)} engine died; see errors)")
                     continue
-                self.run_workload(s, [e for e in engines if e.alive()], args.reps, seeds[s["name"]])
+                self.run_workload(s, [e for e in engines if e.alive()], args.reps, seeds[s["name"]],
+                                  later=len(specs) - i - 1)
                 self.refresh(specs)
             self.profiles(specs, engines)
             for e in engines:
@@ -1009,11 +1013,11 @@ class Runner:
                 eng = self.start(b, self.args.solo_gpu_util, kind)
             if eng is None:
                 continue
-            for s in specs:
+            for i, s in enumerate(specs):
                 if self.left() - self.reserve < 20:
                     self.note_skip(f"workload {s['name']} on {b}")
                     continue
-                self.run_workload(s, [eng], self.args.reps, seeds[s["name"]])
+                self.run_workload(s, [eng], self.args.reps, seeds[s["name"]], later=len(specs) - i - 1)
                 self.refresh(specs)
             eng.stop()
         # drift check: A again (warm caches: its start is the warm start), first workload, one rep

@@ -314,8 +314,8 @@ def _more_reps_text(s: dict[str, Any]) -> str:
     """How a run's short workloads got more reps (``e2e_vllm.py --min-measured-s``), if they did."""
     if not s.get("min_measured_s"):
         return ""
-    return (f", more (in pairs, at most 4x) where an engine had measured less than {s['min_measured_s']:g} s of "
-            "a workload: the count is in the noise column")
+    return (f", more (in pairs, at most {s.get('max_reps_factor', 4)}x) where an engine had measured less than "
+            f"{s['min_measured_s']:g} s of a workload: the count is in the noise column")
 
 
 def _python_text(w: dict[str, Any]) -> str:

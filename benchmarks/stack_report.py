@@ -2,7 +2,8 @@
 
     python3 benchmarks/stack_report.py SAMPLES.txt [OTHER.txt ...] [--top 8]
 
-One column per file (seconds = samples x 0.2 s); a row counts the samples whose stack contains
+One column per file (seconds = samples x the file's sampling period, read from its timestamps:
+0.2 s unless ``TRI_STACK_SAMPLE_PERIOD_S`` said otherwise); a row counts the samples whose stack contains
 that frame (rows overlap: the compile contains our pass). Then, per file, the most frequent
 innermost frames. ``--thread tri_inductor-tune``: our tuning thread's samples instead. ``e2e_vllm.py --sample-stacks DIR`` writes one file per process.
 """
@@ -10,9 +11,10 @@ from __future__ import annotations
 
 import argparse
 import collections
+import statistics
 from pathlib import Path
 
-PERIOD_S = 0.2
+PERIOD_S = 0.2  # the sampler's default; a file's own period is read from its timestamps
 # (row, a substring of a frame "path:line:function"); the first rows contain the later ones
 ROWS = (
     ("Dynamo and all under it (the compile)", "torch/_dynamo/"),
@@ -54,12 +56,20 @@ def read(path: Path, thread: str | None = None, within: str | None = None
     return (lines[0] if lines else ""), samples
 
 
+def period_s(path: Path, thread: str | None = None) -> float:
+    """The file's sampling period: the median gap between its samples (the sampler's default
+    where there are too few to tell)."""
+    times = [t for t, _ in read(path, thread)[1]]
+    gaps = [b - a for a, b in zip(times, times[1:]) if b > a]
+    return statistics.median(gaps) if gaps else PERIOD_S
+
+
 def table(files: list[Path], thread: str | None = None, within: str | None = None) -> str:
-    data = [read(f, thread, within) for f in files]
+    data = [(read(f, thread, within)[1], period_s(f, thread)) for f in files]
     out = ["| | " + " | ".join(f.stem for f in files) + " |", "|---|" + "---|" * len(files)]
-    out.append("| sampled (s) | " + " | ".join(f"{len(s) * PERIOD_S:.1f}" for _, s in data) + " |")
+    out.append("| sampled (s) | " + " | ".join(f"{len(s) * dt:.1f}" for s, dt in data) + " |")
     for label, key in ROWS:
-        secs = [sum(1 for _, st in s if any(key in fr for fr in st)) * PERIOD_S for _, s in data]
+        secs = [sum(1 for _, st in s if any(key in fr for fr in st)) * dt for s, dt in data]
         out.append(f"| {label} | " + " | ".join(f"{v:.1f}" for v in secs) + " |")
     return "\n".join(out)
 
@@ -67,13 +77,13 @@ def table(files: list[Path], thread: str | None = None, within: str | None = Non
 def top_frames(path: Path, n: int, thread: str | None = None, within: str | None = None, depth: int = 4) -> str:
     argv, samples = read(path, thread, within)
     counts = collections.Counter(" < ".join(st[:depth]) for _, st in samples if st)
+    dt = period_s(path, thread)
     lines = [f"{path.name}: {argv[:120]}"]
-    lines += [f"  {c * PERIOD_S:6.1f} s  {stack[:300]}" for stack, c in counts.most_common(n)]
+    lines += [f"  {c * dt:6.1f} s  {stack[:300]}" for stack, c in counts.most_common(n)]
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
-    global PERIOD_S
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("files", nargs="+", type=Path)
     p.add_argument("--top", type=int, default=8, help="innermost stacks listed per file")
@@ -82,10 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--within", default=None,
                    help="only samples with a frame containing this (e.g. execute_model: the serving steps)")
     p.add_argument("--depth", type=int, default=4, help="innermost frames that name a stack in the top list")
-    p.add_argument("--period", type=float, default=PERIOD_S,
-                   help="the sampler's period (TRI_STACK_SAMPLE_PERIOD_S of the run), seconds")
     args = p.parse_args(argv)
-    PERIOD_S = args.period
     print(table(args.files, args.thread, args.within))
     for f in args.files:
         print()

@@ -200,3 +200,14 @@ def test_sample_stacks_puts_the_sampler_first_on_each_engines_path(tmp_path, mon
     assert not any("tuning_in_benchmarks" in fr for _, st in rows for fr in st)  # the main thread's only
     _, tuning = stack_report.read(samples, thread="tri_inductor-tune")
     assert tuning and any("tuning_in_benchmarks" in fr for _, st in tuning for fr in st)
+    # the report reads each file's sampling period from its timestamps (the sampler's default here;
+    # TRI_STACK_SAMPLE_PERIOD_S sets another), and --within keeps the samples under one frame
+    assert abs(stack_report.period_s(samples) - 0.2) < 0.05
+    fine = tmp_path / "stacks" / "fine"
+    subprocess.run([sys.executable, str(script)], env={**env, "TRI_STACK_SAMPLE_DIR": str(fine),
+                                                       "TRI_STACK_SAMPLE_PERIOD_S": "0.05"}, check=True, timeout=60)
+    (fine_samples,) = fine.glob("*.txt")
+    assert abs(stack_report.period_s(fine_samples) - 0.05) < 0.02
+    assert len(stack_report.read(fine_samples)[1]) > 2 * len(rows)
+    _, within = stack_report.read(fine_samples, within="busy_in_benchmarks")
+    assert within and all(any("busy_in_benchmarks" in fr for fr in st) for _, st in within)

@@ -1,8 +1,9 @@
 """Main-thread stack sampler for diagnosis runs (cold start: docs/design/cold_start.md).
 
 Not part of the package. A process started with this folder first on ``PYTHONPATH`` and
-``TRI_STACK_SAMPLE_DIR`` set writes its main thread's Python stack every 0.2 s (``TRI_STACK_SAMPLE_PERIOD_S``) (frames from
-vllm, tri_inductor, torch, triton and the benchmarks) to ``<dir>/<pid>.txt``: its command line,
+``TRI_STACK_SAMPLE_DIR`` set writes its main thread's Python stack every 0.2 s, or every
+``TRI_STACK_SAMPLE_PERIOD_S`` (frames from vllm, tri_inductor, torch, triton, the benchmarks and
+Inductor's output code) to ``<dir>/<pid>.txt``: its command line,
 then one line per sample, ``<seconds since start> <epoch> | <innermost frame> < ... < <outer>``;
 a busy thread of ours (named ``tri_inductor-*``: tuning, compile-ahead) gets its own line,
 ``<seconds> <epoch> @<thread name> | ...``.

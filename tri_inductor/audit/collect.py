@@ -83,7 +83,7 @@ def make_codegen_hook(real_codegen):
     def codegen(self, *args, **kwargs):
         out = real_codegen(self, *args, **kwargs)
         try:
-            _skip_empty_grids(out[0])
+            _rewrite_wrapper(out[0])
         except Exception as e:  # noqa: BLE001  (the code as Inductor wrote it runs the same launches)
             log.debug("tri_inductor: wrapper left as generated (%r)", e)
         if _collectors():
@@ -97,7 +97,7 @@ def make_codegen_hook(real_codegen):
     return codegen
 
 
-def _skip_empty_grids(wrapper) -> None:
+def _rewrite_wrapper(wrapper) -> None:
     code = getattr(wrapper, "value", None)
     if not isinstance(code, str) or "async_compile.triton(" not in code:
         return
