@@ -889,8 +889,8 @@ class Runner:
         for eng in engines:
             if not eng.alive():
                 continue
-            r = eng.request({"cmd": "profile", "spec": spec, "seed": 4242, "out_cap": self.args.profile_out_cap},
-                            timeout)
+            r = eng.request({"cmd": "profile", "spec": spec, "seed": 4242, "out_cap": self.args.profile_out_cap,
+                             "pstats": str(self.log_dir / f"{eng.backend}_{name}.pstats")}, timeout)
             prof[eng.backend] = r if r.get("ok") else {"error": r.get("error"), "traceback": r.get("traceback")}
         w = self.report["workloads"].setdefault(name, {})
         w["profile"] = prof
@@ -898,11 +898,17 @@ class Runner:
             w["reason"] = C.explain_gap(prof.get(OURS, {}), prof.get(BASE, {}))
             print(f"[e2e] {name}: {w['reason']}", flush=True)
             if prof.get(OURS, {}).get("python") and prof[BASE].get("python"):
-                # the Python functions whose own time grew most in our engine (cProfile, one run each)
+                # the Python functions whose own time (and time with callees) grew most in our
+                # engine (cProfile, one run each; the raw profiles are the .pstats beside the logs)
                 w["python_host_diff"] = python_diff(prof[OURS]["python"], prof[BASE]["python"])
+                w["python_host_diff_cum"] = python_diff(prof[OURS]["python"], prof[BASE]["python"], 12, "cum_ms")
                 print(f"[e2e] {name} Python host time, ours - vLLM's (cProfile, ms a run): "
                       + ", ".join(f"{r['fn']} {r['own_ms']:+.1f} ({r['ncalls']:+.0f} calls)"
                                   for r in w["python_host_diff"][:5]), flush=True)
+                print(f"[e2e] {name} the same with callees: "
+                      + ", ".join(f"{r['fn']} {r['cum_ms']:+.1f}" for r in w["python_host_diff_cum"][:8]), flush=True)
+        for r in prof.values():
+            (r.get("python") or {}).pop("all", None)  # every function: for the diff only
         for b, r in prof.items():
             if r.get("host"):
                 print(f"[e2e] {name} {LABEL.get(b, b)} host: gc collections {r.get('gc_collections')}, "
@@ -1489,7 +1495,7 @@ def _handle_profile(llm, msg, vocab) -> dict[str, Any]:
         wall = time.perf_counter() - t0
     gc_runs = [g["collections"] - b for g, b in zip(gc.get_stats(), gc_before)]
     # the same requests again under cProfile: which Python functions the host time goes to
-    python = python_profile(lambda: (llm.generate(inputs, sps, use_tqdm=False), _sync()))
+    python = python_profile(lambda: (llm.generate(inputs, sps, use_tqdm=False), _sync()), dump=msg.get("pstats"))
     rows: dict[str, dict[str, Any]] = {}
     cpu_events: list[tuple[str, float]] = []
     try:

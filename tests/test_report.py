@@ -842,3 +842,20 @@ def test_python_host_diff_and_its_line():
     line = report._python_text({"python_host_diff": d})
     assert "`a.py:1:launch` +5.0 ms (+30 calls)" in line and "b.py" not in line and "c.py" not in line
     assert report._python_text({}) == ""
+
+
+def test_python_host_diff_uses_every_function_and_cumulative_time():
+    """With the full tables (``all``) a function outside one side's top list is compared with its
+    real time there, not with 0; ``by="cum_ms"`` ranks by time including callees."""
+    from _host_profile import diff
+
+    ours = {"top": [{"fn": "a.py:1:f", "ncalls": 1.0, "own_ms": 5.0, "cum_ms": 9.0}],
+            "all": [{"fn": "a.py:1:f", "ncalls": 1.0, "own_ms": 5.0, "cum_ms": 9.0},
+                    {"fn": "b.py:2:g", "ncalls": 2.0, "own_ms": 1.0, "cum_ms": 30.0}]}
+    base = {"top": [{"fn": "b.py:2:g", "ncalls": 2.0, "own_ms": 6.0, "cum_ms": 10.0}],
+            "all": [{"fn": "b.py:2:g", "ncalls": 2.0, "own_ms": 6.0, "cum_ms": 10.0},
+                    {"fn": "a.py:1:f", "ncalls": 1.0, "own_ms": 4.5, "cum_ms": 8.0}]}
+    own = diff(ours, base)
+    assert own[0] == {"fn": "a.py:1:f", "own_ms": 0.5, "ncalls": 0.0} and own[1]["own_ms"] == -5.0
+    cum = diff(ours, base, by="cum_ms")
+    assert cum[0] == {"fn": "b.py:2:g", "cum_ms": 20.0, "ncalls": 0.0} and cum[1]["cum_ms"] == 1.0
