@@ -99,6 +99,54 @@ def test_a_different_specialisation_goes_back_to_triton(rec, change) -> None:
     assert len(slow) == 2 and not compiled.runs
 
 
+@pytest.mark.parametrize("change", [None, "block", "dtype", "alignment"])
+def test_descriptor_launches_are_cached_by_what_triton_specialises(rec, change) -> None:
+    """A host TMA descriptor (the lm_head's TMA configs, every step) takes the launcher path on a
+    repeat call: Triton specialises it on dtype and block shape (checked against Triton's own
+    specialisation below), and a descriptor that differs there goes back to ``kernel[grid]``."""
+    from triton._C.libtriton import native_specialize_impl
+    from triton.backends.nvidia.compiler import CUDABackend
+    from triton.tools.tensor_descriptor import TensorDescriptor
+
+    compiled, slow, _ = rec
+    x = torch.zeros(64, 256, dtype=torch.bfloat16)
+    d0 = TensorDescriptor.from_tensor(x, [64, 128])
+    L._launch_gpu(_kernel, (4,), (d0, 16, 1e-5), {"BLOCK": 64})
+    y = torch.zeros(64, 256, dtype=torch.bfloat16) if change != "dtype" else torch.zeros(64, 256, dtype=torch.float16)
+    if change == "alignment":
+        y = torch.zeros(64 * 256 + 1, dtype=torch.bfloat16)[1:].view(64, 256)
+    if change == "alignment":  # from_tensor refuses it; Triton's launcher would too, but not its cache key
+        d1 = object.__new__(TensorDescriptor)
+        d1.__dict__.update(vars(d0), base=y)
+    else:
+        d1 = TensorDescriptor.from_tensor(y, [64, 64] if change == "block" else [64, 128])
+    L._launch_gpu(_kernel, (4,), (d1, 16, 1e-5), {"BLOCK": 64})
+    same_for_triton = native_specialize_impl(CUDABackend, d0, False, True, True) == \
+        native_specialize_impl(CUDABackend, d1, False, True, True)
+    if change is None:
+        assert same_for_triton and len(slow) == 1 and compiled.runs[0][9] is d1
+    else:
+        assert len(slow) == 2 and not compiled.runs
+        assert change == "alignment" or not same_for_triton  # ours is never coarser than Triton's
+
+
+def test_eager_launches_build_descriptors_the_fast_way(monkeypatch) -> None:
+    """Traced launches keep ``from_tensor`` (Inductor records it); an eager call on real GPU
+    tensors builds the same descriptor without re-validating it every step."""
+    from tri_inductor.patterns import _host_tma as HT
+
+    made = []
+    monkeypatch.setattr(HT, "fast_descriptor", lambda t, b: made.append("fast") or "fast")
+    monkeypatch.setattr(HT, "descriptor", lambda t, b: made.append("checked") or "checked")
+    assert HT.launch_descriptor(torch.zeros(4, 4), [4, 4]) == "checked"  # CPU: the interpreter's call
+
+    class _Cuda(torch.Tensor):
+        pass
+    monkeypatch.setattr(torch.Tensor, "is_cuda", property(lambda self: True))
+    assert HT.launch_descriptor(torch.zeros(4, 4), [4, 4]) == "fast"
+    assert HT.launch_descriptor(torch.zeros(4, 4).as_subclass(_Cuda), [4, 4]) == "checked"  # a tracing subclass
+
+
 @pytest.mark.parametrize("how", ["chain", "callable"])
 def test_launch_hooks_keep_tritons_path(rec, monkeypatch, how) -> None:
     # A profiler's launch hook (proton adds to Triton's HookChain) needs Triton's launch

@@ -44,6 +44,17 @@ def descriptor(t, block_shape: list[int]):
     return TensorDescriptor.from_tensor(t, list(block_shape))
 
 
+def launch_descriptor(t, block_shape: list[int]):
+    """:func:`descriptor` where a launch is traced (Inductor records it by its base and block
+    shape); :func:`fast_descriptor` for an eager launch on real GPU tensors (vLLM's lm_head, every
+    step), whose block shape the caller's config fixed."""
+    import torch
+
+    if type(t) is torch.Tensor and t.is_cuda and torch._C._len_torch_dispatch_stack() == 0:
+        return fast_descriptor(t, block_shape)
+    return descriptor(t, block_shape)
+
+
 # --------------------------------------------- descriptors the compiled wrapper builds every call
 
 _FROM_TENSOR = "triton.tools.tensor_descriptor.TensorDescriptor.from_tensor("

@@ -67,6 +67,12 @@ def _spec(a: Any, fixed: bool = False) -> Any:
     # step) is keyed by its width only, as Triton keys it.
     if type(a) is torch.Tensor:
         return (a.dtype, a.data_ptr() % 16 == 0)
+    if is_descriptor(a):
+        # Triton 3.6 keys a host descriptor on its dtype and block shape; the rest is encoded at
+        # each launch. Alignment, padding and 16-divisibility of shape and strides are keyed too,
+        # should a later Triton specialise on them.
+        return ("desc", a.base.dtype, tuple(a.block_shape), a.padding, a.base.data_ptr() % 16 == 0,
+                tuple(int(d) % 16 == 0 for d in a.shape), tuple(int(d) % 16 == 0 for d in a.strides))
     if fixed and type(a) is int:
         return "i32" if -2**31 <= a < 2**31 else "i64"
     if a is None or isinstance(a, (bool, int, str)):
@@ -157,10 +163,7 @@ def _launch_gpu(kernel, grid, args: tuple, kwargs: dict[str, Any]) -> None:
     if hit is None:
         compiled = kernel[grid](*args, **kwargs)
         tail = _tail(kernel, len(args), kwargs)
-        # (a tensor descriptor is specialised by Triton in ways _spec does not key: never kept,
-        # so such a launch always takes Triton's own path; checked here, off the hit path)
-        if (tail is not None and all(hasattr(compiled, a) for a in ("run", "function", "packed_metadata"))
-                and not any(map(is_descriptor, args))):
+        if tail is not None and all(hasattr(compiled, a) for a in ("run", "function", "packed_metadata")):
             if len(_COMPILED) >= _COMPILED_MAX:
                 _COMPILED.clear()
             _COMPILED[key] = (compiled, tail)

@@ -199,9 +199,9 @@ def launch_cfg(a, b, bias, out, cfg: Cfg, gate=1, m_hint: int | None = None, m_c
         blocks = tma_blocks(cfg, kmajor)
         persistent = cfg.kernel in PERSISTENT_KINDS
         grid = torch.sym_min(dev.sms, tiles) if persistent else tiles
-        launch(mm_tma_kernel, (grid * gate,), _host_tma.descriptor(a, blocks["a_desc"]),
-               _host_tma.descriptor(b.t() if kmajor else b, blocks["b_desc"]),
-               _host_tma.descriptor(out, blocks["c_desc"]), bias_arg, M, N, K,
+        desc = _host_tma.launch_descriptor
+        launch(mm_tma_kernel, (grid * gate,), desc(a, blocks["a_desc"]), desc(b.t() if kmajor else b, blocks["b_desc"]),
+               desc(out, blocks["c_desc"]), bias_arg, M, N, K,
                **tma_constexprs(cfg, kmajor, bias is not None, dev.sms),
                num_warps=cfg.num_warps, num_stages=cfg.num_stages)
         return
