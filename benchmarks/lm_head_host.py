@@ -4,10 +4,11 @@ model's vocabulary and hidden size, for the batch sizes a decode step has.
 
     python benchmarks/lm_head_host.py [--model qwen2.5-0.5b] [--out DIR]   # lm_head_host_<card>.json
 
-Rows per M: ``ours`` (``eager_config`` + ``mm_launch``: the hook's call), ``ours_ptr`` (the same
-tiles on the pointer kernel, where the config is a TMA one: what the descriptors cost),
-``ours_triton_path`` (every call through Triton's ``kernel[grid]``, as TMA launches went before
-they were cached), ``cublas``. On a small model a decode step is host-bound (the engine's main
+Rows per M: ``ours`` (``mm_launch``: the hook's call, replayed from its plan,
+``patterns/gemm/eager.py``), ``ours_no_plan`` (``launch_cfg`` each call, then the compiled
+launcher), ``ours_triton_path`` (every call through Triton's ``kernel[grid]``, as TMA launches went
+before they were cached), ``ours_ptr`` (the same tiles on the pointer kernel, where the config is a
+TMA one, without a plan: what the descriptors cost), ``cublas``. On a small model a decode step is host-bound (the engine's main
 thread never waits for the GPU), so the host microseconds add to every step.
 """
 from __future__ import annotations
@@ -31,6 +32,11 @@ class _NeverCached(dict):
         return default
 
 
+class _NoPlan(dict):
+    def get(self, key, default=None):
+        return None
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="qwen2.5-0.5b", choices=sorted(models.E2E_MODELS))
@@ -39,6 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default=None)
     args = p.parse_args(argv)
     from tri_inductor.patterns import _launch as L
+    from tri_inductor.patterns.gemm import eager as E
     from tri_inductor.patterns.gemm.configs import TMA_KINDS, Kind
     from tri_inductor.patterns.gemm.ops import eager_config, mm_launch
 
@@ -62,16 +69,19 @@ def main(argv: list[str] | None = None) -> int:
             out = fn()
             row[f"{name}_rel_err"] = round(((out.double() - ref).norm() / ref.norm()).item(), 5)
             row[f"{name}_host_us"], row[f"{name}_gpu_us"] = (round(v, 2) for v in host_and_gpu_us(fn, (), args.calls))
-        saved = L._COMPILED
-        L._COMPILED = _NeverCached()
+        saved = L._COMPILED, E._PLANS
         try:
+            E._PLANS = _NoPlan()  # launch_cfg each call, then the compiled launcher
+            row["ours_no_plan_host_us"], row["ours_no_plan_gpu_us"] = (
+                round(v, 2) for v in host_and_gpu_us(variants["ours"], (), args.calls))
+            L._COMPILED = _NeverCached()  # and Triton's kernel[grid] each call
             row["ours_triton_path_host_us"], row["ours_triton_path_gpu_us"] = (
                 round(v, 2) for v in host_and_gpu_us(variants["ours"], (), args.calls))
         finally:
-            L._COMPILED = saved
+            L._COMPILED, E._PLANS = saved
         rows.append(row)
         print(f"[lm_head_host] M={m:4d} {cfg.short():38s} host us: ours {row['ours_host_us']:6.1f} "
-              f"(Triton's path {row['ours_triton_path_host_us']:6.1f}"
+              f"(no plan {row['ours_no_plan_host_us']:6.1f}, Triton's path {row['ours_triton_path_host_us']:6.1f}"
               + (f", pointer kernel {row['ours_ptr_host_us']:6.1f}" if "ours_ptr_host_us" in row else "")
               + f") cuBLAS {row['cublas_host_us']:6.1f}; GPU us: ours {row['ours_gpu_us']:7.1f}"
               + (f" (pointer {row['ours_ptr_gpu_us']:7.1f})" if "ours_ptr_gpu_us" in row else "")

@@ -23,6 +23,11 @@ from .vllm_config import is_ours
 
 def out_of_vocabulary(token_ids: Any, vocab_size: int) -> int | None:
     """The first id outside ``[0, vocab_size)``, or None (ids that are not ints: vLLM's concern)."""
+    try:  # every request, every id: the bounds in C first (a 1.5k-id prompt: ~60 -> ~10 us)
+        if 0 <= min(token_ids) and max(token_ids) < vocab_size:
+            return None
+    except (TypeError, ValueError):  # empty, or ids that do not compare: one by one below
+        pass
     for t in token_ids:
         if isinstance(t, int) and not 0 <= t < vocab_size:
             return t

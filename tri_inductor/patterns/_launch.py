@@ -145,18 +145,33 @@ def compiled_kernel(kernel, grid, *args: Any, **kwargs: Any) -> Any:
     return kernel.warmup(*args, grid=grid, **_with_pdl(kwargs))
 
 
-def _launch_gpu(kernel, grid, args: tuple, kwargs: dict[str, Any]) -> None:
+def launch_hooks_set() -> bool:
+    """A profiler's launch hooks are set: launches must go through Triton's own path."""
+    return _hook_set(knobs.runtime.launch_enter_hook) or _hook_set(knobs.runtime.launch_exit_hook)
+
+
+def run_compiled(hit: tuple[Any, tuple], grid: tuple, device: int, args) -> None:
+    """Launch ``hit`` (a :data:`_COMPILED` entry: the compiled kernel, its constexpr tail) with
+    ``args``, which must specialise as the ones it was compiled for, on ``device``'s current stream."""
+    compiled, tail = hit
+    g0, g1, g2 = (*grid, 1, 1)[:3]
+    compiled.run(g0, g1, g2, _current_stream(device), compiled.function, compiled.packed_metadata, None, None, None,
+                 *args, *tail)
+
+
+def _launch_gpu(kernel, grid, args: tuple, kwargs: dict[str, Any]) -> tuple[Any, tuple] | None:
+    """Launch; return the compiled kernel and constexpr tail a repeat call launches directly
+    (:func:`run_compiled`), or None where a repeat call goes through Triton again."""
     kwargs = _with_pdl(kwargs)
     if _COMPILE_ONLY.get():
         # compiled with the options the real launch will ask for (launch_pdl included): the same kernel
         if not callable(grid) and isinstance(kernel, JITFunction):
             kernel.warmup(*args, grid=grid, **kwargs)
-        return
-    hooks = _hook_set(knobs.runtime.launch_enter_hook) or _hook_set(knobs.runtime.launch_exit_hook)
+        return None
     # Profilers see Triton's own launch path; a callable grid needs Triton's bound arguments.
-    if hooks or callable(grid) or not isinstance(kernel, JITFunction):
+    if launch_hooks_set() or callable(grid) or not isinstance(kernel, JITFunction):
         kernel[grid](*args, **kwargs)
-        return
+        return None
     device = _current_device()  # Triton keeps one kernel cache per device: so do we
     key = (kernel, device, *_arg_keys(kernel, args), *kwargs.items())
     hit = _COMPILED.get(key)
@@ -166,19 +181,34 @@ def _launch_gpu(kernel, grid, args: tuple, kwargs: dict[str, Any]) -> None:
         if tail is not None and all(hasattr(compiled, a) for a in ("run", "function", "packed_metadata")):
             if len(_COMPILED) >= _COMPILED_MAX:
                 _COMPILED.clear()
-            _COMPILED[key] = (compiled, tail)
-        return
-    compiled, tail = hit
-    g0, g1, g2 = (*grid, 1, 1)[:3]
-    compiled.run(g0, g1, g2, _current_stream(device), compiled.function, compiled.packed_metadata, None, None, None,
-                 *args, *tail)
+            hit = _COMPILED[key] = (compiled, tail)
+        return hit
+    run_compiled(hit, grid, device, args)
+    return hit
+
+
+# Set by ``recording()``: every eager GPU launch is also appended here (kernel, grid, args, and the
+# compiled entry a repeat launch can use), for callers that turn a call into a replayable plan.
+_RECORD: contextvars.ContextVar[list | None] = contextvars.ContextVar("tri_inductor_launch_record", default=None)
+
+
+@contextlib.contextmanager
+def recording(into: list) -> Iterator[list]:
+    tok = _RECORD.set(into)
+    try:
+        yield into
+    finally:
+        _RECORD.reset(tok)
 
 
 def launch(kernel, grid, *args: Any, **kwargs: Any) -> None:
     """``kernel[grid](*args, **kwargs)``, traceable, and interpreted for real CPU tensors.
     ``USE_PDL=True`` among ``kwargs`` also launches it with PDL (see ``_pdl.pdl_enabled``)."""
     if plain_gpu_call(args):  # eager on a GPU (vLLM's lm_head, every step): no tracing wrapper
-        _launch_gpu(kernel, grid, args, kwargs)
+        hit = _launch_gpu(kernel, grid, args, kwargs)
+        rec = _RECORD.get()
+        if rec is not None:
+            rec.append((kernel, grid, args, hit))
     elif _runs_in_interpreter(args):
         if _cpu_runner is None:
             raise RuntimeError(

@@ -21,6 +21,8 @@ from torch.library import triton_op
 from ... import cache
 from ..activation import reference_gelu_and_mul, reference_silu_and_mul
 from .configs import BUCKETS, Cfg, Kind, bucket_of, device_info, representative_m
+from .. import _launch as L
+from . import eager
 from .heuristics import fp32_config
 from .launch import ACTS, NO_ACT, hint, launch_cfg, split_for
 from .tuning import config_for
@@ -179,9 +181,14 @@ def mm_launch(a, b, bias, cfg: Cfg | None = None, dispatch: bool | None = None, 
         dispatch = not isinstance(M, int)
     if cfg is not None or not dispatch:
         if cfg is None:
-            eager = type(a) is torch.Tensor and a.is_cuda and isinstance(M, int)
-            cfg = (eager_config(M, n, k, a.dtype, a.device, act) if eager
-                   else choose_config(M, n, k, a.dtype, a.device, act))
+            if type(a) is torch.Tensor and a.is_cuda and isinstance(M, int):
+                cfg = eager_config(M, n, k, a.dtype, a.device, act)
+                if L.plain_gpu_call((a, b, bias)):
+                    # eager (vLLM's lm_head, every step): from a recorded plan after the first call
+                    eager.run(a, b, bias, out, cfg, act)
+                    return out
+            else:
+                cfg = choose_config(M, n, k, a.dtype, a.device, act)
         launch_cfg(a, b, bias, out, cfg, act=act)
         return out
     rng = _TOKEN_RANGE.get()
