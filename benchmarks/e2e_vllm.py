@@ -1199,11 +1199,27 @@ def main_parent(args: argparse.Namespace) -> int:
         runner.report["below"] = [n for n, w in ws.items() if not w.get("pass")]
         final = runner.save()
         shutil.rmtree(cache_root, ignore_errors=True)
+        _pack_pstats(log_dir)
         print_table(runner.report)
         print(f"\nwrote {final}")
     if rc != 0:
         return rc
     return 0 if runner.report["pass"] else 1
+
+
+def _pack_pstats(log_dir: Path) -> None:
+    """The profiled runs' raw cProfiles in one ``pstats.tar`` (the GPU machine returns a bounded
+    number of files from $OUT: one file per engine and workload lost some)."""
+    import tarfile
+
+    files = sorted(log_dir.glob("*.pstats"))
+    if not files:
+        return
+    with tarfile.open(log_dir / "pstats.tar", "w") as tar:
+        for f in files:
+            tar.add(f, arcname=f.name)
+    for f in files:
+        f.unlink()
 
 
 # ======================================================================= worker: one LLM

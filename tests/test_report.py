@@ -859,3 +859,22 @@ def test_python_host_diff_uses_every_function_and_cumulative_time():
     assert own[0] == {"fn": "a.py:1:f", "own_ms": 0.5, "ncalls": 0.0} and own[1]["own_ms"] == -5.0
     cum = diff(ours, base, by="cum_ms")
     assert cum[0] == {"fn": "b.py:2:g", "cum_ms": 20.0, "ncalls": 0.0} and cum[1]["cum_ms"] == 1.0
+
+
+def test_e2e_packs_the_raw_profiles_into_one_file(tmp_path):
+    """The GPU machine returns a bounded number of files: the per-engine, per-workload .pstats go
+    back as one tar (and nothing is packed where there are none)."""
+    import tarfile
+
+    sys.path.insert(0, str(BENCH))
+    import e2e_vllm
+
+    e2e_vllm._pack_pstats(tmp_path)
+    assert not (tmp_path / "pstats.tar").exists()
+    for name in ("tri_inductor_decode1.pstats", "inductor_decode1.pstats"):
+        (tmp_path / name).write_bytes(name.encode())
+    (tmp_path / "tri_inductor_0.log").write_text("log")
+    e2e_vllm._pack_pstats(tmp_path)
+    with tarfile.open(tmp_path / "pstats.tar") as tar:
+        assert sorted(tar.getnames()) == ["inductor_decode1.pstats", "tri_inductor_decode1.pstats"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pstats.tar", "tri_inductor_0.log"]
