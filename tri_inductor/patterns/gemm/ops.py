@@ -19,10 +19,10 @@ import torch
 from torch.library import triton_op
 
 from ... import cache
-from ..activation import reference_gelu_and_mul, reference_silu_and_mul
-from .configs import BUCKETS, Cfg, Kind, bucket_of, device_info, representative_m
 from .. import _launch as L
+from ..activation import reference_gelu_and_mul, reference_silu_and_mul
 from . import eager
+from .configs import BUCKETS, Cfg, Kind, bucket_of, device_info, representative_m
 from .heuristics import fp32_config
 from .launch import ACTS, NO_ACT, hint, launch_cfg, split_for
 from .tuning import config_for
