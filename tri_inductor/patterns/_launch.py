@@ -132,6 +132,11 @@ def compile_only() -> Iterator[None]:
         _COMPILE_ONLY.reset(tok)
 
 
+def compiling_only() -> bool:
+    """Inside :func:`compile_only`: launches compile their kernel and launch nothing."""
+    return _COMPILE_ONLY.get()
+
+
 def _with_pdl(kwargs: dict[str, Any]) -> dict[str, Any]:
     # A USE_PDL kernel is compiled with Triton's launch_pdl option (the launch attribute).
     return {**kwargs, "launch_pdl": True} if kwargs.get("USE_PDL") else kwargs
@@ -163,7 +168,7 @@ def _launch_gpu(kernel, grid, args: tuple, kwargs: dict[str, Any]) -> tuple[Any,
     """Launch; return the compiled kernel and constexpr tail a repeat call launches directly
     (:func:`run_compiled`), or None where a repeat call goes through Triton again."""
     kwargs = _with_pdl(kwargs)
-    if _COMPILE_ONLY.get():
+    if compiling_only():
         # compiled with the options the real launch will ask for (launch_pdl included): the same kernel
         if not callable(grid) and isinstance(kernel, JITFunction):
             kernel.warmup(*args, grid=grid, **kwargs)
