@@ -17,7 +17,7 @@ esac
 PY="$VENV/bin/python"
 # --isolated: a find-links folder of +cpu wheels (no triton) or a constraints file capping torch on a
 # build machine must not pick the stack for us; the index's torch 2.14 (cu130) wheel runs on CPU.
-PIP="$PY -m pip install -q --isolated --disable-pip-version-check"
+PIP="$PY -m pip install -q --isolated --no-cache-dir --disable-pip-version-check"  # no wheel cache: ~4 GB a run
 $PIP --upgrade pip
 # torch pulls its pinned triton (3.8.x for 2.14).
 $PIP "$TORCH" "numpy<2.4" "pytest>=8" "pytest-timeout" sympy matplotlib "setuptools>=61" wheel

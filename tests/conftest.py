@@ -8,14 +8,28 @@ GPU tests carry ``@pytest.mark.gpu`` and are skipped, with the reason printed, w
 """
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import tempfile
+
+
+def _session_dir(var: str, prefix: str) -> None:
+    """Point ``var`` at a fresh folder for this session, removed at exit (a suite run leaves
+    ~600 MB of compiled code there: kept, they filled the CI machine's disk). A folder the caller
+    set is theirs and stays."""
+    if os.environ.get(var):
+        return
+    path = tempfile.mkdtemp(prefix=prefix)
+    os.environ[var] = path
+    atexit.register(shutil.rmtree, path, ignore_errors=True)
+
 
 # A fresh Inductor cache per test session: tests that look at fresh compiles vs cache hits must
 # not depend on what an earlier run left behind.
-os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", tempfile.mkdtemp(prefix="tri_inductor_test_cache_"))
+_session_dir("TORCHINDUCTOR_CACHE_DIR", "tri_inductor_test_cache_")
 # Our tuning DB and the Triton cache the backend would claim: never the user's ~/.cache in tests.
-os.environ.setdefault("TRI_INDUCTOR_CACHE_DIR", tempfile.mkdtemp(prefix="tri_inductor_test_tri_"))
+_session_dir("TRI_INDUCTOR_CACHE_DIR", "tri_inductor_test_tri_")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
