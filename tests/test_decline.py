@@ -14,6 +14,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import tri_inductor
+
 from tri_inductor.audit.model import audit_model
 
 TOL = 1e-5  # fp32 in, fp32 accumulation: reorderings only
@@ -188,3 +190,71 @@ def test_float_scaled_norm_in_bf16_compiles_with_our_norm(codegen_only):
     decline (only a RuntimeError): the compile failed. Now declined; the weightless norm is ours."""
     reports = codegen_only(FloatScaledRMSNorm(), (torch.randn(8, 128),), dtype=torch.bfloat16)
     assert all(r.ok for r in reports) and sum(r.pattern_hits.get("rms_norm", 0) for r in reports) == 1
+
+
+# ------------------------------------------------------------------ a rewrite of ours that raises
+class NormLinearRope(torch.nn.Module):
+    """RMSNorm, a linear and an interleaved RoPE (strided slices joined by ``stack``): one op for
+    a post-grad family, one for the Dynamo-graph RoPE rewrite."""
+
+    def __init__(self, h=64):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.rand(h) + 0.5)
+        self.lin = torch.nn.Linear(h, h, bias=False)
+        self.register_buffer("ang", torch.rand(16, h // 8))
+
+    def forward(self, x):  # x [B, S, 4, h / 4]
+        h = self.lin(_rms(x.flatten(-2), self.w)).unflatten(-1, (4, -1))
+        c, s = self.ang.cos()[None, : x.shape[1], None], self.ang.sin()[None, : x.shape[1], None]
+        x0, x1 = h[..., ::2], h[..., 1::2]
+        return torch.stack((x0 * c - x1 * s, x0 * s + x1 * c), -1).flatten(-2)
+
+
+def _compile_with_failure(monkeypatch, where: str, strict: bool = False):
+    """Compile NormLinearRope with one of our steps made to fail after changing the graph."""
+    from tri_inductor import backend, passes
+
+    if where == "dynamo":
+        def broken(gm):
+            next(n for n in gm.graph.nodes if n.op == "call_function").target = torch.sub  # half done
+            raise RuntimeError("planted")
+        monkeypatch.setattr(backend, "_rewrite_interleaved_rope", broken)
+    else:
+        real = passes.TriInductorPatternPass._family_step
+
+        def family_step(family, pm):
+            step = real(family, pm)
+            if family != where:
+                return step
+
+            def broken(graph):
+                step(graph)  # the family's rewrite done: restoring the graph must undo it
+                raise RuntimeError("planted")
+            return broken
+        monkeypatch.setattr(passes.TriInductorPatternPass, "_family_step", staticmethod(family_step))
+    model, x = NormLinearRope(), torch.randn(2, 5, 4, 16)
+    ref = _float64_eager(model, [x])
+    torch._dynamo.reset()
+    before = {id(r) for r in tri_inductor.last_audit()}
+    # no caches: the failure is planted, not a function of the graph, so a graph cached by
+    # another case (compiled with another step left out) must not be reused here
+    with torch.no_grad(), torch._inductor.config.patch(force_disable_caches=True):
+        out = torch.compile(model, backend="tri_inductor", options={"strict": strict})(x)
+    return out, ref, [r for r in tri_inductor.last_audit() if id(r) not in before]
+
+
+@pytest.mark.parametrize("where,family", [("dynamo", "rope"), ("rms_norm", "rms_norm"), ("linear", "linear")])
+def test_a_rewrite_that_raises_leaves_its_ops_to_inductor(where, family, interpreter, monkeypatch, caplog):
+    """One of our rewrites raises half way (a Dynamo-graph rewrite, or a post-grad family after
+    it has rewritten the graph): the compile goes on without it (the graph as it was before),
+    the others still apply, the result matches float64, and the log names the step; strict mode
+    fails the compile."""
+    with caplog.at_level("ERROR", logger="tri_inductor"):
+        out, ref, reports = _compile_with_failure(monkeypatch, where)
+    assert "planted" in caplog.text and ("rewrite failed" if where == "dynamo" else repr(where)) in caplog.text
+    hits = {f for r in reports for f, n in r.pattern_hits.items() if n}
+    assert family not in hits and hits, hits  # the failed one left out, the others applied
+    err = ((out.double() - ref).norm() / ref.norm()).item()
+    assert out.shape == ref.shape and err <= TOL, err
+    with pytest.raises(Exception, match="planted"):
+        _compile_with_failure(monkeypatch, where, strict=True)

@@ -52,10 +52,28 @@ def test_rewrites_are_exact(name) -> None:
         assert targets.count(prims.convert_element_type.default) == want["casts"]
 
 
+def _sum_over_n(v):
+    return v * (v.pow(2).sum(-1, keepdim=True) / v.shape[-1])
+
+
+def test_sum_over_n_is_a_mean_in_fp32(interpreter) -> None:
+    """fp32 ``sum(v, -1) / n`` becomes ``mean(v, -1)``: the same bits as Inductor computes the
+    division it was (in the interpreter; Inductor lowers mean as sum / n)."""
+    v = torch.randn(5, 96, generator=torch.Generator().manual_seed(1))
+    gm = _post_grad_like(_sum_over_n, v)
+    assert normalise(gm.graph) > 0 and aten.mean.dim in _targets(gm) and aten.sum.dim_IntList not in _targets(gm)
+    gm.recompile()
+    ref = torch.compile(_sum_over_n, backend="inductor")(v)
+    torch._dynamo.reset()
+    assert torch.equal(torch.compile(gm, backend="inductor")(v), ref)
+
+
 def test_leaves_what_it_cannot_prove_alone() -> None:
-    """Not a last dim, two different casts, a product of two different tensors: unchanged."""
+    """Not a last dim, two different casts, a product of two different tensors, a 16-bit sum over
+    n (rounded where Inductor stores it), a sum divided by another number: unchanged."""
     def fn(x):
-        return x.mean(1, keepdim=True) * x + x.float().sum() + x.double().sum()
+        return (x.mean(1, keepdim=True) * x + x.float().sum() + x.double().sum() + _sum_over_n(x.half()).float()
+                + x.float().sum(-1, keepdim=True) / 7)
 
     x = torch.randn(3, 4, 8)
     gm = _post_grad_like(fn, x)

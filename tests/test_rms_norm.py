@@ -259,6 +259,9 @@ SPELLINGS = {
                                                                        + 1e-6)).to(x.dtype),
     "upcast twice, weight last": lambda x, w: (x.float() * torch.rsqrt(x.to(torch.float32).pow(2).mean(
         -1, keepdim=True) + 1e-6)).to(x.dtype) * w,
+    "fp32 sum over n": lambda x, w: w * (x.float() * torch.rsqrt(torch.sum(x.float() * x.float(), dim=x.dim() - 1,
+                                                                           keepdim=True) / x.shape[-1]
+                                                                 + 1e-6)).to(x.dtype),
 }
 
 

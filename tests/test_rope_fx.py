@@ -149,6 +149,63 @@ def test_pair_rope_runs_our_kernel_and_matches_float64(interpreter, form, dtype)
     assert not [m for r in reports for m in r.near_misses], [r.near_misses for r in reports]
 
 
+class PairSpellings(torch.nn.Module):
+    """(even, odd) pairs spelled as people write them, without a reshape to ``(..., 2)`` and
+    ``[..., 0]`` indexing: strided slices joined by ``stack`` (bf16 math or an fp32 upcast), and
+    lucidrains' ``unbind`` of ``(d r) -> d r`` (as the pairs' rotation, or as ``rotate_every_two``
+    in ``x * cos + rot(x) * sin``). q/k [B, S, H, D]."""
+
+    def __init__(self, form, D=16, table=64):
+        super().__init__()
+        self.form = form
+        inv = 1.0 / (10000 ** (torch.arange(0, D, 2).float() / D))
+        self.register_buffer("ang", torch.outer(torch.arange(table).float(), inv))  # [table, D/2]
+
+    def forward(self, q, k, pos):
+        ang = self.ang[pos[0]]  # [S, D/2]
+        c, s = ang.cos()[None, :, None], ang.sin()[None, :, None]
+
+        def one(x):
+            if self.form == "slices":
+                x0, x1 = x[..., ::2], x[..., 1::2]
+                return torch.stack((x0 * c.to(x.dtype) - x1 * s.to(x.dtype), x0 * s.to(x.dtype) + x1 * c.to(x.dtype)),
+                                   -1).flatten(-2)
+            if self.form == "slices-fp32":
+                xf = x.float()
+                x0, x1 = xf[..., ::2], xf[..., 1::2]
+                return torch.stack((x0 * c - x1 * s, x1 * c + x0 * s), -1).flatten(-2).type_as(x)
+            x0, x1 = x.reshape(*x.shape[:-1], -1, 2).unbind(dim=-1)
+            if self.form == "unbind":
+                return torch.stack((x0 * c.to(x.dtype) - x1 * s.to(x.dtype), x1 * c.to(x.dtype) + x0 * s.to(x.dtype)),
+                                   -1).flatten(3)
+            rot = torch.stack((-x1, x0), dim=-1).flatten(-2)  # "unbind-rotate"
+            cc, ss = (t.repeat_interleave(2, -1).to(x.dtype) for t in (c, s))
+            return x * cc + rot * ss
+        return one(q), one(k)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("form", ["slices", "slices-fp32", "unbind", "unbind-rotate"])
+def test_pair_spellings_run_our_kernel_and_match_float64(interpreter, form, dtype):
+    """Every spelling: q and k rotated by one launch of ours, within TOL of float64."""
+    module = PairSpellings(form)
+    args = _inputs(2, dtype=dtype)
+    gm = dynamo_graph(module, *args)
+    assert rewrite_interleaved_rope_in_dynamo_graph(gm) == 2
+    ang = module.ang.double()[args[2][0]]
+    c, s = ang.cos()[None, :, None], ang.sin()[None, :, None]
+
+    def pair_ref(x):
+        x0, x1 = x.double()[..., ::2], x.double()[..., 1::2]
+        return torch.stack([x0 * c - x1 * s, x1 * c + x0 * s], -1).flatten(3)
+
+    out, reports = _compiled(module, args)
+    assert sum(r.pattern_hits.get("rope", 0) for r in reports) == 1
+    for o, x in zip(out, args[:2]):
+        r = pair_ref(x)
+        assert o.dtype == dtype and o.shape == r.shape and rel(o, r) < TOL[dtype]
+
+
 class HalvesRope(torch.nn.Module):
     """GPT-OSS's rotation: the two halves of each head rotated by half-width cos/sin and joined
     with ``cat`` (no ``rotate_half``, no negation): ``chunk`` or slices, [B, S, H, D] or

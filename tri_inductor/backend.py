@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from . import audit
+from . import audit, graph_undo
 from .audit import graph_breaks
 from .options import OptionsError, TriInductorOptions
 from .passes import TriInductorPatternPass, take_last_stats
@@ -90,15 +90,7 @@ def compile_graph(gm: torch.fx.GraphModule, example_inputs: list[Any], opts: Tri
     eager = gm  # what codegen-only mode runs
     if opts.codegen_only:
         gm = copy.deepcopy(gm)
-    _decompose_fast_path(gm, example_inputs, "attention" in opts.families)
-    _rewrite_complex(gm)
-    _rewrite_depthwise_conv1d(gm)
-    if "attention" in opts.families:
-        _rewrite_attention(gm, example_inputs)
-    if "moe" in opts.families:
-        _rewrite_moe(gm)
-    if "rope" in opts.families:
-        _rewrite_interleaved_rope(gm)
+    _rewrite_dynamo_graph(gm, example_inputs, opts)
     cfg = inductor_config_for(opts, overrides)
     stack_traces = {n.name: n.meta.get("stack_trace") for n in gm.graph.nodes}
 
@@ -156,6 +148,43 @@ def _backward_now(needs_grad: bool):
 
 def _needs_grad(example_inputs: list[Any]) -> bool:
     return torch.is_grad_enabled() and any(isinstance(x, torch.Tensor) and x.requires_grad for x in example_inputs)
+
+
+def _dynamo_rewrites(opts: TriInductorOptions) -> list[tuple[str, Callable[..., Any]]]:
+    """The rewrites of the Dynamo graph (before AOT), in order: (name, fn(gm, example_inputs))."""
+    fam = opts.families
+    table = [
+        ("fast path", lambda gm, xs: _decompose_fast_path(gm, xs, "attention" in fam)),
+        ("complex pairs", lambda gm, xs: _rewrite_complex(gm)),
+        ("depthwise conv1d", lambda gm, xs: _rewrite_depthwise_conv1d(gm)),
+        ("attention", _rewrite_attention if "attention" in fam else None),
+        ("moe", (lambda gm, xs: _rewrite_moe(gm)) if "moe" in fam else None),
+        ("interleaved rope", (lambda gm, xs: _rewrite_interleaved_rope(gm)) if "rope" in fam else None),
+    ]
+    return [(name, fn) for name, fn in table if fn is not None]
+
+
+def _rewrite_dynamo_graph(gm: torch.fx.GraphModule, example_inputs: list[Any], opts: TriInductorOptions) -> None:
+    """Apply every Dynamo-graph rewrite. One that raises (a bug, or a graph it did not foresee)
+    must not fail the compile: the graph goes back to what it was before the rewrites
+    (``graph_undo``) and the others run again without it; the audit then shows what
+    it left to Inductor. Strict mode raises instead."""
+    todo = _dynamo_rewrites(opts)
+    while todo:
+        saved = graph_undo.snapshot(gm.graph)
+        name = None
+        try:
+            for name, fn in todo:
+                fn(gm, example_inputs)
+            return
+        except Exception as e:
+            if opts.strict:
+                raise
+            log.error("tri_inductor: the %s rewrite failed on graph %s (%r); compiling without it (the audit "
+                      "shows what that leaves to Inductor)", name, type(gm).__name__, e)
+            graph_undo.restore(gm.graph, saved)
+            gm.recompile()
+            todo = [t for t in todo if t[0] != name]
 
 
 def _decompose_fast_path(gm: torch.fx.GraphModule, example_inputs: list[Any], attention: bool) -> int:

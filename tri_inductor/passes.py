@@ -167,23 +167,47 @@ class TriInductorPatternPass(CustomGraphPass):
             count("pass_s", time.perf_counter() - t0 - (counters()["tune_s"] - tuned0))
 
     def _apply(self, graph: torch.fx.Graph, passes) -> None:
-        from .patterns import load_all
-
+        """Normalise, then the families in order. A step that raises (a bug, or a graph its checks
+        did not foresee) must not fail the compile: the graph goes back to what it was before our
+        pass (``graph_undo``) and the pass runs again without that family (without any, where
+        ``normalise`` failed: every pattern was traced in its forms); Inductor then writes those
+        ops, and the audit and the near misses show them. Strict mode raises instead."""
+        from . import graph_undo
         from .patterns.normalise import normalise
 
-        modules = load_all()
         before = _our_hop_families(graph)
-        normalise(graph)  # one spelling per op, as every pattern was traced (patterns/normalise.py)
-        for family, pm in passes:
-            prepare = getattr(modules.get(family), "prepare_graph", None)
-            if prepare is not None:  # a family's graph rewrite that its patterns then match
-                prepare(graph)
-            pm.apply(graph)
+        steps = [("normalise", lambda g: normalise(g))] + [(f, self._family_step(f, pm)) for f, pm in passes]
+        while steps:
+            saved = None if self.strict else graph_undo.snapshot(graph)
+            name = None
+            try:
+                for name, step in steps:
+                    step(graph)
+                break
+            except Exception as e:
+                if self.strict:
+                    raise
+                log.error("tri_inductor: pattern step %r failed on this graph (%r); compiling without it "
+                          "(the audit shows what that leaves to Inductor)", name, e)
+                graph_undo.restore(graph, saved)
+                steps = [] if name == "normalise" else [t for t in steps if t[0] != name]
         realize_triton_kernel_inputs(graph)
         realize_native_matmul_operands(graph)
         after = _our_hop_families(graph)
         hits = {f: after[f] - before[f] for f in self.families if after[f] - before[f]}
         _last.stats = {"hits": hits, "near_misses": self.near_misses(graph)}
+
+    @staticmethod
+    def _family_step(family: str, pm):
+        from .patterns import load_all
+
+        prepare = getattr(load_all().get(family), "prepare_graph", None)
+
+        def step(graph: torch.fx.Graph) -> None:
+            if prepare is not None:  # a family's graph rewrite that its patterns then match
+                prepare(graph)
+            pm.apply(graph)
+        return step
 
     def near_misses(self, graph: torch.fx.Graph) -> list[str]:
         """Nodes that anchor a sub-graph of an enabled family but were left to Inductor."""
@@ -208,4 +232,6 @@ class TriInductorPatternPass(CustomGraphPass):
         # Our sources + card + torch/CUDA/triton versions + the enabled families (cache.compile_hash).
         from .cache import compile_hash
 
-        return bytes.fromhex(compile_hash(",".join(self.families)))
+        # strict too: a strict compile must run the pass itself (a step that failed in a default
+        # compile was left out there; strict fails on it), not reuse that graph from the cache
+        return bytes.fromhex(compile_hash(",".join(self.families) + (";strict" if self.strict else "")))

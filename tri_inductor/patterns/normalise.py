@@ -73,6 +73,33 @@ def _squares(graph: torch.fx.Graph) -> int:
     return n_changed
 
 
+def _sum_over_n(graph: torch.fx.Graph) -> int:
+    """``sum(v, [-1], keepdim) / n`` -> ``mean(v, [-1], keepdim)`` where n is the size of v's last
+    dim and v is fp32/fp64 (Inductor lowers mean as that sum divided by n: the same values; a
+    16-bit v's sum would be rounded first where Inductor stores it, so those are left alone)."""
+    n_changed = 0
+    for div in list(graph.find_nodes(op="call_function", target=aten.div.Tensor)):
+        if len(div.args) != 2 or div.kwargs or not isinstance(div.args[1], (int, float)):
+            continue
+        s = div.args[0]
+        if not (isinstance(s, torch.fx.Node) and s.target is aten.sum.dim_IntList and len(s.users) == 1
+                and not s.kwargs.get("dtype") and len(s.args) >= 2 and list(s.args[1]) in ([-1],)):
+            continue
+        v = s.args[0].meta.get("val") if isinstance(s.args[0], torch.fx.Node) else None
+        if not (isinstance(v, torch.Tensor) and v.dtype in (torch.float32, torch.float64) and v.dim() > 0
+                and isinstance(v.shape[-1], int) and div.args[1] == v.shape[-1]):
+            continue
+        keepdim = s.args[2] if len(s.args) > 2 else s.kwargs.get("keepdim", False)
+        with graph.inserting_before(div):
+            mean = graph.call_function(aten.mean.dim, (s.args[0], [-1], keepdim))
+        mean.meta.update(div.meta)
+        div.replace_all_uses_with(mean)
+        graph.erase_node(div)
+        graph.erase_node(s)
+        n_changed += 1
+    return n_changed
+
+
 # Pure ops a model may write twice on one input (``x.float()`` on two lines of a norm). Only
 # casts: merging views such as ``cos.unsqueeze(1)`` joins the copies every layer makes of one
 # cos/sin into one node read by all layers, which a pattern holding it inside cannot replace.
@@ -111,7 +138,10 @@ def _duplicates(graph: torch.fx.Graph) -> int:
 
 def normalise(graph: torch.fx.Graph) -> int:
     """Apply every rewrite; the number of nodes changed."""
-    changed = _squares(graph) + _scalar_overloads(graph) + _last_dim(graph)
+    changed = 0
+    # twins first: ``x.float() * x.float()`` is a square once its two casts are one node
     while (merged := _duplicates(graph)):  # a merge can make its readers twins (a cast of a cast)
         changed += merged
+    changed += _squares(graph) + _scalar_overloads(graph) + _last_dim(graph)
+    changed += _sum_over_n(graph)  # after _last_dim (sum over dim ndim-1 as -1) and the Tensor overload
     return changed

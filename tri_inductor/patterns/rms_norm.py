@@ -348,7 +348,7 @@ def prepare_graph(graph: torch.fx.Graph) -> None:
             u.replace_input_with(s, s2)
 
 
-# Other spellings of the same norm (patterns/normalise.py already makes x * x, mean(dim=ndim-1),
+# Other spellings of the same norm (patterns/normalise.py already makes x * x, mean(dim=ndim-1), an fp32 sum / n,
 # add.Scalar and a repeated x.float() one form):
 # * no fp32 upcast, all math in x's dtype (Inductor's fused kernel computes in fp32, as ours does);
 def _plain_rms(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:

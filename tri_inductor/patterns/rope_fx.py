@@ -59,7 +59,8 @@ def _uncast(node):
 
 
 def _rotate_every_two(node) -> Node | None:
-    """``t`` when ``node`` is ``flatten(stack((-t[..., 1::2], t[..., ::2]), -1), -2)``."""
+    """``t`` when ``node`` is ``flatten(stack((-t_odd, t_even), -1), -2)``, the parts of t as
+    ``_pair_part`` reads them (``t[..., 1::2]``, or lucidrains' ``unbind`` of ``(d r) -> d r``)."""
     if not _is(node, (torch.flatten,), methods=("flatten",)) or _arg(node, 1, "start_dim") != -2:
         return None
     st = node.args[0]
@@ -68,10 +69,10 @@ def _rotate_every_two(node) -> Node | None:
     neg, even = st.args[0]
     if not _is(neg, (torch.neg, operator.neg), methods=("neg",)):
         return None
-    odd, even = _last_dim_slice(neg.args[0]), _last_dim_slice(even)
+    odd, even = _pair_part(neg.args[0], uncast=False), _pair_part(even, uncast=False)
     if odd is None or even is None or odd[0] is not even[0]:
         return None
-    return odd[0] if (odd[1], even[1]) == (slice(1, None, 2), slice(None, None, 2)) else None
+    return odd[0] if (odd[1], even[1]) == (1, 0) else None
 
 
 def _neg_of(node) -> Node | None:
@@ -190,10 +191,31 @@ def _parts(node) -> tuple[Node, int] | None:
     return None
 
 
+def _pair_part(node, uncast: bool = True) -> tuple[Node, int] | None:
+    """``(x, i)`` when ``node`` holds the even (i 0) or odd (i 1) elements of x's last dim, in any
+    of the spellings people use: ``x[..., i::2]``, ``x.reshape(..., -1, 2)[..., i]`` or
+    ``x.reshape(..., -1, 2).unbind(-1)[i]`` (x behind an fp32 upcast when ``uncast``)."""
+    sliced = _last_dim_slice(node)
+    if sliced is not None:
+        sl = sliced[1]
+        i = {(None, None, 2): 0, (1, None, 2): 1}.get((sl.start, sl.stop, sl.step))
+        return None if i is None else ((_uncast(sliced[0]) if uncast else sliced[0]), i)
+    part = _parts(node)
+    if part is None and _is(node, (operator.getitem,)) and node.args[1] in (0, 1):
+        ub = node.args[0]
+        vp = _val(ub.args[0]) if _is(ub, (torch.unbind,), ("unbind",)) and ub.args else None
+        if isinstance(vp, torch.Tensor) and _arg(ub, 1, "dim", 0) in (-1, vp.dim() - 1):
+            part = ub.args[0], node.args[1]
+    if part is None:
+        return None
+    x = _pair_source(part[0], uncast)
+    return None if x is None else (x, part[1])
+
+
 def _same(node):
     """A key equal for nodes that compute the same ``t[..., i]`` or the same cast of one value
     (``c.to(x.dtype)`` written at each use is a node per use)."""
-    part = _parts(node)
+    part = _parts(node) or _pair_part(node, uncast=False)
     if part is not None:
         return ("part", *part)
     if _is(node, (), ("to", "float", "type_as")) and not node.kwargs and all(
@@ -209,14 +231,14 @@ def _mul_pairs(node) -> list[tuple[Node, Node]]:
     return [(a, b), (b, a)]
 
 
-def _pair_source(p) -> Node | None:
+def _pair_source(p, uncast: bool = True) -> Node | None:
     """x when ``p`` is ``x[.float()].reshape/view(..., -1 or D/2, 2)``."""
     if not (_is(p, (torch.reshape,), ("reshape", "view")) and len(p.args) >= 2):
         return None
     shape = p.args[1] if len(p.args) == 2 and isinstance(p.args[1], (tuple, list)) else p.args[1:]
     if not shape or shape[-1] != 2:  # x.reshape(..., 2) or torch.reshape(x, (..., 2))
         return None
-    return _uncast(p.args[0])
+    return _uncast(p.args[0]) if uncast else p.args[0]
 
 
 def _pair_rotation(stack: Node) -> Rotation | None:
@@ -229,8 +251,8 @@ def _pair_rotation(stack: Node) -> Rotation | None:
     out = flat
     if len(flat.users) == 1 and _is(next(iter(flat.users)), (), ("type_as", "to")):
         out = next(iter(flat.users))
-    return next((r for p, c, s_ in _rotated_parts(*stack.args[0], _parts)
-                 if (r := _checked_pair_rotation(stack, out, _pair_source(p), c, s_)) is not None), None)
+    return next((r for x, c, s_ in _rotated_parts(*stack.args[0], _pair_part)
+                 if (r := _checked_pair_rotation(stack, out, x, c, s_)) is not None), None)
 
 
 def _rotated_parts(re: Node, im: Node, part_of) -> Iterator[tuple[Node, Node, Node]]:
