@@ -30,6 +30,9 @@ def _session_dir(var: str, prefix: str) -> None:
 _session_dir("TORCHINDUCTOR_CACHE_DIR", "tri_inductor_test_cache_")
 # Our tuning DB and the Triton cache the backend would claim: never the user's ~/.cache in tests.
 _session_dir("TRI_INDUCTOR_CACHE_DIR", "tri_inductor_test_tri_")
+# Every answer of the mutation-analysis memo checked against the analysis (mutation_memo.py): the
+# whole suite's launches of our kernels are what shows its key is enough.
+os.environ.setdefault("TRI_INDUCTOR_CHECK_MUTATIONS", "1")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402

@@ -59,21 +59,38 @@ def test_memo_returns_what_the_analysis_computes(analysis):
         assert "C" in expected and "A" not in expected and "B" not in expected, expected
 
 
-def test_memo_shares_entries_across_n_and_k_of_one_specialisation(analysis):
+def test_memo_shares_entries_across_runtime_ints(analysis, monkeypatch):
+    """One entry per kernel and constexprs: other N, K (multiples of 16 or not) share it, checked
+    against the analysis on every hit (TRI_INDUCTOR_CHECK_MUTATIONS, as the whole suite runs)."""
     from tri_inductor import cache
 
+    monkeypatch.setenv("TRI_INDUCTOR_CHECK_MUTATIONS", "1")
     memo, real, _ = analysis
     before, counted = dict(mutation_memo.stats), cache.counters()
     memo(mm_kernel, _mm_args(3584, 3584), {})
     memo(mm_kernel, _mm_args(4096, 14336), {})  # same tile constexprs, N/K both multiples of 16
+    memo(mm_kernel, _mm_args(17, 3584), {})  # N not a multiple of 16: another specialisation, same stores
     assert mutation_memo.stats["misses"] - before["misses"] == 1
-    assert mutation_memo.stats["hits"] - before["hits"] == 1
+    assert mutation_memo.stats["hits"] - before["hits"] == 2
     memo(mm_kernel, _mm_args(3584, 3584, BLOCK_N=128), {})  # another constexpr: analysed again
-    memo(mm_kernel, _mm_args(17, 3584), {})  # N not a multiple of 16: Triton specialises otherwise
-    assert mutation_memo.stats["misses"] - before["misses"] == 3
-    # the runs of Triton's frontend (not the hits) are what a cold start pays: counted, with their time
+    assert mutation_memo.stats["misses"] - before["misses"] == 2
+    # the runs of Triton's frontend for a miss are what a cold start pays: counted, with their time
+    # (the checks' runs are not: they are the check's cost, not the compile's)
     now = cache.counters()
-    assert now["mutation_runs"] - counted["mutation_runs"] == 3 and now["mutation_s"] > counted["mutation_s"]
+    assert now["mutation_runs"] - counted["mutation_runs"] == 2 and now["mutation_s"] > counted["mutation_s"]
+
+
+def test_a_wrong_memo_answer_is_caught_by_the_check(analysis, monkeypatch):
+    memo, real, _ = analysis
+    kw = _mm_args(3584, 3584)
+    assert memo(mm_kernel, dict(kw), {}) == ["C"]
+    key = next(iter(mutation_memo._MEMO))
+    mutation_memo._MEMO[key] = ["A", "C"]  # what a store behind a runtime int's value would do
+    monkeypatch.setenv("TRI_INDUCTOR_CHECK_MUTATIONS", "0")
+    assert memo(mm_kernel, dict(kw), {}) == ["A", "C"]  # unchecked: the memo is believed
+    monkeypatch.setenv("TRI_INDUCTOR_CHECK_MUTATIONS", "1")
+    with pytest.raises(mutation_memo.MemoMismatch, match="mm_kernel"):
+        memo(mm_kernel, dict(kw), {})
 
 
 def test_reduction_kernel_and_symbolic_sizes(analysis):

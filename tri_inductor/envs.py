@@ -184,6 +184,10 @@ VARS: dict[str, Var] = {v.name: v for v in (
         "prefill GEMM tiles) or `one` (vLLM's single range: one compile per piece, every bucket's "
         "launch gated in it; ~9% less compile time on the CPU harness; being measured, "
         "docs/design/cold_start.md).", _choice),
+    Var("TRI_INDUCTOR_CHECK_MUTATIONS", "bool", False, "0", _BOOL,
+        "1: every answer of the compile-time memo of Inductor's mutation analysis of our kernels is "
+        "checked against the analysis itself; a difference raises (the test suite runs with it; it "
+        "costs the compile time the memo saves).", _bool),
     Var("TRI_INDUCTOR_CACHE_DIR", "dir", None, "$XDG_CACHE_HOME/tri_inductor or ~/.cache/tri_inductor",
         "a folder path (created when needed)",
         "Root of our tuning DB and, unless set by you, Inductor's and Triton's caches.", _dir),
@@ -251,6 +255,10 @@ def compile_procs(environ: Mapping[str, str] | None = None) -> int | None:
 
 def compile_ranges(environ: Mapping[str, str] | None = None) -> str:
     return get("TRI_INDUCTOR_COMPILE_RANGES", environ)
+
+
+def check_mutations(environ: Mapping[str, str] | None = None) -> bool:
+    return get("TRI_INDUCTOR_CHECK_MUTATIONS", environ)
 
 
 def cache_dir(environ: Mapping[str, str] | None = None) -> Path | None:

@@ -3,19 +3,20 @@
 Inductor asks ``triton_kernel_wrap.identify_mutated_tensors`` which arguments a user Triton kernel
 writes every time it functionalizes a traced launch (each replacement our patterns trace) and
 every time it lowers one (``ir.UserDefinedTritonKernel``). Each call runs Triton's frontend on
-the kernel (``generate_ttir``: Python AST -> TTIR, ~0.1 s for a GEMM kernel) although the answer
-depends only on the kernel and on what ``generate_ttir`` reads from the arguments: tensors as
-their dtype (it builds ``torch.empty(2, dtype)`` stand-ins), symbolic sizes as the constant 2,
-constexprs and floats by value, a runtime int as Triton specialises it (its type, == 1, a
-multiple of 16: Triton's own ``native_specialize_impl``, so GEMMs of other N/K but the same tile
-config share an entry), plus the target. A vLLM cold start traces and lowers the same launches
-(a GEMM config, the norm, RoPE) in every piece and compile range, and the pattern matcher traces
-each replacement more than once: the frontend ran 288 times for 3 layers of a Qwen2.5-7B shape,
-129 with the memo (docs/design/cold_start.md).
+the kernel (``generate_ttir``: Python AST -> TTIR, ~0.05-0.1 s for a GEMM kernel). A vLLM cold
+start traces and lowers the same launches (a GEMM config, the norm, RoPE) in every piece and
+compile range, and the pattern matcher traces each replacement more than once: the frontend ran
+288 times for 3 layers of a Qwen2.5-7B shape without a memo (docs/design/cold_start.md).
 
-:func:`memoized` keys on exactly those inputs, so a hit returns what the analysis would compute;
-anything it cannot key (a real tensor, an unknown argument type) or a
-kernel that is not ours goes to Inductor's analysis unchanged.
+What our kernels write follows from their code and constexprs: a store sits behind a constexpr
+flag (``HAS_RESIDUAL``), never behind a runtime int's value. So the memo keys a launch on the
+kernel, its constexprs and launch options by value, its tensors by dtype and None arguments as
+None, and lumps runtime ints and symbolic sizes together: the traced launch (ints) and the
+lowered one (sympy sizes), and GEMMs of other N, K or strides with one tile config, share an
+entry. That is an assumption about our code, so it is checked: with
+``TRI_INDUCTOR_CHECK_MUTATIONS=1`` (the test suite sets it) every hit is compared with the
+analysis itself and a difference raises. Anything it cannot key (a real tensor, an unknown
+argument type) or a kernel that is not ours goes to Inductor's analysis unchanged.
 """
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from . import envs
 from .cache_counters import count
 
 _MEMO: dict[tuple, list[str]] = {}
@@ -49,15 +51,7 @@ def _is_ours(kernel: Any) -> bool:
     return module.startswith("tri_inductor.")
 
 
-def _int_key(value: int) -> Any:
-    """What Triton's frontend can see of a runtime (non-constexpr) int: its specialisation."""
-    try:
-        from triton.backends.compiler import BaseBackend
-        from triton.runtime.jit import native_specialize_impl
-
-        return ("int-spec", *native_specialize_impl(BaseBackend, value, False, True, True))
-    except Exception:  # noqa: BLE001  (another Triton: key on the value itself)
-        return ("int", value)
+_RUNTIME_INT = ("runtime int",)
 
 
 def _arg_key(value: Any, constexpr: bool) -> Any:
@@ -65,9 +59,12 @@ def _arg_key(value: Any, constexpr: bool) -> Any:
     import torch
 
     if not constexpr and type(value) is int:
-        return _int_key(value)
-    if isinstance(value, (torch.SymInt, torch.SymFloat, torch.SymBool, sympy.Expr)):
-        return ("sym",)  # generate_ttir passes 2 for every symbolic value
+        return _RUNTIME_INT  # its value (or Triton's == 1 / % 16 specialisation) moves no store
+    if isinstance(value, (torch.SymInt, sympy.Integer, sympy.Symbol)) or (
+            isinstance(value, sympy.Expr) and value.is_integer):
+        return _RUNTIME_INT  # a size: the same as a runtime int (generate_ttir passes 2)
+    if isinstance(value, (torch.SymFloat, torch.SymBool, sympy.Expr)):
+        return ("sym",)
     from torch._subclasses.fake_tensor import FakeTensor
 
     if isinstance(value, FakeTensor):
@@ -83,13 +80,31 @@ def _arg_key(value: Any, constexpr: bool) -> Any:
     raise _Unkeyable(type(value).__name__)  # a real tensor (its address specialises), a descriptor, ...
 
 
+def _analysed(kernel: Any, kwargs: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+    """(the JITFunction, the arguments) the analysis reads: an ``Autotuner`` (Inductor wraps a
+    lowered user kernel in one per launch) as its function with its first config's constexprs,
+    as ``generate_ttir`` does; one entry for every wrapper of one kernel."""
+    from triton.runtime.autotuner import Autotuner
+
+    if isinstance(kernel, Autotuner):
+        if kernel.configs:
+            kwargs = {**kwargs, **kernel.configs[0].kwargs}
+        kernel = kernel.fn
+    return kernel, kwargs
+
+
 def _key(kernel: Any, kwargs: dict[str, Any], tma_descriptor_metadata: Any) -> tuple | None:
     if not _is_ours(kernel):
         return None
     try:
-        constexprs = {p.name for p in _jit(kernel).params if p.is_constexpr}
+        from triton.runtime.jit import JITFunction
+
+        jit, kwargs = _analysed(kernel, kwargs)
+        if not isinstance(jit, JITFunction):
+            return None
+        constexprs = {p.name for p in jit.params if p.is_constexpr}
         # (names Triton does not know are launch options such as num_warps: keyed by value)
-        args = tuple(sorted((name, _arg_key(v, name in constexprs or name not in _jit(kernel).arg_names))
+        args = tuple(sorted((name, _arg_key(v, name in constexprs or name not in jit.arg_names))
                             for name, v in kwargs.items()))
         import triton
 
@@ -97,7 +112,7 @@ def _key(kernel: Any, kwargs: dict[str, Any], tma_descriptor_metadata: Any) -> t
         # a host descriptor reaches the analysis as its base tensor and its block shape (all
         # Triton's frontend sees of it: generate_ttir builds a stand-in of that dtype and shape)
         tma = tuple(sorted((name, repr(meta)) for name, meta in (tma_descriptor_metadata or {}).items()))
-        return (id(kernel), repr(target), args, tma)
+        return (id(jit), repr(target), args, tma)
     except Exception:  # noqa: BLE001  (unkeyable argument, no active driver: no memo)
         return None
 
@@ -133,6 +148,8 @@ def memoized(real: Callable[..., list[str]]) -> Callable[..., list[str]]:
             hit = _MEMO.get(key)
         if hit is not None:
             stats["hits"] += 1
+            if envs.check_mutations():
+                _check(hit, real(*args, **kw), kernel, bound.arguments["kwargs"])
             return list(hit)
         out = _timed(real, args, kw)
         stats["misses"] += 1
@@ -141,10 +158,21 @@ def memoized(real: Callable[..., list[str]]) -> Callable[..., list[str]]:
                 _MEMO.clear()
                 _KEEP.clear()
             _MEMO[key] = list(out)
-            _KEEP[id(kernel)] = kernel
+            _KEEP[key[0]] = _analysed(kernel, {})[0]
         return out
 
     return identify_mutated_tensors
+
+
+class MemoMismatch(AssertionError):
+    pass
+
+
+def _check(hit: list[str], real: list[str], kernel: Any, kwargs: dict[str, Any]) -> None:
+    if sorted(hit) != sorted(real):
+        name = getattr(getattr(_jit(kernel), "fn", None), "__name__", kernel)
+        raise MemoMismatch(f"mutation memo of {name}: remembered {sorted(hit)}, the analysis says {sorted(real)} "
+                           f"for arguments {sorted(kwargs)}: a store depends on more than the memo keys")
 
 
 def forget() -> None:
