@@ -475,3 +475,24 @@ def test_olmo2_fp32_cos_sin_form_matches(pm) -> None:
     oq, ok = P.rope_cos_sin(qf.view(B, S, H, D).transpose(1, 2), kf.view(B, S, H, D).transpose(1, 2), cos, sin, True)
     assert oq.dtype == hq.dtype == torch.bfloat16
     assert rel(oq, hq.double()) < TOL[torch.bfloat16] and rel(ok, hk.double()) < TOL[torch.bfloat16]
+
+
+def test_vllm_forms_are_one_graph_in_any_dtype(monkeypatch) -> None:
+    """vLLM's forms are traced in one dtype (``rope.SAME_DTYPE_FORMS_TRACED_IN``): traced in fp32
+    as well, every one is a duplicate of its bf16 trace, so the fp32 traces would add nothing."""
+    from torch._inductor import pattern_matcher as inductor_pm
+    from torch._subclasses.fake_tensor import FakeTensorMode, unset_fake_temporarily
+
+    real, seen = inductor_pm.register_replacement, []
+
+    def spy(search_fn, replace_fn, example_inputs, *args, **kwargs):
+        new = real(search_fn, replace_fn, example_inputs, *args, **kwargs)
+        seen.append((example_inputs[1].dtype, bool(new)))
+        return new
+
+    monkeypatch.setattr(inductor_pm, "register_replacement", spy)
+    with torch._guards.tracing(None), unset_fake_temporarily(), FakeTensorMode():
+        P.register_vllm_rope_forms(PatternMatcherPass(pass_name="dtypes"), (torch.bfloat16, torch.float32))
+    fp32 = [new for dt, new in seen if dt == torch.float32]
+    assert fp32 and not any(fp32), seen
+    assert any(new for dt, new in seen if dt == torch.bfloat16)

@@ -526,7 +526,13 @@ def _trace_post_grad(fn, args, **kwargs) -> torch.fx.GraphModule:
     return gm
 
 
-def register_vllm_rope_forms(pm_pass) -> None:
+# vLLM's forms read q, k and the cache in one dtype and cast cos/sin to q's (no-ops): their graph
+# is the same in any dtype, so one dtype is traced (an fp32 trace was a duplicate that
+# skip_duplicates dropped, 12 traces of a cold start's registration; tests/test_rope.py checks).
+SAME_DTYPE_FORMS_TRACED_IN = (torch.bfloat16,)
+
+
+def register_vllm_rope_forms(pm_pass, same_dtype_forms_in: tuple[torch.dtype, ...] = SAME_DTYPE_FORMS_TRACED_IN):
     from .matcher_utils import register_replacement
 
     # (search, replacement, q/k example shapes given a head count, sentinel scalars besides half,
@@ -534,7 +540,7 @@ def register_vllm_rope_forms(pm_pass) -> None:
     # registered pattern that matches wins, so first: q/k normed per head right before the
     # rotation (Qwen3) -> one kernel, no bf16 round trip in between. The rope family runs before
     # the rms_norm family, so those norms are still aten (or IR) nodes here.
-    both = (torch.bfloat16, torch.float32)
+    both = same_dtype_forms_in
     norms = [M.vllm_rms] + ([M.ir_rms] if M.vllm_ir_available() else [])
     forms = [(*_make_qk_norm_heads(is_neox, norm), lambda h: (8, h, _HEAD), {"eps": M.EPS_SENTINEL}, _check_qk_norm,
               (torch.bfloat16,), True) for norm in norms for is_neox in (True, False)]
