@@ -96,6 +96,15 @@ def _one_launch_matching_float64(module, args, dtype):
     return reports
 
 
+def _pair_ref(x, module, pos):
+    """float64 ground truth: each (even, odd) pair of x rotated by the module's angle at the
+    positions of the first sequence."""
+    ang = module.ang.double()[pos[0]]
+    c, s = ang.cos()[None, :, None], ang.sin()[None, :, None]
+    x0, x1 = x.double()[..., ::2], x.double()[..., 1::2]
+    return torch.stack([x0 * c - x1 * s, x1 * c + x0 * s], -1).flatten(3)
+
+
 class PairRope(torch.nn.Module):
     """RoPE on (re, im) pairs: torchtune's form, or Meta Llama's complex form (complex_pairs.py
     turns it into the same pair arithmetic). q/k [B, S, H, D]."""
@@ -134,14 +143,7 @@ class PairRope(torch.nn.Module):
 def test_pair_rope_runs_our_kernel_and_matches_float64(interpreter, form, dtype):
     module = PairRope(form)
     args = _inputs(2, dtype=dtype)
-    ang = module.ang.double()[args[2][0]]  # float64 reference: each (even, odd) pair rotated by ang
-    c, s = ang.cos()[None, :, None], ang.sin()[None, :, None]
-
-    def pair_ref(x):
-        x0, x1 = x.double()[..., ::2], x.double()[..., 1::2]
-        return torch.stack([x0 * c - x1 * s, x1 * c + x0 * s], -1).flatten(3)
-
-    ref = (pair_ref(args[0]), pair_ref(args[1]))
+    ref = [_pair_ref(x, module, args[2]) for x in args[:2]]
     out, reports = _compiled(module, args)
     assert sum(r.pattern_hits.get("rope", 0) for r in reports) >= 1
     for o, r in zip(out, ref):
@@ -149,17 +151,11 @@ def test_pair_rope_runs_our_kernel_and_matches_float64(interpreter, form, dtype)
     assert not [m for r in reports for m in r.near_misses], [r.near_misses for r in reports]
 
 
-class PairSpellings(torch.nn.Module):
+class PairSpellings(PairRope):
     """(even, odd) pairs spelled as people write them, without a reshape to ``(..., 2)`` and
     ``[..., 0]`` indexing: strided slices joined by ``stack`` (bf16 math or an fp32 upcast), and
     lucidrains' ``unbind`` of ``(d r) -> d r`` (as the pairs' rotation, or as ``rotate_every_two``
     in ``x * cos + rot(x) * sin``). q/k [B, S, H, D]."""
-
-    def __init__(self, form, D=16, table=64):
-        super().__init__()
-        self.form = form
-        inv = 1.0 / (10000 ** (torch.arange(0, D, 2).float() / D))
-        self.register_buffer("ang", torch.outer(torch.arange(table).float(), inv))  # [table, D/2]
 
     def forward(self, q, k, pos):
         ang = self.ang[pos[0]]  # [S, D/2]
@@ -192,17 +188,10 @@ def test_pair_spellings_run_our_kernel_and_match_float64(interpreter, form, dtyp
     args = _inputs(2, dtype=dtype)
     gm = dynamo_graph(module, *args)
     assert rewrite_interleaved_rope_in_dynamo_graph(gm) == 2
-    ang = module.ang.double()[args[2][0]]
-    c, s = ang.cos()[None, :, None], ang.sin()[None, :, None]
-
-    def pair_ref(x):
-        x0, x1 = x.double()[..., ::2], x.double()[..., 1::2]
-        return torch.stack([x0 * c - x1 * s, x1 * c + x0 * s], -1).flatten(3)
-
     out, reports = _compiled(module, args)
     assert sum(r.pattern_hits.get("rope", 0) for r in reports) == 1
     for o, x in zip(out, args[:2]):
-        r = pair_ref(x)
+        r = _pair_ref(x, module, args[2])
         assert o.dtype == dtype and o.shape == r.shape and rel(o, r) < TOL[dtype]
 
 
