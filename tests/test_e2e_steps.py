@@ -140,6 +140,7 @@ def test_concurrent_starts_launch_every_engine_before_waiting(tmp_path, monkeypa
 
     monkeypatch.setattr(E, "Engine", FakeEngine)
     monkeypatch.setenv("TRI_INDUCTOR_DECODE_SPLITS", "balanced")  # recorded with the run, shown by report.py
+    monkeypatch.delenv("TRI_INDUCTOR_CHECK_MUTATIONS", raising=False)  # the suite's own (conftest.py)
     args_list = ["--model", "llama-3.2-1b", "--quick", "--baseline", "both", "--concurrent-starts",
                  "--gpu-mem-gib", "140", "--out", str(tmp_path)]
     args = E.parse_args(args_list)
