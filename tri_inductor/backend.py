@@ -166,25 +166,10 @@ def _dynamo_rewrites(opts: TriInductorOptions) -> list[tuple[str, Callable[..., 
 
 def _rewrite_dynamo_graph(gm: torch.fx.GraphModule, example_inputs: list[Any], opts: TriInductorOptions) -> None:
     """Apply every Dynamo-graph rewrite. One that raises (a bug, or a graph it did not foresee)
-    must not fail the compile: the graph goes back to what it was before the rewrites
-    (``graph_undo``) and the others run again without it; the audit then shows what
-    it left to Inductor. Strict mode raises instead."""
-    todo = _dynamo_rewrites(opts)
-    while todo:
-        saved = graph_undo.snapshot(gm.graph)
-        name = None
-        try:
-            for name, fn in todo:
-                fn(gm, example_inputs)
-            return
-        except Exception as e:
-            if opts.strict:
-                raise
-            log.error("tri_inductor: the %s rewrite failed on graph %s (%r); compiling without it (the audit "
-                      "shows what that leaves to Inductor)", name, type(gm).__name__, e)
-            graph_undo.restore(gm.graph, saved)
-            gm.recompile()
-            todo = [t for t in todo if t[0] != name]
+    must not fail the compile: ``graph_undo.run_steps`` restores the graph and runs the others
+    without it; the audit then shows what it left to Inductor. Strict mode raises instead."""
+    steps = [(name, lambda fn=fn: fn(gm, example_inputs)) for name, fn in _dynamo_rewrites(opts)]
+    graph_undo.run_steps(gm.graph, steps, opts.strict, "rewrite", after_restore=gm.recompile)
 
 
 def _decompose_fast_path(gm: torch.fx.GraphModule, example_inputs: list[Any], attention: bool) -> int:

@@ -185,9 +185,9 @@ VARS: dict[str, Var] = {v.name: v for v in (
         "launch gated in it; ~9% less compile time on the CPU harness; being measured, "
         "docs/design/cold_start.md).", _choice),
     Var("TRI_INDUCTOR_CHECK_MUTATIONS", "bool", False, "0", _BOOL,
-        "1: every answer of the compile-time memo of Inductor's mutation analysis of our kernels is "
-        "checked against the analysis itself; a difference raises (the test suite runs with it; it "
-        "costs the compile time the memo saves).", _bool),
+        "1: answers of the compile-time memo of Inductor's mutation analysis of our kernels are "
+        "checked against the analysis itself, once per variant the memo's key lumps together; a "
+        "difference raises (the test suite runs with it).", _bool),
     Var("TRI_INDUCTOR_CACHE_DIR", "dir", None, "$XDG_CACHE_HOME/tri_inductor or ~/.cache/tri_inductor",
         "a folder path (created when needed)",
         "Root of our tuning DB and, unless set by you, Inductor's and Triton's caches.", _dir),

@@ -8,9 +8,13 @@ weights are not copied; ~7 us a node); ``restore(graph, snap)`` puts them back i
 from __future__ import annotations
 
 import copy
+import logging
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch.fx
+
+log = logging.getLogger("tri_inductor")
 
 
 def snapshot(graph: torch.fx.Graph) -> torch.fx.Graph:
@@ -42,3 +46,28 @@ def _copy_into(dst: torch.fx.Graph, src: torch.fx.Graph) -> None:
         value, old_output = copied
         out = dst.output(value, type_expr=getattr(old_output, "type", None))
         out.meta = copy.copy(old_output.meta)
+
+
+def run_steps(graph: torch.fx.Graph, steps: Sequence[tuple[str, Callable[[], Any]]], strict: bool, what: str,
+              leaves_all: tuple[str, ...] = (), after_restore: Callable[[], Any] | None = None) -> None:
+    """Run ``steps`` (name, fn) in order on ``graph``. One that raises is logged (naming it), the
+    graph is restored from the snapshot taken before the steps and they run again without it (a
+    step in ``leaves_all`` takes the later ones with it); ``after_restore`` runs after each
+    restore. Strict mode raises instead, and takes no snapshot."""
+    todo = list(steps)
+    while todo:
+        saved = None if strict else snapshot(graph)
+        name = None
+        try:
+            for name, fn in todo:
+                fn()
+            return
+        except Exception as e:
+            if strict:
+                raise
+            log.error("tri_inductor: the %r %s failed on this graph (%r); compiling without it (the audit shows "
+                      "what that leaves to Inductor)", name, what, e)
+            restore(graph, saved)
+            if after_restore is not None:
+                after_restore()
+            todo = [] if name in leaves_all else [t for t in todo if t[0] != name]

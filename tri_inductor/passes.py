@@ -176,21 +176,9 @@ class TriInductorPatternPass(CustomGraphPass):
         from .patterns.normalise import normalise
 
         before = _our_hop_families(graph)
-        steps = [("normalise", lambda g: normalise(g))] + [(f, self._family_step(f, pm)) for f, pm in passes]
-        while steps:
-            saved = None if self.strict else graph_undo.snapshot(graph)
-            name = None
-            try:
-                for name, step in steps:
-                    step(graph)
-                break
-            except Exception as e:
-                if self.strict:
-                    raise
-                log.error("tri_inductor: pattern step %r failed on this graph (%r); compiling without it "
-                          "(the audit shows what that leaves to Inductor)", name, e)
-                graph_undo.restore(graph, saved)
-                steps = [] if name == "normalise" else [t for t in steps if t[0] != name]
+        steps = [("normalise", lambda: normalise(graph))]
+        steps += [(f, lambda step=self._family_step(f, pm): step(graph)) for f, pm in passes]
+        graph_undo.run_steps(graph, steps, self.strict, "pattern step", leaves_all=("normalise",))
         realize_triton_kernel_inputs(graph)
         realize_native_matmul_operands(graph)
         after = _our_hop_families(graph)
